@@ -1,0 +1,118 @@
+//! The local HTTP API: JSON under `/v1/` (token required) and Prometheus `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hearth_dns::DnsMetrics;
+use hearth_membership::Membership;
+use hearth_types::{MemberRow, ServiceRow};
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::Instances;
+use crate::handlers::HandlerMetrics;
+use crate::metrics::{MetricsSources, render};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub token: Arc<str>,
+    pub membership: Membership,
+    pub instances: Instances,
+    pub dns_metrics: Arc<DnsMetrics>,
+    pub handler_metrics: Arc<HandlerMetrics>,
+    /// Cancelled by `POST /v1/leave` once the node has left, to stop the agent.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/members", get(members))
+        .route("/v1/services", get(services))
+        .route("/v1/leave", post(leave))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(v1)
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error body: `{"error": "..."}`.
+pub fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn require_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => error(StatusCode::UNAUTHORIZED, "the API token is wrong"),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "an API token is required: send `Authorization: Bearer <token>` (the agent keeps it in <data_dir>/api-token)",
+        ),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn members(State(state): State<ApiState>) -> Json<Vec<MemberRow>> {
+    Json(state.membership.views().borrow().member_rows())
+}
+
+async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceRow>> {
+    Json(state.membership.views().borrow().service_rows())
+}
+
+async fn leave(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    state.membership.leave().await;
+    state.shutdown.cancel();
+    Json(serde_json::json!({ "left": true }))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let view = state.membership.views().borrow().clone();
+    let local = state.instances.lock().await.clone();
+    let body = render(&MetricsSources {
+        view: &view,
+        local_instances: &local,
+        gossip: &state.membership.metrics,
+        dns: &state.dns_metrics,
+        handlers: &state.handler_metrics,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

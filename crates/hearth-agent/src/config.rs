@@ -1,0 +1,515 @@
+//! The agent's TOML config: one serde struct with a doc comment per key, named defaults,
+//! and `validate()`, which reports every problem with the key it concerns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use hearth_dns::NoneHealthy;
+use hearth_membership::{GossipTiming, SECRET_LEN, Secret};
+use hearth_types::{EventKind, Role};
+use serde::{Deserialize, Deserializer};
+
+/// The whole config file. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name, unique in the cluster; also `<node_name>.<zone>` in DNS.
+    pub node_name: String,
+    /// Where the agent keeps its state (the API token, later the Raft log).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The cluster's name. Agents of another cluster cannot talk to this one.
+    pub cluster: String,
+    /// A file holding the cluster secret (base64 of 32 bytes). Further lines hold older or
+    /// newer secrets that are accepted but not used to send, for rotation.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The cluster secret inline (base64 of 32 bytes), instead of `secret_file`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// What this node does: `server`, `witness`, `worker`.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// Free-form labels carried in the node's metadata.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// UDP address the gossip listens on.
+    #[serde(default = "default_gossip_addr")]
+    pub gossip_addr: SocketAddr,
+    /// The address other nodes reach this one at; required when `gossip_addr` is a wildcard.
+    #[serde(default)]
+    pub advertise: Option<IpAddr>,
+    /// Seeds, `IP:port` (port 7946 if omitted); any one reachable is enough to join.
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// TCP address of the HTTP API and `/metrics`.
+    #[serde(default = "default_api_addr")]
+    pub api_addr: SocketAddr,
+    /// Address of the authoritative DNS server, UDP and TCP.
+    #[serde(default = "default_dns_addr")]
+    pub dns_addr: SocketAddr,
+    /// The file holding the API token; created with a random token if missing.
+    /// Defaults to `<data_dir>/api-token`.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub gossip: GossipConfig,
+    /// Services this node runs an instance of.
+    #[serde(default)]
+    pub service: Vec<ServiceConfig>,
+    /// Commands run on this node when events happen.
+    #[serde(default)]
+    pub handler: Vec<HandlerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone every agent is authoritative for.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// TTL of every answer, and of negative answers, in seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// What a service name answers when none of its instances passes its check:
+    /// `all-up` (every instance on a live node) or `empty` (no address).
+    #[serde(default)]
+    pub none_healthy: NoneHealthy,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            zone: default_zone(),
+            ttl: default_ttl(),
+            none_healthy: NoneHealthy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipConfig {
+    /// How often each node probes one random peer.
+    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// How long to wait for a direct probe's answer before asking others to probe.
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+    /// How long a suspected node has to refute before it is declared dead (stretched
+    /// automatically while this node itself is slow).
+    #[serde(default = "default_suspicion_timeout", deserialize_with = "duration")]
+    pub suspicion_timeout: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            probe_interval: default_probe_interval(),
+            probe_timeout: default_probe_timeout(),
+            suspicion_timeout: default_suspicion_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service's name; `<name>.<zone>` answers with its healthy instances.
+    pub name: String,
+    /// What DNS hands out for this node's instance. Defaults to the node's address.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// Without a check the instance always counts as passing.
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Passes on an HTTP 2xx answer to a GET of this `http://` URL.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Passes when a TCP connection to this `IP:port` opens.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// Passes when this command (program and arguments) exits 0.
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    #[serde(default = "default_check_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Passes in a row before a failing (or new) instance counts as passing.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures in a row before a passing instance counts as failing.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The events that run this handler.
+    pub events: Vec<EventKind>,
+    /// Program and arguments. The event arrives as `HEARTH_*` variables and JSON on stdin.
+    pub command: Vec<String>,
+    /// The handler is killed after this long.
+    #[serde(default = "default_handler_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hearth")
+}
+fn default_roles() -> Vec<Role> {
+    vec![Role::Server]
+}
+fn default_gossip_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946))
+}
+fn default_api_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 7480))
+}
+fn default_dns_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53))
+}
+fn default_zone() -> String {
+    "hearth.internal.".into()
+}
+fn default_ttl() -> u32 {
+    5
+}
+fn default_probe_interval() -> Duration {
+    GossipTiming::default().probe_interval
+}
+fn default_probe_timeout() -> Duration {
+    GossipTiming::default().probe_timeout
+}
+fn default_suspicion_timeout() -> Duration {
+    GossipTiming::default().suspicion_timeout
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    2
+}
+fn default_handler_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|error| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({error}); write e.g. \"500ms\" or \"2s\""
+        ))
+    })
+}
+
+/// A config that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The parts of the config that are derived and checked rather than read as they are.
+pub struct Resolved {
+    pub primary_secret: Secret,
+    pub accepted_secrets: Vec<Secret>,
+    pub advertise: IpAddr,
+    pub join: Vec<SocketAddr>,
+    pub zone: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        })?;
+        let resolved = config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok((config, resolved))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
+    }
+
+    pub fn gossip_timing(&self) -> GossipTiming {
+        GossipTiming {
+            probe_interval: self.gossip.probe_interval,
+            probe_timeout: self.gossip.probe_timeout,
+            suspicion_timeout: self.gossip.suspicion_timeout,
+        }
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.api_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("api-token"))
+    }
+
+    /// Checks everything serde cannot, and reports every problem, each naming its key.
+    pub fn validate(&self) -> Result<Resolved, Vec<String>> {
+        let mut problems = Vec::new();
+        check_name("node_name", &self.node_name, &mut problems);
+        if self.cluster.trim().is_empty() {
+            problems.push("cluster: must not be empty".into());
+        }
+        let secrets = self.secrets().map_err(|p| problems.push(p)).ok();
+        let advertise = self.advertise_addr().map_err(|p| problems.push(p)).ok();
+        let join = self.join_addrs(&mut problems);
+        let zone = self.check_dns(&mut problems);
+        self.check_gossip(&mut problems);
+        self.check_services(&mut problems);
+        self.check_handlers(&mut problems);
+        match (secrets, advertise) {
+            (Some((primary_secret, accepted_secrets)), Some(advertise)) if problems.is_empty() => {
+                Ok(Resolved {
+                    primary_secret,
+                    accepted_secrets,
+                    advertise,
+                    join,
+                    zone,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+
+    fn secrets(&self) -> Result<(Secret, Vec<Secret>), String> {
+        let (key, text) = match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("secret, secret_file: set only one of them".into());
+            }
+            (Some(inline), None) => ("secret", inline.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    format!("secret_file: cannot read {}: {error}", path.display())
+                })?;
+                ("secret_file", text)
+            }
+            (None, None) => {
+                return Err("secret_file: no cluster secret is set; create one with \
+                     `hearth keygen > /etc/hearth/secret` and copy it to every node"
+                    .into());
+            }
+        };
+        let mut secrets = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .enumerate()
+            .map(|(idx, line)| decode_secret(key, idx, line));
+        let primary = secrets
+            .next()
+            .unwrap_or_else(|| Err(format!("{key}: is empty; put `hearth keygen` output in it")))?;
+        let accepted = secrets.collect::<Result<Vec<_>, _>>()?;
+        Ok((primary, accepted))
+    }
+
+    fn advertise_addr(&self) -> Result<IpAddr, String> {
+        match self.advertise {
+            Some(ip) if ip.is_unspecified() => Err(format!(
+                "advertise: {ip} is a wildcard; give this node's own address"
+            )),
+            Some(ip) => Ok(ip),
+            None if self.gossip_addr.ip().is_unspecified() => Err(format!(
+                "advertise: gossip_addr {} listens on every address, so set advertise to \
+                 the address other nodes reach this one at",
+                self.gossip_addr
+            )),
+            None => Ok(self.gossip_addr.ip()),
+        }
+    }
+
+    fn join_addrs(&self, problems: &mut Vec<String>) -> Vec<SocketAddr> {
+        let mut addrs = Vec::new();
+        for (idx, seed) in self.join.iter().enumerate() {
+            let parsed = seed.parse::<SocketAddr>().or_else(|_| {
+                seed.parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, default_gossip_addr().port()))
+            });
+            match parsed {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => problems.push(format!(
+                    "join[{idx}]: `{seed}` is not an address; write IP:port, e.g. \"203.0.113.11:7946\""
+                )),
+            }
+        }
+        addrs
+    }
+
+    fn check_dns(&self, problems: &mut Vec<String>) -> String {
+        let mut zone = self.dns.zone.trim().to_ascii_lowercase();
+        if !zone.ends_with('.') {
+            zone.push('.');
+        }
+        let labels: Vec<&str> = zone.trim_end_matches('.').split('.').collect();
+        if zone == "." || labels.iter().any(|l| !valid_label(l)) {
+            problems.push(format!(
+                "dns.zone: `{}` is not a domain name; write e.g. \"coop.example.\"",
+                self.dns.zone
+            ));
+        }
+        if self.dns.ttl > 86_400 {
+            problems.push("dns.ttl: at most 86400 seconds".into());
+        }
+        zone
+    }
+
+    fn check_gossip(&self, problems: &mut Vec<String>) {
+        let g = &self.gossip;
+        if g.probe_timeout.is_zero() || g.probe_timeout >= g.probe_interval {
+            problems.push(
+                "gossip.probe_timeout: must be above zero and below gossip.probe_interval".into(),
+            );
+        }
+        if g.suspicion_timeout < g.probe_interval {
+            problems
+                .push("gossip.suspicion_timeout: must be at least gossip.probe_interval".into());
+        }
+    }
+
+    fn check_services(&self, problems: &mut Vec<String>) {
+        let mut seen = BTreeSet::new();
+        for (idx, service) in self.service.iter().enumerate() {
+            let key = format!("service[{idx}]");
+            check_name(&format!("{key}.name"), &service.name, problems);
+            if !seen.insert(service.name.to_ascii_lowercase()) {
+                problems.push(format!(
+                    "{key}.name: `{}` is declared twice; service names must be unique",
+                    service.name
+                ));
+            }
+            if let Some(check) = &service.check {
+                check_check(&format!("{key}.check"), check, problems);
+            }
+        }
+        if self.service.len() > 32 {
+            problems.push("service: at most 32 services per node".into());
+        }
+    }
+
+    fn check_handlers(&self, problems: &mut Vec<String>) {
+        for (idx, handler) in self.handler.iter().enumerate() {
+            if handler.events.is_empty() {
+                problems.push(format!("handler[{idx}].events: list at least one event"));
+            }
+            if handler.command.first().is_none_or(|p| p.is_empty()) {
+                problems.push(format!(
+                    "handler[{idx}].command: give the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"--quiet\"]"
+                ));
+            }
+            if handler.timeout.is_zero() {
+                problems.push(format!("handler[{idx}].timeout: must be above zero"));
+            }
+        }
+    }
+}
+
+fn decode_secret(key: &str, idx: usize, line: &str) -> Result<Secret, String> {
+    let which = if idx == 0 {
+        key.to_owned()
+    } else {
+        format!("{key} (line {} of accepted secrets)", idx + 1)
+    };
+    // The secret's text never goes into the message: only its length.
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .map_err(|_| format!("{which}: is not base64; generate a secret with `hearth keygen`"))?;
+    let array: [u8; SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "{which}: decodes to {} bytes but must be {SECRET_LEN}; generate a secret with `hearth keygen`",
+            bytes.len()
+        )
+    })?;
+    Ok(Secret::new(array))
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
+    if !valid_label(name) || name.starts_with('-') {
+        problems.push(format!(
+            "{key}: `{name}` must be one DNS label: letters, digits and '-', at most 63 characters"
+        ));
+    }
+}
+
+fn check_check(key: &str, check: &CheckConfig, problems: &mut Vec<String>) {
+    let kinds = [
+        check.http.is_some(),
+        check.tcp.is_some(),
+        check.exec.is_some(),
+    ];
+    if kinds.iter().filter(|&&k| k).count() != 1 {
+        problems.push(format!("{key}: set exactly one of http, tcp, exec"));
+    }
+    if let Some(url) = &check.http
+        && crate::checks::HttpTarget::parse(url).is_none()
+    {
+        problems.push(format!(
+            "{key}.http: `{url}` is not a plain http:// URL with an IP or host and port, e.g. \"http://127.0.0.1:8080/healthz\""
+        ));
+    }
+    if let Some(addr) = &check.tcp
+        && addr.parse::<SocketAddr>().is_err()
+    {
+        problems.push(format!(
+            "{key}.tcp: `{addr}` is not IP:port, e.g. \"127.0.0.1:80\""
+        ));
+    }
+    if let Some(exec) = &check.exec
+        && exec.first().is_none_or(|p| p.is_empty())
+    {
+        problems.push(format!("{key}.exec: give the program and its arguments"));
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        problems.push(format!(
+            "{key}.timeout: must be above zero and at most the interval"
+        ));
+    }
+    if check.rise == 0 || check.fall == 0 {
+        problems.push(format!("{key}.rise, {key}.fall: must be at least 1"));
+    }
+}

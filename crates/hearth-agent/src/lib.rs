@@ -1,0 +1,251 @@
+//! The hearth agent: reads the config, binds its sockets, and runs membership, health
+//! checks, DNS, event handlers and the API until it is told to stop.
+
+pub mod api;
+pub mod checks;
+pub mod config;
+pub mod dev;
+pub mod handlers;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use hearth_dns::{DnsMetrics, Zone};
+use hearth_membership::{Keyring, Membership, MembershipConfig};
+use hearth_types::NodeMeta;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Resolved};
+
+/// Why the agent could not start. Each message names the key or path to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartAgentError {
+    #[error("{key} {addr}: cannot listen: {source}{hint}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api_token_file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dns.zone: {0}")]
+    Zone(String),
+    #[error("{0}")]
+    Membership(#[from] hearth_membership::StartError),
+}
+
+/// A running agent.
+pub struct Agent {
+    pub api_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    membership: Membership,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+fn bind_error(
+    key: &'static str,
+    addr: SocketAddr,
+) -> impl FnOnce(std::io::Error) -> StartAgentError {
+    move |source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            }
+            std::io::ErrorKind::AddrInUse => " (another program uses it; pick another port)",
+            _ => "",
+        };
+        StartAgentError::Bind {
+            key,
+            addr,
+            source,
+            hint,
+        }
+    }
+}
+
+impl Agent {
+    pub async fn start(config: Config, resolved: Resolved) -> Result<Agent, StartAgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartAgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let token = load_or_create_token(&config.token_path())?;
+        let gossip = UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(bind_error("gossip_addr", config.gossip_addr))?;
+        let dns_udp = UdpSocket::bind(config.dns_addr)
+            .await
+            .map_err(bind_error("dns_addr", config.dns_addr))?;
+        let dns_tcp = TcpListener::bind(config.dns_addr)
+            .await
+            .map_err(bind_error("dns_addr", config.dns_addr))?;
+        let api = TcpListener::bind(config.api_addr)
+            .await
+            .map_err(bind_error("api_addr", config.api_addr))?;
+        let gossip_addr = local_addr(&gossip, config.gossip_addr);
+        let dns_addr = dns_udp.local_addr().unwrap_or(config.dns_addr);
+        let api_addr = api.local_addr().unwrap_or(config.api_addr);
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let meta = NodeMeta {
+            name: config.node_name.clone(),
+            gossip_addr: SocketAddr::new(resolved.advertise, gossip_addr.port()),
+            address: resolved.advertise,
+            roles: config.roles.clone(),
+            tags: config.tags.clone(),
+        };
+        let initial = checks::initial_instances(&config.service, resolved.advertise);
+        let instances = Arc::new(Mutex::new(initial.clone()));
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (membership, membership_task) = Membership::start(
+            MembershipConfig {
+                cluster: config.cluster.clone(),
+                keyring: Keyring::new(
+                    &config.cluster,
+                    &resolved.primary_secret,
+                    &resolved.accepted_secrets,
+                ),
+                meta,
+                join: resolved.join.clone(),
+                timing: config.gossip_timing(),
+                services: initial,
+            },
+            gossip,
+            events_tx,
+            shutdown.clone(),
+        )?;
+        tasks.spawn(async move {
+            let _ = membership_task.await;
+        });
+        checks::spawn_checks(
+            &config.service,
+            instances.clone(),
+            membership.clone(),
+            shutdown.clone(),
+            &mut tasks,
+        );
+        let handler_metrics = Arc::new(handlers::HandlerMetrics::default());
+        tasks.spawn(handlers::run_handlers(
+            config.node_name.clone(),
+            config.handler.clone(),
+            events_rx,
+            handler_metrics.clone(),
+            shutdown.clone(),
+        ));
+        let origin = hearth_dns::Name::from_ascii(&resolved.zone)
+            .map_err(|error| StartAgentError::Zone(error.to_string()))?;
+        let zone = Zone::new(origin, config.dns.ttl, config.dns.none_healthy);
+        let dns_metrics = Arc::new(DnsMetrics::default());
+        tasks.spawn(hearth_dns::serve(
+            zone,
+            dns_udp,
+            dns_tcp,
+            membership.views(),
+            dns_metrics.clone(),
+            shutdown.clone(),
+        ));
+        let router = api::router(api::ApiState {
+            token: token.into(),
+            membership: membership.clone(),
+            instances,
+            dns_metrics,
+            handler_metrics,
+            shutdown: shutdown.clone(),
+        });
+        let api_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(api, router)
+                .with_graceful_shutdown(api_shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "API server stopped");
+            }
+        });
+        tracing::info!(%gossip_addr, %dns_addr, %api_addr, node = %config.node_name, "agent started");
+        Ok(Agent {
+            api_addr,
+            dns_addr,
+            gossip_addr,
+            membership,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// A token that stops the agent when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Leaves the cluster gracefully, then stops.
+    pub async fn leave(&self) {
+        self.membership.leave().await;
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the agent has been stopped and every task has ended.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn local_addr(socket: &UdpSocket, fallback: SocketAddr) -> SocketAddr {
+    socket.local_addr().unwrap_or(fallback)
+}
+
+/// Reads the API token, or creates the file (mode 0600) with a fresh random one.
+fn load_or_create_token(path: &Path) -> Result<String, StartAgentError> {
+    let wrap = |source| StartAgentError::Token {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(wrap(error)),
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes[..]);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(wrap)?;
+    }
+    write_private(path, &token).map_err(wrap)?;
+    Ok(token)
+}
+
+/// Writes a file only its owner can read, atomically (temporary file, then rename).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

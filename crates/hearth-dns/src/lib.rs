@@ -1,0 +1,35 @@
+//! The authoritative DNS every hearth agent serves for the co-op's zone, answered from its
+//! local gossip view.
+//!
+//! Code map:
+//! - `zone`: the zone's settings and `ZoneSnapshot`, the view indexed by name, rebuilt once
+//!   per view change.
+//! - `answer`: the pure function from a decoded request and a snapshot to a response; every
+//!   answer rule lives here.
+//! - `packet`: wire bytes in, wire bytes out: decoding, dropping garbage, UDP truncation.
+//! - `metrics`: counters of answers by rcode and of dropped packets.
+//! - `server`: the UDP and TCP servers and the snapshot-rebuilding task, all stopped by one
+//!   cancellation token.
+//!
+//! Architecture invariant: answering never waits: not on the network, Raft, or a lock. Each
+//! server loop holds an `Arc` of the current snapshot and swaps it when a new one is published.
+//!
+//! Architecture invariant: nothing a peer sends can crash or stop the server; undecodable input
+//! is counted and dropped.
+
+mod answer;
+mod metrics;
+mod packet;
+mod server;
+mod zone;
+
+#[cfg(test)]
+mod tests;
+
+pub use answer::{EDNS_PAYLOAD, answer};
+/// Re-exported so that callers can build a `Zone` without depending on hickory themselves.
+pub use hickory_proto::rr::Name;
+pub use metrics::DnsMetrics;
+pub use packet::{Transport, handle_packet};
+pub use server::serve;
+pub use zone::{NoneHealthy, Zone, ZoneSnapshot, next_serial};

@@ -1,0 +1,268 @@
+//! The UDP and TCP servers around `handle_packet`, and the task that rebuilds the zone
+//! snapshot whenever the view changes.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hearth_types::View;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::DnsMetrics;
+use crate::packet::{Transport, respond_into};
+use crate::zone::{Zone, ZoneSnapshot, next_serial};
+
+/// How long a TCP connection may sit between queries, or take to send or receive one message.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections beyond this are closed as soon as they are accepted.
+pub(crate) const MAX_TCP_CONNECTIONS: usize = 256;
+/// Pause after a failed accept: the usual cause, running out of file descriptors, would
+/// otherwise turn the accept loop into a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Big enough for any datagram, so that none is silently cut short.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Runs the UDP and TCP servers until `shutdown` is cancelled, answering from the latest view
+/// on `views`. Each view change rebuilds the snapshot once, with serial
+/// `max(previous + 1, unix seconds)`; answering never waits on that.
+pub async fn serve(
+    zone: Zone,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    mut views: watch::Receiver<Arc<View>>,
+    metrics: Arc<DnsMetrics>,
+    shutdown: CancellationToken,
+) {
+    let zone = Arc::new(zone);
+    let view = views.borrow_and_update().clone();
+    let first = ZoneSnapshot::new(&zone, view, next_serial(0, unix_now()));
+    let (publish, snapshots) = watch::channel(Arc::new(first));
+    let responder = Responder::new(Arc::clone(&zone), snapshots, metrics);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(track_views(zone, views, publish, shutdown.clone()));
+    tasks.spawn(serve_udp(responder.clone(), udp, shutdown.clone()));
+    tasks.spawn(serve_tcp(responder, tcp, shutdown));
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            warn!(%error, "a DNS server task failed");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH);
+    since_epoch.map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Publishes a new snapshot for each changed view. When the membership layer goes away, the
+/// last view keeps being served until shutdown.
+async fn track_views(
+    zone: Arc<Zone>,
+    mut views: watch::Receiver<Arc<View>>,
+    publish: watch::Sender<Arc<ZoneSnapshot>>,
+    shutdown: CancellationToken,
+) {
+    let track = async {
+        while views.changed().await.is_ok() {
+            let view = views.borrow_and_update().clone();
+            let current = publish.borrow().clone();
+            // Senders may republish an equal view; bumping the serial for it would be noise.
+            if **current.view() != *view {
+                let serial = next_serial(current.serial(), unix_now());
+                publish.send_replace(Arc::new(ZoneSnapshot::new(&zone, view, serial)));
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    shutdown.run_until_cancelled(track).await;
+}
+
+/// What every server loop answers with: the zone, and the latest snapshot, re-read only when a
+/// new one has been published (a cheap version check per packet).
+#[derive(Clone)]
+struct Responder {
+    zone: Arc<Zone>,
+    snapshots: watch::Receiver<Arc<ZoneSnapshot>>,
+    current: Arc<ZoneSnapshot>,
+    metrics: Arc<DnsMetrics>,
+}
+
+impl Responder {
+    fn new(
+        zone: Arc<Zone>,
+        snapshots: watch::Receiver<Arc<ZoneSnapshot>>,
+        metrics: Arc<DnsMetrics>,
+    ) -> Self {
+        let current = Arc::clone(&snapshots.borrow());
+        Self {
+            zone,
+            snapshots,
+            current,
+            metrics,
+        }
+    }
+
+    /// Writes the response to `packet` into `out`; false when there is nothing to send.
+    fn respond(&mut self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        if self.snapshots.has_changed().unwrap_or(false) {
+            self.current = Arc::clone(&self.snapshots.borrow_and_update());
+        }
+        let (zone, snapshot) = (&self.zone, &self.current);
+        respond_into(zone, snapshot, packet, transport, &self.metrics, out)
+    }
+}
+
+async fn serve_udp(mut responder: Responder, socket: UdpSocket, shutdown: CancellationToken) {
+    shutdown
+        .run_until_cancelled(udp_loop(&mut responder, &socket))
+        .await;
+}
+
+/// One loop answering inline: an answer costs microseconds, less than handing it to a task.
+async fn udp_loop(responder: &mut Responder, socket: &UdpSocket) {
+    let mut packet = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(usize::from(crate::EDNS_PAYLOAD));
+    loop {
+        let (len, peer) = match socket.recv_from(&mut packet).await {
+            Ok(received) => received,
+            Err(error) => {
+                debug!(%error, "DNS UDP receive failed");
+                continue;
+            }
+        };
+        let Some(request) = packet.get(..len) else {
+            continue;
+        };
+        if responder.respond(request, Transport::Udp, &mut out)
+            && let Err(error) = socket.send_to(&out, peer).await
+        {
+            debug!(%error, %peer, "DNS UDP send failed");
+        }
+    }
+}
+
+async fn serve_tcp(responder: Responder, listener: TcpListener, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        // Dropping the stream closes it: that is the refusal.
+                        continue;
+                    };
+                    let connection = serve_connection(stream, responder.clone(), shutdown.clone(), slot);
+                    connections.spawn(connection);
+                }
+                Err(error) => {
+                    debug!(%error, "DNS TCP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    // Every connection watches `shutdown` too, so this ends promptly.
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    mut responder: Responder,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "cannot disable Nagle on a DNS TCP connection");
+    }
+    let mut stream = BufReader::new(stream);
+    shutdown
+        .run_until_cancelled(connection_loop(&mut stream, &mut responder))
+        .await;
+}
+
+/// Answers framed queries in order until the peer closes, idles, or sends a bad frame.
+async fn connection_loop<S>(stream: &mut S, responder: &mut Responder)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut frame, mut out, mut framed) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        match timeout(TCP_IDLE_TIMEOUT, read_frame(stream, &mut frame)).await {
+            Ok(Ok(Frame::Ready)) => {}
+            Ok(Ok(Frame::Bad)) => {
+                responder.metrics.record_dropped();
+                return;
+            }
+            Ok(Ok(Frame::Closed) | Err(_)) | Err(_) => return,
+        }
+        // Undecodable frames are counted by `respond`; the stream can't be trusted after one.
+        if !responder.respond(&frame, Transport::Tcp, &mut out) {
+            return;
+        }
+        if !write_frame(stream, &out, &mut framed).await {
+            return;
+        }
+    }
+}
+
+/// What reading one length-prefixed message (RFC 1035 §4.2.2) produced.
+enum Frame {
+    Ready,
+    /// The peer closed the connection between messages.
+    Closed,
+    /// A zero length, or the peer closed part-way through a message.
+    Bad,
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    frame: &mut Vec<u8>,
+) -> io::Result<Frame> {
+    let mut prefix = [0u8; 2];
+    if stream.read(&mut prefix[..1]).await? == 0 {
+        return Ok(Frame::Closed);
+    }
+    if !read_all(stream, &mut prefix[1..]).await? {
+        return Ok(Frame::Bad);
+    }
+    let len = usize::from(u16::from_be_bytes(prefix));
+    frame.resize(len, 0);
+    if len == 0 || !read_all(stream, frame).await? {
+        return Ok(Frame::Bad);
+    }
+    Ok(Frame::Ready)
+}
+
+/// Fills `buf`; false when the peer closed before it was full.
+async fn read_all<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::Result<bool> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Sends `message` behind its length in one write, so that it leaves as one segment.
+async fn write_frame<S>(stream: &mut S, message: &[u8], framed: &mut Vec<u8>) -> bool
+where
+    S: AsyncWrite + Unpin,
+{
+    let Ok(len) = u16::try_from(message.len()) else {
+        return false;
+    };
+    framed.clear();
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    let written = timeout(TCP_IDLE_TIMEOUT, stream.write_all(framed)).await;
+    matches!(written, Ok(Ok(())))
+}

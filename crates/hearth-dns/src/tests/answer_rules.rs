@@ -1,0 +1,368 @@
+//! The answer rules, one test each, through `answer` over the fixture view.
+
+use hearth_types::{CheckStatus, MemberState, Role};
+use hickory_proto::op::{Edns, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::NS;
+use hickory_proto::rr::{DNSClass, RData, RecordType};
+
+use super::fixture::{
+    QUERY_ID, SERIAL, TTL, addresses, ask, ask_in, assert_negative, ips, member, name, query,
+    snapshot, soa, view, view_of, zone,
+};
+use crate::{EDNS_PAYLOAD, NoneHealthy, Zone, answer, next_serial};
+
+#[test]
+fn service_answers_passing_instances_on_up_nodes_only() {
+    let response = ask("web.hearth.test.", RecordType::A);
+    assert_eq!(response.response_code, ResponseCode::NoError);
+    assert!(response.authoritative);
+    // bravo's instance fails its check; charlie's passes but charlie is dead.
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.1"]));
+    assert!(response.answers.iter().all(|record| record.ttl == TTL));
+    assert!(response.authorities.is_empty());
+}
+
+#[test]
+fn service_only_on_a_dead_node_is_nodata() {
+    assert_negative(
+        &ask("old.hearth.test.", RecordType::A),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn service_listed_only_by_a_left_member_still_exists() {
+    assert_negative(
+        &ask("gone.hearth.test.", RecordType::A),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn none_healthy_all_up_answers_every_instance_on_up_nodes() {
+    let response = ask("cache.hearth.test.", RecordType::A);
+    assert_eq!(response.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&response.answers), ips(&["10.0.3.2"]));
+}
+
+#[test]
+fn none_healthy_empty_answers_nodata() {
+    let zone = Zone {
+        none_healthy: NoneHealthy::Empty,
+        ..zone()
+    };
+    let response = ask_in(&zone, view(), "cache.hearth.test.", RecordType::A);
+    assert_negative(&response, ResponseCode::NoError);
+}
+
+#[test]
+fn aaaa_answers_ipv6_instances() {
+    let response = ask("web.hearth.test.", RecordType::AAAA);
+    assert_eq!(addresses(&response.answers), ips(&["fd00::1:4"]));
+}
+
+#[test]
+fn a_query_for_an_ipv6_only_name_is_nodata_and_vice_versa() {
+    assert_negative(
+        &ask("delta.hearth.test.", RecordType::A),
+        ResponseCode::NoError,
+    );
+    assert_negative(
+        &ask("db.hearth.test.", RecordType::AAAA),
+        ResponseCode::NoError,
+    );
+    let response = ask("delta.hearth.test.", RecordType::AAAA);
+    assert_eq!(addresses(&response.answers), ips(&["fd00::4"]));
+}
+
+#[test]
+fn node_names_answer_their_address_unless_left() {
+    let alpha = ask("alpha.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&alpha.answers), ips(&["10.0.0.1"]));
+    let dead = ask("charlie.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&dead.answers), ips(&["10.0.0.3"]));
+    assert_negative(
+        &ask("echo.hearth.test.", RecordType::A),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn service_names_take_precedence_over_node_names() {
+    let response = ask("bravo.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&response.answers), ips(&["10.0.5.4"]));
+}
+
+#[test]
+fn addresses_are_deduplicated_and_sorted() {
+    use CheckStatus::Passing;
+    let up = MemberState::Alive;
+    let members = [
+        member(
+            "n1",
+            up,
+            &[],
+            "10.1.0.1",
+            &[
+                ("multi", "10.0.9.3", Passing),
+                ("multi", "10.0.9.1", Passing),
+            ],
+        ),
+        member(
+            "n2",
+            up,
+            &[],
+            "10.1.0.2",
+            &[
+                ("MULTI", "10.0.9.3", Passing),
+                ("multi", "10.0.9.2", Passing),
+            ],
+        ),
+    ];
+    let response = ask_in(
+        &zone(),
+        view_of("n1", members),
+        "multi.hearth.test.",
+        RecordType::A,
+    );
+    assert_eq!(
+        addresses(&response.answers),
+        ips(&["10.0.9.1", "10.0.9.2", "10.0.9.3"])
+    );
+}
+
+#[test]
+fn apex_answers_soa() {
+    let response = ask("hearth.test.", RecordType::SOA);
+    assert_eq!(response.response_code, ResponseCode::NoError);
+    assert!(response.authoritative);
+    let [record] = response.answers.as_slice() else {
+        panic!("expected one SOA: {:?}", response.answers);
+    };
+    assert_eq!(record.ttl, TTL);
+    let soa = soa(record);
+    assert_eq!(soa.mname, name("delta.hearth.test."));
+    assert_eq!(soa.rname, name("hostmaster.hearth.test."));
+    assert_eq!((soa.serial, soa.minimum), (SERIAL, TTL));
+    assert!(soa.refresh > 0 && soa.retry > 0 && soa.expire > soa.refresh);
+}
+
+#[test]
+fn apex_answers_up_servers_as_ns_with_glue() {
+    let response = ask("hearth.test.", RecordType::NS);
+    // charlie is a server too, but dead.
+    let expected = RData::NS(NS(name("delta.hearth.test.")));
+    let answers: Vec<&RData> = response.answers.iter().map(|record| &record.data).collect();
+    assert_eq!(answers, [&expected]);
+    let [glue] = response.additionals.as_slice() else {
+        panic!("expected one glue record: {:?}", response.additionals);
+    };
+    assert_eq!(glue.name, name("delta.hearth.test."));
+    assert_eq!(addresses(&response.additionals), ips(&["fd00::4"]));
+}
+
+#[test]
+fn ns_falls_back_to_this_node_when_no_server_is_up() {
+    let mut view = view();
+    view.members.get_mut("delta").unwrap().state = MemberState::Dead;
+    let response = ask_in(&zone(), view.clone(), "hearth.test.", RecordType::NS);
+    let expected = RData::NS(NS(name("alpha.hearth.test.")));
+    assert_eq!(
+        response.answers.first().map(|record| &record.data),
+        Some(&expected)
+    );
+    assert_eq!(addresses(&response.additionals), ips(&["10.0.0.1"]));
+    let soa_response = ask_in(&zone(), view, "hearth.test.", RecordType::SOA);
+    assert_eq!(
+        soa(&soa_response.answers[0]).mname,
+        name("alpha.hearth.test.")
+    );
+}
+
+#[test]
+fn apex_other_types_are_nodata() {
+    assert_negative(&ask("hearth.test.", RecordType::A), ResponseCode::NoError);
+}
+
+#[test]
+fn unknown_names_are_nxdomain_with_soa() {
+    for qname in [
+        "nosuch.hearth.test.",
+        "a.b.hearth.test.",
+        "x.web.hearth.test.",
+    ] {
+        assert_negative(&ask(qname, RecordType::A), ResponseCode::NXDomain);
+    }
+}
+
+#[test]
+fn other_types_on_existing_names_are_nodata_with_soa() {
+    assert_negative(
+        &ask("web.hearth.test.", RecordType::TXT),
+        ResponseCode::NoError,
+    );
+    assert_negative(
+        &ask("alpha.hearth.test.", RecordType::MX),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn names_outside_the_zone_are_refused_without_aa() {
+    for qname in ["www.example.com.", "test.", "."] {
+        let response = ask(qname, RecordType::A);
+        assert_eq!(response.response_code, ResponseCode::Refused, "{qname}");
+        assert!(!response.authoritative);
+        assert!(response.answers.is_empty() && response.authorities.is_empty());
+    }
+}
+
+#[test]
+fn classes_other_than_in_and_any_are_refused() {
+    let answer_class = |class| {
+        let mut request = query("web.hearth.test.", RecordType::A);
+        request.queries[0].set_query_class(class);
+        answer(&zone(), &snapshot(&zone(), view()), &request)
+    };
+    assert_eq!(
+        answer_class(DNSClass::CH).response_code,
+        ResponseCode::Refused
+    );
+    assert_eq!(
+        answer_class(DNSClass::HS).response_code,
+        ResponseCode::Refused
+    );
+    let any = answer_class(DNSClass::ANY);
+    assert_eq!(addresses(&any.answers), ips(&["10.0.1.1"]));
+}
+
+#[test]
+fn zone_transfers_are_refused() {
+    for qtype in [RecordType::AXFR, RecordType::IXFR] {
+        assert_eq!(
+            ask("hearth.test.", qtype).response_code,
+            ResponseCode::Refused
+        );
+    }
+}
+
+#[test]
+fn matching_ignores_case_and_echoes_the_question_as_asked() {
+    let asked = name("WeB.HeArTh.tEsT.");
+    let response = ask("WeB.HeArTh.tEsT.", RecordType::A);
+    assert!(response.queries[0].name().eq_case(&asked));
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.1"]));
+    assert!(response.answers[0].name.eq_case(&asked));
+    let apex = ask("HEARTH.test.", RecordType::SOA);
+    assert!(apex.answers[0].name.eq_case(&name("HEARTH.test.")));
+}
+
+#[test]
+fn any_answers_both_families_and_apex_records() {
+    let response = ask("web.hearth.test.", RecordType::ANY);
+    assert_eq!(
+        addresses(&response.answers),
+        ips(&["10.0.1.1", "fd00::1:4"])
+    );
+    let apex = ask("hearth.test.", RecordType::ANY);
+    let types: Vec<RecordType> = apex.answers.iter().map(|r| r.record_type()).collect();
+    assert_eq!(types, [RecordType::SOA, RecordType::NS]);
+    assert_eq!(addresses(&apex.additionals), ips(&["fd00::4"]));
+}
+
+#[test]
+fn opcodes_other_than_query_are_notimp() {
+    for op_code in [
+        OpCode::Status,
+        OpCode::Notify,
+        OpCode::Update,
+        OpCode::Unknown(9),
+    ] {
+        let mut request = query("web.hearth.test.", RecordType::A);
+        request.metadata.op_code = op_code;
+        let response = answer(&zone(), &snapshot(&zone(), view()), &request);
+        assert_eq!(response.response_code, ResponseCode::NotImp);
+        assert_eq!(response.op_code, op_code);
+        assert!(response.answers.is_empty());
+    }
+}
+
+#[test]
+fn question_counts_other_than_one_are_formerr() {
+    let mut none = query("web.hearth.test.", RecordType::A);
+    none.queries.clear();
+    let mut two = query("web.hearth.test.", RecordType::A);
+    two.add_query(Query::query(name("db.hearth.test."), RecordType::A));
+    for request in [none, two] {
+        let response = answer(&zone(), &snapshot(&zone(), view()), &request);
+        assert_eq!(response.response_code, ResponseCode::FormErr);
+        assert!(response.answers.is_empty() && response.queries.is_empty());
+    }
+}
+
+#[test]
+fn header_copies_id_and_rd_and_never_offers_recursion() {
+    for recursion_desired in [true, false] {
+        let mut request = query("web.hearth.test.", RecordType::A);
+        request.metadata.recursion_desired = recursion_desired;
+        let response = answer(&zone(), &snapshot(&zone(), view()), &request);
+        assert_eq!(response.id, QUERY_ID);
+        assert_eq!(response.message_type, MessageType::Response);
+        assert_eq!(response.recursion_desired, recursion_desired);
+        assert!(!response.recursion_available);
+    }
+}
+
+#[test]
+fn edns_requests_get_an_opt_record_back() {
+    let plain = ask("web.hearth.test.", RecordType::A);
+    assert!(plain.edns.is_none());
+    let mut request = query("web.hearth.test.", RecordType::A);
+    request.edns = Some(Edns::new());
+    let response = answer(&zone(), &snapshot(&zone(), view()), &request);
+    let edns = response.edns.as_ref().expect("an OPT record");
+    assert_eq!(edns.max_payload(), EDNS_PAYLOAD);
+    assert_eq!(edns.version(), 0);
+}
+
+#[test]
+fn unknown_edns_versions_get_badvers() {
+    let mut request = query("web.hearth.test.", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_version(1);
+    request.edns = Some(edns);
+    let response = answer(&zone(), &snapshot(&zone(), view()), &request);
+    assert_eq!(response.response_code, ResponseCode::BADVERS);
+    assert!(response.edns.is_some());
+}
+
+#[test]
+fn zone_origin_is_lowercase_and_fully_qualified() {
+    let zone = Zone::new(name("Hearth.Test"), TTL, NoneHealthy::AllUp);
+    assert!(zone.origin.eq_case(&name("hearth.test.")));
+    assert!(zone.origin.is_fqdn());
+}
+
+#[test]
+fn serial_follows_the_clock_but_always_increases() {
+    assert_eq!(next_serial(0, 1_700_000_000), 1_700_000_000);
+    assert_eq!(next_serial(1_700_000_000, 1_700_000_000), 1_700_000_001);
+    assert_eq!(next_serial(1_700_000_005, 1_700_000_001), 1_700_000_006);
+}
+
+#[test]
+fn snapshot_exposes_its_view_and_serial() {
+    let view = view_of(
+        "solo",
+        [member(
+            "solo",
+            MemberState::Alive,
+            &[Role::Server],
+            "10.9.9.9",
+            &[],
+        )],
+    );
+    let snapshot = snapshot(&zone(), view.clone());
+    assert_eq!(**snapshot.view(), view);
+    assert_eq!(snapshot.serial(), SERIAL);
+}

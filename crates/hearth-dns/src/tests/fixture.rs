@@ -1,0 +1,171 @@
+//! A small view and helpers shared by the tests: five members covering every member state,
+//! check status and role that the answer rules tell apart.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hearth_types::{CheckStatus, Member, MemberState, NodeMeta, Role, ServiceInstance, View};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::SOA;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::{NoneHealthy, Zone, ZoneSnapshot, answer};
+
+pub(crate) const SERIAL: u32 = 42;
+pub(crate) const TTL: u32 = 30;
+pub(crate) const QUERY_ID: u16 = 0x1234;
+
+pub(crate) fn zone() -> Zone {
+    Zone::new(name("Hearth.Test."), TTL, NoneHealthy::AllUp)
+}
+
+pub(crate) fn name(text: &str) -> Name {
+    Name::from_ascii(text).unwrap()
+}
+
+/// - alpha: alive worker (this node); web passing, db passing.
+/// - bravo: suspect worker; web failing, cache failing (cache has no healthy instance).
+/// - charlie: dead server; web passing, old passing (old lives only on a dead node).
+/// - delta: alive server on IPv6; web passing on IPv6, and a service named like bravo's node.
+/// - echo: left; gone passing (gone is listed only by a member that left).
+pub(crate) fn view() -> View {
+    use CheckStatus::{Failing, Passing};
+    let members = [
+        member(
+            "alpha",
+            MemberState::Alive,
+            &[Role::Worker],
+            "10.0.0.1",
+            &[("web", "10.0.1.1", Passing), ("db", "10.0.2.1", Passing)],
+        ),
+        member(
+            "bravo",
+            MemberState::Suspect,
+            &[Role::Worker],
+            "10.0.0.2",
+            &[("web", "10.0.1.2", Failing), ("cache", "10.0.3.2", Failing)],
+        ),
+        member(
+            "charlie",
+            MemberState::Dead,
+            &[Role::Server, Role::Worker],
+            "10.0.0.3",
+            &[("web", "10.0.1.3", Passing), ("old", "10.0.4.3", Passing)],
+        ),
+        member(
+            "delta",
+            MemberState::Alive,
+            &[Role::Server],
+            "fd00::4",
+            &[
+                ("web", "fd00::1:4", Passing),
+                ("bravo", "10.0.5.4", Passing),
+            ],
+        ),
+        member(
+            "echo",
+            MemberState::Left,
+            &[Role::Worker],
+            "10.0.0.5",
+            &[("gone", "10.0.6.5", Passing)],
+        ),
+    ];
+    view_of("alpha", members)
+}
+
+pub(crate) fn view_of(self_name: &str, members: impl IntoIterator<Item = Member>) -> View {
+    let members: BTreeMap<String, Member> = members
+        .into_iter()
+        .map(|member| (member.meta.name.clone(), member))
+        .collect();
+    View {
+        self_name: self_name.to_owned(),
+        members,
+    }
+}
+
+pub(crate) fn member(
+    name: &str,
+    state: MemberState,
+    roles: &[Role],
+    address: &str,
+    services: &[(&str, &str, CheckStatus)],
+) -> Member {
+    let services = services
+        .iter()
+        .map(|&(service, address, status)| ServiceInstance {
+            service: service.to_owned(),
+            address: address.parse().unwrap(),
+            status,
+        })
+        .collect();
+    let meta = NodeMeta {
+        name: name.to_owned(),
+        gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+        address: address.parse().unwrap(),
+        roles: roles.to_vec(),
+        tags: BTreeMap::new(),
+    };
+    Member {
+        meta,
+        state,
+        services,
+    }
+}
+
+pub(crate) fn snapshot(zone: &Zone, view: View) -> ZoneSnapshot {
+    ZoneSnapshot::new(zone, Arc::new(view), SERIAL)
+}
+
+/// A recursion-desired IN query, as a stub resolver sends it.
+pub(crate) fn query(qname: &str, qtype: RecordType) -> Message {
+    let mut message = Message::new(QUERY_ID, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name(qname), qtype));
+    message
+}
+
+pub(crate) fn ask_in(zone: &Zone, view: View, qname: &str, qtype: RecordType) -> Message {
+    answer(zone, &snapshot(zone, view), &query(qname, qtype))
+}
+
+pub(crate) fn ask(qname: &str, qtype: RecordType) -> Message {
+    ask_in(&zone(), view(), qname, qtype)
+}
+
+/// The A and AAAA data of `records`, in order.
+pub(crate) fn addresses(records: &[Record]) -> Vec<IpAddr> {
+    records
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn ips(texts: &[&str]) -> Vec<IpAddr> {
+    texts.iter().map(|text| text.parse().unwrap()).collect()
+}
+
+pub(crate) fn soa(record: &Record) -> &SOA {
+    match &record.data {
+        RData::SOA(soa) => soa,
+        other => panic!("expected an SOA, got {other:?}"),
+    }
+}
+
+/// Asserts an authoritative negative answer: `rcode`, no answers, the zone's SOA in authority.
+pub(crate) fn assert_negative(response: &Message, rcode: ResponseCode) {
+    assert_eq!(response.response_code, rcode);
+    assert!(response.authoritative);
+    assert!(response.answers.is_empty(), "{:?}", response.answers);
+    let [authority] = response.authorities.as_slice() else {
+        panic!("expected one SOA in authority: {:?}", response.authorities);
+    };
+    assert_eq!(authority.name, name("hearth.test."));
+    assert_eq!(authority.ttl, TTL);
+    assert_eq!(soa(authority).serial, SERIAL);
+}

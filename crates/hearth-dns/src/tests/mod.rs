@@ -1,0 +1,6 @@
+//! Unit tests for the crate, grouped by layer, over the shared fixture in `fixture`.
+
+mod answer_rules;
+mod fixture;
+mod packet;
+mod server;

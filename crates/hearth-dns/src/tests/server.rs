@@ -1,0 +1,233 @@
+//! `serve` over real sockets on 127.0.0.1: UDP and TCP answers, garbage, view changes, the
+//! connection cap, and shutdown. Every wait is bounded by `DEADLINE`; nothing sleeps.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_types::{CheckStatus, View};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::fixture::{addresses, ips, query, soa, view, zone};
+use crate::server::MAX_TCP_CONNECTIONS;
+use crate::{DnsMetrics, serve};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Running {
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    views: watch::Sender<Arc<View>>,
+    metrics: Arc<DnsMetrics>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn start(view: View) -> Running {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    let (views, views_rx) = watch::channel(Arc::new(view));
+    let metrics = Arc::new(DnsMetrics::default());
+    let shutdown = CancellationToken::new();
+    let server = serve(
+        zone(),
+        udp,
+        tcp,
+        views_rx,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
+    Running {
+        udp: udp_addr,
+        tcp: tcp_addr,
+        views,
+        metrics,
+        shutdown,
+        task: tokio::spawn(server),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let ended = timeout(DEADLINE, self.task).await;
+        ended
+            .expect("serve ends once cancelled")
+            .expect("serve does not panic");
+    }
+
+    async fn udp_ask(&self, client: &UdpSocket, request: &Message) -> Message {
+        client
+            .send_to(&request.to_vec().unwrap(), self.udp)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let received = timeout(DEADLINE, client.recv_from(&mut buf)).await;
+            let (len, _) = received.expect("a UDP answer in time").unwrap();
+            let response = Message::from_vec(&buf[..len]).unwrap();
+            if response.id == request.id {
+                return response;
+            }
+        }
+    }
+}
+
+async fn udp_client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+fn frame(request: &Message) -> Vec<u8> {
+    let wire = request.to_vec().unwrap();
+    let mut framed = u16::try_from(wire.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&wire);
+    framed
+}
+
+async fn tcp_read(stream: &mut TcpStream) -> Message {
+    let read = async {
+        let len = stream.read_u16().await.unwrap();
+        let mut wire = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut wire).await.unwrap();
+        Message::from_vec(&wire).unwrap()
+    };
+    timeout(DEADLINE, read).await.expect("a TCP answer in time")
+}
+
+async fn tcp_ask(stream: &mut TcpStream, request: &Message) -> Message {
+    stream.write_all(&frame(request)).await.unwrap();
+    tcp_read(stream).await
+}
+
+/// True once the server has closed `stream` (EOF or reset), within the deadline.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        timeout(DEADLINE, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn poll_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {DEADLINE:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+fn with_id(mut request: Message, id: u16) -> Message {
+    request.metadata.id = id;
+    request
+}
+
+#[tokio::test]
+async fn serves_udp_and_tcp_survives_garbage_and_stops_on_cancel() {
+    let server = start(view()).await;
+    let client = udp_client().await;
+    let web = query("web.hearth.test.", RecordType::A);
+    let response = server.udp_ask(&client, &web).await;
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.1"]));
+
+    // Two queries in one write: framing must split them, answers come back in order.
+    let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+    let missing = with_id(query("nosuch.hearth.test.", RecordType::A), 7);
+    stream
+        .write_all(&[frame(&web), frame(&missing)].concat())
+        .await
+        .unwrap();
+    let (first, second) = (tcp_read(&mut stream).await, tcp_read(&mut stream).await);
+    assert_eq!(addresses(&first.answers), ips(&["10.0.1.1"]));
+    assert_eq!(
+        (second.id, second.response_code),
+        (7, ResponseCode::NXDomain)
+    );
+
+    // The UDP loop handles datagrams in order, so the answer proves the garbage was counted.
+    client
+        .send_to(b"\xff\x00not dns at all", server.udp)
+        .await
+        .unwrap();
+    server.udp_ask(&client, &with_id(web.clone(), 8)).await;
+    assert_eq!(server.metrics.dropped_malformed(), 1);
+
+    stream.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
+    assert!(
+        closed_by_server(&mut stream).await,
+        "a bad frame closes the connection"
+    );
+    assert_eq!(server.metrics.dropped_malformed(), 2);
+
+    let mut fresh = TcpStream::connect(server.tcp).await.unwrap();
+    let response = tcp_ask(&mut fresh, &web).await;
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.1"]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn view_changes_are_served_with_a_new_serial() {
+    let server = start(view()).await;
+    let client = udp_client().await;
+    let apex = query("hearth.test.", RecordType::SOA);
+    let serial = |response: &Message| soa(&response.answers[0]).serial;
+    let before = serial(&server.udp_ask(&client, &apex).await);
+
+    let mut changed = view();
+    changed.members.get_mut("bravo").unwrap().services[0].status = CheckStatus::Passing;
+    server.views.send_replace(Arc::new(changed));
+    let web = query("web.hearth.test.", RecordType::A);
+    poll_until(|| async {
+        let response = server.udp_ask(&client, &web).await;
+        addresses(&response.answers) == ips(&["10.0.1.1", "10.0.1.2"])
+    })
+    .await;
+    let after = serial(&server.udp_ask(&client, &apex).await);
+    assert!(after > before, "serial {after} must follow {before}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_cap_are_closed() {
+    let server = start(view()).await;
+    let web = query("web.hearth.test.", RecordType::A);
+    let mut open = Vec::new();
+    for _ in 0..MAX_TCP_CONNECTIONS {
+        // Asking on each connection proves the server holds a slot for it.
+        let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+        tcp_ask(&mut stream, &web).await;
+        open.push(stream);
+    }
+    let mut refused = TcpStream::connect(server.tcp).await.unwrap();
+    assert!(closed_by_server(&mut refused).await);
+    tcp_ask(&mut open[0], &web).await;
+
+    // A slot frees once a connection ends.
+    drop(open.pop());
+    poll_until(|| async {
+        let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+        stream.write_all(&frame(&web)).await.unwrap();
+        let mut len = [0u8; 2];
+        matches!(
+            timeout(DEADLINE, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        )
+    })
+    .await;
+    server.stop().await;
+}

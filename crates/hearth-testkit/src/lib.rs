@@ -1,0 +1,476 @@
+//! Test harness: starts real `hearth agent` processes on distinct 127.x.y.z addresses,
+//! queries them with real `dig` and HTTP, and kills every process it started (by PID) when
+//! dropped, even when the test fails.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+pub const GOSSIP_PORT: u16 = 7946;
+pub const API_PORT: u16 = 7480;
+pub const DNS_PORT: u16 = 8053;
+pub const ZONE: &str = "coop.test.";
+
+/// Polls `probe` until it returns `Ok`, or panics with the last error after `timeout`.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A private directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "hearth-{label}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes[..]);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// One node's config, before it is written out.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub secret: String,
+    pub cluster: String,
+    pub join: Vec<SocketAddr>,
+    /// Extra TOML appended to the generated config (services, handlers, ...).
+    pub extra: String,
+}
+
+impl NodeSpec {
+    pub fn toml(&self, data_dir: &Path) -> String {
+        let join: Vec<String> = self.join.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            r#"node_name   = "{name}"
+data_dir    = "{data}"
+cluster     = "{cluster}"
+secret      = "{secret}"
+roles       = ["server"]
+gossip_addr = "{ip}:{GOSSIP_PORT}"
+api_addr    = "{ip}:{API_PORT}"
+dns_addr    = "{ip}:{DNS_PORT}"
+join        = [{join}]
+
+[dns]
+zone = "{ZONE}"
+ttl  = 1
+{extra}
+"#,
+            name = self.name,
+            data = data_dir.display(),
+            cluster = self.cluster,
+            secret = self.secret,
+            ip = self.ip,
+            join = join.join(", "),
+            extra = self.extra,
+        );
+        text
+    }
+}
+
+/// A running (or stopped) agent process.
+pub struct TestAgent {
+    pub spec: NodeSpec,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    bin: PathBuf,
+}
+
+impl TestAgent {
+    /// Writes the config and starts `hearth agent --config`.
+    pub fn start(bin: &Path, root: &Path, spec: NodeSpec) -> TestAgent {
+        let dir = root.join(&spec.name);
+        std::fs::create_dir_all(&dir).expect("create node dir");
+        let mut agent = TestAgent {
+            spec,
+            dir,
+            child: None,
+            bin: bin.to_owned(),
+        };
+        agent.restart();
+        agent
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("hearth.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// (Re)starts the process with the current spec.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is still running",
+            self.spec.name
+        );
+        std::fs::write(self.config_path(), self.spec.toml(&self.dir.join("data")))
+            .expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open log");
+        let child = Command::new(&self.bin)
+            .args(["agent", "--config"])
+            .arg(self.config_path())
+            .env("HEARTH_LOG", "info,hearth_membership=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hearth agent");
+        self.child = Some(child);
+        let api = self.api_addr();
+        eventually(
+            &format!("{} API to listen", self.spec.name),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self.try_exit_status() {
+                    panic!(
+                        "agent {} exited with {status}: {}",
+                        self.spec.name,
+                        self.log_tail()
+                    );
+                }
+                TcpStream::connect(api)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+    }
+
+    fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process gets no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal to the agent's PID with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} {pid} failed");
+        }
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let name = self.spec.name.clone();
+        let status = eventually(&format!("{name} to exit"), timeout, || {
+            self.try_exit_status()
+                .ok_or_else(|| "still running".to_string())
+        });
+        self.child = None;
+        status.code()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_exit_status().is_none()
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, API_PORT))
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, GOSSIP_PORT))
+    }
+
+    pub fn dns_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, DNS_PORT))
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/api-token"))
+            .expect("read api token")
+            .trim()
+            .to_owned()
+    }
+
+    /// GET with the agent's token; returns (status, body).
+    pub fn http_get(&self, path: &str, with_token: bool) -> Result<(u16, String), String> {
+        let auth = if with_token {
+            format!("Authorization: Bearer {}\r\n", self.token())
+        } else {
+            String::new()
+        };
+        http_request(
+            self.api_addr(),
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+        )
+    }
+
+    /// `GET /v1/...` parsed as JSON.
+    pub fn api_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let (status, body) = self.http_get(path, true)?;
+        if status != 200 {
+            return Err(format!("{path}: HTTP {status}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{path}: bad JSON {e}: {body}"))
+    }
+
+    /// name -> state, from this agent's `/v1/members`.
+    pub fn member_states(&self) -> Result<Vec<(String, String)>, String> {
+        let members = self.api_json("/v1/members")?;
+        let rows = members.as_array().ok_or("members is not an array")?;
+        Ok(rows
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().to_owned(),
+                    m["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// `dig +short` against this agent's DNS, sorted.
+    pub fn dig(&self, name: &str, rtype: &str) -> Result<Vec<String>, String> {
+        dig_short(self.dns_addr(), name, rtype)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {} ({}) ---\n{}",
+                self.spec.name,
+                self.log_path().display(),
+                self.log_tail()
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// A raw HTTP/1.1 exchange; returns (status, body).
+pub fn http_request(addr: SocketAddr, request: &str) -> Result<(u16, String), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Runs real `dig +short` and returns the sorted answer lines.
+pub fn dig_short(server: SocketAddr, name: &str, rtype: &str) -> Result<Vec<String>, String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            name,
+            rtype,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run dig (apt-get install dnsutils): {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "dig failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    }
+    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// Runs `dig` and returns its full output (for status, flags and sections).
+pub fn dig_full(server: SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A block of loopback addresses no other test run is likely to use: 127.a.b.1, .2, ...
+pub fn loopback_block() -> impl Fn(u8) -> Ipv4Addr {
+    let a = rand::random_range(1..=250u8);
+    let b = rand::random_range(1..=250u8);
+    move |host| Ipv4Addr::new(127, a, b, host)
+}
+
+/// A cluster of agents with one secret, each on its own loopback address.
+pub struct TestCluster {
+    pub agents: Vec<TestAgent>,
+    pub secret: String,
+    pub root: TempDir,
+    ip: Box<dyn Fn(u8) -> Ipv4Addr>,
+    bin: PathBuf,
+}
+
+impl TestCluster {
+    /// Starts `n` agents; every one joins through the first. `extra(i)` adds TOML to node i.
+    pub fn start(bin: &Path, n: usize, extra: impl Fn(usize) -> String) -> TestCluster {
+        let mut cluster = TestCluster {
+            agents: Vec::new(),
+            secret: random_secret(),
+            root: TempDir::new("cluster"),
+            ip: Box::new(loopback_block()),
+            bin: bin.to_owned(),
+        };
+        for idx in 0..n {
+            let spec = cluster.spec(idx, extra(idx));
+            cluster.add(spec);
+        }
+        cluster
+    }
+
+    /// The spec node `idx` would get: name `n{idx+1}`, address 127.a.b.{idx+1}.
+    pub fn spec(&self, idx: usize, extra: String) -> NodeSpec {
+        let seed = SocketAddr::from(((self.ip)(1), GOSSIP_PORT));
+        NodeSpec {
+            name: format!("n{}", idx + 1),
+            ip: (self.ip)(idx as u8 + 1),
+            secret: self.secret.clone(),
+            cluster: "test".into(),
+            join: if idx == 0 { vec![] } else { vec![seed] },
+            extra,
+        }
+    }
+
+    pub fn add(&mut self, spec: NodeSpec) -> &mut TestAgent {
+        let agent = TestAgent::start(&self.bin, self.root.path(), spec);
+        self.agents.push(agent);
+        self.agents.last_mut().expect("just pushed")
+    }
+
+    /// Waits until every running agent sees exactly `expected` (name, state) pairs.
+    pub fn wait_for_members(&self, expected: &[(&str, &str)], timeout: Duration) {
+        let mut want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        want.sort();
+        for agent in &self.agents {
+            if agent.child.is_none() {
+                continue;
+            }
+            eventually(
+                &format!("{} to see members {want:?}", agent.spec.name),
+                timeout,
+                || {
+                    let mut got = agent.member_states()?;
+                    got.sort();
+                    if got == want {
+                        Ok(())
+                    } else {
+                        Err(format!("{got:?}"))
+                    }
+                },
+            );
+        }
+    }
+}

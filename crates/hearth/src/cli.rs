@@ -1,0 +1,280 @@
+//! Command-line parsing and the commands: `agent`, `members`, `services`, `leave`, `keygen`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use hearth_agent::Agent;
+use hearth_agent::config::Config;
+use hearth_types::{MemberRow, ServiceRow};
+
+use crate::client::{ApiClient, ClientError};
+
+/// Exit code for bad usage or bad config.
+const EXIT_USAGE: u8 = 2;
+
+/// hearth: a small, self-healing cloud for volunteer-run hosting.
+///
+/// One binary runs on every server. `hearth agent` joins the cluster, checks services,
+/// and serves DNS that points only at healthy instances; the other commands talk to the
+/// local agent's API.
+#[derive(Parser)]
+#[command(name = "hearth", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    ///
+    /// With --config FILE, run as configured (see the README's config reference). With
+    /// --dev, run a one-node cluster on loopback with embedded defaults: API on
+    /// 127.0.0.1:7480, DNS on 127.0.0.1:8053 for zone hearth.test., a demo service `www`.
+    /// SIGTERM or SIGINT makes the agent leave the cluster gracefully, then exit.
+    Agent(AgentArgs),
+    /// List the cluster's members as this node sees them.
+    Members(ClientArgs),
+    /// List every service instance in the cluster with its check status.
+    Services(ClientArgs),
+    /// Make the local agent leave the cluster gracefully and exit.
+    Leave(ClientArgs),
+    /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
+    Keygen,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The TOML config file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "dev",
+        conflicts_with = "dev"
+    )]
+    config: Option<PathBuf>,
+    /// Run a single-node cluster on loopback with embedded defaults, for trying hearth out.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The agent's API address.
+    #[arg(long, value_name = "ADDR", env = "HEARTH_API", default_value = hearth_agent::dev::DEV_API_ADDR)]
+    pub api: String,
+    /// The API token. Without it, the CLI reads HEARTH_TOKEN_FILE, then the dev agent's
+    /// token file, then /var/lib/hearth/api-token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HEARTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Agent(args) => run_agent(args),
+        Command::Members(args) => client_command(&args, members),
+        Command::Services(args) => client_command(&args, services),
+        Command::Leave(args) => client_command(&args, leave),
+        Command::Keygen => {
+            let mut secret = [0u8; 32];
+            rand::fill(&mut secret[..]);
+            println!(
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run_agent(args: AgentArgs) -> ExitCode {
+    init_logging();
+    let loaded = match (&args.config, args.dev) {
+        (_, true) => Ok(hearth_agent::dev::dev_config()),
+        (Some(path), false) => Config::load(path),
+        (None, false) => unreachable!("clap requires --config or --dev"),
+    };
+    let (config, resolved) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hearth: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let agent = match Agent::start(config, resolved).await {
+            Ok(agent) => agent,
+            Err(error) => {
+                eprintln!("hearth: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if args.dev {
+            eprintln!(
+                "hearth: dev agent running. Try:\n  dig @127.0.0.1 -p {} www.hearth.test\n  hearth members",
+                agent.dns_addr.port()
+            );
+        }
+        let shutdown = agent.shutdown_token();
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = termination_signal() => {
+                tracing::info!("leaving the cluster");
+                if tokio::time::timeout(std::time::Duration::from_secs(5), agent.leave()).await.is_err() {
+                    tracing::warn!("leave did not finish in 5s; stopping anyway");
+                    shutdown.cancel();
+                }
+            }
+        }
+        agent.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn client_command(
+    args: &ClientArgs,
+    command: fn(&ApiClient, bool) -> Result<(), ClientError>,
+) -> ExitCode {
+    let client = match ApiClient::new(args) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match command(&client, args.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn members(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let rows: Vec<MemberRow> = client.get("/v1/members")?;
+    if json {
+        print_json(&rows);
+    } else {
+        let table = rows.iter().map(|m| {
+            let roles: Vec<&str> = m.roles.iter().map(|r| r.as_str()).collect();
+            vec![
+                m.name.clone(),
+                m.address.to_string(),
+                m.state.to_string(),
+                roles.join(","),
+            ]
+        });
+        print_table(&["NAME", "ADDRESS", "STATE", "ROLES"], table);
+    }
+    Ok(())
+}
+
+fn services(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let rows: Vec<ServiceRow> = client.get("/v1/services")?;
+    if json {
+        print_json(&rows);
+    } else {
+        let table = rows.iter().map(|s| {
+            vec![
+                s.service.clone(),
+                s.node.clone(),
+                s.address.to_string(),
+                s.status.to_string(),
+                s.node_state.to_string(),
+            ]
+        });
+        print_table(
+            &["SERVICE", "NODE", "ADDRESS", "CHECK", "NODE STATE"],
+            table,
+        );
+    }
+    Ok(())
+}
+
+fn leave(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let answer: serde_json::Value = client.post("/v1/leave")?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!("left the cluster; the agent is stopping");
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("hearth: cannot encode JSON: {error}"),
+    }
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

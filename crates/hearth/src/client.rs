@@ -1,0 +1,121 @@
+//! A small blocking client of the local agent's JSON API, used by the CLI commands.
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+
+use crate::cli::ClientArgs;
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no API token: pass --token, set HEARTH_TOKEN or HEARTH_TOKEN_FILE, or run as a user who can read {0}"
+    )]
+    NoToken(String),
+    #[error(
+        "cannot reach the agent at {addr} ({source}); is `hearth agent` running? Set --api or HEARTH_API to its api_addr"
+    )]
+    Unreachable { addr: String, source: ureq::Error },
+    #[error("the agent answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the agent's answer is not what this CLI expects: {0}")]
+    Decode(String),
+}
+
+pub struct ApiClient {
+    base: String,
+    addr: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    pub fn new(args: &ClientArgs) -> Result<ApiClient, ClientError> {
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => find_token()?,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Ok(ApiClient {
+            base: format!("http://{}", args.api),
+            addr: args.api.clone(),
+            token,
+            agent,
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call();
+        self.decode(response)
+    }
+
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_empty();
+        self.decode(response)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut response = response.map_err(|source| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(body);
+            return Err(ClientError::Status { status, message });
+        }
+        serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// The token files the CLI tries, in order, when no token is given.
+fn token_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(path) = std::env::var_os("HEARTH_TOKEN_FILE") {
+        files.push(PathBuf::from(path));
+    }
+    files.push(hearth_agent::dev::dev_data_dir().join("api-token"));
+    files.push(PathBuf::from("/var/lib/hearth/api-token"));
+    files
+}
+
+fn find_token() -> Result<String, ClientError> {
+    let files = token_files();
+    files
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ClientError::NoToken(
+                files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            )
+        })
+}

@@ -1,0 +1,268 @@
+//! Real multi-process clusters on loopback: convergence, failover in DNS after kill -9,
+//! check failure and recovery, graceful leave, rejoin after restart, a wrong-secret node,
+//! and garbage on the gossip and DNS ports. Queried with real `dig` and HTTP.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_testkit::{TestCluster, ZONE, eventually};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+fn www(zone_ip_last: &str) -> String {
+    format!("[[service]]\nname = \"www\"\naddress = \"10.0.0.{zone_ip_last}\"\n")
+}
+
+fn www_name() -> String {
+    format!("www.{ZONE}")
+}
+
+#[test]
+fn three_agents_converge_and_kill9_leaves_dns() {
+    let mut cluster = TestCluster::start(bin(), 3, |i| www(&(i + 1).to_string()));
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "alive")],
+        DEADLINE,
+    );
+    let all = vec!["10.0.0.1".to_string(), "10.0.0.2".into(), "10.0.0.3".into()];
+    for agent in &cluster.agents {
+        eventually("all three instances in DNS", DEADLINE, || {
+            let got = agent.dig(&www_name(), "A")?;
+            if got == all {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+    // Node names answer with the node's address.
+    let n2_ip = cluster.agents[1].spec.ip.to_string();
+    assert_eq!(
+        cluster.agents[0].dig(&format!("n2.{ZONE}"), "A").unwrap(),
+        [n2_ip]
+    );
+
+    cluster.agents[2].kill9();
+    for agent in &cluster.agents[..2] {
+        eventually("the killed node's address gone from DNS", DEADLINE, || {
+            let got = agent.dig(&www_name(), "A")?;
+            if got == all[..2] {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "dead")],
+        DEADLINE,
+    );
+
+    // A restart with the same name rejoins cleanly and comes back into DNS.
+    cluster.agents[2].restart();
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "alive")],
+        DEADLINE,
+    );
+    for agent in &cluster.agents {
+        eventually("the restarted node back in DNS", DEADLINE, || {
+            let got = agent.dig(&www_name(), "A")?;
+            if got == all {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+}
+
+#[test]
+fn failing_check_removes_instance_and_recovery_readds_it() {
+    let root = hearth_testkit::TempDir::new("flag");
+    let flag = root.path().join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let service = |i: usize| {
+        let check = if i == 1 {
+            format!(
+                "[service.check]\nexec = [\"test\", \"-e\", \"{}\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n",
+                flag.display()
+            )
+        } else {
+            String::new()
+        };
+        format!("{}{check}", www(&(i + 1).to_string()))
+    };
+    let cluster = TestCluster::start(bin(), 2, service);
+    let both = vec!["10.0.0.1".to_string(), "10.0.0.2".into()];
+    let expect = |want: &[String]| {
+        for agent in &cluster.agents {
+            eventually("DNS answer", DEADLINE, || {
+                let got = agent.dig(&www_name(), "A")?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            });
+        }
+    };
+    expect(&both);
+    std::fs::remove_file(&flag).unwrap();
+    expect(&both[..1]);
+    let services = cluster.agents[0].api_json("/v1/services").unwrap();
+    let n2 = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node"] == "n2")
+        .unwrap()
+        .clone();
+    assert_eq!(n2["status"], "failing");
+    std::fs::write(&flag, "").unwrap();
+    expect(&both);
+}
+
+#[test]
+fn graceful_leave_is_seen_as_left() {
+    let mut cluster = TestCluster::start(bin(), 3, |i| www(&(i + 1).to_string()));
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "alive")],
+        DEADLINE,
+    );
+    // SIGTERM leaves gracefully.
+    cluster.agents[2].signal("TERM");
+    assert_eq!(cluster.agents[2].wait_exit(DEADLINE), Some(0));
+    // `hearth leave` does the same through the API.
+    let n2 = &cluster.agents[1];
+    let status = std::process::Command::new(bin())
+        .args([
+            "leave",
+            "--api",
+            &n2.api_addr().to_string(),
+            "--token",
+            &n2.token(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(cluster.agents[1].wait_exit(DEADLINE), Some(0));
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "left"), ("n3", "left")], DEADLINE);
+    eventually("left nodes out of DNS", DEADLINE, || {
+        let got = cluster.agents[0].dig(&www_name(), "A")?;
+        if got == ["10.0.0.1"] {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+}
+
+#[test]
+fn wrong_secret_never_joins_and_its_packets_are_counted() {
+    let mut cluster = TestCluster::start(bin(), 2, |_| String::new());
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    let mut intruder = cluster.spec(2, String::new());
+    intruder.secret = hearth_testkit::random_secret();
+    cluster.add(intruder);
+    // The intruder keeps knocking; wait until n1 has dropped some of its packets.
+    eventually("n1 to drop the intruder's packets", DEADLINE, || {
+        let (_, metrics) = cluster.agents[0].http_get("/metrics", false)?;
+        let dropped = metric(
+            &metrics,
+            "hearth_gossip_packets_dropped_total{reason=\"unknown_key\"}",
+        );
+        if dropped >= 3.0 {
+            Ok(())
+        } else {
+            Err(format!("dropped {dropped}"))
+        }
+    });
+    for agent in &cluster.agents[..2] {
+        let mut names: Vec<String> = agent
+            .member_states()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["n1", "n2"], "the intruder must not appear");
+    }
+    assert_eq!(
+        cluster.agents[2].member_states().unwrap(),
+        [("n3".to_string(), "alive".to_string())]
+    );
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn garbage_on_gossip_and_dns_ports_is_survived() {
+    let mut cluster = TestCluster::start(bin(), 2, |i| www(&(i + 1).to_string()));
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    let target = &cluster.agents[0];
+    let socket = UdpSocket::bind((cluster.agents[1].spec.ip, 0)).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..3000usize {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 1500) as usize;
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|j| (state >> (j % 8 * 8)) as u8 ^ j as u8)
+            .collect();
+        if i % 3 == 0 && len > 3 {
+            bytes[..3].copy_from_slice(b"HG\x01"); // looks like ours, but is not sealed
+        }
+        let _ = socket.send_to(&bytes, target.gossip_addr());
+        let _ = socket.send_to(&bytes, target.dns_addr());
+    }
+    // TCP garbage on the DNS port, too.
+    if let Ok(mut stream) = std::net::TcpStream::connect(target.dns_addr()) {
+        use std::io::Write;
+        let _ = stream.write_all(&[0xff; 4000]);
+    }
+    eventually("the agent to still answer DNS", DEADLINE, || {
+        let got = target.dig(&www_name(), "A")?;
+        if got.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    let (_, metrics) = target.http_get("/metrics", false).unwrap();
+    let gossip_dropped: f64 = [
+        "not_hearth",
+        "bad_version",
+        "unknown_key",
+        "auth_failed",
+        "malformed",
+    ]
+    .iter()
+    .map(|r| {
+        metric(
+            &metrics,
+            &format!("hearth_gossip_packets_dropped_total{{reason=\"{r}\"}}"),
+        )
+    })
+    .sum();
+    assert!(
+        gossip_dropped >= 1000.0,
+        "gossip drops counted: {gossip_dropped}\n{metrics}"
+    );
+    assert!(
+        metric(&metrics, "hearth_dns_packets_dropped_total") > 0.0,
+        "{metrics}"
+    );
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    assert!(cluster.agents[0].is_running());
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
+# tests need (dig from dnsutils), then runs every test with cargo-nextest (or cargo test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v dig >/dev/null 2>&1 || need+=(dnsutils)
+command -v kill >/dev/null 2>&1 || need+=(procps)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi
