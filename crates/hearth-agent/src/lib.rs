@@ -190,6 +190,20 @@ impl Agent {
         })
     }
 
+    /// Re-reads the secrets from `config_path` and swaps the keyring, so the cluster secret
+    /// rotates without a restart. Other changes in the file need a restart and are ignored.
+    pub async fn reload_secrets(&self, config_path: &Path) -> Result<usize, config::ConfigError> {
+        let (config, resolved) = Config::load(config_path)?;
+        let keyring = Keyring::new(
+            &config.cluster,
+            &resolved.primary_secret,
+            &resolved.accepted_secrets,
+        );
+        let n_keys = keyring.len();
+        self.membership.set_keyring(keyring).await;
+        Ok(n_keys)
+    }
+
     /// A token that stops the agent when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

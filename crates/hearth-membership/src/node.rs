@@ -108,6 +108,7 @@ impl GossipMetrics {
 
 enum Command {
     SetServices(Vec<ServiceInstance>),
+    SetKeyring(Keyring),
     Leave(oneshot::Sender<()>),
 }
 
@@ -149,6 +150,11 @@ impl Membership {
     /// Replaces this node's service instances (and their check states) in its announcement.
     pub async fn set_services(&self, services: Vec<ServiceInstance>) {
         let _ = self.commands.send(Command::SetServices(services)).await;
+    }
+
+    /// Replaces the keyring, for rotating the cluster secret without a restart.
+    pub async fn set_keyring(&self, keyring: Keyring) {
+        let _ = self.commands.send(Command::SetKeyring(keyring)).await;
     }
 
     /// Leaves the cluster gracefully: peers record this node as `left`, not `dead`.
@@ -334,6 +340,10 @@ impl Node {
                     self.own.services = services;
                     self.announce_self();
                 }
+            }
+            Command::SetKeyring(keyring) => {
+                tracing::info!(keys = keyring.len(), "keyring replaced");
+                self.keyring = keyring;
             }
             Command::Leave(done) => {
                 self.leave().await;

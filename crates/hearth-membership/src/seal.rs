@@ -117,6 +117,15 @@ impl Keyring {
         }
     }
 
+    /// How many keys open datagrams (the sealing key included).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];

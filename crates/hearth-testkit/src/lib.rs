@@ -70,6 +70,8 @@ pub struct NodeSpec {
     pub name: String,
     pub ip: Ipv4Addr,
     pub secret: String,
+    /// When set, the config names this file instead of carrying `secret` inline.
+    pub secret_file: Option<PathBuf>,
     pub cluster: String,
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to the generated config (services, handlers, ...).
@@ -85,7 +87,7 @@ impl NodeSpec {
             r#"node_name   = "{name}"
 data_dir    = "{data}"
 cluster     = "{cluster}"
-secret      = "{secret}"
+{secret}
 roles       = ["server"]
 gossip_addr = "{ip}:{GOSSIP_PORT}"
 api_addr    = "{ip}:{API_PORT}"
@@ -100,7 +102,10 @@ ttl  = 1
             name = self.name,
             data = data_dir.display(),
             cluster = self.cluster,
-            secret = self.secret,
+            secret = match &self.secret_file {
+                Some(path) => format!("secret_file = \"{}\"", path.display()),
+                None => format!("secret      = \"{}\"", self.secret),
+            },
             ip = self.ip,
             join = join.join(", "),
             extra = self.extra,
@@ -435,6 +440,7 @@ impl TestCluster {
             name: format!("n{}", idx + 1),
             ip: (self.ip)(idx as u8 + 1),
             secret: self.secret.clone(),
+            secret_file: None,
             cluster: "test".into(),
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,

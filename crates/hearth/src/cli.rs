@@ -140,19 +140,47 @@ fn run_agent(args: AgentArgs) -> ExitCode {
             );
         }
         let shutdown = agent.shutdown_token();
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = termination_signal() => {
-                tracing::info!("leaving the cluster");
-                if tokio::time::timeout(std::time::Duration::from_secs(5), agent.leave()).await.is_err() {
-                    tracing::warn!("leave did not finish in 5s; stopping anyway");
-                    shutdown.cancel();
+        let mut hangup = signal_stream(tokio::signal::unix::SignalKind::hangup());
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = termination_signal() => {
+                    tracing::info!("leaving the cluster");
+                    if tokio::time::timeout(std::time::Duration::from_secs(5), agent.leave()).await.is_err() {
+                        tracing::warn!("leave did not finish in 5s; stopping anyway");
+                        shutdown.cancel();
+                    }
+                    break;
                 }
+                Some(()) = recv_signal(&mut hangup) => reload(&agent, args.config.as_deref()).await,
             }
         }
         agent.wait().await;
         ExitCode::SUCCESS
     })
+}
+
+fn signal_stream(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).ok()
+}
+
+async fn recv_signal(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGHUP: re-read the cluster secrets (key rotation without a restart).
+async fn reload(agent: &Agent, config: Option<&std::path::Path>) {
+    let Some(path) = config else {
+        tracing::info!("SIGHUP ignored: the dev agent has no config file");
+        return;
+    };
+    match agent.reload_secrets(path).await {
+        Ok(n_keys) => tracing::info!(n_keys, "SIGHUP: cluster secrets reloaded"),
+        Err(error) => tracing::error!("SIGHUP: keeping the current secrets: {error}"),
+    }
 }
 
 async fn termination_signal() {
@@ -172,8 +200,11 @@ async fn termination_signal() {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }

@@ -266,3 +266,136 @@ fn garbage_on_gossip_and_dns_ports_is_survived() {
     cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
     assert!(cluster.agents[0].is_running());
 }
+
+/// A `member-failed` handler that appends the failed member's name to `log`.
+fn failed_handler(log: &Path) -> String {
+    format!(
+        "[[handler]]\nevents = [\"member-failed\"]\ncommand = [\"/bin/sh\", \"-c\", \"echo $HEARTH_SELF:$HEARTH_MEMBER_NAME >> {}\"]\n",
+        log.display()
+    )
+}
+
+#[test]
+fn a_one_second_pause_is_not_a_death() {
+    let root = hearth_testkit::TempDir::new("pause");
+    let log = root.path().join("failed");
+    let cluster = TestCluster::start(bin(), 3, |_| failed_handler(&log));
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "alive")],
+        DEADLINE,
+    );
+    for round in 0..3 {
+        // The pause is the fault under test, so here sleeping is the point.
+        cluster.agents[round % 3].signal("STOP");
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.agents[round % 3].signal("CONT");
+        // Observe for longer than a suspicion can last (1.5 s base) plus dissemination:
+        // a false death would be declared within this window.
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    cluster.wait_for_members(
+        &[("n1", "alive"), ("n2", "alive"), ("n3", "alive")],
+        DEADLINE,
+    );
+    let failures = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(failures.is_empty(), "false deaths declared: {failures}");
+}
+
+#[test]
+fn secret_rotates_with_sighup_and_no_downtime() {
+    let root = hearth_testkit::TempDir::new("rotate");
+    let log = root.path().join("failed");
+    let (old, new) = (
+        hearth_testkit::random_secret(),
+        hearth_testkit::random_secret(),
+    );
+    let mut cluster = TestCluster::start(bin(), 0, |_| String::new());
+    let secret_files: Vec<_> = (0..2)
+        .map(|i| root.path().join(format!("secret{i}")))
+        .collect();
+    for (idx, file) in secret_files.iter().enumerate() {
+        std::fs::write(file, format!("{old}\n")).unwrap();
+        let mut spec = cluster.spec(idx, failed_handler(&log));
+        spec.secret_file = Some(file.clone());
+        cluster.add(spec);
+    }
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    let unknown_key_drops = |agent: &hearth_testkit::TestAgent| {
+        let (_, text) = agent.http_get("/metrics", false).unwrap();
+        metric(
+            &text,
+            "hearth_gossip_packets_dropped_total{reason=\"unknown_key\"}",
+        )
+    };
+    let reloaded = |agent: &hearth_testkit::TestAgent, n_keys: usize| {
+        let needle = format!("n_keys={n_keys}");
+        eventually("SIGHUP reload logged", DEADLINE, || {
+            let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+            let count = log
+                .lines()
+                .filter(|l| l.contains("secrets reloaded") && l.contains(&needle))
+                .count();
+            if count > 0 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        });
+    };
+    // 1. Every node accepts the new secret, still sending with the old one.
+    for (idx, file) in secret_files.iter().enumerate() {
+        std::fs::write(file, format!("{old}\n{new}\n")).unwrap();
+        cluster.agents[idx].signal("HUP");
+        reloaded(&cluster.agents[idx], 2);
+    }
+    // 2. Every node sends with the new secret, still accepting the old one.
+    for (idx, file) in secret_files.iter().enumerate() {
+        std::fs::write(file, format!("{new}\n{old}\n")).unwrap();
+        cluster.agents[idx].signal("HUP");
+        eventually("the reload to take effect", DEADLINE, || {
+            let log = std::fs::read_to_string(cluster.agents[idx].log_path()).unwrap_or_default();
+            let count = log
+                .lines()
+                .filter(|l| l.contains("secrets reloaded") && l.contains("n_keys=2"))
+                .count();
+            if count >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{count} reloads"))
+            }
+        });
+    }
+    // 3. The old secret is dropped.
+    for (idx, file) in secret_files.iter().enumerate() {
+        std::fs::write(file, format!("{new}\n")).unwrap();
+        cluster.agents[idx].signal("HUP");
+        reloaded(&cluster.agents[idx], 1);
+    }
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    // No datagram was ever sealed with a key the other node lacked, and nobody died.
+    assert_eq!(unknown_key_drops(&cluster.agents[0]), 0.0);
+    assert_eq!(unknown_key_drops(&cluster.agents[1]), 0.0);
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
+    // A node that only knows the old secret is now shut out.
+    let mut stale = cluster.spec(2, String::new());
+    stale.secret = old;
+    cluster.add(stale);
+    eventually("n1 to drop the stale node's packets", DEADLINE, || {
+        let dropped = unknown_key_drops(&cluster.agents[0]);
+        if dropped >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{dropped}"))
+        }
+    });
+    for agent in &cluster.agents[..2] {
+        let mut names: Vec<String> = agent
+            .member_states()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["n1", "n2"], "the stale node must not appear");
+    }
+}
