@@ -399,3 +399,58 @@ fn secret_rotates_with_sighup_and_no_downtime() {
         assert_eq!(names, ["n1", "n2"], "the stale node must not appear");
     }
 }
+
+#[test]
+fn dns_follows_the_rules_over_udp_and_tcp() {
+    use hearth_testkit::dig_full;
+    let cluster = TestCluster::start(bin(), 2, |i| www(&(i + 1).to_string()));
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], DEADLINE);
+    let dns = cluster.agents[0].dns_addr();
+    eventually("both instances", DEADLINE, || {
+        let got = cluster.agents[0].dig(&www_name(), "A")?;
+        if got.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    // Case-insensitive, authoritative, over TCP too.
+    let out = dig_full(dns, &["+tcp", "+norec", &format!("WwW.{ZONE}"), "A"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains("flags: qr aa"),
+        "{out}"
+    );
+    assert!(
+        out.contains("10.0.0.1") && out.contains("10.0.0.2"),
+        "{out}"
+    );
+    // NXDOMAIN with the SOA in authority.
+    let out = dig_full(dns, &[&format!("nope.{ZONE}"), "A"]);
+    assert!(
+        out.contains("status: NXDOMAIN") && out.contains(" aa"),
+        "{out}"
+    );
+    assert!(out.contains("AUTHORITY: 1") && out.contains("SOA"), "{out}");
+    // NODATA: the name exists, the type does not.
+    let out = dig_full(dns, &[&www_name(), "AAAA"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "{out}"
+    );
+    assert!(out.contains("AUTHORITY: 1"), "{out}");
+    // The apex: SOA and NS (the server nodes).
+    let ns = cluster.agents[0].dig(ZONE, "NS").unwrap();
+    assert_eq!(ns, [format!("n1.{ZONE}"), format!("n2.{ZONE}")]);
+    assert_eq!(cluster.agents[0].dig(ZONE, "SOA").unwrap().len(), 1);
+    // Outside the zone: refused.
+    let out = dig_full(dns, &["example.org.", "A"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+    let (_, metrics) = cluster.agents[0].http_get("/metrics", false).unwrap();
+    for rcode in ["noerror", "nxdomain", "refused"] {
+        let n = metric(
+            &metrics,
+            &format!("hearth_dns_queries_total{{rcode=\"{rcode}\"}}"),
+        );
+        assert!(n >= 1.0, "{rcode}: {n}\n{metrics}");
+    }
+}
