@@ -25,6 +25,8 @@ pub struct ApiState {
     pub instances: Instances,
     pub dns_metrics: Arc<DnsMetrics>,
     pub handler_metrics: Arc<HandlerMetrics>,
+    /// The replicated state, on servers and witnesses.
+    pub state: Option<hearth_state::node::StateNode>,
     /// Cancelled by `POST /v1/leave` once the node has left, to stop the agent.
     pub shutdown: CancellationToken,
 }
@@ -34,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/services", get(services))
         .route("/v1/leave", post(leave))
+        .merge(crate::state_api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)

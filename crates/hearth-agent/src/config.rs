@@ -45,6 +45,10 @@ pub struct Config {
     /// Seeds, `IP:port` (port 7946 if omitted); any one reachable is enough to join.
     #[serde(default)]
     pub join: Vec<String>,
+    /// TCP address of the Raft RPC between servers and witnesses (encrypted with the
+    /// cluster secret). Unused on nodes that are neither.
+    #[serde(default = "default_rpc_addr")]
+    pub rpc_addr: SocketAddr,
     /// TCP address of the HTTP API and `/metrics`.
     #[serde(default = "default_api_addr")]
     pub api_addr: SocketAddr,
@@ -59,6 +63,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub gossip: GossipConfig,
+    #[serde(default)]
+    pub state: StateSection,
     /// Services this node runs an instance of.
     #[serde(default)]
     pub service: Vec<ServiceConfig>,
@@ -113,6 +119,40 @@ impl Default for GossipConfig {
             probe_interval: default_probe_interval(),
             probe_timeout: default_probe_timeout(),
             suspicion_timeout: default_suspicion_timeout(),
+        }
+    }
+}
+
+/// The replicated desired state (Raft) on servers and witnesses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// The group forms once this many servers and witnesses are alive. Set it to the number
+    /// of servers you start with, so that a partition at first boot cannot form two groups.
+    #[serde(default = "default_bootstrap_expect")]
+    pub bootstrap_expect: usize,
+    /// A voter dead this long is replaced by a live server.
+    #[serde(default = "default_replace_voter_after", deserialize_with = "duration")]
+    pub replace_voter_after: Duration,
+    /// A write not committed within this long fails with the reason.
+    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// How often the leader sends heartbeats.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// A follower that hears no heartbeat for between this and twice this calls an election.
+    #[serde(default = "default_election_timeout", deserialize_with = "duration")]
+    pub election_timeout: Duration,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            bootstrap_expect: default_bootstrap_expect(),
+            replace_voter_after: default_replace_voter_after(),
+            write_timeout: default_write_timeout(),
+            heartbeat: default_heartbeat(),
+            election_timeout: default_election_timeout(),
         }
     }
 }
@@ -174,6 +214,24 @@ fn default_roles() -> Vec<Role> {
 }
 fn default_gossip_addr() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946))
+}
+fn default_rpc_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7947))
+}
+fn default_bootstrap_expect() -> usize {
+    1
+}
+fn default_replace_voter_after() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_election_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_api_addr() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 7480))
@@ -294,6 +352,7 @@ impl Config {
         let join = self.join_addrs(&mut problems);
         let zone = self.check_dns(&mut problems);
         self.check_gossip(&mut problems);
+        self.check_state(&mut problems);
         self.check_services(&mut problems);
         self.check_handlers(&mut problems);
         match (secrets, advertise) {
@@ -402,6 +461,28 @@ impl Config {
             problems
                 .push("gossip.suspicion_timeout: must be at least gossip.probe_interval".into());
         }
+    }
+
+    fn check_state(&self, problems: &mut Vec<String>) {
+        let s = &self.state;
+        if s.bootstrap_expect == 0 {
+            problems.push("state.bootstrap_expect: at least 1".into());
+        }
+        if s.heartbeat.is_zero() || s.heartbeat * 3 > s.election_timeout {
+            problems.push(
+                "state.heartbeat: above zero and at most a third of state.election_timeout".into(),
+            );
+        }
+        if s.write_timeout < s.election_timeout {
+            problems.push("state.write_timeout: at least state.election_timeout".into());
+        }
+    }
+
+    /// Whether this node takes part in the replicated state.
+    pub fn holds_state(&self) -> bool {
+        self.roles
+            .iter()
+            .any(|r| matches!(r, Role::Server | Role::Witness))
     }
 
     fn check_services(&self, problems: &mut Vec<String>) {

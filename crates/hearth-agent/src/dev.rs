@@ -32,6 +32,7 @@ cluster     = "dev"
 secret      = "{secret}"
 roles       = ["server", "worker"]
 gossip_addr = "127.0.0.1:7946"
+rpc_addr    = "127.0.0.1:7947"
 api_addr    = "{DEV_API_ADDR}"
 dns_addr    = "{DEV_DNS_ADDR}"
 

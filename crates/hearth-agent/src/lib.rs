@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod handlers;
 pub mod metrics;
+pub mod state_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use base64::Engine;
 use hearth_dns::{DnsMetrics, Zone};
 use hearth_membership::{Keyring, Membership, MembershipConfig};
+use hearth_state::network::SharedKeyring;
+use hearth_state::node::{StartStateError, StateConfig, StateNode};
 use hearth_types::NodeMeta;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
@@ -47,6 +50,8 @@ pub enum StartAgentError {
     Zone(String),
     #[error("{0}")]
     Membership(#[from] hearth_membership::StartError),
+    #[error("{0}")]
+    State(#[from] StartStateError),
 }
 
 /// A running agent.
@@ -55,6 +60,7 @@ pub struct Agent {
     pub dns_addr: SocketAddr,
     pub gossip_addr: SocketAddr,
     membership: Membership,
+    state_keyring: SharedKeyring,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -99,6 +105,18 @@ impl Agent {
         let api = TcpListener::bind(config.api_addr)
             .await
             .map_err(bind_error("api_addr", config.api_addr))?;
+        let rpc = match config.holds_state() {
+            true => Some(
+                TcpListener::bind(config.rpc_addr)
+                    .await
+                    .map_err(bind_error("rpc_addr", config.rpc_addr))?,
+            ),
+            false => None,
+        };
+        let rpc_addr = rpc
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| SocketAddr::new(resolved.advertise, a.port()));
         let gossip_addr = local_addr(&gossip, config.gossip_addr);
         let dns_addr = dns_udp.local_addr().unwrap_or(config.dns_addr);
         let api_addr = api.local_addr().unwrap_or(config.api_addr);
@@ -111,19 +129,25 @@ impl Agent {
             address: resolved.advertise,
             roles: config.roles.clone(),
             tags: config.tags.clone(),
+            rpc_addr,
+            in_group: false,
         };
+        let keyring = || {
+            Keyring::new(
+                &config.cluster,
+                &resolved.primary_secret,
+                &resolved.accepted_secrets,
+            )
+        };
+        let state_keyring: SharedKeyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring())));
         let initial = checks::initial_instances(&config.service, resolved.advertise);
         let instances = Arc::new(Mutex::new(initial.clone()));
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (membership, membership_task) = Membership::start(
             MembershipConfig {
                 cluster: config.cluster.clone(),
-                keyring: Keyring::new(
-                    &config.cluster,
-                    &resolved.primary_secret,
-                    &resolved.accepted_secrets,
-                ),
-                meta,
+                keyring: keyring(),
+                meta: meta.clone(),
                 join: resolved.join.clone(),
                 timing: config.gossip_timing(),
                 services: initial,
@@ -135,6 +159,36 @@ impl Agent {
         tasks.spawn(async move {
             let _ = membership_task.await;
         });
+        let state = match (rpc, rpc_addr) {
+            (Some(listener), Some(rpc_advertise)) => {
+                let state = StateNode::start(
+                    StateConfig {
+                        node_name: config.node_name.clone(),
+                        data_dir: config.data_dir.join("state"),
+                        rpc_advertise,
+                        bootstrap_expect: config.state.bootstrap_expect,
+                        replace_voter_after: config.state.replace_voter_after,
+                        write_timeout: config.state.write_timeout,
+                        heartbeat: config.state.heartbeat,
+                        election_timeout: config.state.election_timeout,
+                    },
+                    listener,
+                    state_keyring.clone(),
+                    membership.views(),
+                    shutdown.clone(),
+                    &mut tasks,
+                )
+                .await?;
+                tasks.spawn(announce_group_membership(
+                    state.clone(),
+                    membership.clone(),
+                    meta,
+                    shutdown.clone(),
+                ));
+                Some(state)
+            }
+            _ => None,
+        };
         checks::spawn_checks(
             &config.service,
             instances.clone(),
@@ -168,6 +222,7 @@ impl Agent {
             instances,
             dns_metrics,
             handler_metrics,
+            state,
             shutdown: shutdown.clone(),
         });
         let api_shutdown = shutdown.clone();
@@ -185,6 +240,7 @@ impl Agent {
             dns_addr,
             gossip_addr,
             membership,
+            state_keyring,
             shutdown,
             tasks,
         })
@@ -201,6 +257,15 @@ impl Agent {
         );
         let n_keys = keyring.len();
         self.membership.set_keyring(keyring).await;
+        let for_state = Keyring::new(
+            &config.cluster,
+            &resolved.primary_secret,
+            &resolved.accepted_secrets,
+        );
+        *self
+            .state_keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(for_state);
         Ok(n_keys)
     }
 
@@ -219,6 +284,28 @@ impl Agent {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Tells the cluster, once, that this node belongs to the Raft group, so that no other node
+/// ever forms a second group.
+async fn announce_group_membership(
+    state: StateNode,
+    membership: Membership,
+    mut meta: NodeMeta,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if state.in_group() {
+            meta.in_group = true;
+            membership.set_meta(meta).await;
+            return;
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod health;
 mod identity;
 mod node;
 mod seal;
+pub mod stream;
 mod view;
 
 pub use health::LocalHealth;

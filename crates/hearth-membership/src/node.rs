@@ -109,6 +109,7 @@ impl GossipMetrics {
 enum Command {
     SetServices(Vec<ServiceInstance>),
     SetKeyring(Keyring),
+    SetMeta(NodeMeta),
     Leave(oneshot::Sender<()>),
 }
 
@@ -150,6 +151,11 @@ impl Membership {
     /// Replaces this node's service instances (and their check states) in its announcement.
     pub async fn set_services(&self, services: Vec<ServiceInstance>) {
         let _ = self.commands.send(Command::SetServices(services)).await;
+    }
+
+    /// Replaces this node's metadata in its announcement.
+    pub async fn set_meta(&self, meta: NodeMeta) {
+        let _ = self.commands.send(Command::SetMeta(meta)).await;
     }
 
     /// Replaces the keyring, for rotating the cluster secret without a restart.
@@ -344,6 +350,12 @@ impl Node {
             Command::SetServices(services) => {
                 if services != self.own.services {
                     self.own.services = services;
+                    self.announce_self();
+                }
+            }
+            Command::SetMeta(meta) => {
+                if meta != self.own.meta {
+                    self.own.meta = meta;
                     self.announce_self();
                 }
             }

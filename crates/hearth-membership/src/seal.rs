@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 pub const SECRET_LEN: usize = 32;
 const MAGIC: &[u8; 2] = b"HG";
 const VERSION: u8 = 1;
-const KEY_ID_LEN: usize = 4;
+pub const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = MAGIC.len() + 1 + KEY_ID_LEN + NONCE_LEN;
@@ -79,6 +79,8 @@ impl OpenError {
 
 struct Key {
     id: [u8; KEY_ID_LEN],
+    /// The derived key itself, kept for deriving per-connection keys (see `session_key`).
+    material: [u8; 32],
     cipher: XChaCha20Poly1305,
 }
 
@@ -93,7 +95,11 @@ impl Key {
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
         let cipher = XChaCha20Poly1305::new(&key.into());
-        Key { id, cipher }
+        Key {
+            id,
+            material: key,
+            cipher,
+        }
     }
 }
 
@@ -146,6 +152,24 @@ impl Keyring {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
         out
+    }
+
+    /// The id of the key that seals, for a stream's hello message.
+    pub fn sealing_key_id(&self) -> [u8; KEY_ID_LEN] {
+        self.keys[0].id
+    }
+
+    /// Derives a 32-byte key for one stream connection from the cluster key with id `key_id`
+    /// and the connection's `transcript` (both sides' random nonces and the direction), so
+    /// that every connection and direction gets its own key and a recorded connection cannot
+    /// be replayed. `None` when no key in the ring has that id.
+    pub fn session_key(&self, key_id: &[u8], transcript: &[u8]) -> Option<[u8; 32]> {
+        let key = self.keys.iter().find(|key| key.id == key_id)?;
+        let hkdf = Hkdf::<Sha256>::new(Some(transcript), &key.material);
+        let mut session = [0u8; 32];
+        hkdf.expand(b"hearth stream v1", &mut session)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Some(session)
     }
 
     pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {

@@ -125,6 +125,8 @@ mod tests {
                 address: format!("127.0.0.{}", octet - b'0').parse().unwrap(),
                 roles: vec![Role::Server],
                 tags: Default::default(),
+                rpc_addr: None,
+                in_group: false,
             },
             version,
             services: vec![ServiceInstance {

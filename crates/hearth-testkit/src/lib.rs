@@ -13,6 +13,7 @@ use base64::Engine;
 
 pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7480;
+pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
 pub const ZONE: &str = "coop.test.";
 
@@ -73,6 +74,8 @@ pub struct NodeSpec {
     /// When set, the config names this file instead of carrying `secret` inline.
     pub secret_file: Option<PathBuf>,
     pub cluster: String,
+    /// The `roles` value, TOML syntax.
+    pub roles: String,
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to the generated config (services, handlers, ...).
     pub extra: String,
@@ -88,8 +91,9 @@ impl NodeSpec {
 data_dir    = "{data}"
 cluster     = "{cluster}"
 {secret}
-roles       = ["server"]
+roles       = {roles}
 gossip_addr = "{ip}:{GOSSIP_PORT}"
+rpc_addr    = "{ip}:{RPC_PORT}"
 api_addr    = "{ip}:{API_PORT}"
 dns_addr    = "{ip}:{DNS_PORT}"
 join        = [{join}]
@@ -107,6 +111,7 @@ ttl  = 1
                 None => format!("secret      = \"{}\"", self.secret),
             },
             ip = self.ip,
+            roles = self.roles,
             join = join.join(", "),
             extra = self.extra,
         );
@@ -162,7 +167,7 @@ impl TestAgent {
         let child = Command::new(&self.bin)
             .args(["agent", "--config"])
             .arg(self.config_path())
-            .env("HEARTH_LOG", "info,hearth_membership=debug")
+            .env("HEARTH_LOG", "info,openraft=warn,hearth_membership=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -286,6 +291,23 @@ impl TestAgent {
                 )
             })
             .collect())
+    }
+
+    /// Sends a request with a JSON body and the agent's token; returns (status, body).
+    pub fn http_send(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+        http_request(
+            self.api_addr(),
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.token(),
+                body.len()
+            ),
+        )
+    }
+
+    /// This agent's `/v1/state`.
+    pub fn state(&self) -> Result<serde_json::Value, String> {
+        self.api_json("/v1/state")
     }
 
     /// `dig +short` against this agent's DNS, sorted.
@@ -442,6 +464,7 @@ impl TestCluster {
             secret: self.secret.clone(),
             secret_file: None,
             cluster: "test".into(),
+            roles: "[\"server\"]".into(),
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
         }

@@ -124,6 +124,10 @@ pub struct NodeMeta {
     pub address: IpAddr,
     pub roles: Vec<Role>,
     pub tags: BTreeMap<String, String>,
+    /// Where this node's Raft RPC listens, if it takes part in the replicated state.
+    pub rpc_addr: Option<SocketAddr>,
+    /// Whether this node belongs to a formed Raft group (so nobody forms a second one).
+    pub in_group: bool,
 }
 
 /// One instance of a service, on one node, with its current check status.
@@ -290,3 +294,5 @@ impl Member {
         }
     }
 }
+
+pub mod desired;

@@ -10,6 +10,7 @@ use hearth_agent::config::Config;
 use hearth_types::{MemberRow, ServiceRow};
 
 use crate::client::{ApiClient, ClientError};
+use crate::state_cli;
 
 /// Exit code for bad usage or bad config.
 const EXIT_USAGE: u8 = 2;
@@ -37,8 +38,30 @@ enum Command {
     Agent(AgentArgs),
     /// List the cluster's members as this node sees them.
     Members(ClientArgs),
-    /// List every service instance in the cluster with its check status.
-    Services(ClientArgs),
+    /// List every service instance in the cluster with its check status; with a
+    /// subcommand, manage the cluster-wide service declarations.
+    Services {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<state_cli::ServicesCommand>,
+    },
+    /// Show the replicated state: leader, term, voters, learners, applied indexes.
+    State(ClientArgs),
+    /// Manage the static DNS records kept in the replicated state.
+    Records {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: state_cli::RecordsCommand,
+    },
+    /// Put a node in maintenance (drain) or take it out (undrain).
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: state_cli::NodeCommand,
+    },
     /// Make the local agent leave the cluster gracefully and exit.
     Leave(ClientArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
@@ -63,19 +86,20 @@ struct AgentArgs {
 #[derive(Args)]
 pub struct ClientArgs {
     /// The agent's API address.
-    #[arg(long, value_name = "ADDR", env = "HEARTH_API", default_value = hearth_agent::dev::DEV_API_ADDR)]
+    #[arg(long, global = true, value_name = "ADDR", env = "HEARTH_API", default_value = hearth_agent::dev::DEV_API_ADDR)]
     pub api: String,
     /// The API token. Without it, the CLI reads HEARTH_TOKEN_FILE, then the dev agent's
     /// token file, then /var/lib/hearth/api-token.
     #[arg(
         long,
+        global = true,
         value_name = "TOKEN",
         env = "HEARTH_TOKEN",
         hide_env_values = true
     )]
     pub token: Option<String>,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -90,7 +114,21 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Members(args) => client_command(&args, members),
-        Command::Services(args) => client_command(&args, services),
+        Command::Services {
+            client,
+            command: None,
+        } => client_command(&client, services),
+        Command::Services {
+            client,
+            command: Some(command),
+        } => with_client(&client, |c, json| state_cli::services(c, json, command)),
+        Command::State(args) => client_command(&args, state_cli::state),
+        Command::Records { client, command } => {
+            with_client(&client, |c, json| state_cli::records(c, json, command))
+        }
+        Command::Node { client, command } => {
+            with_client(&client, |c, json| state_cli::node(c, json, command))
+        }
         Command::Leave(args) => client_command(&args, leave),
         Command::Keygen => {
             let mut secret = [0u8; 32];
@@ -199,7 +237,8 @@ async fn termination_signal() {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("HEARTH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     // Colours only for a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -213,6 +252,13 @@ fn client_command(
     args: &ClientArgs,
     command: fn(&ApiClient, bool) -> Result<(), ClientError>,
 ) -> ExitCode {
+    with_client(args, command)
+}
+
+fn with_client(
+    args: &ClientArgs,
+    command: impl FnOnce(&ApiClient, bool) -> Result<(), ClientError>,
+) -> ExitCode {
     let client = match ApiClient::new(args) {
         Ok(client) => client,
         Err(error) => {
@@ -222,6 +268,10 @@ fn client_command(
     };
     match command(&client, args.json) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::Usage(message)) => {
+            eprintln!("hearth: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(error) => {
             eprintln!("hearth: {error}");
             ExitCode::FAILURE
@@ -280,7 +330,7 @@ fn leave(client: &ApiClient, json: bool) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn print_json<T: serde::Serialize>(value: &T) {
+pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(error) => eprintln!("hearth: cannot encode JSON: {error}"),
@@ -288,7 +338,7 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
-fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+pub fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {

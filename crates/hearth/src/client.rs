@@ -21,6 +21,8 @@ pub enum ClientError {
     Status { status: u16, message: String },
     #[error("the agent's answer is not what this CLI expects: {0}")]
     Decode(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub struct ApiClient {
@@ -64,6 +66,28 @@ impl ApiClient {
             .post(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .send_empty();
+        self.decode(response)
+    }
+
+    pub fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.decode(response)
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call();
         self.decode(response)
     }
 

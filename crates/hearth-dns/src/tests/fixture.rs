@@ -106,6 +106,8 @@ pub(crate) fn member(
         address: address.parse().unwrap(),
         roles: roles.to_vec(),
         tags: BTreeMap::new(),
+        rpc_addr: None,
+        in_group: false,
     };
     Member {
         meta,

@@ -1,0 +1,225 @@
+//! The `/v1/` endpoints of the replicated desired state: status, static DNS records,
+//! cluster-wide services and node drain. Writes go through Raft (forwarded to the leader);
+//! reads are local unless `?consistent` asks for a linearizable read.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use hearth_state::model::{Command, Expect, Outcome};
+use hearth_state::network::{StateError, WriteResult};
+use hearth_state::node::StateNode;
+use hearth_types::desired::{ClusterService, DesiredState, RecordSet, record_key};
+use serde::Deserialize;
+
+use crate::api::{ApiState, error};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/state", get(status))
+        .route("/v1/desired", get(desired))
+        .route("/v1/records", get(list_records).put(put_records))
+        .route("/v1/records/{name}/{kind}", delete(remove_records))
+        .route("/v1/cluster-services", get(list_services).put(put_service))
+        .route("/v1/cluster-services/{name}", delete(remove_service))
+        .route("/v1/nodes/{name}/drain", post(drain))
+        .route("/v1/nodes/{name}/undrain", post(undrain))
+}
+
+/// `?consistent` for a linearizable read; `?version=N` for a compare-and-set removal.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default)]
+    consistent: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRecords {
+    records: RecordSet,
+    #[serde(default)]
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutService {
+    service: ClusterService,
+    #[serde(default)]
+    expect: Expect,
+}
+
+/// Why a state endpoint could not answer.
+enum ApiError {
+    NoState,
+    State(StateError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::NoState => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node holds no replicated state (it is neither a server nor a witness); ask a server's API",
+            ),
+            ApiError::State(failure) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, &failure.to_string())
+            }
+        }
+    }
+}
+
+fn node_of(state: &ApiState) -> Result<&StateNode, ApiError> {
+    state.state.as_ref().ok_or(ApiError::NoState)
+}
+
+fn bad_body(rejection: JsonRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+}
+
+/// Reads the desired state, after waiting for the leader's read index if asked to.
+async fn read(state: &ApiState, params: &Params) -> Result<std::sync::Arc<DesiredState>, ApiError> {
+    let node = node_of(state)?;
+    if params.consistent.is_some() {
+        node.linearizable_index().await.map_err(ApiError::State)?;
+    }
+    Ok(node.reader().current())
+}
+
+async fn write(state: &ApiState, command: Command) -> Response {
+    let node = match node_of(state) {
+        Ok(node) => node,
+        Err(failure) => return failure.into_response(),
+    };
+    match node.submit(command).await {
+        Ok(WriteResult { index, outcome }) => outcome_response(index, outcome),
+        Err(failure) => ApiError::State(failure).into_response(),
+    }
+}
+
+fn outcome_response(index: u64, outcome: Outcome) -> Response {
+    let body = serde_json::json!({ "index": index, "result": outcome });
+    let status = match outcome {
+        Outcome::Applied { .. } | Outcome::Removed | Outcome::Nothing => StatusCode::OK,
+        Outcome::Conflict { .. } => StatusCode::CONFLICT,
+        Outcome::NotFound => StatusCode::NOT_FOUND,
+        Outcome::Invalid { message } => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn expect_from(params: &Params) -> Expect {
+    params.version.map_or(Expect::Any, Expect::Version)
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    match node_of(&state) {
+        Ok(node) => Json(node.status()).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn desired(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => Json(&*desired).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn list_records(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => Json(&desired.records).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn put_records(
+    State(state): State<ApiState>,
+    body: Result<Json<PutRecords>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(PutRecords { records, expect })) => {
+            write(&state, Command::PutRecords { records, expect }).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn remove_records(
+    State(state): State<ApiState>,
+    Path((name, kind)): Path<(String, String)>,
+    Query(params): Query<Params>,
+) -> Response {
+    let key = record_key(&name, &kind);
+    write(
+        &state,
+        Command::RemoveRecords {
+            key,
+            expect: expect_from(&params),
+        },
+    )
+    .await
+}
+
+async fn list_services(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => Json(&desired.services).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn put_service(
+    State(state): State<ApiState>,
+    body: Result<Json<PutService>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(PutService { service, expect })) => {
+            write(&state, Command::PutService { service, expect }).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn remove_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    write(
+        &state,
+        Command::RemoveService {
+            name,
+            expect: expect_from(&params),
+        },
+    )
+    .await
+}
+
+async fn drain(State(state): State<ApiState>, Path(node): Path<String>) -> Response {
+    write(
+        &state,
+        Command::SetDrain {
+            node,
+            drained: true,
+            expect: Expect::Any,
+        },
+    )
+    .await
+}
+
+async fn undrain(State(state): State<ApiState>, Path(node): Path<String>) -> Response {
+    write(
+        &state,
+        Command::SetDrain {
+            node,
+            drained: false,
+            expect: Expect::Any,
+        },
+    )
+    .await
+}

@@ -1,0 +1,256 @@
+//! Writes to the desired state as a closed `Command` enum, and `apply`, the pure function
+//! every replica runs on each committed command, in log order.
+
+use hearth_types::desired::{ClusterService, DesiredState, RecordSet, Versioned, record_key};
+use serde::{Deserialize, Serialize};
+
+/// What a write expects the object's current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Write whatever is there.
+    #[default]
+    Any,
+    /// Only create: fail if the object exists.
+    Absent,
+    /// Only if the object is at exactly this version.
+    Version(u64),
+}
+
+/// One write to the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    PutService {
+        service: ClusterService,
+        expect: Expect,
+    },
+    RemoveService {
+        name: String,
+        expect: Expect,
+    },
+    PutRecords {
+        records: RecordSet,
+        expect: Expect,
+    },
+    RemoveRecords {
+        key: String,
+        expect: Expect,
+    },
+    SetDrain {
+        node: String,
+        drained: bool,
+        expect: Expect,
+    },
+}
+
+/// The result of applying one command. Every replica computes the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Written; the object's new version.
+    Applied { version: u64 },
+    /// Removed.
+    Removed,
+    /// The expectation did not hold; `current` is the object's version (None: absent).
+    Conflict { current: Option<u64> },
+    /// A removal of something that does not exist.
+    NotFound,
+    /// The command is invalid; the message names the field.
+    Invalid { message: String },
+    /// Entries without a command (membership changes, leader blanks).
+    Nothing,
+}
+
+fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Version(version) => current == Some(version),
+    }
+}
+
+/// Applies `command`, committed at log `index`, to `state`. Either the whole command takes
+/// effect or none of it does.
+pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome {
+    match command {
+        Command::PutService { service, expect } => {
+            if let Err(message) = service.validate() {
+                return Outcome::Invalid { message };
+            }
+            let key = service.name.to_ascii_lowercase();
+            put(&mut state.services, key, service.clone(), *expect, index)
+        }
+        Command::RemoveService { name, expect } => {
+            remove(&mut state.services, &name.to_ascii_lowercase(), *expect)
+        }
+        Command::PutRecords { records, expect } => {
+            let key = match (records.validate(), records.key()) {
+                (Ok(()), Some(key)) => key,
+                (Err(message), _) => return Outcome::Invalid { message },
+                (Ok(()), None) => {
+                    return Outcome::Invalid {
+                        message: "values: give at least one value".into(),
+                    };
+                }
+            };
+            put(&mut state.records, key, records.clone(), *expect, index)
+        }
+        Command::RemoveRecords { key, expect } => {
+            let key = match key.split_once('/') {
+                Some((name, kind)) => record_key(name, kind),
+                None => {
+                    return Outcome::Invalid {
+                        message: format!("key: `{key}` is not NAME/TYPE"),
+                    };
+                }
+            };
+            remove(&mut state.records, &key, *expect)
+        }
+        Command::SetDrain {
+            node,
+            drained,
+            expect,
+        } => put(&mut state.drained, node.clone(), *drained, *expect, index),
+    }
+}
+
+fn put<T>(
+    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+    key: String,
+    value: T,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    let current = map.get(&key).map(|v| v.version);
+    if !expectation_holds(expect, current) {
+        return Outcome::Conflict { current };
+    }
+    map.insert(
+        key,
+        Versioned {
+            version: index,
+            value,
+        },
+    );
+    Outcome::Applied { version: index }
+}
+
+fn remove<T>(
+    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+    key: &str,
+    expect: Expect,
+) -> Outcome {
+    let current = map.get(key).map(|v| v.version);
+    match (current, expectation_holds(expect, current)) {
+        (None, _) => Outcome::NotFound,
+        (Some(_), false) => Outcome::Conflict { current },
+        (Some(_), true) => {
+            map.remove(key);
+            Outcome::Removed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::desired::RecordData;
+
+    fn a_record(name: &str, ip: &str) -> RecordSet {
+        RecordSet {
+            name: name.into(),
+            ttl: None,
+            values: vec![RecordData::A {
+                address: ip.parse().unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn versions_are_log_indices_and_cas_checks_them() {
+        let mut state = DesiredState::default();
+        let put = |expect| Command::PutRecords {
+            records: a_record("Mail", "192.0.2.1"),
+            expect,
+        };
+        assert_eq!(
+            apply(&mut state, &put(Expect::Absent), 5),
+            Outcome::Applied { version: 5 }
+        );
+        assert_eq!(
+            apply(&mut state, &put(Expect::Absent), 6),
+            Outcome::Conflict { current: Some(5) }
+        );
+        assert_eq!(
+            apply(&mut state, &put(Expect::Version(4)), 7),
+            Outcome::Conflict { current: Some(5) }
+        );
+        assert_eq!(
+            apply(&mut state, &put(Expect::Version(5)), 8),
+            Outcome::Applied { version: 8 }
+        );
+        assert_eq!(state.records["mail/A"].version, 8);
+        let remove = |expect| Command::RemoveRecords {
+            key: "MAIL/a".into(),
+            expect,
+        };
+        assert_eq!(
+            apply(&mut state, &remove(Expect::Version(5)), 9),
+            Outcome::Conflict { current: Some(8) }
+        );
+        assert_eq!(
+            apply(&mut state, &remove(Expect::Any), 10),
+            Outcome::Removed
+        );
+        assert_eq!(
+            apply(&mut state, &remove(Expect::Any), 11),
+            Outcome::NotFound
+        );
+        assert!(state.records.is_empty());
+    }
+
+    #[test]
+    fn invalid_commands_change_nothing_and_name_the_field() {
+        let mut state = DesiredState::default();
+        let bad = Command::PutRecords {
+            records: RecordSet {
+                name: "bad name".into(),
+                ttl: None,
+                values: vec![],
+            },
+            expect: Expect::Any,
+        };
+        let Outcome::Invalid { message } = apply(&mut state, &bad, 1) else {
+            panic!("accepted an invalid record set");
+        };
+        assert!(message.starts_with("name:"), "{message}");
+        let bad = Command::PutService {
+            service: ClusterService {
+                name: "web".into(),
+                nodes: vec!["n 1".into()],
+                check: None,
+            },
+            expect: Expect::Any,
+        };
+        let Outcome::Invalid { message } = apply(&mut state, &bad, 2) else {
+            panic!("accepted an invalid service");
+        };
+        assert!(message.starts_with("nodes[0]"), "{message}");
+        assert_eq!(state, DesiredState::default());
+    }
+
+    #[test]
+    fn drain_flags() {
+        let mut state = DesiredState::default();
+        let drain = |drained| Command::SetDrain {
+            node: "n2".into(),
+            drained,
+            expect: Expect::Any,
+        };
+        apply(&mut state, &drain(true), 3);
+        assert!(state.is_drained("n2"));
+        apply(&mut state, &drain(false), 4);
+        assert!(!state.is_drained("n2"));
+    }
+}

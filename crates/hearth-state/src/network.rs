@@ -1,0 +1,322 @@
+//! Raft RPC between servers over sealed TCP streams (see `hearth_membership::stream`):
+//! the openraft network client, the server that feeds requests to the local Raft, and the
+//! two application RPCs: a write forwarded to the leader, and a linearizable read index.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hearth_membership::Keyring;
+use hearth_membership::stream::{SealedStream, StreamError};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Command, Outcome};
+use crate::types::{Raft, RaftNode, TypeConfig};
+
+/// The keyring shared with the gossip layer; replaced on SIGHUP.
+pub type SharedKeyring = Arc<RwLock<Arc<Keyring>>>;
+
+fn current_keyring(shared: &SharedKeyring) -> Arc<Keyring> {
+    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a committed write returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
+/// Why a write or a linearizable read could not be done. Serializable: it crosses the wire
+/// from the leader back to the node that forwarded the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StateError {
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("not the leader (the leader is {leader:?})")]
+    NotLeader { leader: Option<RaftNode> },
+    #[error("the replicated state is not formed yet: {0}")]
+    NotFormed(String),
+    #[error("cannot reach the leader: {0}")]
+    Unreachable(String),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded to the leader.
+    Write(Command),
+    /// Asks the leader to confirm its leadership and return the index to read at.
+    ReadIndex,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Write(Result<WriteResult, StateError>),
+    ReadIndex(Result<u64, StateError>),
+}
+
+/// One connection to one peer, reopened when it breaks.
+pub struct PeerClient {
+    addr: String,
+    keyring: SharedKeyring,
+    conn: Option<SealedStream>,
+}
+
+/// Why one RPC failed before any answer arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Stream(#[from] StreamError),
+    #[error("timed out")]
+    Timeout,
+    #[error("undecodable message: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl PeerClient {
+    pub fn new(addr: String, keyring: SharedKeyring) -> Self {
+        PeerClient {
+            addr,
+            keyring,
+            conn: None,
+        }
+    }
+
+    /// Sends one request and waits for its answer, within `timeout`.
+    pub async fn call(
+        &mut self,
+        request: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, CallError> {
+        let result = tokio::time::timeout(timeout, self.call_inner(request))
+            .await
+            .unwrap_or(Err(CallError::Timeout));
+        if result.is_err() {
+            // The stream's counters may be out of step after a failure: start afresh.
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn call_inner(&mut self, request: &RpcRequest) -> Result<RpcResponse, CallError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
+        let conn = self.conn.as_mut().ok_or(CallError::Timeout)?;
+        conn.send(&serde_json::to_vec(request)?).await?;
+        let answer = conn.recv().await?;
+        Ok(serde_json::from_slice(&answer)?)
+    }
+
+    async fn connect(&self) -> Result<SealedStream, CallError> {
+        let connect = |source| CallError::Connect {
+            addr: self.addr.clone(),
+            source,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect)?;
+        let keyring = current_keyring(&self.keyring);
+        let sealed =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, SealedStream::client(stream, &keyring))
+                .await
+                .map_err(|_| CallError::Timeout)??;
+        Ok(sealed)
+    }
+}
+
+/// openraft's view of the network: one `PeerClient` per target.
+pub struct Network {
+    pub keyring: SharedKeyring,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: u64, node: &RaftNode) -> RaftPeer {
+        RaftPeer {
+            target,
+            client: PeerClient::new(node.rpc_addr.clone(), self.keyring.clone()),
+        }
+    }
+}
+
+pub struct RaftPeer {
+    target: u64,
+    client: PeerClient,
+}
+
+type RaftRpcError<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
+
+fn call_error<E: std::error::Error>(error: CallError) -> RPCError<u64, RaftNode, E> {
+    match error {
+        CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+        other => RPCError::Network(NetworkError::new(&other)),
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<u64, RaftNode, E> {
+    let error = std::io::Error::other("the peer answered a different RPC");
+    RPCError::Network(NetworkError::new(&error))
+}
+
+impl RaftPeer {
+    fn remote<E: std::error::Error>(
+        &self,
+        error: RaftError<u64, E>,
+    ) -> RPCError<u64, RaftNode, RaftError<u64, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RaftRpcError> {
+        let request = RpcRequest::AppendEntries(rpc);
+        match self.client.call(&request, option.hard_ttl()).await {
+            Ok(RpcResponse::AppendEntries(result)) => result.map_err(|e| self.remote(e)),
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(call_error(error)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RaftRpcError<InstallSnapshotError>> {
+        let request = RpcRequest::InstallSnapshot(rpc);
+        match self.client.call(&request, option.hard_ttl()).await {
+            Ok(RpcResponse::InstallSnapshot(result)) => result.map_err(|e| self.remote(e)),
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(call_error(error)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RaftRpcError> {
+        let request = RpcRequest::Vote(rpc);
+        match self.client.call(&request, option.hard_ttl()).await {
+            Ok(RpcResponse::Vote(result)) => result.map_err(|e| self.remote(e)),
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(call_error(error)),
+        }
+    }
+}
+
+/// Turns openraft's write error into ours.
+pub fn write_error(error: RaftError<u64, ClientWriteError<u64, RaftNode>>) -> StateError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => StateError::NotLeader {
+            leader: forward.leader_node,
+        },
+        RaftError::APIError(other) => StateError::NoQuorum(other.to_string()),
+        RaftError::Fatal(fatal) => StateError::Fatal(fatal.to_string()),
+    }
+}
+
+/// The application side of the server: writes and read indexes, which need more than Raft
+/// (a quorum check, a timeout). Implemented by the state node.
+pub trait Application: Clone + Send + Sync + 'static {
+    fn write(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<WriteResult, StateError>> + Send;
+    fn read_index(&self) -> impl std::future::Future<Output = Result<u64, StateError>> + Send;
+}
+
+/// Accepts sealed connections and answers their requests until `shutdown`.
+pub async fn serve<A: Application>(
+    listener: TcpListener,
+    raft: Raft,
+    app: A,
+    keyring: SharedKeyring,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (raft, app, keyring, shutdown) =
+            (raft.clone(), app.clone(), keyring.clone(), shutdown.clone());
+        connections.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = serve_connection(stream, raft, app, keyring) => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "raft connection closed");
+                    }
+                }
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+async fn serve_connection<A: Application>(
+    stream: TcpStream,
+    raft: Raft,
+    app: A,
+    keyring: SharedKeyring,
+) -> Result<(), CallError> {
+    let keyring = current_keyring(&keyring);
+    let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, SealedStream::server(stream, &keyring))
+        .await
+        .map_err(|_| CallError::Timeout)??;
+    loop {
+        let request: RpcRequest = serde_json::from_slice(&conn.recv().await?)?;
+        let response = match request {
+            RpcRequest::AppendEntries(rpc) => {
+                RpcResponse::AppendEntries(raft.append_entries(rpc).await)
+            }
+            RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
+            RpcRequest::InstallSnapshot(rpc) => {
+                RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
+            RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
+        };
+        conn.send(&serde_json::to_vec(&response)?).await?;
+    }
+}

@@ -1,0 +1,466 @@
+//! The state node: starts openraft on this server, keeps the voter set in step with gossip,
+//! and serves writes (forwarded to the leader, failing fast without a quorum) and reads
+//! (local, or linearizable through the leader's read index).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_types::{Role, View};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::Command;
+use crate::network::{
+    Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring, StateError,
+    WriteResult, write_error,
+};
+use crate::plan::{Candidate, Change, plan};
+use crate::store::{self, StateReader};
+use crate::types::{Raft, RaftNode, node_id};
+
+/// Settings of the state node (the `[state]` config section).
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// The address peers reach this node's Raft RPC at.
+    pub rpc_advertise: SocketAddr,
+    /// Form the group once this many servers and witnesses are alive.
+    pub bootstrap_expect: usize,
+    /// A voter dead this long is replaced by a live learner.
+    pub replace_voter_after: Duration,
+    /// A write that is not committed within this long fails.
+    pub write_timeout: Duration,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+}
+
+/// Why the state node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartStateError {
+    #[error("data_dir: {0}")]
+    Store(#[from] store::OpenStoreError),
+    #[error("raft config: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// `hearth state`: what this node knows about the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateStatus {
+    pub node: String,
+    pub role: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub applied_index: u64,
+    /// Per node, the last log index known to be replicated to it (leader only).
+    pub replicated: HashMap<String, u64>,
+}
+
+/// A handle on the running state node; clone freely.
+#[derive(Clone)]
+pub struct StateNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StateConfig,
+    raft: Raft,
+    reader: StateReader,
+    views: watch::Receiver<Arc<View>>,
+    keyring: SharedKeyring,
+    leader_client: Mutex<Option<(String, PeerClient)>>,
+}
+
+impl StateNode {
+    pub async fn start(
+        config: StateConfig,
+        listener: TcpListener,
+        keyring: SharedKeyring,
+        views: watch::Receiver<Arc<View>>,
+        shutdown: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<StateNode, StartStateError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartStateError::Config(format!("{}: {e}", config.data_dir.display())))?;
+        let (log_store, state_machine, reader) = store::open(&config.data_dir.join("state.redb"))?;
+        let election_ms = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "hearth".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartStateError::Config(e.to_string()))?;
+        let network = Network {
+            keyring: keyring.clone(),
+        };
+        let raft = Raft::new(
+            node_id(&config.node_name),
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartStateError::Raft(e.to_string()))?;
+        let node = StateNode {
+            inner: Arc::new(Inner {
+                config,
+                raft: raft.clone(),
+                reader,
+                views,
+                keyring: keyring.clone(),
+                leader_client: Mutex::new(None),
+            }),
+        };
+        tasks.spawn(crate::network::serve(
+            listener,
+            raft.clone(),
+            node.clone(),
+            keyring,
+            shutdown.clone(),
+        ));
+        let manager = node.clone();
+        tasks.spawn(async move { manager.manage_membership(shutdown).await });
+        Ok(node)
+    }
+
+    /// Whether this node belongs to a formed group.
+    pub fn in_group(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        membership.voter_ids().next().is_some()
+    }
+
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    /// Commits `command` through the leader. Fails fast, with the reason, when there is no
+    /// quorum; never waits longer than the write timeout.
+    pub async fn submit(&self, command: Command) -> Result<WriteResult, StateError> {
+        let timeout = self.inner.config.write_timeout;
+        match tokio::time::timeout(timeout, self.submit_inner(command)).await {
+            Ok(result) => result,
+            Err(_) => Err(StateError::NoQuorum(format!(
+                "the write was not committed within {timeout:?}; {}",
+                self.quorum_hint()
+            ))),
+        }
+    }
+
+    async fn submit_inner(&self, command: Command) -> Result<WriteResult, StateError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(metrics.id) {
+            return self.write(command).await;
+        }
+        let request = RpcRequest::Write(command);
+        match self.call_leader(&request).await? {
+            RpcResponse::Write(result) => result,
+            _ => Err(StateError::Unreachable(
+                "the leader answered another RPC".into(),
+            )),
+        }
+    }
+
+    /// The index at which a linearizable read may be served here: confirmed by the leader
+    /// with a quorum, and applied locally.
+    pub async fn linearizable_index(&self) -> Result<u64, StateError> {
+        let timeout = self.inner.config.write_timeout;
+        let index = tokio::time::timeout(timeout, async {
+            let metrics = self.inner.raft.metrics().borrow().clone();
+            if metrics.current_leader == Some(metrics.id) {
+                return self.read_index().await;
+            }
+            match self.call_leader(&RpcRequest::ReadIndex).await? {
+                RpcResponse::ReadIndex(result) => result,
+                _ => Err(StateError::Unreachable(
+                    "the leader answered another RPC".into(),
+                )),
+            }
+        })
+        .await
+        .map_err(|_| StateError::NoQuorum(format!("no read index within {timeout:?}")))??;
+        let mut applied = self.inner.reader.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inner.reader.applied_index() < index {
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
+                return Err(StateError::NoQuorum(
+                    "this node is not catching up with the leader".into(),
+                ));
+            }
+        }
+        Ok(index)
+    }
+
+    async fn call_leader(&self, request: &RpcRequest) -> Result<RpcResponse, StateError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        });
+        let Some(leader) = leader else {
+            return Err(
+                if metrics.membership_config.membership().voter_ids().count() == 0 {
+                    StateError::NotFormed(format!(
+                        "waiting for {} servers to form the group",
+                        self.inner.config.bootstrap_expect
+                    ))
+                } else {
+                    StateError::NoQuorum(format!("no leader is elected; {}", self.quorum_hint()))
+                },
+            );
+        };
+        let mut slot = self.inner.leader_client.lock().await;
+        if slot
+            .as_ref()
+            .is_none_or(|(addr, _)| *addr != leader.rpc_addr)
+        {
+            let client = PeerClient::new(leader.rpc_addr.clone(), self.inner.keyring.clone());
+            *slot = Some((leader.rpc_addr.clone(), client));
+        }
+        let Some((_, client)) = slot.as_mut() else {
+            return Err(StateError::Unreachable("no connection".into()));
+        };
+        client
+            .call(request, self.inner.config.write_timeout)
+            .await
+            .map_err(|e| {
+                StateError::Unreachable(format!("{} ({}): {e}", leader.name, leader.rpc_addr))
+            })
+    }
+
+    /// Voters this node's gossip sees up, out of all voters.
+    fn voters_up(&self) -> (usize, usize) {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let view = self.inner.views.borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let up = voters
+            .iter()
+            .filter(|id| {
+                membership
+                    .get_node(id)
+                    .and_then(|node| view.members.get(&node.name))
+                    .is_some_and(|m| m.state.is_up())
+            })
+            .count();
+        (up, voters.len())
+    }
+
+    fn quorum_hint(&self) -> String {
+        let (up, total) = self.voters_up();
+        let mut hint = format!(
+            "{up} of {total} voters are reachable, {} needed",
+            total / 2 + 1
+        );
+        if total == 2 && up < 2 {
+            hint.push_str(
+                "; a two-server co-op needs a witness to keep writing while one server is down: \
+                 run a third agent with roles = [\"witness\"]",
+            );
+        }
+        hint
+    }
+
+    pub fn status(&self) -> StateStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let name_of = |id: &u64| {
+            membership
+                .get_node(id)
+                .map_or_else(|| id.to_string(), |n| n.name.clone())
+        };
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: Vec<String> = membership.learner_ids().map(|id| name_of(&id)).collect();
+        let replicated = metrics
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log_id)| (name_of(id), log_id.map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        StateStatus {
+            node: self.inner.config.node_name.clone(),
+            role: format!("{:?}", metrics.state).to_lowercase(),
+            leader: metrics.current_leader.map(|id| name_of(&id)),
+            term: metrics.current_term,
+            voters: voters.iter().map(name_of).collect(),
+            learners,
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            replicated,
+        }
+    }
+
+    /// Forms the group when it does not exist yet, and, on the leader, keeps the voter set in
+    /// step with gossip. Runs until `shutdown`.
+    async fn manage_membership(self, shutdown: CancellationToken) {
+        let mut down_since: HashMap<String, Instant> = HashMap::new();
+        // Let gossip find the other servers before deciding this node is the lowest-named.
+        let settle = self.inner.config.election_timeout * 4;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(settle) => {}
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let view = self.inner.views.borrow().clone();
+            let candidates = candidates(&view, &mut down_since);
+            if let Err(error) = self.step_membership(&candidates).await {
+                tracing::debug!(%error, "membership step");
+            }
+        }
+        let _ = self.inner.raft.shutdown().await;
+    }
+
+    async fn step_membership(&self, candidates: &[Candidate]) -> Result<(), String> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.is_empty() {
+            return self.maybe_bootstrap(candidates).await;
+        }
+        if metrics.state != ServerState::Leader {
+            return Ok(());
+        }
+        let learners: BTreeSet<u64> = membership.learner_ids().collect();
+        let replace_after = self.inner.config.replace_voter_after;
+        let Some(change) = plan(&voters, &learners, candidates, replace_after)
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        tracing::info!(?change, "changing the raft group");
+        let raft = &self.inner.raft;
+        let result = match change {
+            Change::AddLearner { id, node } => raft.add_learner(id, node, true).await.map(|_| ()),
+            Change::SetVoters(ids) => raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(ids), false)
+                .await
+                .map(|_| ()),
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    /// The lowest-named of at least `bootstrap_expect` live servers forms the group with
+    /// (up to five of) them as voters; the others wait to be contacted.
+    async fn maybe_bootstrap(&self, candidates: &[Candidate]) -> Result<(), String> {
+        let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up).collect();
+        up.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+        let me = &self.inner.config.node_name;
+        if up.iter().any(|c| c.in_group) {
+            // A group exists: its leader will add this node as a learner.
+            return Ok(());
+        }
+        if up.len() < self.inner.config.bootstrap_expect
+            || up.first().is_none_or(|c| &c.node.name != me)
+        {
+            return Ok(());
+        }
+        let members: std::collections::BTreeMap<u64, RaftNode> = up
+            .iter()
+            .take(crate::plan::MAX_VOTERS)
+            .map(|c| (c.id, c.node.clone()))
+            .collect();
+        tracing::info!(voters = ?members.values().map(|n| &n.name).collect::<Vec<_>>(), "forming the raft group");
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another node's log already reached us: the group exists.
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// Servers and witnesses with a Raft address, from the gossip view.
+fn candidates(view: &View, down_since: &mut HashMap<String, Instant>) -> Vec<Candidate> {
+    let now = Instant::now();
+    view.members
+        .values()
+        .filter(|m| {
+            m.meta
+                .roles
+                .iter()
+                .any(|r| matches!(r, Role::Server | Role::Witness))
+        })
+        .filter_map(|m| {
+            let rpc_addr = m.meta.rpc_addr?;
+            let up = m.state.is_up();
+            let down_for = if up {
+                down_since.remove(&m.meta.name);
+                Duration::ZERO
+            } else {
+                let since = *down_since.entry(m.meta.name.clone()).or_insert(now);
+                now - since
+            };
+            Some(Candidate {
+                id: node_id(&m.meta.name),
+                node: RaftNode::new(&m.meta.name, rpc_addr),
+                up,
+                down_for,
+                in_group: m.meta.in_group,
+            })
+        })
+        .collect()
+}
+
+impl Application for StateNode {
+    /// On the leader: checks that a quorum answered recently, then commits.
+    async fn write(&self, command: Command) -> Result<WriteResult, StateError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let heartbeat = self.inner.config.election_timeout;
+        if metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms > heartbeat.as_millis() as u64)
+        {
+            return Err(StateError::NoQuorum(self.quorum_hint()));
+        }
+        let response = self
+            .inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(write_error)?;
+        Ok(WriteResult {
+            index: response.log_id.index,
+            outcome: response.data,
+        })
+    }
+
+    async fn read_index(&self) -> Result<u64, StateError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(error) => Err(StateError::NoQuorum(format!(
+                "{error}; {}",
+                self.quorum_hint()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The pure decision of who votes: which live servers and witnesses join as learners, which
+//! learners become voters, and which long-dead voters are replaced.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::types::RaftNode;
+
+/// The most voters a group has; the rest stay learners.
+pub const MAX_VOTERS: usize = 5;
+
+/// A server or witness that gossip knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u64,
+    pub node: RaftNode,
+    /// Alive or suspect in gossip.
+    pub up: bool,
+    /// For a node that is not up: how long it has been down (as far as this node knows).
+    pub down_for: Duration,
+    /// It belongs to a formed group already.
+    pub in_group: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    AddLearner { id: u64, node: RaftNode },
+    SetVoters(BTreeSet<u64>),
+}
+
+/// The number of voters to aim for given `n` eligible nodes: as many as possible up to
+/// [`MAX_VOTERS`], but odd above two, since a fourth voter raises the quorum without
+/// surviving more failures.
+fn target_voters(n: usize) -> usize {
+    let n = n.min(MAX_VOTERS);
+    if n > 2 && n.is_multiple_of(2) {
+        n - 1
+    } else {
+        n
+    }
+}
+
+/// What the leader should change. Applied one change at a time; the plan is recomputed after
+/// each, so it only needs to make progress.
+pub fn plan(
+    voters: &BTreeSet<u64>,
+    learners: &BTreeSet<u64>,
+    candidates: &[Candidate],
+    replace_after: Duration,
+) -> Vec<Change> {
+    let mut changes: Vec<Change> = candidates
+        .iter()
+        .filter(|c| c.up && !voters.contains(&c.id) && !learners.contains(&c.id))
+        .map(|c| Change::AddLearner {
+            id: c.id,
+            node: c.node.clone(),
+        })
+        .collect();
+    let is_up = |id: &u64| candidates.iter().any(|c| c.id == *id && c.up);
+    let long_dead = |id: &u64| {
+        candidates
+            .iter()
+            .find(|c| c.id == *id)
+            .is_some_and(|c| !c.up && c.down_for >= replace_after)
+    };
+    let mut spare: Vec<u64> = learners.iter().copied().filter(is_up).collect();
+    let mut next = voters.clone();
+    // Replace long-dead voters while a live learner can take their place.
+    for dead in voters.iter().filter(|id| long_dead(id)) {
+        let Some(replacement) = spare.pop() else {
+            break;
+        };
+        next.remove(dead);
+        next.insert(replacement);
+    }
+    let eligible = next.len() + spare.len();
+    while next.len() < target_voters(eligible) {
+        let Some(learner) = spare.pop() else {
+            break;
+        };
+        next.insert(learner);
+    }
+    if next != *voters {
+        changes.push(Change::SetVoters(next));
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: u64, up: bool, down_secs: u64) -> Candidate {
+        Candidate {
+            id,
+            node: RaftNode {
+                name: format!("n{id}"),
+                rpc_addr: format!("127.0.0.{id}:7947"),
+            },
+            up,
+            down_for: Duration::from_secs(down_secs),
+            in_group: true,
+        }
+    }
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    const REPLACE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn new_servers_join_as_learners_then_become_voters() {
+        let cands = [
+            candidate(1, true, 0),
+            candidate(2, true, 0),
+            candidate(3, true, 0),
+        ];
+        let changes = plan(&set(&[1]), &set(&[]), &cands, REPLACE);
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(changes[0], Change::AddLearner { id: 2, .. }));
+        let changes = plan(&set(&[1]), &set(&[2, 3]), &cands, REPLACE);
+        assert_eq!(changes, [Change::SetVoters(set(&[1, 2, 3]))]);
+        assert!(plan(&set(&[1, 2, 3]), &set(&[]), &cands, REPLACE).is_empty());
+    }
+
+    #[test]
+    fn at_most_five_voters_and_odd() {
+        let cands: Vec<_> = (1..=7).map(|i| candidate(i, true, 0)).collect();
+        let changes = plan(&set(&[1]), &set(&[2, 3, 4, 5, 6, 7]), &cands, REPLACE);
+        let [Change::SetVoters(voters)] = changes.as_slice() else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(voters.len(), 5);
+        // Four eligible nodes make three voters and a learner.
+        let changes = plan(&set(&[1]), &set(&[2, 3, 4]), &cands[..4], REPLACE);
+        let [Change::SetVoters(voters)] = changes.as_slice() else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(voters.len(), 3);
+    }
+
+    #[test]
+    fn two_servers_make_two_voters() {
+        let cands = [candidate(1, true, 0), candidate(2, true, 0)];
+        assert_eq!(
+            plan(&set(&[1]), &set(&[2]), &cands, REPLACE),
+            [Change::SetVoters(set(&[1, 2]))]
+        );
+    }
+
+    #[test]
+    fn long_dead_voters_are_replaced_only_by_live_learners() {
+        let cands = [
+            candidate(1, true, 0),
+            candidate(2, true, 0),
+            candidate(3, false, 120),
+            candidate(4, true, 0),
+        ];
+        assert_eq!(
+            plan(&set(&[1, 2, 3]), &set(&[4]), &cands, REPLACE),
+            [Change::SetVoters(set(&[1, 2, 4]))]
+        );
+        // Not dead long enough: keep it.
+        let mut recent = cands.clone();
+        recent[2].down_for = Duration::from_secs(10);
+        assert!(plan(&set(&[1, 2, 3]), &set(&[4]), &recent, REPLACE).is_empty());
+        // No replacement: keep the dead voter rather than shrink the group.
+        assert!(plan(&set(&[1, 2, 3]), &set(&[]), &cands[..3], REPLACE).is_empty());
+    }
+}

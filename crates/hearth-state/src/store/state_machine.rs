@@ -1,0 +1,381 @@
+//! The state machine in redb (the desired state, the last applied log id and membership, the
+//! latest snapshot) and `StateReader`, the handle for local reads that never go through Raft.
+
+use std::fmt;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hearth_types::desired::DesiredState;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    DESIRED_STATE, LAST_APPLIED, MEMBERSHIP, SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, STATE_MACHINE,
+    StoreError, begin_read, begin_write, decode, encode, read_value, with_db, write_value,
+};
+use crate::model::{self, Outcome};
+use crate::types::{RaftNode, TypeConfig};
+
+type NodeId = u64;
+type Membership = StoredMembership<NodeId, RaftNode>;
+type Meta = SnapshotMeta<NodeId, RaftNode>;
+
+/// The applied desired state. It is written to disk after every `apply` batch, in the same
+/// transaction as the last applied log id, so a restart resumes from there instead of
+/// replaying the log.
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    published: Arc<Published>,
+}
+
+/// What the state machine shows local readers. Only the state machine writes it.
+struct Published {
+    state: watch::Sender<Arc<DesiredState>>,
+    /// Stored after `state` is replaced, so a reader that sees index `i` then reads a state
+    /// that includes every write up to `i`.
+    applied_index: AtomicU64,
+}
+
+/// Cheap to clone; reads the latest applied desired state without going through Raft, so it
+/// never waits on another node.
+#[derive(Clone)]
+pub struct StateReader {
+    published: Arc<Published>,
+}
+
+impl StateReader {
+    /// The desired state as of the last applied entry.
+    pub fn current(&self) -> Arc<DesiredState> {
+        self.published.state.borrow().clone()
+    }
+
+    /// The index of the last applied log entry (0 before anything is applied). Once it reaches
+    /// the index a write was committed at, [`Self::current`] includes that write.
+    pub fn applied_index(&self) -> u64 {
+        self.published.applied_index.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees a new state after every apply batch that changed it and every
+    /// installed snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DesiredState>> {
+        self.published.state.subscribe()
+    }
+}
+
+impl fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("last_applied", &self.last_applied)
+            .field("membership", &self.membership)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for StateReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateReader")
+            .field("applied_index", &self.applied_index())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot's bytes: its metadata and the whole desired state, as JSON.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload<M, S> {
+    meta: M,
+    state: S,
+}
+
+/// What one `apply` batch changed, written in one transaction.
+struct AppliedBatch {
+    last_applied: Option<LogId<NodeId>>,
+    /// `None`: no membership entry in the batch.
+    membership: Option<Membership>,
+    /// `None`: no command in the batch changed the state.
+    state: Option<Arc<DesiredState>>,
+}
+
+impl StateMachineStore {
+    /// Reads the state machine back from `db`, whose tables exist.
+    pub(super) fn load(db: Arc<Database>) -> Result<(Self, StateReader), StoreError> {
+        let txn = begin_read(&db)?;
+        let table = txn.open_table(STATE_MACHINE)?;
+        let last_applied: Option<LogId<NodeId>> =
+            read_value::<Option<_>>(&table, LAST_APPLIED)?.flatten();
+        let membership = read_value(&table, MEMBERSHIP)?.unwrap_or_default();
+        let state: DesiredState = read_value(&table, DESIRED_STATE)?.unwrap_or_default();
+        let published = Arc::new(Published {
+            state: watch::Sender::new(Arc::new(state)),
+            applied_index: AtomicU64::new(last_applied.map_or(0, |id| id.index)),
+        });
+        let reader = StateReader {
+            published: published.clone(),
+        };
+        let store = StateMachineStore {
+            db,
+            last_applied,
+            membership,
+            published,
+        };
+        Ok((store, reader))
+    }
+
+    /// Shows readers the new state (if it changed), then the new applied index.
+    fn publish(&self, state: Option<Arc<DesiredState>>) {
+        if let Some(state) = state {
+            self.published.state.send_replace(state);
+        }
+        let index = self.last_applied.map_or(0, |id| id.index);
+        self.published.applied_index.store(index, Ordering::Release);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    /// Applies the batch to a copy of the state, persists the copy, and only then makes it
+    /// current: a failed write leaves memory matching the disk.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let current = self.published.state.borrow().clone();
+        let (batch, outcomes) = apply_entries(&current, self.last_applied, entries);
+        if outcomes.is_empty() {
+            return Ok(outcomes);
+        }
+        let batch = with_db(&self.db, move |db| {
+            persist_batch(db, &batch)?;
+            Ok(batch)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.last_applied = batch.last_applied;
+        if let Some(membership) = batch.membership {
+            self.membership = membership;
+        }
+        self.publish(batch.state);
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateSnapshotBuilder {
+            db: self.db.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            state: self.published.state.borrow().clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Replaces the state machine and the stored snapshot in one transaction.
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let signature = meta.signature();
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload<Meta, DesiredState> = decode("snapshot", &data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(signature.clone()), &e))?;
+        if payload.meta.last_log_id != meta.last_log_id {
+            let error = StoreError::SnapshotMismatch {
+                meta: meta.last_log_id,
+                data: payload.meta.last_log_id,
+            };
+            return Err(StorageIOError::read_snapshot(Some(signature), &error).into());
+        }
+        let state = Arc::new(payload.state);
+        let (meta, written) = (meta.clone(), state.clone());
+        let meta = with_db(&self.db, move |db| {
+            persist_installed(db, &meta, &written, &data)?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership;
+        self.publish(Some(state));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        with_db(&self.db, read_snapshot)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// Runs `entries` against `current` without touching it or the disk; every replica computes
+/// the same batch and outcomes from the same entries.
+fn apply_entries(
+    current: &DesiredState,
+    last_applied: Option<LogId<NodeId>>,
+    entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+) -> (AppliedBatch, Vec<Outcome>) {
+    let mut next_state: Option<DesiredState> = None;
+    let mut changed = false;
+    let mut batch = AppliedBatch {
+        last_applied,
+        membership: None,
+        state: None,
+    };
+    let mut outcomes = Vec::new();
+    for entry in entries {
+        batch.last_applied = Some(entry.log_id);
+        let outcome = match entry.payload {
+            EntryPayload::Blank => Outcome::Nothing,
+            EntryPayload::Normal(command) => {
+                let state = next_state.get_or_insert_with(|| current.clone());
+                let outcome = model::apply(state, &command, entry.log_id.index);
+                changed |= matches!(outcome, Outcome::Applied { .. } | Outcome::Removed);
+                outcome
+            }
+            EntryPayload::Membership(membership) => {
+                batch.membership = Some(StoredMembership::new(Some(entry.log_id), membership));
+                Outcome::Nothing
+            }
+        };
+        outcomes.push(outcome);
+    }
+    batch.state = next_state.filter(|_| changed).map(Arc::new);
+    (batch, outcomes)
+}
+
+fn persist_batch(db: &Database, batch: &AppliedBatch) -> Result<(), StoreError> {
+    let txn = begin_write(db)?;
+    {
+        let mut table = txn.open_table(STATE_MACHINE)?;
+        write_value(&mut table, LAST_APPLIED, &batch.last_applied)?;
+        if let Some(membership) = &batch.membership {
+            write_value(&mut table, MEMBERSHIP, membership)?;
+        }
+        if let Some(state) = &batch.state {
+            write_value(&mut table, DESIRED_STATE, state.as_ref())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn persist_installed(
+    db: &Database,
+    meta: &Meta,
+    state: &DesiredState,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let txn = begin_write(db)?;
+    {
+        let mut table = txn.open_table(STATE_MACHINE)?;
+        write_value(&mut table, LAST_APPLIED, &meta.last_log_id)?;
+        write_value(&mut table, MEMBERSHIP, &meta.last_membership)?;
+        write_value(&mut table, DESIRED_STATE, state)?;
+        let mut snapshot = txn.open_table(SNAPSHOT)?;
+        write_value(&mut snapshot, SNAPSHOT_META, meta)?;
+        snapshot.insert(SNAPSHOT_DATA, data)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn read_snapshot(db: &Database) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+    let txn = begin_read(db)?;
+    let table = txn.open_table(SNAPSHOT)?;
+    let Some(meta) = read_value::<Meta>(&table, SNAPSHOT_META)? else {
+        return Ok(None);
+    };
+    let data = match table.get(SNAPSHOT_DATA)? {
+        Some(data) => data.value().to_vec(),
+        None => Vec::new(),
+    };
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    }))
+}
+
+/// A copy of the state machine taken by `get_snapshot_builder`; building runs on it while the
+/// state machine goes on applying.
+pub struct StateSnapshotBuilder {
+    db: Arc<Database>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    state: Arc<DesiredState>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: new_snapshot_id(self.last_applied),
+        };
+        let signature = meta.signature();
+        let payload = SnapshotPayload {
+            meta: &meta,
+            state: self.state.as_ref(),
+        };
+        let data = encode("snapshot", &payload)
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
+        let stored_meta = meta.clone();
+        let data = with_db(&self.db, move |db| {
+            store_snapshot_unless_older(db, &stored_meta, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Snapshot ids must differ even for equal log ids (openraft compares them to tell transfers
+/// apart), and a counter would restart from zero with the process: a random suffix does not.
+fn new_snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
+    let suffix: u64 = rand::random();
+    match last_applied {
+        Some(log_id) => format!("{log_id}-{suffix:016x}"),
+        None => format!("empty-{suffix:016x}"),
+    }
+}
+
+/// Stores a freshly built snapshot, unless one installed from the leader while it was being
+/// built already covers more of the log.
+fn store_snapshot_unless_older(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
+    let txn = begin_write(db)?;
+    {
+        let mut table = txn.open_table(SNAPSHOT)?;
+        let stored: Option<Meta> = read_value(&table, SNAPSHOT_META)?;
+        if stored.is_none_or(|stored| stored.last_log_id <= meta.last_log_id) {
+            write_value(&mut table, SNAPSHOT_META, meta)?;
+            table.insert(SNAPSHOT_DATA, data)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Desired-state objects kept in the replicated (Raft) state: cluster-wide services, static
+//! DNS records, node drain flags. Each is versioned; writes compare-and-set on the version.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// An object with the log index of the write that last changed it. Versions only grow, so
+/// a compare-and-set on the version detects every intervening write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: T,
+}
+
+/// One value of a static DNS record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "UPPERCASE")]
+pub enum RecordData {
+    A {
+        address: Ipv4Addr,
+    },
+    Aaaa {
+        address: Ipv6Addr,
+    },
+    Cname {
+        target: String,
+    },
+    Txt {
+        text: String,
+    },
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
+}
+
+impl RecordData {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RecordData::A { .. } => "A",
+            RecordData::Aaaa { .. } => "AAAA",
+            RecordData::Cname { .. } => "CNAME",
+            RecordData::Txt { .. } => "TXT",
+            RecordData::Mx { .. } => "MX",
+            RecordData::Srv { .. } => "SRV",
+        }
+    }
+
+    /// Checks the fields a request may get wrong; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let check_target = |field: &str, name: &str| {
+            if is_domain_name(name) {
+                Ok(())
+            } else {
+                Err(format!("{field}: `{name}` is not a domain name"))
+            }
+        };
+        match self {
+            RecordData::A { .. } | RecordData::Aaaa { .. } => Ok(()),
+            RecordData::Cname { target } => check_target("target", target),
+            RecordData::Txt { text } if text.len() > 255 => {
+                Err("text: at most 255 bytes per TXT string".into())
+            }
+            RecordData::Txt { .. } => Ok(()),
+            RecordData::Mx { exchange, .. } => check_target("exchange", exchange),
+            RecordData::Srv { target, .. } => check_target("target", target),
+        }
+    }
+}
+
+/// The records of one name and type (an RRset), e.g. every `A` of `mail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSet {
+    /// The name relative to the zone (`mail`, `_imap._tcp`), or `@` for the apex.
+    pub name: String,
+    pub ttl: Option<u32>,
+    pub values: Vec<RecordData>,
+}
+
+impl RecordSet {
+    /// `name/TYPE`, the key the set is stored under, lowercase name.
+    pub fn key(&self) -> Option<String> {
+        let first = self.values.first()?;
+        Some(record_key(&self.name, first.type_name()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name != "@" && !is_domain_name(&self.name) {
+            return Err(format!(
+                "name: `{}` is not a name inside the zone",
+                self.name
+            ));
+        }
+        let Some(first) = self.values.first() else {
+            return Err("values: give at least one value".into());
+        };
+        if self
+            .values
+            .iter()
+            .any(|v| v.type_name() != first.type_name())
+        {
+            return Err("values: all values of a set must have the same type".into());
+        }
+        if first.type_name() == "CNAME" && self.values.len() > 1 {
+            return Err("values: a CNAME has exactly one target".into());
+        }
+        for (idx, value) in self.values.iter().enumerate() {
+            value.validate().map_err(|e| format!("values[{idx}].{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn record_key(name: &str, type_name: &str) -> String {
+    format!(
+        "{}/{}",
+        name.to_ascii_lowercase(),
+        type_name.to_ascii_uppercase()
+    )
+}
+
+fn is_domain_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A check as stored in the desired state (the config file's `[service.check]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub tcp: Option<String>,
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// A service declared once for the whole cluster. Every node it selects runs an instance
+/// at its own address, checked locally, exactly as if its config declared it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterService {
+    pub name: String,
+    /// Node names that run it; empty means every node.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub check: Option<CheckSpec>,
+}
+
+impl ClusterService {
+    pub fn validate(&self) -> Result<(), String> {
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if !label_ok(&self.name) {
+            return Err(format!("name: `{}` must be one DNS label", self.name));
+        }
+        if let Some(idx) = self.nodes.iter().position(|n| !label_ok(n)) {
+            return Err(format!(
+                "nodes[{idx}]: `{}` is not a node name",
+                self.nodes[idx]
+            ));
+        }
+        if let Some(check) = &self.check {
+            let kinds = [
+                check.http.is_some(),
+                check.tcp.is_some(),
+                check.exec.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err("check: set exactly one of http, tcp, exec".into());
+            }
+            if check.timeout_ms == 0 || check.timeout_ms > check.interval_ms {
+                return Err("check.timeout_ms: above zero and at most check.interval_ms".into());
+            }
+            if check.rise == 0 || check.fall == 0 {
+                return Err("check.rise, check.fall: at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn runs_on(&self, node: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n.eq_ignore_ascii_case(node))
+    }
+}
+
+/// The whole replicated desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub services: BTreeMap<String, Versioned<ClusterService>>,
+    /// Keyed by [`record_key`].
+    pub records: BTreeMap<String, Versioned<RecordSet>>,
+    /// Nodes in maintenance: their instances leave DNS.
+    pub drained: BTreeMap<String, Versioned<bool>>,
+}
+
+impl DesiredState {
+    pub fn is_drained(&self, node: &str) -> bool {
+        self.drained.get(node).is_some_and(|d| d.value)
+    }
+}

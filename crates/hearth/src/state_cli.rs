@@ -1,0 +1,439 @@
+//! CLI commands of the replicated desired state: `state`, `records`, cluster-wide
+//! `services add|rm|list`, and `node drain|undrain`.
+
+use clap::{Args, Subcommand};
+use hearth_types::desired::{ClusterService, RecordData, RecordSet, Versioned};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+use crate::cli::{print_json, print_table};
+use crate::client::{ApiClient, ClientError};
+
+#[derive(Subcommand)]
+pub enum RecordsCommand {
+    /// List the static DNS records.
+    List {
+        /// Read through the leader (linearizable) instead of this node's copy.
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Add a value to the record set NAME TYPE (creating it): e.g. `mail A 192.0.2.7`,
+    /// `@ MX 10 mail.example.org.`, `_imap._tcp SRV 0 5 993 mail.example.org.`,
+    /// `www2 CNAME www.example.org.`, `@ TXT "v=spf1 -all"`.
+    Add {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The value; MX and SRV take several words.
+        #[arg(required = true, num_args = 1..)]
+        value: Vec<String>,
+        /// TTL of the set in seconds (default: the zone's TTL).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Remove the record set NAME TYPE, or only one VALUE of it.
+    Rm {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        value: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ServicesCommand {
+    /// List the cluster-wide service declarations.
+    List,
+    /// Declare (or replace) a cluster-wide service.
+    Add(ServiceArgs),
+    /// Remove a cluster-wide service.
+    Rm { name: String },
+}
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    name: String,
+    /// Nodes that run it (repeat); none means every node.
+    #[arg(long = "node")]
+    nodes: Vec<String>,
+    /// Check: an http:// URL that must answer 2xx.
+    #[arg(long, conflicts_with_all = ["tcp", "exec"])]
+    http: Option<String>,
+    /// Check: an IP:port that must accept a TCP connection.
+    #[arg(long, conflicts_with = "exec")]
+    tcp: Option<String>,
+    /// Check: a command (run through /bin/sh -c) that must exit 0.
+    #[arg(long)]
+    exec: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    #[arg(long, default_value_t = 2)]
+    rise: u32,
+    #[arg(long, default_value_t = 2)]
+    fall: u32,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Put NAME in maintenance: its instances leave DNS.
+    Drain { name: String },
+    /// Take NAME out of maintenance.
+    Undrain { name: String },
+}
+
+pub fn state(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let status: serde_json::Value = client.get("/v1/state")?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    let text = |key: &str| status[key].as_str().unwrap_or("-").to_owned();
+    let list = |key: &str| {
+        status[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!("node:     {} ({})", text("node"), text("role"));
+    println!("leader:   {}", text("leader"));
+    println!("term:     {}", status["term"]);
+    println!("voters:   {}", list("voters"));
+    println!("learners: {}", list("learners"));
+    println!("applied:  {}", status["applied_index"]);
+    if let Some(replicated) = status["replicated"].as_object() {
+        let rows = replicated
+            .iter()
+            .map(|(node, index)| vec![node.clone(), index.to_string()]);
+        println!();
+        print_table(&["NODE", "REPLICATED INDEX"], rows);
+    }
+    Ok(())
+}
+
+type Records = BTreeMap<String, Versioned<RecordSet>>;
+
+pub fn records(client: &ApiClient, json: bool, command: RecordsCommand) -> Result<(), ClientError> {
+    match command {
+        RecordsCommand::List { consistent } => {
+            let path = if consistent {
+                "/v1/records?consistent"
+            } else {
+                "/v1/records"
+            };
+            let sets: Records = client.get(path)?;
+            if json {
+                print_json(&sets);
+                return Ok(());
+            }
+            let rows = sets.values().flat_map(|set| {
+                set.value.values.iter().map(move |value| {
+                    vec![
+                        set.value.name.clone(),
+                        value.type_name().to_owned(),
+                        value_text(value),
+                        set.value.ttl.map_or("-".into(), |t| t.to_string()),
+                        set.version.to_string(),
+                    ]
+                })
+            });
+            print_table(&["NAME", "TYPE", "VALUE", "TTL", "VERSION"], rows);
+            Ok(())
+        }
+        RecordsCommand::Add {
+            name,
+            kind,
+            value,
+            ttl,
+        } => {
+            let data = parse_value(&kind, &value).map_err(ClientError::Usage)?;
+            update_set(client, json, &name, &kind, |set| {
+                if let Some(ttl) = ttl {
+                    set.ttl = Some(ttl);
+                }
+                if !set.values.contains(&data) {
+                    set.values.push(data.clone());
+                }
+            })
+        }
+        RecordsCommand::Rm { name, kind, value } if value.is_empty() => {
+            let answer: serde_json::Value =
+                client.delete(&format!("/v1/records/{name}/{}", kind.to_ascii_uppercase()))?;
+            report(json, &answer, &format!("removed {name} {kind}"));
+            Ok(())
+        }
+        RecordsCommand::Rm { name, kind, value } => {
+            let data = parse_value(&kind, &value).map_err(ClientError::Usage)?;
+            update_set(client, json, &name, &kind, |set| {
+                set.values.retain(|v| *v != data)
+            })
+        }
+    }
+}
+
+/// Reads the set, changes it, and writes it back with compare-and-set, retrying when another
+/// write got in between.
+fn update_set(
+    client: &ApiClient,
+    json: bool,
+    name: &str,
+    kind: &str,
+    change: impl Fn(&mut RecordSet),
+) -> Result<(), ClientError> {
+    let key = hearth_types::desired::record_key(name, kind);
+    for _ in 0..5 {
+        let sets: Records = client.get("/v1/records?consistent")?;
+        let (mut set, expect) = match sets.get(&key) {
+            Some(current) => (current.value.clone(), json!({ "version": current.version })),
+            None => (
+                RecordSet {
+                    name: name.to_owned(),
+                    ttl: None,
+                    values: vec![],
+                },
+                json!("absent"),
+            ),
+        };
+        change(&mut set);
+        let result = if set.values.is_empty() {
+            let version = expect["version"].as_u64().unwrap_or(0);
+            client.delete::<serde_json::Value>(&format!(
+                "/v1/records/{name}/{}?version={version}",
+                kind.to_ascii_uppercase()
+            ))
+        } else {
+            client.put::<serde_json::Value>(
+                "/v1/records",
+                &json!({ "records": set, "expect": expect }),
+            )
+        };
+        match result {
+            Ok(answer) => {
+                report(
+                    json,
+                    &answer,
+                    &format!("{name} {kind}: {} value(s)", set.values.len()),
+                );
+                return Ok(());
+            }
+            Err(ClientError::Status { status: 409, .. }) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(ClientError::Usage(format!(
+        "{name} {kind} keeps changing under us; try again"
+    )))
+}
+
+fn report(json: bool, answer: &serde_json::Value, text: &str) {
+    if json {
+        print_json(answer);
+    } else {
+        println!("{text} (log index {})", answer["index"]);
+    }
+}
+
+fn value_text(value: &RecordData) -> String {
+    match value {
+        RecordData::A { address } => address.to_string(),
+        RecordData::Aaaa { address } => address.to_string(),
+        RecordData::Cname { target } => target.clone(),
+        RecordData::Txt { text } => format!("{text:?}"),
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => format!("{preference} {exchange}"),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => {
+            format!("{priority} {weight} {port} {target}")
+        }
+    }
+}
+
+/// Parses a record value as written on the command line.
+pub fn parse_value(kind: &str, words: &[String]) -> Result<RecordData, String> {
+    let number = |idx: usize, what: &str| -> Result<u16, String> {
+        words
+            .get(idx)
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| format!("{kind}: {what} must be a number from 0 to 65535"))
+    };
+    let word = |idx: usize, what: &str| -> Result<String, String> {
+        words
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| format!("{kind}: give the {what}"))
+    };
+    let arity = |n: usize, form: &str| -> Result<(), String> {
+        if words.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{kind} takes: {form}"))
+        }
+    };
+    let data = match kind.to_ascii_uppercase().as_str() {
+        "A" => {
+            arity(1, "ADDRESS")?;
+            RecordData::A {
+                address: words[0]
+                    .parse()
+                    .map_err(|_| format!("A: `{}` is not an IPv4 address", words[0]))?,
+            }
+        }
+        "AAAA" => {
+            arity(1, "ADDRESS")?;
+            RecordData::Aaaa {
+                address: words[0]
+                    .parse()
+                    .map_err(|_| format!("AAAA: `{}` is not an IPv6 address", words[0]))?,
+            }
+        }
+        "CNAME" => {
+            arity(1, "TARGET")?;
+            RecordData::Cname {
+                target: word(0, "target")?,
+            }
+        }
+        "TXT" => RecordData::Txt {
+            text: words.join(" "),
+        },
+        "MX" => {
+            arity(2, "PREFERENCE EXCHANGE")?;
+            RecordData::Mx {
+                preference: number(0, "preference")?,
+                exchange: word(1, "exchange")?,
+            }
+        }
+        "SRV" => {
+            arity(4, "PRIORITY WEIGHT PORT TARGET")?;
+            RecordData::Srv {
+                priority: number(0, "priority")?,
+                weight: number(1, "weight")?,
+                port: number(2, "port")?,
+                target: word(3, "target")?,
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown record type `{other}`; use A, AAAA, CNAME, TXT, MX or SRV"
+            ));
+        }
+    };
+    data.validate()?;
+    Ok(data)
+}
+
+pub fn services(
+    client: &ApiClient,
+    json: bool,
+    command: ServicesCommand,
+) -> Result<(), ClientError> {
+    match command {
+        ServicesCommand::List => {
+            let services: BTreeMap<String, Versioned<ClusterService>> =
+                client.get("/v1/cluster-services")?;
+            if json {
+                print_json(&services);
+                return Ok(());
+            }
+            let rows = services.values().map(|s| {
+                let nodes = if s.value.nodes.is_empty() {
+                    "(all)".to_owned()
+                } else {
+                    s.value.nodes.join(",")
+                };
+                let check = s.value.check.as_ref().map_or("-".to_owned(), |c| {
+                    c.http
+                        .clone()
+                        .or(c.tcp.clone())
+                        .or(c.exec.as_ref().map(|e| e.join(" ")))
+                        .unwrap_or_default()
+                });
+                vec![s.value.name.clone(), nodes, check, s.version.to_string()]
+            });
+            print_table(&["SERVICE", "NODES", "CHECK", "VERSION"], rows);
+            Ok(())
+        }
+        ServicesCommand::Add(args) => {
+            let check =
+                (args.http.is_some() || args.tcp.is_some() || args.exec.is_some()).then(|| {
+                    hearth_types::desired::CheckSpec {
+                        http: args.http.clone(),
+                        tcp: args.tcp.clone(),
+                        exec: args
+                            .exec
+                            .clone()
+                            .map(|e| vec!["/bin/sh".into(), "-c".into(), e]),
+                        interval_ms: args.interval_ms,
+                        timeout_ms: args.timeout_ms,
+                        rise: args.rise,
+                        fall: args.fall,
+                    }
+                });
+            let service = ClusterService {
+                name: args.name.clone(),
+                nodes: args.nodes,
+                check,
+            };
+            let answer: serde_json::Value =
+                client.put("/v1/cluster-services", &json!({ "service": service }))?;
+            report(json, &answer, &format!("service {} declared", args.name));
+            Ok(())
+        }
+        ServicesCommand::Rm { name } => {
+            let answer: serde_json::Value =
+                client.delete(&format!("/v1/cluster-services/{name}"))?;
+            report(json, &answer, &format!("service {name} removed"));
+            Ok(())
+        }
+    }
+}
+
+pub fn node(client: &ApiClient, json: bool, command: NodeCommand) -> Result<(), ClientError> {
+    let (name, verb) = match &command {
+        NodeCommand::Drain { name } => (name, "drain"),
+        NodeCommand::Undrain { name } => (name, "undrain"),
+    };
+    let answer: serde_json::Value = client.post(&format!("/v1/nodes/{name}/{verb}"))?;
+    report(json, &answer, &format!("{name}: {verb}ed"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_value;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn values_parse_per_type() {
+        assert!(parse_value("a", &words("192.0.2.1")).is_ok());
+        assert!(parse_value("A", &words("::1")).is_err());
+        assert!(parse_value("MX", &words("10 mail.example.org.")).is_ok());
+        assert!(
+            parse_value("MX", &words("ten mail.example.org."))
+                .unwrap_err()
+                .contains("preference")
+        );
+        assert!(parse_value("SRV", &words("0 5 993 mail.example.org.")).is_ok());
+        assert!(parse_value("SRV", &words("0 5 mail")).is_err());
+        assert!(parse_value("CNAME", &words("bad name!")).is_err());
+        assert!(
+            parse_value("NAPTR", &words("x"))
+                .unwrap_err()
+                .contains("unknown record type")
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The replicated desired state with real agents: the group forms from gossip, writes go
+//! through any node, the leader's death does not stop writes, no quorum means a fast 503
+//! with the reason, and acknowledged writes survive kill -9 of every node.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_testkit::{TestAgent, TestCluster, eventually};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+fn expect(n: usize) -> impl Fn(usize) -> String {
+    move |_| format!("[state]\nbootstrap_expect = {n}\n")
+}
+
+/// Waits until the agents at `alive` agree on a leader among them and see `n_voters` voters;
+/// returns
+/// the leader's index in `cluster.agents`.
+fn wait_for_group(cluster: &TestCluster, alive: &[usize], n_voters: usize) -> usize {
+    let leader = eventually("a leader all agree on", DEADLINE, || {
+        let mut leaders = Vec::new();
+        for &idx in alive {
+            let state = cluster.agents[idx].state()?;
+            let voters = state["voters"].as_array().map_or(0, Vec::len);
+            if voters != n_voters {
+                return Err(format!(
+                    "{}: {voters} voters: {state}",
+                    cluster.agents[idx].spec.name
+                ));
+            }
+            leaders.push(state["leader"].as_str().unwrap_or_default().to_owned());
+        }
+        leaders.dedup();
+        let among_alive = |name: &str| alive.iter().any(|&i| cluster.agents[i].spec.name == name);
+        match leaders.as_slice() {
+            [leader] if among_alive(leader) => Ok(leader.clone()),
+            _ => Err(format!("leaders: {leaders:?}")),
+        }
+    });
+    cluster
+        .agents
+        .iter()
+        .position(|a| a.spec.name == leader)
+        .expect("the leader is one of ours")
+}
+
+fn put_record(agent: &TestAgent, name: &str, ip: &str) -> Result<(u16, String), String> {
+    let body =
+        format!(r#"{{"records":{{"name":"{name}","values":[{{"type":"A","address":"{ip}"}}]}}}}"#);
+    agent.http_send("PUT", "/v1/records", &body)
+}
+
+fn consistent_records(agent: &TestAgent) -> Result<Value, String> {
+    agent.api_json("/v1/records?consistent")
+}
+
+#[test]
+fn group_forms_writes_go_anywhere_and_survive_the_leaders_death() {
+    let mut cluster = TestCluster::start(bin(), 3, expect(3));
+    let leader = wait_for_group(&cluster, &[0, 1, 2], 3);
+    let follower = (leader + 1) % 3;
+    // A write through a follower is forwarded to the leader.
+    let (status, body) = put_record(&cluster.agents[follower], "mail", "192.0.2.1").unwrap();
+    assert_eq!(status, 200, "{body}");
+    for agent in &cluster.agents {
+        let records = consistent_records(agent).unwrap();
+        assert_eq!(
+            records["mail/A"]["value"]["values"][0]["address"], "192.0.2.1",
+            "{records}"
+        );
+    }
+    // The CLI does the same, with compare-and-set.
+    let target = &cluster.agents[follower];
+    let output = std::process::Command::new(bin())
+        .args([
+            "records",
+            "add",
+            "mail",
+            "A",
+            "192.0.2.2",
+            "--api",
+            &target.api_addr().to_string(),
+            "--token",
+            &target.token(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    cluster.agents[leader].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_for_group(&cluster, &survivors, 3);
+    assert_ne!(new_leader, leader);
+    eventually("a write after the leader died", DEADLINE, || {
+        let (status, body) = put_record(&cluster.agents[survivors[0]], "www2", "192.0.2.3")?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    });
+    // The old leader comes back as a follower and catches up.
+    cluster.agents[leader].restart();
+    eventually("the restarted node to catch up", DEADLINE, || {
+        let records = consistent_records(&cluster.agents[leader])?;
+        let mail = records["mail/A"]["value"]["values"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if records["www2/A"].is_object() && mail == 2 {
+            Ok(())
+        } else {
+            Err(records.to_string())
+        }
+    });
+}
+
+#[test]
+fn without_quorum_writes_fail_fast_with_the_reason() {
+    let mut cluster = TestCluster::start(bin(), 3, expect(3));
+    let leader = wait_for_group(&cluster, &[0, 1, 2], 3);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.agents[others[0]].kill9();
+    cluster.agents[others[1]].kill9();
+    // Both on the old leader and (after restarting one) on a lone follower, the write is
+    // refused with 503 and a reason, rather than hanging.
+    let (status, body) = put_record(&cluster.agents[leader], "x", "192.0.2.9").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("quorum"), "{body}");
+    // A bad body is a 400 naming the field, quorum or not.
+    let (status, body) = cluster.agents[leader]
+        .http_send(
+            "PUT",
+            "/v1/records",
+            r#"{"records":{"name":"y","values":[{"type":"A"}]}}"#,
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("address"), "{body}");
+    // Local reads still work without a quorum.
+    assert!(cluster.agents[leader].api_json("/v1/records").is_ok());
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_of_every_node() {
+    let mut cluster = TestCluster::start(bin(), 3, expect(3));
+    let leader = wait_for_group(&cluster, &[0, 1, 2], 3);
+    let n_writes = 20;
+    for i in 0..n_writes {
+        let target = &cluster.agents[(leader + i) % 3];
+        let (status, body) =
+            put_record(target, &format!("host{i}"), &format!("192.0.2.{}", i + 1)).unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for agent in &mut cluster.agents {
+        agent.kill9();
+    }
+    for agent in &mut cluster.agents {
+        agent.restart();
+    }
+    wait_for_group(&cluster, &[0, 1, 2], 3);
+    for agent in &cluster.agents {
+        let records = eventually("records after a full restart", DEADLINE, || {
+            consistent_records(agent)
+        });
+        let n = records.as_object().map_or(0, |o| o.len());
+        assert_eq!(n, n_writes, "{records}");
+    }
+}
+
+#[test]
+fn two_servers_need_a_witness_to_write_when_one_dies() {
+    // Without a witness: the survivor refuses writes and says to add a witness.
+    let mut pair = TestCluster::start(bin(), 2, expect(2));
+    wait_for_group(&pair, &[0, 1], 2);
+    pair.agents[1].kill9();
+    let refusal = eventually("a refusal", DEADLINE, || {
+        let (status, body) = put_record(&pair.agents[0], "a", "192.0.2.1")?;
+        if status == 503 {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+    assert!(refusal.contains("witness"), "{refusal}");
+
+    // With a witness: either server can die and writes go on.
+    let mut trio = TestCluster::start(bin(), 0, |_| String::new());
+    for idx in 0..3 {
+        let mut spec = trio.spec(idx, "[state]\nbootstrap_expect = 3\n".into());
+        if idx == 2 {
+            spec.roles = "[\"witness\"]".into();
+        }
+        trio.add(spec);
+    }
+    let leader = wait_for_group(&trio, &[0, 1, 2], 3);
+    let victim = if leader == 2 { 0 } else { leader };
+    trio.agents[victim].kill9();
+    let writer = if victim == 0 { 1 } else { 0 };
+    eventually("a write with the witness's vote", DEADLINE, || {
+        let (status, body) = put_record(&trio.agents[writer], "b", "192.0.2.2")?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    });
+}
