@@ -97,7 +97,7 @@ async fn leave(State(state): State<ApiState>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let view = state.membership.views().borrow().clone();
-    let local = state.instances.lock().await.clone();
+    let local: Vec<_> = state.instances.lock().await.values().cloned().collect();
     let body = render(&MetricsSources {
         view: &view,
         local_instances: &local,

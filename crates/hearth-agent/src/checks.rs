@@ -1,6 +1,7 @@
 //! Health checks of this node's service instances (`http`, `tcp`, `exec`), debounced by
 //! rise/fall thresholds, feeding the node's announcement.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,10 +11,9 @@ use hearth_types::{CheckStatus, ServiceInstance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CheckConfig, ServiceConfig};
+use crate::config::CheckConfig;
 
 /// Rise/fall debouncing: the status only flips after enough results in a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,72 +158,54 @@ async fn exec_check(argv: &[String]) -> bool {
     }
 }
 
-/// The current status of this node's instances, shared by the check loops.
-pub type Instances = Arc<Mutex<Vec<ServiceInstance>>>;
+/// The current status of this node's instances by service name, shared by the check loops
+/// and the supervisor.
+pub type Instances = Arc<Mutex<BTreeMap<String, ServiceInstance>>>;
 
-/// Initial instances: checked services start unknown, unchecked ones pass.
-pub fn initial_instances(
-    services: &[ServiceConfig],
-    default_address: IpAddr,
-) -> Vec<ServiceInstance> {
-    services
-        .iter()
-        .map(|service| ServiceInstance {
-            service: service.name.clone(),
-            address: service.address.unwrap_or(default_address),
-            status: if service.check.is_some() {
-                CheckStatus::Unknown
-            } else {
-                CheckStatus::Passing
-            },
-        })
-        .collect()
-}
-
-/// Starts one loop per checked service; each publishes status changes via membership.
-pub fn spawn_checks(
-    services: &[ServiceConfig],
+/// Runs one service's check forever (until `stop`), publishing each status change.
+pub async fn check_loop(
+    service: String,
+    check: CheckConfig,
     instances: Instances,
     membership: Membership,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
+    stop: CancellationToken,
 ) {
-    for (idx, service) in services.iter().enumerate() {
-        let Some(check) = service.check.clone() else {
-            continue;
+    let mut debounce = Debounce::default();
+    let mut interval = tokio::time::interval(check.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let passed = tokio::select! {
+            _ = stop.cancelled() => return,
+            passed = run_check(&check) => passed,
         };
-        let instances = instances.clone();
-        let membership = membership.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let mut debounce = Debounce::default();
-            let mut interval = tokio::time::interval(check.interval);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = interval.tick() => {}
-                }
-                let passed = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    passed = run_check(&check) => passed,
-                };
-                let status = debounce.observe(passed, check.rise, check.fall);
-                publish(&instances, &membership, idx, status).await;
-            }
-        });
+        let status = debounce.observe(passed, check.rise, check.fall);
+        publish(&instances, &membership, &service, status).await;
     }
 }
 
-async fn publish(instances: &Instances, membership: &Membership, idx: usize, status: CheckStatus) {
+async fn publish(
+    instances: &Instances,
+    membership: &Membership,
+    service: &str,
+    status: CheckStatus,
+) {
     // The lock is held across the send so that snapshots reach membership in order.
     let mut guard = instances.lock().await;
-    if guard[idx].status == status {
+    let Some(instance) = guard.get_mut(service) else {
+        return;
+    };
+    if instance.status == status {
         return;
     }
-    tracing::info!(service = %guard[idx].service, %status, "check status changed");
-    guard[idx].status = status;
-    membership.set_services(guard.clone()).await;
+    tracing::info!(%service, %status, "check status changed");
+    instance.status = status;
+    membership
+        .set_services(guard.values().cloned().collect())
+        .await;
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ pub struct ServiceConfig {
     pub check: Option<CheckConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// Passes on an HTTP 2xx answer to a GET of this `http://` URL.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod handlers;
 pub mod metrics;
+pub mod services;
 pub mod state_api;
 
 use std::net::SocketAddr;
@@ -140,8 +141,15 @@ impl Agent {
             )
         };
         let state_keyring: SharedKeyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring())));
-        let initial = checks::initial_instances(&config.service, resolved.advertise);
-        let instances = Arc::new(Mutex::new(initial.clone()));
+        let no_desired = hearth_types::desired::DesiredState::default();
+        let wanted = services::wanted_instances(
+            &config.service,
+            &no_desired,
+            &config.node_name,
+            resolved.advertise,
+        );
+        let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(wanted);
+        let instances: checks::Instances = Arc::new(Mutex::new(Default::default()));
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (membership, membership_task) = Membership::start(
             MembershipConfig {
@@ -150,7 +158,7 @@ impl Agent {
                 meta: meta.clone(),
                 join: resolved.join.clone(),
                 timing: config.gossip_timing(),
-                services: initial,
+                services: Vec::new(),
             },
             gossip,
             events_tx,
@@ -189,13 +197,27 @@ impl Agent {
             }
             _ => None,
         };
-        checks::spawn_checks(
-            &config.service,
+        if let Some(state) = &state {
+            tasks.spawn(follow_desired_services(
+                state.reader().subscribe(),
+                wanted_tx,
+                config.service.clone(),
+                config.node_name.clone(),
+                resolved.advertise,
+                shutdown.clone(),
+            ));
+        } else {
+            // Nothing else will change what this node runs; keep the channel open.
+            tasks.spawn(async move {
+                let _keep = wanted_tx;
+            });
+        }
+        tasks.spawn(services::supervise(
+            wanted_rx,
             instances.clone(),
             membership.clone(),
             shutdown.clone(),
-            &mut tasks,
-        );
+        ));
         let handler_metrics = Arc::new(handlers::HandlerMetrics::default());
         tasks.spawn(handlers::run_handlers(
             config.node_name.clone(),
@@ -284,6 +306,30 @@ impl Agent {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Recomputes this node's wanted instances whenever the desired state changes.
+async fn follow_desired_services(
+    mut desired: tokio::sync::watch::Receiver<Arc<hearth_types::desired::DesiredState>>,
+    wanted: tokio::sync::watch::Sender<std::collections::BTreeMap<String, services::InstanceDef>>,
+    configured: Vec<config::ServiceConfig>,
+    node_name: String,
+    address: std::net::IpAddr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let current = desired.borrow_and_update().clone();
+        let next = services::wanted_instances(&configured, &current, &node_name, address);
+        wanted.send_if_modified(|old| {
+            let changed = *old != next;
+            *old = next;
+            changed
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = desired.changed() => if changed.is_err() { return },
+        }
     }
 }
 

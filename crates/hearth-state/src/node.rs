@@ -196,18 +196,16 @@ impl StateNode {
         })
         .await
         .map_err(|_| StateError::NoQuorum(format!("no read index within {timeout:?}")))??;
-        let mut applied = self.inner.reader.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.inner.reader.applied_index() < index {
-            if tokio::time::timeout_at(deadline, applied.changed())
-                .await
-                .is_err()
-            {
-                return Err(StateError::NoQuorum(
-                    "this node is not catching up with the leader".into(),
-                ));
-            }
-        }
+        // Raft's metrics advance after the state machine has published the applied state,
+        // so once they reach `index` the local reader shows every write up to it.
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| {
+                StateError::NoQuorum("this node is not catching up with the leader".into())
+            })?;
         Ok(index)
     }
 

@@ -214,3 +214,61 @@ fn two_servers_need_a_witness_to_write_when_one_dies() {
         }
     });
 }
+
+#[test]
+fn cluster_wide_services_run_where_declared_and_leave_when_removed() {
+    let cluster = TestCluster::start(bin(), 3, expect(3));
+    wait_for_group(&cluster, &[0, 1, 2], 3);
+    let n1 = &cluster.agents[0];
+    let cli = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--api".into(),
+            n1.api_addr().to_string(),
+            "--token".into(),
+            n1.token(),
+        ]);
+        let output = std::process::Command::new(bin())
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    cli(&["services", "add", "web", "--node", "n2", "--node", "n3"]);
+    assert!(cli(&["services", "list"]).contains("n2,n3"));
+    let name = format!("web.{}", hearth_testkit::ZONE);
+    let want: Vec<String> = {
+        let mut ips = vec![
+            cluster.agents[1].spec.ip.to_string(),
+            cluster.agents[2].spec.ip.to_string(),
+        ];
+        ips.sort();
+        ips
+    };
+    for agent in &cluster.agents {
+        eventually("the cluster-wide service in DNS", DEADLINE, || {
+            let got = agent.dig(&name, "A")?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+    cli(&["services", "rm", "web"]);
+    for agent in &cluster.agents {
+        eventually("the removed service gone from DNS", DEADLINE, || {
+            let got = agent.dig(&name, "A")?;
+            if got.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+}
