@@ -197,6 +197,14 @@ pub struct CheckConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
+    /// `node` (default): runs on every node that sees the event. `cluster`: runs once per
+    /// event in the whole cluster, on the Raft leader; needs a `name`, and the same handler
+    /// should be configured on every server.
+    #[serde(default)]
+    pub scope: HandlerScope,
+    /// Names a cluster handler; its deliveries are recorded under this name.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The events that run this handler.
     pub events: Vec<EventKind>,
     /// Program and arguments. The event arrives as `HEARTH_*` variables and JSON on stdin.
@@ -204,6 +212,14 @@ pub struct HandlerConfig {
     /// The handler is killed after this long.
     #[serde(default = "default_handler_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerScope {
+    #[default]
+    Node,
+    Cluster,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -506,6 +522,7 @@ impl Config {
     }
 
     fn check_handlers(&self, problems: &mut Vec<String>) {
+        let mut names = BTreeSet::new();
         for (idx, handler) in self.handler.iter().enumerate() {
             if handler.events.is_empty() {
                 problems.push(format!("handler[{idx}].events: list at least one event"));
@@ -517,6 +534,17 @@ impl Config {
             }
             if handler.timeout.is_zero() {
                 problems.push(format!("handler[{idx}].timeout: must be above zero"));
+            }
+            if handler.scope == HandlerScope::Cluster {
+                match &handler.name {
+                    None => problems.push(format!(
+                        "handler[{idx}].name: a cluster handler needs a name, e.g. name = \"pager\""
+                    )),
+                    Some(name) if !names.insert(name.clone()) => problems.push(format!(
+                        "handler[{idx}].name: `{name}` is used twice; cluster handler names must be unique"
+                    )),
+                    Some(_) => {}
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HandlerConfig;
+use crate::config::{HandlerConfig, HandlerScope};
 
 /// Handler outcomes, rendered at `/metrics`.
 #[derive(Debug, Default)]
@@ -59,27 +59,34 @@ pub async fn run_handlers(
         };
         tracing::info!(event = %event.kind, member = %event.member.name,
             service = event.instance.as_ref().map(|i| i.service.as_str()), "event");
-        for handler in handlers.iter().filter(|h| h.events.contains(&event.kind)) {
+        let local = handlers
+            .iter()
+            .filter(|h| h.scope == HandlerScope::Node && h.events.contains(&event.kind));
+        for handler in local {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                () = run_one(&self_name, handler, &event, &metrics) => {}
+                _ = run_one(&self_name, handler, &event, None, &metrics) => {}
             }
         }
     }
 }
 
-async fn run_one(
+/// Runs one handler for one event; `event_id` is set for cluster-wide events.
+pub async fn run_one(
     self_name: &str,
     handler: &HandlerConfig,
     event: &ClusterEvent,
+    event_id: Option<u64>,
     metrics: &HandlerMetrics,
-) {
+) -> Result<(), String> {
     let Some((program, args)) = handler.command.split_first() else {
-        return;
+        return Err("no command".into());
     };
+    let id_env = event_id.map(|id| ("HEARTH_EVENT_ID", id.to_string()));
     let spawned = tokio::process::Command::new(program)
         .args(args)
         .envs(event_env(self_name, event))
+        .envs(id_env)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -90,10 +97,11 @@ async fn run_one(
         Err(error) => {
             tracing::warn!(%error, %program, "cannot start event handler");
             metrics.failed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Err(format!("cannot start {program}: {error}"));
         }
     };
-    let input = serde_json::json!({ "self": self_name, "event": event }).to_string();
+    let input =
+        serde_json::json!({ "self": self_name, "id": event_id, "event": event }).to_string();
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
             // A handler that ignores stdin may close it early; that is its right.
@@ -104,19 +112,23 @@ async fn run_one(
     match tokio::time::timeout(handler.timeout, run).await {
         Ok(Ok(status)) if status.success() => {
             metrics.succeeded.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
         Ok(Ok(status)) => {
             tracing::warn!(%program, %status, event = %event.kind, "event handler failed");
             metrics.failed.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{program} exited with {status}"))
         }
         Ok(Err(error)) => {
             tracing::warn!(%error, %program, "event handler failed");
             metrics.failed.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{program}: {error}"))
         }
         Err(_) => {
             tracing::warn!(%program, timeout = ?handler.timeout, "event handler timed out; killed");
             let _ = child.kill().await;
             metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{program} timed out after {:?}", handler.timeout))
         }
     }
 }
@@ -172,11 +184,15 @@ mod tests {
         );
         let handlers = vec![
             HandlerConfig {
+                scope: HandlerScope::Node,
+                name: None,
                 events: vec![EventKind::MemberJoin, EventKind::MemberFailed],
                 command: vec!["/bin/sh".into(), "-c".into(), script],
                 timeout: Duration::from_secs(10),
             },
             HandlerConfig {
+                scope: HandlerScope::Node,
+                name: None,
                 events: vec![EventKind::MemberFailed],
                 command: vec!["sleep".into(), "30".into()],
                 timeout: Duration::from_millis(200),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod checks;
+pub mod cluster_events;
 pub mod config;
 pub mod dev;
 pub mod handlers;
@@ -187,6 +188,11 @@ impl Agent {
                     &mut tasks,
                 )
                 .await?;
+                tasks.spawn(cluster_events::observe(
+                    state.clone(),
+                    membership.views(),
+                    shutdown.clone(),
+                ));
                 tasks.spawn(announce_group_membership(
                     state.clone(),
                     membership.clone(),
@@ -219,6 +225,21 @@ impl Agent {
             shutdown.clone(),
         ));
         let handler_metrics = Arc::new(handlers::HandlerMetrics::default());
+        if let Some(state) = &state {
+            let cluster_handlers = config
+                .handler
+                .iter()
+                .filter(|h| h.scope == config::HandlerScope::Cluster)
+                .cloned()
+                .collect();
+            tasks.spawn(cluster_events::deliver(
+                state.clone(),
+                config.node_name.clone(),
+                cluster_handlers,
+                handler_metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(handlers::run_handlers(
             config.node_name.clone(),
             config.handler.clone(),
@@ -230,11 +251,17 @@ impl Agent {
             .map_err(|error| StartAgentError::Zone(error.to_string()))?;
         let zone = Zone::new(origin, config.dns.ttl, config.dns.none_healthy);
         let dns_metrics = Arc::new(DnsMetrics::default());
+        let desired = match &state {
+            Some(state) => state.reader().subscribe(),
+            // Nodes without the replicated state serve gossip names only.
+            None => tokio::sync::watch::channel(Arc::default()).1,
+        };
         tasks.spawn(hearth_dns::serve(
             zone,
             dns_udp,
             dns_tcp,
             membership.views(),
+            desired,
             dns_metrics.clone(),
             shutdown.clone(),
         ));

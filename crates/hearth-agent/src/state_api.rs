@@ -24,6 +24,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/records/{name}/{kind}", delete(remove_records))
         .route("/v1/cluster-services", get(list_services).put(put_service))
         .route("/v1/cluster-services/{name}", delete(remove_service))
+        .route("/v1/events", get(events))
         .route("/v1/nodes/{name}/drain", post(drain))
         .route("/v1/nodes/{name}/undrain", post(undrain))
 }
@@ -198,6 +199,17 @@ async fn remove_service(
         },
     )
     .await
+}
+
+/// Recent cluster-wide events, newest first, with their delivery state.
+async fn events(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let events: Vec<_> = desired.events.values().rev().collect();
+            Json(events).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
 }
 
 async fn drain(State(state): State<ApiState>, Path(node): Path<String>) -> Response {

@@ -4,7 +4,8 @@ use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::NS;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use crate::zone::{Addresses, Zone, ZoneSnapshot};
+use crate::index::{Location, NameData, RrSet};
+use crate::zone::{Zone, ZoneSnapshot};
 
 /// The UDP payload size offered to EDNS clients: the DNS Flag Day 2020 value, which keeps
 /// responses clear of IP fragmentation.
@@ -58,69 +59,85 @@ fn with_rcode(mut response: Message, rcode: ResponseCode) -> Message {
     response
 }
 
-/// Where a query name falls relative to the zone.
-enum Target<'s> {
-    Outside,
-    Apex,
-    Name(&'s Addresses),
-    Missing,
+fn answer_query(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, query: &Query) {
+    let (qname, qtype) = (query.name(), query.query_type());
+    let location = snapshot.locate(zone, qname);
+    response.metadata.authoritative = !matches!(location, Location::Outside);
+    match location {
+        Location::Outside => response.metadata.response_code = ResponseCode::Refused,
+        Location::Missing => answer_nxdomain(response, snapshot),
+        Location::Found(data) => match data.cname() {
+            Some(target) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
+                answer_alias(response, zone, snapshot, qname, data, target, qtype);
+            }
+            _ => {
+                add_data(response, zone, snapshot, qname, data, qtype);
+                if response.answers.is_empty() {
+                    add_soa_authority(response, snapshot);
+                }
+            }
+        },
+    }
 }
 
-fn answer_query(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, query: &Query) {
-    let target = locate(zone, snapshot, query.name());
-    response.metadata.authoritative = !matches!(target, Target::Outside);
-    match target {
-        Target::Outside => response.metadata.response_code = ResponseCode::Refused,
-        Target::Apex => answer_apex(response, zone, snapshot, query),
-        Target::Name(addresses) => answer_addresses(response, zone, snapshot, query, addresses),
-        Target::Missing => {
-            response.metadata.response_code = ResponseCode::NXDomain;
-            add_soa_authority(response, snapshot);
+/// An alias answers its CNAME, then, when the target is in the zone, what the target holds for
+/// the query. One step only: a target that is itself an alias is left to the resolver, which
+/// also makes loops impossible. The rcode and any SOA are the target's (RFC 6604 §3).
+fn answer_alias(
+    response: &mut Message,
+    zone: &Zone,
+    snapshot: &ZoneSnapshot,
+    alias: &Name,
+    alias_data: &NameData,
+    target: &Name,
+    qtype: RecordType,
+) {
+    for set in alias_data.matching(RecordType::CNAME) {
+        response.answers.extend(set.records(alias));
+    }
+    match snapshot.locate(zone, target) {
+        Location::Outside => {}
+        Location::Missing => answer_nxdomain(response, snapshot),
+        Location::Found(data) if data.cname().is_some() => {}
+        Location::Found(data) => {
+            let n_answers = response.answers.len();
+            add_data(response, zone, snapshot, target, data, qtype);
+            if response.answers.len() == n_answers {
+                add_soa_authority(response, snapshot);
+            }
         }
     }
 }
 
-/// Only the apex and single labels under it exist: there are no wildcards and no deeper names.
-fn locate<'s>(zone: &Zone, snapshot: &'s ZoneSnapshot, name: &Name) -> Target<'s> {
-    if !zone.origin.zone_of(name) {
-        return Target::Outside;
-    }
-    let mut labels = name.iter();
-    match labels.len().saturating_sub(zone.origin.iter().len()) {
-        0 => Target::Apex,
-        1 => labels
-            .next()
-            .and_then(|label| snapshot.addresses(label))
-            .map_or(Target::Missing, Target::Name),
-        _ => Target::Missing,
-    }
-}
-
-fn answer_addresses(
+/// Adds what `owner` holds for `qtype` to the answers, and to the additionals the addresses of
+/// in-zone hosts its NS, MX and SRV records name.
+fn add_data(
     response: &mut Message,
     zone: &Zone,
     snapshot: &ZoneSnapshot,
-    query: &Query,
-    addresses: &Addresses,
+    owner: &Name,
+    data: &NameData,
+    qtype: RecordType,
 ) {
-    let (owner, qtype) = (query.name(), query.query_type());
-    if matches!(qtype, RecordType::A | RecordType::ANY) {
-        response
-            .answers
-            .extend(addresses.v4_records(owner, zone.ttl));
+    if data.is_apex {
+        add_apex_records(response, zone, snapshot, owner, qtype);
     }
-    if matches!(qtype, RecordType::AAAA | RecordType::ANY) {
-        response
-            .answers
-            .extend(addresses.v6_records(owner, zone.ttl));
-    }
-    if response.answers.is_empty() {
-        add_soa_authority(response, snapshot);
+    for set in data.matching(qtype) {
+        response.answers.extend(set.records(owner));
+        if matches!(set.rtype, RecordType::MX | RecordType::SRV) {
+            add_host_addresses(response, zone, snapshot, set);
+        }
     }
 }
 
-fn answer_apex(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, query: &Query) {
-    let (owner, qtype) = (query.name(), query.query_type());
+/// The SOA and NS records, which no static set can replace.
+fn add_apex_records(
+    response: &mut Message,
+    zone: &Zone,
+    snapshot: &ZoneSnapshot,
+    owner: &Name,
+    qtype: RecordType,
+) {
     let apex = snapshot.apex();
     if matches!(qtype, RecordType::SOA | RecordType::ANY) {
         let mut soa = apex.soa.clone();
@@ -135,9 +152,35 @@ fn answer_apex(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, que
             .extend(apex.name_servers.iter().map(to_record));
         response.additionals.extend(apex.glue.iter().cloned());
     }
-    if response.answers.is_empty() {
-        add_soa_authority(response, snapshot);
+}
+
+/// The A and AAAA records of the in-zone hosts an MX or SRV set names, so that the client need
+/// not ask for them (RFC 1035 §3.3.9, RFC 2782).
+fn add_host_addresses(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, set: &RrSet) {
+    for data in &set.data {
+        let host = match data {
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => continue,
+        };
+        if response
+            .additionals
+            .iter()
+            .any(|record| record.name == *host)
+        {
+            continue;
+        }
+        if let Location::Found(host_data) = snapshot.locate(zone, host) {
+            for addresses in host_data.addresses() {
+                response.additionals.extend(addresses.records(host));
+            }
+        }
     }
+}
+
+fn answer_nxdomain(response: &mut Message, snapshot: &ZoneSnapshot) {
+    response.metadata.response_code = ResponseCode::NXDomain;
+    add_soa_authority(response, snapshot);
 }
 
 /// NXDOMAIN and NODATA carry the SOA so resolvers can cache the negative answer (RFC 2308).

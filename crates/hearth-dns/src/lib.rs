@@ -1,11 +1,13 @@
 //! The authoritative DNS every hearth agent serves for the co-op's zone, answered from its
-//! local gossip view.
+//! local gossip view and its copy of the desired state (static records, drain flags).
 //!
 //! Code map:
-//! - `zone`: the zone's settings and `ZoneSnapshot`, the view indexed by name, rebuilt once
-//!   per view change.
+//! - `zone`: the zone's settings and `ZoneSnapshot`, the view and the desired state indexed by
+//!   name, rebuilt once per change of either.
+//! - `index`: the name index inside a snapshot: what each name holds (service, node and static
+//!   records, empty non-terminals) after the precedence rules, and the allocation-free lookup.
 //! - `answer`: the pure function from a decoded request and a snapshot to a response; every
-//!   answer rule lives here.
+//!   rule of what a response holds (rcodes, SOA, NS, aliases, additionals) lives here.
 //! - `packet`: wire bytes in, wire bytes out: decoding, dropping garbage, UDP truncation.
 //! - `metrics`: counters of answers by rcode and of dropped packets.
 //! - `server`: the UDP and TCP servers and the snapshot-rebuilding task, all stopped by one
@@ -18,6 +20,7 @@
 //! is counted and dropped.
 
 mod answer;
+mod index;
 mod metrics;
 mod packet;
 mod server;

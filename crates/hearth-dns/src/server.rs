@@ -1,11 +1,12 @@
 //! The UDP and TCP servers around `handle_packet`, and the task that rebuilds the zone
-//! snapshot whenever the view changes.
+//! snapshot whenever the view or the desired state changes.
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_types::View;
+use hearth_types::desired::DesiredState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -29,24 +30,29 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Runs the UDP and TCP servers until `shutdown` is cancelled, answering from the latest view
-/// on `views`. Each view change rebuilds the snapshot once, with serial
-/// `max(previous + 1, unix seconds)`; answering never waits on that.
+/// on `views` and the latest desired state on `desired`. Each change of the view, or of the
+/// desired state's static records or drain flags, rebuilds the snapshot once, with serial
+/// `max(previous + 1, unix seconds)`; answering never waits on that. When a sender is dropped
+/// (a node holding no replicated state may pass a channel whose sender is already gone), its
+/// last value keeps being served.
 pub async fn serve(
     zone: Zone,
     udp: UdpSocket,
     tcp: TcpListener,
-    mut views: watch::Receiver<Arc<View>>,
+    views: watch::Receiver<Arc<View>>,
+    desired: watch::Receiver<Arc<DesiredState>>,
     metrics: Arc<DnsMetrics>,
     shutdown: CancellationToken,
 ) {
     let zone = Arc::new(zone);
-    let view = views.borrow_and_update().clone();
-    let first = ZoneSnapshot::new(&zone, view, next_serial(0, unix_now()));
+    let mut inputs = Inputs::new(views, desired);
+    let (view, desired) = inputs.latest();
+    let first = ZoneSnapshot::new(&zone, view, desired, next_serial(0, unix_now()));
     let (publish, snapshots) = watch::channel(Arc::new(first));
     let responder = Responder::new(Arc::clone(&zone), snapshots, metrics);
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(track_views(zone, views, publish, shutdown.clone()));
+    tasks.spawn(track_inputs(zone, inputs, publish, shutdown.clone()));
     tasks.spawn(serve_udp(responder.clone(), udp, shutdown.clone()));
     tasks.spawn(serve_tcp(responder, tcp, shutdown));
     while let Some(joined) = tasks.join_next().await {
@@ -61,22 +67,68 @@ fn unix_now() -> u64 {
     since_epoch.map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// Publishes a new snapshot for each changed view. When the membership layer goes away, the
-/// last view keeps being served until shutdown.
-async fn track_views(
+/// The two inputs a snapshot is built from, each followed until its sender goes away.
+pub(crate) struct Inputs {
+    views: watch::Receiver<Arc<View>>,
+    desired: watch::Receiver<Arc<DesiredState>>,
+    views_open: bool,
+    desired_open: bool,
+}
+
+impl Inputs {
+    pub(crate) fn new(
+        views: watch::Receiver<Arc<View>>,
+        desired: watch::Receiver<Arc<DesiredState>>,
+    ) -> Self {
+        Self {
+            views,
+            desired,
+            views_open: true,
+            desired_open: true,
+        }
+    }
+
+    /// The latest view and desired state, marked seen.
+    pub(crate) fn latest(&mut self) -> (Arc<View>, Arc<DesiredState>) {
+        let view = Arc::clone(&self.views.borrow_and_update());
+        let desired = Arc::clone(&self.desired.borrow_and_update());
+        (view, desired)
+    }
+
+    /// Waits until either input may have changed; false once both senders are gone. A closed
+    /// channel's `changed` is ready at once and forever, so it is no longer polled after it
+    /// first reports the close: polling it would turn this wait into a busy loop.
+    pub(crate) async fn changed(&mut self) -> bool {
+        tokio::select! {
+            changed = self.views.changed(), if self.views_open => {
+                self.views_open = changed.is_ok();
+            }
+            changed = self.desired.changed(), if self.desired_open => {
+                self.desired_open = changed.is_ok();
+            }
+            else => return false,
+        }
+        true
+    }
+}
+
+/// Publishes a new snapshot for each change that reaches DNS (see `is_built_from`). When both
+/// senders go away, the last snapshot keeps being served until shutdown.
+async fn track_inputs(
     zone: Arc<Zone>,
-    mut views: watch::Receiver<Arc<View>>,
+    mut inputs: Inputs,
     publish: watch::Sender<Arc<ZoneSnapshot>>,
     shutdown: CancellationToken,
 ) {
     let track = async {
-        while views.changed().await.is_ok() {
-            let view = views.borrow_and_update().clone();
+        while inputs.changed().await {
+            let (view, desired) = inputs.latest();
             let current = publish.borrow().clone();
-            // Senders may republish an equal view; bumping the serial for it would be noise.
-            if **current.view() != *view {
+            // Senders may republish equal values; bumping the serial for them would be noise.
+            if !current.is_built_from(&view, &desired) {
                 let serial = next_serial(current.serial(), unix_now());
-                publish.send_replace(Arc::new(ZoneSnapshot::new(&zone, view, serial)));
+                let snapshot = ZoneSnapshot::new(&zone, view, desired, serial);
+                publish.send_replace(Arc::new(snapshot));
             }
         }
         std::future::pending::<()>().await;

@@ -1,13 +1,15 @@
-//! The zone this agent serves, and the snapshot of the view that answers are computed from.
+//! The zone this agent serves, and the snapshot of the view and desired state that answers are
+//! computed from.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use hearth_types::{MemberState, Role, View};
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hearth_types::desired::DesiredState;
+use hearth_types::{Role, View};
+use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, Record};
 use serde::{Deserialize, Serialize};
+
+use crate::index::{Location, NameIndex, origin_child};
 
 /// Refresh, retry and expire only steer secondaries pulling zone transfers. Hearth has none
 /// (every agent answers from its own view), so these are the RFC 1912 recommendations.
@@ -15,15 +17,13 @@ const SOA_REFRESH: i32 = 3_600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 1_209_600;
 
-/// A DNS label is at most 63 bytes (RFC 1035 §2.3.4).
-const MAX_LABEL_LEN: usize = 63;
-
 /// What to answer for a service when none of its instances passes its check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoneHealthy {
-    /// Fail open: answer every instance on an up (alive or suspect) node, whatever its check
-    /// says, on the theory that a check failing everywhere is more likely the check's fault.
+    /// Fail open: answer every instance on an up (alive or suspect) node that is not drained,
+    /// whatever its check says, on the theory that a check failing everywhere is more likely
+    /// the check's fault. A drained node is out on purpose, so it never comes back this way.
     #[default]
     AllUp,
     /// Answer NODATA, so that clients fail fast instead of reaching a broken instance.
@@ -60,55 +60,6 @@ pub fn next_serial(previous: u32, unix_seconds: u64) -> u32 {
     (u64::from(previous) + 1).max(unix_seconds) as u32
 }
 
-/// The addresses one name below the apex answers with, sorted and deduplicated. Both lists
-/// empty means the name exists without an address: NODATA.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Addresses {
-    pub(crate) v4: Vec<Ipv4Addr>,
-    pub(crate) v6: Vec<Ipv6Addr>,
-}
-
-impl Addresses {
-    fn collect(ips: impl IntoIterator<Item = IpAddr>) -> Self {
-        let mut addresses = Self::default();
-        for ip in ips {
-            match ip {
-                IpAddr::V4(v4) => addresses.v4.push(v4),
-                IpAddr::V6(v6) => addresses.v6.push(v6),
-            }
-        }
-        addresses.v4.sort_unstable();
-        addresses.v4.dedup();
-        addresses.v6.sort_unstable();
-        addresses.v6.dedup();
-        addresses
-    }
-
-    fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
-    }
-
-    pub(crate) fn v4_records<'a>(
-        &'a self,
-        owner: &'a Name,
-        ttl: u32,
-    ) -> impl Iterator<Item = Record> + 'a {
-        let to_record =
-            move |ip: &Ipv4Addr| Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip)));
-        self.v4.iter().map(to_record)
-    }
-
-    pub(crate) fn v6_records<'a>(
-        &'a self,
-        owner: &'a Name,
-        ttl: u32,
-    ) -> impl Iterator<Item = Record> + 'a {
-        let to_record =
-            move |ip: &Ipv6Addr| Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*ip)));
-        self.v6.iter().map(to_record)
-    }
-}
-
 /// What the apex answers, computed once per snapshot since every negative answer carries the SOA.
 #[derive(Debug, Clone)]
 pub(crate) struct Apex {
@@ -120,26 +71,29 @@ pub(crate) struct Apex {
     pub(crate) glue: Vec<Record>,
 }
 
-/// The data one answer is computed from: the view, the zone serial, and an index of every name
-/// below the apex. Rebuilt by the server whenever the view changes, so answering never scans it.
+/// The data one answer is computed from: the view, the desired state, the zone serial, and an
+/// index of every name in the zone. Rebuilt by the server whenever the view, or the static
+/// records or drain flags of the desired state, change, so answering never scans either.
 #[derive(Debug)]
 pub struct ZoneSnapshot {
     view: Arc<View>,
+    desired: Arc<DesiredState>,
     serial: u32,
-    /// Keyed by the lowercase label under the apex.
-    names: HashMap<Box<[u8]>, Addresses>,
+    index: NameIndex,
     apex: Apex,
 }
 
 impl ZoneSnapshot {
-    /// Indexes `view` for `zone`; answer with the same zone.
-    pub fn new(zone: &Zone, view: Arc<View>, serial: u32) -> Self {
-        let names = index_names(&view, zone.none_healthy);
-        let apex = build_apex(zone, &view, serial, &names);
+    /// Indexes `view` and the static records and drain flags of `desired` for `zone`; answer
+    /// with the same zone.
+    pub fn new(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>, serial: u32) -> Self {
+        let index = NameIndex::build(zone, &view, &desired);
+        let apex = build_apex(zone, &view, serial, &index);
         Self {
             view,
+            desired,
             serial,
-            names,
+            index,
             apex,
         }
     }
@@ -152,70 +106,31 @@ impl ZoneSnapshot {
         self.serial
     }
 
+    /// Whether a rebuild from these inputs would serve the same zone, so that bumping the serial
+    /// for it would be noise. Only the static records and the drain flags of the desired state
+    /// reach DNS; the rest of it (cluster-wide services, recorded events and their deliveries)
+    /// changes often without touching the zone.
+    pub(crate) fn is_built_from(&self, view: &View, desired: &DesiredState) -> bool {
+        *self.view == *view
+            && self.desired.records == desired.records
+            && self.desired.drained == desired.drained
+    }
+
     pub(crate) fn apex(&self) -> &Apex {
         &self.apex
     }
 
-    /// The addresses of the name `<label>.<zone>`, matched case-insensitively without allocating.
-    pub(crate) fn addresses(&self, label: &[u8]) -> Option<&Addresses> {
-        let mut lowered = [0u8; MAX_LABEL_LEN];
-        let key = lowered.get_mut(..label.len())?;
-        key.copy_from_slice(label);
-        key.make_ascii_lowercase();
-        self.names.get(&*key)
+    /// Where `name` falls in `zone` (the zone this snapshot was built for), without allocating.
+    pub(crate) fn locate(&self, zone: &Zone, name: &Name) -> Location<'_> {
+        self.index.locate(&zone.origin, name)
     }
 }
 
-/// Every name below the apex: nodes that have not left, then services, so that a service
-/// replaces a node of the same name.
-fn index_names(view: &View, policy: NoneHealthy) -> HashMap<Box<[u8]>, Addresses> {
-    let mut names = HashMap::new();
-    let present = view
-        .members
-        .values()
-        .filter(|m| m.state != MemberState::Left);
-    for member in present {
-        let addresses = Addresses::collect([member.meta.address]);
-        names.insert(name_key(&member.meta.name), addresses);
-    }
-    for service in listed_services(view) {
-        let addresses = service_addresses(view, &service, policy);
-        names.insert(name_key(&service), addresses);
-    }
-    names
-}
-
-/// Services listed by any member in any state: such a name exists even with nothing to answer.
-fn listed_services(view: &View) -> BTreeSet<String> {
-    let instances = view.members.values().flat_map(|member| &member.services);
-    instances
-        .map(|instance| instance.service.to_ascii_lowercase())
-        .collect()
-}
-
-fn service_addresses(view: &View, service: &str, policy: NoneHealthy) -> Addresses {
-    let healthy = Addresses::collect(view.healthy_instances(service));
-    if !healthy.is_empty() || policy == NoneHealthy::Empty {
-        return healthy;
-    }
-    let up = view.instances_on_up_nodes(service);
-    Addresses::collect(up.map(|instance| instance.address))
-}
-
-fn name_key(name: &str) -> Box<[u8]> {
-    name.to_ascii_lowercase().into_bytes().into_boxed_slice()
-}
-
-fn build_apex(
-    zone: &Zone,
-    view: &View,
-    serial: u32,
-    names: &HashMap<Box<[u8]>, Addresses>,
-) -> Apex {
+fn build_apex(zone: &Zone, view: &View, serial: u32, index: &NameIndex) -> Apex {
     let name_servers = name_servers(zone, view);
     let glue = name_servers
         .iter()
-        .flat_map(|ns| glue_records(zone, ns, names))
+        .flat_map(|ns| glue_records(zone, ns, index))
         .collect();
     Apex {
         soa: soa_record(zone, serial, name_servers.first()),
@@ -225,6 +140,8 @@ fn build_apex(
 }
 
 /// `<name>.<zone>` of every up server, or of this node when no server is up (it answers anyway).
+/// A drained server stays a name server: drain takes its service instances out of DNS, but it
+/// still answers DNS itself.
 fn name_servers(zone: &Zone, view: &View) -> Vec<Name> {
     let mut hosts: Vec<&str> = view
         .members
@@ -244,19 +161,12 @@ fn name_servers(zone: &Zone, view: &View) -> Vec<Name> {
     names
 }
 
-/// `<host>.<origin>` in lowercase, or None when `host` cannot be a label.
-fn origin_child(origin: &Name, host: &str) -> Option<Name> {
-    origin
-        .prepend_label(host.to_ascii_lowercase().as_bytes())
-        .ok()
-}
-
-fn glue_records(zone: &Zone, ns: &Name, names: &HashMap<Box<[u8]>, Addresses>) -> Vec<Record> {
-    let Some(addresses) = ns.iter().next().and_then(|label| names.get(label)) else {
+/// The A and AAAA records a name server's name answers with in this zone.
+fn glue_records(zone: &Zone, ns: &Name, index: &NameIndex) -> Vec<Record> {
+    let Location::Found(data) = index.locate(&zone.origin, ns) else {
         return Vec::new();
     };
-    let v4 = addresses.v4_records(ns, zone.ttl);
-    v4.chain(addresses.v6_records(ns, zone.ttl)).collect()
+    data.addresses().flat_map(|set| set.records(ns)).collect()
 }
 
 fn soa_record(zone: &Zone, serial: u32, primary: Option<&Name>) -> Record {

@@ -1,7 +1,11 @@
 //! Writes to the desired state as a closed `Command` enum, and `apply`, the pure function
 //! every replica runs on each committed command, in log order.
 
-use hearth_types::desired::{ClusterService, DesiredState, RecordSet, Versioned, record_key};
+use hearth_types::desired::{
+    ClusterService, Delivery, DesiredState, EventRecord, MAX_EVENTS, RecordSet, Versioned,
+    record_key,
+};
+use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
 use serde::{Deserialize, Serialize};
 
 /// What a write expects the object's current version to be.
@@ -41,6 +45,23 @@ pub enum Command {
         node: String,
         drained: bool,
         expect: Expect,
+    },
+    /// The leader saw this member in this state (at `at_ms`, its clock).
+    ObserveMember {
+        member: MemberRow,
+        at_ms: u64,
+    },
+    /// The leader saw this check status of `member`'s instance.
+    ObserveCheck {
+        member: MemberRow,
+        instance: ServiceInstance,
+        at_ms: u64,
+    },
+    /// A cluster handler ran (or failed to run) for an event.
+    RecordDelivery {
+        event: u64,
+        handler: String,
+        delivery: Delivery,
     },
 }
 
@@ -112,6 +133,104 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             drained,
             expect,
         } => put(&mut state.drained, node.clone(), *drained, *expect, index),
+        Command::ObserveMember { member, at_ms } => observe_member(state, member, *at_ms, index),
+        Command::ObserveCheck {
+            member,
+            instance,
+            at_ms,
+        } => observe_check(state, member, instance, *at_ms, index),
+        Command::RecordDelivery {
+            event,
+            handler,
+            delivery,
+        } => match state.events.get_mut(event) {
+            Some(record) => {
+                record.deliveries.insert(handler.clone(), delivery.clone());
+                Outcome::Applied { version: index }
+            }
+            None => Outcome::NotFound,
+        },
+    }
+}
+
+/// The event a member's change of state is, if any.
+fn member_event(before: Option<&MemberRow>, now: &MemberRow) -> Option<EventKind> {
+    let was_up = before.is_some_and(|b| b.state.is_up());
+    match (was_up, now.state.is_up(), now.state) {
+        (false, true, _) => Some(EventKind::MemberJoin),
+        (true, false, hearth_types::MemberState::Dead) => Some(EventKind::MemberFailed),
+        (true, false, _) => Some(EventKind::MemberLeave),
+        (true, true, _) => {
+            let changed = before.is_some_and(|b| {
+                (&b.address, &b.roles, &b.tags) != (&now.address, &now.roles, &now.tags)
+            });
+            changed.then_some(EventKind::MemberUpdate)
+        }
+        (false, false, _) => None,
+    }
+}
+
+fn observe_member(state: &mut DesiredState, member: &MemberRow, at_ms: u64, index: u64) -> Outcome {
+    let before = state.observed.members.get(&member.name);
+    if before == Some(member) {
+        return Outcome::Nothing;
+    }
+    let kind = member_event(before, member);
+    state
+        .observed
+        .members
+        .insert(member.name.clone(), member.clone());
+    if let Some(kind) = kind {
+        record_event(
+            state,
+            ClusterEvent {
+                kind,
+                member: member.clone(),
+                instance: None,
+            },
+            at_ms,
+            index,
+        );
+    }
+    Outcome::Applied { version: index }
+}
+
+fn observe_check(
+    state: &mut DesiredState,
+    member: &MemberRow,
+    instance: &ServiceInstance,
+    at_ms: u64,
+    index: u64,
+) -> Outcome {
+    let key = format!("{}/{}", member.name, instance.service);
+    let before = state.observed.checks.insert(key, instance.status);
+    let kind = match instance.status {
+        _ if before == Some(instance.status) => return Outcome::Nothing,
+        hearth_types::CheckStatus::Passing => EventKind::CheckPassing,
+        hearth_types::CheckStatus::Failing => EventKind::CheckFailing,
+        hearth_types::CheckStatus::Unknown => return Outcome::Applied { version: index },
+    };
+    let event = ClusterEvent {
+        kind,
+        member: member.clone(),
+        instance: Some(instance.clone()),
+    };
+    record_event(state, event, at_ms, index);
+    Outcome::Applied { version: index }
+}
+
+fn record_event(state: &mut DesiredState, event: ClusterEvent, at_ms: u64, index: u64) {
+    state.events.insert(
+        index,
+        EventRecord {
+            id: index,
+            at_ms,
+            event,
+            deliveries: Default::default(),
+        },
+    );
+    while state.events.len() > MAX_EVENTS {
+        state.events.pop_first();
     }
 }
 
@@ -238,6 +357,87 @@ mod tests {
         };
         assert!(message.starts_with("nodes[0]"), "{message}");
         assert_eq!(state, DesiredState::default());
+    }
+
+    fn row(name: &str, state: hearth_types::MemberState) -> MemberRow {
+        MemberRow {
+            name: name.into(),
+            address: "10.0.0.1".parse().unwrap(),
+            gossip_addr: "10.0.0.1:7946".parse().unwrap(),
+            state,
+            roles: vec![],
+            tags: Default::default(),
+        }
+    }
+
+    #[test]
+    fn observations_record_each_change_once_with_the_log_index_as_id() {
+        use hearth_types::MemberState::*;
+        let mut state = DesiredState::default();
+        let observe = |s| Command::ObserveMember {
+            member: row("n2", s),
+            at_ms: 1,
+        };
+        apply(&mut state, &observe(Alive), 10);
+        // A second leader observing the same state records nothing.
+        assert_eq!(apply(&mut state, &observe(Alive), 11), Outcome::Nothing);
+        apply(&mut state, &observe(Suspect), 12);
+        apply(&mut state, &observe(Dead), 13);
+        apply(&mut state, &observe(Dead), 14);
+        let kinds: Vec<(u64, EventKind)> = state
+            .events
+            .values()
+            .map(|e| (e.id, e.event.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(10, EventKind::MemberJoin), (13, EventKind::MemberFailed)]
+        );
+        let delivered = Command::RecordDelivery {
+            event: 13,
+            handler: "pager".into(),
+            delivery: Delivery {
+                attempts: 1,
+                delivered: true,
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            apply(&mut state, &delivered, 15),
+            Outcome::Applied { version: 15 }
+        );
+        assert!(state.events[&13].deliveries["pager"].delivered);
+        let unknown = Command::RecordDelivery {
+            event: 99,
+            handler: "pager".into(),
+            delivery: Delivery::default(),
+        };
+        assert_eq!(apply(&mut state, &unknown, 16), Outcome::NotFound);
+    }
+
+    #[test]
+    fn old_events_are_pruned() {
+        let mut state = DesiredState::default();
+        for i in 0..(MAX_EVENTS as u64 + 10) {
+            let status = if i % 2 == 0 {
+                hearth_types::CheckStatus::Passing
+            } else {
+                hearth_types::CheckStatus::Failing
+            };
+            let instance = ServiceInstance {
+                service: "www".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                status,
+            };
+            let command = Command::ObserveCheck {
+                member: row("n1", hearth_types::MemberState::Alive),
+                instance,
+                at_ms: i,
+            };
+            apply(&mut state, &command, i + 1);
+        }
+        assert_eq!(state.events.len(), MAX_EVENTS);
+        assert_eq!(state.events.keys().next(), Some(&11));
     }
 
     #[test]

@@ -140,6 +140,12 @@ impl StateNode {
         Ok(node)
     }
 
+    /// Whether this node is the Raft leader now.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics.current_leader == Some(metrics.id)
+    }
+
     /// Whether this node belongs to a formed group.
     pub fn in_group(&self) -> bool {
         let metrics = self.inner.raft.metrics().borrow().clone();

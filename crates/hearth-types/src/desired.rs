@@ -217,6 +217,11 @@ pub struct DesiredState {
     pub records: BTreeMap<String, Versioned<RecordSet>>,
     /// Nodes in maintenance: their instances leave DNS.
     pub drained: BTreeMap<String, Versioned<bool>>,
+    #[serde(default)]
+    pub observed: Observed,
+    /// Recent cluster-wide events by id.
+    #[serde(default)]
+    pub events: BTreeMap<u64, EventRecord>,
 }
 
 impl DesiredState {
@@ -224,3 +229,37 @@ impl DesiredState {
         self.drained.get(node).is_some_and(|d| d.value)
     }
 }
+
+/// Whether a cluster handler has run for an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub attempts: u32,
+    pub delivered: bool,
+    pub last_error: Option<String>,
+    /// Unix milliseconds before which the next attempt must not start (backoff).
+    pub next_attempt_ms: u64,
+}
+
+/// A cluster-wide event, recorded through the log so that every leader sees the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The log index that recorded it: stable, unique, and the same on every node.
+    pub id: u64,
+    /// Unix milliseconds, as the leader that recorded it saw them.
+    pub at_ms: u64,
+    pub event: crate::ClusterEvent,
+    /// By cluster handler name.
+    pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// The last observed state of the cluster, as recorded by leaders: events are the changes
+/// to it, so a new leader that observes the same state records nothing new.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub members: BTreeMap<String, crate::MemberRow>,
+    /// Keyed `node/service`.
+    pub checks: BTreeMap<String, crate::CheckStatus>,
+}
+
+/// How many events the state keeps; older ones are dropped first.
+pub const MAX_EVENTS: usize = 500;

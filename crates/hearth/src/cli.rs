@@ -48,6 +48,8 @@ enum Command {
     },
     /// Show the replicated state: leader, term, voters, learners, applied indexes.
     State(ClientArgs),
+    /// Show recent cluster-wide events and the delivery state of cluster handlers.
+    Events(ClientArgs),
     /// Manage the static DNS records kept in the replicated state.
     Records {
         #[command(flatten)]
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
             command: Some(command),
         } => with_client(&client, |c, json| state_cli::services(c, json, command)),
         Command::State(args) => client_command(&args, state_cli::state),
+        Command::Events(args) => client_command(&args, state_cli::events),
         Command::Records { client, command } => {
             with_client(&client, |c, json| state_cli::records(c, json, command))
         }

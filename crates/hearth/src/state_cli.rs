@@ -409,6 +409,52 @@ pub fn node(client: &ApiClient, json: bool, command: NodeCommand) -> Result<(), 
     Ok(())
 }
 
+/// `hearth events`: recent cluster-wide events and their delivery state.
+pub fn events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let events: Vec<hearth_types::desired::EventRecord> = client.get("/v1/events")?;
+    if json {
+        print_json(&events);
+        return Ok(());
+    }
+    let rows = events.iter().map(|record| {
+        let deliveries: Vec<String> = record
+            .deliveries
+            .iter()
+            .map(|(name, d)| match (d.delivered, &d.last_error) {
+                (true, _) => format!("{name}: delivered"),
+                (false, Some(error)) => format!("{name}: failed x{} ({error})", d.attempts),
+                (false, None) => format!("{name}: pending"),
+            })
+            .collect();
+        vec![
+            record.id.to_string(),
+            humantime_ms(record.at_ms),
+            record.event.kind.to_string(),
+            record.event.member.name.clone(),
+            record
+                .event
+                .instance
+                .as_ref()
+                .map_or("-".into(), |i| i.service.clone()),
+            if deliveries.is_empty() {
+                "-".into()
+            } else {
+                deliveries.join("; ")
+            },
+        ]
+    });
+    print_table(
+        &["ID", "TIME (UTC)", "EVENT", "MEMBER", "SERVICE", "DELIVERY"],
+        rows,
+    );
+    Ok(())
+}
+
+fn humantime_ms(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_value;

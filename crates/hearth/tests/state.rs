@@ -272,3 +272,77 @@ fn cluster_wide_services_run_where_declared_and_leave_when_removed() {
         });
     }
 }
+
+#[test]
+fn static_records_and_drain_reach_every_nodes_dns() {
+    let cluster = TestCluster::start(bin(), 3, |i| {
+        format!(
+            "[state]\nbootstrap_expect = 3\n[[service]]\nname = \"www\"\naddress = \"10.0.0.{}\"\n",
+            i + 1
+        )
+    });
+    wait_for_group(&cluster, &[0, 1, 2], 3);
+    let n3 = &cluster.agents[2];
+    let cli = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--api".into(),
+            n3.api_addr().to_string(),
+            "--token".into(),
+            n3.token(),
+        ]);
+        let output = std::process::Command::new(bin())
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    cli(&["records", "add", "mail", "A", "192.0.2.7"]);
+    cli(&[
+        "records",
+        "add",
+        "@",
+        "MX",
+        "10",
+        &format!("mail.{}", hearth_testkit::ZONE),
+    ]);
+    let zone = hearth_testkit::ZONE;
+    for agent in &cluster.agents {
+        eventually("static records in DNS", DEADLINE, || {
+            let a = agent.dig(&format!("mail.{zone}"), "A")?;
+            let mx = agent.dig(zone, "MX")?;
+            if a == ["192.0.2.7"] && mx.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{a:?} {mx:?}"))
+            }
+        });
+    }
+    cli(&["node", "drain", "n2"]);
+    let www = format!("www.{zone}");
+    for agent in &cluster.agents {
+        eventually("the drained node's instance out of DNS", DEADLINE, || {
+            let got = agent.dig(&www, "A")?;
+            if got == ["10.0.0.1", "10.0.0.3"] {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+    cli(&["node", "undrain", "n2"]);
+    for agent in &cluster.agents {
+        eventually("the undrained node back in DNS", DEADLINE, || {
+            let got = agent.dig(&www, "A")?;
+            if got.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+    }
+}

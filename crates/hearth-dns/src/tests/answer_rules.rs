@@ -1,13 +1,14 @@
 //! The answer rules, one test each, through `answer` over the fixture view.
 
-use hearth_types::{CheckStatus, MemberState, Role};
+use hearth_types::desired::{ClusterService, DesiredState, Versioned};
+use hearth_types::{CheckStatus, MemberState, Role, View};
 use hickory_proto::op::{Edns, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::NS;
 use hickory_proto::rr::{DNSClass, RData, RecordType};
 
 use super::fixture::{
-    QUERY_ID, SERIAL, TTL, addresses, ask, ask_in, assert_negative, ips, member, name, query,
-    snapshot, soa, view, view_of, zone,
+    QUERY_ID, SERIAL, TTL, a, addresses, ask, ask_in, assert_negative, desired, ips, member, name,
+    query, record_set, snapshot, snapshot_with, soa, view, view_of, zone,
 };
 use crate::{EDNS_PAYLOAD, NoneHealthy, Zone, answer, next_serial};
 
@@ -351,7 +352,7 @@ fn serial_follows_the_clock_but_always_increases() {
 }
 
 #[test]
-fn snapshot_exposes_its_view_and_serial() {
+fn snapshot_exposes_its_view_and_serial_and_knows_its_inputs() {
     let view = view_of(
         "solo",
         [member(
@@ -362,7 +363,31 @@ fn snapshot_exposes_its_view_and_serial() {
             &[],
         )],
     );
-    let snapshot = snapshot(&zone(), view.clone());
+    let drained = desired([], &["solo"]);
+    let snapshot = snapshot_with(&zone(), view.clone(), drained.clone());
     assert_eq!(**snapshot.view(), view);
     assert_eq!(snapshot.serial(), SERIAL);
+    assert!(snapshot.is_built_from(&view, &drained));
+    assert!(!snapshot.is_built_from(&view, &DesiredState::default()));
+    assert!(!snapshot.is_built_from(&View::default(), &drained));
+    let with_record = desired([record_set("mail", None, &[a("192.0.2.7")])], &["solo"]);
+    assert!(!snapshot.is_built_from(&view, &with_record));
+}
+
+#[test]
+fn desired_state_outside_records_and_drains_does_not_change_the_zone() {
+    let view = view();
+    let snapshot = snapshot_with(&zone(), view.clone(), DesiredState::default());
+    let service = ClusterService {
+        name: "web".into(),
+        nodes: Vec::new(),
+        check: None,
+    };
+    let mut with_service = DesiredState::default();
+    let versioned = Versioned {
+        version: 7,
+        value: service,
+    };
+    with_service.services.insert("web".into(), versioned);
+    assert!(snapshot.is_built_from(&view, &with_service));
 }

@@ -1,10 +1,11 @@
 //! A small view and helpers shared by the tests: five members covering every member state,
-//! check status and role that the answer rules tell apart.
+//! check status and role that the answer rules tell apart, and builders of desired states.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use hearth_types::desired::{DesiredState, RecordData, RecordSet, Versioned};
 use hearth_types::{CheckStatus, Member, MemberState, NodeMeta, Role, ServiceInstance, View};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::SOA;
@@ -117,7 +118,84 @@ pub(crate) fn member(
 }
 
 pub(crate) fn snapshot(zone: &Zone, view: View) -> ZoneSnapshot {
-    ZoneSnapshot::new(zone, Arc::new(view), SERIAL)
+    snapshot_with(zone, view, DesiredState::default())
+}
+
+pub(crate) fn snapshot_with(zone: &Zone, view: View, desired: DesiredState) -> ZoneSnapshot {
+    ZoneSnapshot::new(zone, Arc::new(view), Arc::new(desired), SERIAL)
+}
+
+/// A desired state holding `records` (stored under their keys, as the state machine does) and
+/// drain flags set on `drained`.
+pub(crate) fn desired(
+    records: impl IntoIterator<Item = RecordSet>,
+    drained: &[&str],
+) -> DesiredState {
+    let records = records
+        .into_iter()
+        .map(|set| (set.key().unwrap(), versioned(set)))
+        .collect();
+    let drained = drained
+        .iter()
+        .map(|node| ((*node).to_owned(), versioned(true)))
+        .collect();
+    DesiredState {
+        records,
+        drained,
+        ..DesiredState::default()
+    }
+}
+
+fn versioned<T>(value: T) -> Versioned<T> {
+    Versioned { version: 1, value }
+}
+
+pub(crate) fn record_set(name: &str, ttl: Option<u32>, values: &[RecordData]) -> RecordSet {
+    RecordSet {
+        name: name.to_owned(),
+        ttl,
+        values: values.to_vec(),
+    }
+}
+
+pub(crate) fn a(address: &str) -> RecordData {
+    RecordData::A {
+        address: address.parse().unwrap(),
+    }
+}
+
+pub(crate) fn aaaa(address: &str) -> RecordData {
+    RecordData::Aaaa {
+        address: address.parse().unwrap(),
+    }
+}
+
+pub(crate) fn cname(target: &str) -> RecordData {
+    RecordData::Cname {
+        target: target.to_owned(),
+    }
+}
+
+pub(crate) fn txt(text: &str) -> RecordData {
+    RecordData::Txt {
+        text: text.to_owned(),
+    }
+}
+
+pub(crate) fn mx(preference: u16, exchange: &str) -> RecordData {
+    RecordData::Mx {
+        preference,
+        exchange: exchange.to_owned(),
+    }
+}
+
+pub(crate) fn srv(priority: u16, weight: u16, port: u16, target: &str) -> RecordData {
+    RecordData::Srv {
+        priority,
+        weight,
+        port,
+        target: target.to_owned(),
+    }
 }
 
 /// A recursion-desired IN query, as a stub resolver sends it.
@@ -134,6 +212,13 @@ pub(crate) fn ask_in(zone: &Zone, view: View, qname: &str, qtype: RecordType) ->
 
 pub(crate) fn ask(qname: &str, qtype: RecordType) -> Message {
     ask_in(&zone(), view(), qname, qtype)
+}
+
+/// Asks the fixture view in the fixture zone, with `desired` as the desired state.
+pub(crate) fn ask_with(desired: &DesiredState, qname: &str, qtype: RecordType) -> Message {
+    let zone = zone();
+    let snapshot = snapshot_with(&zone, view(), desired.clone());
+    answer(&zone, &snapshot, &query(qname, qtype))
 }
 
 /// The A and AAAA data of `records`, in order.

@@ -1,11 +1,14 @@
-//! `serve` over real sockets on 127.0.0.1: UDP and TCP answers, garbage, view changes, the
-//! connection cap, and shutdown. Every wait is bounded by `DEADLINE`; nothing sleeps.
+//! `serve` over real sockets on 127.0.0.1: UDP and TCP answers, garbage, view and desired-state
+//! changes, dropped senders, the connection cap, and shutdown. Every wait is bounded by
+//! `DEADLINE`; nothing sleeps.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
+use hearth_types::desired::DesiredState;
 use hearth_types::{CheckStatus, View};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
@@ -16,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::fixture::{addresses, ips, query, soa, view, zone};
-use crate::server::MAX_TCP_CONNECTIONS;
+use super::fixture::{a, addresses, desired, ips, query, record_set, soa, view, zone};
+use crate::server::{Inputs, MAX_TCP_CONNECTIONS};
 use crate::{DnsMetrics, serve};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -26,12 +29,21 @@ struct Running {
     udp: SocketAddr,
     tcp: SocketAddr,
     views: watch::Sender<Arc<View>>,
+    /// None when the test holds (or has dropped) the desired-state sender itself.
+    desired: Option<watch::Sender<Arc<DesiredState>>>,
     metrics: Arc<DnsMetrics>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 async fn start(view: View) -> Running {
+    let (desired, desired_rx) = watch::channel(Arc::new(DesiredState::default()));
+    let mut running = start_with(view, desired_rx).await;
+    running.desired = Some(desired);
+    running
+}
+
+async fn start_with(view: View, desired: watch::Receiver<Arc<DesiredState>>) -> Running {
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
@@ -43,6 +55,7 @@ async fn start(view: View) -> Running {
         udp,
         tcp,
         views_rx,
+        desired,
         Arc::clone(&metrics),
         shutdown.clone(),
     );
@@ -50,6 +63,7 @@ async fn start(view: View) -> Running {
         udp: udp_addr,
         tcp: tcp_addr,
         views,
+        desired: None,
         metrics,
         shutdown,
         task: tokio::spawn(server),
@@ -185,12 +199,11 @@ async fn view_changes_are_served_with_a_new_serial() {
     let server = start(view()).await;
     let client = udp_client().await;
     let apex = query("hearth.test.", RecordType::SOA);
-    let serial = |response: &Message| soa(&response.answers[0]).serial;
     let before = serial(&server.udp_ask(&client, &apex).await);
 
-    let mut changed = view();
-    changed.members.get_mut("bravo").unwrap().services[0].status = CheckStatus::Passing;
-    server.views.send_replace(Arc::new(changed));
+    server
+        .views
+        .send_replace(Arc::new(view_with_bravo_passing()));
     let web = query("web.hearth.test.", RecordType::A);
     poll_until(|| async {
         let response = server.udp_ask(&client, &web).await;
@@ -230,4 +243,135 @@ async fn tcp_connections_beyond_the_cap_are_closed() {
     })
     .await;
     server.stop().await;
+}
+
+fn serial(response: &Message) -> u32 {
+    soa(&response.answers[0]).serial
+}
+
+fn mail_at(address: &str) -> DesiredState {
+    desired([record_set("mail", None, &[a(address)])], &[])
+}
+
+/// The fixture view with bravo's web instance passing, so that web answers two addresses.
+fn view_with_bravo_passing() -> View {
+    let mut changed = view();
+    changed.members.get_mut("bravo").unwrap().services[0].status = CheckStatus::Passing;
+    changed
+}
+
+impl Running {
+    async fn answers_to(&self, client: &UdpSocket, qname: &str) -> Vec<std::net::IpAddr> {
+        let response = self.udp_ask(client, &query(qname, RecordType::A)).await;
+        addresses(&response.answers)
+    }
+}
+
+#[tokio::test]
+async fn desired_state_changes_are_served_with_a_new_serial() {
+    let server = start(view()).await;
+    let client = udp_client().await;
+    let apex = query("hearth.test.", RecordType::SOA);
+    let before = serial(&server.udp_ask(&client, &apex).await);
+    let mail = query("mail.hearth.test.", RecordType::A);
+    let missing = server.udp_ask(&client, &mail).await;
+    assert_eq!(missing.response_code, ResponseCode::NXDomain);
+
+    let sender = server.desired.as_ref().unwrap();
+    sender.send_replace(Arc::new(mail_at("192.0.2.7")));
+    poll_until(|| async {
+        server.answers_to(&client, "mail.hearth.test.").await == ips(&["192.0.2.7"])
+    })
+    .await;
+    let after = serial(&server.udp_ask(&client, &apex).await);
+    assert!(after > before, "serial {after} must follow {before}");
+
+    // A drain flag is a desired-state change too: db runs only on alpha.
+    sender.send_replace(Arc::new(desired([], &["alpha"])));
+    poll_until(|| async {
+        server
+            .answers_to(&client, "db.hearth.test.")
+            .await
+            .is_empty()
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_desired_sender_gone_before_serve_starts_leaves_its_last_state_served() {
+    let (sender, receiver) = watch::channel(Arc::new(mail_at("192.0.2.7")));
+    drop(sender);
+    let server = start_with(view(), receiver).await;
+    let client = udp_client().await;
+    let mail = server.answers_to(&client, "mail.hearth.test.").await;
+    assert_eq!(mail, ips(&["192.0.2.7"]));
+
+    // The tracking task is still alive: view changes are served.
+    server
+        .views
+        .send_replace(Arc::new(view_with_bravo_passing()));
+    poll_until(|| async {
+        server.answers_to(&client, "web.hearth.test.").await == ips(&["10.0.1.1", "10.0.1.2"])
+    })
+    .await;
+    let mail = server.answers_to(&client, "mail.hearth.test.").await;
+    assert_eq!(mail, ips(&["192.0.2.7"]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_desired_sender_dropped_while_serving_leaves_its_last_state_served() {
+    let mut server = start(view()).await;
+    let client = udp_client().await;
+    let sender = server.desired.take().unwrap();
+    // The last value sent before the drop still counts.
+    sender.send_replace(Arc::new(mail_at("192.0.2.8")));
+    drop(sender);
+    poll_until(|| async {
+        server.answers_to(&client, "mail.hearth.test.").await == ips(&["192.0.2.8"])
+    })
+    .await;
+
+    server
+        .views
+        .send_replace(Arc::new(view_with_bravo_passing()));
+    poll_until(|| async {
+        server.answers_to(&client, "web.hearth.test.").await == ips(&["10.0.1.1", "10.0.1.2"])
+    })
+    .await;
+    let mail = server.answers_to(&client, "mail.hearth.test.").await;
+    assert_eq!(mail, ips(&["192.0.2.8"]));
+    server.stop().await;
+}
+
+/// Polls `future` once: whether it would have to wait.
+fn is_pending<F: Future>(future: F) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    future.as_mut().poll(&mut context).is_pending()
+}
+
+#[tokio::test]
+async fn a_closed_input_is_reported_once_then_never_polled_again() {
+    let (views, views_rx) = watch::channel(Arc::new(view()));
+    let (desired, desired_rx) = watch::channel(Arc::new(DesiredState::default()));
+    let mut inputs = Inputs::new(views_rx, desired_rx);
+    inputs.latest();
+    assert!(is_pending(inputs.changed()));
+
+    drop(desired);
+    assert!(inputs.changed().await, "the close is reported once");
+    // A closed receiver's `changed` is ready forever; waiting on it again would spin.
+    assert!(is_pending(inputs.changed()));
+    views.send_replace(Arc::new(View::default()));
+    assert!(inputs.changed().await);
+    assert_eq!(*inputs.latest().0, View::default());
+
+    drop(views);
+    assert!(inputs.changed().await);
+    assert!(
+        !inputs.changed().await,
+        "nothing can change once both senders are gone"
+    );
 }

@@ -1,0 +1,424 @@
+//! The index of every name in the zone and what it holds, built once per snapshot from the view
+//! and the desired state, so that answering a query costs one hash lookup.
+//!
+//! Precedence rules live in `Pending::finish`: a name's A and AAAA come from one source, a
+//! service before a static set before a node; other static types sit beside them; a CNAME is
+//! kept only on a name with no other data.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hearth_types::desired::{DesiredState, RecordData, RecordSet};
+use hearth_types::{CheckStatus, MemberState, ServiceInstance, View};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::zone::{NoneHealthy, Zone};
+
+/// A name is at most 255 bytes on the wire, and a key is the wire form of part of one.
+const MAX_KEY_LEN: usize = 255;
+/// A TXT character-string is at most 255 bytes (RFC 1035 §3.3).
+const MAX_TXT_STRING: usize = 255;
+
+/// The records of one type at one name, sharing one TTL.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RrSet {
+    pub(crate) rtype: RecordType,
+    pub(crate) ttl: u32,
+    pub(crate) data: Vec<RData>,
+}
+
+impl RrSet {
+    /// The set as records owned by `owner` (the name as the client spelled it, for answers).
+    pub(crate) fn records<'a>(&'a self, owner: &'a Name) -> impl Iterator<Item = Record> + 'a {
+        let to_record =
+            move |data: &RData| Record::from_rdata(owner.clone(), self.ttl, data.clone());
+        self.data.iter().map(to_record)
+    }
+
+    fn is_address(&self) -> bool {
+        matches!(self.rtype, RecordType::A | RecordType::AAAA)
+    }
+}
+
+/// What one name holds. No sets at all is an empty non-terminal, or a service or node with
+/// nothing to answer right now: the name exists and every query is NODATA.
+#[derive(Debug, Default)]
+pub(crate) struct NameData {
+    /// At most one set per type, in the order ANY lists them. A CNAME set is always alone.
+    pub(crate) rrsets: Vec<RrSet>,
+    /// The apex also holds the SOA and NS records, which `Apex` keeps.
+    pub(crate) is_apex: bool,
+}
+
+impl NameData {
+    /// The target when this name is an alias.
+    pub(crate) fn cname(&self) -> Option<&Name> {
+        match self.rrsets.as_slice() {
+            [set] => set.data.iter().find_map(|data| match data {
+                RData::CNAME(cname) => Some(&cname.0),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The sets a query of `qtype` asks for.
+    pub(crate) fn matching(&self, qtype: RecordType) -> impl Iterator<Item = &RrSet> {
+        let wanted = move |set: &&RrSet| qtype == RecordType::ANY || set.rtype == qtype;
+        self.rrsets.iter().filter(wanted)
+    }
+
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = &RrSet> {
+        self.rrsets.iter().filter(|set| set.is_address())
+    }
+}
+
+/// Where a name falls relative to the zone.
+pub(crate) enum Location<'i> {
+    Outside,
+    /// In the zone, but no such name: NXDOMAIN.
+    Missing,
+    Found(&'i NameData),
+}
+
+/// Every name of the zone, the apex included (its key is empty).
+#[derive(Debug, Default)]
+pub(crate) struct NameIndex {
+    /// Keyed by the labels under the apex, leftmost first, each as a length byte and the
+    /// lowercase label: unambiguous even for labels holding dots, and writable from a query
+    /// name into a stack buffer.
+    names: HashMap<Box<[u8]>, NameData>,
+}
+
+impl NameIndex {
+    pub(crate) fn build(zone: &Zone, view: &View, desired: &DesiredState) -> Self {
+        let mut pending: HashMap<Box<[u8]>, Pending> = HashMap::new();
+        pending.entry(Box::default()).or_default();
+        add_nodes(&mut pending, zone, view);
+        add_services(&mut pending, zone, view, desired);
+        add_static_records(&mut pending, zone, desired);
+        add_empty_non_terminals(&mut pending);
+        let finish = |(key, entry): (Box<[u8]>, Pending)| {
+            let is_apex = key.is_empty();
+            (key, entry.finish(zone.ttl, is_apex))
+        };
+        Self {
+            names: pending.into_iter().map(finish).collect(),
+        }
+    }
+
+    /// Finds `name` without allocating; matching ignores ASCII case. There are no wildcards.
+    pub(crate) fn locate(&self, origin: &Name, name: &Name) -> Location<'_> {
+        if !origin.zone_of(name) {
+            return Location::Outside;
+        }
+        let n_labels = labels_below(origin, name);
+        let mut buf = [0u8; MAX_KEY_LEN];
+        let found = write_key(name, n_labels, &mut buf).and_then(|key| self.names.get(key));
+        found.map_or(Location::Missing, Location::Found)
+    }
+}
+
+/// What is known about one name while the index is built.
+#[derive(Default)]
+struct Pending {
+    /// Set when a service of this name is listed, even with nothing to answer.
+    service: Option<Vec<IpAddr>>,
+    /// Set when a node of this name has not left.
+    node: Option<Vec<IpAddr>>,
+    /// Static sets, at most one per type.
+    statics: Vec<RrSet>,
+}
+
+impl Pending {
+    fn add_static(&mut self, set: RrSet) {
+        let Some(same) = self.statics.iter_mut().find(|s| s.rtype == set.rtype) else {
+            self.statics.push(set);
+            return;
+        };
+        // Only `mail` and `mail.<zone>.` written as two sets get here: one set, the lower TTL.
+        same.ttl = same.ttl.min(set.ttl);
+        for data in set.data {
+            if !same.data.contains(&data) {
+                same.data.push(data);
+            }
+        }
+    }
+
+    fn finish(self, ttl: u32, is_apex: bool) -> NameData {
+        let Pending {
+            service,
+            node,
+            statics,
+        } = self;
+        let has_static_addresses = statics.iter().any(RrSet::is_address);
+        // A service or node counts as data even with no address at the moment, so that an
+        // alias beside it does not come and go with health checks.
+        let has_other_data = service.is_some()
+            || node.is_some()
+            || statics.iter().any(|s| s.rtype != RecordType::CNAME);
+        let has_service = service.is_some();
+        let mut rrsets: Vec<RrSet> = match (service, node) {
+            (Some(ips), _) => address_sets(ips, ttl),
+            (None, Some(ips)) if !has_static_addresses => address_sets(ips, ttl),
+            _ => Vec::new(),
+        };
+        let served = |set: &RrSet| match set.rtype {
+            RecordType::A | RecordType::AAAA => !has_service,
+            // RFC 1034 §3.6.2 forbids a CNAME beside other data; the other data wins.
+            RecordType::CNAME => !has_other_data && !is_apex,
+            _ => true,
+        };
+        rrsets.extend(statics.into_iter().filter(served));
+        rrsets.sort_by_key(|set| type_order(set.rtype));
+        if let Some(cname) = rrsets.iter_mut().find(|s| s.rtype == RecordType::CNAME) {
+            cname.data.truncate(1);
+        }
+        NameData { rrsets, is_apex }
+    }
+}
+
+/// The order ANY lists sets in: addresses first, then as `RecordData` lists its types.
+fn type_order(rtype: RecordType) -> u8 {
+    match rtype {
+        RecordType::A => 0,
+        RecordType::AAAA => 1,
+        RecordType::CNAME => 2,
+        RecordType::TXT => 3,
+        RecordType::MX => 4,
+        RecordType::SRV => 5,
+        _ => 6,
+    }
+}
+
+/// The A and AAAA sets of `ips`, each sorted and deduplicated; empty sets left out.
+fn address_sets(mut ips: Vec<IpAddr>, ttl: u32) -> Vec<RrSet> {
+    ips.sort_unstable();
+    ips.dedup();
+    let (v4, v6): (Vec<RData>, Vec<RData>) = ips
+        .into_iter()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        })
+        .partition(|data| matches!(data, RData::A(_)));
+    [(RecordType::A, v4), (RecordType::AAAA, v6)]
+        .into_iter()
+        .filter(|(_, data)| !data.is_empty())
+        .map(|(rtype, data)| RrSet { rtype, ttl, data })
+        .collect()
+}
+
+/// Nodes that have not left answer at `<node>.<zone>`, drained or not.
+fn add_nodes(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, view: &View) {
+    let present = view
+        .members
+        .values()
+        .filter(|m| m.state != MemberState::Left);
+    for member in present {
+        let Some(key) = child_key(&zone.origin, &member.meta.name) else {
+            continue;
+        };
+        let entry = pending.entry(key).or_default();
+        entry.node.get_or_insert_default().push(member.meta.address);
+    }
+}
+
+fn add_services(
+    pending: &mut HashMap<Box<[u8]>, Pending>,
+    zone: &Zone,
+    view: &View,
+    desired: &DesiredState,
+) {
+    for service in listed_services(view) {
+        let Some(key) = child_key(&zone.origin, &service) else {
+            continue;
+        };
+        let ips = service_addresses(view, desired, &service, zone.none_healthy);
+        let entry = pending.entry(key).or_default();
+        entry.service.get_or_insert_default().extend(ips);
+    }
+}
+
+/// Services listed by any member in any state: such a name exists even with nothing to answer.
+fn listed_services(view: &View) -> Vec<String> {
+    let instances = view.members.values().flat_map(|member| &member.services);
+    let mut services: Vec<String> = instances
+        .map(|instance| instance.service.to_ascii_lowercase())
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    services
+}
+
+/// The instances a service answers with: those passing their check on an up node that is not
+/// drained; when none passes and the policy is `AllUp`, every instance on such a node. A drained
+/// node's instances are never answered, as if their checks failed.
+fn service_addresses(
+    view: &View,
+    desired: &DesiredState,
+    service: &str,
+    policy: NoneHealthy,
+) -> Vec<IpAddr> {
+    let serving_nodes = view
+        .members
+        .values()
+        .filter(|m| m.state.is_up() && !desired.is_drained(&m.meta.name));
+    let instances: Vec<&ServiceInstance> = serving_nodes
+        .flat_map(|member| &member.services)
+        .filter(|instance| instance.service.eq_ignore_ascii_case(service))
+        .collect();
+    let passing: Vec<IpAddr> = instances
+        .iter()
+        .filter(|instance| instance.status == CheckStatus::Passing)
+        .map(|instance| instance.address)
+        .collect();
+    if !passing.is_empty() || policy == NoneHealthy::Empty {
+        return passing;
+    }
+    instances.iter().map(|instance| instance.address).collect()
+}
+
+/// Static sets whose name or values cannot be read are left out rather than failing the zone.
+fn add_static_records(
+    pending: &mut HashMap<Box<[u8]>, Pending>,
+    zone: &Zone,
+    desired: &DesiredState,
+) {
+    for record_set in desired.records.values().map(|versioned| &versioned.value) {
+        let owner = zone_file_name(&zone.origin, &record_set.name);
+        let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
+            continue;
+        };
+        if let Some(set) = static_set(&zone.origin, record_set, zone.ttl) {
+            pending.entry(key).or_default().add_static(set);
+        }
+    }
+}
+
+fn static_set(origin: &Name, record_set: &RecordSet, zone_ttl: u32) -> Option<RrSet> {
+    let first_type = record_set.values.first()?.type_name();
+    let mut values: Vec<&RecordData> = record_set
+        .values
+        .iter()
+        .filter(|value| value.type_name() == first_type)
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    let data: Vec<RData> = values
+        .into_iter()
+        .filter_map(|value| static_rdata(origin, value))
+        .collect();
+    Some(RrSet {
+        rtype: data.first()?.record_type(),
+        ttl: record_set.ttl.unwrap_or(zone_ttl),
+        data,
+    })
+}
+
+fn static_rdata(origin: &Name, value: &RecordData) -> Option<RData> {
+    let target = |text: &str| zone_file_name(origin, text);
+    let data = match value {
+        RecordData::A { address } => RData::A(A(*address)),
+        RecordData::Aaaa { address } => RData::AAAA(AAAA(*address)),
+        RecordData::Cname { target: name } => RData::CNAME(CNAME(target(name)?)),
+        RecordData::Txt { text } => RData::TXT(txt(text)),
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => RData::MX(MX::new(*preference, target(exchange)?)),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target: name,
+        } => RData::SRV(SRV::new(*priority, *weight, *port, target(name)?)),
+    };
+    Some(data)
+}
+
+/// One TXT record; text over 255 bytes (which validation refuses, but the state may predate
+/// it) is split into several strings rather than make the whole answer fail to encode.
+fn txt(text: &str) -> TXT {
+    let mut strings: Vec<&[u8]> = text.as_bytes().chunks(MAX_TXT_STRING).collect();
+    if strings.is_empty() {
+        strings.push(b"");
+    }
+    TXT::from_bytes(strings)
+}
+
+/// A name as a zone file reads it: absolute with a trailing dot, else relative to the zone;
+/// `@` is the apex. Lowercase, so that answers spell it one way.
+fn zone_file_name(origin: &Name, text: &str) -> Option<Name> {
+    if text == "@" {
+        return Some(origin.clone());
+    }
+    let name = Name::from_ascii(text).ok()?;
+    let name = if name.is_fqdn() {
+        name
+    } else {
+        name.append_domain(origin).ok()?
+    };
+    Some(name.to_lowercase())
+}
+
+/// `<label>.<origin>` in lowercase, or None when `label` cannot be a label.
+pub(crate) fn origin_child(origin: &Name, label: &str) -> Option<Name> {
+    origin
+        .prepend_label(label.to_ascii_lowercase().as_bytes())
+        .ok()
+}
+
+fn child_key(origin: &Name, label: &str) -> Option<Box<[u8]>> {
+    key_in_zone(origin, &origin_child(origin, label)?)
+}
+
+fn key_in_zone(origin: &Name, name: &Name) -> Option<Box<[u8]>> {
+    if !origin.zone_of(name) {
+        return None;
+    }
+    let mut buf = [0u8; MAX_KEY_LEN];
+    write_key(name, labels_below(origin, name), &mut buf).map(Box::from)
+}
+
+fn labels_below(origin: &Name, name: &Name) -> usize {
+    name.iter().len().saturating_sub(origin.iter().len())
+}
+
+/// Writes the key of the `n_labels` leftmost labels of `name` into `buf` (see `NameIndex::names`).
+fn write_key<'b>(name: &Name, n_labels: usize, buf: &'b mut [u8; MAX_KEY_LEN]) -> Option<&'b [u8]> {
+    let mut len = 0;
+    for label in name.iter().take(n_labels) {
+        let end = len + 1 + label.len();
+        let (prefix, lowered) = buf.get_mut(len..end)?.split_first_mut()?;
+        *prefix = u8::try_from(label.len()).ok()?;
+        lowered.copy_from_slice(label);
+        lowered.make_ascii_lowercase();
+        len = end;
+    }
+    buf.get(..len)
+}
+
+/// Makes every name between a deeper name and the apex exist, without data, so that it is
+/// NODATA rather than NXDOMAIN (RFC 8020): `_tcp` when `_imap._tcp` has records.
+fn add_empty_non_terminals(pending: &mut HashMap<Box<[u8]>, Pending>) {
+    let ancestors: Vec<Box<[u8]>> = pending
+        .keys()
+        .flat_map(|key| proper_ancestors(key))
+        .map(Box::from)
+        .collect();
+    for ancestor in ancestors {
+        pending.entry(ancestor).or_default();
+    }
+}
+
+/// The keys of the names strictly between `key`'s name and the apex, nearest first.
+fn proper_ancestors(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = key;
+    std::iter::from_fn(move || {
+        let (&len, _) = rest.split_first()?;
+        rest = rest.get(1 + usize::from(len)..)?;
+        (!rest.is_empty()).then_some(rest)
+    })
+}
