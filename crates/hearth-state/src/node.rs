@@ -375,7 +375,7 @@ impl StateNode {
     }
 
     /// The lowest-named of at least `bootstrap_expect` live servers forms the group with
-    /// (up to five of) them as voters; the others wait to be contacted.
+    /// (an odd number, up to five, of) them as voters; the leader adds the rest as learners.
     async fn maybe_bootstrap(&self, candidates: &[Candidate]) -> Result<(), String> {
         let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up).collect();
         up.sort_by(|a, b| a.node.name.cmp(&b.node.name));
@@ -391,7 +391,7 @@ impl StateNode {
         }
         let members: std::collections::BTreeMap<u64, RaftNode> = up
             .iter()
-            .take(crate::plan::MAX_VOTERS)
+            .take(crate::plan::target_voters(up.len()))
             .map(|c| (c.id, c.node.clone()))
             .collect();
         tracing::info!(voters = ?members.values().map(|n| &n.name).collect::<Vec<_>>(), "forming the raft group");

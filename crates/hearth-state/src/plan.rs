@@ -31,7 +31,7 @@ pub enum Change {
 /// The number of voters to aim for given `n` eligible nodes: as many as possible up to
 /// [`MAX_VOTERS`], but odd above two, since a fourth voter raises the quorum without
 /// surviving more failures.
-fn target_voters(n: usize) -> usize {
+pub fn target_voters(n: usize) -> usize {
     let n = n.min(MAX_VOTERS);
     if n > 2 && n.is_multiple_of(2) {
         n - 1

@@ -15,6 +15,8 @@ pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7480;
 pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
+pub mod netns;
+
 pub const ZONE: &str = "coop.test.";
 
 /// Polls `probe` until it returns `Ok`, or panics with the last error after `timeout`.
@@ -79,6 +81,11 @@ pub struct NodeSpec {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to the generated config (services, handlers, ...).
     pub extra: String,
+    /// Where the API listens, when not on `ip` (agents inside a network namespace keep their
+    /// API on a control link the test can always reach).
+    pub api_ip: Option<Ipv4Addr>,
+    /// Run the agent inside this network namespace.
+    pub netns: Option<String>,
 }
 
 impl NodeSpec {
@@ -94,7 +101,7 @@ cluster     = "{cluster}"
 roles       = {roles}
 gossip_addr = "{ip}:{GOSSIP_PORT}"
 rpc_addr    = "{ip}:{RPC_PORT}"
-api_addr    = "{ip}:{API_PORT}"
+api_addr    = "{api_ip}:{API_PORT}"
 dns_addr    = "{ip}:{DNS_PORT}"
 join        = [{join}]
 
@@ -111,6 +118,7 @@ ttl  = 1
                 None => format!("secret      = \"{}\"", self.secret),
             },
             ip = self.ip,
+            api_ip = self.api_ip.unwrap_or(self.ip),
             roles = self.roles,
             join = join.join(", "),
             extra = self.extra,
@@ -164,7 +172,16 @@ impl TestAgent {
             .append(true)
             .open(self.log_path())
             .expect("open log");
-        let child = Command::new(&self.bin)
+        let mut command = match &self.spec.netns {
+            // `ip netns exec` execs the agent in place, so the PID is the agent's own.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .args(["agent", "--config"])
             .arg(self.config_path())
             .env("HEARTH_LOG", "info,openraft=warn,hearth_membership=debug")
@@ -238,7 +255,7 @@ impl TestAgent {
     }
 
     pub fn api_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.spec.ip, API_PORT))
+        SocketAddr::from((self.spec.api_ip.unwrap_or(self.spec.ip), API_PORT))
     }
 
     pub fn gossip_addr(&self) -> SocketAddr {
@@ -465,6 +482,8 @@ impl TestCluster {
             secret_file: None,
             cluster: "test".into(),
             roles: "[\"server\"]".into(),
+            api_ip: None,
+            netns: None,
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
         }

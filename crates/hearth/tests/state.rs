@@ -2,6 +2,7 @@
 //! through any node, the leader's death does not stop writes, no quorum means a fast 503
 //! with the reason, and acknowledged writes survive kill -9 of every node.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -345,4 +346,83 @@ fn static_records_and_drain_reach_every_nodes_dns() {
             }
         });
     }
+}
+
+#[test]
+fn a_node_without_the_secret_can_neither_read_nor_write_raft() {
+    use hearth_membership::stream::SealedStream;
+    use hearth_membership::{Keyring, Secret};
+    use hearth_state::model::{Command, Expect};
+    use hearth_state::network::RpcRequest;
+
+    let cluster = TestCluster::start(bin(), 3, expect(3));
+    let leader = wait_for_group(&cluster, &[0, 1, 2], 3);
+    let rpc = SocketAddr::from((cluster.agents[leader].spec.ip, hearth_testkit::RPC_PORT));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome: Result<Vec<u8>, String> = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(rpc)
+            .await
+            .map_err(|e| e.to_string())?;
+        let wrong = Keyring::new("test", &Secret::new([7; 32]), &[]);
+        let mut sealed = SealedStream::client(stream, &wrong)
+            .await
+            .map_err(|e| e.to_string())?;
+        let write = RpcRequest::Write(Command::SetDrain {
+            node: "n1".into(),
+            drained: true,
+            expect: Expect::Any,
+        });
+        sealed
+            .send(&serde_json::to_vec(&write).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), sealed.recv()).await;
+        answer
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())
+    });
+    // The server does not know our key: it hangs up, and nothing readable comes back.
+    assert!(
+        outcome.is_err(),
+        "the server answered a stranger: {outcome:?}"
+    );
+    let desired = cluster.agents[leader]
+        .api_json("/v1/desired?consistent")
+        .unwrap();
+    assert_eq!(desired["drained"], serde_json::json!({}), "{desired}");
+}
+
+#[test]
+fn a_long_dead_voter_is_replaced_by_a_live_server() {
+    let config = |_| "[state]\nbootstrap_expect = 3\nreplace_voter_after = \"2s\"\n".to_string();
+    let mut cluster = TestCluster::start(bin(), 4, config);
+    // Four servers make three voters and one learner.
+    let leader = wait_for_group(&cluster, &[0, 1, 2, 3], 3);
+    let state = cluster.agents[leader].state().unwrap();
+    let voters: Vec<String> = serde_json::from_value(state["voters"].clone()).unwrap();
+    let victim = cluster
+        .agents
+        .iter()
+        .position(|a| voters.contains(&a.spec.name) && a.spec.name != state["leader"])
+        .unwrap();
+    let victim_name = cluster.agents[victim].spec.name.clone();
+    cluster.agents[victim].kill9();
+    let alive: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    eventually("the dead voter replaced", DEADLINE, || {
+        let state = cluster.agents[alive[0]].state()?;
+        let voters: Vec<String> =
+            serde_json::from_value(state["voters"].clone()).map_err(|e| e.to_string())?;
+        let all_alive = voters.len() == 3 && !voters.contains(&victim_name);
+        if all_alive {
+            Ok(())
+        } else {
+            Err(state.to_string())
+        }
+    });
+    // And the group still writes.
+    let (status, body) = put_record(&cluster.agents[alive[1]], "after", "192.0.2.8").unwrap();
+    assert_eq!(status, 200, "{body}");
 }
