@@ -1,0 +1,93 @@
+//! `hearth-bench`: benchmarks of real hearth agents against Serf and Knot on loopback
+//! addresses. They print and record figures; they assert nothing about speed.
+
+mod dns;
+mod dns_qps;
+mod failover;
+mod false_positives;
+mod hearth;
+mod memory;
+mod procs;
+mod serf;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// Benchmarks of hearth agents (real processes on 127.a.b.x addresses, started through
+/// hearth-testkit) against HashiCorp Serf and Knot DNS. Every process a benchmark starts is
+/// killed by PID when it ends, also on failure. Figures go to stdout; progress to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "hearth-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Failure detection: time from SIGKILL of one node until its address is gone from the
+    /// `www` DNS answers of every surviving hearth node, against the time until every
+    /// surviving Serf agent (default settings) reports it `failed`. Prints p50/p99/min/max
+    /// of both and their ratio.
+    Failover(failover::Args),
+    /// False positives: counts "dead" verdicts (member-failed handler runs and `dead` in
+    /// /v1/members) in a healthy cluster while one core is saturated by a busy loop, then
+    /// while one node at a time is paused with SIGSTOP for a second every 20 s.
+    FalsePositives(false_positives::Args),
+    /// Idle memory: VmRSS of each agent of a hearth cluster and of a Serf cluster of the
+    /// same size after they have sat idle.
+    Memory(memory::Args),
+    /// DNS throughput: queries per second that one hearth agent and Knot DNS (serving the
+    /// same names) answer on one pinned core, measured with dnsperf on the other core.
+    DnsQps(dns_qps::Args),
+}
+
+/// Options every benchmark takes.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// The hearth binary to run (build it with `cargo build --release -p hearth`).
+    #[arg(long, default_value = DEFAULT_HEARTH)]
+    pub hearth: PathBuf,
+    /// Also print the figures as one JSON line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The release build of the workspace this benchmark was built in.
+const DEFAULT_HEARTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/hearth");
+
+/// What a benchmark prints: a human summary, and the same figures as JSON fields.
+pub struct Report {
+    pub bench: &'static str,
+    pub text: String,
+    pub fields: Value,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (result, json) = match &cli.command {
+        Command::Failover(args) => (failover::run(args), args.common.json),
+        Command::FalsePositives(args) => (false_positives::run(args), args.common.json),
+        Command::Memory(args) => (memory::run(args), args.common.json),
+        Command::DnsQps(args) => (dns_qps::run(args), args.common.json),
+    };
+    match result {
+        Ok(report) => {
+            println!("== {} ==\n{}", report.bench, report.text.trim_end());
+            if json {
+                let mut fields = report.fields;
+                fields["bench"] = Value::from(report.bench);
+                println!("{fields}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hearth-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
