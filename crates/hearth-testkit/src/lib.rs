@@ -322,6 +322,27 @@ impl TestAgent {
         )
     }
 
+    /// Runs `hearth ARGS --api <this agent> --token <its token>`; panics unless it succeeds,
+    /// and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.bin)
+            .args(args)
+            .args([
+                "--api",
+                &self.api_addr().to_string(),
+                "--token",
+                &self.token(),
+            ])
+            .output()
+            .expect("run hearth");
+        assert!(
+            output.status.success(),
+            "hearth {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// This agent's `/v1/state`.
     pub fn state(&self) -> Result<serde_json::Value, String> {
         self.api_json("/v1/state")

@@ -182,16 +182,11 @@ fn wrong_secret_never_joins_and_its_packets_are_counted() {
             Err(format!("dropped {dropped}"))
         }
     });
-    for agent in &cluster.agents[..2] {
-        let mut names: Vec<String> = agent
-            .member_states()
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        assert_eq!(names, ["n1", "n2"], "the intruder must not appear");
-    }
+    assert_only_members(
+        &cluster.agents[..2],
+        &["n1", "n2"],
+        "the intruder must not appear",
+    );
     assert_eq!(
         cluster.agents[2].member_states().unwrap(),
         [("n3".to_string(), "alive".to_string())]
@@ -388,16 +383,11 @@ fn secret_rotates_with_sighup_and_no_downtime() {
             Err(format!("{dropped}"))
         }
     });
-    for agent in &cluster.agents[..2] {
-        let mut names: Vec<String> = agent
-            .member_states()
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        assert_eq!(names, ["n1", "n2"], "the stale node must not appear");
-    }
+    assert_only_members(
+        &cluster.agents[..2],
+        &["n1", "n2"],
+        "the stale node must not appear",
+    );
 }
 
 #[test]
@@ -452,5 +442,19 @@ fn dns_follows_the_rules_over_udp_and_tcp() {
             &format!("hearth_dns_queries_total{{rcode=\"{rcode}\"}}"),
         );
         assert!(n >= 1.0, "{rcode}: {n}\n{metrics}");
+    }
+}
+
+/// Asserts that each of `agents` lists exactly `names` as members.
+fn assert_only_members(agents: &[hearth_testkit::TestAgent], names: &[&str], why: &str) {
+    for agent in agents {
+        let mut got: Vec<String> = agent
+            .member_states()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        got.sort();
+        assert_eq!(got, names, "{why}");
     }
 }

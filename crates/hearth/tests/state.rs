@@ -220,26 +220,7 @@ fn two_servers_need_a_witness_to_write_when_one_dies() {
 fn cluster_wide_services_run_where_declared_and_leave_when_removed() {
     let cluster = TestCluster::start(bin(), 3, expect(3));
     wait_for_group(&cluster, &[0, 1, 2], 3);
-    let n1 = &cluster.agents[0];
-    let cli = |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--api".into(),
-            n1.api_addr().to_string(),
-            "--token".into(),
-            n1.token(),
-        ]);
-        let output = std::process::Command::new(bin())
-            .args(&all)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| cluster.agents[0].cli(args);
     cli(&["services", "add", "web", "--node", "n2", "--node", "n3"]);
     assert!(cli(&["services", "list"]).contains("n2,n3"));
     let name = format!("web.{}", hearth_testkit::ZONE);
@@ -283,25 +264,7 @@ fn static_records_and_drain_reach_every_nodes_dns() {
         )
     });
     wait_for_group(&cluster, &[0, 1, 2], 3);
-    let n3 = &cluster.agents[2];
-    let cli = |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        all.extend([
-            "--api".into(),
-            n3.api_addr().to_string(),
-            "--token".into(),
-            n3.token(),
-        ]);
-        let output = std::process::Command::new(bin())
-            .args(&all)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let cli = |args: &[&str]| cluster.agents[2].cli(args);
     cli(&["records", "add", "mail", "A", "192.0.2.7"]);
     cli(&[
         "records",
