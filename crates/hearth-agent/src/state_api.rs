@@ -120,7 +120,7 @@ fn expect_from(params: &Params) -> Expect {
 
 async fn status(State(state): State<ApiState>) -> Response {
     match node_of(&state) {
-        Ok(node) => Json(node.status()).into_response(),
+        Ok(node) => Json(node.cluster_status().await).into_response(),
         Err(failure) => failure.into_response(),
     }
 }

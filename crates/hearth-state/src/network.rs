@@ -66,6 +66,8 @@ pub enum RpcRequest {
     Write(Command),
     /// Asks the leader to confirm its leadership and return the index to read at.
     ReadIndex,
+    /// Asks a node for its own view of the group (role, applied index).
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +77,7 @@ pub enum RpcResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Write(Result<WriteResult, StateError>),
     ReadIndex(Result<u64, StateError>),
+    Status(crate::node::StateStatus),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -257,6 +260,7 @@ pub trait Application: Clone + Send + Sync + 'static {
         command: Command,
     ) -> impl std::future::Future<Output = Result<WriteResult, StateError>> + Send;
     fn read_index(&self) -> impl std::future::Future<Output = Result<u64, StateError>> + Send;
+    fn status(&self) -> crate::node::StateStatus;
 }
 
 /// Accepts sealed connections and answers their requests until `shutdown`.
@@ -316,6 +320,7 @@ async fn serve_connection<A: Application>(
             }
             RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
+            RpcRequest::Status => RpcResponse::Status(app.status()),
         };
         conn.send(&serde_json::to_vec(&response)?).await?;
     }

@@ -67,6 +67,43 @@ pub struct StateStatus {
     pub replicated: HashMap<String, u64>,
 }
 
+/// One group member's own report, for `hearth state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub role: Option<String>,
+    pub term: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl NodeReport {
+    fn of(status: &StateStatus) -> Self {
+        NodeReport {
+            role: Some(status.role.clone()),
+            term: Some(status.term),
+            applied_index: Some(status.applied_index),
+            error: None,
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        NodeReport {
+            role: None,
+            term: None,
+            applied_index: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// `hearth state`: this node's view plus each member's own report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    #[serde(flatten)]
+    pub local: StateStatus,
+    pub nodes: std::collections::BTreeMap<String, NodeReport>,
+}
+
 /// A handle on the running state node; clone freely.
 #[derive(Clone)]
 pub struct StateNode {
@@ -288,6 +325,32 @@ impl StateNode {
         hint
     }
 
+    /// This node's status, plus every group member's own applied index, asked over RPC
+    /// (a member that does not answer within a second is reported with its error).
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let local = self.status();
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let mut nodes = std::collections::BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let report = if *id == metrics.id {
+                NodeReport::of(&local)
+            } else {
+                let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
+                match client
+                    .call(&RpcRequest::Status, Duration::from_secs(1))
+                    .await
+                {
+                    Ok(RpcResponse::Status(status)) => NodeReport::of(&status),
+                    Ok(_) => NodeReport::failed("answered another RPC".into()),
+                    Err(error) => NodeReport::failed(error.to_string()),
+                }
+            };
+            nodes.insert(node.name.clone(), report);
+        }
+        ClusterStatus { local, nodes }
+    }
+
     pub fn status(&self) -> StateStatus {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
@@ -456,6 +519,10 @@ impl Application for StateNode {
             index: response.log_id.index,
             outcome: response.data,
         })
+    }
+
+    fn status(&self) -> StateStatus {
+        StateNode::status(self)
     }
 
     async fn read_index(&self) -> Result<u64, StateError> {

@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 use hearth_types::desired::{ClusterService, RecordData, RecordSet, Versioned};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::cli::{print_json, print_table};
@@ -107,12 +107,23 @@ pub fn state(client: &ApiClient, json: bool) -> Result<(), ClientError> {
     println!("voters:   {}", list("voters"));
     println!("learners: {}", list("learners"));
     println!("applied:  {}", status["applied_index"]);
-    if let Some(replicated) = status["replicated"].as_object() {
-        let rows = replicated
-            .iter()
-            .map(|(node, index)| vec![node.clone(), index.to_string()]);
+    if let Some(nodes) = status["nodes"].as_object() {
+        let rows = nodes.iter().map(|(node, report)| {
+            let field = |key: &str| match &report[key] {
+                Value::Null => "-".to_owned(),
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                node.clone(),
+                field("role"),
+                field("term"),
+                field("applied_index"),
+                field("error"),
+            ]
+        });
         println!();
-        print_table(&["NODE", "REPLICATED INDEX"], rows);
+        print_table(&["NODE", "ROLE", "TERM", "APPLIED", "ERROR"], rows);
     }
     Ok(())
 }

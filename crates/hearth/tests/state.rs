@@ -97,6 +97,23 @@ fn group_forms_writes_go_anywhere_and_survive_the_leaders_death() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // `hearth state` on a follower shows every member's own applied index.
+    let status: serde_json::Value =
+        serde_json::from_str(&cluster.agents[follower].cli(&["state", "--json"])).unwrap();
+    let nodes = status["nodes"].as_object().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{status}");
+    for (name, report) in nodes {
+        assert!(
+            report["applied_index"].as_u64().is_some_and(|i| i >= 2),
+            "{name}: {status}"
+        );
+    }
+    let table = cluster.agents[follower].cli(&["state"]);
+    assert!(
+        table.contains("APPLIED") && table.contains("leader"),
+        "{table}"
+    );
+
     cluster.agents[leader].kill9();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new_leader = wait_for_group(&cluster, &survivors, 3);
