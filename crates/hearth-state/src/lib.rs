@@ -5,5 +5,6 @@ pub mod model;
 pub mod network;
 pub mod node;
 pub mod plan;
+pub mod recover;
 pub mod store;
 pub mod types;

@@ -7,9 +7,10 @@
 //! async runtime's workers (which also answer DNS) never wait on a disk.
 
 mod log;
+mod offline;
 mod state_machine;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::log::LogStore;
+pub(crate) use self::offline::{GapInLog, Replacement, StoredRaft, replace_offline};
 pub use self::state_machine::{StateMachineStore, StateReader, StateSnapshotBuilder};
 
 /// Log entries by index, each an `openraft::Entry<TypeConfig>` as JSON.
@@ -149,7 +151,8 @@ impl OpenStoreError {
                 OpenStoreError::Undecodable { path, what, source }
             }
             // Opening neither encodes, installs snapshots nor spawns tasks, so these do not
-            // happen here; should one ever, it is reported whole rather than by a panic.
+            // happen here (an offline rewrite encodes, but only values that always encode);
+            // should one ever, it is reported whole rather than by a panic.
             error @ (StoreError::Encode { .. }
             | StoreError::SnapshotMismatch { .. }
             | StoreError::Task(_)) => OpenStoreError::Database {

@@ -46,8 +46,14 @@ enum Command {
         #[command(subcommand)]
         command: Option<state_cli::ServicesCommand>,
     },
-    /// Show the replicated state: leader, term, voters, learners, applied indexes.
-    State(ClientArgs),
+    /// Show the replicated state: leader, term, voters, learners, each member's applied
+    /// index; `state recover` repairs a permanent loss of quorum.
+    State {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<StateCommand>,
+    },
     /// Show recent cluster-wide events and the delivery state of cluster handlers.
     Events(ClientArgs),
     /// Manage the static DNS records kept in the replicated state.
@@ -68,6 +74,19 @@ enum Command {
     Leave(ClientArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
     Keygen,
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Recover from a permanent loss of quorum: make this (stopped) node the only voter,
+    /// keeping every write its log holds. Run it on the surviving server with the longest log
+    /// while its agent is stopped; then remove `<data_dir>/state` on every other old member
+    /// before starting it again, so it rejoins as a learner. Start this node's agent last.
+    Recover {
+        /// This node's config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -124,7 +143,14 @@ pub fn main() -> ExitCode {
             client,
             command: Some(command),
         } => with_client(&client, |c, json| state_cli::services(c, json, command)),
-        Command::State(args) => client_command(&args, state_cli::state),
+        Command::State {
+            client,
+            command: None,
+        } => client_command(&client, state_cli::state),
+        Command::State {
+            command: Some(StateCommand::Recover { config }),
+            client,
+        } => recover(&config, client.json),
         Command::Events(args) => client_command(&args, state_cli::events),
         Command::Records { client, command } => {
             with_client(&client, |c, json| state_cli::records(c, json, command))
@@ -141,6 +167,33 @@ pub fn main() -> ExitCode {
                 base64::engine::general_purpose::STANDARD.encode(secret)
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `hearth state recover`: offline, on a stopped agent's data dir.
+fn recover(path: &std::path::Path, json: bool) -> ExitCode {
+    let (config, resolved) = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let store = config.data_dir.join("state").join("state.redb");
+    let rpc_addr = std::net::SocketAddr::new(resolved.advertise, config.rpc_addr.port());
+    match hearth_state::recover::recover_alone(&store, &config.node_name, rpc_addr) {
+        Ok(report) if json => {
+            print_json(&report);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            ExitCode::FAILURE
         }
     }
 }

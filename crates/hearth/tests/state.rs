@@ -406,3 +406,83 @@ fn a_long_dead_voter_is_replaced_by_a_live_server() {
     let (status, body) = put_record(&cluster.agents[alive[1]], "after", "192.0.2.8").unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn one_command_recovers_from_a_permanent_loss_of_quorum() {
+    let mut cluster = TestCluster::start(bin(), 3, expect(3));
+    let leader = wait_for_group(&cluster, &[0, 1, 2], 3);
+    for i in 0..5 {
+        let (status, body) =
+            put_record(&cluster.agents[leader], &format!("kept{i}"), "192.0.2.5").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    // Wait until n1 holds every write, then lose the whole group.
+    eventually("n1 to apply the writes", DEADLINE, || {
+        let records = cluster.agents[0].api_json("/v1/records")?;
+        if records.as_object().map_or(0, |o| o.len()) == 5 {
+            Ok(())
+        } else {
+            Err(records.to_string())
+        }
+    });
+    for agent in &mut cluster.agents {
+        agent.kill9();
+    }
+    // n2 and n3 are gone for good (their disks wiped); n1 alone is recovered.
+    let output = std::process::Command::new(bin())
+        .args(["state", "recover", "--config"])
+        .arg(cluster.agents[0].config_path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("n1"), "{report}");
+    for agent in &cluster.agents[1..] {
+        std::fs::remove_dir_all(agent.dir.join("data/state")).unwrap();
+    }
+    cluster.agents[0].restart();
+    eventually("n1 to lead alone", DEADLINE, || {
+        let state = cluster.agents[0].state()?;
+        if state["leader"] == "n1" {
+            Ok(())
+        } else {
+            Err(state.to_string())
+        }
+    });
+    let (status, body) = put_record(&cluster.agents[0], "after", "192.0.2.6").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The wiped servers rejoin as learners, are promoted, and get everything.
+    cluster.agents[1].restart();
+    cluster.agents[2].restart();
+    wait_for_group(&cluster, &[0, 1, 2], 3);
+    for agent in &cluster.agents {
+        let records = eventually("the recovered state everywhere", DEADLINE, || {
+            let records = consistent_records(agent)?;
+            if records.as_object().map_or(0, |o| o.len()) == 6 {
+                Ok(records)
+            } else {
+                Err(records.to_string())
+            }
+        });
+        assert!(
+            records["kept4/A"].is_object() && records["after/A"].is_object(),
+            "{records}"
+        );
+    }
+    // Recovering while the agent runs is refused with a clear message.
+    let output = std::process::Command::new(bin())
+        .args(["state", "recover", "--config"])
+        .arg(cluster.agents[0].config_path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("stop"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

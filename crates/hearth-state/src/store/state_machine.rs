@@ -90,18 +90,18 @@ impl fmt::Debug for StateReader {
 
 /// A snapshot's bytes: its metadata and the whole desired state, as JSON.
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload<M, S> {
-    meta: M,
-    state: S,
+pub(super) struct SnapshotPayload<M, S> {
+    pub(super) meta: M,
+    pub(super) state: S,
 }
 
 /// What one `apply` batch changed, written in one transaction.
-struct AppliedBatch {
-    last_applied: Option<LogId<NodeId>>,
+pub(super) struct AppliedBatch {
+    pub(super) last_applied: Option<LogId<NodeId>>,
     /// `None`: no membership entry in the batch.
-    membership: Option<Membership>,
+    pub(super) membership: Option<Membership>,
     /// `None`: no command in the batch changed the state.
-    state: Option<Arc<DesiredState>>,
+    pub(super) state: Option<Arc<DesiredState>>,
 }
 
 impl StateMachineStore {
@@ -231,7 +231,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Runs `entries` against `current` without touching it or the disk; every replica computes
 /// the same batch and outcomes from the same entries.
-fn apply_entries(
+pub(super) fn apply_entries(
     current: &DesiredState,
     last_applied: Option<LogId<NodeId>>,
     entries: impl IntoIterator<Item = Entry<TypeConfig>>,
@@ -356,7 +356,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
 
 /// Snapshot ids must differ even for equal log ids (openraft compares them to tell transfers
 /// apart), and a counter would restart from zero with the process: a random suffix does not.
-fn new_snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
+pub(super) fn new_snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
     let suffix: u64 = rand::random();
     match last_applied {
         Some(log_id) => format!("{log_id}-{suffix:016x}"),

@@ -20,10 +20,10 @@ use crate::model::{Command, Expect, Outcome};
 use crate::types::{RaftNode, TypeConfig};
 
 /// A private directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(label: &str) -> TempDir {
+    pub(crate) fn new(label: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "hearth-state-{label}-{}-{:016x}",
             std::process::id(),
@@ -33,7 +33,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn state_file(&self) -> PathBuf {
+    pub(crate) fn state_file(&self) -> PathBuf {
         self.0.join("state.redb")
     }
 }
