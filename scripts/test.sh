@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
-# tests need (dig from dnsutils), then runs every test with cargo-nextest (or cargo test).
+# tests need (dig from dnsutils, knotd from knot as the external primary of the push tests), then
+# runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v kill >/dev/null 2>&1 || need+=(procps)
+# ip netns for the partition tests.
+PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# knotd lives in /usr/sbin, which is not on every user's PATH.
+PATH="$PATH:/usr/sbin:/sbin" command -v knotd >/dev/null 2>&1 || need+=(knot)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
   sudo=""

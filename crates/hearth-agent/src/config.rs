@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use hearth_dns::NoneHealthy;
+use hearth_dns::push::{PushSettings, TsigKey};
 use hearth_membership::{GossipTiming, SECRET_LEN, Secret};
 use hearth_types::{EventKind, Role};
 use serde::{Deserialize, Deserializer};
@@ -86,6 +87,9 @@ pub struct DnsConfig {
     /// `all-up` (every instance on a live node) or `empty` (no address).
     #[serde(default)]
     pub none_healthy: NoneHealthy,
+    /// Also publish the zone's records to an external primary DNS server; off when absent.
+    #[serde(default)]
+    pub push: Option<DnsPushConfig>,
 }
 
 impl Default for DnsConfig {
@@ -94,8 +98,26 @@ impl Default for DnsConfig {
             zone: default_zone(),
             ttl: default_ttl(),
             none_healthy: NoneHealthy::default(),
+            push: None,
         }
     }
+}
+
+/// `[dns.push]`: the Raft leader sends the zone's records to an external primary as RFC 2136
+/// UPDATE messages signed with TSIG, whenever they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsPushConfig {
+    /// The primary, `IP:port` (port 53 if omitted). Updates go over TCP.
+    pub server: String,
+    /// The TSIG key's name, as the primary knows it.
+    pub key_name: String,
+    /// A file holding the TSIG key's secret, base64 (as `tsig-keygen` or `keymgr -t` print
+    /// it). Its content never appears in logs or messages.
+    pub key_file: PathBuf,
+    /// The TSIG algorithm; only `hmac-sha256` for now.
+    #[serde(default = "default_push_algorithm")]
+    pub algorithm: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +283,9 @@ fn default_zone() -> String {
 fn default_ttl() -> u32 {
     5
 }
+fn default_push_algorithm() -> String {
+    "hmac-sha256".into()
+}
 fn default_probe_interval() -> Duration {
     GossipTiming::default().probe_interval
 }
@@ -319,6 +344,8 @@ pub struct Resolved {
     pub advertise: IpAddr,
     pub join: Vec<SocketAddr>,
     pub zone: String,
+    /// Where to push the zone (`[dns.push]`), with the key read from `key_file`.
+    pub dns_push: Option<PushSettings>,
 }
 
 impl Config {
@@ -367,6 +394,11 @@ impl Config {
         let advertise = self.advertise_addr().map_err(|p| problems.push(p)).ok();
         let join = self.join_addrs(&mut problems);
         let zone = self.check_dns(&mut problems);
+        let dns_push = self
+            .dns
+            .push
+            .as_ref()
+            .and_then(|p| p.settings(&mut problems));
         self.check_gossip(&mut problems);
         self.check_state(&mut problems);
         self.check_services(&mut problems);
@@ -379,6 +411,7 @@ impl Config {
                     advertise,
                     join,
                     zone,
+                    dns_push,
                 })
             }
             _ => Err(problems),
@@ -547,6 +580,57 @@ impl Config {
                 }
             }
         }
+    }
+}
+
+impl DnsPushConfig {
+    /// The checked settings, or None with each problem (naming its `dns.push.` key) recorded.
+    fn settings(&self, problems: &mut Vec<String>) -> Option<PushSettings> {
+        let server = self.server.parse::<SocketAddr>().or_else(|_| {
+            let ip = self.server.parse::<IpAddr>()?;
+            Ok::<_, std::net::AddrParseError>(SocketAddr::new(ip, 53))
+        });
+        let server = server
+            .map_err(|_| {
+                problems.push(format!(
+                    "dns.push.server: `{}` is not an address; write IP:port, e.g. \"192.0.2.53:53\"",
+                    self.server
+                ))
+            })
+            .ok();
+        let key_name = hearth_dns::Name::from_ascii(&self.key_name)
+            .ok()
+            .filter(|name| !self.key_name.is_empty() && !name.is_root());
+        if key_name.is_none() {
+            problems.push(format!(
+                "dns.push.key_name: `{}` is not a key name; write the name the primary knows \
+                 the key by, e.g. \"hearth-update\"",
+                self.key_name
+            ));
+        }
+        if !self.algorithm.eq_ignore_ascii_case("hmac-sha256") {
+            problems.push(format!(
+                "dns.push.algorithm: `{}` is not supported; use \"hmac-sha256\"",
+                self.algorithm
+            ));
+        }
+        let secret = self.read_key().map_err(|p| problems.push(p)).ok();
+        let key = TsigKey::hmac_sha256(key_name?, secret?);
+        Some(PushSettings::new(server?, key))
+    }
+
+    /// The secret from `key_file`. Like the cluster secret, its text never goes into a message.
+    fn read_key(&self) -> Result<Vec<u8>, String> {
+        let path = self.key_file.display();
+        let text = std::fs::read_to_string(&self.key_file)
+            .map_err(|error| format!("dns.push.key_file: cannot read {path}: {error}"))?;
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| format!("dns.push.key_file: {path} does not hold a base64 secret"))?;
+        if secret.is_empty() {
+            return Err(format!("dns.push.key_file: {path} is empty"));
+        }
+        Ok(secret)
     }
 }
 

@@ -256,6 +256,24 @@ impl Agent {
             // Nodes without the replicated state serve gossip names only.
             None => tokio::sync::watch::channel(Arc::default()).1,
         };
+        match (&state, resolved.dns_push) {
+            (Some(state), Some(push)) => {
+                let leader = state.clone();
+                tasks.spawn(hearth_dns::push::run_pusher(
+                    push,
+                    zone.clone(),
+                    membership.views(),
+                    state.reader().subscribe(),
+                    move || leader.is_leader(),
+                    dns_metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            (None, Some(_)) => tracing::warn!(
+                "dns.push is ignored: only servers and witnesses (which hold the replicated state) push"
+            ),
+            (_, None) => {}
+        }
         tasks.spawn(hearth_dns::serve(
             zone,
             dns_udp,

@@ -121,6 +121,28 @@ pub fn render(src: &MetricsSources<'_>) -> String {
     );
     header(
         &mut out,
+        "hearth_dns_push_updates_total",
+        "counter",
+        "UPDATE messages the external primary accepted ([dns.push], on the Raft leader).",
+    );
+    let _ = writeln!(
+        out,
+        "hearth_dns_push_updates_total {}",
+        src.dns.push().updates_accepted()
+    );
+    header(
+        &mut out,
+        "hearth_dns_push_failures_total",
+        "counter",
+        "Pushes to the external primary that failed (each is retried as a full resync).",
+    );
+    let _ = writeln!(
+        out,
+        "hearth_dns_push_failures_total {}",
+        src.dns.push().failures()
+    );
+    header(
+        &mut out,
         "hearth_event_handler_runs_total",
         "counter",
         "Event handler runs by outcome.",

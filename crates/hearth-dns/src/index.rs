@@ -49,6 +49,9 @@ pub(crate) struct NameData {
     pub(crate) rrsets: Vec<RrSet>,
     /// The apex also holds the SOA and NS records, which `Apex` keeps.
     pub(crate) is_apex: bool,
+    /// A service or node holds this name, so its A and AAAA sets follow the view and may be
+    /// empty right now.
+    pub(crate) follows_view: bool,
 }
 
 impl NameData {
@@ -118,6 +121,16 @@ impl NameIndex {
         let found = write_key(name, n_labels, &mut buf).and_then(|key| self.names.get(key));
         found.map_or(Location::Missing, Location::Found)
     }
+
+    /// Every name of the zone, fully qualified and lowercase, with what it holds; in no
+    /// particular order.
+    pub(crate) fn names<'i>(
+        &'i self,
+        origin: &'i Name,
+    ) -> impl Iterator<Item = (Name, &'i NameData)> + 'i {
+        let names = self.names.iter();
+        names.filter_map(|(key, data)| Some((key_name(origin, key)?, data)))
+    }
 }
 
 /// What is known about one name while the index is built.
@@ -159,6 +172,7 @@ impl Pending {
             || node.is_some()
             || statics.iter().any(|s| s.rtype != RecordType::CNAME);
         let has_service = service.is_some();
+        let follows_view = has_service || node.is_some();
         let mut rrsets: Vec<RrSet> = match (service, node) {
             (Some(ips), _) => address_sets(ips, ttl),
             (None, Some(ips)) if !has_static_addresses => address_sets(ips, ttl),
@@ -175,7 +189,11 @@ impl Pending {
         if let Some(cname) = rrsets.iter_mut().find(|s| s.rtype == RecordType::CNAME) {
             cname.data.truncate(1);
         }
-        NameData { rrsets, is_apex }
+        NameData {
+            rrsets,
+            is_apex,
+            follows_view,
+        }
     }
 }
 
@@ -380,6 +398,19 @@ fn key_in_zone(origin: &Name, name: &Name) -> Option<Box<[u8]>> {
     }
     let mut buf = [0u8; MAX_KEY_LEN];
     write_key(name, labels_below(origin, name), &mut buf).map(Box::from)
+}
+
+/// The name a key stands for (see `NameIndex::names`): its labels prepended to `origin`.
+fn key_name(origin: &Name, key: &[u8]) -> Option<Name> {
+    let mut labels = Vec::new();
+    let mut rest = key;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (label, tail) = tail.split_at_checked(usize::from(len))?;
+        labels.push(label);
+        rest = tail;
+    }
+    let prepend = |name: Name, label: &&[u8]| name.prepend_label(*label).ok();
+    labels.iter().rev().try_fold(origin.clone(), prepend)
 }
 
 fn labels_below(origin: &Name, name: &Name) -> usize {

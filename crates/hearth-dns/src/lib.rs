@@ -12,6 +12,9 @@
 //! - `metrics`: counters of answers by rcode and of dropped packets.
 //! - `server`: the UDP and TCP servers and the snapshot-rebuilding task, all stopped by one
 //!   cancellation token.
+//! - `push`: publishing the same records to an external primary with TSIG-signed RFC 2136
+//!   UPDATEs: the pure computation of what to publish and of the messages, the TCP sender, and
+//!   the pusher task that runs on the Raft leader.
 //!
 //! Architecture invariant: answering never waits: not on the network, Raft, or a lock. Each
 //! server loop holds an `Arc` of the current snapshot and swaps it when a new one is published.
@@ -23,6 +26,7 @@ mod answer;
 mod index;
 mod metrics;
 mod packet;
+pub mod push;
 mod server;
 mod zone;
 
@@ -32,7 +36,7 @@ mod tests;
 pub use answer::{EDNS_PAYLOAD, answer};
 /// Re-exported so that callers can build a `Zone` without depending on hickory themselves.
 pub use hickory_proto::rr::Name;
-pub use metrics::DnsMetrics;
+pub use metrics::{DnsMetrics, PushMetrics};
 pub use packet::{Transport, handle_packet};
 pub use server::serve;
 pub use zone::{NoneHealthy, Zone, ZoneSnapshot, next_serial};

@@ -1,5 +1,5 @@
-//! Counters of DNS outcomes (answers by rcode, malformed packets dropped), read by the agent's
-//! Prometheus endpoint.
+//! Counters of DNS outcomes (answers by rcode, malformed packets dropped, pushes to an external
+//! primary), read by the agent's Prometheus endpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +17,7 @@ pub struct DnsMetrics {
     servfail: AtomicU64,
     badvers: AtomicU64,
     dropped_malformed: AtomicU64,
+    push: PushMetrics,
 }
 
 impl DnsMetrics {
@@ -40,6 +41,11 @@ impl DnsMetrics {
         self.dropped_malformed.load(Ordering::Relaxed)
     }
 
+    /// Outcomes of pushing the zone to an external primary (`push`).
+    pub fn push(&self) -> &PushMetrics {
+        &self.push
+    }
+
     pub(crate) fn record_answered(&self, rcode: ResponseCode) {
         let counter = match rcode {
             ResponseCode::NoError => &self.noerror,
@@ -56,5 +62,35 @@ impl DnsMetrics {
 
     pub(crate) fn record_dropped(&self) {
         self.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the pusher (`push::run_pusher`); all zero on an agent that does not push.
+#[derive(Debug, Default)]
+pub struct PushMetrics {
+    updates_accepted: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl PushMetrics {
+    /// UPDATE messages the primary accepted (NOERROR, with a verified TSIG).
+    pub fn updates_accepted(&self) -> u64 {
+        self.updates_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Pushes that failed (no connection, no answer, a refusal, a bad signature); each is
+    /// retried with backoff as a full resync.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_accepted(&self, n_updates: usize) {
+        let n_updates = u64::try_from(n_updates).unwrap_or(u64::MAX);
+        self.updates_accepted
+            .fetch_add(n_updates, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -4,4 +4,6 @@ mod answer_rules;
 mod desired_rules;
 mod fixture;
 mod packet;
+mod push;
+mod push_wire;
 mod server;
