@@ -8,6 +8,7 @@ mod false_positives;
 mod hearth;
 mod memory;
 mod procs;
+mod raft;
 mod serf;
 mod stats;
 
@@ -44,6 +45,10 @@ enum Command {
     /// DNS throughput: queries per second that one hearth agent and Knot DNS (serving the
     /// same names) answer on one pinned core, measured with dnsperf on the other core.
     DnsQps(dns_qps::Args),
+    /// Replicated state: write latency (p50/p99, one client, sequential) and throughput
+    /// (many clients) through a 3-server Raft group with fsync on, and the time from SIGKILL
+    /// of the leader to the first successful write through a survivor.
+    Raft(raft::Args),
 }
 
 /// Options every benchmark takes.
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::FalsePositives(args) => (false_positives::run(args), args.common.json),
         Command::Memory(args) => (memory::run(args), args.common.json),
         Command::DnsQps(args) => (dns_qps::run(args), args.common.json),
+        Command::Raft(args) => (raft::run(args), args.common.json),
     };
     match result {
         Ok(report) => {

@@ -268,8 +268,11 @@ fn default_write_timeout() -> Duration {
 fn default_heartbeat() -> Duration {
     Duration::from_millis(100)
 }
+/// openraft makes voters refuse an election for twice this after the leader's last heartbeat
+/// (its leader lease is the timeout's upper bound), so a dead leader is replaced after 2-4x
+/// this; 300 ms keeps that under the 2 s a writer should wait.
 fn default_election_timeout() -> Duration {
-    Duration::from_millis(500)
+    Duration::from_millis(300)
 }
 fn default_api_addr() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 7480))

@@ -106,7 +106,10 @@ async fn write(state: &ApiState, command: Command) -> Response {
 fn outcome_response(index: u64, outcome: Outcome) -> Response {
     let body = serde_json::json!({ "index": index, "result": outcome });
     let status = match outcome {
-        Outcome::Applied { .. } | Outcome::Removed | Outcome::Nothing => StatusCode::OK,
+        // A single command never comes back as `Many`; the batcher unpacks those.
+        Outcome::Applied { .. } | Outcome::Removed | Outcome::Nothing | Outcome::Many { .. } => {
+            StatusCode::OK
+        }
         Outcome::Conflict { .. } => StatusCode::CONFLICT,
         Outcome::NotFound => StatusCode::NOT_FOUND,
         Outcome::Invalid { message } => return error(StatusCode::BAD_REQUEST, &message),

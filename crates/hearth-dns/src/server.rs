@@ -112,6 +112,10 @@ impl Inputs {
     }
 }
 
+/// The shortest time between two snapshot builds. A build costs time linear in the zone, and
+/// a write burst through Raft changes the desired state hundreds of times a second.
+const MIN_REBUILD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Publishes a new snapshot for each change that reaches DNS (see `is_built_from`). When both
 /// senders go away, the last snapshot keeps being served until shutdown.
 async fn track_inputs(
@@ -121,7 +125,13 @@ async fn track_inputs(
     shutdown: CancellationToken,
 ) {
     let track = async {
+        let mut last_build: Option<tokio::time::Instant> = None;
         while inputs.changed().await {
+            // Under a burst of writes, rebuild at most every MIN_REBUILD_INTERVAL: the first
+            // change after a quiet spell is served at once, later ones together.
+            if let Some(at) = last_build {
+                tokio::time::sleep_until(at + MIN_REBUILD_INTERVAL).await;
+            }
             let (view, desired) = inputs.latest();
             let current = publish.borrow().clone();
             // Senders may republish equal values; bumping the serial for them would be noise.
@@ -129,6 +139,7 @@ async fn track_inputs(
                 let serial = next_serial(current.serial(), unix_now());
                 let snapshot = ZoneSnapshot::new(&zone, view, desired, serial);
                 publish.send_replace(Arc::new(snapshot));
+                last_build = Some(tokio::time::Instant::now());
             }
         }
         std::future::pending::<()>().await;

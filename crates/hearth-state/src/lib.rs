@@ -1,6 +1,7 @@
 //! hearth's replicated desired state: openraft with its log and state machine in redb,
 //! the pure `apply` function, and encrypted RPC between servers.
 
+pub mod batch;
 pub mod model;
 pub mod network;
 pub mod node;

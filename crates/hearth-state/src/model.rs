@@ -63,6 +63,37 @@ pub enum Command {
         handler: String,
         delivery: Delivery,
     },
+    /// Independent commands committed as one log entry (group commit on the leader). Each
+    /// applies, or fails, on its own, in order; no two touch the same object.
+    Batch {
+        commands: Vec<Command>,
+    },
+}
+
+impl Command {
+    /// The object a command changes, for keeping two changes of one object out of one batch.
+    pub fn object_key(&self) -> String {
+        match self {
+            Command::PutService { service, .. } => {
+                format!("service/{}", service.name.to_ascii_lowercase())
+            }
+            Command::RemoveService { name, .. } => format!("service/{}", name.to_ascii_lowercase()),
+            Command::PutRecords { records, .. } => match records.key() {
+                Some(key) => format!("records/{key}"),
+                None => format!("records/invalid/{}", records.name),
+            },
+            Command::RemoveRecords { key, .. } => match key.split_once('/') {
+                Some((name, kind)) => format!("records/{}", record_key(name, kind)),
+                None => format!("records/invalid/{key}"),
+            },
+            Command::SetDrain { node, .. } => format!("drain/{node}"),
+            // Observations and deliveries also append to the event list; one per entry.
+            Command::ObserveMember { .. }
+            | Command::ObserveCheck { .. }
+            | Command::RecordDelivery { .. }
+            | Command::Batch { .. } => "observed".into(),
+        }
+    }
 }
 
 /// The result of applying one command. Every replica computes the same one.
@@ -81,6 +112,19 @@ pub enum Outcome {
     Invalid { message: String },
     /// Entries without a command (membership changes, leader blanks).
     Nothing,
+    /// The outcomes of a `Command::Batch`, in its order.
+    Many { outcomes: Vec<Outcome> },
+}
+
+impl Outcome {
+    /// Whether the state changed.
+    pub fn changed(&self) -> bool {
+        match self {
+            Outcome::Applied { .. } | Outcome::Removed => true,
+            Outcome::Many { outcomes } => outcomes.iter().any(Outcome::changed),
+            _ => false,
+        }
+    }
 }
 
 fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
@@ -149,6 +193,17 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                 Outcome::Applied { version: index }
             }
             None => Outcome::NotFound,
+        },
+        Command::Batch { commands } => Outcome::Many {
+            outcomes: commands
+                .iter()
+                .map(|command| match command {
+                    Command::Batch { .. } => Outcome::Invalid {
+                        message: "batch: a batch cannot hold another batch".into(),
+                    },
+                    command => apply(state, command, index),
+                })
+                .collect(),
         },
     }
 }
@@ -284,6 +339,47 @@ mod tests {
                 address: ip.parse().unwrap(),
             }],
         }
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_on_its_own_and_survives_the_log_encoding() {
+        let mut state = DesiredState::default();
+        let batch = Command::Batch {
+            commands: vec![
+                Command::PutRecords {
+                    records: a_record("www", "192.0.2.1"),
+                    expect: Expect::Any,
+                },
+                Command::RemoveRecords {
+                    key: "missing/A".into(),
+                    expect: Expect::Any,
+                },
+                Command::PutRecords {
+                    records: a_record("mail", "192.0.2.2"),
+                    expect: Expect::Version(3),
+                },
+                Command::Batch { commands: vec![] },
+            ],
+        };
+        // The log stores commands as JSON; a batch must round-trip.
+        let decoded: Command =
+            serde_json::from_slice(&serde_json::to_vec(&batch).unwrap()).unwrap();
+        assert_eq!(decoded, batch);
+        let outcome = apply(&mut state, &decoded, 9);
+        let Outcome::Many { outcomes } = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(outcomes[0], Outcome::Applied { version: 9 });
+        assert_eq!(outcomes[1], Outcome::NotFound);
+        assert_eq!(outcomes[2], Outcome::Conflict { current: None });
+        assert!(matches!(outcomes[3], Outcome::Invalid { .. }));
+        assert!(outcome.changed());
+        assert_eq!(state.records.len(), 1);
+        let encoded = serde_json::to_vec(&outcome).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Outcome>(&encoded).unwrap(),
+            outcome
+        );
     }
 
     #[test]

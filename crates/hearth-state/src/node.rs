@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::model::Command;
 use crate::network::{
     Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring, StateError,
-    WriteResult, write_error,
+    WriteResult,
 };
 use crate::plan::{Candidate, Change, plan};
 use crate::store::{self, StateReader};
@@ -117,6 +117,8 @@ struct Inner {
     views: watch::Receiver<Arc<View>>,
     keyring: SharedKeyring,
     leader_client: Mutex<Option<(String, PeerClient)>>,
+    /// Writes on their way into a batch (see `batch`).
+    batcher: tokio::sync::mpsc::Sender<crate::batch::Pending>,
 }
 
 impl StateNode {
@@ -155,8 +157,11 @@ impl StateNode {
         )
         .await
         .map_err(|e| StartStateError::Raft(e.to_string()))?;
+        let (batcher, batches) = tokio::sync::mpsc::channel(4 * crate::batch::MAX_BATCH);
+        tasks.spawn(crate::batch::run(raft.clone(), batches, shutdown.clone()));
         let node = StateNode {
             inner: Arc::new(Inner {
+                batcher,
                 config,
                 raft: raft.clone(),
                 reader,
@@ -509,16 +514,14 @@ impl Application for StateNode {
         {
             return Err(StateError::NoQuorum(self.quorum_hint()));
         }
-        let response = self
-            .inner
-            .raft
-            .client_write(command)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = crate::batch::Pending { command, reply };
+        if self.inner.batcher.send(pending).await.is_err() {
+            return Err(StateError::Fatal("the state node is shutting down".into()));
+        }
+        answer
             .await
-            .map_err(write_error)?;
-        Ok(WriteResult {
-            index: response.log_id.index,
-            outcome: response.data,
-        })
+            .unwrap_or_else(|_| Err(StateError::Fatal("the state node is shutting down".into())))
     }
 
     fn status(&self) -> StateStatus {

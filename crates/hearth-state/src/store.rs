@@ -262,6 +262,17 @@ fn begin_write(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
+/// A write transaction that reaches the disk with the next durable commit (the next log
+/// append), not by itself. For data that the log can rebuild after a crash: the applied state
+/// machine and the committed index. A crash loses at most some applying, which the log replays
+/// on start; redb's transactions stay atomic, so what is read back is always a consistent
+/// earlier state.
+fn begin_write_lazy(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    Ok(txn)
+}
+
 fn begin_read(db: &Database) -> Result<redb::ReadTransaction, StoreError> {
     Ok(db.begin_read()?)
 }

@@ -56,7 +56,13 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the directory, unless `HEARTH_TEST_KEEP` is set (to read agents' logs after a
+    /// run).
     fn drop(&mut self) {
+        if std::env::var_os("HEARTH_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -184,7 +190,11 @@ impl TestAgent {
         let child = command
             .args(["agent", "--config"])
             .arg(self.config_path())
-            .env("HEARTH_LOG", "info,openraft=warn,hearth_membership=debug")
+            .env(
+                "HEARTH_LOG",
+                std::env::var("HEARTH_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,hearth_membership=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -98,7 +98,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Stored so that a restarted node re-applies what it knows is committed before it hears
-    /// from a leader, and its state never appears to go back in time.
+    /// from a leader, and its state never appears to go back in time. Durably (fsync): a
+    /// leader that restarts resumes its leadership in openraft 0.9 and serves linearizable
+    /// reads at `max(committed, its first entry)` before it hears from anyone, so a committed
+    /// index that lagged an acknowledged write would let such a read miss that write.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,

@@ -12,7 +12,7 @@ use hearth_types::desired::DesiredState;
 use openraft::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
 use redb::{Database, ReadableTable, WriteTransaction};
 
-use super::state_machine::{SnapshotPayload, apply_entries, new_snapshot_id};
+use super::state_machine::{SnapshotPayload, apply_entries, new_snapshot_id, read_applied};
 use super::{
     COMMITTED, DESIRED_STATE, LAST_APPLIED, LAST_PURGED, LOG, LOG_META, MEMBERSHIP, OpenStoreError,
     SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, STATE_MACHINE, StoreError, VOTE, begin_write, decode,
@@ -134,18 +134,15 @@ fn read_stored(txn: &WriteTransaction) -> Result<StoredRaft, StoreError> {
         let (_, bytes) = row?;
         entries.push(decode("log entry", bytes.value())?);
     }
-    let state_machine = txn.open_table(STATE_MACHINE)?;
-    let last_applied = read_value::<Option<_>>(&state_machine, LAST_APPLIED)?.flatten();
-    let membership = read_value(&state_machine, MEMBERSHIP)?.unwrap_or_default();
-    let state: DesiredState = read_value(&state_machine, DESIRED_STATE)?.unwrap_or_default();
+    let applied = read_applied(&txn.open_table(STATE_MACHINE)?, &txn.open_table(SNAPSHOT)?)?;
     Ok(StoredRaft {
         vote,
         committed,
         last_purged,
         entries,
-        last_applied,
-        membership,
-        state: Arc::new(state),
+        last_applied: applied.last_applied,
+        membership: applied.membership,
+        state: applied.state,
     })
 }
 

@@ -12,13 +12,14 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::Database;
+use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
     DESIRED_STATE, LAST_APPLIED, MEMBERSHIP, SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, STATE_MACHINE,
-    StoreError, begin_read, begin_write, decode, encode, read_value, with_db, write_value,
+    StoreError, begin_read, begin_write, begin_write_lazy, decode, encode, read_value, with_db,
+    write_value,
 };
 use crate::model::{self, Outcome};
 use crate::types::{RaftNode, TypeConfig};
@@ -27,14 +28,54 @@ type NodeId = u64;
 type Membership = StoredMembership<NodeId, RaftNode>;
 type Meta = SnapshotMeta<NodeId, RaftNode>;
 
-/// The applied desired state. It is written to disk after every `apply` batch, in the same
-/// transaction as the last applied log id, so a restart resumes from there instead of
-/// replaying the log.
+/// The applied desired state. It is written to disk, with the last applied log id in the same
+/// transaction, at most every [`PERSIST_EVERY`] (and at every membership change), without an
+/// fsync of its own: the log is the durable record, and a restart replays the entries after
+/// whatever state machine or snapshot it finds (see [`read_applied`]). Writing the whole state
+/// after every batch would cost more than the batch itself under load.
 pub struct StateMachineStore {
     db: Arc<Database>,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     published: Arc<Published>,
+    /// When the state machine was last written; `None`: not since start.
+    last_persisted: Option<std::time::Instant>,
+}
+
+/// How often, at most, a busy state machine writes its whole state.
+pub const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The applied state as stored: the state machine's own rows, or the snapshot when that is
+/// newer (the state machine is written lazily, the snapshot eagerly before the log is purged).
+pub(super) struct Applied {
+    pub(super) last_applied: Option<LogId<NodeId>>,
+    pub(super) membership: Membership,
+    pub(super) state: Arc<DesiredState>,
+}
+
+/// Reads the newer of the state machine's rows and the stored snapshot.
+pub(super) fn read_applied(
+    state_machine: &impl ReadableTable<&'static str, &'static [u8]>,
+    snapshot: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Applied, StoreError> {
+    let last_applied: Option<LogId<NodeId>> =
+        read_value::<Option<_>>(state_machine, LAST_APPLIED)?.flatten();
+    if let Some(meta) = read_value::<Meta>(snapshot, SNAPSHOT_META)?
+        && meta.last_log_id > last_applied
+        && let Some(data) = snapshot.get(SNAPSHOT_DATA)?
+    {
+        let payload: SnapshotPayload<Meta, DesiredState> = decode("snapshot", data.value())?;
+        return Ok(Applied {
+            last_applied: payload.meta.last_log_id,
+            membership: payload.meta.last_membership,
+            state: Arc::new(payload.state),
+        });
+    }
+    Ok(Applied {
+        last_applied,
+        membership: read_value(state_machine, MEMBERSHIP)?.unwrap_or_default(),
+        state: Arc::new(read_value(state_machine, DESIRED_STATE)?.unwrap_or_default()),
+    })
 }
 
 /// What the state machine shows local readers. Only the state machine writes it.
@@ -108,23 +149,20 @@ impl StateMachineStore {
     /// Reads the state machine back from `db`, whose tables exist.
     pub(super) fn load(db: Arc<Database>) -> Result<(Self, StateReader), StoreError> {
         let txn = begin_read(&db)?;
-        let table = txn.open_table(STATE_MACHINE)?;
-        let last_applied: Option<LogId<NodeId>> =
-            read_value::<Option<_>>(&table, LAST_APPLIED)?.flatten();
-        let membership = read_value(&table, MEMBERSHIP)?.unwrap_or_default();
-        let state: DesiredState = read_value(&table, DESIRED_STATE)?.unwrap_or_default();
+        let applied = read_applied(&txn.open_table(STATE_MACHINE)?, &txn.open_table(SNAPSHOT)?)?;
         let published = Arc::new(Published {
-            state: watch::Sender::new(Arc::new(state)),
-            applied_index: AtomicU64::new(last_applied.map_or(0, |id| id.index)),
+            state: watch::Sender::new(applied.state),
+            applied_index: AtomicU64::new(applied.last_applied.map_or(0, |id| id.index)),
         });
         let reader = StateReader {
             published: published.clone(),
         };
         let store = StateMachineStore {
             db,
-            last_applied,
-            membership,
+            last_applied: applied.last_applied,
+            membership: applied.membership,
             published,
+            last_persisted: None,
         };
         Ok((store, reader))
     }
@@ -160,12 +198,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if outcomes.is_empty() {
             return Ok(outcomes);
         }
-        let batch = with_db(&self.db, move |db| {
-            persist_batch(db, &batch)?;
-            Ok(batch)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let due = batch.membership.is_some()
+            || self
+                .last_persisted
+                .is_none_or(|at| at.elapsed() >= PERSIST_EVERY);
+        if due {
+            let row = PersistedRow {
+                last_applied: batch.last_applied,
+                membership: batch
+                    .membership
+                    .clone()
+                    .unwrap_or_else(|| self.membership.clone()),
+                state: batch.state.clone().unwrap_or(current),
+            };
+            with_db(&self.db, move |db| persist_row(db, &row))
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            self.last_persisted = Some(std::time::Instant::now());
+        }
         self.last_applied = batch.last_applied;
         if let Some(membership) = batch.membership {
             self.membership = membership;
@@ -251,7 +301,7 @@ pub(super) fn apply_entries(
             EntryPayload::Normal(command) => {
                 let state = next_state.get_or_insert_with(|| current.clone());
                 let outcome = model::apply(state, &command, entry.log_id.index);
-                changed |= matches!(outcome, Outcome::Applied { .. } | Outcome::Removed);
+                changed |= outcome.changed();
                 outcome
             }
             EntryPayload::Membership(membership) => {
@@ -265,17 +315,20 @@ pub(super) fn apply_entries(
     (batch, outcomes)
 }
 
-fn persist_batch(db: &Database, batch: &AppliedBatch) -> Result<(), StoreError> {
-    let txn = begin_write(db)?;
+/// The whole applied state, as the state machine writes it.
+struct PersistedRow {
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    state: Arc<DesiredState>,
+}
+
+fn persist_row(db: &Database, row: &PersistedRow) -> Result<(), StoreError> {
+    let txn = begin_write_lazy(db)?;
     {
         let mut table = txn.open_table(STATE_MACHINE)?;
-        write_value(&mut table, LAST_APPLIED, &batch.last_applied)?;
-        if let Some(membership) = &batch.membership {
-            write_value(&mut table, MEMBERSHIP, membership)?;
-        }
-        if let Some(state) = &batch.state {
-            write_value(&mut table, DESIRED_STATE, state.as_ref())?;
-        }
+        write_value(&mut table, LAST_APPLIED, &row.last_applied)?;
+        write_value(&mut table, MEMBERSHIP, &row.membership)?;
+        write_value(&mut table, DESIRED_STATE, row.state.as_ref())?;
     }
     txn.commit()?;
     Ok(())
