@@ -3,13 +3,15 @@
 //! (Serf, over `serf members`).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use hearth_testkit::TestCluster;
 use serde_json::{Value, json};
 
 use crate::dns::DnsPoller;
-use crate::hearth::{start_cluster, wait_converged, www_address, www_name};
+use crate::hearth::{health_changes, start_cluster, wait_converged, www_address, www_name};
 use crate::serf::{SerfCluster, parse_members};
 use crate::stats::{Summary, round_ms};
 use crate::{Common, Report};
@@ -35,6 +37,10 @@ pub struct Args {
     /// A trial in which detection takes longer than this many seconds counts as a timeout.
     #[arg(long, default_value_t = 60)]
     trial_timeout_secs: u64,
+    /// Copy every hearth agent's log (membership at debug level) into this directory at the
+    /// end, to see why a slow trial was slow.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -49,6 +55,9 @@ enum Systems {
 /// The figures of one system.
 struct Outcome {
     samples: Vec<Duration>,
+    /// Per trial: the victim, when the first and the last survivor noticed, and (hearth
+    /// only) how often the survivors' local health changed meanwhile.
+    trials: Vec<Value>,
     timeouts: usize,
     /// Mean duration of one poll round over the survivors: the measurement's granularity.
     mean_round: Duration,
@@ -61,6 +70,7 @@ impl Outcome {
             "timeouts": self.timeouts,
             "mean_poll_round_ms": (self.mean_round.as_secs_f64() * 10_000.0).round() / 10.0,
             "samples_s": self.samples.iter().map(|d| round_ms(d.as_secs_f64())).collect::<Vec<_>>(),
+            "trials": self.trials,
         })
     }
 
@@ -157,6 +167,7 @@ fn hearth_trials(args: &Args) -> Result<Outcome> {
     let mut poller = DnsPoller::new(&www_name())?;
     let mut outcome = Outcome {
         samples: Vec::new(),
+        trials: Vec::new(),
         timeouts: 0,
         mean_round: Duration::ZERO,
     };
@@ -168,6 +179,7 @@ fn hearth_trials(args: &Args) -> Result<Outcome> {
             .filter(|&idx| idx != victim)
             .map(|idx| cluster.agents[idx].dns_addr())
             .collect();
+        let health_before = survivors_health(&cluster, victim);
         let killed_at = Instant::now();
         cluster.agents[victim].kill9();
         let detected = hearth_wait_gone(
@@ -177,28 +189,99 @@ fn hearth_trials(args: &Args) -> Result<Outcome> {
             killed_at,
             args,
             &mut rounds,
-        )?;
-        record(&mut outcome, "hearth", trial, args, detected);
+        )?
+        .map(|(first, last, server)| Detection {
+            first,
+            last,
+            last_survivor: cluster
+                .agents
+                .iter()
+                .find(|agent| agent.dns_addr() == server)
+                .map_or_else(|| server.to_string(), |agent| agent.spec.name.clone()),
+        });
+        let health = survivors_health(&cluster, victim).saturating_sub(health_before);
+        record(&mut outcome, "hearth", trial, args, detected, Some(health));
         cluster.agents[victim].restart();
         wait_converged(&cluster, Duration::from_secs(60))
             .context("hearth did not converge after restarting the killed node")?;
     }
     outcome.mean_round = rounds.mean();
+    if let Some(dir) = &args.keep_logs {
+        std::fs::create_dir_all(dir)?;
+        for agent in &cluster.agents {
+            let to = dir.join(format!("{}.log", agent.spec.name));
+            std::fs::copy(agent.log_path(), &to)
+                .with_context(|| format!("copy a log to {}", to.display()))?;
+        }
+    }
     Ok(outcome)
 }
 
-fn record(outcome: &mut Outcome, system: &str, trial: usize, args: &Args, d: Option<Duration>) {
+/// `HH:MM:SS.mmm` UTC, the clock of the agents' log lines.
+fn utc_clock(at: SystemTime) -> String {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Local-health changes logged so far by every node but `victim`.
+fn survivors_health(cluster: &TestCluster, victim: usize) -> usize {
+    let agents = cluster.agents.iter().enumerate();
+    agents
+        .filter(|&(idx, _)| idx != victim)
+        .map(|(_, agent)| health_changes(agent))
+        .sum()
+}
+
+/// When the first and the last survivor noticed the kill, and which survivor was last.
+struct Detection {
+    first: Duration,
+    last: Duration,
+    last_survivor: String,
+}
+
+fn record(
+    outcome: &mut Outcome,
+    system: &str,
+    trial: usize,
+    args: &Args,
+    detected: Option<Detection>,
+    health_changes: Option<usize>,
+) {
     let victim = victim_of(trial, args.nodes) + 1;
-    match d {
-        Some(d) => {
+    match detected {
+        Some(Detection {
+            first,
+            last,
+            last_survivor,
+        }) => {
+            let health = health_changes
+                .map(|n| format!("; survivors' local-health changes {n}"))
+                .unwrap_or_default();
             eprintln!(
-                "{system} n={} trial {}/{}: killed n{victim}, detected everywhere after {:.3} s",
+                "{system} n={} trial {}/{} at {}: killed n{victim}, detected everywhere after \
+                 {:.3} s (first survivor {:.3} s, last {last_survivor}){health}",
                 args.nodes,
                 trial + 1,
                 args.trials,
-                d.as_secs_f64()
+                utc_clock(SystemTime::now() - last),
+                last.as_secs_f64(),
+                first.as_secs_f64()
             );
-            outcome.samples.push(d);
+            outcome.samples.push(last);
+            outcome.trials.push(json!({
+                "victim": format!("n{victim}"),
+                "first_s": round_ms(first.as_secs_f64()),
+                "last_s": round_ms(last.as_secs_f64()),
+                "last_survivor": last_survivor,
+                "local_health_changes": health_changes,
+            }));
         }
         None => {
             eprintln!("{system} trial {}: killed n{victim}, timed out", trial + 1);
@@ -208,8 +291,8 @@ fn record(outcome: &mut Outcome, system: &str, trial: usize, args: &Args, d: Opt
 }
 
 /// Polls every survivor until none answers `www` with `victim`. A survivor's detection time
-/// is when the first query that got an answer without `victim` was sent; the trial's is the
-/// latest of those. None on timeout.
+/// is when the first query that got an answer without `victim` was sent; returns the earliest
+/// and the latest of those (the trial's figure). None on timeout.
 fn hearth_wait_gone(
     poller: &mut DnsPoller,
     survivors: &[SocketAddr],
@@ -217,9 +300,10 @@ fn hearth_wait_gone(
     killed_at: Instant,
     args: &Args,
     rounds: &mut Rounds,
-) -> Result<Option<Duration>> {
+) -> Result<Option<(Duration, Duration, SocketAddr)>> {
     let mut pending = survivors.to_vec();
-    let mut latest = Duration::ZERO;
+    let (mut earliest, mut latest) = (Duration::MAX, Duration::ZERO);
+    let mut last_server = survivors[0];
     let poll_every = Duration::from_millis(args.poll_ms);
     while !pending.is_empty() {
         if killed_at.elapsed() > Duration::from_secs(args.trial_timeout_secs) {
@@ -234,7 +318,11 @@ fn hearth_wait_gone(
             };
             match &answer.addresses {
                 Some(addresses) if !addresses.contains(&victim) => {
-                    latest = latest.max(answer.sent_at - killed_at);
+                    let noticed = answer.sent_at - killed_at;
+                    earliest = earliest.min(noticed);
+                    if noticed >= latest {
+                        (latest, last_server) = (noticed, *server);
+                    }
                     false
                 }
                 _ => true,
@@ -242,7 +330,7 @@ fn hearth_wait_gone(
         });
         std::thread::sleep(poll_every.saturating_sub(round_start.elapsed()));
     }
-    Ok(Some(latest))
+    Ok(Some((earliest, latest, last_server)))
 }
 
 fn serf_trials(args: &Args) -> Result<Outcome> {
@@ -250,6 +338,7 @@ fn serf_trials(args: &Args) -> Result<Outcome> {
     cluster.wait_all_alive(Duration::from_secs(60))?;
     let mut outcome = Outcome {
         samples: Vec::new(),
+        trials: Vec::new(),
         timeouts: 0,
         mean_round: Duration::ZERO,
     };
@@ -259,7 +348,7 @@ fn serf_trials(args: &Args) -> Result<Outcome> {
         let victim = victim_of(trial, args.nodes);
         let killed_at = cluster.kill9(victim);
         let detected = serf_wait_failed(&cluster, victim, killed_at, args, &mut rounds)?;
-        record(&mut outcome, "serf", trial, args, detected);
+        record(&mut outcome, "serf", trial, args, detected, None);
         cluster.spawn(victim)?;
         cluster
             .wait_all_alive(Duration::from_secs(60))
@@ -271,17 +360,18 @@ fn serf_trials(args: &Args) -> Result<Outcome> {
 
 /// Polls `serf members` on every survivor (all at once) until each reports the victim
 /// `failed`. A survivor's detection time is when the first `serf members` that showed it was
-/// started; the trial's is the latest of those. None on timeout.
+/// started; returns the earliest and the latest of those. None on timeout.
 fn serf_wait_failed(
     cluster: &SerfCluster,
     victim: usize,
     killed_at: Instant,
     args: &Args,
     rounds: &mut Rounds,
-) -> Result<Option<Duration>> {
+) -> Result<Option<Detection>> {
     let victim_name = cluster.name(victim).to_owned();
     let mut pending: Vec<usize> = (0..cluster.n_nodes()).filter(|&i| i != victim).collect();
-    let mut latest = Duration::ZERO;
+    let (mut earliest, mut latest) = (Duration::MAX, Duration::ZERO);
+    let mut last_idx = pending[0];
     let poll_every = Duration::from_millis(args.poll_ms);
     while !pending.is_empty() {
         if killed_at.elapsed() > Duration::from_secs(args.trial_timeout_secs) {
@@ -301,7 +391,11 @@ fn serf_wait_failed(
                     .any(|(name, status)| *name == victim_name && status == "failed")
             });
             if failed {
-                latest = latest.max(started_at - killed_at);
+                let noticed = started_at - killed_at;
+                earliest = earliest.min(noticed);
+                if noticed >= latest {
+                    (latest, last_idx) = (noticed, idx);
+                }
                 detected.push(idx);
             }
         }
@@ -309,5 +403,9 @@ fn serf_wait_failed(
         pending.retain(|idx| !detected.contains(idx));
         std::thread::sleep(poll_every.saturating_sub(round_start.elapsed()));
     }
-    Ok(Some(latest))
+    Ok(Some(Detection {
+        first: earliest,
+        last: latest,
+        last_survivor: cluster.name(last_idx).to_owned(),
+    }))
 }

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use hearth_testkit::{TempDir, TestAgent, TestCluster};
 use serde_json::{Value, json};
 
-use crate::hearth::{pids, start_cluster};
+use crate::hearth::{health_changes, pids, start_cluster};
 use crate::procs::{ProcessGuard, busy_loop, pin, poll_until, send_signal};
 use crate::{Common, Report};
 
@@ -315,12 +315,4 @@ fn poll_members(agent: &TestAgent, poll_ms: u64, verdicts: &Mutex<Verdicts>, don
         drop(v);
         std::thread::sleep(Duration::from_millis(poll_ms));
     }
-}
-
-/// How many times the agent has logged a local health change so far.
-fn health_changes(agent: &TestAgent) -> usize {
-    std::fs::read_to_string(agent.log_path())
-        .unwrap_or_default()
-        .matches("local health changed")
-        .count()
 }

@@ -97,3 +97,13 @@ pub fn www_answer(server: SocketAddr) -> Result<Vec<Ipv4Addr>> {
 pub fn pids(cluster: &TestCluster) -> Vec<u32> {
     cluster.agents.iter().filter_map(TestAgent::pid).collect()
 }
+
+/// How many times the agent has logged a change of its local health score so far (the
+/// testkit runs agents with `hearth_membership=debug`): Lifeguard stretching its suspicion
+/// timeout because its own timers fired late.
+pub fn health_changes(agent: &TestAgent) -> usize {
+    std::fs::read_to_string(agent.log_path())
+        .unwrap_or_default()
+        .matches("local health changed")
+        .count()
+}
