@@ -1,0 +1,204 @@
+#!/bin/busybox sh
+# /init of hearth's test guest (packed into initramfs.cpio.gz by build-test-guest.sh).
+#
+# A stand-in for a member's VM: it boots from the initramfs, reads its NoCloud seed like
+# cloud-init would (hostname, static IP of the first NIC, SSH keys), says what it found on the
+# serial console in fixed marker lines, and powers off on the ACPI power button
+# (QMP `system_powerdown`). The markers are its whole interface; see docs/test-guest.md.
+
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mkdir -p /proc /sys /dev /mnt/seed /root/.ssh /var/log /var/run /tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+# devtmpfs creates device nodes as the drivers load. Without it (a kernel built without
+# CONFIG_DEVTMPFS), mdev makes them on a tmpfs, by a rescan whenever the script waits for a
+# device: Debian's kernel has no uevent helper to run mdev on each hotplug event.
+use_mdev=""
+if ! mount -t devtmpfs devtmpfs /dev 2>/dev/null; then
+    mount -t tmpfs -o mode=0755 tmpfs /dev
+    use_mdev=1
+fi
+refresh_dev() { [ -z "$use_mdev" ] || mdev -s; }
+refresh_dev
+
+# Markers go to the console (ttyS0 through console=ttyS0), whatever stdout is.
+say() { echo "$*" > /dev/console; }
+
+# Polls for a path until a deadline, because drivers create devices asynchronously.
+wait_for() {
+    n_tries=0
+    while [ ! -e "$1" ] && [ "$n_tries" -lt "$2" ]; do
+        usleep 20000
+        refresh_dev
+        n_tries=$((n_tries + 1))
+    done
+    [ -e "$1" ]
+}
+
+# The build script resolved the dependencies: this list is already in load order.
+while read -r module; do
+    insmod "/lib/modules/$module.ko" 2>/dev/null || say "HEARTH-GUEST-WARN insmod $module failed"
+done < /etc/modules.order
+refresh_dev
+
+say "HEARTH-GUEST-UP"
+
+# The NoCloud seed is the disk labelled cidata (iso9660 or vfat, whose labels are uppercase).
+find_seed() {
+    n_tries=0
+    while [ "$n_tries" -lt 150 ]; do
+        for label in cidata CIDATA; do
+            seed_dev=$(findfs "LABEL=$label" 2>/dev/null) && { echo "$seed_dev"; return 0; }
+        done
+        usleep 20000
+        refresh_dev
+        n_tries=$((n_tries + 1))
+    done
+    return 1
+}
+
+# Strips quotes, carriage returns and a trailing comment from a YAML scalar.
+yaml_scalar() { sed -e 's/[[:space:]]#.*$//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' \
+    -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'\$/\1/" | tr -d '\r'; }
+
+# Prints "ADDRESS GATEWAY" of the first NIC of a network-config v2 file. It knows just
+# enough YAML for what cloud-init documents: `addresses:` as a block or flow list (not the one
+# under `nameservers:`), `gateway4:`, or a route `to: default` / `0.0.0.0/0` with its `via:`.
+parse_network_config() {
+    tr -d '\r' < "$1" | awk '
+        function indent(s) { match(s, /^ */); return RLENGTH }
+        function unquote(s) {
+            sub(/#.*/, "", s); gsub(/[[:space:]]/, "", s); gsub(/"/, "", s); gsub("\047", "", s)
+            gsub(/\[/, "", s); gsub(/\]/, "", s); return s
+        }
+        function end_route() {
+            if (route_to == "default" || route_to == "0.0.0.0/0") { if (gw == "") gw = route_via }
+            route_to = ""; route_via = ""
+        }
+        /^[[:space:]]*(#|$)/ { next }
+        {
+            ind = indent($0)
+            if (in_ns && ind <= ns_ind) in_ns = 0
+            if (in_addr && ind <= addr_ind && $0 !~ /^[[:space:]]*-/) in_addr = 0
+            if (in_routes && ind <= routes_ind && $0 !~ /^[[:space:]]*-/) { end_route(); in_routes = 0 }
+        }
+        /^[[:space:]]*nameservers:/ { in_ns = 1; ns_ind = ind; next }
+        in_ns { next }
+        /^[[:space:]]*addresses:/ {
+            rest = $0; sub(/^[^:]*:/, "", rest)
+            if (rest ~ /\[/) { split(unquote(rest), items, ","); if (addr == "") addr = items[1] }
+            else { in_addr = 1; addr_ind = ind }
+            next
+        }
+        in_addr && /^[[:space:]]*-/ { item = $0; sub(/^[[:space:]]*-/, "", item); if (addr == "") addr = unquote(item); next }
+        /^[[:space:]]*gateway4:/ { v = $0; sub(/^[^:]*:/, "", v); gw = unquote(v); next }
+        /^[[:space:]]*routes:/ { in_routes = 1; routes_ind = ind; next }
+        in_routes {
+            line = $0
+            if (line ~ /^[[:space:]]*-/) { end_route(); sub(/-/, " ", line) }
+            if (line ~ /^[[:space:]]*to:/) { sub(/^[^:]*:/, "", line); route_to = unquote(line) }
+            else if (line ~ /^[[:space:]]*via:/) { sub(/^[^:]*:/, "", line); route_via = unquote(line) }
+        }
+        END {
+            if (in_routes) end_route()
+            print (addr == "" ? "-" : addr), (gw == "" ? "-" : gw)
+        }
+    '
+}
+
+hostname_=""
+address=""
+gateway=""
+n_keys=0
+instance_id=""
+if seed_dev=$(find_seed); then
+    if mount -t iso9660 -o ro "$seed_dev" /mnt/seed 2>/dev/null \
+        || mount -t vfat -o ro "$seed_dev" /mnt/seed 2>/dev/null; then
+        seed=/mnt/seed
+        if [ -f $seed/meta-data ]; then
+            hostname_=$(sed -n 's/^local-hostname:\(.*\)$/\1/p' $seed/meta-data | head -n 1 | yaml_scalar)
+            instance_id=$(sed -n 's/^instance-id:\(.*\)$/\1/p' $seed/meta-data | head -n 1 | yaml_scalar)
+        fi
+        if [ -f $seed/network-config ]; then
+            read -r address gateway <<EOF
+$(parse_network_config $seed/network-config)
+EOF
+            [ "$address" = "-" ] && address=""
+            [ "$gateway" = "-" ] && gateway=""
+        fi
+        if [ -f $seed/user-data ]; then
+            # Every list item that is a public key counts, wherever it sits
+            # (top-level ssh_authorized_keys or under users:).
+            grep -E '^[[:space:]]*-[[:space:]]*["'"'"']?(ssh-(rsa|ed25519|dss)|ecdsa-sha2-|sk-)' $seed/user-data \
+                | sed -e 's/^[[:space:]]*-[[:space:]]*//' | yaml_scalar > /root/.ssh/authorized_keys
+            n_keys=$(grep -c . /root/.ssh/authorized_keys)
+        fi
+    else
+        say "HEARTH-GUEST-WARN seed $seed_dev mounts neither as iso9660 nor as vfat"
+    fi
+else
+    say "HEARTH-GUEST-WARN no disk labelled cidata"
+fi
+
+if [ -n "$hostname_" ]; then
+    hostname "$hostname_"
+    echo "$hostname_" > /etc/hostname
+fi
+
+ip link set lo up
+if wait_for /sys/class/net/eth0 150; then
+    ip link set eth0 up
+    [ -n "$address" ] && ip addr add "$address" dev eth0
+    [ -n "$gateway" ] && ip route add default via "$gateway" dev eth0 2>/dev/null
+    mac=$(cat /sys/class/net/eth0/address)
+else
+    say "HEARTH-GUEST-WARN no eth0"
+    mac=""
+fi
+
+# The root disk: its size, whether the guest may discard on it, and the base image's marker
+# (read through the overlay, so it proves the overlay's backing chain works).
+if wait_for /dev/vda 150; then
+    disk_bytes=$(($(cat /sys/block/vda/size) * 512))
+    discard_max=$(cat /sys/block/vda/queue/discard_max_bytes)
+    base_marker=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9 .=_-')
+    say "HEARTH-GUEST-DISK dev=vda bytes=$disk_bytes discard_max_bytes=$discard_max base=\"$base_marker\""
+    # With hearth.discard_check on the command line, write 4 MiB at 16 MiB and discard them
+    # again: the host then sees whether the discard reached the overlay (discard=unmap).
+    if grep -q 'hearth.discard_check' /proc/cmdline; then
+        if dd if=/dev/urandom of=/dev/vda bs=1M count=4 seek=16 conv=fsync 2>/dev/null \
+            && blkdiscard -o 16777216 -l 4194304 /dev/vda; then
+            say "HEARTH-GUEST-DISCARD offset=16777216 bytes=4194304"
+        else
+            say "HEARTH-GUEST-WARN the write-and-discard check failed"
+        fi
+    fi
+else
+    say "HEARTH-GUEST-WARN no /dev/vda"
+fi
+
+say "HEARTH-GUEST-NET dev=eth0 mac=$mac gateway=$gateway instance-id=$instance_id"
+say "HEARTH-GUEST hostname=$(hostname) ip=$address keys=$n_keys"
+
+# busybox acpid turns the power button (the button module's input device, read through
+# evdev) into "PWRF 00000080" and runs /etc/acpi/PWRF/00000080.
+mkdir -p /etc/acpi/PWRF
+cat > /etc/acpi/PWRF/00000080 <<'EOF'
+#!/bin/sh
+echo "HEARTH-GUEST-DOWN" > /dev/console
+sync
+poweroff -f
+EOF
+chmod 0755 /etc/acpi/PWRF/00000080
+wait_for /dev/input/event0 150 || say "HEARTH-GUEST-WARN no input device for the power button"
+acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid
+
+say "HEARTH-GUEST-READY"
+
+# PID 1 must never exit (the kernel would panic); it idles and answers nothing.
+while true; do
+    sleep 3600
+done
