@@ -531,10 +531,15 @@ impl Config {
     }
 
     /// Whether this node takes part in the replicated state.
+    /// Servers and witnesses vote in the Raft group; workers follow it as learners, so that
+    /// their reconcilers read the desired state locally.
     pub fn holds_state(&self) -> bool {
-        self.roles
-            .iter()
-            .any(|r| matches!(r, Role::Server | Role::Witness))
+        !self.roles.is_empty()
+    }
+
+    /// Whether this node runs members' VMs.
+    pub fn is_worker(&self) -> bool {
+        self.roles.contains(&Role::Worker) && !self.roles.contains(&Role::Witness)
     }
 
     fn check_services(&self, problems: &mut Vec<String>) {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod checks;
 pub mod cluster_events;
+pub mod compute;
 pub mod config;
 pub mod dev;
 pub mod handlers;

@@ -110,6 +110,7 @@ fn outcome_response(index: u64, outcome: Outcome) -> Response {
         Outcome::Applied { .. } | Outcome::Removed | Outcome::Nothing | Outcome::Many { .. } => {
             StatusCode::OK
         }
+        Outcome::Created { .. } => StatusCode::CREATED,
         Outcome::Conflict { .. } => StatusCode::CONFLICT,
         Outcome::NotFound => StatusCode::NOT_FOUND,
         Outcome::Invalid { message } => return error(StatusCode::BAD_REQUEST, &message),

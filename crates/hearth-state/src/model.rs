@@ -8,6 +8,9 @@ use hearth_types::desired::{
 use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
 use serde::{Deserialize, Serialize};
 
+pub mod compute;
+pub use compute::ComputeCommand;
+
 /// What a write expects the object's current version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +71,10 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Images, IP pools, VMs, hosts and drift.
+    Compute {
+        command: ComputeCommand,
+    },
 }
 
 impl Command {
@@ -92,6 +99,7 @@ impl Command {
             | Command::ObserveCheck { .. }
             | Command::RecordDelivery { .. }
             | Command::Batch { .. } => "observed".into(),
+            Command::Compute { command } => command.object_key(),
         }
     }
 }
@@ -114,13 +122,15 @@ pub enum Outcome {
     Nothing,
     /// The outcomes of a `Command::Batch`, in its order.
     Many { outcomes: Vec<Outcome> },
+    /// A new object got this id.
+    Created { id: String, version: u64 },
 }
 
 impl Outcome {
     /// Whether the state changed.
     pub fn changed(&self) -> bool {
         match self {
-            Outcome::Applied { .. } | Outcome::Removed => true,
+            Outcome::Applied { .. } | Outcome::Removed | Outcome::Created { .. } => true,
             Outcome::Many { outcomes } => outcomes.iter().any(Outcome::changed),
             _ => false,
         }
@@ -194,6 +204,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             }
             None => Outcome::NotFound,
         },
+        Command::Compute { command } => compute::apply(&mut state.compute, command, index),
         Command::Batch { commands } => Outcome::Many {
             outcomes: commands
                 .iter()

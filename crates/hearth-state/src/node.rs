@@ -445,7 +445,7 @@ impl StateNode {
     /// The lowest-named of at least `bootstrap_expect` live servers forms the group with
     /// (an odd number, up to five, of) them as voters; the leader adds the rest as learners.
     async fn maybe_bootstrap(&self, candidates: &[Candidate]) -> Result<(), String> {
-        let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up).collect();
+        let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up && c.can_vote).collect();
         up.sort_by(|a, b| a.node.name.cmp(&b.node.name));
         let me = &self.inner.config.node_name;
         if up.iter().any(|c| c.in_group) {
@@ -471,17 +471,12 @@ impl StateNode {
     }
 }
 
-/// Servers and witnesses with a Raft address, from the gossip view.
+/// Nodes with a Raft address, from the gossip view: servers and witnesses (who may vote)
+/// and workers (who follow as learners).
 fn candidates(view: &View, down_since: &mut HashMap<String, Instant>) -> Vec<Candidate> {
     let now = Instant::now();
     view.members
         .values()
-        .filter(|m| {
-            m.meta
-                .roles
-                .iter()
-                .any(|r| matches!(r, Role::Server | Role::Witness))
-        })
         .filter_map(|m| {
             let rpc_addr = m.meta.rpc_addr?;
             let up = m.state.is_up();
@@ -498,6 +493,11 @@ fn candidates(view: &View, down_since: &mut HashMap<String, Instant>) -> Vec<Can
                 up,
                 down_for,
                 in_group: m.meta.in_group,
+                can_vote: m
+                    .meta
+                    .roles
+                    .iter()
+                    .any(|r| matches!(r, Role::Server | Role::Witness)),
             })
         })
         .collect()

@@ -1,4 +1,4 @@
-//! The pure decision of who votes: which live servers and witnesses join as learners, which
+//! The pure decision of who votes: which live nodes join as learners (workers stay learners), which
 //! learners become voters, and which long-dead voters are replaced.
 
 use std::collections::BTreeSet;
@@ -20,6 +20,8 @@ pub struct Candidate {
     pub down_for: Duration,
     /// It belongs to a formed group already.
     pub in_group: bool,
+    /// A server or witness; workers only follow the group as learners.
+    pub can_vote: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +65,12 @@ pub fn plan(
             .find(|c| c.id == *id)
             .is_some_and(|c| !c.up && c.down_for >= replace_after)
     };
-    let mut spare: Vec<u64> = learners.iter().copied().filter(is_up).collect();
+    let can_vote = |id: &u64| candidates.iter().any(|c| c.id == *id && c.can_vote);
+    let mut spare: Vec<u64> = learners
+        .iter()
+        .copied()
+        .filter(|id| is_up(id) && can_vote(id))
+        .collect();
     let mut next = voters.clone();
     // Replace long-dead voters while a live learner can take their place.
     for dead in voters.iter().filter(|id| long_dead(id)) {
@@ -100,6 +107,7 @@ mod tests {
             up,
             down_for: Duration::from_secs(down_secs),
             in_group: true,
+            can_vote: true,
         }
     }
 
@@ -138,6 +146,22 @@ mod tests {
             panic!("{changes:?}");
         };
         assert_eq!(voters.len(), 3);
+    }
+
+    #[test]
+    fn workers_are_learners_and_never_voters() {
+        let mut cands: Vec<_> = (1..=3).map(|i| candidate(i, true, 0)).collect();
+        for c in &mut cands[1..] {
+            c.can_vote = false;
+        }
+        let changes = plan(&set(&[1]), &set(&[]), &cands, REPLACE);
+        assert_eq!(changes.len(), 2);
+        assert!(
+            changes
+                .iter()
+                .all(|c| matches!(c, Change::AddLearner { .. }))
+        );
+        assert!(plan(&set(&[1]), &set(&[2, 3]), &cands, REPLACE).is_empty());
     }
 
     #[test]

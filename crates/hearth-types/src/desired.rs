@@ -222,6 +222,9 @@ pub struct DesiredState {
     /// Recent cluster-wide events by id.
     #[serde(default)]
     pub events: BTreeMap<u64, EventRecord>,
+    /// Images, IP pools, VMs, worker hosts and drift.
+    #[serde(default)]
+    pub compute: crate::compute::Compute,
 }
 
 impl DesiredState {

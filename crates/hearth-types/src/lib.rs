@@ -295,4 +295,5 @@ impl Member {
     }
 }
 
+pub mod compute;
 pub mod desired;

@@ -1,0 +1,273 @@
+//! The leader's pure decisions about VMs: which host a pending VM goes to, which VMs may move
+//! off a host that is provably gone, and how a VM's phase reads given the gossip view.
+
+use std::collections::BTreeMap;
+
+use hearth_state::model::ComputeCommand;
+use hearth_types::compute::{Capacity, Compute, Phase, Vm};
+use hearth_types::desired::DesiredState;
+use hearth_types::{MemberState, Role, View};
+
+/// How a host's VMs stand in the gossip view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostLiveness {
+    /// Alive or suspect: its reports count.
+    Up,
+    /// Dead, or unknown to gossip: its VMs may still be running there.
+    Unknown,
+    /// Left gracefully, or fenced by an operator: its VMs are provably not running.
+    Gone,
+}
+
+pub fn liveness(compute: &Compute, view: &View, host: &str) -> HostLiveness {
+    if compute.hosts.get(host).is_some_and(|h| h.fenced) {
+        return HostLiveness::Gone;
+    }
+    match view.members.get(host).map(|m| m.state) {
+        Some(MemberState::Alive | MemberState::Suspect) => HostLiveness::Up,
+        Some(MemberState::Left) => HostLiveness::Gone,
+        Some(MemberState::Dead) | None => HostLiveness::Unknown,
+    }
+}
+
+/// The phase to show: a VM on a host that is not up is `lost` at once, never `stopped`.
+pub fn shown_phase(vm: &Vm, compute: &Compute, view: &View) -> Phase {
+    match &vm.host {
+        Some(host) if liveness(compute, view, host) != HostLiveness::Up => Phase::Lost,
+        _ => vm.phase,
+    }
+}
+
+/// What a VM asks of its host.
+fn demand(vm: &Vm) -> Capacity {
+    Capacity {
+        vcpus: vm.request.vcpus,
+        memory_mib: vm.request.memory_mib,
+        disk_gib: vm.request.disk_gib,
+    }
+}
+
+fn fits(free: &Capacity, need: &Capacity) -> bool {
+    free.vcpus >= need.vcpus && free.memory_mib >= need.memory_mib && free.disk_gib >= need.disk_gib
+}
+
+/// The commands that move the desired state towards every VM being on a host that can run it.
+/// Pending VMs go to the eligible host (an up worker, not drained, not fenced) with the most
+/// free memory that fits them, ties broken by name, so VMs spread. VMs on a host that is
+/// provably gone are placed again (or forgotten, if they were being deleted). VMs on a host
+/// that is merely dead stay put: they may still run there.
+pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
+    let compute = &desired.compute;
+    let mut free: BTreeMap<&str, Capacity> = compute
+        .hosts
+        .iter()
+        .filter(|(name, host)| {
+            !host.fenced
+                && !desired.is_drained(name)
+                && view.members.get(name.as_str()).is_some_and(|m| {
+                    m.state == MemberState::Alive
+                        && m.meta.roles.contains(&Role::Worker)
+                        && !m.meta.roles.contains(&Role::Witness)
+                })
+        })
+        .map(|(name, host)| (name.as_str(), host.capacity))
+        .collect();
+    for vm in compute.vms.values().map(|v| &v.value) {
+        if let Some(room) = vm.host.as_deref().and_then(|h| free.get_mut(h)) {
+            let need = demand(vm);
+            room.vcpus = room.vcpus.saturating_sub(need.vcpus);
+            room.memory_mib = room.memory_mib.saturating_sub(need.memory_mib);
+            room.disk_gib = room.disk_gib.saturating_sub(need.disk_gib);
+        }
+    }
+    let mut commands = Vec::new();
+    for vm in compute.vms.values().map(|v| &v.value) {
+        let gone = vm
+            .host
+            .as_deref()
+            .is_some_and(|h| liveness(compute, view, h) == HostLiveness::Gone);
+        if gone && vm.deleting {
+            commands.push(ComputeCommand::Forget {
+                vm: vm.id.clone(),
+                host: vm.host.clone().unwrap_or_default(),
+            });
+            continue;
+        }
+        if vm.deleting || (vm.host.is_some() && !gone) {
+            continue;
+        }
+        let need = demand(vm);
+        let best = free
+            .iter()
+            .filter(|(_, room)| fits(room, &need))
+            .max_by(|(a_name, a), (b_name, b)| {
+                a.memory_mib.cmp(&b.memory_mib).then(b_name.cmp(a_name))
+            })
+            .map(|(name, _)| *name);
+        match best {
+            Some(host) => {
+                let room = free.get_mut(host).expect("chosen from the map");
+                room.vcpus -= need.vcpus;
+                room.memory_mib -= need.memory_mib;
+                room.disk_gib -= need.disk_gib;
+                commands.push(ComputeCommand::Place {
+                    vm: vm.id.clone(),
+                    host: Some(host.to_owned()),
+                    from: vm.host.clone(),
+                });
+            }
+            // Gone host and no room elsewhere: back to pending, so it shows honestly.
+            None if gone => commands.push(ComputeCommand::Place {
+                vm: vm.id.clone(),
+                host: None,
+                from: vm.host.clone(),
+            }),
+            None => {}
+        }
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::compute::{Arch, Host, IoLimits, Power, VmRequest};
+    use hearth_types::desired::Versioned;
+    use hearth_types::{Member, NodeMeta};
+
+    fn member(name: &str, state: MemberState, roles: &[Role]) -> Member {
+        Member {
+            meta: NodeMeta {
+                name: name.into(),
+                gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+                address: "127.0.0.1".parse().unwrap(),
+                roles: roles.to_vec(),
+                tags: Default::default(),
+                rpc_addr: None,
+                in_group: true,
+            },
+            state,
+            services: vec![],
+        }
+    }
+
+    fn vm(id: &str, memory_mib: u64, host: Option<&str>) -> Versioned<Vm> {
+        Versioned {
+            version: 1,
+            value: Vm {
+                id: id.into(),
+                request: VmRequest {
+                    name: id.into(),
+                    owner: "alice".into(),
+                    arch: Arch::X86_64,
+                    vcpus: 1,
+                    memory_mib,
+                    disk_gib: 1,
+                    image: "tiny".into(),
+                    ssh_keys: vec![],
+                    pools: vec![],
+                    io: IoLimits::default(),
+                    power: Power::Running,
+                },
+                ips: vec![],
+                host: host.map(Into::into),
+                deleting: false,
+                phase: if host.is_some() {
+                    Phase::Running
+                } else {
+                    Phase::Pending
+                },
+                message: None,
+                phase_since: 1,
+            },
+        }
+    }
+
+    fn world(states: &[(&str, MemberState)]) -> (DesiredState, View) {
+        let mut desired = DesiredState::default();
+        let mut view = View::default();
+        for (name, state) in states {
+            desired.compute.hosts.insert(
+                (*name).into(),
+                Host {
+                    capacity: Capacity {
+                        vcpus: 4,
+                        memory_mib: 1024,
+                        disk_gib: 10,
+                    },
+                    fenced: false,
+                },
+            );
+            view.members
+                .insert((*name).into(), member(name, *state, &[Role::Worker]));
+        }
+        (desired, view)
+    }
+
+    fn placed(commands: &[ComputeCommand]) -> Vec<(String, Option<String>)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                ComputeCommand::Place { vm, host, .. } => Some((vm.clone(), host.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pending_vms_spread_over_hosts_with_room() {
+        let (mut desired, view) = world(&[("w1", MemberState::Alive), ("w2", MemberState::Alive)]);
+        for id in ["a", "b", "c"] {
+            desired.compute.vms.insert(id.into(), vm(id, 400, None));
+        }
+        let placed = placed(&plan(&desired, &view));
+        let hosts: Vec<_> = placed.iter().map(|(_, h)| h.clone().unwrap()).collect();
+        assert_eq!(hosts, ["w1", "w2", "w1"]);
+    }
+
+    #[test]
+    fn nothing_goes_where_it_does_not_fit_or_is_not_wanted() {
+        let (mut desired, mut view) =
+            world(&[("w1", MemberState::Alive), ("w2", MemberState::Dead)]);
+        desired
+            .compute
+            .vms
+            .insert("big".into(), vm("big", 4096, None));
+        desired
+            .compute
+            .vms
+            .insert("small".into(), vm("small", 100, None));
+        desired.drained.insert(
+            "w1".into(),
+            Versioned {
+                version: 1,
+                value: true,
+            },
+        );
+        assert!(plan(&desired, &view).is_empty(), "w1 drained, w2 dead");
+        desired.drained.clear();
+        view.members.get_mut("w1").unwrap().meta.roles = vec![Role::Server];
+        assert!(plan(&desired, &view).is_empty(), "w1 is not a worker");
+    }
+
+    #[test]
+    fn a_dead_hosts_vms_are_lost_and_stay_until_it_is_fenced_or_left() {
+        let (mut desired, mut view) =
+            world(&[("w1", MemberState::Dead), ("w2", MemberState::Alive)]);
+        desired
+            .compute
+            .vms
+            .insert("a".into(), vm("a", 100, Some("w1")));
+        let a = &desired.compute.vms["a"].value;
+        assert_eq!(shown_phase(a, &desired.compute, &view), Phase::Lost);
+        assert!(plan(&desired, &view).is_empty(), "may still run on w1");
+        desired.compute.hosts.get_mut("w1").unwrap().fenced = true;
+        assert_eq!(
+            placed(&plan(&desired, &view)),
+            [("a".to_string(), Some("w2".to_string()))]
+        );
+        desired.compute.hosts.get_mut("w1").unwrap().fenced = false;
+        view.members.get_mut("w1").unwrap().state = MemberState::Left;
+        assert_eq!(placed(&plan(&desired, &view)).len(), 1);
+    }
+}

@@ -1,0 +1,444 @@
+//! The per-host reconciler as a pure function: from the VMs placed on this host and what runs
+//! here, the actions that make them match, the phases to report, and the drift that must not
+//! or cannot be fixed alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hearth_types::compute::{Compute, Drift, DriftKind, IoLimits, Phase, Power, Vm};
+
+/// What the host found of one VM (from `hearth_compute::Driver::observe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    /// The QEMU process hearth started for it, if alive.
+    pub pid: Option<u32>,
+    pub disk_present: bool,
+    /// A QEMU process that uses this VM's files but that hearth did not start.
+    pub foreign: bool,
+}
+
+/// What the reconciler remembers between passes, kept by the host loop.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// Deaths of a running VM, not asked for, within the crash window.
+    pub recent_crashes: BTreeMap<String, usize>,
+    /// The IO limits last applied to each running VM.
+    pub applied_io: BTreeMap<String, IoLimits>,
+}
+
+/// Restarts within the crash window before the host gives up on a VM.
+pub const CRASH_LIMIT: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch the image's files, then create the disk and start QEMU.
+    Start {
+        vm: String,
+    },
+    /// ACPI shutdown with a grace period, then stop.
+    Shutdown {
+        vm: String,
+    },
+    /// Stop QEMU and remove the VM's disk and files.
+    Delete {
+        vm: String,
+    },
+    /// The disk is gone: tell the cluster to forget the VM.
+    Forget {
+        vm: String,
+    },
+    SetIo {
+        vm: String,
+        io: IoLimits,
+    },
+    Report {
+        vm: String,
+        phase: Phase,
+        message: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Sorted by id.
+    pub drift: Vec<Drift>,
+}
+
+/// Whether a VM had a disk on this host before: its phase says it ran or was stopped here.
+fn had_disk(vm: &Vm) -> bool {
+    matches!(
+        vm.phase,
+        Phase::Running | Phase::Stopped | Phase::Stopping | Phase::Crashed
+    )
+}
+
+fn report(actions: &mut Vec<Action>, vm: &Vm, phase: Phase, message: Option<String>) {
+    if vm.phase != phase || vm.message != message {
+        actions.push(Action::Report {
+            vm: vm.id.clone(),
+            phase,
+            message,
+        });
+    }
+}
+
+/// One reconciliation pass for host `me`.
+pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) -> Plan {
+    let mut plan = Plan::default();
+    let seen_by_id: BTreeMap<&str, &Seen> = seen
+        .iter()
+        .filter(|s| !s.foreign)
+        .map(|s| (s.id.as_str(), s))
+        .collect();
+    let mine: Vec<&Vm> = compute
+        .vms
+        .values()
+        .map(|v| &v.value)
+        .filter(|vm| vm.host.as_deref() == Some(me))
+        .collect();
+    let mut drift = Vec::new();
+    let mut addresses: BTreeMap<_, Vec<&Vm>> = BTreeMap::new();
+    for vm in &mine {
+        for assigned in &vm.ips {
+            addresses.entry(assigned.address).or_default().push(vm);
+        }
+    }
+    for (address, holders) in &addresses {
+        if holders.len() > 1 {
+            let newest = holders
+                .iter()
+                .max_by_key(|vm| vm.id.trim_start_matches("vm-").parse::<u64>().unwrap_or(0))
+                .expect("two holders");
+            drift.push(Drift {
+                id: format!("{me}/{}/{}", DriftKind::IpConflict.as_str(), newest.id),
+                host: me.into(),
+                vm: newest.id.clone(),
+                kind: DriftKind::IpConflict,
+                detail: format!(
+                    "{address} is held by {}",
+                    holders
+                        .iter()
+                        .map(|vm| vm.request.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                fix: format!("stop {}, the newer VM", newest.request.name),
+            });
+        }
+    }
+    for vm in &mine {
+        let found = seen_by_id.get(vm.id.as_str());
+        let running = found.and_then(|s| s.pid).is_some();
+        let disk = found.is_some_and(|s| s.disk_present);
+        if vm.deleting {
+            if found.is_some() {
+                plan.actions.push(Action::Delete { vm: vm.id.clone() });
+            } else {
+                plan.actions.push(Action::Forget { vm: vm.id.clone() });
+            }
+            continue;
+        }
+        match (vm.request.power, running) {
+            (Power::Running, true) => {
+                report(&mut plan.actions, vm, Phase::Running, None);
+                if memory.applied_io.get(&vm.id) != Some(&vm.request.io) {
+                    plan.actions.push(Action::SetIo {
+                        vm: vm.id.clone(),
+                        io: vm.request.io,
+                    });
+                }
+            }
+            (Power::Running, false) => {
+                let crashes = memory.recent_crashes.get(&vm.id).copied().unwrap_or(0);
+                if crashes >= CRASH_LIMIT {
+                    report(
+                        &mut plan.actions,
+                        vm,
+                        Phase::Crashed,
+                        Some(format!(
+                            "QEMU died {crashes} times in a row; not restarting"
+                        )),
+                    );
+                    drift.push(Drift {
+                        id: format!("{me}/{}/{}", DriftKind::CrashLoop.as_str(), vm.id),
+                        host: me.into(),
+                        vm: vm.id.clone(),
+                        kind: DriftKind::CrashLoop,
+                        detail: format!(
+                            "{} died {crashes} times after starting; see its console log",
+                            vm.request.name
+                        ),
+                        fix: "reset the crash count and start it again".into(),
+                    });
+                } else if !disk && had_disk(vm) {
+                    report(
+                        &mut plan.actions,
+                        vm,
+                        Phase::Failed,
+                        Some("its disk is missing".into()),
+                    );
+                    drift.push(Drift {
+                        id: format!("{me}/{}/{}", DriftKind::MissingDisk.as_str(), vm.id),
+                        host: me.into(),
+                        vm: vm.id.clone(),
+                        kind: DriftKind::MissingDisk,
+                        detail: format!("{} ran here, but its disk is gone", vm.request.name),
+                        fix: "create a fresh disk from the image and start it".into(),
+                    });
+                } else {
+                    if vm.phase == Phase::Placed || vm.phase == Phase::Pending {
+                        report(&mut plan.actions, vm, Phase::Creating, None);
+                    }
+                    plan.actions.push(Action::Start { vm: vm.id.clone() });
+                }
+            }
+            (Power::Stopped, true) => {
+                report(&mut plan.actions, vm, Phase::Stopping, None);
+                plan.actions.push(Action::Shutdown { vm: vm.id.clone() });
+            }
+            (Power::Stopped, false) => report(&mut plan.actions, vm, Phase::Stopped, None),
+        }
+    }
+    let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
+    for s in seen {
+        if !s.foreign && mine_ids.contains(s.id.as_str()) {
+            continue;
+        }
+        let elsewhere = compute.vms.get(&s.id).and_then(|v| v.value.host.clone());
+        let (kind, detail, fix) = match (&elsewhere, s.foreign, s.pid.is_some()) {
+            (_, true, _) => (
+                DriftKind::UnknownVm,
+                format!(
+                    "a QEMU process hearth did not start uses the files of {}",
+                    s.id
+                ),
+                "stop that process".to_string(),
+            ),
+            (Some(host), false, true) => (
+                DriftKind::WrongHost,
+                format!("{} runs here, but it is placed on {host}", s.id),
+                "shut down the copy on this host".to_string(),
+            ),
+            (_, false, true) => (
+                DriftKind::UnknownVm,
+                format!("{} runs here, but no VM by that id is placed here", s.id),
+                "shut it down (its disk stays)".to_string(),
+            ),
+            (_, false, false) => (
+                DriftKind::UnknownVm,
+                format!(
+                    "the files of {} are here, but no VM by that id is placed here",
+                    s.id
+                ),
+                "remove its files and disk".to_string(),
+            ),
+        };
+        drift.push(Drift {
+            id: format!("{me}/{}/{}", kind.as_str(), s.id),
+            host: me.into(),
+            vm: s.id.clone(),
+            kind,
+            detail,
+            fix,
+        });
+    }
+    drift.sort();
+    drift.dedup_by(|a, b| a.id == b.id);
+    plan.drift = drift;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::compute::{Arch, Assigned, VmRequest};
+    use hearth_types::desired::Versioned;
+
+    fn vm(id: &str, host: &str, phase: Phase, power: Power) -> Versioned<Vm> {
+        Versioned {
+            version: 1,
+            value: Vm {
+                id: id.into(),
+                request: VmRequest {
+                    name: format!("name-{id}"),
+                    owner: "alice".into(),
+                    arch: Arch::X86_64,
+                    vcpus: 1,
+                    memory_mib: 256,
+                    disk_gib: 1,
+                    image: "tiny".into(),
+                    ssh_keys: vec![],
+                    pools: vec![],
+                    io: IoLimits::default(),
+                    power,
+                },
+                ips: vec![],
+                host: Some(host.into()),
+                deleting: false,
+                phase,
+                message: None,
+                phase_since: 1,
+            },
+        }
+    }
+
+    fn seen(id: &str, pid: Option<u32>, disk: bool) -> Seen {
+        Seen {
+            id: id.into(),
+            pid,
+            disk_present: disk,
+            foreign: false,
+        }
+    }
+
+    fn compute(vms: Vec<Versioned<Vm>>) -> Compute {
+        let mut c = Compute::default();
+        for v in vms {
+            c.vms.insert(v.value.id.clone(), v);
+        }
+        c
+    }
+
+    #[test]
+    fn a_placed_vm_is_created_and_started() {
+        let c = compute(vec![vm("vm-1", "w1", Phase::Placed, Power::Running)]);
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert_eq!(
+            plan.actions,
+            [
+                Action::Report {
+                    vm: "vm-1".into(),
+                    phase: Phase::Creating,
+                    message: None
+                },
+                Action::Start { vm: "vm-1".into() }
+            ]
+        );
+        assert!(plan.drift.is_empty());
+        // Another host's VMs are not this host's business.
+        assert!(
+            reconcile("w2", &c, &[], &Memory::default())
+                .actions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_dead_qemu_is_restarted_until_it_crash_loops() {
+        let c = compute(vec![vm("vm-1", "w1", Phase::Running, Power::Running)]);
+        let seen = [seen("vm-1", None, true)];
+        let mut memory = Memory::default();
+        let plan = reconcile("w1", &c, &seen, &memory);
+        assert_eq!(plan.actions, [Action::Start { vm: "vm-1".into() }]);
+        memory.recent_crashes.insert("vm-1".into(), CRASH_LIMIT);
+        let plan = reconcile("w1", &c, &seen, &memory);
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Start { .. }))
+        );
+        assert_eq!(plan.drift[0].kind, DriftKind::CrashLoop);
+    }
+
+    #[test]
+    fn a_missing_disk_is_drift_not_a_fresh_disk() {
+        let c = compute(vec![vm("vm-1", "w1", Phase::Running, Power::Running)]);
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert!(
+            plan.actions
+                .iter()
+                .all(|a| !matches!(a, Action::Start { .. }))
+        );
+        assert_eq!(plan.drift[0].kind, DriftKind::MissingDisk);
+    }
+
+    #[test]
+    fn running_matches_power_and_io() {
+        let mut v = vm("vm-1", "w1", Phase::Running, Power::Running);
+        v.value.request.io.iops = Some(100);
+        let c = compute(vec![v]);
+        let seen = [seen("vm-1", Some(42), true)];
+        let plan = reconcile("w1", &c, &seen, &Memory::default());
+        assert_eq!(
+            plan.actions,
+            [Action::SetIo {
+                vm: "vm-1".into(),
+                io: IoLimits {
+                    iops: Some(100),
+                    bytes_per_sec: None
+                }
+            }]
+        );
+        let mut memory = Memory::default();
+        memory.applied_io.insert(
+            "vm-1".into(),
+            IoLimits {
+                iops: Some(100),
+                bytes_per_sec: None,
+            },
+        );
+        assert!(reconcile("w1", &c, &seen, &memory).actions.is_empty());
+        let c = compute(vec![vm("vm-1", "w1", Phase::Running, Power::Stopped)]);
+        let plan = reconcile("w1", &c, &seen, &memory);
+        assert!(
+            plan.actions
+                .contains(&Action::Shutdown { vm: "vm-1".into() })
+        );
+    }
+
+    #[test]
+    fn deletion_removes_then_forgets() {
+        let mut v = vm("vm-1", "w1", Phase::Deleting, Power::Running);
+        v.value.deleting = true;
+        let c = compute(vec![v]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", Some(1), true)], &Memory::default());
+        assert_eq!(plan.actions, [Action::Delete { vm: "vm-1".into() }]);
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert_eq!(plan.actions, [Action::Forget { vm: "vm-1".into() }]);
+    }
+
+    #[test]
+    fn what_is_not_placed_here_is_drift() {
+        let c = compute(vec![vm("vm-2", "w2", Phase::Running, Power::Running)]);
+        let mut foreign = seen("vm-9", Some(7), false);
+        foreign.foreign = true;
+        let seen = [
+            seen("vm-2", Some(5), true),
+            seen("vm-3", Some(6), true),
+            foreign,
+        ];
+        let plan = reconcile("w1", &c, &seen, &Memory::default());
+        assert!(
+            plan.actions.is_empty(),
+            "never touches what is not placed here"
+        );
+        let kinds: Vec<_> = plan.drift.iter().map(|d| (d.vm.as_str(), d.kind)).collect();
+        assert!(kinds.contains(&("vm-2", DriftKind::WrongHost)));
+        assert!(kinds.contains(&("vm-3", DriftKind::UnknownVm)));
+        assert!(kinds.contains(&("vm-9", DriftKind::UnknownVm)));
+    }
+
+    #[test]
+    fn two_vms_with_one_address_is_drift() {
+        let mut a = vm("vm-1", "w1", Phase::Running, Power::Running);
+        let mut b = vm("vm-2", "w1", Phase::Running, Power::Running);
+        let ip = Assigned {
+            pool: "lan".into(),
+            address: "192.0.2.5".parse().unwrap(),
+            prefix: 24,
+        };
+        a.value.ips.push(ip.clone());
+        b.value.ips.push(ip);
+        let c = compute(vec![a, b]);
+        let seen = [seen("vm-1", Some(1), true), seen("vm-2", Some(2), true)];
+        let mut memory = Memory::default();
+        memory.applied_io.insert("vm-1".into(), IoLimits::default());
+        memory.applied_io.insert("vm-2".into(), IoLimits::default());
+        let plan = reconcile("w1", &c, &seen, &memory);
+        assert_eq!(plan.drift.len(), 1);
+        assert_eq!(plan.drift[0].kind, DriftKind::IpConflict);
+        assert_eq!(plan.drift[0].vm, "vm-2");
+    }
+}

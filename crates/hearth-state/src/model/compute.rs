@@ -1,0 +1,564 @@
+//! Compute commands (images, IP pools, VMs, hosts, drift) and their pure `apply`: static IP
+//! allocation happens here, in log order, so an address can never go to two VMs.
+
+use hearth_types::compute::{
+    Assigned, Capacity, Compute, Drift, Image, IoLimits, IpPool, Phase, Power, Vm, VmRequest,
+};
+use hearth_types::desired::Versioned;
+use serde::{Deserialize, Serialize};
+
+use super::{Expect, Outcome, expectation_holds, put, remove};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ComputeCommand {
+    PutImage {
+        image: Image,
+        expect: Expect,
+    },
+    RemoveImage {
+        name: String,
+        expect: Expect,
+    },
+    PutPool {
+        pool: IpPool,
+        expect: Expect,
+    },
+    RemovePool {
+        name: String,
+        expect: Expect,
+    },
+    /// Creates a VM: checks the image, allocates one address per pool, assigns the id.
+    CreateVm {
+        request: VmRequest,
+    },
+    SetPower {
+        vm: String,
+        power: Power,
+        expect: Expect,
+    },
+    SetIo {
+        vm: String,
+        io: IoLimits,
+        expect: Expect,
+    },
+    /// Unplaced VMs go at once; placed ones are marked, and go when their host confirms
+    /// that the disk is removed (`Forget`), or when the host is fenced or left.
+    DeleteVm {
+        vm: String,
+        expect: Expect,
+    },
+    /// The leader chose a host (or, with `None`, took the VM off a host it cannot run on).
+    Place {
+        vm: String,
+        host: Option<String>,
+        /// The host the leader saw; the placement fails if it changed meanwhile.
+        from: Option<String>,
+    },
+    /// A host reports a VM's phase.
+    Report {
+        vm: String,
+        host: String,
+        phase: Phase,
+        message: Option<String>,
+    },
+    /// A host removed a deleted VM's disk: forget the VM, freeing its addresses.
+    Forget {
+        vm: String,
+        host: String,
+    },
+    /// A worker host reports its capacity.
+    Host {
+        host: String,
+        capacity: Capacity,
+    },
+    /// An operator confirmed the host is off (or takes that back).
+    Fence {
+        host: String,
+        fenced: bool,
+    },
+    /// A host's current drift entries, replacing what it reported before.
+    Drift {
+        host: String,
+        drift: Vec<Drift>,
+    },
+}
+
+impl ComputeCommand {
+    pub fn object_key(&self) -> String {
+        match self {
+            ComputeCommand::PutImage { image, .. } => format!("image/{}", image.name),
+            ComputeCommand::RemoveImage { name, .. } => format!("image/{name}"),
+            ComputeCommand::PutPool { pool, .. } => format!("pool/{}", pool.name),
+            ComputeCommand::RemovePool { name, .. } => format!("pool/{name}"),
+            // The id comes from the log index: one creation per entry.
+            ComputeCommand::CreateVm { .. } => "vm-create".into(),
+            ComputeCommand::SetPower { vm, .. }
+            | ComputeCommand::SetIo { vm, .. }
+            | ComputeCommand::DeleteVm { vm, .. }
+            | ComputeCommand::Place { vm, .. }
+            | ComputeCommand::Report { vm, .. }
+            | ComputeCommand::Forget { vm, .. } => format!("vm/{vm}"),
+            ComputeCommand::Host { host, .. } | ComputeCommand::Fence { host, .. } => {
+                format!("host/{host}")
+            }
+            ComputeCommand::Drift { host, .. } => format!("drift/{host}"),
+        }
+    }
+}
+
+pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64) -> Outcome {
+    match command {
+        ComputeCommand::PutImage { image, expect } => {
+            if let Err(message) = image.validate() {
+                return Outcome::Invalid { message };
+            }
+            put(
+                &mut compute.images,
+                image.name.clone(),
+                image.clone(),
+                *expect,
+                index,
+            )
+        }
+        ComputeCommand::RemoveImage { name, expect } => {
+            if let Some(vm) = compute
+                .vms
+                .values()
+                .find(|vm| vm.value.request.image == *name)
+            {
+                return Outcome::Invalid {
+                    message: format!("name: image {name} is used by VM {}", vm.value.request.name),
+                };
+            }
+            remove(&mut compute.images, name, *expect)
+        }
+        ComputeCommand::PutPool { pool, expect } => {
+            if let Err(message) = pool.validate() {
+                return Outcome::Invalid { message };
+            }
+            if let Some(old) = compute.pools.get(&pool.name)
+                && old.value.cidr != pool.cidr
+                && !compute.used_addresses(&pool.name).is_empty()
+            {
+                return Outcome::Invalid {
+                    message: "cidr: cannot change while VMs hold addresses from the pool".into(),
+                };
+            }
+            put(
+                &mut compute.pools,
+                pool.name.clone(),
+                pool.clone(),
+                *expect,
+                index,
+            )
+        }
+        ComputeCommand::RemovePool { name, expect } => {
+            let used = compute.used_addresses(name);
+            if !used.is_empty() {
+                return Outcome::Invalid {
+                    message: format!("name: {} addresses of pool {name} are in use", used.len()),
+                };
+            }
+            remove(&mut compute.pools, name, *expect)
+        }
+        ComputeCommand::CreateVm { request } => create_vm(compute, request, index),
+        ComputeCommand::SetPower { vm, power, expect } => {
+            update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
+        }
+        ComputeCommand::SetIo { vm, io, expect } => {
+            update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io)
+        }
+        ComputeCommand::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
+        ComputeCommand::Place { vm, host, from } => {
+            let Some(entry) = compute.vms.get_mut(vm) else {
+                return Outcome::NotFound;
+            };
+            if entry.value.host != *from {
+                return Outcome::Conflict {
+                    current: Some(entry.version),
+                };
+            }
+            entry.value.host = host.clone();
+            let phase = if host.is_some() {
+                Phase::Placed
+            } else {
+                Phase::Pending
+            };
+            set_phase(&mut entry.value, phase, None, index);
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        ComputeCommand::Report {
+            vm,
+            host,
+            phase,
+            message,
+        } => {
+            let Some(entry) = compute.vms.get_mut(vm) else {
+                return Outcome::NotFound;
+            };
+            // A report from a host the VM is no longer placed on is stale.
+            if entry.value.host.as_deref() != Some(host.as_str()) {
+                return Outcome::Conflict {
+                    current: Some(entry.version),
+                };
+            }
+            if entry.value.phase == *phase && entry.value.message == *message {
+                return Outcome::Nothing;
+            }
+            set_phase(&mut entry.value, *phase, message.clone(), index);
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        ComputeCommand::Forget { vm, host } => match compute.vms.get(vm) {
+            None => Outcome::NotFound,
+            Some(entry)
+                if entry.value.deleting && entry.value.host.as_deref() == Some(host.as_str()) =>
+            {
+                compute.vms.remove(vm);
+                Outcome::Removed
+            }
+            Some(entry) => Outcome::Conflict {
+                current: Some(entry.version),
+            },
+        },
+        ComputeCommand::Host { host, capacity } => {
+            let entry = compute.hosts.entry(host.clone()).or_default();
+            if entry.capacity == *capacity {
+                return Outcome::Nothing;
+            }
+            entry.capacity = *capacity;
+            Outcome::Applied { version: index }
+        }
+        ComputeCommand::Fence { host, fenced } => {
+            let entry = compute.hosts.entry(host.clone()).or_default();
+            entry.fenced = *fenced;
+            Outcome::Applied { version: index }
+        }
+        ComputeCommand::Drift { host, drift } => {
+            let current = compute.drift.get(host).map(Vec::as_slice).unwrap_or(&[]);
+            if current == drift.as_slice() {
+                return Outcome::Nothing;
+            }
+            if drift.is_empty() {
+                compute.drift.remove(host);
+            } else {
+                compute.drift.insert(host.clone(), drift.clone());
+            }
+            Outcome::Applied { version: index }
+        }
+    }
+}
+
+fn set_phase(vm: &mut Vm, phase: Phase, message: Option<String>, index: u64) {
+    if vm.phase != phase {
+        vm.phase_since = index;
+    }
+    vm.phase = phase;
+    vm.message = message;
+}
+
+fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome {
+    if let Err(message) = request.validate() {
+        return Outcome::Invalid { message };
+    }
+    let Some(image) = compute.images.get(&request.image) else {
+        return Outcome::Invalid {
+            message: format!("image: no image named {}", request.image),
+        };
+    };
+    if image.value.arch != request.arch {
+        return Outcome::Invalid {
+            message: format!(
+                "arch: image {} is {}, not {}",
+                request.image, image.value.arch, request.arch
+            ),
+        };
+    }
+    if compute
+        .vms
+        .values()
+        .any(|vm| vm.value.request.name == request.name)
+    {
+        return Outcome::Invalid {
+            message: format!("name: a VM named {} exists", request.name),
+        };
+    }
+    let mut ips = Vec::new();
+    for pool_name in &request.pools {
+        let Some(pool) = compute.pools.get(pool_name) else {
+            return Outcome::Invalid {
+                message: format!("pools: no pool named {pool_name}"),
+            };
+        };
+        let mut used = compute.used_addresses(pool_name);
+        used.extend(ips.iter().map(|a: &Assigned| a.address));
+        let Some(address) = pool.value.allocate(&used) else {
+            return Outcome::Invalid {
+                message: format!("pools: pool {pool_name} has no free address"),
+            };
+        };
+        ips.push(Assigned {
+            pool: pool_name.clone(),
+            address,
+            prefix: pool.value.prefix().unwrap_or(32),
+        });
+    }
+    let id = format!("vm-{index}");
+    compute.vms.insert(
+        id.clone(),
+        Versioned {
+            version: index,
+            value: Vm {
+                id: id.clone(),
+                request: request.clone(),
+                ips,
+                host: None,
+                deleting: false,
+                phase: Phase::Pending,
+                message: None,
+                phase_since: index,
+            },
+        },
+    );
+    Outcome::Created { id, version: index }
+}
+
+fn update_vm(
+    compute: &mut Compute,
+    key: &str,
+    expect: Expect,
+    index: u64,
+    change: impl FnOnce(&mut Vm),
+) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    if !expectation_holds(expect, Some(entry.version)) {
+        return Outcome::Conflict {
+            current: Some(entry.version),
+        };
+    }
+    if entry.value.deleting {
+        return Outcome::Invalid {
+            message: "vm: it is being deleted".into(),
+        };
+    }
+    change(&mut entry.value);
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+fn delete_vm(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    if !expectation_holds(expect, Some(entry.version)) {
+        return Outcome::Conflict {
+            current: Some(entry.version),
+        };
+    }
+    if entry.value.host.is_none() {
+        compute.vms.remove(key);
+        return Outcome::Removed;
+    }
+    entry.value.deleting = true;
+    entry.version = index;
+    set_phase(&mut entry.value, Phase::Deleting, None, index);
+    Outcome::Applied { version: index }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::compute::{Arch, Blob};
+
+    fn image() -> Image {
+        Image {
+            name: "tiny".into(),
+            format: "qcow2".into(),
+            arch: Arch::X86_64,
+            disk: Blob {
+                sha256: "a".repeat(64),
+                size_bytes: 1,
+            },
+            kernel: None,
+            initrd: None,
+            append: None,
+        }
+    }
+
+    fn request(name: &str) -> VmRequest {
+        VmRequest {
+            name: name.into(),
+            owner: "alice".into(),
+            arch: Arch::X86_64,
+            vcpus: 1,
+            memory_mib: 256,
+            disk_gib: 1,
+            image: "tiny".into(),
+            ssh_keys: vec![],
+            pools: vec!["lan".into()],
+            io: IoLimits::default(),
+            power: Power::Running,
+        }
+    }
+
+    fn setup() -> Compute {
+        let mut compute = Compute::default();
+        let pool = IpPool {
+            name: "lan".into(),
+            cidr: "192.0.2.0/30".into(),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            resolvers: vec![],
+            first: None,
+            last: None,
+        };
+        for (i, command) in [
+            ComputeCommand::PutImage {
+                image: image(),
+                expect: Expect::Absent,
+            },
+            ComputeCommand::PutPool {
+                pool,
+                expect: Expect::Absent,
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(apply(&mut compute, command, i as u64 + 1).changed());
+        }
+        compute
+    }
+
+    #[test]
+    fn an_address_goes_to_one_vm_only_and_is_freed_on_delete() {
+        let mut compute = setup();
+        let create = |name: &str| ComputeCommand::CreateVm {
+            request: request(name),
+        };
+        let Outcome::Created { id, .. } = apply(&mut compute, &create("a"), 10) else {
+            panic!()
+        };
+        assert_eq!(
+            compute.vms[&id].value.ips[0].address.to_string(),
+            "192.0.2.2"
+        );
+        // A /30 has one address left after the gateway: the second VM gets nothing.
+        let outcome = apply(&mut compute, &create("b"), 11);
+        assert!(
+            matches!(&outcome, Outcome::Invalid { message } if message.contains("no free address")),
+            "{outcome:?}"
+        );
+        assert_eq!(compute.vms.len(), 1);
+        // Names are unique.
+        assert!(matches!(
+            apply(&mut compute, &create("a"), 12),
+            Outcome::Invalid { .. }
+        ));
+        // Unplaced: deleted at once, and the address is free again.
+        let delete = ComputeCommand::DeleteVm {
+            vm: id.clone(),
+            expect: Expect::Any,
+        };
+        assert_eq!(apply(&mut compute, &delete, 13), Outcome::Removed);
+        assert!(matches!(
+            apply(&mut compute, &create("b"), 14),
+            Outcome::Created { .. }
+        ));
+    }
+
+    #[test]
+    fn placed_vms_are_forgotten_only_when_their_host_confirms() {
+        let mut compute = setup();
+        let Outcome::Created { id, .. } = apply(
+            &mut compute,
+            &ComputeCommand::CreateVm {
+                request: request("a"),
+            },
+            10,
+        ) else {
+            panic!()
+        };
+        let place = ComputeCommand::Place {
+            vm: id.clone(),
+            host: Some("w1".into()),
+            from: None,
+        };
+        assert!(apply(&mut compute, &place, 11).changed());
+        assert_eq!(compute.vms[&id].value.phase, Phase::Placed);
+        // A second placement based on a stale view fails.
+        assert!(matches!(
+            apply(&mut compute, &place, 12),
+            Outcome::Conflict { .. }
+        ));
+        // Reports from another host are stale.
+        let report = |host: &str| ComputeCommand::Report {
+            vm: id.clone(),
+            host: host.into(),
+            phase: Phase::Running,
+            message: None,
+        };
+        assert!(matches!(
+            apply(&mut compute, &report("w2"), 13),
+            Outcome::Conflict { .. }
+        ));
+        assert!(apply(&mut compute, &report("w1"), 14).changed());
+        assert_eq!(apply(&mut compute, &report("w1"), 15), Outcome::Nothing);
+        let delete = ComputeCommand::DeleteVm {
+            vm: id.clone(),
+            expect: Expect::Any,
+        };
+        assert!(apply(&mut compute, &delete, 16).changed());
+        assert_eq!(compute.vms[&id].value.phase, Phase::Deleting);
+        assert_eq!(
+            compute.used_addresses("lan").len(),
+            1,
+            "held until forgotten"
+        );
+        let forget = |host: &str| ComputeCommand::Forget {
+            vm: id.clone(),
+            host: host.into(),
+        };
+        assert!(matches!(
+            apply(&mut compute, &forget("w2"), 17),
+            Outcome::Conflict { .. }
+        ));
+        assert_eq!(apply(&mut compute, &forget("w1"), 18), Outcome::Removed);
+        assert!(compute.used_addresses("lan").is_empty());
+    }
+
+    #[test]
+    fn images_and_pools_in_use_cannot_be_removed() {
+        let mut compute = setup();
+        apply(
+            &mut compute,
+            &ComputeCommand::CreateVm {
+                request: request("a"),
+            },
+            10,
+        );
+        let outcome = apply(
+            &mut compute,
+            &ComputeCommand::RemoveImage {
+                name: "tiny".into(),
+                expect: Expect::Any,
+            },
+            11,
+        );
+        assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+        let outcome = apply(
+            &mut compute,
+            &ComputeCommand::RemovePool {
+                name: "lan".into(),
+                expect: Expect::Any,
+            },
+            12,
+        );
+        assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+    }
+}

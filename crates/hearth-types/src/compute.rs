@@ -1,0 +1,583 @@
+//! Desired-state objects for members' virtual machines: base images, IP pools, VMs with their
+//! placement and reported phase, worker hosts' capacity and fencing, and drift entries.
+//! Plain data and pure helpers (address allocation, CIDR parsing); no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Versioned;
+
+/// A guest CPU architecture; the host runs `qemu-system-<arch>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "x86_64" | "amd64" => Ok(Arch::X86_64),
+            "aarch64" | "arm64" => Ok(Arch::Aarch64),
+            other => Err(format!("arch: `{other}` is not x86_64 or aarch64")),
+        }
+    }
+}
+
+/// A file identified by its content: workers keep verified copies under `data_dir/images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// A base image VMs' disks are overlays on. With `kernel`, QEMU boots that kernel directly
+/// (with `initrd` and `append`) instead of the disk's boot loader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    pub arch: Arch,
+    pub disk: Blob,
+    #[serde(default)]
+    pub kernel: Option<Blob>,
+    #[serde(default)]
+    pub initrd: Option<Blob>,
+    #[serde(default)]
+    pub append: Option<String>,
+}
+
+impl Image {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        if !matches!(self.format.as_str(), "qcow2" | "raw") {
+            return Err(format!("format: `{}` is not qcow2 or raw", self.format));
+        }
+        for (field, blob) in [
+            ("sha256", Some(&self.disk)),
+            ("kernel.sha256", self.kernel.as_ref()),
+            ("initrd.sha256", self.initrd.as_ref()),
+        ] {
+            if let Some(blob) = blob
+                && !is_sha256(&blob.sha256)
+            {
+                return Err(format!("{field}: give 64 lowercase hex digits"));
+            }
+        }
+        if self.initrd.is_some() && self.kernel.is_none() {
+            return Err("initrd: only with a kernel".into());
+        }
+        Ok(())
+    }
+
+    /// Every blob the image needs on a host.
+    pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        std::iter::once(&self.disk)
+            .chain(self.kernel.as_ref())
+            .chain(self.initrd.as_ref())
+    }
+}
+
+/// A network VMs get static addresses from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPool {
+    pub name: String,
+    /// `192.0.2.0/24` or `2001:db8::/64`.
+    pub cidr: String,
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub resolvers: Vec<IpAddr>,
+    /// The first and last allocatable address; the whole network (less its network and
+    /// broadcast addresses and the gateway) when absent.
+    #[serde(default)]
+    pub first: Option<IpAddr>,
+    #[serde(default)]
+    pub last: Option<IpAddr>,
+}
+
+impl IpPool {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        let (network, prefix) = parse_cidr(&self.cidr)?;
+        let inside = |field: &str, ip: &IpAddr| {
+            if contains(network, prefix, *ip) {
+                Ok(())
+            } else {
+                Err(format!("{field}: {ip} is outside {}", self.cidr))
+            }
+        };
+        if let Some(gateway) = &self.gateway {
+            inside("gateway", gateway)?;
+        }
+        if let Some(first) = &self.first {
+            inside("first", first)?;
+        }
+        if let Some(last) = &self.last {
+            inside("last", last)?;
+        }
+        let (first, last) = self.range()?;
+        if first > last {
+            return Err(format!("first: {} is after last {}", first, last));
+        }
+        Ok(())
+    }
+
+    /// The prefix length of the pool's network.
+    pub fn prefix(&self) -> Result<u8, String> {
+        Ok(parse_cidr(&self.cidr)?.1)
+    }
+
+    /// The allocatable range as numbers (IPv4 addresses in the low 32 bits).
+    fn range(&self) -> Result<(u128, u128), String> {
+        let (network, prefix) = parse_cidr(&self.cidr)?;
+        let bits: u32 = if network.is_ipv4() { 32 } else { 128 };
+        let base = to_number(network);
+        let size_minus_one = if prefix as u32 == bits {
+            0
+        } else {
+            (1u128 << (bits - prefix as u32)) - 1
+        };
+        // Skip the network address, and the broadcast address on IPv4.
+        let (mut first, mut last) = (base, base + size_minus_one);
+        if size_minus_one >= 3 {
+            first += 1;
+            if network.is_ipv4() {
+                last -= 1;
+            }
+        }
+        if let Some(ip) = self.first {
+            first = to_number(ip);
+        }
+        if let Some(ip) = self.last {
+            last = to_number(ip);
+        }
+        Ok((first, last))
+    }
+
+    /// The lowest allocatable address not in `used` and not the gateway; `None` when the pool
+    /// is exhausted. Deterministic, so every replica allocates the same address.
+    pub fn allocate(&self, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+        let (first, last) = self.range().ok()?;
+        let v4 = parse_cidr(&self.cidr).ok()?.0.is_ipv4();
+        let mut n = first;
+        // Bounded by the number of used addresses plus the gateway: each step skips one.
+        while n <= last {
+            let ip = from_number(n, v4);
+            if Some(ip) != self.gateway && !used.contains(&ip) {
+                return Some(ip);
+            }
+            n += 1;
+        }
+        None
+    }
+}
+
+/// Per-disk IO limits, applied through QEMU's block throttling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoLimits {
+    #[serde(default)]
+    pub iops: Option<u64>,
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
+}
+
+/// Whether a VM should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Power {
+    Running,
+    Stopped,
+}
+
+/// What a member asks for: everything about a VM that its owner decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRequest {
+    pub name: String,
+    pub owner: String,
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub image: String,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// The pools to take one address each from.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub io: IoLimits,
+    #[serde(default = "default_power")]
+    pub power: Power,
+}
+
+fn default_arch() -> Arch {
+    Arch::X86_64
+}
+fn default_power() -> Power {
+    Power::Running
+}
+
+impl VmRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        if self.owner.is_empty() || self.owner.len() > 64 {
+            return Err("owner: give 1 to 64 characters".into());
+        }
+        if !(1..=256).contains(&self.vcpus) {
+            return Err("vcpus: give 1 to 256".into());
+        }
+        if !(16..=4 * 1024 * 1024).contains(&self.memory_mib) {
+            return Err("memory_mib: give 16 to 4194304".into());
+        }
+        if !(1..=65536).contains(&self.disk_gib) {
+            return Err("disk_gib: give 1 to 65536".into());
+        }
+        check_name("image", &self.image)?;
+        for key in &self.ssh_keys {
+            if key.contains('\n') || !key.starts_with("ssh-") && !key.starts_with("ecdsa-") {
+                return Err("ssh_keys: give OpenSSH public keys, one line each".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a VM is in its life, as the cluster last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Accepted, waiting for a host with room.
+    Pending,
+    /// A host was chosen; it has not reported yet.
+    Placed,
+    /// The host is fetching the image and creating the disk.
+    Creating,
+    /// QEMU runs.
+    Running,
+    /// Shut down as asked.
+    Stopped,
+    /// The host is shutting it down.
+    Stopping,
+    /// QEMU keeps dying; the host stopped restarting it.
+    Crashed,
+    /// The host cannot run it (the message says why).
+    Failed,
+    /// Its host is dead: it may or may not still run there.
+    Lost,
+    /// Being deleted.
+    Deleting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Placed => "placed",
+            Phase::Creating => "creating",
+            Phase::Running => "running",
+            Phase::Stopped => "stopped",
+            Phase::Stopping => "stopping",
+            Phase::Crashed => "crashed",
+            Phase::Failed => "failed",
+            Phase::Lost => "lost",
+            Phase::Deleting => "deleting",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VM in the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    /// Assigned at creation: `vm-` and the creating log index, so it never repeats.
+    pub id: String,
+    #[serde(flatten)]
+    pub request: VmRequest,
+    /// One address per requested pool, allocated at creation.
+    pub ips: Vec<Assigned>,
+    /// The host the leader placed it on.
+    pub host: Option<String>,
+    /// Asked to be deleted: the host removes its disk, then the VM is forgotten.
+    #[serde(default)]
+    pub deleting: bool,
+    /// What its host last reported (or the leader, for placement).
+    pub phase: Phase,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Log index of the last phase change.
+    #[serde(default)]
+    pub phase_since: u64,
+}
+
+/// An address given to a VM from a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assigned {
+    pub pool: String,
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+/// What a worker host offers, as it reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+/// A worker host as the desired state knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub capacity: Capacity,
+    /// An operator confirmed it is powered off: its VMs may run elsewhere.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+/// Something a host's reconciler found and must not, or cannot, fix alone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Drift {
+    /// Stable for the same finding: `host/kind/vm`.
+    pub id: String,
+    pub host: String,
+    pub vm: String,
+    pub kind: DriftKind,
+    pub detail: String,
+    /// What `hearth fix ID` does.
+    pub fix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftKind {
+    /// A QEMU process or VM directory on this host that no desired VM here accounts for.
+    UnknownVm,
+    /// A desired VM whose disk vanished while it had one.
+    MissingDisk,
+    /// An address used by two VMs, or by a VM and something else.
+    IpConflict,
+    /// A VM running on a host other than the one it is placed on.
+    WrongHost,
+    /// A VM that kept dying after starts.
+    CrashLoop,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::UnknownVm => "unknown-vm",
+            DriftKind::MissingDisk => "missing-disk",
+            DriftKind::IpConflict => "ip-conflict",
+            DriftKind::WrongHost => "wrong-host",
+            DriftKind::CrashLoop => "crash-loop",
+        }
+    }
+}
+
+/// Everything about compute in the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compute {
+    pub images: BTreeMap<String, Versioned<Image>>,
+    pub pools: BTreeMap<String, Versioned<IpPool>>,
+    pub vms: BTreeMap<String, Versioned<Vm>>,
+    pub hosts: BTreeMap<String, Host>,
+    /// Current drift, per host, as each host last reported it.
+    pub drift: BTreeMap<String, Vec<Drift>>,
+}
+
+impl Compute {
+    /// Every address in use, per pool.
+    pub fn used_addresses(&self, pool: &str) -> BTreeSet<IpAddr> {
+        self.vms
+            .values()
+            .flat_map(|vm| vm.value.ips.iter())
+            .filter(|a| a.pool == pool)
+            .map(|a| a.address)
+            .collect()
+    }
+
+    /// The VM named `name` (names are unique), or with id `key`.
+    pub fn find_vm(&self, key: &str) -> Option<&Versioned<Vm>> {
+        self.vms
+            .get(key)
+            .or_else(|| self.vms.values().find(|vm| vm.value.request.name == key))
+    }
+}
+
+/// Names of images, pools and VMs: a DNS label, so a VM name can be its hostname.
+fn check_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: `{name}` must be 1-63 lowercase letters, digits or inner hyphens"
+        ))
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses `address/prefix`; the address must be the network's first.
+pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
+    let bad = || format!("cidr: `{cidr}` is not a network like 192.0.2.0/24 or 2001:db8::/64");
+    let (address, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let address: IpAddr = address.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    if prefix > bits {
+        return Err(bad());
+    }
+    if mask(to_number(address), prefix, bits) != to_number(address) {
+        return Err(format!(
+            "cidr: `{cidr}` has host bits set; give the network address"
+        ));
+    }
+    Ok((address, prefix))
+}
+
+fn mask(n: u128, prefix: u8, bits: u8) -> u128 {
+    if prefix == 0 {
+        return 0;
+    }
+    let host_bits = (bits - prefix) as u32;
+    (n >> host_bits) << host_bits
+}
+
+fn contains(network: IpAddr, prefix: u8, ip: IpAddr) -> bool {
+    if network.is_ipv4() != ip.is_ipv4() {
+        return false;
+    }
+    let bits = if network.is_ipv4() { 32 } else { 128 };
+    mask(to_number(ip), prefix, bits) == mask(to_number(network), prefix, bits)
+}
+
+fn to_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u128,
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_number(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((n as u32).into())
+    } else {
+        IpAddr::V6(n.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cidr: &str) -> IpPool {
+        IpPool {
+            name: "p".into(),
+            cidr: cidr.into(),
+            gateway: None,
+            resolvers: vec![],
+            first: None,
+            last: None,
+        }
+    }
+
+    #[test]
+    fn allocation_skips_network_broadcast_gateway_and_used() {
+        let mut p = pool("192.0.2.0/29");
+        p.gateway = Some("192.0.2.1".parse().unwrap());
+        p.validate().unwrap();
+        let mut used = BTreeSet::new();
+        let mut got = vec![];
+        while let Some(ip) = p.allocate(&used) {
+            used.insert(ip);
+            got.push(ip.to_string());
+        }
+        assert_eq!(
+            got,
+            [
+                "192.0.2.2",
+                "192.0.2.3",
+                "192.0.2.4",
+                "192.0.2.5",
+                "192.0.2.6"
+            ]
+        );
+    }
+
+    #[test]
+    fn ranges_and_ipv6() {
+        let mut p = pool("2001:db8::/64");
+        p.first = Some("2001:db8::100".parse().unwrap());
+        p.last = Some("2001:db8::101".parse().unwrap());
+        p.validate().unwrap();
+        let a = p.allocate(&BTreeSet::new()).unwrap();
+        assert_eq!(a.to_string(), "2001:db8::100");
+        let b = p.allocate(&[a].into()).unwrap();
+        assert_eq!(b.to_string(), "2001:db8::101");
+        assert_eq!(p.allocate(&[a, b].into()), None);
+    }
+
+    #[test]
+    fn bad_pools_name_the_field() {
+        assert!(
+            pool("192.0.2.1/24")
+                .validate()
+                .unwrap_err()
+                .starts_with("cidr")
+        );
+        assert!(
+            pool("192.0.2.0/33")
+                .validate()
+                .unwrap_err()
+                .starts_with("cidr")
+        );
+        let mut p = pool("192.0.2.0/24");
+        p.gateway = Some("198.51.100.1".parse().unwrap());
+        assert!(p.validate().unwrap_err().starts_with("gateway"));
+        let mut p = pool("192.0.2.0/24");
+        p.first = Some("192.0.2.9".parse().unwrap());
+        p.last = Some("192.0.2.8".parse().unwrap());
+        assert!(p.validate().unwrap_err().starts_with("first"));
+    }
+}
