@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
-# tests need (dig from dnsutils, knotd from knot as the external primary of the push tests), then
-# runs every test with cargo-nextest (or cargo test).
+# tests need (dig from dnsutils, knotd from knot as the external primary of the push tests,
+# QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# The VM tests boot a tiny guest under qemu-system-x86_64: the script installs QEMU and
+# genisoimage and builds the guest from Debian's kernel and busybox (quick when up to date).
+./scripts/build-test-guest.sh target/test-guest
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -27,6 +27,11 @@ pub struct ApiState {
     pub handler_metrics: Arc<HandlerMetrics>,
     /// The replicated state, on servers and witnesses.
     pub state: Option<hearth_state::node::StateNode>,
+    pub compute_metrics: Arc<crate::compute::ComputeMetrics>,
+    /// Where this node's VMs live (`data_dir/vms`), for their consoles.
+    pub vms_dir: std::path::PathBuf,
+    /// Verified image files on this node.
+    pub blobs: crate::compute::blobs::BlobStore,
     /// Cancelled by `POST /v1/leave` once the node has left, to stop the agent.
     pub shutdown: CancellationToken,
 }
@@ -37,6 +42,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/leave", post(leave))
         .merge(crate::state_api::routes())
+        .merge(crate::compute_api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -104,6 +110,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         gossip: &state.membership.metrics,
         dns: &state.dns_metrics,
         handlers: &state.handler_metrics,
+        compute: &state.compute_metrics,
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

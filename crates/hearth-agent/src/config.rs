@@ -66,6 +66,9 @@ pub struct Config {
     pub gossip: GossipConfig,
     #[serde(default)]
     pub state: StateSection,
+    /// Members' VMs, on workers.
+    #[serde(default)]
+    pub compute: ComputeSection,
     /// Services this node runs an instance of.
     #[serde(default)]
     pub service: Vec<ServiceConfig>,
@@ -143,6 +146,50 @@ impl Default for GossipConfig {
             suspicion_timeout: default_suspicion_timeout(),
         }
     }
+}
+
+/// Members' VMs on a worker: how QEMU runs them and what the host offers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    /// `auto` (KVM when `/dev/kvm` is usable, else TCG), `kvm` or `tcg`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    /// `user` (QEMU's isolated user-mode network: for trying out and tests) or
+    /// `bridge:NAME` (a tap on the host bridge NAME, through qemu-bridge-helper).
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// vCPUs offered to VMs; default: the host's CPU count.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Memory offered to VMs in MiB; default: the host's memory less 1 GiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Disk offered to VMs in GiB.
+    #[serde(default = "default_disk_gib")]
+    pub disk_gib: u64,
+}
+
+impl Default for ComputeSection {
+    fn default() -> Self {
+        ComputeSection {
+            accel: default_accel(),
+            network: default_network(),
+            vcpus: None,
+            memory_mib: None,
+            disk_gib: default_disk_gib(),
+        }
+    }
+}
+
+fn default_accel() -> String {
+    "auto".into()
+}
+fn default_network() -> String {
+    "user".into()
+}
+fn default_disk_gib() -> u64 {
+    100
 }
 
 /// The replicated desired state (Raft) on servers and witnesses.
@@ -404,6 +451,7 @@ impl Config {
             .and_then(|p| p.settings(&mut problems));
         self.check_gossip(&mut problems);
         self.check_state(&mut problems);
+        self.check_compute(&mut problems);
         self.check_services(&mut problems);
         self.check_handlers(&mut problems);
         match (secrets, advertise) {
@@ -512,6 +560,29 @@ impl Config {
         if g.suspicion_timeout < g.probe_interval {
             problems
                 .push("gossip.suspicion_timeout: must be at least gossip.probe_interval".into());
+        }
+    }
+
+    fn check_compute(&self, problems: &mut Vec<String>) {
+        let c = &self.compute;
+        if !matches!(c.accel.as_str(), "auto" | "kvm" | "tcg") {
+            problems.push(format!(
+                "compute.accel: `{}` is not auto, kvm or tcg",
+                c.accel
+            ));
+        }
+        let bridge_ok = c
+            .network
+            .strip_prefix("bridge:")
+            .is_some_and(|name| !name.is_empty() && name.len() <= 15);
+        if c.network != "user" && !bridge_ok {
+            problems.push(format!(
+                "compute.network: `{}` is not `user` or `bridge:NAME`",
+                c.network
+            ));
+        }
+        if c.vcpus == Some(0) || c.memory_mib == Some(0) || c.disk_gib == 0 {
+            problems.push("compute: vcpus, memory_mib and disk_gib must be above zero".into());
         }
     }
 

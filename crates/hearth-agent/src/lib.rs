@@ -5,6 +5,7 @@ pub mod api;
 pub mod checks;
 pub mod cluster_events;
 pub mod compute;
+pub mod compute_api;
 pub mod config;
 pub mod dev;
 pub mod handlers;
@@ -55,6 +56,51 @@ pub enum StartAgentError {
     Membership(#[from] hearth_membership::StartError),
     #[error("{0}")]
     State(#[from] StartStateError),
+    #[error("compute: {0}")]
+    Compute(String),
+}
+
+/// The QEMU driver of a worker, as `[compute]` says.
+fn worker_driver(config: &Config) -> Result<hearth_compute::driver::Driver, StartAgentError> {
+    use hearth_compute::accel::{self, Accel};
+    use hearth_compute::driver::{Driver, Network};
+    let accel = match config.compute.accel.as_str() {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => {
+            let (accel, reason) = accel::detect();
+            tracing::info!(%accel, %reason, "QEMU accelerator");
+            accel
+        }
+    };
+    let network = match config.compute.network.strip_prefix("bridge:") {
+        Some(bridge) => Network::Bridge(bridge.to_owned()),
+        None => Network::User,
+    };
+    let root = config.data_dir.join("vms");
+    std::fs::create_dir_all(&root).map_err(|source| StartAgentError::DataDir {
+        path: root.clone(),
+        source,
+    })?;
+    Ok(Driver::new(root, accel, network))
+}
+
+/// What a worker offers: `[compute]`'s figures, else the machine's.
+fn worker_capacity(section: &config::ComputeSection) -> hearth_types::compute::Capacity {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1024, |kib| (kib / 1024).saturating_sub(1024).max(256));
+    hearth_types::compute::Capacity {
+        vcpus: section.vcpus.unwrap_or(cpus),
+        memory_mib: section.memory_mib.unwrap_or(memory_mib),
+        disk_gib: section.disk_gib,
+    }
 }
 
 /// A running agent.
@@ -181,6 +227,7 @@ impl Agent {
                         write_timeout: config.state.write_timeout,
                         heartbeat: config.state.heartbeat,
                         election_timeout: config.state.election_timeout,
+                        blob_dir: Some(config.data_dir.join("images")),
                     },
                     listener,
                     state_keyring.clone(),
@@ -190,6 +237,11 @@ impl Agent {
                 )
                 .await?;
                 tasks.spawn(cluster_events::observe(
+                    state.clone(),
+                    membership.views(),
+                    shutdown.clone(),
+                ));
+                tasks.spawn(compute::leader::run(
                     state.clone(),
                     membership.views(),
                     shutdown.clone(),
@@ -204,6 +256,22 @@ impl Agent {
             }
             _ => None,
         };
+        let compute_metrics = Arc::new(compute::ComputeMetrics::default());
+        let blobs = compute::blobs::BlobStore::new(config.data_dir.join("images"));
+        if let (Some(state), true) = (&state, config.is_worker()) {
+            let driver = worker_driver(&config)?;
+            tasks.spawn(compute::host::run(
+                compute::host::Host {
+                    name: config.node_name.clone(),
+                    capacity: worker_capacity(&config.compute),
+                    driver: Arc::new(driver),
+                    blobs: blobs.clone(),
+                    state: state.clone(),
+                    metrics: compute_metrics.clone(),
+                },
+                shutdown.clone(),
+            ));
+        }
         if let Some(state) = &state {
             tasks.spawn(follow_desired_services(
                 state.reader().subscribe(),
@@ -291,6 +359,9 @@ impl Agent {
             dns_metrics,
             handler_metrics,
             state,
+            blobs,
+            compute_metrics,
+            vms_dir: config.data_dir.join("vms"),
             shutdown: shutdown.clone(),
         });
         let api_shutdown = shutdown.clone();

@@ -16,10 +16,32 @@ pub struct MetricsSources<'a> {
     pub gossip: &'a GossipMetrics,
     pub dns: &'a DnsMetrics,
     pub handlers: &'a HandlerMetrics,
+    pub compute: &'a crate::compute::ComputeMetrics,
 }
 
 pub fn render(src: &MetricsSources<'_>) -> String {
     let mut out = String::new();
+    for (name, help, counter) in [
+        (
+            "hearth_reconcile_passes_total",
+            "Reconciliation passes of this host's VMs.",
+            &src.compute.passes,
+        ),
+        (
+            "hearth_vm_starts_total",
+            "QEMU processes this host started.",
+            &src.compute.starts,
+        ),
+        (
+            "hearth_vm_crashes_total",
+            "QEMU processes on this host that exited without being asked to.",
+            &src.compute.crashes,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "{name} {n}");
+    }
     header(
         &mut out,
         "hearth_members",

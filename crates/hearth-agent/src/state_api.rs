@@ -34,9 +34,9 @@ pub fn routes() -> Router<ApiState> {
 #[serde(deny_unknown_fields)]
 pub struct Params {
     #[serde(default)]
-    consistent: Option<String>,
+    pub(crate) consistent: Option<String>,
     #[serde(default)]
-    version: Option<u64>,
+    pub(crate) version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +56,7 @@ pub struct PutService {
 }
 
 /// Why a state endpoint could not answer.
-enum ApiError {
+pub(crate) enum ApiError {
     NoState,
     State(StateError),
 }
@@ -75,16 +75,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn node_of(state: &ApiState) -> Result<&StateNode, ApiError> {
+pub(crate) fn node_of(state: &ApiState) -> Result<&StateNode, ApiError> {
     state.state.as_ref().ok_or(ApiError::NoState)
 }
 
-fn bad_body(rejection: JsonRejection) -> Response {
+pub(crate) fn bad_body(rejection: JsonRejection) -> Response {
     error(StatusCode::BAD_REQUEST, &rejection.body_text())
 }
 
 /// Reads the desired state, after waiting for the leader's read index if asked to.
-async fn read(state: &ApiState, params: &Params) -> Result<std::sync::Arc<DesiredState>, ApiError> {
+pub(crate) async fn read(
+    state: &ApiState,
+    params: &Params,
+) -> Result<std::sync::Arc<DesiredState>, ApiError> {
     let node = node_of(state)?;
     if params.consistent.is_some() {
         node.linearizable_index().await.map_err(ApiError::State)?;
@@ -92,7 +95,7 @@ async fn read(state: &ApiState, params: &Params) -> Result<std::sync::Arc<Desire
     Ok(node.reader().current())
 }
 
-async fn write(state: &ApiState, command: Command) -> Response {
+pub(crate) async fn write(state: &ApiState, command: Command) -> Response {
     let node = match node_of(state) {
         Ok(node) => node,
         Err(failure) => return failure.into_response(),
@@ -118,7 +121,7 @@ fn outcome_response(index: u64, outcome: Outcome) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn expect_from(params: &Params) -> Expect {
+pub(crate) fn expect_from(params: &Params) -> Expect {
     params.version.map_or(Expect::Any, Expect::Version)
 }
 

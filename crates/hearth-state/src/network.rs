@@ -68,6 +68,23 @@ pub enum RpcRequest {
     ReadIndex,
     /// Asks a node for its own view of the group (role, applied index).
     Status,
+    /// Asks for up to [`BLOB_CHUNK`] bytes of a verified image file, from `offset`.
+    FetchBlob {
+        sha256: String,
+        offset: u64,
+    },
+}
+
+/// The most bytes one `FetchBlob` answer carries.
+pub const BLOB_CHUNK: usize = 1 << 20;
+
+/// Part of an image file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BlobChunk {
+    /// The whole file's size.
+    pub total: u64,
+    /// Base64 of the bytes from the requested offset.
+    pub data: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,6 +95,7 @@ pub enum RpcResponse {
     Write(Result<WriteResult, StateError>),
     ReadIndex(Result<u64, StateError>),
     Status(crate::node::StateStatus),
+    Blob(Result<BlobChunk, String>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -261,6 +279,40 @@ pub trait Application: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<WriteResult, StateError>> + Send;
     fn read_index(&self) -> impl std::future::Future<Output = Result<u64, StateError>> + Send;
     fn status(&self) -> crate::node::StateStatus;
+    /// Where this node keeps verified image files, if it serves them.
+    fn blob_dir(&self) -> Option<&std::path::Path>;
+}
+
+/// Reads one chunk of the verified file `sha256` under `dir`. The name is checked to be a
+/// hash, so a request can never reach outside `dir`.
+async fn read_blob_chunk(
+    dir: Option<&std::path::Path>,
+    sha256: &str,
+    offset: u64,
+) -> Result<BlobChunk, String> {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let valid = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let dir = dir.ok_or("this node keeps no image files")?;
+    if !valid {
+        return Err("not a sha256".into());
+    }
+    let mut file = tokio::fs::File::open(dir.join(sha256))
+        .await
+        .map_err(|_| format!("no copy of {sha256} here"))?;
+    let total = file.metadata().await.map_err(|e| e.to_string())?.len();
+    file.seek(std::io::SeekFrom::Start(offset.min(total)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; BLOB_CHUNK.min((total.saturating_sub(offset)) as usize)];
+    file.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    Ok(BlobChunk {
+        total,
+        data: base64::engine::general_purpose::STANDARD.encode(&buf),
+    })
 }
 
 /// Accepts sealed connections and answers their requests until `shutdown`.
@@ -321,6 +373,9 @@ async fn serve_connection<A: Application>(
             RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
             RpcRequest::Status => RpcResponse::Status(app.status()),
+            RpcRequest::FetchBlob { sha256, offset } => {
+                RpcResponse::Blob(read_blob_chunk(app.blob_dir(), &sha256, offset).await)
+            }
         };
         conn.send(&serde_json::to_vec(&response)?).await?;
     }

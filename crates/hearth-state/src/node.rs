@@ -40,6 +40,8 @@ pub struct StateConfig {
     pub write_timeout: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    /// Verified image files this node serves to peers (`data_dir/images`).
+    pub blob_dir: Option<PathBuf>,
 }
 
 /// Why the state node could not start.
@@ -332,6 +334,61 @@ impl StateNode {
 
     /// This node's status, plus every group member's own applied index, asked over RPC
     /// (a member that does not answer within a second is reported with its error).
+    /// Fetches the verified image file `sha256` from the first group member that has it,
+    /// handing each chunk to `sink` in order; returns the size. A member that fails mid-way
+    /// fails the whole fetch (the caller starts again with an empty sink).
+    pub async fn fetch_blob(
+        &self,
+        sha256: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<u64, String> {
+        use base64::Engine;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let mut tried = Vec::new();
+        for (id, node) in membership.nodes() {
+            if *id == metrics.id {
+                continue;
+            }
+            let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
+            let mut offset = 0u64;
+            loop {
+                let request = RpcRequest::FetchBlob {
+                    sha256: sha256.to_owned(),
+                    offset,
+                };
+                let chunk = match client.call(&request, Duration::from_secs(30)).await {
+                    Ok(RpcResponse::Blob(Ok(chunk))) => chunk,
+                    Ok(RpcResponse::Blob(Err(error))) if offset == 0 => {
+                        tried.push(format!("{}: {error}", node.name));
+                        break;
+                    }
+                    Ok(RpcResponse::Blob(Err(error))) => {
+                        return Err(format!("{}: {error}", node.name));
+                    }
+                    Ok(_) => return Err(format!("{}: answered another RPC", node.name)),
+                    Err(error) if offset == 0 => {
+                        tried.push(format!("{}: {error}", node.name));
+                        break;
+                    }
+                    Err(error) => return Err(format!("{}: {error}", node.name)),
+                };
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(chunk.data.as_bytes())
+                    .map_err(|e| format!("{}: {e}", node.name))?;
+                if bytes.is_empty() && offset < chunk.total {
+                    return Err(format!("{}: the file ended early", node.name));
+                }
+                sink(&bytes)?;
+                offset += bytes.len() as u64;
+                if offset >= chunk.total {
+                    return Ok(offset);
+                }
+            }
+        }
+        Err(format!("no member has it ({})", tried.join("; ")))
+    }
+
     pub async fn cluster_status(&self) -> ClusterStatus {
         let local = self.status();
         let metrics = self.inner.raft.metrics().borrow().clone();
@@ -526,6 +583,10 @@ impl Application for StateNode {
 
     fn status(&self) -> StateStatus {
         StateNode::status(self)
+    }
+
+    fn blob_dir(&self) -> Option<&std::path::Path> {
+        self.inner.config.blob_dir.as_deref()
     }
 
     async fn read_index(&self) -> Result<u64, StateError> {

@@ -381,7 +381,45 @@ impl Drop for TestAgent {
             );
         }
         self.kill9();
+        // QEMU processes the agent started outlive it by design; they are the test's too.
+        for pid in qemu_pids_under(&self.dir) {
+            kill_pid(pid);
+        }
     }
+}
+
+/// PIDs of QEMU processes whose command line mentions a path under `dir`.
+pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_qemu = args.first().is_some_and(|a| {
+                Path::new(a)
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-"))
+            });
+            is_qemu && args.iter().any(|a| a.contains(&needle))
+        })
+        .collect()
+}
+
+/// SIGKILL to one PID this test started (directly or through an agent).
+pub fn kill_pid(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
 }
 
 /// A raw HTTP/1.1 exchange; returns (status, body).
@@ -498,6 +536,18 @@ impl TestCluster {
         };
         for idx in 0..n {
             let spec = cluster.spec(idx, extra(idx));
+            cluster.add(spec);
+        }
+        cluster
+    }
+
+    /// Like [`TestCluster::start`], with each node's spec adjusted by `configure` (roles,
+    /// extra TOML) before it starts.
+    pub fn start_with(bin: &Path, n: usize, configure: impl Fn(&mut NodeSpec)) -> TestCluster {
+        let mut cluster = TestCluster::start(bin, 0, |_| String::new());
+        for idx in 0..n {
+            let mut spec = cluster.spec(idx, String::new());
+            configure(&mut spec);
             cluster.add(spec);
         }
         cluster

@@ -10,7 +10,7 @@ use hearth_agent::config::Config;
 use hearth_types::{MemberRow, ServiceRow};
 
 use crate::client::{ApiClient, ClientError};
-use crate::state_cli;
+use crate::{compute_cli, state_cli};
 
 /// Exit code for bad usage or bad config.
 const EXIT_USAGE: u8 = 2;
@@ -70,6 +70,29 @@ enum Command {
         #[command(subcommand)]
         command: state_cli::NodeCommand,
     },
+    /// Manage base images (VMs' disks are overlays on them).
+    Image {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: compute_cli::ImageCommand,
+    },
+    /// Manage the IP pools VMs take static addresses from.
+    Pool {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: compute_cli::PoolCommand,
+    },
+    /// Create, list and control members' virtual machines.
+    Vm {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: compute_cli::VmCommand,
+    },
+    /// List what the hosts' reconcilers found and would not fix alone, with the proposed fix.
+    Drift(ClientArgs),
     /// Make the local agent leave the cluster gracefully and exit.
     Leave(ClientArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
@@ -158,6 +181,16 @@ pub fn main() -> ExitCode {
         Command::Node { client, command } => {
             with_client(&client, |c, json| state_cli::node(c, json, command))
         }
+        Command::Image { client, command } => {
+            with_client(&client, |c, json| compute_cli::image(c, json, command))
+        }
+        Command::Pool { client, command } => {
+            with_client(&client, |c, json| compute_cli::pool(c, json, command))
+        }
+        Command::Vm { client, command } => {
+            with_client(&client, |c, json| compute_cli::vm(c, json, command))
+        }
+        Command::Drift(args) => client_command(&args, compute_cli::drift),
         Command::Leave(args) => client_command(&args, leave),
         Command::Keygen => {
             let mut secret = [0u8; 32];

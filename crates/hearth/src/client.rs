@@ -82,6 +82,37 @@ impl ApiClient {
         self.decode(response)
     }
 
+    pub fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.decode(response)
+    }
+
+    /// PUTs the bytes `reader` gives, without a time limit (an image can take minutes).
+    pub fn put_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        reader: &mut dyn std::io::Read,
+    ) -> Result<T, ClientError> {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let response = agent
+            .put(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(reader));
+        self.decode(response)
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let response = self
             .agent

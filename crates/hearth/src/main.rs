@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod compute_cli;
 mod state_cli;
 
 use std::process::ExitCode;

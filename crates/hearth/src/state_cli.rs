@@ -81,6 +81,11 @@ pub enum NodeCommand {
     Drain { name: String },
     /// Take NAME out of maintenance.
     Undrain { name: String },
+    /// Confirm that the worker NAME is powered off, so its VMs may be started elsewhere.
+    /// Never run this for a host that might still be running: its VMs would run twice.
+    Fence { name: String },
+    /// Take back a fence.
+    Unfence { name: String },
 }
 
 pub fn state(client: &ApiClient, json: bool) -> Result<(), ClientError> {
@@ -242,7 +247,7 @@ fn update_set(
     )))
 }
 
-fn report(json: bool, answer: &serde_json::Value, text: &str) {
+pub(crate) fn report(json: bool, answer: &serde_json::Value, text: &str) {
     if json {
         print_json(answer);
     } else {
@@ -414,6 +419,8 @@ pub fn node(client: &ApiClient, json: bool, command: NodeCommand) -> Result<(), 
     let (name, verb) = match &command {
         NodeCommand::Drain { name } => (name, "drain"),
         NodeCommand::Undrain { name } => (name, "undrain"),
+        NodeCommand::Fence { name } => (name, "fence"),
+        NodeCommand::Unfence { name } => (name, "unfence"),
     };
     let answer: serde_json::Value = client.post(&format!("/v1/nodes/{name}/{verb}"))?;
     report(json, &answer, &format!("{name}: {verb}ed"));

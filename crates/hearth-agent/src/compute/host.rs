@@ -1,0 +1,377 @@
+//! The worker's host loop: reports the host's capacity, then every second (and on every
+//! desired-state change) observes the QEMU processes and disks, runs the pure reconciler and
+//! applies its actions through `hearth-compute`'s driver, reporting phases and drift through
+//! Raft.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hearth_compute::driver::{Driver, IoLimits as DriverIo, NetConfig, VmSpec};
+use hearth_state::model::{Command, ComputeCommand};
+use hearth_state::node::StateNode;
+use hearth_types::compute::{Arch, Capacity, Compute, Drift, Phase, Vm};
+use hearth_types::desired::DesiredState;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::blobs::BlobStore;
+use super::reconcile::{self, Action, Memory, Seen};
+
+/// How long a VM has to power off after the ACPI button before it is stopped hard.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// A VM that ran this long before dying starts a new crash count.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+pub struct Host {
+    pub name: String,
+    pub capacity: Capacity,
+    pub driver: Arc<Driver>,
+    pub blobs: BlobStore,
+    pub state: StateNode,
+    pub metrics: Arc<super::ComputeMetrics>,
+}
+
+/// What the loop remembers beyond the reconciler's memory.
+#[derive(Default)]
+struct Tracking {
+    memory: Memory,
+    /// Since when each VM has been seen running.
+    running_since: BTreeMap<String, Instant>,
+    /// VMs whose shutdown, start or delete is in progress in a task.
+    busy: BTreeSet<String>,
+    reported_drift: Option<Vec<Drift>>,
+}
+
+pub async fn run(host: Host, shutdown: CancellationToken) {
+    let host = Arc::new(host);
+    let mut desired = host.state.reader().subscribe();
+    // Announce the capacity until it sticks (the group may not be formed yet).
+    loop {
+        let command = ComputeCommand::Host {
+            host: host.name.clone(),
+            capacity: host.capacity,
+        };
+        match host.state.submit(Command::Compute { command }).await {
+            Ok(_) => break,
+            Err(error) => tracing::debug!(%error, "reporting the host's capacity"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    tracing::info!(capacity = ?host.capacity, "worker host registered");
+    let tracking = Arc::new(Mutex::new(Tracking::default()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = desired.changed() => if changed.is_err() { return },
+        }
+        let current = host.state.reader().current();
+        pass(&host, &current, &tracking).await;
+        host.metrics.passes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One reconciliation pass.
+async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tracking>>) {
+    let observed = host.driver.observe();
+    let seen: Vec<Seen> = observed
+        .iter()
+        .map(|o| Seen {
+            id: o.id.clone(),
+            pid: o.pid,
+            disk_present: o.disk_present,
+            foreign: o.foreign,
+        })
+        .collect();
+    let mut t = tracking.lock().await;
+    let now = Instant::now();
+    let alive: BTreeSet<&str> = seen
+        .iter()
+        .filter(|s| !s.foreign && s.pid.is_some())
+        .map(|s| s.id.as_str())
+        .collect();
+    // A VM that was running and is gone without being asked to go has crashed.
+    let vanished: Vec<(String, Instant)> = t
+        .running_since
+        .iter()
+        .filter(|(id, _)| !alive.contains(id.as_str()) && !t.busy.contains(*id))
+        .map(|(id, since)| (id.clone(), *since))
+        .collect();
+    for (id, since) in vanished {
+        t.running_since.remove(&id);
+        t.memory.applied_io.remove(&id);
+        let wanted = desired.compute.vms.get(&id).is_some_and(|vm| {
+            vm.value.host.as_deref() == Some(host.name.as_str())
+                && vm.value.request.power == hearth_types::compute::Power::Running
+                && !vm.value.deleting
+        });
+        if wanted {
+            let count = t.memory.recent_crashes.entry(id.clone()).or_insert(0);
+            *count = if now - since >= STABLE_AFTER {
+                1
+            } else {
+                *count + 1
+            };
+            tracing::warn!(vm = %id, crashes = *count, "QEMU exited without being asked to");
+            host.metrics.crashes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    for id in &alive {
+        t.running_since.entry((*id).to_owned()).or_insert(now);
+    }
+    let plan = reconcile::reconcile(&host.name, &desired.compute, &seen, &t.memory);
+    if t.reported_drift.as_ref() != Some(&plan.drift) {
+        let command = ComputeCommand::Drift {
+            host: host.name.clone(),
+            drift: plan.drift.clone(),
+        };
+        if host
+            .state
+            .submit(Command::Compute { command })
+            .await
+            .is_ok()
+        {
+            t.reported_drift = Some(plan.drift.clone());
+        }
+    }
+    for action in plan.actions {
+        let vm_id = match &action {
+            Action::Start { vm }
+            | Action::Shutdown { vm }
+            | Action::Delete { vm }
+            | Action::Forget { vm }
+            | Action::SetIo { vm, .. }
+            | Action::Report { vm, .. } => vm.clone(),
+        };
+        if t.busy.contains(&vm_id) {
+            continue;
+        }
+        match action {
+            Action::Report { vm, phase, message } => {
+                report(host, &vm, phase, message).await;
+            }
+            Action::Forget { vm } => {
+                let command = ComputeCommand::Forget {
+                    vm,
+                    host: host.name.clone(),
+                };
+                let _ = host.state.submit(Command::Compute { command }).await;
+            }
+            Action::SetIo { vm, io } => {
+                let limits = DriverIo {
+                    iops: io.iops,
+                    bytes_per_sec: io.bytes_per_sec,
+                };
+                match host.driver.set_io_limits(&vm, &limits).await {
+                    Ok(()) => {
+                        t.memory.applied_io.insert(vm, io);
+                    }
+                    Err(error) => tracing::warn!(%vm, %error, "setting IO limits"),
+                }
+            }
+            Action::Start { vm } => {
+                let Some(entry) = desired.compute.vms.get(&vm) else {
+                    continue;
+                };
+                let entry = entry.value.clone();
+                let compute = desired.compute.clone();
+                let io = entry.request.io;
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    let result = match fetch_image(&host, &entry, &compute).await {
+                        Ok(()) => match spec_for(&entry, &compute, &host.blobs) {
+                            Ok(spec) => host.driver.start(&spec).await.map_err(|e| e.to_string()),
+                            Err(message) => Err(message),
+                        },
+                        Err(message) => Err(message),
+                    };
+                    let mut t = tracking.lock().await;
+                    t.busy.remove(&vm);
+                    match result {
+                        Ok(pid) => {
+                            tracing::info!(%vm, pid, "VM started");
+                            host.metrics.starts.fetch_add(1, Ordering::Relaxed);
+                            t.running_since.insert(vm.clone(), Instant::now());
+                            t.memory.applied_io.insert(vm.clone(), io);
+                            drop(t);
+                            report(&host, &vm, Phase::Running, None).await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%vm, %error, "VM start failed");
+                            *t.memory.recent_crashes.entry(vm.clone()).or_insert(0) += 1;
+                            drop(t);
+                            report(&host, &vm, Phase::Failed, Some(error)).await;
+                        }
+                    }
+                });
+            }
+            Action::Shutdown { vm } => {
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    let result = host.driver.shutdown(&vm, SHUTDOWN_GRACE).await;
+                    let mut t = tracking.lock().await;
+                    t.busy.remove(&vm);
+                    t.running_since.remove(&vm);
+                    t.memory.applied_io.remove(&vm);
+                    drop(t);
+                    match result {
+                        Ok(()) => report(&host, &vm, Phase::Stopped, None).await,
+                        Err(error) => tracing::warn!(%vm, %error, "VM shutdown failed"),
+                    }
+                });
+            }
+            Action::Delete { vm } => {
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    let result = host.driver.delete(&vm).await;
+                    let mut t = tracking.lock().await;
+                    t.busy.remove(&vm);
+                    t.running_since.remove(&vm);
+                    t.memory.applied_io.remove(&vm);
+                    t.memory.recent_crashes.remove(&vm);
+                    drop(t);
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(%vm, "VM deleted");
+                            let command = ComputeCommand::Forget {
+                                vm,
+                                host: host.name.clone(),
+                            };
+                            let _ = host.state.submit(Command::Compute { command }).await;
+                        }
+                        Err(error) => tracing::warn!(%vm, %error, "VM delete failed"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Makes sure every file of the VM's image is here, fetching missing ones from a group
+/// member that has them (verified by hash before they get their name).
+async fn fetch_image(host: &Host, vm: &Vm, compute: &Compute) -> Result<(), String> {
+    let image = compute
+        .images
+        .get(&vm.request.image)
+        .map(|i| i.value.clone())
+        .ok_or_else(|| format!("image {} no longer exists", vm.request.image))?;
+    for blob in image.blobs() {
+        if host.blobs.has(&blob.sha256) {
+            continue;
+        }
+        report(
+            host,
+            &vm.id,
+            Phase::Creating,
+            Some(format!(
+                "fetching image {} ({} MiB)",
+                image.name,
+                blob.size_bytes >> 20
+            )),
+        )
+        .await;
+        let mut writer = host.blobs.writer(&blob.sha256).map_err(|e| e.to_string())?;
+        let fetched = host
+            .state
+            .fetch_blob(&blob.sha256, |chunk| {
+                writer.write(chunk).map_err(|e| e.to_string())
+            })
+            .await;
+        match fetched {
+            Ok(size) => {
+                writer.finish().map_err(|e| e.to_string())?;
+                tracing::info!(sha256 = %blob.sha256, size, "image file fetched");
+            }
+            Err(error) => {
+                writer.abort();
+                return Err(format!("cannot fetch image {}: {error}", image.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn report(host: &Host, vm: &str, phase: Phase, message: Option<String>) {
+    let command = ComputeCommand::Report {
+        vm: vm.to_owned(),
+        host: host.name.clone(),
+        phase,
+        message,
+    };
+    if let Err(error) = host.state.submit(Command::Compute { command }).await {
+        tracing::debug!(%vm, %error, "phase report not written; the next pass retries");
+    }
+}
+
+/// The driver's view of a VM: its files, its network and its limits.
+pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec, String> {
+    let image = compute
+        .images
+        .get(&vm.request.image)
+        .map(|i| &i.value)
+        .ok_or_else(|| format!("image {} no longer exists", vm.request.image))?;
+    if let Some(missing) = image.blobs().find(|b| !blobs.has(&b.sha256)) {
+        return Err(format!(
+            "this host has no verified copy of image {} (file {})",
+            image.name, missing.sha256
+        ));
+    }
+    let mut net = NetConfig {
+        addresses: vec![],
+        gateway4: None,
+        gateway6: None,
+        resolvers: vec![],
+    };
+    for assigned in &vm.ips {
+        net.addresses
+            .push(format!("{}/{}", assigned.address, assigned.prefix));
+        if let Some(pool) = compute.pools.get(&assigned.pool) {
+            match pool.value.gateway {
+                Some(gw @ std::net::IpAddr::V4(_)) if net.gateway4.is_none() => {
+                    net.gateway4 = Some(gw)
+                }
+                Some(gw @ std::net::IpAddr::V6(_)) if net.gateway6.is_none() => {
+                    net.gateway6 = Some(gw)
+                }
+                _ => {}
+            }
+            for resolver in &pool.value.resolvers {
+                if !net.resolvers.contains(resolver) {
+                    net.resolvers.push(*resolver);
+                }
+            }
+        }
+    }
+    Ok(VmSpec {
+        id: vm.id.clone(),
+        hostname: vm.request.name.clone(),
+        arch: match vm.request.arch {
+            Arch::X86_64 => hearth_compute::driver::Arch::X86_64,
+            Arch::Aarch64 => hearth_compute::driver::Arch::Aarch64,
+        },
+        vcpus: vm.request.vcpus,
+        memory_mib: vm.request.memory_mib,
+        disk_bytes: vm.request.disk_gib << 30,
+        base_image: blobs.path(&image.disk.sha256),
+        base_format: image.format.clone(),
+        kernel: image.kernel.as_ref().map(|b| blobs.path(&b.sha256)),
+        initrd: image.initrd.as_ref().map(|b| blobs.path(&b.sha256)),
+        append: image.append.clone(),
+        ssh_keys: vm.request.ssh_keys.clone(),
+        net,
+        io: DriverIo {
+            iops: vm.request.io.iops,
+            bytes_per_sec: vm.request.io.bytes_per_sec,
+        },
+    })
+}

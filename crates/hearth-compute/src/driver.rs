@@ -1,0 +1,814 @@
+//! The driver: one directory per VM under a root (disk overlay, seed, console log, QMP socket,
+//! pidfile), `qemu-system-<arch>` started daemonized so it outlives the agent, control over
+//! QMP, and observation from the pidfiles and `/proc` so a restarted agent adopts what runs.
+//!
+//! A VM's directory `ROOT/ID/` holds:
+//! - `disk.qcow2`: the overlay on the base image; only [`Driver::delete`] removes it;
+//! - `seed.iso` and `seed/`: the NoCloud seed, rewritten on every start;
+//! - `console.log`: the serial console, appended across boots;
+//! - `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages at start).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::accel::Accel;
+use crate::qmp::{Qmp, QmpError};
+use crate::seed::Seed;
+
+/// The QOM path of the root disk's block backend, as `-device ... id=virtio-disk0` makes it.
+pub const DISK_QOM: &str = "/machine/peripheral/virtio-disk0/virtio-backend";
+/// A unix socket path longer than this does not fit in `sockaddr_un`.
+const MAX_SOCKET_PATH: usize = 107;
+/// How long a started QEMU has to write its pidfile and open its QMP socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// QEMU's user-mode network, restricted: the guest reaches nothing. For tests and demos.
+    User,
+    /// A tap on this host bridge, through `qemu-bridge-helper`.
+    Bridge(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+/// Per-disk limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimits {
+    pub iops: Option<u64>,
+    pub bytes_per_sec: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// CIDR strings.
+    pub addresses: Vec<String>,
+    pub gateway4: Option<IpAddr>,
+    pub gateway6: Option<IpAddr>,
+    pub resolvers: Vec<IpAddr>,
+}
+
+/// Everything the driver needs to create and start one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub id: String,
+    pub hostname: String,
+    pub arch: Arch,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_bytes: u64,
+    pub base_image: PathBuf,
+    /// `qcow2` or `raw`.
+    pub base_format: String,
+    /// Direct kernel boot, when the image brings a kernel.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub net: NetConfig,
+    pub io: IoLimits,
+}
+
+/// What runs or lies on disk for one VM id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedVm {
+    pub id: String,
+    /// The QEMU process: the one hearth started, or for a foreign entry the intruder.
+    pub pid: Option<u32>,
+    pub disk_present: bool,
+    /// A QEMU process hearth did not start uses this VM's files.
+    pub foreign: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is already running (pid {1}); refusing to start a second copy")]
+    AlreadyRunning(String, u32),
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("`{0}` is not a valid VM id")]
+    BadId(String),
+    #[error("{0}")]
+    Qemu(String),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DriverError + '_ {
+    move |source| DriverError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The stable MAC of a VM: QEMU's locally administered prefix and three bytes of the id's hash.
+pub fn mac_for(id: &str) -> String {
+    let hash = Sha256::digest(id.as_bytes());
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", hash[0], hash[1], hash[2])
+}
+
+/// A VM id names a directory: letters, digits and dashes only.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// QEMU's command line for a VM, as a pure function of the spec and the VM's directory.
+pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    // QEMU's option syntax splits on commas; a comma in a path is written twice.
+    let opt = |p: String| p.replace(',', ",,");
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-name", &format!("guest={},debug-threads=on", spec.id)]);
+    let (machine, cpu) = match (spec.arch, accel) {
+        (Arch::X86_64, Accel::Kvm) => ("q35", "host"),
+        (Arch::X86_64, Accel::Tcg) => ("q35", "max"),
+        (Arch::Aarch64, Accel::Kvm) => ("virt", "host"),
+        (Arch::Aarch64, Accel::Tcg) => ("virt", "max"),
+    };
+    push(&["-machine", &format!("{machine},accel={accel}")]);
+    push(&["-cpu", cpu]);
+    push(&["-smp", &spec.vcpus.max(1).to_string()]);
+    push(&["-m", &format!("{}M", spec.memory_mib.max(64))]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-daemonize", "-pidfile", &path("qemu.pid")]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", opt(path("qmp.sock"))),
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "file,id=console0,path={},append=on",
+            opt(path("console.log"))
+        ),
+        "-serial",
+        "chardev:console0",
+    ]);
+    if let Some(kernel) = &spec.kernel {
+        push(&["-kernel", &kernel.display().to_string()]);
+        if let Some(initrd) = &spec.initrd {
+            push(&["-initrd", &initrd.display().to_string()]);
+        }
+        let console = match spec.arch {
+            Arch::X86_64 => "console=ttyS0",
+            Arch::Aarch64 => "console=ttyAMA0",
+        };
+        let append = spec.append.clone().unwrap_or_else(|| console.to_owned());
+        push(&["-append", &append]);
+    }
+    let mut drive = format!(
+        "file={},format=qcow2,if=none,id=disk0,discard=unmap,detect-zeroes=unmap",
+        opt(path("disk.qcow2"))
+    );
+    if let Some(iops) = spec.io.iops {
+        drive.push_str(&format!(",throttling.iops-total={iops}"));
+    }
+    if let Some(bps) = spec.io.bytes_per_sec {
+        drive.push_str(&format!(",throttling.bps-total={bps}"));
+    }
+    push(&["-drive", &drive]);
+    push(&[
+        "-device",
+        "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1",
+    ]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},format=raw,if=none,id=seed0,readonly=on",
+            opt(path("seed.iso"))
+        ),
+        "-device",
+        "virtio-blk-pci,drive=seed0,id=virtio-disk1",
+    ]);
+    let netdev = match network {
+        Network::User => "user,id=net0,restrict=on".to_owned(),
+        Network::Bridge(bridge) => format!("bridge,id=net0,br={}", opt(bridge.clone())),
+    };
+    push(&["-netdev", &netdev]);
+    push(&[
+        "-device",
+        &format!("virtio-net-pci,netdev=net0,mac={}", mac_for(&spec.id)),
+    ]);
+    args
+}
+
+/// The process's command line, if it is a `qemu-system-*` process.
+fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_qemu = args.first().is_some_and(|a| {
+        Path::new(a)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-"))
+    });
+    // A zombie has an empty command line and counts as gone.
+    is_qemu.then_some(args)
+}
+
+/// The VM ids whose directory under `root` a command line mentions.
+fn ids_in(args: &[String], root: &str) -> BTreeSet<String> {
+    let prefix = format!("{}/", root.trim_end_matches('/'));
+    let mut ids = BTreeSet::new();
+    for arg in args {
+        let mut rest = arg.as_str();
+        while let Some(at) = rest.find(&prefix) {
+            let after = &rest[at + prefix.len()..];
+            let id: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if valid_id(&id) && after[id.len()..].starts_with('/') {
+                ids.insert(id.clone());
+            }
+            rest = &after[id.len()..];
+        }
+    }
+    ids
+}
+
+pub struct Driver {
+    root: PathBuf,
+    accel: Mutex<Accel>,
+    kvm_failed: AtomicBool,
+    network: Network,
+    /// Ids whose QEMU is being launched: not yet foreign, not yet ours.
+    starting: Mutex<BTreeSet<String>>,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("root", &self.root)
+            .field("accel", &self.accel())
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+impl Driver {
+    pub fn new(root: PathBuf, accel: Accel, network: Network) -> Driver {
+        Driver {
+            root,
+            accel: Mutex::new(accel),
+            kvm_failed: AtomicBool::new(false),
+            network,
+            starting: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn accel(&self) -> Accel {
+        *self.accel.lock().expect("accel lock")
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("console.log")
+    }
+
+    fn qmp_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("qmp.sock")
+    }
+
+    /// The pid of the QEMU hearth started for `id`, if it is alive and really that QEMU
+    /// (a recycled pid is not).
+    pub fn pid(&self, id: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir(id).join("qemu.pid")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        let args = qemu_cmdline(pid)?;
+        let mine = format!("{}/", self.dir(id).display());
+        args.iter().any(|a| a.contains(&mine)).then_some(pid)
+    }
+
+    /// Every VM directory under the root, and every QEMU process that uses one without being
+    /// the process hearth started for it (reported as a separate, foreign entry).
+    pub fn observe(&self) -> Vec<ObservedVm> {
+        let mut seen = Vec::new();
+        let mut ours = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if !valid_id(&id) || !entry.path().is_dir() {
+                    continue;
+                }
+                let pid = self.pid(&id);
+                if let Some(pid) = pid {
+                    ours.insert(pid);
+                }
+                seen.push(ObservedVm {
+                    disk_present: entry.path().join("disk.qcow2").is_file(),
+                    id,
+                    pid,
+                    foreign: false,
+                });
+            }
+        }
+        let starting = self.starting.lock().expect("starting lock").clone();
+        let root = self.root.display().to_string();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if ours.contains(&pid) {
+                    continue;
+                }
+                let Some(args) = qemu_cmdline(pid) else {
+                    continue;
+                };
+                for id in ids_in(&args, &root) {
+                    if starting.contains(&id) {
+                        continue;
+                    }
+                    seen.push(ObservedVm {
+                        id,
+                        pid: Some(pid),
+                        disk_present: false,
+                        foreign: true,
+                    });
+                }
+            }
+        }
+        seen.sort_by(|a, b| (&a.id, a.foreign).cmp(&(&b.id, b.foreign)));
+        seen
+    }
+
+    /// Creates the disk if it is missing, writes a fresh seed and starts QEMU. Returns its pid.
+    /// Refuses when the VM already runs.
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+        if !valid_id(&spec.id) {
+            return Err(DriverError::BadId(spec.id.clone()));
+        }
+        {
+            let mut starting = self.starting.lock().expect("starting lock");
+            if !starting.insert(spec.id.clone()) {
+                return Err(DriverError::Qemu(format!(
+                    "{} is already being started",
+                    spec.id
+                )));
+            }
+        }
+        let result = self.start_inner(spec).await;
+        self.starting
+            .lock()
+            .expect("starting lock")
+            .remove(&spec.id);
+        result
+    }
+
+    async fn start_inner(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+        if let Some(pid) = self.pid(&spec.id) {
+            return Err(DriverError::AlreadyRunning(spec.id.clone(), pid));
+        }
+        let dir = self.dir(&spec.id);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let qmp = self.qmp_path(&spec.id);
+        if qmp.display().to_string().len() > MAX_SOCKET_PATH {
+            return Err(DriverError::Qemu(format!(
+                "{} is longer than a unix socket path may be ({MAX_SOCKET_PATH} bytes); choose a shorter data_dir",
+                qmp.display()
+            )));
+        }
+        self.ensure_disk(spec, &dir).await?;
+        let seed = Seed {
+            instance_id: spec.id.clone(),
+            hostname: spec.hostname.clone(),
+            ssh_keys: spec.ssh_keys.clone(),
+            mac: mac_for(&spec.id),
+            addresses: spec.net.addresses.clone(),
+            gateway4: spec.net.gateway4,
+            gateway6: spec.net.gateway6,
+            resolvers: spec.net.resolvers.clone(),
+        };
+        {
+            let (seed_dir, iso) = (dir.join("seed"), dir.join("seed.iso"));
+            tokio::task::spawn_blocking(move || seed.write_iso(&seed_dir, &iso))
+                .await
+                .map_err(|e| DriverError::Qemu(e.to_string()))?
+                .map_err(DriverError::Qemu)?;
+        }
+        for stale in ["qemu.pid", "qmp.sock"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let accel = self.accel();
+        match self.launch(spec, &dir, accel).await {
+            Err(error) if accel == Accel::Kvm && !self.kvm_failed.swap(true, Ordering::SeqCst) => {
+                tracing::warn!(vm = %spec.id, %error, "QEMU failed under KVM; falling back to TCG for this host");
+                *self.accel.lock().expect("accel lock") = Accel::Tcg;
+                self.launch(spec, &dir, Accel::Tcg).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ensure_disk(&self, spec: &VmSpec, dir: &Path) -> Result<(), DriverError> {
+        let disk = dir.join("disk.qcow2");
+        if disk.is_file() {
+            return Ok(());
+        }
+        let partial = dir.join("disk.qcow2.partial");
+        let _ = std::fs::remove_file(&partial);
+        let output = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(&spec.base_image)
+            .args(["-F", &spec.base_format])
+            .arg(&partial)
+            .arg(spec.disk_bytes.to_string())
+            .output()
+            .await
+            .map_err(|e| {
+                DriverError::Qemu(format!(
+                    "cannot run qemu-img (apt-get install qemu-utils): {e}"
+                ))
+            })?;
+        if !output.status.success() {
+            let _ = std::fs::remove_file(&partial);
+            return Err(DriverError::Qemu(format!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        std::fs::rename(&partial, &disk).map_err(io_error(&disk))
+    }
+
+    async fn launch(&self, spec: &VmSpec, dir: &Path, accel: Accel) -> Result<u32, DriverError> {
+        let binary = format!("qemu-system-{}", spec.arch.as_str());
+        let log_path = dir.join("qemu.log");
+        let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
+        let args = qemu_args(spec, dir, accel, &self.network);
+        tracing::debug!(vm = %spec.id, %binary, ?args, "starting QEMU");
+        // -daemonize: the launcher exits once the guest is set up; QEMU itself is reparented,
+        // so it outlives the agent.
+        let status = tokio::process::Command::new(&binary)
+            .args(&args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io_error(&log_path))?)
+            .stderr(log)
+            .status()
+            .await
+            .map_err(|e| {
+                DriverError::Qemu(format!(
+                    "cannot run {binary} (apt-get install qemu-system-{}): {e}",
+                    match spec.arch {
+                        Arch::X86_64 => "x86",
+                        Arch::Aarch64 => "arm",
+                    }
+                ))
+            })?;
+        let message = || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        if !status.success() {
+            return Err(DriverError::Qemu(format!(
+                "{binary} failed ({status}): {}",
+                message()
+            )));
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(pid) = self.pid(&spec.id) {
+                if self.qmp_path(&spec.id).exists() {
+                    return Ok(pid);
+                }
+            } else if dir.join("qemu.pid").exists() {
+                // The pidfile is there but the process is gone: it died during start.
+                return Err(DriverError::Qemu(format!(
+                    "{binary} exited at start: {}",
+                    message()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(DriverError::Qemu(format!(
+                    "{binary} did not come up within {START_TIMEOUT:?}: {}",
+                    message()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn qmp(&self, id: &str) -> Result<Qmp, DriverError> {
+        if self.pid(id).is_none() {
+            return Err(DriverError::NotRunning(id.to_owned()));
+        }
+        Ok(Qmp::connect(&self.qmp_path(id)).await?)
+    }
+
+    /// Runs one QMP command against a running VM.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, DriverError> {
+        let mut qmp = self.qmp(id).await?;
+        Ok(qmp.execute(command, args).await?)
+    }
+
+    /// QEMU's run state (`running`, `paused`, `shutdown`, ...).
+    pub async fn status(&self, id: &str) -> Result<String, DriverError> {
+        let value = self.execute(id, "query-status", None).await?;
+        Ok(value["status"].as_str().unwrap_or("unknown").to_owned())
+    }
+
+    /// Waits until the VM's QEMU is gone; false when it is still there at the deadline.
+    async fn wait_gone(&self, id: &str, pid: u32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if qemu_cmdline(pid).is_none() || self.pid(id) != Some(pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn cleanup_runtime(&self, id: &str) {
+        for stale in ["qemu.pid", "qmp.sock"] {
+            let _ = std::fs::remove_file(self.dir(id).join(stale));
+        }
+    }
+
+    /// ACPI power button, then `grace` for the guest to power off, then a hard stop.
+    /// A VM that is not running is already shut down.
+    pub async fn shutdown(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
+        let Some(pid) = self.pid(id) else {
+            self.cleanup_runtime(id);
+            return Ok(());
+        };
+        match self.execute(id, "system_powerdown", None).await {
+            Ok(_) => {
+                if self.wait_gone(id, pid, grace).await {
+                    self.cleanup_runtime(id);
+                    return Ok(());
+                }
+                tracing::warn!(vm = %id, ?grace, "the guest did not power off; stopping it");
+            }
+            Err(error) => tracing::warn!(vm = %id, %error, "ACPI shutdown failed; stopping it"),
+        }
+        self.kill(id).await
+    }
+
+    /// A hard reset, as the reset button would.
+    pub async fn reboot(&self, id: &str) -> Result<(), DriverError> {
+        self.execute(id, "system_reset", None).await.map(|_| ())
+    }
+
+    /// Stops QEMU at once: `quit` over QMP, then SIGKILL.
+    pub async fn kill(&self, id: &str) -> Result<(), DriverError> {
+        let Some(pid) = self.pid(id) else {
+            self.cleanup_runtime(id);
+            return Ok(());
+        };
+        if let Ok(mut qmp) = Qmp::connect(&self.qmp_path(id)).await {
+            let _ = qmp.execute("quit", None).await;
+        }
+        if !self.wait_gone(id, pid, Duration::from_secs(5)).await {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            if !self.wait_gone(id, pid, Duration::from_secs(10)).await {
+                return Err(DriverError::Qemu(format!(
+                    "QEMU pid {pid} of {id} survives SIGKILL"
+                )));
+            }
+        }
+        self.cleanup_runtime(id);
+        Ok(())
+    }
+
+    /// Stops the VM and removes its directory, disk included. The only operation that does.
+    pub async fn delete(&self, id: &str) -> Result<(), DriverError> {
+        if !valid_id(id) {
+            return Err(DriverError::BadId(id.to_owned()));
+        }
+        self.kill(id).await?;
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&dir)(e)),
+        }
+    }
+
+    /// Changes the root disk's limits live, all six of QEMU's figures at once.
+    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {
+        let args = json!({
+            "id": DISK_QOM,
+            "iops": limits.iops.unwrap_or(0),
+            "iops_rd": 0,
+            "iops_wr": 0,
+            "bps": limits.bytes_per_sec.unwrap_or(0),
+            "bps_rd": 0,
+            "bps_wr": 0,
+        });
+        self.execute(id, "block_set_io_throttle", Some(args))
+            .await
+            .map(|_| ())
+    }
+
+    /// The root disk's limits as QEMU reports them.
+    pub async fn io_limits(&self, id: &str) -> Result<IoLimits, DriverError> {
+        let blocks = self.execute(id, "query-block", None).await?;
+        let disk = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["qdev"] == DISK_QOM || b["device"] == "disk0")
+            .ok_or_else(|| DriverError::Qemu(format!("{id} has no disk0 in query-block")))?;
+        let figure = |key: &str| disk["inserted"][key].as_u64().filter(|n| *n > 0);
+        Ok(IoLimits {
+            iops: figure("iops"),
+            bytes_per_sec: figure("bps"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "vm-3".into(),
+            hostname: "web1".into(),
+            arch: Arch::X86_64,
+            vcpus: 2,
+            memory_mib: 512,
+            disk_bytes: 1 << 30,
+            base_image: "/blobs/abc".into(),
+            base_format: "qcow2".into(),
+            kernel: Some("/blobs/k".into()),
+            initrd: None,
+            append: None,
+            ssh_keys: vec![],
+            net: NetConfig::default(),
+            io: IoLimits {
+                iops: Some(100),
+                bytes_per_sec: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_mac_is_stable_and_local() {
+        assert_eq!(mac_for("vm-3"), mac_for("vm-3"));
+        assert_ne!(mac_for("vm-3"), mac_for("vm-4"));
+        assert!(mac_for("vm-3").starts_with("52:54:00:"));
+        assert_eq!(mac_for("vm-3").len(), 17);
+    }
+
+    #[test]
+    fn the_command_line_has_discard_throttling_console_and_qmp() {
+        let args = qemu_args(&spec(), Path::new("/d/vm-3"), Accel::Tcg, &Network::User);
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-machine q35,accel=tcg -cpu max"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("file=/d/vm-3/disk.qcow2,format=qcow2,if=none,id=disk0,discard=unmap"),
+            "{joined}"
+        );
+        assert!(joined.contains("throttling.iops-total=100"), "{joined}");
+        assert!(!joined.contains("bps-total"), "{joined}");
+        assert!(
+            joined.contains("-qmp unix:/d/vm-3/qmp.sock,server=on,wait=off"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("file,id=console0,path=/d/vm-3/console.log,append=on"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-daemonize -pidfile /d/vm-3/qemu.pid"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-kernel /blobs/k -append console=ttyS0"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(&format!("mac={}", mac_for("vm-3"))),
+            "{joined}"
+        );
+        assert!(joined.contains("restrict=on"), "{joined}");
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_and_bridges_named() {
+        let args = qemu_args(
+            &spec(),
+            Path::new("/d,x/vm-3"),
+            Accel::Kvm,
+            &Network::Bridge("br0".into()),
+        );
+        let joined = args.join(" ");
+        assert!(joined.contains("file=/d,,x/vm-3/disk.qcow2"), "{joined}");
+        assert!(joined.contains("-cpu host"), "{joined}");
+        assert!(joined.contains("bridge,id=net0,br=br0"), "{joined}");
+    }
+
+    #[test]
+    fn ids_are_found_in_command_lines_under_the_root_only() {
+        let args = vec![
+            "qemu-system-x86_64".to_owned(),
+            "unix:/r/vms/vm-9/qmp.sock,server=on".to_owned(),
+            "file=/r/vms/vm-2/disk.qcow2,x=/r/vms/vm-2/seed.iso".to_owned(),
+            "/other/vm-5/disk".to_owned(),
+            "/r/vms/notadir".to_owned(),
+        ];
+        let ids: Vec<String> = ids_in(&args, "/r/vms").into_iter().collect();
+        assert_eq!(ids, ["vm-2", "vm-9"]);
+    }
+
+    #[test]
+    fn observe_sees_directories_and_disks_without_processes() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("vm-1")).unwrap();
+        std::fs::write(root.path().join("vm-1/disk.qcow2"), b"").unwrap();
+        std::fs::write(root.path().join("vm-1/qemu.pid"), b"1\n").unwrap();
+        std::fs::create_dir_all(root.path().join("vm-2")).unwrap();
+        std::fs::write(root.path().join("stray-file"), b"").unwrap();
+        let driver = Driver::new(root.path().into(), Accel::Tcg, Network::User);
+        let seen = driver.observe();
+        assert_eq!(
+            seen,
+            [
+                // pid 1 is not a QEMU with this VM's files: not running.
+                ObservedVm {
+                    id: "vm-1".into(),
+                    pid: None,
+                    disk_present: true,
+                    foreign: false
+                },
+                ObservedVm {
+                    id: "vm-2".into(),
+                    pid: None,
+                    disk_present: false,
+                    foreign: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        assert!(!valid_id("../etc"));
+        assert!(!valid_id(""));
+        assert!(valid_id("vm-12"));
+    }
+}

@@ -1,0 +1,509 @@
+//! CLI commands of compute: `image add|list|rm`, `pool add|list|rm`,
+//! `vm create|list|show|start|stop|delete`, `drift`, and `node fence|unfence`.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use hearth_types::compute::{Arch, Blob, Drift, Image, IoLimits, IpPool, Power, VmRequest};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::cli::{print_json, print_table};
+use crate::client::{ApiClient, ClientError};
+use crate::state_cli::report;
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Import a base image: hash its files, upload them to the local agent (which keeps a
+    /// verified copy and serves it to the workers), and declare it.
+    Add {
+        /// The image's name, used by `vm create --image`.
+        name: String,
+        /// The disk image VMs' disks are overlays on.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// `qcow2` or `raw`.
+        #[arg(long, default_value = "qcow2")]
+        format: String,
+        /// `x86_64` or `aarch64`.
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
+        /// Boot this kernel directly instead of the disk's boot loader.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// The initramfs for --kernel.
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line for --kernel.
+        #[arg(long, value_name = "ARGS", requires = "kernel")]
+        append: Option<String>,
+    },
+    /// List the base images.
+    List,
+    /// Remove a base image no VM uses.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Declare an IP pool VMs take static addresses from.
+    Add {
+        name: String,
+        /// The network, like 192.0.2.0/24 or 2001:db8::/64.
+        cidr: String,
+        /// The gateway the VMs route through (never allocated).
+        #[arg(long)]
+        gateway: Option<IpAddr>,
+        /// A DNS resolver for the VMs; repeat for several.
+        #[arg(long = "resolver", value_name = "IP")]
+        resolvers: Vec<IpAddr>,
+        /// The first allocatable address (default: the network's first host).
+        #[arg(long)]
+        first: Option<IpAddr>,
+        /// The last allocatable address (default: the network's last host).
+        #[arg(long)]
+        last: Option<IpAddr>,
+    },
+    /// List the pools and how many addresses each has given out.
+    List,
+    /// Remove a pool none of whose addresses is in use.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create a VM. Returns once the leader has placed it on a worker (or after 10 s, if no
+    /// worker has room: it stays pending and is placed when one does).
+    Create(CreateArgs),
+    /// List VMs with their phase, host and addresses.
+    List {
+        /// Only this member's VMs.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show one VM (by name or id).
+    Show { vm: String },
+    /// Ask for the VM to run.
+    Start { vm: String },
+    /// Ask for the VM to shut down (ACPI power button, then stop after a grace period).
+    Stop { vm: String },
+    /// Delete the VM: its host stops it and removes its disk; its addresses are freed then.
+    Delete { vm: String },
+    /// Print the VM's serial console log (ask the API of the node the VM runs on).
+    Console {
+        vm: String,
+        /// Keep printing what the guest writes, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The VM's name (also its hostname).
+    name: String,
+    /// The base image.
+    #[arg(long)]
+    image: String,
+    /// The member who owns it.
+    #[arg(long)]
+    owner: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_mib: u64,
+    /// Disk size in GiB.
+    #[arg(long, default_value_t = 10)]
+    disk_gib: u64,
+    /// An IP pool to take an address from; repeat for several.
+    #[arg(long = "pool", value_name = "POOL")]
+    pools: Vec<String>,
+    /// An SSH public key, or @FILE to read keys from a file; repeat for several.
+    #[arg(long = "ssh-key", value_name = "KEY|@FILE")]
+    ssh_keys: Vec<String>,
+    /// Disk IO operations per second (default: unlimited).
+    #[arg(long)]
+    iops: Option<u64>,
+    /// Disk bytes per second (default: unlimited).
+    #[arg(long)]
+    bytes_per_sec: Option<u64>,
+    #[arg(long, default_value = "x86_64")]
+    arch: Arch,
+    /// Create it stopped.
+    #[arg(long)]
+    stopped: bool,
+}
+
+/// Reads a file through, printing progress on stderr at most once a second.
+struct Progress<R> {
+    inner: R,
+    label: String,
+    total: u64,
+    done: u64,
+    last: Instant,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= Duration::from_secs(1) || (n == 0 && self.total > 0) {
+            self.last = Instant::now();
+            let percent = (self.done * 100).checked_div(self.total).unwrap_or(100);
+            eprint!("\r{}: {percent}% of {} MiB", self.label, self.total >> 20);
+            if n == 0 {
+                eprintln!();
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn open_progress(path: &Path, label: &str) -> Result<Progress<std::fs::File>, ClientError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(Progress {
+        inner: file,
+        label: format!("{label} {}", path.display()),
+        total,
+        done: 0,
+        last: Instant::now(),
+    })
+}
+
+fn hash_file(path: &Path) -> Result<Blob, ClientError> {
+    let mut reader = open_progress(path, "hashing")?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Blob {
+        sha256,
+        size_bytes: reader.done,
+    })
+}
+
+fn upload(client: &ApiClient, path: &Path) -> Result<Blob, ClientError> {
+    let blob = hash_file(path)?;
+    let mut reader = open_progress(path, "uploading")?;
+    let _: Value = client.put_stream(&format!("/v1/blobs/{}", blob.sha256), &mut reader)?;
+    Ok(blob)
+}
+
+pub fn image(client: &ApiClient, json: bool, command: ImageCommand) -> Result<(), ClientError> {
+    match command {
+        ImageCommand::Add {
+            name,
+            file,
+            format,
+            arch,
+            kernel,
+            initrd,
+            append,
+        } => {
+            let image = Image {
+                name: name.clone(),
+                format,
+                arch,
+                disk: upload(client, &file)?,
+                kernel: kernel.as_deref().map(|k| upload(client, k)).transpose()?,
+                initrd: initrd.as_deref().map(|i| upload(client, i)).transpose()?,
+                append,
+            };
+            let answer: Value = client.put("/v1/images", &json!({ "image": image }))?;
+            report(
+                json,
+                &answer,
+                &format!("image {name} added ({})", image.disk.sha256),
+            );
+            Ok(())
+        }
+        ImageCommand::List => {
+            let images: Value = client.get("/v1/images")?;
+            if json {
+                print_json(&images);
+                return Ok(());
+            }
+            let rows = images.as_object().into_iter().flatten().map(|(name, v)| {
+                let image = &v["value"];
+                vec![
+                    name.clone(),
+                    text(&image["arch"]),
+                    text(&image["format"]),
+                    format!(
+                        "{} MiB",
+                        image["disk"]["size_bytes"].as_u64().unwrap_or(0) >> 20
+                    ),
+                    text(&image["disk"]["sha256"]).chars().take(12).collect(),
+                    if image["kernel"].is_null() {
+                        "-".into()
+                    } else {
+                        "direct".into()
+                    },
+                ]
+            });
+            print_table(
+                &["NAME", "ARCH", "FORMAT", "SIZE", "SHA256", "KERNEL"],
+                rows,
+            );
+            Ok(())
+        }
+        ImageCommand::Rm { name } => {
+            let answer: Value = client.delete(&format!("/v1/images/{name}"))?;
+            report(json, &answer, &format!("image {name} removed"));
+            Ok(())
+        }
+    }
+}
+
+pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), ClientError> {
+    match command {
+        PoolCommand::Add {
+            name,
+            cidr,
+            gateway,
+            resolvers,
+            first,
+            last,
+        } => {
+            let pool = IpPool {
+                name: name.clone(),
+                cidr,
+                gateway,
+                resolvers,
+                first,
+                last,
+            };
+            let answer: Value = client.put("/v1/pools", &json!({ "pool": pool }))?;
+            report(json, &answer, &format!("pool {name} added"));
+            Ok(())
+        }
+        PoolCommand::List => {
+            let pools: Value = client.get("/v1/pools")?;
+            if json {
+                print_json(&pools);
+                return Ok(());
+            }
+            let rows = pools.as_array().into_iter().flatten().map(|p| {
+                vec![
+                    text(&p["pool"]["name"]),
+                    text(&p["pool"]["cidr"]),
+                    text(&p["pool"]["gateway"]),
+                    p["used"].as_array().map_or(0, Vec::len).to_string(),
+                ]
+            });
+            print_table(&["NAME", "CIDR", "GATEWAY", "USED"], rows);
+            Ok(())
+        }
+        PoolCommand::Rm { name } => {
+            let answer: Value = client.delete(&format!("/v1/pools/{name}"))?;
+            report(json, &answer, &format!("pool {name} removed"));
+            Ok(())
+        }
+    }
+}
+
+fn ssh_keys(args: &[String]) -> Result<Vec<String>, ClientError> {
+    let mut keys = Vec::new();
+    for arg in args {
+        match arg.strip_prefix('@') {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ClientError::Usage(format!("--ssh-key @{path}: {e}")))?;
+                keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(String::from),
+                );
+            }
+            None => keys.push(arg.clone()),
+        }
+    }
+    Ok(keys)
+}
+
+fn vm_row(vm: &Value) -> Vec<String> {
+    let ips: Vec<String> = vm["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{}", text(&a["address"]), a["prefix"]))
+        .collect();
+    vec![
+        text(&vm["name"]),
+        text(&vm["id"]),
+        text(&vm["owner"]),
+        text(&vm["shown_phase"]),
+        text(&vm["host"]),
+        if ips.is_empty() {
+            "-".into()
+        } else {
+            ips.join(",")
+        },
+        format!("{}c/{}M/{}G", vm["vcpus"], vm["memory_mib"], vm["disk_gib"]),
+    ]
+}
+
+const VM_HEADER: [&str; 7] = ["NAME", "ID", "OWNER", "PHASE", "HOST", "IPS", "SIZE"];
+
+pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), ClientError> {
+    match command {
+        VmCommand::Create(args) => create(client, json, args),
+        VmCommand::List { owner } => {
+            let path = match &owner {
+                Some(owner) => format!("/v1/vms?owner={owner}"),
+                None => "/v1/vms".into(),
+            };
+            let vms: Value = client.get(&path)?;
+            if json {
+                print_json(&vms);
+                return Ok(());
+            }
+            print_table(&VM_HEADER, vms.as_array().into_iter().flatten().map(vm_row));
+            Ok(())
+        }
+        VmCommand::Show { vm } => {
+            let row: Value = client.get(&format!("/v1/vms/{vm}"))?;
+            if json {
+                print_json(&row);
+                return Ok(());
+            }
+            print_table(&VM_HEADER, std::iter::once(vm_row(&row)));
+            if let Some(message) = row["message"].as_str() {
+                println!("\n{message}");
+            }
+            Ok(())
+        }
+        VmCommand::Start { vm } => {
+            let answer: Value = client.post(&format!("/v1/vms/{vm}/start"))?;
+            report(json, &answer, &format!("{vm}: asked to run"));
+            Ok(())
+        }
+        VmCommand::Stop { vm } => {
+            let answer: Value = client.post(&format!("/v1/vms/{vm}/stop"))?;
+            report(json, &answer, &format!("{vm}: asked to stop"));
+            Ok(())
+        }
+        VmCommand::Console { vm, follow } => {
+            let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
+            loop {
+                if json {
+                    print_json(&answer);
+                } else {
+                    use std::io::Write;
+                    print!("{}", text(&answer["text"]).replace('\r', ""));
+                    let _ = std::io::stdout().flush();
+                }
+                if !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                let next = answer["next"].as_u64().unwrap_or(0);
+                answer = client.get(&format!("/v1/vms/{vm}/console?offset={next}"))?;
+            }
+        }
+        VmCommand::Delete { vm } => {
+            let answer: Value = client.delete(&format!("/v1/vms/{vm}"))?;
+            report(json, &answer, &format!("{vm}: deleting"));
+            Ok(())
+        }
+    }
+}
+
+fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), ClientError> {
+    let request = VmRequest {
+        name: args.name.clone(),
+        owner: args.owner,
+        arch: args.arch,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        disk_gib: args.disk_gib,
+        image: args.image,
+        ssh_keys: ssh_keys(&args.ssh_keys)?,
+        pools: args.pools,
+        io: IoLimits {
+            iops: args.iops,
+            bytes_per_sec: args.bytes_per_sec,
+        },
+        power: if args.stopped {
+            Power::Stopped
+        } else {
+            Power::Running
+        },
+    };
+    let answer: Value = client.post_json(
+        "/v1/vms",
+        &serde_json::to_value(&request).map_err(|e| ClientError::Decode(e.to_string()))?,
+    )?;
+    let id = answer["result"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Placement is the leader's next step; wait for it, briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut row: Value = client.get(&format!("/v1/vms/{id}"))?;
+    while row["host"].is_null() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        row = client.get(&format!("/v1/vms/{id}"))?;
+    }
+    if json {
+        print_json(&row);
+    } else if row["host"].is_null() {
+        println!(
+            "{} ({id}) created, pending: no worker has room yet; `hearth vm show {}` follows it",
+            args.name, args.name
+        );
+    } else {
+        println!(
+            "{} ({id}) placed on {}; `hearth vm show {}` follows it",
+            args.name,
+            text(&row["host"]),
+            args.name
+        );
+    }
+    Ok(())
+}
+
+pub fn drift(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let entries: Vec<Drift> = client.get("/v1/drift")?;
+    if json {
+        print_json(&entries);
+        return Ok(());
+    }
+    let rows = entries.iter().map(|d| {
+        vec![
+            d.id.clone(),
+            d.kind.as_str().into(),
+            d.detail.clone(),
+            d.fix.clone(),
+        ]
+    });
+    print_table(&["ID", "KIND", "DETAIL", "FIX"], rows);
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

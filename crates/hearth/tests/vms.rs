@@ -1,0 +1,306 @@
+//! Members' VMs with real agents and real QEMU (TCG when KVM is unusable) booting the tiny
+//! test guest built by `scripts/build-test-guest.sh`: create → running → the guest's marker
+//! and address on its console; a killed QEMU is restarted; an agent restart adopts the VM
+//! (still one QEMU); IO limits through QMP; a QEMU hearth did not start is drift; delete
+//! removes the disk and frees the address; VMs spread over two workers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// The test guest; the test fails (it does not skip) when it was not built.
+fn guest() -> PathBuf {
+    let dir = std::env::var_os("HEARTH_TEST_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guest"));
+    for file in ["vmlinux", "initramfs.cpio.gz", "base.qcow2"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{} is missing: run ./scripts/build-test-guest.sh {} (scripts/test.sh does)",
+            dir.join(file).display(),
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// One server+worker agent with the guest image and a pool declared.
+fn single_worker() -> TestCluster {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    eventually("the worker registered", BOOT, || {
+        let hosts = agent.api_json("/v1/hosts")?;
+        if hosts.as_array().is_some_and(|h| h.len() == 1) {
+            Ok(())
+        } else {
+            Err(hosts.to_string())
+        }
+    });
+    add_image_and_pool(agent);
+    cluster
+}
+
+fn add_image_and_pool(agent: &TestAgent) {
+    let guest = guest();
+    let path = |f: &str| guest.join(f).display().to_string();
+    agent.cli(&[
+        "image",
+        "add",
+        "tiny",
+        "--file",
+        &path("base.qcow2"),
+        "--kernel",
+        &path("vmlinux"),
+        "--initrd",
+        &path("initramfs.cpio.gz"),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+    ]);
+    agent.cli(&[
+        "pool",
+        "add",
+        "lan",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+}
+
+fn vm(agent: &TestAgent, name: &str) -> Result<Value, String> {
+    agent.api_json(&format!("/v1/vms/{name}"))
+}
+
+fn wait_phase(agent: &TestAgent, name: &str, phase: &str) -> Value {
+    eventually(&format!("{name} {phase}"), BOOT, || {
+        let row = vm(agent, name)?;
+        if row["shown_phase"] == phase {
+            Ok(row)
+        } else {
+            Err(row.to_string())
+        }
+    })
+}
+
+fn vm_dir(agent: &TestAgent, id: &str) -> PathBuf {
+    agent.dir.join("data").join("vms").join(id)
+}
+
+fn console(agent: &TestAgent, id: &str) -> String {
+    std::fs::read_to_string(vm_dir(agent, id).join("console.log"))
+        .unwrap_or_default()
+        .replace('\r', "")
+}
+
+fn passes(agent: &TestAgent) -> u64 {
+    let (_, text) = agent.http_get("/metrics", false).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("hearth_reconcile_passes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
+    let mut cluster = single_worker();
+    let agent = &cluster.agents[0];
+    let out = agent.cli(&[
+        "vm",
+        "create",
+        "web1",
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+        "--ssh-key",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHearthTestKeyHearthTestKeyHearthTestKey alice@test",
+        "--iops",
+        "100",
+    ]);
+    assert!(out.contains("placed on n1"), "{out}");
+    let row = wait_phase(agent, "web1", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let ip = row["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert_eq!(ip, "192.0.2.2", "the first free address after the gateway");
+    // The guest read its seed: hostname, address and key count on the console.
+    eventually("the guest's marker", BOOT, || {
+        let text = console(agent, &id);
+        if text.contains("HEARTH-GUEST-READY")
+            && text.contains(&format!("HEARTH-GUEST hostname=web1 ip={ip}/24 keys=1"))
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let pids = qemu_pids_under(&agent.dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let first = pids[0];
+
+    // IO limits, read back through QMP by the CLI-independent path: the driver's own QMP.
+    let limits = eventually("IO limits through QMP", BOOT, || {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let driver = hearth_compute::driver::Driver::new(
+            agent.dir.join("data").join("vms"),
+            hearth_compute::accel::Accel::Tcg,
+            hearth_compute::driver::Network::User,
+        );
+        rt.block_on(driver.io_limits(&id))
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(limits.iops, Some(100));
+
+    // Killed from outside: the reconciler starts it again.
+    kill_pid(first);
+    let second = eventually(
+        "a new QEMU",
+        BOOT,
+        || match qemu_pids_under(&agent.dir)[..] {
+            [pid] if pid != first => Ok(pid),
+            ref other => Err(format!("{other:?}")),
+        },
+    );
+    wait_phase(agent, "web1", "running");
+
+    // The agent dies and comes back: it adopts the VM; still exactly one QEMU.
+    cluster.agents[0].kill9();
+    assert_eq!(
+        qemu_pids_under(&cluster.agents[0].dir),
+        [second],
+        "QEMU outlives the agent"
+    );
+    cluster.agents[0].restart();
+    let agent = &cluster.agents[0];
+    eventually(
+        "three reconciliation passes after the restart",
+        BOOT,
+        || {
+            let n = passes(agent);
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} passes"))
+            }
+        },
+    );
+    assert_eq!(
+        qemu_pids_under(&agent.dir),
+        [second],
+        "adopted, not started twice"
+    );
+    assert_eq!(vm(agent, "web1").unwrap()["shown_phase"], "running");
+
+    // Delete: the process and the disk go, the address is free again.
+    agent.cli(&["vm", "delete", "web1"]);
+    eventually("web1 forgotten", BOOT, || match vm(agent, "web1") {
+        Err(e) if e.contains("404") => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(!vm_dir(agent, &id).exists(), "the disk is removed");
+    assert!(qemu_pids_under(&agent.dir).is_empty());
+    let pools = agent.api_json("/v1/pools").unwrap();
+    assert_eq!(
+        pools[0]["used"].as_array().map(Vec::len),
+        Some(0),
+        "{pools}"
+    );
+}
+
+#[test]
+fn a_qemu_hearth_did_not_start_is_drift() {
+    let cluster = single_worker();
+    let agent = &cluster.agents[0];
+    let dir = agent.dir.join("data").join("vms").join("vm-999");
+    std::fs::create_dir_all(&dir).unwrap();
+    let qmp = dir.join("qmp.sock");
+    let mut child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,accel=tcg",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let entry = eventually("a drift entry for vm-999", BOOT, || {
+        let drift = agent.api_json("/v1/drift")?;
+        drift
+            .as_array()
+            .and_then(|d| d.iter().find(|e| e["vm"] == "vm-999").cloned())
+            .ok_or_else(|| drift.to_string())
+    });
+    assert_eq!(entry["kind"], "unknown-vm", "{entry}");
+    let out = agent.cli(&["drift"]);
+    assert!(out.contains("vm-999"), "{out}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn vms_spread_over_two_workers() {
+    let cluster = TestCluster::start_with(bin(), 2, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 2\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    eventually("both workers registered", BOOT, || {
+        let hosts = agent.api_json("/v1/hosts")?;
+        if hosts.as_array().is_some_and(|h| h.len() == 2) {
+            Ok(())
+        } else {
+            Err(hosts.to_string())
+        }
+    });
+    add_image_and_pool(agent);
+    for name in ["a", "b"] {
+        // Stopped: placed like any VM, but no guest boots, which keeps the test light.
+        agent.cli(&[
+            "vm",
+            "create",
+            name,
+            "--image",
+            "tiny",
+            "--owner",
+            "bob",
+            "--memory-mib",
+            "256",
+            "--disk-gib",
+            "1",
+            "--stopped",
+        ]);
+    }
+    let hosts = eventually("both placed and stopped", BOOT, || {
+        let mut hosts = Vec::new();
+        for name in ["a", "b"] {
+            let row = vm(agent, name)?;
+            if row["shown_phase"] != "stopped" {
+                return Err(row.to_string());
+            }
+            hosts.push(row["host"].as_str().unwrap_or_default().to_owned());
+        }
+        Ok(hosts)
+    });
+    assert_ne!(hosts[0], hosts[1], "spread: {hosts:?}");
+}
