@@ -74,6 +74,8 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
                     phase: Phase::Running,
                     message: None,
                     phase_since: 1,
+                    reboots_asked: 0,
+                    reboots_done: 0,
                 },
             },
         );

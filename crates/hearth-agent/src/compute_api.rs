@@ -34,12 +34,14 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}", get(show_vm).delete(delete_vm))
         .route("/v1/vms/{vm}/start", post(start_vm))
         .route("/v1/vms/{vm}/stop", post(stop_vm))
+        .route("/v1/vms/{vm}/reboot", post(reboot_vm))
         .route("/v1/vms/{vm}/io", put(set_io))
         .route("/v1/vms/{vm}/console", get(console))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/nodes/{name}/fence", post(fence))
         .route("/v1/nodes/{name}/unfence", post(unfence))
         .route("/v1/drift", get(list_drift))
+        .route("/v1/drift/{host}/{kind}/{vm}/fix", post(fix_drift))
 }
 
 fn compute(command: ComputeCommand) -> Command {
@@ -332,6 +334,23 @@ async fn stop_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Resp
         expect: Expect::Any,
     })
     .await
+}
+
+async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    vm_write(&state, &key, |vm| ComputeCommand::Reboot {
+        vm,
+        expect: Expect::Any,
+    })
+    .await
+}
+
+/// Applies a drift entry's proposed fix (the entry's id is `host/kind/vm`).
+async fn fix_drift(
+    State(state): State<ApiState>,
+    Path((host, kind, vm)): Path<(String, String, String)>,
+) -> Response {
+    let id = format!("{host}/{kind}/{vm}");
+    write(&state, compute(ComputeCommand::Fix { id })).await
 }
 
 async fn set_io(

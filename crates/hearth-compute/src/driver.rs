@@ -29,6 +29,8 @@ use crate::seed::Seed;
 pub const DISK_QOM: &str = "/machine/peripheral/virtio-disk0/virtio-backend";
 /// A unix socket path longer than this does not fit in `sockaddr_un`.
 const MAX_SOCKET_PATH: usize = 107;
+/// How often the ACPI power button is pressed again during a graceful shutdown.
+const POWER_BUTTON_EVERY: Duration = Duration::from_secs(3);
 /// How long a started QEMU has to write its pidfile and open its QMP socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -591,17 +593,28 @@ impl Driver {
             self.cleanup_runtime(id);
             return Ok(());
         };
-        match self.execute(id, "system_powerdown", None).await {
-            Ok(_) => {
-                if self.wait_gone(id, pid, grace).await {
-                    self.cleanup_runtime(id);
-                    return Ok(());
+        // The button is pressed again every few seconds: a guest that is still booting
+        // (no ACPI daemon yet) misses the first press.
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Err(error) = self.execute(id, "system_powerdown", None).await {
+                if self.pid(id) != Some(pid) {
+                    break;
                 }
-                tracing::warn!(vm = %id, ?grace, "the guest did not power off; stopping it");
+                tracing::warn!(vm = %id, %error, "ACPI shutdown failed; stopping it");
+                return self.kill(id).await;
             }
-            Err(error) => tracing::warn!(vm = %id, %error, "ACPI shutdown failed; stopping it"),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.wait_gone(id, pid, left.min(POWER_BUTTON_EVERY)).await {
+                break;
+            }
+            if left <= POWER_BUTTON_EVERY {
+                tracing::warn!(vm = %id, ?grace, "the guest did not power off; stopping it");
+                return self.kill(id).await;
+            }
         }
-        self.kill(id).await
+        self.cleanup_runtime(id);
+        Ok(())
     }
 
     /// A hard reset, as the reset button would.

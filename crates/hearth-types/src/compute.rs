@@ -337,6 +337,11 @@ pub struct Vm {
     /// Log index of the last phase change.
     #[serde(default)]
     pub phase_since: u64,
+    /// Reboots asked for (a counter), and reboots its host has done.
+    #[serde(default)]
+    pub reboots_asked: u64,
+    #[serde(default)]
+    pub reboots_done: u64,
 }
 
 /// An address given to a VM from a pool.
@@ -413,6 +418,10 @@ pub struct Compute {
     pub hosts: BTreeMap<String, Host>,
     /// Current drift, per host, as each host last reported it.
     pub drift: BTreeMap<String, Vec<Drift>>,
+    /// Fixes an operator asked for that the drift's host carries out: drift id → the log
+    /// index of the request.
+    #[serde(default)]
+    pub fixes: BTreeMap<String, u64>,
 }
 
 impl Compute {

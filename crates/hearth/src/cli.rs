@@ -93,6 +93,13 @@ enum Command {
     },
     /// List what the hosts' reconcilers found and would not fix alone, with the proposed fix.
     Drift(ClientArgs),
+    /// Apply the proposed fix of one drift entry (ID as `hearth drift` lists it).
+    Fix {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// HOST/KIND/VM
+        id: String,
+    },
     /// Make the local agent leave the cluster gracefully and exit.
     Leave(ClientArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
@@ -191,6 +198,9 @@ pub fn main() -> ExitCode {
             with_client(&client, |c, json| compute_cli::vm(c, json, command))
         }
         Command::Drift(args) => client_command(&args, compute_cli::drift),
+        Command::Fix { client, id } => {
+            with_client(&client, |c, json| compute_cli::fix(c, json, &id))
+        }
         Command::Leave(args) => client_command(&args, leave),
         Command::Keygen => {
             let mut secret = [0u8; 32];

@@ -90,6 +90,9 @@ pub enum VmCommand {
     Start { vm: String },
     /// Ask for the VM to shut down (ACPI power button, then stop after a grace period).
     Stop { vm: String },
+    /// Ask for a running VM to reboot: its host shuts it down (as `stop` does) and starts it
+    /// again with its current settings.
+    Reboot { vm: String },
     /// Delete the VM: its host stops it and removes its disk; its addresses are freed then.
     Delete { vm: String },
     /// Print the VM's serial console log (ask the API of the node the VM runs on).
@@ -402,6 +405,11 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             report(json, &answer, &format!("{vm}: asked to stop"));
             Ok(())
         }
+        VmCommand::Reboot { vm } => {
+            let answer: Value = client.post(&format!("/v1/vms/{vm}/reboot"))?;
+            report(json, &answer, &format!("{vm}: asked to reboot"));
+            Ok(())
+        }
         VmCommand::Console { vm, follow } => {
             let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
             loop {
@@ -497,6 +505,23 @@ pub fn drift(client: &ApiClient, json: bool) -> Result<(), ClientError> {
         ]
     });
     print_table(&["ID", "KIND", "DETAIL", "FIX"], rows);
+    Ok(())
+}
+
+/// Applies a drift entry's proposed fix, by its id from `hearth drift`.
+pub fn fix(client: &ApiClient, json: bool, id: &str) -> Result<(), ClientError> {
+    let parts: Vec<&str> = id.split('/').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(ClientError::Usage(format!(
+            "ID: `{id}` is not a drift id (HOST/KIND/VM, as `hearth drift` lists them)"
+        )));
+    }
+    let answer: Value = client.post(&format!("/v1/drift/{id}/fix"))?;
+    report(
+        json,
+        &answer,
+        &format!("{id}: fix asked; `hearth drift` shows when it is gone"),
+    );
     Ok(())
 }
 

@@ -177,6 +177,11 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
         },
     );
     wait_phase(agent, "web1", "running");
+    let boots = |text: &str| text.matches("HEARTH-GUEST-READY").count();
+    eventually("the guest booted a second time", BOOT, || {
+        let text = console(agent, &id);
+        if boots(&text) == 2 { Ok(()) } else { Err(text) }
+    });
 
     // The agent dies and comes back: it adopts the VM; still exactly one QEMU.
     cluster.agents[0].kill9();
@@ -205,6 +210,26 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
         "adopted, not started twice"
     );
     assert_eq!(vm(agent, "web1").unwrap()["shown_phase"], "running");
+
+    // Reboot: ACPI shutdown, then a fresh QEMU that boots the guest again.
+    let before = boots(&console(agent, &id));
+    let out = agent.cli(&["vm", "reboot", "web1"]);
+    assert!(out.contains("asked to reboot"), "{out}");
+    eventually("the guest booted again", BOOT, || {
+        let text = console(agent, &id);
+        match qemu_pids_under(&agent.dir)[..] {
+            [pid] if pid != second && boots(&text) > before => Ok(()),
+            ref other => Err(format!("{other:?}, {} boots", boots(&text))),
+        }
+    });
+    eventually("the reboot recorded", BOOT, || {
+        let row = vm(agent, "web1")?;
+        if row["reboots_done"] == 1 && row["shown_phase"] == "running" && row["message"].is_null() {
+            Ok(())
+        } else {
+            Err(row.to_string())
+        }
+    });
 
     // Delete: the process and the disk go, the address is free again.
     agent.cli(&["vm", "delete", "web1"]);
@@ -254,8 +279,118 @@ fn a_qemu_hearth_did_not_start_is_drift() {
     assert_eq!(entry["kind"], "unknown-vm", "{entry}");
     let out = agent.cli(&["drift"]);
     assert!(out.contains("vm-999"), "{out}");
+    // One click: the fix stops the intruder, and its entry goes.
+    let id = entry["id"].as_str().unwrap().to_owned();
+    let out = agent.cli(&["fix", &id]);
+    assert!(out.contains("fix asked"), "{out}");
+    eventually("the foreign QEMU stopped", BOOT, || {
+        match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    eventually("the process's drift entry gone", BOOT, || {
+        let drift = agent.api_json("/v1/drift")?;
+        let left = drift
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["detail"].as_str().unwrap_or("").contains("process"))
+            .count();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(drift.to_string())
+        }
+    });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_dead_hosts_vm_is_lost_until_fenced_then_placed_elsewhere() {
+    let mut cluster = TestCluster::start_with(bin(), 3, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    eventually("three workers registered", BOOT, || {
+        let hosts = agent.api_json("/v1/hosts")?;
+        if hosts.as_array().is_some_and(|h| h.len() == 3) {
+            Ok(())
+        } else {
+            Err(hosts.to_string())
+        }
+    });
+    add_image_and_pool(agent);
+    // Stopped VMs: placed and accounted for like any, with no guest to boot.
+    for name in ["p", "q", "r"] {
+        agent.cli(&[
+            "vm",
+            "create",
+            name,
+            "--image",
+            "tiny",
+            "--owner",
+            "carol",
+            "--memory-mib",
+            "256",
+            "--disk-gib",
+            "1",
+            "--stopped",
+        ]);
+    }
+    // A VM on a host other than n1, whose API the test keeps using.
+    let (name, dead) = eventually("a VM stopped on n2 or n3", BOOT, || {
+        for name in ["p", "q", "r"] {
+            let row = vm(agent, name)?;
+            let host = row["host"].as_str().unwrap_or_default().to_owned();
+            if row["shown_phase"] == "stopped" && host != "n1" && !host.is_empty() {
+                return Ok((name, host));
+            }
+        }
+        Err("none yet".into())
+    });
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.spec.name == dead)
+        .unwrap();
+    cluster.agents[index].kill9();
+    let agent = &cluster.agents[0];
+    let row = eventually("the VM shows as lost", BOOT, || {
+        let row = vm(agent, name)?;
+        match row["shown_phase"].as_str() {
+            Some("lost") => Ok(row),
+            Some("stopped") => Err(row.to_string()),
+            other => panic!("a dead host's VM must show lost, not {other:?}: {row}"),
+        }
+    });
+    assert_eq!(row["host"], dead.as_str(), "not moved before it is fenced");
+    // Still there several reconciliation passes later: no fence, no move.
+    let then = passes(agent);
+    eventually("three more passes", BOOT, || {
+        let now = passes(agent);
+        if now >= then + 3 {
+            Ok(())
+        } else {
+            Err(format!("{now} passes"))
+        }
+    });
+    let row = vm(agent, name).unwrap();
+    assert_eq!(row["host"], dead.as_str(), "{row}");
+    assert_eq!(row["shown_phase"], "lost", "{row}");
+
+    agent.cli(&["node", "fence", &dead]);
+    eventually("placed on a live host once fenced", BOOT, || {
+        let row = vm(agent, name)?;
+        let host = row["host"].as_str().unwrap_or_default();
+        if !host.is_empty() && host != dead && row["shown_phase"] == "stopped" {
+            Ok(())
+        } else {
+            Err(row.to_string())
+        }
+    });
 }
 
 #[test]

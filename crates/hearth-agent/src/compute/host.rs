@@ -142,15 +142,7 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
         }
     }
     for action in plan.actions {
-        let vm_id = match &action {
-            Action::Start { vm }
-            | Action::Shutdown { vm }
-            | Action::Delete { vm }
-            | Action::Forget { vm }
-            | Action::SetIo { vm, .. }
-            | Action::Report { vm, .. } => vm.clone(),
-        };
-        if t.busy.contains(&vm_id) {
+        if action.vm().is_some_and(|vm| t.busy.contains(vm)) {
             continue;
         }
         match action {
@@ -163,6 +155,22 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                     host: host.name.clone(),
                 };
                 let _ = host.state.submit(Command::Compute { command }).await;
+            }
+            Action::FixDone { id } => {
+                let command = ComputeCommand::FixDone {
+                    id,
+                    host: host.name.clone(),
+                };
+                let _ = host.state.submit(Command::Compute { command }).await;
+            }
+            Action::AckReboot { vm, done } => rebooted(host, &vm, done).await,
+            Action::ResetCrashes { vm } => {
+                tracing::info!(%vm, "crash count reset by an operator's fix");
+                t.memory.recent_crashes.remove(&vm);
+            }
+            Action::KillForeign { vm, pid } => {
+                tracing::warn!(%vm, pid, "stopping a QEMU process hearth did not start, as fixed by an operator");
+                kill_foreign(pid).await;
             }
             Action::SetIo { vm, io } => {
                 let limits = DriverIo {
@@ -180,37 +188,30 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                 let Some(entry) = desired.compute.vms.get(&vm) else {
                     continue;
                 };
-                let entry = entry.value.clone();
-                let compute = desired.compute.clone();
-                let io = entry.request.io;
+                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
                 t.busy.insert(vm.clone());
                 let (host, tracking) = (host.clone(), tracking.clone());
                 tokio::spawn(async move {
-                    let result = match fetch_image(&host, &entry, &compute).await {
-                        Ok(()) => match spec_for(&entry, &compute, &host.blobs) {
-                            Ok(spec) => host.driver.start(&spec).await.map_err(|e| e.to_string()),
-                            Err(message) => Err(message),
-                        },
-                        Err(message) => Err(message),
+                    let result = boot(&host, &entry, &compute).await;
+                    started(&host, &tracking, &entry, result).await;
+                });
+            }
+            Action::Reboot { vm, done } => {
+                let Some(entry) = desired.compute.vms.get(&vm) else {
+                    continue;
+                };
+                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    tracing::info!(%vm, "rebooting");
+                    report(&host, &vm, Phase::Running, Some("rebooting".into())).await;
+                    let result = match host.driver.shutdown(&vm, SHUTDOWN_GRACE).await {
+                        Ok(()) => boot(&host, &entry, &compute).await,
+                        Err(error) => Err(error.to_string()),
                     };
-                    let mut t = tracking.lock().await;
-                    t.busy.remove(&vm);
-                    match result {
-                        Ok(pid) => {
-                            tracing::info!(%vm, pid, "VM started");
-                            host.metrics.starts.fetch_add(1, Ordering::Relaxed);
-                            t.running_since.insert(vm.clone(), Instant::now());
-                            t.memory.applied_io.insert(vm.clone(), io);
-                            drop(t);
-                            report(&host, &vm, Phase::Running, None).await;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%vm, %error, "VM start failed");
-                            *t.memory.recent_crashes.entry(vm.clone()).or_insert(0) += 1;
-                            drop(t);
-                            report(&host, &vm, Phase::Failed, Some(error)).await;
-                        }
-                    }
+                    rebooted(&host, &vm, done).await;
+                    started(&host, &tracking, &entry, result).await;
                 });
             }
             Action::Shutdown { vm } => {
@@ -255,6 +256,68 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
             }
         }
     }
+}
+
+/// Fetches the image if needed, makes the disk and seed, and starts QEMU.
+async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, String> {
+    fetch_image(host, vm, compute).await?;
+    let spec = spec_for(vm, compute, &host.blobs)?;
+    host.driver.start(&spec).await.map_err(|e| e.to_string())
+}
+
+/// Records a start's outcome: running, or a failure that counts toward the crash limit.
+async fn started(
+    host: &Arc<Host>,
+    tracking: &Mutex<Tracking>,
+    vm: &Vm,
+    result: Result<u32, String>,
+) {
+    let mut t = tracking.lock().await;
+    t.busy.remove(&vm.id);
+    match result {
+        Ok(pid) => {
+            tracing::info!(vm = %vm.id, pid, "VM started");
+            host.metrics.starts.fetch_add(1, Ordering::Relaxed);
+            t.running_since.insert(vm.id.clone(), Instant::now());
+            t.memory.applied_io.insert(vm.id.clone(), vm.request.io);
+            drop(t);
+            report(host, &vm.id, Phase::Running, None).await;
+        }
+        Err(error) => {
+            tracing::warn!(vm = %vm.id, %error, "VM start failed");
+            t.running_since.remove(&vm.id);
+            *t.memory.recent_crashes.entry(vm.id.clone()).or_insert(0) += 1;
+            drop(t);
+            report(host, &vm.id, Phase::Failed, Some(error)).await;
+        }
+    }
+}
+
+async fn rebooted(host: &Host, vm: &str, done: u64) {
+    let command = ComputeCommand::Rebooted {
+        vm: vm.to_owned(),
+        host: host.name.clone(),
+        done,
+    };
+    if let Err(error) = host.state.submit(Command::Compute { command }).await {
+        tracing::debug!(%vm, %error, "reboot not recorded; the next pass retries");
+    }
+}
+
+/// SIGTERM (QEMU quits cleanly on it), then SIGKILL after 10 s.
+async fn kill_foreign(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if kill(target, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(target, Signal::SIGKILL);
 }
 
 /// Makes sure every file of the VM's image is here, fetching missing ones from a group

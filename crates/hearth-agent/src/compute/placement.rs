@@ -179,6 +179,8 @@ mod tests {
                 },
                 message: None,
                 phase_since: 1,
+                reboots_asked: 0,
+                reboots_done: 0,
             },
         }
     }

@@ -56,6 +56,48 @@ pub enum Action {
         phase: Phase,
         message: Option<String>,
     },
+    /// Shut the VM down and start it again, then record reboot request `done` as done.
+    Reboot {
+        vm: String,
+        done: u64,
+    },
+    /// Record reboot request `done` as done without rebooting (the VM is not running).
+    AckReboot {
+        vm: String,
+        done: u64,
+    },
+    /// Stop a QEMU process hearth did not start (SIGTERM, then SIGKILL).
+    KillForeign {
+        vm: String,
+        pid: u32,
+    },
+    /// Forget the crash count, so the VM is started again.
+    ResetCrashes {
+        vm: String,
+    },
+    /// Tell the cluster the fix of drift entry `id` was carried out.
+    FixDone {
+        id: String,
+    },
+}
+
+impl Action {
+    /// The VM the action is about, if any.
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            Action::Start { vm }
+            | Action::Shutdown { vm }
+            | Action::Delete { vm }
+            | Action::Forget { vm }
+            | Action::SetIo { vm, .. }
+            | Action::Report { vm, .. }
+            | Action::Reboot { vm, .. }
+            | Action::AckReboot { vm, .. }
+            | Action::KillForeign { vm, .. }
+            | Action::ResetCrashes { vm } => Some(vm),
+            Action::FixDone { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,7 +141,10 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
         .collect();
     let mut drift = Vec::new();
     let mut addresses: BTreeMap<_, Vec<&Vm>> = BTreeMap::new();
-    for vm in &mine {
+    for vm in mine
+        .iter()
+        .filter(|vm| vm.request.power == Power::Running && !vm.deleting)
+    {
         for assigned in &vm.ips {
             addresses.entry(assigned.address).or_default().push(vm);
         }
@@ -140,6 +185,12 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             continue;
         }
         match (vm.request.power, running) {
+            (Power::Running, true) if vm.reboots_asked > vm.reboots_done => {
+                plan.actions.push(Action::Reboot {
+                    vm: vm.id.clone(),
+                    done: vm.reboots_asked,
+                });
+            }
             (Power::Running, true) => {
                 report(&mut plan.actions, vm, Phase::Running, None);
                 if memory.applied_io.get(&vm.id) != Some(&vm.request.io) {
@@ -148,6 +199,13 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
                         io: vm.request.io,
                     });
                 }
+            }
+            (_, false) if vm.reboots_asked > vm.reboots_done => {
+                // Nothing runs to reboot; the start (if any) follows on the next pass.
+                plan.actions.push(Action::AckReboot {
+                    vm: vm.id.clone(),
+                    done: vm.reboots_asked,
+                });
             }
             (Power::Running, false) => {
                 let crashes = memory.recent_crashes.get(&vm.id).copied().unwrap_or(0);
@@ -187,9 +245,14 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
                         fix: "create a fresh disk from the image and start it".into(),
                     });
                 } else {
-                    if vm.phase == Phase::Placed || vm.phase == Phase::Pending {
-                        report(&mut plan.actions, vm, Phase::Creating, None);
-                    }
+                    // The phase says so at once, so nobody reads `running` while QEMU is gone.
+                    let message = match vm.phase {
+                        Phase::Placed | Phase::Pending => None,
+                        Phase::Stopped | Phase::Stopping => Some("starting".to_owned()),
+                        Phase::Creating => vm.message.clone(),
+                        _ => Some("QEMU was not running; starting it again".to_owned()),
+                    };
+                    report(&mut plan.actions, vm, Phase::Creating, message);
                     plan.actions.push(Action::Start { vm: vm.id.clone() });
                 }
             }
@@ -245,8 +308,45 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
     }
     drift.sort();
     drift.dedup_by(|a, b| a.id == b.id);
+    fixes(me, compute, seen, &drift, &mut plan.actions);
     plan.drift = drift;
     plan
+}
+
+/// The actions for the fixes an operator asked for on this host's drift entries. A fix whose
+/// entry is gone is done already.
+fn fixes(me: &str, compute: &Compute, seen: &[Seen], drift: &[Drift], actions: &mut Vec<Action>) {
+    let prefix = format!("{me}/");
+    for id in compute.fixes.keys().filter(|id| id.starts_with(&prefix)) {
+        let Some(entry) = drift.iter().find(|d| &d.id == id) else {
+            actions.push(Action::FixDone { id: id.clone() });
+            continue;
+        };
+        let vm = entry.vm.clone();
+        match entry.kind {
+            DriftKind::CrashLoop => actions.push(Action::ResetCrashes { vm }),
+            DriftKind::WrongHost => actions.push(Action::Shutdown { vm }),
+            DriftKind::UnknownVm => {
+                for s in seen.iter().filter(|s| s.id == vm) {
+                    match (s.foreign, s.pid) {
+                        (true, Some(pid)) => actions.push(Action::KillForeign {
+                            vm: vm.clone(),
+                            pid,
+                        }),
+                        (false, Some(_)) => actions.push(Action::Shutdown { vm: vm.clone() }),
+                        // Only files: the VM is not placed here, so they are a stale copy.
+                        (false, None) if !seen.iter().any(|o| o.id == vm && o.pid.is_some()) => {
+                            actions.push(Action::Delete { vm: vm.clone() })
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // Fixed in the desired state when asked; nothing to do here.
+            DriftKind::IpConflict | DriftKind::MissingDisk => {}
+        }
+        actions.push(Action::FixDone { id: id.clone() });
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +379,8 @@ mod tests {
                 phase,
                 message: None,
                 phase_since: 1,
+                reboots_asked: 0,
+                reboots_done: 0,
             },
         }
     }
@@ -330,7 +432,18 @@ mod tests {
         let seen = [seen("vm-1", None, true)];
         let mut memory = Memory::default();
         let plan = reconcile("w1", &c, &seen, &memory);
-        assert_eq!(plan.actions, [Action::Start { vm: "vm-1".into() }]);
+        assert_eq!(
+            plan.actions,
+            [
+                Action::Report {
+                    vm: "vm-1".into(),
+                    phase: Phase::Creating,
+                    message: Some("QEMU was not running; starting it again".into())
+                },
+                Action::Start { vm: "vm-1".into() }
+            ],
+            "the phase stops claiming `running` at once"
+        );
         memory.recent_crashes.insert("vm-1".into(), CRASH_LIMIT);
         let plan = reconcile("w1", &c, &seen, &memory);
         assert!(
@@ -440,5 +553,96 @@ mod tests {
         assert_eq!(plan.drift.len(), 1);
         assert_eq!(plan.drift[0].kind, DriftKind::IpConflict);
         assert_eq!(plan.drift[0].vm, "vm-2");
+    }
+
+    #[test]
+    fn a_reboot_request_reboots_a_running_vm_and_is_acknowledged_otherwise() {
+        let mut a = vm("vm-1", "w1", Phase::Running, Power::Running);
+        a.value.reboots_asked = 2;
+        a.value.reboots_done = 1;
+        let c = compute(vec![a.clone()]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", Some(4), true)], &Memory::default());
+        assert_eq!(
+            plan.actions,
+            [Action::Reboot {
+                vm: "vm-1".into(),
+                done: 2
+            }]
+        );
+        a.value.request.power = Power::Stopped;
+        let c = compute(vec![a]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert_eq!(
+            plan.actions,
+            [Action::AckReboot {
+                vm: "vm-1".into(),
+                done: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn asked_fixes_become_host_actions_then_done() {
+        let mut looping = vm("vm-1", "w1", Phase::Crashed, Power::Running);
+        looping.value.message = Some("QEMU died 3 times in a row; not restarting".into());
+        let mut c = compute(vec![looping]);
+        let mut memory = Memory::default();
+        memory.recent_crashes.insert("vm-1".into(), CRASH_LIMIT);
+        let mut foreign = seen("vm-9", Some(77), false);
+        foreign.foreign = true;
+        let seen = [seen("vm-1", None, true), foreign, seen("vm-8", None, true)];
+        let plan = reconcile("w1", &c, &seen, &memory);
+        assert_eq!(plan.drift.len(), 3, "{:?}", plan.drift);
+        for d in &plan.drift {
+            c.fixes.insert(d.id.clone(), 9);
+        }
+        // Another host's fix, and a fix whose entry is gone.
+        c.fixes.insert("w2/crash-loop/vm-5".into(), 9);
+        c.fixes.insert("w1/unknown-vm/vm-6".into(), 9);
+        let plan = reconcile("w1", &c, &seen, &memory);
+        let fixing: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Report { .. }))
+            .collect();
+        assert_eq!(
+            fixing,
+            [
+                &Action::ResetCrashes { vm: "vm-1".into() },
+                &Action::FixDone {
+                    id: "w1/crash-loop/vm-1".into()
+                },
+                &Action::FixDone {
+                    id: "w1/unknown-vm/vm-6".into()
+                },
+                &Action::Delete { vm: "vm-8".into() },
+                &Action::FixDone {
+                    id: "w1/unknown-vm/vm-8".into()
+                },
+                &Action::KillForeign {
+                    vm: "vm-9".into(),
+                    pid: 77
+                },
+                &Action::FixDone {
+                    id: "w1/unknown-vm/vm-9".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stopped_vm_does_not_conflict() {
+        let mut a = vm("vm-1", "w1", Phase::Running, Power::Running);
+        let mut b = vm("vm-2", "w1", Phase::Stopped, Power::Stopped);
+        let ip = Assigned {
+            pool: "lan".into(),
+            address: "192.0.2.5".parse().unwrap(),
+            prefix: 24,
+        };
+        a.value.ips.push(ip.clone());
+        b.value.ips.push(ip);
+        let c = compute(vec![a, b]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", Some(1), true)], &Memory::default());
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
     }
 }

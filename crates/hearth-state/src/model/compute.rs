@@ -2,7 +2,8 @@
 //! allocation happens here, in log order, so an address can never go to two VMs.
 
 use hearth_types::compute::{
-    Assigned, Capacity, Compute, Drift, Image, IoLimits, IpPool, Phase, Power, Vm, VmRequest,
+    Assigned, Capacity, Compute, Drift, DriftKind, Image, IoLimits, IpPool, Phase, Power, Vm,
+    VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,27 @@ pub enum ComputeCommand {
         host: String,
         drift: Vec<Drift>,
     },
+    /// Ask for a reboot of a running VM (its host shuts it down and starts it again).
+    Reboot {
+        vm: String,
+        expect: Expect,
+    },
+    /// The host rebooted the VM up to the `done`th request.
+    Rebooted {
+        vm: String,
+        host: String,
+        done: u64,
+    },
+    /// An operator applies a drift entry's proposed fix. Fixes of the desired state are
+    /// applied here; fixes on a host are recorded for that host to carry out.
+    Fix {
+        id: String,
+    },
+    /// The host carried out (or gave up on) the fix of drift entry `id`.
+    FixDone {
+        id: String,
+        host: String,
+    },
 }
 
 impl ComputeCommand {
@@ -98,7 +120,10 @@ impl ComputeCommand {
             | ComputeCommand::DeleteVm { vm, .. }
             | ComputeCommand::Place { vm, .. }
             | ComputeCommand::Report { vm, .. }
-            | ComputeCommand::Forget { vm, .. } => format!("vm/{vm}"),
+            | ComputeCommand::Forget { vm, .. }
+            | ComputeCommand::Reboot { vm, .. }
+            | ComputeCommand::Rebooted { vm, .. } => format!("vm/{vm}"),
+            ComputeCommand::Fix { id } | ComputeCommand::FixDone { id, .. } => format!("fix/{id}"),
             ComputeCommand::Host { host, .. } | ComputeCommand::Fence { host, .. } => {
                 format!("host/{host}")
             }
@@ -250,6 +275,80 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             }
             Outcome::Applied { version: index }
         }
+        ComputeCommand::Reboot { vm, expect } => {
+            if let Some(entry) = compute.vms.get(vm)
+                && entry.value.request.power != Power::Running
+            {
+                return Outcome::Invalid {
+                    message: format!(
+                        "vm: {} is stopped; start it instead",
+                        entry.value.request.name
+                    ),
+                };
+            }
+            update_vm(compute, vm, *expect, index, |vm| {
+                vm.reboots_asked = vm.reboots_asked.max(vm.reboots_done) + 1
+            })
+        }
+        ComputeCommand::Rebooted { vm, host, done } => {
+            let Some(entry) = compute.vms.get_mut(vm) else {
+                return Outcome::NotFound;
+            };
+            if entry.value.host.as_deref() != Some(host.as_str()) {
+                return Outcome::Conflict {
+                    current: Some(entry.version),
+                };
+            }
+            if entry.value.reboots_done >= *done {
+                return Outcome::Nothing;
+            }
+            entry.value.reboots_done = *done;
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        ComputeCommand::Fix { id } => fix(compute, id, index),
+        ComputeCommand::FixDone { id, host } => {
+            if !id.starts_with(&format!("{host}/")) || compute.fixes.remove(id).is_none() {
+                return Outcome::Nothing;
+            }
+            Outcome::Applied { version: index }
+        }
+    }
+}
+
+/// The proposed fix of a drift entry. Conflicts and missing disks are fixed in the desired
+/// state; the rest is the host's to do.
+fn fix(compute: &mut Compute, id: &str, index: u64) -> Outcome {
+    let Some(entry) = compute
+        .drift
+        .values()
+        .flatten()
+        .find(|d| d.id == id)
+        .cloned()
+    else {
+        return Outcome::NotFound;
+    };
+    match entry.kind {
+        DriftKind::IpConflict => {
+            // Stop the newer holder of the address; the entry goes when the host sees it.
+            update_vm(compute, &entry.vm, Expect::Any, index, |vm| {
+                vm.request.power = Power::Stopped
+            })
+        }
+        DriftKind::MissingDisk => {
+            let Some(vm) = compute.vms.get_mut(&entry.vm) else {
+                return Outcome::NotFound;
+            };
+            // Placed again: the host makes a fresh disk from the image and starts it.
+            set_phase(&mut vm.value, Phase::Placed, None, index);
+            vm.version = index;
+            Outcome::Applied { version: index }
+        }
+        DriftKind::UnknownVm | DriftKind::WrongHost | DriftKind::CrashLoop => {
+            compute.fixes.insert(entry.id.clone(), index);
+            Outcome::Applied { version: index }
+        }
     }
 }
 
@@ -321,6 +420,8 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 phase: Phase::Pending,
                 message: None,
                 phase_since: index,
+                reboots_asked: 0,
+                reboots_done: 0,
             },
         },
     );
