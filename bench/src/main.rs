@@ -12,6 +12,7 @@ mod raft;
 mod reconcile;
 mod serf;
 mod stats;
+mod vm_boot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Command {
     /// Reconciler cost: wall time of one pass of the per-host reconciler (a pure function)
     /// over 1,000 VMs against fake observations; no QEMU runs.
     Reconcile(reconcile::Args),
+    /// VM start: from POST /v1/vms on a one-node server+worker agent to the test guest's
+    /// console markers (p50/p90 over --runs), against the same guest booted by QEMU alone.
+    /// Needs the test guest: ./scripts/build-test-guest.sh target/test-guest.
+    VmBoot(vm_boot::Args),
 }
 
 /// Options every benchmark takes.
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         Command::DnsQps(args) => (dns_qps::run(args), args.common.json),
         Command::Raft(args) => (raft::run(args), args.common.json),
         Command::Reconcile(args) => (reconcile::run(args), args.json),
+        Command::VmBoot(args) => (vm_boot::run(args), args.common.json),
     };
     match result {
         Ok(report) => {

@@ -121,11 +121,11 @@ pub fn run(args: &Args) -> Result<Report> {
         "one reconcile pass over {} VMs ({} actions and drift entries): {}\n",
         args.vms,
         actions,
-        summary.line()
+        summary.line_ms()
     );
     Ok(Report {
         bench: "reconcile",
         text,
-        fields: json!({ "vms": args.vms, "pass": summary.json(), "actions": actions }),
+        fields: json!({ "vms": args.vms, "pass_ms": { "p50": summary.p50 * 1e3, "p99": summary.p99 * 1e3, "max": summary.max * 1e3 }, "actions": actions }),
     })
 }

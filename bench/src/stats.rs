@@ -10,6 +10,7 @@ pub struct Summary {
     pub n_samples: usize,
     pub min: f64,
     pub p50: f64,
+    pub p90: f64,
     pub p99: f64,
     pub max: f64,
     pub mean: f64,
@@ -25,6 +26,7 @@ impl Summary {
             n_samples: secs.len(),
             min,
             p50: percentile(&secs, 50.0),
+            p90: percentile(&secs, 90.0),
             p99: percentile(&secs, 99.0),
             max,
             mean: secs.iter().sum::<f64>() / secs.len() as f64,
@@ -36,6 +38,7 @@ impl Summary {
             "n": self.n_samples,
             "min_s": round_ms(self.min),
             "p50_s": round_ms(self.p50),
+            "p90_s": round_ms(self.p90),
             "p99_s": round_ms(self.p99),
             "max_s": round_ms(self.max),
             "mean_s": round_ms(self.mean),
@@ -47,6 +50,27 @@ impl Summary {
         format!(
             "p50 {:.3} s  p99 {:.3} s  min {:.3} s  max {:.3} s  mean {:.3} s  (n = {})",
             self.p50, self.p99, self.min, self.max, self.mean, self.n_samples
+        )
+    }
+
+    /// One line with p90 instead of p99: `p50 2.104 s  p90 2.650 s  min ... (n = 10)`.
+    pub fn line_p90(&self) -> String {
+        format!(
+            "p50 {:.3} s  p90 {:.3} s  min {:.3} s  max {:.3} s  (n = {})",
+            self.p50, self.p90, self.min, self.max, self.n_samples
+        )
+    }
+
+    /// One line in milliseconds, for short timings.
+    pub fn line_ms(&self) -> String {
+        format!(
+            "p50 {:.3} ms  p99 {:.3} ms  min {:.3} ms  max {:.3} ms  mean {:.3} ms  (n = {})",
+            self.p50 * 1e3,
+            self.p99 * 1e3,
+            self.min * 1e3,
+            self.max * 1e3,
+            self.mean * 1e3,
+            self.n_samples
         )
     }
 }

@@ -379,7 +379,8 @@ struct ConsoleParams {
     offset: Option<u64>,
 }
 
-/// The VM's serial console log, as far as it goes, when this node is its host.
+/// A part of the VM's serial console log: read here when this node is its host, else asked
+/// of the host over the encrypted cluster RPC.
 async fn console(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -395,31 +396,36 @@ async fn console(
             &format!("vm: no VM with id or name {key}"),
         );
     };
+    let id = vm.value.id.clone();
     let me = state.membership.views().borrow().self_name.clone();
-    let host = vm.value.host.clone().unwrap_or_default();
-    if host != me {
+    let Some(host) = vm.value.host.clone() else {
         return error(
             StatusCode::CONFLICT,
-            &format!(
-                "vm: {key} runs on {host}; ask that node's API (hearth --api) for its console"
-            ),
+            &format!("vm: {key} is not placed on a host yet, so it has no console"),
         );
+    };
+    let chunk = if host == me {
+        hearth_state::network::read_console(Some(&state.vms_dir), &id, params.offset).await
+    } else if let Some(node) = &state.state {
+        node.console(&host, &id, params.offset).await
+    } else {
+        Err("this node holds no state".to_owned())
+    };
+    match chunk {
+        Ok(chunk) => Json(serde_json::json!({
+            "vm": id,
+            "host": host,
+            "offset": chunk.offset,
+            "next": chunk.next,
+            "total": chunk.total,
+            "text": chunk.text,
+        }))
+        .into_response(),
+        Err(message) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("console of {key} on {host}: {message}"),
+        ),
     }
-    let path = state.vms_dir.join(&vm.value.id).join("console.log");
-    let bytes = tokio::fs::read(&path).await.unwrap_or_default();
-    let total = bytes.len() as u64;
-    let from = params
-        .offset
-        .unwrap_or(total.saturating_sub(64 * 1024))
-        .min(total) as usize;
-    Json(serde_json::json!({
-        "vm": vm.value.id,
-        "host": host,
-        "offset": from,
-        "next": total,
-        "text": String::from_utf8_lossy(&bytes[from..]),
-    }))
-    .into_response()
 }
 
 async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

@@ -228,6 +228,7 @@ impl Agent {
                         heartbeat: config.state.heartbeat,
                         election_timeout: config.state.election_timeout,
                         blob_dir: Some(config.data_dir.join("images")),
+                        vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
                     },
                     listener,
                     state_keyring.clone(),

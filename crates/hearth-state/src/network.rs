@@ -73,6 +73,79 @@ pub enum RpcRequest {
         sha256: String,
         offset: u64,
     },
+    /// Asks the VM's host for up to [`CONSOLE_CHUNK`] bytes of its serial console log.
+    Console {
+        vm: String,
+        /// From this byte; `None` is the last [`CONSOLE_CHUNK`] bytes.
+        offset: Option<u64>,
+    },
+}
+
+/// The most bytes of a console log one answer carries.
+pub const CONSOLE_CHUNK: u64 = 64 * 1024;
+
+/// Part of a VM's serial console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleChunk {
+    /// Where `text` starts in the log.
+    pub offset: u64,
+    /// Where the next read starts.
+    pub next: u64,
+    /// The log's size now.
+    pub total: u64,
+    /// The bytes, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+}
+
+/// Reads part of `dir/VM/console.log`. The id is checked, so a request cannot reach outside
+/// `dir`. A VM with no log yet has an empty one.
+pub async fn read_console(
+    dir: Option<&std::path::Path>,
+    vm: &str,
+    offset: Option<u64>,
+) -> Result<ConsoleChunk, String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let valid = !vm.is_empty()
+        && vm.len() <= 64
+        && vm
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(format!("`{vm}` is not a VM id"));
+    }
+    let dir = dir.ok_or("this node runs no VMs")?;
+    let path = dir.join(vm).join("console.log");
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConsoleChunk {
+                offset: 0,
+                next: 0,
+                total: 0,
+                text: String::new(),
+            });
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let total = file.metadata().await.map_err(|e| e.to_string())?.len();
+    let from = offset
+        .unwrap_or(total.saturating_sub(CONSOLE_CHUNK))
+        .min(total);
+    file.seek(std::io::SeekFrom::Start(from))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(CONSOLE_CHUNK)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ConsoleChunk {
+        offset: from,
+        next: from + bytes.len() as u64,
+        total,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }
 
 /// The most bytes one `FetchBlob` answer carries.
@@ -96,6 +169,7 @@ pub enum RpcResponse {
     ReadIndex(Result<u64, StateError>),
     Status(crate::node::StateStatus),
     Blob(Result<BlobChunk, String>),
+    Console(Result<ConsoleChunk, String>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -281,6 +355,8 @@ pub trait Application: Clone + Send + Sync + 'static {
     fn status(&self) -> crate::node::StateStatus;
     /// Where this node keeps verified image files, if it serves them.
     fn blob_dir(&self) -> Option<&std::path::Path>;
+    /// Where this node keeps its VMs' directories, if it is a worker.
+    fn vms_dir(&self) -> Option<&std::path::Path>;
 }
 
 /// Reads one chunk of the verified file `sha256` under `dir`. The name is checked to be a
@@ -375,6 +451,9 @@ async fn serve_connection<A: Application>(
             RpcRequest::Status => RpcResponse::Status(app.status()),
             RpcRequest::FetchBlob { sha256, offset } => {
                 RpcResponse::Blob(read_blob_chunk(app.blob_dir(), &sha256, offset).await)
+            }
+            RpcRequest::Console { vm, offset } => {
+                RpcResponse::Console(read_console(app.vms_dir(), &vm, offset).await)
             }
         };
         conn.send(&serde_json::to_vec(&response)?).await?;

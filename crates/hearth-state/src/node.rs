@@ -42,6 +42,8 @@ pub struct StateConfig {
     pub election_timeout: Duration,
     /// Verified image files this node serves to peers (`data_dir/images`).
     pub blob_dir: Option<PathBuf>,
+    /// The VMs' directories of a worker (`data_dir/vms`), for console reads from peers.
+    pub vms_dir: Option<PathBuf>,
 }
 
 /// Why the state node could not start.
@@ -337,6 +339,32 @@ impl StateNode {
     /// Fetches the verified image file `sha256` from the first group member that has it,
     /// handing each chunk to `sink` in order; returns the size. A member that fails mid-way
     /// fails the whole fetch (the caller starts again with an empty sink).
+    /// Part of VM `vm`'s console log, read by `host` (a group member, learners included).
+    pub async fn console(
+        &self,
+        host: &str,
+        vm: &str,
+        offset: Option<u64>,
+    ) -> Result<crate::network::ConsoleChunk, String> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let node = membership
+            .nodes()
+            .map(|(_, node)| node)
+            .find(|node| node.name == host)
+            .ok_or_else(|| format!("{host} is not a member of the state group"))?;
+        let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
+        let request = RpcRequest::Console {
+            vm: vm.to_owned(),
+            offset,
+        };
+        match client.call(&request, Duration::from_secs(5)).await {
+            Ok(RpcResponse::Console(answer)) => answer.map_err(|e| format!("{host}: {e}")),
+            Ok(_) => Err(format!("{host} answered another RPC")),
+            Err(error) => Err(format!("{host} cannot be reached: {error}")),
+        }
+    }
+
     pub async fn fetch_blob(
         &self,
         sha256: &str,
@@ -587,6 +615,10 @@ impl Application for StateNode {
 
     fn blob_dir(&self) -> Option<&std::path::Path> {
         self.inner.config.blob_dir.as_deref()
+    }
+
+    fn vms_dir(&self) -> Option<&std::path::Path> {
+        self.inner.config.vms_dir.as_deref()
     }
 
     async fn read_index(&self) -> Result<u64, StateError> {

@@ -70,6 +70,10 @@ impl Application for Direct {
         None
     }
 
+    fn vms_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Not asked for by this test; enough for a peer that does.
     fn status(&self) -> StateStatus {
         let metrics = self.0.metrics().borrow().clone();

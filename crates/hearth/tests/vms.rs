@@ -2,7 +2,8 @@
 //! test guest built by `scripts/build-test-guest.sh`: create → running → the guest's marker
 //! and address on its console; a killed QEMU is restarted; an agent restart adopts the VM
 //! (still one QEMU); IO limits through QMP; a QEMU hearth did not start is drift; delete
-//! removes the disk and frees the address; VMs spread over two workers.
+//! removes the disk and frees the address; VMs spread over two workers, and a console read
+//! through another node's API.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -168,7 +169,7 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
 
     // Killed from outside: the reconciler starts it again.
     kill_pid(first);
-    let second = eventually(
+    eventually(
         "a new QEMU",
         BOOT,
         || match qemu_pids_under(&agent.dir)[..] {
@@ -182,6 +183,11 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
         let text = console(agent, &id);
         if boots(&text) == 2 { Ok(()) } else { Err(text) }
     });
+    // Read only now: while QEMU daemonizes, its launcher briefly has a pid of its own.
+    let pids = qemu_pids_under(&agent.dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let second = pids[0];
+    assert_ne!(second, first);
 
     // The agent dies and comes back: it adopts the VM; still exactly one QEMU.
     cluster.agents[0].kill9();
@@ -438,4 +444,19 @@ fn vms_spread_over_two_workers() {
         Ok(hosts)
     });
     assert_ne!(hosts[0], hosts[1], "spread: {hosts:?}");
+
+    // The console of a VM on the other worker, read through this node's API: the request
+    // crosses the cluster RPC to its host.
+    let remote = if hosts[0] == "n1" { "b" } else { "a" };
+    agent.cli(&["vm", "start", remote]);
+    eventually("the remote guest's marker through n1", BOOT, || {
+        let out = agent.cli(&["vm", "console", remote]);
+        if out.contains(&format!("HEARTH-GUEST hostname={remote} "))
+            && out.contains("HEARTH-GUEST-READY")
+        {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
 }
