@@ -274,6 +274,11 @@ impl Agent {
             ));
         }
         if let Some(state) = &state {
+            tasks.spawn(compute::collect_image_garbage(
+                state.clone(),
+                blobs.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(follow_desired_services(
                 state.reader().subscribe(),
                 wanted_tx,

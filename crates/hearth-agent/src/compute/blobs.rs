@@ -49,6 +49,39 @@ impl BlobStore {
         self.path(sha256).is_file()
     }
 
+    /// Removes verified files no image refers to, and abandoned temporary files, once they
+    /// are older than `min_age` (an upload is stored before its image is declared). Returns
+    /// the names removed.
+    pub fn collect_garbage(
+        &self,
+        referenced: &std::collections::BTreeSet<String>,
+        min_age: std::time::Duration,
+    ) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_blob = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let is_partial = name.starts_with('.') && name.ends_with(".part");
+            if !(is_blob || is_partial) || referenced.contains(&name) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        removed
+    }
+
     /// Starts writing the blob `sha256`. Several writers of one blob do not disturb each
     /// other: each has its own temporary file, and the renames are atomic.
     pub fn writer(&self, sha256: &str) -> Result<BlobWriter, BlobError> {
@@ -143,6 +176,32 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn garbage_is_what_no_image_refers_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path().to_path_buf());
+        let (kept, dropped) = ("a".repeat(64), "b".repeat(64));
+        for name in [
+            &kept,
+            &dropped,
+            &".x.1.2.part".to_string(),
+            &"notes".to_string(),
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let referenced = std::collections::BTreeSet::from([kept.clone()]);
+        // Too young: an upload whose image is not declared yet.
+        assert!(
+            store
+                .collect_garbage(&referenced, std::time::Duration::from_secs(3600))
+                .is_empty()
+        );
+        let removed = store.collect_garbage(&referenced, std::time::Duration::ZERO);
+        assert_eq!(removed, [".x.1.2.part".to_string(), dropped]);
+        assert!(store.has(&kept));
+        assert!(dir.path().join("notes").exists());
+    }
 
     #[test]
     fn only_verified_content_gets_its_name() {
