@@ -42,8 +42,8 @@ fn console_has(path: &Path, marker: &str) -> Result<()> {
     }
 }
 
-/// The guest's own boot: QEMU started by hand with the same disk/seed layout hearth uses,
-/// minus hearth. Returns (launch → UP, launch → READY).
+/// The guest's own boot: QEMU started by hand with the same disk and seed layout hearth
+/// uses (overlay made, seed written before the clock starts), minus hearth. Returns (launch → UP, launch → READY).
 fn direct_boot(
     agent: &TestAgent,
     guest: &Path,
@@ -62,6 +62,19 @@ fn direct_boot(
     if !status.success() {
         bail!("qemu-img create failed");
     }
+    // The same seed hearth would write, so the guest finds its config as fast.
+    let seed = hearth_compute::seed::Seed {
+        instance_id: format!("direct-{run}"),
+        hostname: format!("direct{run}"),
+        ssh_keys: vec![],
+        mac: "52:54:00:12:34:56".into(),
+        addresses: vec!["192.0.2.200/24".into()],
+        gateway4: Some([192, 0, 2, 1].into()),
+        gateway6: None,
+        resolvers: vec![],
+    };
+    seed.write_iso(&dir.join("seed"), &dir.join("seed.iso"))
+        .map_err(anyhow::Error::msg)?;
     let console = dir.join("console.log");
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -93,11 +106,16 @@ fn direct_boot(
             overlay.display()
         ))
         .args(["-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=none,id=seed0,readonly=on",
+            dir.join("seed.iso").display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=seed0,id=virtio-disk1"])
+        .args(["-netdev", "user,id=net0,restrict=on"])
         .args([
-            "-netdev",
-            "user,id=net0,restrict=on",
             "-device",
-            "virtio-net-pci,netdev=net0",
+            "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
