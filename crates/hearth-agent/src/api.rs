@@ -1,4 +1,5 @@
-//! The local HTTP API: JSON under `/v1/` (token required) and Prometheus `/metrics`.
+//! The local HTTP API: JSON under `/v1/` (token required), Prometheus `/metrics` and the
+//! public status page `/status` (no token).
 
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
         .fallback(not_found)
         .with_state(state)
 }
@@ -99,6 +102,35 @@ async fn leave(State(state): State<ApiState>) -> Json<serde_json::Value> {
     state.membership.leave().await;
     state.shutdown.cancel();
     Json(serde_json::json!({ "left": true }))
+}
+
+/// The status from this node's own view and its own copy of the notices: never waits on
+/// another node, so it answers while Raft has no quorum.
+fn local_status(state: &ApiState) -> crate::web::status::Status {
+    let view = state.membership.views().borrow().clone();
+    let desired = state.state.as_ref().map(|node| node.reader().current());
+    let notices = desired
+        .as_ref()
+        .map(|d| d.notices.values().map(|n| &n.value).collect::<Vec<_>>())
+        .unwrap_or_default();
+    crate::web::status::status(&view, notices.into_iter())
+}
+
+/// The public status page: no token.
+async fn status_page(State(state): State<ApiState>) -> Response {
+    let html = crate::web::status::render(&local_status(&state));
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+async fn status_json(State(state): State<ApiState>) -> Response {
+    Json(local_status(&state)).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod services;
 pub mod state_api;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

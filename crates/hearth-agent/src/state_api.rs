@@ -27,6 +27,50 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/events", get(events))
         .route("/v1/nodes/{name}/drain", post(drain))
         .route("/v1/nodes/{name}/undrain", post(undrain))
+        .route("/v1/notices", get(list_notices).put(put_notice))
+        .route("/v1/notices/{id}", delete(remove_notice))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutNotice {
+    notice: hearth_types::notice::Notice,
+    #[serde(default)]
+    expect: Expect,
+}
+
+async fn list_notices(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => Json(&desired.notices).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Posts or updates a status-page notice; `posted_at` defaults to now.
+async fn put_notice(
+    State(state): State<ApiState>,
+    body: Result<Json<PutNotice>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(PutNotice { mut notice, expect })) => {
+            if notice.posted_at == 0 {
+                notice.posted_at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+            }
+            write(&state, Command::PutNotice { notice, expect }).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn remove_notice(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    let expect = expect_from(&params);
+    write(&state, Command::RemoveNotice { id, expect }).await
 }
 
 /// `?consistent` for a linearizable read; `?version=N` for a compare-and-set removal.

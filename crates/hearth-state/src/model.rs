@@ -75,6 +75,15 @@ pub enum Command {
     Compute {
         command: ComputeCommand,
     },
+    /// Posts or updates a status-page notice.
+    PutNotice {
+        notice: hearth_types::notice::Notice,
+        expect: Expect,
+    },
+    RemoveNotice {
+        id: String,
+        expect: Expect,
+    },
 }
 
 impl Command {
@@ -100,6 +109,8 @@ impl Command {
             | Command::RecordDelivery { .. }
             | Command::Batch { .. } => "observed".into(),
             Command::Compute { command } => command.object_key(),
+            Command::PutNotice { notice, .. } => format!("notice/{}", notice.id),
+            Command::RemoveNotice { id, .. } => format!("notice/{id}"),
         }
     }
 }
@@ -159,6 +170,19 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::RemoveService { name, expect } => {
             remove(&mut state.services, &name.to_ascii_lowercase(), *expect)
         }
+        Command::PutNotice { notice, expect } => {
+            if let Err(message) = notice.validate() {
+                return Outcome::Invalid { message };
+            }
+            put(
+                &mut state.notices,
+                notice.id.clone(),
+                notice.clone(),
+                *expect,
+                index,
+            )
+        }
+        Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
         Command::PutRecords { records, expect } => {
             let key = match (records.validate(), records.key()) {
                 (Ok(()), Some(key)) => key,

@@ -444,7 +444,7 @@ impl Compute {
 }
 
 /// Names of images, pools and VMs: a DNS label, so a VM name can be its hostname.
-fn check_name(field: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

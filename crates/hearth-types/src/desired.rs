@@ -225,6 +225,9 @@ pub struct DesiredState {
     /// Images, IP pools, VMs, worker hosts and drift.
     #[serde(default)]
     pub compute: crate::compute::Compute,
+    /// Incidents and maintenance notes for the status page, by id.
+    #[serde(default)]
+    pub notices: BTreeMap<String, Versioned<crate::notice::Notice>>,
 }
 
 impl DesiredState {

@@ -297,3 +297,4 @@ impl Member {
 
 pub mod compute;
 pub mod desired;
+pub mod notice;

@@ -63,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: state_cli::RecordsCommand,
     },
+    /// Post incidents and maintenance notes on the public status page (`/status` on every
+    /// node, no login), resolve and remove them.
+    Notice {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: state_cli::NoticeCommand,
+    },
     /// Put a node in maintenance (drain) or take it out (undrain).
     Node {
         #[command(flatten)]
@@ -184,6 +192,9 @@ pub fn main() -> ExitCode {
         Command::Events(args) => client_command(&args, state_cli::events),
         Command::Records { client, command } => {
             with_client(&client, |c, json| state_cli::records(c, json, command))
+        }
+        Command::Notice { client, command } => {
+            with_client(&client, |c, json| state_cli::notice(c, json, command))
         }
         Command::Node { client, command } => {
             with_client(&client, |c, json| state_cli::node(c, json, command))

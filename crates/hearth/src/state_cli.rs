@@ -501,3 +501,97 @@ mod tests {
         );
     }
 }
+
+#[derive(Subcommand)]
+pub enum NoticeCommand {
+    /// Post (or update) a notice on every node's public status page.
+    Post {
+        /// A short id: lowercase letters, digits and inner hyphens (e.g. `db-outage`).
+        id: String,
+        /// `incident` or `maintenance`.
+        #[arg(long, default_value = "incident", value_parser = ["incident", "maintenance"])]
+        kind: String,
+        /// One line for the page's heading.
+        #[arg(long)]
+        title: String,
+        /// More words: what happens, what users should do, when it is expected to end.
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+    /// Mark a notice resolved (it stays on the page among the recent ones).
+    Resolve { id: String },
+    /// List the notices.
+    List,
+    /// Remove a notice from the page.
+    Rm { id: String },
+}
+
+type Notices = BTreeMap<String, Versioned<hearth_types::notice::Notice>>;
+
+pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<(), ClientError> {
+    let done = |answer: &Value, text: String| {
+        if json {
+            print_json(answer);
+        } else {
+            println!("{text}");
+        }
+    };
+    match command {
+        NoticeCommand::Post {
+            id,
+            kind,
+            title,
+            body,
+        } => {
+            let notice = json!({ "id": id, "kind": kind, "title": title, "body": body });
+            let answer: Value = client.put("/v1/notices", &json!({ "notice": notice }))?;
+            done(
+                &answer,
+                format!("{id}: posted on the status page (/status)"),
+            );
+        }
+        NoticeCommand::Resolve { id } => {
+            let notices: Notices = client.get("/v1/notices")?;
+            let Some(current) = notices.get(&id) else {
+                return Err(ClientError::Usage(format!(
+                    "ID: no notice `{id}`; `hearth notice list` shows them"
+                )));
+            };
+            let mut notice = current.value.clone();
+            notice.resolved_at = Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .max(notice.posted_at),
+            );
+            let body = json!({ "notice": notice, "expect": { "version": current.version } });
+            let answer: Value = client.put("/v1/notices", &body)?;
+            done(&answer, format!("{id}: resolved"));
+        }
+        NoticeCommand::List => {
+            let notices: Notices = client.get("/v1/notices")?;
+            if json {
+                print_json(&notices);
+                return Ok(());
+            }
+            let rows = notices.values().map(|n| {
+                vec![
+                    n.value.id.clone(),
+                    n.value.kind.as_str().to_owned(),
+                    if n.value.resolved_at.is_some() {
+                        "resolved".into()
+                    } else {
+                        "open".into()
+                    },
+                    n.value.title.clone(),
+                ]
+            });
+            print_table(&["ID", "KIND", "STATE", "TITLE"], rows);
+        }
+        NoticeCommand::Rm { id } => {
+            let answer: Value = client.delete(&format!("/v1/notices/{id}"))?;
+            done(&answer, format!("{id}: removed"));
+        }
+    }
+    Ok(())
+}
