@@ -14,6 +14,7 @@ use hearth_membership::Membership;
 use hearth_types::{MemberRow, ServiceRow};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth;
 use crate::checks::Instances;
 use crate::handlers::HandlerMetrics;
 use crate::metrics::{MetricsSources, render};
@@ -44,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/leave", post(leave))
         .merge(crate::state_api::routes())
         .merge(crate::compute_api::routes())
+        .merge(crate::accounts_api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -63,31 +65,44 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Authenticates the bearer token, applies the authorization rules (`auth::authorize`) and
+/// hands the caller to the handlers as an extension.
 async fn require_token(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
-            next.run(request).await
-        }
-        Some(_) => error(StatusCode::UNAUTHORIZED, "the API token is wrong"),
-        None => error(
+    let Some(token) = presented else {
+        return error(
             StatusCode::UNAUTHORIZED,
             "an API token is required: send `Authorization: Bearer <token>` (the agent keeps it in <data_dir>/api-token)",
-        ),
+        );
+    };
+    let desired = state.state.as_ref().map(|node| node.reader().current());
+    let Some(caller) = auth::authenticate(token, &state.token, desired.as_deref()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the API token is wrong or revoked",
+        );
+    };
+    match auth::authorize(
+        &caller,
+        request.method(),
+        request.uri().path(),
+        desired.as_deref(),
+    ) {
+        auth::Verdict::Allow => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        auth::Verdict::Forbidden(why) => error(StatusCode::FORBIDDEN, &why),
+        auth::Verdict::Hidden(why) => error(StatusCode::NOT_FOUND, &why),
     }
-}
-
-/// Compares without an early exit, so response timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn members(State(state): State<ApiState>) -> Json<Vec<MemberRow>> {
@@ -149,7 +164,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use crate::auth::constant_time_eq;
 
     #[test]
     fn token_comparison() {

@@ -9,7 +9,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+
+use crate::auth::Caller;
 use futures_util::StreamExt;
 use hearth_state::model::{Command, ComputeCommand, Expect};
 use hearth_types::compute::{Image, IoLimits, IpPool, Phase, Power, Vm, VmRequest};
@@ -237,7 +239,15 @@ async fn remove_pool(
     write(&state, compute(ComputeCommand::RemovePool { name, expect })).await
 }
 
-async fn list_vms(State(state): State<ApiState>, Query(params): Query<VmParams>) -> Response {
+async fn list_vms(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Query(params): Query<VmParams>,
+) -> Response {
+    // A member sees only their own VMs, whatever `?owner` says.
+    let only = caller
+        .as_ref()
+        .and_then(|c| c.only_owner().map(str::to_owned));
     let read_params = Params {
         consistent: params.consistent.clone(),
         version: None,
@@ -253,6 +263,7 @@ async fn list_vms(State(state): State<ApiState>, Query(params): Query<VmParams>)
                         .owner
                         .as_ref()
                         .is_none_or(|o| *o == vm.value.request.owner)
+                        && only.as_ref().is_none_or(|o| *o == vm.value.request.owner)
                 })
                 .map(|vm| vm_row(&state, &desired, vm))
                 .collect();
@@ -264,10 +275,21 @@ async fn list_vms(State(state): State<ApiState>, Query(params): Query<VmParams>)
 
 async fn create_vm(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<VmRequest>, JsonRejection>,
 ) -> Response {
     match body {
-        Ok(Json(request)) => write(&state, compute(ComputeCommand::CreateVm { request })).await,
+        Ok(Json(request)) => {
+            if let Some(owner) = caller.as_ref().and_then(|c| c.only_owner())
+                && request.owner != owner
+            {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    &format!("owner: a member creates VMs for themselves ({owner})"),
+                );
+            }
+            write(&state, compute(ComputeCommand::CreateVm { request })).await
+        }
         Err(rejection) => bad_body(rejection),
     }
 }

@@ -1,7 +1,9 @@
 //! The hearth agent: reads the config, binds its sockets, and runs membership, health
 //! checks, DNS, event handlers and the API until it is told to stop.
 
+pub mod accounts_api;
 pub mod api;
+pub mod auth;
 pub mod checks;
 pub mod cluster_events;
 pub mod compute;

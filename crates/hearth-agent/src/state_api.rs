@@ -178,7 +178,17 @@ async fn status(State(state): State<ApiState>) -> Response {
 
 async fn desired(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     match read(&state, &params).await {
-        Ok(desired) => Json(&*desired).into_response(),
+        Ok(desired) => {
+            // Hashes stay inside the cluster, even for admins.
+            let mut shown = (*desired).clone();
+            for account in shown.accounts.values_mut() {
+                account.value.password_hash = "(hidden)".into();
+            }
+            for token in shown.tokens.values_mut() {
+                token.value.secret_sha256 = "(hidden)".into();
+            }
+            Json(shown).into_response()
+        }
         Err(failure) => failure.into_response(),
     }
 }

@@ -84,6 +84,23 @@ pub enum Command {
         id: String,
         expect: Expect,
     },
+    /// Creates or updates an account (the API node hashed any new password).
+    PutAccount {
+        account: hearth_types::account::Account,
+        expect: Expect,
+    },
+    /// Removes an account and revokes its tokens.
+    RemoveAccount {
+        name: String,
+        expect: Expect,
+    },
+    /// Adds a token of an existing account.
+    PutToken {
+        token: hearth_types::account::ApiToken,
+    },
+    RevokeToken {
+        id: String,
+    },
 }
 
 impl Command {
@@ -111,6 +128,11 @@ impl Command {
             Command::Compute { command } => command.object_key(),
             Command::PutNotice { notice, .. } => format!("notice/{}", notice.id),
             Command::RemoveNotice { id, .. } => format!("notice/{id}"),
+            // Account changes touch the account's tokens too: one per entry.
+            Command::PutAccount { .. }
+            | Command::RemoveAccount { .. }
+            | Command::PutToken { .. }
+            | Command::RevokeToken { .. } => "accounts".into(),
         }
     }
 }
@@ -183,6 +205,58 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             )
         }
         Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
+        Command::PutAccount { account, expect } => {
+            if let Err(message) = account.validate() {
+                return Outcome::Invalid { message };
+            }
+            put(
+                &mut state.accounts,
+                account.name.clone(),
+                account.clone(),
+                *expect,
+                index,
+            )
+        }
+        Command::RemoveAccount { name, expect } => {
+            let outcome = remove(&mut state.accounts, name, *expect);
+            if outcome == Outcome::Removed {
+                for token in state.tokens.values_mut() {
+                    if token.value.account == *name {
+                        token.value.revoked = true;
+                        token.version = index;
+                    }
+                }
+            }
+            outcome
+        }
+        Command::PutToken { token } => {
+            if !state.accounts.contains_key(&token.account) {
+                return Outcome::Invalid {
+                    message: format!("account: no account named {}", token.account),
+                };
+            }
+            if token.id.is_empty() || token.secret_sha256.len() != 64 {
+                return Outcome::Invalid {
+                    message: "id: a token needs an id and a sha256".into(),
+                };
+            }
+            put(
+                &mut state.tokens,
+                token.id.clone(),
+                token.clone(),
+                Expect::Absent,
+                index,
+            )
+        }
+        Command::RevokeToken { id } => match state.tokens.get_mut(id) {
+            None => Outcome::NotFound,
+            Some(token) if token.value.revoked => Outcome::Nothing,
+            Some(token) => {
+                token.value.revoked = true;
+                token.version = index;
+                Outcome::Applied { version: index }
+            }
+        },
         Command::PutRecords { records, expect } => {
             let key = match (records.validate(), records.key()) {
                 (Ok(()), Some(key)) => key,

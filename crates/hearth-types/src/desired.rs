@@ -228,6 +228,12 @@ pub struct DesiredState {
     /// Incidents and maintenance notes for the status page, by id.
     #[serde(default)]
     pub notices: BTreeMap<String, Versioned<crate::notice::Notice>>,
+    /// Admins and members, by name.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, Versioned<crate::account::Account>>,
+    /// API tokens of accounts, by id.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, Versioned<crate::account::ApiToken>>,
 }
 
 impl DesiredState {

@@ -295,6 +295,7 @@ impl Member {
     }
 }
 
+pub mod account;
 pub mod compute;
 pub mod desired;
 pub mod notice;

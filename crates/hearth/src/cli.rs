@@ -10,7 +10,7 @@ use hearth_agent::config::Config;
 use hearth_types::{MemberRow, ServiceRow};
 
 use crate::client::{ApiClient, ClientError};
-use crate::{compute_cli, state_cli};
+use crate::{accounts_cli, compute_cli, state_cli};
 
 /// Exit code for bad usage or bad config.
 const EXIT_USAGE: u8 = 2;
@@ -62,6 +62,27 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: state_cli::RecordsCommand,
+    },
+    /// Create admin accounts (`hearth admin create NAME` makes the first one).
+    Admin {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: accounts_cli::AdminCommand,
+    },
+    /// Member and admin accounts.
+    Account {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: accounts_cli::AccountCommand,
+    },
+    /// API tokens of accounts: create, list, revoke.
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: accounts_cli::TokenCommand,
     },
     /// Post incidents and maintenance notes on the public status page (`/status` on every
     /// node, no login), resolve and remove them.
@@ -192,6 +213,15 @@ pub fn main() -> ExitCode {
         Command::Events(args) => client_command(&args, state_cli::events),
         Command::Records { client, command } => {
             with_client(&client, |c, json| state_cli::records(c, json, command))
+        }
+        Command::Admin { client, command } => {
+            with_client(&client, |c, json| accounts_cli::admin(c, json, command))
+        }
+        Command::Account { client, command } => {
+            with_client(&client, |c, json| accounts_cli::account(c, json, command))
+        }
+        Command::Token { client, command } => {
+            with_client(&client, |c, json| accounts_cli::token(c, json, command))
         }
         Command::Notice { client, command } => {
             with_client(&client, |c, json| state_cli::notice(c, json, command))

@@ -1,0 +1,348 @@
+//! Who is calling and what they may do. The node's API token (`data_dir/api-token`) is the
+//! root admin; accounts present tokens `hth_<id>.<secret>` checked against the sha256 kept in
+//! the desired state. The rules are a pure function of (caller, method, path, desired state):
+//! members reach only their own VMs, their keys and tokens, and read images and pools;
+//! everything else is for admins. A member asking for another member's VM gets the same 404
+//! as for a VM that does not exist.
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::http::Method;
+use base64::Engine;
+use hearth_types::account::{AccountRole, ApiToken, TokenScope};
+use hearth_types::desired::DesiredState;
+use sha2::{Digest, Sha256};
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The node's own API token: an admin that needs no account (bootstrap, the CLI on the node).
+    Root,
+    Account {
+        name: String,
+        role: AccountRole,
+        scope: TokenScope,
+    },
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Root => true,
+            Caller::Account { role, .. } => *role == AccountRole::Admin,
+        }
+    }
+
+    /// The account whose things alone this caller may see; `None` sees everything.
+    pub fn only_owner(&self) -> Option<&str> {
+        match self {
+            Caller::Account {
+                name,
+                role: AccountRole::Member,
+                ..
+            } => Some(name),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Root => "root",
+            Caller::Account { name, .. } => name,
+        }
+    }
+}
+
+/// A new token's parts: what the caller presents once, and what is kept.
+pub fn new_token(account: &str, scope: TokenScope, note: String, now: u64) -> (String, ApiToken) {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    rand::fill(&mut id[..]);
+    rand::fill(&mut secret[..]);
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let token = ApiToken {
+        id: id.clone(),
+        account: account.to_owned(),
+        scope,
+        secret_sha256: sha256_hex(&secret),
+        note,
+        created_at: now,
+        revoked: false,
+    };
+    (format!("hth_{id}.{secret}"), token)
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares without an early exit, so timing does not reveal the secret.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The caller a bearer token stands for, if it is valid.
+pub fn authenticate(presented: &str, root: &str, desired: Option<&DesiredState>) -> Option<Caller> {
+    if constant_time_eq(presented.as_bytes(), root.as_bytes()) {
+        return Some(Caller::Root);
+    }
+    let (id, secret) = presented.strip_prefix("hth_")?.split_once('.')?;
+    let desired = desired?;
+    let token = &desired.tokens.get(id)?.value;
+    if token.revoked
+        || !constant_time_eq(
+            sha256_hex(secret).as_bytes(),
+            token.secret_sha256.as_bytes(),
+        )
+    {
+        return None;
+    }
+    let account = &desired.accounts.get(&token.account)?.value;
+    if account.disabled {
+        return None;
+    }
+    Some(Caller::Account {
+        name: account.name.clone(),
+        role: account.role,
+        scope: token.scope,
+    })
+}
+
+/// What the rules say about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// 403 with the reason.
+    Forbidden(String),
+    /// 404, as if the object did not exist.
+    Hidden(String),
+}
+
+/// The authorization rules. `path` is the request path without the query.
+pub fn authorize(
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    desired: Option<&DesiredState>,
+) -> Verdict {
+    if let Caller::Account {
+        scope: TokenScope::ReadOnly,
+        ..
+    } = caller
+        && method != Method::GET
+    {
+        return Verdict::Forbidden("this token is read-only".into());
+    }
+    let Some(owner) = caller.only_owner() else {
+        return Verdict::Allow;
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let admin_only = || {
+        Verdict::Forbidden(format!(
+            "{} {path} is for admins; {owner} is a member",
+            method.as_str()
+        ))
+    };
+    match segments.as_slice() {
+        ["v1", "me"] | ["v1", "me", ..] | ["v1", "tokens"] | ["v1", "tokens", _] => Verdict::Allow,
+        ["v1", "images"] | ["v1", "pools"] if method == Method::GET => Verdict::Allow,
+        ["v1", "vms"] => Verdict::Allow,
+        ["v1", "vms", key] | ["v1", "vms", key, _] => {
+            let mine = desired
+                .and_then(|d| d.compute.find_vm(key))
+                .is_some_and(|vm| vm.value.request.owner == owner);
+            if mine {
+                Verdict::Allow
+            } else {
+                Verdict::Hidden(format!("vm: no VM with id or name {key}"))
+            }
+        }
+        _ => admin_only(),
+    }
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches the stored hash.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// The smallest password accepted.
+pub const MIN_PASSWORD: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::account::Account;
+    use hearth_types::compute::{Arch, Phase, Power, Vm, VmRequest};
+    use hearth_types::desired::Versioned;
+
+    fn world() -> (DesiredState, String, String) {
+        let mut desired = DesiredState::default();
+        for (name, role) in [
+            ("alice", AccountRole::Member),
+            ("bob", AccountRole::Member),
+            ("ann", AccountRole::Admin),
+        ] {
+            desired.accounts.insert(
+                name.into(),
+                Versioned {
+                    version: 1,
+                    value: Account {
+                        name: name.into(),
+                        role,
+                        email: String::new(),
+                        password_hash: "$argon2id$x".into(),
+                        ssh_keys: Default::default(),
+                        disabled: false,
+                    },
+                },
+            );
+        }
+        let vm = |id: &str, name: &str, owner: &str| Versioned {
+            version: 1,
+            value: Vm {
+                id: id.into(),
+                request: VmRequest {
+                    name: name.into(),
+                    owner: owner.into(),
+                    arch: Arch::X86_64,
+                    vcpus: 1,
+                    memory_mib: 256,
+                    disk_gib: 1,
+                    image: "tiny".into(),
+                    ssh_keys: vec![],
+                    pools: vec![],
+                    io: Default::default(),
+                    power: Power::Running,
+                },
+                ips: vec![],
+                host: None,
+                deleting: false,
+                phase: Phase::Pending,
+                message: None,
+                phase_since: 1,
+                reboots_asked: 0,
+                reboots_done: 0,
+            },
+        };
+        desired
+            .compute
+            .vms
+            .insert("vm-1".into(), vm("vm-1", "a1", "alice"));
+        desired
+            .compute
+            .vms
+            .insert("vm-2".into(), vm("vm-2", "b1", "bob"));
+        let (alice, token) = new_token("alice", TokenScope::Full, String::new(), 5);
+        desired.tokens.insert(
+            token.id.clone(),
+            Versioned {
+                version: 2,
+                value: token,
+            },
+        );
+        let (ro, token) = new_token("ann", TokenScope::ReadOnly, String::new(), 5);
+        desired.tokens.insert(
+            token.id.clone(),
+            Versioned {
+                version: 3,
+                value: token,
+            },
+        );
+        (desired, alice, ro)
+    }
+
+    #[test]
+    fn tokens_authenticate_until_revoked_and_nothing_else_does() {
+        let (mut desired, alice, _) = world();
+        assert_eq!(
+            authenticate("root-secret", "root-secret", None),
+            Some(Caller::Root)
+        );
+        let caller = authenticate(&alice, "root-secret", Some(&desired)).unwrap();
+        assert_eq!(caller.only_owner(), Some("alice"));
+        let forged = format!("{}x", alice);
+        assert_eq!(authenticate(&forged, "root-secret", Some(&desired)), None);
+        assert_eq!(
+            authenticate("hth_nope.nope", "root-secret", Some(&desired)),
+            None
+        );
+        for token in desired.tokens.values_mut() {
+            token.value.revoked = true;
+        }
+        assert_eq!(authenticate(&alice, "root-secret", Some(&desired)), None);
+    }
+
+    #[test]
+    fn members_see_their_own_vms_and_nothing_of_others() {
+        let (desired, alice, ro) = world();
+        let alice = authenticate(&alice, "r", Some(&desired)).unwrap();
+        let check = |method: Method, path: &str| authorize(&alice, &method, path, Some(&desired));
+        assert_eq!(check(Method::GET, "/v1/vms/a1"), Verdict::Allow);
+        assert_eq!(check(Method::POST, "/v1/vms/vm-1/stop"), Verdict::Allow);
+        assert_eq!(check(Method::GET, "/v1/vms/vm-1/console"), Verdict::Allow);
+        // Another member's VM, by name or id, looks like no VM at all.
+        assert_eq!(
+            check(Method::GET, "/v1/vms/b1"),
+            Verdict::Hidden("vm: no VM with id or name b1".into())
+        );
+        assert_eq!(
+            check(Method::DELETE, "/v1/vms/vm-2"),
+            Verdict::Hidden("vm: no VM with id or name vm-2".into())
+        );
+        assert_eq!(
+            check(Method::GET, "/v1/vms/vm-404"),
+            Verdict::Hidden("vm: no VM with id or name vm-404".into())
+        );
+        assert!(matches!(
+            check(Method::GET, "/v1/drift"),
+            Verdict::Forbidden(_)
+        ));
+        assert!(matches!(
+            check(Method::PUT, "/v1/images"),
+            Verdict::Forbidden(_)
+        ));
+        assert!(matches!(
+            check(Method::GET, "/v1/desired"),
+            Verdict::Forbidden(_)
+        ));
+        assert_eq!(check(Method::GET, "/v1/images"), Verdict::Allow);
+        let ro = authenticate(&ro, "r", Some(&desired)).unwrap();
+        assert!(ro.is_admin());
+        assert_eq!(
+            authorize(&ro, &Method::GET, "/v1/drift", Some(&desired)),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            authorize(&ro, &Method::POST, "/v1/vms", Some(&desired)),
+            Verdict::Forbidden(_)
+        ));
+    }
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse battery", &hash));
+        assert!(!verify_password("wrong horse battery", &hash));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}

@@ -1,0 +1,210 @@
+//! `hearth admin`, `hearth account` and `hearth token`: accounts and API tokens, through the
+//! local agent's API. Passwords are read from a file or standard input, never from the
+//! command line (where `ps` would show them).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::cli::{print_json, print_table};
+use crate::client::{ApiClient, ClientError};
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin account (the first one is made with the node's own API token, which
+    /// the CLI on a server reads by itself).
+    Create(NewAccountArgs),
+}
+
+#[derive(Subcommand)]
+pub enum AccountCommand {
+    /// Create a member account (or an admin, with --admin).
+    Add {
+        #[command(flatten)]
+        args: NewAccountArgs,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List accounts with their role and SSH keys.
+    List,
+    /// Remove an account; its tokens are revoked. Its VMs stay.
+    Rm { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct NewAccountArgs {
+    /// Lowercase letters, digits and inner hyphens; a member's VMs carry it as their owner.
+    name: String,
+    #[arg(long, default_value = "")]
+    email: String,
+    /// A file holding the password (at least 10 characters), or `-` for standard input
+    /// (the default).
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    password_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once and kept nowhere.
+    Create {
+        /// For another account (admins only); default: the caller's.
+        #[arg(long)]
+        account: Option<String>,
+        /// A token that can only read.
+        #[arg(long)]
+        read_only: bool,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List your tokens (admins: every token); never their secrets.
+    List,
+    /// Revoke a token at once, on every node.
+    Revoke { id: String },
+}
+
+fn read_password(path: &PathBuf) -> Result<String, ClientError> {
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|e| {
+        ClientError::Usage(format!(
+            "--password-file: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let password = text.trim_end_matches(['\n', '\r']).to_owned();
+    if password.chars().count() < 10 {
+        return Err(ClientError::Usage(
+            "--password-file: the password needs at least 10 characters".into(),
+        ));
+    }
+    Ok(password)
+}
+
+fn create_account(
+    client: &ApiClient,
+    json_out: bool,
+    args: NewAccountArgs,
+    role: &str,
+) -> Result<(), ClientError> {
+    let password = read_password(&args.password_file)?;
+    let body =
+        json!({ "name": args.name, "role": role, "email": args.email, "password": password });
+    let answer: Value = client.post_json("/v1/accounts", &body)?;
+    if json_out {
+        print_json(&answer);
+    } else {
+        println!("{} ({role}) created", args.name);
+    }
+    Ok(())
+}
+
+pub fn admin(client: &ApiClient, json: bool, command: AdminCommand) -> Result<(), ClientError> {
+    match command {
+        AdminCommand::Create(args) => create_account(client, json, args, "admin"),
+    }
+}
+
+pub fn account(client: &ApiClient, json: bool, command: AccountCommand) -> Result<(), ClientError> {
+    match command {
+        AccountCommand::Add { args, admin } => {
+            create_account(client, json, args, if admin { "admin" } else { "member" })
+        }
+        AccountCommand::List => {
+            let rows: Vec<Value> = client.get("/v1/accounts")?;
+            if json {
+                print_json(&rows);
+                return Ok(());
+            }
+            print_table(
+                &["NAME", "ROLE", "EMAIL", "SSH KEYS"],
+                rows.iter().map(|r| {
+                    vec![
+                        r["name"].as_str().unwrap_or("").to_owned(),
+                        r["role"].as_str().unwrap_or("").to_owned(),
+                        r["email"].as_str().unwrap_or("").to_owned(),
+                        r["ssh_keys"].as_object().map_or(0, |k| k.len()).to_string(),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        AccountCommand::Rm { name } => {
+            let answer: Value = client.delete(&format!("/v1/accounts/{name}"))?;
+            if json {
+                print_json(&answer);
+            } else {
+                println!("{name}: removed; its tokens are revoked");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<(), ClientError> {
+    match command {
+        TokenCommand::Create {
+            account,
+            read_only,
+            note,
+        } => {
+            let scope = if read_only { "read-only" } else { "full" };
+            let mut body = json!({ "scope": scope, "note": note });
+            if let Some(account) = account {
+                body["account"] = Value::from(account);
+            }
+            let answer: Value = client.post_json("/v1/tokens", &body)?;
+            if json {
+                print_json(&answer);
+            } else {
+                println!("{}", answer["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "token {} for {} ({scope}); keep it: it is shown only this once",
+                    answer["id"].as_str().unwrap_or_default(),
+                    answer["account"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::List => {
+            let rows: Vec<Value> = client.get("/v1/tokens")?;
+            if json {
+                print_json(&rows);
+                return Ok(());
+            }
+            print_table(
+                &["ID", "ACCOUNT", "SCOPE", "STATE", "NOTE"],
+                rows.iter().map(|r| {
+                    vec![
+                        r["id"].as_str().unwrap_or("").to_owned(),
+                        r["account"].as_str().unwrap_or("").to_owned(),
+                        r["scope"].as_str().unwrap_or("").to_owned(),
+                        if r["revoked"] == true {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                        .to_owned(),
+                        r["note"].as_str().unwrap_or("").to_owned(),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            let answer: Value = client.delete(&format!("/v1/tokens/{id}"))?;
+            if json {
+                print_json(&answer);
+            } else {
+                println!("{id}: revoked");
+            }
+            Ok(())
+        }
+    }
+}
