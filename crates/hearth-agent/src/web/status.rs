@@ -298,6 +298,7 @@ mod tests {
     #[test]
     fn dates_are_civil_utc() {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(utc(1_795_921_440), "2026-11-29 01:04 UTC");
+        assert_eq!(utc(1_795_914_240), "2026-11-29 01:04 UTC");
+        assert_eq!(utc(1_709_208_000), "2024-02-29 12:00 UTC");
     }
 }
