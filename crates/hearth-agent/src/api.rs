@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/services", get(services))
         .route("/v1/leave", post(leave))
+        .route("/v1/audit", get(audit_log))
         .merge(crate::state_api::routes())
         .merge(crate::compute_api::routes())
         .merge(crate::accounts_api::routes())
@@ -97,11 +98,57 @@ async fn require_token(
         desired.as_deref(),
     ) {
         auth::Verdict::Allow => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            request.extensions_mut().insert(caller.clone());
+            let response = next.run(request).await;
+            if method != Method::GET {
+                audit(&state, &caller, &method, path, response.status());
+            }
+            response
         }
         auth::Verdict::Forbidden(why) => error(StatusCode::FORBIDDEN, &why),
         auth::Verdict::Hidden(why) => error(StatusCode::NOT_FOUND, &why),
+    }
+}
+
+/// Records a change attempt in the audit log, off the request's path (a write without a
+/// quorum is not audited: nothing can be recorded then, and nothing changed).
+fn audit(
+    state: &ApiState,
+    caller: &auth::Caller,
+    method: &Method,
+    path: String,
+    status: StatusCode,
+) {
+    let Some(node) = state.state.clone() else {
+        return;
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return;
+    }
+    let entry = hearth_types::account::AuditEntry {
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        who: caller.name().to_owned(),
+        method: method.as_str().to_owned(),
+        path,
+        status: status.as_u16(),
+        node: state.membership.views().borrow().self_name.clone(),
+    };
+    tokio::spawn(async move {
+        let command = hearth_state::model::Command::Audit { entry };
+        if let Err(error) = node.submit(command).await {
+            tracing::warn!(%error, "audit entry not recorded");
+        }
+    });
+}
+
+async fn audit_log(State(state): State<ApiState>) -> Response {
+    match &state.state {
+        Some(node) => Json(node.reader().current().audit.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "this node holds no state"),
     }
 }
 

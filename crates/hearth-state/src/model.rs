@@ -101,6 +101,10 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// Records a change made through the API.
+    Audit {
+        entry: hearth_types::account::AuditEntry,
+    },
 }
 
 impl Command {
@@ -133,6 +137,7 @@ impl Command {
             | Command::RemoveAccount { .. }
             | Command::PutToken { .. }
             | Command::RevokeToken { .. } => "accounts".into(),
+            Command::Audit { .. } => "audit".into(),
         }
     }
 }
@@ -247,6 +252,15 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                 Expect::Absent,
                 index,
             )
+        }
+        Command::Audit { entry } => {
+            state.audit.push(entry.clone());
+            let excess = state
+                .audit
+                .len()
+                .saturating_sub(hearth_types::account::AUDIT_KEEP);
+            state.audit.drain(..excess);
+            Outcome::Applied { version: index }
         }
         Command::RevokeToken { id } => match state.tokens.get_mut(id) {
             None => Outcome::NotFound,

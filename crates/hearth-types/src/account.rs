@@ -120,6 +120,25 @@ impl fmt::Debug for ApiToken {
     }
 }
 
+/// One change made through the API: who, what, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds on the node that took the request.
+    pub at: u64,
+    /// The account, or `root` for the node token.
+    pub who: String,
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The node that took the request.
+    pub node: String,
+}
+
+/// Audit entries kept; older ones are dropped.
+pub const AUDIT_KEEP: usize = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

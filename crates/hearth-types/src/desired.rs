@@ -234,6 +234,9 @@ pub struct DesiredState {
     /// API tokens of accounts, by id.
     #[serde(default)]
     pub tokens: BTreeMap<String, Versioned<crate::account::ApiToken>>,
+    /// The most recent changes made through the API, oldest first.
+    #[serde(default)]
+    pub audit: Vec<crate::account::AuditEntry>,
 }
 
 impl DesiredState {

@@ -208,3 +208,25 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
         }
     }
 }
+
+/// The audit log: who changed what, when, through which node, and how it ended.
+pub fn audit(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let entries: Vec<hearth_types::account::AuditEntry> = client.get("/v1/audit")?;
+    if json {
+        print_json(&entries);
+        return Ok(());
+    }
+    print_table(
+        &["AT", "WHO", "CHANGE", "STATUS", "NODE"],
+        entries.iter().rev().map(|e| {
+            vec![
+                e.at.to_string(),
+                e.who.clone(),
+                format!("{} {}", e.method, e.path),
+                e.status.to_string(),
+                e.node.clone(),
+            ]
+        }),
+    );
+    Ok(())
+}

@@ -77,6 +77,8 @@ enum Command {
         #[command(subcommand)]
         command: accounts_cli::AccountCommand,
     },
+    /// The audit log (admins): every change made through the API, newest first.
+    Audit(ClientArgs),
     /// API tokens of accounts: create, list, revoke.
     Token {
         #[command(flatten)]
@@ -220,6 +222,7 @@ pub fn main() -> ExitCode {
         Command::Account { client, command } => {
             with_client(&client, |c, json| accounts_cli::account(c, json, command))
         }
+        Command::Audit(args) => client_command(&args, accounts_cli::audit),
         Command::Token { client, command } => {
             with_client(&client, |c, json| accounts_cli::token(c, json, command))
         }

@@ -234,6 +234,42 @@ fn members_reach_only_their_own_things() {
     let (status, answer) = call(agent, &alice, "GET", "/v1/vms", "");
     assert_eq!(status, 401, "{answer}");
 
+    // The audit log: who changed what; admins only.
+    assert_eq!(call(agent, &bob, "GET", "/v1/audit", "").0, 403);
+    let entries = hearth_testkit::eventually(
+        "alice's VM creation audited",
+        std::time::Duration::from_secs(30),
+        || {
+            let (status, entries) = call(agent, &ann, "GET", "/v1/audit", "");
+            let found = entries.as_array().is_some_and(|list| {
+                list.iter().any(|e| {
+                    e["who"] == "alice"
+                        && e["method"] == "POST"
+                        && e["path"] == "/v1/vms"
+                        && e["status"] == 201
+                })
+            });
+            if status == 200 && found {
+                Ok(entries)
+            } else {
+                Err(entries.to_string())
+            }
+        },
+    );
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["who"] == "alice" && e["status"] == 403),
+        "refused attempts are recorded too: {entries}"
+    );
+    let (ok, table, err) = cli(agent, &ann, &["audit"], "");
+    assert!(
+        ok && table.contains("POST /v1/accounts") && table.contains("root"),
+        "{table}{err}"
+    );
+
     // No password or token secret in the agent's log.
     let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
     for secret in [password, alice.as_str(), bob.as_str(), ann.as_str()] {
