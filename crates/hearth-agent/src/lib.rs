@@ -499,7 +499,12 @@ fn load_or_create_token(path: &Path) -> Result<String, StartAgentError> {
     }
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes[..]);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    // The prefix keeps the token from starting with `-`, which a command line would take
+    // for an option (`--token -x...`).
+    let token = format!(
+        "hnt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(wrap)?;
     }

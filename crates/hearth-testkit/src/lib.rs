@@ -337,12 +337,9 @@ impl TestAgent {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new(&self.bin)
             .args(args)
-            .args([
-                "--api",
-                &self.api_addr().to_string(),
-                "--token",
-                &self.token(),
-            ])
+            // `--token=…`: a token may start with `-`.
+            .arg(format!("--api={}", self.api_addr()))
+            .arg(format!("--token={}", self.token()))
             .output()
             .expect("run hearth");
         assert!(

@@ -16,7 +16,8 @@ fn cli(agent: &TestAgent, token: &str, args: &[&str], stdin: &str) -> (bool, Str
     use std::io::Write;
     let mut child = std::process::Command::new(bin())
         .args(args)
-        .args(["--api", &agent.api_addr().to_string(), "--token", token])
+        .arg(format!("--api={}", agent.api_addr()))
+        .arg(format!("--token={token}"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -144,8 +144,7 @@ fn graceful_leave_is_seen_as_left() {
             "leave",
             "--api",
             &n2.api_addr().to_string(),
-            "--token",
-            &n2.token(),
+            &format!("--token={}", n2.token()),
         ])
         .status()
         .unwrap();

@@ -86,8 +86,7 @@ fn group_forms_writes_go_anywhere_and_survive_the_leaders_death() {
             "192.0.2.2",
             "--api",
             &target.api_addr().to_string(),
-            "--token",
-            &target.token(),
+            &format!("--token={}", target.token()),
         ])
         .output()
         .unwrap();
