@@ -94,7 +94,8 @@ enum Command {
         #[command(subcommand)]
         command: state_cli::NoticeCommand,
     },
-    /// Put a node in maintenance (drain) or take it out (undrain).
+    /// Put a node in maintenance (drain, undrain), or confirm a dead worker is off (fence,
+    /// unfence) so its VMs may start elsewhere.
     Node {
         #[command(flatten)]
         client: ClientArgs,
