@@ -53,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .with_state(state)
 }
@@ -189,6 +190,10 @@ async fn status_page(State(state): State<ApiState>) -> Response {
         html,
     )
         .into_response()
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
 }
 
 async fn status_json(State(state): State<ApiState>) -> Response {

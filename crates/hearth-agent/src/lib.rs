@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod handlers;
 pub mod metrics;
+pub mod openapi;
 pub mod services;
 pub mod state_api;
 pub mod web;

@@ -233,26 +233,32 @@ fn garbage_on_gossip_and_dns_ports_is_survived() {
             Err(format!("{got:?}"))
         }
     });
-    let (_, metrics) = target.http_get("/metrics", false).unwrap();
-    let gossip_dropped: f64 = [
-        "not_hearth",
-        "bad_version",
-        "unknown_key",
-        "auth_failed",
-        "malformed",
-    ]
-    .iter()
-    .map(|r| {
-        metric(
-            &metrics,
-            &format!("hearth_gossip_packets_dropped_total{{reason=\"{r}\"}}"),
-        )
-    })
-    .sum();
-    assert!(
-        gossip_dropped >= 1000.0,
-        "gossip drops counted: {gossip_dropped}\n{metrics}"
-    );
+    // The agent drains its socket on its own schedule: poll until the drops are counted. A
+    // few may be lost in the kernel's receive buffer before the agent sees them (1 000
+    // datagrams arrive at once), so 90 % is the bar.
+    let metrics = eventually("the garbage counted as dropped", DEADLINE, || {
+        let (_, metrics) = target.http_get("/metrics", false)?;
+        let gossip_dropped: f64 = [
+            "not_hearth",
+            "bad_version",
+            "unknown_key",
+            "auth_failed",
+            "malformed",
+        ]
+        .iter()
+        .map(|r| {
+            metric(
+                &metrics,
+                &format!("hearth_gossip_packets_dropped_total{{reason=\"{r}\"}}"),
+            )
+        })
+        .sum();
+        if gossip_dropped >= 900.0 {
+            Ok(metrics)
+        } else {
+            Err(format!("gossip drops counted: {gossip_dropped}"))
+        }
+    });
     assert!(
         metric(&metrics, "hearth_dns_packets_dropped_total") > 0.0,
         "{metrics}"
