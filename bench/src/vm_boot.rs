@@ -157,37 +157,12 @@ pub fn run(args: &Args) -> Result<Report> {
         "the worker registered",
         DEADLINE,
         Duration::from_millis(100),
-        || {
-            let hosts = agent.api_json("/v1/hosts").map_err(anyhow::Error::msg)?;
-            if hosts.as_array().is_some_and(|h| h.len() == 1) {
-                Ok(())
-            } else {
-                bail!("{hosts}")
-            }
+        || match agent.host_count().map_err(anyhow::Error::msg)? {
+            1 => Ok(()),
+            n => bail!("{n} hosts"),
         },
     )?;
-    let path = |f: &str| guest.join(f).display().to_string();
-    agent.cli(&[
-        "image",
-        "add",
-        "tiny",
-        "--file",
-        &path("base.qcow2"),
-        "--kernel",
-        &path("vmlinux"),
-        "--initrd",
-        &path("initramfs.cpio.gz"),
-        "--append",
-        "console=ttyS0 quiet panic=-1",
-    ]);
-    agent.cli(&[
-        "pool",
-        "add",
-        "lan",
-        "192.0.2.0/24",
-        "--gateway",
-        "192.0.2.1",
-    ]);
+    agent.add_test_guest(&guest);
     let used_accel = std::fs::read_to_string(agent.dir.join("agent.log"))
         .unwrap_or_default()
         .lines()

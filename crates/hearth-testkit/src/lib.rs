@@ -332,6 +332,42 @@ impl TestAgent {
         )
     }
 
+    /// How many worker hosts have registered their capacity (`/v1/hosts`).
+    pub fn host_count(&self) -> Result<usize, String> {
+        let hosts = self.api_json("/v1/hosts")?;
+        hosts
+            .as_array()
+            .map(Vec::len)
+            .ok_or_else(|| hosts.to_string())
+    }
+
+    /// Declares the test guest built by `scripts/build-test-guest.sh` in `guest` as image
+    /// `tiny` (direct kernel boot), and the pool `lan` (192.0.2.0/24, gateway .1).
+    pub fn add_test_guest(&self, guest: &Path) {
+        let path = |f: &str| guest.join(f).display().to_string();
+        self.cli(&[
+            "image",
+            "add",
+            "tiny",
+            "--file",
+            &path("base.qcow2"),
+            "--kernel",
+            &path("vmlinux"),
+            "--initrd",
+            &path("initramfs.cpio.gz"),
+            "--append",
+            "console=ttyS0 quiet panic=-1",
+        ]);
+        self.cli(&[
+            "pool",
+            "add",
+            "lan",
+            "192.0.2.0/24",
+            "--gateway",
+            "192.0.2.1",
+        ]);
+    }
+
     /// Runs `hearth ARGS --api <this agent> --token <its token>`; panics unless it succeeds,
     /// and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {

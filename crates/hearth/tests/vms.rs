@@ -40,42 +40,22 @@ fn single_worker() -> TestCluster {
         spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
     });
     let agent = &cluster.agents[0];
-    eventually("the worker registered", BOOT, || {
-        let hosts = agent.api_json("/v1/hosts")?;
-        if hosts.as_array().is_some_and(|h| h.len() == 1) {
-            Ok(())
-        } else {
-            Err(hosts.to_string())
-        }
-    });
+    wait_for_hosts(agent, 1);
     add_image_and_pool(agent);
     cluster
 }
 
 fn add_image_and_pool(agent: &TestAgent) {
-    let guest = guest();
-    let path = |f: &str| guest.join(f).display().to_string();
-    agent.cli(&[
-        "image",
-        "add",
-        "tiny",
-        "--file",
-        &path("base.qcow2"),
-        "--kernel",
-        &path("vmlinux"),
-        "--initrd",
-        &path("initramfs.cpio.gz"),
-        "--append",
-        "console=ttyS0 quiet panic=-1",
-    ]);
-    agent.cli(&[
-        "pool",
-        "add",
-        "lan",
-        "192.0.2.0/24",
-        "--gateway",
-        "192.0.2.1",
-    ]);
+    agent.add_test_guest(&guest());
+}
+
+fn wait_for_hosts(agent: &TestAgent, n: usize) {
+    eventually(&format!("{n} workers registered"), BOOT, || {
+        match agent.host_count()? {
+            count if count == n => Ok(()),
+            count => Err(format!("{count} hosts")),
+        }
+    });
 }
 
 fn vm(agent: &TestAgent, name: &str) -> Result<Value, String> {
@@ -320,14 +300,7 @@ fn a_dead_hosts_vm_is_lost_until_fenced_then_placed_elsewhere() {
         spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
     });
     let agent = &cluster.agents[0];
-    eventually("three workers registered", BOOT, || {
-        let hosts = agent.api_json("/v1/hosts")?;
-        if hosts.as_array().is_some_and(|h| h.len() == 3) {
-            Ok(())
-        } else {
-            Err(hosts.to_string())
-        }
-    });
+    wait_for_hosts(agent, 3);
     add_image_and_pool(agent);
     // Stopped VMs: placed and accounted for like any, with no guest to boot.
     for name in ["p", "q", "r"] {
@@ -406,14 +379,7 @@ fn vms_spread_over_two_workers() {
         spec.extra = "[state]\nbootstrap_expect = 2\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
     });
     let agent = &cluster.agents[0];
-    eventually("both workers registered", BOOT, || {
-        let hosts = agent.api_json("/v1/hosts")?;
-        if hosts.as_array().is_some_and(|h| h.len() == 2) {
-            Ok(())
-        } else {
-            Err(hosts.to_string())
-        }
-    });
+    wait_for_hosts(agent, 2);
     add_image_and_pool(agent);
     for name in ["a", "b"] {
         // Stopped: placed like any VM, but no guest boots, which keeps the test light.
