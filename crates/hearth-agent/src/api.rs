@@ -36,6 +36,10 @@ pub struct ApiState {
     pub blobs: crate::compute::blobs::BlobStore,
     /// Cancelled by `POST /v1/leave` once the node has left, to stop the agent.
     pub shutdown: CancellationToken,
+    /// `[smtp]`, for announcements.
+    pub mail: Option<Arc<crate::mail::MailSettings>>,
+    /// Failed web logins on this node.
+    pub logins: Arc<std::sync::Mutex<crate::web::session::LoginLimiter>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -54,8 +58,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/v1/openapi.json", get(openapi))
+        .merge(crate::web::panel::routes())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Seconds since the epoch, by this node's clock.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// An error body: `{"error": "..."}`.
@@ -86,7 +98,8 @@ async fn require_token(
         );
     };
     let desired = state.state.as_ref().map(|node| node.reader().current());
-    let Some(caller) = auth::authenticate(token, &state.token, desired.as_deref()) else {
+    let Some(caller) = auth::authenticate(token, &state.token, desired.as_deref(), unix_now())
+    else {
         return error(
             StatusCode::UNAUTHORIZED,
             "the API token is wrong or revoked",
@@ -129,9 +142,7 @@ fn audit(
         return;
     }
     let entry = hearth_types::account::AuditEntry {
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        at: unix_now(),
         who: caller.name().to_owned(),
         method: method.as_str().to_owned(),
         path,

@@ -70,6 +70,7 @@ pub fn new_token(account: &str, scope: TokenScope, note: String, now: u64) -> (S
         note,
         created_at: now,
         revoked: false,
+        expires_at: None,
     };
     (format!("hth_{id}.{secret}"), token)
 }
@@ -86,15 +87,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The caller a bearer token stands for, if it is valid.
-pub fn authenticate(presented: &str, root: &str, desired: Option<&DesiredState>) -> Option<Caller> {
+/// The caller a bearer token stands for, if it is valid at `now` (unix seconds).
+pub fn authenticate(
+    presented: &str,
+    root: &str,
+    desired: Option<&DesiredState>,
+    now: u64,
+) -> Option<Caller> {
     if constant_time_eq(presented.as_bytes(), root.as_bytes()) {
         return Some(Caller::Root);
     }
     let (id, secret) = presented.strip_prefix("hth_")?.split_once('.')?;
     let desired = desired?;
     let token = &desired.tokens.get(id)?.value;
-    if token.revoked
+    if !token.live(now)
         || !constant_time_eq(
             sha256_hex(secret).as_bytes(),
             token.secret_sha256.as_bytes(),
@@ -188,13 +194,15 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 pub const MIN_PASSWORD: usize = 10;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hearth_types::account::Account;
     use hearth_types::compute::{Arch, Phase, Power, Vm, VmRequest};
     use hearth_types::desired::Versioned;
 
-    fn world() -> (DesiredState, String, String) {
+    /// Members alice (VM a1) and bob (VM b1), admin ann; alice's full token and ann's
+    /// read-only one.
+    pub(crate) fn world() -> (DesiredState, String, String) {
         let mut desired = DesiredState::default();
         for (name, role) in [
             ("alice", AccountRole::Member),
@@ -274,27 +282,43 @@ mod tests {
     fn tokens_authenticate_until_revoked_and_nothing_else_does() {
         let (mut desired, alice, _) = world();
         assert_eq!(
-            authenticate("root-secret", "root-secret", None),
+            authenticate("root-secret", "root-secret", None, 10),
             Some(Caller::Root)
         );
-        let caller = authenticate(&alice, "root-secret", Some(&desired)).unwrap();
+        let caller = authenticate(&alice, "root-secret", Some(&desired), 10).unwrap();
         assert_eq!(caller.only_owner(), Some("alice"));
         let forged = format!("{}x", alice);
-        assert_eq!(authenticate(&forged, "root-secret", Some(&desired)), None);
         assert_eq!(
-            authenticate("hth_nope.nope", "root-secret", Some(&desired)),
+            authenticate(&forged, "root-secret", Some(&desired), 10),
+            None
+        );
+        assert_eq!(
+            authenticate("hth_nope.nope", "root-secret", Some(&desired), 10),
+            None
+        );
+        // A session works until it expires.
+        for token in desired.tokens.values_mut() {
+            token.value.expires_at = Some(20);
+        }
+        assert!(authenticate(&alice, "root-secret", Some(&desired), 19).is_some());
+        assert_eq!(
+            authenticate(&alice, "root-secret", Some(&desired), 20),
             None
         );
         for token in desired.tokens.values_mut() {
+            token.value.expires_at = None;
             token.value.revoked = true;
         }
-        assert_eq!(authenticate(&alice, "root-secret", Some(&desired)), None);
+        assert_eq!(
+            authenticate(&alice, "root-secret", Some(&desired), 10),
+            None
+        );
     }
 
     #[test]
     fn members_see_their_own_vms_and_nothing_of_others() {
         let (desired, alice, ro) = world();
-        let alice = authenticate(&alice, "r", Some(&desired)).unwrap();
+        let alice = authenticate(&alice, "r", Some(&desired), 10).unwrap();
         let check = |method: Method, path: &str| authorize(&alice, &method, path, Some(&desired));
         assert_eq!(check(Method::GET, "/v1/vms/a1"), Verdict::Allow);
         assert_eq!(check(Method::POST, "/v1/vms/vm-1/stop"), Verdict::Allow);
@@ -325,7 +349,7 @@ mod tests {
             Verdict::Forbidden(_)
         ));
         assert_eq!(check(Method::GET, "/v1/images"), Verdict::Allow);
-        let ro = authenticate(&ro, "r", Some(&desired)).unwrap();
+        let ro = authenticate(&ro, "r", Some(&desired), 10).unwrap();
         assert!(ro.is_admin());
         assert_eq!(
             authorize(&ro, &Method::GET, "/v1/drift", Some(&desired)),

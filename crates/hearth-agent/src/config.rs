@@ -75,6 +75,30 @@ pub struct Config {
     /// Commands run on this node when events happen.
     #[serde(default)]
     pub handler: Vec<HandlerConfig>,
+    /// Where announcement emails to members go; none are sent without it.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// `[smtp]`: the server that takes the announcement emails this node sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `host:port` of the SMTP server: a local MTA (`127.0.0.1:25`) or the provider's
+    /// submission port (`mail.example.org:587`).
+    pub server: String,
+    /// The sender: `address` or `Name <address>`.
+    pub from: String,
+    /// `none` (plain SMTP, for a local MTA), `starttls` (usually port 587) or `tls` (port
+    /// 465). Default: `none` for a loopback server, `starttls` otherwise.
+    #[serde(default)]
+    pub tls: Option<crate::mail::SmtpTls>,
+    /// For SMTP AUTH, with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the SMTP password. Its content never appears in logs or messages.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +420,8 @@ pub struct Resolved {
     pub zone: String,
     /// Where to push the zone (`[dns.push]`), with the key read from `key_file`.
     pub dns_push: Option<PushSettings>,
+    /// How to send email (`[smtp]`), with the password read from `password_file`.
+    pub smtp: Option<crate::mail::MailSettings>,
 }
 
 impl Config {
@@ -449,6 +475,10 @@ impl Config {
             .push
             .as_ref()
             .and_then(|p| p.settings(&mut problems));
+        let smtp = self
+            .smtp
+            .as_ref()
+            .and_then(|smtp| crate::mail::MailSettings::from_config(smtp, &mut problems));
         self.check_gossip(&mut problems);
         self.check_state(&mut problems);
         self.check_compute(&mut problems);
@@ -463,6 +493,7 @@ impl Config {
                     join,
                     zone,
                     dns_push,
+                    smtp,
                 })
             }
             _ => Err(problems),

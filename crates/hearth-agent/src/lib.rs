@@ -11,6 +11,7 @@ pub mod compute_api;
 pub mod config;
 pub mod dev;
 pub mod handlers;
+pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod services;
@@ -373,12 +374,17 @@ impl Agent {
             compute_metrics,
             vms_dir: config.data_dir.join("vms"),
             shutdown: shutdown.clone(),
+            mail: resolved.smtp.clone().map(Arc::new),
+            logins: Default::default(),
         });
         let api_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(api, router)
-                .with_graceful_shutdown(api_shutdown.cancelled_owned())
-                .await;
+            let served = axum::serve(
+                api,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(api_shutdown.cancelled_owned())
+            .await;
             if let Err(error) = served {
                 tracing::error!(%error, "API server stopped");
             }

@@ -173,6 +173,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Remove one of the caller's SSH keys",
     ),
     op("post", "/v1/me/password", "Change the caller's password"),
+    op(
+        "post",
+        "/v1/announce",
+        "Admins: email every member who owns a VM, through this node's [smtp] server",
+    ),
 ];
 
 /// The OpenAPI document.

@@ -245,6 +245,11 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                     message: "id: a token needs an id and a sha256".into(),
                 };
             }
+            // Expired tokens (old web sessions) go, with the new token's creation time as
+            // the clock, so every replica drops the same ones.
+            state
+                .tokens
+                .retain(|_, t| t.value.expires_at.is_none_or(|at| at > token.created_at));
             put(
                 &mut state.tokens,
                 token.id.clone(),
@@ -264,6 +269,11 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         }
         Command::RevokeToken { id } => match state.tokens.get_mut(id) {
             None => Outcome::NotFound,
+            // A session that ends (logout) leaves nothing behind.
+            Some(token) if token.value.expires_at.is_some() => {
+                state.tokens.remove(id);
+                Outcome::Removed
+            }
             Some(token) if token.value.revoked => Outcome::Nothing,
             Some(token) => {
                 token.value.revoked = true;
@@ -503,6 +513,51 @@ mod tests {
             serde_json::from_slice::<Outcome>(&encoded).unwrap(),
             outcome
         );
+    }
+
+    #[test]
+    fn sessions_expire_on_every_replica_alike_and_logout_leaves_nothing() {
+        use hearth_types::account::{Account, AccountRole, ApiToken, TokenScope};
+        let mut state = DesiredState::default();
+        let account = Account {
+            name: "alice".into(),
+            role: AccountRole::Member,
+            email: String::new(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            ssh_keys: Default::default(),
+            disabled: false,
+        };
+        let put_account = Command::PutAccount {
+            account,
+            expect: Expect::Absent,
+        };
+        assert!(apply(&mut state, &put_account, 1).changed());
+        let token = |id: &str, created_at: u64, expires_at: Option<u64>| Command::PutToken {
+            token: ApiToken {
+                id: id.into(),
+                account: "alice".into(),
+                scope: TokenScope::Full,
+                secret_sha256: "0".repeat(64),
+                note: String::new(),
+                created_at,
+                revoked: false,
+                expires_at,
+            },
+        };
+        apply(&mut state, &token("api", 100, None), 2);
+        apply(&mut state, &token("s1", 100, Some(200)), 3);
+        apply(&mut state, &token("s2", 150, Some(1000)), 4);
+        assert_eq!(state.tokens.len(), 3);
+        // A token created at 200 is the clock that retires s1, not s2 or the API token.
+        apply(&mut state, &token("s3", 200, Some(1200)), 5);
+        let ids: Vec<_> = state.tokens.keys().cloned().collect();
+        assert_eq!(ids, ["api", "s2", "s3"]);
+        // Logging out removes the session; revoking an API token keeps it, flagged.
+        let revoke = |id: &str| Command::RevokeToken { id: id.into() };
+        assert_eq!(apply(&mut state, &revoke("s2"), 6), Outcome::Removed);
+        assert!(!state.tokens.contains_key("s2"));
+        apply(&mut state, &revoke("api"), 7);
+        assert!(state.tokens["api"].value.revoked);
     }
 
     #[test]

@@ -107,6 +107,16 @@ pub struct ApiToken {
     pub created_at: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// Unix seconds after which the token no longer works (web sessions); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl ApiToken {
+    /// Whether the token still works at `now` (unix seconds).
+    pub fn live(&self, now: u64) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|at| now < at)
+    }
 }
 
 impl fmt::Debug for ApiToken {
@@ -163,6 +173,7 @@ mod tests {
             note: String::new(),
             created_at: 1,
             revoked: false,
+            expires_at: None,
         };
         assert!(!format!("{token:?}").contains("SECRET"));
     }

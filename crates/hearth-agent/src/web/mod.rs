@@ -1,6 +1,9 @@
 //! Server-rendered HTML: small pages that work on a phone and without JavaScript. The page
 //! builders are pure functions over data; the routes only gather that data.
 
+pub mod pages;
+pub mod panel;
+pub mod session;
 pub mod status;
 
 /// Escapes text for HTML element content and attribute values.
@@ -19,6 +22,23 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// `2026-11-29 03:04 UTC` from Unix seconds.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
+}
+
 /// A whole page around `body`: one small inline style sheet, no scripts.
 pub fn page(title: &str, body: &str) -> String {
     format!(
@@ -34,7 +54,16 @@ h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5re
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.35rem .4rem;border-bottom:1px solid #ddd}\
 .ok{color:#1b6e20}.warn{color:#8a5a00}.bad{color:#a11}.muted{color:#666;font-size:.9rem}\
 .notice{border-left:4px solid #8a5a00;padding:.3rem .8rem;margin:.6rem 0;background:#fff}\
-.notice.incident{border-color:#a11}.notice.resolved{border-color:#1b6e20;opacity:.8}";
+.notice.incident{border-color:#a11}.notice.resolved{border-color:#1b6e20;opacity:.8}\
+nav{display:flex;flex-wrap:wrap;gap:.3rem .9rem;align-items:center;padding:.4rem 0 .6rem;border-bottom:1px solid #ddd;margin-bottom:.8rem}\
+nav a{color:#1d1d1d}nav a.on{font-weight:700}nav .who{margin-left:auto;color:#666}\
+form.inline{display:inline}form.stack label{display:block;margin:.5rem 0 .2rem}\
+input,select,textarea,button{font:inherit;padding:.35rem .5rem;max-width:100%;box-sizing:border-box}\
+form.stack input,form.stack select,form.stack textarea{width:100%}\
+button{border:1px solid #888;border-radius:4px;background:#fff;cursor:pointer}button.danger{border-color:#a11;color:#a11}\
+.flash{padding:.5rem .8rem;margin:.6rem 0;border-left:4px solid #1b6e20;background:#fff}.flash.error{border-color:#a11}\
+.scroll{overflow-x:auto}pre{background:#111;color:#eee;padding:.6rem;overflow-x:auto;font-size:.8rem;max-height:28rem}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem}dt{color:#666}dd{margin:0}";
 
 #[cfg(test)]
 mod tests {

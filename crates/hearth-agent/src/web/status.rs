@@ -9,7 +9,7 @@ use hearth_types::notice::{Notice, NoticeKind};
 use hearth_types::{CheckStatus, MemberState, View};
 use serde::Serialize;
 
-use super::{escape, page};
+use super::{escape, page, utc};
 
 /// Resolved notices shown below the open ones.
 const RECENT_RESOLVED: usize = 5;
@@ -113,23 +113,6 @@ pub fn status<'a>(view: &View, notices: impl Iterator<Item = &'a Notice>) -> Sta
         services,
         notices: open,
     }
-}
-
-/// `2026-11-29 03:04 UTC` from Unix seconds.
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
 /// The HTML page.

@@ -1,0 +1,795 @@
+//! The panel's pages as pure functions from the JSON API's answers (the same documents a
+//! script would read) to HTML. Every text from the API is escaped; every form posts a CSRF
+//! token; nothing needs JavaScript.
+
+use serde_json::Value;
+
+use super::session::Flash;
+use super::{escape, page, utc};
+
+/// VM sizes offered by the create form: (name, vCPUs, MiB, GiB).
+pub const SIZES: [(&str, u32, u64, u64); 4] = [
+    ("tiny", 1, 256, 2),
+    ("small", 1, 1024, 10),
+    ("medium", 2, 2048, 20),
+    ("large", 4, 4096, 40),
+];
+
+/// Who is looking, for the navigation and the forms.
+pub struct Chrome<'a> {
+    pub user: &'a str,
+    pub admin: bool,
+    pub csrf: &'a str,
+    /// The path of the current section, to mark it in the navigation.
+    pub active: &'a str,
+    pub flash: Option<&'a Flash>,
+}
+
+/// A page with the navigation, the flash message and `body`.
+pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
+    let mut links = vec![("/panel", "My VMs"), ("/panel/account", "Account")];
+    if chrome.admin {
+        links.extend([
+            ("/admin", "Nodes"),
+            ("/admin/members", "Members"),
+            ("/admin/services", "Services & DNS"),
+            ("/admin/vms", "All VMs"),
+            ("/admin/drift", "Drift"),
+            ("/admin/events", "Events"),
+            ("/admin/audit", "Audit"),
+            ("/admin/announce", "Announce"),
+        ]);
+    }
+    let mut nav = String::from("<nav>");
+    for (href, label) in links {
+        let class = if href == chrome.active {
+            " class=\"on\""
+        } else {
+            ""
+        };
+        nav.push_str(&format!("<a href=\"{href}\"{class}>{label}</a>"));
+    }
+    nav.push_str(&format!(
+        "<span class=\"who\">{}</span>{}</nav>\n",
+        escape(chrome.user),
+        post_button("/logout", "Log out", chrome.csrf, "")
+    ));
+    let flash = chrome.flash.map_or(String::new(), |flash| {
+        format!(
+            "<p class=\"flash{}\" role=\"status\" id=\"flash\">{}</p>\n",
+            if flash.ok { "" } else { " error" },
+            escape(&flash.text)
+        )
+    });
+    page(title, &format!("{nav}{flash}{body}"))
+}
+
+/// A form of one button that POSTs to `action`.
+pub fn post_button(action: &str, label: &str, csrf: &str, class: &str) -> String {
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+<button class=\"{class}\">{}</button></form>",
+        escape(action),
+        escape(csrf),
+        escape(label)
+    )
+}
+
+fn hidden_csrf(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        escape(csrf)
+    )
+}
+
+/// A JSON string or number as text; empty for anything else.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn items(value: &Value) -> &[Value] {
+    value.as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The login form. `csrf` is the double-submit value also set as a cookie.
+pub fn login(csrf: &str, name: &str, problem: Option<&str>) -> String {
+    let problem = problem.map_or(String::new(), |p| {
+        format!(
+            "<p class=\"flash error\" role=\"alert\" id=\"flash\">{}</p>",
+            escape(p)
+        )
+    });
+    page(
+        "Log in · hearth",
+        &format!(
+            "<h1>Log in</h1>{problem}\
+<form class=\"stack\" method=\"post\" action=\"/login\">{}\
+<label for=\"name\">Account</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required value=\"{}\">\
+<label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<p><button id=\"login\">Log in</button></p></form>\
+<p class=\"muted\"><a href=\"/status\">Status page</a></p>",
+            hidden_csrf(csrf),
+            escape(name)
+        ),
+    )
+}
+
+/// A page that only says what went wrong.
+pub fn problem(chrome: &Chrome, title: &str, message: &str) -> String {
+    frame(
+        chrome,
+        title,
+        &format!(
+            "<h1>{}</h1><p class=\"flash error\" role=\"alert\">{}</p>",
+            escape(title),
+            escape(message)
+        ),
+    )
+}
+
+fn phase_class(phase: &str) -> &'static str {
+    match phase {
+        "running" => "ok",
+        "failed" | "lost" | "crashed" => "bad",
+        _ => "warn",
+    }
+}
+
+fn ips(vm: &Value) -> String {
+    items(&vm["ips"])
+        .iter()
+        .map(|ip| escape(&text(&ip["address"])))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn size(request: &Value) -> String {
+    format!(
+        "{} vCPU · {} MiB · {} GiB",
+        text(&request["vcpus"]),
+        text(&request["memory_mib"]),
+        text(&request["disk_gib"])
+    )
+}
+
+/// VM rows: name (linked), owner if `owners`, state, IPs, size, host if `hosts`.
+fn vm_table(vms: &[Value], owners: bool, hosts: bool) -> String {
+    let mut out = String::from("<div class=\"scroll\"><table id=\"vms\"><tr><th>name</th>");
+    if owners {
+        out.push_str("<th>owner</th>");
+    }
+    out.push_str("<th>state</th><th>addresses</th><th>size</th>");
+    if hosts {
+        out.push_str("<th>host</th>");
+    }
+    out.push_str("</tr>\n");
+    for vm in vms {
+        let request = &vm["request"];
+        let phase = text(&vm["shown_phase"]);
+        out.push_str(&format!(
+            "<tr id=\"vm-{name}\"><td><a href=\"/panel/vms/{id}\">{name}</a></td>",
+            id = escape(&text(&vm["id"])),
+            name = escape(&text(&request["name"])),
+        ));
+        if owners {
+            out.push_str(&format!("<td>{}</td>", escape(&text(&request["owner"]))));
+        }
+        out.push_str(&format!(
+            "<td class=\"{} phase\">{}</td><td>{}</td><td>{}</td>",
+            phase_class(&phase),
+            escape(&phase),
+            ips(vm),
+            size(request)
+        ));
+        if hosts {
+            out.push_str(&format!("<td>{}</td>", escape(&text(&vm["host"]))));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table></div>\n");
+    out
+}
+
+/// `/panel`: the caller's VMs and the create form.
+pub fn member_home(
+    chrome: &Chrome,
+    vms: &Value,
+    images: &Value,
+    pools: &Value,
+    me: &Value,
+) -> String {
+    let vms = items(vms);
+    let mut body = String::from("<h1>Your VMs</h1>\n");
+    if vms.is_empty() {
+        body.push_str("<p class=\"muted\">You have no VMs yet.</p>\n");
+    } else {
+        body.push_str(&vm_table(vms, false, false));
+    }
+    body.push_str("<h2>Create a VM</h2>\n");
+    let images: Vec<&String> = images
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    if images.is_empty() {
+        body.push_str("<p class=\"muted\">No images are declared yet; an admin adds them with <code>hearth image add</code>.</p>\n");
+        return frame(chrome, "Your VMs · hearth", &body);
+    }
+    let options = |values: &[&String]| -> String {
+        values
+            .iter()
+            .map(|v| format!("<option>{}</option>", escape(v)))
+            .collect()
+    };
+    let sizes: String = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, cpus, mib, gib))| {
+            format!(
+                "<option value=\"{name}\"{}>{name}: {cpus} vCPU, {mib} MiB, {gib} GiB</option>",
+                if i == 0 { " selected" } else { "" }
+            )
+        })
+        .collect();
+    let keys: Vec<&String> = me["ssh_keys"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    let key_options = format!(
+        "<option value=\"\">all my keys ({})</option>{}",
+        keys.len(),
+        options(&keys)
+    );
+    let pools: Vec<&String> = pools
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    let pool_options = format!("{}<option value=\"\">no address</option>", options(&pools));
+    body.push_str(&format!(
+        "<form class=\"stack\" method=\"post\" action=\"/panel/vms\" id=\"create\">{}\
+<label for=\"vm-name\">Name</label><input id=\"vm-name\" name=\"name\" required pattern=\"[a-z0-9]([a-z0-9-]*[a-z0-9])?\" maxlength=\"63\" placeholder=\"web1\">\
+<label for=\"image\">Image</label><select id=\"image\" name=\"image\">{}</select>\
+<label for=\"size\">Size</label><select id=\"size\" name=\"size\">{sizes}</select>\
+<label for=\"key\">SSH key</label><select id=\"key\" name=\"key\">{key_options}</select>\
+<label for=\"pool\">Address from</label><select id=\"pool\" name=\"pool\">{pool_options}</select>\
+<p><button id=\"create-vm\">Create</button></p></form>\n",
+        hidden_csrf(chrome.csrf),
+        options(&images),
+    ));
+    if keys.is_empty() {
+        body.push_str("<p class=\"muted\">You have no SSH keys yet: <a href=\"/panel/account\">add one</a> to log in to your VMs.</p>\n");
+    }
+    frame(chrome, "Your VMs · hearth", &body)
+}
+
+/// `/panel/vms/ID`: one VM, its buttons and the end of its console.
+pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> String {
+    let request = &vm["request"];
+    let id = text(&vm["id"]);
+    let name = text(&request["name"]);
+    let phase = text(&vm["shown_phase"]);
+    let message = text(&vm["message"]);
+    let mut body = format!(
+        "<h1>{}</h1>\n<dl><dt>state</dt><dd class=\"{} phase\" id=\"phase\">{}{}</dd>\
+<dt>addresses</dt><dd id=\"ips\">{}</dd><dt>size</dt><dd>{}</dd><dt>image</dt><dd>{}</dd>\
+<dt>power</dt><dd>{}</dd><dt>owner</dt><dd>{}</dd><dt>host</dt><dd>{}</dd><dt>id</dt><dd>{}</dd></dl>\n",
+        escape(&name),
+        phase_class(&phase),
+        escape(&phase),
+        if message.is_empty() {
+            String::new()
+        } else {
+            format!(" <span class=\"muted\">({})</span>", escape(&message))
+        },
+        {
+            let ips = ips(vm);
+            if ips.is_empty() {
+                "none".to_owned()
+            } else {
+                ips
+            }
+        },
+        size(request),
+        escape(&text(&request["image"])),
+        escape(&text(&request["power"])),
+        escape(&text(&request["owner"])),
+        escape(&text(&vm["host"])),
+        escape(&id),
+    );
+    let base = format!("/panel/vms/{id}");
+    body.push_str("<p>");
+    for (action, label) in [("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot")] {
+        body.push_str(&post_button(
+            &format!("{base}/{action}"),
+            label,
+            chrome.csrf,
+            "",
+        ));
+        body.push(' ');
+    }
+    body.push_str(&format!(
+        "</p><details><summary>Delete…</summary><p>Deleting removes the VM and its disk for good.</p>{}</details>\n",
+        post_button(
+            &format!("{base}/delete"),
+            &format!("Delete {name} for good"),
+            chrome.csrf,
+            "danger"
+        )
+    ));
+    body.push_str(&format!(
+        "<h2>Console</h2><p class=\"muted\">The end of the serial console. <a href=\"{base}\">Refresh</a></p>\n"
+    ));
+    match console {
+        Ok(console) => body.push_str(&format!(
+            "<pre id=\"console\">{}</pre>\n",
+            escape(&text(&console["text"]))
+        )),
+        Err(why) => body.push_str(&format!("<p class=\"muted\">{}</p>\n", escape(&why))),
+    }
+    frame(chrome, &format!("{name} · hearth"), &body)
+}
+
+/// `/panel/account`: SSH keys and the password.
+pub fn account_page(chrome: &Chrome, me: &Value) -> String {
+    let mut body = format!(
+        "<h1>Account {}</h1>\n<p class=\"muted\">{} · {}</p>\n<h2>SSH keys</h2>\n",
+        escape(&text(&me["name"])),
+        escape(&text(&me["role"])),
+        escape(&text(&me["email"]))
+    );
+    let keys = me["ssh_keys"].as_object();
+    match keys {
+        Some(keys) if !keys.is_empty() => {
+            body.push_str("<div class=\"scroll\"><table id=\"keys\"><tr><th>name</th><th>key</th><th></th></tr>\n");
+            for (name, key) in keys {
+                let key = text(key);
+                let short: String = key.chars().take(40).collect();
+                body.push_str(&format!(
+                    "<tr id=\"key-{n}\"><td>{n}</td><td><code>{}…</code></td><td>{}</td></tr>\n",
+                    escape(&short),
+                    post_button(
+                        &format!("/panel/account/keys/{name}/delete"),
+                        "Remove",
+                        chrome.csrf,
+                        "danger"
+                    ),
+                    n = escape(name),
+                ));
+            }
+            body.push_str("</table></div>\n");
+        }
+        _ => body.push_str("<p class=\"muted\">No keys yet.</p>\n"),
+    }
+    body.push_str(&format!(
+        "<form class=\"stack\" method=\"post\" action=\"/panel/account/keys\" id=\"add-key\">{}\
+<label for=\"key-name\">Key name</label><input id=\"key-name\" name=\"name\" required placeholder=\"laptop\">\
+<label for=\"key-text\">Public key</label><textarea id=\"key-text\" name=\"key\" rows=\"3\" required placeholder=\"ssh-ed25519 AAAA… you@laptop\"></textarea>\
+<p><button id=\"add-key-button\">Add key</button></p></form>\n\
+<h2>Password</h2><form class=\"stack\" method=\"post\" action=\"/panel/account/password\">{}\
+<label for=\"current\">Current password</label><input id=\"current\" name=\"current\" type=\"password\" autocomplete=\"current-password\" required>\
+<label for=\"new\">New password</label><input id=\"new\" name=\"new\" type=\"password\" autocomplete=\"new-password\" required minlength=\"{}\">\
+<p><button>Change password</button></p></form>\n",
+        hidden_csrf(chrome.csrf),
+        hidden_csrf(chrome.csrf),
+        crate::auth::MIN_PASSWORD,
+    ));
+    frame(chrome, "Account · hearth", &body)
+}
+
+fn state_class(state: &str) -> &'static str {
+    match state {
+        "alive" => "ok",
+        "suspect" => "warn",
+        _ => "bad",
+    }
+}
+
+/// `/admin`: nodes with their state, roles, capacity and the drain and fence buttons.
+pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Value) -> String {
+    let hosts: std::collections::BTreeMap<String, &Value> =
+        items(hosts).iter().map(|h| (text(&h["name"]), h)).collect();
+    let mut body = String::from(
+        "<h1>Nodes</h1>\n<div class=\"scroll\"><table id=\"nodes\"><tr><th>node</th><th>state</th><th>roles</th>\
+<th>capacity</th><th>VMs</th><th>actions</th></tr>\n",
+    );
+    for member in items(members) {
+        let name = text(&member["name"]);
+        let state = text(&member["state"]);
+        let roles: Vec<String> = items(&member["roles"]).iter().map(text).collect();
+        let drained = desired["drained"][&name]["value"].as_bool() == Some(true);
+        let host = hosts.get(&name);
+        let capacity = host.map_or(String::from("–"), |h| {
+            let c = &h["capacity"];
+            format!(
+                "{} vCPU · {} MiB · {} GiB",
+                text(&c["vcpus"]),
+                text(&c["memory_mib"]),
+                text(&c["disk_gib"])
+            )
+        });
+        let fenced = host.is_some_and(|h| h["fenced"].as_bool() == Some(true));
+        let mut flags = String::new();
+        if drained {
+            flags.push_str(" <span class=\"warn\">drained</span>");
+        }
+        if fenced {
+            flags.push_str(" <span class=\"bad\">fenced</span>");
+        }
+        let base = format!("/admin/nodes/{name}");
+        let mut actions = if drained {
+            post_button(&format!("{base}/undrain"), "Undrain", chrome.csrf, "")
+        } else {
+            post_button(&format!("{base}/drain"), "Drain", chrome.csrf, "")
+        };
+        if host.is_some() {
+            actions.push(' ');
+            actions.push_str(&if fenced {
+                post_button(&format!("{base}/unfence"), "Unfence", chrome.csrf, "")
+            } else {
+                post_button(&format!("{base}/fence"), "Fence", chrome.csrf, "danger")
+            });
+        }
+        body.push_str(&format!(
+            "<tr id=\"node-{n}\"><td>{n}<br><span class=\"muted\">{}</span></td><td class=\"{}\">{}{flags}</td>\
+<td>{}</td><td>{capacity}</td><td>{}</td><td>{actions}</td></tr>\n",
+            escape(&text(&member["address"])),
+            state_class(&state),
+            escape(&state),
+            escape(&roles.join(", ")),
+            host.map_or(String::from("–"), |h| text(&h["vms"])),
+            n = escape(&name),
+        ));
+    }
+    body.push_str("</table></div>\n<p class=\"muted\">Drain takes a node out of DNS answers; fence declares a dead worker gone for good, so its VMs are placed elsewhere.</p>\n");
+    frame(chrome, "Nodes · hearth", &body)
+}
+
+/// `/admin/members`: accounts, their VMs, the create form.
+pub fn members_page(chrome: &Chrome, accounts: &Value, vms: &Value) -> String {
+    let mut body = String::from(
+        "<h1>Members</h1>\n<div class=\"scroll\"><table id=\"accounts\"><tr><th>name</th><th>role</th><th>email</th><th>keys</th><th>VMs</th><th></th></tr>\n",
+    );
+    for account in items(accounts) {
+        let name = text(&account["name"]);
+        let owned = items(vms)
+            .iter()
+            .filter(|vm| text(&vm["request"]["owner"]) == name)
+            .count();
+        let keys = account["ssh_keys"].as_object().map_or(0, |k| k.len());
+        body.push_str(&format!(
+            "<tr id=\"account-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{keys}</td><td>{owned}</td><td>{}</td></tr>\n",
+            escape(&text(&account["role"])),
+            escape(&text(&account["email"])),
+            if name == chrome.user {
+                String::new()
+            } else {
+                post_button(
+                    &format!("/admin/members/{name}/delete"),
+                    "Remove",
+                    chrome.csrf,
+                    "danger",
+                )
+            },
+            n = escape(&name),
+        ));
+    }
+    body.push_str(&format!(
+        "</table></div>\n<h2>New account</h2>\
+<form class=\"stack\" method=\"post\" action=\"/admin/members\" id=\"new-account\">{}\
+<label for=\"account-name\">Name</label><input id=\"account-name\" name=\"name\" required pattern=\"[a-z0-9]([a-z0-9-]*[a-z0-9])?\">\
+<label for=\"role\">Role</label><select id=\"role\" name=\"role\"><option value=\"member\">member</option><option value=\"admin\">admin</option></select>\
+<label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\">\
+<label for=\"account-password\">Password</label><input id=\"account-password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" required minlength=\"{}\">\
+<p><button id=\"create-account\">Create account</button></p></form>\n",
+        hidden_csrf(chrome.csrf),
+        crate::auth::MIN_PASSWORD
+    ));
+    frame(chrome, "Members · hearth", &body)
+}
+
+/// `/admin/services`: every instance's health, the cluster-wide services, the static records.
+pub fn services_page(
+    chrome: &Chrome,
+    services: &Value,
+    cluster_services: &Value,
+    records: &Value,
+) -> String {
+    let mut body = String::from("<h1>Services</h1>\n");
+    if items(services).is_empty() {
+        body.push_str("<p class=\"muted\">No service instances.</p>\n");
+    } else {
+        body.push_str("<div class=\"scroll\"><table id=\"services\"><tr><th>service</th><th>node</th><th>address</th><th>check</th><th>node state</th></tr>\n");
+        for row in items(services) {
+            let status = text(&row["status"]);
+            let node_state = text(&row["node_state"]);
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"{}\">{}</td></tr>\n",
+                escape(&text(&row["service"])),
+                escape(&text(&row["node"])),
+                escape(&text(&row["address"])),
+                if status == "passing" { "ok" } else { "bad" },
+                escape(&status),
+                state_class(&node_state),
+                escape(&node_state),
+            ));
+        }
+        body.push_str("</table></div>\n");
+    }
+    if let Some(declared) = cluster_services.as_object().filter(|m| !m.is_empty()) {
+        body.push_str("<h2>Cluster-wide services</h2><ul>\n");
+        for (name, service) in declared {
+            body.push_str(&format!(
+                "<li>{} <span class=\"muted\">version {}</span></li>\n",
+                escape(name),
+                text(&service["version"])
+            ));
+        }
+        body.push_str("</ul>\n");
+    }
+    body.push_str("<h2>DNS records</h2>\n");
+    match records.as_object().filter(|m| !m.is_empty()) {
+        None => body.push_str("<p class=\"muted\">No static records; service and node names answer by themselves.</p>\n"),
+        Some(records) => {
+            body.push_str("<div class=\"scroll\"><table id=\"records\"><tr><th>name</th><th>type</th><th>values</th><th>TTL</th></tr>\n");
+            for (key, set) in records {
+                let (name, kind) = key.split_once('/').unwrap_or((key, ""));
+                let values: Vec<String> = items(&set["value"]["values"])
+                    .iter()
+                    .map(|v| {
+                        v.as_object()
+                            .map(|o| {
+                                o.iter()
+                                    .filter(|(k, _)| k.as_str() != "type")
+                                    .map(|(_, v)| text(v))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    escape(name),
+                    escape(kind),
+                    escape(&values.join(", ")),
+                    escape(&text(&set["value"]["ttl"]))
+                ));
+            }
+            body.push_str("</table></div>\n");
+        }
+    }
+    frame(chrome, "Services & DNS · hearth", &body)
+}
+
+/// `/admin/vms`: every member's VMs.
+pub fn all_vms_page(chrome: &Chrome, vms: &Value) -> String {
+    let vms = items(vms);
+    let body = if vms.is_empty() {
+        "<h1>All VMs</h1><p class=\"muted\">No VMs.</p>".to_owned()
+    } else {
+        format!("<h1>All VMs</h1>\n{}", vm_table(vms, true, true))
+    };
+    frame(chrome, "All VMs · hearth", &body)
+}
+
+/// `/admin/drift`: what hosts found and will not fix alone, each with its fix button.
+pub fn drift_page(chrome: &Chrome, drift: &Value) -> String {
+    let mut body = String::from("<h1>Drift</h1>\n");
+    if items(drift).is_empty() {
+        body.push_str(
+            "<p class=\"ok\" id=\"no-drift\">No drift: every host runs what it should.</p>\n",
+        );
+    } else {
+        body.push_str("<div class=\"scroll\"><table id=\"drift\"><tr><th>host</th><th>VM</th><th>kind</th><th>found</th><th>the fix</th><th></th></tr>\n");
+        for entry in items(drift) {
+            let id = text(&entry["id"]);
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&text(&entry["host"])),
+                escape(&text(&entry["vm"])),
+                escape(&text(&entry["kind"])),
+                escape(&text(&entry["detail"])),
+                escape(&text(&entry["fix"])),
+                post_button(&format!("/admin/drift/{id}/fix"), "Fix", chrome.csrf, ""),
+            ));
+        }
+        body.push_str("</table></div>\n");
+    }
+    frame(chrome, "Drift · hearth", &body)
+}
+
+/// `/admin/events`: cluster events, newest first.
+pub fn events_page(chrome: &Chrome, events: &Value) -> String {
+    let mut body = String::from("<h1>Events</h1>\n");
+    if items(events).is_empty() {
+        body.push_str("<p class=\"muted\">No events recorded.</p>\n");
+    } else {
+        body.push_str("<div class=\"scroll\"><table id=\"events\"><tr><th>when</th><th>event</th><th>node</th><th>service</th><th>handlers</th></tr>\n");
+        for record in items(events) {
+            let event = &record["event"];
+            let at = record["at_ms"].as_u64().unwrap_or(0) / 1000;
+            let deliveries: Vec<String> = record["deliveries"]
+                .as_object()
+                .map(|d| {
+                    d.iter()
+                        .map(|(name, delivery)| {
+                            let state = delivery["state"]
+                                .as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| text(delivery));
+                            format!("{name}: {state}")
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                utc(at),
+                escape(&text(&event["kind"])),
+                escape(&text(&event["member"]["name"])),
+                escape(&text(&event["instance"]["service"])),
+                escape(&deliveries.join(", ")),
+            ));
+        }
+        body.push_str("</table></div>\n");
+    }
+    frame(chrome, "Events · hearth", &body)
+}
+
+/// `/admin/audit`: who changed what, newest first.
+pub fn audit_page(chrome: &Chrome, audit: &Value) -> String {
+    let mut body = String::from("<h1>Audit log</h1>\n");
+    if items(audit).is_empty() {
+        body.push_str("<p class=\"muted\">No changes recorded.</p>\n");
+    } else {
+        body.push_str("<div class=\"scroll\"><table id=\"audit\"><tr><th>when</th><th>who</th><th>change</th><th>status</th><th>node</th></tr>\n");
+        for entry in items(audit).iter().rev() {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td></tr>\n",
+                utc(entry["at"].as_u64().unwrap_or(0)),
+                escape(&text(&entry["who"])),
+                escape(&text(&entry["method"])),
+                escape(&text(&entry["path"])),
+                text(&entry["status"]),
+                escape(&text(&entry["node"])),
+            ));
+        }
+        body.push_str("</table></div>\n");
+    }
+    frame(chrome, "Audit · hearth", &body)
+}
+
+/// `/admin/announce`: the announcement email and the status page's notices.
+pub fn announce_page(chrome: &Chrome, notices: &Value) -> String {
+    let mut body = format!(
+        "<h1>Announce</h1>\n<h2>Email every member who owns a VM</h2>\
+<form class=\"stack\" method=\"post\" action=\"/admin/announce\" id=\"announce\">{}\
+<label for=\"subject\">Subject</label><input id=\"subject\" name=\"subject\" required maxlength=\"200\">\
+<label for=\"message\">Message</label><textarea id=\"message\" name=\"body\" rows=\"8\" required></textarea>\
+<p><button id=\"send\">Send</button></p></form>\n\
+<h2>Status page notices</h2>\n",
+        hidden_csrf(chrome.csrf)
+    );
+    match notices.as_object().filter(|n| !n.is_empty()) {
+        None => body.push_str("<p class=\"muted\">No notices.</p>\n"),
+        Some(notices) => {
+            body.push_str("<div class=\"scroll\"><table id=\"notices\"><tr><th>notice</th><th>kind</th><th>state</th><th></th></tr>\n");
+            for (id, notice) in notices {
+                let value = &notice["value"];
+                let resolved = value["resolved_at"].as_u64();
+                let mut actions = String::new();
+                if resolved.is_none() {
+                    actions.push_str(&post_button(
+                        &format!("/admin/notices/{id}/resolve"),
+                        "Resolve",
+                        chrome.csrf,
+                        "",
+                    ));
+                    actions.push(' ');
+                }
+                actions.push_str(&post_button(
+                    &format!("/admin/notices/{id}/delete"),
+                    "Remove",
+                    chrome.csrf,
+                    "danger",
+                ));
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{actions}</td></tr>\n",
+                    escape(&text(&value["title"])),
+                    escape(&text(&value["kind"])),
+                    resolved.map_or("ongoing".to_owned(), |at| format!("resolved {}", utc(at))),
+                ));
+            }
+            body.push_str("</table></div>\n");
+        }
+    }
+    body.push_str(&format!(
+        "<form class=\"stack\" method=\"post\" action=\"/admin/notices\" id=\"post-notice\">{}\
+<label for=\"notice-id\">Short name</label><input id=\"notice-id\" name=\"id\" required pattern=\"[a-z0-9]([a-z0-9-]*[a-z0-9])?\" placeholder=\"disk-swap\">\
+<label for=\"kind\">Kind</label><select id=\"kind\" name=\"kind\"><option value=\"incident\">incident</option><option value=\"maintenance\">maintenance</option></select>\
+<label for=\"title\">Title</label><input id=\"title\" name=\"title\" required maxlength=\"200\">\
+<label for=\"notice-body\">Details</label><textarea id=\"notice-body\" name=\"body\" rows=\"3\"></textarea>\
+<p><button>Post to the status page</button></p></form>\n",
+        hidden_csrf(chrome.csrf)
+    ));
+    frame(chrome, "Announce · hearth", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chrome(admin: bool) -> Chrome<'static> {
+        Chrome {
+            user: "alice",
+            admin,
+            csrf: "CSRF",
+            active: "/panel",
+            flash: None,
+        }
+    }
+
+    #[test]
+    fn text_from_the_api_is_escaped_everywhere() {
+        let vm = json!({
+            "id": "vm-1",
+            "shown_phase": "running",
+            "request": {"name": "<script>x</script>", "owner": "alice", "vcpus": 1,
+                        "memory_mib": 256, "disk_gib": 2, "image": "tiny", "power": "running"},
+            "ips": [{"address": "192.0.2.10", "pool": "lan", "prefix": 24}],
+            "host": "w1",
+        });
+        let console = json!({"text": "</pre><b>boot</b>"});
+        let html = vm_page(&chrome(false), &vm, Ok(&console));
+        assert!(!html.contains("<script>x"));
+        assert!(html.contains("&lt;script&gt;x"));
+        assert!(html.contains("&lt;/pre&gt;&lt;b&gt;boot"));
+        assert!(html.contains("192.0.2.10"));
+        // Every form carries the CSRF token.
+        assert_eq!(
+            html.matches("<form").count(),
+            html.matches("name=\"csrf\" value=\"CSRF\"").count()
+        );
+    }
+
+    #[test]
+    fn admins_get_the_admin_navigation_and_members_do_not() {
+        assert!(frame(&chrome(true), "t", "").contains("/admin/drift"));
+        assert!(!frame(&chrome(false), "t", "").contains("/admin"));
+    }
+
+    #[test]
+    fn the_create_form_offers_images_sizes_keys_and_pools() {
+        let html = member_home(
+            &chrome(false),
+            &json!([]),
+            &json!({"tiny": {}, "debian": {}}),
+            &json!({"lan": {}}),
+            &json!({"ssh_keys": {"laptop": "ssh-ed25519 AAAA"}}),
+        );
+        for part in [
+            "<option>tiny</option>",
+            "<option>debian</option>",
+            "value=\"small\"",
+            "<option>laptop</option>",
+            "<option>lan</option>",
+            "You have no VMs yet",
+        ] {
+            assert!(html.contains(part), "{part}");
+        }
+    }
+
+    #[test]
+    fn drift_rows_have_fix_buttons() {
+        let drift = json!([{"id": "w1/foreign-process/vm-9", "host": "w1", "vm": "vm-9",
+            "kind": "foreign-process", "detail": "QEMU pid 42", "fix": "kill it"}]);
+        let html = drift_page(&chrome(true), &drift);
+        assert!(html.contains("action=\"/admin/drift/w1/foreign-process/vm-9/fix\""));
+        assert!(drift_page(&chrome(true), &json!([])).contains("No drift"));
+    }
+}
