@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests,
-# QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
+# chromium and chromium-driver for the web panel's browser tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,9 @@ command -v kill >/dev/null 2>&1 || need+=(procps)
 PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # knotd lives in /usr/sbin, which is not on every user's PATH.
 PATH="$PATH:/usr/sbin:/sbin" command -v knotd >/dev/null 2>&1 || need+=(knot)
+# The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
   sudo=""

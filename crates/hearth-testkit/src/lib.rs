@@ -16,6 +16,8 @@ pub const API_PORT: u16 = 7480;
 pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
 pub mod netns;
+pub mod smtp;
+pub mod webdriver;
 
 pub const ZONE: &str = "coop.test.";
 

@@ -49,7 +49,7 @@ pub fn page(title: &str, body: &str) -> String {
     )
 }
 
-const STYLE: &str = "body{font:16px/1.45 system-ui,sans-serif;max-width:46rem;margin:0 auto;padding:1rem;color:#1d1d1d;background:#fafaf7}\
+const STYLE: &str = "body{font:16px/1.45 system-ui,sans-serif;max-width:60rem;margin:0 auto;padding:1rem;color:#1d1d1d;background:#fafaf7}\
 h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}\
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.35rem .4rem;border-bottom:1px solid #ddd}\
 .ok{color:#1b6e20}.warn{color:#8a5a00}.bad{color:#a11}.muted{color:#666;font-size:.9rem}\

@@ -169,7 +169,7 @@ fn vm_table(vms: &[Value], owners: bool, hosts: bool) -> String {
     }
     out.push_str("</tr>\n");
     for vm in vms {
-        let request = &vm["request"];
+        let request = vm; // The request is flattened into the VM.
         let phase = text(&vm["shown_phase"]);
         out.push_str(&format!(
             "<tr id=\"vm-{name}\"><td><a href=\"/panel/vms/{id}\">{name}</a></td>",
@@ -244,10 +244,11 @@ pub fn member_home(
         keys.len(),
         options(&keys)
     );
-    let pools: Vec<&String> = pools
-        .as_object()
-        .map(|m| m.keys().collect())
-        .unwrap_or_default();
+    let pools: Vec<String> = items(pools)
+        .iter()
+        .map(|p| text(&p["pool"]["name"]))
+        .collect();
+    let pools: Vec<&String> = pools.iter().collect();
     let pool_options = format!("{}<option value=\"\">no address</option>", options(&pools));
     body.push_str(&format!(
         "<form class=\"stack\" method=\"post\" action=\"/panel/vms\" id=\"create\">{}\
@@ -268,7 +269,7 @@ pub fn member_home(
 
 /// `/panel/vms/ID`: one VM, its buttons and the end of its console.
 pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> String {
-    let request = &vm["request"];
+    let request = vm; // The request is flattened into the VM.
     let id = text(&vm["id"]);
     let name = text(&request["name"]);
     let phase = text(&vm["shown_phase"]);
@@ -457,7 +458,7 @@ pub fn members_page(chrome: &Chrome, accounts: &Value, vms: &Value) -> String {
         let name = text(&account["name"]);
         let owned = items(vms)
             .iter()
-            .filter(|vm| text(&vm["request"]["owner"]) == name)
+            .filter(|vm| text(&vm["owner"]) == name)
             .count();
         let keys = account["ssh_keys"].as_object().map_or(0, |k| k.len());
         body.push_str(&format!(
@@ -739,8 +740,8 @@ mod tests {
         let vm = json!({
             "id": "vm-1",
             "shown_phase": "running",
-            "request": {"name": "<script>x</script>", "owner": "alice", "vcpus": 1,
-                        "memory_mib": 256, "disk_gib": 2, "image": "tiny", "power": "running"},
+            "name": "<script>x</script>", "owner": "alice", "vcpus": 1,
+            "memory_mib": 256, "disk_gib": 2, "image": "tiny", "power": "running",
             "ips": [{"address": "192.0.2.10", "pool": "lan", "prefix": 24}],
             "host": "w1",
         });
@@ -769,7 +770,7 @@ mod tests {
             &chrome(false),
             &json!([]),
             &json!({"tiny": {}, "debian": {}}),
-            &json!({"lan": {}}),
+            &json!([{"pool": {"name": "lan"}, "used": []}]),
             &json!({"ssh_keys": {"laptop": "ssh-ed25519 AAAA"}}),
         );
         for part in [

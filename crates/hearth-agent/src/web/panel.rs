@@ -529,7 +529,10 @@ async fn create_vm(
         .await;
     match result {
         Ok(value) => {
-            let id = value["id"].as_str().unwrap_or_default().to_owned();
+            let id = value["result"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             see_other(
                 &format!("/panel/vms/{id}"),
                 Some(Flash {
@@ -582,7 +585,7 @@ async fn vm_page(
         }
         Err(failure) => Err(failure),
     };
-    let active = if session.admin && shown["request"]["owner"] != json!(session.name) {
+    let active = if session.admin && shown["owner"] != json!(session.name) {
         "/admin/vms"
     } else {
         "/panel"
