@@ -10,6 +10,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_state::model::{Command, Expect};
 use hearth_types::account::{Account, AccountRole, TokenScope, check_ssh_key};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -29,9 +30,9 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/announce", post(announce))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Announcement {
+pub(crate) struct Announcement {
     subject: String,
     body: String,
 }
@@ -91,9 +92,9 @@ fn row(account: &Account, version: u64) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewAccount {
+pub(crate) struct NewAccount {
     name: String,
     role: AccountRole,
     #[serde(default)]
@@ -168,9 +169,9 @@ async fn remove_account(State(state): State<ApiState>, Path(name): Path<String>)
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewToken {
+pub(crate) struct NewToken {
     /// Admins may make one for another account; default: the caller's.
     #[serde(default)]
     account: Option<String>,
@@ -323,9 +324,9 @@ async fn change_me(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Key {
+pub(crate) struct Key {
     key: String,
 }
 
@@ -363,9 +364,9 @@ async fn remove_key(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewPassword {
+pub(crate) struct NewPassword {
     current: String,
     new: String,
 }

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use hearth_state::model::{Command, ComputeCommand, Expect};
 use hearth_types::compute::{Image, IoLimits, IpPool, Phase, Power, Vm, VmRequest};
 use hearth_types::desired::DesiredState;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiState, error};
@@ -52,7 +53,7 @@ fn compute(command: ComputeCommand) -> Command {
 
 /// A VM as the API shows it: the desired object, with the phase read against the local
 /// gossip view (a VM on a host that is not up is `lost`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct VmRow {
     pub version: u64,
     #[serde(flatten)]
@@ -74,25 +75,25 @@ fn vm_row(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PutImage {
+pub(crate) struct PutImage {
     image: Image,
     #[serde(default)]
     expect: Expect,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PutPool {
+pub(crate) struct PutPool {
     pool: IpPool,
     #[serde(default)]
     expect: Expect,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SetIo {
+pub(crate) struct SetIo {
     io: IoLimits,
 }
 

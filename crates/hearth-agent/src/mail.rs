@@ -148,7 +148,7 @@ impl MailSettings {
 }
 
 /// Who an announcement goes to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Recipients {
     /// (account, address) of every account that owns a VM and has an address.
     pub to: Vec<(String, String)>,
@@ -179,7 +179,7 @@ pub fn recipients(desired: &DesiredState) -> Recipients {
 }
 
 /// What sending an announcement did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Report {
     pub sent: Vec<String>,
     pub without_email: Vec<String>,

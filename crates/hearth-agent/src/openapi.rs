@@ -1,16 +1,61 @@
 //! The OpenAPI 3.1 description of the HTTP API, served at `/v1/openapi.json` (no token). The
 //! endpoint list is data; a test reads the route tables in the sources and fails when a route
-//! is added, removed or changed without this list following.
+//! is added, removed or changed without this list following. Request and answer schemas are
+//! derived (schemars) from the very types the handlers deserialize and serialize, so they
+//! cannot drift from the code.
 
+use std::collections::BTreeMap;
+
+use hearth_state::model::Outcome;
+use hearth_types::account::AuditEntry;
+use hearth_types::compute::{Drift, Image, VmRequest};
+use hearth_types::desired::{ClusterService, EventRecord, RecordSet, Versioned};
+use hearth_types::notice::Notice;
+use hearth_types::{MemberRow, ServiceRow};
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
+use crate::accounts_api::{Announcement, Key, NewAccount, NewPassword, NewToken};
+use crate::compute_api::{PutImage, PutPool, SetIo, VmRow};
+use crate::state_api::{PutNotice, PutRecords, PutService};
+
+/// Builds a type's schema (a `$ref` into `components/schemas` for named types).
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// What a write answers: the log index that committed it and the outcome.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct WriteAnswer {
+    index: u64,
+    result: Outcome,
+}
+
 /// One operation: method, path (axum's `{param}` syntax, which is also OpenAPI's), summary,
-/// and whether it needs a token.
+/// whether it needs a token, and the schemas of its JSON body and answer when it has them.
 pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
     pub token: bool,
+    pub body: Option<SchemaFn>,
+    pub answer: Option<SchemaFn>,
+}
+
+impl Endpoint {
+    const fn body(mut self, schema: SchemaFn) -> Endpoint {
+        self.body = Some(schema);
+        self
+    }
+
+    const fn answers(mut self, schema: SchemaFn) -> Endpoint {
+        self.answer = Some(schema);
+        self
+    }
 }
 
 const fn op(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
@@ -19,6 +64,8 @@ const fn op(method: &'static str, path: &'static str, summary: &'static str) -> 
         path,
         summary,
         token: true,
+        body: None,
+        answer: None,
     }
 }
 
@@ -28,6 +75,8 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
         path,
         summary,
         token: false,
+        body: None,
+        answer: None,
     }
 }
 
@@ -36,12 +85,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/members",
         "The cluster's members as this node sees them",
-    ),
+    )
+    .answers(schema::<Vec<MemberRow>>),
     op(
         "get",
         "/v1/services",
         "Every service instance with its check status",
-    ),
+    )
+    .answers(schema::<Vec<ServiceRow>>),
     op(
         "post",
         "/v1/leave",
@@ -51,10 +102,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/audit",
         "Admins: the audit log of changes made through the API",
-    ),
+    )
+    .answers(schema::<Vec<AuditEntry>>),
     public("get", "/metrics", "Prometheus metrics"),
     public("get", "/status", "The public status page (HTML)"),
-    public("get", "/status.json", "The public status page's data"),
+    public("get", "/status.json", "The public status page's data")
+        .answers(schema::<crate::web::status::Status>),
     public("get", "/v1/openapi.json", "This description"),
     op(
         "get",
@@ -66,19 +119,25 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/desired",
         "The whole desired state (hashes hidden)",
     ),
-    op("get", "/v1/records", "Static DNS records"),
+    op("get", "/v1/records", "Static DNS records")
+        .answers(schema::<BTreeMap<String, Versioned<RecordSet>>>),
     op(
         "put",
         "/v1/records",
         "Create or replace a record set, with compare-and-set",
-    ),
+    )
+    .body(schema::<PutRecords>)
+    .answers(schema::<WriteAnswer>),
     op("delete", "/v1/records/{name}/{kind}", "Remove a record set"),
-    op("get", "/v1/cluster-services", "Cluster-wide services"),
+    op("get", "/v1/cluster-services", "Cluster-wide services")
+        .answers(schema::<BTreeMap<String, Versioned<ClusterService>>>),
     op(
         "put",
         "/v1/cluster-services",
         "Declare a cluster-wide service",
-    ),
+    )
+    .body(schema::<PutService>)
+    .answers(schema::<WriteAnswer>),
     op(
         "delete",
         "/v1/cluster-services/{name}",
@@ -88,7 +147,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/events",
         "Recent cluster-wide events and their deliveries",
-    ),
+    )
+    .answers(schema::<Vec<EventRecord>>),
     op(
         "post",
         "/v1/nodes/{name}/drain",
@@ -99,15 +159,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/nodes/{name}/undrain",
         "Take a node out of maintenance",
     ),
-    op("get", "/v1/notices", "Status-page notices"),
-    op("put", "/v1/notices", "Post or update a notice"),
+    op("get", "/v1/notices", "Status-page notices")
+        .answers(schema::<BTreeMap<String, Versioned<Notice>>>),
+    op("put", "/v1/notices", "Post or update a notice")
+        .body(schema::<PutNotice>)
+        .answers(schema::<WriteAnswer>),
     op("delete", "/v1/notices/{id}", "Remove a notice"),
-    op("get", "/v1/images", "Base images"),
+    op("get", "/v1/images", "Base images").answers(schema::<BTreeMap<String, Versioned<Image>>>),
     op(
         "put",
         "/v1/images",
         "Declare a base image whose files are uploaded",
-    ),
+    )
+    .body(schema::<PutImage>)
+    .answers(schema::<WriteAnswer>),
     op("delete", "/v1/images/{name}", "Remove an image no VM uses"),
     op(
         "put",
@@ -115,20 +180,26 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Upload an image file (raw body), kept if the hash matches",
     ),
     op("get", "/v1/pools", "IP pools"),
-    op("put", "/v1/pools", "Create or change an IP pool"),
+    op("put", "/v1/pools", "Create or change an IP pool")
+        .body(schema::<PutPool>)
+        .answers(schema::<WriteAnswer>),
     op(
         "delete",
         "/v1/pools/{name}",
         "Remove a pool none of whose addresses is in use",
     ),
-    op("get", "/v1/vms", "VMs (a member's own only)"),
-    op("post", "/v1/vms", "Create a VM"),
-    op("get", "/v1/vms/{vm}", "One VM by id or name"),
+    op("get", "/v1/vms", "VMs (a member's own only)").answers(schema::<Vec<VmRow>>),
+    op("post", "/v1/vms", "Create a VM")
+        .body(schema::<VmRequest>)
+        .answers(schema::<WriteAnswer>),
+    op("get", "/v1/vms/{vm}", "One VM by id or name").answers(schema::<VmRow>),
     op("delete", "/v1/vms/{vm}", "Delete a VM and its disk"),
     op("post", "/v1/vms/{vm}/start", "Ask for the VM to run"),
     op("post", "/v1/vms/{vm}/stop", "Ask for the VM to shut down"),
     op("post", "/v1/vms/{vm}/reboot", "Ask for the VM to reboot"),
-    op("put", "/v1/vms/{vm}/io", "Change the VM's IO limits"),
+    op("put", "/v1/vms/{vm}/io", "Change the VM's IO limits")
+        .body(schema::<SetIo>)
+        .answers(schema::<WriteAnswer>),
     op(
         "get",
         "/v1/vms/{vm}/console",
@@ -145,43 +216,56 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/drift",
         "Drift entries with their proposed fixes",
-    ),
+    )
+    .answers(schema::<Vec<Drift>>),
     op(
         "post",
         "/v1/drift/{host}/{kind}/{vm}/fix",
         "Apply a drift entry's fix",
     ),
     op("get", "/v1/accounts", "Admins: accounts"),
-    op("post", "/v1/accounts", "Admins: create an account"),
+    op("post", "/v1/accounts", "Admins: create an account")
+        .body(schema::<NewAccount>)
+        .answers(schema::<WriteAnswer>),
     op("delete", "/v1/accounts/{name}", "Admins: remove an account"),
     op("get", "/v1/tokens", "API tokens (a member's own)"),
     op(
         "post",
         "/v1/tokens",
         "Create a token; its secret is answered once",
-    ),
+    )
+    .body(schema::<NewToken>),
     op("delete", "/v1/tokens/{id}", "Revoke a token"),
     op("get", "/v1/me", "The caller's account"),
     op(
         "put",
         "/v1/me/ssh-keys/{name}",
         "Add or replace one of the caller's SSH keys",
-    ),
+    )
+    .body(schema::<Key>)
+    .answers(schema::<WriteAnswer>),
     op(
         "delete",
         "/v1/me/ssh-keys/{name}",
         "Remove one of the caller's SSH keys",
     ),
-    op("post", "/v1/me/password", "Change the caller's password"),
+    op("post", "/v1/me/password", "Change the caller's password")
+        .body(schema::<NewPassword>)
+        .answers(schema::<WriteAnswer>),
     op(
         "post",
         "/v1/announce",
         "Admins: email every member who owns a VM, through this node's [smtp] server",
-    ),
+    )
+    .body(schema::<Announcement>)
+    .answers(schema::<crate::mail::Report>),
 ];
 
 /// The OpenAPI document.
 pub fn document() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
     let mut paths: Map<String, Value> = Map::new();
     for endpoint in ENDPOINTS {
         let params: Vec<Value> = endpoint
@@ -205,6 +289,16 @@ pub fn document() -> Value {
         if !endpoint.token {
             operation["security"] = json!([]);
         }
+        if let Some(body) = endpoint.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": body(&mut generator)}}
+            });
+        }
+        if let Some(answer) = endpoint.answer {
+            operation["responses"]["200"]["content"] =
+                json!({"application/json": {"schema": answer(&mut generator)}});
+        }
         paths
             .entry(endpoint.path.to_owned())
             .or_insert_with(|| json!({}))
@@ -219,7 +313,10 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Every agent serves this API on its api_addr. Writes go through Raft; reads are local unless ?consistent."
         },
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": generator.take_definitions(true),
+        },
         "security": [{"token": []}],
         "paths": paths,
     })
@@ -296,5 +393,49 @@ mod tests {
             "vm"
         );
         assert_eq!(doc["paths"]["/status"]["get"]["security"], json!([]));
+    }
+
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    out.push(target.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn bodies_and_answers_are_described_from_the_handlers_types() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        // Every reference resolves.
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for target in &found {
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{target} points outside components"));
+            assert!(schemas.get(name).is_some(), "{target} does not resolve");
+        }
+        let create = &doc["paths"]["/v1/vms"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(create["$ref"], "#/components/schemas/VmRequest");
+        let required = schemas["VmRequest"]["required"].to_string();
+        for field in ["name", "owner", "vcpus", "memory_mib", "disk_gib", "image"] {
+            assert!(required.contains(field), "{field} in {required}");
+        }
+        // A VM row is the request flattened into the VM, as serde writes it.
+        let row = schemas["VmRow"]["properties"].as_object().unwrap();
+        for field in ["id", "name", "owner", "ips", "shown_phase", "version"] {
+            assert!(row.contains_key(field), "{field} in VmRow");
+        }
+        // The bodies refuse unknown fields, as the handlers do.
+        assert_eq!(schemas["PutImage"]["additionalProperties"], false);
+        assert!(doc["paths"]["/v1/announce"]["post"]["responses"]["200"]["content"].is_object());
     }
 }

@@ -12,6 +12,7 @@ use hearth_state::model::{Command, Expect, Outcome};
 use hearth_state::network::{StateError, WriteResult};
 use hearth_state::node::StateNode;
 use hearth_types::desired::{ClusterService, DesiredState, RecordSet, record_key};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::api::{ApiState, error};
@@ -31,7 +32,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/notices/{id}", delete(remove_notice))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutNotice {
     notice: hearth_types::notice::Notice,
@@ -83,7 +84,7 @@ pub struct Params {
     pub(crate) version: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutRecords {
     records: RecordSet,
@@ -91,7 +92,7 @@ pub struct PutRecords {
     expect: Expect,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutService {
     service: ClusterService,

@@ -12,7 +12,9 @@ pub mod compute;
 pub use compute::ComputeCommand;
 
 /// What a write expects the object's current version to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
     /// Write whatever is there.
@@ -143,7 +145,7 @@ impl Command {
 }
 
 /// The result of applying one command. Every replica computes the same one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Written; the object's new version.

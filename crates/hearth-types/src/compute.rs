@@ -6,12 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::desired::Versioned;
 
 /// A guest CPU architecture; the host runs `qemu-system-<arch>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     #[serde(rename = "x86_64")]
@@ -46,7 +49,7 @@ impl std::str::FromStr for Arch {
 }
 
 /// A file identified by its content: workers keep verified copies under `data_dir/images`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Blob {
     /// Lowercase hex SHA-256 of the content.
     pub sha256: String,
@@ -55,7 +58,7 @@ pub struct Blob {
 
 /// A base image VMs' disks are overlays on. With `kernel`, QEMU boots that kernel directly
 /// (with `initrd` and `append`) instead of the disk's boot loader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Image {
     pub name: String,
     /// `qcow2` or `raw`.
@@ -102,7 +105,7 @@ impl Image {
 }
 
 /// A network VMs get static addresses from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IpPool {
     pub name: String,
     /// `192.0.2.0/24` or `2001:db8::/64`.
@@ -197,7 +200,7 @@ impl IpPool {
 }
 
 /// Per-disk IO limits, applied through QEMU's block throttling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IoLimits {
     #[serde(default)]
     pub iops: Option<u64>,
@@ -206,7 +209,7 @@ pub struct IoLimits {
 }
 
 /// Whether a VM should be running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Power {
     Running,
@@ -214,7 +217,7 @@ pub enum Power {
 }
 
 /// What a member asks for: everything about a VM that its owner decides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmRequest {
     pub name: String,
     pub owner: String,
@@ -268,7 +271,9 @@ impl VmRequest {
 }
 
 /// Where a VM is in its life, as the cluster last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Accepted, waiting for a host with room.
@@ -317,7 +322,7 @@ impl fmt::Display for Phase {
 }
 
 /// A VM in the desired state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Vm {
     /// Assigned at creation: `vm-` and the creating log index, so it never repeats.
     pub id: String,
@@ -345,7 +350,7 @@ pub struct Vm {
 }
 
 /// An address given to a VM from a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Assigned {
     pub pool: String,
     pub address: IpAddr,
@@ -353,7 +358,7 @@ pub struct Assigned {
 }
 
 /// What a worker host offers, as it reported it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Capacity {
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -361,7 +366,7 @@ pub struct Capacity {
 }
 
 /// A worker host as the desired state knows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Host {
     pub capacity: Capacity,
     /// An operator confirmed it is powered off: its VMs may run elsewhere.
@@ -370,7 +375,7 @@ pub struct Host {
 }
 
 /// Something a host's reconciler found and must not, or cannot, fix alone.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct Drift {
     /// Stable for the same finding: `host/kind/vm`.
     pub id: String,
@@ -382,7 +387,9 @@ pub struct Drift {
     pub fix: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DriftKind {
     /// A QEMU process or VM directory on this host that no desired VM here accounts for.
@@ -410,7 +417,7 @@ impl DriftKind {
 }
 
 /// Everything about compute in the desired state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Compute {
     pub images: BTreeMap<String, Versioned<Image>>,
     pub pools: BTreeMap<String, Versioned<IpPool>>,

@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// An object with the log index of the write that last changed it. Versions only grow, so
 /// a compare-and-set on the version detects every intervening write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Versioned<T> {
     pub version: u64,
     pub value: T,
 }
 
 /// One value of a static DNS record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "UPPERCASE")]
 pub enum RecordData {
     A {
@@ -77,7 +78,7 @@ impl RecordData {
 }
 
 /// The records of one name and type (an RRset), e.g. every `A` of `mail`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RecordSet {
     /// The name relative to the zone (`mail`, `_imap._tcp`), or `@` for the apex.
     pub name: String,
@@ -141,7 +142,7 @@ fn is_domain_name(name: &str) -> bool {
 }
 
 /// A check as stored in the desired state (the config file's `[service.check]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     #[serde(default)]
@@ -158,7 +159,7 @@ pub struct CheckSpec {
 
 /// A service declared once for the whole cluster. Every node it selects runs an instance
 /// at its own address, checked locally, exactly as if its config declared it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterService {
     pub name: String,
@@ -210,7 +211,7 @@ impl ClusterService {
 }
 
 /// The whole replicated desired state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DesiredState {
     pub services: BTreeMap<String, Versioned<ClusterService>>,
     /// Keyed by [`record_key`].
@@ -246,7 +247,7 @@ impl DesiredState {
 }
 
 /// Whether a cluster handler has run for an event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Delivery {
     pub attempts: u32,
     pub delivered: bool,
@@ -256,7 +257,7 @@ pub struct Delivery {
 }
 
 /// A cluster-wide event, recorded through the log so that every leader sees the same ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EventRecord {
     /// The log index that recorded it: stable, unique, and the same on every node.
     pub id: u64,
@@ -269,7 +270,7 @@ pub struct EventRecord {
 
 /// The last observed state of the cluster, as recorded by leaders: events are the changes
 /// to it, so a new leader that observes the same state records nothing new.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Observed {
     pub members: BTreeMap<String, crate::MemberRow>,
     /// Keyed `node/service`.

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What a node is for. A node may hold several roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Holds desired state (a Raft voter or learner) and is a name server of the zone.
@@ -38,7 +41,9 @@ impl fmt::Display for Role {
 }
 
 /// How this node sees another node's liveness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Answers probes.
@@ -81,7 +86,9 @@ impl fmt::Display for MemberState {
 }
 
 /// The debounced result of a service instance's health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
     /// Not yet checked often enough to pass the rise threshold. Not served.
@@ -115,7 +122,7 @@ impl fmt::Display for CheckStatus {
 }
 
 /// Who a node is and how to reach it; set from its config and carried by gossip.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeMeta {
     pub name: String,
     /// The UDP address other agents gossip with.
@@ -131,7 +138,7 @@ pub struct NodeMeta {
 }
 
 /// One instance of a service, on one node, with its current check status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceInstance {
     pub service: String,
     /// What DNS hands out for this instance.
@@ -140,7 +147,7 @@ pub struct ServiceInstance {
 }
 
 /// What a node announces about itself by gossip. A higher `version` replaces a lower one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeAnnouncement {
     pub meta: NodeMeta,
     /// Strictly increases across the node's restarts (it starts from the wall clock).
@@ -151,7 +158,7 @@ pub struct NodeAnnouncement {
 }
 
 /// One member as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Member {
     pub meta: NodeMeta,
     pub state: MemberState,
@@ -160,7 +167,7 @@ pub struct Member {
 
 /// This node's whole local view of the cluster. DNS, the API and metrics read it;
 /// only the membership task writes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct View {
     pub self_name: String,
     pub members: BTreeMap<String, Member>,
@@ -188,7 +195,7 @@ impl View {
 }
 
 /// A row of `hearth members`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberRow {
     pub name: String,
     pub address: IpAddr,
@@ -199,7 +206,7 @@ pub struct MemberRow {
 }
 
 /// A row of `hearth services`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceRow {
     pub service: String,
     pub node: String,
@@ -233,7 +240,9 @@ impl View {
 }
 
 /// What happened, as node-local event handlers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     MemberJoin,
@@ -273,7 +282,7 @@ impl fmt::Display for EventKind {
 }
 
 /// One change in this node's view, in the order it was seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterEvent {
     pub kind: EventKind,
     /// The member the event is about.

@@ -14,7 +14,7 @@ use super::{escape, page, utc};
 /// Resolved notices shown below the open ones.
 const RECENT_RESOLVED: usize = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Health {
     /// Every instance on an up node passes.
@@ -35,7 +35,7 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ServiceStatus {
     pub name: String,
     pub health: Health,
@@ -43,7 +43,7 @@ pub struct ServiceStatus {
     pub instances: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Status {
     /// The node that rendered the page.
     pub node: String,
