@@ -78,23 +78,23 @@ fn vm_row(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutImage {
-    image: Image,
+    pub(crate) image: Image,
     #[serde(default)]
-    expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutPool {
-    pool: IpPool,
+    pub(crate) pool: IpPool,
     #[serde(default)]
-    expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetIo {
-    io: IoLimits,
+    pub(crate) io: IoLimits,
 }
 
 /// `?owner=NAME` lists only that member's VMs.

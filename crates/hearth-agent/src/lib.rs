@@ -10,6 +10,8 @@ pub mod compute;
 pub mod compute_api;
 pub mod config;
 pub mod dev;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod mail;
 pub mod metrics;

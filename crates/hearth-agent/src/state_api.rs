@@ -35,9 +35,9 @@ pub fn routes() -> Router<ApiState> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutNotice {
-    notice: hearth_types::notice::Notice,
+    pub(crate) notice: hearth_types::notice::Notice,
     #[serde(default)]
-    expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 async fn list_notices(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
@@ -87,17 +87,17 @@ pub struct Params {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutRecords {
-    records: RecordSet,
+    pub(crate) records: RecordSet,
     #[serde(default)]
-    expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutService {
-    service: ClusterService,
+    pub(crate) service: ClusterService,
     #[serde(default)]
-    expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 /// Why a state endpoint could not answer.

@@ -23,6 +23,8 @@
 //! is counted and dropped.
 
 mod answer;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod metrics;
 mod packet;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Who a SWIM message is from or to. Two identities with the same gossip address are the
 /// same node; the one with the larger `bump` is the newer incarnation of it (a restart takes
 /// a fresh `bump` from the clock, so it replaces its previous self cleanly).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId {
     pub name: String,
     pub addr: SocketAddr,

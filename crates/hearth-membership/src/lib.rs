@@ -2,11 +2,15 @@
 //! announcements (metadata and check states) spread by gossip, Lifeguard-style local
 //! health, and the node-local [`hearth_types::View`] that DNS and the API read.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod identity;
 mod node;
 mod seal;
+pub mod sim;
 pub mod stream;
+mod suspicion;
 mod view;
 
 pub use health::LocalHealth;

@@ -26,8 +26,8 @@ use crate::view::{build_view, diff_events};
 /// The largest datagram hearth sends: safely below a 1500-byte MTU.
 const MAX_DATAGRAM: usize = 1400;
 /// Plaintext kinds inside a sealed datagram.
-const KIND_FOCA: u8 = 0;
-const KIND_ANNOUNCEMENT: u8 = 1;
+pub(crate) const KIND_FOCA: u8 = 0;
+pub(crate) const KIND_ANNOUNCEMENT: u8 = 1;
 /// How often a node re-announces itself even when nothing changed, so that announcements
 /// lost to a partition or to packet loss heal without anyone's help.
 const REANNOUNCE_EVERY: Duration = Duration::from_secs(15);
@@ -213,6 +213,9 @@ struct Node {
     health: LocalHealth,
     late_this_interval: bool,
     last_reannounce: Instant,
+    /// When the task started: the origin of `stale`'s clock.
+    started: Instant,
+    stale: crate::suspicion::StaleSuspicions,
     view: Arc<View>,
     views: watch::Sender<Arc<View>>,
     events: mpsc::Sender<ClusterEvent>,
@@ -226,7 +229,7 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn swim_config(timing: &GossipTiming) -> foca::Config {
+pub(crate) fn swim_config(timing: &GossipTiming) -> foca::Config {
     let mut config = foca::Config::new_lan(NonZeroU32::new(16).expect("16 is not zero"));
     config.probe_period = timing.probe_interval;
     config.probe_rtt = timing.probe_timeout;
@@ -297,6 +300,8 @@ impl Node {
             ),
             late_this_interval: false,
             last_reannounce: Instant::now(),
+            started: Instant::now(),
+            stale: Default::default(),
             view,
             views,
             events,
@@ -429,6 +434,20 @@ impl Node {
         }
         if self.last_reannounce.elapsed() >= REANNOUNCE_EVERY {
             self.announce_self();
+        }
+        let stale = self.stale.check(
+            self.swim.iter_membership_state(),
+            self.started.elapsed(),
+            crate::suspicion::limit(&self.timing),
+        );
+        if !stale.is_empty() {
+            tracing::info!(members = ?stale.iter().map(|m| m.id()).collect::<Vec<_>>(), "declaring down members suspect for too long");
+            if let Err(error) = self
+                .swim
+                .apply_many(stale.into_iter(), true, &mut self.runtime)
+            {
+                tracing::warn!(%error, "declaring stale suspects down");
+            }
         }
     }
 
