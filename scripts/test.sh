@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests,
-# chromium and chromium-driver for the web panel's browser tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
+# nftables for the chaos runner, chromium and chromium-driver for the web panel's browser
+# tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ command -v kill >/dev/null 2>&1 || need+=(procps)
 PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # knotd lives in /usr/sbin, which is not on every user's PATH.
 PATH="$PATH:/usr/sbin:/sbin" command -v knotd >/dev/null 2>&1 || need+=(knot)
+# The chaos runner filters the bridge of its network namespaces with nftables.
+PATH="$PATH:/usr/sbin:/sbin" command -v nft >/dev/null 2>&1 || need+=(nftables)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

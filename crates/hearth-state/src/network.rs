@@ -177,6 +177,11 @@ pub struct PeerClient {
     addr: String,
     keyring: SharedKeyring,
     conn: Option<SealedStream>,
+    /// Set from sending a request until its answer is read. Still set when a call starts
+    /// means the previous call was cancelled midway (a caller's timeout dropped its future,
+    /// as openraft's do): its answer may still be on the way, and would be taken for this
+    /// call's. The connection is then dropped and a fresh one opened.
+    in_flight: bool,
 }
 
 /// Why one RPC failed before any answer arrived.
@@ -201,6 +206,7 @@ impl PeerClient {
             addr,
             keyring,
             conn: None,
+            in_flight: false,
         }
     }
 
@@ -221,12 +227,18 @@ impl PeerClient {
     }
 
     async fn call_inner(&mut self, request: &RpcRequest) -> Result<RpcResponse, CallError> {
+        if self.in_flight {
+            self.conn = None;
+            self.in_flight = false;
+        }
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
         }
         let conn = self.conn.as_mut().ok_or(CallError::Timeout)?;
+        self.in_flight = true;
         conn.send(&serde_json::to_vec(request)?).await?;
         let answer = conn.recv().await?;
+        self.in_flight = false;
         Ok(serde_json::from_slice(&answer)?)
     }
 
@@ -457,5 +469,72 @@ async fn serve_connection<A: Application>(
             }
         };
         conn.send(&serde_json::to_vec(&response)?).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_membership::{Keyring, Secret};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Found by the chaos runner: a call cancelled by its caller's timeout (openraft wraps
+    /// every RPC in one) left its answer in flight on the connection, and the next call on
+    /// that client read it as its own: a stale read index, or an acknowledgement meant for
+    /// another write. The next call must open a fresh connection instead.
+    #[tokio::test]
+    async fn a_cancelled_call_never_hands_its_answer_to_the_next_one() {
+        let keyring: SharedKeyring = Arc::new(RwLock::new(Arc::new(Keyring::new(
+            "test",
+            &Secret::new([3; hearth_membership::SECRET_LEN]),
+            &[],
+        ))));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let counter = Arc::new(AtomicU64::new(0));
+        let (server_keys, served) = (keyring.clone(), counter.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (keys, served) = (current_keyring(&server_keys), served.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = SealedStream::server(stream, &keys).await else {
+                        return;
+                    };
+                    // Each request is answered with its number among all requests; the
+                    // first answer comes late.
+                    while conn.recv().await.is_ok() {
+                        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n == 1 {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let answer = serde_json::to_vec(&RpcResponse::ReadIndex(Ok(n))).unwrap();
+                        if conn.send(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut client = PeerClient::new(addr, keyring);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            client.call(&RpcRequest::ReadIndex, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(
+            cancelled.is_err(),
+            "the first call is cut short by its caller"
+        );
+        let answer = client
+            .call(&RpcRequest::ReadIndex, Duration::from_secs(5))
+            .await
+            .unwrap();
+        match answer {
+            RpcResponse::ReadIndex(Ok(n)) => assert_eq!(n, 2, "the answer to this request"),
+            other => panic!("{other:?}"),
+        }
     }
 }

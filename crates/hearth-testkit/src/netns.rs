@@ -155,6 +155,77 @@ impl NetnsLab {
     pub fn heal(&self, idx: usize) {
         ip(&["-n", &self.hub(), "link", "set", &self.hub_veth(idx), "up"]).expect("heal link");
     }
+
+    fn node_veth(&self, idx: usize) -> String {
+        format!("h{}d{idx}n", self.id)
+    }
+
+    /// Sets the hub bridge's filter (nftables, bridge family) to drop what goes from node
+    /// `from` to node `to` for each pair in `blocked` (one direction each, so asymmetric
+    /// partitions are possible), and `loss_percent` of everything else at random. Replaces
+    /// the previous filter in one transaction.
+    pub fn set_filter(&self, blocked: &[(usize, usize)], loss_percent: u8) -> Result<(), String> {
+        let mut rules = String::from(
+            "table bridge hearth_chaos {}\ndelete table bridge hearth_chaos\n\
+             table bridge hearth_chaos {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n",
+        );
+        for &(from, to) in blocked {
+            rules.push_str(&format!(
+                "    iifname \"{}\" oifname \"{}\" drop\n",
+                self.hub_veth(from),
+                self.hub_veth(to)
+            ));
+        }
+        if loss_percent > 0 {
+            rules.push_str(&format!(
+                "    numgen random mod 100 < {} drop\n",
+                loss_percent.min(100)
+            ));
+        }
+        rules.push_str("  }\n}\n");
+        nft(&self.hub(), &rules)
+    }
+
+    /// Drops node `idx`'s outgoing data packets inside its own namespace (`true`), or lets
+    /// them go again: its sends fail locally, so it can tell it is the one cut off.
+    pub fn set_egress_blocked(&self, idx: usize, blocked: bool) -> Result<(), String> {
+        let mut rules =
+            String::from("table inet hearth_chaos {}\ndelete table inet hearth_chaos\n");
+        if blocked {
+            rules.push_str(&format!(
+                "table inet hearth_chaos {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    oifname \"{}\" drop\n  }}\n}}\n",
+                self.node_veth(idx)
+            ));
+        }
+        nft(&self.netns(idx), &rules)
+    }
+}
+
+/// Runs an nftables script inside namespace `ns`.
+fn nft(ns: &str, script: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft in {ns}: {}\n{script}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 impl Drop for NetnsLab {
