@@ -176,6 +176,10 @@ impl Default for GossipConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeSection {
+    /// `qemu`, or `fake`: a stand-in that runs no guest (for fault-injection tests and trying
+    /// hearth where QEMU is missing); VMs then only pretend to run.
+    #[serde(default = "default_driver")]
+    pub driver: String,
     /// `auto` (KVM when `/dev/kvm` is usable, else TCG), `kvm` or `tcg`.
     #[serde(default = "default_accel")]
     pub accel: String,
@@ -197,6 +201,7 @@ pub struct ComputeSection {
 impl Default for ComputeSection {
     fn default() -> Self {
         ComputeSection {
+            driver: default_driver(),
             accel: default_accel(),
             network: default_network(),
             vcpus: None,
@@ -204,6 +209,10 @@ impl Default for ComputeSection {
             disk_gib: default_disk_gib(),
         }
     }
+}
+
+fn default_driver() -> String {
+    "qemu".into()
 }
 
 fn default_accel() -> String {
@@ -596,6 +605,12 @@ impl Config {
 
     fn check_compute(&self, problems: &mut Vec<String>) {
         let c = &self.compute;
+        if !matches!(c.driver.as_str(), "qemu" | "fake") {
+            problems.push(format!(
+                "compute.driver: `{}` is not qemu or fake",
+                c.driver
+            ));
+        }
         if !matches!(c.accel.as_str(), "auto" | "kvm" | "tcg") {
             problems.push(format!(
                 "compute.accel: `{}` is not auto, kvm or tcg",

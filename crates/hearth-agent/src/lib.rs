@@ -67,10 +67,20 @@ pub enum StartAgentError {
     Compute(String),
 }
 
-/// The QEMU driver of a worker, as `[compute]` says.
-fn worker_driver(config: &Config) -> Result<hearth_compute::driver::Driver, StartAgentError> {
+/// The VM driver of a worker, as `[compute]` says.
+fn worker_driver(config: &Config) -> Result<hearth_compute::fake::VmDriver, StartAgentError> {
     use hearth_compute::accel::{self, Accel};
     use hearth_compute::driver::{Driver, Network};
+    use hearth_compute::fake::{FakeDriver, VmDriver};
+    let root = config.data_dir.join("vms");
+    std::fs::create_dir_all(&root).map_err(|source| StartAgentError::DataDir {
+        path: root.clone(),
+        source,
+    })?;
+    if config.compute.driver == "fake" {
+        tracing::warn!("compute.driver = \"fake\": VMs only pretend to run");
+        return Ok(VmDriver::Fake(FakeDriver::new(root)));
+    }
     let accel = match config.compute.accel.as_str() {
         "kvm" => Accel::Kvm,
         "tcg" => Accel::Tcg,
@@ -84,12 +94,7 @@ fn worker_driver(config: &Config) -> Result<hearth_compute::driver::Driver, Star
         Some(bridge) => Network::Bridge(bridge.to_owned()),
         None => Network::User,
     };
-    let root = config.data_dir.join("vms");
-    std::fs::create_dir_all(&root).map_err(|source| StartAgentError::DataDir {
-        path: root.clone(),
-        source,
-    })?;
-    Ok(Driver::new(root, accel, network))
+    Ok(VmDriver::Qemu(Driver::new(root, accel, network)))
 }
 
 /// What a worker offers: `[compute]`'s figures, else the machine's.

@@ -124,7 +124,7 @@ pub enum DriverError {
     Qmp(#[from] QmpError),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DriverError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DriverError + '_ {
     move |source| DriverError::Io {
         path: path.display().to_string(),
         source,
@@ -138,7 +138,7 @@ pub fn mac_for(id: &str) -> String {
 }
 
 /// A VM id names a directory: letters, digits and dashes only.
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

@@ -3,5 +3,6 @@
 
 pub mod accel;
 pub mod driver;
+pub mod fake;
 pub mod qmp;
 pub mod seed;

@@ -70,6 +70,10 @@ enum Op {
         start: u128,
         end: u128,
     },
+    /// A VM create or delete, and whether it was acknowledged.
+    Vm { create: bool, ok: bool },
+    /// Two VMs held one address in a consistent read of `/v1/vms`.
+    SharedAddress(String),
 }
 
 struct Run {
@@ -93,10 +97,10 @@ fn start(n: usize) -> Run {
                 secret: secret.clone(),
                 secret_file: None,
                 cluster: "chaos".into(),
-                roles: "[\"server\"]".into(),
+                roles: "[\"server\", \"worker\"]".into(),
                 join: if idx == 0 { vec![] } else { vec![seed] },
                 extra: format!(
-                    "[state]\nbootstrap_expect = {n}\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
+                    "[state]\nbootstrap_expect = {n}\n[compute]\ndriver = \"fake\"\nvcpus = 256\nmemory_mib = 1048576\ndisk_gib = 10000\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
                 ),
                 api_ip: Some(lab.control_ip(idx)),
                 netns: Some(lab.netns(idx)),
@@ -135,6 +139,7 @@ fn client(
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc11e);
     let mut seq = 0u64;
+    let mut vms: Vec<String> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let node = rng.random_range(0..apis.len());
         if down.lock().map(|d| d.contains(&node)).unwrap_or(true) {
@@ -152,7 +157,46 @@ fn client(
             )
         };
         let start = t0.elapsed().as_millis();
-        if rng.random_range(0..3) == 0 {
+        let dice = rng.random_range(0..10);
+        if dice == 0 {
+            // Create a VM, or delete one, keeping about a dozen.
+            let create = vms.len() < 12 && (vms.is_empty() || rng.random_range(0..2) == 0);
+            let result = if create {
+                seq += 1;
+                let body = format!(
+                    r#"{{"name":"c{seq}","owner":"chaos","vcpus":1,"memory_mib":64,"disk_gib":1,"image":"fake","pools":["lan"]}}"#
+                );
+                request("POST", "/v1/vms", &body)
+            } else {
+                let victim = vms.remove(rng.random_range(0..vms.len()));
+                request("DELETE", &format!("/v1/vms/{victim}"), "")
+            };
+            let ok = matches!(result, Ok((200 | 201, _)));
+            if create
+                && let Ok((201, body)) = &result
+                && let Some(id) = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["result"]["id"].as_str().map(str::to_owned))
+            {
+                vms.push(id);
+            }
+            if let Ok(mut h) = history.lock() {
+                h.push(Op::Vm { create, ok });
+            }
+            continue;
+        }
+        if dice == 1 {
+            // Every address is held by one VM at most.
+            if let Ok((200, body)) = request("GET", "/v1/vms?consistent", "")
+                && let Ok(rows) = serde_json::from_str::<serde_json::Value>(&body)
+                && let Some(shared) = shared_address(&rows)
+                && let Ok(mut h) = history.lock()
+            {
+                h.push(Op::SharedAddress(shared));
+            }
+            continue;
+        }
+        if dice < 5 {
             let result = request("GET", "/v1/records?consistent", "");
             let end = t0.elapsed().as_millis();
             if let Ok((200, body)) = result
@@ -192,6 +236,38 @@ fn client(
     }
 }
 
+/// An address two VMs hold in a `/v1/vms` answer, if any.
+fn shared_address(rows: &serde_json::Value) -> Option<String> {
+    let mut seen = BTreeMap::new();
+    for vm in rows.as_array()? {
+        for ip in vm["ips"].as_array().into_iter().flatten() {
+            let address = ip["address"].as_str().unwrap_or_default().to_owned();
+            let id = vm["id"].as_str().unwrap_or_default().to_owned();
+            if let Some(other) = seen.insert(address.clone(), id.clone()) {
+                return Some(format!("{address} held by {other} and {id}"));
+            }
+        }
+    }
+    None
+}
+
+/// VM id -> the nodes where it runs now (the fake driver's `running` markers under each
+/// node's `vms` directory).
+fn running_vms(roots: &[std::path::PathBuf]) -> BTreeMap<String, BTreeSet<usize>> {
+    let mut running: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for (idx, root) in roots.iter().enumerate() {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.path().join("running").is_file() {
+                running
+                    .entry(entry.file_name().to_string_lossy().into_owned())
+                    .or_default()
+                    .insert(idx);
+            }
+        }
+    }
+    running
+}
+
 /// The linearizability and durability checks over the history; violations as text.
 fn check(history: &[Op], finals: &[Vec<Option<String>>]) -> Vec<String> {
     let mut violations = Vec::new();
@@ -210,7 +286,7 @@ fn check(history: &[Op], finals: &[Vec<Option<String>>]) -> Vec<String> {
                 let end = if *ok { *end } else { u128::MAX };
                 Some((value.as_str(), (*key, *start, end, *ok)))
             }
-            Op::Read { .. } => None,
+            _ => None,
         })
         .collect();
     // Does some acknowledged write to `key` strictly follow the write of `value` in real
@@ -229,6 +305,9 @@ fn check(history: &[Op], finals: &[Vec<Option<String>>]) -> Vec<String> {
             .map(|(v, _)| (*v).to_owned())
     };
     for op in history {
+        if let Op::SharedAddress(what) = op {
+            violations.push(format!("an address allocated twice: {what}"));
+        }
         let Op::Read { values, start, end } = op else {
             continue;
         };
@@ -272,6 +351,37 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     );
     let mut run = start(n);
     eventually("a leader", CONVERGE_WITHIN, || leader(&run.agents));
+    eventually("every worker registered", CONVERGE_WITHIN, || {
+        match run.agents[0].host_count()? {
+            count if count == n => Ok(()),
+            count => Err(format!("{count} hosts")),
+        }
+    });
+    let image = run._root.path().join("fake-disk.img");
+    std::fs::write(&image, vec![0u8; 4096]).expect("write the fake disk");
+    let first = &run.agents[0];
+    first.cli(&[
+        "image",
+        "add",
+        "fake",
+        "--format",
+        "raw",
+        "--file",
+        image.to_str().unwrap(),
+    ]);
+    first.cli(&[
+        "pool",
+        "add",
+        "lan",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+    let roots: Vec<std::path::PathBuf> = run
+        .agents
+        .iter()
+        .map(|a| a.dir.join("data").join("vms"))
+        .collect();
     let apis: Vec<SocketAddr> = run.agents.iter().map(|a| a.api_addr()).collect();
     let tokens: Vec<String> = run.agents.iter().map(|a| a.token()).collect();
     let down = Arc::new(Mutex::new(HashSet::new()));
@@ -281,6 +391,27 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     let worker = {
         let (down, stop, history) = (down.clone(), stop.clone(), history.clone());
         std::thread::spawn(move || client(apis, tokens, down, stop, history, seed, t0))
+    };
+    // The monitor: no VM id may ever run on two nodes at once.
+    let doubles = Arc::new(Mutex::new(Vec::<String>::new()));
+    let monitor = {
+        let (stop, doubles, roots) = (stop.clone(), doubles.clone(), roots.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for (id, nodes) in running_vms(&roots) {
+                    if nodes.len() > 1
+                        && let Ok(mut d) = doubles.lock()
+                    {
+                        d.push(format!(
+                            "{id} runs on nodes {nodes:?} at {} ms",
+                            t0.elapsed().as_millis()
+                        ));
+                    }
+                }
+                // The sampling pace, not a synchronisation.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
     };
 
     let mut rng = StdRng::seed_from_u64(seed);
@@ -389,6 +520,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     let healed = Instant::now();
     stop.store(true, Ordering::SeqCst);
     worker.join().expect("the client thread");
+    monitor.join().expect("the monitor thread");
     let history = history.lock().unwrap().clone();
     eprintln!("chaos: faults applied (ms since start): {applied:?}");
 
@@ -446,6 +578,40 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             },
         );
     }
+    // Every VM the state keeps runs on its host alone; deleted ones are gone everywhere.
+    let vm_count = eventually(
+        "VMs running where placed, and only there",
+        CONVERGE_WITHIN,
+        || {
+            let rows = run.agents[0].api_json("/v1/vms?consistent")?;
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            let mut want: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+            for vm in &rows {
+                if vm["deleting"] == true || vm["shown_phase"] != "running" {
+                    return Err(format!(
+                        "{} is {} (deleting: {})",
+                        vm["id"], vm["shown_phase"], vm["deleting"]
+                    ));
+                }
+                let host = vm["host"].as_str().unwrap_or_default();
+                let idx = run
+                    .agents
+                    .iter()
+                    .position(|a| a.spec.name == host)
+                    .ok_or("no host")?;
+                want.insert(
+                    vm["id"].as_str().unwrap_or_default().to_owned(),
+                    BTreeSet::from([idx]),
+                );
+            }
+            let running = running_vms(&roots);
+            if running == want {
+                Ok(rows.len())
+            } else {
+                Err(format!("running {running:?}, placed {want:?}"))
+            }
+        },
+    );
     let converged = healed.elapsed();
 
     let writes = history
@@ -461,7 +627,29 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         "chaos: N = {n}, seed {seed}: {} faults, {writes} writes ({acked} acknowledged), {reads} consistent reads; converged {converged:?} after healing (bound {CONVERGE_WITHIN:?})",
         applied.len()
     );
-    let violations = check(&history, &finals);
+    let mut violations = check(&history, &finals);
+    violations.extend(
+        doubles
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| format!("a VM on two hosts: {d}")),
+    );
+    let vm_ops = history
+        .iter()
+        .filter(|o| matches!(o, Op::Vm { .. }))
+        .count();
+    let vm_acked = history
+        .iter()
+        .filter(|o| matches!(o, Op::Vm { ok: true, .. }))
+        .count();
+    let created = history
+        .iter()
+        .filter(|o| matches!(o, Op::Vm { create, ok } if *create && *ok))
+        .count();
+    eprintln!(
+        "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {vm_count} VMs at the end"
+    );
     // The whole run, for the record (and for a failure's post-mortem):
     // target/chaos/n<N>-<seed>.txt.
     let report = Path::new(env!("CARGO_TARGET_TMPDIR"))

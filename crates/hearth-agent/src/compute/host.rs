@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hearth_compute::driver::{Driver, IoLimits as DriverIo, NetConfig, VmSpec};
+use hearth_compute::driver::{IoLimits as DriverIo, NetConfig, VmSpec};
+use hearth_compute::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand};
 use hearth_state::node::StateNode;
 use hearth_types::compute::{Arch, Capacity, Compute, Drift, Phase, Vm};
@@ -27,7 +28,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 pub struct Host {
     pub name: String,
     pub capacity: Capacity,
-    pub driver: Arc<Driver>,
+    pub driver: Arc<VmDriver>,
     pub blobs: BlobStore,
     pub state: StateNode,
     pub metrics: Arc<super::ComputeMetrics>,
