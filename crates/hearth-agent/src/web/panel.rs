@@ -41,12 +41,27 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/members", get(members_page).post(create_account))
         .route("/admin/members/{name}/delete", post(remove_account))
         .route("/admin/services", get(services_page))
-        .route("/admin/vms", get(all_vms_page))
-        .route("/admin/drift", get(drift_page))
+        .route(
+            "/admin/vms",
+            listing("/admin/vms", "/v1/vms", pages::all_vms_page),
+        )
+        .route(
+            "/admin/drift",
+            listing("/admin/drift", "/v1/drift", pages::drift_page),
+        )
         .route("/admin/drift/{host}/{kind}/{vm}/fix", post(fix_drift))
-        .route("/admin/events", get(events_page))
-        .route("/admin/audit", get(audit_page))
-        .route("/admin/announce", get(announce_page).post(announce))
+        .route(
+            "/admin/events",
+            listing("/admin/events", "/v1/events", pages::events_page),
+        )
+        .route(
+            "/admin/audit",
+            listing("/admin/audit", "/v1/audit", pages::audit_page),
+        )
+        .route(
+            "/admin/announce",
+            listing("/admin/announce", "/v1/notices", pages::announce_page).post(announce),
+        )
         .route("/admin/notices", post(post_notice))
         .route("/admin/notices/{id}/{action}", post(notice_action))
 }
@@ -888,59 +903,17 @@ async fn admin_list(
     }
 }
 
-async fn all_vms_page(State(state): State<ApiState>, session: Session) -> Response {
-    admin_list(
-        &state,
-        &session,
-        "/admin/vms",
-        "/v1/vms",
-        pages::all_vms_page,
+/// The route of an admin page that shows one API document.
+fn listing(
+    active: &'static str,
+    path: &'static str,
+    render: fn(&Chrome, &Value) -> String,
+) -> axum::routing::MethodRouter<ApiState> {
+    get(
+        move |State(state): State<ApiState>, session: Session| async move {
+            admin_list(&state, &session, active, path, render).await
+        },
     )
-    .await
-}
-
-async fn drift_page(State(state): State<ApiState>, session: Session) -> Response {
-    admin_list(
-        &state,
-        &session,
-        "/admin/drift",
-        "/v1/drift",
-        pages::drift_page,
-    )
-    .await
-}
-
-async fn events_page(State(state): State<ApiState>, session: Session) -> Response {
-    admin_list(
-        &state,
-        &session,
-        "/admin/events",
-        "/v1/events",
-        pages::events_page,
-    )
-    .await
-}
-
-async fn audit_page(State(state): State<ApiState>, session: Session) -> Response {
-    admin_list(
-        &state,
-        &session,
-        "/admin/audit",
-        "/v1/audit",
-        pages::audit_page,
-    )
-    .await
-}
-
-async fn announce_page(State(state): State<ApiState>, session: Session) -> Response {
-    admin_list(
-        &state,
-        &session,
-        "/admin/announce",
-        "/v1/notices",
-        pages::announce_page,
-    )
-    .await
 }
 
 async fn fix_drift(
