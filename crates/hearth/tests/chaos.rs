@@ -392,12 +392,33 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         let (down, stop, history) = (down.clone(), stop.clone(), history.clone());
         std::thread::spawn(move || client(apis, tokens, down, stop, history, seed, t0))
     };
-    // The monitor: no VM id may ever run on two nodes at once.
+    // The monitor: no VM id may ever run on two nodes at once. It also asks DNS, from
+    // inside a random node's namespace, for `www` twice a second (answered or not is
+    // counted; what the answers must be is checked after healing).
     let doubles = Arc::new(Mutex::new(Vec::<String>::new()));
+    let dns_asked = Arc::new(Mutex::new((0u64, 0u64)));
+    let dns_targets: Vec<(String, SocketAddr)> = run
+        .agents
+        .iter()
+        .map(|a| (a.spec.netns.clone().unwrap_or_default(), a.dns_addr()))
+        .collect();
     let monitor = {
         let (stop, doubles, roots) = (stop.clone(), doubles.clone(), roots.clone());
+        let (down, dns_asked) = (down.clone(), dns_asked.clone());
         std::thread::spawn(move || {
+            let mut tick = 0usize;
             while !stop.load(Ordering::SeqCst) {
+                tick += 1;
+                let node = (tick / 5) % dns_targets.len();
+                let up = down.lock().map(|d| !d.contains(&node)).unwrap_or(false);
+                if tick.is_multiple_of(5) && up {
+                    let (ns, dns) = &dns_targets[node];
+                    let answered = dig_in(ns, *dns, "www.coop.test.").is_ok_and(|a| !a.is_empty());
+                    if let Ok(mut counts) = dns_asked.lock() {
+                        counts.0 += 1;
+                        counts.1 += u64::from(answered);
+                    }
+                }
                 for (id, nodes) in running_vms(&roots) {
                     if nodes.len() > 1
                         && let Ok(mut d) = doubles.lock()
@@ -647,6 +668,8 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .iter()
         .filter(|o| matches!(o, Op::Vm { create, ok } if *create && *ok))
         .count();
+    let (asked, answered) = *dns_asked.lock().unwrap();
+    eprintln!("chaos: {asked} DNS queries during the faults, {answered} answered");
     eprintln!(
         "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {vm_count} VMs at the end"
     );
@@ -690,14 +713,37 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             agent.log_tail()
         );
     }
+    // And none leaked a process: once the agents are gone, their namespaces are empty.
+    for agent in &mut run.agents {
+        agent.kill9();
+    }
+    for idx in 0..n {
+        let ns = run.lab.netns(idx);
+        eventually("no process left in the namespace", CONVERGE_WITHIN, || {
+            let output = std::process::Command::new("ip")
+                .args(["netns", "pids", &ns])
+                .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let pids = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if pids.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{ns}: pids {pids}"))
+            }
+        });
+    }
 }
 
 /// `dig +short NAME A` from inside the agent's namespace, where its DNS address lives.
 fn dig_inside(agent: &TestAgent, name: &str) -> Result<Vec<String>, String> {
     let ns = agent.spec.netns.clone().ok_or("no namespace")?;
-    let dns = agent.dns_addr();
+    dig_in(&ns, agent.dns_addr(), name)
+}
+
+fn dig_in(ns: &str, dns: SocketAddr, name: &str) -> Result<Vec<String>, String> {
     let output = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "dig", "+short", "+time=1", "+tries=1"])
+        .args(["netns", "exec", ns, "dig", "+short", "+time=1", "+tries=1"])
         .arg(format!("@{}", dns.ip()))
         .args(["-p", &dns.port().to_string(), name, "A"])
         .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
