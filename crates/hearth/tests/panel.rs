@@ -239,6 +239,20 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
     browser.screenshot(&shot("member-vms-phone"));
     browser.resize(1100, 900);
 
+    // The power buttons go through the API: Stop asks for the VM to be stopped.
+    browser.goto(&vm_url);
+    browser.click("form[action$='/stop'] button");
+    assert_eq!(flash(&browser), "stop: asked.");
+    let id = vm_url.rsplit('/').next().unwrap().to_owned();
+    eventually("web1 asked to stop", PAGE, || {
+        let row = agent.api_json(&format!("/v1/vms/{id}"))?;
+        if row["power"] == "stopped" {
+            Ok(())
+        } else {
+            Err(row.to_string())
+        }
+    });
+
     // bob's VM by URL is not found, exactly as a VM that does not exist.
     browser.goto(&format!("{base}/panel/vms/{bob_vm}"));
     let text = browser.text("body").unwrap();
@@ -273,7 +287,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
     let all = browser.text("#vms").unwrap();
     assert!(
         all.contains("web1") && browser.find("#vm-b1").is_ok(),
-        "{all}"
+        "every member's VMs: {all}"
     );
     browser.screenshot(&shot("admin-vms"));
     page_shows(&browser, &format!("{base}/admin/services"), "failing", PAGE);
@@ -316,6 +330,19 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
             mail.data
         );
     }
+
+    // The admin deletes bob's VM from its page (the button sits behind a disclosure).
+    browser.goto(&format!("{base}/panel/vms/{bob_vm}"));
+    browser.script("document.querySelector('details').open = true; return true");
+    browser.click("form[action$='/delete'] button");
+    assert!(browser.url().ends_with("/panel"), "{}", browser.url());
+    assert_eq!(flash(&browser), "The VM is being deleted.");
+    eventually("bob's VM gone", BOOT, || {
+        match agent.http_get(&format!("/v1/vms/{bob_vm}"), true)? {
+            (404, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    });
 
     // The public status page shows the failing service, without a login.
     browser.delete_cookies();
