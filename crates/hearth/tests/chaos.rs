@@ -169,7 +169,12 @@ fn client(
                 request("POST", "/v1/vms", &body)
             } else {
                 let victim = vms.remove(rng.random_range(0..vms.len()));
-                request("DELETE", &format!("/v1/vms/{victim}"), "")
+                let result = request("DELETE", &format!("/v1/vms/{victim}"), "");
+                // Not surely deleted: try it again later.
+                if !matches!(result, Ok((200, _)) | Ok((404, _))) {
+                    vms.push(victim);
+                }
+                result
             };
             let ok = matches!(result, Ok((200 | 201, _)));
             if create
@@ -544,6 +549,14 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     monitor.join().expect("the monitor thread");
     let history = history.lock().unwrap().clone();
     eprintln!("chaos: faults applied (ms since start): {applied:?}");
+    // A first report now, so a failure below still leaves the faults and the history.
+    let mut early = format!(
+        "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\n(convergence not checked yet)\n"
+    );
+    for op in &history {
+        early.push_str(&format!("{op:?}\n"));
+    }
+    let _ = std::fs::write(report_path(n, seed), early);
 
     // Convergence: one leader, everyone alive everywhere, one state everywhere, DNS.
     eventually("one leader after healing", CONVERGE_WITHIN, || {
@@ -673,16 +686,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     eprintln!(
         "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {vm_count} VMs at the end"
     );
-    // The whole run, for the record (and for a failure's post-mortem):
-    // target/chaos/n<N>-<seed>.txt.
-    let report = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("chaos")
-        .join(format!("n{n}-{seed}.txt"));
-    if let Some(dir) = report.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
+    let report = report_path(n, seed);
     let mut text = format!(
         "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\nwrites {writes} acked {acked} reads {reads}\nconverged_after_heal {converged:?}\nfinals {finals:?}\nviolations {violations:#?}\n"
     );
@@ -733,6 +737,16 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             }
         });
     }
+}
+
+/// Where a run's report goes: `target/chaos/n<N>-<seed>.txt`.
+fn report_path(n: usize, seed: u64) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("chaos");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("n{n}-{seed}.txt"))
 }
 
 /// `dig +short NAME A` from inside the agent's namespace, where its DNS address lives.

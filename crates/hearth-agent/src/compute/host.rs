@@ -64,6 +64,24 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         }
     }
     tracing::info!(capacity = ?host.capacity, "worker host registered");
+    // Act only on a state at least as new as the cluster's: after a restart the local copy is
+    // restored from disk and may be older than what this host already did (the chaos runner
+    // found a VM deleted here, then started again from the stale copy, orphaned). A
+    // linearizable read makes the local copy catch up with the leader first; until it
+    // succeeds nothing is started or stopped, and running VMs are left as they are.
+    loop {
+        match host.state.linearizable_index().await {
+            Ok(index) => {
+                tracing::info!(index, "host caught up with the cluster's state");
+                break;
+            }
+            Err(error) => tracing::info!(%error, "waiting to catch up before acting on VMs"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
     let tracking = Arc::new(Mutex::new(Tracking::default()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
