@@ -613,39 +613,71 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         );
     }
     // Every VM the state keeps runs on its host alone; deleted ones are gone everywhere.
-    let vm_count = eventually(
-        "VMs running where placed, and only there",
-        CONVERGE_WITHIN,
-        || {
-            let rows = run.agents[0].api_json("/v1/vms?consistent")?;
-            let rows = rows.as_array().cloned().unwrap_or_default();
-            let mut want: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-            for vm in &rows {
-                if vm["deleting"] == true || vm["shown_phase"] != "running" {
-                    return Err(format!(
-                        "{} is {} (deleting: {})",
-                        vm["id"], vm["shown_phase"], vm["deleting"]
+    let vms_converged = || -> Result<usize, String> {
+        let rows = run.agents[0].api_json("/v1/vms?consistent")?;
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        let mut want: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        for vm in &rows {
+            if vm["deleting"] == true || vm["shown_phase"] != "running" {
+                return Err(format!(
+                    "{} is {} (deleting: {})",
+                    vm["id"], vm["shown_phase"], vm["deleting"]
+                ));
+            }
+            let host = vm["host"].as_str().unwrap_or_default();
+            let idx = run
+                .agents
+                .iter()
+                .position(|a| a.spec.name == host)
+                .ok_or("no host")?;
+            want.insert(
+                vm["id"].as_str().unwrap_or_default().to_owned(),
+                BTreeSet::from([idx]),
+            );
+        }
+        let running = running_vms(&roots);
+        if running == want {
+            Ok(rows.len())
+        } else {
+            let extra: Vec<_> = running
+                .iter()
+                .filter(|(id, at)| want.get(*id) != Some(at))
+                .collect();
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(id, at)| running.get(*id) != Some(at))
+                .collect();
+            Err(format!(
+                "running but not so placed: {extra:?}; placed but not running: {missing:?}"
+            ))
+        }
+    };
+    let deadline = Instant::now() + CONVERGE_WITHIN;
+    let vm_count = loop {
+        match vms_converged() {
+            Ok(count) => break count,
+            Err(why) if Instant::now() >= deadline => {
+                // Keep the agents' logs with the report before failing.
+                let mut text = std::fs::read_to_string(report_path(n, seed)).unwrap_or_default();
+                text.push_str(&format!("VMs did not converge: {why}\n"));
+                for agent in &run.agents {
+                    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+                    text.push_str(&format!(
+                        "--- {}: every line about VMs ---\n",
+                        agent.spec.name
                     ));
+                    for line in log.lines().filter(|l| l.contains("vm") || l.contains("VM")) {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
                 }
-                let host = vm["host"].as_str().unwrap_or_default();
-                let idx = run
-                    .agents
-                    .iter()
-                    .position(|a| a.spec.name == host)
-                    .ok_or("no host")?;
-                want.insert(
-                    vm["id"].as_str().unwrap_or_default().to_owned(),
-                    BTreeSet::from([idx]),
-                );
+                let _ = std::fs::write(report_path(n, seed), text);
+                panic!("seed {seed}: VMs did not converge within {CONVERGE_WITHIN:?}: {why}");
             }
-            let running = running_vms(&roots);
-            if running == want {
-                Ok(rows.len())
-            } else {
-                Err(format!("running {running:?}, placed {want:?}"))
-            }
-        },
-    );
+            // Polling pace.
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
     let converged = healed.elapsed();
 
     let writes = history
