@@ -39,6 +39,23 @@ pub fn eventually<T>(
     }
 }
 
+/// The test guest built by `scripts/build-test-guest.sh` (`HEARTH_TEST_GUEST`, else
+/// `target/test-guest`); panics (the test fails, it does not skip) when it was not built.
+pub fn test_guest() -> PathBuf {
+    let dir = std::env::var_os("HEARTH_TEST_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guest"));
+    for file in ["vmlinux", "initramfs.cpio.gz", "base.qcow2"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{} is missing: run ./scripts/build-test-guest.sh {} (scripts/test.sh does)",
+            dir.join(file).display(),
+            dir.display()
+        );
+    }
+    dir
+}
+
 /// A private directory removed on drop.
 pub struct TempDir(PathBuf);
 

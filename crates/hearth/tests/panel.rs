@@ -20,19 +20,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
 }
 
-fn guest() -> PathBuf {
-    let dir = std::env::var_os("HEARTH_TEST_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guest"));
-    assert!(
-        dir.join("vmlinux").is_file(),
-        "{} has no test guest: run ./scripts/build-test-guest.sh {} (scripts/test.sh does)",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
 /// `target/screenshots/NAME.png`.
 fn shot(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -108,7 +95,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         sink.addr()
     ));
     let agent = &cluster.agents[0];
-    agent.add_test_guest(&guest());
+    agent.add_test_guest(&hearth_testkit::test_guest());
     create_admin(agent, "ann", "ann's long password");
     let base = format!("http://{}", agent.api_addr());
 

@@ -17,22 +17,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
 }
 
-/// The test guest; the test fails (it does not skip) when it was not built.
-fn guest() -> PathBuf {
-    let dir = std::env::var_os("HEARTH_TEST_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-guest"));
-    for file in ["vmlinux", "initramfs.cpio.gz", "base.qcow2"] {
-        assert!(
-            dir.join(file).is_file(),
-            "{} is missing: run ./scripts/build-test-guest.sh {} (scripts/test.sh does)",
-            dir.join(file).display(),
-            dir.display()
-        );
-    }
-    dir
-}
-
 /// One server+worker agent with the guest image and a pool declared.
 fn single_worker() -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 1, |spec| {
@@ -46,7 +30,7 @@ fn single_worker() -> TestCluster {
 }
 
 fn add_image_and_pool(agent: &TestAgent) {
-    agent.add_test_guest(&guest());
+    agent.add_test_guest(&hearth_testkit::test_guest());
 }
 
 fn wait_for_hosts(agent: &TestAgent, n: usize) {
