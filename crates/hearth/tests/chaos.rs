@@ -701,6 +701,19 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             .iter()
             .map(|d| format!("a VM on two hosts: {d}")),
     );
+    // A fake VM never dies by itself: a crash seen by a host, or a second start, means the
+    // host loop misread its own VMs (the race behind the orphan of seed 42).
+    for agent in &run.agents {
+        let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+        violations.extend(
+            log.lines()
+                .filter(|l| {
+                    l.contains("QEMU exited without being asked to")
+                        || l.contains("refusing to start a second copy")
+                })
+                .map(|l| format!("{}: a phantom crash or double start: {l}", agent.spec.name)),
+        );
+    }
     let vm_ops = history
         .iter()
         .filter(|o| matches!(o, Op::Vm { .. }))

@@ -99,53 +99,11 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
 
 /// One reconciliation pass.
 async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tracking>>) {
-    let observed = host.driver.observe();
-    let seen: Vec<Seen> = observed
-        .iter()
-        .map(|o| Seen {
-            id: o.id.clone(),
-            pid: o.pid,
-            disk_present: o.disk_present,
-            foreign: o.foreign,
-        })
-        .collect();
-    let mut t = tracking.lock().await;
-    let now = Instant::now();
-    let alive: BTreeSet<&str> = seen
-        .iter()
-        .filter(|s| !s.foreign && s.pid.is_some())
-        .map(|s| s.id.as_str())
-        .collect();
-    // A VM that was running and is gone without being asked to go has crashed.
-    let vanished: Vec<(String, Instant)> = t
-        .running_since
-        .iter()
-        .filter(|(id, _)| !alive.contains(id.as_str()) && !t.busy.contains(*id))
-        .map(|(id, since)| (id.clone(), *since))
-        .collect();
-    for (id, since) in vanished {
-        t.running_since.remove(&id);
-        t.memory.applied_io.remove(&id);
-        let wanted = desired.compute.vms.get(&id).is_some_and(|vm| {
-            vm.value.host.as_deref() == Some(host.name.as_str())
-                && vm.value.request.power == hearth_types::compute::Power::Running
-                && !vm.value.deleting
-        });
-        if wanted {
-            let count = t.memory.recent_crashes.entry(id.clone()).or_insert(0);
-            *count = if now - since >= STABLE_AFTER {
-                1
-            } else {
-                *count + 1
-            };
-            tracing::warn!(vm = %id, crashes = *count, "QEMU exited without being asked to");
-            host.metrics.crashes.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    for id in &alive {
-        t.running_since.entry((*id).to_owned()).or_insert(now);
-    }
-    let plan = reconcile::reconcile(&host.name, &desired.compute, &seen, &t.memory);
+    let (mut t, seen) = look(&host.driver, tracking).await;
+    let (plan, crashes) = decide(&host.name, desired, &seen, &mut t, Instant::now());
+    host.metrics
+        .crashes
+        .fetch_add(crashes as u64, Ordering::Relaxed);
     if t.reported_drift.as_ref() != Some(&plan.drift) {
         let command = ComputeCommand::Drift {
             host: host.name.clone(),
@@ -275,6 +233,79 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
             }
         }
     }
+}
+
+/// Locks the loop's tracking, then observes the VMs, in this order. A start or delete task
+/// changes the VM's files first and leaves `busy` under the lock afterwards, so a pass holding
+/// the lock either sees the VM busy or sees the task's result. Observing before locking let a
+/// start finish in between: the pass saw the VM neither busy nor present, counted a crash,
+/// started it twice, or (if it was being deleted) told the cluster to forget a VM that was
+/// running, which left it orphaned on this host (found by the chaos runner).
+async fn look<'a>(
+    driver: &VmDriver,
+    tracking: &'a Mutex<Tracking>,
+) -> (tokio::sync::MutexGuard<'a, Tracking>, Vec<Seen>) {
+    let t = tracking.lock().await;
+    let seen = driver
+        .observe()
+        .into_iter()
+        .map(|o| Seen {
+            id: o.id,
+            pid: o.pid,
+            disk_present: o.disk_present,
+            foreign: o.foreign,
+        })
+        .collect();
+    (t, seen)
+}
+
+/// Counts the crashes (a VM that ran and is gone without being asked to go) into the
+/// tracking, then runs the reconciler. Returns the plan and how many crashes were counted.
+fn decide(
+    me: &str,
+    desired: &DesiredState,
+    seen: &[Seen],
+    t: &mut Tracking,
+    now: Instant,
+) -> (reconcile::Plan, usize) {
+    let alive: BTreeSet<&str> = seen
+        .iter()
+        .filter(|s| !s.foreign && s.pid.is_some())
+        .map(|s| s.id.as_str())
+        .collect();
+    let vanished: Vec<(String, Instant)> = t
+        .running_since
+        .iter()
+        .filter(|(id, _)| !alive.contains(id.as_str()) && !t.busy.contains(*id))
+        .map(|(id, since)| (id.clone(), *since))
+        .collect();
+    let mut crashes = 0;
+    for (id, since) in vanished {
+        t.running_since.remove(&id);
+        t.memory.applied_io.remove(&id);
+        let wanted = desired.compute.vms.get(&id).is_some_and(|vm| {
+            vm.value.host.as_deref() == Some(me)
+                && vm.value.request.power == hearth_types::compute::Power::Running
+                && !vm.value.deleting
+        });
+        if wanted {
+            let count = t.memory.recent_crashes.entry(id.clone()).or_insert(0);
+            *count = if now - since >= STABLE_AFTER {
+                1
+            } else {
+                *count + 1
+            };
+            tracing::warn!(vm = %id, crashes = *count, "QEMU exited without being asked to");
+            crashes += 1;
+        }
+    }
+    for id in &alive {
+        t.running_since.entry((*id).to_owned()).or_insert(now);
+    }
+    (
+        reconcile::reconcile(me, &desired.compute, seen, &t.memory),
+        crashes,
+    )
 }
 
 /// Fetches the image if needed, makes the disk and seed, and starts QEMU.
@@ -456,4 +487,73 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
             bytes_per_sec: vm.request.io.bytes_per_sec,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::{Future, poll_fn};
+    use std::pin::pin;
+    use std::task::Poll;
+
+    use hearth_compute::fake::FakeDriver;
+    use hearth_types::compute::{IoLimits, Power};
+
+    use super::super::reconcile::tests::vm;
+    use super::*;
+
+    /// Regression (chaos runner, N = 5, seed 42, and "VM started" followed at once by "QEMU
+    /// exited without being asked to" in shorter runs): a start task that finished while a
+    /// pass waited for the lock was missing from that pass's observation, though no longer
+    /// busy. The pass counted a crash and started the VM again, or, for a VM being deleted,
+    /// told the cluster to forget it while it ran: an orphan.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_start_finishing_while_a_pass_waits_is_in_that_pass() {
+        for deleting in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let driver = VmDriver::Fake(FakeDriver::new(root.path().to_owned()));
+            let mut placed = vm("vm-1", "w1", Phase::Creating, Power::Running);
+            placed.value.deleting = deleting;
+            let mut desired = DesiredState::default();
+            desired.compute.vms.insert("vm-1".into(), placed);
+            let tracking = Mutex::new(Tracking::default());
+
+            // A start task is in flight; it holds the lock when the pass begins.
+            let mut task = tracking.lock().await;
+            task.busy.insert("vm-1".into());
+            let mut pass = pin!(look(&driver, &tracking));
+            poll_fn(|cx| {
+                assert!(pass.as_mut().poll(cx).is_pending(), "the pass waits");
+                Poll::Ready(())
+            })
+            .await;
+            // The start finishes as `started` does: the VM runs, then it leaves `busy`.
+            let dir = root.path().join("vm-1");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("disk.img"), b"").unwrap();
+            std::fs::write(dir.join("running"), b"4242").unwrap();
+            task.busy.remove("vm-1");
+            task.running_since.insert("vm-1".into(), Instant::now());
+            task.memory
+                .applied_io
+                .insert("vm-1".into(), IoLimits::default());
+            drop(task);
+
+            let (mut t, seen) = pass.await;
+            let (plan, crashes) = decide("w1", &desired, &seen, &mut t, Instant::now());
+            assert_eq!(crashes, 0, "deleting {deleting}: the VM did not crash");
+            let starts_or_forgets: Vec<_> = plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Start { .. } | Action::Forget { .. }))
+                .collect();
+            assert!(
+                starts_or_forgets.is_empty(),
+                "deleting {deleting}: a running VM is neither started again nor forgotten: {:?}",
+                plan.actions
+            );
+            if deleting {
+                assert_eq!(plan.actions, [Action::Delete { vm: "vm-1".into() }]);
+            }
+        }
+    }
 }

@@ -350,12 +350,12 @@ fn fixes(me: &str, compute: &Compute, seen: &[Seen], drift: &[Drift], actions: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hearth_types::compute::{Arch, Assigned, VmRequest};
     use hearth_types::desired::Versioned;
 
-    fn vm(id: &str, host: &str, phase: Phase, power: Power) -> Versioned<Vm> {
+    pub(crate) fn vm(id: &str, host: &str, phase: Phase, power: Power) -> Versioned<Vm> {
         Versioned {
             version: 1,
             value: Vm {
