@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests,
-# nftables for the chaos runner, chromium and chromium-driver for the web panel's browser
+# nftables and iptables for the chaos runner, chromium and chromium-driver for the web panel's browser
 # tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || need+=(iproute2)
 PATH="$PATH:/usr/sbin:/sbin" command -v knotd >/dev/null 2>&1 || need+=(knot)
 # The chaos runner filters the bridge of its network namespaces with nftables.
 PATH="$PATH:/usr/sbin:/sbin" command -v nft >/dev/null 2>&1 || need+=(nftables)
+# Its delay fault queues packets to userspace with the xtables NFQUEUE target (this kernel
+# lacks nftables' own `queue`), set through iptables-nft.
+PATH="$PATH:/usr/sbin:/sbin" command -v iptables-nft >/dev/null 2>&1 || need+=(iptables)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

@@ -15,6 +15,7 @@ pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7480;
 pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
+pub mod delay;
 pub mod netns;
 pub mod smtp;
 pub mod webdriver;

@@ -201,6 +201,81 @@ impl NetnsLab {
     }
 }
 
+impl NetnsLab {
+    /// How many node namespaces the lab has.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Sends node `idx`'s outgoing data packets to NFQUEUE `queue` (`--queue-bypass`:
+    /// straight through when nobody listens), or stops doing so (`None`). See
+    /// `delay::DelayRelay`. This kernel has the xtables NFQUEUE target but not nftables'
+    /// own `queue`, so the rule goes in with `iptables-nft` (Debian package iptables).
+    pub fn set_egress_queue(&self, idx: usize, queue: Option<u16>) -> Result<(), String> {
+        let ns = self.netns(idx);
+        iptables(&ns, &["-t", "mangle", "-F", "OUTPUT"])?;
+        if let Some(num) = queue {
+            iptables(
+                &ns,
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "OUTPUT",
+                    "-o",
+                    &self.node_veth(idx),
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    &num.to_string(),
+                    "--queue-bypass",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn iptables(ns: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-nft"])
+        .args(args)
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .output()
+        .map_err(|e| format!("cannot run iptables-nft (apt-get install iptables): {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables-nft {} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (the caller's own
+/// namespace is untouched).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    use std::os::fd::AsFd;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns {ns}: {e}"))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| format!("the thread in {ns} panicked"))?
+    })
+}
+
 /// Runs an nftables script inside namespace `ns`.
 fn nft(ns: &str, script: &str) -> Result<(), String> {
     use std::io::Write as _;

@@ -1,7 +1,8 @@
 //! The chaos runner: real agents in network namespaces this test creates, joined by a bridge
 //! in a hub namespace, under a random, seeded schedule of faults: partitions of every shape
 //! (nftables on the bridge, one direction at a time, so asymmetric ones too), a node's own
-//! sends dropped inside its namespace, packet loss, `kill -9` and restart, SIGSTOP/SIGCONT.
+//! sends dropped inside its namespace, packet loss, a node's sends delayed (20-800 ms, held
+//! in userspace by `DelayRelay`), `kill -9` and restart, SIGSTOP/SIGCONT.
 //! Meanwhile concurrent clients (3, or `HEARTH_CHAOS_CLIENTS`) write records through random
 //! nodes, read them back with `?consistent`, and create and delete VMs. Then everything heals
 //! and the invariants are checked: no acknowledged write is lost, the history of consistent
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hearth_testkit::netns::NetnsLab;
+use hearth_testkit::delay::DelayRelay;
+use hearth_testkit::netns::{NetnsLab, in_netns};
 use hearth_testkit::{GOSSIP_PORT, NodeSpec, TempDir, TestAgent, eventually, random_secret};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -47,6 +49,8 @@ enum Fault {
     /// The node's own sends are dropped in its namespace.
     Egress(usize),
     Loss(u8),
+    /// The node's sends are held this many ms (NFQUEUE relay), in order.
+    Delay(usize, u64),
     HealNetwork,
     Kill(usize),
     Restart(usize),
@@ -459,6 +463,14 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         "chaos: N = {n}, {seconds} s, seed {seed} (HEARTH_CHAOS_SEED={seed} replays the schedule)"
     );
     let mut run = start(n);
+    // The delay fault needs NFQUEUE; without it the schedule has no delays.
+    let relay = match DelayRelay::start(&run.lab) {
+        Ok(relay) => Some(relay),
+        Err(error) => {
+            eprintln!("chaos: no delay fault on this kernel: {error}");
+            None
+        }
+    };
     eventually("a leader", CONVERGE_WITHIN, || leader(&run.agents));
     eventually("every worker registered", CONVERGE_WITHIN, || {
         match run.agents[0].host_count()? {
@@ -553,6 +565,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     let mut blocked: Vec<(usize, usize)> = Vec::new();
     let mut loss = 0u8;
     let mut egress: BTreeSet<usize> = BTreeSet::new();
+    let mut delayed: BTreeSet<usize> = BTreeSet::new();
     let mut killed: BTreeSet<usize> = BTreeSet::new();
     let mut paused: BTreeSet<usize> = BTreeSet::new();
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -569,7 +582,8 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 Fault::Split(side)
             }
             2 => Fault::Egress(node),
-            3 => Fault::Loss(rng.random_range(0..=30)),
+            3 if rng.random_range(0..2) == 0 => Fault::Loss(rng.random_range(0..=30)),
+            3 if relay.is_some() => Fault::Delay(node, rng.random_range(20..=800)),
             4 | 5 => Fault::HealNetwork,
             6 if unavailable < (n - 1) / 2
                 && !killed.contains(&node)
@@ -607,9 +621,22 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 run.lab.set_egress_blocked(*a, true).expect("egress filter");
             }
             Fault::Loss(percent) => loss = *percent,
+            Fault::Delay(a, ms) => {
+                if let Some(relay) = &relay {
+                    relay
+                        .set(&run.lab, *a, Duration::from_millis(*ms))
+                        .expect("delay rule");
+                    delayed.insert(*a);
+                }
+            }
             Fault::HealNetwork => {
                 blocked.clear();
                 loss = 0;
+                for a in std::mem::take(&mut delayed) {
+                    if let Some(relay) = &relay {
+                        relay.set(&run.lab, a, Duration::ZERO).expect("delay rule");
+                    }
+                }
                 for a in std::mem::take(&mut egress) {
                     run.lab.set_egress_blocked(a, false).expect("egress filter");
                 }
@@ -641,6 +668,11 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
 
     // Heal everything.
     run.lab.set_filter(&[], 0).expect("bridge filter");
+    for a in delayed {
+        if let Some(relay) = &relay {
+            relay.set(&run.lab, a, Duration::ZERO).expect("delay rule");
+        }
+    }
     for a in egress {
         run.lab.set_egress_blocked(a, false).expect("egress filter");
     }
@@ -951,6 +983,41 @@ fn long() {
         env("HEARTH_CHAOS_SECS").unwrap_or(1800),
         seed(),
     );
+}
+
+/// The delay fault holds a node's sends for the delay set, and only while it is set.
+#[test]
+fn the_delay_relay_holds_a_nodes_sends() {
+    let lab = NetnsLab::new(2).expect("create network namespaces (needs root and iproute2)");
+    let relay = DelayRelay::start(&lab).expect("NFQUEUE (the kernel's nfnetlink_queue)");
+    // Nobody listens on node 2's port 9: a connect is refused once its SYN arrives.
+    let target = SocketAddr::from((lab.data_ip(1), 9));
+    let connect = || {
+        in_netns(&lab.netns(0), || {
+            let began = Instant::now();
+            let result = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10));
+            (began.elapsed(), result.map(|_| ()).map_err(|e| e.kind()))
+        })
+        .expect("enter node 1's namespace")
+    };
+    let (_, result) = connect();
+    assert_eq!(result, Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(relay.delayed(), 0, "nothing is held without a delay");
+    relay
+        .set(&lab, 0, Duration::from_millis(300))
+        .expect("delay rule");
+    let (took, result) = connect();
+    assert_eq!(result, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(
+        took >= Duration::from_millis(300),
+        "the SYN was held: {took:?}"
+    );
+    assert!(relay.delayed() >= 1);
+    relay.set(&lab, 0, Duration::ZERO).expect("delay rule");
+    let before = relay.delayed();
+    let (_, result) = connect();
+    assert_eq!(result, Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(relay.delayed(), before, "a cleared delay holds nothing");
 }
 
 fn w(key: usize, value: &str, start: u128, end: u128, ok: bool) -> Op {
