@@ -53,6 +53,10 @@ enum Fault {
     Delay(usize, u64),
     HealNetwork,
     Kill(usize),
+    /// The machine loses power: `kill -9`, its VMs die with it (markers removed), and an
+    /// operator fences it (through a live node), so its VMs are placed elsewhere. A restart
+    /// brings it back and unfences it.
+    PowerOff(usize),
     Restart(usize),
     Pause(usize),
     Resume(usize),
@@ -243,6 +247,26 @@ fn client(
                 });
             }
         }
+    }
+}
+
+/// An operator's POST through the first of `nodes` that acknowledges it, retried for up to
+/// 15 s (a new leader may be on its way); whether one did.
+fn admin_post(apis: &[SocketAddr], tokens: &[String], nodes: &[usize], path: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let done = nodes.iter().any(|&node| {
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                tokens[node]
+            );
+            matches!(hearth_testkit::http_request(apis[node], &request), Ok((200, _)))
+        });
+        if done || Instant::now() >= deadline {
+            return done;
+        }
+        // The operator's pace between tries.
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -567,6 +591,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     let mut egress: BTreeSet<usize> = BTreeSet::new();
     let mut delayed: BTreeSet<usize> = BTreeSet::new();
     let mut killed: BTreeSet<usize> = BTreeSet::new();
+    let mut fenced: BTreeSet<usize> = BTreeSet::new();
     let mut paused: BTreeSet<usize> = BTreeSet::new();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
@@ -589,7 +614,11 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 && !killed.contains(&node)
                 && !paused.contains(&node) =>
             {
-                Fault::Kill(node)
+                if rng.random_range(0..3) == 0 {
+                    Fault::PowerOff(node)
+                } else {
+                    Fault::Kill(node)
+                }
             }
             7 if !killed.is_empty() => Fault::Restart(
                 *killed
@@ -646,10 +675,40 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 run.agents[*a].kill9();
                 killed.insert(*a);
             }
+            Fault::PowerOff(a) => {
+                down.lock().unwrap().insert(*a);
+                run.agents[*a].kill9();
+                killed.insert(*a);
+                for entry in std::fs::read_dir(&roots[*a])
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_file(entry.path().join("running"));
+                }
+                let name = run.agents[*a].spec.name.clone();
+                let live: Vec<usize> = (0..n)
+                    .filter(|i| !killed.contains(i) && !paused.contains(i))
+                    .collect();
+                if admin_post(&apis, &tokens, &live, &format!("/v1/nodes/{name}/fence")) {
+                    fenced.insert(*a);
+                } else {
+                    eprintln!("chaos: {name} powered off, but no live node acknowledged its fence");
+                }
+            }
             Fault::Restart(a) => {
                 run.agents[*a].restart();
                 killed.remove(a);
                 down.lock().unwrap().remove(a);
+                let name = run.agents[*a].spec.name.clone();
+                let live: Vec<usize> = (0..n)
+                    .filter(|i| !killed.contains(i) && !paused.contains(i))
+                    .collect();
+                if fenced.contains(a)
+                    && admin_post(&apis, &tokens, &live, &format!("/v1/nodes/{name}/unfence"))
+                {
+                    fenced.remove(a);
+                }
             }
             Fault::Pause(a) => {
                 down.lock().unwrap().insert(*a);
@@ -683,6 +742,17 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         run.agents[a].restart();
     }
     down.lock().unwrap().clear();
+    let all: Vec<usize> = (0..n).collect();
+    for a in fenced {
+        let path = format!("/v1/nodes/{}/unfence", run.agents[a].spec.name);
+        eventually("the fence lifted", CONVERGE_WITHIN, || {
+            if admin_post(&apis, &tokens, &all, &path) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        });
+    }
     let healed = Instant::now();
     stop.store(true, Ordering::SeqCst);
     for worker in workers {
@@ -846,8 +916,14 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     );
     // A fake VM never dies by itself: a crash seen by a host, or a second start, means the
     // host loop misread its own VMs (the race behind the orphan of seed 42).
+    let mut moved = 0;
     for agent in &run.agents {
         let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+        // VMs placed again off a fenced host, by whichever node led then.
+        moved += log
+            .lines()
+            .filter(|l| l.contains("placement command=Place") && l.contains("from: Some("))
+            .count();
         violations.extend(
             log.lines()
                 .filter(|l| {
@@ -871,12 +947,13 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .count();
     let (asked, answered) = *dns_asked.lock().unwrap();
     eprintln!("chaos: {asked} DNS queries during the faults, {answered} answered");
+    eprintln!("chaos: {moved} VMs placed again off fenced hosts");
     eprintln!(
         "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {vm_count} VMs at the end"
     );
     let report = report_path(n, seed);
     let mut text = format!(
-        "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\nwrites {writes} acked {acked} reads {reads}\nconverged_after_heal {converged:?}\nfinals {finals:?}\nviolations {violations:#?}\n"
+        "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\nwrites {writes} acked {acked} reads {reads}\nvms_moved_off_fenced_hosts {moved}\nconverged_after_heal {converged:?}\nfinals {finals:?}\nviolations {violations:#?}\n"
     );
     for op in &history {
         text.push_str(&format!("{op:?}\n"));
