@@ -8,16 +8,22 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
+    run(
+        Command::new("ip").args(args),
+        &format!("ip {}", args.join(" ")),
+    )
+}
+
+/// Runs a command to its end; its stderr becomes the error, after `what`.
+fn run(command: &mut Command, what: &str) -> Result<(), String> {
+    let output = command
         .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "ip {}: {}",
-            args.join(" "),
+            "{what}: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
@@ -241,21 +247,16 @@ impl NetnsLab {
 }
 
 fn iptables(ns: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", ns, "iptables-nft"])
-        .args(args)
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .output()
-        .map_err(|e| format!("cannot run iptables-nft (apt-get install iptables): {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "iptables-nft {} in {ns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "iptables-nft"])
+            .args(args)
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin"),
+        &format!(
+            "iptables-nft {} in {ns} (apt-get install iptables)",
+            args.join(" ")
+        ),
+    )
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (the caller's own
