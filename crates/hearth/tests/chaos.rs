@@ -203,10 +203,24 @@ fn client(
             // Every address is held by one VM at most.
             if let Ok((200, body)) = request("GET", "/v1/vms?consistent", "")
                 && let Ok(rows) = serde_json::from_str::<serde_json::Value>(&body)
-                && let Some(shared) = shared_address(&rows)
-                && let Ok(mut h) = history.lock()
             {
-                h.push(Op::SharedAddress(shared));
+                if let Some(shared) = shared_address(&rows)
+                    && let Ok(mut h) = history.lock()
+                {
+                    h.push(Op::SharedAddress(shared));
+                }
+                // A create whose answer was lost may have happened: adopt this client's VMs
+                // it does not know, so they get deleted too rather than pile up.
+                let mine = format!("c{id}v");
+                for row in rows.as_array().into_iter().flatten() {
+                    if let (Some(vm), Some(name)) = (row["id"].as_str(), row["name"].as_str())
+                        && name.starts_with(&mine)
+                        && row["deleting"] != true
+                        && !vms.iter().any(|known| known == vm)
+                    {
+                        vms.push(vm.to_owned());
+                    }
+                }
             }
             continue;
         }
@@ -518,9 +532,9 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         "pool",
         "add",
         "lan",
-        "192.0.2.0/24",
+        "198.18.0.0/16",
         "--gateway",
-        "192.0.2.1",
+        "198.18.0.1",
     ]);
     let roots: Vec<std::path::PathBuf> = run
         .agents
