@@ -914,7 +914,10 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .iter()
         .filter(|o| matches!(o, Op::Write { ok: true, .. }))
         .count();
-    let reads = history.len() - writes;
+    let reads = history
+        .iter()
+        .filter(|o| matches!(o, Op::Read { .. }))
+        .count();
     eprintln!(
         "chaos: N = {n}, seed {seed}: {} faults, {writes} writes ({acked} acknowledged), {reads} consistent reads; converged {converged:?} after healing (bound {CONVERGE_WITHIN:?})",
         applied.len()
