@@ -227,9 +227,45 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     args
 }
 
+/// A file's bytes, or `None` when it is not there (for a process's files: the process is
+/// gone, or not ours to read). Any other failure (no file descriptors left, say) is an
+/// error: the caller must not take it for an absence.
+pub(crate) fn read_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(3) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A directory's entries; none when the directory is not there yet.
+pub(crate) fn read_dir_present(
+    dir: &Path,
+) -> Result<Box<dyn Iterator<Item = std::io::Result<std::fs::DirEntry>>>, DriverError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(Box::new(entries)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
+        Err(e) => Err(io_error(dir)(e)),
+    }
+}
+
 /// The process's command line, if it is a `qemu-system-*` process.
 fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    qemu_cmdline_checked(pid).ok().flatten()
+}
+
+/// `qemu_cmdline`, telling a failed read from an absent process.
+fn qemu_cmdline_checked(pid: u32) -> std::io::Result<Option<Vec<String>>> {
+    let Some(raw) = read_present(Path::new(&format!("/proc/{pid}/cmdline")))? else {
+        return Ok(None);
+    };
     let args: Vec<String> = raw
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
@@ -241,7 +277,7 @@ fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
             .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-"))
     });
     // A zombie has an empty command line and counts as gone.
-    is_qemu.then_some(args)
+    Ok(is_qemu.then_some(args))
 }
 
 /// The VM ids whose directory under `root` a command line mentions.
@@ -318,70 +354,82 @@ impl Driver {
     /// The pid of the QEMU hearth started for `id`, if it is alive and really that QEMU
     /// (a recycled pid is not).
     pub fn pid(&self, id: &str) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir(id).join("qemu.pid")).ok()?;
-        let pid: u32 = text.trim().parse().ok()?;
-        let args = qemu_cmdline(pid)?;
+        self.pid_checked(id).ok().flatten()
+    }
+
+    /// `pid`, telling a failed read from a VM that does not run.
+    fn pid_checked(&self, id: &str) -> std::io::Result<Option<u32>> {
+        let Some(text) = read_present(&self.dir(id).join("qemu.pid"))? else {
+            return Ok(None);
+        };
+        let Some(pid) = String::from_utf8_lossy(&text).trim().parse::<u32>().ok() else {
+            return Ok(None);
+        };
+        let Some(args) = qemu_cmdline_checked(pid)? else {
+            return Ok(None);
+        };
         let mine = format!("{}/", self.dir(id).display());
-        args.iter().any(|a| a.contains(&mine)).then_some(pid)
+        Ok(args.iter().any(|a| a.contains(&mine)).then_some(pid))
     }
 
     /// Every VM directory under the root, and every QEMU process that uses one without being
     /// the process hearth started for it (reported as a separate, foreign entry).
-    pub fn observe(&self) -> Vec<ObservedVm> {
+    /// An error means the host could not look (no file descriptors left, say): the caller
+    /// must not take it for "nothing runs".
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
         let mut seen = Vec::new();
         let mut ours = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if !valid_id(&id) || !entry.path().is_dir() {
-                    continue;
-                }
-                let pid = self.pid(&id);
-                if let Some(pid) = pid {
-                    ours.insert(pid);
-                }
-                seen.push(ObservedVm {
-                    disk_present: entry.path().join("disk.qcow2").is_file(),
-                    id,
-                    pid,
-                    foreign: false,
-                });
+        for entry in read_dir_present(&self.root)? {
+            let entry = entry.map_err(io_error(&self.root))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !valid_id(&id) || !entry.path().is_dir() {
+                continue;
             }
+            let pid = self.pid_checked(&id).map_err(io_error(&self.dir(&id)))?;
+            if let Some(pid) = pid {
+                ours.insert(pid);
+            }
+            seen.push(ObservedVm {
+                disk_present: entry.path().join("disk.qcow2").is_file(),
+                id,
+                pid,
+                foreign: false,
+            });
         }
         let starting = self.starting.lock().expect("starting lock").clone();
         let root = self.root.display().to_string();
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if ours.contains(&pid) {
+        let proc = Path::new("/proc");
+        for entry in std::fs::read_dir(proc).map_err(io_error(proc))? {
+            let entry = entry.map_err(io_error(proc))?;
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if ours.contains(&pid) {
+                continue;
+            }
+            let Some(args) = qemu_cmdline_checked(pid).map_err(io_error(&entry.path()))? else {
+                continue;
+            };
+            for id in ids_in(&args, &root) {
+                if starting.contains(&id) {
                     continue;
                 }
-                let Some(args) = qemu_cmdline(pid) else {
-                    continue;
-                };
-                for id in ids_in(&args, &root) {
-                    if starting.contains(&id) {
-                        continue;
-                    }
-                    seen.push(ObservedVm {
-                        id,
-                        pid: Some(pid),
-                        disk_present: false,
-                        foreign: true,
-                    });
-                }
+                seen.push(ObservedVm {
+                    id,
+                    pid: Some(pid),
+                    disk_present: false,
+                    foreign: true,
+                });
             }
         }
         seen.sort_by(|a, b| (&a.id, a.foreign).cmp(&(&b.id, b.foreign)));
-        seen
+        Ok(seen)
     }
 
     /// Creates the disk if it is missing, writes a fresh seed and starts QEMU. Returns its pid.
@@ -797,7 +845,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("vm-2")).unwrap();
         std::fs::write(root.path().join("stray-file"), b"").unwrap();
         let driver = Driver::new(root.path().into(), Accel::Tcg, Network::User);
-        let seen = driver.observe();
+        let seen = driver.observe().unwrap();
         assert_eq!(
             seen,
             [

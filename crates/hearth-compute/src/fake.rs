@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use crate::driver::{DriverError, IoLimits, ObservedVm, VmSpec, io_error, valid_id};
+use crate::driver::{
+    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_dir_present, read_present, valid_id,
+};
 
 #[derive(Debug)]
 pub struct FakeDriver {
@@ -26,30 +28,31 @@ impl FakeDriver {
         self.dir(id).join("running")
     }
 
-    /// Every VM directory, running when its marker is there.
-    pub fn observe(&self) -> Vec<ObservedVm> {
+    /// Every VM directory, running when its marker is there. An error means the host could
+    /// not look, not that nothing runs.
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
         let mut seen = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if !valid_id(&id) || !entry.path().is_dir() {
-                    continue;
-                }
-                let pid = std::fs::read_to_string(self.marker(&id))
-                    .ok()
-                    .and_then(|text| text.trim().parse().ok());
-                seen.push(ObservedVm {
-                    disk_present: entry.path().join("disk.img").is_file(),
-                    id,
-                    pid,
-                    foreign: false,
-                });
+        for entry in read_dir_present(&self.root)? {
+            let entry = entry.map_err(io_error(&self.root))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !valid_id(&id) || !entry.path().is_dir() {
+                continue;
             }
+            let marker = self.marker(&id);
+            let pid = read_present(&marker)
+                .map_err(io_error(&marker))?
+                .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok());
+            seen.push(ObservedVm {
+                disk_present: entry.path().join("disk.img").is_file(),
+                id,
+                pid,
+                foreign: false,
+            });
         }
         seen.sort_by(|a, b| a.id.cmp(&b.id));
-        seen
+        Ok(seen)
     }
 
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
@@ -87,13 +90,12 @@ impl FakeDriver {
         Ok(pid)
     }
 
+    /// Stops the VM; one that is not running is stopped already, as with QEMU.
     pub async fn shutdown(&self, id: &str) -> Result<(), DriverError> {
         let marker = self.marker(id);
         match std::fs::remove_file(&marker) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(DriverError::NotRunning(id.to_owned()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error(&marker)(e)),
         }
     }
@@ -127,7 +129,7 @@ pub enum VmDriver {
 }
 
 impl VmDriver {
-    pub fn observe(&self) -> Vec<ObservedVm> {
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
         match self {
             VmDriver::Qemu(d) => d.observe(),
             VmDriver::Fake(d) => d.observe(),
@@ -193,13 +195,17 @@ mod tests {
             driver.start(&spec).await,
             Err(DriverError::AlreadyRunning(..))
         ));
-        let seen = driver.observe();
+        let seen = driver.observe().unwrap();
         assert_eq!(seen.len(), 1);
         assert!(seen[0].pid.is_some() && seen[0].disk_present);
         driver.shutdown("vm-7").await.unwrap();
-        assert_eq!(driver.observe()[0].pid, None);
+        assert_eq!(driver.observe().unwrap()[0].pid, None);
         driver.delete("vm-7").await.unwrap();
-        assert!(driver.observe().is_empty());
+        assert!(driver.observe().unwrap().is_empty());
+        // Review finding: a failed look is an error, never "nothing runs" (which would make
+        // a host restart or forget its running VMs).
+        std::fs::create_dir_all(root.join("vm-8").join("running")).unwrap();
+        assert!(matches!(driver.observe(), Err(DriverError::Io { .. })));
         let _ = std::fs::remove_dir_all(root);
     }
 }

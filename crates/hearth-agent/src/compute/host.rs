@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hearth_compute::driver::{IoLimits as DriverIo, NetConfig, VmSpec};
+use hearth_compute::driver::{DriverError, IoLimits as DriverIo, NetConfig, VmSpec};
 use hearth_compute::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand};
 use hearth_state::node::StateNode;
@@ -99,7 +99,14 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
 
 /// One reconciliation pass.
 async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tracking>>) {
-    let (mut t, seen) = look(&host.driver, tracking).await;
+    let (mut t, seen) = match look(&host.driver, tracking).await {
+        Ok(looked) => looked,
+        Err(error) => {
+            // Not "nothing runs": act on nothing until the host can look again.
+            tracing::warn!(%error, "cannot observe this host's VMs; skipping this pass");
+            return;
+        }
+    };
     let (plan, crashes) = decide(&host.name, desired, &seen, &mut t, Instant::now());
     host.metrics
         .crashes
@@ -183,10 +190,22 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                 tokio::spawn(async move {
                     tracing::info!(%vm, "rebooting");
                     report(&host, &vm, Phase::Running, Some("rebooting".into())).await;
-                    let result = match host.driver.shutdown(&vm, SHUTDOWN_GRACE).await {
-                        Ok(()) => boot(&host, &entry, &compute).await,
-                        Err(error) => Err(error.to_string()),
-                    };
+                    if let Err(error) = host.driver.shutdown(&vm, SHUTDOWN_GRACE).await {
+                        // Not a crash: QEMU may still run. The next pass looks again and
+                        // asks for the reboot again.
+                        tracing::warn!(%vm, %error, "reboot: the shutdown failed");
+                        tracking.lock().await.busy.remove(&vm);
+                        return;
+                    }
+                    let result = boot(&host, &entry, &compute).await;
+                    // Remembered before leaving `busy`: until this host's copy shows the
+                    // reboot recorded, no pass may do it again.
+                    tracking
+                        .lock()
+                        .await
+                        .memory
+                        .reboots_done
+                        .insert(vm.clone(), done);
                     rebooted(&host, &vm, done).await;
                     started(&host, &tracking, &entry, result).await;
                 });
@@ -244,10 +263,10 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
 async fn look<'a>(
     driver: &VmDriver,
     tracking: &'a Mutex<Tracking>,
-) -> (tokio::sync::MutexGuard<'a, Tracking>, Vec<Seen>) {
+) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<Seen>), DriverError> {
     let t = tracking.lock().await;
     let seen = driver
-        .observe()
+        .observe()?
         .into_iter()
         .map(|o| Seen {
             id: o.id,
@@ -256,7 +275,7 @@ async fn look<'a>(
             foreign: o.foreign,
         })
         .collect();
-    (t, seen)
+    Ok((t, seen))
 }
 
 /// Counts the crashes (a VM that ran and is gone without being asked to go) into the
@@ -302,6 +321,14 @@ fn decide(
     for id in &alive {
         t.running_since.entry((*id).to_owned()).or_insert(now);
     }
+    // A reboot the cluster has recorded (or a VM gone) needs no remembering.
+    t.memory.reboots_done.retain(|id, done| {
+        desired
+            .compute
+            .vms
+            .get(id)
+            .is_some_and(|vm| vm.value.reboots_done < *done)
+    });
     (
         reconcile::reconcile(me, &desired.compute, seen, &t.memory),
         crashes,
@@ -538,7 +565,7 @@ mod tests {
                 .insert("vm-1".into(), IoLimits::default());
             drop(task);
 
-            let (mut t, seen) = pass.await;
+            let (mut t, seen) = pass.await.expect("observe");
             let (plan, crashes) = decide("w1", &desired, &seen, &mut t, Instant::now());
             assert_eq!(crashes, 0, "deleting {deleting}: the VM did not crash");
             let starts_or_forgets: Vec<_> = plan

@@ -24,6 +24,10 @@ pub struct Memory {
     pub recent_crashes: BTreeMap<String, usize>,
     /// The IO limits last applied to each running VM.
     pub applied_io: BTreeMap<String, IoLimits>,
+    /// Reboot requests this host carried out (the count done), kept until the cluster has
+    /// recorded them, so a pass on a copy of the state that does not show it yet never
+    /// reboots the VM a second time.
+    pub reboots_done: BTreeMap<String, u64>,
 }
 
 /// Restarts within the crash window before the host gives up on a VM.
@@ -184,8 +188,17 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             }
             continue;
         }
+        let done_here = memory.reboots_done.get(&vm.id).copied().unwrap_or(0);
+        let reboots_done = vm.reboots_done.max(done_here);
+        if done_here > vm.reboots_done {
+            // Done here, not recorded yet: say so again, do not do it again.
+            plan.actions.push(Action::AckReboot {
+                vm: vm.id.clone(),
+                done: done_here,
+            });
+        }
         match (vm.request.power, running) {
-            (Power::Running, true) if vm.reboots_asked > vm.reboots_done => {
+            (Power::Running, true) if vm.reboots_asked > reboots_done => {
                 plan.actions.push(Action::Reboot {
                     vm: vm.id.clone(),
                     done: vm.reboots_asked,
@@ -200,7 +213,7 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
                     });
                 }
             }
-            (_, false) if vm.reboots_asked > vm.reboots_done => {
+            (_, false) if vm.reboots_asked > reboots_done => {
                 // Nothing runs to reboot; the start (if any) follows on the next pass.
                 plan.actions.push(Action::AckReboot {
                     vm: vm.id.clone(),
@@ -577,6 +590,26 @@ pub(crate) mod tests {
             [Action::AckReboot {
                 vm: "vm-1".into(),
                 done: 2
+            }]
+        );
+    }
+
+    /// Review finding: the reboot task records the reboot through Raft, then leaves `busy`;
+    /// a pass on a local copy that has not applied the record yet rebooted the VM again.
+    #[test]
+    fn a_reboot_done_here_is_not_done_again_before_the_cluster_records_it() {
+        let mut a = vm("vm-1", "w1", Phase::Running, Power::Running);
+        a.value.reboots_asked = 1;
+        let c = compute(vec![a]);
+        let mut memory = Memory::default();
+        memory.reboots_done.insert("vm-1".into(), 1);
+        memory.applied_io.insert("vm-1".into(), IoLimits::default());
+        let plan = reconcile("w1", &c, &[seen("vm-1", Some(4), true)], &memory);
+        assert_eq!(
+            plan.actions,
+            [Action::AckReboot {
+                vm: "vm-1".into(),
+                done: 1
             }]
         );
     }
