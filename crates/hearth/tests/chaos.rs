@@ -788,6 +788,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     eventually("one leader after healing", CONVERGE_WITHIN, || {
         leader(&run.agents)
     });
+    let finals_began = t0.elapsed().as_micros();
     let finals = eventually(
         "every node holding the same records",
         CONVERGE_WITHIN,
@@ -812,6 +813,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             }
         },
     );
+    let finals_ended = t0.elapsed().as_micros();
     let everyone: Vec<String> = (0..n).map(|i| run.lab.data_ip(i).to_string()).collect();
     for agent in &run.agents {
         eventually("all alive in every view", CONVERGE_WITHIN, || {
@@ -922,8 +924,15 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         "chaos: N = {n}, seed {seed}: {} faults, {writes} writes ({acked} acknowledged), {reads} consistent reads; converged {converged:?} after healing (bound {CONVERGE_WITHIN:?})",
         applied.len()
     );
-    let mut violations = check(&history, &finals);
-    violations.extend(linearizable(&history));
+    // The final values are consistent reads too, after every client stopped.
+    let mut checked = history.clone();
+    checked.extend(finals.iter().map(|values| Op::Read {
+        values: values.clone(),
+        start: finals_began,
+        end: finals_ended,
+    }));
+    let mut violations = check(&checked, &finals);
+    violations.extend(linearizable(&checked));
     violations.extend(
         doubles
             .lock()
