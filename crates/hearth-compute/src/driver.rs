@@ -245,15 +245,25 @@ pub(crate) fn read_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// A directory's entries; none when the directory is not there yet.
-pub(crate) fn read_dir_present(
-    dir: &Path,
-) -> Result<Box<dyn Iterator<Item = std::io::Result<std::fs::DirEntry>>>, DriverError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => Ok(Box::new(entries)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
-        Err(e) => Err(io_error(dir)(e)),
+/// The VM directories under `root` (valid ids only), by id; none when `root` is not there
+/// yet. Failing to list them is an error, not an empty host.
+pub(crate) fn vm_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DriverError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io_error(root)(e)),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error(root))?;
+        if let Some(id) = entry.file_name().to_str()
+            && valid_id(id)
+            && entry.path().is_dir()
+        {
+            dirs.push((id.to_owned(), entry.path()));
+        }
     }
+    Ok(dirs)
 }
 
 /// The process's command line, if it is a `qemu-system-*` process.
@@ -379,20 +389,13 @@ impl Driver {
     pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
         let mut seen = Vec::new();
         let mut ours = BTreeSet::new();
-        for entry in read_dir_present(&self.root)? {
-            let entry = entry.map_err(io_error(&self.root))?;
-            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !valid_id(&id) || !entry.path().is_dir() {
-                continue;
-            }
-            let pid = self.pid_checked(&id).map_err(io_error(&self.dir(&id)))?;
+        for (id, path) in vm_dirs(&self.root)? {
+            let pid = self.pid_checked(&id).map_err(io_error(&path))?;
             if let Some(pid) = pid {
                 ours.insert(pid);
             }
             seen.push(ObservedVm {
-                disk_present: entry.path().join("disk.qcow2").is_file(),
+                disk_present: path.join("disk.qcow2").is_file(),
                 id,
                 pid,
                 foreign: false,

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::driver::{
-    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_dir_present, read_present, valid_id,
+    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_present, valid_id, vm_dirs,
 };
 
 #[derive(Debug)]
@@ -32,20 +32,13 @@ impl FakeDriver {
     /// not look, not that nothing runs.
     pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
         let mut seen = Vec::new();
-        for entry in read_dir_present(&self.root)? {
-            let entry = entry.map_err(io_error(&self.root))?;
-            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !valid_id(&id) || !entry.path().is_dir() {
-                continue;
-            }
+        for (id, path) in vm_dirs(&self.root)? {
             let marker = self.marker(&id);
             let pid = read_present(&marker)
                 .map_err(io_error(&marker))?
                 .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok());
             seen.push(ObservedVm {
-                disk_present: entry.path().join("disk.img").is_file(),
+                disk_present: path.join("disk.img").is_file(),
                 id,
                 pid,
                 foreign: false,
