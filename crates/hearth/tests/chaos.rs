@@ -337,6 +337,29 @@ fn check(history: &[Op], finals: &[Vec<Option<String>>]) -> Vec<String> {
             _ => None,
         })
         .collect();
+    // Per key, the acknowledged writes by end time, each with the latest-starting write
+    // among those ending no later (so a question below is one binary search).
+    let mut acked: Vec<Vec<(u128, u128, &str)>> = vec![Vec::new(); KEYS];
+    for (value, (key, start, end, ok)) in &writes {
+        if *ok && *key < KEYS {
+            acked[*key].push((*end, *start, value));
+        }
+    }
+    let latest_start: Vec<Vec<(u128, (u128, &str))>> = acked
+        .iter_mut()
+        .map(|list| {
+            list.sort();
+            let mut best = (0u128, "");
+            list.iter()
+                .map(|(end, start, value)| {
+                    if *start >= best.0 {
+                        best = (*start, value);
+                    }
+                    (*end, best)
+                })
+                .collect()
+        })
+        .collect();
     // Does some acknowledged write to `key` strictly follow the write of `value` in real
     // time, and end before `before`? Then `value` is stale at `before`.
     let superseded = |key: usize, value: Option<&str>, before: u128| -> Option<String> {
@@ -345,12 +368,10 @@ fn check(history: &[Op], finals: &[Vec<Option<String>>]) -> Vec<String> {
             None => 0,
         };
         let value_start = value.and_then(|v| writes.get(v)).map_or(0, |w| w.1);
-        writes
-            .iter()
-            .find(|(_, (k, start, end, ok))| {
-                *ok && *k == key && *end < before && *start > written_end && *start > value_start
-            })
-            .map(|(v, _)| (*v).to_owned())
+        let list = latest_start.get(key)?;
+        let ended = list.partition_point(|(end, _)| *end < before);
+        let (start, newer) = list.get(ended.checked_sub(1)?)?.1;
+        (start > written_end && start > value_start).then(|| newer.to_owned())
     };
     for op in history {
         if let Op::SharedAddress(what) = op {
