@@ -1123,6 +1123,84 @@ fn long() {
     );
 }
 
+/// Checks a recorded history again: `HEARTH_CHAOS_RECHECK=target/chaos/n5-42.txt cargo test
+/// -p hearth --test chaos -- --ignored --nocapture recheck`. The report's operation lines
+/// are parsed back (its final values are not: those need the live cluster).
+#[test]
+#[ignore = "checks the report named by HEARTH_CHAOS_RECHECK"]
+fn recheck() {
+    let path: String = env("HEARTH_CHAOS_RECHECK").expect("HEARTH_CHAOS_RECHECK=<report>");
+    let text = std::fs::read_to_string(&path).expect("read the report");
+    let history: Vec<Op> = text.lines().filter_map(parse_op).collect();
+    let reads = history
+        .iter()
+        .filter(|o| matches!(o, Op::Read { .. }))
+        .count();
+    eprintln!(
+        "recheck: {} operations ({reads} consistent reads) from {path}",
+        history.len()
+    );
+    let mut violations = check(&history, &[]);
+    violations.extend(linearizable(&history));
+    assert!(
+        violations.is_empty(),
+        "{} violations: {violations:#?}",
+        violations.len()
+    );
+    eprintln!("recheck: no violation");
+}
+
+/// One operation line of a report (`{op:?}`), back into an `Op`.
+fn parse_op(line: &str) -> Option<Op> {
+    let field = |name: &str| -> Option<&str> {
+        let from = line.find(&format!("{name}: "))? + name.len() + 2;
+        let rest = &line[from..];
+        Some(rest[..rest.find([',', ' ', '}'])?].trim_matches('"'))
+    };
+    if line.starts_with("Write {") {
+        Some(Op::Write {
+            key: field("key")?.parse().ok()?,
+            value: field("value")?.to_owned(),
+            start: field("start")?.parse().ok()?,
+            end: field("end")?.parse().ok()?,
+            ok: field("ok")? == "true",
+        })
+    } else if line.starts_with("Read {") {
+        let list = &line[line.find('[')? + 1..line.find(']')?];
+        let values = list
+            .split(", ")
+            .map(|v| {
+                v.strip_prefix("Some(\"")
+                    .and_then(|v| v.strip_suffix("\")"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        Some(Op::Read {
+            values,
+            start: field("start")?.parse().ok()?,
+            end: field("end")?.parse().ok()?,
+        })
+    } else {
+        None
+    }
+}
+
+#[test]
+fn a_reports_operations_parse_back() {
+    let ops = [
+        w(1, "c0w7", 5, 9, false),
+        Op::Read {
+            values: vec![Some("c0w7".into()), None, Some("c2w1".into())],
+            start: 10,
+            end: 12,
+        },
+    ];
+    for op in ops {
+        let again = parse_op(&format!("{op:?}")).expect("parses");
+        assert_eq!(format!("{again:?}"), format!("{op:?}"));
+    }
+}
+
 /// The delay fault holds a node's sends for the delay set, and only while it is set.
 #[test]
 fn the_delay_relay_holds_a_nodes_sends() {
