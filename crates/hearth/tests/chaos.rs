@@ -951,10 +951,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .iter()
         .filter(|o| matches!(o, Op::Write { ok: true, .. }))
         .count();
-    let reads = history
-        .iter()
-        .filter(|o| matches!(o, Op::Read { .. }))
-        .count();
+    let reads = count_reads(&history);
     eprintln!(
         "chaos: N = {n}, seed {seed}: {} faults, {writes} writes ({acked} acknowledged), {reads} consistent reads; converged {converged:?} after healing (bound {CONVERGE_WITHIN:?})",
         applied.len()
@@ -1132,10 +1129,7 @@ fn recheck() {
     let path: String = env("HEARTH_CHAOS_RECHECK").expect("HEARTH_CHAOS_RECHECK=<report>");
     let text = std::fs::read_to_string(&path).expect("read the report");
     let history: Vec<Op> = text.lines().filter_map(parse_op).collect();
-    let reads = history
-        .iter()
-        .filter(|o| matches!(o, Op::Read { .. }))
-        .count();
+    let reads = count_reads(&history);
     eprintln!(
         "recheck: {} operations ({reads} consistent reads) from {path}",
         history.len()
@@ -1148,6 +1142,14 @@ fn recheck() {
         violations.len()
     );
     eprintln!("recheck: no violation");
+}
+
+/// How many consistent reads a history holds.
+fn count_reads(history: &[Op]) -> usize {
+    history
+        .iter()
+        .filter(|o| matches!(o, Op::Read { .. }))
+        .count()
 }
 
 /// One operation line of a report (`{op:?}`), back into an `Op`.
