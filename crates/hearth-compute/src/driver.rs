@@ -245,6 +245,15 @@ pub(crate) fn read_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Removes a VM's directory, disk included; one already gone is removed.
+pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), DriverError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(dir)(e)),
+    }
+}
+
 /// The VM directories under `root` (valid ids only), by id; none when `root` is not there
 /// yet. Failing to list them is an error, not an empty host.
 pub(crate) fn vm_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DriverError> {
@@ -700,12 +709,7 @@ impl Driver {
             return Err(DriverError::BadId(id.to_owned()));
         }
         self.kill(id).await?;
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&dir)(e)),
-        }
+        remove_vm_dir(&self.dir(id))
     }
 
     /// Changes the root disk's limits live, all six of QEMU's figures at once.

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use crate::driver::{
-    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_present, valid_id, vm_dirs,
+    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_present, remove_vm_dir, valid_id,
+    vm_dirs,
 };
 
 #[derive(Debug)]
@@ -97,12 +98,7 @@ impl FakeDriver {
         if !valid_id(id) {
             return Err(DriverError::BadId(id.to_owned()));
         }
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&dir)(e)),
-        }
+        remove_vm_dir(&self.dir(id))
     }
 
     pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {

@@ -258,6 +258,22 @@ impl TestAgent {
         }
     }
 
+    /// Adds image `name` through the CLI: a small raw disk of zeros, all the fake VM
+    /// driver needs.
+    pub fn add_fake_image(&self, name: &str) {
+        let image = self.dir.join(format!("{name}.img"));
+        std::fs::write(&image, [0u8; 4096]).expect("write the fake disk");
+        self.cli(&[
+            "image",
+            "add",
+            name,
+            "--format",
+            "raw",
+            "--file",
+            image.to_str().expect("a UTF-8 path"),
+        ]);
+    }
+
     /// Sends a signal to the agent's PID with `kill(1)`.
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.pid() {
@@ -655,4 +671,35 @@ impl TestCluster {
             );
         }
     }
+}
+
+/// Starts one agent in each node namespace of `lab`: node `i` is `n{i+1}` on the data link,
+/// joined through `n1`, its API on the control link, with `roles` (TOML) and `extra` TOML.
+pub fn start_in_lab(
+    bin: &Path,
+    root: &Path,
+    lab: &netns::NetnsLab,
+    cluster: &str,
+    roles: &str,
+    extra: &str,
+) -> Vec<TestAgent> {
+    let secret = random_secret();
+    let seed = SocketAddr::from((lab.data_ip(0), GOSSIP_PORT));
+    (0..lab.len())
+        .map(|idx| {
+            let spec = NodeSpec {
+                name: format!("n{}", idx + 1),
+                ip: lab.data_ip(idx),
+                secret: secret.clone(),
+                secret_file: None,
+                cluster: cluster.into(),
+                roles: roles.into(),
+                join: if idx == 0 { vec![] } else { vec![seed] },
+                extra: extra.into(),
+                api_ip: Some(lab.control_ip(idx)),
+                netns: Some(lab.netns(idx)),
+            };
+            TestAgent::start(bin, root, spec)
+        })
+        .collect()
 }

@@ -10,15 +10,31 @@ use std::process::Command;
 fn ip(args: &[&str]) -> Result<(), String> {
     run(
         Command::new("ip").args(args),
+        &[],
         &format!("ip {}", args.join(" ")),
     )
 }
 
-/// Runs a command to its end; its stderr becomes the error, after `what`.
-fn run(command: &mut Command, what: &str) -> Result<(), String> {
-    let output = command
-        .output()
+/// Runs a command to its end, `input` on its stdin; its stderr becomes the error, after
+/// `what`.
+fn run(command: &mut Command, input: &[u8], what: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(input)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
@@ -252,6 +268,7 @@ fn iptables(ns: &str, args: &[&str]) -> Result<(), String> {
             .args(["netns", "exec", ns, "iptables-nft"])
             .args(args)
             .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin"),
+        &[],
         &format!(
             "iptables-nft {} in {ns} (apt-get install iptables)",
             args.join(" ")
@@ -279,29 +296,14 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, St
 
 /// Runs an nftables script inside namespace `ns`.
 fn nft(ns: &str, script: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft in {ns}: {}\n{script}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin"),
+        script.as_bytes(),
+        &format!("nft in {ns}"),
+    )
+    .map_err(|e| format!("{e}\n{script}"))
 }
 
 impl Drop for NetnsLab {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use hearth_testkit::delay::DelayRelay;
 use hearth_testkit::netns::{NetnsLab, in_netns};
-use hearth_testkit::{GOSSIP_PORT, NodeSpec, TempDir, TestAgent, eventually, random_secret};
+use hearth_testkit::{TempDir, TestAgent, eventually, start_in_lab};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -96,27 +96,16 @@ fn start(n: usize) -> Run {
     lab.set_filter(&[], 0)
         .expect("nftables bridge filtering (apt-get install nftables)");
     let root = TempDir::new("chaos");
-    let secret = random_secret();
-    let seed = SocketAddr::from((lab.data_ip(0), GOSSIP_PORT));
-    let agents = (0..n)
-        .map(|idx| {
-            let spec = NodeSpec {
-                name: format!("n{}", idx + 1),
-                ip: lab.data_ip(idx),
-                secret: secret.clone(),
-                secret_file: None,
-                cluster: "chaos".into(),
-                roles: "[\"server\", \"worker\"]".into(),
-                join: if idx == 0 { vec![] } else { vec![seed] },
-                extra: format!(
-                    "[state]\nbootstrap_expect = {n}\n[compute]\ndriver = \"fake\"\nvcpus = 256\nmemory_mib = 1048576\ndisk_gib = 10000\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
-                ),
-                api_ip: Some(lab.control_ip(idx)),
-                netns: Some(lab.netns(idx)),
-            };
-            TestAgent::start(bin(), root.path(), spec)
-        })
-        .collect();
+    let agents = start_in_lab(
+        bin(),
+        root.path(),
+        &lab,
+        "chaos",
+        "[\"server\", \"worker\"]",
+        &format!(
+            "[state]\nbootstrap_expect = {n}\n[compute]\ndriver = \"fake\"\nvcpus = 256\nmemory_mib = 1048576\ndisk_gib = 10000\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
+        ),
+    );
     Run {
         lab,
         agents,
@@ -551,18 +540,8 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             count => Err(format!("{count} hosts")),
         }
     });
-    let image = run._root.path().join("fake-disk.img");
-    std::fs::write(&image, vec![0u8; 4096]).expect("write the fake disk");
     let first = &run.agents[0];
-    first.cli(&[
-        "image",
-        "add",
-        "fake",
-        "--format",
-        "raw",
-        "--file",
-        image.to_str().unwrap(),
-    ]);
+    first.add_fake_image("fake");
     first.cli(&[
         "pool",
         "add",
@@ -943,15 +922,9 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     };
     let converged = healed.elapsed();
 
-    let writes = history
-        .iter()
-        .filter(|o| matches!(o, Op::Write { .. }))
-        .count();
-    let acked = history
-        .iter()
-        .filter(|o| matches!(o, Op::Write { ok: true, .. }))
-        .count();
-    let reads = count_reads(&history);
+    let writes = count(&history, |o| matches!(o, Op::Write { .. }));
+    let acked = count(&history, |o| matches!(o, Op::Write { ok: true, .. }));
+    let reads = count(&history, |o| matches!(o, Op::Read { .. }));
     eprintln!(
         "chaos: N = {n}, seed {seed}: {} faults, {writes} writes ({acked} acknowledged), {reads} consistent reads; converged {converged:?} after healing (bound {CONVERGE_WITHIN:?})",
         applied.len()
@@ -991,18 +964,12 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 .map(|l| format!("{}: a phantom crash or double start: {l}", agent.spec.name)),
         );
     }
-    let vm_ops = history
-        .iter()
-        .filter(|o| matches!(o, Op::Vm { .. }))
-        .count();
-    let vm_acked = history
-        .iter()
-        .filter(|o| matches!(o, Op::Vm { ok: true, .. }))
-        .count();
-    let created = history
-        .iter()
-        .filter(|o| matches!(o, Op::Vm { create, ok } if *create && *ok))
-        .count();
+    let vm_ops = count(&history, |o| matches!(o, Op::Vm { .. }));
+    let vm_acked = count(&history, |o| matches!(o, Op::Vm { ok: true, .. }));
+    let created = count(
+        &history,
+        |o| matches!(o, Op::Vm { create, ok } if *create && *ok),
+    );
     let (asked, answered) = *dns_asked.lock().unwrap();
     eprintln!("chaos: {asked} DNS queries during the faults, {answered} answered");
     eprintln!("chaos: {moved} VMs placed again off fenced hosts");
@@ -1129,7 +1096,7 @@ fn recheck() {
     let path: String = env("HEARTH_CHAOS_RECHECK").expect("HEARTH_CHAOS_RECHECK=<report>");
     let text = std::fs::read_to_string(&path).expect("read the report");
     let history: Vec<Op> = text.lines().filter_map(parse_op).collect();
-    let reads = count_reads(&history);
+    let reads = count(&history, |o| matches!(o, Op::Read { .. }));
     eprintln!(
         "recheck: {} operations ({reads} consistent reads) from {path}",
         history.len()
@@ -1144,12 +1111,9 @@ fn recheck() {
     eprintln!("recheck: no violation");
 }
 
-/// How many consistent reads a history holds.
-fn count_reads(history: &[Op]) -> usize {
-    history
-        .iter()
-        .filter(|o| matches!(o, Op::Read { .. }))
-        .count()
+/// How many operations of a history `kind` accepts.
+fn count(history: &[Op], kind: impl Fn(&Op) -> bool) -> usize {
+    history.iter().filter(|o| kind(o)).count()
 }
 
 /// One operation line of a report (`{op:?}`), back into an `Op`.

@@ -2,12 +2,11 @@
 //! from the others refuses writes with a clear error while the majority goes on, and after
 //! healing every node converges.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use hearth_testkit::netns::NetnsLab;
-use hearth_testkit::{GOSSIP_PORT, NodeSpec, TempDir, TestAgent, eventually, random_secret};
+use hearth_testkit::{TempDir, TestAgent, eventually, start_in_lab};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -42,25 +41,14 @@ fn leader_of(agents: &[TestAgent], among: &[usize]) -> Result<usize, String> {
 fn minority_refuses_writes_majority_goes_on_and_all_converge() {
     let lab = NetnsLab::new(3).expect("create network namespaces (needs root and iproute2)");
     let root = TempDir::new("partition");
-    let secret = random_secret();
-    let seed = SocketAddr::from((lab.data_ip(0), GOSSIP_PORT));
-    let mut agents: Vec<TestAgent> = (0..3)
-        .map(|idx| {
-            let spec = NodeSpec {
-                name: format!("n{}", idx + 1),
-                ip: lab.data_ip(idx),
-                secret: secret.clone(),
-                secret_file: None,
-                cluster: "test".into(),
-                roles: "[\"server\"]".into(),
-                join: if idx == 0 { vec![] } else { vec![seed] },
-                extra: "[state]\nbootstrap_expect = 3\n".into(),
-                api_ip: Some(lab.control_ip(idx)),
-                netns: Some(lab.netns(idx)),
-            };
-            TestAgent::start(bin(), root.path(), spec)
-        })
-        .collect();
+    let mut agents: Vec<TestAgent> = start_in_lab(
+        bin(),
+        root.path(),
+        &lab,
+        "test",
+        "[\"server\"]",
+        "[state]\nbootstrap_expect = 3\n",
+    );
     let leader = eventually("a leader", DEADLINE, || leader_of(&agents, &[0, 1, 2]));
     let (status, body) = put_record(&agents[leader], "before").unwrap();
     assert_eq!(status, 200, "{body}");

@@ -35,17 +35,7 @@ fn a_vm_deleted_just_before_a_crash_stays_deleted() {
             n => Err(format!("{n} hosts")),
         }
     });
-    let image = agent.dir.join("fake.img");
-    std::fs::write(&image, [0u8; 512]).unwrap();
-    agent.cli(&[
-        "image",
-        "add",
-        "fake",
-        "--format",
-        "raw",
-        "--file",
-        image.to_str().unwrap(),
-    ]);
+    agent.add_fake_image("fake");
     // A few rounds, since the crash must land before the state on disk catches up.
     for round in 0..6 {
         let agent = &cluster.agents[0];
