@@ -76,6 +76,11 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
                     phase_since: 1,
                     reboots_asked: 0,
                     reboots_done: 0,
+                    disk: hearth_types::compute::DiskHome {
+                        host: Some("w1".into()),
+                        generation: 1,
+                    },
+                    base: None,
                 },
             },
         );
@@ -85,6 +90,7 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
             id: id.clone(),
             pid: running.then_some(1000 + i as u32),
             disk_present: true,
+            generation: 1,
             foreign: false,
         });
         memory.applied_io.insert(
@@ -100,6 +106,7 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
             id: format!("vm-stray-{i}"),
             pid: Some(9000 + i as u32),
             disk_present: true,
+            generation: 1,
             foreign: false,
         });
     }

@@ -158,6 +158,8 @@ pub fn authorize(
         ["v1", "me"] | ["v1", "me", ..] | ["v1", "tokens"] | ["v1", "tokens", _] => Verdict::Allow,
         ["v1", "images"] | ["v1", "pools"] if method == Method::GET => Verdict::Allow,
         ["v1", "vms"] => Verdict::Allow,
+        // Giving up a disk is an admin's decision, even for the member's own VM.
+        ["v1", "vms", _, "recreate"] => admin_only(),
         ["v1", "vms", key] | ["v1", "vms", key, _] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))
@@ -249,6 +251,8 @@ pub(crate) mod tests {
                 phase_since: 1,
                 reboots_asked: 0,
                 reboots_done: 0,
+                disk: Default::default(),
+                base: None,
             },
         };
         desired

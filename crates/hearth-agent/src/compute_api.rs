@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiState, error};
-use crate::compute::placement::shown_phase;
+use crate::compute::placement::{HostLiveness, liveness, lost_drift, shown_phase};
 use crate::state_api::{Params, bad_body, expect_from, read, write};
 
 pub fn routes() -> Router<ApiState> {
@@ -38,6 +38,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/start", post(start_vm))
         .route("/v1/vms/{vm}/stop", post(stop_vm))
         .route("/v1/vms/{vm}/reboot", post(reboot_vm))
+        .route("/v1/vms/{vm}/recreate", post(recreate_vm))
         .route("/v1/vms/{vm}/io", put(set_io))
         .route("/v1/vms/{vm}/console", get(console))
         .route("/v1/hosts", get(list_hosts))
@@ -367,13 +368,70 @@ async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Re
     .await
 }
 
+/// The body of `POST /v1/vms/{vm}/recreate`: the caller must say, in so many words, that
+/// the VM starts over on an empty disk.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Recreate {
+    /// Must be true: the VM's old disk is given up, and it starts on an empty one.
+    pub(crate) empty_disk: bool,
+}
+
+/// An admin gives up a VM's lost disk (`hearth vm recreate NAME --empty-disk`).
+async fn recreate_vm(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Json<Recreate>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(Recreate { empty_disk: true })) => {
+            vm_write(&state, &key, |vm| ComputeCommand::Recreate {
+                vm,
+                expect: Expect::Any,
+            })
+            .await
+        }
+        Ok(_) => error(
+            StatusCode::BAD_REQUEST,
+            "empty_disk: must be true; recreate starts the VM over on an empty disk, and its old data is given up",
+        ),
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+/// `?destroy=true` on a fix: remove the files of a VM that no longer exists instead of
+/// archiving them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixParams {
+    #[serde(default)]
+    destroy: Option<bool>,
+}
+
 /// Applies a drift entry's proposed fix (the entry's id is `host/kind/vm`).
 async fn fix_drift(
     State(state): State<ApiState>,
     Path((host, kind, vm)): Path<(String, String, String)>,
+    Query(params): Query<FixParams>,
 ) -> Response {
     let id = format!("{host}/{kind}/{vm}");
-    write(&state, compute(ComputeCommand::Fix { id })).await
+    // An entry of a VM whose host is away has no one-click fix: say what to do instead.
+    if let Ok(desired) = read(&state, &Params::default()).await
+        && !desired.compute.drift.values().flatten().any(|d| d.id == id)
+    {
+        let view = state.membership.views().borrow().clone();
+        if let Some(entry) = lost_drift(&desired.compute, &view)
+            .into_iter()
+            .find(|d| d.id == id)
+        {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("id: {}; {}", entry.detail, entry.fix),
+            );
+        }
+    }
+    let destroy = params.destroy.unwrap_or(false);
+    write(&state, compute(ComputeCommand::Fix { id, destroy })).await
 }
 
 async fn set_io(
@@ -481,12 +539,74 @@ async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>)
     }
 }
 
-async fn fence(State(state): State<ApiState>, Path(host): Path<String>) -> Response {
-    write(
+/// `?force=true` fences a host that gossip still sees up.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FenceParams {
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+/// An operator confirms a host is powered off. Refused while this node's gossip sees it alive
+/// or suspect (its VMs may run there), unless forced; a forced fence names the VMs at risk.
+async fn fence(
+    State(state): State<ApiState>,
+    Path(host): Path<String>,
+    Query(params): Query<FenceParams>,
+) -> Response {
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    let view = state.membership.views().borrow().clone();
+    let up = liveness(&desired.compute, &view, &host) == HostLiveness::Up;
+    let at_risk: Vec<String> = desired
+        .compute
+        .vms
+        .values()
+        .filter(|vm| vm.value.host.as_deref() == Some(host.as_str()))
+        .map(|vm| vm.value.request.name.clone())
+        .collect();
+    let force = params.force.unwrap_or(false);
+    if up && !force {
+        let state_name = view.members.get(&host).map_or("up", |m| m.state.as_str());
+        return error(
+            StatusCode::CONFLICT,
+            &format!(
+                "name: {host} is {state_name} in gossip, so it is not off; fencing it could run its VMs twice ({}). Power it off first, or pass force if you know it is off",
+                if at_risk.is_empty() {
+                    "it has none".to_owned()
+                } else {
+                    at_risk.join(", ")
+                }
+            ),
+        );
+    }
+    let response = write(
         &state,
-        compute(ComputeCommand::Fence { host, fenced: true }),
+        compute(ComputeCommand::Fence {
+            host: host.clone(),
+            fenced: true,
+        }),
     )
-    .await
+    .await;
+    if up && response.status().is_success() {
+        tracing::warn!(%host, vms = ?at_risk, "fenced a host that gossip sees up (forced)");
+        let warning = format!(
+            "{host} was up in gossip when it was fenced; if it is not really off, these VMs may run twice: {}",
+            if at_risk.is_empty() {
+                "none".to_owned()
+            } else {
+                at_risk.join(", ")
+            }
+        );
+        return (
+            StatusCode::OK,
+            Json(serde_json::json!({ "result": "fenced", "warning": warning, "at_risk": at_risk })),
+        )
+            .into_response();
+    }
+    response
 }
 
 async fn unfence(State(state): State<ApiState>, Path(host): Path<String>) -> Response {
@@ -503,7 +623,16 @@ async fn unfence(State(state): State<ApiState>, Path(host): Path<String>) -> Res
 async fn list_drift(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     match read(&state, &params).await {
         Ok(desired) => {
-            let all: Vec<_> = desired.compute.drift.values().flatten().collect();
+            // Hosts' own reports, and the entries of VMs whose host is away (from this node's
+            // gossip view; an away host reports nothing).
+            let view = state.membership.views().borrow().clone();
+            let mut all: Vec<_> = desired.compute.drift.values().flatten().cloned().collect();
+            for entry in lost_drift(&desired.compute, &view) {
+                if !all.iter().any(|d| d.id == entry.id) {
+                    all.push(entry);
+                }
+            }
+            all.sort();
             Json(all).into_response()
         }
         Err(failure) => failure.into_response(),

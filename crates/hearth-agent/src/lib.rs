@@ -289,6 +289,7 @@ impl Agent {
             tasks.spawn(compute::collect_image_garbage(
                 state.clone(),
                 blobs.clone(),
+                config.data_dir.join("vms"),
                 shutdown.clone(),
             ));
             tasks.spawn(follow_desired_services(

@@ -17,7 +17,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use crate::accounts_api::{Announcement, Key, NewAccount, NewPassword, NewToken};
-use crate::compute_api::{PutImage, PutPool, SetIo, VmRow};
+use crate::compute_api::{PutImage, PutPool, Recreate, SetIo, VmRow};
 use crate::state_api::{PutNotice, PutRecords, PutService};
 
 /// Builds a type's schema (a `$ref` into `components/schemas` for named types).
@@ -197,6 +197,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op("post", "/v1/vms/{vm}/start", "Ask for the VM to run"),
     op("post", "/v1/vms/{vm}/stop", "Ask for the VM to shut down"),
     op("post", "/v1/vms/{vm}/reboot", "Ask for the VM to reboot"),
+    op(
+        "post",
+        "/v1/vms/{vm}/recreate",
+        "Admins: give up a lost disk and start the VM over on an empty one",
+    )
+    .body(schema::<Recreate>)
+    .answers(schema::<WriteAnswer>),
     op("put", "/v1/vms/{vm}/io", "Change the VM's IO limits")
         .body(schema::<SetIo>)
         .answers(schema::<WriteAnswer>),
@@ -209,7 +216,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         "post",
         "/v1/nodes/{name}/fence",
-        "Confirm a dead worker is off",
+        "Confirm a dead worker is off (?force=true while gossip sees it up)",
     ),
     op("post", "/v1/nodes/{name}/unfence", "Take back a fence"),
     op(
@@ -221,7 +228,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         "post",
         "/v1/drift/{host}/{kind}/{vm}/fix",
-        "Apply a drift entry's fix",
+        "Apply a drift entry's fix (?destroy=true removes a gone VM's files)",
     ),
     op("get", "/v1/accounts", "Admins: accounts"),
     op("post", "/v1/accounts", "Admins: create an account")

@@ -3,7 +3,8 @@
 //! QMP, and observation from the pidfiles and `/proc` so a restarted agent adopts what runs.
 //!
 //! A VM's directory `ROOT/ID/` holds:
-//! - `disk.qcow2`: the overlay on the base image; only [`Driver::delete`] removes it;
+//! - `disk.qcow2`: the overlay on the base image, made only by [`Driver::create_disk`] and
+//!   removed only by [`Driver::delete`]; `disk.gen`: its generation;
 //! - `seed.iso` and `seed/`: the NoCloud seed, rewritten on every start;
 //! - `console.log`: the serial console, appended across boots;
 //! - `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages at start).
@@ -92,6 +93,8 @@ pub struct VmSpec {
     pub ssh_keys: Vec<String>,
     pub net: NetConfig,
     pub io: IoLimits,
+    /// The generation of the VM's disk: a start refuses a disk of any other.
+    pub generation: u64,
 }
 
 /// What runs or lies on disk for one VM id.
@@ -101,6 +104,8 @@ pub struct ObservedVm {
     /// The QEMU process: the one hearth started, or for a foreign entry the intruder.
     pub pid: Option<u32>,
     pub disk_present: bool,
+    /// The disk's generation, from the file beside it (0 when there is none).
+    pub generation: u64,
     /// A QEMU process hearth did not start uses this VM's files.
     pub foreign: bool,
 }
@@ -116,6 +121,16 @@ pub enum DriverError {
     AlreadyRunning(String, u32),
     #[error("{0} is not running")]
     NotRunning(String),
+    #[error("{0} has no disk on this host; refusing to start it on anything else")]
+    NoDisk(String),
+    #[error(
+        "the disk of {id} here is generation {found}, not its generation {expected}; refusing to use it"
+    )]
+    WrongGeneration {
+        id: String,
+        found: u64,
+        expected: u64,
+    },
     #[error("`{0}` is not a valid VM id")]
     BadId(String),
     #[error("{0}")]
@@ -405,6 +420,7 @@ impl Driver {
             }
             seen.push(ObservedVm {
                 disk_present: path.join("disk.qcow2").is_file(),
+                generation: crate::disk::read_generation(&path)?,
                 id,
                 pid,
                 foreign: false,
@@ -436,6 +452,7 @@ impl Driver {
                     id,
                     pid: Some(pid),
                     disk_present: false,
+                    generation: 0,
                     foreign: true,
                 });
             }
@@ -444,8 +461,8 @@ impl Driver {
         Ok(seen)
     }
 
-    /// Creates the disk if it is missing, writes a fresh seed and starts QEMU. Returns its pid.
-    /// Refuses when the VM already runs.
+    /// Writes a fresh seed and starts QEMU on the VM's own disk (of `spec.generation`),
+    /// which must be here already. Returns its pid. Refuses when the VM already runs.
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
         if !valid_id(&spec.id) {
             return Err(DriverError::BadId(spec.id.clone()));
@@ -480,7 +497,7 @@ impl Driver {
                 qmp.display()
             )));
         }
-        self.ensure_disk(spec, &dir).await?;
+        crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?;
         let seed = Seed {
             instance_id: spec.id.clone(),
             hostname: spec.hostname.clone(),
@@ -512,10 +529,20 @@ impl Driver {
         }
     }
 
-    async fn ensure_disk(&self, spec: &VmSpec, dir: &Path) -> Result<(), DriverError> {
+    /// Creates the VM's disk of `spec.generation` as an overlay on the base image, unless it
+    /// is here already: true when it made one. A disk of another generation here is an error,
+    /// never overwritten. The only thing that makes a disk; the caller decides whether the VM
+    /// may have a new one.
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
+        if !valid_id(&spec.id) {
+            return Err(DriverError::BadId(spec.id.clone()));
+        }
+        let dir = self.dir(&spec.id);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let disk = dir.join("disk.qcow2");
         if disk.is_file() {
-            return Ok(());
+            return crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)
+                .map(|()| false);
         }
         let partial = dir.join("disk.qcow2.partial");
         let _ = std::fs::remove_file(&partial);
@@ -539,7 +566,20 @@ impl Driver {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        std::fs::rename(&partial, &disk).map_err(io_error(&disk))
+        // The generation first: a disk under its final name always has its generation.
+        crate::disk::write_generation(&dir, spec.generation)?;
+        std::fs::rename(&partial, &disk).map_err(io_error(&disk))?;
+        Ok(true)
+    }
+
+    /// Moves a VM's files, disk included, to the archive (see [`crate::disk::archive`]).
+    /// Refuses while its QEMU runs.
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+        if let Some(pid) = self.pid(id) {
+            return Err(DriverError::AlreadyRunning(id.to_owned(), pid));
+        }
+        self.cleanup_runtime(id);
+        crate::disk::archive(&self.root, id)
     }
 
     async fn launch(&self, spec: &VmSpec, dir: &Path, accel: Accel) -> Result<u32, DriverError> {
@@ -768,6 +808,7 @@ mod tests {
                 iops: Some(100),
                 bytes_per_sec: None,
             },
+            generation: 1,
         }
     }
 
@@ -861,12 +902,14 @@ mod tests {
                     id: "vm-1".into(),
                     pid: None,
                     disk_present: true,
+                    generation: 0,
                     foreign: false
                 },
                 ObservedVm {
                     id: "vm-2".into(),
                     pid: None,
                     disk_present: false,
+                    generation: 0,
                     foreign: false
                 },
             ]

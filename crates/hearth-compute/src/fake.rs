@@ -2,14 +2,22 @@
 //! QEMU (`[compute] driver = "fake"`): a "running VM" is a directory under the root holding a
 //! `running` file with the agent's pid and a console log. It outlives an agent restart, as a
 //! daemonized QEMU does, so reconciliation, adoption, placement and deletion run exactly as
-//! with real VMs; only the guest is missing.
+//! with real VMs; only the guest is missing. Like the test guest, its "disk" (`disk.img`)
+//! counts the boots on it, and each start appends `HEARTH-GUEST-BOOTS n=N gen=G` to the
+//! console, so a start on a blank disk after the first (`n=1` twice) is visible.
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
+use crate::disk::{check_own, read_generation, write_generation};
 use crate::driver::{
     DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_present, remove_vm_dir, valid_id,
     vm_dirs,
 };
+
+/// The fake disk's file: its content is the number of boots on it.
+const DISK: &str = "disk.img";
 
 #[derive(Debug)]
 pub struct FakeDriver {
@@ -39,7 +47,8 @@ impl FakeDriver {
                 .map_err(io_error(&marker))?
                 .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok());
             seen.push(ObservedVm {
-                disk_present: path.join("disk.img").is_file(),
+                disk_present: path.join(DISK).is_file(),
+                generation: read_generation(&path)?,
                 id,
                 pid,
                 foreign: false,
@@ -49,12 +58,29 @@ impl FakeDriver {
         Ok(seen)
     }
 
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+    /// Makes the VM's disk of `spec.generation` (no boots yet) unless it is here: true when
+    /// it made one. A disk of another generation is an error, as with QEMU.
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
         if !valid_id(&spec.id) {
             return Err(DriverError::BadId(spec.id.clone()));
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let disk = dir.join(DISK);
+        if disk.is_file() {
+            return check_own(&spec.id, &dir, DISK, spec.generation).map(|()| false);
+        }
+        write_generation(&dir, spec.generation)?;
+        std::fs::write(&disk, b"0\n").map_err(io_error(&disk))?;
+        Ok(true)
+    }
+
+    /// "Boots" the VM on its own disk: counts the boot on the disk and says so on the console.
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+        if !valid_id(&spec.id) {
+            return Err(DriverError::BadId(spec.id.clone()));
+        }
+        let dir = self.dir(&spec.id);
         let marker = self.marker(&spec.id);
         if let Some(pid) = std::fs::read_to_string(&marker)
             .ok()
@@ -62,10 +88,15 @@ impl FakeDriver {
         {
             return Err(DriverError::AlreadyRunning(spec.id.clone(), pid));
         }
-        let disk = dir.join("disk.img");
-        if !disk.is_file() {
-            std::fs::write(&disk, b"").map_err(io_error(&disk))?;
-        }
+        check_own(&spec.id, &dir, DISK, spec.generation)?;
+        let disk = dir.join(DISK);
+        let boots = std::fs::read_to_string(&disk)
+            .map_err(io_error(&disk))?
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            + 1;
+        std::fs::write(&disk, format!("{boots}\n")).map_err(io_error(&disk))?;
         let console = dir.join("console.log");
         let address = spec
             .net
@@ -73,12 +104,18 @@ impl FakeDriver {
             .first()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let line = format!(
-            "HEARTH-GUEST-UP\nHEARTH-GUEST hostname={} ip={address} keys={}\nHEARTH-GUEST-READY\n",
+        let lines = format!(
+            "HEARTH-GUEST-UP\nHEARTH-GUEST-BOOTS n={boots} gen={}\nHEARTH-GUEST hostname={} ip={address} keys={}\nHEARTH-GUEST-READY\n",
+            spec.generation,
             spec.hostname,
             spec.ssh_keys.len()
         );
-        std::fs::write(&console, line).map_err(io_error(&console))?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console)
+            .and_then(|mut file| file.write_all(lines.as_bytes()))
+            .map_err(io_error(&console))?;
         let pid = std::process::id();
         std::fs::write(&marker, pid.to_string()).map_err(io_error(&marker))?;
         Ok(pid)
@@ -99,6 +136,17 @@ impl FakeDriver {
             return Err(DriverError::BadId(id.to_owned()));
         }
         remove_vm_dir(&self.dir(id))
+    }
+
+    /// Moves the VM's files to the archive; refuses while it "runs".
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+        if self.marker(id).is_file() {
+            return Err(DriverError::AlreadyRunning(
+                id.to_owned(),
+                std::process::id(),
+            ));
+        }
+        crate::disk::archive(&self.root, id)
     }
 
     pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {
@@ -125,10 +173,32 @@ impl VmDriver {
         }
     }
 
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
+        match self {
+            VmDriver::Qemu(d) => d.create_disk(spec).await,
+            VmDriver::Fake(d) => d.create_disk(spec).await,
+        }
+    }
+
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
         match self {
             VmDriver::Qemu(d) => d.start(spec).await,
             VmDriver::Fake(d) => d.start(spec).await,
+        }
+    }
+
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+        match self {
+            VmDriver::Qemu(d) => d.archive(id).await,
+            VmDriver::Fake(d) => d.archive(id).await,
+        }
+    }
+
+    /// The directory VM directories live in.
+    pub fn root(&self) -> &std::path::Path {
+        match self {
+            VmDriver::Qemu(d) => d.root(),
+            VmDriver::Fake(d) => &d.root,
         }
     }
 
@@ -178,7 +248,14 @@ mod tests {
             ssh_keys: vec![],
             net: NetConfig::default(),
             io: IoLimits::default(),
+            generation: 1,
         };
+        assert!(
+            matches!(driver.start(&spec).await, Err(DriverError::NoDisk(_))),
+            "a start never makes a disk"
+        );
+        assert!(driver.create_disk(&spec).await.unwrap());
+        assert!(!driver.create_disk(&spec).await.unwrap(), "made once");
         driver.start(&spec).await.unwrap();
         assert!(matches!(
             driver.start(&spec).await,
@@ -189,6 +266,26 @@ mod tests {
         assert!(seen[0].pid.is_some() && seen[0].disk_present);
         driver.shutdown("vm-7").await.unwrap();
         assert_eq!(driver.observe().unwrap()[0].pid, None);
+        // The boots are counted on the disk.
+        driver.start(&spec).await.unwrap();
+        driver.shutdown("vm-7").await.unwrap();
+        let console = std::fs::read_to_string(root.join("vm-7/console.log")).unwrap();
+        assert!(
+            console.contains("HEARTH-GUEST-BOOTS n=1 gen=1"),
+            "{console}"
+        );
+        assert!(
+            console.contains("HEARTH-GUEST-BOOTS n=2 gen=1"),
+            "{console}"
+        );
+        let other = VmSpec {
+            generation: 2,
+            ..spec.clone()
+        };
+        assert!(matches!(
+            driver.start(&other).await,
+            Err(DriverError::WrongGeneration { .. })
+        ));
         driver.delete("vm-7").await.unwrap();
         assert!(driver.observe().unwrap().is_empty());
         // Review finding: a failed look is an error, never "nothing runs" (which would make

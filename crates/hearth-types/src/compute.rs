@@ -347,6 +347,52 @@ pub struct Vm {
     pub reboots_asked: u64,
     #[serde(default)]
     pub reboots_done: u64,
+    /// Where the VM's disk lives. Its host records it before QEMU first runs on the disk; only
+    /// an admin's `recreate --empty-disk` takes it back.
+    #[serde(default)]
+    pub disk: DiskHome,
+    /// The image the disk was made from, as it was when the VM was created (or recreated).
+    /// New content under the image's name is a new version and does not change it, so the
+    /// disk's backing file never changes under it. Absent only in states written before.
+    #[serde(default)]
+    pub base: Option<Image>,
+}
+
+impl Vm {
+    /// The image this VM's disk is (or will be) an overlay on: its own copy, or for a state
+    /// written before VMs kept one, the current image of that name.
+    pub fn base_image<'a>(&'a self, compute: &'a Compute) -> Option<&'a Image> {
+        self.base.as_ref().or_else(|| {
+            compute
+                .images
+                .get(&self.request.image)
+                .map(|image| &image.value)
+        })
+    }
+}
+
+/// Where a VM's disk is: the host holding the one copy of a local disk, and the disk's
+/// generation. A host writes the generation beside each disk it creates; a copy with another
+/// generation than the VM's is stale (from before a recreate), never the VM's disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiskHome {
+    /// The host with the disk; `None` until a host created one.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The generation of the VM's current disk: 1 at creation, one more at each recreate.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl Default for DiskHome {
+    /// States written before disks had homes: generation 0, which is also what a host reads
+    /// for a disk with no generation file beside it.
+    fn default() -> Self {
+        DiskHome {
+            host: None,
+            generation: 0,
+        }
+    }
 }
 
 /// An address given to a VM from a pool.
@@ -392,13 +438,16 @@ pub struct Drift {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum DriftKind {
-    /// A QEMU process or VM directory on this host that no desired VM here accounts for.
+    /// A QEMU process hearth did not start, or the files of a VM id the desired state does
+    /// not hold (any more).
     UnknownVm,
-    /// A desired VM whose disk vanished while it had one.
+    /// A VM whose disk is not where its home says, or whose home is unreachable (its host is
+    /// dead, left or fenced): it is `lost` until the disk is back or an admin recreates it.
     MissingDisk,
     /// An address used by two VMs, or by a VM and something else.
     IpConflict,
-    /// A VM running on a host other than the one it is placed on.
+    /// A copy of a VM (running, or only its files) on a host other than the one it is
+    /// placed on: a stale copy, whose disk is kept until an admin archives it.
     WrongHost,
     /// A VM that kept dying after starts.
     CrashLoop,
@@ -429,6 +478,10 @@ pub struct Compute {
     /// index of the request.
     #[serde(default)]
     pub fixes: BTreeMap<String, u64>,
+    /// The asked fixes (ids in `fixes`) that destroy data: an admin asked to remove the files
+    /// of a VM that no longer exists, instead of archiving them.
+    #[serde(default)]
+    pub destroy: BTreeSet<String>,
 }
 
 impl Compute {

@@ -95,7 +95,7 @@ enum Command {
         command: state_cli::NoticeCommand,
     },
     /// Put a node in maintenance (drain, undrain), or confirm a dead worker is off (fence,
-    /// unfence) so its VMs may start elsewhere.
+    /// unfence).
     Node {
         #[command(flatten)]
         client: ClientArgs,
@@ -126,11 +126,18 @@ enum Command {
     /// List what the hosts' reconcilers found and would not fix alone, with the proposed fix.
     Drift(ClientArgs),
     /// Apply the proposed fix of one drift entry (ID as `hearth drift` lists it).
+    ///
+    /// No fix deletes data: a stale copy of a VM is shut down and moved to the archive
+    /// (DATA_DIR/vms-archive/). A missing disk has no fix; see `hearth vm recreate`.
     Fix {
         #[command(flatten)]
         client: ClientArgs,
         /// HOST/KIND/VM
         id: String,
+        /// Remove the files of a VM that no longer exists instead of archiving them
+        /// (unknown-vm entries only). This destroys that disk's data.
+        #[arg(long)]
+        destroy: bool,
     },
     /// Make the local agent leave the cluster gracefully and exit.
     Leave(ClientArgs),
@@ -243,9 +250,11 @@ pub fn main() -> ExitCode {
             with_client(&client, |c, json| compute_cli::vm(c, json, command))
         }
         Command::Drift(args) => client_command(&args, compute_cli::drift),
-        Command::Fix { client, id } => {
-            with_client(&client, |c, json| compute_cli::fix(c, json, &id))
-        }
+        Command::Fix {
+            client,
+            id,
+            destroy,
+        } => with_client(&client, |c, json| compute_cli::fix(c, json, &id, destroy)),
         Command::Leave(args) => client_command(&args, leave),
         Command::Keygen => {
             let mut secret = [0u8; 32];

@@ -95,6 +95,18 @@ pub enum VmCommand {
     Reboot { vm: String },
     /// Delete the VM: its host stops it and removes its disk; its addresses are freed then.
     Delete { vm: String },
+    /// Admins: give up a lost disk and start the VM over on an empty disk from its image.
+    ///
+    /// Only for a VM whose disk is gone: its host reported the disk missing, or its host is
+    /// fenced (powered off for good). The old disk's data is given up; should a copy of it
+    /// turn up later, it is never used, and its host archives it. The request is recorded in
+    /// the audit log.
+    Recreate {
+        vm: String,
+        /// Required: says that the VM starts on an empty disk and its old data is gone.
+        #[arg(long)]
+        empty_disk: bool,
+    },
     /// Print the VM's serial console log (ask the API of the node the VM runs on).
     Console {
         vm: String,
@@ -410,6 +422,23 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             report(json, &answer, &format!("{vm}: asked to reboot"));
             Ok(())
         }
+        VmCommand::Recreate { vm, empty_disk } => {
+            if !empty_disk {
+                return Err(ClientError::Usage(format!(
+                    "--empty-disk: required; `hearth vm recreate {vm} --empty-disk` starts {vm} over on an empty disk and gives up its old data"
+                )));
+            }
+            let answer: Value = client.post_json(
+                &format!("/v1/vms/{vm}/recreate"),
+                &serde_json::json!({ "empty_disk": true }),
+            )?;
+            report(
+                json,
+                &answer,
+                &format!("{vm}: recreated with an empty disk (its old data is given up)"),
+            );
+            Ok(())
+        }
         VmCommand::Console { vm, follow } => {
             let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
             loop {
@@ -509,14 +538,15 @@ pub fn drift(client: &ApiClient, json: bool) -> Result<(), ClientError> {
 }
 
 /// Applies a drift entry's proposed fix, by its id from `hearth drift`.
-pub fn fix(client: &ApiClient, json: bool, id: &str) -> Result<(), ClientError> {
+pub fn fix(client: &ApiClient, json: bool, id: &str, destroy: bool) -> Result<(), ClientError> {
     let parts: Vec<&str> = id.split('/').collect();
     if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
         return Err(ClientError::Usage(format!(
             "ID: `{id}` is not a drift id (HOST/KIND/VM, as `hearth drift` lists them)"
         )));
     }
-    let answer: Value = client.post(&format!("/v1/drift/{id}/fix"))?;
+    let query = if destroy { "?destroy=true" } else { "" };
+    let answer: Value = client.post(&format!("/v1/drift/{id}/fix{query}"))?;
     report(
         json,
         &answer,

@@ -81,9 +81,18 @@ pub enum NodeCommand {
     Drain { name: String },
     /// Take NAME out of maintenance.
     Undrain { name: String },
-    /// Confirm that the worker NAME is powered off, so its VMs may be started elsewhere.
-    /// Never run this for a host that might still be running: its VMs would run twice.
-    Fence { name: String },
+    /// Confirm that the worker NAME is powered off for good.
+    ///
+    /// Its VMs that never had a disk are placed elsewhere; the others stay `lost` (their
+    /// disks are on NAME) until NAME comes back or an admin gives a disk up with `hearth vm
+    /// recreate VM --empty-disk`. Refused while gossip sees NAME alive or suspect.
+    Fence {
+        name: String,
+        /// Fence even though gossip sees NAME up. If it is not really off, its VMs may run
+        /// twice; the answer names them.
+        #[arg(long)]
+        force: bool,
+    },
     /// Take back a fence.
     Unfence { name: String },
 }
@@ -416,13 +425,18 @@ pub fn services(
 }
 
 pub fn node(client: &ApiClient, json: bool, command: NodeCommand) -> Result<(), ClientError> {
-    let (name, verb) = match &command {
-        NodeCommand::Drain { name } => (name, "drain"),
-        NodeCommand::Undrain { name } => (name, "undrain"),
-        NodeCommand::Fence { name } => (name, "fence"),
-        NodeCommand::Unfence { name } => (name, "unfence"),
+    let (name, verb, query) = match &command {
+        NodeCommand::Drain { name } => (name, "drain", ""),
+        NodeCommand::Undrain { name } => (name, "undrain", ""),
+        NodeCommand::Fence { name, force } => {
+            (name, "fence", if *force { "?force=true" } else { "" })
+        }
+        NodeCommand::Unfence { name } => (name, "unfence", ""),
     };
-    let answer: serde_json::Value = client.post(&format!("/v1/nodes/{name}/{verb}"))?;
+    let answer: serde_json::Value = client.post(&format!("/v1/nodes/{name}/{verb}{query}"))?;
+    if let Some(warning) = answer["warning"].as_str() {
+        eprintln!("hearth: warning: {warning}");
+    }
     report(json, &answer, &format!("{name}: {verb}ed"));
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hearth_compute::driver::{DriverError, IoLimits as DriverIo, NetConfig, VmSpec};
 use hearth_compute::fake::VmDriver;
-use hearth_state::model::{Command, ComputeCommand};
+use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
 use hearth_types::compute::{Arch, Capacity, Compute, Drift, Phase, Vm};
 use hearth_types::desired::DesiredState;
@@ -226,6 +226,24 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                     }
                 });
             }
+            Action::Archive { vm } => {
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    let result = archive(&host, &vm).await;
+                    let mut t = tracking.lock().await;
+                    t.busy.remove(&vm);
+                    t.running_since.remove(&vm);
+                    t.memory.applied_io.remove(&vm);
+                    drop(t);
+                    match result {
+                        Ok(path) => {
+                            tracing::warn!(%vm, path = %path.display(), "archived a copy that is not the VM's disk (nothing deleted)")
+                        }
+                        Err(error) => tracing::warn!(%vm, %error, "archiving a stale copy failed"),
+                    }
+                });
+            }
             Action::Delete { vm } => {
                 t.busy.insert(vm.clone());
                 let (host, tracking) = (host.clone(), tracking.clone());
@@ -272,6 +290,7 @@ async fn look<'a>(
             id: o.id,
             pid: o.pid,
             disk_present: o.disk_present,
+            generation: o.generation,
             foreign: o.foreign,
         })
         .collect();
@@ -335,11 +354,59 @@ fn decide(
     )
 }
 
-/// Fetches the image if needed, makes the disk and seed, and starts QEMU.
+/// Fetches the image if needed, makes the disk if the VM never had one (and records this host
+/// as its home before anything runs on it), and starts QEMU on it.
 async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, String> {
     fetch_image(host, vm, compute).await?;
     let spec = spec_for(vm, compute, &host.blobs)?;
+    match vm.disk.host.as_deref() {
+        Some(home) if home == host.name => {}
+        Some(home) => return Err(format!("its disk is on {home}, not here")),
+        None => {
+            let made = host
+                .driver
+                .create_disk(&spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            if made {
+                tracing::info!(vm = %vm.id, generation = spec.generation, "disk created");
+            }
+            claim_disk(host, vm).await?;
+        }
+    }
     host.driver.start(&spec).await.map_err(|e| e.to_string())
+}
+
+/// Records this host as the home of the VM's disk, through Raft. Until that is committed
+/// nothing runs on the disk: a disk that ever ran always has a recorded home, so no path
+/// can give the VM a blank one elsewhere.
+async fn claim_disk(host: &Host, vm: &Vm) -> Result<(), String> {
+    let command = ComputeCommand::ClaimDisk {
+        vm: vm.id.clone(),
+        host: host.name.clone(),
+        generation: vm.disk.generation,
+    };
+    match host.state.submit(Command::Compute { command }).await {
+        Ok(written) if matches!(written.outcome, Outcome::Applied { .. } | Outcome::Nothing) => {
+            Ok(())
+        }
+        Ok(written) => Err(format!(
+            "the cluster did not record this host as the disk's home: {:?}",
+            written.outcome
+        )),
+        Err(error) => Err(format!(
+            "cannot record this host as the disk's home yet: {error}"
+        )),
+    }
+}
+
+/// Shuts a copy that is not the VM's disk down if it runs, then archives its files.
+async fn archive(host: &Host, vm: &str) -> Result<std::path::PathBuf, String> {
+    host.driver
+        .shutdown(vm, SHUTDOWN_GRACE)
+        .await
+        .map_err(|e| e.to_string())?;
+    host.driver.archive(vm).await.map_err(|e| e.to_string())
 }
 
 /// Records a start's outcome: running, or a failure that counts toward the crash limit.
@@ -400,10 +467,9 @@ async fn kill_foreign(pid: u32) {
 /// Makes sure every file of the VM's image is here, fetching missing ones from a group
 /// member that has them (verified by hash before they get their name).
 async fn fetch_image(host: &Host, vm: &Vm, compute: &Compute) -> Result<(), String> {
-    let image = compute
-        .images
-        .get(&vm.request.image)
-        .map(|i| i.value.clone())
+    let image = vm
+        .base_image(compute)
+        .cloned()
         .ok_or_else(|| format!("image {} no longer exists", vm.request.image))?;
     for blob in image.blobs() {
         if host.blobs.has(&blob.sha256) {
@@ -455,10 +521,8 @@ async fn report(host: &Host, vm: &str, phase: Phase, message: Option<String>) {
 
 /// The driver's view of a VM: its files, its network and its limits.
 pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec, String> {
-    let image = compute
-        .images
-        .get(&vm.request.image)
-        .map(|i| &i.value)
+    let image = vm
+        .base_image(compute)
         .ok_or_else(|| format!("image {} no longer exists", vm.request.image))?;
     if let Some(missing) = image.blobs().find(|b| !blobs.has(&b.sha256)) {
         return Err(format!(
@@ -513,6 +577,7 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
             iops: vm.request.io.iops,
             bytes_per_sec: vm.request.io.bytes_per_sec,
         },
+        generation: vm.disk.generation,
     })
 }
 

@@ -20,11 +20,14 @@ pub struct ComputeMetrics {
     pub crashes: AtomicU64,
 }
 
-/// Every ten minutes, removes image files that no image refers to any more (after
-/// `hearth image rm`), on every node that keeps them.
+/// Every ten minutes, removes image files that nothing refers to any more (after `hearth
+/// image rm`, or a new version of an image whose old one no VM uses), on every node that keeps
+/// them. A blob stays while an image or any VM's base refers to it, or any disk on this host
+/// (the archive's included) names it as its backing file.
 pub async fn collect_image_garbage(
     state: hearth_state::node::StateNode,
     blobs: blobs::BlobStore,
+    vms_root: std::path::PathBuf,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -34,25 +37,38 @@ pub async fn collect_image_garbage(
             _ = tokio::time::sleep(EVERY) => {}
         }
         let desired = state.reader().current();
-        let referenced = desired
-            .compute
-            .images
-            .values()
-            .flat_map(|image| {
-                image
-                    .value
-                    .blobs()
-                    .map(|b| b.sha256.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         let store = blobs.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || store.collect_garbage(&referenced, EVERY))
-                .await
-                .unwrap_or_default();
+        let root = vms_root.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let referenced = referenced_blobs(&desired.compute, &root);
+            store.collect_garbage(&referenced, EVERY)
+        })
+        .await
+        .unwrap_or_default();
         for sha256 in removed {
             tracing::info!(%sha256, "removed an image file no image refers to");
         }
     }
+}
+
+/// The blobs no node may remove: those of every image, of every VM's own base (an older
+/// version of an image, say), and every backing file of a disk under `vms_root` or its
+/// archive.
+pub fn referenced_blobs(
+    compute: &hearth_types::compute::Compute,
+    vms_root: &std::path::Path,
+) -> std::collections::BTreeSet<String> {
+    let images = compute.images.values().map(|image| &image.value);
+    let bases = compute.vms.values().filter_map(|vm| vm.value.base.as_ref());
+    let mut referenced: std::collections::BTreeSet<String> = images
+        .chain(bases)
+        .flat_map(|image| image.blobs().map(|b| b.sha256.clone()))
+        .collect();
+    // By file name alone: a disk made when the data dir had another path still counts.
+    for backing in hearth_compute::disk::backing_files(vms_root) {
+        if let Some(name) = backing.file_name() {
+            referenced.insert(name.to_string_lossy().into_owned());
+        }
+    }
+    referenced
 }

@@ -1,10 +1,11 @@
 //! The leader's pure decisions about VMs: which host a pending VM goes to, which VMs may move
-//! off a host that is provably gone, and how a VM's phase reads given the gossip view.
+//! off a host that is provably off, how a VM's phase reads given the gossip view, and the drift
+//! entries of VMs whose host is away.
 
 use std::collections::BTreeMap;
 
 use hearth_state::model::ComputeCommand;
-use hearth_types::compute::{Capacity, Compute, Phase, Vm};
+use hearth_types::compute::{Capacity, Compute, Drift, DriftKind, Phase, Vm};
 use hearth_types::desired::DesiredState;
 use hearth_types::{MemberState, Role, View};
 
@@ -13,21 +14,73 @@ use hearth_types::{MemberState, Role, View};
 pub enum HostLiveness {
     /// Alive or suspect: its reports count.
     Up,
-    /// Dead, or unknown to gossip: its VMs may still be running there.
-    Unknown,
-    /// Left gracefully, or fenced by an operator: its VMs are provably not running.
-    Gone,
+    /// Dead, left, or unknown to gossip: its agent is away, but its VMs may still be running
+    /// there (QEMU outlives the agent), and their disks are there.
+    Away,
+    /// Fenced: an operator confirmed it is powered off. Its VMs are not running, but their
+    /// disks are there, out of reach.
+    Fenced,
 }
 
 pub fn liveness(compute: &Compute, view: &View, host: &str) -> HostLiveness {
     if compute.hosts.get(host).is_some_and(|h| h.fenced) {
-        return HostLiveness::Gone;
+        return HostLiveness::Fenced;
     }
     match view.members.get(host).map(|m| m.state) {
         Some(MemberState::Alive | MemberState::Suspect) => HostLiveness::Up,
-        Some(MemberState::Left) => HostLiveness::Gone,
-        Some(MemberState::Dead) | None => HostLiveness::Unknown,
+        Some(MemberState::Left | MemberState::Dead) | None => HostLiveness::Away,
     }
+}
+
+/// A `missing-disk` entry for every VM whose host is not up: the VM is `lost` until the host
+/// comes back (its agent adopts the VM) or, once the host is fenced, an admin recreates the VM
+/// on an empty disk. Derived from the gossip view, so each node computes its own.
+pub fn lost_drift(compute: &Compute, view: &View) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    for vm in compute.vms.values().map(|v| &v.value) {
+        let Some(host) = vm.host.as_deref() else {
+            continue;
+        };
+        let state = match liveness(compute, view, host) {
+            HostLiveness::Up => continue,
+            HostLiveness::Fenced => "fenced",
+            HostLiveness::Away => match view.members.get(host).map(|m| m.state) {
+                Some(MemberState::Left) => "left the cluster",
+                Some(_) => "dead",
+                None => "unknown to this node",
+            },
+        };
+        let name = &vm.request.name;
+        let (detail, fix) = match (&vm.disk.host, state) {
+            (Some(_), "fenced") => (
+                format!("{name}'s disk is on {host}, which is fenced: the disk is out of reach"),
+                format!(
+                    "none keeps the data: bring {host} back and unfence it, or give the data up with `hearth vm recreate {name} --empty-disk`"
+                ),
+            ),
+            (Some(_), _) => (
+                format!("{name}'s disk is on {host}, which is {state}: the VM may still run there"),
+                format!(
+                    "wait for {host} to come back (its agent adopts the VM); if it is off for good, `hearth node fence {host}`"
+                ),
+            ),
+            (None, _) => (
+                format!("{name} is placed on {host}, which is {state}, and has no disk yet"),
+                format!(
+                    "`hearth node fence {host}` once it is off, and {name} is placed elsewhere"
+                ),
+            ),
+        };
+        drift.push(Drift {
+            id: format!("{host}/{}/{}", DriftKind::MissingDisk.as_str(), vm.id),
+            host: host.to_owned(),
+            vm: vm.id.clone(),
+            kind: DriftKind::MissingDisk,
+            detail,
+            fix,
+        });
+    }
+    drift
 }
 
 /// The phase to show: a VM on a host that is not up is `lost` at once, never `stopped`.
@@ -53,9 +106,9 @@ fn fits(free: &Capacity, need: &Capacity) -> bool {
 
 /// The commands that move the desired state towards every VM being on a host that can run it.
 /// Pending VMs go to the eligible host (an up worker, not drained, not fenced) with the most
-/// free memory that fits them, ties broken by name, so VMs spread. VMs on a host that is
-/// provably gone are placed again (or forgotten, if they were being deleted). VMs on a host
-/// that is merely dead stay put: they may still run there.
+/// free memory that fits them, ties broken by name, so VMs spread. On a fenced host, VMs that
+/// never had a disk are placed again, and VMs being deleted are forgotten. Every other VM
+/// stays put: on a dead or left host it may still run, and a disk never moves by placement.
 pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
     let compute = &desired.compute;
     let mut free: BTreeMap<&str, Capacity> = compute
@@ -82,18 +135,19 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
     }
     let mut commands = Vec::new();
     for vm in compute.vms.values().map(|v| &v.value) {
-        let gone = vm
+        let fenced = vm
             .host
             .as_deref()
-            .is_some_and(|h| liveness(compute, view, h) == HostLiveness::Gone);
-        if gone && vm.deleting {
+            .is_some_and(|h| liveness(compute, view, h) == HostLiveness::Fenced);
+        if fenced && vm.deleting {
             commands.push(ComputeCommand::Forget {
                 vm: vm.id.clone(),
                 host: vm.host.clone().unwrap_or_default(),
             });
             continue;
         }
-        if vm.deleting || (vm.host.is_some() && !gone) {
+        let movable = fenced && vm.disk.host.is_none();
+        if vm.deleting || (vm.host.is_some() && !movable) {
             continue;
         }
         let need = demand(vm);
@@ -116,8 +170,8 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
                     from: vm.host.clone(),
                 });
             }
-            // Gone host and no room elsewhere: back to pending, so it shows honestly.
-            None if gone => commands.push(ComputeCommand::Place {
+            // Fenced host and no room elsewhere: back to pending, so it shows honestly.
+            None if movable => commands.push(ComputeCommand::Place {
                 vm: vm.id.clone(),
                 host: None,
                 from: vm.host.clone(),
@@ -181,6 +235,8 @@ mod tests {
                 phase_since: 1,
                 reboots_asked: 0,
                 reboots_done: 0,
+                disk: Default::default(),
+                base: None,
             },
         }
     }
@@ -253,23 +309,61 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_hosts_vms_are_lost_and_stay_until_it_is_fenced_or_left() {
+    fn a_dead_or_left_hosts_vms_are_lost_and_stay() {
         let (mut desired, mut view) =
             world(&[("w1", MemberState::Dead), ("w2", MemberState::Alive)]);
         desired
             .compute
             .vms
             .insert("a".into(), vm("a", 100, Some("w1")));
+        desired.compute.vms.get_mut("a").unwrap().value.disk.host = Some("w1".into());
         let a = &desired.compute.vms["a"].value;
         assert_eq!(shown_phase(a, &desired.compute, &view), Phase::Lost);
         assert!(plan(&desired, &view).is_empty(), "may still run on w1");
+        // A graceful leave (agent stopped or restarted) is not the VMs' end: QEMU outlives
+        // the agent.
+        view.members.get_mut("w1").unwrap().state = MemberState::Left;
+        let a = &desired.compute.vms["a"].value;
+        assert_eq!(shown_phase(a, &desired.compute, &view), Phase::Lost);
+        assert!(plan(&desired, &view).is_empty(), "left is not gone");
+        let drift = lost_drift(&desired.compute, &view);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(drift[0].id, "w1/missing-disk/a");
+        assert!(
+            drift[0].detail.contains("left the cluster"),
+            "{:?}",
+            drift[0]
+        );
+        view.members.get_mut("w1").unwrap().state = MemberState::Alive;
+        assert!(lost_drift(&desired.compute, &view).is_empty());
+    }
+
+    #[test]
+    fn a_fenced_host_moves_only_vms_that_never_had_a_disk() {
+        let (mut desired, view) = world(&[("w1", MemberState::Dead), ("w2", MemberState::Alive)]);
+        desired
+            .compute
+            .vms
+            .insert("a".into(), vm("a", 100, Some("w1")));
+        desired
+            .compute
+            .vms
+            .insert("b".into(), vm("b", 100, Some("w1")));
+        desired.compute.vms.get_mut("a").unwrap().value.disk.host = Some("w1".into());
         desired.compute.hosts.get_mut("w1").unwrap().fenced = true;
         assert_eq!(
             placed(&plan(&desired, &view)),
-            [("a".to_string(), Some("w2".to_string()))]
+            [("b".to_string(), Some("w2".to_string()))],
+            "a's disk is on w1: it stays lost"
         );
-        desired.compute.hosts.get_mut("w1").unwrap().fenced = false;
-        view.members.get_mut("w1").unwrap().state = MemberState::Left;
-        assert_eq!(placed(&plan(&desired, &view)).len(), 1);
+        let a = &desired.compute.vms["a"].value;
+        assert_eq!(shown_phase(a, &desired.compute, &view), Phase::Lost);
+        let drift = lost_drift(&desired.compute, &view);
+        let entry = drift.iter().find(|d| d.vm == "a").unwrap();
+        assert!(
+            entry.fix.contains("recreate name-a --empty-disk")
+                || entry.fix.contains("recreate a --empty-disk"),
+            "{entry:?}"
+        );
     }
 }

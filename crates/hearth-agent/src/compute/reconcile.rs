@@ -1,6 +1,7 @@
 //! The per-host reconciler as a pure function: from the VMs placed on this host and what runs
 //! here, the actions that make them match, the phases to report, and the drift that must not
-//! or cannot be fixed alone.
+//! or cannot be fixed alone. A VM starts only on its own disk (the generation its home
+//! records), or on a new one when it never had one; a copy that is not the VM's disk is kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +14,8 @@ pub struct Seen {
     /// The QEMU process hearth started for it, if alive.
     pub pid: Option<u32>,
     pub disk_present: bool,
+    /// The generation written beside the disk (0 when none is).
+    pub generation: u64,
     /// A QEMU process that uses this VM's files but that hearth did not start.
     pub foreign: bool,
 }
@@ -35,8 +38,14 @@ pub const CRASH_LIMIT: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Fetch the image's files, then create the disk and start QEMU.
+    /// Fetch the image's files; if the VM has no disk home yet, create its disk (or find the
+    /// one of its generation already here) and record this host as its home; then start QEMU.
     Start {
+        vm: String,
+    },
+    /// Shut the VM down if it runs here, then move its files, disk included, to the
+    /// archive, where an admin finds them: a stale copy is never deleted unasked.
+    Archive {
         vm: String,
     },
     /// ACPI shutdown with a grace period, then stop.
@@ -90,6 +99,7 @@ impl Action {
     pub fn vm(&self) -> Option<&str> {
         match self {
             Action::Start { vm }
+            | Action::Archive { vm }
             | Action::Shutdown { vm }
             | Action::Delete { vm }
             | Action::Forget { vm }
@@ -111,12 +121,69 @@ pub struct Plan {
     pub drift: Vec<Drift>,
 }
 
-/// Whether a VM had a disk on this host before: its phase says it ran or was stopped here.
-fn had_disk(vm: &Vm) -> bool {
+/// What this host has of the disk of a VM placed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DiskHere {
+    /// The VM's own disk: its home is here and the generation matches.
+    Own,
+    /// The VM never had a disk, or has one of its generation here that was never recorded
+    /// (the host stopped between creating and recording it, before any start): a start
+    /// creates or records it.
+    New,
+    /// A copy of an older generation, from before an admin recreated the VM: archived
+    /// before the new disk is made.
+    Stale,
+    /// The VM's disk is not here: it must not start on anything else.
+    Missing(String),
+}
+
+fn disk_here(me: &str, vm: &Vm, found: Option<&Seen>) -> DiskHere {
+    let present = found.filter(|s| s.disk_present);
+    let generation = vm.disk.generation;
+    match (&vm.disk.host, present) {
+        (Some(home), _) if home != me => {
+            DiskHere::Missing(format!("its disk is on {home}, not on this host"))
+        }
+        (Some(_), None) => DiskHere::Missing("its disk is gone from this host".into()),
+        (Some(_), Some(s)) if s.generation == generation => DiskHere::Own,
+        (Some(_), Some(s)) => DiskHere::Missing(format!(
+            "the disk here is generation {}, not its own generation {generation}",
+            s.generation
+        )),
+        // A state written before disks had homes: a VM that ran had a disk.
+        (None, None) if generation == 0 && ran_before(vm) => {
+            DiskHere::Missing("it ran here, but its disk is gone".into())
+        }
+        (None, None) => DiskHere::New,
+        (None, Some(s)) if s.generation == generation => DiskHere::New,
+        (None, Some(s)) if s.generation < generation => DiskHere::Stale,
+        (None, Some(s)) => DiskHere::Missing(format!(
+            "the disk here is generation {}, newer than its own generation {generation}",
+            s.generation
+        )),
+    }
+}
+
+/// For states written before disks had homes: the phase says the VM ran or was stopped here.
+fn ran_before(vm: &Vm) -> bool {
     matches!(
         vm.phase,
         Phase::Running | Phase::Stopped | Phase::Stopping | Phase::Crashed
     )
+}
+
+fn missing_disk(me: &str, vm: &Vm, why: &str) -> Drift {
+    Drift {
+        id: format!("{me}/{}/{}", DriftKind::MissingDisk.as_str(), vm.id),
+        host: me.into(),
+        vm: vm.id.clone(),
+        kind: DriftKind::MissingDisk,
+        detail: format!("{}: {why}", vm.request.name),
+        fix: format!(
+            "none keeps the data: put the disk back, or give it up with `hearth vm recreate {} --empty-disk`",
+            vm.request.name
+        ),
+    }
 }
 
 fn report(actions: &mut Vec<Action>, vm: &Vm, phase: Phase, message: Option<String>) {
@@ -177,9 +244,9 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
         }
     }
     for vm in &mine {
-        let found = seen_by_id.get(vm.id.as_str());
+        let found = seen_by_id.get(vm.id.as_str()).copied();
         let running = found.and_then(|s| s.pid).is_some();
-        let disk = found.is_some_and(|s| s.disk_present);
+        let disk = disk_here(me, vm, found);
         if vm.deleting {
             if found.is_some() {
                 plan.actions.push(Action::Delete { vm: vm.id.clone() });
@@ -198,6 +265,12 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             });
         }
         match (vm.request.power, running) {
+            // Runs on an old generation's disk (recreated while it ran): stop it; the next
+            // passes archive that disk and start the VM on its new one.
+            (_, true) if disk == DiskHere::Stale => {
+                report(&mut plan.actions, vm, Phase::Stopping, None);
+                plan.actions.push(Action::Shutdown { vm: vm.id.clone() });
+            }
             (Power::Running, true) if vm.reboots_asked > reboots_done => {
                 plan.actions.push(Action::Reboot {
                     vm: vm.id.clone(),
@@ -242,21 +315,17 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
                         ),
                         fix: "reset the crash count and start it again".into(),
                     });
-                } else if !disk && had_disk(vm) {
+                } else if let DiskHere::Missing(why) = &disk {
+                    report(&mut plan.actions, vm, Phase::Lost, Some(why.clone()));
+                    drift.push(missing_disk(me, vm, why));
+                } else if disk == DiskHere::Stale {
                     report(
                         &mut plan.actions,
                         vm,
-                        Phase::Failed,
-                        Some("its disk is missing".into()),
+                        Phase::Creating,
+                        Some("archiving the disk of before the recreate".into()),
                     );
-                    drift.push(Drift {
-                        id: format!("{me}/{}/{}", DriftKind::MissingDisk.as_str(), vm.id),
-                        host: me.into(),
-                        vm: vm.id.clone(),
-                        kind: DriftKind::MissingDisk,
-                        detail: format!("{} ran here, but its disk is gone", vm.request.name),
-                        fix: "create a fresh disk from the image and start it".into(),
-                    });
+                    plan.actions.push(Action::Archive { vm: vm.id.clone() });
                 } else {
                     // The phase says so at once, so nobody reads `running` while QEMU is gone.
                     let message = match vm.phase {
@@ -273,7 +342,14 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
                 report(&mut plan.actions, vm, Phase::Stopping, None);
                 plan.actions.push(Action::Shutdown { vm: vm.id.clone() });
             }
-            (Power::Stopped, false) => report(&mut plan.actions, vm, Phase::Stopped, None),
+            (Power::Stopped, false) => {
+                if let DiskHere::Missing(why) = &disk {
+                    report(&mut plan.actions, vm, Phase::Lost, Some(why.clone()));
+                    drift.push(missing_disk(me, vm, why));
+                } else {
+                    report(&mut plan.actions, vm, Phase::Stopped, None);
+                }
+            }
         }
     }
     let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
@@ -281,35 +357,7 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
         if !s.foreign && mine_ids.contains(s.id.as_str()) {
             continue;
         }
-        let elsewhere = compute.vms.get(&s.id).and_then(|v| v.value.host.clone());
-        let (kind, detail, fix) = match (&elsewhere, s.foreign, s.pid.is_some()) {
-            (_, true, _) => (
-                DriftKind::UnknownVm,
-                format!(
-                    "a QEMU process hearth did not start uses the files of {}",
-                    s.id
-                ),
-                "stop that process".to_string(),
-            ),
-            (Some(host), false, true) => (
-                DriftKind::WrongHost,
-                format!("{} runs here, but it is placed on {host}", s.id),
-                "shut down the copy on this host".to_string(),
-            ),
-            (_, false, true) => (
-                DriftKind::UnknownVm,
-                format!("{} runs here, but no VM by that id is placed here", s.id),
-                "shut it down (its disk stays)".to_string(),
-            ),
-            (_, false, false) => (
-                DriftKind::UnknownVm,
-                format!(
-                    "the files of {} are here, but no VM by that id is placed here",
-                    s.id
-                ),
-                "remove its files and disk".to_string(),
-            ),
-        };
+        let (kind, detail, fix) = stale_copy(s, compute);
         drift.push(Drift {
             id: format!("{me}/{}/{}", kind.as_str(), s.id),
             host: me.into(),
@@ -326,6 +374,52 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
     plan
 }
 
+/// What a copy on this host of a VM not placed here is, and its fix. No fix removes data: a
+/// stale copy is archived (shut down first if it runs); only an admin's explicit `--destroy`
+/// of the files of a VM that no longer exists removes them.
+fn stale_copy(s: &Seen, compute: &Compute) -> (DriftKind, String, String) {
+    const ARCHIVE: &str = "shut it down if it runs and move its files, disk included, to the archive (nothing is deleted)";
+    let runs = if s.pid.is_some() {
+        "runs here"
+    } else {
+        "has files here"
+    };
+    let vm = compute.vms.get(&s.id).map(|v| &v.value);
+    match (s.foreign, vm) {
+        (true, _) => (
+            DriftKind::UnknownVm,
+            format!(
+                "a QEMU process hearth did not start uses the files of {}",
+                s.id
+            ),
+            "stop that process (its files stay)".to_string(),
+        ),
+        (false, Some(vm)) => (
+            DriftKind::WrongHost,
+            format!(
+                "{} ({}) {runs} with a disk of generation {}, but it is placed on {}{}: a stale copy",
+                vm.request.name,
+                s.id,
+                s.generation,
+                vm.host.as_deref().unwrap_or("no host"),
+                match &vm.disk.host {
+                    Some(home) => format!(
+                        " with its disk on {home} (generation {})",
+                        vm.disk.generation
+                    ),
+                    None => String::new(),
+                }
+            ),
+            ARCHIVE.to_string(),
+        ),
+        (false, None) => (
+            DriftKind::UnknownVm,
+            format!("{} {runs}, but no VM by that id exists", s.id),
+            format!("{ARCHIVE}; or, with --destroy, remove them"),
+        ),
+    }
+}
+
 /// The actions for the fixes an operator asked for on this host's drift entries. A fix whose
 /// entry is gone is done already.
 fn fixes(me: &str, compute: &Compute, seen: &[Seen], drift: &[Drift], actions: &mut Vec<Action>) {
@@ -338,20 +432,21 @@ fn fixes(me: &str, compute: &Compute, seen: &[Seen], drift: &[Drift], actions: &
         let vm = entry.vm.clone();
         match entry.kind {
             DriftKind::CrashLoop => actions.push(Action::ResetCrashes { vm }),
-            DriftKind::WrongHost => actions.push(Action::Shutdown { vm }),
-            DriftKind::UnknownVm => {
+            DriftKind::WrongHost | DriftKind::UnknownVm => {
+                let destroy = compute.destroy.contains(id) && !compute.vms.contains_key(&vm);
+                let intruder = seen.iter().any(|s| s.id == vm && s.foreign);
                 for s in seen.iter().filter(|s| s.id == vm) {
                     match (s.foreign, s.pid) {
                         (true, Some(pid)) => actions.push(Action::KillForeign {
                             vm: vm.clone(),
                             pid,
                         }),
-                        (false, Some(_)) => actions.push(Action::Shutdown { vm: vm.clone() }),
-                        // Only files: the VM is not placed here, so they are a stale copy.
-                        (false, None) if !seen.iter().any(|o| o.id == vm && o.pid.is_some()) => {
-                            actions.push(Action::Delete { vm: vm.clone() })
-                        }
-                        _ => {}
+                        // Files a process hearth did not start still uses stay where they
+                        // are until that process is stopped.
+                        (false, _) if intruder => {}
+                        (false, _) if destroy => actions.push(Action::Delete { vm: vm.clone() }),
+                        (false, _) => actions.push(Action::Archive { vm: vm.clone() }),
+                        (true, None) => {}
                     }
                 }
             }
@@ -394,6 +489,12 @@ pub(crate) mod tests {
                 phase_since: 1,
                 reboots_asked: 0,
                 reboots_done: 0,
+                disk: hearth_types::compute::DiskHome {
+                    host: matches!(phase, Phase::Running | Phase::Stopped | Phase::Crashed)
+                        .then(|| host.to_owned()),
+                    generation: 1,
+                },
+                base: None,
             },
         }
     }
@@ -403,6 +504,7 @@ pub(crate) mod tests {
             id: id.into(),
             pid,
             disk_present: disk,
+            generation: 1,
             foreign: false,
         }
     }
@@ -468,16 +570,110 @@ pub(crate) mod tests {
         assert_eq!(plan.drift[0].kind, DriftKind::CrashLoop);
     }
 
+    fn starts(plan: &Plan) -> bool {
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { .. }))
+    }
+
     #[test]
-    fn a_missing_disk_is_drift_not_a_fresh_disk() {
-        let c = compute(vec![vm("vm-1", "w1", Phase::Running, Power::Running)]);
-        let plan = reconcile("w1", &c, &[], &Memory::default());
+    fn a_missing_disk_is_lost_not_a_fresh_disk() {
+        for power in [Power::Running, Power::Stopped] {
+            let c = compute(vec![vm("vm-1", "w1", Phase::Running, power)]);
+            let plan = reconcile("w1", &c, &[], &Memory::default());
+            assert!(!starts(&plan), "{power:?}: {:?}", plan.actions);
+            assert_eq!(plan.drift[0].kind, DriftKind::MissingDisk);
+            assert!(
+                plan.drift[0].fix.contains("--empty-disk"),
+                "{:?}",
+                plan.drift
+            );
+            assert!(
+                plan.actions.iter().any(|a| matches!(
+                    a,
+                    Action::Report {
+                        phase: Phase::Lost,
+                        ..
+                    }
+                )),
+                "{:?}",
+                plan.actions
+            );
+        }
+    }
+
+    #[test]
+    fn a_vm_starts_only_on_its_own_disk() {
+        let mut v = vm("vm-1", "w1", Phase::Stopped, Power::Running);
+        // Its home is another host: nothing starts here, whatever files are here.
+        v.value.disk.host = Some("w2".into());
+        let c = compute(vec![v.clone()]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert!(!starts(&plan), "{:?}", plan.actions);
+        assert_eq!(plan.drift[0].kind, DriftKind::MissingDisk);
+        // Its home is here but the disk here is of another generation.
+        v.value.disk.host = Some("w1".into());
+        v.value.disk.generation = 2;
+        let c = compute(vec![v.clone()]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert!(!starts(&plan), "{:?}", plan.actions);
+        // Its own disk: it starts.
+        v.value.disk.generation = 1;
+        let c = compute(vec![v]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert!(starts(&plan), "{:?}", plan.actions);
+    }
+
+    #[test]
+    fn a_recreated_vm_archives_its_old_disk_before_a_new_one() {
+        // Recreated: no home, generation 2; the old copy (generation 1) is still here.
+        let mut v = vm("vm-1", "w1", Phase::Placed, Power::Running);
+        v.value.disk.host = None;
+        v.value.disk.generation = 2;
+        let c = compute(vec![v]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", Some(3), true)], &Memory::default());
         assert!(
             plan.actions
-                .iter()
-                .all(|a| !matches!(a, Action::Start { .. }))
+                .contains(&Action::Shutdown { vm: "vm-1".into() }),
+            "it ran on the old disk: stopped first: {:?}",
+            plan.actions
         );
-        assert_eq!(plan.drift[0].kind, DriftKind::MissingDisk);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert!(
+            plan.actions
+                .contains(&Action::Archive { vm: "vm-1".into() })
+                && !starts(&plan),
+            "{:?}",
+            plan.actions
+        );
+        // Once the old copy is archived, the new disk is made.
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert!(starts(&plan), "{:?}", plan.actions);
+    }
+
+    #[test]
+    fn only_an_explicit_destroy_of_a_gone_vms_files_deletes() {
+        let mut c = compute(vec![vm("vm-2", "w2", Phase::Running, Power::Running)]);
+        let seen = [seen("vm-2", None, true), seen("vm-8", None, true)];
+        let plan = reconcile("w1", &c, &seen, &Memory::default());
+        let ids: Vec<_> = plan.drift.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(ids, ["w1/unknown-vm/vm-8", "w1/wrong-host/vm-2"]);
+        for id in &ids {
+            c.fixes.insert(id.clone(), 9);
+            c.destroy.insert(id.clone());
+        }
+        let plan = reconcile("w1", &c, &seen, &Memory::default());
+        assert!(
+            plan.actions.contains(&Action::Delete { vm: "vm-8".into() }),
+            "{:?}",
+            plan.actions
+        );
+        assert!(
+            plan.actions
+                .contains(&Action::Archive { vm: "vm-2".into() }),
+            "a copy of a VM that exists is never destroyed: {:?}",
+            plan.actions
+        );
     }
 
     #[test]
@@ -648,7 +844,8 @@ pub(crate) mod tests {
                 &Action::FixDone {
                     id: "w1/unknown-vm/vm-6".into()
                 },
-                &Action::Delete { vm: "vm-8".into() },
+                // Files of a VM that no longer exists: archived, never deleted unasked.
+                &Action::Archive { vm: "vm-8".into() },
                 &Action::FixDone {
                     id: "w1/unknown-vm/vm-8".into()
                 },
@@ -675,7 +872,8 @@ pub(crate) mod tests {
         a.value.ips.push(ip.clone());
         b.value.ips.push(ip);
         let c = compute(vec![a, b]);
-        let plan = reconcile("w1", &c, &[seen("vm-1", Some(1), true)], &Memory::default());
+        let seen = [seen("vm-1", Some(1), true), seen("vm-2", None, true)];
+        let plan = reconcile("w1", &c, &seen, &Memory::default());
         assert!(plan.drift.is_empty(), "{:?}", plan.drift);
     }
 }

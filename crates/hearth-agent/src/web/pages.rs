@@ -426,13 +426,24 @@ pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Val
         } else {
             post_button(&format!("{base}/drain"), "Drain", chrome.csrf, "")
         };
-        if host.is_some() {
+        // Fencing says the host is off: offered only for a dead host (a live one would run
+        // its VMs twice; a left one is usually an agent restarting).
+        if host.is_some() && fenced {
             actions.push(' ');
-            actions.push_str(&if fenced {
-                post_button(&format!("{base}/unfence"), "Unfence", chrome.csrf, "")
-            } else {
-                post_button(&format!("{base}/fence"), "Fence", chrome.csrf, "danger")
-            });
+            actions.push_str(&post_button(
+                &format!("{base}/unfence"),
+                "Unfence",
+                chrome.csrf,
+                "",
+            ));
+        } else if host.is_some() && state == "dead" {
+            actions.push(' ');
+            actions.push_str(&post_button(
+                &format!("{base}/fence"),
+                "Fence",
+                chrome.csrf,
+                "danger",
+            ));
         }
         body.push_str(&format!(
             "<tr id=\"node-{n}\"><td>{n}<br><span class=\"muted\">{}</span></td><td class=\"{}\">{}{flags}</td>\
@@ -445,7 +456,7 @@ pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Val
             n = escape(&name),
         ));
     }
-    body.push_str("</table></div>\n<p class=\"muted\">Drain takes a node out of DNS answers; fence declares a dead worker gone for good, so its VMs are placed elsewhere.</p>\n");
+    body.push_str("</table></div>\n<p class=\"muted\">Drain takes a node out of DNS answers; fence confirms a dead worker is off for good: its VMs that never had a disk are placed elsewhere, the others stay lost until it is back or an admin recreates them on an empty disk.</p>\n");
     frame(chrome, "Nodes · hearth", &body)
 }
 
@@ -792,5 +803,29 @@ mod tests {
         let html = drift_page(&chrome(true), &drift);
         assert!(html.contains("action=\"/admin/drift/w1/foreign-process/vm-9/fix\""));
         assert!(drift_page(&chrome(true), &json!([])).contains("No drift"));
+    }
+
+    #[test]
+    fn the_fence_button_is_offered_for_dead_hosts_only() {
+        let members = json!([
+            {"name": "w1", "state": "alive", "address": "192.0.2.1", "roles": ["worker"]},
+            {"name": "w2", "state": "suspect", "address": "192.0.2.2", "roles": ["worker"]},
+            {"name": "w3", "state": "left", "address": "192.0.2.3", "roles": ["worker"]},
+            {"name": "w4", "state": "dead", "address": "192.0.2.4", "roles": ["worker"]},
+        ]);
+        let hosts = json!(
+            ["w1", "w2", "w3", "w4"]
+                .iter()
+                .map(|n| json!({"name": n, "capacity": {}, "fenced": false, "vms": 1}))
+                .collect::<Vec<_>>()
+        );
+        let html = nodes_page(&chrome(true), &members, &hosts, &json!({}));
+        for host in ["w1", "w2", "w3"] {
+            assert!(
+                !html.contains(&format!("/admin/nodes/{host}/fence")),
+                "{host}: {html}"
+            );
+        }
+        assert!(html.contains("/admin/nodes/w4/fence"), "{html}");
     }
 }

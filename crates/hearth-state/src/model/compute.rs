@@ -2,8 +2,8 @@
 //! allocation happens here, in log order, so an address can never go to two VMs.
 
 use hearth_types::compute::{
-    Assigned, Capacity, Compute, Drift, DriftKind, Image, IoLimits, IpPool, Phase, Power, Vm,
-    VmRequest,
+    Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Image, IoLimits, IpPool, Phase, Power,
+    Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
@@ -95,14 +95,34 @@ pub enum ComputeCommand {
         done: u64,
     },
     /// An operator applies a drift entry's proposed fix. Fixes of the desired state are
-    /// applied here; fixes on a host are recorded for that host to carry out.
+    /// applied here; fixes on a host are recorded for that host to carry out. With
+    /// `destroy`, the fix of an `unknown-vm` entry for files of a VM that no longer exists
+    /// removes them instead of archiving them (refused for any other entry).
     Fix {
         id: String,
+        #[serde(default)]
+        destroy: bool,
     },
     /// The host carried out (or gave up on) the fix of drift entry `id`.
     FixDone {
         id: String,
         host: String,
+    },
+    /// A host records that it holds the VM's disk of `generation`, before QEMU first runs on
+    /// it. Refused unless the VM is placed on that host at that generation and has no other
+    /// home: so the desired state always knows where a disk that ever ran is.
+    ClaimDisk {
+        vm: String,
+        host: String,
+        generation: u64,
+    },
+    /// An admin gives up a lost disk: the VM starts over on an empty disk from its image (a
+    /// new generation, so any copy of the old disk is stale and never used). Allowed only
+    /// when the old disk cannot be in use: the VM's host is fenced, or reported the disk
+    /// missing, or the VM never had one.
+    Recreate {
+        vm: String,
+        expect: Expect,
     },
 }
 
@@ -122,8 +142,12 @@ impl ComputeCommand {
             | ComputeCommand::Report { vm, .. }
             | ComputeCommand::Forget { vm, .. }
             | ComputeCommand::Reboot { vm, .. }
-            | ComputeCommand::Rebooted { vm, .. } => format!("vm/{vm}"),
-            ComputeCommand::Fix { id } | ComputeCommand::FixDone { id, .. } => format!("fix/{id}"),
+            | ComputeCommand::Rebooted { vm, .. }
+            | ComputeCommand::ClaimDisk { vm, .. }
+            | ComputeCommand::Recreate { vm, .. } => format!("vm/{vm}"),
+            ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
+                format!("fix/{id}")
+            }
             ComputeCommand::Host { host, .. } | ComputeCommand::Fence { host, .. } => {
                 format!("host/{host}")
             }
@@ -204,6 +228,17 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
                     current: Some(entry.version),
                 };
             }
+            // A disk never moves by placement: a VM with a home goes nowhere else.
+            if let Some(home) = &entry.value.disk.host
+                && host.as_ref() != Some(home)
+            {
+                return Outcome::Invalid {
+                    message: format!(
+                        "vm: the disk of {} is on {home}; it cannot start anywhere else",
+                        entry.value.request.name
+                    ),
+                };
+            }
             entry.value.host = host.clone();
             let phase = if host.is_some() {
                 Phase::Placed
@@ -230,7 +265,13 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
                     current: Some(entry.version),
                 };
             }
-            if entry.value.phase == *phase && entry.value.message == *message {
+            // A VM that runs on its host has its disk there, whatever else was recorded
+            // (states written before disks had homes).
+            let claims = *phase == Phase::Running && entry.value.disk.host.is_none();
+            if claims {
+                entry.value.disk.host = Some(host.clone());
+            }
+            if entry.value.phase == *phase && entry.value.message == *message && !claims {
                 return Outcome::Nothing;
             }
             set_phase(&mut entry.value, *phase, message.clone(), index);
@@ -307,19 +348,100 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
                 version: entry.version,
             }
         }
-        ComputeCommand::Fix { id } => fix(compute, id, index),
+        ComputeCommand::Fix { id, destroy } => fix(compute, id, *destroy, index),
         ComputeCommand::FixDone { id, host } => {
             if !id.starts_with(&format!("{host}/")) || compute.fixes.remove(id).is_none() {
                 return Outcome::Nothing;
             }
+            compute.destroy.remove(id);
             Outcome::Applied { version: index }
+        }
+        ComputeCommand::ClaimDisk {
+            vm,
+            host,
+            generation,
+        } => claim_disk(compute, vm, host, *generation),
+        ComputeCommand::Recreate { vm, expect } => recreate(compute, vm, *expect, index),
+    }
+}
+
+fn claim_disk(compute: &mut Compute, vm: &str, host: &str, generation: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(vm) else {
+        return Outcome::NotFound;
+    };
+    let vm = &mut entry.value;
+    let placed_here = vm.host.as_deref() == Some(host);
+    match &vm.disk.host {
+        _ if !placed_here || vm.deleting || vm.disk.generation != generation => Outcome::Conflict {
+            current: Some(entry.version),
+        },
+        Some(home) if home == host => Outcome::Nothing,
+        Some(_) => Outcome::Conflict {
+            current: Some(entry.version),
+        },
+        None => {
+            vm.disk.host = Some(host.to_owned());
+            Outcome::Applied {
+                version: entry.version,
+            }
         }
     }
 }
 
+/// `hearth vm recreate NAME --empty-disk`: the old disk is given up, never reused.
+fn recreate(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Outcome {
+    let Some(entry) = compute.vms.get(key) else {
+        return Outcome::NotFound;
+    };
+    let vm = &entry.value;
+    let fenced = vm
+        .host
+        .as_ref()
+        .is_some_and(|h| compute.hosts.get(h).is_some_and(|h| h.fenced));
+    // Its host said the disk is missing (a host reports `lost` for nothing else).
+    let missing = vm.phase == Phase::Lost;
+    if vm.host.is_some() && vm.disk.host.is_some() && !fenced && !missing {
+        return Outcome::Invalid {
+            message: format!(
+                "vm: the disk of {} is on {}, which has not reported it missing; recreate gives up a lost disk only (if {} is off for good, fence it first)",
+                vm.request.name,
+                vm.disk.host.as_deref().unwrap_or_default(),
+                vm.host.as_deref().unwrap_or_default()
+            ),
+        };
+    }
+    let base = compute
+        .images
+        .get(&vm.request.image)
+        .map(|image| image.value.clone());
+    update_vm(compute, key, expect, index, |vm| {
+        vm.disk = DiskHome {
+            host: None,
+            generation: vm.disk.generation + 1,
+        };
+        if base.is_some() {
+            vm.base = base;
+        }
+        if fenced {
+            vm.host = None;
+        }
+        let phase = if vm.host.is_some() {
+            Phase::Placed
+        } else {
+            Phase::Pending
+        };
+        set_phase(
+            vm,
+            phase,
+            Some("recreated with an empty disk".into()),
+            index,
+        );
+    })
+}
+
 /// The proposed fix of a drift entry. Conflicts and missing disks are fixed in the desired
 /// state; the rest is the host's to do.
-fn fix(compute: &mut Compute, id: &str, index: u64) -> Outcome {
+fn fix(compute: &mut Compute, id: &str, destroy: bool, index: u64) -> Outcome {
     let Some(entry) = compute
         .drift
         .values()
@@ -336,17 +458,31 @@ fn fix(compute: &mut Compute, id: &str, index: u64) -> Outcome {
                 vm.request.power = Power::Stopped
             })
         }
-        DriftKind::MissingDisk => {
-            let Some(vm) = compute.vms.get_mut(&entry.vm) else {
-                return Outcome::NotFound;
-            };
-            // Placed again: the host makes a fresh disk from the image and starts it.
-            set_phase(&mut vm.value, Phase::Placed, None, index);
-            vm.version = index;
-            Outcome::Applied { version: index }
+        _ if destroy
+            && (entry.kind != DriftKind::UnknownVm || compute.vms.contains_key(&entry.vm)) =>
+        {
+            Outcome::Invalid {
+                message: format!(
+                    "destroy: {id} is not the files of a VM that no longer exists; only those can be destroyed"
+                ),
+            }
         }
+        // Starting over on an empty disk is never a one-click fix: the data would be gone.
+        DriftKind::MissingDisk => Outcome::Invalid {
+            message: format!(
+                "id: no fix brings back a missing disk; if its data is gone, start over with `hearth vm recreate {} --empty-disk`",
+                compute.vms.get(&entry.vm).map_or(entry.vm.as_str(), |vm| vm
+                    .value
+                    .request
+                    .name
+                    .as_str())
+            ),
+        },
         DriftKind::UnknownVm | DriftKind::WrongHost | DriftKind::CrashLoop => {
             compute.fixes.insert(entry.id.clone(), index);
+            if destroy {
+                compute.destroy.insert(entry.id.clone());
+            }
             Outcome::Applied { version: index }
         }
     }
@@ -364,7 +500,7 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
     if let Err(message) = request.validate() {
         return Outcome::Invalid { message };
     }
-    let Some(image) = compute.images.get(&request.image) else {
+    let Some(image) = compute.images.get(&request.image).cloned() else {
         return Outcome::Invalid {
             message: format!("image: no image named {}", request.image),
         };
@@ -422,6 +558,11 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 phase_since: index,
                 reboots_asked: 0,
                 reboots_done: 0,
+                disk: DiskHome {
+                    host: None,
+                    generation: 1,
+                },
+                base: Some(image.value),
             },
         },
     );
@@ -661,5 +802,193 @@ mod tests {
             12,
         );
         assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+    }
+
+    /// A VM with no addresses (the test pool has room for one only).
+    fn created(compute: &mut Compute, name: &str, index: u64) -> String {
+        let mut request = request(name);
+        request.pools.clear();
+        let Outcome::Created { id, .. } =
+            apply(compute, &ComputeCommand::CreateVm { request }, index)
+        else {
+            panic!("not created")
+        };
+        id
+    }
+
+    #[test]
+    fn a_disk_home_is_claimed_once_by_the_vms_host_and_never_moves_by_placement() {
+        let mut compute = setup();
+        let id = created(&mut compute, "a", 10);
+        assert_eq!(compute.vms[&id].value.disk.generation, 1);
+        let claim = |host: &str, generation| ComputeCommand::ClaimDisk {
+            vm: id.clone(),
+            host: host.into(),
+            generation,
+        };
+        // Not placed there: refused.
+        assert!(matches!(
+            apply(&mut compute, &claim("w1", 1), 11),
+            Outcome::Conflict { .. }
+        ));
+        let place = |host: Option<&str>, from: Option<&str>| ComputeCommand::Place {
+            vm: id.clone(),
+            host: host.map(Into::into),
+            from: from.map(Into::into),
+        };
+        assert!(apply(&mut compute, &place(Some("w1"), None), 12).changed());
+        assert!(matches!(
+            apply(&mut compute, &claim("w1", 2), 13),
+            Outcome::Conflict { .. }
+        ));
+        assert!(apply(&mut compute, &claim("w1", 1), 14).changed());
+        assert_eq!(apply(&mut compute, &claim("w1", 1), 15), Outcome::Nothing);
+        assert_eq!(compute.vms[&id].value.disk.host.as_deref(), Some("w1"));
+        // With its disk on w1, the VM goes nowhere else.
+        let outcome = apply(&mut compute, &place(Some("w2"), Some("w1")), 16);
+        assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+        let outcome = apply(&mut compute, &place(None, Some("w1")), 17);
+        assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+        // A missing disk has no one-click fix.
+        compute.drift.insert(
+            "w1".into(),
+            vec![Drift {
+                id: format!("w1/missing-disk/{id}"),
+                host: "w1".into(),
+                vm: id.clone(),
+                kind: DriftKind::MissingDisk,
+                detail: String::new(),
+                fix: String::new(),
+            }],
+        );
+        let outcome = apply(
+            &mut compute,
+            &ComputeCommand::Fix {
+                id: format!("w1/missing-disk/{id}"),
+                destroy: false,
+            },
+            18,
+        );
+        assert!(
+            matches!(&outcome, Outcome::Invalid { message } if message.contains("--empty-disk")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn recreate_gives_up_only_a_disk_that_is_lost() {
+        let mut compute = setup();
+        let id = created(&mut compute, "a", 10);
+        for (i, command) in [
+            ComputeCommand::Place {
+                vm: id.clone(),
+                host: Some("w1".into()),
+                from: None,
+            },
+            ComputeCommand::ClaimDisk {
+                vm: id.clone(),
+                host: "w1".into(),
+                generation: 1,
+            },
+            ComputeCommand::Report {
+                vm: id.clone(),
+                host: "w1".into(),
+                phase: Phase::Running,
+                message: None,
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(apply(&mut compute, command, 11 + i as u64).changed());
+        }
+        let recreate = ComputeCommand::Recreate {
+            vm: id.clone(),
+            expect: Expect::Any,
+        };
+        // w1 is up as far as the state knows and has the disk.
+        let outcome = apply(&mut compute, &recreate, 20);
+        assert!(
+            matches!(&outcome, Outcome::Invalid { message } if message.contains("fence")),
+            "{outcome:?}"
+        );
+        assert_eq!(compute.vms[&id].value.disk.generation, 1);
+        // Fenced: the VM starts over elsewhere, on a new generation.
+        apply(
+            &mut compute,
+            &ComputeCommand::Fence {
+                host: "w1".into(),
+                fenced: true,
+            },
+            21,
+        );
+        assert!(apply(&mut compute, &recreate, 22).changed());
+        let vm = &compute.vms[&id].value;
+        assert_eq!((vm.host.as_deref(), vm.disk.host.as_deref()), (None, None));
+        assert_eq!(vm.disk.generation, 2);
+        assert_eq!(vm.phase, Phase::Pending);
+        // A host that reported the disk missing may have it recreated in place.
+        let other = created(&mut compute, "b", 30);
+        for command in [
+            ComputeCommand::Place {
+                vm: other.clone(),
+                host: Some("w2".into()),
+                from: None,
+            },
+            ComputeCommand::ClaimDisk {
+                vm: other.clone(),
+                host: "w2".into(),
+                generation: 1,
+            },
+            ComputeCommand::Report {
+                vm: other.clone(),
+                host: "w2".into(),
+                phase: Phase::Lost,
+                message: Some("its disk is gone from this host".into()),
+            },
+            ComputeCommand::Recreate {
+                vm: other.clone(),
+                expect: Expect::Any,
+            },
+        ] {
+            assert!(apply(&mut compute, &command, 31).changed(), "{command:?}");
+        }
+        let vm = &compute.vms[&other].value;
+        assert_eq!(vm.host.as_deref(), Some("w2"));
+        assert_eq!((vm.disk.host.as_deref(), vm.disk.generation), (None, 2));
+    }
+
+    #[test]
+    fn new_image_content_is_a_new_version_and_vms_keep_their_base() {
+        let mut compute = setup();
+        let id = created(&mut compute, "a", 10);
+        let mut newer = image();
+        newer.disk.sha256 = "b".repeat(64);
+        assert!(
+            apply(
+                &mut compute,
+                &ComputeCommand::PutImage {
+                    image: newer.clone(),
+                    expect: Expect::Any,
+                },
+                11
+            )
+            .changed()
+        );
+        assert_eq!(compute.images["tiny"].value, newer);
+        assert_eq!(compute.images["tiny"].version, 11);
+        let vm = &compute.vms[&id].value;
+        assert_eq!(vm.base_image(&compute).unwrap().disk.sha256, "a".repeat(64));
+        // A VM created now gets the new version.
+        let later = created(&mut compute, "b", 12);
+        assert_eq!(
+            compute.vms[&later]
+                .value
+                .base_image(&compute)
+                .unwrap()
+                .disk
+                .sha256,
+            "b".repeat(64)
+        );
     }
 }
