@@ -166,6 +166,19 @@ if wait_for /dev/vda 150; then
     discard_max=$(cat /sys/block/vda/queue/discard_max_bytes)
     base_marker=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9 .=_-')
     say "HEARTH-GUEST-DISK dev=vda bytes=$disk_bytes discard_max_bytes=$discard_max base=\"$base_marker\""
+    # The boot counter lives on the VM's own disk, at 1 MiB (zeros in the base image): a VM
+    # that kept its disk says boots=N+1, one started on a blank disk says boots=1 again.
+    boots=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Z0-9 -')
+    case "$boots" in
+        "HEARTH-BOOTS "[0-9]*) boots=$((${boots#HEARTH-BOOTS } + 1)) ;;
+        *) boots=1 ;;
+    esac
+    if printf 'HEARTH-BOOTS %s\n' "$boots" \
+        | dd of=/dev/vda bs=512 seek=2048 count=1 conv=notrunc,sync,fsync 2>/dev/null; then
+        say "HEARTH-GUEST-BOOTS n=$boots"
+    else
+        say "HEARTH-GUEST-WARN cannot write the boot counter"
+    fi
     # With hearth.discard_check on the command line, write 4 MiB at 16 MiB and discard them
     # again: the host then sees whether the discard reached the overlay (discard=unmap).
     if grep -q 'hearth.discard_check' /proc/cmdline; then

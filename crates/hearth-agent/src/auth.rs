@@ -327,6 +327,11 @@ pub(crate) mod tests {
         assert_eq!(check(Method::GET, "/v1/vms/a1"), Verdict::Allow);
         assert_eq!(check(Method::POST, "/v1/vms/vm-1/stop"), Verdict::Allow);
         assert_eq!(check(Method::GET, "/v1/vms/vm-1/console"), Verdict::Allow);
+        // Giving up a disk is for admins, even of the member's own VM.
+        assert!(matches!(
+            check(Method::POST, "/v1/vms/a1/recreate"),
+            Verdict::Forbidden(_)
+        ));
         // Another member's VM, by name or id, looks like no VM at all.
         assert_eq!(
             check(Method::GET, "/v1/vms/b1"),

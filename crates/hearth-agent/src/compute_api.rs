@@ -166,6 +166,10 @@ async fn upload_blob(
         );
     }
     if state.blobs.has(&sha256) {
+        // Read the body to its end all the same: a client still sending it would otherwise
+        // see its connection reset (a new version of an image re-sends its kernel, say).
+        let mut stream = body.into_data_stream();
+        while let Some(Ok(_)) = stream.next().await {}
         return (
             StatusCode::OK,
             Json(serde_json::json!({ "sha256": sha256, "stored": "already" })),

@@ -29,7 +29,7 @@ use hearth_dns::{DnsMetrics, Zone};
 use hearth_membership::{Keyring, Membership, MembershipConfig};
 use hearth_state::network::SharedKeyring;
 use hearth_state::node::{StartStateError, StateConfig, StateNode};
-use hearth_types::NodeMeta;
+use hearth_types::{NodeMeta, Role};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
@@ -282,6 +282,13 @@ impl Agent {
                     state: state.clone(),
                     metrics: compute_metrics.clone(),
                 },
+                shutdown.clone(),
+            ));
+        }
+        if let (Some(state), true) = (&state, config.roles.contains(&Role::Server)) {
+            tasks.spawn(compute::replicate_images(
+                state.clone(),
+                blobs.clone(),
                 shutdown.clone(),
             ));
         }

@@ -18,6 +18,7 @@ pub const DNS_PORT: u16 = 8053;
 pub mod delay;
 pub mod netns;
 pub mod smtp;
+pub mod vms;
 pub mod webdriver;
 
 pub const ZONE: &str = "coop.test.";
@@ -407,6 +408,14 @@ impl TestAgent {
     /// Runs `hearth ARGS --api <this agent> --token <its token>`; panics unless it succeeds,
     /// and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.cli_result(args);
+        assert!(code == Some(0), "hearth {args:?}: {stderr}");
+        stdout
+    }
+
+    /// Runs `hearth ARGS --api <this agent> --token <its token>`, whatever its outcome: the
+    /// exit code, standard output and standard error.
+    pub fn cli_result(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let output = Command::new(&self.bin)
             .args(args)
             // `--token=…`: a token may start with `-`.
@@ -414,12 +423,11 @@ impl TestAgent {
             .arg(format!("--token={}", self.token()))
             .output()
             .expect("run hearth");
-        assert!(
-            output.status.success(),
-            "hearth {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// This agent's `/v1/state`.

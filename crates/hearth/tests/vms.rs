@@ -5,13 +5,10 @@
 //! removes the disk and frees the address; VMs spread over two workers, and a console read
 //! through another node's API.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use hearth_testkit::vms::{BOOT, console, passes, vm, vm_dir, wait_for_hosts, wait_phase};
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
-use serde_json::Value;
-
-const BOOT: Duration = Duration::from_secs(120);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
@@ -31,48 +28,6 @@ fn single_worker() -> TestCluster {
 
 fn add_image_and_pool(agent: &TestAgent) {
     agent.add_test_guest(&hearth_testkit::test_guest());
-}
-
-fn wait_for_hosts(agent: &TestAgent, n: usize) {
-    eventually(&format!("{n} workers registered"), BOOT, || {
-        match agent.host_count()? {
-            count if count == n => Ok(()),
-            count => Err(format!("{count} hosts")),
-        }
-    });
-}
-
-fn vm(agent: &TestAgent, name: &str) -> Result<Value, String> {
-    agent.api_json(&format!("/v1/vms/{name}"))
-}
-
-fn wait_phase(agent: &TestAgent, name: &str, phase: &str) -> Value {
-    eventually(&format!("{name} {phase}"), BOOT, || {
-        let row = vm(agent, name)?;
-        if row["shown_phase"] == phase {
-            Ok(row)
-        } else {
-            Err(row.to_string())
-        }
-    })
-}
-
-fn vm_dir(agent: &TestAgent, id: &str) -> PathBuf {
-    agent.dir.join("data").join("vms").join(id)
-}
-
-fn console(agent: &TestAgent, id: &str) -> String {
-    std::fs::read_to_string(vm_dir(agent, id).join("console.log"))
-        .unwrap_or_default()
-        .replace('\r', "")
-}
-
-fn passes(agent: &TestAgent) -> u64 {
-    let (_, text) = agent.http_get("/metrics", false).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("hearth_reconcile_passes_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -354,27 +354,46 @@ fn decide(
     )
 }
 
+/// Why a VM did not start.
+#[derive(Debug)]
+enum BootError {
+    /// Before QEMU ran: the image could not be fetched, or the disk's home not recorded.
+    /// Retried on the next passes; not a crash.
+    NotYet(String),
+    /// QEMU or its disk failed: counts toward the crash limit.
+    Failed(String),
+}
+
 /// Fetches the image if needed, makes the disk if the VM never had one (and records this host
 /// as its home before anything runs on it), and starts QEMU on it.
-async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, String> {
-    fetch_image(host, vm, compute).await?;
-    let spec = spec_for(vm, compute, &host.blobs)?;
+async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError> {
+    fetch_image(host, vm, compute)
+        .await
+        .map_err(BootError::NotYet)?;
+    let spec = spec_for(vm, compute, &host.blobs).map_err(BootError::NotYet)?;
     match vm.disk.host.as_deref() {
         Some(home) if home == host.name => {}
-        Some(home) => return Err(format!("its disk is on {home}, not here")),
+        Some(home) => {
+            return Err(BootError::Failed(format!(
+                "its disk is on {home}, not here"
+            )));
+        }
         None => {
             let made = host
                 .driver
                 .create_disk(&spec)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| BootError::Failed(e.to_string()))?;
             if made {
                 tracing::info!(vm = %vm.id, generation = spec.generation, "disk created");
             }
-            claim_disk(host, vm).await?;
+            claim_disk(host, vm).await.map_err(BootError::NotYet)?;
         }
     }
-    host.driver.start(&spec).await.map_err(|e| e.to_string())
+    host.driver
+        .start(&spec)
+        .await
+        .map_err(|e| BootError::Failed(e.to_string()))
 }
 
 /// Records this host as the home of the VM's disk, through Raft. Until that is committed
@@ -414,7 +433,7 @@ async fn started(
     host: &Arc<Host>,
     tracking: &Mutex<Tracking>,
     vm: &Vm,
-    result: Result<u32, String>,
+    result: Result<u32, BootError>,
 ) {
     let mut t = tracking.lock().await;
     t.busy.remove(&vm.id);
@@ -427,7 +446,12 @@ async fn started(
             drop(t);
             report(host, &vm.id, Phase::Running, None).await;
         }
-        Err(error) => {
+        Err(BootError::NotYet(error)) => {
+            tracing::warn!(vm = %vm.id, %error, "VM not started yet; retrying");
+            drop(t);
+            report(host, &vm.id, Phase::Creating, Some(error)).await;
+        }
+        Err(BootError::Failed(error)) => {
             tracing::warn!(vm = %vm.id, %error, "VM start failed");
             t.running_since.remove(&vm.id);
             *t.memory.recent_crashes.entry(vm.id.clone()).or_insert(0) += 1;
@@ -486,23 +510,10 @@ async fn fetch_image(host: &Host, vm: &Vm, compute: &Compute) -> Result<(), Stri
             )),
         )
         .await;
-        let mut writer = host.blobs.writer(&blob.sha256).map_err(|e| e.to_string())?;
-        let fetched = host
-            .state
-            .fetch_blob(&blob.sha256, |chunk| {
-                writer.write(chunk).map_err(|e| e.to_string())
-            })
-            .await;
-        match fetched {
-            Ok(size) => {
-                writer.finish().map_err(|e| e.to_string())?;
-                tracing::info!(sha256 = %blob.sha256, size, "image file fetched");
-            }
-            Err(error) => {
-                writer.abort();
-                return Err(format!("cannot fetch image {}: {error}", image.name));
-            }
-        }
+        let size = super::fetch_blob(&host.state, &host.blobs, &blob.sha256)
+            .await
+            .map_err(|error| format!("cannot fetch image {}: {error}", image.name))?;
+        tracing::info!(sha256 = %blob.sha256, size, "image file fetched");
     }
     Ok(())
 }

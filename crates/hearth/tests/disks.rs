@@ -1,0 +1,373 @@
+//! A member's disk is never lost and a VM never runs twice, with real agents and real QEMU
+//! guests that count their boots on their own disk (`HEARTH-GUEST-BOOTS n=N`): a VM that kept
+//! its disk counts on, one started on a blank disk would say `n=1` again.
+//!
+//! - an agent stopped with SIGTERM, made to `hearth leave`, or killed with `kill -9`: its VM
+//!   shows `lost` elsewhere, is never placed again, keeps running in the same QEMU, and is
+//!   adopted when the agent is back;
+//! - a fence of a host gossip sees alive is refused;
+//! - a powered-off, fenced host's VM stays `lost` with a `missing-disk` entry and no fix;
+//!   `hearth vm recreate --empty-disk` (admins only, audited) then starts it over elsewhere;
+//!   when the old host comes back, its stale copy is archived by the drift fix, not deleted;
+//! - an image replaced while a VM uses it: the VM keeps its base after a reboot.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_testkit::vms::{
+    BOOT, boots, console, vm, vm_dir, wait_for_hosts, wait_passes, wait_phase,
+};
+use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// Three server+worker agents with the guest image and a pool declared.
+fn three_workers() -> TestCluster {
+    let cluster = TestCluster::start_with(bin(), 3, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    wait_for_hosts(&cluster.agents[0], 3);
+    cluster.agents[0].add_test_guest(&hearth_testkit::test_guest());
+    cluster
+}
+
+/// Creates a running VM through `agent` and waits for its guest's first boot; returns the
+/// index of its host and its id.
+fn running_vm(cluster: &TestCluster, agent: usize, name: &str) -> (usize, String) {
+    let agent = &cluster.agents[agent];
+    agent.cli(&[
+        "vm",
+        "create",
+        name,
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ]);
+    let row = wait_phase(agent, name, "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let host = host_index(cluster, &row);
+    wait_boots(&cluster.agents[host], &id, &[1]);
+    (host, id)
+}
+
+fn host_index(cluster: &TestCluster, row: &Value) -> usize {
+    cluster
+        .agents
+        .iter()
+        .position(|a| row["host"] == a.spec.name.as_str())
+        .unwrap_or_else(|| panic!("not on a known host: {row}"))
+}
+
+/// Waits until the guest's boot counters on `host`'s console are exactly `expected`.
+fn wait_boots(host: &TestAgent, id: &str, expected: &[u64]) {
+    eventually(&format!("{id} boots {expected:?}"), BOOT, || {
+        let text = console(host, id);
+        if boots(&text) == expected && text.matches("HEARTH-GUEST-READY").count() == expected.len()
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
+
+fn one_qemu(host: &TestAgent) -> u32 {
+    match qemu_pids_under(&host.dir)[..] {
+        [pid] => pid,
+        ref other => panic!("{}: QEMU processes {other:?}", host.spec.name),
+    }
+}
+
+fn other(host: usize) -> usize {
+    (host + 1) % 3
+}
+
+/// The VM, read through another node while its host's agent is away: `lost`, still placed
+/// on that host, and still so after several reconciliation passes there.
+fn stays_lost_on(cluster: &TestCluster, observer: usize, name: &str, host: &str) {
+    let agent = &cluster.agents[observer];
+    let row = wait_phase(agent, name, "lost");
+    assert_eq!(row["host"], host, "{row}");
+    wait_passes(agent, 3);
+    let row = vm(agent, name).unwrap();
+    assert_eq!(row["host"], host, "never placed elsewhere: {row}");
+    assert_eq!(row["disk"]["host"], host, "{row}");
+    assert_eq!(row["shown_phase"], "lost", "{row}");
+}
+
+#[test]
+fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
+    let mut cluster = three_workers();
+    let (h, id) = running_vm(&cluster, 0, "web1");
+    let o = other(h);
+    let host = cluster.agents[h].spec.name.clone();
+    let qemu = one_qemu(&cluster.agents[h]);
+
+    // Ways an agent goes away: SIGTERM (as systemd stops it), `hearth leave`, kill -9.
+    for way in ["SIGTERM", "leave", "kill -9"] {
+        match way {
+            "SIGTERM" => {
+                cluster.agents[h].signal("TERM");
+                cluster.agents[h].wait_exit(Duration::from_secs(30));
+            }
+            "leave" => {
+                cluster.agents[h].cli(&["leave"]);
+                cluster.agents[h].wait_exit(Duration::from_secs(30));
+            }
+            _ => cluster.agents[h].kill9(),
+        }
+        assert_eq!(
+            qemu_pids_under(&cluster.agents[h].dir),
+            [qemu],
+            "{way}: QEMU outlives the agent"
+        );
+        stays_lost_on(&cluster, o, "web1", &host);
+        let drift = cluster.agents[o].api_json("/v1/drift").unwrap();
+        assert!(
+            drift
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["id"] == format!("{host}/missing-disk/{id}").as_str()
+                    && d["fix"].as_str().unwrap_or("").contains("come back")),
+            "{way}: {drift}"
+        );
+        // No copy anywhere else.
+        for (i, agent) in cluster.agents.iter().enumerate() {
+            if i != h {
+                assert!(
+                    !vm_dir(agent, &id).exists(),
+                    "{way}: a copy on {}",
+                    agent.spec.name
+                );
+                assert!(qemu_pids_under(&agent.dir).is_empty(), "{way}");
+            }
+        }
+
+        cluster.agents[h].restart();
+        wait_phase(&cluster.agents[o], "web1", "running");
+        wait_passes(&cluster.agents[h], 3);
+        assert_eq!(
+            qemu_pids_under(&cluster.agents[h].dir),
+            [qemu],
+            "{way}: adopted, the same QEMU"
+        );
+        assert_eq!(
+            boots(&console(&cluster.agents[h], &id)),
+            [1],
+            "{way}: never started again"
+        );
+    }
+
+    // A fence of a host gossip sees alive is refused, and changes nothing.
+    let (code, _, err) = cluster.agents[o].cli_result(&["node", "fence", &host]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("alive") && err.contains("web1"), "{err}");
+    let hosts = cluster.agents[o].api_json("/v1/hosts").unwrap();
+    assert!(
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["fenced"] == false),
+        "{hosts}"
+    );
+    assert_eq!(one_qemu(&cluster.agents[h]), qemu);
+}
+
+#[test]
+fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk() {
+    let mut cluster = three_workers();
+    let (h, id) = running_vm(&cluster, 0, "db1");
+    let o = other(h);
+    let host = cluster.agents[h].spec.name.clone();
+    // A reboot first, so the disk holds two boots: a blank disk would say 1.
+    cluster.agents[o].cli(&["vm", "reboot", "db1"]);
+    wait_boots(&cluster.agents[h], &id, &[1, 2]);
+
+    // The machine loses power: its agent and its QEMU die.
+    let qemu = one_qemu(&cluster.agents[h]);
+    cluster.agents[h].kill9();
+    kill_pid(qemu);
+    stays_lost_on(&cluster, o, "db1", &host);
+
+    // Fenced as the README says: still lost, its disk on the fenced host, no one-click fix.
+    let out = cluster.agents[o].cli(&["node", "fence", &host]);
+    assert!(out.contains("fence"), "{out}");
+    stays_lost_on(&cluster, o, "db1", &host);
+    let entry_id = format!("{host}/missing-disk/{id}");
+    let drift = cluster.agents[o].api_json("/v1/drift").unwrap();
+    let entry = drift
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == entry_id.as_str())
+        .unwrap_or_else(|| panic!("{drift}"))
+        .clone();
+    assert!(
+        entry["detail"].as_str().unwrap().contains("fenced"),
+        "{entry}"
+    );
+    assert!(
+        entry["fix"]
+            .as_str()
+            .unwrap()
+            .contains("recreate db1 --empty-disk"),
+        "{entry}"
+    );
+    let (code, _, err) = cluster.agents[o].cli_result(&["fix", &entry_id]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("recreate"), "{err}");
+    for agent in &cluster.agents {
+        assert!(qemu_pids_under(&agent.dir).is_empty(), "nothing runs it");
+    }
+
+    // Recreate needs the words, and an admin (the node token here is root).
+    let (code, _, err) = cluster.agents[o].cli_result(&["vm", "recreate", "db1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--empty-disk"), "{err}");
+    let out = cluster.agents[o].cli(&["vm", "recreate", "db1", "--empty-disk"]);
+    assert!(out.contains("empty disk"), "{out}");
+    let row = wait_phase(&cluster.agents[o], "db1", "running");
+    let new_host = host_index(&cluster, &row);
+    assert_ne!(new_host, h, "{row}");
+    assert_eq!(row["disk"]["generation"], 2, "{row}");
+    // The admin asked for a blank disk, and got one: the guest counts from 1 again.
+    wait_boots(&cluster.agents[new_host], &id, &[1]);
+    let audit = eventually("the recreate audited", BOOT, || {
+        let entries = cluster.agents[o].api_json("/v1/audit")?;
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["path"] == "/v1/vms/db1/recreate" && e["method"] == "POST")
+            .cloned()
+            .ok_or_else(|| entries.to_string())
+    });
+    assert_eq!(audit["status"], 200, "{audit}");
+
+    // The old host comes back with its copy (generation 1, two boots): a stale copy that
+    // is never started, and whose drift fix archives it instead of deleting it.
+    cluster.agents[h].restart();
+    cluster.agents[o].cli(&["node", "unfence", &host]);
+    let stale_id = format!("{host}/wrong-host/{id}");
+    eventually("the stale copy reported", BOOT, || {
+        let drift = cluster.agents[o].api_json("/v1/drift")?;
+        drift
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["id"] == stale_id.as_str())
+            .cloned()
+            .ok_or_else(|| drift.to_string())
+    });
+    assert!(
+        qemu_pids_under(&cluster.agents[h].dir).is_empty(),
+        "not started"
+    );
+    let (code, _, err) = cluster.agents[o].cli_result(&["fix", &stale_id, "--destroy"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("destroy"), "{err}");
+    assert!(
+        vm_dir(&cluster.agents[h], &id).exists(),
+        "--destroy of a live VM's copy refused"
+    );
+    cluster.agents[o].cli(&["fix", &stale_id]);
+    let archive = cluster.agents[h].dir.join("data").join("vms-archive");
+    let archived = eventually("the stale copy archived", BOOT, || {
+        std::fs::read_dir(&archive)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{id}-gen1-"))
+            })
+            .ok_or_else(|| "not yet".to_owned())
+    });
+    assert!(!vm_dir(&cluster.agents[h], &id).exists());
+    assert!(archived.join("disk.qcow2").is_file(), "the disk is kept");
+    let old_console = std::fs::read_to_string(archived.join("console.log"))
+        .unwrap()
+        .replace('\r', "");
+    assert_eq!(boots(&old_console), [1, 2], "the old data, whole");
+    // The VM itself was not touched.
+    assert_eq!(
+        vm(&cluster.agents[o], "db1").unwrap()["shown_phase"],
+        "running"
+    );
+    assert_eq!(boots(&console(&cluster.agents[new_host], &id)), [1]);
+}
+
+#[test]
+fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    let guest = hearth_testkit::test_guest();
+    agent.add_test_guest(&guest);
+    let (_, id) = running_vm(&cluster, 0, "app1");
+    assert!(
+        console(agent, &id).contains("base=\"HEARTH-TEST-BASE v1\""),
+        "{}",
+        console(agent, &id)
+    );
+
+    // New content under the same name: a base image whose first sector says v2.
+    let raw = agent.dir.join("base-v2.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..20].copy_from_slice(b"HEARTH-TEST-BASE v2\n");
+    std::fs::write(&raw, &bytes).unwrap();
+    let path = |f: &str| guest.join(f).display().to_string();
+    agent.cli(&[
+        "image",
+        "add",
+        "tiny",
+        "--format",
+        "raw",
+        "--file",
+        raw.to_str().unwrap(),
+        "--kernel",
+        &path("vmlinux"),
+        "--initrd",
+        &path("initramfs.cpio.gz"),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+    ]);
+    // The VM restarts on its own disk, still an overlay on the image it was made from.
+    agent.cli(&["vm", "reboot", "app1"]);
+    wait_boots(agent, &id, &[1, 2]);
+    let text = console(agent, &id);
+    assert_eq!(
+        text.matches("base=\"HEARTH-TEST-BASE v1\"").count(),
+        2,
+        "{text}"
+    );
+    // A VM made now is made from the new version.
+    let (_, newer) = running_vm(&cluster, 0, "app2");
+    assert!(
+        console(agent, &newer).contains("base=\"HEARTH-TEST-BASE v2\""),
+        "{}",
+        console(agent, &newer)
+    );
+    // The old version cannot be removed by name while VMs use it; neither can the new.
+    let (code, _, err) = agent.cli_result(&["image", "rm", "tiny"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("used by"), "{err}");
+}
