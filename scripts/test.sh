@@ -18,6 +18,8 @@ PATH="$PATH:/usr/sbin:/sbin" command -v nft >/dev/null 2>&1 || need+=(nftables)
 # Its delay fault queues packets to userspace with the xtables NFQUEUE target (this kernel
 # lacks nftables' own `queue`), set through iptables-nft.
 PATH="$PATH:/usr/sbin:/sbin" command -v iptables-nft >/dev/null 2>&1 || need+=(iptables)
+# The shipped systemd unit is checked with systemd-analyze verify.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

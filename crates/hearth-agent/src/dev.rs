@@ -1,7 +1,11 @@
-//! The embedded single-node config behind `hearth agent --dev`.
+//! The embedded single-node config behind `hearth agent --dev`, and the dev agent's rule that
+//! trying hearth leaves nothing behind: its VMs stop with it and start again with the next
+//! dev agent, which says so.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
 
@@ -54,6 +58,51 @@ rise     = 1
     let config = Config::parse(&text).expect("the embedded dev config parses");
     let resolved = config.validate().expect("the embedded dev config is valid");
     (config, resolved)
+}
+
+/// The file in the dev data dir naming the VMs the last dev agent stopped, one per line.
+const STOPPED_FILE: &str = "dev-stopped-vms";
+/// How long a dev VM has to power off after the ACPI button before it is stopped hard.
+const DEV_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shuts down every VM running under the dev data dir (its host loop must have stopped), and
+/// notes their names for the next dev agent. Returns "NAME (ID)" of each VM stopped.
+pub async fn stop_vms(data_dir: &Path, names: &BTreeMap<String, String>) -> Vec<String> {
+    use hearth_compute::accel::Accel;
+    use hearth_compute::driver::{Driver, Network};
+    let driver = Driver::new(data_dir.join("vms"), Accel::Tcg, Network::User);
+    let running = match driver.observe() {
+        Ok(seen) => seen,
+        Err(error) => {
+            tracing::warn!(%error, "cannot look at the dev agent's VMs to stop them");
+            return Vec::new();
+        }
+    };
+    let mut stopped = Vec::new();
+    for vm in running.iter().filter(|vm| vm.pid.is_some() && !vm.foreign) {
+        let name = names.get(&vm.id).cloned().unwrap_or_else(|| vm.id.clone());
+        match driver.shutdown(&vm.id, DEV_SHUTDOWN_GRACE).await {
+            Ok(()) => stopped.push(format!("{name} ({})", vm.id)),
+            Err(error) => tracing::warn!(vm = %vm.id, %error, "cannot stop a dev VM"),
+        }
+    }
+    let note: String = stopped.iter().map(|s| format!("{s}\n")).collect();
+    if !stopped.is_empty()
+        && let Err(error) = std::fs::write(data_dir.join(STOPPED_FILE), note)
+    {
+        tracing::warn!(%error, "cannot note the stopped dev VMs");
+    }
+    stopped
+}
+
+/// The VMs the last dev agent stopped (they start again now), forgetting the note.
+pub fn take_stopped_vms(data_dir: &Path) -> Vec<String> {
+    let path = data_dir.join(STOPPED_FILE);
+    let names = std::fs::read_to_string(&path)
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(path);
+    names
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub enum StartAgentError {
 /// The VM driver of a worker, as `[compute]` says.
 fn worker_driver(config: &Config) -> Result<hearth_compute::fake::VmDriver, StartAgentError> {
     use hearth_compute::accel::{self, Accel};
-    use hearth_compute::driver::{Driver, Network};
+    use hearth_compute::driver::{Driver, Launcher, Network};
     use hearth_compute::fake::{FakeDriver, VmDriver};
     let root = config.data_dir.join("vms");
     std::fs::create_dir_all(&root).map_err(|source| StartAgentError::DataDir {
@@ -94,7 +94,14 @@ fn worker_driver(config: &Config) -> Result<hearth_compute::fake::VmDriver, Star
         Some(bridge) => Network::Bridge(bridge.to_owned()),
         None => Network::User,
     };
-    Ok(VmDriver::Qemu(Driver::new(root, accel, network)))
+    let launcher = Launcher::detect();
+    tracing::info!(
+        ?launcher,
+        "QEMU launcher (a systemd scope per VM keeps VMs alive across agent restarts)"
+    );
+    Ok(VmDriver::Qemu(
+        Driver::new(root, accel, network).with_launcher(launcher),
+    ))
 }
 
 /// What a worker offers: `[compute]`'s figures, else the machine's.
@@ -122,6 +129,9 @@ pub struct Agent {
     pub gossip_addr: SocketAddr,
     membership: Membership,
     state_keyring: SharedKeyring,
+    /// The replicated state, on nodes that hold it.
+    state: Option<hearth_state::node::StateNode>,
+    data_dir: PathBuf,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -384,7 +394,7 @@ impl Agent {
             instances,
             dns_metrics,
             handler_metrics,
-            state,
+            state: state.clone(),
             blobs,
             compute_metrics,
             vms_dir: config.data_dir.join("vms"),
@@ -411,6 +421,8 @@ impl Agent {
             gossip_addr,
             membership,
             state_keyring,
+            state,
+            data_dir: config.data_dir.clone(),
             shutdown,
             tasks,
         })
@@ -448,6 +460,24 @@ impl Agent {
     pub async fn leave(&self) {
         self.membership.leave().await;
         self.shutdown.cancel();
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The names of the VMs in this node's copy of the desired state, by id.
+    pub fn vm_names(&self) -> std::collections::BTreeMap<String, String> {
+        self.state.as_ref().map_or_else(Default::default, |state| {
+            let desired = state.reader().current();
+            desired
+                .compute
+                .vms
+                .values()
+                .map(|vm| (vm.value.id.clone(), vm.value.request.name.clone()))
+                .collect()
+        })
     }
 
     /// Waits until the agent has been stopped and every task has ended.

@@ -43,6 +43,54 @@ pub enum Network {
     Bridge(String),
 }
 
+/// How QEMU is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// Directly, daemonized: QEMU is reparented and outlives the agent. Without systemd
+    /// (`--dev`, tests), and under systemd only if scopes are unavailable.
+    Direct,
+    /// In a transient systemd scope of its own (`hearth-vm-ID.scope` in `hearth-vms.slice`),
+    /// through `systemd-run --scope`: outside the agent's cgroup, so stopping or restarting
+    /// the agent's unit never kills a member's QEMU (as libvirt and Proxmox do).
+    SystemdScope,
+}
+
+impl Launcher {
+    /// A scope when the machine was booted with systemd and `systemd-run` is on the PATH.
+    pub fn detect() -> Launcher {
+        let booted = Path::new("/run/systemd/system").is_dir();
+        let systemd_run = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("systemd-run").is_file())
+        });
+        if booted && systemd_run {
+            Launcher::SystemdScope
+        } else {
+            Launcher::Direct
+        }
+    }
+
+    /// The program and arguments that run `binary ARGS` for VM `id` this way.
+    pub fn command(self, binary: &str, args: &[String], id: &str) -> (String, Vec<String>) {
+        match self {
+            Launcher::Direct => (binary.to_owned(), args.to_vec()),
+            Launcher::SystemdScope => {
+                let mut wrapped = vec![
+                    "--scope".to_owned(),
+                    "--quiet".to_owned(),
+                    "--collect".to_owned(),
+                    format!("--unit=hearth-vm-{id}"),
+                    "--slice=hearth-vms.slice".to_owned(),
+                    format!("--description=hearth VM {id}"),
+                    "--".to_owned(),
+                    binary.to_owned(),
+                ];
+                wrapped.extend(args.iter().cloned());
+                ("systemd-run".to_owned(), wrapped)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     X86_64,
@@ -340,6 +388,7 @@ pub struct Driver {
     accel: Mutex<Accel>,
     kvm_failed: AtomicBool,
     network: Network,
+    launcher: Launcher,
     /// Ids whose QEMU is being launched: not yet foreign, not yet ours.
     starting: Mutex<BTreeSet<String>>,
 }
@@ -350,6 +399,7 @@ impl fmt::Debug for Driver {
             .field("root", &self.root)
             .field("accel", &self.accel())
             .field("network", &self.network)
+            .field("launcher", &self.launcher)
             .finish()
     }
 }
@@ -361,8 +411,15 @@ impl Driver {
             accel: Mutex::new(accel),
             kvm_failed: AtomicBool::new(false),
             network,
+            launcher: Launcher::Direct,
             starting: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Starts QEMU this way from now on (see [`Launcher`]).
+    pub fn with_launcher(mut self, launcher: Launcher) -> Driver {
+        self.launcher = launcher;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -587,10 +644,11 @@ impl Driver {
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
         let args = qemu_args(spec, dir, accel, &self.network);
-        tracing::debug!(vm = %spec.id, %binary, ?args, "starting QEMU");
+        let (program, args) = self.launcher.command(&binary, &args, &spec.id);
+        tracing::debug!(vm = %spec.id, %program, ?args, "starting QEMU");
         // -daemonize: the launcher exits once the guest is set up; QEMU itself is reparented,
-        // so it outlives the agent.
-        let status = tokio::process::Command::new(&binary)
+        // so it outlives the agent (and, in a scope, the agent's cgroup).
+        let status = tokio::process::Command::new(&program)
             .args(&args)
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
@@ -913,6 +971,29 @@ mod tests {
                     foreign: false
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn under_systemd_qemu_runs_in_a_scope_of_its_own() {
+        let args = vec!["-name".to_owned(), "guest=vm-3".to_owned()];
+        assert_eq!(
+            Launcher::Direct.command("qemu-system-x86_64", &args, "vm-3"),
+            ("qemu-system-x86_64".to_owned(), args.clone())
+        );
+        let (program, wrapped) =
+            Launcher::SystemdScope.command("qemu-system-x86_64", &args, "vm-3");
+        assert_eq!(program, "systemd-run");
+        let joined = wrapped.join(" ");
+        assert!(
+            joined.starts_with(
+                "--scope --quiet --collect --unit=hearth-vm-vm-3 --slice=hearth-vms.slice"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.ends_with("-- qemu-system-x86_64 -name guest=vm-3"),
+            "{joined}"
         );
     }
 

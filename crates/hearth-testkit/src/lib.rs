@@ -278,11 +278,7 @@ impl TestAgent {
     /// Sends a signal to the agent's PID with `kill(1)`.
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.pid() {
-            let status = Command::new("kill")
-                .args([format!("-{signal}"), pid.to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill -{signal} {pid} failed");
+            signal_pid(pid, signal);
         }
     }
 
@@ -493,6 +489,15 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
 }
 
 /// SIGKILL to one PID this test started (directly or through an agent).
+/// Sends `signal` (a name such as `TERM`) to `pid` with `kill(1)`; panics if that fails.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 pub fn kill_pid(pid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", &pid.to_string()])

@@ -329,6 +329,13 @@ fn run_agent(args: AgentArgs) -> ExitCode {
                 "hearth: dev agent running. Try:\n  dig @127.0.0.1 -p {} www.hearth.test\n  hearth members",
                 agent.dns_addr.port()
             );
+            let restarted = hearth_agent::dev::take_stopped_vms(agent.data_dir());
+            if !restarted.is_empty() {
+                eprintln!(
+                    "hearth: starting again the VMs the last dev agent stopped: {}",
+                    restarted.join(", ")
+                );
+            }
         }
         let shutdown = agent.shutdown_token();
         let mut hangup = signal_stream(tokio::signal::unix::SignalKind::hangup());
@@ -346,7 +353,15 @@ fn run_agent(args: AgentArgs) -> ExitCode {
                 Some(()) = recv_signal(&mut hangup) => reload(&agent, args.config.as_deref()).await,
             }
         }
+        let (data_dir, vm_names) = (agent.data_dir().to_owned(), agent.vm_names());
         agent.wait().await;
+        // Trying hearth leaves nothing behind: the dev agent's VMs stop with it (a real
+        // worker's VMs outlive its agent), once its host loop can no longer restart them.
+        if args.dev {
+            for vm in hearth_agent::dev::stop_vms(&data_dir, &vm_names).await {
+                eprintln!("hearth: stopped VM {vm}; the next `hearth agent --dev` starts it again");
+            }
+        }
         ExitCode::SUCCESS
     })
 }

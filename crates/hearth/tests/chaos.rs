@@ -2,14 +2,16 @@
 //! in a hub namespace, under a random, seeded schedule of faults: partitions of every shape
 //! (nftables on the bridge, one direction at a time, so asymmetric ones too), a node's own
 //! sends dropped inside its namespace, packet loss, a node's sends delayed (20-800 ms, held
-//! in userspace by `DelayRelay`), `kill -9` and restart, SIGSTOP/SIGCONT.
+//! in userspace by `DelayRelay`), `kill -9` and restart, a power-off (with the operator's
+//! fence), a graceful restart (SIGTERM, then start again), SIGSTOP/SIGCONT.
 //! Meanwhile concurrent clients (3, or `HEARTH_CHAOS_CLIENTS`) write records through random
 //! nodes, read them back with `?consistent`, and create and delete VMs. Then everything heals
 //! and the invariants are checked: no acknowledged write is lost, the history of consistent
 //! reads and writes is linearizable (checked key by key with Gibbons and Korach's zones, see
-//! `linearizable`), no VM runs on two hosts, no address is held twice, every node
-//! converges within the stated bound with DNS answering only live, healthy instances, and
-//! no agent crashed.
+//! `linearizable`), no VM runs on two hosts, no VM starts on a blank disk after its first
+//! start (`boot_violations`), a graceful restart keeps every VM running and the agent adopts
+//! them, no address is held twice, every node converges within the stated bound with DNS
+//! answering only live, healthy instances, and no agent crashed.
 //!
 //! CI runs a short run at N = 3 and N = 5. For a long run:
 //! `HEARTH_CHAOS_SECS=1800 HEARTH_CHAOS_N=5 HEARTH_CHAOS_SEED=42 cargo test -p hearth --test chaos -- --ignored --nocapture long`
@@ -33,6 +35,8 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 const KEYS: usize = 3;
 /// How long the runner, as an operator, keeps retrying a fence or unfence during faults.
 const OPERATOR_RETRIES: Duration = Duration::from_secs(15);
+/// How long an agent may take to leave and exit after SIGTERM (its leave gives up after 5 s).
+const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
@@ -56,10 +60,15 @@ enum Fault {
     HealNetwork,
     Kill(usize),
     /// The machine loses power: `kill -9`, its VMs die with it (markers removed), and an
-    /// operator fences it (through a live node), so its VMs are placed elsewhere. A restart
-    /// brings it back and unfences it.
+    /// operator fences it through a live node (refused until gossip sees it down, so retried).
+    /// Only its VMs that never had a disk are placed elsewhere; the others stay on it, `lost`,
+    /// until a restart brings it back and unfences it, and start again on their own disks.
     PowerOff(usize),
     Restart(usize),
+    /// SIGTERM: the agent leaves the cluster and exits, its VMs keep running (a left host's
+    /// VMs are `lost`, never placed elsewhere); it is started again at once and must adopt
+    /// them.
+    GracefulRestart(usize),
     Pause(usize),
     Resume(usize),
 }
@@ -284,6 +293,19 @@ fn admin_post(
     }
 }
 
+/// The operator lifts the fence of `agent`'s host through a node not `down`; whether one
+/// acknowledged it within `within`.
+fn lift_fence(
+    agent: &TestAgent,
+    apis: &[SocketAddr],
+    tokens: &[String],
+    down: &Mutex<HashSet<usize>>,
+    within: Duration,
+) -> bool {
+    let path = format!("/v1/nodes/{}/unfence", agent.spec.name);
+    admin_post(apis, tokens, down, &path, within)
+}
+
 /// An address two VMs hold in a `/v1/vms` answer, if any.
 fn shared_address(rows: &serde_json::Value) -> Option<String> {
     let mut seen = BTreeMap::new();
@@ -314,6 +336,204 @@ fn running_vms(roots: &[std::path::PathBuf]) -> BTreeMap<String, BTreeSet<usize>
         }
     }
     running
+}
+
+/// What one graceful restart did to its node's VMs, checked at the end by
+/// `graceful_violations`.
+#[derive(Debug)]
+struct GracefulStop {
+    node: usize,
+    /// When the SIGTERM was sent (ms since the start).
+    at: u128,
+    /// How the agent ended: its exit code, or why it had to be killed.
+    exit: Result<i32, String>,
+    /// VMs running before the SIGTERM and no longer once the agent had exited.
+    stopped: BTreeSet<String>,
+    /// VMs running through it, with the boot count their console showed then.
+    kept: BTreeMap<String, u64>,
+}
+
+/// SIGTERM to the agent (by its PID), wait for it to leave and exit, start it again.
+fn graceful_restart(agent: &mut TestAgent, node: usize, vms: &Path, at: u128) -> GracefulStop {
+    let running =
+        || -> BTreeSet<String> { running_vms(&[vms.to_path_buf()]).into_keys().collect() };
+    let before = running();
+    agent.signal("TERM");
+    let deadline = Instant::now() + STOP_WITHIN;
+    while agent.is_running() && Instant::now() < deadline {
+        // Polling pace.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exit = if agent.is_running() {
+        agent.kill9();
+        Err(format!(
+            "still running {STOP_WITHIN:?} after SIGTERM; killed"
+        ))
+    } else {
+        agent
+            .wait_exit(Duration::from_secs(1))
+            .ok_or_else(|| "ended by a signal".to_owned())
+    };
+    let after = running();
+    let kept = after
+        .iter()
+        .map(|id| (id.clone(), last_boot(&vms.join(id).join("console.log"))))
+        .collect();
+    agent.restart();
+    GracefulStop {
+        node,
+        at,
+        exit,
+        stopped: before.difference(&after).cloned().collect(),
+        kept,
+    }
+}
+
+/// The boot count of a VM console's last `HEARTH-GUEST-BOOTS` line (0 without one).
+fn last_boot(console: &Path) -> u64 {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    parse_boots(&text).last().map_or(0, |(count, _)| *count)
+}
+
+/// A graceful restart exits cleanly, keeps every VM running, and the restarted agent adopts
+/// them. Checked against `kept_vms`, the VMs the state still holds at the end (the client
+/// may have deleted others meanwhile, which stops them): none of those was stopped by the
+/// SIGTERM or booted again on that node later, unless the node lost power since.
+fn graceful_violations(
+    stops: &[GracefulStop],
+    applied: &[(u128, Fault)],
+    kept_vms: &BTreeSet<String>,
+    roots: &[std::path::PathBuf],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    for stop in stops {
+        let name = format!("n{}", stop.node + 1);
+        if stop.exit != Ok(0) {
+            violations.push(format!(
+                "{name}: SIGTERM at {} ms: the agent did not exit cleanly: {:?}",
+                stop.at, stop.exit
+            ));
+        }
+        for id in stop.stopped.intersection(kept_vms) {
+            violations.push(format!(
+                "{name}: SIGTERM at {} ms stopped {id}, which nobody deleted",
+                stop.at
+            ));
+        }
+        let powered_off_later = applied
+            .iter()
+            .any(|(at, f)| *at > stop.at && matches!(f, Fault::PowerOff(a) if *a == stop.node));
+        if powered_off_later {
+            continue;
+        }
+        for (id, boots) in stop.kept.iter().filter(|(id, _)| kept_vms.contains(*id)) {
+            let now = last_boot(&roots[stop.node].join(id).join("console.log"));
+            if now != *boots {
+                violations.push(format!(
+                    "{name}: {id} booted again (boot {boots} -> {now}) after the graceful restart at {} ms instead of being adopted",
+                    stop.at
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// The boots one VM console shows, in order.
+#[derive(Debug)]
+struct Console {
+    vm: String,
+    /// Where it was read (node and path), for the report.
+    file: String,
+    /// (boot count on the disk, disk generation) of each `HEARTH-GUEST-BOOTS` line.
+    boots: Vec<(u64, u64)>,
+}
+
+/// The `HEARTH-GUEST-BOOTS n=N gen=G` lines of a console, as (N, G).
+fn parse_boots(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("HEARTH-GUEST-BOOTS ")?;
+            let (count, generation) = rest.split_once(' ')?;
+            Some((
+                count.strip_prefix("n=")?.parse().ok()?,
+                generation.strip_prefix("gen=")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The VM id of an archived copy's directory, `ID-genG-SECONDS` (with `.K` if repeated).
+fn archived_vm_id(dir_name: &str) -> &str {
+    dir_name
+        .rfind("-gen")
+        .map_or(dir_name, |at| &dir_name[..at])
+}
+
+/// Every console under the nodes' data directories: `vms/*/console.log` and
+/// `vms-archive/*/console.log` (a deleted VM's directory is gone, and its console with it).
+fn read_consoles(data_dirs: &[std::path::PathBuf]) -> Vec<Console> {
+    let mut consoles = Vec::new();
+    for (idx, data) in data_dirs.iter().enumerate() {
+        for kind in ["vms", "vms-archive"] {
+            for entry in std::fs::read_dir(data.join(kind))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir_name = entry.file_name().to_string_lossy().into_owned();
+                let Ok(text) = std::fs::read_to_string(entry.path().join("console.log")) else {
+                    continue;
+                };
+                let vm = match kind {
+                    "vms" => dir_name.clone(),
+                    _ => archived_vm_id(&dir_name).to_owned(),
+                };
+                consoles.push(Console {
+                    vm,
+                    file: format!("n{}:{kind}/{dir_name}/console.log", idx + 1),
+                    boots: parse_boots(&text),
+                });
+            }
+        }
+    }
+    consoles
+}
+
+/// No VM starts on a blank disk after its first start: per VM and disk generation, one boot
+/// with count 1 in all consoles together, and within one console the count of a generation
+/// only goes up (a count that repeats or falls means the disk was replaced or rewound).
+fn boot_violations(consoles: &[Console]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut first_boots: BTreeMap<(&str, u64), Vec<&str>> = BTreeMap::new();
+    for console in consoles {
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        for &(count, generation) in &console.boots {
+            if count == 1 {
+                first_boots
+                    .entry((console.vm.as_str(), generation))
+                    .or_default()
+                    .push(console.file.as_str());
+            }
+            if let Some(before) = last.insert(generation, count)
+                && count <= before
+            {
+                violations.push(format!(
+                    "{}: generation {generation}'s boot count went from {before} to {count}",
+                    console.file
+                ));
+            }
+        }
+    }
+    for ((vm, generation), files) in first_boots {
+        if files.len() > 1 {
+            violations.push(format!(
+                "{vm} generation {generation} started on a blank disk {} times: {files:?}",
+                files.len()
+            ));
+        }
+    }
+    violations
 }
 
 /// The linearizability and durability checks over the history; violations as text.
@@ -632,6 +852,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     let mut killed: BTreeSet<usize> = BTreeSet::new();
     let mut fenced: BTreeSet<usize> = BTreeSet::new();
     let mut paused: BTreeSet<usize> = BTreeSet::new();
+    let mut graceful: Vec<GracefulStop> = Vec::new();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         // The schedule is drawn from the seed; the pace is real time.
@@ -665,6 +886,9 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                     .nth(rng.random_range(0..killed.len()))
                     .unwrap_or(&0),
             ),
+            7 if unavailable < (n - 1) / 2 && !paused.contains(&node) => {
+                Fault::GracefulRestart(node)
+            }
             8 if unavailable < (n - 1) / 2
                 && !killed.contains(&node)
                 && !paused.contains(&node) =>
@@ -737,10 +961,19 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
                 run.agents[*a].restart();
                 killed.remove(a);
                 down.lock().unwrap().remove(a);
-                let name = run.agents[*a].spec.name.clone();
-                let unfence = format!("/v1/nodes/{name}/unfence");
                 if fenced.contains(a)
-                    && admin_post(&apis, &tokens, &down, &unfence, OPERATOR_RETRIES)
+                    && lift_fence(&run.agents[*a], &apis, &tokens, &down, OPERATOR_RETRIES)
+                {
+                    fenced.remove(a);
+                }
+            }
+            Fault::GracefulRestart(a) => {
+                down.lock().unwrap().insert(*a);
+                let at = t0.elapsed().as_millis();
+                graceful.push(graceful_restart(&mut run.agents[*a], *a, &roots[*a], at));
+                down.lock().unwrap().remove(a);
+                if fenced.contains(a)
+                    && lift_fence(&run.agents[*a], &apis, &tokens, &down, OPERATOR_RETRIES)
                 {
                     fenced.remove(a);
                 }
@@ -778,9 +1011,8 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     }
     down.lock().unwrap().clear();
     for a in fenced {
-        let path = format!("/v1/nodes/{}/unfence", run.agents[a].spec.name);
         assert!(
-            admin_post(&apis, &tokens, &down, &path, CONVERGE_WITHIN),
+            lift_fence(&run.agents[a], &apis, &tokens, &down, CONVERGE_WITHIN),
             "seed {seed}: no node lifted the fence of n{} after healing",
             a + 1
         );
@@ -859,7 +1091,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         );
     }
     // Every VM the state keeps runs on its host alone; deleted ones are gone everywhere.
-    let vms_converged = || -> Result<usize, String> {
+    let vms_converged = || -> Result<BTreeSet<String>, String> {
         let rows = run.agents[0].api_json("/v1/vms?consistent")?;
         let rows = rows.as_array().cloned().unwrap_or_default();
         let mut want: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -883,7 +1115,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         }
         let running = running_vms(&roots);
         if running == want {
-            Ok(rows.len())
+            Ok(want.into_keys().collect())
         } else {
             let extra: Vec<_> = running
                 .iter()
@@ -899,9 +1131,9 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         }
     };
     let deadline = Instant::now() + CONVERGE_WITHIN;
-    let vm_count = loop {
+    let kept_vms = loop {
         match vms_converged() {
-            Ok(count) => break count,
+            Ok(ids) => break ids,
             Err(why) if Instant::now() >= deadline => {
                 // Keep the agents' logs with the report before failing.
                 let mut text = std::fs::read_to_string(report_path(n, seed)).unwrap_or_default();
@@ -949,12 +1181,19 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             .iter()
             .map(|d| format!("a VM on two hosts: {d}")),
     );
+    // No VM started on a blank disk after its first start, on any node, archived copies too.
+    let data_dirs: Vec<std::path::PathBuf> =
+        run.agents.iter().map(|a| a.dir.join("data")).collect();
+    let consoles = read_consoles(&data_dirs);
+    violations.extend(boot_violations(&consoles));
+    violations.extend(graceful_violations(&graceful, &applied, &kept_vms, &roots));
     // A fake VM never dies by itself: a crash seen by a host, or a second start, means the
     // host loop misread its own VMs (the race behind the orphan of seed 42).
     let mut moved = 0;
     for agent in &run.agents {
         let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
-        // VMs placed again off a fenced host, by whichever node led then.
+        // VMs that never had a disk, placed again off a fenced host (or back to pending) by
+        // whichever node led then; a VM with a disk stays on its host.
         moved += log
             .lines()
             .filter(|l| l.contains("placement command=Place") && l.contains("from: Some("))
@@ -976,13 +1215,24 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     );
     let (asked, answered) = *dns_asked.lock().unwrap();
     eprintln!("chaos: {asked} DNS queries during the faults, {answered} answered");
-    eprintln!("chaos: {moved} VMs placed again off fenced hosts");
+    let boots: usize = consoles.iter().map(|c| c.boots.len()).sum();
+    let again = consoles
+        .iter()
+        .flat_map(|c| &c.boots)
+        .filter(|(count, _)| *count > 1)
+        .count();
+    eprintln!("chaos: {moved} VMs without a disk placed again off fenced hosts");
     eprintln!(
-        "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {vm_count} VMs at the end"
+        "chaos: {boots} VM boots seen on consoles ({again} on a disk that had booted before), {} graceful restarts",
+        graceful.len()
+    );
+    eprintln!(
+        "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {} VMs at the end",
+        kept_vms.len()
     );
     let report = report_path(n, seed);
     let mut text = format!(
-        "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\nwrites {writes} acked {acked} reads {reads}\nvms_moved_off_fenced_hosts {moved}\nconverged_after_heal {converged:?}\nfinals {finals:?}\nviolations {violations:#?}\n"
+        "seed {seed}\nN {n}\nseconds {seconds}\nfaults {applied:?}\nwrites {writes} acked {acked} reads {reads}\nvms_moved_off_fenced_hosts {moved}\nboots {boots} again {again}\ngraceful_restarts {graceful:?}\nconverged_after_heal {converged:?}\nfinals {finals:?}\nviolations {violations:#?}\n"
     );
     for op in &history {
         text.push_str(&format!("{op:?}\n"));
@@ -1310,4 +1560,45 @@ fn the_checker_finds_stale_reads_and_lost_writes() {
     let lost = check(&history[..2], &[vec![Some("w1".into()), None, None]]);
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert!(check(&history, &[vec![Some("w3".into()), None, None]]).len() == 2);
+}
+
+#[test]
+fn the_boot_check_finds_blank_disks_and_rewound_counts() {
+    let console = |vm: &str, file: &str, boots: &[(u64, u64)]| Console {
+        vm: vm.into(),
+        file: file.into(),
+        boots: boots.to_vec(),
+    };
+    let text = "HEARTH-GUEST-UP\nHEARTH-GUEST-BOOTS n=1 gen=1\nHEARTH-GUEST hostname=a ip= keys=0\nHEARTH-GUEST-READY\nHEARTH-GUEST-BOOTS n=2 gen=1\n";
+    assert_eq!(parse_boots(text), [(1, 1), (2, 1)]);
+    assert_eq!(archived_vm_id("vm-7-gen2-1764678543.1"), "vm-7");
+    // Boots on one disk, then a recreate on an empty disk of the next generation: fine.
+    let fine = [
+        console("vm-1", "n1:vms/vm-1", &[(1, 1), (2, 1), (3, 1)]),
+        console("vm-2", "n2:vms-archive/vm-2-gen1-5", &[(1, 1), (2, 1)]),
+        console("vm-2", "n3:vms/vm-2", &[(1, 2)]),
+    ];
+    assert_eq!(boot_violations(&fine), [] as [String; 0]);
+    // A second first boot of one generation on another node (a VM moved off its disk),
+    // and a count that falls within one console.
+    let bad = [
+        console("vm-1", "n1:vms-archive/vm-1-gen1-5", &[(1, 1), (2, 1)]),
+        console("vm-1", "n2:vms/vm-1", &[(1, 1)]),
+        console("vm-3", "n1:vms/vm-3", &[(2, 1), (3, 1), (2, 1)]),
+    ];
+    let found = boot_violations(&bad);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found.iter().any(|v| v.contains("from 3 to 2")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("vm-1 generation 1 started on a blank disk 2 times")),
+        "{found:#?}"
+    );
+    // A blank disk in place: the count starts over in the same console.
+    let in_place = [console("vm-4", "n1:vms/vm-4", &[(1, 1), (2, 1), (1, 1)])];
+    assert_eq!(boot_violations(&in_place).len(), 2);
 }

@@ -141,23 +141,76 @@ fn api_needs_a_token_and_cli_prints_tables_and_json() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("401"));
 }
 
-#[test]
-fn dev_agent_answers_dig_and_cli_without_flags() {
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+/// `hearth ARGS` as a user of the dev agent runs it: no flags, the API and token found by
+/// default (the dev data dir is under `tmp`, as `TMPDIR` says).
+fn dev_cli(tmp: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env_remove("HEARTH_API")
+        .env_remove("HEARTH_TOKEN")
+        .env_remove("HEARTH_TOKEN_FILE")
+        .output()
+        .unwrap()
+}
+
+/// A dev agent, its standard error in `tmp/agent.log`; killed (and its VMs) on drop.
+struct DevAgent {
+    child: std::process::Child,
+    tmp: std::path::PathBuf,
+}
+
+impl DevAgent {
+    fn start(tmp: &Path) -> DevAgent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(tmp.join("agent.log"))
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["agent", "--dev"])
+            .env("TMPDIR", tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        DevAgent {
+            child,
+            tmp: tmp.to_owned(),
         }
     }
-    let _agent = KillOnDrop(
-        Command::new(bin())
-            .args(["agent", "--dev"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, as Ctrl-C or `kill` would, and waits for the agent to exit.
+    fn stop(&mut self) {
+        hearth_testkit::signal_pid(self.child.id(), "TERM");
+        let status = eventually("the dev agent to exit", Duration::from_secs(60), || {
+            self.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_owned())
+        });
+        assert!(status.success(), "{status}: {}", self.log());
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in hearth_testkit::qemu_pids_under(&self.tmp) {
+            hearth_testkit::kill_pid(pid);
+        }
+    }
+}
+
+#[test]
+fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
+    let tmp = TempDir::new("dev");
+    let mut agent = DevAgent::start(tmp.path());
     let dns: std::net::SocketAddr = "127.0.0.1:8053".parse().unwrap();
     let answer = eventually("dev DNS answer", Duration::from_secs(60), || {
         let got = hearth_testkit::dig_short(dns, "www.hearth.test", "A")?;
@@ -168,13 +221,7 @@ fn dev_agent_answers_dig_and_cli_without_flags() {
         }
     });
     assert_eq!(answer, ["127.0.0.1"]);
-    let output = Command::new(bin())
-        .arg("members")
-        .env_remove("HEARTH_API")
-        .env_remove("HEARTH_TOKEN")
-        .env_remove("HEARTH_TOKEN_FILE")
-        .output()
-        .unwrap();
+    let output = dev_cli(tmp.path(), &["members"]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -182,4 +229,142 @@ fn dev_agent_answers_dig_and_cli_without_flags() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(text.contains("dev") && text.contains("alive"), "{text}");
+
+    // A VM on the dev agent: it stops with the agent, and starts again, on its own disk,
+    // with the next dev agent, which says so.
+    eventually(
+        "the dev agent's group formed",
+        Duration::from_secs(60),
+        || {
+            let output = dev_cli(tmp.path(), &["state", "--json"]);
+            let state: serde_json::Value =
+                serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+            if state["leader"].is_string() {
+                Ok(())
+            } else {
+                Err(state.to_string())
+            }
+        },
+    );
+    let guest = hearth_testkit::test_guest();
+    let path = |f: &str| guest.join(f).display().to_string();
+    for args in [
+        vec![
+            "image",
+            "add",
+            "tiny",
+            "--file",
+            &path("base.qcow2"),
+            "--kernel",
+            &path("vmlinux"),
+            "--initrd",
+            &path("initramfs.cpio.gz"),
+            "--append",
+            "console=ttyS0 quiet panic=-1",
+        ],
+        vec![
+            "vm",
+            "create",
+            "try1",
+            "--image",
+            "tiny",
+            "--owner",
+            "me",
+            "--memory-mib",
+            "256",
+            "--disk-gib",
+            "1",
+        ],
+    ] {
+        let output = dev_cli(tmp.path(), &args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let dev_dir = tmp.path().join(format!("hearth-dev-{}", uid()));
+    let wait_boots = |expected: &[u64]| {
+        eventually(
+            &format!("try1 boots {expected:?}"),
+            hearth_testkit::vms::BOOT,
+            || {
+                let consoles: Vec<String> = std::fs::read_dir(dev_dir.join("vms"))
+                    .map_err(|e| e.to_string())?
+                    .flatten()
+                    .map(|e| {
+                        std::fs::read_to_string(e.path().join("console.log")).unwrap_or_default()
+                    })
+                    .collect();
+                let text = consoles.concat().replace('\r', "");
+                if hearth_testkit::vms::boots(&text) == expected
+                    && text.matches("HEARTH-GUEST-READY").count() == expected.len()
+                {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            },
+        )
+    };
+    wait_boots(&[1]);
+    assert_eq!(hearth_testkit::qemu_pids_under(tmp.path()).len(), 1);
+
+    agent.stop();
+    assert!(agent.log().contains("stopped VM try1"), "{}", agent.log());
+    assert!(
+        hearth_testkit::qemu_pids_under(tmp.path()).is_empty(),
+        "the VM stopped with the agent"
+    );
+
+    let agent = DevAgent::start(tmp.path());
+    eventually("the restart said", Duration::from_secs(60), || {
+        let log = agent.log();
+        if log.contains("starting again the VMs the last dev agent stopped: try1") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    wait_boots(&[1, 2]);
+}
+
+/// This process's uid, as the dev data dir's name has it.
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
+/// The shipped unit passes `systemd-analyze verify`. This machine has no /usr/local/bin/hearth
+/// (and PID 1 is not systemd), so the copy verified runs the binary under test instead; the
+/// rest of the file is as shipped.
+#[test]
+fn the_shipped_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/hearth.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/hearth agent --config /etc/hearth/hearth.toml"),
+        "{unit}"
+    );
+    // VMs live in scopes of their own: the agent's unit must not claim them.
+    assert!(unit.contains("KillMode=control-group"), "{unit}");
+    let dir = TempDir::new("unit");
+    let path = dir.path().join("hearth.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/hearth", bin().to_str().unwrap()),
+    )
+    .unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

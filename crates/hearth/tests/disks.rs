@@ -9,7 +9,10 @@
 //! - a powered-off, fenced host's VM stays `lost` with a `missing-disk` entry and no fix;
 //!   `hearth vm recreate --empty-disk` (admins only, audited) then starts it over elsewhere;
 //!   when the old host comes back, its stale copy is archived by the drift fix, not deleted;
-//! - an image replaced while a VM uses it: the VM keeps its base after a reboot.
+//! - a forced fence of a live host and a recreate: the old copy, still running, is shut down
+//!   and archived by its drift fix;
+//! - an image replaced while a VM uses it: the VM keeps its base after a reboot;
+//! - files of a VM that no longer exists: archived by the fix, removed only with --destroy.
 
 use std::path::Path;
 use std::time::Duration;
@@ -184,6 +187,60 @@ fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
         "{hosts}"
     );
     assert_eq!(one_qemu(&cluster.agents[h]), qemu);
+
+    // An admin forces it anyway, and gives the disk up: the warning names the VM, a new
+    // copy starts elsewhere on an empty disk, and the old copy, still running, is a stale
+    // copy whose fix shuts it down and archives it whole.
+    let (code, _, err) = cluster.agents[o].cli_result(&["node", "fence", &host, "--force"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("warning") && err.contains("web1"), "{err}");
+    cluster.agents[o].cli(&["vm", "recreate", "web1", "--empty-disk"]);
+    let row = wait_phase(&cluster.agents[o], "web1", "running");
+    let new_host = host_index(&cluster, &row);
+    assert_ne!(new_host, h, "{row}");
+    wait_boots(&cluster.agents[new_host], &id, &[1]);
+    let stale = format!("{host}/wrong-host/{id}");
+    eventually("the running stale copy reported", BOOT, || {
+        let drift = cluster.agents[o].api_json("/v1/drift")?;
+        drift
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| {
+                d["id"] == stale.as_str()
+                    && d["detail"].as_str().unwrap_or("").contains("runs here")
+            })
+            .cloned()
+            .ok_or_else(|| drift.to_string())
+    });
+    cluster.agents[o].cli(&["fix", &stale]);
+    let archived = eventually("the stale copy shut down and archived", BOOT, || {
+        if !qemu_pids_under(&cluster.agents[h].dir).is_empty() {
+            return Err("still running".to_owned());
+        }
+        archived_copy(&cluster.agents[h], &id, 1).ok_or_else(|| "not archived".to_owned())
+    });
+    let old_console = std::fs::read_to_string(archived.join("console.log")).unwrap();
+    assert_eq!(
+        boots(&old_console.replace('\r', "")),
+        [1],
+        "the old data, whole"
+    );
+    assert!(archived.join("disk.qcow2").is_file());
+}
+
+/// The archived copy of `id` at `generation` on `host`, if there is one.
+fn archived_copy(host: &TestAgent, id: &str, generation: u64) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(host.dir.join("data").join("vms-archive"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{id}-gen{generation}-"))
+        })
 }
 
 #[test]
@@ -366,6 +423,45 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
         "{}",
         console(agent, &newer)
     );
+    // Files of a VM id the state does not hold: the fix archives them; only --destroy
+    // removes them.
+    for (gone, destroy) in [("vm-900001", false), ("vm-900002", true)] {
+        let dir = vm_dir(agent, gone);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("disk.qcow2"), b"member data").unwrap();
+        let entry = format!("n1/unknown-vm/{gone}");
+        eventually("the unknown files reported", BOOT, || {
+            let drift = agent.api_json("/v1/drift")?;
+            drift
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["id"] == entry.as_str())
+                .cloned()
+                .ok_or_else(|| drift.to_string())
+        });
+        if destroy {
+            agent.cli(&["fix", &entry, "--destroy"]);
+        } else {
+            agent.cli(&["fix", &entry]);
+        }
+        eventually("the files gone from the VM root", BOOT, || {
+            if dir.exists() {
+                Err("still there".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        let archived = archived_copy(agent, gone, 0);
+        match destroy {
+            false => assert_eq!(
+                std::fs::read(archived.expect("archived").join("disk.qcow2")).unwrap(),
+                b"member data"
+            ),
+            true => assert!(archived.is_none(), "destroyed, as asked"),
+        }
+    }
+
     // The old version cannot be removed by name while VMs use it; neither can the new.
     let (code, _, err) = agent.cli_result(&["image", "rm", "tiny"]);
     assert_ne!(code, Some(0), "{err}");
