@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiState, error};
 use crate::compute::placement::{HostLiveness, liveness, lost_drift, shown_phase};
-use crate::state_api::{Params, bad_body, expect_from, read, write};
+use crate::state_api::{Params, bad_body, expect_from, read, write, write_noting};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -586,31 +586,26 @@ async fn fence(
             ),
         );
     }
-    let response = write(
-        &state,
-        compute(ComputeCommand::Fence {
-            host: host.clone(),
-            fenced: true,
-        }),
-    )
-    .await;
-    if up && response.status().is_success() {
-        tracing::warn!(%host, vms = ?at_risk, "fenced a host that gossip sees up (forced)");
-        let warning = format!(
-            "{host} was up in gossip when it was fenced; if it is not really off, these VMs may run twice: {}",
-            if at_risk.is_empty() {
-                "none".to_owned()
-            } else {
-                at_risk.join(", ")
-            }
+    let mut notes = serde_json::Map::new();
+    if up {
+        tracing::warn!(%host, vms = ?at_risk, "fencing a host that gossip sees up (forced)");
+        let vms = if at_risk.is_empty() {
+            "none".to_owned()
+        } else {
+            at_risk.join(", ")
+        };
+        notes.insert(
+            "warning".into(),
+            format!("{host} was up in gossip when it was fenced; if it is not really off, these VMs may run twice: {vms}").into(),
         );
-        return (
-            StatusCode::OK,
-            Json(serde_json::json!({ "result": "fenced", "warning": warning, "at_risk": at_risk })),
-        )
-            .into_response();
+        notes.insert("at_risk".into(), at_risk.into());
     }
-    response
+    write_noting(
+        &state,
+        compute(ComputeCommand::Fence { host, fenced: true }),
+        notes,
+    )
+    .await
 }
 
 async fn unfence(State(state): State<ApiState>, Path(host): Path<String>) -> Response {

@@ -141,18 +141,32 @@ pub(crate) async fn read(
 }
 
 pub(crate) async fn write(state: &ApiState, command: Command) -> Response {
+    write_noting(state, command, serde_json::Map::new()).await
+}
+
+/// `write`, with `notes` added to the answer's body (a warning, say).
+pub(crate) async fn write_noting(
+    state: &ApiState,
+    command: Command,
+    notes: serde_json::Map<String, serde_json::Value>,
+) -> Response {
     let node = match node_of(state) {
         Ok(node) => node,
         Err(failure) => return failure.into_response(),
     };
     match node.submit(command).await {
-        Ok(WriteResult { index, outcome }) => outcome_response(index, outcome),
+        Ok(WriteResult { index, outcome }) => outcome_response(index, outcome, notes),
         Err(failure) => ApiError::State(failure).into_response(),
     }
 }
 
-fn outcome_response(index: u64, outcome: Outcome) -> Response {
-    let body = serde_json::json!({ "index": index, "result": outcome });
+fn outcome_response(
+    index: u64,
+    outcome: Outcome,
+    notes: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let mut body = serde_json::json!({ "index": index, "result": outcome });
+    body.as_object_mut().expect("a JSON object").extend(notes);
     let status = match outcome {
         // A single command never comes back as `Many`; the batcher unpacks those.
         Outcome::Applied { .. } | Outcome::Removed | Outcome::Nothing | Outcome::Many { .. } => {

@@ -65,7 +65,7 @@ impl DelayRelay {
 
     /// Packets held and let go so far.
     pub fn delayed(&self) -> u64 {
-        self.delayed.load(Ordering::Relaxed)
+        self.delayed.load(Ordering::SeqCst)
     }
 }
 
@@ -121,8 +121,9 @@ fn relay(
                 .is_some_and(|(at, _)| *at <= now || current[idx].is_zero())
             {
                 if let Some((_, message)) = held[idx].pop_front() {
+                    // Counted before it goes: whoever sees the packet's effect sees the count.
+                    delayed.fetch_add(1, Ordering::SeqCst);
                     let _ = queue.verdict(message);
-                    delayed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

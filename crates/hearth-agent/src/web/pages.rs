@@ -599,6 +599,12 @@ pub fn drift_page(chrome: &Chrome, drift: &Value) -> String {
         body.push_str("<div class=\"scroll\"><table id=\"drift\"><tr><th>host</th><th>VM</th><th>kind</th><th>found</th><th>the fix</th><th></th></tr>\n");
         for entry in items(drift) {
             let id = text(&entry["id"]);
+            // A missing disk has no one-click fix: its text says what an admin can do.
+            let button = if text(&entry["kind"]) == "missing-disk" {
+                String::new()
+            } else {
+                post_button(&format!("/admin/drift/{id}/fix"), "Fix", chrome.csrf, "")
+            };
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 escape(&text(&entry["host"])),
@@ -606,7 +612,7 @@ pub fn drift_page(chrome: &Chrome, drift: &Value) -> String {
                 escape(&text(&entry["kind"])),
                 escape(&text(&entry["detail"])),
                 escape(&text(&entry["fix"])),
-                post_button(&format!("/admin/drift/{id}/fix"), "Fix", chrome.csrf, ""),
+                button,
             ));
         }
         body.push_str("</table></div>\n");
@@ -827,5 +833,25 @@ mod tests {
             );
         }
         assert!(html.contains("/admin/nodes/w4/fence"), "{html}");
+    }
+
+    #[test]
+    fn a_missing_disk_has_no_fix_button() {
+        let drift = json!([
+            {"id": "w1/missing-disk/vm-1", "host": "w1", "vm": "vm-1", "kind": "missing-disk",
+             "detail": "db1's disk is on w1, which is fenced", "fix": "hearth vm recreate db1 --empty-disk"},
+            {"id": "w2/wrong-host/vm-2", "host": "w2", "vm": "vm-2", "kind": "wrong-host",
+             "detail": "a stale copy", "fix": "archive it"},
+        ]);
+        let html = drift_page(&chrome(true), &drift);
+        assert!(
+            !html.contains("/admin/drift/w1/missing-disk/vm-1/fix"),
+            "{html}"
+        );
+        assert!(html.contains("recreate db1 --empty-disk"), "{html}");
+        assert!(
+            html.contains("/admin/drift/w2/wrong-host/vm-2/fix"),
+            "{html}"
+        );
     }
 }
