@@ -377,20 +377,8 @@ impl TestAgent {
     /// Declares the test guest built by `scripts/build-test-guest.sh` in `guest` as image
     /// `tiny` (direct kernel boot), and the pool `lan` (192.0.2.0/24, gateway .1).
     pub fn add_test_guest(&self, guest: &Path) {
-        let path = |f: &str| guest.join(f).display().to_string();
-        self.cli(&[
-            "image",
-            "add",
-            "tiny",
-            "--file",
-            &path("base.qcow2"),
-            "--kernel",
-            &path("vmlinux"),
-            "--initrd",
-            &path("initramfs.cpio.gz"),
-            "--append",
-            "console=ttyS0 quiet panic=-1",
-        ]);
+        let args = test_guest_image_args(guest, "tiny", &guest.join("base.qcow2"), "qcow2");
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
         self.cli(&[
             "pool",
             "add",
@@ -459,6 +447,29 @@ impl Drop for TestAgent {
             kill_pid(pid);
         }
     }
+}
+
+/// `hearth image add NAME ...` of the test guest built in `guest`, with `disk` (of `format`)
+/// as its base image: direct kernel boot of its kernel and initramfs.
+pub fn test_guest_image_args(guest: &Path, name: &str, disk: &Path, format: &str) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    [
+        "image",
+        "add",
+        name,
+        "--format",
+        format,
+        "--file",
+        &path(disk),
+        "--kernel",
+        &path(&guest.join("vmlinux")),
+        "--initrd",
+        &path(&guest.join("initramfs.cpio.gz")),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// PIDs of QEMU processes whose command line mentions a path under `dir`.

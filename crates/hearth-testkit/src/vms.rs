@@ -82,3 +82,18 @@ pub fn wait_for_hosts(agent: &TestAgent, n: usize) {
         }
     });
 }
+
+/// Waits until `/v1/drift` (through `agent`) has entry `id` whose detail contains `detail`;
+/// returns the entry.
+pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
+    eventually(&format!("drift entry {id}"), BOOT, || {
+        let drift = agent.api_json("/v1/drift")?;
+        drift
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["id"] == id && d["detail"].as_str().unwrap_or("").contains(detail))
+            .cloned()
+            .ok_or_else(|| drift.to_string())
+    })
+}

@@ -247,21 +247,10 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
         },
     );
     let guest = hearth_testkit::test_guest();
-    let path = |f: &str| guest.join(f).display().to_string();
+    let image =
+        hearth_testkit::test_guest_image_args(&guest, "tiny", &guest.join("base.qcow2"), "qcow2");
     for args in [
-        vec![
-            "image",
-            "add",
-            "tiny",
-            "--file",
-            &path("base.qcow2"),
-            "--kernel",
-            &path("vmlinux"),
-            "--initrd",
-            &path("initramfs.cpio.gz"),
-            "--append",
-            "console=ttyS0 quiet panic=-1",
-        ],
+        image.iter().map(String::as_str).collect(),
         vec![
             "vm",
             "create",

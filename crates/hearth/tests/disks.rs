@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hearth_testkit::vms::{
-    BOOT, boots, console, vm, vm_dir, wait_for_hosts, wait_passes, wait_phase,
+    BOOT, boots, console, vm, vm_dir, wait_drift, wait_for_hosts, wait_passes, wait_phase,
 };
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
@@ -200,19 +200,7 @@ fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
     assert_ne!(new_host, h, "{row}");
     wait_boots(&cluster.agents[new_host], &id, &[1]);
     let stale = format!("{host}/wrong-host/{id}");
-    eventually("the running stale copy reported", BOOT, || {
-        let drift = cluster.agents[o].api_json("/v1/drift")?;
-        drift
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| {
-                d["id"] == stale.as_str()
-                    && d["detail"].as_str().unwrap_or("").contains("runs here")
-            })
-            .cloned()
-            .ok_or_else(|| drift.to_string())
-    });
+    wait_drift(&cluster.agents[o], &stale, "runs here");
     cluster.agents[o].cli(&["fix", &stale]);
     let archived = eventually("the stale copy shut down and archived", BOOT, || {
         if !qemu_pids_under(&cluster.agents[h].dir).is_empty() {
@@ -264,14 +252,7 @@ fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk()
     assert!(out.contains("fence"), "{out}");
     stays_lost_on(&cluster, o, "db1", &host);
     let entry_id = format!("{host}/missing-disk/{id}");
-    let drift = cluster.agents[o].api_json("/v1/drift").unwrap();
-    let entry = drift
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == entry_id.as_str())
-        .unwrap_or_else(|| panic!("{drift}"))
-        .clone();
+    let entry = wait_drift(&cluster.agents[o], &entry_id, "fenced");
     assert!(
         entry["detail"].as_str().unwrap().contains("fenced"),
         "{entry}"
@@ -319,16 +300,7 @@ fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk()
     cluster.agents[h].restart();
     cluster.agents[o].cli(&["node", "unfence", &host]);
     let stale_id = format!("{host}/wrong-host/{id}");
-    eventually("the stale copy reported", BOOT, || {
-        let drift = cluster.agents[o].api_json("/v1/drift")?;
-        drift
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["id"] == stale_id.as_str())
-            .cloned()
-            .ok_or_else(|| drift.to_string())
-    });
+    wait_drift(&cluster.agents[o], &stale_id, "stale copy");
     assert!(
         qemu_pids_under(&cluster.agents[h].dir).is_empty(),
         "not started"
@@ -391,22 +363,8 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..20].copy_from_slice(b"HEARTH-TEST-BASE v2\n");
     std::fs::write(&raw, &bytes).unwrap();
-    let path = |f: &str| guest.join(f).display().to_string();
-    agent.cli(&[
-        "image",
-        "add",
-        "tiny",
-        "--format",
-        "raw",
-        "--file",
-        raw.to_str().unwrap(),
-        "--kernel",
-        &path("vmlinux"),
-        "--initrd",
-        &path("initramfs.cpio.gz"),
-        "--append",
-        "console=ttyS0 quiet panic=-1",
-    ]);
+    let image = hearth_testkit::test_guest_image_args(&guest, "tiny", &raw, "raw");
+    agent.cli(&image.iter().map(String::as_str).collect::<Vec<_>>());
     // The VM restarts on its own disk, still an overlay on the image it was made from.
     agent.cli(&["vm", "reboot", "app1"]);
     wait_boots(agent, &id, &[1, 2]);
@@ -430,16 +388,7 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("disk.qcow2"), b"member data").unwrap();
         let entry = format!("n1/unknown-vm/{gone}");
-        eventually("the unknown files reported", BOOT, || {
-            let drift = agent.api_json("/v1/drift")?;
-            drift
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|d| d["id"] == entry.as_str())
-                .cloned()
-                .ok_or_else(|| drift.to_string())
-        });
+        wait_drift(agent, &entry, "no VM by that id exists");
         if destroy {
             agent.cli(&["fix", &entry, "--destroy"]);
         } else {

@@ -45,6 +45,16 @@ struct Tracking {
     reported_drift: Option<Vec<Drift>>,
 }
 
+impl Tracking {
+    /// A shutdown, archive or delete task is over: the VM is no longer busy, and runs no
+    /// more (or its task failed, and the next pass looks again).
+    fn stopped(&mut self, vm: &str) {
+        self.busy.remove(vm);
+        self.running_since.remove(vm);
+        self.memory.applied_io.remove(vm);
+    }
+}
+
 pub async fn run(host: Host, shutdown: CancellationToken) {
     let host = Arc::new(host);
     let mut desired = host.state.reader().subscribe();
@@ -215,11 +225,7 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                 let (host, tracking) = (host.clone(), tracking.clone());
                 tokio::spawn(async move {
                     let result = host.driver.shutdown(&vm, SHUTDOWN_GRACE).await;
-                    let mut t = tracking.lock().await;
-                    t.busy.remove(&vm);
-                    t.running_since.remove(&vm);
-                    t.memory.applied_io.remove(&vm);
-                    drop(t);
+                    tracking.lock().await.stopped(&vm);
                     match result {
                         Ok(()) => report(&host, &vm, Phase::Stopped, None).await,
                         Err(error) => tracing::warn!(%vm, %error, "VM shutdown failed"),
@@ -231,11 +237,7 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                 let (host, tracking) = (host.clone(), tracking.clone());
                 tokio::spawn(async move {
                     let result = archive(&host, &vm).await;
-                    let mut t = tracking.lock().await;
-                    t.busy.remove(&vm);
-                    t.running_since.remove(&vm);
-                    t.memory.applied_io.remove(&vm);
-                    drop(t);
+                    tracking.lock().await.stopped(&vm);
                     match result {
                         Ok(path) => {
                             tracing::warn!(%vm, path = %path.display(), "archived a copy that is not the VM's disk (nothing deleted)")
@@ -250,9 +252,7 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
                 tokio::spawn(async move {
                     let result = host.driver.delete(&vm).await;
                     let mut t = tracking.lock().await;
-                    t.busy.remove(&vm);
-                    t.running_since.remove(&vm);
-                    t.memory.applied_io.remove(&vm);
+                    t.stopped(&vm);
                     t.memory.recent_crashes.remove(&vm);
                     drop(t);
                     match result {
