@@ -121,155 +121,203 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
     host.metrics
         .crashes
         .fetch_add(crashes as u64, Ordering::Relaxed);
-    if t.reported_drift.as_ref() != Some(&plan.drift) {
-        let command = ComputeCommand::Drift {
-            host: host.name.clone(),
-            drift: plan.drift.clone(),
-        };
-        if host
-            .state
-            .submit(Command::Compute { command })
-            .await
-            .is_ok()
-        {
-            t.reported_drift = Some(plan.drift.clone());
-        }
-    }
+    report_drift(host, &mut t, &plan.drift).await;
     for action in plan.actions {
         if action.vm().is_some_and(|vm| t.busy.contains(vm)) {
             continue;
         }
-        match action {
-            Action::Report { vm, phase, message } => {
-                report(host, &vm, phase, message).await;
-            }
-            Action::Forget { vm } => {
-                let command = ComputeCommand::Forget {
-                    vm,
-                    host: host.name.clone(),
-                };
-                let _ = host.state.submit(Command::Compute { command }).await;
-            }
-            Action::FixDone { id } => {
-                let command = ComputeCommand::FixDone {
-                    id,
-                    host: host.name.clone(),
-                };
-                let _ = host.state.submit(Command::Compute { command }).await;
-            }
-            Action::AckReboot { vm, done } => rebooted(host, &vm, done).await,
-            Action::ResetCrashes { vm } => {
-                tracing::info!(%vm, "crash count reset by an operator's fix");
-                t.memory.recent_crashes.remove(&vm);
-            }
-            Action::KillForeign { vm, pid } => {
-                tracing::warn!(%vm, pid, "stopping a QEMU process hearth did not start, as fixed by an operator");
-                kill_foreign(pid).await;
-            }
-            Action::SetIo { vm, io } => {
-                let limits = DriverIo {
-                    iops: io.iops,
-                    bytes_per_sec: io.bytes_per_sec,
-                };
-                match host.driver.set_io_limits(&vm, &limits).await {
-                    Ok(()) => {
-                        t.memory.applied_io.insert(vm, io);
-                    }
-                    Err(error) => tracing::warn!(%vm, %error, "setting IO limits"),
+        act(host, desired, tracking, &mut t, action).await;
+    }
+}
+
+/// Writes the host's drift entries when they differ from what it last wrote.
+async fn report_drift(host: &Host, t: &mut Tracking, drift: &[Drift]) {
+    if t.reported_drift.as_deref() == Some(drift) {
+        return;
+    }
+    let command = ComputeCommand::Drift {
+        host: host.name.clone(),
+        drift: drift.to_vec(),
+    };
+    if host
+        .state
+        .submit(Command::Compute { command })
+        .await
+        .is_ok()
+    {
+        t.reported_drift = Some(drift.to_vec());
+    }
+}
+
+/// Carries out one action: at once for writes and quick changes, in a task of its own (the
+/// VM `busy` until it ends) for starts, reboots, shutdowns, archives and deletes.
+async fn act(
+    host: &Arc<Host>,
+    desired: &DesiredState,
+    tracking: &Arc<Mutex<Tracking>>,
+    t: &mut Tracking,
+    action: Action,
+) {
+    let submit = |command| async {
+        let _ = host.state.submit(Command::Compute { command }).await;
+    };
+    match action {
+        Action::Report { vm, phase, message } => report(host, &vm, phase, message).await,
+        Action::Forget { vm } => {
+            let host_name = host.name.clone();
+            submit(ComputeCommand::Forget {
+                vm,
+                host: host_name,
+            })
+            .await
+        }
+        Action::FixDone { id } => {
+            let host_name = host.name.clone();
+            submit(ComputeCommand::FixDone {
+                id,
+                host: host_name,
+            })
+            .await
+        }
+        Action::AckReboot { vm, done } => rebooted(host, &vm, done).await,
+        Action::ResetCrashes { vm } => {
+            tracing::info!(%vm, "crash count reset by an operator's fix");
+            t.memory.recent_crashes.remove(&vm);
+        }
+        Action::KillForeign { vm, pid } => {
+            tracing::warn!(%vm, pid, "stopping a QEMU process hearth did not start, as fixed by an operator");
+            kill_foreign(pid).await;
+        }
+        Action::SetIo { vm, io } => {
+            let limits = DriverIo {
+                iops: io.iops,
+                bytes_per_sec: io.bytes_per_sec,
+            };
+            match host.driver.set_io_limits(&vm, &limits).await {
+                Ok(()) => {
+                    t.memory.applied_io.insert(vm, io);
                 }
+                Err(error) => tracing::warn!(%vm, %error, "setting IO limits"),
             }
-            Action::Start { vm } => {
-                let Some(entry) = desired.compute.vms.get(&vm) else {
-                    continue;
-                };
+        }
+        Action::Start { vm } => {
+            if let Some(entry) = desired.compute.vms.get(&vm) {
                 let (entry, compute) = (entry.value.clone(), desired.compute.clone());
-                t.busy.insert(vm.clone());
+                t.busy.insert(vm);
                 let (host, tracking) = (host.clone(), tracking.clone());
                 tokio::spawn(async move {
                     let result = boot(&host, &entry, &compute).await;
                     started(&host, &tracking, &entry, result).await;
-                });
-            }
-            Action::Reboot { vm, done } => {
-                let Some(entry) = desired.compute.vms.get(&vm) else {
-                    continue;
-                };
-                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
-                t.busy.insert(vm.clone());
-                let (host, tracking) = (host.clone(), tracking.clone());
-                tokio::spawn(async move {
-                    tracing::info!(%vm, "rebooting");
-                    report(&host, &vm, Phase::Running, Some("rebooting".into())).await;
-                    if let Err(error) = host.driver.shutdown(&vm, SHUTDOWN_GRACE).await {
-                        // Not a crash: QEMU may still run. The next pass looks again and
-                        // asks for the reboot again.
-                        tracing::warn!(%vm, %error, "reboot: the shutdown failed");
-                        tracking.lock().await.busy.remove(&vm);
-                        return;
-                    }
-                    let result = boot(&host, &entry, &compute).await;
-                    // Remembered before leaving `busy`: until this host's copy shows the
-                    // reboot recorded, no pass may do it again.
-                    tracking
-                        .lock()
-                        .await
-                        .memory
-                        .reboots_done
-                        .insert(vm.clone(), done);
-                    rebooted(&host, &vm, done).await;
-                    started(&host, &tracking, &entry, result).await;
-                });
-            }
-            Action::Shutdown { vm } => {
-                t.busy.insert(vm.clone());
-                let (host, tracking) = (host.clone(), tracking.clone());
-                tokio::spawn(async move {
-                    let result = host.driver.shutdown(&vm, SHUTDOWN_GRACE).await;
-                    tracking.lock().await.stopped(&vm);
-                    match result {
-                        Ok(()) => report(&host, &vm, Phase::Stopped, None).await,
-                        Err(error) => tracing::warn!(%vm, %error, "VM shutdown failed"),
-                    }
-                });
-            }
-            Action::Archive { vm } => {
-                t.busy.insert(vm.clone());
-                let (host, tracking) = (host.clone(), tracking.clone());
-                tokio::spawn(async move {
-                    let result = archive(&host, &vm).await;
-                    tracking.lock().await.stopped(&vm);
-                    match result {
-                        Ok(path) => {
-                            tracing::warn!(%vm, path = %path.display(), "archived a copy that is not the VM's disk (nothing deleted)")
-                        }
-                        Err(error) => tracing::warn!(%vm, %error, "archiving a stale copy failed"),
-                    }
-                });
-            }
-            Action::Delete { vm } => {
-                t.busy.insert(vm.clone());
-                let (host, tracking) = (host.clone(), tracking.clone());
-                tokio::spawn(async move {
-                    let result = host.driver.delete(&vm).await;
-                    let mut t = tracking.lock().await;
-                    t.stopped(&vm);
-                    t.memory.recent_crashes.remove(&vm);
-                    drop(t);
-                    match result {
-                        Ok(()) => {
-                            tracing::info!(%vm, "VM deleted");
-                            let command = ComputeCommand::Forget {
-                                vm,
-                                host: host.name.clone(),
-                            };
-                            let _ = host.state.submit(Command::Compute { command }).await;
-                        }
-                        Err(error) => tracing::warn!(%vm, %error, "VM delete failed"),
-                    }
                 });
             }
         }
+        Action::Reboot { vm, done } => {
+            if let Some(entry) = desired.compute.vms.get(&vm) {
+                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
+                t.busy.insert(vm);
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move { reboot(&host, &tracking, &entry, &compute, done).await });
+            }
+        }
+        Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),
+        Action::Archive { vm } => spawn_stop(host, tracking, t, vm, Stop::Archive),
+        Action::Delete { vm } => spawn_stop(host, tracking, t, vm, Stop::Delete),
     }
+}
+
+/// The ways a VM's QEMU is stopped in a task.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// ACPI shutdown, then stopped hard after the grace period; its disk stays.
+    Shutdown,
+    /// Shut down, then its files moved to the archive (a stale copy).
+    Archive,
+    /// Stopped and its files removed, disk included (deleted as asked).
+    Delete,
+}
+
+fn spawn_stop(
+    host: &Arc<Host>,
+    tracking: &Arc<Mutex<Tracking>>,
+    t: &mut Tracking,
+    vm: String,
+    how: Stop,
+) {
+    t.busy.insert(vm.clone());
+    let (host, tracking) = (host.clone(), tracking.clone());
+    tokio::spawn(async move { stop(&host, &tracking, &vm, how).await });
+}
+
+/// Stops the VM as `how` says, leaves `busy`, and reports the outcome.
+async fn stop(host: &Host, tracking: &Mutex<Tracking>, vm: &str, how: Stop) {
+    let result = match how {
+        Stop::Shutdown => host
+            .driver
+            .shutdown(vm, SHUTDOWN_GRACE)
+            .await
+            .map(|()| None)
+            .map_err(|e| e.to_string()),
+        Stop::Archive => archive(host, vm).await.map(Some),
+        Stop::Delete => host
+            .driver
+            .delete(vm)
+            .await
+            .map(|()| None)
+            .map_err(|e| e.to_string()),
+    };
+    let mut t = tracking.lock().await;
+    t.stopped(vm);
+    if let Stop::Delete = how {
+        t.memory.recent_crashes.remove(vm);
+    }
+    drop(t);
+    match (how, result) {
+        (Stop::Shutdown, Ok(_)) => report(host, vm, Phase::Stopped, None).await,
+        (Stop::Archive, Ok(path)) => {
+            let path = path.unwrap_or_default();
+            tracing::warn!(%vm, path = %path.display(), "archived a copy that is not the VM's disk (nothing deleted)");
+        }
+        (Stop::Delete, Ok(_)) => {
+            tracing::info!(%vm, "VM deleted");
+            let command = ComputeCommand::Forget {
+                vm: vm.to_owned(),
+                host: host.name.clone(),
+            };
+            let _ = host.state.submit(Command::Compute { command }).await;
+        }
+        (how, Err(error)) => tracing::warn!(%vm, %error, ?how, "stopping the VM failed"),
+    }
+}
+
+/// Shuts the VM down and starts it again, then records reboot request `done` as done.
+async fn reboot(
+    host: &Arc<Host>,
+    tracking: &Mutex<Tracking>,
+    entry: &Vm,
+    compute: &Compute,
+    done: u64,
+) {
+    let vm = &entry.id;
+    tracing::info!(%vm, "rebooting");
+    report(host, vm, Phase::Running, Some("rebooting".into())).await;
+    if let Err(error) = host.driver.shutdown(vm, SHUTDOWN_GRACE).await {
+        // Not a crash: QEMU may still run. The next pass looks again and asks for the
+        // reboot again.
+        tracing::warn!(%vm, %error, "reboot: the shutdown failed");
+        tracking.lock().await.busy.remove(vm);
+        return;
+    }
+    let result = boot(host, entry, compute).await;
+    // Remembered before leaving `busy`: until this host's copy shows the reboot recorded, no
+    // pass may do it again.
+    tracking
+        .lock()
+        .await
+        .memory
+        .reboots_done
+        .insert(vm.clone(), done);
+    rebooted(host, vm, done).await;
+    started(host, tracking, entry, result).await;
 }
 
 /// Locks the loop's tracking, then observes the VMs, in this order. A start or delete task
