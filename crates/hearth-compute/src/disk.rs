@@ -17,11 +17,16 @@ pub fn read_generation(dir: &Path) -> Result<u64, DriverError> {
     let Some(bytes) = read_present(&path).map_err(io_error(&path))? else {
         return Ok(0);
     };
-    String::from_utf8_lossy(&bytes)
+    // A garbled file is this disk's problem, not the host's: it reads as a generation no VM
+    // has, so the disk is never used and its VM shows why.
+    Ok(String::from_utf8_lossy(&bytes)
         .trim()
         .parse()
-        .map_err(|_| DriverError::Qemu(format!("{}: not a generation number", path.display())))
+        .unwrap_or(UNREADABLE_GENERATION))
 }
+
+/// The generation a garbled generation file reads as.
+pub const UNREADABLE_GENERATION: u64 = u64::MAX;
 
 /// Writes the generation file through a temporary file, fsynced, so it is whole or absent.
 pub fn write_generation(dir: &Path, generation: u64) -> Result<(), DriverError> {
@@ -86,41 +91,54 @@ pub fn archive(root: &Path, id: &str) -> Result<PathBuf, DriverError> {
     Ok(target)
 }
 
-/// The backing file a qcow2 image names in its header, if any (read directly: a few bytes,
-/// no `qemu-img` process per disk).
-pub fn backing_file(path: &Path) -> Option<PathBuf> {
+/// The backing file a qcow2 image names in its header: `None` when the file is not there or
+/// is not a qcow2 image with one. A failed read is an error, never "no backing file".
+pub fn backing_file(path: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let mut header = [0u8; 20];
-    let mut file = std::fs::File::open(path).ok()?;
-    file.read_exact(&mut header).ok()?;
-    if &header[..4] != b"QFI\xfb" {
-        return None;
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
     }
-    let offset = u64::from_be_bytes(header[8..16].try_into().ok()?);
-    let size = u32::from_be_bytes(header[16..20].try_into().ok()?) as usize;
+    if &header[..4] != b"QFI\xfb" {
+        return Ok(None);
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let size = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
     if offset == 0 || size == 0 || size > 4096 {
-        return None;
+        return Ok(None);
     }
     let mut name = vec![0u8; size];
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).ok()?;
-    file.read_exact(&mut name).ok()?;
-    Some(PathBuf::from(String::from_utf8_lossy(&name).into_owned()))
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+    file.read_exact(&mut name)?;
+    Ok(Some(PathBuf::from(
+        String::from_utf8_lossy(&name).into_owned(),
+    )))
 }
 
 /// Every backing file named by a disk under the VM root or its archive: blobs that must never
-/// be collected, whatever the desired state says.
-pub fn backing_files(root: &Path) -> Vec<PathBuf> {
+/// be collected, whatever the desired state says. Any failure to look is an error, so that
+/// the caller collects nothing rather than a blob a disk it could not read still needs.
+pub fn backing_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for dir in [root.to_path_buf(), archive_root(root)] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
-        for entry in entries.flatten() {
-            if let Some(backing) = backing_file(&entry.path().join("disk.qcow2")) {
+        for entry in entries {
+            if let Some(backing) = backing_file(&entry?.path().join("disk.qcow2"))? {
                 files.push(backing);
             }
         }
     }
-    files
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -187,10 +205,14 @@ mod tests {
         header[100..100 + name.len()].copy_from_slice(name);
         std::fs::write(&disk, &header).unwrap();
         assert_eq!(
-            backing_file(&disk),
+            backing_file(&disk).unwrap(),
             Some(PathBuf::from("/var/lib/hearth/images/abc"))
         );
         std::fs::write(&disk, b"not a qcow2 image at all").unwrap();
-        assert_eq!(backing_file(&disk), None);
+        assert_eq!(backing_file(&disk).unwrap(), None);
+        // A directory where the disk should be cannot be read: an error, not "no backing".
+        std::fs::remove_file(&disk).unwrap();
+        std::fs::create_dir(&disk).unwrap();
+        assert!(backing_file(&disk).is_err());
     }
 }

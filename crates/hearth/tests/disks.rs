@@ -188,9 +188,10 @@ fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
     );
     assert_eq!(one_qemu(&cluster.agents[h]), qemu);
 
-    // An admin forces it anyway, and gives the disk up: the warning names the VM, a new
-    // copy starts elsewhere on an empty disk, and the old copy, still running, is a stale
-    // copy whose fix shuts it down and archives it whole.
+    // An admin forces it anyway, and gives the disk up: the warning names the VM, and a new
+    // copy starts elsewhere on an empty disk. The old copy, still running, is a stale copy:
+    // its host shuts it down by itself (the VM runs elsewhere now), keeps its disk, and the
+    // drift fix archives it whole.
     let (code, _, err) = cluster.agents[o].cli_result(&["node", "fence", &host, "--force"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("warning") && err.contains("web1"), "{err}");
@@ -199,13 +200,22 @@ fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
     let new_host = host_index(&cluster, &row);
     assert_ne!(new_host, h, "{row}");
     wait_boots(&cluster.agents[new_host], &id, &[1]);
+    eventually(
+        "the stale copy shut down by its host",
+        BOOT,
+        || match qemu_pids_under(&cluster.agents[h].dir)[..] {
+            [] => Ok(()),
+            ref other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        vm_dir(&cluster.agents[h], &id).join("disk.qcow2").is_file(),
+        "its disk stays"
+    );
     let stale = format!("{host}/wrong-host/{id}");
-    wait_drift(&cluster.agents[o], &stale, "runs here");
+    wait_drift(&cluster.agents[o], &stale, "has files here");
     cluster.agents[o].cli(&["fix", &stale]);
-    let archived = eventually("the stale copy shut down and archived", BOOT, || {
-        if !qemu_pids_under(&cluster.agents[h].dir).is_empty() {
-            return Err("still running".to_owned());
-        }
+    let archived = eventually("the stale copy archived", BOOT, || {
         archived_copy(&cluster.agents[h], &id, 1).ok_or_else(|| "not archived".to_owned())
     });
     let old_console = std::fs::read_to_string(archived.join("console.log")).unwrap();
@@ -363,7 +373,10 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..20].copy_from_slice(b"HEARTH-TEST-BASE v2\n");
     std::fs::write(&raw, &bytes).unwrap();
-    let image = hearth_testkit::test_guest_image_args(&guest, "tiny", &raw, "raw");
+    // Its kernel command line differs too: `hearth.discard_check` makes the guest print a
+    // HEARTH-GUEST-DISCARD line, so a VM booted with the new version's settings shows it.
+    let mut image = hearth_testkit::test_guest_image_args(&guest, "tiny", &raw, "raw");
+    *image.last_mut().unwrap() = "console=ttyS0 quiet panic=-1 hearth.discard_check".into();
     agent.cli(&image.iter().map(String::as_str).collect::<Vec<_>>());
     // The VM restarts on its own disk, still an overlay on the image it was made from.
     agent.cli(&["vm", "reboot", "app1"]);
@@ -374,13 +387,15 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
         2,
         "{text}"
     );
+    assert!(
+        !text.contains("HEARTH-GUEST-DISCARD"),
+        "booted with its own version's kernel command line: {text}"
+    );
     // A VM made now is made from the new version.
     let (_, newer) = running_vm(&cluster, 0, "app2");
-    assert!(
-        console(agent, &newer).contains("base=\"HEARTH-TEST-BASE v2\""),
-        "{}",
-        console(agent, &newer)
-    );
+    let text = console(agent, &newer);
+    assert!(text.contains("base=\"HEARTH-TEST-BASE v2\""), "{text}");
+    assert!(text.contains("HEARTH-GUEST-DISCARD"), "{text}");
     // Files of a VM id the state does not hold: the fix archives them; only --destroy
     // removes them.
     for (gone, destroy) in [("vm-900001", false), ("vm-900002", true)] {

@@ -180,6 +180,13 @@ async fn act(
             .await
         }
         Action::AckReboot { vm, done } => rebooted(host, &vm, done).await,
+        Action::ClaimDisk { vm } => {
+            if let Some(entry) = desired.compute.vms.get(&vm)
+                && let Err(error) = claim_disk(host, &entry.value).await
+            {
+                tracing::warn!(%vm, %error, "recording the disk's home");
+            }
+        }
         Action::ResetCrashes { vm } => {
             tracing::info!(%vm, "crash count reset by an operator's fix");
             t.memory.recent_crashes.remove(&vm);

@@ -101,8 +101,14 @@ pub async fn collect_image_garbage(
         let store = blobs.clone();
         let root = vms_root.clone();
         let removed = tokio::task::spawn_blocking(move || {
-            let referenced = referenced_blobs(&desired.compute, &root);
-            store.collect_garbage(&referenced, EVERY)
+            match referenced_blobs(&desired.compute, &root) {
+                Ok(referenced) => store.collect_garbage(&referenced, EVERY),
+                Err(error) => {
+                    // Not "nothing refers to them": collect nothing this round.
+                    tracing::warn!(%error, "cannot read this host's disks; no image file removed");
+                    Vec::new()
+                }
+            }
         })
         .await
         .unwrap_or_default();
@@ -118,7 +124,7 @@ pub async fn collect_image_garbage(
 pub fn referenced_blobs(
     compute: &hearth_types::compute::Compute,
     vms_root: &std::path::Path,
-) -> std::collections::BTreeSet<String> {
+) -> std::io::Result<std::collections::BTreeSet<String>> {
     let images = compute.images.values().map(|image| &image.value);
     let bases = compute.vms.values().filter_map(|vm| vm.value.base.as_ref());
     let mut referenced: std::collections::BTreeSet<String> = images
@@ -126,12 +132,12 @@ pub fn referenced_blobs(
         .flat_map(|image| image.blobs().map(|b| b.sha256.clone()))
         .collect();
     // By file name alone: a disk made when the data dir had another path still counts.
-    for backing in hearth_compute::disk::backing_files(vms_root) {
+    for backing in hearth_compute::disk::backing_files(vms_root)? {
         if let Some(name) = backing.file_name() {
             referenced.insert(name.to_string_lossy().into_owned());
         }
     }
-    referenced
+    Ok(referenced)
 }
 
 #[cfg(test)]
@@ -190,7 +196,7 @@ mod tests {
             .status()
             .expect("qemu-img (apt-get install qemu-utils)");
         assert!(status.success());
-        let referenced = referenced_blobs(&compute, &top.path().join("vms"));
+        let referenced = referenced_blobs(&compute, &top.path().join("vms")).unwrap();
         for sha in ['a', 'b', 'c'] {
             assert!(
                 referenced.contains(&sha.to_string().repeat(64)),

@@ -146,7 +146,9 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
             });
             continue;
         }
-        let movable = fenced && vm.disk.host.is_none();
+        // Generation 0 is a VM from before disks had homes: it may have had one, so it never
+        // moves (its host records the home when it sees the disk).
+        let movable = fenced && vm.disk.host.is_none() && vm.disk.generation > 0;
         if vm.deleting || (vm.host.is_some() && !movable) {
             continue;
         }
@@ -341,29 +343,35 @@ mod tests {
     #[test]
     fn a_fenced_host_moves_only_vms_that_never_had_a_disk() {
         let (mut desired, view) = world(&[("w1", MemberState::Dead), ("w2", MemberState::Alive)]);
-        desired
-            .compute
-            .vms
-            .insert("a".into(), vm("a", 100, Some("w1")));
-        desired
-            .compute
-            .vms
-            .insert("b".into(), vm("b", 100, Some("w1")));
-        desired.compute.vms.get_mut("a").unwrap().value.disk.host = Some("w1".into());
+        for id in ["a", "b", "legacy"] {
+            desired
+                .compute
+                .vms
+                .insert(id.into(), vm(id, 100, Some("w1")));
+        }
+        let vms = &mut desired.compute.vms;
+        // a ran on w1: its disk is there.
+        vms.get_mut("a").unwrap().value.disk = hearth_types::compute::DiskHome {
+            host: Some("w1".into()),
+            generation: 1,
+        };
+        // b was placed on w1 but never got a disk.
+        let b = &mut vms.get_mut("b").unwrap().value;
+        b.disk.generation = 1;
+        b.phase = Phase::Placed;
+        // A VM of a state from before disks had homes (generation 0) may have one: it stays.
         desired.compute.hosts.get_mut("w1").unwrap().fenced = true;
         assert_eq!(
             placed(&plan(&desired, &view)),
             [("b".to_string(), Some("w2".to_string()))],
-            "a's disk is on w1: it stays lost"
+            "a's disk is on w1, and legacy may have one there: both stay lost"
         );
-        let a = &desired.compute.vms["a"].value;
-        assert_eq!(shown_phase(a, &desired.compute, &view), Phase::Lost);
+        for id in ["a", "legacy"] {
+            let v = &desired.compute.vms[id].value;
+            assert_eq!(shown_phase(v, &desired.compute, &view), Phase::Lost);
+        }
         let drift = lost_drift(&desired.compute, &view);
         let entry = drift.iter().find(|d| d.vm == "a").unwrap();
-        assert!(
-            entry.fix.contains("recreate name-a --empty-disk")
-                || entry.fix.contains("recreate a --empty-disk"),
-            "{entry:?}"
-        );
+        assert!(entry.fix.contains("recreate a --empty-disk"), "{entry:?}");
     }
 }

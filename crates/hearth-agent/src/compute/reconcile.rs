@@ -74,6 +74,11 @@ pub enum Action {
         vm: String,
         done: u64,
     },
+    /// Record this host as the home of the VM's disk, which is here at the VM's generation
+    /// (made before the home was recorded, or by a version of hearth that kept no homes).
+    ClaimDisk {
+        vm: String,
+    },
     /// Record reboot request `done` as done without rebooting (the VM is not running).
     AckReboot {
         vm: String,
@@ -107,6 +112,7 @@ impl Action {
             | Action::Report { vm, .. }
             | Action::Reboot { vm, .. }
             | Action::AckReboot { vm, .. }
+            | Action::ClaimDisk { vm }
             | Action::KillForeign { vm, .. }
             | Action::ResetCrashes { vm } => Some(vm),
             Action::FixDone { .. } => None,
@@ -146,6 +152,9 @@ fn disk_here(me: &str, vm: &Vm, found: Option<&Seen>) -> DiskHere {
         }
         (Some(_), None) => DiskHere::Missing("its disk is gone from this host".into()),
         (Some(_), Some(s)) if s.generation == generation => DiskHere::Own,
+        (_, Some(s)) if s.generation == hearth_compute::disk::UNREADABLE_GENERATION => {
+            DiskHere::Missing("the generation file beside its disk here is unreadable".into())
+        }
         (Some(_), Some(s)) => DiskHere::Missing(format!(
             "the disk here is generation {}, not its own generation {generation}",
             s.generation
@@ -255,6 +264,13 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             }
             continue;
         }
+        // A disk of the VM's generation here with no home recorded: record it now, whatever
+        // the VM does, so that no fence can ever move it to a blank disk elsewhere.
+        if vm.disk.host.is_none()
+            && found.is_some_and(|s| s.disk_present && s.generation == vm.disk.generation)
+        {
+            plan.actions.push(Action::ClaimDisk { vm: vm.id.clone() });
+        }
         let done_here = memory.reboots_done.get(&vm.id).copied().unwrap_or(0);
         let reboots_done = vm.reboots_done.max(done_here);
         if done_here > vm.reboots_done {
@@ -358,6 +374,12 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             continue;
         }
         let (kind, detail, fix) = stale_copy(s, compute);
+        // A copy of a VM the cluster runs elsewhere (fenced and recreated while this host was
+        // cut off, say) must not run on: it is shut down at once. Its disk stays here, for an
+        // admin to archive; the VM's own copy is the one placed elsewhere.
+        if kind == DriftKind::WrongHost && s.pid.is_some() {
+            plan.actions.push(Action::Shutdown { vm: s.id.clone() });
+        }
         drift.push(Drift {
             id: format!("{me}/{}/{}", kind.as_str(), s.id),
             host: me.into(),
@@ -732,9 +754,10 @@ pub(crate) mod tests {
             foreign,
         ];
         let plan = reconcile("w1", &c, &seen, &Memory::default());
-        assert!(
-            plan.actions.is_empty(),
-            "never touches what is not placed here"
+        assert_eq!(
+            plan.actions,
+            [Action::Shutdown { vm: "vm-2".into() }],
+            "a running copy of a VM placed elsewhere is shut down (its disk stays); nothing else is touched"
         );
         let kinds: Vec<_> = plan.drift.iter().map(|d| (d.vm.as_str(), d.kind)).collect();
         assert!(kinds.contains(&("vm-2", DriftKind::WrongHost)));
@@ -875,5 +898,41 @@ pub(crate) mod tests {
         let seen = [seen("vm-1", Some(1), true), seen("vm-2", None, true)];
         let plan = reconcile("w1", &c, &seen, &Memory::default());
         assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+    }
+
+    #[test]
+    fn a_disk_here_without_a_home_is_claimed_whatever_the_vm_does() {
+        // Made before the home was recorded, or by a hearth that kept none (generation 0).
+        for (phase, pid) in [(Phase::Running, Some(4)), (Phase::Stopped, None)] {
+            let mut v = vm("vm-1", "w1", phase, Power::Running);
+            v.value.disk.host = None;
+            let c = compute(vec![v]);
+            let plan = reconcile("w1", &c, &[seen("vm-1", pid, true)], &Memory::default());
+            assert!(
+                plan.actions
+                    .contains(&Action::ClaimDisk { vm: "vm-1".into() }),
+                "{phase:?}: {:?}",
+                plan.actions
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_generation_file_loses_that_vm_only() {
+        let mut a = seen("vm-1", None, true);
+        a.generation = hearth_compute::disk::UNREADABLE_GENERATION;
+        let c = compute(vec![
+            vm("vm-1", "w1", Phase::Stopped, Power::Running),
+            vm("vm-2", "w1", Phase::Stopped, Power::Running),
+        ]);
+        let plan = reconcile("w1", &c, &[a, seen("vm-2", None, true)], &Memory::default());
+        assert_eq!(plan.drift.len(), 1, "{:?}", plan.drift);
+        assert!(
+            plan.drift[0].detail.contains("unreadable"),
+            "{:?}",
+            plan.drift
+        );
+        assert!(plan.actions.contains(&Action::Start { vm: "vm-2".into() }));
+        assert!(!plan.actions.contains(&Action::Start { vm: "vm-1".into() }));
     }
 }

@@ -162,6 +162,17 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             if let Err(message) = image.validate() {
                 return Outcome::Invalid { message };
             }
+            // VMs of a state written before they kept their base keep the version they have.
+            if let Some(old) = compute.images.get(&image.name).map(|i| i.value.clone())
+                && old != *image
+                && expectation_holds(*expect, compute.images.get(&image.name).map(|i| i.version))
+            {
+                for vm in compute.vms.values_mut() {
+                    if vm.value.base.is_none() && vm.value.request.image == image.name {
+                        vm.value.base = Some(old.clone());
+                    }
+                }
+            }
             put(
                 &mut compute.images,
                 image.name.clone(),
@@ -265,9 +276,11 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
                     current: Some(entry.version),
                 };
             }
-            // A VM that runs on its host has its disk there, whatever else was recorded
-            // (states written before disks had homes).
-            let claims = *phase == Phase::Running && entry.value.disk.host.is_none();
+            // A VM of a state written before disks had homes (generation 0) that runs on its
+            // host has its disk there.
+            let claims = *phase == Phase::Running
+                && entry.value.disk.host.is_none()
+                && entry.value.disk.generation == 0;
             if claims {
                 entry.value.disk.host = Some(host.clone());
             }
@@ -370,7 +383,9 @@ fn claim_disk(compute: &mut Compute, vm: &str, host: &str, generation: u64) -> O
         return Outcome::NotFound;
     };
     let vm = &mut entry.value;
-    let placed_here = vm.host.as_deref() == Some(host);
+    // A fenced host is off as far as the cluster knows: nothing of it starts.
+    let placed_here =
+        vm.host.as_deref() == Some(host) && !compute.hosts.get(host).is_some_and(|h| h.fenced);
     match &vm.disk.host {
         _ if !placed_here || vm.deleting || vm.disk.generation != generation => Outcome::Conflict {
             current: Some(entry.version),
@@ -400,12 +415,12 @@ fn recreate(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Out
         .is_some_and(|h| compute.hosts.get(h).is_some_and(|h| h.fenced));
     // Its host said the disk is missing (a host reports `lost` for nothing else).
     let missing = vm.phase == Phase::Lost;
-    if vm.host.is_some() && vm.disk.host.is_some() && !fenced && !missing {
+    if vm.host.is_some() && !fenced && !missing {
         return Outcome::Invalid {
             message: format!(
-                "vm: the disk of {} is on {}, which has not reported it missing; recreate gives up a lost disk only (if {} is off for good, fence it first)",
+                "vm: {} is on {}, which has not reported its disk missing; recreate gives up a lost disk only (if {} is off for good, fence it first)",
                 vm.request.name,
-                vm.disk.host.as_deref().unwrap_or_default(),
+                vm.host.as_deref().unwrap_or_default(),
                 vm.host.as_deref().unwrap_or_default()
             ),
         };
@@ -990,5 +1005,92 @@ mod tests {
                 .sha256,
             "b".repeat(64)
         );
+    }
+
+    #[test]
+    fn a_fenced_host_claims_nothing_and_late_reports_record_no_home() {
+        let mut compute = setup();
+        let id = created(&mut compute, "a", 10);
+        let place = ComputeCommand::Place {
+            vm: id.clone(),
+            host: Some("w1".into()),
+            from: None,
+        };
+        assert!(apply(&mut compute, &place, 11).changed());
+        apply(
+            &mut compute,
+            &ComputeCommand::Fence {
+                host: "w1".into(),
+                fenced: true,
+            },
+            12,
+        );
+        let claim = ComputeCommand::ClaimDisk {
+            vm: id.clone(),
+            host: "w1".into(),
+            generation: 1,
+        };
+        assert!(matches!(
+            apply(&mut compute, &claim, 13),
+            Outcome::Conflict { .. }
+        ));
+        // A `running` report records a home only for a VM of an older state (generation 0).
+        let report = ComputeCommand::Report {
+            vm: id.clone(),
+            host: "w1".into(),
+            phase: Phase::Running,
+            message: None,
+        };
+        apply(&mut compute, &report, 14);
+        assert_eq!(compute.vms[&id].value.disk.host, None);
+        compute.vms.get_mut(&id).unwrap().value.disk.generation = 0;
+        compute.vms.get_mut(&id).unwrap().value.phase = Phase::Placed;
+        apply(&mut compute, &report, 15);
+        assert_eq!(compute.vms[&id].value.disk.host.as_deref(), Some("w1"));
+        // Recreate is refused for a VM on a host that is up (not fenced) and has not said
+        // its disk is missing, home or not.
+        apply(
+            &mut compute,
+            &ComputeCommand::Fence {
+                host: "w1".into(),
+                fenced: false,
+            },
+            16,
+        );
+        let other = created(&mut compute, "b", 17);
+        apply(
+            &mut compute,
+            &ComputeCommand::Place {
+                vm: other.clone(),
+                host: Some("w1".into()),
+                from: None,
+            },
+            18,
+        );
+        let outcome = apply(
+            &mut compute,
+            &ComputeCommand::Recreate {
+                vm: other,
+                expect: Expect::Any,
+            },
+            19,
+        );
+        assert!(matches!(outcome, Outcome::Invalid { .. }), "{outcome:?}");
+    }
+
+    #[test]
+    fn vms_of_an_older_state_keep_the_image_version_they_have() {
+        let mut compute = setup();
+        let id = created(&mut compute, "a", 10);
+        compute.vms.get_mut(&id).unwrap().value.base = None;
+        let mut newer = image();
+        newer.disk.sha256 = "b".repeat(64);
+        let put = ComputeCommand::PutImage {
+            image: newer,
+            expect: Expect::Any,
+        };
+        assert!(apply(&mut compute, &put, 11).changed());
+        let vm = &compute.vms[&id].value;
+        assert_eq!(vm.base_image(&compute).unwrap().disk.sha256, "a".repeat(64));
     }
 }
