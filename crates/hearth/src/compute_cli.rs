@@ -402,6 +402,11 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
                 return Ok(());
             }
             print_table(&VM_HEADER, std::iter::once(vm_row(&row)));
+            let generation = &row["disk"]["generation"];
+            match row["disk"]["host"].as_str() {
+                Some(home) => println!("\ndisk: on {home} (generation {generation})"),
+                None => println!("\ndisk: none yet (generation {generation} when made)"),
+            }
             if let Some(message) = row["message"].as_str() {
                 println!("\n{message}");
             }

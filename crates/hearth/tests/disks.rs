@@ -116,6 +116,11 @@ fn an_agent_that_stops_leaves_or_dies_keeps_its_vm_running_and_adopts_it() {
     let o = other(h);
     let host = cluster.agents[h].spec.name.clone();
     let qemu = one_qemu(&cluster.agents[h]);
+    let shown = cluster.agents[o].cli(&["vm", "show", "web1"]);
+    assert!(
+        shown.contains(&format!("disk: on {host} (generation 1)")),
+        "{shown}"
+    );
 
     // Ways an agent goes away: SIGTERM (as systemd stops it), `hearth leave`, kill -9.
     for way in ["SIGTERM", "leave", "kill -9"] {
@@ -281,10 +286,33 @@ fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk()
         assert!(qemu_pids_under(&agent.dir).is_empty(), "nothing runs it");
     }
 
-    // Recreate needs the words, and an admin (the node token here is root).
+    // Recreate needs the words, and an admin: alice owns db1, but may not give its disk up.
     let (code, _, err) = cluster.agents[o].cli_result(&["vm", "recreate", "db1"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--empty-disk"), "{err}");
+    let password = cluster.agents[o].dir.join("alice.pass");
+    std::fs::write(&password, "a long enough secret phrase").unwrap();
+    cluster.agents[o].cli(&[
+        "account",
+        "add",
+        "alice",
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    let alice = cluster.agents[o].cli(&["token", "create", "--account", "alice"]);
+    let (status, answer) = hearth_testkit::http_request(
+        cluster.agents[o].api_addr(),
+        &format!(
+            "POST /v1/vms/db1/recreate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{{\"empty_disk\":true}}",
+            alice.trim()
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        vm(&cluster.agents[o], "db1").unwrap()["disk"]["generation"],
+        1
+    );
     let out = cluster.agents[o].cli(&["vm", "recreate", "db1", "--empty-disk"]);
     assert!(out.contains("empty disk"), "{out}");
     let row = wait_phase(&cluster.agents[o], "db1", "running");
