@@ -46,6 +46,35 @@ struct Tracking {
 }
 
 impl Tracking {
+    /// A start task is over: what it means for the VM's tracking, and the phase to report.
+    /// Only a failure of QEMU or its disk counts toward the crash limit; one before QEMU ran
+    /// (an image not fetched yet, a disk home not recorded without a quorum) is retried.
+    fn record_start(
+        &mut self,
+        vm: &Vm,
+        result: Result<u32, BootError>,
+        now: Instant,
+    ) -> (Phase, Option<String>) {
+        self.busy.remove(&vm.id);
+        match result {
+            Ok(_) => {
+                self.running_since.insert(vm.id.clone(), now);
+                self.memory.applied_io.insert(vm.id.clone(), vm.request.io);
+                (Phase::Running, None)
+            }
+            Err(BootError::NotYet(error)) => {
+                tracing::warn!(vm = %vm.id, %error, "VM not started yet; retrying");
+                (Phase::Creating, Some(error))
+            }
+            Err(BootError::Failed(error)) => {
+                tracing::warn!(vm = %vm.id, %error, "VM start failed");
+                self.running_since.remove(&vm.id);
+                *self.memory.recent_crashes.entry(vm.id.clone()).or_insert(0) += 1;
+                (Phase::Failed, Some(error))
+            }
+        }
+    }
+
     /// A shutdown, archive or delete task is over: the VM is no longer busy, and runs no
     /// more (or its task failed, and the next pass looks again).
     fn stopped(&mut self, vm: &str) {
@@ -490,30 +519,15 @@ async fn started(
     vm: &Vm,
     result: Result<u32, BootError>,
 ) {
-    let mut t = tracking.lock().await;
-    t.busy.remove(&vm.id);
-    match result {
-        Ok(pid) => {
-            tracing::info!(vm = %vm.id, pid, "VM started");
-            host.metrics.starts.fetch_add(1, Ordering::Relaxed);
-            t.running_since.insert(vm.id.clone(), Instant::now());
-            t.memory.applied_io.insert(vm.id.clone(), vm.request.io);
-            drop(t);
-            report(host, &vm.id, Phase::Running, None).await;
-        }
-        Err(BootError::NotYet(error)) => {
-            tracing::warn!(vm = %vm.id, %error, "VM not started yet; retrying");
-            drop(t);
-            report(host, &vm.id, Phase::Creating, Some(error)).await;
-        }
-        Err(BootError::Failed(error)) => {
-            tracing::warn!(vm = %vm.id, %error, "VM start failed");
-            t.running_since.remove(&vm.id);
-            *t.memory.recent_crashes.entry(vm.id.clone()).or_insert(0) += 1;
-            drop(t);
-            report(host, &vm.id, Phase::Failed, Some(error)).await;
-        }
+    if let Ok(pid) = &result {
+        tracing::info!(vm = %vm.id, pid, "VM started");
+        host.metrics.starts.fetch_add(1, Ordering::Relaxed);
     }
+    let (phase, message) = tracking
+        .lock()
+        .await
+        .record_start(vm, result, Instant::now());
+    report(host, &vm.id, phase, message).await;
 }
 
 async fn rebooted(host: &Host, vm: &str, done: u64) {
@@ -713,5 +727,36 @@ mod tests {
                 assert_eq!(plan.actions, [Action::Delete { vm: "vm-1".into() }]);
             }
         }
+    }
+
+    /// Regression (chaos runner, N = 5, seeds 12093864681495879464 and
+    /// 1579506533739138843): a start that failed because the host could not record the
+    /// disk's home during a split counted as a QEMU crash; three in 2 s left the VM `crashed`
+    /// for good after healing.
+    #[test]
+    fn a_start_that_failed_before_qemu_ran_is_no_crash() {
+        let entry = vm("vm-1", "w1", Phase::Placed, Power::Running).value;
+        let mut t = Tracking::default();
+        for _ in 0..2 * reconcile::CRASH_LIMIT {
+            t.busy.insert("vm-1".into());
+            let not_yet = Err(BootError::NotYet("no quorum".into()));
+            assert_eq!(
+                t.record_start(&entry, not_yet, Instant::now()).0,
+                Phase::Creating
+            );
+            assert!(!t.busy.contains("vm-1"));
+        }
+        assert_eq!(t.memory.recent_crashes.get("vm-1"), None);
+        let failed = Err(BootError::Failed("qemu-system-x86_64 exited".into()));
+        assert_eq!(
+            t.record_start(&entry, failed, Instant::now()).0,
+            Phase::Failed
+        );
+        assert_eq!(t.memory.recent_crashes.get("vm-1"), Some(&1));
+        assert_eq!(
+            t.record_start(&entry, Ok(42), Instant::now()).0,
+            Phase::Running
+        );
+        assert!(t.running_since.contains_key("vm-1"));
     }
 }
