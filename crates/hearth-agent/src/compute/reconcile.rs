@@ -205,7 +205,8 @@ fn report(actions: &mut Vec<Action>, vm: &Vm, phase: Phase, message: Option<Stri
     }
 }
 
-/// One reconciliation pass for host `me`.
+/// One reconciliation pass for host `me`: address conflicts, then each VM placed here, then
+/// what is here but not placed here, then the fixes an operator asked for.
 pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) -> Plan {
     let mut plan = Plan::default();
     let seen_by_id: BTreeMap<&str, &Seen> = seen
@@ -219,7 +220,22 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
         .map(|v| &v.value)
         .filter(|vm| vm.host.as_deref() == Some(me))
         .collect();
-    let mut drift = Vec::new();
+    let mut drift = conflicts(me, &mine);
+    for vm in &mine {
+        let found = seen_by_id.get(vm.id.as_str()).copied();
+        one_vm(me, vm, found, memory, &mut plan.actions, &mut drift);
+    }
+    let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
+    strays(me, compute, seen, &mine_ids, &mut plan.actions, &mut drift);
+    drift.sort();
+    drift.dedup_by(|a, b| a.id == b.id);
+    fixes(me, compute, seen, &drift, &mut plan.actions);
+    plan.drift = drift;
+    plan
+}
+
+/// An `ip-conflict` entry for each address two running VMs here hold, naming the newer.
+fn conflicts(me: &str, mine: &[&Vm]) -> Vec<Drift> {
     let mut addresses: BTreeMap<_, Vec<&Vm>> = BTreeMap::new();
     for vm in mine
         .iter()
@@ -229,148 +245,168 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             addresses.entry(assigned.address).or_default().push(vm);
         }
     }
+    let mut drift = Vec::new();
     for (address, holders) in &addresses {
         if holders.len() > 1 {
             let newest = holders
                 .iter()
                 .max_by_key(|vm| vm.id.trim_start_matches("vm-").parse::<u64>().unwrap_or(0))
                 .expect("two holders");
+            let names: Vec<&str> = holders.iter().map(|vm| vm.request.name.as_str()).collect();
             drift.push(Drift {
                 id: format!("{me}/{}/{}", DriftKind::IpConflict.as_str(), newest.id),
                 host: me.into(),
                 vm: newest.id.clone(),
                 kind: DriftKind::IpConflict,
-                detail: format!(
-                    "{address} is held by {}",
-                    holders
-                        .iter()
-                        .map(|vm| vm.request.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
-                ),
+                detail: format!("{address} is held by {}", names.join(" and ")),
                 fix: format!("stop {}, the newer VM", newest.request.name),
             });
         }
     }
-    for vm in &mine {
-        let found = seen_by_id.get(vm.id.as_str()).copied();
-        let running = found.and_then(|s| s.pid).is_some();
-        let disk = disk_here(me, vm, found);
-        if vm.deleting {
-            if found.is_some() {
-                plan.actions.push(Action::Delete { vm: vm.id.clone() });
-            } else {
-                plan.actions.push(Action::Forget { vm: vm.id.clone() });
-            }
-            continue;
+    drift
+}
+
+/// The actions and drift for one VM placed on this host.
+fn one_vm(
+    me: &str,
+    vm: &Vm,
+    found: Option<&Seen>,
+    memory: &Memory,
+    actions: &mut Vec<Action>,
+    drift: &mut Vec<Drift>,
+) {
+    let running = found.and_then(|s| s.pid).is_some();
+    let disk = disk_here(me, vm, found);
+    if vm.deleting {
+        actions.push(match found {
+            Some(_) => Action::Delete { vm: vm.id.clone() },
+            None => Action::Forget { vm: vm.id.clone() },
+        });
+        return;
+    }
+    // A disk of the VM's generation here with no home recorded: record it now, whatever the
+    // VM does, so that no fence can ever move it to a blank disk elsewhere.
+    if vm.disk.host.is_none()
+        && found.is_some_and(|s| s.disk_present && s.generation == vm.disk.generation)
+    {
+        actions.push(Action::ClaimDisk { vm: vm.id.clone() });
+    }
+    let done_here = memory.reboots_done.get(&vm.id).copied().unwrap_or(0);
+    let reboots_done = vm.reboots_done.max(done_here);
+    if done_here > vm.reboots_done {
+        // Done here, not recorded yet: say so again, do not do it again.
+        actions.push(Action::AckReboot {
+            vm: vm.id.clone(),
+            done: done_here,
+        });
+    }
+    match (vm.request.power, running) {
+        // Runs on an old generation's disk (recreated while it ran): stop it; the next passes
+        // archive that disk and start the VM on its new one.
+        (_, true) if disk == DiskHere::Stale => {
+            report(actions, vm, Phase::Stopping, None);
+            actions.push(Action::Shutdown { vm: vm.id.clone() });
         }
-        // A disk of the VM's generation here with no home recorded: record it now, whatever
-        // the VM does, so that no fence can ever move it to a blank disk elsewhere.
-        if vm.disk.host.is_none()
-            && found.is_some_and(|s| s.disk_present && s.generation == vm.disk.generation)
-        {
-            plan.actions.push(Action::ClaimDisk { vm: vm.id.clone() });
-        }
-        let done_here = memory.reboots_done.get(&vm.id).copied().unwrap_or(0);
-        let reboots_done = vm.reboots_done.max(done_here);
-        if done_here > vm.reboots_done {
-            // Done here, not recorded yet: say so again, do not do it again.
-            plan.actions.push(Action::AckReboot {
+        (Power::Running, true) if vm.reboots_asked > reboots_done => {
+            actions.push(Action::Reboot {
                 vm: vm.id.clone(),
-                done: done_here,
+                done: vm.reboots_asked,
             });
         }
-        match (vm.request.power, running) {
-            // Runs on an old generation's disk (recreated while it ran): stop it; the next
-            // passes archive that disk and start the VM on its new one.
-            (_, true) if disk == DiskHere::Stale => {
-                report(&mut plan.actions, vm, Phase::Stopping, None);
-                plan.actions.push(Action::Shutdown { vm: vm.id.clone() });
-            }
-            (Power::Running, true) if vm.reboots_asked > reboots_done => {
-                plan.actions.push(Action::Reboot {
+        (Power::Running, true) => {
+            report(actions, vm, Phase::Running, None);
+            if memory.applied_io.get(&vm.id) != Some(&vm.request.io) {
+                actions.push(Action::SetIo {
                     vm: vm.id.clone(),
-                    done: vm.reboots_asked,
+                    io: vm.request.io,
                 });
-            }
-            (Power::Running, true) => {
-                report(&mut plan.actions, vm, Phase::Running, None);
-                if memory.applied_io.get(&vm.id) != Some(&vm.request.io) {
-                    plan.actions.push(Action::SetIo {
-                        vm: vm.id.clone(),
-                        io: vm.request.io,
-                    });
-                }
-            }
-            (_, false) if vm.reboots_asked > reboots_done => {
-                // Nothing runs to reboot; the start (if any) follows on the next pass.
-                plan.actions.push(Action::AckReboot {
-                    vm: vm.id.clone(),
-                    done: vm.reboots_asked,
-                });
-            }
-            (Power::Running, false) => {
-                let crashes = memory.recent_crashes.get(&vm.id).copied().unwrap_or(0);
-                if crashes >= CRASH_LIMIT {
-                    report(
-                        &mut plan.actions,
-                        vm,
-                        Phase::Crashed,
-                        Some(format!(
-                            "QEMU died {crashes} times in a row; not restarting"
-                        )),
-                    );
-                    drift.push(Drift {
-                        id: format!("{me}/{}/{}", DriftKind::CrashLoop.as_str(), vm.id),
-                        host: me.into(),
-                        vm: vm.id.clone(),
-                        kind: DriftKind::CrashLoop,
-                        detail: format!(
-                            "{} died {crashes} times after starting; see its console log",
-                            vm.request.name
-                        ),
-                        fix: "reset the crash count and start it again".into(),
-                    });
-                } else if let DiskHere::Missing(why) = &disk {
-                    report(&mut plan.actions, vm, Phase::Lost, Some(why.clone()));
-                    drift.push(missing_disk(me, vm, why));
-                } else if disk == DiskHere::Stale {
-                    report(
-                        &mut plan.actions,
-                        vm,
-                        Phase::Creating,
-                        Some("archiving the disk of before the recreate".into()),
-                    );
-                    plan.actions.push(Action::Archive { vm: vm.id.clone() });
-                } else {
-                    // The phase says so at once, so nobody reads `running` while QEMU is gone.
-                    let message = match vm.phase {
-                        Phase::Placed | Phase::Pending => None,
-                        Phase::Stopped | Phase::Stopping => Some("starting".to_owned()),
-                        Phase::Creating => vm.message.clone(),
-                        _ => Some("QEMU was not running; starting it again".to_owned()),
-                    };
-                    report(&mut plan.actions, vm, Phase::Creating, message);
-                    plan.actions.push(Action::Start { vm: vm.id.clone() });
-                }
-            }
-            (Power::Stopped, true) => {
-                report(&mut plan.actions, vm, Phase::Stopping, None);
-                plan.actions.push(Action::Shutdown { vm: vm.id.clone() });
-            }
-            (Power::Stopped, false) => {
-                if let DiskHere::Missing(why) = &disk {
-                    report(&mut plan.actions, vm, Phase::Lost, Some(why.clone()));
-                    drift.push(missing_disk(me, vm, why));
-                } else {
-                    report(&mut plan.actions, vm, Phase::Stopped, None);
-                }
             }
         }
+        (_, false) if vm.reboots_asked > reboots_done => {
+            // Nothing runs to reboot; the start (if any) follows on the next pass.
+            actions.push(Action::AckReboot {
+                vm: vm.id.clone(),
+                done: vm.reboots_asked,
+            });
+        }
+        (Power::Running, false) => not_running(me, vm, &disk, memory, actions, drift),
+        (Power::Stopped, true) => {
+            report(actions, vm, Phase::Stopping, None);
+            actions.push(Action::Shutdown { vm: vm.id.clone() });
+        }
+        (Power::Stopped, false) => match &disk {
+            DiskHere::Missing(why) => {
+                report(actions, vm, Phase::Lost, Some(why.clone()));
+                drift.push(missing_disk(me, vm, why));
+            }
+            _ => report(actions, vm, Phase::Stopped, None),
+        },
     }
-    let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
+}
+
+/// A VM that should run and does not: started, unless it crash-loops, its disk is missing,
+/// or an old generation's disk must be archived first.
+fn not_running(
+    me: &str,
+    vm: &Vm,
+    disk: &DiskHere,
+    memory: &Memory,
+    actions: &mut Vec<Action>,
+    drift: &mut Vec<Drift>,
+) {
+    let crashes = memory.recent_crashes.get(&vm.id).copied().unwrap_or(0);
+    if crashes >= CRASH_LIMIT {
+        let message = format!("QEMU died {crashes} times in a row; not restarting");
+        report(actions, vm, Phase::Crashed, Some(message));
+        drift.push(Drift {
+            id: format!("{me}/{}/{}", DriftKind::CrashLoop.as_str(), vm.id),
+            host: me.into(),
+            vm: vm.id.clone(),
+            kind: DriftKind::CrashLoop,
+            detail: format!(
+                "{} died {crashes} times after starting; see its console log",
+                vm.request.name
+            ),
+            fix: "reset the crash count and start it again".into(),
+        });
+        return;
+    }
+    match disk {
+        DiskHere::Missing(why) => {
+            report(actions, vm, Phase::Lost, Some(why.clone()));
+            drift.push(missing_disk(me, vm, why));
+        }
+        DiskHere::Stale => {
+            let message = "archiving the disk of before the recreate".to_owned();
+            report(actions, vm, Phase::Creating, Some(message));
+            actions.push(Action::Archive { vm: vm.id.clone() });
+        }
+        DiskHere::Own | DiskHere::New => {
+            // The phase says so at once, so nobody reads `running` while QEMU is gone.
+            let message = match vm.phase {
+                Phase::Placed | Phase::Pending => None,
+                Phase::Stopped | Phase::Stopping => Some("starting".to_owned()),
+                Phase::Creating => vm.message.clone(),
+                _ => Some("QEMU was not running; starting it again".to_owned()),
+            };
+            report(actions, vm, Phase::Creating, message);
+            actions.push(Action::Start { vm: vm.id.clone() });
+        }
+    }
+}
+
+/// Drift for what is here but not placed here (stale copies, foreign processes); a running
+/// copy of a VM placed elsewhere is shut down.
+fn strays(
+    me: &str,
+    compute: &Compute,
+    seen: &[Seen],
+    mine: &BTreeSet<&str>,
+    actions: &mut Vec<Action>,
+    drift: &mut Vec<Drift>,
+) {
     for s in seen {
-        if !s.foreign && mine_ids.contains(s.id.as_str()) {
+        if !s.foreign && mine.contains(s.id.as_str()) {
             continue;
         }
         let (kind, detail, fix) = stale_copy(s, compute);
@@ -378,7 +414,7 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
         // cut off, say) must not run on: it is shut down at once. Its disk stays here, for an
         // admin to archive; the VM's own copy is the one placed elsewhere.
         if kind == DriftKind::WrongHost && s.pid.is_some() {
-            plan.actions.push(Action::Shutdown { vm: s.id.clone() });
+            actions.push(Action::Shutdown { vm: s.id.clone() });
         }
         drift.push(Drift {
             id: format!("{me}/{}/{}", kind.as_str(), s.id),
@@ -389,11 +425,6 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) ->
             fix,
         });
     }
-    drift.sort();
-    drift.dedup_by(|a, b| a.id == b.id);
-    fixes(me, compute, seen, &drift, &mut plan.actions);
-    plan.drift = drift;
-    plan
 }
 
 /// What a copy on this host of a VM not placed here is, and its fix. No fix removes data: a
