@@ -157,154 +157,29 @@ impl ComputeCommand {
 }
 
 pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64) -> Outcome {
+    use ComputeCommand as C;
     match command {
-        ComputeCommand::PutImage { image, expect } => {
-            if let Err(message) = image.validate() {
-                return Outcome::Invalid { message };
-            }
-            // VMs of a state written before they kept their base keep the version they have.
-            if let Some(old) = compute.images.get(&image.name).map(|i| i.value.clone())
-                && old != *image
-                && expectation_holds(*expect, compute.images.get(&image.name).map(|i| i.version))
-            {
-                for vm in compute.vms.values_mut() {
-                    if vm.value.base.is_none() && vm.value.request.image == image.name {
-                        vm.value.base = Some(old.clone());
-                    }
-                }
-            }
-            put(
-                &mut compute.images,
-                image.name.clone(),
-                image.clone(),
-                *expect,
-                index,
-            )
-        }
-        ComputeCommand::RemoveImage { name, expect } => {
-            if let Some(vm) = compute
-                .vms
-                .values()
-                .find(|vm| vm.value.request.image == *name)
-            {
-                return Outcome::Invalid {
-                    message: format!("name: image {name} is used by VM {}", vm.value.request.name),
-                };
-            }
-            remove(&mut compute.images, name, *expect)
-        }
-        ComputeCommand::PutPool { pool, expect } => {
-            if let Err(message) = pool.validate() {
-                return Outcome::Invalid { message };
-            }
-            if let Some(old) = compute.pools.get(&pool.name)
-                && old.value.cidr != pool.cidr
-                && !compute.used_addresses(&pool.name).is_empty()
-            {
-                return Outcome::Invalid {
-                    message: "cidr: cannot change while VMs hold addresses from the pool".into(),
-                };
-            }
-            put(
-                &mut compute.pools,
-                pool.name.clone(),
-                pool.clone(),
-                *expect,
-                index,
-            )
-        }
-        ComputeCommand::RemovePool { name, expect } => {
-            let used = compute.used_addresses(name);
-            if !used.is_empty() {
-                return Outcome::Invalid {
-                    message: format!("name: {} addresses of pool {name} are in use", used.len()),
-                };
-            }
-            remove(&mut compute.pools, name, *expect)
-        }
-        ComputeCommand::CreateVm { request } => create_vm(compute, request, index),
-        ComputeCommand::SetPower { vm, power, expect } => {
+        C::PutImage { image, expect } => put_image(compute, image, *expect, index),
+        C::RemoveImage { name, expect } => remove_image(compute, name, *expect),
+        C::PutPool { pool, expect } => put_pool(compute, pool, *expect, index),
+        C::RemovePool { name, expect } => remove_pool(compute, name, *expect),
+        C::CreateVm { request } => create_vm(compute, request, index),
+        C::SetPower { vm, power, expect } => {
             update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
         }
-        ComputeCommand::SetIo { vm, io, expect } => {
+        C::SetIo { vm, io, expect } => {
             update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io)
         }
-        ComputeCommand::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
-        ComputeCommand::Place { vm, host, from } => {
-            let Some(entry) = compute.vms.get_mut(vm) else {
-                return Outcome::NotFound;
-            };
-            if entry.value.host != *from {
-                return Outcome::Conflict {
-                    current: Some(entry.version),
-                };
-            }
-            // A disk never moves by placement: a VM with a home goes nowhere else.
-            if let Some(home) = &entry.value.disk.host
-                && host.as_ref() != Some(home)
-            {
-                return Outcome::Invalid {
-                    message: format!(
-                        "vm: the disk of {} is on {home}; it cannot start anywhere else",
-                        entry.value.request.name
-                    ),
-                };
-            }
-            entry.value.host = host.clone();
-            let phase = if host.is_some() {
-                Phase::Placed
-            } else {
-                Phase::Pending
-            };
-            set_phase(&mut entry.value, phase, None, index);
-            Outcome::Applied {
-                version: entry.version,
-            }
-        }
-        ComputeCommand::Report {
+        C::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
+        C::Place { vm, host, from } => place(compute, vm, host, from, index),
+        C::Report {
             vm,
             host,
             phase,
             message,
-        } => {
-            let Some(entry) = compute.vms.get_mut(vm) else {
-                return Outcome::NotFound;
-            };
-            // A report from a host the VM is no longer placed on is stale.
-            if entry.value.host.as_deref() != Some(host.as_str()) {
-                return Outcome::Conflict {
-                    current: Some(entry.version),
-                };
-            }
-            // A VM of a state written before disks had homes (generation 0) that runs on its
-            // host has its disk there.
-            let claims = *phase == Phase::Running
-                && entry.value.disk.host.is_none()
-                && entry.value.disk.generation == 0;
-            if claims {
-                entry.value.disk.host = Some(host.clone());
-            }
-            if entry.value.phase == *phase && entry.value.message == *message && !claims {
-                return Outcome::Nothing;
-            }
-            set_phase(&mut entry.value, *phase, message.clone(), index);
-            Outcome::Applied {
-                version: entry.version,
-            }
-        }
-        ComputeCommand::Forget { vm, host } => match compute.vms.get(vm) {
-            None => Outcome::NotFound,
-            Some(entry)
-                if entry.value.deleting && entry.value.host.as_deref() == Some(host.as_str()) =>
-            {
-                compute.vms.remove(vm);
-                Outcome::Removed
-            }
-            Some(entry) => Outcome::Conflict {
-                current: Some(entry.version),
-            },
-        },
-        ComputeCommand::Host { host, capacity } => {
+        } => report(compute, vm, host, *phase, message, index),
+        C::Forget { vm, host } => forget(compute, vm, host),
+        C::Host { host, capacity } => {
             let entry = compute.hosts.entry(host.clone()).or_default();
             if entry.capacity == *capacity {
                 return Outcome::Nothing;
@@ -312,69 +187,228 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             entry.capacity = *capacity;
             Outcome::Applied { version: index }
         }
-        ComputeCommand::Fence { host, fenced } => {
-            let entry = compute.hosts.entry(host.clone()).or_default();
-            entry.fenced = *fenced;
+        C::Fence { host, fenced } => {
+            compute.hosts.entry(host.clone()).or_default().fenced = *fenced;
             Outcome::Applied { version: index }
         }
-        ComputeCommand::Drift { host, drift } => {
-            let current = compute.drift.get(host).map(Vec::as_slice).unwrap_or(&[]);
-            if current == drift.as_slice() {
-                return Outcome::Nothing;
-            }
-            if drift.is_empty() {
-                compute.drift.remove(host);
-            } else {
-                compute.drift.insert(host.clone(), drift.clone());
-            }
-            Outcome::Applied { version: index }
-        }
-        ComputeCommand::Reboot { vm, expect } => {
-            if let Some(entry) = compute.vms.get(vm)
-                && entry.value.request.power != Power::Running
-            {
-                return Outcome::Invalid {
-                    message: format!(
-                        "vm: {} is stopped; start it instead",
-                        entry.value.request.name
-                    ),
-                };
-            }
-            update_vm(compute, vm, *expect, index, |vm| {
-                vm.reboots_asked = vm.reboots_asked.max(vm.reboots_done) + 1
-            })
-        }
-        ComputeCommand::Rebooted { vm, host, done } => {
-            let Some(entry) = compute.vms.get_mut(vm) else {
-                return Outcome::NotFound;
-            };
-            if entry.value.host.as_deref() != Some(host.as_str()) {
-                return Outcome::Conflict {
-                    current: Some(entry.version),
-                };
-            }
-            if entry.value.reboots_done >= *done {
-                return Outcome::Nothing;
-            }
-            entry.value.reboots_done = *done;
-            Outcome::Applied {
-                version: entry.version,
-            }
-        }
-        ComputeCommand::Fix { id, destroy } => fix(compute, id, *destroy, index),
-        ComputeCommand::FixDone { id, host } => {
+        C::Drift { host, drift } => host_drift(compute, host, drift, index),
+        C::Reboot { vm, expect } => reboot(compute, vm, *expect, index),
+        C::Rebooted { vm, host, done } => rebooted(compute, vm, host, *done),
+        C::Fix { id, destroy } => fix(compute, id, *destroy, index),
+        C::FixDone { id, host } => {
             if !id.starts_with(&format!("{host}/")) || compute.fixes.remove(id).is_none() {
                 return Outcome::Nothing;
             }
             compute.destroy.remove(id);
             Outcome::Applied { version: index }
         }
-        ComputeCommand::ClaimDisk {
+        C::ClaimDisk {
             vm,
             host,
             generation,
         } => claim_disk(compute, vm, host, *generation),
-        ComputeCommand::Recreate { vm, expect } => recreate(compute, vm, *expect, index),
+        C::Recreate { vm, expect } => recreate(compute, vm, *expect, index),
+    }
+}
+
+fn put_image(compute: &mut Compute, image: &Image, expect: Expect, index: u64) -> Outcome {
+    if let Err(message) = image.validate() {
+        return Outcome::Invalid { message };
+    }
+    // VMs of a state written before they kept their base keep the version they have.
+    if let Some(old) = compute.images.get(&image.name).map(|i| i.value.clone())
+        && old != *image
+        && expectation_holds(expect, compute.images.get(&image.name).map(|i| i.version))
+    {
+        for vm in compute.vms.values_mut() {
+            if vm.value.base.is_none() && vm.value.request.image == image.name {
+                vm.value.base = Some(old.clone());
+            }
+        }
+    }
+    put(
+        &mut compute.images,
+        image.name.clone(),
+        image.clone(),
+        expect,
+        index,
+    )
+}
+
+fn remove_image(compute: &mut Compute, name: &str, expect: Expect) -> Outcome {
+    if let Some(vm) = compute
+        .vms
+        .values()
+        .find(|vm| vm.value.request.image == name)
+    {
+        return Outcome::Invalid {
+            message: format!("name: image {name} is used by VM {}", vm.value.request.name),
+        };
+    }
+    remove(&mut compute.images, name, expect)
+}
+
+fn put_pool(compute: &mut Compute, pool: &IpPool, expect: Expect, index: u64) -> Outcome {
+    if let Err(message) = pool.validate() {
+        return Outcome::Invalid { message };
+    }
+    if let Some(old) = compute.pools.get(&pool.name)
+        && old.value.cidr != pool.cidr
+        && !compute.used_addresses(&pool.name).is_empty()
+    {
+        return Outcome::Invalid {
+            message: "cidr: cannot change while VMs hold addresses from the pool".into(),
+        };
+    }
+    put(
+        &mut compute.pools,
+        pool.name.clone(),
+        pool.clone(),
+        expect,
+        index,
+    )
+}
+
+fn remove_pool(compute: &mut Compute, name: &str, expect: Expect) -> Outcome {
+    let used = compute.used_addresses(name);
+    if !used.is_empty() {
+        return Outcome::Invalid {
+            message: format!("name: {} addresses of pool {name} are in use", used.len()),
+        };
+    }
+    remove(&mut compute.pools, name, expect)
+}
+
+/// The leader's placement; a VM with a disk home goes nowhere else.
+fn place(
+    compute: &mut Compute,
+    vm: &str,
+    host: &Option<String>,
+    from: &Option<String>,
+    index: u64,
+) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(vm) else {
+        return Outcome::NotFound;
+    };
+    if entry.value.host != *from {
+        return Outcome::Conflict {
+            current: Some(entry.version),
+        };
+    }
+    if let Some(home) = &entry.value.disk.host
+        && host.as_ref() != Some(home)
+    {
+        return Outcome::Invalid {
+            message: format!(
+                "vm: the disk of {} is on {home}; it cannot start anywhere else",
+                entry.value.request.name
+            ),
+        };
+    }
+    entry.value.host = host.clone();
+    let phase = if host.is_some() {
+        Phase::Placed
+    } else {
+        Phase::Pending
+    };
+    set_phase(&mut entry.value, phase, None, index);
+    Outcome::Applied {
+        version: entry.version,
+    }
+}
+
+/// A host reports a VM's phase; a report from a host the VM is no longer placed on is stale.
+fn report(
+    compute: &mut Compute,
+    vm: &str,
+    host: &str,
+    phase: Phase,
+    message: &Option<String>,
+    index: u64,
+) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(vm) else {
+        return Outcome::NotFound;
+    };
+    if entry.value.host.as_deref() != Some(host) {
+        return Outcome::Conflict {
+            current: Some(entry.version),
+        };
+    }
+    // A VM of a state written before disks had homes (generation 0) that runs on its host
+    // has its disk there.
+    let claims = phase == Phase::Running
+        && entry.value.disk.host.is_none()
+        && entry.value.disk.generation == 0;
+    if claims {
+        entry.value.disk.host = Some(host.to_owned());
+    }
+    if entry.value.phase == phase && entry.value.message == *message && !claims {
+        return Outcome::Nothing;
+    }
+    set_phase(&mut entry.value, phase, message.clone(), index);
+    Outcome::Applied {
+        version: entry.version,
+    }
+}
+
+/// The host removed a deleted VM's disk: the VM and its addresses go.
+fn forget(compute: &mut Compute, vm: &str, host: &str) -> Outcome {
+    match compute.vms.get(vm) {
+        None => Outcome::NotFound,
+        Some(entry) if entry.value.deleting && entry.value.host.as_deref() == Some(host) => {
+            compute.vms.remove(vm);
+            Outcome::Removed
+        }
+        Some(entry) => Outcome::Conflict {
+            current: Some(entry.version),
+        },
+    }
+}
+
+fn host_drift(compute: &mut Compute, host: &str, drift: &[Drift], index: u64) -> Outcome {
+    let current = compute.drift.get(host).map(Vec::as_slice).unwrap_or(&[]);
+    if current == drift {
+        return Outcome::Nothing;
+    }
+    if drift.is_empty() {
+        compute.drift.remove(host);
+    } else {
+        compute.drift.insert(host.to_owned(), drift.to_vec());
+    }
+    Outcome::Applied { version: index }
+}
+
+fn reboot(compute: &mut Compute, vm: &str, expect: Expect, index: u64) -> Outcome {
+    if let Some(entry) = compute.vms.get(vm)
+        && entry.value.request.power != Power::Running
+    {
+        return Outcome::Invalid {
+            message: format!(
+                "vm: {} is stopped; start it instead",
+                entry.value.request.name
+            ),
+        };
+    }
+    update_vm(compute, vm, expect, index, |vm| {
+        vm.reboots_asked = vm.reboots_asked.max(vm.reboots_done) + 1
+    })
+}
+
+fn rebooted(compute: &mut Compute, vm: &str, host: &str, done: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(vm) else {
+        return Outcome::NotFound;
+    };
+    if entry.value.host.as_deref() != Some(host) {
+        return Outcome::Conflict {
+            current: Some(entry.version),
+        };
+    }
+    if entry.value.reboots_done >= done {
+        return Outcome::Nothing;
+    }
+    entry.value.reboots_done = done;
+    Outcome::Applied {
+        version: entry.version,
     }
 }
 
