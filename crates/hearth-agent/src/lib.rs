@@ -164,26 +164,13 @@ impl Agent {
             source,
         })?;
         let token = load_or_create_token(&config.token_path())?;
-        let gossip = UdpSocket::bind(config.gossip_addr)
-            .await
-            .map_err(bind_error("gossip_addr", config.gossip_addr))?;
-        let dns_udp = UdpSocket::bind(config.dns_addr)
-            .await
-            .map_err(bind_error("dns_addr", config.dns_addr))?;
-        let dns_tcp = TcpListener::bind(config.dns_addr)
-            .await
-            .map_err(bind_error("dns_addr", config.dns_addr))?;
-        let api = TcpListener::bind(config.api_addr)
-            .await
-            .map_err(bind_error("api_addr", config.api_addr))?;
-        let rpc = match config.holds_state() {
-            true => Some(
-                TcpListener::bind(config.rpc_addr)
-                    .await
-                    .map_err(bind_error("rpc_addr", config.rpc_addr))?,
-            ),
-            false => None,
-        };
+        let Sockets {
+            gossip,
+            dns_udp,
+            dns_tcp,
+            api,
+            rpc,
+        } = Sockets::bind(&config).await?;
         let rpc_addr = rpc
             .as_ref()
             .and_then(|l| l.local_addr().ok())
@@ -203,191 +190,59 @@ impl Agent {
             rpc_addr,
             in_group: false,
         };
-        let keyring = || {
-            Keyring::new(
-                &config.cluster,
-                &resolved.primary_secret,
-                &resolved.accepted_secrets,
-            )
-        };
-        let state_keyring: SharedKeyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring())));
-        let no_desired = hearth_types::desired::DesiredState::default();
-        let wanted = services::wanted_instances(
-            &config.service,
-            &no_desired,
-            &config.node_name,
-            resolved.advertise,
-        );
-        let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(wanted);
-        let instances: checks::Instances = Arc::new(Mutex::new(Default::default()));
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        let (membership, membership_task) = Membership::start(
-            MembershipConfig {
-                cluster: config.cluster.clone(),
-                keyring: keyring(),
-                meta: meta.clone(),
-                join: resolved.join.clone(),
-                timing: config.gossip_timing(),
-                services: Vec::new(),
-            },
-            gossip,
-            events_tx,
-            shutdown.clone(),
-        )?;
-        tasks.spawn(async move {
-            let _ = membership_task.await;
-        });
+        let state_keyring: SharedKeyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring(
+            &config, &resolved,
+        ))));
+        let (membership, events_rx) =
+            start_membership(&config, &resolved, &meta, gossip, &shutdown, &mut tasks)?;
         let state = match (rpc, rpc_addr) {
             (Some(listener), Some(rpc_advertise)) => {
-                let state = StateNode::start(
-                    StateConfig {
-                        node_name: config.node_name.clone(),
-                        data_dir: config.data_dir.join("state"),
-                        rpc_advertise,
-                        bootstrap_expect: config.state.bootstrap_expect,
-                        replace_voter_after: config.state.replace_voter_after,
-                        write_timeout: config.state.write_timeout,
-                        heartbeat: config.state.heartbeat,
-                        election_timeout: config.state.election_timeout,
-                        blob_dir: Some(config.data_dir.join("images")),
-                        vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
-                    },
+                let state = start_state(
+                    &config,
                     listener,
-                    state_keyring.clone(),
-                    membership.views(),
-                    shutdown.clone(),
+                    rpc_advertise,
+                    &state_keyring,
+                    &membership,
+                    &shutdown,
                     &mut tasks,
                 )
                 .await?;
-                tasks.spawn(cluster_events::observe(
-                    state.clone(),
-                    membership.views(),
-                    shutdown.clone(),
-                ));
-                tasks.spawn(compute::leader::run(
-                    state.clone(),
-                    membership.views(),
-                    shutdown.clone(),
-                ));
-                tasks.spawn(announce_group_membership(
-                    state.clone(),
-                    membership.clone(),
-                    meta,
-                    shutdown.clone(),
-                ));
+                spawn_state_tasks(&state, &membership, meta, &shutdown, &mut tasks);
                 Some(state)
             }
             _ => None,
         };
         let compute_metrics = Arc::new(compute::ComputeMetrics::default());
         let blobs = compute::blobs::BlobStore::new(config.data_dir.join("images"));
-        if let (Some(state), true) = (&state, config.is_worker()) {
-            let driver = worker_driver(&config)?;
-            tasks.spawn(compute::host::run(
-                compute::host::Host {
-                    name: config.node_name.clone(),
-                    capacity: worker_capacity(&config.compute),
-                    driver: Arc::new(driver),
-                    blobs: blobs.clone(),
-                    state: state.clone(),
-                    metrics: compute_metrics.clone(),
-                },
-                shutdown.clone(),
-            ));
-        }
-        if let (Some(state), true) = (&state, config.roles.contains(&Role::Server)) {
-            tasks.spawn(compute::replicate_images(
-                state.clone(),
-                blobs.clone(),
-                shutdown.clone(),
-            ));
-        }
-        if let Some(state) = &state {
-            tasks.spawn(compute::collect_image_garbage(
-                state.clone(),
-                blobs.clone(),
-                config.data_dir.join("vms"),
-                shutdown.clone(),
-            ));
-            tasks.spawn(follow_desired_services(
-                state.reader().subscribe(),
-                wanted_tx,
-                config.service.clone(),
-                config.node_name.clone(),
-                resolved.advertise,
-                shutdown.clone(),
-            ));
-        } else {
-            // Nothing else will change what this node runs; keep the channel open.
-            tasks.spawn(async move {
-                let _keep = wanted_tx;
-            });
-        }
-        tasks.spawn(services::supervise(
-            wanted_rx,
-            instances.clone(),
-            membership.clone(),
-            shutdown.clone(),
-        ));
-        let handler_metrics = Arc::new(handlers::HandlerMetrics::default());
-        if let Some(state) = &state {
-            let cluster_handlers = config
-                .handler
-                .iter()
-                .filter(|h| h.scope == config::HandlerScope::Cluster)
-                .cloned()
-                .collect();
-            tasks.spawn(cluster_events::deliver(
-                state.clone(),
-                config.node_name.clone(),
-                cluster_handlers,
-                handler_metrics.clone(),
-                shutdown.clone(),
-            ));
-        }
-        tasks.spawn(handlers::run_handlers(
-            config.node_name.clone(),
-            config.handler.clone(),
-            events_rx,
-            handler_metrics.clone(),
-            shutdown.clone(),
-        ));
-        let origin = hearth_dns::Name::from_ascii(&resolved.zone)
-            .map_err(|error| StartAgentError::Zone(error.to_string()))?;
-        let zone = Zone::new(origin, config.dns.ttl, config.dns.none_healthy);
+        spawn_compute(
+            &config,
+            state.as_ref(),
+            &blobs,
+            &compute_metrics,
+            &shutdown,
+            &mut tasks,
+        )?;
+        let instances = spawn_services(
+            &config,
+            &resolved,
+            state.as_ref(),
+            &membership,
+            &shutdown,
+            &mut tasks,
+        );
+        let handler_metrics =
+            spawn_handlers(&config, state.as_ref(), events_rx, &shutdown, &mut tasks);
         let dns_metrics = Arc::new(DnsMetrics::default());
-        let desired = match &state {
-            Some(state) => state.reader().subscribe(),
-            // Nodes without the replicated state serve gossip names only.
-            None => tokio::sync::watch::channel(Arc::default()).1,
-        };
-        match (&state, resolved.dns_push) {
-            (Some(state), Some(push)) => {
-                let leader = state.clone();
-                tasks.spawn(hearth_dns::push::run_pusher(
-                    push,
-                    zone.clone(),
-                    membership.views(),
-                    state.reader().subscribe(),
-                    move || leader.is_leader(),
-                    dns_metrics.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            (None, Some(_)) => tracing::warn!(
-                "dns.push is ignored: only servers and witnesses (which hold the replicated state) push"
-            ),
-            (_, None) => {}
-        }
-        tasks.spawn(hearth_dns::serve(
-            zone,
-            dns_udp,
-            dns_tcp,
-            membership.views(),
-            desired,
-            dns_metrics.clone(),
-            shutdown.clone(),
-        ));
+        spawn_dns(
+            &config,
+            &resolved,
+            state.as_ref(),
+            &membership,
+            (dns_udp, dns_tcp),
+            &dns_metrics,
+            &shutdown,
+            &mut tasks,
+        )?;
         let router = api::router(api::ApiState {
             token: token.into(),
             membership: membership.clone(),
@@ -402,18 +257,7 @@ impl Agent {
             mail: resolved.smtp.clone().map(Arc::new),
             logins: Default::default(),
         });
-        let api_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(
-                api,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(api_shutdown.cancelled_owned())
-            .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "API server stopped");
-            }
-        });
+        serve_api(api, router, &shutdown, &mut tasks);
         tracing::info!(%gossip_addr, %dns_addr, %api_addr, node = %config.node_name, "agent started");
         Ok(Agent {
             api_addr,
@@ -432,18 +276,10 @@ impl Agent {
     /// rotates without a restart. Other changes in the file need a restart and are ignored.
     pub async fn reload_secrets(&self, config_path: &Path) -> Result<usize, config::ConfigError> {
         let (config, resolved) = Config::load(config_path)?;
-        let keyring = Keyring::new(
-            &config.cluster,
-            &resolved.primary_secret,
-            &resolved.accepted_secrets,
-        );
-        let n_keys = keyring.len();
-        self.membership.set_keyring(keyring).await;
-        let for_state = Keyring::new(
-            &config.cluster,
-            &resolved.primary_secret,
-            &resolved.accepted_secrets,
-        );
+        let for_gossip = keyring(&config, &resolved);
+        let n_keys = for_gossip.len();
+        self.membership.set_keyring(for_gossip).await;
+        let for_state = keyring(&config, &resolved);
         *self
             .state_keyring
             .write()
@@ -485,6 +321,342 @@ impl Agent {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// The sockets an agent listens on, bound before anything starts, so that a port in use
+/// fails the start with the key at fault.
+struct Sockets {
+    gossip: UdpSocket,
+    dns_udp: UdpSocket,
+    dns_tcp: TcpListener,
+    api: TcpListener,
+    /// Raft RPC, on nodes that hold the replicated state.
+    rpc: Option<TcpListener>,
+}
+
+impl Sockets {
+    async fn bind(config: &Config) -> Result<Sockets, StartAgentError> {
+        let gossip = UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(bind_error("gossip_addr", config.gossip_addr))?;
+        let dns_udp = UdpSocket::bind(config.dns_addr)
+            .await
+            .map_err(bind_error("dns_addr", config.dns_addr))?;
+        let dns_tcp = TcpListener::bind(config.dns_addr)
+            .await
+            .map_err(bind_error("dns_addr", config.dns_addr))?;
+        let api = TcpListener::bind(config.api_addr)
+            .await
+            .map_err(bind_error("api_addr", config.api_addr))?;
+        let rpc = match config.holds_state() {
+            true => Some(
+                TcpListener::bind(config.rpc_addr)
+                    .await
+                    .map_err(bind_error("rpc_addr", config.rpc_addr))?,
+            ),
+            false => None,
+        };
+        Ok(Sockets {
+            gossip,
+            dns_udp,
+            dns_tcp,
+            api,
+            rpc,
+        })
+    }
+}
+
+/// The tasks of a node that holds the replicated state: cluster events, the leader's
+/// placement, and announcing its group membership by gossip.
+fn spawn_state_tasks(
+    state: &StateNode,
+    membership: &Membership,
+    meta: NodeMeta,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    tasks.spawn(cluster_events::observe(
+        state.clone(),
+        membership.views(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(compute::leader::run(
+        state.clone(),
+        membership.views(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(announce_group_membership(
+        state.clone(),
+        membership.clone(),
+        meta,
+        shutdown.clone(),
+    ));
+}
+
+/// VMs: a worker's host loop, a server's copies of image files, and every state holder's
+/// image file collector.
+fn spawn_compute(
+    config: &Config,
+    state: Option<&StateNode>,
+    blobs: &compute::blobs::BlobStore,
+    metrics: &Arc<compute::ComputeMetrics>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StartAgentError> {
+    let Some(state) = state else {
+        return Ok(());
+    };
+    if config.is_worker() {
+        let driver = worker_driver(config)?;
+        tasks.spawn(compute::host::run(
+            compute::host::Host {
+                name: config.node_name.clone(),
+                capacity: worker_capacity(&config.compute),
+                driver: Arc::new(driver),
+                blobs: blobs.clone(),
+                state: state.clone(),
+                metrics: metrics.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
+    if config.roles.contains(&Role::Server) {
+        tasks.spawn(compute::replicate_images(
+            state.clone(),
+            blobs.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(compute::collect_image_garbage(
+        state.clone(),
+        blobs.clone(),
+        config.data_dir.join("vms"),
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// The cluster keyring from the config's secrets.
+fn keyring(config: &Config, resolved: &Resolved) -> Keyring {
+    Keyring::new(
+        &config.cluster,
+        &resolved.primary_secret,
+        &resolved.accepted_secrets,
+    )
+}
+
+/// The gossip layer on its socket; returns its handle and its stream of cluster events.
+fn start_membership(
+    config: &Config,
+    resolved: &Resolved,
+    meta: &NodeMeta,
+    gossip: UdpSocket,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(Membership, mpsc::Receiver<hearth_types::ClusterEvent>), StartAgentError> {
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (membership, membership_task) = Membership::start(
+        MembershipConfig {
+            cluster: config.cluster.clone(),
+            keyring: keyring(config, resolved),
+            meta: meta.clone(),
+            join: resolved.join.clone(),
+            timing: config.gossip_timing(),
+            services: Vec::new(),
+        },
+        gossip,
+        events_tx,
+        shutdown.clone(),
+    )?;
+    tasks.spawn(async move {
+        let _ = membership_task.await;
+    });
+    Ok((membership, events_rx))
+}
+
+/// The replicated state of a server or witness, on its Raft RPC listener.
+async fn start_state(
+    config: &Config,
+    listener: TcpListener,
+    rpc_advertise: SocketAddr,
+    keyring: &SharedKeyring,
+    membership: &Membership,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<StateNode, StartAgentError> {
+    let state_config = StateConfig {
+        node_name: config.node_name.clone(),
+        data_dir: config.data_dir.join("state"),
+        rpc_advertise,
+        bootstrap_expect: config.state.bootstrap_expect,
+        replace_voter_after: config.state.replace_voter_after,
+        write_timeout: config.state.write_timeout,
+        heartbeat: config.state.heartbeat,
+        election_timeout: config.state.election_timeout,
+        blob_dir: Some(config.data_dir.join("images")),
+        vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
+    };
+    Ok(StateNode::start(
+        state_config,
+        listener,
+        keyring.clone(),
+        membership.views(),
+        shutdown.clone(),
+        tasks,
+    )
+    .await?)
+}
+
+/// The health checks of this node's service instances: the configured ones, and on state
+/// holders the cluster-wide services assigned to this node. Returns the instances' shared
+/// table.
+fn spawn_services(
+    config: &Config,
+    resolved: &Resolved,
+    state: Option<&StateNode>,
+    membership: &Membership,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> checks::Instances {
+    let wanted = services::wanted_instances(
+        &config.service,
+        &hearth_types::desired::DesiredState::default(),
+        &config.node_name,
+        resolved.advertise,
+    );
+    let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(wanted);
+    match state {
+        Some(state) => {
+            tasks.spawn(follow_desired_services(
+                state.reader().subscribe(),
+                wanted_tx,
+                config.service.clone(),
+                config.node_name.clone(),
+                resolved.advertise,
+                shutdown.clone(),
+            ));
+        }
+        None => {
+            // Nothing else will change what this node runs; keep the channel open.
+            tasks.spawn(async move {
+                let _keep = wanted_tx;
+            });
+        }
+    }
+    let instances: checks::Instances = Arc::new(Mutex::new(Default::default()));
+    tasks.spawn(services::supervise(
+        wanted_rx,
+        instances.clone(),
+        membership.clone(),
+        shutdown.clone(),
+    ));
+    instances
+}
+
+/// The event handlers: node-local ones on every node, cluster-wide ones through the log on
+/// state holders. Returns their counters.
+fn spawn_handlers(
+    config: &Config,
+    state: Option<&StateNode>,
+    events: mpsc::Receiver<hearth_types::ClusterEvent>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Arc<handlers::HandlerMetrics> {
+    let metrics = Arc::new(handlers::HandlerMetrics::default());
+    if let Some(state) = state {
+        let cluster_handlers = config
+            .handler
+            .iter()
+            .filter(|h| h.scope == config::HandlerScope::Cluster)
+            .cloned()
+            .collect();
+        tasks.spawn(cluster_events::deliver(
+            state.clone(),
+            config.node_name.clone(),
+            cluster_handlers,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(handlers::run_handlers(
+        config.node_name.clone(),
+        config.handler.clone(),
+        events,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    metrics
+}
+
+/// Serves the API, the panel and `/metrics` until shutdown.
+fn serve_api(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "API server stopped");
+        }
+    });
+}
+
+/// The authoritative DNS server, and on state holders the pusher to an external primary.
+#[allow(clippy::too_many_arguments)]
+fn spawn_dns(
+    config: &Config,
+    resolved: &Resolved,
+    state: Option<&StateNode>,
+    membership: &Membership,
+    (dns_udp, dns_tcp): (UdpSocket, TcpListener),
+    dns_metrics: &Arc<DnsMetrics>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StartAgentError> {
+    let origin = hearth_dns::Name::from_ascii(&resolved.zone)
+        .map_err(|error| StartAgentError::Zone(error.to_string()))?;
+    let zone = Zone::new(origin, config.dns.ttl, config.dns.none_healthy);
+    let desired = match state {
+        Some(state) => state.reader().subscribe(),
+        // Nodes without the replicated state serve gossip names only.
+        None => tokio::sync::watch::channel(Arc::default()).1,
+    };
+    match (state, resolved.dns_push.clone()) {
+        (Some(state), Some(push)) => {
+            let leader = state.clone();
+            tasks.spawn(hearth_dns::push::run_pusher(
+                push,
+                zone.clone(),
+                membership.views(),
+                state.reader().subscribe(),
+                move || leader.is_leader(),
+                dns_metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        (None, Some(_)) => tracing::warn!(
+            "dns.push is ignored: only servers and witnesses (which hold the replicated state) push"
+        ),
+        (_, None) => {}
+    }
+    tasks.spawn(hearth_dns::serve(
+        zone,
+        dns_udp,
+        dns_tcp,
+        membership.views(),
+        desired,
+        dns_metrics.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// Recomputes this node's wanted instances whenever the desired state changes.
