@@ -412,21 +412,9 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             }
             Ok(())
         }
-        VmCommand::Start { vm } => {
-            let answer: Value = client.post(&format!("/v1/vms/{vm}/start"))?;
-            report(json, &answer, &format!("{vm}: asked to run"));
-            Ok(())
-        }
-        VmCommand::Stop { vm } => {
-            let answer: Value = client.post(&format!("/v1/vms/{vm}/stop"))?;
-            report(json, &answer, &format!("{vm}: asked to stop"));
-            Ok(())
-        }
-        VmCommand::Reboot { vm } => {
-            let answer: Value = client.post(&format!("/v1/vms/{vm}/reboot"))?;
-            report(json, &answer, &format!("{vm}: asked to reboot"));
-            Ok(())
-        }
+        VmCommand::Start { vm } => vm_post(client, json, &vm, "start", "asked to run"),
+        VmCommand::Stop { vm } => vm_post(client, json, &vm, "stop", "asked to stop"),
+        VmCommand::Reboot { vm } => vm_post(client, json, &vm, "reboot", "asked to reboot"),
         VmCommand::Recreate { vm, empty_disk } => {
             if !empty_disk {
                 return Err(ClientError::Usage(format!(
@@ -444,29 +432,47 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             );
             Ok(())
         }
-        VmCommand::Console { vm, follow } => {
-            let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
-            loop {
-                if json {
-                    print_json(&answer);
-                } else {
-                    use std::io::Write;
-                    print!("{}", text(&answer["text"]).replace('\r', ""));
-                    let _ = std::io::stdout().flush();
-                }
-                if !follow {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                let next = answer["next"].as_u64().unwrap_or(0);
-                answer = client.get(&format!("/v1/vms/{vm}/console?offset={next}"))?;
-            }
-        }
+        VmCommand::Console { vm, follow } => console(client, json, &vm, follow),
         VmCommand::Delete { vm } => {
             let answer: Value = client.delete(&format!("/v1/vms/{vm}"))?;
             report(json, &answer, &format!("{vm}: deleting"));
             Ok(())
         }
+    }
+}
+
+/// `POST /v1/vms/VM/ACTION`, saying `done` when it was taken.
+fn vm_post(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    action: &str,
+    done: &str,
+) -> Result<(), ClientError> {
+    let answer: Value = client.post(&format!("/v1/vms/{vm}/{action}"))?;
+    report(json, &answer, &format!("{vm}: {done}"));
+    Ok(())
+}
+
+/// Prints the VM's console log, and with `follow` what the guest writes next, until
+/// interrupted.
+fn console(client: &ApiClient, json: bool, vm: &str, follow: bool) -> Result<(), ClientError> {
+    let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
+    loop {
+        if json {
+            print_json(&answer);
+        } else {
+            use std::io::Write;
+            print!("{}", text(&answer["text"]).replace('\r', ""));
+            let _ = std::io::stdout().flush();
+        }
+        if !follow {
+            return Ok(());
+        }
+        // The poll interval of --follow.
+        std::thread::sleep(Duration::from_millis(500));
+        let next = answer["next"].as_u64().unwrap_or(0);
+        answer = client.get(&format!("/v1/vms/{vm}/console?offset={next}"))?;
     }
 }
 
