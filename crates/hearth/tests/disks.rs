@@ -351,19 +351,8 @@ fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk()
         "--destroy of a live VM's copy refused"
     );
     cluster.agents[o].cli(&["fix", &stale_id]);
-    let archive = cluster.agents[h].dir.join("data").join("vms-archive");
     let archived = eventually("the stale copy archived", BOOT, || {
-        std::fs::read_dir(&archive)
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{id}-gen1-"))
-            })
-            .ok_or_else(|| "not yet".to_owned())
+        archived_copy(&cluster.agents[h], &id, 1).ok_or_else(|| "not yet".to_owned())
     });
     assert!(!vm_dir(&cluster.agents[h], &id).exists());
     assert!(archived.join("disk.qcow2").is_file(), "the disk is kept");
