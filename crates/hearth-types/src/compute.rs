@@ -159,10 +159,11 @@ impl IpPool {
         let (network, prefix) = parse_cidr(&self.cidr)?;
         let bits: u32 = if network.is_ipv4() { 32 } else { 128 };
         let base = to_number(network);
-        let size_minus_one = if prefix as u32 == bits {
-            0
-        } else {
-            (1u128 << (bits - prefix as u32)) - 1
+        // A /0 of IPv6 has 2^128 addresses: the shift would overflow, so it is spelled out.
+        let host_bits = bits - prefix as u32;
+        let size_minus_one = match 1u128.checked_shl(host_bits) {
+            Some(size) if host_bits < 128 => size - 1,
+            _ => u128::MAX,
         };
         // Skip the network address, and the broadcast address on IPv4.
         let (mut first, mut last) = (base, base + size_minus_one);
@@ -186,16 +187,12 @@ impl IpPool {
     pub fn allocate(&self, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
         let (first, last) = self.range().ok()?;
         let v4 = parse_cidr(&self.cidr).ok()?.0.is_ipv4();
-        let mut n = first;
-        // Bounded by the number of used addresses plus the gateway: each step skips one.
-        while n <= last {
-            let ip = from_number(n, v4);
-            if Some(ip) != self.gateway && !used.contains(&ip) {
-                return Some(ip);
-            }
-            n += 1;
-        }
-        None
+        // Bounded by the number of used addresses plus the gateway: each step skips one. An
+        // inclusive range never steps past its end, so a pool ending at the last address of
+        // the family cannot wrap around to the first.
+        (first..=last)
+            .map(|n| from_number(n, v4))
+            .find(|ip| Some(*ip) != self.gateway && !used.contains(ip))
     }
 }
 
@@ -625,6 +622,55 @@ mod tests {
         let b = p.allocate(&[a].into()).unwrap();
         assert_eq!(b.to_string(), "2001:db8::101");
         assert_eq!(p.allocate(&[a, b].into()), None);
+    }
+
+    /// Regression: a full IPv6 pool wrapped around and handed out `::` (and panicked on the
+    /// overflow in a build with overflow checks, on every replica); `::/0` held only `::`.
+    #[test]
+    fn pools_at_the_ends_of_the_address_space_neither_wrap_nor_overflow() {
+        let all = pool("::/0");
+        all.validate().unwrap();
+        assert_eq!(all.allocate(&BTreeSet::new()).unwrap().to_string(), "::1");
+        let mut top = pool("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126");
+        top.validate().unwrap();
+        let mut used = BTreeSet::new();
+        let mut got = vec![];
+        while let Some(ip) = top.allocate(&used) {
+            assert!(used.insert(ip), "{ip} handed out twice");
+            got.push(ip.to_string());
+        }
+        assert_eq!(
+            got,
+            [
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ]
+        );
+        top.first = Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap());
+        top.validate().unwrap();
+        assert_eq!(top.allocate(&used), None, "full: no wrap to ::");
+        let single = pool("2001:db8::1/128");
+        single.validate().unwrap();
+        assert_eq!(
+            single.allocate(&BTreeSet::new()).unwrap().to_string(),
+            "2001:db8::1"
+        );
+        let v4 = pool("0.0.0.0/0");
+        v4.validate().unwrap();
+        assert_eq!(
+            v4.allocate(&BTreeSet::new()).unwrap().to_string(),
+            "0.0.0.1"
+        );
+        let mut edge = pool("255.255.255.252/30");
+        edge.validate().unwrap();
+        let used: BTreeSet<IpAddr> = ["255.255.255.253", "255.255.255.254"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(edge.allocate(&used), None);
+        edge.last = Some("255.255.255.255".parse().unwrap());
+        assert_eq!(edge.allocate(&used).unwrap().to_string(), "255.255.255.255");
     }
 
     #[test]
