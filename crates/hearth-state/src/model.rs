@@ -225,6 +225,22 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             )
         }
         Command::RemoveAccount { name, expect } => {
+            // Its VMs would pass to whoever gets the name next: delete them first.
+            let owned: Vec<&str> = state
+                .compute
+                .vms
+                .values()
+                .filter(|vm| vm.value.request.owner == *name)
+                .map(|vm| vm.value.request.name.as_str())
+                .collect();
+            if !owned.is_empty() && state.accounts.contains_key(name) {
+                return Outcome::Invalid {
+                    message: format!(
+                        "name: {name} owns VMs ({}); delete them before the account",
+                        owned.join(", ")
+                    ),
+                };
+            }
             let outcome = remove(&mut state.accounts, name, *expect);
             if outcome == Outcome::Removed {
                 for token in state.tokens.values_mut() {
@@ -560,6 +576,55 @@ mod tests {
         assert!(!state.tokens.contains_key("s2"));
         apply(&mut state, &revoke("api"), 7);
         assert!(state.tokens["api"].value.revoked);
+
+        // An account that owns VMs cannot be removed: the next account of that name would
+        // get them.
+        let mut vm = hearth_types::compute::Vm {
+            id: "vm-9".into(),
+            request: hearth_types::compute::VmRequest {
+                name: "web".into(),
+                owner: "alice".into(),
+                arch: hearth_types::compute::Arch::X86_64,
+                vcpus: 1,
+                memory_mib: 64,
+                disk_gib: 1,
+                image: "tiny".into(),
+                ssh_keys: vec![],
+                pools: vec![],
+                io: Default::default(),
+                power: hearth_types::compute::Power::Running,
+            },
+            ips: vec![],
+            host: None,
+            deleting: false,
+            phase: hearth_types::compute::Phase::Pending,
+            message: None,
+            phase_since: 8,
+            reboots_asked: 0,
+            reboots_done: 0,
+            disk: Default::default(),
+            base: None,
+        };
+        state.compute.vms.insert(
+            "vm-9".into(),
+            Versioned {
+                version: 8,
+                value: vm.clone(),
+            },
+        );
+        let remove = Command::RemoveAccount {
+            name: "alice".into(),
+            expect: Expect::Any,
+        };
+        let outcome = apply(&mut state, &remove, 9);
+        assert!(
+            matches!(&outcome, Outcome::Invalid { message } if message.contains("web")),
+            "{outcome:?}"
+        );
+        assert!(state.accounts.contains_key("alice"));
+        vm.request.owner = "bob".into();
+        state.compute.vms.get_mut("vm-9").unwrap().value = vm;
+        assert_eq!(apply(&mut state, &remove, 10), Outcome::Removed);
     }
 
     #[test]

@@ -271,6 +271,11 @@ fn members_reach_only_their_own_things() {
         "{table}{err}"
     );
 
+    // An account that owns VMs is not removed: the next account of that name would get them.
+    let (status, answer) = call(agent, &ann, "DELETE", "/v1/accounts/alice", "");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("a1"), "{answer}");
+
     // No password or token secret in the agent's log.
     let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
     for secret in [password, alice.as_str(), bob.as_str(), ann.as_str()] {
