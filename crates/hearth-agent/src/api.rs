@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,7 +60,28 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(crate::web::panel::routes())
         .fallback(not_found)
+        .layer(middleware::map_response(with_security_headers))
         .with_state(state)
+}
+
+/// Adds `web::security_headers` to an answer.
+async fn with_security_headers(mut response: Response) -> Response {
+    static HEADERS: std::sync::LazyLock<Vec<(HeaderName, HeaderValue)>> =
+        std::sync::LazyLock::new(|| {
+            crate::web::security_headers()
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_static(name),
+                        HeaderValue::from_str(&value).ok()?,
+                    ))
+                })
+                .collect()
+        });
+    for (name, value) in HEADERS.iter() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 /// Seconds since the epoch, by this node's clock.

@@ -416,6 +416,27 @@ fn sessions_need_csrf_tokens_are_rate_limited_and_end_at_logout() {
     });
     create_admin(agent, "ann", "ann's long password");
 
+    // The panel may not be framed, runs no script and loads nothing from elsewhere.
+    let response = ureq::get(format!("http://{}/login", agent.api_addr()))
+        .call()
+        .expect("the login page");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-frame-options"), "DENY");
+    let csp = header("content-security-policy");
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("frame-ancestors 'none'")
+            && csp.contains("style-src 'sha256-"),
+        "{csp}"
+    );
+
     // The login form sets its double-submit cookie; a post without it is refused.
     let (status, set, _, body) = web(agent, "GET", "/login", &[], &[]);
     assert_eq!(status, 200);

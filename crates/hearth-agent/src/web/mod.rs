@@ -39,6 +39,26 @@ pub fn utc(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
+/// The headers every answer carries: the pages may not be framed (clickjacking), run no
+/// script, load nothing from elsewhere, and post forms only to this node; the one inline
+/// style sheet is allowed by its hash.
+pub fn security_headers() -> [(&'static str, String); 4] {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let style = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE));
+    [
+        (
+            "content-security-policy",
+            format!(
+                "default-src 'none'; style-src 'sha256-{style}'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            ),
+        ),
+        ("x-frame-options", "DENY".into()),
+        ("x-content-type-options", "nosniff".into()),
+        ("referrer-policy", "same-origin".into()),
+    ]
+}
+
 /// A whole page around `body`: one small inline style sheet, no scripts.
 pub fn page(title: &str, body: &str) -> String {
     format!(
