@@ -571,29 +571,23 @@ async fn fence(
         .filter(|vm| vm.value.host.as_deref() == Some(host.as_str()))
         .map(|vm| vm.value.request.name.clone())
         .collect();
-    let force = params.force.unwrap_or(false);
-    if up && !force {
+    let vms = if at_risk.is_empty() {
+        "none".to_owned()
+    } else {
+        at_risk.join(", ")
+    };
+    if up && !params.force.unwrap_or(false) {
         let state_name = view.members.get(&host).map_or("up", |m| m.state.as_str());
         return error(
             StatusCode::CONFLICT,
             &format!(
-                "name: {host} is {state_name} in gossip, so it is not off; fencing it could run its VMs twice ({}). Power it off first, or pass force if you know it is off",
-                if at_risk.is_empty() {
-                    "it has none".to_owned()
-                } else {
-                    at_risk.join(", ")
-                }
+                "name: {host} is {state_name} in gossip, so it is not off; fencing it could run its VMs twice (VMs on it: {vms}). Power it off first, or force the fence (`--force`, `?force=true`) if you know it is off"
             ),
         );
     }
     let mut notes = serde_json::Map::new();
     if up {
         tracing::warn!(%host, vms = ?at_risk, "fencing a host that gossip sees up (forced)");
-        let vms = if at_risk.is_empty() {
-            "none".to_owned()
-        } else {
-            at_risk.join(", ")
-        };
         notes.insert(
             "warning".into(),
             format!("{host} was up in gossip when it was fenced; if it is not really off, these VMs may run twice: {vms}").into(),
