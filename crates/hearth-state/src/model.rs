@@ -177,6 +177,36 @@ impl Outcome {
     }
 }
 
+/// Removes an account and revokes its tokens; refused while it owns VMs, which would pass to
+/// whoever gets the name next.
+fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u64) -> Outcome {
+    let owned: Vec<&str> = state
+        .compute
+        .vms
+        .values()
+        .filter(|vm| vm.value.request.owner == name)
+        .map(|vm| vm.value.request.name.as_str())
+        .collect();
+    if !owned.is_empty() && state.accounts.contains_key(name) {
+        return Outcome::Invalid {
+            message: format!(
+                "name: {name} owns VMs ({}); delete them before the account",
+                owned.join(", ")
+            ),
+        };
+    }
+    let outcome = remove(&mut state.accounts, name, expect);
+    if outcome == Outcome::Removed {
+        for token in state.tokens.values_mut() {
+            if token.value.account == name {
+                token.value.revoked = true;
+                token.version = index;
+            }
+        }
+    }
+    outcome
+}
+
 fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
     match expect {
         Expect::Any => true,
@@ -224,34 +254,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                 index,
             )
         }
-        Command::RemoveAccount { name, expect } => {
-            // Its VMs would pass to whoever gets the name next: delete them first.
-            let owned: Vec<&str> = state
-                .compute
-                .vms
-                .values()
-                .filter(|vm| vm.value.request.owner == *name)
-                .map(|vm| vm.value.request.name.as_str())
-                .collect();
-            if !owned.is_empty() && state.accounts.contains_key(name) {
-                return Outcome::Invalid {
-                    message: format!(
-                        "name: {name} owns VMs ({}); delete them before the account",
-                        owned.join(", ")
-                    ),
-                };
-            }
-            let outcome = remove(&mut state.accounts, name, *expect);
-            if outcome == Outcome::Removed {
-                for token in state.tokens.values_mut() {
-                    if token.value.account == *name {
-                        token.value.revoked = true;
-                        token.version = index;
-                    }
-                }
-            }
-            outcome
-        }
+        Command::RemoveAccount { name, expect } => remove_account(state, name, *expect, index),
         Command::PutToken { token } => {
             if !state.accounts.contains_key(&token.account) {
                 return Outcome::Invalid {
