@@ -26,6 +26,46 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The `i`th member VM of the world, placed and running on `w1` with its disk there.
+fn member_vm(i: usize, id: &str, power: Power) -> Vm {
+    Vm {
+        id: id.to_owned(),
+        request: VmRequest {
+            name: format!("member-vm-{i}"),
+            owner: format!("member-{}", i % 50),
+            arch: Arch::X86_64,
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 10,
+            image: "debian".into(),
+            ssh_keys: vec!["ssh-ed25519 AAAA key".into()],
+            pools: vec!["lan".into()],
+            io: IoLimits {
+                iops: Some(1000),
+                bytes_per_sec: None,
+            },
+            power,
+        },
+        ips: vec![hearth_types::compute::Assigned {
+            pool: "lan".into(),
+            address: std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            prefix: 8,
+        }],
+        host: Some("w1".into()),
+        deleting: false,
+        phase: Phase::Running,
+        message: None,
+        phase_since: 1,
+        reboots_asked: 0,
+        reboots_done: 0,
+        disk: hearth_types::compute::DiskHome {
+            host: Some("w1".into()),
+            generation: 1,
+        },
+        base: None,
+    }
+}
+
 fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
     let mut compute = Compute::default();
     let mut seen = Vec::new();
@@ -41,47 +81,7 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
             id.clone(),
             Versioned {
                 version: 1,
-                value: Vm {
-                    id: id.clone(),
-                    request: VmRequest {
-                        name: format!("member-vm-{i}"),
-                        owner: format!("member-{}", i % 50),
-                        arch: Arch::X86_64,
-                        vcpus: 1,
-                        memory_mib: 512,
-                        disk_gib: 10,
-                        image: "debian".into(),
-                        ssh_keys: vec!["ssh-ed25519 AAAA key".into()],
-                        pools: vec!["lan".into()],
-                        io: IoLimits {
-                            iops: Some(1000),
-                            bytes_per_sec: None,
-                        },
-                        power,
-                    },
-                    ips: vec![hearth_types::compute::Assigned {
-                        pool: "lan".into(),
-                        address: std::net::IpAddr::from([
-                            10,
-                            (i >> 16) as u8,
-                            (i >> 8) as u8,
-                            i as u8,
-                        ]),
-                        prefix: 8,
-                    }],
-                    host: Some("w1".into()),
-                    deleting: false,
-                    phase: Phase::Running,
-                    message: None,
-                    phase_since: 1,
-                    reboots_asked: 0,
-                    reboots_done: 0,
-                    disk: hearth_types::compute::DiskHome {
-                        host: Some("w1".into()),
-                        generation: 1,
-                    },
-                    base: None,
-                },
+                value: member_vm(i, &id, power),
             },
         );
         // Every 20th VM's QEMU is gone (to start); the stopped ones still run (to stop).
