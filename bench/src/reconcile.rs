@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hearth_agent::compute::reconcile::{Memory, Seen, reconcile};
+use hearth_compute::reconcile::{Memory, reconcile};
+use hearth_types::compute::ObservedVm;
 use hearth_types::compute::{Arch, Compute, IoLimits, Phase, Power, Vm, VmRequest};
 use hearth_types::desired::Versioned;
 use serde_json::json;
@@ -66,7 +67,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
     }
 }
 
-fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
+fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
     let mut compute = Compute::default();
     let mut seen = Vec::new();
     let mut memory = Memory::default();
@@ -86,7 +87,7 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
         );
         // Every 20th VM's QEMU is gone (to start); the stopped ones still run (to stop).
         let running = i % 20 != 0;
-        seen.push(Seen {
+        seen.push(ObservedVm {
             id: id.clone(),
             pid: running.then_some(1000 + i as u32),
             disk_present: true,
@@ -102,7 +103,7 @@ fn world(n: usize) -> (Compute, Vec<Seen>, Memory) {
         );
     }
     for i in 0..n / 100 {
-        seen.push(Seen {
+        seen.push(ObservedVm {
             id: format!("vm-stray-{i}"),
             pid: Some(9000 + i as u32),
             disk_present: true,

@@ -63,7 +63,7 @@ fn direct_boot(
         bail!("qemu-img create failed");
     }
     // The same seed hearth would write, so the guest finds its config as fast.
-    let seed = hearth_compute::seed::Seed {
+    let seed = hearth_qemu::seed::Seed {
         instance_id: format!("direct-{run}"),
         hostname: format!("direct{run}"),
         ssh_keys: vec![],

@@ -29,11 +29,11 @@ pub struct ApiState {
     pub handler_metrics: Arc<HandlerMetrics>,
     /// The replicated state, on servers and witnesses.
     pub state: Option<hearth_state::node::StateNode>,
-    pub compute_metrics: Arc<crate::compute::ComputeMetrics>,
+    pub compute_metrics: Arc<hearth_compute::ComputeMetrics>,
     /// Where this node's VMs live (`data_dir/vms`), for their consoles.
     pub vms_dir: std::path::PathBuf,
     /// Verified image files on this node.
-    pub blobs: crate::compute::blobs::BlobStore,
+    pub blobs: hearth_compute::blobs::BlobStore,
     /// Cancelled by `POST /v1/leave` once the node has left, to stop the agent.
     pub shutdown: CancellationToken,
     /// `[smtp]`, for announcements.

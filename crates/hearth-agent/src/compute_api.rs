@@ -20,8 +20,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiState, error};
-use crate::compute::placement::{HostLiveness, liveness, lost_drift, shown_phase};
 use crate::state_api::{Params, bad_body, expect_from, read, write, write_noting};
+use hearth_compute::placement::{HostLiveness, liveness, lost_drift, shown_phase};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -490,9 +490,13 @@ async fn console(
         );
     };
     let chunk = if host == me {
-        hearth_state::network::read_console(Some(&state.vms_dir), &id, params.offset).await
+        hearth_compute::files::read_console(&state.vms_dir, &id, params.offset)
+            .await
+            .map_err(|e| e.to_string())
     } else if let Some(node) = &state.state {
-        node.console(&host, &id, params.offset).await
+        node.console(&host, &id, params.offset)
+            .await
+            .map_err(|e| e.to_string())
     } else {
         Err("this node holds no state".to_owned())
     };

@@ -68,8 +68,8 @@ const DEV_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Shuts down every VM running under the dev data dir (its host loop must have stopped), and
 /// notes their names for the next dev agent. Returns "NAME (ID)" of each VM stopped.
 pub async fn stop_vms(data_dir: &Path, names: &BTreeMap<String, String>) -> Vec<String> {
-    use hearth_compute::accel::Accel;
-    use hearth_compute::driver::{Driver, Network};
+    use hearth_qemu::accel::Accel;
+    use hearth_qemu::driver::{Driver, Network};
     let driver = Driver::new(data_dir.join("vms"), Accel::Tcg, Network::User);
     let running = match driver.observe() {
         Ok(seen) => seen,

@@ -6,7 +6,6 @@ pub mod api;
 pub mod auth;
 pub mod checks;
 pub mod cluster_events;
-pub mod compute;
 pub mod compute_api;
 pub mod config;
 pub mod dev;
@@ -68,10 +67,10 @@ pub enum StartAgentError {
 }
 
 /// The VM driver of a worker, as `[compute]` says.
-fn worker_driver(config: &Config) -> Result<hearth_compute::fake::VmDriver, StartAgentError> {
-    use hearth_compute::accel::{self, Accel};
-    use hearth_compute::driver::{Driver, Launcher, Network};
-    use hearth_compute::fake::{FakeDriver, VmDriver};
+fn worker_driver(config: &Config) -> Result<hearth_qemu::fake::VmDriver, StartAgentError> {
+    use hearth_qemu::accel::{self, Accel};
+    use hearth_qemu::driver::{Driver, Launcher, Network};
+    use hearth_qemu::fake::{FakeDriver, VmDriver};
     let root = config.data_dir.join("vms");
     std::fs::create_dir_all(&root).map_err(|source| StartAgentError::DataDir {
         path: root.clone(),
@@ -212,8 +211,8 @@ impl Agent {
             }
             _ => None,
         };
-        let compute_metrics = Arc::new(compute::ComputeMetrics::default());
-        let blobs = compute::blobs::BlobStore::new(config.data_dir.join("images"));
+        let compute_metrics = Arc::new(hearth_compute::ComputeMetrics::default());
+        let blobs = hearth_compute::blobs::BlobStore::new(config.data_dir.join("images"));
         spawn_compute(
             &config,
             state.as_ref(),
@@ -380,7 +379,7 @@ fn spawn_state_tasks(
         membership.views(),
         shutdown.clone(),
     ));
-    tasks.spawn(compute::leader::run(
+    tasks.spawn(hearth_compute::leader::run(
         state.clone(),
         membership.views(),
         shutdown.clone(),
@@ -398,8 +397,8 @@ fn spawn_state_tasks(
 fn spawn_compute(
     config: &Config,
     state: Option<&StateNode>,
-    blobs: &compute::blobs::BlobStore,
-    metrics: &Arc<compute::ComputeMetrics>,
+    blobs: &hearth_compute::blobs::BlobStore,
+    metrics: &Arc<hearth_compute::ComputeMetrics>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StartAgentError> {
@@ -408,8 +407,8 @@ fn spawn_compute(
     };
     if config.is_worker() {
         let driver = worker_driver(config)?;
-        tasks.spawn(compute::host::run(
-            compute::host::Host {
+        tasks.spawn(hearth_compute::host::run(
+            hearth_compute::host::Host {
                 name: config.node_name.clone(),
                 capacity: worker_capacity(&config.compute),
                 driver: Arc::new(driver),
@@ -421,13 +420,13 @@ fn spawn_compute(
         ));
     }
     if config.roles.contains(&Role::Server) {
-        tasks.spawn(compute::replicate_images(
+        tasks.spawn(hearth_compute::images::replicate_images(
             state.clone(),
             blobs.clone(),
             shutdown.clone(),
         ));
     }
-    tasks.spawn(compute::collect_image_garbage(
+    tasks.spawn(hearth_compute::images::collect_image_garbage(
         state.clone(),
         blobs.clone(),
         config.data_dir.join("vms"),
@@ -493,8 +492,10 @@ async fn start_state(
         write_timeout: config.state.write_timeout,
         heartbeat: config.state.heartbeat,
         election_timeout: config.state.election_timeout,
-        blob_dir: Some(config.data_dir.join("images")),
-        vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
+        files: Some(Arc::new(hearth_compute::files::HostFiles {
+            blobs: hearth_compute::blobs::BlobStore::new(config.data_dir.join("images")),
+            vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
+        })),
     };
     Ok(StateNode::start(
         state_config,

@@ -16,7 +16,7 @@ pub struct MetricsSources<'a> {
     pub gossip: &'a GossipMetrics,
     pub dns: &'a DnsMetrics,
     pub handlers: &'a HandlerMetrics,
-    pub compute: &'a crate::compute::ComputeMetrics,
+    pub compute: &'a hearth_compute::ComputeMetrics,
 }
 
 pub fn render(src: &MetricsSources<'_>) -> String {

@@ -1,9 +1,25 @@
-//! hearth's QEMU driver: `qemu-system-<arch>` run directly, controlled over QMP, with a qcow2
-//! overlay, a NoCloud seed and a serial console log per VM under one root directory.
+//! Members' VMs: the leader's placement (`placement`), the per-host reconciler
+//! (`reconcile`), the loops that run them and write through Raft (`leader`, `host`), the
+//! verified image store (`blobs`, `images`) and the files a host serves to its peers
+//! (`files`). QEMU itself is driven through `hearth-qemu`.
 
-pub mod accel;
-pub mod disk;
-pub mod driver;
-pub mod fake;
-pub mod qmp;
-pub mod seed;
+pub mod blobs;
+pub mod files;
+pub mod host;
+pub mod images;
+pub mod leader;
+pub mod placement;
+pub mod reconcile;
+
+use std::sync::atomic::AtomicU64;
+
+/// Counters of this node's host loop, served in `/metrics`.
+#[derive(Debug, Default)]
+pub struct ComputeMetrics {
+    /// Reconciliation passes completed.
+    pub passes: AtomicU64,
+    /// QEMU processes started.
+    pub starts: AtomicU64,
+    /// QEMU processes that exited without being asked to.
+    pub crashes: AtomicU64,
+}

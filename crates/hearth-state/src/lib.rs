@@ -2,6 +2,7 @@
 //! the pure `apply` function, and encrypted RPC between servers.
 
 pub mod batch;
+pub mod files;
 pub mod model;
 pub mod network;
 pub mod node;

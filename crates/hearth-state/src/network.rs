@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::files::{BlobChunk, ConsoleChunk, FileError, PeerFiles};
 use crate::model::{Command, Outcome};
 use crate::types::{Raft, RaftNode, TypeConfig};
 
@@ -68,96 +69,17 @@ pub enum RpcRequest {
     ReadIndex,
     /// Asks a node for its own view of the group (role, applied index).
     Status,
-    /// Asks for up to [`BLOB_CHUNK`] bytes of a verified image file, from `offset`.
+    /// Asks for up to [`BLOB_CHUNK`](crate::files::BLOB_CHUNK) bytes of a verified image file, from `offset`.
     FetchBlob {
         sha256: String,
         offset: u64,
     },
-    /// Asks the VM's host for up to [`CONSOLE_CHUNK`] bytes of its serial console log.
+    /// Asks the VM's host for up to [`CONSOLE_CHUNK`](crate::files::CONSOLE_CHUNK) bytes of its serial console log.
     Console {
         vm: String,
-        /// From this byte; `None` is the last [`CONSOLE_CHUNK`] bytes.
+        /// From this byte; `None` is the last [`CONSOLE_CHUNK`](crate::files::CONSOLE_CHUNK) bytes.
         offset: Option<u64>,
     },
-}
-
-/// The most bytes of a console log one answer carries.
-pub const CONSOLE_CHUNK: u64 = 64 * 1024;
-
-/// Part of a VM's serial console log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsoleChunk {
-    /// Where `text` starts in the log.
-    pub offset: u64,
-    /// Where the next read starts.
-    pub next: u64,
-    /// The log's size now.
-    pub total: u64,
-    /// The bytes, as UTF-8 (invalid sequences replaced).
-    pub text: String,
-}
-
-/// Reads part of `dir/VM/console.log`. The id is checked, so a request cannot reach outside
-/// `dir`. A VM with no log yet has an empty one.
-pub async fn read_console(
-    dir: Option<&std::path::Path>,
-    vm: &str,
-    offset: Option<u64>,
-) -> Result<ConsoleChunk, String> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let valid = !vm.is_empty()
-        && vm.len() <= 64
-        && vm
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !valid {
-        return Err(format!("`{vm}` is not a VM id"));
-    }
-    let dir = dir.ok_or("this node runs no VMs")?;
-    let path = dir.join(vm).join("console.log");
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ConsoleChunk {
-                offset: 0,
-                next: 0,
-                total: 0,
-                text: String::new(),
-            });
-        }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let total = file.metadata().await.map_err(|e| e.to_string())?.len();
-    let from = offset
-        .unwrap_or(total.saturating_sub(CONSOLE_CHUNK))
-        .min(total);
-    file.seek(std::io::SeekFrom::Start(from))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(CONSOLE_CHUNK)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ConsoleChunk {
-        offset: from,
-        next: from + bytes.len() as u64,
-        total,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    })
-}
-
-/// The most bytes one `FetchBlob` answer carries.
-pub const BLOB_CHUNK: usize = 1 << 20;
-
-/// Part of an image file.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BlobChunk {
-    /// The whole file's size.
-    pub total: u64,
-    /// Base64 of the bytes from the requested offset.
-    pub data: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -168,8 +90,8 @@ pub enum RpcResponse {
     Write(Result<WriteResult, StateError>),
     ReadIndex(Result<u64, StateError>),
     Status(crate::node::StateStatus),
-    Blob(Result<BlobChunk, String>),
-    Console(Result<ConsoleChunk, String>),
+    Blob(Result<BlobChunk, FileError>),
+    Console(Result<ConsoleChunk, FileError>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -365,42 +287,29 @@ pub trait Application: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<WriteResult, StateError>> + Send;
     fn read_index(&self) -> impl std::future::Future<Output = Result<u64, StateError>> + Send;
     fn status(&self) -> crate::node::StateStatus;
-    /// Where this node keeps verified image files, if it serves them.
-    fn blob_dir(&self) -> Option<&std::path::Path>;
-    /// Where this node keeps its VMs' directories, if it is a worker.
-    fn vms_dir(&self) -> Option<&std::path::Path>;
+    /// The files this node serves its peers, if any.
+    fn files(&self) -> Option<&dyn PeerFiles>;
 }
 
-/// Reads one chunk of the verified file `sha256` under `dir`. The name is checked to be a
-/// hash, so a request can never reach outside `dir`.
-async fn read_blob_chunk(
-    dir: Option<&std::path::Path>,
-    sha256: &str,
-    offset: u64,
-) -> Result<BlobChunk, String> {
-    use base64::Engine;
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let valid = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let dir = dir.ok_or("this node keeps no image files")?;
-    if !valid {
-        return Err("not a sha256".into());
+/// Answers a file request from the node's `PeerFiles`, or says it serves none.
+async fn serve_files<A: Application>(app: &A, request: FileRequest) -> RpcResponse {
+    let none = |what: &str| FileError::NotServed(format!("this node serves no {what}"));
+    match (request, app.files()) {
+        (FileRequest::Blob { sha256, offset }, Some(files)) => {
+            RpcResponse::Blob(files.blob_chunk(&sha256, offset).await)
+        }
+        (FileRequest::Blob { .. }, None) => RpcResponse::Blob(Err(none("image files"))),
+        (FileRequest::Console { vm, offset }, Some(files)) => {
+            RpcResponse::Console(files.console_chunk(&vm, offset).await)
+        }
+        (FileRequest::Console { .. }, None) => RpcResponse::Console(Err(none("VMs"))),
     }
-    let mut file = tokio::fs::File::open(dir.join(sha256))
-        .await
-        .map_err(|_| format!("no copy of {sha256} here"))?;
-    let total = file.metadata().await.map_err(|e| e.to_string())?.len();
-    file.seek(std::io::SeekFrom::Start(offset.min(total)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; BLOB_CHUNK.min((total.saturating_sub(offset)) as usize)];
-    file.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    Ok(BlobChunk {
-        total,
-        data: base64::engine::general_purpose::STANDARD.encode(&buf),
-    })
+}
+
+/// A request for a file chunk, taken out of `RpcRequest`.
+enum FileRequest {
+    Blob { sha256: String, offset: u64 },
+    Console { vm: String, offset: Option<u64> },
 }
 
 /// Accepts sealed connections and answers their requests until `shutdown`.
@@ -462,10 +371,10 @@ async fn serve_connection<A: Application>(
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
             RpcRequest::Status => RpcResponse::Status(app.status()),
             RpcRequest::FetchBlob { sha256, offset } => {
-                RpcResponse::Blob(read_blob_chunk(app.blob_dir(), &sha256, offset).await)
+                serve_files(&app, FileRequest::Blob { sha256, offset }).await
             }
             RpcRequest::Console { vm, offset } => {
-                RpcResponse::Console(read_console(app.vms_dir(), &vm, offset).await)
+                serve_files(&app, FileRequest::Console { vm, offset }).await
             }
         };
         conn.send(&serde_json::to_vec(&response)?).await?;

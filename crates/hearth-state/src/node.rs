@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::files::{ConsoleChunk, PeerError, PeerFiles};
 use crate::model::Command;
 use crate::network::{
     Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring, StateError,
@@ -40,10 +41,8 @@ pub struct StateConfig {
     pub write_timeout: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
-    /// Verified image files this node serves to peers (`data_dir/images`).
-    pub blob_dir: Option<PathBuf>,
-    /// The VMs' directories of a worker (`data_dir/vms`), for console reads from peers.
-    pub vms_dir: Option<PathBuf>,
+    /// The files this node serves its peers: image files, and a worker's VM consoles.
+    pub files: Option<Arc<dyn PeerFiles>>,
 }
 
 /// Why the state node could not start.
@@ -334,43 +333,49 @@ impl StateNode {
         hint
     }
 
-    /// This node's status, plus every group member's own applied index, asked over RPC
-    /// (a member that does not answer within a second is reported with its error).
-    /// Fetches the verified image file `sha256` from the first group member that has it,
-    /// handing each chunk to `sink` in order; returns the size. A member that fails mid-way
-    /// fails the whole fetch (the caller starts again with an empty sink).
     /// Part of VM `vm`'s console log, read by `host` (a group member, learners included).
     pub async fn console(
         &self,
         host: &str,
         vm: &str,
         offset: Option<u64>,
-    ) -> Result<crate::network::ConsoleChunk, String> {
+    ) -> Result<ConsoleChunk, PeerError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let node = membership
             .nodes()
             .map(|(_, node)| node)
             .find(|node| node.name == host)
-            .ok_or_else(|| format!("{host} is not a member of the state group"))?;
+            .ok_or_else(|| PeerError::NotMember(host.to_owned()))?;
         let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
         let request = RpcRequest::Console {
             vm: vm.to_owned(),
             offset,
         };
+        let host = host.to_owned();
         match client.call(&request, Duration::from_secs(5)).await {
-            Ok(RpcResponse::Console(answer)) => answer.map_err(|e| format!("{host}: {e}")),
-            Ok(_) => Err(format!("{host} answered another RPC")),
-            Err(error) => Err(format!("{host} cannot be reached: {error}")),
+            Ok(RpcResponse::Console(answer)) => {
+                answer.map_err(|error| PeerError::Refused { host, error })
+            }
+            Ok(_) => Err(PeerError::Protocol {
+                host,
+                message: "answered another RPC".into(),
+            }),
+            Err(error) => Err(PeerError::Unreachable {
+                host,
+                error: error.to_string(),
+            }),
         }
     }
 
+    /// Fetches the verified image file `sha256` from the first group member that has it,
+    /// handing each chunk to `sink` in order; returns the size. A member that fails mid-way
+    /// fails the whole fetch (the caller starts again with an empty sink).
     pub async fn fetch_blob(
         &self,
         sha256: &str,
         mut sink: impl FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<u64, String> {
-        use base64::Engine;
+    ) -> Result<u64, PeerError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let mut tried = Vec::new();
@@ -379,44 +384,17 @@ impl StateNode {
                 continue;
             }
             let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
-            let mut offset = 0u64;
-            loop {
-                let request = RpcRequest::FetchBlob {
-                    sha256: sha256.to_owned(),
-                    offset,
-                };
-                let chunk = match client.call(&request, Duration::from_secs(30)).await {
-                    Ok(RpcResponse::Blob(Ok(chunk))) => chunk,
-                    Ok(RpcResponse::Blob(Err(error))) if offset == 0 => {
-                        tried.push(format!("{}: {error}", node.name));
-                        break;
-                    }
-                    Ok(RpcResponse::Blob(Err(error))) => {
-                        return Err(format!("{}: {error}", node.name));
-                    }
-                    Ok(_) => return Err(format!("{}: answered another RPC", node.name)),
-                    Err(error) if offset == 0 => {
-                        tried.push(format!("{}: {error}", node.name));
-                        break;
-                    }
-                    Err(error) => return Err(format!("{}: {error}", node.name)),
-                };
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(chunk.data.as_bytes())
-                    .map_err(|e| format!("{}: {e}", node.name))?;
-                if bytes.is_empty() && offset < chunk.total {
-                    return Err(format!("{}: the file ended early", node.name));
-                }
-                sink(&bytes)?;
-                offset += bytes.len() as u64;
-                if offset >= chunk.total {
-                    return Ok(offset);
-                }
+            match fetch_from(&mut client, &node.name, sha256, &mut sink).await {
+                Ok(size) => return Ok(size),
+                Err(Fetch::Elsewhere(why)) => tried.push(format!("{}: {why}", node.name)),
+                Err(Fetch::Failed(error)) => return Err(error),
             }
         }
-        Err(format!("no member has it ({})", tried.join("; ")))
+        Err(PeerError::NoCopy(tried))
     }
 
+    /// This node's status, plus every group member's own applied index, asked over RPC
+    /// (a member that does not answer within a second is reported with its error).
     pub async fn cluster_status(&self) -> ClusterStatus {
         let local = self.status();
         let metrics = self.inner.raft.metrics().borrow().clone();
@@ -588,6 +566,68 @@ fn candidates(view: &View, down_since: &mut HashMap<String, Instant>) -> Vec<Can
         .collect()
 }
 
+/// How one member's fetch ended, when it did not end well.
+enum Fetch {
+    /// Nothing was read from it: try the next member.
+    Elsewhere(String),
+    /// It failed mid-way, or the sink refused: the whole fetch fails.
+    Failed(PeerError),
+}
+
+/// Reads the whole file `sha256` from one member, chunk by chunk, into `sink`.
+async fn fetch_from(
+    client: &mut PeerClient,
+    host: &str,
+    sha256: &str,
+    sink: &mut impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<u64, Fetch> {
+    use base64::Engine;
+    let protocol = |message: String| {
+        Fetch::Failed(PeerError::Protocol {
+            host: host.to_owned(),
+            message,
+        })
+    };
+    let mut offset = 0u64;
+    loop {
+        let request = RpcRequest::FetchBlob {
+            sha256: sha256.to_owned(),
+            offset,
+        };
+        let chunk = match client.call(&request, Duration::from_secs(30)).await {
+            Ok(RpcResponse::Blob(Ok(chunk))) => chunk,
+            Ok(RpcResponse::Blob(Err(error))) if offset == 0 => {
+                return Err(Fetch::Elsewhere(error.to_string()));
+            }
+            Ok(RpcResponse::Blob(Err(error))) => {
+                return Err(Fetch::Failed(PeerError::Refused {
+                    host: host.to_owned(),
+                    error,
+                }));
+            }
+            Ok(_) => return Err(protocol("answered another RPC".into())),
+            Err(error) if offset == 0 => return Err(Fetch::Elsewhere(error.to_string())),
+            Err(error) => {
+                return Err(Fetch::Failed(PeerError::Unreachable {
+                    host: host.to_owned(),
+                    error: error.to_string(),
+                }));
+            }
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(chunk.data.as_bytes())
+            .map_err(|e| protocol(e.to_string()))?;
+        if bytes.is_empty() && offset < chunk.total {
+            return Err(protocol("the file ended early".into()));
+        }
+        sink(&bytes).map_err(|e| Fetch::Failed(PeerError::Sink(e)))?;
+        offset += bytes.len() as u64;
+        if offset >= chunk.total {
+            return Ok(offset);
+        }
+    }
+}
+
 impl Application for StateNode {
     /// On the leader: checks that a quorum answered recently, then commits.
     async fn write(&self, command: Command) -> Result<WriteResult, StateError> {
@@ -613,12 +653,8 @@ impl Application for StateNode {
         StateNode::status(self)
     }
 
-    fn blob_dir(&self) -> Option<&std::path::Path> {
-        self.inner.config.blob_dir.as_deref()
-    }
-
-    fn vms_dir(&self) -> Option<&std::path::Path> {
-        self.inner.config.vms_dir.as_deref()
+    fn files(&self) -> Option<&dyn PeerFiles> {
+        self.inner.config.files.as_deref()
     }
 
     async fn read_index(&self) -> Result<u64, StateError> {

@@ -66,11 +66,7 @@ impl Application for Direct {
         }
     }
 
-    fn blob_dir(&self) -> Option<&std::path::Path> {
-        None
-    }
-
-    fn vms_dir(&self) -> Option<&std::path::Path> {
+    fn files(&self) -> Option<&dyn hearth_state::files::PeerFiles> {
         None
     }
 

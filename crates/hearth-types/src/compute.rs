@@ -696,3 +696,17 @@ mod tests {
         assert!(p.validate().unwrap_err().starts_with("first"));
     }
 }
+
+/// What a host found of one VM id under its VM directory: a QEMU process, a disk, or both
+/// (from the driver's `observe`; the reconciler's input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedVm {
+    pub id: String,
+    /// The QEMU process hearth started for it, if alive; for a foreign entry, the intruder.
+    pub pid: Option<u32>,
+    pub disk_present: bool,
+    /// The generation written beside the disk (0 when none is).
+    pub generation: u64,
+    /// A QEMU process that uses this VM's files but that hearth did not start.
+    pub foreign: bool,
+}

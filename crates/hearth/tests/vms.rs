@@ -76,10 +76,10 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
     // IO limits, read back through QMP by the CLI-independent path: the driver's own QMP.
     let limits = eventually("IO limits through QMP", BOOT, || {
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let driver = hearth_compute::driver::Driver::new(
+        let driver = hearth_qemu::driver::Driver::new(
             agent.dir.join("data").join("vms"),
-            hearth_compute::accel::Accel::Tcg,
-            hearth_compute::driver::Network::User,
+            hearth_qemu::accel::Accel::Tcg,
+            hearth_qemu::driver::Network::User,
         );
         rt.block_on(driver.io_limits(&id))
             .map_err(|e| e.to_string())

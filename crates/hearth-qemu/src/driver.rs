@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hearth_types::compute::{Arch, IoLimits, ObservedVm};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -91,28 +92,6 @@ impl Launcher {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
-
-impl Arch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
-    }
-}
-
-/// Per-disk limits; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoLimits {
-    pub iops: Option<u64>,
-    pub bytes_per_sec: Option<u64>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetConfig {
     /// CIDR strings.
@@ -143,19 +122,6 @@ pub struct VmSpec {
     pub io: IoLimits,
     /// The generation of the VM's disk: a start refuses a disk of any other.
     pub generation: u64,
-}
-
-/// What runs or lies on disk for one VM id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedVm {
-    pub id: String,
-    /// The QEMU process: the one hearth started, or for a foreign entry the intruder.
-    pub pid: Option<u32>,
-    pub disk_present: bool,
-    /// The disk's generation, from the file beside it (0 when there is none).
-    pub generation: u64,
-    /// A QEMU process hearth did not start uses this VM's files.
-    pub foreign: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +173,12 @@ pub(crate) fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where the serial console of VM `id` is logged under `root`, the same for both drivers;
+/// `None` when `id` is not a VM id (so a name can never reach outside `root`).
+pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
+    valid_id(id).then(|| root.join(id).join("console.log"))
 }
 
 /// QEMU's command line for a VM, as a pure function of the spec and the VM's directory.

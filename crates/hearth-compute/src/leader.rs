@@ -10,7 +10,7 @@ use hearth_types::View;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::placement;
+use crate::placement;
 
 pub async fn run(
     state: StateNode,

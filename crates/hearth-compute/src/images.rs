@@ -1,23 +1,17 @@
-//! Members' VMs on the agent side: the leader's placement, the per-host reconciler (pure),
-//! the host loop that drives QEMU through `hearth-compute`, and the local image store.
+//! The image files on this node: fetching one from a member that has it, the servers' copies
+//! of every referenced image file, and the collection of files nothing refers to.
 
-pub mod blobs;
-pub mod host;
-pub mod leader;
-pub mod placement;
-pub mod reconcile;
+use crate::blobs;
 
-use std::sync::atomic::AtomicU64;
-
-/// Counters of this node's host loop, served in `/metrics`.
-#[derive(Debug, Default)]
-pub struct ComputeMetrics {
-    /// Reconciliation passes completed.
-    pub passes: AtomicU64,
-    /// QEMU processes started.
-    pub starts: AtomicU64,
-    /// QEMU processes that exited without being asked to.
-    pub crashes: AtomicU64,
+/// Why an image file could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The local store could not take it.
+    #[error("{0}")]
+    Store(#[from] blobs::BlobError),
+    /// No member served it whole.
+    #[error("{0}")]
+    Peer(#[from] hearth_state::files::PeerError),
 }
 
 /// Fetches blob `sha256` from a group member that has it into the local store, verified by
@@ -26,8 +20,8 @@ pub async fn fetch_blob(
     state: &hearth_state::node::StateNode,
     store: &blobs::BlobStore,
     sha256: &str,
-) -> Result<u64, String> {
-    let mut writer = store.writer(sha256).map_err(|e| e.to_string())?;
+) -> Result<u64, FetchError> {
+    let mut writer = store.writer(sha256)?;
     match state
         .fetch_blob(sha256, |chunk| {
             writer.write(chunk).map_err(|e| e.to_string())
@@ -35,12 +29,12 @@ pub async fn fetch_blob(
         .await
     {
         Ok(size) => {
-            writer.finish().map_err(|e| e.to_string())?;
+            writer.finish()?;
             Ok(size)
         }
         Err(error) => {
             writer.abort();
-            Err(error)
+            Err(error.into())
         }
     }
 }
@@ -132,7 +126,7 @@ pub fn referenced_blobs(
         .flat_map(|image| image.blobs().map(|b| b.sha256.clone()))
         .collect();
     // By file name alone: a disk made when the data dir had another path still counts.
-    for backing in hearth_compute::disk::backing_files(vms_root)? {
+    for backing in hearth_qemu::disk::backing_files(vms_root)? {
         if let Some(name) = backing.file_name() {
             referenced.insert(name.to_string_lossy().into_owned());
         }
@@ -175,7 +169,7 @@ mod tests {
                 value: image('b'),
             },
         );
-        let mut vm = crate::compute::reconcile::tests::vm(
+        let mut vm = crate::reconcile::tests::vm(
             "vm-1",
             "w1",
             hearth_types::compute::Phase::Running,

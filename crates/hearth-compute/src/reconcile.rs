@@ -5,20 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_types::compute::{Compute, Drift, DriftKind, IoLimits, Phase, Power, Vm};
-
-/// What the host found of one VM (from `hearth_compute::Driver::observe`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seen {
-    pub id: String,
-    /// The QEMU process hearth started for it, if alive.
-    pub pid: Option<u32>,
-    pub disk_present: bool,
-    /// The generation written beside the disk (0 when none is).
-    pub generation: u64,
-    /// A QEMU process that uses this VM's files but that hearth did not start.
-    pub foreign: bool,
-}
+use hearth_types::compute::{Compute, Drift, DriftKind, IoLimits, ObservedVm, Phase, Power, Vm};
 
 /// What the reconciler remembers between passes, kept by the host loop.
 #[derive(Debug, Clone, Default)]
@@ -143,7 +130,7 @@ enum DiskHere {
     Missing(String),
 }
 
-fn disk_here(me: &str, vm: &Vm, found: Option<&Seen>) -> DiskHere {
+fn disk_here(me: &str, vm: &Vm, found: Option<&ObservedVm>) -> DiskHere {
     let present = found.filter(|s| s.disk_present);
     let generation = vm.disk.generation;
     match (&vm.disk.host, present) {
@@ -152,7 +139,7 @@ fn disk_here(me: &str, vm: &Vm, found: Option<&Seen>) -> DiskHere {
         }
         (Some(_), None) => DiskHere::Missing("its disk is gone from this host".into()),
         (Some(_), Some(s)) if s.generation == generation => DiskHere::Own,
-        (_, Some(s)) if s.generation == hearth_compute::disk::UNREADABLE_GENERATION => {
+        (_, Some(s)) if s.generation == hearth_qemu::disk::UNREADABLE_GENERATION => {
             DiskHere::Missing("the generation file beside its disk here is unreadable".into())
         }
         (Some(_), Some(s)) => DiskHere::Missing(format!(
@@ -207,9 +194,9 @@ fn report(actions: &mut Vec<Action>, vm: &Vm, phase: Phase, message: Option<Stri
 
 /// One reconciliation pass for host `me`: address conflicts, then each VM placed here, then
 /// what is here but not placed here, then the fixes an operator asked for.
-pub fn reconcile(me: &str, compute: &Compute, seen: &[Seen], memory: &Memory) -> Plan {
+pub fn reconcile(me: &str, compute: &Compute, seen: &[ObservedVm], memory: &Memory) -> Plan {
     let mut plan = Plan::default();
-    let seen_by_id: BTreeMap<&str, &Seen> = seen
+    let seen_by_id: BTreeMap<&str, &ObservedVm> = seen
         .iter()
         .filter(|s| !s.foreign)
         .map(|s| (s.id.as_str(), s))
@@ -270,7 +257,7 @@ fn conflicts(me: &str, mine: &[&Vm]) -> Vec<Drift> {
 fn one_vm(
     me: &str,
     vm: &Vm,
-    found: Option<&Seen>,
+    found: Option<&ObservedVm>,
     memory: &Memory,
     actions: &mut Vec<Action>,
     drift: &mut Vec<Drift>,
@@ -400,7 +387,7 @@ fn not_running(
 fn strays(
     me: &str,
     compute: &Compute,
-    seen: &[Seen],
+    seen: &[ObservedVm],
     mine: &BTreeSet<&str>,
     actions: &mut Vec<Action>,
     drift: &mut Vec<Drift>,
@@ -430,7 +417,7 @@ fn strays(
 /// What a copy on this host of a VM not placed here is, and its fix. No fix removes data: a
 /// stale copy is archived (shut down first if it runs); only an admin's explicit `--destroy`
 /// of the files of a VM that no longer exists removes them.
-fn stale_copy(s: &Seen, compute: &Compute) -> (DriftKind, String, String) {
+fn stale_copy(s: &ObservedVm, compute: &Compute) -> (DriftKind, String, String) {
     const ARCHIVE: &str = "shut it down if it runs and move its files, disk included, to the archive (nothing is deleted)";
     let runs = if s.pid.is_some() {
         "runs here"
@@ -475,7 +462,13 @@ fn stale_copy(s: &Seen, compute: &Compute) -> (DriftKind, String, String) {
 
 /// The actions for the fixes an operator asked for on this host's drift entries. A fix whose
 /// entry is gone is done already.
-fn fixes(me: &str, compute: &Compute, seen: &[Seen], drift: &[Drift], actions: &mut Vec<Action>) {
+fn fixes(
+    me: &str,
+    compute: &Compute,
+    seen: &[ObservedVm],
+    drift: &[Drift],
+    actions: &mut Vec<Action>,
+) {
     let prefix = format!("{me}/");
     for id in compute.fixes.keys().filter(|id| id.starts_with(&prefix)) {
         let Some(entry) = drift.iter().find(|d| &d.id == id) else {
@@ -552,8 +545,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn seen(id: &str, pid: Option<u32>, disk: bool) -> Seen {
-        Seen {
+    fn seen(id: &str, pid: Option<u32>, disk: bool) -> ObservedVm {
+        ObservedVm {
             id: id.into(),
             pid,
             disk_present: disk,
@@ -951,7 +944,7 @@ pub(crate) mod tests {
     #[test]
     fn an_unreadable_generation_file_loses_that_vm_only() {
         let mut a = seen("vm-1", None, true);
-        a.generation = hearth_compute::disk::UNREADABLE_GENERATION;
+        a.generation = hearth_qemu::disk::UNREADABLE_GENERATION;
         let c = compute(vec![
             vm("vm-1", "w1", Phase::Stopped, Power::Running),
             vm("vm-2", "w1", Phase::Stopped, Power::Running),

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hearth_compute::driver::{DriverError, IoLimits as DriverIo, NetConfig, VmSpec};
-use hearth_compute::fake::VmDriver;
+use hearth_qemu::driver::{DriverError, NetConfig, VmSpec};
+use hearth_qemu::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
-use hearth_types::compute::{Arch, Capacity, Compute, Drift, Phase, Vm};
+use hearth_types::compute::{Capacity, Compute, Drift, ObservedVm, Phase, Vm};
 use hearth_types::desired::DesiredState;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::blobs::BlobStore;
-use super::reconcile::{self, Action, Memory, Seen};
+use crate::blobs::BlobStore;
+use crate::reconcile::{self, Action, Memory};
 
 /// How long a VM has to power off after the ACPI button before it is stopped hard.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
@@ -31,7 +31,7 @@ pub struct Host {
     pub driver: Arc<VmDriver>,
     pub blobs: BlobStore,
     pub state: StateNode,
-    pub metrics: Arc<super::ComputeMetrics>,
+    pub metrics: Arc<crate::ComputeMetrics>,
 }
 
 /// What the loop remembers beyond the reconciler's memory.
@@ -224,18 +224,12 @@ async fn act(
             tracing::warn!(%vm, pid, "stopping a QEMU process hearth did not start, as fixed by an operator");
             kill_foreign(pid).await;
         }
-        Action::SetIo { vm, io } => {
-            let limits = DriverIo {
-                iops: io.iops,
-                bytes_per_sec: io.bytes_per_sec,
-            };
-            match host.driver.set_io_limits(&vm, &limits).await {
-                Ok(()) => {
-                    t.memory.applied_io.insert(vm, io);
-                }
-                Err(error) => tracing::warn!(%vm, %error, "setting IO limits"),
+        Action::SetIo { vm, io } => match host.driver.set_io_limits(&vm, &io).await {
+            Ok(()) => {
+                t.memory.applied_io.insert(vm, io);
             }
-        }
+            Err(error) => tracing::warn!(%vm, %error, "setting IO limits"),
+        },
         Action::Start { vm } => {
             if let Some(entry) = desired.compute.vms.get(&vm) {
                 let (entry, compute) = (entry.value.clone(), desired.compute.clone());
@@ -365,19 +359,9 @@ async fn reboot(
 async fn look<'a>(
     driver: &VmDriver,
     tracking: &'a Mutex<Tracking>,
-) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<Seen>), DriverError> {
+) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<ObservedVm>), DriverError> {
     let t = tracking.lock().await;
-    let seen = driver
-        .observe()?
-        .into_iter()
-        .map(|o| Seen {
-            id: o.id,
-            pid: o.pid,
-            disk_present: o.disk_present,
-            generation: o.generation,
-            foreign: o.foreign,
-        })
-        .collect();
+    let seen = driver.observe()?;
     Ok((t, seen))
 }
 
@@ -386,7 +370,7 @@ async fn look<'a>(
 fn decide(
     me: &str,
     desired: &DesiredState,
-    seen: &[Seen],
+    seen: &[ObservedVm],
     t: &mut Tracking,
     now: Instant,
 ) -> (reconcile::Plan, usize) {
@@ -579,7 +563,7 @@ async fn fetch_image(host: &Host, vm: &Vm, compute: &Compute) -> Result<(), Stri
             )),
         )
         .await;
-        let size = super::fetch_blob(&host.state, &host.blobs, &blob.sha256)
+        let size = crate::images::fetch_blob(&host.state, &host.blobs, &blob.sha256)
             .await
             .map_err(|error| format!("cannot fetch image {}: {error}", image.name))?;
         tracing::info!(sha256 = %blob.sha256, size, "image file fetched");
@@ -639,10 +623,7 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
     Ok(VmSpec {
         id: vm.id.clone(),
         hostname: vm.request.name.clone(),
-        arch: match vm.request.arch {
-            Arch::X86_64 => hearth_compute::driver::Arch::X86_64,
-            Arch::Aarch64 => hearth_compute::driver::Arch::Aarch64,
-        },
+        arch: vm.request.arch,
         vcpus: vm.request.vcpus,
         memory_mib: vm.request.memory_mib,
         disk_bytes: vm.request.disk_gib << 30,
@@ -653,10 +634,7 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
         append: image.append.clone(),
         ssh_keys: vm.request.ssh_keys.clone(),
         net,
-        io: DriverIo {
-            iops: vm.request.io.iops,
-            bytes_per_sec: vm.request.io.bytes_per_sec,
-        },
+        io: vm.request.io,
         generation: vm.disk.generation,
     })
 }
@@ -667,11 +645,11 @@ mod tests {
     use std::pin::pin;
     use std::task::Poll;
 
-    use hearth_compute::fake::FakeDriver;
+    use hearth_qemu::fake::FakeDriver;
     use hearth_types::compute::{IoLimits, Power};
 
-    use super::super::reconcile::tests::vm;
     use super::*;
+    use crate::reconcile::tests::vm;
 
     /// Regression (chaos runner, N = 5, seed 42, and "VM started" followed at once by "QEMU
     /// exited without being asked to" in shorter runs): a start task that finished while a

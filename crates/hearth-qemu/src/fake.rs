@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::io::Write;
 
 use crate::disk::{check_own, read_generation, write_generation};
+use hearth_types::compute::{IoLimits, ObservedVm};
+
 use crate::driver::{
-    DriverError, IoLimits, ObservedVm, VmSpec, io_error, read_present, remove_vm_dir, valid_id,
-    vm_dirs,
+    DriverError, VmSpec, io_error, read_present, remove_vm_dir, valid_id, vm_dirs,
 };
 
 /// The fake disk's file: its content is the number of boots on it.
@@ -227,7 +228,8 @@ impl VmDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{Arch, NetConfig};
+    use crate::driver::NetConfig;
+    use hearth_types::compute::Arch;
 
     #[tokio::test]
     async fn a_fake_vm_starts_once_stops_and_is_deleted() {

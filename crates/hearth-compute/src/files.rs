@@ -1,0 +1,176 @@
+//! What a node serves its peers over the state group's RPC (`hearth_state::files::PeerFiles`):
+//! chunks of verified image files and of its VMs' console logs. The paths are known here and
+//! in `hearth-qemu`, never in the consensus crate.
+
+use std::path::PathBuf;
+
+use hearth_state::files::{
+    BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleChunk, FileError, FileFuture, PeerFiles,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::blobs::BlobStore;
+
+/// This node's image store, and its VM directory when it is a worker.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    pub blobs: BlobStore,
+    pub vms_dir: Option<PathBuf>,
+}
+
+impl PeerFiles for HostFiles {
+    fn blob_chunk<'a>(&'a self, sha256: &'a str, offset: u64) -> FileFuture<'a, BlobChunk> {
+        Box::pin(read_blob_chunk(&self.blobs, sha256, offset))
+    }
+
+    fn console_chunk<'a>(
+        &'a self,
+        vm: &'a str,
+        offset: Option<u64>,
+    ) -> FileFuture<'a, ConsoleChunk> {
+        Box::pin(async move {
+            let dir = self
+                .vms_dir
+                .as_deref()
+                .ok_or_else(|| FileError::NotServed("this node runs no VMs".into()))?;
+            read_console(dir, vm, offset).await
+        })
+    }
+}
+
+fn io(error: std::io::Error) -> FileError {
+    FileError::Io(error.to_string())
+}
+
+/// Reads one chunk of the verified file `sha256`. The name is checked to be a hash, so a
+/// request can never reach outside the store.
+async fn read_blob_chunk(
+    blobs: &BlobStore,
+    sha256: &str,
+    offset: u64,
+) -> Result<BlobChunk, FileError> {
+    use base64::Engine;
+    let valid = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    if !valid {
+        return Err(FileError::BadName("not a sha256".into()));
+    }
+    let mut file = tokio::fs::File::open(blobs.path(sha256))
+        .await
+        .map_err(|_| FileError::NotFound(format!("no copy of {sha256} here")))?;
+    let total = file.metadata().await.map_err(io)?.len();
+    file.seek(std::io::SeekFrom::Start(offset.min(total)))
+        .await
+        .map_err(io)?;
+    let mut buf = vec![0u8; BLOB_CHUNK.min((total.saturating_sub(offset)) as usize)];
+    file.read_exact(&mut buf).await.map_err(io)?;
+    Ok(BlobChunk {
+        total,
+        data: base64::engine::general_purpose::STANDARD.encode(&buf),
+    })
+}
+
+/// Reads part of the console log of `vm` under `vms_dir`: from `offset`, or the last
+/// [`CONSOLE_CHUNK`] bytes. A VM with no log yet has an empty one.
+pub async fn read_console(
+    vms_dir: &std::path::Path,
+    vm: &str,
+    offset: Option<u64>,
+) -> Result<ConsoleChunk, FileError> {
+    let path = hearth_qemu::driver::console_log(vms_dir, vm)
+        .ok_or_else(|| FileError::BadName(format!("`{vm}` is not a VM id")))?;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConsoleChunk {
+                offset: 0,
+                next: 0,
+                total: 0,
+                text: String::new(),
+            });
+        }
+        Err(e) => return Err(FileError::Io(format!("{}: {e}", path.display()))),
+    };
+    let total = file.metadata().await.map_err(io)?.len();
+    let from = offset
+        .unwrap_or(total.saturating_sub(CONSOLE_CHUNK))
+        .min(total);
+    file.seek(std::io::SeekFrom::Start(from))
+        .await
+        .map_err(io)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(CONSOLE_CHUNK)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(io)?;
+    Ok(ConsoleChunk {
+        offset: from,
+        next: from + bytes.len() as u64,
+        total,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_that_could_leave_the_directories_are_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let files = HostFiles {
+            blobs: BlobStore::new(top.path().join("images")),
+            vms_dir: Some(top.path().join("vms")),
+        };
+        for vm in ["../etc", "", "a/b", "vm.1"] {
+            let answer = files.console_chunk(vm, None).await;
+            assert!(
+                matches!(answer, Err(FileError::BadName(_))),
+                "{vm}: {answer:?}"
+            );
+        }
+        for sha in ["../../etc/passwd", &"A".repeat(64), "abc"] {
+            let answer = files.blob_chunk(sha, 0).await;
+            assert!(
+                matches!(answer, Err(FileError::BadName(_))),
+                "{sha}: {answer:?}"
+            );
+        }
+        let missing = files.blob_chunk(&"a".repeat(64), 0).await;
+        assert!(
+            matches!(missing, Err(FileError::NotFound(_))),
+            "{missing:?}"
+        );
+        let server = HostFiles {
+            vms_dir: None,
+            ..files
+        };
+        let answer = server.console_chunk("vm-1", None).await;
+        assert!(matches!(answer, Err(FileError::NotServed(_))), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_console_is_read_in_chunks_and_a_missing_one_is_empty() {
+        let top = tempfile::tempdir().unwrap();
+        let empty = read_console(top.path(), "vm-1", None).await.unwrap();
+        assert_eq!((empty.total, empty.text.as_str()), (0, ""));
+        std::fs::create_dir_all(top.path().join("vm-1")).unwrap();
+        let log = "x".repeat(CONSOLE_CHUNK as usize) + "tail";
+        std::fs::write(top.path().join("vm-1/console.log"), &log).unwrap();
+        let last = read_console(top.path(), "vm-1", None).await.unwrap();
+        assert_eq!(
+            (last.offset, last.next, last.total),
+            (4, log.len() as u64, log.len() as u64)
+        );
+        assert!(last.text.ends_with("tail"));
+        let first = read_console(top.path(), "vm-1", Some(0)).await.unwrap();
+        assert_eq!(first.next, CONSOLE_CHUNK);
+        let rest = read_console(top.path(), "vm-1", Some(first.next))
+            .await
+            .unwrap();
+        assert_eq!(rest.text, "tail");
+    }
+}

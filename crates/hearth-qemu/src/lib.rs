@@ -1,0 +1,9 @@
+//! hearth's QEMU driver: `qemu-system-<arch>` run directly, controlled over QMP, with a qcow2
+//! overlay, a NoCloud seed and a serial console log per VM under one root directory.
+
+pub mod accel;
+pub mod disk;
+pub mod driver;
+pub mod fake;
+pub mod qmp;
+pub mod seed;

@@ -1,0 +1,89 @@
+//! The files a node serves its peers over the sealed RPC, as an application interface: image
+//! files by hash and VM consoles by id. The compute layer implements `PeerFiles`; this crate
+//! knows no paths.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+/// The most bytes of a console log one answer carries.
+pub const CONSOLE_CHUNK: u64 = 64 * 1024;
+
+/// The most bytes one `FetchBlob` answer carries.
+pub const BLOB_CHUNK: usize = 1 << 20;
+
+/// Part of a VM's serial console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleChunk {
+    /// Where `text` starts in the log.
+    pub offset: u64,
+    /// Where the next read starts.
+    pub next: u64,
+    /// The log's size now.
+    pub total: u64,
+    /// The bytes, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+}
+
+/// Part of an image file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BlobChunk {
+    /// The whole file's size.
+    pub total: u64,
+    /// Base64 of the bytes from the requested offset.
+    pub data: String,
+}
+
+/// Why a node did not serve a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FileError {
+    /// The name is not a VM id or not a sha256: it could reach outside the node's files.
+    #[error("{0}")]
+    BadName(String),
+    /// This node keeps no files of that kind (no image store, or no VMs).
+    #[error("{0}")]
+    NotServed(String),
+    /// This node has no copy of the file.
+    #[error("{0}")]
+    NotFound(String),
+    /// Reading failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A boxed future, as the trait object needs.
+pub type FileFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, FileError>> + Send + 'a>>;
+
+/// What a node serves its peers. The state node holds one and answers `FetchBlob` and
+/// `Console` requests from it.
+pub trait PeerFiles: std::fmt::Debug + Send + Sync + 'static {
+    /// Up to [`BLOB_CHUNK`] bytes of the verified file `sha256`, from `offset`.
+    fn blob_chunk<'a>(&'a self, sha256: &'a str, offset: u64) -> FileFuture<'a, BlobChunk>;
+    /// Up to [`CONSOLE_CHUNK`] bytes of the console log of `vm`, from `offset` (`None`: the
+    /// last [`CONSOLE_CHUNK`] bytes).
+    fn console_chunk<'a>(
+        &'a self,
+        vm: &'a str,
+        offset: Option<u64>,
+    ) -> FileFuture<'a, ConsoleChunk>;
+}
+
+/// Why a file could not be had from a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{0} is not a member of the state group")]
+    NotMember(String),
+    #[error("{host} cannot be reached: {error}")]
+    Unreachable { host: String, error: String },
+    #[error("{host}: {error}")]
+    Refused { host: String, error: FileError },
+    #[error("{host}: {message}")]
+    Protocol { host: String, message: String },
+    /// No member had a copy; each one's answer.
+    #[error("no member has a copy ({})", .0.join("; "))]
+    NoCopy(Vec<String>),
+    /// The caller's sink refused the bytes.
+    #[error("{0}")]
+    Sink(String),
+}
