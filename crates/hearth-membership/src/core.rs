@@ -126,6 +126,9 @@ pub struct Core {
     late_this_interval: bool,
     last_reannounce: Duration,
     stale: StaleSuspicions,
+    /// Whether foca probes its members: it says so with `Active`, and stops after `Idle`
+    /// (no member left), `Defunct`, or `Rejoin` (a renewed identity).
+    connected: bool,
     view: Arc<View>,
     metrics: Arc<GossipMetrics>,
     left: bool,
@@ -180,6 +183,7 @@ impl Core {
             late_this_interval: false,
             last_reannounce: Duration::ZERO,
             stale: StaleSuspicions::default(),
+            connected: false,
             view: Arc::new(View::default()),
             metrics,
             left: false,
@@ -278,8 +282,11 @@ impl Core {
         if self.left {
             return;
         }
-        if self.swim.num_members() == 0 {
-            // Alone: keep knocking on the seeds until one answers.
+        if !self.connected {
+            // Alone, or not probing since renewing our identity (foca then keeps the members
+            // it knew but waits for a message addressed to the new identity, which nobody
+            // sends if every member renewed too, or none knows us): keep knocking on the
+            // seeds until one answers.
             self.join_seeds();
         }
         if now.elapsed.saturating_sub(self.last_reannounce) >= REANNOUNCE_EVERY {
@@ -366,8 +373,16 @@ impl Core {
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
                 OwnedNotification::MemberUp(id) => new_peers.push(id.addr),
-                OwnedNotification::Defunct => tracing::warn!("declared dead by the cluster"),
-                OwnedNotification::Rejoin(id) => tracing::info!(?id, "rejoined the cluster"),
+                OwnedNotification::Active => self.connected = true,
+                OwnedNotification::Idle => self.connected = false,
+                OwnedNotification::Defunct => {
+                    self.connected = false;
+                    tracing::warn!("declared dead by the cluster");
+                }
+                OwnedNotification::Rejoin(id) => {
+                    self.connected = false;
+                    tracing::info!(?id, "rejoined the cluster");
+                }
                 _ => {}
             }
         }
