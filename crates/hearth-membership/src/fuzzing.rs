@@ -3,61 +3,67 @@
 //! panics only on a real bug.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, PostcardCodec};
+use hearth_types::{NodeMeta, Role};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::identity::AnnouncementHandler;
-use crate::node::{GossipTiming, KIND_ANNOUNCEMENT, KIND_FOCA, swim_config};
-use crate::{Keyring, NodeId, Secret};
+use crate::core::{Core, Input, KIND_ANNOUNCEMENT, KIND_FOCA, MembershipConfig, Now};
+use crate::{GossipMetrics, GossipTiming, Keyring, Secret};
 
 fn keyring() -> Keyring {
     Keyring::new("fuzz", &Secret::new([7; crate::SECRET_LEN]), &[])
 }
 
-/// A gossip datagram as the network delivers it: opened (and almost always refused, since it
-/// is not sealed with the key); then, as if it had been, its plaintext handed to foca and to
-/// the announcement decoder, exactly as the membership task does. Also checks that sealing
-/// the bytes and opening them gives them back.
+fn core() -> Core {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 7946));
+    let meta = NodeMeta {
+        name: "fuzz".into(),
+        gossip_addr: addr,
+        address: addr.ip(),
+        roles: vec![Role::Server],
+        tags: Default::default(),
+        rpc_addr: None,
+        in_group: false,
+    };
+    let config = MembershipConfig {
+        cluster: "fuzz".into(),
+        keyring: keyring(),
+        meta,
+        join: Vec::new(),
+        timing: GossipTiming::default(),
+        services: Vec::new(),
+    };
+    let metrics = Arc::new(GossipMetrics::default());
+    Core::new(config, 1, StdRng::seed_from_u64(1), metrics).expect("a small announcement")
+}
+
+/// A gossip datagram as the network delivers it, through the membership core: as it is
+/// (almost always refused, since it is not sealed with the key); then sealed, so that its
+/// plaintext reaches foca or the announcement decoder; and, when its first byte is no known
+/// kind, sealed as foca data, so that foca sees every input. Also checks that sealing the
+/// bytes and opening them gives them back.
 pub fn gossip_datagram(data: &[u8]) {
     let ring = keyring();
-    let _ = ring.open(data);
     let sealed = ring.seal(data);
     assert_eq!(
         ring.open(&sealed).ok().as_deref(),
         Some(data),
         "seal/open must round-trip"
     );
-    let me = NodeId {
-        name: "fuzz".into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
-        bump: 1,
+    let mut core = core();
+    let now = Now {
+        elapsed: Duration::ZERO,
+        unix_micros: 1,
     };
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let mut swim = Foca::with_custom_broadcast(
-        me,
-        swim_config(&GossipTiming::default()),
-        StdRng::seed_from_u64(1),
-        PostcardCodec,
-        AnnouncementHandler::new(inbox),
-    );
-    let mut runtime = AccumulatingRuntime::new();
-    match data.split_first() {
-        Some((&KIND_FOCA, body)) => {
-            let _ = swim.handle_data(body, &mut runtime);
-        }
-        Some((&KIND_ANNOUNCEMENT, body)) => {
-            let _ = swim.add_broadcast(body);
-        }
-        _ => {
-            let _ = swim.handle_data(data, &mut runtime);
-        }
+    core.handle(now, Input::Datagram(data));
+    core.handle(now, Input::Datagram(&sealed));
+    if !matches!(data.first(), Some(&(KIND_FOCA | KIND_ANNOUNCEMENT))) {
+        let as_foca = [&[KIND_FOCA][..], data].concat();
+        core.handle(now, Input::Datagram(&ring.seal(&as_foca)));
     }
-    while runtime.to_send().is_some() {}
-    while runtime.to_schedule().is_some() {}
-    while runtime.to_notify().is_some() {}
 }
 
 #[cfg(test)]

@@ -1,29 +1,24 @@
 //! A deterministic, single-process simulation of membership and its events. Each simulated
-//! node runs what the membership task runs (foca with hearth's identity, config and
-//! announcement handling; seeds when alone; re-announcing; our announcement sent straight to
-//! new members; `build_view` and `diff_events`), on a virtual clock and a virtual network
-//! whose losses, delays, partitions (asymmetric too), crashes, restarts and pauses follow a
-//! seeded schedule. The same seed gives the same run, event for event.
+//! node is the membership core the real task runs (foca with hearth's identity, config and
+//! announcement handling, sealing, local health, stale suspicions, seeds when alone,
+//! re-announcing), driven by a virtual clock and a virtual network whose losses, delays,
+//! partitions (asymmetric too), crashes, restarts and pauses follow a seeded schedule. The
+//! same seed gives the same run, event for event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
-use hearth_types::{EventKind, MemberState, NodeAnnouncement, NodeMeta, Role, View};
+use hearth_types::{EventKind, MemberState, NodeMeta, Role, View};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::identity::{AnnouncementHandler, Inbox};
-use crate::node::{GossipTiming, KIND_ANNOUNCEMENT, KIND_FOCA, swim_config};
-use crate::{NodeId, build_view, diff_events};
+use crate::core::{Core, Input, MembershipConfig, Now, Output, Timer};
+use crate::{GossipMetrics, GossipTiming, Keyring, SECRET_LEN, Secret};
 
-type Swim = Foca<NodeId, PostcardCodec, StdRng, AnnouncementHandler>;
-
-const TICK: Duration = Duration::from_millis(500);
-const REANNOUNCE_EVERY: Duration = Duration::from_secs(15);
+const CLUSTER: &str = "sim";
 
 /// One fault of a schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,21 +49,32 @@ pub struct Observed {
 }
 
 enum Happening {
+    /// A sealed datagram arrives.
     Deliver {
         to: usize,
-        kind: u8,
-        data: Vec<u8>,
+        datagram: Vec<u8>,
     },
     Timer {
         node: usize,
         life: u64,
-        timer: Timer<NodeId>,
+        timer: Timer,
     },
     Tick {
         node: usize,
         life: u64,
     },
     Fault(Fault),
+}
+
+impl Happening {
+    /// The node this happens on; `None` for a fault.
+    fn node(&self) -> Option<usize> {
+        match self {
+            Happening::Deliver { to, .. } => Some(*to),
+            Happening::Timer { node, .. } | Happening::Tick { node, .. } => Some(*node),
+            Happening::Fault(_) => None,
+        }
+    }
 }
 
 struct Scheduled {
@@ -95,22 +101,16 @@ impl Ord for Scheduled {
 }
 
 struct SimNode {
-    name: String,
-    addr: SocketAddr,
-    /// Counts starts; timers of an earlier life are ignored.
+    meta: NodeMeta,
+    /// The seeds it knocks on.
+    join: Vec<SocketAddr>,
+    /// Counts starts; timers and ticks of an earlier life are ignored.
     life: u64,
-    up: bool,
     paused: bool,
     /// What arrived while paused.
     held: Vec<Happening>,
-    swim: Option<Swim>,
-    runtime: AccumulatingRuntime<NodeId>,
-    inbox: Inbox,
-    own: NodeAnnouncement,
-    announcements: HashMap<String, NodeAnnouncement>,
-    view: View,
-    last_reannounce: Duration,
-    stale: crate::suspicion::StaleSuspicions,
+    /// The running node; `None` while it is down.
+    core: Option<Core>,
 }
 
 /// The simulated cluster.
@@ -134,6 +134,37 @@ fn addr(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (index / 250) as u8, (index % 250) as u8 + 1], 7946))
 }
 
+fn sim_node(index: usize, nodes: usize) -> SimNode {
+    let meta = NodeMeta {
+        name: format!("n{}", index + 1),
+        gossip_addr: addr(index),
+        address: addr(index).ip(),
+        roles: vec![Role::Server],
+        tags: Default::default(),
+        rpc_addr: None,
+        in_group: false,
+    };
+    // Everyone knows node 0; node 0 knocks on node 1, as an operator would list two seeds.
+    let join = match index {
+        0 if nodes > 1 => vec![addr(1)],
+        0 => Vec::new(),
+        _ => vec![addr(0)],
+    };
+    SimNode {
+        meta,
+        join,
+        life: 0,
+        paused: false,
+        held: Vec::new(),
+        core: None,
+    }
+}
+
+/// Every simulated node holds the same cluster secret.
+fn keyring() -> Keyring {
+    Keyring::new(CLUSTER, &Secret::new([5; SECRET_LEN]), &[])
+}
+
 impl Sim {
     /// `nodes` nodes that all know node 0 as their seed, started 0–100 ms apart.
     pub fn new(nodes: usize, seed: u64) -> Sim {
@@ -141,7 +172,7 @@ impl Sim {
             now: Duration::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
-            nodes: Vec::new(),
+            nodes: (0..nodes).map(|index| sim_node(index, nodes)).collect(),
             blocked: HashSet::new(),
             loss: 0,
             rng: StdRng::seed_from_u64(seed),
@@ -150,39 +181,6 @@ impl Sim {
             sent: 0,
             lost: 0,
         };
-        for index in 0..nodes {
-            let name = format!("n{}", index + 1);
-            let meta = NodeMeta {
-                name: name.clone(),
-                gossip_addr: addr(index),
-                address: addr(index).ip(),
-                roles: vec![Role::Server],
-                tags: Default::default(),
-                rpc_addr: None,
-                in_group: false,
-            };
-            sim.nodes.push(SimNode {
-                name,
-                addr: addr(index),
-                life: 0,
-                up: false,
-                paused: false,
-                held: Vec::new(),
-                swim: None,
-                runtime: AccumulatingRuntime::new(),
-                inbox: Arc::new(Mutex::new(Vec::new())),
-                own: NodeAnnouncement {
-                    meta,
-                    version: 0,
-                    services: vec![],
-                    leaving: false,
-                },
-                announcements: HashMap::new(),
-                view: View::default(),
-                last_reannounce: Duration::ZERO,
-                stale: Default::default(),
-            });
-        }
         for index in 0..nodes {
             let delay = Duration::from_millis(sim.rng.random_range(0..100));
             sim.schedule(delay, Happening::Fault(Fault::Restart(index)));
@@ -233,52 +231,78 @@ impl Sim {
     }
 
     fn happen(&mut self, what: Happening) {
-        let node = match &what {
-            Happening::Deliver { to, .. } => Some(*to),
-            Happening::Timer { node, .. } | Happening::Tick { node, .. } => Some(*node),
-            Happening::Fault(_) => None,
+        let Some(index) = what.node() else {
+            if let Happening::Fault(fault) = what {
+                self.apply(fault);
+            }
+            return;
         };
-        if let Some(index) = node {
-            let target = &mut self.nodes[index];
-            if !target.up {
-                return;
-            }
-            if target.paused {
-                target.held.push(what);
-                return;
-            }
+        let node = &self.nodes[index];
+        if node.core.is_none() {
+            return;
         }
         match what {
-            Happening::Deliver { to, kind, data } => {
-                let node = &mut self.nodes[to];
-                let Some(swim) = node.swim.as_mut() else {
-                    return;
-                };
-                let _ = if kind == KIND_FOCA {
-                    swim.handle_data(&data, &mut node.runtime)
-                } else {
-                    swim.add_broadcast(&data).map(|_| ())
-                };
-                self.flush(to);
+            Happening::Tick { life, .. } if life == node.life => {
+                self.hold_or_run(index, what);
+                // Like the task's interval, the next tick comes one period later even when
+                // this one was held by a pause: held ticks fire in a burst on resume.
+                let tick = Happening::Tick { node: index, life };
+                self.schedule(self.timing.probe_interval, tick);
             }
-            Happening::Timer { node, life, timer } => {
-                if self.nodes[node].life != life {
-                    return;
-                }
-                let target = &mut self.nodes[node];
-                if let Some(swim) = target.swim.as_mut() {
-                    let _ = swim.handle_timer(timer, &mut target.runtime);
-                }
-                self.flush(node);
+            Happening::Tick { .. } => {}
+            _ => self.hold_or_run(index, what),
+        }
+    }
+
+    /// A paused node holds what reaches it; a running one handles it.
+    fn hold_or_run(&mut self, index: usize, what: Happening) {
+        let node = &mut self.nodes[index];
+        if node.paused {
+            node.held.push(what);
+        } else {
+            self.run(index, what);
+        }
+    }
+
+    /// `what` reaches the running node `index`.
+    fn run(&mut self, index: usize, what: Happening) {
+        match what {
+            Happening::Deliver { datagram, .. } => self.drive(index, Input::Datagram(&datagram)),
+            Happening::Timer { life, timer, .. } if life == self.nodes[index].life => {
+                self.drive(index, Input::Timer(timer));
             }
-            Happening::Tick { node, life } => {
-                if self.nodes[node].life != life {
-                    return;
+            Happening::Tick { .. } => self.drive(index, Input::Tick),
+            Happening::Timer { .. } | Happening::Fault(_) => {}
+        }
+    }
+
+    /// Hands `input` to node `index`'s core and carries out what it returns.
+    fn drive(&mut self, index: usize, input: Input<'_>) {
+        let now = Now {
+            elapsed: self.now,
+            unix_micros: self.now.as_micros() as u64,
+        };
+        let life = self.nodes[index].life;
+        let Some(core) = self.nodes[index].core.as_mut() else {
+            return;
+        };
+        for output in core.handle(now, input) {
+            match output {
+                Output::Send { to, datagram } => self.send(index, to, datagram),
+                Output::Timer(timer) => {
+                    let after = timer.at().saturating_sub(self.now);
+                    let node = index;
+                    self.schedule(after, Happening::Timer { node, life, timer });
                 }
-                self.housekeeping(node);
-                self.schedule(TICK, Happening::Tick { node, life });
+                Output::View { events, .. } => {
+                    self.trace.extend(events.into_iter().map(|event| Observed {
+                        at: now.elapsed,
+                        observer: index,
+                        kind: event.kind,
+                        member: event.member.name,
+                    }));
+                }
             }
-            Happening::Fault(fault) => self.apply(fault),
         }
     }
 
@@ -291,54 +315,15 @@ impl Sim {
             Fault::Loss(percent) => self.loss = percent.min(100),
             Fault::Crash(index) => {
                 let node = &mut self.nodes[index];
-                node.up = false;
+                node.core = None;
                 node.paused = false;
                 node.held.clear();
-                node.swim = None;
-                node.runtime = AccumulatingRuntime::new();
-                node.inbox = Arc::new(Mutex::new(Vec::new()));
-                node.announcements.clear();
-                node.view = View::default();
-                node.stale = Default::default();
             }
-            Fault::Restart(index) => {
-                if self.nodes[index].up {
-                    return;
-                }
-                let now = self.now;
-                let timing = &self.timing;
-                let seed = self.rng.random::<u64>();
-                let node = &mut self.nodes[index];
-                node.life += 1;
-                node.up = true;
-                // Like the wall clock the real node starts from: newer than any earlier life.
-                let bump = now.as_micros() as u64 + node.life;
-                node.own.version = bump;
-                node.inbox = Arc::new(Mutex::new(Vec::new()));
-                node.swim = Some(Foca::with_custom_broadcast(
-                    NodeId {
-                        name: node.name.clone(),
-                        addr: node.addr,
-                        bump,
-                    },
-                    swim_config(timing),
-                    StdRng::seed_from_u64(seed),
-                    PostcardCodec,
-                    AnnouncementHandler::new(node.inbox.clone()),
-                ));
-                node.last_reannounce = now;
-                let bytes = postcard::to_allocvec(&node.own).unwrap_or_default();
-                if let Some(swim) = node.swim.as_mut() {
-                    let _ = swim.add_broadcast(&bytes);
-                }
-                let life = node.life;
-                self.join_seeds(index);
-                self.flush(index);
-                self.schedule(TICK, Happening::Tick { node: index, life });
-            }
+            Fault::Restart(index) => self.start(index),
             Fault::Pause(index) => {
-                if self.nodes[index].up {
-                    self.nodes[index].paused = true;
+                let node = &mut self.nodes[index];
+                if node.core.is_some() {
+                    node.paused = true;
                 }
             }
             Fault::Resume(index) => {
@@ -347,63 +332,49 @@ impl Sim {
                     return;
                 }
                 node.paused = false;
-                let held = std::mem::take(&mut node.held);
-                for what in held {
-                    self.happen(what);
+                for what in std::mem::take(&mut node.held) {
+                    self.run(index, what);
                 }
             }
         }
     }
 
-    fn join_seeds(&mut self, index: usize) {
-        if index == 0 && self.nodes.len() > 1 {
-            // The seed itself knocks on the second node, as an operator would list two.
-            self.announce_to(index, 1);
-        } else if index != 0 {
-            self.announce_to(index, 0);
+    /// Starts node `index` as a new incarnation, unless it runs.
+    fn start(&mut self, index: usize) {
+        if self.nodes[index].core.is_some() {
+            return;
         }
-    }
-
-    fn announce_to(&mut self, index: usize, seed: usize) {
-        let seed_addr = self.nodes[seed].addr;
+        let seed = self.rng.random::<u64>();
         let node = &mut self.nodes[index];
-        if let Some(swim) = node.swim.as_mut() {
-            let _ = swim.announce(NodeId::seed(seed_addr), &mut node.runtime);
-        }
+        node.life += 1;
+        // Like the wall clock the real node starts from: newer than any earlier life.
+        let bump = self.now.as_micros() as u64 + node.life;
+        let config = MembershipConfig {
+            cluster: CLUSTER.into(),
+            keyring: keyring(),
+            meta: node.meta.clone(),
+            join: node.join.clone(),
+            timing: self.timing,
+            services: Vec::new(),
+        };
+        let metrics = Arc::new(GossipMetrics::default());
+        let core = Core::new(config, bump, StdRng::seed_from_u64(seed), metrics)
+            .expect("a simulated node's announcement fits in a datagram");
+        node.core = Some(core);
+        let life = node.life;
+        self.drive(index, Input::Start);
+        self.schedule(
+            self.timing.probe_interval,
+            Happening::Tick { node: index, life },
+        );
     }
 
-    fn housekeeping(&mut self, index: usize) {
-        let alone = self.nodes[index]
-            .swim
-            .as_ref()
-            .is_some_and(|swim| swim.num_members() == 0);
-        if alone {
-            self.join_seeds(index);
-        }
-        if self.now.saturating_sub(self.nodes[index].last_reannounce) >= REANNOUNCE_EVERY {
-            let now = self.now;
-            let node = &mut self.nodes[index];
-            node.own.version += 1;
-            node.last_reannounce = now;
-            let bytes = postcard::to_allocvec(&node.own).unwrap_or_default();
-            if let Some(swim) = node.swim.as_mut() {
-                let _ = swim.add_broadcast(&bytes);
-            }
-        }
-        let limit = crate::suspicion::limit(&self.timing);
-        let now = self.now;
-        let node = &mut self.nodes[index];
-        if let Some(swim) = node.swim.as_mut() {
-            let stale = node.stale.check(swim.iter_membership_state(), now, limit);
-            if !stale.is_empty() {
-                let _ = swim.apply_many(stale.into_iter(), true, &mut node.runtime);
-            }
-        }
-        self.flush(index);
-    }
-
-    fn send(&mut self, from: usize, to_addr: SocketAddr, kind: u8, data: Vec<u8>) {
-        let Some(to) = self.nodes.iter().position(|n| n.addr == to_addr) else {
+    fn send(&mut self, from: usize, to_addr: SocketAddr, datagram: Vec<u8>) {
+        let Some(to) = self
+            .nodes
+            .iter()
+            .position(|n| n.meta.gossip_addr == to_addr)
+        else {
             return;
         };
         self.sent += 1;
@@ -412,109 +383,37 @@ impl Sim {
             return;
         }
         let delay = Duration::from_micros(self.rng.random_range(200..5_000));
-        self.schedule(delay, Happening::Deliver { to, kind, data });
-    }
-
-    /// What the real node's `flush` does: timers, notifications, sends, then the view.
-    fn flush(&mut self, index: usize) {
-        let life = self.nodes[index].life;
-        let mut timers = Vec::new();
-        let mut sends = Vec::new();
-        let mut new_peers = Vec::new();
-        {
-            let node = &mut self.nodes[index];
-            while let Some((after, timer)) = node.runtime.to_schedule() {
-                timers.push((after, timer));
-            }
-            while let Some(notification) = node.runtime.to_notify() {
-                if let OwnedNotification::MemberUp(id) = notification {
-                    new_peers.push(id.addr);
-                }
-            }
-            while let Some((to, data)) = node.runtime.to_send() {
-                sends.push((to.addr, data.to_vec()));
-            }
-        }
-        for (after, timer) in timers {
-            self.schedule(
-                after,
-                Happening::Timer {
-                    node: index,
-                    life,
-                    timer,
-                },
-            );
-        }
-        for (to, data) in sends {
-            self.send(index, to, KIND_FOCA, data);
-        }
-        if !new_peers.is_empty() {
-            let own = postcard::to_allocvec(&self.nodes[index].own).unwrap_or_default();
-            for peer in new_peers {
-                self.send(index, peer, KIND_ANNOUNCEMENT, own.clone());
-            }
-        }
-        self.refresh_view(index);
-    }
-
-    fn refresh_view(&mut self, index: usize) {
-        let now = self.now;
-        let node = &mut self.nodes[index];
-        let received = std::mem::take(&mut *node.inbox.lock().unwrap_or_else(|e| e.into_inner()));
-        for announcement in received {
-            if announcement.meta.name != node.name {
-                node.announcements
-                    .insert(announcement.meta.name.clone(), announcement);
-            }
-        }
-        let Some(swim) = node.swim.as_ref() else {
-            return;
-        };
-        let members = swim
-            .iter_membership_state()
-            .map(|member| (member.id(), member.state()));
-        let view = build_view(&node.own, members, &node.announcements);
-        if view == node.view {
-            return;
-        }
-        for event in diff_events(&node.view, &view) {
-            self.trace.push(Observed {
-                at: now,
-                observer: index,
-                kind: event.kind,
-                member: event.member.name,
-            });
-        }
-        node.view = view;
+        self.schedule(delay, Happening::Deliver { to, datagram });
     }
 
     /// The view of node `index`, if it runs.
     pub fn view(&self, index: usize) -> Option<&View> {
-        let node = &self.nodes[index];
-        node.up.then_some(&node.view)
+        let core = self.nodes[index].core.as_ref()?;
+        Some(core.view())
     }
 
     pub fn is_up(&self, index: usize) -> bool {
-        self.nodes[index].up
+        self.nodes[index].core.is_some()
     }
 
     pub fn name(&self, index: usize) -> &str {
-        &self.nodes[index].name
+        &self.nodes[index].meta.name
     }
 
     /// Every running node sees every running node alive and every crashed one dead (or
     /// never met); the reason when not.
     pub fn converged(&self) -> Result<(), String> {
-        for (a, observer) in self.nodes.iter().enumerate() {
-            if !observer.up || observer.paused {
+        for observer in &self.nodes {
+            let Some(core) = observer.core.as_ref().filter(|_| !observer.paused) else {
                 continue;
-            }
-            for (b, other) in self.nodes.iter().enumerate() {
-                if a == b {
+            };
+            for other in &self.nodes {
+                if other.meta.name == observer.meta.name {
                     continue;
                 }
-                let state = observer.view.members.get(&other.name).map(|m| m.state);
-                let fine = if other.up {
+                let state = core.view().members.get(&other.meta.name).map(|m| m.state);
+                let up = other.core.is_some();
+                let fine = if up {
                     state == Some(MemberState::Alive)
                 } else {
                     matches!(state, None | Some(MemberState::Dead))
@@ -523,9 +422,9 @@ impl Sim {
                     return Err(format!(
                         "at {:?}: {} sees {} as {state:?} (it is {})",
                         self.now,
-                        observer.name,
-                        other.name,
-                        if other.up { "up" } else { "down" }
+                        observer.meta.name,
+                        other.meta.name,
+                        if up { "up" } else { "down" }
                     ));
                 }
             }
@@ -543,82 +442,22 @@ pub fn random_schedule(
     start: Duration,
     end: Duration,
 ) -> Vec<(Duration, Fault)> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let n = sim.len();
-    let mut plan = Vec::new();
+    let mut planner = Planner {
+        rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+        n,
+        down: HashSet::new(),
+        plan: Vec::new(),
+    };
     let mut at = start;
-    let mut down: HashSet<usize> = HashSet::new();
-    let mut paused: HashSet<usize> = HashSet::new();
     while at < end {
-        at += Duration::from_millis(rng.random_range(500..4_000));
+        at += Duration::from_millis(planner.rng.random_range(500..4_000));
         if at >= end {
             break;
         }
-        let node = rng.random_range(0..n);
-        let other = (node + rng.random_range(1..n)) % n;
-        let fault = match rng.random_range(0..9) {
-            0 => Fault::Block {
-                from: node,
-                to: other,
-            },
-            1 => {
-                plan.push((
-                    at,
-                    Fault::Block {
-                        from: other,
-                        to: node,
-                    },
-                ));
-                Fault::Block {
-                    from: node,
-                    to: other,
-                }
-            }
-            2 => {
-                // Cut `node` off from everyone, both ways.
-                for peer in (0..n).filter(|&p| p != node) {
-                    plan.push((
-                        at,
-                        Fault::Block {
-                            from: node,
-                            to: peer,
-                        },
-                    ));
-                }
-                for peer in (0..n).filter(|&p| p != node) {
-                    plan.push((
-                        at,
-                        Fault::Block {
-                            from: peer,
-                            to: node,
-                        },
-                    ));
-                }
-                continue;
-            }
-            3 => Fault::HealAll,
-            4 if down.len() + 1 < n.div_ceil(2) && !down.contains(&node) => {
-                down.insert(node);
-                paused.remove(&node);
-                Fault::Crash(node)
-            }
-            5 if down.contains(&node) => {
-                down.remove(&node);
-                Fault::Restart(node)
-            }
-            6 if !down.contains(&node) && !paused.contains(&node) => {
-                paused.insert(node);
-                let pause = Duration::from_millis(rng.random_range(200..3_000));
-                plan.push((at, Fault::Pause(node)));
-                paused.remove(&node);
-                Fault::Resume(node).at_later(&mut plan, at + pause);
-                continue;
-            }
-            7 => Fault::Loss(rng.random_range(0..=25)),
-            _ => continue,
-        };
-        plan.push((at, fault));
+        planner.step(at);
     }
+    let mut plan = planner.plan;
     plan.push((end, Fault::HealAll));
     plan.push((end, Fault::Loss(0)));
     for node in 0..n {
@@ -631,8 +470,54 @@ pub fn random_schedule(
     plan
 }
 
-impl Fault {
-    fn at_later(self, plan: &mut Vec<(Duration, Fault)>, at: Duration) {
-        plan.push((at, self));
+/// Draws the faults of a random schedule.
+struct Planner {
+    rng: StdRng,
+    n: usize,
+    /// Nodes crashed and not restarted yet.
+    down: HashSet<usize>,
+    plan: Vec<(Duration, Fault)>,
+}
+
+impl Planner {
+    /// Adds the faults of one random step, at `at`.
+    fn step(&mut self, at: Duration) {
+        let n = self.n;
+        let node = self.rng.random_range(0..n);
+        let other = (node + self.rng.random_range(1..n)) % n;
+        let block = |from, to| Fault::Block { from, to };
+        match self.rng.random_range(0..9) {
+            0 => self.plan.push((at, block(node, other))),
+            1 => {
+                self.plan.push((at, block(other, node)));
+                self.plan.push((at, block(node, other)));
+            }
+            2 => {
+                // Cut `node` off from everyone, both ways.
+                let peers = (0..n).filter(|&p| p != node);
+                self.plan
+                    .extend(peers.clone().map(|peer| (at, block(node, peer))));
+                self.plan.extend(peers.map(|peer| (at, block(peer, node))));
+            }
+            3 => self.plan.push((at, Fault::HealAll)),
+            4 if self.down.len() + 1 < n.div_ceil(2) && !self.down.contains(&node) => {
+                self.down.insert(node);
+                self.plan.push((at, Fault::Crash(node)));
+            }
+            5 if self.down.contains(&node) => {
+                self.down.remove(&node);
+                self.plan.push((at, Fault::Restart(node)));
+            }
+            6 if !self.down.contains(&node) => {
+                let pause = Duration::from_millis(self.rng.random_range(200..3_000));
+                self.plan.push((at, Fault::Pause(node)));
+                self.plan.push((at + pause, Fault::Resume(node)));
+            }
+            7 => {
+                let percent = self.rng.random_range(0..=25);
+                self.plan.push((at, Fault::Loss(percent)));
+            }
+            _ => {}
+        }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use foca::{Member, State};
 
-use crate::NodeId;
-use crate::node::GossipTiming;
+use crate::identity::NodeId;
+use crate::timing::GossipTiming;
 
 /// How long a member may stay suspect at one incarnation: foca's own limit stretched to its
 /// most (5x under poor local health), plus two probe rounds.
