@@ -42,42 +42,11 @@ fn console_has(path: &Path, marker: &str) -> Result<()> {
     }
 }
 
-/// The guest's own boot: QEMU started by hand with the same disk and seed layout hearth
-/// uses (overlay made, seed written before the clock starts), minus hearth. Returns (launch → UP, launch → READY).
-fn direct_boot(
-    agent: &TestAgent,
-    guest: &Path,
-    accel: &str,
-    run: usize,
-) -> Result<(Duration, Duration)> {
-    let dir = agent.dir.join(format!("direct-{run}"));
-    std::fs::create_dir_all(&dir)?;
-    let overlay = dir.join("disk.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-b"])
-        .arg(guest.join("base.qcow2"))
-        .args(["-F", "qcow2"])
-        .arg(&overlay)
-        .status()?;
-    if !status.success() {
-        bail!("qemu-img create failed");
-    }
-    // The same seed hearth would write, so the guest finds its config as fast.
-    let seed = hearth_qemu::seed::Seed {
-        instance_id: format!("direct-{run}"),
-        hostname: format!("direct{run}"),
-        ssh_keys: vec![],
-        mac: "52:54:00:12:34:56".into(),
-        addresses: vec!["192.0.2.200/24".into()],
-        gateway4: Some([192, 0, 2, 1].into()),
-        gateway6: None,
-        resolvers: vec![],
-    };
-    seed.write_iso(&dir.join("seed"), &dir.join("seed.iso"))
-        .map_err(anyhow::Error::msg)?;
+/// The guest's QEMU command line, as hearth would run it, without hearth.
+fn direct_qemu(guest: &Path, dir: &Path, overlay: &Path, accel: &str) -> Command {
     let console = dir.join("console.log");
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut command = Command::new("qemu-system-x86_64");
+    command
         .args([
             "-machine",
             &format!("q35,accel={accel}"),
@@ -119,7 +88,46 @@ fn direct_boot(
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// The guest's own boot: QEMU started by hand with the same disk and seed layout hearth
+/// uses (overlay made, seed written before the clock starts), minus hearth. Returns (launch → UP, launch → READY).
+fn direct_boot(
+    agent: &TestAgent,
+    guest: &Path,
+    accel: &str,
+    run: usize,
+) -> Result<(Duration, Duration)> {
+    let dir = agent.dir.join(format!("direct-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let overlay = dir.join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(guest.join("base.qcow2"))
+        .args(["-F", "qcow2"])
+        .arg(&overlay)
+        .status()?;
+    if !status.success() {
+        bail!("qemu-img create failed");
+    }
+    // The same seed hearth would write, so the guest finds its config as fast.
+    let seed = hearth_qemu::seed::Seed {
+        instance_id: format!("direct-{run}"),
+        hostname: format!("direct{run}"),
+        ssh_keys: vec![],
+        mac: "52:54:00:12:34:56".into(),
+        addresses: vec!["192.0.2.200/24".into()],
+        gateway4: Some([192, 0, 2, 1].into()),
+        gateway6: None,
+        resolvers: vec![],
+    };
+    seed.write_iso(&dir.join("seed"), &dir.join("seed.iso"))
+        .map_err(anyhow::Error::msg)?;
+    let console = dir.join("console.log");
+    let started = Instant::now();
+    let mut child = direct_qemu(guest, &dir, &overlay, accel)
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let result = (|| {
@@ -135,6 +143,49 @@ fn direct_boot(
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// One VM made through the API and deleted again; returns (create → UP, create → READY).
+fn hearth_boot(agent: &TestAgent, run: usize) -> Result<(Duration, Duration)> {
+    let name = format!("bench{run}");
+    let body = json!({
+        "name": name, "owner": "bench", "vcpus": 1, "memory_mib": 256, "disk_gib": 1,
+        "image": "tiny", "pools": ["lan"],
+    });
+    let started = Instant::now();
+    let (status, text) = agent
+        .http_send("POST", "/v1/vms", &body.to_string())
+        .map_err(anyhow::Error::msg)?;
+    if status != 201 {
+        bail!("create answered {status}: {text}");
+    }
+    let answer: Value = serde_json::from_str(&text)?;
+    let id = answer["result"]["id"].as_str().context("no id")?.to_owned();
+    let console = agent
+        .dir
+        .join("data")
+        .join("vms")
+        .join(&id)
+        .join("console.log");
+    poll_until("HEARTH-GUEST-UP", DEADLINE, POLL, || {
+        console_has(&console, "HEARTH-GUEST-UP")
+    })?;
+    let up = started.elapsed();
+    poll_until("HEARTH-GUEST-READY", DEADLINE, POLL, || {
+        console_has(&console, "HEARTH-GUEST-READY")
+    })?;
+    let ready = started.elapsed();
+    agent.cli(&["vm", "delete", &name]);
+    poll_until(
+        "the VM gone",
+        DEADLINE,
+        Duration::from_millis(50),
+        || match agent.api_json(&format!("/v1/vms/{name}")) {
+            Err(e) if e.contains("404") => Ok(()),
+            other => bail!("{other:?}"),
+        },
+    )?;
+    Ok((up, ready))
 }
 
 pub fn run(args: &Args) -> Result<Report> {
@@ -175,51 +226,16 @@ pub fn run(args: &Args) -> Result<Report> {
 
     let (mut up, mut ready, mut direct_up, mut direct_ready) = (vec![], vec![], vec![], vec![]);
     for run in 0..args.runs {
-        let name = format!("bench{run}");
-        let body = json!({
-            "name": name, "owner": "bench", "vcpus": 1, "memory_mib": 256, "disk_gib": 1,
-            "image": "tiny", "pools": ["lan"],
-        });
-        let started = Instant::now();
-        let (status, text) = agent
-            .http_send("POST", "/v1/vms", &body.to_string())
-            .map_err(anyhow::Error::msg)?;
-        if status != 201 {
-            bail!("create answered {status}: {text}");
-        }
-        let answer: Value = serde_json::from_str(&text)?;
-        let id = answer["result"]["id"].as_str().context("no id")?.to_owned();
-        let console = agent
-            .dir
-            .join("data")
-            .join("vms")
-            .join(&id)
-            .join("console.log");
-        poll_until("HEARTH-GUEST-UP", DEADLINE, POLL, || {
-            console_has(&console, "HEARTH-GUEST-UP")
-        })?;
-        up.push(started.elapsed());
-        poll_until("HEARTH-GUEST-READY", DEADLINE, POLL, || {
-            console_has(&console, "HEARTH-GUEST-READY")
-        })?;
-        ready.push(started.elapsed());
+        let (u, r) = hearth_boot(agent, run)?;
+        up.push(u);
+        ready.push(r);
         eprintln!(
             "run {}/{}: UP {:.2} s, READY {:.2} s",
             run + 1,
             args.runs,
-            up[run].as_secs_f64(),
-            ready[run].as_secs_f64()
+            u.as_secs_f64(),
+            r.as_secs_f64()
         );
-        agent.cli(&["vm", "delete", &name]);
-        poll_until(
-            "the VM gone",
-            DEADLINE,
-            Duration::from_millis(50),
-            || match agent.api_json(&format!("/v1/vms/{name}")) {
-                Err(e) if e.contains("404") => Ok(()),
-                other => bail!("{other:?}"),
-            },
-        )?;
         let (u, r) = direct_boot(agent, &guest, &used_accel, run)?;
         direct_up.push(u);
         direct_ready.push(r);

@@ -157,44 +157,34 @@ fn bind_error(
 }
 
 impl Agent {
+    /// Binds every socket, then starts membership, the replicated state (on servers and
+    /// witnesses), compute, checks, handlers, DNS and the API, in that order.
     pub async fn start(config: Config, resolved: Resolved) -> Result<Agent, StartAgentError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartAgentError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let token = load_or_create_token(&config.token_path())?;
-        let Sockets {
-            gossip,
-            dns_udp,
-            dns_tcp,
-            api,
-            rpc,
-        } = Sockets::bind(&config).await?;
-        let rpc_addr = rpc
+        let token = prepare_data_dir(&config)?;
+        let sockets = Sockets::bind(&config).await?;
+        let rpc_addr = sockets
+            .rpc
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| SocketAddr::new(resolved.advertise, a.port()));
-        let gossip_addr = local_addr(&gossip, config.gossip_addr);
-        let dns_addr = dns_udp.local_addr().unwrap_or(config.dns_addr);
-        let api_addr = api.local_addr().unwrap_or(config.api_addr);
-
+        let gossip_addr = local_addr(&sockets.gossip, config.gossip_addr);
+        let dns_addr = sockets.dns_udp.local_addr().unwrap_or(config.dns_addr);
+        let api_addr = sockets.api.local_addr().unwrap_or(config.api_addr);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let meta = NodeMeta {
-            name: config.node_name.clone(),
-            gossip_addr: SocketAddr::new(resolved.advertise, gossip_addr.port()),
-            address: resolved.advertise,
-            roles: config.roles.clone(),
-            tags: config.tags.clone(),
-            rpc_addr,
-            in_group: false,
-        };
+        let meta = node_meta(&config, &resolved, gossip_addr, rpc_addr);
         let state_keyring: SharedKeyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring(
             &config, &resolved,
         ))));
-        let (membership, events_rx) =
-            start_membership(&config, &resolved, &meta, gossip, &shutdown, &mut tasks)?;
-        let state = match (rpc, rpc_addr) {
+        let (membership, events_rx) = start_membership(
+            &config,
+            &resolved,
+            &meta,
+            sockets.gossip,
+            &shutdown,
+            &mut tasks,
+        )?;
+        let state = match (sockets.rpc, rpc_addr) {
             (Some(listener), Some(rpc_advertise)) => {
                 let state = start_state(
                     &config,
@@ -211,62 +201,32 @@ impl Agent {
             }
             _ => None,
         };
-        let compute_metrics = Arc::new(hearth_compute::ComputeMetrics::default());
-        let blobs = hearth_compute::blobs::BlobStore::new(config.data_dir.join("images"));
-        spawn_compute(
-            &config,
-            state.as_ref(),
-            &blobs,
-            &compute_metrics,
-            &shutdown,
-            &mut tasks,
-        )?;
-        let instances = spawn_services(
+        let started = Started {
+            membership,
+            state,
+            shutdown,
+        };
+        let api_state = spawn_work(
             &config,
             &resolved,
-            state.as_ref(),
-            &membership,
-            &shutdown,
-            &mut tasks,
-        );
-        let handler_metrics =
-            spawn_handlers(&config, state.as_ref(), events_rx, &shutdown, &mut tasks);
-        let dns_metrics = Arc::new(DnsMetrics::default());
-        spawn_dns(
-            &config,
-            &resolved,
-            state.as_ref(),
-            &membership,
-            (dns_udp, dns_tcp),
-            &dns_metrics,
-            &shutdown,
+            &started,
+            events_rx,
+            (sockets.dns_udp, sockets.dns_tcp),
+            token,
             &mut tasks,
         )?;
-        let router = api::router(api::ApiState {
-            token: token.into(),
-            membership: membership.clone(),
-            instances,
-            dns_metrics,
-            handler_metrics,
-            state: state.clone(),
-            blobs,
-            compute_metrics,
-            vms_dir: config.data_dir.join("vms"),
-            shutdown: shutdown.clone(),
-            mail: resolved.smtp.clone().map(Arc::new),
-            logins: Default::default(),
-        });
-        serve_api(api, router, &shutdown, &mut tasks);
+        let router = api::router(api_state);
+        serve_api(sockets.api, router, &started.shutdown, &mut tasks);
         tracing::info!(%gossip_addr, %dns_addr, %api_addr, node = %config.node_name, "agent started");
         Ok(Agent {
             api_addr,
             dns_addr,
             gossip_addr,
-            membership,
+            membership: started.membership,
             state_keyring,
-            state,
+            state: started.state,
             data_dir: config.data_dir.clone(),
-            shutdown,
+            shutdown: started.shutdown,
             tasks,
         })
     }
@@ -320,6 +280,102 @@ impl Agent {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Makes the data directory and reads (or makes) the API token in it.
+fn prepare_data_dir(config: &Config) -> Result<String, StartAgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartAgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    load_or_create_token(&config.token_path())
+}
+
+/// What this node gossips about itself at start.
+fn node_meta(
+    config: &Config,
+    resolved: &Resolved,
+    gossip_addr: SocketAddr,
+    rpc_addr: Option<SocketAddr>,
+) -> NodeMeta {
+    NodeMeta {
+        name: config.node_name.clone(),
+        gossip_addr: SocketAddr::new(resolved.advertise, gossip_addr.port()),
+        address: resolved.advertise,
+        roles: config.roles.clone(),
+        tags: config.tags.clone(),
+        rpc_addr,
+        in_group: false,
+    }
+}
+
+/// What is running once membership and the state node are up.
+struct Started {
+    membership: Membership,
+    state: Option<StateNode>,
+    shutdown: CancellationToken,
+}
+
+/// Starts compute, the service checks, the event handlers and DNS, and returns what the API
+/// shares with them.
+fn spawn_work(
+    config: &Config,
+    resolved: &Resolved,
+    started: &Started,
+    events_rx: mpsc::Receiver<hearth_types::ClusterEvent>,
+    dns_sockets: (UdpSocket, TcpListener),
+    token: String,
+    tasks: &mut JoinSet<()>,
+) -> Result<api::ApiState, StartAgentError> {
+    let Started {
+        membership,
+        state,
+        shutdown,
+    } = started;
+    let compute_metrics = Arc::new(hearth_compute::ComputeMetrics::default());
+    let blobs = hearth_compute::blobs::BlobStore::new(config.data_dir.join("images"));
+    spawn_compute(
+        config,
+        state.as_ref(),
+        &blobs,
+        &compute_metrics,
+        shutdown,
+        tasks,
+    )?;
+    let instances = spawn_services(
+        config,
+        resolved,
+        state.as_ref(),
+        membership,
+        shutdown,
+        tasks,
+    );
+    let handler_metrics = spawn_handlers(config, state.as_ref(), events_rx, shutdown, tasks);
+    let dns_metrics = Arc::new(DnsMetrics::default());
+    spawn_dns(
+        config,
+        resolved,
+        state.as_ref(),
+        membership,
+        dns_sockets,
+        &dns_metrics,
+        shutdown,
+        tasks,
+    )?;
+    Ok(api::ApiState {
+        token: token.into(),
+        membership: membership.clone(),
+        instances,
+        dns_metrics,
+        handler_metrics,
+        state: state.clone(),
+        blobs,
+        compute_metrics,
+        vms_dir: config.data_dir.join("vms"),
+        shutdown: shutdown.clone(),
+        mail: resolved.smtp.clone().map(Arc::new),
+        logins: Default::default(),
+    })
 }
 
 /// The sockets an agent listens on, bound before anything starts, so that a port in use

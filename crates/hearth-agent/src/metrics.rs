@@ -19,182 +19,228 @@ pub struct MetricsSources<'a> {
     pub compute: &'a hearth_compute::ComputeMetrics,
 }
 
+/// One metric family: its name, type, help text and label, and how to read its samples.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    /// The label that tells samples apart; `None` for a single unlabeled sample.
+    label: Option<&'static str>,
+    samples: fn(&MetricsSources<'_>) -> Vec<(String, u64)>,
+}
+
+/// A single unlabeled sample.
+fn one(n: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), n)]
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// Every family `/metrics` shows, in order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "hearth_reconcile_passes_total",
+        kind: "counter",
+        help: "Reconciliation passes of this host's VMs.",
+        label: None,
+        samples: |src| one(load(&src.compute.passes)),
+    },
+    Family {
+        name: "hearth_vm_starts_total",
+        kind: "counter",
+        help: "QEMU processes this host started.",
+        label: None,
+        samples: |src| one(load(&src.compute.starts)),
+    },
+    Family {
+        name: "hearth_vm_crashes_total",
+        kind: "counter",
+        help: "QEMU processes on this host that exited without being asked to.",
+        label: None,
+        samples: |src| one(load(&src.compute.crashes)),
+    },
+    Family {
+        name: "hearth_members",
+        kind: "gauge",
+        help: "Members of the cluster by state, as this node sees them.",
+        label: Some("state"),
+        samples: |src| {
+            MemberState::ALL
+                .into_iter()
+                .map(|state| {
+                    let members = src.view.members.values();
+                    let n = members.filter(|m| m.state == state).count();
+                    (state.to_string(), n as u64)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "hearth_checks",
+        kind: "gauge",
+        help: "This node's service checks by status.",
+        label: Some("status"),
+        samples: |src| by_status(src.local_instances.iter()),
+    },
+    Family {
+        name: "hearth_service_instances",
+        kind: "gauge",
+        help: "Service instances in the cluster by check status, as this node sees them.",
+        label: Some("status"),
+        samples: |src| by_status(src.view.members.values().flat_map(|m| m.services.iter())),
+    },
+    Family {
+        name: "hearth_gossip_packets_received_total",
+        kind: "counter",
+        help: "Gossip datagrams received.",
+        label: None,
+        samples: |src| one(load(&src.gossip.received)),
+    },
+    Family {
+        name: "hearth_gossip_packets_sent_total",
+        kind: "counter",
+        help: "Gossip datagrams sent.",
+        label: None,
+        samples: |src| one(load(&src.gossip.sent)),
+    },
+    Family {
+        name: "hearth_gossip_packets_dropped_total",
+        kind: "counter",
+        help: "Gossip datagrams dropped, by reason.",
+        label: Some("reason"),
+        samples: |src| {
+            let dropped = src.gossip.dropped().into_iter();
+            dropped.map(|(reason, n)| (reason.to_string(), n)).collect()
+        },
+    },
+    Family {
+        name: "hearth_dns_queries_total",
+        kind: "counter",
+        help: "DNS queries answered, by response code.",
+        label: Some("rcode"),
+        samples: |src| {
+            let answered = src.dns.answered_by_rcode().into_iter();
+            answered.map(|(rcode, n)| (rcode.to_string(), n)).collect()
+        },
+    },
+    Family {
+        name: "hearth_dns_packets_dropped_total",
+        kind: "counter",
+        help: "DNS packets dropped as malformed.",
+        label: None,
+        samples: |src| one(src.dns.dropped_malformed()),
+    },
+    Family {
+        name: "hearth_dns_push_updates_total",
+        kind: "counter",
+        help: "UPDATE messages the external primary accepted ([dns.push], on the Raft leader).",
+        label: None,
+        samples: |src| one(src.dns.push().updates_accepted()),
+    },
+    Family {
+        name: "hearth_dns_push_failures_total",
+        kind: "counter",
+        help: "Pushes to the external primary that failed (each is retried as a full resync).",
+        label: None,
+        samples: |src| one(src.dns.push().failures()),
+    },
+    Family {
+        name: "hearth_event_handler_runs_total",
+        kind: "counter",
+        help: "Event handler runs by outcome.",
+        label: Some("outcome"),
+        samples: |src| {
+            let handlers = src.handlers;
+            vec![
+                ("success".into(), load(&handlers.succeeded)),
+                ("failure".into(), load(&handlers.failed)),
+                ("timeout".into(), load(&handlers.timed_out)),
+            ]
+        },
+    },
+    Family {
+        name: "hearth_events_dropped_total",
+        kind: "counter",
+        help: "Events dropped because handlers fell too far behind.",
+        label: None,
+        samples: |src| one(load(&src.gossip.events_dropped)),
+    },
+];
+
+/// Counts service instances by check status, every status included.
+fn by_status<'a>(
+    instances: impl Iterator<Item = &'a ServiceInstance> + Clone,
+) -> Vec<(String, u64)> {
+    CheckStatus::ALL
+        .into_iter()
+        .map(|status| {
+            let n = instances.clone().filter(|i| i.status == status).count();
+            (status.to_string(), n as u64)
+        })
+        .collect()
+}
+
+/// The Prometheus text of every family.
 pub fn render(src: &MetricsSources<'_>) -> String {
     let mut out = String::new();
-    for (name, help, counter) in [
-        (
-            "hearth_reconcile_passes_total",
-            "Reconciliation passes of this host's VMs.",
-            &src.compute.passes,
-        ),
-        (
-            "hearth_vm_starts_total",
-            "QEMU processes this host started.",
-            &src.compute.starts,
-        ),
-        (
-            "hearth_vm_crashes_total",
-            "QEMU processes on this host that exited without being asked to.",
-            &src.compute.crashes,
-        ),
-    ] {
-        header(&mut out, name, "counter", help);
-        let n = counter.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "{name} {n}");
+    for family in FAMILIES {
+        let name = family.name;
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+        for (value, n) in (family.samples)(src) {
+            match family.label {
+                Some(label) => writeln!(out, "{name}{{{label}=\"{value}\"}} {n}"),
+                None => writeln!(out, "{name} {n}"),
+            }
+            .expect("writing to a String");
+        }
     }
-    header(
-        &mut out,
-        "hearth_members",
-        "gauge",
-        "Members of the cluster by state, as this node sees them.",
-    );
-    for state in MemberState::ALL {
-        let n = src
-            .view
-            .members
-            .values()
-            .filter(|m| m.state == state)
-            .count();
-        let _ = writeln!(out, "hearth_members{{state=\"{state}\"}} {n}");
-    }
-    header(
-        &mut out,
-        "hearth_checks",
-        "gauge",
-        "This node's service checks by status.",
-    );
-    for status in CheckStatus::ALL {
-        let n = src
-            .local_instances
-            .iter()
-            .filter(|i| i.status == status)
-            .count();
-        let _ = writeln!(out, "hearth_checks{{status=\"{status}\"}} {n}");
-    }
-    header(
-        &mut out,
-        "hearth_service_instances",
-        "gauge",
-        "Service instances in the cluster by check status, as this node sees them.",
-    );
-    for status in CheckStatus::ALL {
-        let n = src
-            .view
-            .members
-            .values()
-            .flat_map(|m| m.services.iter())
-            .filter(|i| i.status == status)
-            .count();
-        let _ = writeln!(out, "hearth_service_instances{{status=\"{status}\"}} {n}");
-    }
-    header(
-        &mut out,
-        "hearth_gossip_packets_received_total",
-        "counter",
-        "Gossip datagrams received.",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_gossip_packets_received_total {}",
-        src.gossip.received.load(Ordering::Relaxed)
-    );
-    header(
-        &mut out,
-        "hearth_gossip_packets_sent_total",
-        "counter",
-        "Gossip datagrams sent.",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_gossip_packets_sent_total {}",
-        src.gossip.sent.load(Ordering::Relaxed)
-    );
-    header(
-        &mut out,
-        "hearth_gossip_packets_dropped_total",
-        "counter",
-        "Gossip datagrams dropped, by reason.",
-    );
-    for (reason, n) in src.gossip.dropped() {
-        let _ = writeln!(
-            out,
-            "hearth_gossip_packets_dropped_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    header(
-        &mut out,
-        "hearth_dns_queries_total",
-        "counter",
-        "DNS queries answered, by response code.",
-    );
-    for (rcode, n) in src.dns.answered_by_rcode() {
-        let _ = writeln!(out, "hearth_dns_queries_total{{rcode=\"{rcode}\"}} {n}");
-    }
-    header(
-        &mut out,
-        "hearth_dns_packets_dropped_total",
-        "counter",
-        "DNS packets dropped as malformed.",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_dns_packets_dropped_total {}",
-        src.dns.dropped_malformed()
-    );
-    header(
-        &mut out,
-        "hearth_dns_push_updates_total",
-        "counter",
-        "UPDATE messages the external primary accepted ([dns.push], on the Raft leader).",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_dns_push_updates_total {}",
-        src.dns.push().updates_accepted()
-    );
-    header(
-        &mut out,
-        "hearth_dns_push_failures_total",
-        "counter",
-        "Pushes to the external primary that failed (each is retried as a full resync).",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_dns_push_failures_total {}",
-        src.dns.push().failures()
-    );
-    header(
-        &mut out,
-        "hearth_event_handler_runs_total",
-        "counter",
-        "Event handler runs by outcome.",
-    );
-    for (outcome, counter) in [
-        ("success", &src.handlers.succeeded),
-        ("failure", &src.handlers.failed),
-        ("timeout", &src.handlers.timed_out),
-    ] {
-        let _ = writeln!(
-            out,
-            "hearth_event_handler_runs_total{{outcome=\"{outcome}\"}} {}",
-            counter.load(Ordering::Relaxed)
-        );
-    }
-    header(
-        &mut out,
-        "hearth_events_dropped_total",
-        "counter",
-        "Events dropped because handlers fell too far behind.",
-    );
-    let _ = writeln!(
-        out,
-        "hearth_events_dropped_total {}",
-        src.gossip.events_dropped.load(Ordering::Relaxed)
-    );
     out
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family is announced once with its help and type, followed by its samples.
+    #[test]
+    fn each_family_has_its_header_and_its_samples() {
+        let (gossip, dns) = (GossipMetrics::default(), DnsMetrics::default());
+        let (handlers, compute) = (
+            HandlerMetrics::default(),
+            hearth_compute::ComputeMetrics::default(),
+        );
+        compute.starts.store(3, Ordering::Relaxed);
+        handlers.timed_out.store(2, Ordering::Relaxed);
+        let text = render(&MetricsSources {
+            view: &View::default(),
+            local_instances: &[],
+            gossip: &gossip,
+            dns: &dns,
+            handlers: &handlers,
+            compute: &compute,
+        });
+        for family in FAMILIES {
+            let help = format!(
+                "# HELP {} {}\n# TYPE {} {}\n",
+                family.name, family.help, family.name, family.kind
+            );
+            assert_eq!(text.matches(&help).count(), 1, "{}", family.name);
+        }
+        for line in [
+            "hearth_vm_starts_total 3",
+            "hearth_event_handler_runs_total{outcome=\"timeout\"} 2",
+            "hearth_members{state=\"alive\"} 0",
+            "hearth_checks{status=\"passing\"} 0",
+            "hearth_dns_queries_total{rcode=\"noerror\"} 0",
+            "hearth_events_dropped_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
 }

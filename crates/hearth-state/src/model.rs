@@ -219,112 +219,19 @@ fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
 /// effect or none of it does.
 pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome {
     match command {
-        Command::PutService { service, expect } => {
-            if let Err(message) = service.validate() {
-                return Outcome::Invalid { message };
-            }
-            let key = service.name.to_ascii_lowercase();
-            put(&mut state.services, key, service.clone(), *expect, index)
-        }
+        Command::PutService { service, expect } => put_service(state, service, *expect, index),
         Command::RemoveService { name, expect } => {
             remove(&mut state.services, &name.to_ascii_lowercase(), *expect)
         }
-        Command::PutNotice { notice, expect } => {
-            if let Err(message) = notice.validate() {
-                return Outcome::Invalid { message };
-            }
-            put(
-                &mut state.notices,
-                notice.id.clone(),
-                notice.clone(),
-                *expect,
-                index,
-            )
-        }
+        Command::PutNotice { notice, expect } => put_notice(state, notice, *expect, index),
         Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
-        Command::PutAccount { account, expect } => {
-            if let Err(message) = account.validate() {
-                return Outcome::Invalid { message };
-            }
-            put(
-                &mut state.accounts,
-                account.name.clone(),
-                account.clone(),
-                *expect,
-                index,
-            )
-        }
+        Command::PutAccount { account, expect } => put_account(state, account, *expect, index),
         Command::RemoveAccount { name, expect } => remove_account(state, name, *expect, index),
-        Command::PutToken { token } => {
-            if !state.accounts.contains_key(&token.account) {
-                return Outcome::Invalid {
-                    message: format!("account: no account named {}", token.account),
-                };
-            }
-            if token.id.is_empty() || token.secret_sha256.len() != 64 {
-                return Outcome::Invalid {
-                    message: "id: a token needs an id and a sha256".into(),
-                };
-            }
-            // Expired tokens (old web sessions) go, with the new token's creation time as
-            // the clock, so every replica drops the same ones.
-            state
-                .tokens
-                .retain(|_, t| t.value.expires_at.is_none_or(|at| at > token.created_at));
-            put(
-                &mut state.tokens,
-                token.id.clone(),
-                token.clone(),
-                Expect::Absent,
-                index,
-            )
-        }
-        Command::Audit { entry } => {
-            state.audit.push(entry.clone());
-            let excess = state
-                .audit
-                .len()
-                .saturating_sub(hearth_types::account::AUDIT_KEEP);
-            state.audit.drain(..excess);
-            Outcome::Applied { version: index }
-        }
-        Command::RevokeToken { id } => match state.tokens.get_mut(id) {
-            None => Outcome::NotFound,
-            // A session that ends (logout) leaves nothing behind.
-            Some(token) if token.value.expires_at.is_some() => {
-                state.tokens.remove(id);
-                Outcome::Removed
-            }
-            Some(token) if token.value.revoked => Outcome::Nothing,
-            Some(token) => {
-                token.value.revoked = true;
-                token.version = index;
-                Outcome::Applied { version: index }
-            }
-        },
-        Command::PutRecords { records, expect } => {
-            let key = match (records.validate(), records.key()) {
-                (Ok(()), Some(key)) => key,
-                (Err(message), _) => return Outcome::Invalid { message },
-                (Ok(()), None) => {
-                    return Outcome::Invalid {
-                        message: "values: give at least one value".into(),
-                    };
-                }
-            };
-            put(&mut state.records, key, records.clone(), *expect, index)
-        }
-        Command::RemoveRecords { key, expect } => {
-            let key = match key.split_once('/') {
-                Some((name, kind)) => record_key(name, kind),
-                None => {
-                    return Outcome::Invalid {
-                        message: format!("key: `{key}` is not NAME/TYPE"),
-                    };
-                }
-            };
-            remove(&mut state.records, &key, *expect)
-        }
+        Command::PutToken { token } => put_token(state, token, index),
+        Command::Audit { entry } => audit(state, entry, index),
+        Command::RevokeToken { id } => revoke_token(state, id, index),
+        Command::PutRecords { records, expect } => put_records(state, records, *expect, index),
+        Command::RemoveRecords { key, expect } => remove_records(state, key, *expect),
         Command::SetDrain {
             node,
             drained,
@@ -340,13 +247,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             event,
             handler,
             delivery,
-        } => match state.events.get_mut(event) {
-            Some(record) => {
-                record.deliveries.insert(handler.clone(), delivery.clone());
-                Outcome::Applied { version: index }
-            }
-            None => Outcome::NotFound,
-        },
+        } => record_delivery(state, *event, handler, delivery, index),
         Command::Compute { command } => compute::apply(&mut state.compute, command, index),
         Command::Batch { commands } => Outcome::Many {
             outcomes: commands
@@ -359,6 +260,164 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                 })
                 .collect(),
         },
+    }
+}
+
+fn put_service(
+    state: &mut DesiredState,
+    service: &ClusterService,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    if let Err(message) = service.validate() {
+        return Outcome::Invalid { message };
+    }
+    let key = service.name.to_ascii_lowercase();
+    put(&mut state.services, key, service.clone(), expect, index)
+}
+
+fn put_notice(
+    state: &mut DesiredState,
+    notice: &hearth_types::notice::Notice,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    if let Err(message) = notice.validate() {
+        return Outcome::Invalid { message };
+    }
+    put(
+        &mut state.notices,
+        notice.id.clone(),
+        notice.clone(),
+        expect,
+        index,
+    )
+}
+
+fn put_account(
+    state: &mut DesiredState,
+    account: &hearth_types::account::Account,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    if let Err(message) = account.validate() {
+        return Outcome::Invalid { message };
+    }
+    put(
+        &mut state.accounts,
+        account.name.clone(),
+        account.clone(),
+        expect,
+        index,
+    )
+}
+
+fn put_token(
+    state: &mut DesiredState,
+    token: &hearth_types::account::ApiToken,
+    index: u64,
+) -> Outcome {
+    if !state.accounts.contains_key(&token.account) {
+        return Outcome::Invalid {
+            message: format!("account: no account named {}", token.account),
+        };
+    }
+    if token.id.is_empty() || token.secret_sha256.len() != 64 {
+        return Outcome::Invalid {
+            message: "id: a token needs an id and a sha256".into(),
+        };
+    }
+    // Expired tokens (old web sessions) go, with the new token's creation time as the clock,
+    // so every replica drops the same ones.
+    state
+        .tokens
+        .retain(|_, t| t.value.expires_at.is_none_or(|at| at > token.created_at));
+    put(
+        &mut state.tokens,
+        token.id.clone(),
+        token.clone(),
+        Expect::Absent,
+        index,
+    )
+}
+
+/// Keeps the last `AUDIT_KEEP` entries.
+fn audit(
+    state: &mut DesiredState,
+    entry: &hearth_types::account::AuditEntry,
+    index: u64,
+) -> Outcome {
+    state.audit.push(entry.clone());
+    let excess = state
+        .audit
+        .len()
+        .saturating_sub(hearth_types::account::AUDIT_KEEP);
+    state.audit.drain(..excess);
+    Outcome::Applied { version: index }
+}
+
+fn revoke_token(state: &mut DesiredState, id: &str, index: u64) -> Outcome {
+    match state.tokens.get_mut(id) {
+        None => Outcome::NotFound,
+        // A session that ends (logout) leaves nothing behind.
+        Some(token) if token.value.expires_at.is_some() => {
+            state.tokens.remove(id);
+            Outcome::Removed
+        }
+        Some(token) if token.value.revoked => Outcome::Nothing,
+        Some(token) => {
+            token.value.revoked = true;
+            token.version = index;
+            Outcome::Applied { version: index }
+        }
+    }
+}
+
+fn put_records(
+    state: &mut DesiredState,
+    records: &RecordSet,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    let key = match (records.validate(), records.key()) {
+        (Ok(()), Some(key)) => key,
+        (Err(message), _) => return Outcome::Invalid { message },
+        (Ok(()), None) => {
+            return Outcome::Invalid {
+                message: "values: give at least one value".into(),
+            };
+        }
+    };
+    put(&mut state.records, key, records.clone(), expect, index)
+}
+
+fn remove_records(state: &mut DesiredState, key: &str, expect: Expect) -> Outcome {
+    let key = match key.split_once('/') {
+        Some((name, kind)) => record_key(name, kind),
+        None => {
+            return Outcome::Invalid {
+                message: format!("key: `{key}` is not NAME/TYPE"),
+            };
+        }
+    };
+    remove(&mut state.records, &key, expect)
+}
+
+fn record_delivery(
+    state: &mut DesiredState,
+    event: u64,
+    handler: &str,
+    delivery: &Delivery,
+    index: u64,
+) -> Outcome {
+    match state.events.get_mut(&event) {
+        Some(record) => {
+            record
+                .deliveries
+                .insert(handler.to_owned(), delivery.clone());
+            Outcome::Applied { version: index }
+        }
+        None => Outcome::NotFound,
     }
 }
 

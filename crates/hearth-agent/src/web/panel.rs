@@ -319,6 +319,38 @@ struct LoginForm {
     csrf: String,
 }
 
+/// The enabled account `name` if `password` is its password, by this node's copy of the
+/// accounts. An unknown name costs the same hashing as a wrong password.
+async fn check_password(
+    node: &hearth_state::node::StateNode,
+    name: &str,
+    password: String,
+) -> Option<hearth_types::account::Account> {
+    let desired = node.reader().current();
+    let account = desired
+        .accounts
+        .get(name)
+        .map(|a| a.value.clone())
+        .filter(|a| !a.disabled);
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    let matches = tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(decoy_hash);
+        auth::verify_password(&password, &hash)
+    })
+    .await
+    .unwrap_or(false);
+    account.filter(|_| matches)
+}
+
+/// Writes a session token for `account` through Raft; returns its secret, or `None` when
+/// the cluster cannot take the write.
+async fn open_session(state: &ApiState, account: &str, now: u64) -> Option<String> {
+    let (secret, mut token) = auth::new_token(account, TokenScope::Full, "web session".into(), now);
+    token.expires_at = Some(now + session::SESSION_SECS);
+    let written = crate::state_api::write(state, Command::PutToken { token }).await;
+    written.status().is_success().then_some(secret)
+}
+
 /// Checks the password against this node's copy of the account, within the rate limit,
 /// and opens a session: a new API token with an expiry, written through Raft.
 async fn login(
@@ -357,22 +389,7 @@ async fn login(
             Some("This node holds no accounts (it is a worker); log in on a server."),
         );
     };
-    let desired = node.reader().current();
-    let account = desired
-        .accounts
-        .get(&name)
-        .map(|a| a.value.clone())
-        .filter(|a| !a.disabled);
-    // An unknown name costs the same hashing as a wrong password.
-    let hash = account.as_ref().map(|a| a.password_hash.clone());
-    let password = form.password;
-    let matches = tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(decoy_hash);
-        auth::verify_password(&password, &hash)
-    })
-    .await
-    .unwrap_or(false);
-    let Some(account) = account.filter(|_| matches) else {
+    let Some(account) = check_password(&node, &name, form.password).await else {
         if let Ok(mut limiter) = state.logins.lock() {
             limiter.failed(&keys, now);
         }
@@ -387,11 +404,7 @@ async fn login(
     if let Ok(mut limiter) = state.logins.lock() {
         limiter.succeeded(&keys[1]);
     }
-    let (secret, mut token) =
-        auth::new_token(&account.name, TokenScope::Full, "web session".into(), now);
-    token.expires_at = Some(now + session::SESSION_SECS);
-    let written = crate::state_api::write(&state, Command::PutToken { token }).await;
-    if !written.status().is_success() {
+    let Some(secret) = open_session(&state, &account.name, now).await else {
         return login_page(
             &headers,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -400,7 +413,7 @@ async fn login(
                 "The cluster cannot record a session now (no quorum?); the status page still works. Try again shortly.",
             ),
         );
-    }
+    };
     tracing::info!(account = %name, "logged in");
     let mut response = see_other(
         if account.role == hearth_types::account::AccountRole::Admin {
