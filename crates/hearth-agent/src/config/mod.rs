@@ -29,6 +29,8 @@ mod keys;
 mod load;
 mod sections;
 mod smtp;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 pub use check::{CheckConfig, HttpTarget};
