@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CheckConfig;
+use crate::config::{CheckConfig, HttpTarget};
 
 /// Rise/fall debouncing: the status only flips after enough results in a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,43 +49,6 @@ impl Debounce {
             _ => {}
         }
         self.status
-    }
-}
-
-/// A parsed `http://host:port/path` check target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTarget {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl HttpTarget {
-    /// Parses a plain `http://` URL; `None` for anything else (https is not supported).
-    pub fn parse(url: &str) -> Option<HttpTarget> {
-        let rest = url.strip_prefix("http://")?;
-        let (authority, path) = match rest.find('/') {
-            Some(idx) => (&rest[..idx], &rest[idx..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                (host, port.parse::<u16>().ok()?)
-            }
-            _ => (authority, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty()
-            || host.contains(char::is_whitespace)
-            || path.contains(char::is_whitespace)
-        {
-            return None;
-        }
-        Some(HttpTarget {
-            host: host.to_owned(),
-            port,
-            path: path.to_owned(),
-        })
     }
 }
 
@@ -233,25 +196,6 @@ mod tests {
         let mut d = Debounce::default();
         assert_eq!(d.observe(false, 1, 2), CheckStatus::Unknown);
         assert_eq!(d.observe(false, 1, 2), CheckStatus::Failing);
-    }
-
-    #[test]
-    fn http_targets_parse() {
-        let t = HttpTarget::parse("http://127.0.0.1:8080/healthz").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("127.0.0.1", 8080, "/healthz")
-        );
-        let t = HttpTarget::parse("http://localhost").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("localhost", 80, "/")
-        );
-        let t = HttpTarget::parse("http://[::1]:81/x").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 81));
-        assert!(HttpTarget::parse("https://example.org/").is_none());
-        assert!(HttpTarget::parse("http://:80/").is_none());
-        assert!(HttpTarget::parse("http://h:notaport/").is_none());
     }
 
     fn check(kind: &str, target: &str) -> CheckConfig {

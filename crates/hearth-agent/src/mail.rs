@@ -1,129 +1,19 @@
 //! Announcement email: who receives it (a pure function of the desired state) and sending it
-//! over SMTP with lettre, one message per member so no one sees another's address.
+//! over SMTP with lettre, one message per member so no one sees another's address. The
+//! settings (`MailSettings`) are checked with the rest of the config, in `config`.
 
-use std::fmt;
 use std::time::Duration;
 
 use hearth_types::desired::DesiredState;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::SmtpConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    None,
-    Starttls,
-    Tls,
-}
-
-/// `[smtp]`, checked, with the password read.
-#[derive(Clone)]
-pub struct MailSettings {
-    pub host: String,
-    pub port: u16,
-    pub tls: SmtpTls,
-    pub from: Mailbox,
-    credentials: Option<(String, String)>,
-}
-
-impl fmt::Debug for MailSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MailSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("from", &self.from.to_string())
-            .field("auth", &self.credentials.is_some())
-            .finish()
-    }
-}
+pub use crate::config::{MailSettings, SmtpTls};
 
 impl MailSettings {
-    /// The checked settings, or None with each problem (naming its `smtp.` key) recorded.
-    pub fn from_config(config: &SmtpConfig, problems: &mut Vec<String>) -> Option<MailSettings> {
-        let before = problems.len();
-        let (host, port) = match config.server.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
-                Ok(port) if port > 0 => (host.trim_matches(['[', ']']).to_owned(), port),
-                _ => {
-                    problems.push(format!(
-                        "smtp.server: `{}` has no valid port; write host:port, e.g. \"127.0.0.1:25\"",
-                        config.server
-                    ));
-                    (String::new(), 0)
-                }
-            },
-            _ => {
-                problems.push(format!(
-                    "smtp.server: `{}` is not host:port; write e.g. \"mail.example.org:587\"",
-                    config.server
-                ));
-                (String::new(), 0)
-            }
-        };
-        let from = config
-            .from
-            .parse::<Mailbox>()
-            .map_err(|_| {
-                problems.push(format!(
-                    "smtp.from: `{}` is not an address; write \"noreply@example.org\" or \"Co-op <noreply@example.org>\"",
-                    config.from
-                ))
-            })
-            .ok();
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let tls = config.tls.unwrap_or(if loopback {
-            SmtpTls::None
-        } else {
-            SmtpTls::Starttls
-        });
-        let credentials = match (&config.username, &config.password_file) {
-            (None, None) => None,
-            (Some(user), Some(path)) => match std::fs::read_to_string(path) {
-                Ok(text) if !text.trim().is_empty() => {
-                    Some((user.clone(), text.trim_end_matches(['\r', '\n']).to_owned()))
-                }
-                Ok(_) => {
-                    problems.push(format!("smtp.password_file: {} is empty", path.display()));
-                    None
-                }
-                Err(error) => {
-                    problems.push(format!(
-                        "smtp.password_file: cannot read {}: {error}",
-                        path.display()
-                    ));
-                    None
-                }
-            },
-            _ => {
-                problems.push(
-                    "smtp.username, smtp.password_file: give both for SMTP AUTH, or neither".into(),
-                );
-                None
-            }
-        };
-        if credentials.is_some() && tls == SmtpTls::None && !loopback {
-            problems.push(
-                "smtp.tls: a password would cross the network in clear; set tls = \"starttls\" or \"tls\""
-                    .into(),
-            );
-        }
-        (problems.len() == before).then(|| MailSettings {
-            host,
-            port,
-            tls,
-            from: from.expect("checked"),
-            credentials,
-        })
-    }
-
+    /// An SMTP client for these settings, with the TLS mode and credentials they name.
     fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
         let builder = match self.tls {
             SmtpTls::None => {
@@ -243,40 +133,6 @@ pub async fn announce(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(server: &str, from: &str) -> SmtpConfig {
-        SmtpConfig {
-            server: server.into(),
-            from: from.into(),
-            tls: None,
-            username: None,
-            password_file: None,
-        }
-    }
-
-    #[test]
-    fn settings_name_each_bad_key() {
-        let mut problems = vec![];
-        let ok = MailSettings::from_config(
-            &config("127.0.0.1:2525", "Co-op <noreply@example.org>"),
-            &mut problems,
-        )
-        .unwrap();
-        assert_eq!((ok.port, ok.tls), (2525, SmtpTls::None));
-        let remote =
-            MailSettings::from_config(&config("mail.example.org:587", "a@b.c"), &mut problems)
-                .unwrap();
-        assert_eq!(remote.tls, SmtpTls::Starttls);
-        assert!(problems.is_empty());
-        assert!(MailSettings::from_config(&config("nohost", "x"), &mut problems).is_none());
-        assert!(problems[0].starts_with("smtp.server:"), "{problems:?}");
-        assert!(problems[1].starts_with("smtp.from:"), "{problems:?}");
-        let mut problems = vec![];
-        let mut half = config("mail.example.org:587", "a@b.c");
-        half.username = Some("u".into());
-        assert!(MailSettings::from_config(&half, &mut problems).is_none());
-        assert!(problems[0].contains("give both"), "{problems:?}");
-    }
 
     #[test]
     fn announcements_go_to_owners_of_vms_only() {

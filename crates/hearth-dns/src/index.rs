@@ -13,7 +13,7 @@ use hearth_types::{CheckStatus, MemberState, ServiceInstance, View};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::zone::{NoneHealthy, Zone};
+use crate::settings::{NoneHealthy, Zone};
 
 /// A name is at most 255 bytes on the wire, and a key is the wire form of part of one.
 const MAX_KEY_LEN: usize = 255;

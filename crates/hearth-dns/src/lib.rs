@@ -2,8 +2,9 @@
 //! local gossip view and its copy of the desired state (static records, drain flags).
 //!
 //! Code map:
-//! - `zone`: the zone's settings and `ZoneSnapshot`, the view and the desired state indexed by
-//!   name, rebuilt once per change of either.
+//! - `settings`: the zone's settings (`Zone`: origin, TTL, `NoneHealthy` policy).
+//! - `zone`: `ZoneSnapshot`, the view and the desired state indexed by name, rebuilt once per
+//!   change of either; it re-exports `Zone` for the modules that answer and publish.
 //! - `index`: the name index inside a snapshot: what each name holds (service, node and static
 //!   records, empty non-terminals) after the precedence rules, and the allocation-free lookup.
 //! - `answer`: the pure function from a decoded request and a snapshot to a response; every
@@ -30,6 +31,7 @@ mod metrics;
 mod packet;
 pub mod push;
 mod server;
+mod settings;
 mod zone;
 
 #[cfg(test)]
@@ -41,4 +43,5 @@ pub use hickory_proto::rr::Name;
 pub use metrics::{DnsMetrics, PushMetrics};
 pub use packet::{Transport, handle_packet};
 pub use server::serve;
-pub use zone::{NoneHealthy, Zone, ZoneSnapshot, next_serial};
+pub use settings::{NoneHealthy, Zone};
+pub use zone::{ZoneSnapshot, next_serial};

@@ -1,5 +1,5 @@
-//! The zone this agent serves, and the snapshot of the view and desired state that answers are
-//! computed from.
+//! The snapshot of the view and desired state that answers are computed from: the name index,
+//! the apex (SOA, name servers, glue) and the serial, for the zone this agent serves.
 
 use std::sync::Arc;
 
@@ -7,52 +7,17 @@ use hearth_types::desired::DesiredState;
 use hearth_types::{Role, View};
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, Record};
-use serde::{Deserialize, Serialize};
 
 use crate::index::{Location, NameIndex, origin_child};
+
+/// Re-exported so that the modules answering and publishing the zone name it beside the snapshot.
+pub use crate::settings::Zone;
 
 /// Refresh, retry and expire only steer secondaries pulling zone transfers. Hearth has none
 /// (every agent answers from its own view), so these are the RFC 1912 recommendations.
 const SOA_REFRESH: i32 = 3_600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 1_209_600;
-
-/// What to answer for a service when none of its instances passes its check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum NoneHealthy {
-    /// Fail open: answer every instance on an up (alive or suspect) node that is not drained,
-    /// whatever its check says, on the theory that a check failing everywhere is more likely
-    /// the check's fault. A drained node is out on purpose, so it never comes back this way.
-    #[default]
-    AllUp,
-    /// Answer NODATA, so that clients fail fast instead of reaching a broken instance.
-    Empty,
-}
-
-/// The co-op's zone as this agent serves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zone {
-    /// The apex, fully qualified and lowercase (`Zone::new` makes it so).
-    pub origin: Name,
-    /// The TTL of every record served, and the SOA minimum (the negative-caching TTL).
-    pub ttl: u32,
-    /// What a service answers when none of its instances passes its check.
-    pub none_healthy: NoneHealthy,
-}
-
-impl Zone {
-    /// A zone at `origin`, made fully qualified and lowercase.
-    pub fn new(origin: Name, ttl: u32, none_healthy: NoneHealthy) -> Self {
-        let mut origin = origin.to_lowercase();
-        origin.set_fqdn(true);
-        Self {
-            origin,
-            ttl,
-            none_healthy,
-        }
-    }
-}
 
 /// The next SOA serial after `previous`: the wall clock when it is ahead, else one more.
 /// Serials wrap as RFC 1982 allows (and the clock only reaches 2^32 in 2106).

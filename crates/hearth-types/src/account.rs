@@ -8,6 +8,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::names::check_name;
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -56,7 +58,7 @@ impl fmt::Debug for Account {
 
 impl Account {
     pub fn validate(&self) -> Result<(), String> {
-        crate::compute::check_name("name", &self.name)?;
+        check_name("name", &self.name)?;
         if !self.email.is_empty() && (!self.email.contains('@') || self.email.len() > 254) {
             return Err(format!("email: `{}` is not an address", self.email));
         }
@@ -64,7 +66,7 @@ impl Account {
             return Err("password_hash: not an argon2 hash".into());
         }
         for (name, key) in &self.ssh_keys {
-            crate::compute::check_name("ssh_keys", name)?;
+            check_name("ssh_keys", name)?;
             check_ssh_key(key)?;
         }
         Ok(())

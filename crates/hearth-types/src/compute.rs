@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::desired::Versioned;
+use crate::names::check_name;
+use crate::versioned::Versioned;
 
 /// A guest CPU architecture; the host runs `qemu-system-<arch>`.
 #[derive(
@@ -497,24 +498,6 @@ impl Compute {
         self.vms
             .get(key)
             .or_else(|| self.vms.values().find(|vm| vm.value.request.name == key))
-    }
-}
-
-/// Names of images, pools and VMs: a DNS label, so a VM name can be its hostname.
-pub(crate) fn check_name(field: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field}: `{name}` must be 1-63 lowercase letters, digits or inner hyphens"
-        ))
     }
 }
 

@@ -7,13 +7,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// An object with the log index of the write that last changed it. Versions only grow, so
-/// a compare-and-set on the version detects every intervening write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Versioned<T> {
-    pub version: u64,
-    pub value: T,
-}
+use crate::account::{Account, ApiToken, AuditEntry};
+use crate::compute::Compute;
+use crate::event::ClusterEvent;
+use crate::member::{CheckStatus, MemberRow};
+use crate::notice::Notice;
+pub use crate::versioned::Versioned;
 
 /// One value of a static DNS record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -225,19 +224,19 @@ pub struct DesiredState {
     pub events: BTreeMap<u64, EventRecord>,
     /// Images, IP pools, VMs, worker hosts and drift.
     #[serde(default)]
-    pub compute: crate::compute::Compute,
+    pub compute: Compute,
     /// Incidents and maintenance notes for the status page, by id.
     #[serde(default)]
-    pub notices: BTreeMap<String, Versioned<crate::notice::Notice>>,
+    pub notices: BTreeMap<String, Versioned<Notice>>,
     /// Admins and members, by name.
     #[serde(default)]
-    pub accounts: BTreeMap<String, Versioned<crate::account::Account>>,
+    pub accounts: BTreeMap<String, Versioned<Account>>,
     /// API tokens of accounts, by id.
     #[serde(default)]
-    pub tokens: BTreeMap<String, Versioned<crate::account::ApiToken>>,
+    pub tokens: BTreeMap<String, Versioned<ApiToken>>,
     /// The most recent changes made through the API, oldest first.
     #[serde(default)]
-    pub audit: Vec<crate::account::AuditEntry>,
+    pub audit: Vec<AuditEntry>,
 }
 
 impl DesiredState {
@@ -263,7 +262,7 @@ pub struct EventRecord {
     pub id: u64,
     /// Unix milliseconds, as the leader that recorded it saw them.
     pub at_ms: u64,
-    pub event: crate::ClusterEvent,
+    pub event: ClusterEvent,
     /// By cluster handler name.
     pub deliveries: BTreeMap<String, Delivery>,
 }
@@ -272,9 +271,9 @@ pub struct EventRecord {
 /// to it, so a new leader that observes the same state records nothing new.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Observed {
-    pub members: BTreeMap<String, crate::MemberRow>,
+    pub members: BTreeMap<String, MemberRow>,
     /// Keyed `node/service`.
-    pub checks: BTreeMap<String, crate::CheckStatus>,
+    pub checks: BTreeMap<String, CheckStatus>,
 }
 
 /// How many events the state keeps; older ones are dropped first.

@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::names::check_name;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoticeKind {
@@ -41,7 +43,7 @@ pub const MAX_BODY: usize = 4000;
 
 impl Notice {
     pub fn validate(&self) -> Result<(), String> {
-        crate::compute::check_name("id", &self.id)?;
+        check_name("id", &self.id)?;
         if self.title.trim().is_empty() || self.title.chars().count() > MAX_TITLE {
             return Err(format!("title: give 1 to {MAX_TITLE} characters"));
         }

@@ -1,0 +1,204 @@
+//! The config's sections other than the checks and `[smtp]`: `[dns]` and `[dns.push]`,
+//! `[gossip]`, `[compute]`, `[state]`, `[[service]]` and `[[handler]]`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_dns::NoneHealthy;
+use hearth_types::EventKind;
+use serde::Deserialize;
+
+use super::check::CheckConfig;
+use super::defaults::{
+    default_accel, default_bootstrap_expect, default_disk_gib, default_driver,
+    default_election_timeout, default_handler_timeout, default_heartbeat, default_network,
+    default_probe_interval, default_probe_timeout, default_push_algorithm,
+    default_replace_voter_after, default_suspicion_timeout, default_ttl, default_write_timeout,
+    default_zone, duration,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone every agent is authoritative for.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// TTL of every answer, and of negative answers, in seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// What a service name answers when none of its instances passes its check:
+    /// `all-up` (every instance on a live node) or `empty` (no address).
+    #[serde(default)]
+    pub none_healthy: NoneHealthy,
+    /// Also publish the zone's records to an external primary DNS server; off when absent.
+    #[serde(default)]
+    pub push: Option<DnsPushConfig>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            zone: default_zone(),
+            ttl: default_ttl(),
+            none_healthy: NoneHealthy::default(),
+            push: None,
+        }
+    }
+}
+
+/// `[dns.push]`: the Raft leader sends the zone's records to an external primary as RFC 2136
+/// UPDATE messages signed with TSIG, whenever they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsPushConfig {
+    /// The primary, `IP:port` (port 53 if omitted). Updates go over TCP.
+    pub server: String,
+    /// The TSIG key's name, as the primary knows it.
+    pub key_name: String,
+    /// A file holding the TSIG key's secret, base64 (as `tsig-keygen` or `keymgr -t` print
+    /// it). Its content never appears in logs or messages.
+    pub key_file: PathBuf,
+    /// The TSIG algorithm; only `hmac-sha256` for now.
+    #[serde(default = "default_push_algorithm")]
+    pub algorithm: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipConfig {
+    /// How often each node probes one random peer.
+    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// How long to wait for a direct probe's answer before asking others to probe.
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+    /// How long a suspected node has to refute before it is declared dead (stretched
+    /// automatically while this node itself is slow).
+    #[serde(default = "default_suspicion_timeout", deserialize_with = "duration")]
+    pub suspicion_timeout: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            probe_interval: default_probe_interval(),
+            probe_timeout: default_probe_timeout(),
+            suspicion_timeout: default_suspicion_timeout(),
+        }
+    }
+}
+
+/// Members' VMs on a worker: how QEMU runs them and what the host offers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    /// `qemu`, or `fake`: a stand-in that runs no guest (for fault-injection tests and trying
+    /// hearth where QEMU is missing); VMs then only pretend to run.
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    /// `auto` (KVM when `/dev/kvm` is usable, else TCG), `kvm` or `tcg`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    /// `user` (QEMU's isolated user-mode network: for trying out and tests) or
+    /// `bridge:NAME` (a tap on the host bridge NAME, through qemu-bridge-helper).
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// vCPUs offered to VMs; default: the host's CPU count.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Memory offered to VMs in MiB; default: the host's memory less 1 GiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Disk offered to VMs in GiB.
+    #[serde(default = "default_disk_gib")]
+    pub disk_gib: u64,
+}
+
+impl Default for ComputeSection {
+    fn default() -> Self {
+        ComputeSection {
+            driver: default_driver(),
+            accel: default_accel(),
+            network: default_network(),
+            vcpus: None,
+            memory_mib: None,
+            disk_gib: default_disk_gib(),
+        }
+    }
+}
+
+/// The replicated desired state (Raft) on servers and witnesses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// The group forms once this many servers and witnesses are alive. Set it to the number
+    /// of servers you start with, so that a partition at first boot cannot form two groups.
+    #[serde(default = "default_bootstrap_expect")]
+    pub bootstrap_expect: usize,
+    /// A voter dead this long is replaced by a live server.
+    #[serde(default = "default_replace_voter_after", deserialize_with = "duration")]
+    pub replace_voter_after: Duration,
+    /// A write not committed within this long fails with the reason.
+    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// How often the leader sends heartbeats.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// A follower that hears no heartbeat for between this and twice this calls an election.
+    #[serde(default = "default_election_timeout", deserialize_with = "duration")]
+    pub election_timeout: Duration,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            bootstrap_expect: default_bootstrap_expect(),
+            replace_voter_after: default_replace_voter_after(),
+            write_timeout: default_write_timeout(),
+            heartbeat: default_heartbeat(),
+            election_timeout: default_election_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service's name; `<name>.<zone>` answers with its healthy instances.
+    pub name: String,
+    /// What DNS hands out for this node's instance. Defaults to the node's address.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// Without a check the instance always counts as passing.
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// `node` (default): runs on every node that sees the event. `cluster`: runs once per
+    /// event in the whole cluster, on the Raft leader; needs a `name`, and the same handler
+    /// should be configured on every server.
+    #[serde(default)]
+    pub scope: HandlerScope,
+    /// Names a cluster handler; its deliveries are recorded under this name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The events that run this handler.
+    pub events: Vec<EventKind>,
+    /// Program and arguments. The event arrives as `HEARTH_*` variables and JSON on stdin.
+    pub command: Vec<String>,
+    /// The handler is killed after this long.
+    #[serde(default = "default_handler_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerScope {
+    #[default]
+    Node,
+    Cluster,
+}

@@ -1,0 +1,386 @@
+//! The checks of everything serde cannot check, and `Resolved`, what they derive: each problem
+//! found names its key and says how to fix it, and every problem is reported, not only the
+//! first. Pure: what the files the config names hold comes in a `ConfigFiles`, read
+//! beforehand.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use base64::Engine;
+use hearth_dns::push::{PushSettings, TsigKey};
+use hearth_membership::{SECRET_LEN, Secret};
+
+use super::check::{CheckConfig, HttpTarget};
+use super::defaults::default_gossip_addr;
+use super::files::ConfigFiles;
+use super::keys::Config;
+use super::sections::{DnsPushConfig, HandlerScope};
+use super::smtp::MailSettings;
+
+/// The parts of the config that are derived and checked rather than read as they are.
+pub struct Resolved {
+    pub primary_secret: Secret,
+    pub accepted_secrets: Vec<Secret>,
+    pub advertise: IpAddr,
+    pub join: Vec<SocketAddr>,
+    pub zone: String,
+    /// Where to push the zone (`[dns.push]`), with the key read from `key_file`.
+    pub dns_push: Option<PushSettings>,
+    /// How to send email (`[smtp]`), with the password read from `password_file`.
+    pub smtp: Option<MailSettings>,
+}
+
+impl Config {
+    /// Checks everything serde cannot, and reports every problem, each naming its key. Reads
+    /// no file: what the files the config names hold comes in `files`.
+    pub fn validate_with(&self, files: &ConfigFiles) -> Result<Resolved, Vec<String>> {
+        let mut problems = Vec::new();
+        check_name("node_name", &self.node_name, &mut problems);
+        if self.cluster.trim().is_empty() {
+            problems.push("cluster: must not be empty".into());
+        }
+        let secrets = self.secrets(files).map_err(|p| problems.push(p)).ok();
+        let advertise = self.advertise_addr().map_err(|p| problems.push(p)).ok();
+        let join = self.join_addrs(&mut problems);
+        let zone = self.check_dns(&mut problems);
+        let dns_push = self
+            .dns
+            .push
+            .as_ref()
+            .and_then(|p| p.settings(files, &mut problems));
+        let smtp = self
+            .smtp
+            .as_ref()
+            .and_then(|smtp| MailSettings::from_config(smtp, files, &mut problems));
+        self.check_gossip(&mut problems);
+        self.check_state(&mut problems);
+        self.check_compute(&mut problems);
+        self.check_services(&mut problems);
+        self.check_handlers(&mut problems);
+        match (secrets, advertise) {
+            (Some((primary_secret, accepted_secrets)), Some(advertise)) if problems.is_empty() => {
+                Ok(Resolved {
+                    primary_secret,
+                    accepted_secrets,
+                    advertise,
+                    join,
+                    zone,
+                    dns_push,
+                    smtp,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+
+    fn secrets(&self, files: &ConfigFiles) -> Result<(Secret, Vec<Secret>), String> {
+        let (key, text) = match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("secret, secret_file: set only one of them".into());
+            }
+            (Some(inline), None) => ("secret", inline.as_str()),
+            (None, Some(path)) => {
+                let text = files.text(path).map_err(|error| {
+                    format!("secret_file: cannot read {}: {error}", path.display())
+                })?;
+                ("secret_file", text)
+            }
+            (None, None) => {
+                return Err("secret_file: no cluster secret is set; create one with \
+                     `hearth keygen > /etc/hearth/secret` and copy it to every node"
+                    .into());
+            }
+        };
+        let mut secrets = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .enumerate()
+            .map(|(idx, line)| decode_secret(key, idx, line));
+        let primary = secrets
+            .next()
+            .unwrap_or_else(|| Err(format!("{key}: is empty; put `hearth keygen` output in it")))?;
+        let accepted = secrets.collect::<Result<Vec<_>, _>>()?;
+        Ok((primary, accepted))
+    }
+
+    fn advertise_addr(&self) -> Result<IpAddr, String> {
+        match self.advertise {
+            Some(ip) if ip.is_unspecified() => Err(format!(
+                "advertise: {ip} is a wildcard; give this node's own address"
+            )),
+            Some(ip) => Ok(ip),
+            None if self.gossip_addr.ip().is_unspecified() => Err(format!(
+                "advertise: gossip_addr {} listens on every address, so set advertise to \
+                 the address other nodes reach this one at",
+                self.gossip_addr
+            )),
+            None => Ok(self.gossip_addr.ip()),
+        }
+    }
+
+    fn join_addrs(&self, problems: &mut Vec<String>) -> Vec<SocketAddr> {
+        let mut addrs = Vec::new();
+        for (idx, seed) in self.join.iter().enumerate() {
+            let parsed = seed.parse::<SocketAddr>().or_else(|_| {
+                seed.parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, default_gossip_addr().port()))
+            });
+            match parsed {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => problems.push(format!(
+                    "join[{idx}]: `{seed}` is not an address; write IP:port, e.g. \"203.0.113.11:7946\""
+                )),
+            }
+        }
+        addrs
+    }
+
+    fn check_dns(&self, problems: &mut Vec<String>) -> String {
+        let mut zone = self.dns.zone.trim().to_ascii_lowercase();
+        if !zone.ends_with('.') {
+            zone.push('.');
+        }
+        let labels: Vec<&str> = zone.trim_end_matches('.').split('.').collect();
+        if zone == "." || labels.iter().any(|l| !valid_label(l)) {
+            problems.push(format!(
+                "dns.zone: `{}` is not a domain name; write e.g. \"coop.example.\"",
+                self.dns.zone
+            ));
+        }
+        if self.dns.ttl > 86_400 {
+            problems.push("dns.ttl: at most 86400 seconds".into());
+        }
+        zone
+    }
+
+    fn check_gossip(&self, problems: &mut Vec<String>) {
+        let g = &self.gossip;
+        if g.probe_timeout.is_zero() || g.probe_timeout >= g.probe_interval {
+            problems.push(
+                "gossip.probe_timeout: must be above zero and below gossip.probe_interval".into(),
+            );
+        }
+        if g.suspicion_timeout < g.probe_interval {
+            problems
+                .push("gossip.suspicion_timeout: must be at least gossip.probe_interval".into());
+        }
+    }
+
+    fn check_compute(&self, problems: &mut Vec<String>) {
+        let c = &self.compute;
+        if !matches!(c.driver.as_str(), "qemu" | "fake") {
+            problems.push(format!(
+                "compute.driver: `{}` is not qemu or fake",
+                c.driver
+            ));
+        }
+        if !matches!(c.accel.as_str(), "auto" | "kvm" | "tcg") {
+            problems.push(format!(
+                "compute.accel: `{}` is not auto, kvm or tcg",
+                c.accel
+            ));
+        }
+        let bridge_ok = c
+            .network
+            .strip_prefix("bridge:")
+            .is_some_and(|name| !name.is_empty() && name.len() <= 15);
+        if c.network != "user" && !bridge_ok {
+            problems.push(format!(
+                "compute.network: `{}` is not `user` or `bridge:NAME`",
+                c.network
+            ));
+        }
+        if c.vcpus == Some(0) || c.memory_mib == Some(0) || c.disk_gib == 0 {
+            problems.push("compute: vcpus, memory_mib and disk_gib must be above zero".into());
+        }
+    }
+
+    fn check_state(&self, problems: &mut Vec<String>) {
+        let s = &self.state;
+        if s.bootstrap_expect == 0 {
+            problems.push("state.bootstrap_expect: at least 1".into());
+        }
+        if s.heartbeat.is_zero() || s.heartbeat * 3 > s.election_timeout {
+            problems.push(
+                "state.heartbeat: above zero and at most a third of state.election_timeout".into(),
+            );
+        }
+        if s.write_timeout < s.election_timeout {
+            problems.push("state.write_timeout: at least state.election_timeout".into());
+        }
+    }
+
+    fn check_services(&self, problems: &mut Vec<String>) {
+        let mut seen = BTreeSet::new();
+        for (idx, service) in self.service.iter().enumerate() {
+            let key = format!("service[{idx}]");
+            check_name(&format!("{key}.name"), &service.name, problems);
+            if !seen.insert(service.name.to_ascii_lowercase()) {
+                problems.push(format!(
+                    "{key}.name: `{}` is declared twice; service names must be unique",
+                    service.name
+                ));
+            }
+            if let Some(check) = &service.check {
+                check_check(&format!("{key}.check"), check, problems);
+            }
+        }
+        if self.service.len() > 32 {
+            problems.push("service: at most 32 services per node".into());
+        }
+    }
+
+    fn check_handlers(&self, problems: &mut Vec<String>) {
+        let mut names = BTreeSet::new();
+        for (idx, handler) in self.handler.iter().enumerate() {
+            if handler.events.is_empty() {
+                problems.push(format!("handler[{idx}].events: list at least one event"));
+            }
+            if handler.command.first().is_none_or(|p| p.is_empty()) {
+                problems.push(format!(
+                    "handler[{idx}].command: give the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"--quiet\"]"
+                ));
+            }
+            if handler.timeout.is_zero() {
+                problems.push(format!("handler[{idx}].timeout: must be above zero"));
+            }
+            if handler.scope == HandlerScope::Cluster {
+                match &handler.name {
+                    None => problems.push(format!(
+                        "handler[{idx}].name: a cluster handler needs a name, e.g. name = \"pager\""
+                    )),
+                    Some(name) if !names.insert(name.clone()) => problems.push(format!(
+                        "handler[{idx}].name: `{name}` is used twice; cluster handler names must be unique"
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+impl DnsPushConfig {
+    /// The checked settings, or None with each problem (naming its `dns.push.` key) recorded.
+    fn settings(&self, files: &ConfigFiles, problems: &mut Vec<String>) -> Option<PushSettings> {
+        let server = self.server.parse::<SocketAddr>().or_else(|_| {
+            let ip = self.server.parse::<IpAddr>()?;
+            Ok::<_, std::net::AddrParseError>(SocketAddr::new(ip, 53))
+        });
+        let server = server
+            .map_err(|_| {
+                problems.push(format!(
+                    "dns.push.server: `{}` is not an address; write IP:port, e.g. \"192.0.2.53:53\"",
+                    self.server
+                ))
+            })
+            .ok();
+        let key_name = hearth_dns::Name::from_ascii(&self.key_name)
+            .ok()
+            .filter(|name| !self.key_name.is_empty() && !name.is_root());
+        if key_name.is_none() {
+            problems.push(format!(
+                "dns.push.key_name: `{}` is not a key name; write the name the primary knows \
+                 the key by, e.g. \"hearth-update\"",
+                self.key_name
+            ));
+        }
+        if !self.algorithm.eq_ignore_ascii_case("hmac-sha256") {
+            problems.push(format!(
+                "dns.push.algorithm: `{}` is not supported; use \"hmac-sha256\"",
+                self.algorithm
+            ));
+        }
+        let secret = self.key_secret(files).map_err(|p| problems.push(p)).ok();
+        let key = TsigKey::hmac_sha256(key_name?, secret?);
+        Some(PushSettings::new(server?, key))
+    }
+
+    /// The secret from `key_file`. Like the cluster secret, its text never goes into a message.
+    fn key_secret(&self, files: &ConfigFiles) -> Result<Vec<u8>, String> {
+        let path = self.key_file.display();
+        let text = files
+            .text(&self.key_file)
+            .map_err(|error| format!("dns.push.key_file: cannot read {path}: {error}"))?;
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| format!("dns.push.key_file: {path} does not hold a base64 secret"))?;
+        if secret.is_empty() {
+            return Err(format!("dns.push.key_file: {path} is empty"));
+        }
+        Ok(secret)
+    }
+}
+
+fn decode_secret(key: &str, idx: usize, line: &str) -> Result<Secret, String> {
+    let which = if idx == 0 {
+        key.to_owned()
+    } else {
+        format!("{key} (line {} of accepted secrets)", idx + 1)
+    };
+    // The secret's text never goes into the message: only its length.
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .map_err(|_| format!("{which}: is not base64; generate a secret with `hearth keygen`"))?;
+    let array: [u8; SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "{which}: decodes to {} bytes but must be {SECRET_LEN}; generate a secret with `hearth keygen`",
+            bytes.len()
+        )
+    })?;
+    Ok(Secret::new(array))
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_name(key: &str, name: &str, problems: &mut Vec<String>) {
+    if !valid_label(name) || name.starts_with('-') {
+        problems.push(format!(
+            "{key}: `{name}` must be one DNS label: letters, digits and '-', at most 63 characters"
+        ));
+    }
+}
+
+fn check_check(key: &str, check: &CheckConfig, problems: &mut Vec<String>) {
+    let kinds = [
+        check.http.is_some(),
+        check.tcp.is_some(),
+        check.exec.is_some(),
+    ];
+    if kinds.iter().filter(|&&k| k).count() != 1 {
+        problems.push(format!("{key}: set exactly one of http, tcp, exec"));
+    }
+    if let Some(url) = &check.http
+        && HttpTarget::parse(url).is_none()
+    {
+        problems.push(format!(
+            "{key}.http: `{url}` is not a plain http:// URL with an IP or host and port, e.g. \"http://127.0.0.1:8080/healthz\""
+        ));
+    }
+    if let Some(addr) = &check.tcp
+        && addr.parse::<SocketAddr>().is_err()
+    {
+        problems.push(format!(
+            "{key}.tcp: `{addr}` is not IP:port, e.g. \"127.0.0.1:80\""
+        ));
+    }
+    if let Some(exec) = &check.exec
+        && exec.first().is_none_or(|p| p.is_empty())
+    {
+        problems.push(format!("{key}.exec: give the program and its arguments"));
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        problems.push(format!(
+            "{key}.timeout: must be above zero and at most the interval"
+        ));
+    }
+    if check.rise == 0 || check.fall == 0 {
+        problems.push(format!("{key}.rise, {key}.fall: must be at least 1"));
+    }
+}
