@@ -1,22 +1,20 @@
 //! The hearth agent: reads the config, binds its sockets, and runs membership, health
 //! checks, DNS, event handlers and the API until it is told to stop.
 
-pub mod accounts_api;
 pub mod api;
 pub mod auth;
 pub mod checks;
 pub mod cluster_events;
-pub mod compute_api;
 pub mod config;
 pub mod dev;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handlers;
+pub mod http;
+pub mod login_limit;
 pub mod mail;
 pub mod metrics;
-pub mod openapi;
 pub mod services;
-pub mod state_api;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -215,7 +213,7 @@ impl Agent {
             token,
             &mut tasks,
         )?;
-        let router = api::router(api_state);
+        let router = http::router(api_state);
         serve_api(sockets.api, router, &started.shutdown, &mut tasks);
         tracing::info!(%gossip_addr, %dns_addr, %api_addr, node = %config.node_name, "agent started");
         Ok(Agent {

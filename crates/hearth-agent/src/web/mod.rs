@@ -3,8 +3,16 @@
 
 pub mod pages;
 pub mod panel;
+pub mod public;
 pub mod session;
 pub mod status;
+
+/// The panel's pages and forms, and the public status page.
+pub fn routes() -> axum::Router<crate::api::ApiState> {
+    axum::Router::new()
+        .merge(panel::routes())
+        .merge(public::routes())
+}
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {

@@ -1,0 +1,111 @@
+//! `/v1/accounts`: members and admins (admins only).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use hearth_state::model::{Command, Expect};
+use hearth_types::account::{Account, AccountRole};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::context::{ApiState, Params, bad_body, error, read, write};
+use crate::auth::{self};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/accounts", get(list_accounts).post(create_account))
+        .route("/v1/accounts/{name}", delete(remove_account))
+}
+
+/// An account as the API shows it: never the hash.
+pub(crate) fn row(account: &Account, version: u64) -> serde_json::Value {
+    json!({
+        "name": account.name,
+        "role": account.role,
+        "email": account.email,
+        "ssh_keys": account.ssh_keys,
+        "disabled": account.disabled,
+        "version": version,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewAccount {
+    name: String,
+    role: AccountRole,
+    #[serde(default)]
+    email: String,
+    password: String,
+}
+
+async fn list_accounts(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let rows: Vec<_> = desired
+                .accounts
+                .values()
+                .map(|a| row(&a.value, a.version))
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn create_account(
+    State(state): State<ApiState>,
+    body: Result<Json<NewAccount>, JsonRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Json(new)) => new,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if new.password.chars().count() < auth::MIN_PASSWORD {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("password: at least {} characters", auth::MIN_PASSWORD),
+        );
+    }
+    let password = new.password;
+    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
+        Ok(Ok(hash)) => hash,
+        _ => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hashing the password failed",
+            );
+        }
+    };
+    let account = Account {
+        name: new.name,
+        role: new.role,
+        email: new.email,
+        password_hash: hash,
+        ssh_keys: Default::default(),
+        disabled: false,
+    };
+    write(
+        &state,
+        Command::PutAccount {
+            account,
+            expect: Expect::Absent,
+        },
+    )
+    .await
+}
+
+async fn remove_account(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    write(
+        &state,
+        Command::RemoveAccount {
+            name,
+            expect: Expect::Any,
+        },
+    )
+    .await
+}

@@ -1,0 +1,61 @@
+//! `/v1/cluster-services`: services the cluster runs on nodes it picks, in the desired state.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use hearth_state::model::{Command, Expect};
+use hearth_types::desired::ClusterService;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::context::{ApiState, Params, bad_body, expect_from, read, write};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/cluster-services", get(list_services).put(put_service))
+        .route("/v1/cluster-services/{name}", delete(remove_service))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutService {
+    pub(crate) service: ClusterService,
+    #[serde(default)]
+    pub(crate) expect: Expect,
+}
+
+async fn list_services(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => Json(&desired.services).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn put_service(
+    State(state): State<ApiState>,
+    body: Result<Json<PutService>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(PutService { service, expect })) => {
+            write(&state, Command::PutService { service, expect }).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn remove_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    write(
+        &state,
+        Command::RemoveService {
+            name,
+            expect: expect_from(&params),
+        },
+    )
+    .await
+}

@@ -1,0 +1,42 @@
+//! `/v1/hosts`: the workers, their capacity and what is placed on them.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::context::{ApiState, Params, read};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new().route("/v1/hosts", get(list_hosts))
+}
+
+async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let view = state.membership.views().borrow().clone();
+            let rows: Vec<_> = desired
+                .compute
+                .hosts
+                .iter()
+                .map(|(name, host)| {
+                    let vms = desired
+                        .compute
+                        .vms
+                        .values()
+                        .filter(|vm| vm.value.host.as_deref() == Some(name.as_str()))
+                        .count();
+                    serde_json::json!({
+                        "name": name,
+                        "capacity": host.capacity,
+                        "fenced": host.fenced,
+                        "state": view.members.get(name).map(|m| m.state.as_str()),
+                        "vms": vms,
+                    })
+                })
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}

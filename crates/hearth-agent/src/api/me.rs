@@ -1,0 +1,151 @@
+//! `/v1/me`: the caller's own account: its SSH keys and its password.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use hearth_state::model::{Command, Expect};
+use hearth_types::account::{Account, check_ssh_key};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::accounts::row;
+use super::context::{ApiState, Params, bad_body, error, read, write};
+use crate::auth::{self, Caller};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route("/v1/me/ssh-keys/{name}", put(put_key).delete(remove_key))
+        .route("/v1/me/password", post(change_password))
+}
+
+/// The caller's own account.
+async fn me(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Response {
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    match desired.accounts.get(caller.name()) {
+        Some(account) if caller != Caller::Root => {
+            Json(row(&account.value, account.version)).into_response()
+        }
+        _ => Json(json!({ "name": "root", "role": "admin" })).into_response(),
+    }
+}
+
+/// Changes the caller's own account through `change`, with compare-and-set on its version.
+async fn change_me(
+    state: &ApiState,
+    caller: &Caller,
+    change: impl FnOnce(&mut Account) -> Result<(), String>,
+) -> Response {
+    let desired = match read(state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    let Some(current) = desired
+        .accounts
+        .get(caller.name())
+        .filter(|_| *caller != Caller::Root)
+    else {
+        return error(StatusCode::BAD_REQUEST, "the node token has no account");
+    };
+    let mut account = current.value.clone();
+    if let Err(message) = change(&mut account) {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    write(
+        state,
+        Command::PutAccount {
+            account,
+            expect: Expect::Version(current.version),
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Key {
+    key: String,
+}
+
+async fn put_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<Key>, JsonRejection>,
+) -> Response {
+    let key = match body {
+        Ok(Json(Key { key })) => key,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if let Err(message) = check_ssh_key(&key) {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    change_me(&state, &caller, |account| {
+        account.ssh_keys.insert(name, key.trim().to_owned());
+        Ok(())
+    })
+    .await
+}
+
+async fn remove_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    change_me(&state, &caller, |account| {
+        match account.ssh_keys.remove(&name) {
+            Some(_) => Ok(()),
+            None => Err(format!("name: no key named {name}")),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewPassword {
+    current: String,
+    new: String,
+}
+
+async fn change_password(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewPassword>, JsonRejection>,
+) -> Response {
+    let NewPassword { current, new } = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if new.chars().count() < auth::MIN_PASSWORD {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("new: at least {} characters", auth::MIN_PASSWORD),
+        );
+    }
+    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&new)).await {
+        Ok(Ok(hash)) => hash,
+        _ => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hashing the password failed",
+            );
+        }
+    };
+    change_me(&state, &caller, move |account| {
+        if auth::verify_password(&current, &account.password_hash) {
+            account.password_hash = hash;
+            Ok(())
+        } else {
+            Err("current: wrong password".into())
+        }
+    })
+    .await
+}

@@ -1,0 +1,70 @@
+//! `/v1/pools`: the IP pools VMs take their addresses from.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use hearth_state::model::{ComputeCommand, Expect};
+use hearth_types::compute::IpPool;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::context::{ApiState, Params, bad_body, compute, expect_from, read, write};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/pools", get(list_pools).put(put_pool))
+        .route("/v1/pools/{name}", delete(remove_pool))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutPool {
+    pub(crate) pool: IpPool,
+    #[serde(default)]
+    pub(crate) expect: Expect,
+}
+
+async fn list_pools(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let pools: Vec<_> = desired
+                .compute
+                .pools
+                .values()
+                .map(|p| {
+                    let used = desired.compute.used_addresses(&p.value.name);
+                    serde_json::json!({
+                        "version": p.version,
+                        "pool": p.value,
+                        "used": used,
+                    })
+                })
+                .collect();
+            Json(pools).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn put_pool(
+    State(state): State<ApiState>,
+    body: Result<Json<PutPool>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(PutPool { pool, expect })) => {
+            write(&state, compute(ComputeCommand::PutPool { pool, expect })).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn remove_pool(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    let expect = expect_from(&params);
+    write(&state, compute(ComputeCommand::RemovePool { name, expect })).await
+}

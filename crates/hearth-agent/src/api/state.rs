@@ -1,0 +1,51 @@
+//! `/v1/state`, `/v1/desired` and `/v1/events`: the Raft group's status, the whole desired
+//! state, and the recorded cluster events.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::context::{ApiState, Params, node_of, read};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/state", get(status))
+        .route("/v1/desired", get(desired))
+        .route("/v1/events", get(events))
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    match node_of(&state) {
+        Ok(node) => Json(node.cluster_status().await).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn desired(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            // Hashes stay inside the cluster, even for admins.
+            let mut shown = (*desired).clone();
+            for account in shown.accounts.values_mut() {
+                account.value.password_hash = "(hidden)".into();
+            }
+            for token in shown.tokens.values_mut() {
+                token.value.secret_sha256 = "(hidden)".into();
+            }
+            Json(shown).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Recent cluster-wide events, newest first, with their delivery state.
+async fn events(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let events: Vec<_> = desired.events.values().rev().collect();
+            Json(events).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}

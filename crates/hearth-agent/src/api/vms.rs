@@ -1,0 +1,309 @@
+//! `/v1/vms`: members' VMs: create, list, show, start, stop, reboot, recreate, IO limits,
+//! delete, and the serial console.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use hearth_compute::placement::shown_phase;
+use hearth_state::model::{ComputeCommand, Expect};
+use hearth_types::compute::{IoLimits, Phase, Power, Vm, VmRequest};
+use hearth_types::desired::DesiredState;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::context::{ApiState, Params, bad_body, compute, error, expect_from, read, write};
+use crate::auth::Caller;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/vms", get(list_vms).post(create_vm))
+        .route("/v1/vms/{vm}", get(show_vm).delete(delete_vm))
+        .route("/v1/vms/{vm}/start", post(start_vm))
+        .route("/v1/vms/{vm}/stop", post(stop_vm))
+        .route("/v1/vms/{vm}/reboot", post(reboot_vm))
+        .route("/v1/vms/{vm}/recreate", post(recreate_vm))
+        .route("/v1/vms/{vm}/io", put(set_io))
+        .route("/v1/vms/{vm}/console", get(console))
+}
+
+/// A VM as the API shows it: the desired object, with the phase read against the local
+/// gossip view (a VM on a host that is not up is `lost`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VmRow {
+    pub version: u64,
+    #[serde(flatten)]
+    pub vm: Vm,
+    /// Overrides the stored phase.
+    pub shown_phase: Phase,
+}
+
+fn vm_row(
+    state: &ApiState,
+    desired: &DesiredState,
+    vm: &hearth_types::desired::Versioned<Vm>,
+) -> VmRow {
+    let view = state.membership.views().borrow().clone();
+    VmRow {
+        version: vm.version,
+        vm: vm.value.clone(),
+        shown_phase: shown_phase(&vm.value, &desired.compute, &view),
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetIo {
+    pub(crate) io: IoLimits,
+}
+
+/// `?owner=NAME` lists only that member's VMs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmParams {
+    #[serde(default)]
+    consistent: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+async fn list_vms(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Query(params): Query<VmParams>,
+) -> Response {
+    // A member sees only their own VMs, whatever `?owner` says.
+    let only = caller
+        .as_ref()
+        .and_then(|c| c.only_owner().map(str::to_owned));
+    let read_params = Params {
+        consistent: params.consistent.clone(),
+        version: None,
+    };
+    match read(&state, &read_params).await {
+        Ok(desired) => {
+            let rows: Vec<VmRow> = desired
+                .compute
+                .vms
+                .values()
+                .filter(|vm| {
+                    params
+                        .owner
+                        .as_ref()
+                        .is_none_or(|o| *o == vm.value.request.owner)
+                        && only.as_ref().is_none_or(|o| *o == vm.value.request.owner)
+                })
+                .map(|vm| vm_row(&state, &desired, vm))
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn create_vm(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<VmRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => {
+            if let Some(owner) = caller.as_ref().and_then(|c| c.only_owner())
+                && request.owner != owner
+            {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    &format!("owner: a member creates VMs for themselves ({owner})"),
+                );
+            }
+            write(&state, compute(ComputeCommand::CreateVm { request })).await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn show_vm(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => match desired.compute.find_vm(&key) {
+            Some(vm) => Json(vm_row(&state, &desired, vm)).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("vm: no VM with id or name {key}"),
+            ),
+        },
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Looks the VM up in the local state, then writes the command built from its id.
+async fn vm_write(
+    state: &ApiState,
+    key: &str,
+    build: impl FnOnce(String) -> ComputeCommand,
+) -> Response {
+    let desired: Arc<DesiredState> = match read(state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    // The VM is looked up by id or by name.
+    match desired.compute.find_vm(key) {
+        Some(vm) => write(state, compute(build(vm.value.id.clone()))).await,
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("vm: no VM with id or name {key}"),
+        ),
+    }
+}
+
+async fn delete_vm(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    let expect = expect_from(&params);
+    vm_write(&state, &key, |vm| ComputeCommand::DeleteVm { vm, expect }).await
+}
+
+async fn start_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    vm_write(&state, &key, |vm| ComputeCommand::SetPower {
+        vm,
+        power: Power::Running,
+        expect: Expect::Any,
+    })
+    .await
+}
+
+async fn stop_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    vm_write(&state, &key, |vm| ComputeCommand::SetPower {
+        vm,
+        power: Power::Stopped,
+        expect: Expect::Any,
+    })
+    .await
+}
+
+async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    vm_write(&state, &key, |vm| ComputeCommand::Reboot {
+        vm,
+        expect: Expect::Any,
+    })
+    .await
+}
+
+/// The body of `POST /v1/vms/{vm}/recreate`: the caller must say, in so many words, that
+/// the VM starts over on an empty disk.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Recreate {
+    /// Must be true: the VM's old disk is given up, and it starts on an empty one.
+    pub(crate) empty_disk: bool,
+}
+
+/// An admin gives up a VM's lost disk (`hearth vm recreate NAME --empty-disk`).
+async fn recreate_vm(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Json<Recreate>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(Recreate { empty_disk: true })) => {
+            vm_write(&state, &key, |vm| ComputeCommand::Recreate {
+                vm,
+                expect: Expect::Any,
+            })
+            .await
+        }
+        Ok(_) => error(
+            StatusCode::BAD_REQUEST,
+            "empty_disk: must be true; recreate starts the VM over on an empty disk, and its old data is given up",
+        ),
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn set_io(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Json<SetIo>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(SetIo { io })) => {
+            vm_write(&state, &key, |vm| ComputeCommand::SetIo {
+                vm,
+                io,
+                expect: Expect::Any,
+            })
+            .await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+/// `?offset=N`: the console log from byte N (default: the last 64 KiB).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleParams {
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+/// A part of the VM's serial console log: read here when this node is its host, else asked
+/// of the host over the encrypted cluster RPC.
+async fn console(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(params): Query<ConsoleParams>,
+) -> Response {
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    let Some(vm) = desired.compute.find_vm(&key) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("vm: no VM with id or name {key}"),
+        );
+    };
+    let id = vm.value.id.clone();
+    let me = state.membership.views().borrow().self_name.clone();
+    let Some(host) = vm.value.host.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("vm: {key} is not placed on a host yet, so it has no console"),
+        );
+    };
+    let chunk = if host == me {
+        hearth_compute::files::read_console(&state.vms_dir, &id, params.offset)
+            .await
+            .map_err(|e| e.to_string())
+    } else if let Some(node) = &state.state {
+        node.console(&host, &id, params.offset)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        Err("this node holds no state".to_owned())
+    };
+    match chunk {
+        Ok(chunk) => Json(serde_json::json!({
+            "vm": id,
+            "host": host,
+            "offset": chunk.offset,
+            "next": chunk.next,
+            "total": chunk.total,
+            "text": chunk.text,
+        }))
+        .into_response(),
+        Err(message) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("console of {key} on {host}: {message}"),
+        ),
+    }
+}

@@ -1,0 +1,60 @@
+//! The node's whole HTTP surface: the JSON API (`api`), the web panel and the public status
+//! page (`web`), and `/metrics`, with the security headers on every answer and a JSON 404
+//! for everything else.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::api::{self, ApiState, error};
+use crate::metrics::{MetricsSources, render};
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(api::router(state.clone()))
+        .merge(crate::web::routes().with_state(state.clone()))
+        .route("/metrics", get(metrics).with_state(state))
+        .fallback(not_found)
+        .layer(middleware::map_response(with_security_headers))
+}
+
+/// Adds `web::security_headers` to an answer.
+async fn with_security_headers(mut response: Response) -> Response {
+    static HEADERS: std::sync::LazyLock<Vec<(HeaderName, HeaderValue)>> =
+        std::sync::LazyLock::new(|| {
+            crate::web::security_headers()
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_static(name),
+                        HeaderValue::from_str(&value).ok()?,
+                    ))
+                })
+                .collect()
+        });
+    for (name, value) in HEADERS.iter() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let view = state.membership.views().borrow().clone();
+    let local: Vec<_> = state.instances.lock().await.values().cloned().collect();
+    let body = render(&MetricsSources {
+        view: &view,
+        local_instances: &local,
+        gossip: &state.membership.metrics,
+        dns: &state.dns_metrics,
+        handlers: &state.handler_metrics,
+        compute: &state.compute_metrics,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,292 @@
+//! A member's pages: their VMs (create, show, start, stop, reboot, delete) and their account
+//! (SSH keys, password).
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::context::*;
+use crate::api::ApiState;
+use crate::web::pages;
+use crate::web::session::Flash;
+
+pub(super) async fn member_home(State(state): State<ApiState>, session: Session) -> Response {
+    let owner = session.name.clone();
+    let loaded = async {
+        let vms = session
+            .get(&state, &format!("/v1/vms?owner={owner}"))
+            .await?;
+        let images = session.get(&state, "/v1/images").await?;
+        let pools = session.get(&state, "/v1/pools").await?;
+        let me = session.get(&state, "/v1/me").await?;
+        Ok::<_, Response>((vms, images, pools, me))
+    };
+    match loaded.await {
+        Ok((vms, images, pools, me)) => session.page(
+            StatusCode::OK,
+            pages::member_home(&session.chrome("/panel"), &vms, &images, &pools, &me),
+        ),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewVm {
+    csrf: String,
+    name: String,
+    image: String,
+    size: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    pool: String,
+}
+
+impl CsrfField for NewVm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(super) async fn create_vm(
+    State(state): State<ApiState>,
+    Posted { session, form }: Posted<NewVm>,
+) -> Response {
+    let Some((_, vcpus, memory_mib, disk_gib)) =
+        pages::SIZES.iter().find(|(name, ..)| *name == form.size)
+    else {
+        return see_other(
+            "/panel",
+            Some(Flash {
+                ok: false,
+                text: format!("size: `{}` is not one of the sizes offered", form.size),
+            }),
+        );
+    };
+    let me = match session.get(&state, "/v1/me").await {
+        Ok(me) => me,
+        Err(response) => return response,
+    };
+    let keys: Vec<String> = me["ssh_keys"]
+        .as_object()
+        .map(|keys| {
+            keys.iter()
+                .filter(|(name, _)| form.key.is_empty() || **name == form.key)
+                .filter_map(|(_, key)| key.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pools: Vec<&str> = if form.pool.is_empty() {
+        vec![]
+    } else {
+        vec![form.pool.as_str()]
+    };
+    let request = json!({
+        "name": form.name.trim(),
+        "owner": session.name,
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "disk_gib": disk_gib,
+        "image": form.image,
+        "ssh_keys": keys,
+        "pools": pools,
+    });
+    let result = session
+        .api(&state, Method::POST, "/v1/vms", Some(request))
+        .await;
+    match result {
+        Ok(value) => {
+            let id = value["result"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            see_other(
+                &format!("/panel/vms/{id}"),
+                Some(Flash {
+                    ok: true,
+                    text: format!("{} is being created.", form.name.trim()),
+                }),
+            )
+        }
+        Err(failure) => after("/panel", Err(failure), |_| String::new()),
+    }
+}
+
+/// The last bytes of the console shown on a VM's page.
+pub(super) const CONSOLE_TAIL: u64 = 8 * 1024;
+
+pub(super) async fn vm_page(
+    State(state): State<ApiState>,
+    session: Session,
+    Path(vm): Path<String>,
+) -> Response {
+    let Some(vm) = segment(&vm) else {
+        return bad_segment(&session, "vm");
+    };
+    let shown = match session
+        .api(&state, Method::GET, &format!("/v1/vms/{vm}"), None)
+        .await
+    {
+        Ok(shown) => shown,
+        Err((status, message)) => {
+            return session.problem(status, "/panel", "No such VM", &message);
+        }
+    };
+    let path = format!("/v1/vms/{vm}/console");
+    let console = match session.api(&state, Method::GET, &path, None).await {
+        Ok(first) => {
+            let total = first["total"].as_u64().unwrap_or(0);
+            if total > CONSOLE_TAIL {
+                let offset = total - CONSOLE_TAIL;
+                session
+                    .api(
+                        &state,
+                        Method::GET,
+                        &format!("{path}?offset={offset}"),
+                        None,
+                    )
+                    .await
+            } else {
+                Ok(first)
+            }
+        }
+        Err(failure) => Err(failure),
+    };
+    let active = if session.admin && shown["owner"] != json!(session.name) {
+        "/admin/vms"
+    } else {
+        "/panel"
+    };
+    session.page(
+        StatusCode::OK,
+        pages::vm_page(
+            &session.chrome(active),
+            &shown,
+            console.as_ref().map_err(|(_, message)| message.clone()),
+        ),
+    )
+}
+
+pub(super) async fn vm_action(
+    State(state): State<ApiState>,
+    Path((vm, action)): Path<(String, String)>,
+    Posted { session, .. }: Posted<CsrfOnly>,
+) -> Response {
+    let Some(vm) = segment(&vm) else {
+        return bad_segment(&session, "vm");
+    };
+    let back = format!("/panel/vms/{vm}");
+    let (method, path, done, to) = match action.as_str() {
+        "start" | "stop" | "reboot" => (
+            Method::POST,
+            format!("/v1/vms/{vm}/{action}"),
+            format!("{action}: asked."),
+            back.clone(),
+        ),
+        "delete" => (
+            Method::DELETE,
+            format!("/v1/vms/{vm}"),
+            "The VM is being deleted.".to_owned(),
+            "/panel".to_owned(),
+        ),
+        _ => return bad_segment(&session, "action"),
+    };
+    match session.api(&state, method, &path, None).await {
+        Ok(value) => after(&to, Ok(value), |_| done),
+        Err(failure) => after(&back, Err(failure), |_| String::new()),
+    }
+}
+
+pub(super) async fn account_page(State(state): State<ApiState>, session: Session) -> Response {
+    match session.get(&state, "/v1/me").await {
+        Ok(me) => session.page(
+            StatusCode::OK,
+            pages::account_page(&session.chrome("/panel/account"), &me),
+        ),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewKey {
+    csrf: String,
+    name: String,
+    key: String,
+}
+
+impl CsrfField for NewKey {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(super) async fn add_key(
+    State(state): State<ApiState>,
+    Posted { session, form }: Posted<NewKey>,
+) -> Response {
+    let name = form.name.trim();
+    let Some(name) = segment(name) else {
+        return see_other(
+            "/panel/account",
+            Some(Flash {
+                ok: false,
+                text: "name: use letters, digits and hyphens".into(),
+            }),
+        );
+    };
+    let body = json!({ "key": form.key.trim() });
+    let result = session
+        .api(
+            &state,
+            Method::PUT,
+            &format!("/v1/me/ssh-keys/{name}"),
+            Some(body),
+        )
+        .await;
+    after("/panel/account", result, |_| format!("Key {name} added."))
+}
+
+pub(super) async fn remove_key(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Posted { session, .. }: Posted<CsrfOnly>,
+) -> Response {
+    let Some(name) = segment(&name) else {
+        return bad_segment(&session, "key");
+    };
+    let result = session
+        .api(
+            &state,
+            Method::DELETE,
+            &format!("/v1/me/ssh-keys/{name}"),
+            None,
+        )
+        .await;
+    after("/panel/account", result, |_| format!("Key {name} removed."))
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewPassword {
+    csrf: String,
+    current: String,
+    new: String,
+}
+
+impl CsrfField for NewPassword {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+pub(super) async fn change_password(
+    State(state): State<ApiState>,
+    Posted { session, form }: Posted<NewPassword>,
+) -> Response {
+    let body = json!({ "current": form.current, "new": form.new });
+    let result = session
+        .api(&state, Method::POST, "/v1/me/password", Some(body))
+        .await;
+    after("/panel/account", result, |_| "Password changed.".into())
+}

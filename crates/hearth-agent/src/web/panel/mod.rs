@@ -1,0 +1,74 @@
+//! The web panel's routes: login and logout, the member pages (`/panel`) and the admin pages
+//! (`/admin`). Every read and change goes through the JSON API in-process, with the session's
+//! token as the bearer, so the panel takes exactly the API's code path: the same
+//! authorization, validation, Raft write and audit entry as `curl` or the CLI.
+
+mod admin;
+mod context;
+mod login;
+mod member;
+
+use crate::api::ApiState;
+use crate::web::pages::{self};
+use admin::*;
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, Request};
+use axum::response::Response;
+use axum::routing::{get, post};
+use context::*;
+use login::*;
+use member::*;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/panel", get(member_home))
+        .route("/panel/vms", post(create_vm))
+        .route("/panel/vms/{vm}", get(vm_page))
+        .route("/panel/vms/{vm}/{action}", post(vm_action))
+        .route("/panel/account", get(account_page))
+        .route("/panel/account/keys", post(add_key))
+        .route("/panel/account/keys/{name}/delete", post(remove_key))
+        .route("/panel/account/password", post(change_password))
+        .route("/admin", get(nodes_page))
+        .route("/admin/nodes/{name}/{action}", post(node_action))
+        .route("/admin/members", get(members_page).post(create_account))
+        .route("/admin/members/{name}/delete", post(remove_account))
+        .route("/admin/services", get(services_page))
+        .route(
+            "/admin/vms",
+            listing("/admin/vms", "/v1/vms", pages::all_vms_page),
+        )
+        .route(
+            "/admin/drift",
+            listing("/admin/drift", "/v1/drift", pages::drift_page),
+        )
+        .route("/admin/drift/{host}/{kind}/{vm}/fix", post(fix_drift))
+        .route(
+            "/admin/events",
+            listing("/admin/events", "/v1/events", pages::events_page),
+        )
+        .route(
+            "/admin/audit",
+            listing("/admin/audit", "/v1/audit", pages::audit_page),
+        )
+        .route(
+            "/admin/announce",
+            listing("/admin/announce", "/v1/notices", pages::announce_page).post(announce),
+        )
+        .route("/admin/notices", post(post_notice))
+        .route("/admin/notices/{id}/{action}", post(notice_action))
+}
+
+async fn home(headers: HeaderMap, State(state): State<ApiState>) -> Response {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.headers = headers;
+    match Session::from_request_parts(&mut parts, &state).await {
+        Ok(session) if session.admin => see_other("/admin", None),
+        Ok(_) => see_other("/panel", None),
+        Err(_) => see_other("/login", None),
+    }
+}
