@@ -15,6 +15,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::answer::EDNS_PAYLOAD;
 use crate::metrics::DnsMetrics;
 use crate::packet::{Transport, respond_into};
 use crate::zone::{Zone, ZoneSnapshot, next_serial};
@@ -191,7 +192,7 @@ async fn serve_udp(mut responder: Responder, socket: UdpSocket, shutdown: Cancel
 /// One loop answering inline: an answer costs microseconds, less than handing it to a task.
 async fn udp_loop(responder: &mut Responder, socket: &UdpSocket) {
     let mut packet = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(usize::from(crate::EDNS_PAYLOAD));
+    let mut out = Vec::with_capacity(usize::from(EDNS_PAYLOAD));
     loop {
         let (len, peer) = match socket.recv_from(&mut packet).await {
             Ok(received) => received,

@@ -5,7 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::driver::{DriverError, io_error, read_present, valid_id};
+use crate::error::{DriverError, io_error};
+use crate::files::{read_present, valid_id};
 
 /// The file beside a VM's disk holding the disk's generation, in decimal.
 pub const GENERATION_FILE: &str = "disk.gen";

@@ -24,8 +24,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::accel::Accel;
-use crate::qmp::{Qmp, QmpError};
+use crate::error::io_error;
+use crate::files::{read_present, remove_vm_dir, valid_id, vm_dirs};
+use crate::qmp::Qmp;
 use crate::seed::Seed;
+
+pub use crate::error::DriverError;
 
 /// The QOM path of the root disk's block backend, as `-device ... id=virtio-disk0` makes it.
 pub const DISK_QOM: &str = "/machine/peripheral/virtio-disk0/virtio-backend";
@@ -124,55 +128,10 @@ pub struct VmSpec {
     pub generation: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} is already running (pid {1}); refusing to start a second copy")]
-    AlreadyRunning(String, u32),
-    #[error("{0} is not running")]
-    NotRunning(String),
-    #[error("{0} has no disk on this host; refusing to start it on anything else")]
-    NoDisk(String),
-    #[error(
-        "the disk of {id} here is generation {found}, not its generation {expected}; refusing to use it"
-    )]
-    WrongGeneration {
-        id: String,
-        found: u64,
-        expected: u64,
-    },
-    #[error("`{0}` is not a valid VM id")]
-    BadId(String),
-    #[error("{0}")]
-    Qemu(String),
-    #[error(transparent)]
-    Qmp(#[from] QmpError),
-}
-
-pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DriverError + '_ {
-    move |source| DriverError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// The stable MAC of a VM: QEMU's locally administered prefix and three bytes of the id's hash.
 pub fn mac_for(id: &str) -> String {
     let hash = Sha256::digest(id.as_bytes());
     format!("52:54:00:{:02x}:{:02x}:{:02x}", hash[0], hash[1], hash[2])
-}
-
-/// A VM id names a directory: letters, digits and dashes only.
-pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Where the serial console of VM `id` is logged under `root`, the same for both drivers;
@@ -260,54 +219,6 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
         &format!("virtio-net-pci,netdev=net0,mac={}", mac_for(&spec.id)),
     ]);
     args
-}
-
-/// A file's bytes, or `None` when it is not there (for a process's files: the process is
-/// gone, or not ours to read). Any other failure (no file descriptors left, say) is an
-/// error: the caller must not take it for an absence.
-pub(crate) fn read_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            ) || e.raw_os_error() == Some(3) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes a VM's directory, disk included; one already gone is removed.
-pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), DriverError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error(dir)(e)),
-    }
-}
-
-/// The VM directories under `root` (valid ids only), by id; none when `root` is not there
-/// yet. Failing to list them is an error, not an empty host.
-pub(crate) fn vm_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DriverError> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(io_error(root)(e)),
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_error(root))?;
-        if let Some(id) = entry.file_name().to_str()
-            && valid_id(id)
-            && entry.path().is_dir()
-        {
-            dirs.push((id.to_owned(), entry.path()));
-        }
-    }
-    Ok(dirs)
 }
 
 /// The process's command line, if it is a `qemu-system-*` process.
@@ -967,12 +878,5 @@ mod tests {
             joined.ends_with("-- qemu-system-x86_64 -name guest=vm-3"),
             "{joined}"
         );
-    }
-
-    #[test]
-    fn bad_ids_are_refused() {
-        assert!(!valid_id("../etc"));
-        assert!(!valid_id(""));
-        assert!(valid_id("vm-12"));
     }
 }

@@ -6,16 +6,15 @@
 //! counts the boots on it, and each start appends `HEARTH-GUEST-BOOTS n=N gen=G` to the
 //! console, so a start on a blank disk after the first (`n=1` twice) is visible.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use std::io::Write;
-
-use crate::disk::{check_own, read_generation, write_generation};
 use hearth_types::compute::{IoLimits, ObservedVm};
 
-use crate::driver::{
-    DriverError, VmSpec, io_error, read_present, remove_vm_dir, valid_id, vm_dirs,
-};
+use crate::disk::{check_own, read_generation, write_generation};
+use crate::driver::VmSpec;
+use crate::error::{DriverError, io_error};
+use crate::files::{read_present, remove_vm_dir, valid_id, vm_dirs};
 
 /// The fake disk's file: its content is the number of boots on it.
 const DISK: &str = "disk.img";

@@ -4,6 +4,8 @@
 pub mod accel;
 pub mod disk;
 pub mod driver;
+mod error;
 pub mod fake;
+mod files;
 pub mod qmp;
 pub mod seed;

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Command, Outcome};
-use crate::network::{StateError, WriteResult, write_error};
+use crate::reply::{StateError, WriteResult, write_error};
 use crate::types::Raft;
 
 /// The most commands one log entry carries.

@@ -8,5 +8,6 @@ pub mod network;
 pub mod node;
 pub mod plan;
 pub mod recover;
+mod reply;
 pub mod store;
 pub mod types;

@@ -8,8 +8,7 @@ use std::time::Duration;
 use hearth_membership::Keyring;
 use hearth_membership::stream::{SealedStream, StreamError};
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,8 +21,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::files::{BlobChunk, ConsoleChunk, FileError, PeerFiles};
-use crate::model::{Command, Outcome};
+use crate::model::Command;
+use crate::reply::StateStatus;
 use crate::types::{Raft, RaftNode, TypeConfig};
+
+pub use crate::reply::{StateError, WriteResult, write_error};
 
 /// The keyring shared with the gossip layer; replaced on SIGHUP.
 pub type SharedKeyring = Arc<RwLock<Arc<Keyring>>>;
@@ -34,29 +36,6 @@ fn current_keyring(shared: &SharedKeyring) -> Arc<Keyring> {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a committed write returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteResult {
-    pub index: u64,
-    pub outcome: Outcome,
-}
-
-/// Why a write or a linearizable read could not be done. Serializable: it crosses the wire
-/// from the leader back to the node that forwarded the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum StateError {
-    #[error("no quorum: {0}")]
-    NoQuorum(String),
-    #[error("not the leader (the leader is {leader:?})")]
-    NotLeader { leader: Option<RaftNode> },
-    #[error("the replicated state is not formed yet: {0}")]
-    NotFormed(String),
-    #[error("cannot reach the leader: {0}")]
-    Unreachable(String),
-    #[error("raft stopped: {0}")]
-    Fatal(String),
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcRequest {
@@ -89,7 +68,7 @@ pub enum RpcResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Write(Result<WriteResult, StateError>),
     ReadIndex(Result<u64, StateError>),
-    Status(crate::node::StateStatus),
+    Status(StateStatus),
     Blob(Result<BlobChunk, FileError>),
     Console(Result<ConsoleChunk, FileError>),
 }
@@ -267,17 +246,6 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     }
 }
 
-/// Turns openraft's write error into ours.
-pub fn write_error(error: RaftError<u64, ClientWriteError<u64, RaftNode>>) -> StateError {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => StateError::NotLeader {
-            leader: forward.leader_node,
-        },
-        RaftError::APIError(other) => StateError::NoQuorum(other.to_string()),
-        RaftError::Fatal(fatal) => StateError::Fatal(fatal.to_string()),
-    }
-}
-
 /// The application side of the server: writes and read indexes, which need more than Raft
 /// (a quorum check, a timeout). Implemented by the state node.
 pub trait Application: Clone + Send + Sync + 'static {
@@ -286,7 +254,7 @@ pub trait Application: Clone + Send + Sync + 'static {
         command: Command,
     ) -> impl std::future::Future<Output = Result<WriteResult, StateError>> + Send;
     fn read_index(&self) -> impl std::future::Future<Output = Result<u64, StateError>> + Send;
-    fn status(&self) -> crate::node::StateStatus;
+    fn status(&self) -> StateStatus;
     /// The files this node serves its peers, if any.
     fn files(&self) -> Option<&dyn PeerFiles>;
 }

@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::files::{ConsoleChunk, PeerError, PeerFiles};
 use crate::model::Command;
-use crate::network::{
-    Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring, StateError,
-    WriteResult,
-};
+use crate::network::{Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring};
 use crate::plan::{Candidate, Change, plan};
+use crate::reply::{StateError, WriteResult};
 use crate::store::{self, StateReader};
 use crate::types::{Raft, RaftNode, node_id};
+
+pub use crate::reply::StateStatus;
 
 /// Settings of the state node (the `[state]` config section).
 #[derive(Debug, Clone)]
@@ -54,20 +54,6 @@ pub enum StartStateError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
-}
-
-/// `hearth state`: what this node knows about the group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateStatus {
-    pub node: String,
-    pub role: String,
-    pub leader: Option<String>,
-    pub term: u64,
-    pub voters: Vec<String>,
-    pub learners: Vec<String>,
-    pub applied_index: u64,
-    /// Per node, the last log index known to be replicated to it (leader only).
-    pub replicated: HashMap<String, u64>,
 }
 
 /// One group member's own report, for `hearth state`.

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::cli::{print_json, print_table};
 use crate::client::{ApiClient, ClientError};
+use crate::output::{print_json, print_table};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {

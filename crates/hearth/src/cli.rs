@@ -9,7 +9,8 @@ use hearth_agent::Agent;
 use hearth_agent::config::Config;
 use hearth_types::{MemberRow, ServiceRow};
 
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ApiClient, ClientArgs, ClientError};
+use crate::output::{print_json, print_table};
 use crate::{accounts_cli, compute_cli, state_cli};
 
 /// Exit code for bad usage or bad config.
@@ -171,26 +172,6 @@ struct AgentArgs {
     /// Run a single-node cluster on loopback with embedded defaults, for trying hearth out.
     #[arg(long)]
     dev: bool,
-}
-
-#[derive(Args)]
-pub struct ClientArgs {
-    /// The agent's API address.
-    #[arg(long, global = true, value_name = "ADDR", env = "HEARTH_API", default_value = hearth_agent::dev::DEV_API_ADDR)]
-    pub api: String,
-    /// The API token. Without it, the CLI reads HEARTH_TOKEN_FILE, then the dev agent's
-    /// token file, then /var/lib/hearth/api-token.
-    #[arg(
-        long,
-        global = true,
-        value_name = "TOKEN",
-        env = "HEARTH_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -496,34 +477,4 @@ fn leave(client: &ApiClient, json: bool) -> Result<(), ClientError> {
         println!("left the cluster; the agent is stopping");
     }
     Ok(())
-}
-
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(error) => eprintln!("hearth: cannot encode JSON: {error}"),
-    }
-}
-
-/// Prints rows under a header, each column as wide as its widest cell.
-pub fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

@@ -2,9 +2,29 @@
 
 use std::path::PathBuf;
 
+use clap::Args;
 use serde::de::DeserializeOwned;
 
-use crate::cli::ClientArgs;
+/// How a client command reaches the agent, and how it prints.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The agent's API address.
+    #[arg(long, global = true, value_name = "ADDR", env = "HEARTH_API", default_value = hearth_agent::dev::DEV_API_ADDR)]
+    pub api: String,
+    /// The API token. Without it, the CLI reads HEARTH_TOKEN_FILE, then the dev agent's
+    /// token file, then /var/lib/hearth/api-token.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "HEARTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
 
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]

@@ -11,9 +11,8 @@ use hearth_types::compute::{Arch, Blob, Drift, Image, IoLimits, IpPool, Power, V
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{print_json, print_table};
 use crate::client::{ApiClient, ClientError};
-use crate::state_cli::report;
+use crate::output::{print_json, print_table, report};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {

@@ -4,6 +4,7 @@ mod accounts_cli;
 mod cli;
 mod client;
 mod compute_cli;
+mod output;
 mod state_cli;
 
 use std::process::ExitCode;

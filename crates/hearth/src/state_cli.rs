@@ -6,8 +6,8 @@ use hearth_types::desired::{ClusterService, RecordData, RecordSet, Versioned};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-use crate::cli::{print_json, print_table};
 use crate::client::{ApiClient, ClientError};
+use crate::output::{print_json, print_table, report};
 
 #[derive(Subcommand)]
 pub enum RecordsCommand {
@@ -254,14 +254,6 @@ fn update_set(
     Err(ClientError::Usage(format!(
         "{name} {kind} keeps changing under us; try again"
     )))
-}
-
-pub(crate) fn report(json: bool, answer: &serde_json::Value, text: &str) {
-    if json {
-        print_json(answer);
-    } else {
-        println!("{text} (log index {})", answer["index"]);
-    }
 }
 
 fn value_text(value: &RecordData) -> String {

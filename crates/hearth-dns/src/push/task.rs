@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::exchange::send_updates;
+use super::records::{RrsetMap, resync, rrsets, updates};
 use super::tsig::TsigKey;
-use super::{RrsetMap, resync, rrsets, updates};
 use crate::metrics::DnsMetrics;
 use crate::server::Inputs;
 use crate::zone::Zone;
