@@ -2,29 +2,19 @@
 //! every replica runs on each committed command, in log order.
 
 use hearth_types::desired::{
-    ClusterService, Delivery, DesiredState, EventRecord, MAX_EVENTS, RecordSet, Versioned,
-    record_key,
+    ClusterService, Delivery, DesiredState, EventRecord, MAX_EVENTS, RecordSet, record_key,
 };
+
 use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
+
 use serde::{Deserialize, Serialize};
 
+mod cas;
 pub mod compute;
-pub use compute::ComputeCommand;
 
-/// What a write expects the object's current version to be.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Expect {
-    /// Write whatever is there.
-    #[default]
-    Any,
-    /// Only create: fail if the object exists.
-    Absent,
-    /// Only if the object is at exactly this version.
-    Version(u64),
-}
+pub use cas::{Expect, Outcome};
+use cas::{put, remove};
+pub use compute::ComputeCommand;
 
 /// One write to the desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,39 +134,6 @@ impl Command {
     }
 }
 
-/// The result of applying one command. Every replica computes the same one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Written; the object's new version.
-    Applied { version: u64 },
-    /// Removed.
-    Removed,
-    /// The expectation did not hold; `current` is the object's version (None: absent).
-    Conflict { current: Option<u64> },
-    /// A removal of something that does not exist.
-    NotFound,
-    /// The command is invalid; the message names the field.
-    Invalid { message: String },
-    /// Entries without a command (membership changes, leader blanks).
-    Nothing,
-    /// The outcomes of a `Command::Batch`, in its order.
-    Many { outcomes: Vec<Outcome> },
-    /// A new object got this id.
-    Created { id: String, version: u64 },
-}
-
-impl Outcome {
-    /// Whether the state changed.
-    pub fn changed(&self) -> bool {
-        match self {
-            Outcome::Applied { .. } | Outcome::Removed | Outcome::Created { .. } => true,
-            Outcome::Many { outcomes } => outcomes.iter().any(Outcome::changed),
-            _ => false,
-        }
-    }
-}
-
 /// Removes an account and revokes its tokens; refused while it owns VMs, which would pass to
 /// whoever gets the name next.
 fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u64) -> Outcome {
@@ -205,14 +162,6 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
         }
     }
     outcome
-}
-
-fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
-    match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Version(version) => current == Some(version),
-    }
 }
 
 /// Applies `command`, committed at log `index`, to `state`. Either the whole command takes
@@ -502,47 +451,11 @@ fn record_event(state: &mut DesiredState, event: ClusterEvent, at_ms: u64, index
     }
 }
 
-fn put<T>(
-    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
-    key: String,
-    value: T,
-    expect: Expect,
-    index: u64,
-) -> Outcome {
-    let current = map.get(&key).map(|v| v.version);
-    if !expectation_holds(expect, current) {
-        return Outcome::Conflict { current };
-    }
-    map.insert(
-        key,
-        Versioned {
-            version: index,
-            value,
-        },
-    );
-    Outcome::Applied { version: index }
-}
-
-fn remove<T>(
-    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
-    key: &str,
-    expect: Expect,
-) -> Outcome {
-    let current = map.get(key).map(|v| v.version);
-    match (current, expectation_holds(expect, current)) {
-        (None, _) => Outcome::NotFound,
-        (Some(_), false) => Outcome::Conflict { current },
-        (Some(_), true) => {
-            map.remove(key);
-            Outcome::Removed
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hearth_types::desired::RecordData;
+    use hearth_types::desired::Versioned;
 
     fn a_record(name: &str, ip: &str) -> RecordSet {
         RecordSet {

@@ -13,6 +13,7 @@ mod event;
 mod member;
 mod names;
 pub mod notice;
+pub mod status;
 mod versioned;
 mod view;
 

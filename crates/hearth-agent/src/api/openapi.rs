@@ -114,7 +114,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     public("get", "/metrics", "Prometheus metrics"),
     public("get", "/status", "The public status page (HTML)"),
     public("get", "/status.json", "The public status page's data")
-        .answers(schema::<crate::web::status::Status>),
+        .answers(schema::<hearth_types::status::Status>),
     public("get", "/v1/openapi.json", "This description"),
     op(
         "get",

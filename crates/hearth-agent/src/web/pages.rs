@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
+use super::html::{escape, page, utc};
 use super::session::Flash;
-use super::{escape, page, utc};
 
 /// VM sizes offered by the create form: (name, vCPUs, MiB, GiB).
 pub const SIZES: [(&str, u32, u64, u64); 4] = [

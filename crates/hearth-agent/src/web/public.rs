@@ -17,7 +17,7 @@ pub fn routes() -> Router<ApiState> {
 
 /// The status from this node's own view and its own copy of the notices: never waits on
 /// another node.
-fn local_status(state: &ApiState) -> super::status::Status {
+fn local_status(state: &ApiState) -> hearth_types::status::Status {
     let view = state.membership.views().borrow().clone();
     let desired = state.state.as_ref().map(|node| node.reader().current());
     let notices = desired

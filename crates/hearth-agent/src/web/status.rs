@@ -3,55 +3,22 @@
 //! notes admins posted, from its own copy of the desired state. Nothing here waits on another
 //! node or on a quorum, so the page stays up while the rest is down.
 
-use std::collections::BTreeMap;
-
+use super::html::{escape, page, utc};
 use hearth_types::notice::{Notice, NoticeKind};
+use hearth_types::status::{Health, ServiceStatus, Status};
 use hearth_types::{CheckStatus, MemberState, View};
-use serde::Serialize;
-
-use super::{escape, page, utc};
+use std::collections::BTreeMap;
 
 /// Resolved notices shown below the open ones.
 const RECENT_RESOLVED: usize = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Health {
-    /// Every instance on an up node passes.
-    Operational,
-    /// Some pass, some do not.
-    Degraded,
-    /// None passes.
-    Down,
-}
-
-impl Health {
-    fn label(self) -> (&'static str, &'static str) {
-        match self {
-            Health::Operational => ("operational", "ok"),
-            Health::Degraded => ("degraded", "warn"),
-            Health::Down => ("down", "bad"),
-        }
+/// A health's word and its CSS class on the page.
+fn label(health: Health) -> (&'static str, &'static str) {
+    match health {
+        Health::Operational => ("operational", "ok"),
+        Health::Degraded => ("degraded", "warn"),
+        Health::Down => ("down", "bad"),
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub health: Health,
-    pub passing: usize,
-    pub instances: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct Status {
-    /// The node that rendered the page.
-    pub node: String,
-    pub nodes_up: usize,
-    pub nodes: usize,
-    pub services: Vec<ServiceStatus>,
-    /// Open notices first (newest first), then the most recent resolved ones.
-    pub notices: Vec<Notice>,
 }
 
 /// The status from a gossip view and the posted notices.
@@ -135,7 +102,7 @@ pub fn render(status: &Status) -> String {
     };
     body.push_str(&format!(
         "<h1 class=\"{}\">{headline}</h1>\n<p>{} of {} nodes up.</p>\n",
-        worst.label().1,
+        label(worst).1,
         status.nodes_up,
         status.nodes
     ));
@@ -169,7 +136,7 @@ pub fn render(status: &Status) -> String {
             "<table><tr><th>service</th><th>status</th><th>healthy instances</th></tr>\n",
         );
         for service in &status.services {
-            let (label, class) = service.health.label();
+            let (label, class) = label(service.health);
             body.push_str(&format!(
                 "<tr id=\"service-{name}\"><td>{name}</td><td class=\"{class}\">{label}</td><td>{} of {}</td></tr>\n",
                 service.passing,

@@ -8,7 +8,7 @@ use hearth_types::compute::{
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
-use super::{Expect, Outcome, expectation_holds, put, remove};
+use super::cas::{Expect, Outcome, expectation_holds, put, remove};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -8,7 +8,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableTable};
 
-use super::{
+use super::db::{
     COMMITTED, LAST_PURGED, LOG, LOG_META, StoreError, VOTE, begin_read, begin_write, decode,
     encode, read_value, with_db, write_value,
 };

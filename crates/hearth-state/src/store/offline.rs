@@ -12,12 +12,12 @@ use hearth_types::desired::DesiredState;
 use openraft::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
 use redb::{Database, ReadableTable, WriteTransaction};
 
-use super::state_machine::{SnapshotPayload, apply_entries, new_snapshot_id, read_applied};
-use super::{
+use super::db::{
     COMMITTED, DESIRED_STATE, LAST_APPLIED, LAST_PURGED, LOG, LOG_META, MEMBERSHIP, OpenStoreError,
     SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, STATE_MACHINE, StoreError, VOTE, begin_write, decode,
     encode, read_value, write_value,
 };
+use super::state_machine::{SnapshotPayload, apply_entries, new_snapshot_id, read_applied};
 use crate::types::{RaftNode, TypeConfig};
 
 type NodeId = u64;

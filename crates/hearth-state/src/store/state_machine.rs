@@ -16,7 +16,7 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{
+use super::db::{
     DESIRED_STATE, LAST_APPLIED, MEMBERSHIP, SNAPSHOT, SNAPSHOT_DATA, SNAPSHOT_META, STATE_MACHINE,
     StoreError, begin_read, begin_write, begin_write_lazy, decode, encode, read_value, with_db,
     write_value,

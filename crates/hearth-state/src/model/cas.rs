@@ -1,0 +1,98 @@
+//! Compare-and-set on versioned objects, shared by every command: what a writer expects
+//! (`Expect`), what applying did (`Outcome`), and `put`/`remove` on a map of versioned values.
+
+use hearth_types::desired::Versioned;
+use serde::{Deserialize, Serialize};
+
+/// What a write expects the object's current version to be.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Write whatever is there.
+    #[default]
+    Any,
+    /// Only create: fail if the object exists.
+    Absent,
+    /// Only if the object is at exactly this version.
+    Version(u64),
+}
+
+/// The result of applying one command. Every replica computes the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Written; the object's new version.
+    Applied { version: u64 },
+    /// Removed.
+    Removed,
+    /// The expectation did not hold; `current` is the object's version (None: absent).
+    Conflict { current: Option<u64> },
+    /// A removal of something that does not exist.
+    NotFound,
+    /// The command is invalid; the message names the field.
+    Invalid { message: String },
+    /// Entries without a command (membership changes, leader blanks).
+    Nothing,
+    /// The outcomes of a `Command::Batch`, in its order.
+    Many { outcomes: Vec<Outcome> },
+    /// A new object got this id.
+    Created { id: String, version: u64 },
+}
+
+impl Outcome {
+    /// Whether the state changed.
+    pub fn changed(&self) -> bool {
+        match self {
+            Outcome::Applied { .. } | Outcome::Removed | Outcome::Created { .. } => true,
+            Outcome::Many { outcomes } => outcomes.iter().any(Outcome::changed),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Version(version) => current == Some(version),
+    }
+}
+
+pub(crate) fn put<T>(
+    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+    key: String,
+    value: T,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    let current = map.get(&key).map(|v| v.version);
+    if !expectation_holds(expect, current) {
+        return Outcome::Conflict { current };
+    }
+    map.insert(
+        key,
+        Versioned {
+            version: index,
+            value,
+        },
+    );
+    Outcome::Applied { version: index }
+}
+
+pub(crate) fn remove<T>(
+    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+    key: &str,
+    expect: Expect,
+) -> Outcome {
+    let current = map.get(key).map(|v| v.version);
+    match (current, expectation_holds(expect, current)) {
+        (None, _) => Outcome::NotFound,
+        (Some(_), false) => Outcome::Conflict { current },
+        (Some(_), true) => {
+            map.remove(key);
+            Outcome::Removed
+        }
+    }
+}
