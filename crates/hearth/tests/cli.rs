@@ -160,15 +160,58 @@ struct DevAgent {
     tmp: std::path::PathBuf,
 }
 
+/// The README's quick-start section: from `## Quick start` to the next heading.
+fn readme_quick_start() -> String {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let start = readme
+        .find("## Quick start")
+        .expect("README: a `## Quick start` section");
+    let rest = &readme[start + 3..];
+    rest[..rest.find("\n## ").unwrap_or(rest.len())].to_owned()
+}
+
+/// The one command of the quick start's first shell block: how the README says to run the
+/// agent on embedded defaults.
+fn readme_agent_command() -> String {
+    let section = readme_quick_start();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README: a ```sh block in the quick start");
+    let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "README quick start: one command, got {lines:?}"
+    );
+    lines[0].trim().to_owned()
+}
+
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 impl DevAgent {
+    /// Runs the README's quick-start command exactly as written, from the workspace root, as
+    /// a user pasting it would (`exec`, so the PID is the agent's and SIGTERM reaches it;
+    /// `cargo run` replaces itself with the binary). `scripts/test.sh` builds the release
+    /// binary first, so cargo only checks that it is fresh.
     fn start(tmp: &Path) -> DevAgent {
+        let command = readme_agent_command();
+        assert!(
+            command.ends_with("agent --dev"),
+            "README quick start: {command}"
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(tmp.join("agent.log"))
             .unwrap();
-        let child = Command::new(bin())
-            .args(["agent", "--dev"])
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .current_dir(workspace())
             .env("TMPDIR", tmp)
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -221,7 +264,22 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
         }
     });
     assert_eq!(answer, ["127.0.0.1"]);
-    let output = dev_cli(tmp.path(), &["members"]);
+    // The README's next command, as written: `cargo run --release -- members`.
+    let members = readme_quick_start()
+        .split('`')
+        .find(|part| part.starts_with("cargo run") && part.ends_with(" members"))
+        .expect("README quick start: the members command")
+        .to_owned();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(&members)
+        .current_dir(workspace())
+        .env("TMPDIR", tmp.path())
+        .env_remove("HEARTH_API")
+        .env_remove("HEARTH_TOKEN")
+        .env_remove("HEARTH_TOKEN_FILE")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
