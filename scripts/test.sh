@@ -36,8 +36,11 @@ fi
 ./scripts/build-test-guest.sh target/test-guest
 
 # One test runs the README's quick start exactly as written (`cargo run --release -- agent
-# --dev`); building the release binary here keeps that test from compiling under its deadline.
-cargo build --release -p hearth
+# --dev`) in a user's minimal environment; building the release binary here, in that same
+# environment (build scripts rebuild when a variable they watch differs), keeps the test from
+# compiling it.
+env -i PATH="$PATH" HOME="$HOME" ${CARGO_HOME:+CARGO_HOME="$CARGO_HOME"} \
+  ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} cargo build --release -p hearth
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::files::{ConsoleChunk, PeerError, PeerFiles};
 use crate::model::Command;
 use crate::network::{Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring};
-use crate::plan::{Candidate, Change, plan};
+use crate::plan::{Candidate, Change, formation, plan};
 use crate::reply::{StateError, WriteResult};
 use crate::store::{self, StateReader};
 use crate::types::{Raft, RaftNode, node_id};
@@ -491,32 +491,20 @@ impl StateNode {
         result.map_err(|e| e.to_string())
     }
 
-    /// The lowest-named of at least `bootstrap_expect` live servers forms the group with
-    /// (an odd number, up to five, of) them as voters; the leader adds the rest as learners.
+    /// Forms the group when `plan::formation` says this node is the one to.
     async fn maybe_bootstrap(&self, candidates: &[Candidate]) -> Result<(), String> {
-        let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up && c.can_vote).collect();
-        up.sort_by(|a, b| a.node.name.cmp(&b.node.name));
-        let me = &self.inner.config.node_name;
-        if up.iter().any(|c| c.in_group) {
-            // A group exists: its leader will add this node as a learner.
+        let config = &self.inner.config;
+        let Some(members) = formation(candidates, &config.node_name, config.bootstrap_expect)
+        else {
             return Ok(());
-        }
-        if up.len() < self.inner.config.bootstrap_expect
-            || up.first().is_none_or(|c| &c.node.name != me)
-        {
-            return Ok(());
-        }
-        let members: std::collections::BTreeMap<u64, RaftNode> = up
-            .iter()
-            .take(crate::plan::target_voters(up.len()))
-            .map(|c| (c.id, c.node.clone()))
-            .collect();
+        };
         tracing::info!(voters = ?members.values().map(|n| &n.name).collect::<Vec<_>>(), "forming the raft group");
-        match self.inner.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            // Another node's log already reached us: the group exists.
-            Err(error) => Err(error.to_string()),
-        }
+        // An error means another node's log already reached us: the group exists.
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|error| error.to_string())
     }
 }
 

@@ -1,7 +1,8 @@
-//! The pure decision of who votes: which live nodes join as learners (workers stay learners), which
-//! learners become voters, and which long-dead voters are replaced.
+//! The pure decisions of who votes: who forms the group when there is none, which live nodes
+//! join as learners (workers stay learners), which learners become voters, and which
+//! long-dead voters are replaced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::types::RaftNode;
@@ -40,6 +41,26 @@ pub fn target_voters(n: usize) -> usize {
     } else {
         n
     }
+}
+
+/// The voters to form a new group with, when this node (`me`) is the one to form it: no live
+/// candidate is in a group yet, at least `expect` servers and witnesses are up, and `me` is
+/// the lowest-named of them. The group starts with the first [`target_voters`] of them by
+/// name; its leader adds the rest as learners. `None` when this node must wait.
+pub fn formation(
+    candidates: &[Candidate],
+    me: &str,
+    expect: usize,
+) -> Option<BTreeMap<u64, RaftNode>> {
+    let mut up: Vec<&Candidate> = candidates.iter().filter(|c| c.up && c.can_vote).collect();
+    up.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+    // A group exists: its leader will add this node as a learner.
+    let grouped = up.iter().any(|c| c.in_group);
+    if grouped || up.len() < expect || up.first().is_none_or(|c| c.node.name != me) {
+        return None;
+    }
+    let voters = up.iter().take(target_voters(up.len()));
+    Some(voters.map(|c| (c.id, c.node.clone())).collect())
 }
 
 /// What the leader should change. Applied one change at a time; the plan is recomputed after
@@ -116,6 +137,40 @@ mod tests {
     }
 
     const REPLACE: Duration = Duration::from_secs(60);
+
+    fn fresh(id: u64) -> Candidate {
+        Candidate {
+            in_group: false,
+            ..candidate(id, true, 0)
+        }
+    }
+
+    #[test]
+    fn the_lowest_named_live_server_forms_the_group_once_enough_are_up() {
+        let two = [fresh(2), fresh(1)];
+        assert_eq!(formation(&two, "n1", 3), None, "too few up");
+        let three = [fresh(2), fresh(1), fresh(3)];
+        assert_eq!(formation(&three, "n2", 3), None, "n2 is not the lowest");
+        let formed = formation(&three, "n1", 3).expect("n1 forms");
+        assert_eq!(formed.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        // Four up: three voters (odd), the fourth joins later as a learner.
+        let four = [fresh(4), fresh(3), fresh(2), fresh(1)];
+        assert_eq!(formation(&four, "n1", 3).unwrap().len(), 3);
+        // Workers do not count, nor do nodes that are down.
+        let mut worker = fresh(0);
+        worker.can_vote = false;
+        let mut down = fresh(5);
+        down.up = false;
+        let mixed = [worker, down, fresh(1), fresh(2)];
+        assert_eq!(formation(&mixed, "n1", 3), None);
+        assert_eq!(formation(&mixed, "n1", 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn no_second_group_is_formed_beside_one_that_exists() {
+        let three = [fresh(1), fresh(2), candidate(3, true, 0)];
+        assert_eq!(formation(&three, "n1", 3), None);
+    }
 
     #[test]
     fn new_servers_join_as_learners_then_become_voters() {

@@ -192,6 +192,25 @@ fn workspace() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `sh -c COMMAND` from the workspace root with a user's environment, not the test
+/// harness's: the variables cargo sets for a test (`CARGO_PKG_*` and the like) would make
+/// `cargo run` see different build-script inputs and rebuild, which a user's shell does not.
+fn user_shell(command: &str, tmp: &Path) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(command)
+        .current_dir(workspace())
+        .env_clear()
+        .env("TMPDIR", tmp);
+    for key in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+        if let Some(value) = std::env::var_os(key) {
+            shell.env(key, value);
+        }
+    }
+    shell
+}
+
 impl DevAgent {
     /// Runs the README's quick-start command exactly as written, from the workspace root, as
     /// a user pasting it would (`exec`, so the PID is the agent's and SIGTERM reaches it;
@@ -208,11 +227,7 @@ impl DevAgent {
             .append(true)
             .open(tmp.join("agent.log"))
             .unwrap();
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {command}"))
-            .current_dir(workspace())
-            .env("TMPDIR", tmp)
+        let child = user_shell(&format!("exec {command}"), tmp)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -255,7 +270,9 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
     let tmp = TempDir::new("dev");
     let mut agent = DevAgent::start(tmp.path());
     let dns: std::net::SocketAddr = "127.0.0.1:8053".parse().unwrap();
-    let answer = eventually("dev DNS answer", Duration::from_secs(60), || {
+    // Generous: should cargo find the release build stale, the README's command builds it
+    // first (`scripts/test.sh` builds it beforehand, so this is normally seconds).
+    let answer = eventually("dev DNS answer", Duration::from_secs(900), || {
         let got = hearth_testkit::dig_short(dns, "www.hearth.test", "A")?;
         if got == ["127.0.0.1"] {
             Ok(got)
@@ -270,16 +287,7 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
         .find(|part| part.starts_with("cargo run") && part.ends_with(" members"))
         .expect("README quick start: the members command")
         .to_owned();
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(&members)
-        .current_dir(workspace())
-        .env("TMPDIR", tmp.path())
-        .env_remove("HEARTH_API")
-        .env_remove("HEARTH_TOKEN")
-        .env_remove("HEARTH_TOKEN_FILE")
-        .output()
-        .unwrap();
+    let output = user_shell(&members, tmp.path()).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
