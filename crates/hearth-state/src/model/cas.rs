@@ -1,23 +1,11 @@
-//! Compare-and-set on versioned objects, shared by every command: what a writer expects
-//! (`Expect`), what applying did (`Outcome`), and `put`/`remove` on a map of versioned values.
+//! Compare-and-set on versioned objects, shared by every command: what applying did
+//! (`Outcome`), and `put`/`remove` on a map of versioned values under a writer's `Expect`
+//! (defined with the API's request types in `hearth_types::api`).
 
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
-/// What a write expects the object's current version to be.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Expect {
-    /// Write whatever is there.
-    #[default]
-    Any,
-    /// Only create: fail if the object exists.
-    Absent,
-    /// Only if the object is at exactly this version.
-    Version(u64),
-}
+pub use hearth_types::api::Expect;
 
 /// The result of applying one command. Every replica computes the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -52,14 +40,6 @@ impl Outcome {
     }
 }
 
-pub(crate) fn expectation_holds(expect: Expect, current: Option<u64>) -> bool {
-    match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Version(version) => current == Some(version),
-    }
-}
-
 pub(crate) fn put<T>(
     map: &mut std::collections::BTreeMap<String, Versioned<T>>,
     key: String,
@@ -68,7 +48,7 @@ pub(crate) fn put<T>(
     index: u64,
 ) -> Outcome {
     let current = map.get(&key).map(|v| v.version);
-    if !expectation_holds(expect, current) {
+    if !expect.holds(current) {
         return Outcome::Conflict { current };
     }
     map.insert(
@@ -87,7 +67,7 @@ pub(crate) fn remove<T>(
     expect: Expect,
 ) -> Outcome {
     let current = map.get(key).map(|v| v.version);
-    match (current, expectation_holds(expect, current)) {
+    match (current, expect.holds(current)) {
         (None, _) => Outcome::NotFound,
         (Some(_), false) => Outcome::Conflict { current },
         (Some(_), true) => {

@@ -8,7 +8,7 @@ use hearth_types::compute::{
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
-use super::cas::{Expect, Outcome, expectation_holds, put, remove};
+use super::cas::{Expect, Outcome, put, remove};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -218,7 +218,7 @@ fn put_image(compute: &mut Compute, image: &Image, expect: Expect, index: u64) -
     // VMs of a state written before they kept their base keep the version they have.
     if let Some(old) = compute.images.get(&image.name).map(|i| i.value.clone())
         && old != *image
-        && expectation_holds(expect, compute.images.get(&image.name).map(|i| i.version))
+        && expect.holds(compute.images.get(&image.name).map(|i| i.version))
     {
         for vm in compute.vms.values_mut() {
             if vm.value.base.is_none() && vm.value.request.image == image.name {
@@ -628,7 +628,7 @@ fn update_vm(
     let Some(entry) = compute.vms.get_mut(key) else {
         return Outcome::NotFound;
     };
-    if !expectation_holds(expect, Some(entry.version)) {
+    if !expect.holds(Some(entry.version)) {
         return Outcome::Conflict {
             current: Some(entry.version),
         };
@@ -647,7 +647,7 @@ fn delete_vm(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Ou
     let Some(entry) = compute.vms.get_mut(key) else {
         return Outcome::NotFound;
     };
-    if !expectation_holds(expect, Some(entry.version)) {
+    if !expect.holds(Some(entry.version)) {
         return Outcome::Conflict {
             current: Some(entry.version),
         };

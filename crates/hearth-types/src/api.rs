@@ -1,0 +1,355 @@
+//! The JSON API's request bodies and answer rows, in one place: the agent's handlers read
+//! the requests and write the rows, and the CLI and the web panel build the same requests
+//! and read the same rows, so a field renamed on one side fails to compile on the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::account::{Account, AccountRole, ApiToken, TokenScope};
+use crate::compute::{Capacity, Image, IoLimits, IpPool, Phase, Vm};
+use crate::desired::{ClusterService, RecordSet};
+use crate::member::MemberState;
+use crate::notice::Notice;
+
+/// What a write expects the object's current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Write whatever is there.
+    #[default]
+    Any,
+    /// Only create: fail if the object exists.
+    Absent,
+    /// Only if the object is at exactly this version.
+    Version(u64),
+}
+
+impl Expect {
+    /// Whether an object at `current` (None: absent) meets the expectation.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(version) => current == Some(version),
+        }
+    }
+
+    fn is_any(&self) -> bool {
+        *self == Expect::Any
+    }
+}
+
+/// `PUT /v1/images`: declare or replace an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutImage {
+    pub image: Image,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/pools`: declare or replace an address pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPool {
+    pub pool: IpPool,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/cluster-services`: declare or replace a cluster-wide service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutService {
+    pub service: ClusterService,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/records`: set one name's records of one type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutRecords {
+    pub records: RecordSet,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/notices`: post or change a status-page notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutNotice {
+    pub notice: Notice,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/vms/ID/io`: a VM's disk IO limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetIo {
+    pub io: IoLimits,
+}
+
+/// `POST /v1/vms/ID/recreate`: start a lost VM again on an empty disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recreate {
+    /// Must be true: the VM's old disk is given up, and it starts on an empty one.
+    pub empty_disk: bool,
+}
+
+/// `POST /v1/accounts`: a new member or admin.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub name: String,
+    pub role: AccountRole,
+    #[serde(default)]
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+fn full() -> TokenScope {
+    TokenScope::Full
+}
+
+/// `POST /v1/tokens`: a new API token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Admins may make one for another account; default: the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default = "full")]
+    pub scope: TokenScope,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `PUT /v1/me/ssh-keys/NAME`: one SSH public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    pub key: String,
+}
+
+/// `POST /v1/me/password`: change the caller's password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    pub current: String,
+    pub new: String,
+}
+
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewPassword { .. }")
+    }
+}
+
+/// `POST /v1/announce`: an email to every member who owns a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Announcement {
+    pub subject: String,
+    pub body: String,
+}
+
+/// A VM as the API shows it: the desired object, with the phase read against the answering
+/// node's gossip view (a VM on a host that is not up is `lost`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmRow {
+    pub version: u64,
+    #[serde(flatten)]
+    pub vm: Vm,
+    /// Overrides the stored phase.
+    pub shown_phase: Phase,
+}
+
+/// An account as the API shows it: never the password hash. The node token's caller is
+/// `root`, an admin with no stored account (version 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountRow {
+    pub name: String,
+    pub role: AccountRole,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub ssh_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl AccountRow {
+    pub fn new(account: &Account, version: u64) -> AccountRow {
+        AccountRow {
+            name: account.name.clone(),
+            role: account.role,
+            email: account.email.clone(),
+            ssh_keys: account.ssh_keys.clone(),
+            disabled: account.disabled,
+            version,
+        }
+    }
+
+    /// The node token's caller.
+    pub fn root() -> AccountRow {
+        AccountRow {
+            name: "root".to_owned(),
+            role: AccountRole::Admin,
+            email: String::new(),
+            ssh_keys: BTreeMap::new(),
+            disabled: false,
+            version: 0,
+        }
+    }
+}
+
+/// A worker host: what it offers, whether it is fenced, its gossip state, its VM count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostRow {
+    pub name: String,
+    pub capacity: Capacity,
+    pub fenced: bool,
+    /// None: the answering node's gossip view does not know it.
+    pub state: Option<MemberState>,
+    pub vms: usize,
+}
+
+/// An address pool and the addresses its VMs hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolRow {
+    pub version: u64,
+    pub pool: IpPool,
+    pub used: BTreeSet<IpAddr>,
+}
+
+/// An API token as listings show it: never the secret or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenRow {
+    pub id: String,
+    pub account: String,
+    pub scope: TokenScope,
+    pub note: String,
+    pub created_at: u64,
+    pub revoked: bool,
+}
+
+impl From<&ApiToken> for TokenRow {
+    fn from(token: &ApiToken) -> TokenRow {
+        TokenRow {
+            id: token.id.clone(),
+            account: token.account.clone(),
+            scope: token.scope,
+            note: token.note.clone(),
+            created_at: token.created_at,
+            revoked: token.revoked,
+        }
+    }
+}
+
+/// The answer to `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreatedToken {
+    pub id: String,
+    pub account: String,
+    pub scope: TokenScope,
+    /// `hth_ID_SECRET`, to send as `Authorization: Bearer`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A piece of a VM's serial console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConsoleText {
+    pub vm: String,
+    pub host: String,
+    /// Where this text starts in the log.
+    pub offset: u64,
+    /// The offset to ask for next.
+    pub next: u64,
+    /// The log's length now.
+    pub total: u64,
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expectation_of_any_is_left_out_and_read_back_as_any() {
+        let set = RecordSet {
+            name: "www".into(),
+            ttl: None,
+            values: vec![],
+        };
+        let put = PutRecords {
+            records: set.clone(),
+            expect: Expect::Any,
+        };
+        let text = serde_json::to_string(&put).unwrap();
+        assert!(!text.contains("expect"), "{text}");
+        let back: PutRecords = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, put);
+        let pinned = PutRecords {
+            records: set,
+            expect: Expect::Version(7),
+        };
+        let text = serde_json::to_string(&pinned).unwrap();
+        assert!(text.contains(r#""expect":{"version":7}"#), "{text}");
+        assert_eq!(serde_json::from_str::<PutRecords>(&text).unwrap(), pinned);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let refused = serde_json::from_str::<Recreate>(r#"{"empty_disk":true,"force":1}"#);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let created = CreatedToken {
+            id: "abc".into(),
+            account: "ana".into(),
+            scope: TokenScope::Full,
+            token: "hth_abc_supersecret".into(),
+        };
+        assert!(!format!("{created:?}").contains("supersecret"));
+        let password = NewPassword {
+            current: "old-secret".into(),
+            new: "new-secret".into(),
+        };
+        assert!(!format!("{password:?}").contains("secret"));
+    }
+
+    #[test]
+    fn the_root_caller_reads_as_an_account_row() {
+        let row: AccountRow = serde_json::from_str(r#"{"name":"root","role":"admin"}"#).unwrap();
+        assert_eq!(row, AccountRow::root());
+    }
+}
