@@ -6,12 +6,7 @@ use hearth_state::model::{Command, ComputeCommand, Expect, apply};
 use hearth_types::compute::VmRequest;
 use hearth_types::desired::DesiredState;
 
-use crate::api::cluster_services::PutService;
-use crate::api::images::PutImage;
-use crate::api::notices::PutNotice;
-use crate::api::pools::PutPool;
-use crate::api::records::PutRecords;
-use crate::api::vms::SetIo;
+use hearth_types::api::{PutImage, PutNotice, PutPool, PutRecords, PutService, SetIo};
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
     serde_json::from_slice(body).ok()

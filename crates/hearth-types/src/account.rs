@@ -100,6 +100,16 @@ pub enum TokenScope {
     ReadOnly,
 }
 
+impl TokenScope {
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Full => "full",
+            TokenScope::ReadOnly => "read-only",
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApiToken {
     pub id: String,

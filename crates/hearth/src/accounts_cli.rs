@@ -6,7 +6,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use hearth_types::account::{AccountRole, TokenScope};
+use hearth_types::api::{AccountRow, CreatedToken, NewAccount, NewToken, TokenRow};
+use serde_json::Value;
 
 use crate::client::{ApiClient, ClientError};
 use crate::output::{print_json, print_table};
@@ -91,33 +93,42 @@ fn create_account(
     client: &ApiClient,
     json_out: bool,
     args: NewAccountArgs,
-    role: &str,
+    role: AccountRole,
 ) -> Result<(), ClientError> {
     let password = read_password(&args.password_file)?;
-    let body =
-        json!({ "name": args.name, "role": role, "email": args.email, "password": password });
+    let body = NewAccount {
+        name: args.name.clone(),
+        role,
+        email: args.email,
+        password,
+    };
     let answer: Value = client.post_json("/v1/accounts", &body)?;
     if json_out {
         print_json(&answer);
     } else {
-        println!("{} ({role}) created", args.name);
+        println!("{} ({}) created", args.name, role.as_str());
     }
     Ok(())
 }
 
 pub fn admin(client: &ApiClient, json: bool, command: AdminCommand) -> Result<(), ClientError> {
     match command {
-        AdminCommand::Create(args) => create_account(client, json, args, "admin"),
+        AdminCommand::Create(args) => create_account(client, json, args, AccountRole::Admin),
     }
 }
 
 pub fn account(client: &ApiClient, json: bool, command: AccountCommand) -> Result<(), ClientError> {
     match command {
         AccountCommand::Add { args, admin } => {
-            create_account(client, json, args, if admin { "admin" } else { "member" })
+            let role = if admin {
+                AccountRole::Admin
+            } else {
+                AccountRole::Member
+            };
+            create_account(client, json, args, role)
         }
         AccountCommand::List => {
-            let rows: Vec<Value> = client.get("/v1/accounts")?;
+            let rows: Vec<AccountRow> = client.get("/v1/accounts")?;
             if json {
                 print_json(&rows);
                 return Ok(());
@@ -126,10 +137,10 @@ pub fn account(client: &ApiClient, json: bool, command: AccountCommand) -> Resul
                 &["NAME", "ROLE", "EMAIL", "SSH KEYS"],
                 rows.iter().map(|r| {
                     vec![
-                        r["name"].as_str().unwrap_or("").to_owned(),
-                        r["role"].as_str().unwrap_or("").to_owned(),
-                        r["email"].as_str().unwrap_or("").to_owned(),
-                        r["ssh_keys"].as_object().map_or(0, |k| k.len()).to_string(),
+                        r.name.clone(),
+                        r.role.as_str().to_owned(),
+                        r.email.clone(),
+                        r.ssh_keys.len().to_string(),
                     ]
                 }),
             );
@@ -154,26 +165,32 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
             read_only,
             note,
         } => {
-            let scope = if read_only { "read-only" } else { "full" };
-            let mut body = json!({ "scope": scope, "note": note });
-            if let Some(account) = account {
-                body["account"] = Value::from(account);
-            }
-            let answer: Value = client.post_json("/v1/tokens", &body)?;
+            let scope = if read_only {
+                TokenScope::ReadOnly
+            } else {
+                TokenScope::Full
+            };
+            let body = NewToken {
+                account,
+                scope,
+                note,
+            };
+            let answer: CreatedToken = client.post_json("/v1/tokens", &body)?;
             if json {
                 print_json(&answer);
             } else {
-                println!("{}", answer["token"].as_str().unwrap_or_default());
+                println!("{}", answer.token);
                 eprintln!(
-                    "token {} for {} ({scope}); keep it: it is shown only this once",
-                    answer["id"].as_str().unwrap_or_default(),
-                    answer["account"].as_str().unwrap_or_default()
+                    "token {} for {} ({}); keep it: it is shown only this once",
+                    answer.id,
+                    answer.account,
+                    answer.scope.as_str()
                 );
             }
             Ok(())
         }
         TokenCommand::List => {
-            let rows: Vec<Value> = client.get("/v1/tokens")?;
+            let rows: Vec<TokenRow> = client.get("/v1/tokens")?;
             if json {
                 print_json(&rows);
                 return Ok(());
@@ -182,16 +199,11 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
                 &["ID", "ACCOUNT", "SCOPE", "STATE", "NOTE"],
                 rows.iter().map(|r| {
                     vec![
-                        r["id"].as_str().unwrap_or("").to_owned(),
-                        r["account"].as_str().unwrap_or("").to_owned(),
-                        r["scope"].as_str().unwrap_or("").to_owned(),
-                        if r["revoked"] == true {
-                            "revoked"
-                        } else {
-                            "active"
-                        }
-                        .to_owned(),
-                        r["note"].as_str().unwrap_or("").to_owned(),
+                        r.id.clone(),
+                        r.account.clone(),
+                        r.scope.as_str().to_owned(),
+                        if r.revoked { "revoked" } else { "active" }.to_owned(),
+                        r.note.clone(),
                     ]
                 }),
             );

@@ -92,7 +92,7 @@ impl ApiClient {
     pub fn put<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<T, ClientError> {
         let response = self
             .agent
@@ -105,7 +105,7 @@ impl ApiClient {
     pub fn post_json<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<T, ClientError> {
         let response = self
             .agent

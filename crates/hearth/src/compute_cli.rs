@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use hearth_types::api::{ConsoleText, PoolRow, PutImage, PutPool, Recreate, VmRow};
 use hearth_types::compute::{Arch, Blob, Drift, Image, IoLimits, IpPool, Power, VmRequest};
-use serde_json::{Value, json};
+use hearth_types::desired::Versioned;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 use crate::client::{ApiClient, ClientError};
 use crate::output::{print_json, print_table, report};
@@ -241,7 +244,12 @@ pub fn image(client: &ApiClient, json: bool, command: ImageCommand) -> Result<()
                 initrd: initrd.as_deref().map(|i| upload(client, i)).transpose()?,
                 append,
             };
-            let answer: Value = client.put("/v1/images", &json!({ "image": image }))?;
+            let body = PutImage {
+                image,
+                expect: Default::default(),
+            };
+            let answer: Value = client.put("/v1/images", &body)?;
+            let image = body.image;
             report(
                 json,
                 &answer,
@@ -250,23 +258,20 @@ pub fn image(client: &ApiClient, json: bool, command: ImageCommand) -> Result<()
             Ok(())
         }
         ImageCommand::List => {
-            let images: Value = client.get("/v1/images")?;
+            let images: BTreeMap<String, Versioned<Image>> = client.get("/v1/images")?;
             if json {
                 print_json(&images);
                 return Ok(());
             }
-            let rows = images.as_object().into_iter().flatten().map(|(name, v)| {
-                let image = &v["value"];
+            let rows = images.iter().map(|(name, v)| {
+                let image = &v.value;
                 vec![
                     name.clone(),
-                    text(&image["arch"]),
-                    text(&image["format"]),
-                    format!(
-                        "{} MiB",
-                        image["disk"]["size_bytes"].as_u64().unwrap_or(0) >> 20
-                    ),
-                    text(&image["disk"]["sha256"]).chars().take(12).collect(),
-                    if image["kernel"].is_null() {
+                    image.arch.to_string(),
+                    image.format.clone(),
+                    format!("{} MiB", image.disk.size_bytes >> 20),
+                    image.disk.sha256.chars().take(12).collect(),
+                    if image.kernel.is_none() {
                         "-".into()
                     } else {
                         "direct".into()
@@ -305,22 +310,28 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
                 first,
                 last,
             };
-            let answer: Value = client.put("/v1/pools", &json!({ "pool": pool }))?;
+            let body = PutPool {
+                pool,
+                expect: Default::default(),
+            };
+            let answer: Value = client.put("/v1/pools", &body)?;
             report(json, &answer, &format!("pool {name} added"));
             Ok(())
         }
         PoolCommand::List => {
-            let pools: Value = client.get("/v1/pools")?;
+            let pools: Vec<PoolRow> = client.get("/v1/pools")?;
             if json {
                 print_json(&pools);
                 return Ok(());
             }
-            let rows = pools.as_array().into_iter().flatten().map(|p| {
+            let rows = pools.iter().map(|p| {
                 vec![
-                    text(&p["pool"]["name"]),
-                    text(&p["pool"]["cidr"]),
-                    text(&p["pool"]["gateway"]),
-                    p["used"].as_array().map_or(0, Vec::len).to_string(),
+                    p.pool.name.clone(),
+                    p.pool.cidr.clone(),
+                    p.pool
+                        .gateway
+                        .map_or_else(|| "-".to_owned(), |g| g.to_string()),
+                    p.used.len().to_string(),
                 ]
             });
             print_table(&["NAME", "CIDR", "GATEWAY", "USED"], rows);
@@ -354,25 +365,29 @@ fn ssh_keys(args: &[String]) -> Result<Vec<String>, ClientError> {
     Ok(keys)
 }
 
-fn vm_row(vm: &Value) -> Vec<String> {
-    let ips: Vec<String> = vm["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| format!("{}/{}", text(&a["address"]), a["prefix"]))
+fn vm_row(row: &VmRow) -> Vec<String> {
+    let vm = &row.vm;
+    let request = &vm.request;
+    let ips: Vec<String> = vm
+        .ips
+        .iter()
+        .map(|a| format!("{}/{}", a.address, a.prefix))
         .collect();
     vec![
-        text(&vm["name"]),
-        text(&vm["id"]),
-        text(&vm["owner"]),
-        text(&vm["shown_phase"]),
-        text(&vm["host"]),
+        request.name.clone(),
+        vm.id.clone(),
+        request.owner.clone(),
+        row.shown_phase.to_string(),
+        vm.host.clone().unwrap_or_else(|| "-".into()),
         if ips.is_empty() {
             "-".into()
         } else {
             ips.join(",")
         },
-        format!("{}c/{}M/{}G", vm["vcpus"], vm["memory_mib"], vm["disk_gib"]),
+        format!(
+            "{}c/{}M/{}G",
+            request.vcpus, request.memory_mib, request.disk_gib
+        ),
     ]
 }
 
@@ -386,27 +401,28 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
                 Some(owner) => format!("/v1/vms?owner={owner}"),
                 None => "/v1/vms".into(),
             };
-            let vms: Value = client.get(&path)?;
+            let vms: Vec<VmRow> = client.get(&path)?;
             if json {
                 print_json(&vms);
                 return Ok(());
             }
-            print_table(&VM_HEADER, vms.as_array().into_iter().flatten().map(vm_row));
+            print_table(&VM_HEADER, vms.iter().map(vm_row));
             Ok(())
         }
         VmCommand::Show { vm } => {
-            let row: Value = client.get(&format!("/v1/vms/{vm}"))?;
+            let row: VmRow = client.get(&format!("/v1/vms/{vm}"))?;
             if json {
                 print_json(&row);
                 return Ok(());
             }
             print_table(&VM_HEADER, std::iter::once(vm_row(&row)));
-            let generation = &row["disk"]["generation"];
-            match row["disk"]["host"].as_str() {
+            let disk = &row.vm.disk;
+            let generation = disk.generation;
+            match &disk.host {
                 Some(home) => println!("\ndisk: on {home} (generation {generation})"),
                 None => println!("\ndisk: none yet (generation {generation} when made)"),
             }
-            if let Some(message) = row["message"].as_str() {
+            if let Some(message) = &row.vm.message {
                 println!("\n{message}");
             }
             Ok(())
@@ -422,7 +438,7 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             }
             let answer: Value = client.post_json(
                 &format!("/v1/vms/{vm}/recreate"),
-                &serde_json::json!({ "empty_disk": true }),
+                &Recreate { empty_disk: true },
             )?;
             report(
                 json,
@@ -456,13 +472,13 @@ fn vm_post(
 /// Prints the VM's console log, and with `follow` what the guest writes next, until
 /// interrupted.
 fn console(client: &ApiClient, json: bool, vm: &str, follow: bool) -> Result<(), ClientError> {
-    let mut answer: Value = client.get(&format!("/v1/vms/{vm}/console"))?;
+    let mut answer: ConsoleText = client.get(&format!("/v1/vms/{vm}/console"))?;
     loop {
         if json {
             print_json(&answer);
         } else {
             use std::io::Write;
-            print!("{}", text(&answer["text"]).replace('\r', ""));
+            print!("{}", answer.text.replace('\r', ""));
             let _ = std::io::stdout().flush();
         }
         if !follow {
@@ -470,7 +486,7 @@ fn console(client: &ApiClient, json: bool, vm: &str, follow: bool) -> Result<(),
         }
         // The poll interval of --follow.
         std::thread::sleep(Duration::from_millis(500));
-        let next = answer["next"].as_u64().unwrap_or(0);
+        let next = answer.next;
         answer = client.get(&format!("/v1/vms/{vm}/console?offset={next}"))?;
     }
 }
@@ -496,34 +512,29 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
             Power::Running
         },
     };
-    let answer: Value = client.post_json(
-        "/v1/vms",
-        &serde_json::to_value(&request).map_err(|e| ClientError::Decode(e.to_string()))?,
-    )?;
+    let answer: Value = client.post_json("/v1/vms", &request)?;
     let id = answer["result"]["id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     // Placement is the leader's next step; wait for it, briefly.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut row: Value = client.get(&format!("/v1/vms/{id}"))?;
-    while row["host"].is_null() && Instant::now() < deadline {
+    let mut row: VmRow = client.get(&format!("/v1/vms/{id}"))?;
+    while row.vm.host.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         row = client.get(&format!("/v1/vms/{id}"))?;
     }
     if json {
         print_json(&row);
-    } else if row["host"].is_null() {
+    } else if let Some(host) = &row.vm.host {
         println!(
-            "{} ({id}) created, pending: no worker has room yet; `hearth vm show {}` follows it",
+            "{} ({id}) placed on {host}; `hearth vm show {}` follows it",
             args.name, args.name
         );
     } else {
         println!(
-            "{} ({id}) placed on {}; `hearth vm show {}` follows it",
-            args.name,
-            text(&row["host"]),
-            args.name
+            "{} ({id}) created, pending: no worker has room yet; `hearth vm show {}` follows it",
+            args.name, args.name
         );
     }
     Ok(())
@@ -563,12 +574,4 @@ pub fn fix(client: &ApiClient, json: bool, id: &str, destroy: bool) -> Result<()
         &format!("{id}: fix asked; `hearth drift` shows when it is gone"),
     );
     Ok(())
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

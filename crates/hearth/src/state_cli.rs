@@ -2,8 +2,10 @@
 //! `services add|rm|list`, and `node drain|undrain`.
 
 use clap::{Args, Subcommand};
+use hearth_types::api::{Expect, PutNotice, PutRecords, PutService};
 use hearth_types::desired::{ClusterService, RecordData, RecordSet, Versioned};
-use serde_json::{Value, json};
+use hearth_types::notice::{Notice, NoticeKind};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 use crate::client::{ApiClient, ClientError};
@@ -215,28 +217,32 @@ fn update_set(
     for _ in 0..5 {
         let sets: Records = client.get("/v1/records?consistent")?;
         let (mut set, expect) = match sets.get(&key) {
-            Some(current) => (current.value.clone(), json!({ "version": current.version })),
+            Some(current) => (current.value.clone(), Expect::Version(current.version)),
             None => (
                 RecordSet {
                     name: name.to_owned(),
                     ttl: None,
                     values: vec![],
                 },
-                json!("absent"),
+                Expect::Absent,
             ),
         };
         change(&mut set);
         let result = if set.values.is_empty() {
-            let version = expect["version"].as_u64().unwrap_or(0);
+            let version = match expect {
+                Expect::Version(version) => version,
+                _ => 0,
+            };
             client.delete::<serde_json::Value>(&format!(
                 "/v1/records/{name}/{}?version={version}",
                 kind.to_ascii_uppercase()
             ))
         } else {
-            client.put::<serde_json::Value>(
-                "/v1/records",
-                &json!({ "records": set, "expect": expect }),
-            )
+            let body = PutRecords {
+                records: set.clone(),
+                expect,
+            };
+            client.put::<serde_json::Value>("/v1/records", &body)
         };
         match result {
             Ok(answer) => {
@@ -402,8 +408,13 @@ pub fn services(
                 nodes: args.nodes,
                 check,
             };
-            let answer: serde_json::Value =
-                client.put("/v1/cluster-services", &json!({ "service": service }))?;
+            let answer: serde_json::Value = client.put(
+                "/v1/cluster-services",
+                &PutService {
+                    service,
+                    expect: Expect::Any,
+                },
+            )?;
             report(json, &answer, &format!("service {} declared", args.name));
             Ok(())
         }
@@ -549,8 +560,23 @@ pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<
             title,
             body,
         } => {
-            let notice = json!({ "id": id, "kind": kind, "title": title, "body": body });
-            let answer: Value = client.put("/v1/notices", &json!({ "notice": notice }))?;
+            let kind = match kind.as_str() {
+                "maintenance" => NoticeKind::Maintenance,
+                _ => NoticeKind::Incident,
+            };
+            let notice = Notice {
+                id: id.clone(),
+                kind,
+                title,
+                body,
+                posted_at: 0,
+                resolved_at: None,
+            };
+            let body = PutNotice {
+                notice,
+                expect: Expect::Any,
+            };
+            let answer: Value = client.put("/v1/notices", &body)?;
             done(
                 &answer,
                 format!("{id}: posted on the status page (/status)"),
@@ -570,7 +596,10 @@ pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<
                     .map_or(0, |d| d.as_secs())
                     .max(notice.posted_at),
             );
-            let body = json!({ "notice": notice, "expect": { "version": current.version } });
+            let body = PutNotice {
+                notice,
+                expect: Expect::Version(current.version),
+            };
             let answer: Value = client.put("/v1/notices", &body)?;
             done(&answer, format!("{id}: resolved"));
         }

@@ -7,10 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use hearth_state::model::{Command, Expect};
-use hearth_types::account::{Account, AccountRole};
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
+use hearth_types::account::Account;
+
+use hearth_types::api::{AccountRow, NewAccount};
 
 use super::context::{ApiState, Params, bad_body, error, read, write};
 use crate::auth::{self};
@@ -21,35 +20,13 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/accounts/{name}", delete(remove_account))
 }
 
-/// An account as the API shows it: never the hash.
-pub(crate) fn row(account: &Account, version: u64) -> serde_json::Value {
-    json!({
-        "name": account.name,
-        "role": account.role,
-        "email": account.email,
-        "ssh_keys": account.ssh_keys,
-        "disabled": account.disabled,
-        "version": version,
-    })
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewAccount {
-    name: String,
-    role: AccountRole,
-    #[serde(default)]
-    email: String,
-    password: String,
-}
-
 async fn list_accounts(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     match read(&state, &params).await {
         Ok(desired) => {
             let rows: Vec<_> = desired
                 .accounts
                 .values()
-                .map(|a| row(&a.value, a.version))
+                .map(|a| AccountRow::new(&a.value, a.version))
                 .collect();
             Json(rows).into_response()
         }

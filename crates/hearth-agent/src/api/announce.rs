@@ -6,20 +6,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use schemars::JsonSchema;
-use serde::Deserialize;
+
+use hearth_types::api::Announcement;
 
 use super::context::{ApiState, Params, bad_body, error, read};
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/v1/announce", post(announce))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Announcement {
-    subject: String,
-    body: String,
 }
 
 /// Emails every member who owns a VM, through this node's `[smtp]` server.

@@ -5,10 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use hearth_state::model::{Command, Expect};
-use hearth_types::desired::ClusterService;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use hearth_state::model::Command;
+
+use hearth_types::api::PutService;
 
 use super::context::{ApiState, Params, bad_body, expect_from, read, write};
 
@@ -16,14 +15,6 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/cluster-services", get(list_services).put(put_service))
         .route("/v1/cluster-services/{name}", delete(remove_service))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutService {
-    pub(crate) service: ClusterService,
-    #[serde(default)]
-    pub(crate) expect: Expect,
 }
 
 async fn list_services(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

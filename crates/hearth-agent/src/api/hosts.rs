@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use hearth_types::api::HostRow;
+
 use super::context::{ApiState, Params, read};
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -26,13 +28,13 @@ async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>)
                         .values()
                         .filter(|vm| vm.value.host.as_deref() == Some(name.as_str()))
                         .count();
-                    serde_json::json!({
-                        "name": name,
-                        "capacity": host.capacity,
-                        "fenced": host.fenced,
-                        "state": view.members.get(name).map(|m| m.state.as_str()),
-                        "vms": vms,
-                    })
+                    HostRow {
+                        name: name.clone(),
+                        capacity: host.capacity,
+                        fenced: host.fenced,
+                        state: view.members.get(name).map(|m| m.state),
+                        vms,
+                    }
                 })
                 .collect();
             Json(rows).into_response()

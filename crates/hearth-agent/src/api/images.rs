@@ -7,10 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use hearth_state::model::{ComputeCommand, Expect};
-use hearth_types::compute::Image;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use hearth_state::model::ComputeCommand;
+
+use hearth_types::api::PutImage;
 
 use super::context::{ApiState, Params, bad_body, compute, error, expect_from, read, write};
 
@@ -22,14 +21,6 @@ pub(super) fn routes() -> Router<ApiState> {
             "/v1/blobs/{sha256}",
             put(upload_blob).layer(DefaultBodyLimit::disable()),
         )
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PutImage {
-    pub(crate) image: Image,
-    #[serde(default)]
-    pub(crate) expect: Expect,
 }
 
 async fn list_images(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

@@ -8,11 +8,9 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_state::model::{Command, Expect};
 use hearth_types::account::{Account, check_ssh_key};
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
 
-use super::accounts::row;
+use hearth_types::api::{AccountRow, Key, NewPassword};
+
 use super::context::{ApiState, Params, bad_body, error, read, write};
 use crate::auth::{self, Caller};
 
@@ -31,9 +29,9 @@ async fn me(State(state): State<ApiState>, Extension(caller): Extension<Caller>)
     };
     match desired.accounts.get(caller.name()) {
         Some(account) if caller != Caller::Root => {
-            Json(row(&account.value, account.version)).into_response()
+            Json(AccountRow::new(&account.value, account.version)).into_response()
         }
-        _ => Json(json!({ "name": "root", "role": "admin" })).into_response(),
+        _ => Json(AccountRow::root()).into_response(),
     }
 }
 
@@ -68,12 +66,6 @@ async fn change_me(
     .await
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Key {
-    key: String,
-}
-
 async fn put_key(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -106,13 +98,6 @@ async fn remove_key(
         }
     })
     .await
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewPassword {
-    current: String,
-    new: String,
 }
 
 async fn change_password(

@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use hearth_state::model::{Command, Expect};
-use schemars::JsonSchema;
-use serde::Deserialize;
+use hearth_state::model::Command;
+
+use hearth_types::api::PutNotice;
 
 use super::context::{ApiState, Params, bad_body, expect_from, read, write};
 
@@ -15,14 +15,6 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/notices", get(list_notices).put(put_notice))
         .route("/v1/notices/{id}", delete(remove_notice))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutNotice {
-    pub(crate) notice: hearth_types::notice::Notice,
-    #[serde(default)]
-    pub(crate) expect: Expect,
 }
 
 async fn list_notices(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

@@ -8,6 +8,11 @@ use std::collections::BTreeMap;
 
 use hearth_state::model::Outcome;
 use hearth_types::account::AuditEntry;
+use hearth_types::api::{
+    AccountRow, Announcement, ConsoleText, CreatedToken, HostRow, Key, NewAccount, NewPassword,
+    NewToken, PoolRow, PutImage, PutNotice, PutPool, PutRecords, PutService, Recreate, SetIo,
+    TokenRow, VmRow,
+};
 use hearth_types::compute::{Drift, Image, VmRequest};
 use hearth_types::desired::{ClusterService, EventRecord, RecordSet, Versioned};
 use hearth_types::notice::Notice;
@@ -15,17 +20,6 @@ use hearth_types::{MemberRow, ServiceRow};
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
-
-use super::accounts::NewAccount;
-use super::announce::Announcement;
-use super::cluster_services::PutService;
-use super::images::PutImage;
-use super::me::{Key, NewPassword};
-use super::notices::PutNotice;
-use super::pools::PutPool;
-use super::records::PutRecords;
-use super::tokens::NewToken;
-use super::vms::{Recreate, SetIo, VmRow};
 
 /// Builds a type's schema (a `$ref` into `components/schemas` for named types).
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -186,7 +180,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/blobs/{sha256}",
         "Upload an image file (raw body), kept if the hash matches",
     ),
-    op("get", "/v1/pools", "IP pools"),
+    op("get", "/v1/pools", "IP pools").answers(schema::<Vec<PoolRow>>),
     op("put", "/v1/pools", "Create or change an IP pool")
         .body(schema::<PutPool>)
         .answers(schema::<WriteAnswer>),
@@ -218,8 +212,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/vms/{vm}/console",
         "Part of the VM's serial console log",
-    ),
-    op("get", "/v1/hosts", "Worker hosts with capacity"),
+    )
+    .answers(schema::<ConsoleText>),
+    op("get", "/v1/hosts", "Worker hosts with capacity").answers(schema::<Vec<HostRow>>),
     op(
         "post",
         "/v1/nodes/{name}/fence",
@@ -237,20 +232,21 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/drift/{host}/{kind}/{vm}/fix",
         "Apply a drift entry's fix (?destroy=true removes a gone VM's files)",
     ),
-    op("get", "/v1/accounts", "Admins: accounts"),
+    op("get", "/v1/accounts", "Admins: accounts").answers(schema::<Vec<AccountRow>>),
     op("post", "/v1/accounts", "Admins: create an account")
         .body(schema::<NewAccount>)
         .answers(schema::<WriteAnswer>),
     op("delete", "/v1/accounts/{name}", "Admins: remove an account"),
-    op("get", "/v1/tokens", "API tokens (a member's own)"),
+    op("get", "/v1/tokens", "API tokens (a member's own)").answers(schema::<Vec<TokenRow>>),
     op(
         "post",
         "/v1/tokens",
         "Create a token; its secret is answered once",
     )
-    .body(schema::<NewToken>),
+    .body(schema::<NewToken>)
+    .answers(schema::<CreatedToken>),
     op("delete", "/v1/tokens/{id}", "Revoke a token"),
-    op("get", "/v1/me", "The caller's account"),
+    op("get", "/v1/me", "The caller's account").answers(schema::<AccountRow>),
     op(
         "put",
         "/v1/me/ssh-keys/{name}",

@@ -5,10 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use hearth_state::model::{ComputeCommand, Expect};
-use hearth_types::compute::IpPool;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use hearth_state::model::ComputeCommand;
+
+use hearth_types::api::{PoolRow, PutPool};
 
 use super::context::{ApiState, Params, bad_body, compute, expect_from, read, write};
 
@@ -16,14 +15,6 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/pools", get(list_pools).put(put_pool))
         .route("/v1/pools/{name}", delete(remove_pool))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PutPool {
-    pub(crate) pool: IpPool,
-    #[serde(default)]
-    pub(crate) expect: Expect,
 }
 
 async fn list_pools(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
@@ -35,11 +26,11 @@ async fn list_pools(State(state): State<ApiState>, Query(params): Query<Params>)
                 .values()
                 .map(|p| {
                     let used = desired.compute.used_addresses(&p.value.name);
-                    serde_json::json!({
-                        "version": p.version,
-                        "pool": p.value,
-                        "used": used,
-                    })
+                    PoolRow {
+                        version: p.version,
+                        pool: p.value.clone(),
+                        used,
+                    }
                 })
                 .collect();
             Json(pools).into_response()

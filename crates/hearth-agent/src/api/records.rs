@@ -5,10 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use hearth_state::model::{Command, Expect};
-use hearth_types::desired::{RecordSet, record_key};
-use schemars::JsonSchema;
-use serde::Deserialize;
+use hearth_state::model::Command;
+use hearth_types::desired::record_key;
+
+use hearth_types::api::PutRecords;
 
 use super::context::{ApiState, Params, bad_body, expect_from, read, write};
 
@@ -16,14 +16,6 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/records", get(list_records).put(put_records))
         .route("/v1/records/{name}/{kind}", delete(remove_records))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutRecords {
-    pub(crate) records: RecordSet,
-    #[serde(default)]
-    pub(crate) expect: Expect,
 }
 
 async fn list_records(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

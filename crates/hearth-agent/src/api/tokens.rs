@@ -8,9 +8,8 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
 use hearth_types::account::TokenScope;
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
+
+use hearth_types::api::{CreatedToken, NewToken, TokenRow};
 
 use super::context::{ApiState, Params, bad_body, error, now, read, write};
 use crate::auth::{self, Caller};
@@ -19,22 +18,6 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewToken {
-    /// Admins may make one for another account; default: the caller's.
-    #[serde(default)]
-    account: Option<String>,
-    #[serde(default = "full")]
-    scope: TokenScope,
-    #[serde(default)]
-    note: String,
-}
-
-pub(crate) fn full() -> TokenScope {
-    TokenScope::Full
 }
 
 async fn create_token(
@@ -79,7 +62,12 @@ async fn create_token(
     }
     (
         StatusCode::CREATED,
-        Json(json!({ "id": id, "account": account, "scope": scope, "token": secret })),
+        Json(CreatedToken {
+            id,
+            account,
+            scope,
+            token: secret,
+        }),
     )
         .into_response()
 }
@@ -95,17 +83,8 @@ async fn list_tokens(
                 .tokens
                 .values()
                 .filter(|t| caller.is_admin() || t.value.account == caller.name())
-                .map(|t| {
-                    json!({
-                        "id": t.value.id,
-                        "account": t.value.account,
-                        "scope": t.value.scope,
-                        "note": t.value.note,
-                        "created_at": t.value.created_at,
-                        "revoked": t.value.revoked,
-                    })
-                })
-                .collect();
+                .map(|t| TokenRow::from(&t.value))
+                .collect::<Vec<_>>();
             Json(rows).into_response()
         }
         Err(failure) => failure.into_response(),

@@ -11,10 +11,11 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_compute::placement::shown_phase;
 use hearth_state::model::{ComputeCommand, Expect};
-use hearth_types::compute::{IoLimits, Phase, Power, Vm, VmRequest};
+use hearth_types::compute::{Power, Vm, VmRequest};
 use hearth_types::desired::DesiredState;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use hearth_types::api::{ConsoleText, Recreate, SetIo, VmRow};
 
 use super::context::{ApiState, Params, bad_body, compute, error, expect_from, read, write};
 use crate::auth::Caller;
@@ -31,17 +32,6 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/console", get(console))
 }
 
-/// A VM as the API shows it: the desired object, with the phase read against the local
-/// gossip view (a VM on a host that is not up is `lost`).
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct VmRow {
-    pub version: u64,
-    #[serde(flatten)]
-    pub vm: Vm,
-    /// Overrides the stored phase.
-    pub shown_phase: Phase,
-}
-
 fn vm_row(
     state: &ApiState,
     desired: &DesiredState,
@@ -53,12 +43,6 @@ fn vm_row(
         vm: vm.value.clone(),
         shown_phase: shown_phase(&vm.value, &desired.compute, &view),
     }
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SetIo {
-    pub(crate) io: IoLimits,
 }
 
 /// `?owner=NAME` lists only that member's VMs.
@@ -198,15 +182,6 @@ async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Re
     .await
 }
 
-/// The body of `POST /v1/vms/{vm}/recreate`: the caller must say, in so many words, that
-/// the VM starts over on an empty disk.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Recreate {
-    /// Must be true: the VM's old disk is given up, and it starts on an empty one.
-    pub(crate) empty_disk: bool,
-}
-
 /// An admin gives up a VM's lost disk (`hearth vm recreate NAME --empty-disk`).
 async fn recreate_vm(
     State(state): State<ApiState>,
@@ -292,14 +267,14 @@ async fn console(
         Err("this node holds no state".to_owned())
     };
     match chunk {
-        Ok(chunk) => Json(serde_json::json!({
-            "vm": id,
-            "host": host,
-            "offset": chunk.offset,
-            "next": chunk.next,
-            "total": chunk.total,
-            "text": chunk.text,
-        }))
+        Ok(chunk) => Json(ConsoleText {
+            vm: id,
+            host,
+            offset: chunk.offset,
+            next: chunk.next,
+            total: chunk.total,
+            text: chunk.text,
+        })
         .into_response(),
         Err(message) => error(
             StatusCode::SERVICE_UNAVAILABLE,
