@@ -69,7 +69,9 @@ pub fn recipients(desired: &DesiredState) -> Recipients {
 }
 
 /// What sending an announcement did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Report {
     pub sent: Vec<String>,
     pub without_email: Vec<String>,

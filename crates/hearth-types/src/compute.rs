@@ -214,6 +214,15 @@ pub enum Power {
     Stopped,
 }
 
+impl Power {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Power::Running => "running",
+            Power::Stopped => "stopped",
+        }
+    }
+}
+
 /// What a member asks for: everything about a VM that its owner decides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmRequest {

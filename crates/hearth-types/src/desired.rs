@@ -55,6 +55,27 @@ impl RecordData {
     }
 
     /// Checks the fields a request may get wrong; the error names the field.
+    /// The value as a zone file writes it after the type: `10 mail.example.org` for an MX,
+    /// a quoted string for a TXT.
+    pub fn value_text(&self) -> String {
+        match self {
+            RecordData::A { address } => address.to_string(),
+            RecordData::Aaaa { address } => address.to_string(),
+            RecordData::Cname { target } => target.clone(),
+            RecordData::Txt { text } => format!("{text:?}"),
+            RecordData::Mx {
+                preference,
+                exchange,
+            } => format!("{preference} {exchange}"),
+            RecordData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => format!("{priority} {weight} {port} {target}"),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let check_target = |field: &str, name: &str| {
             if is_domain_name(name) {

@@ -164,7 +164,7 @@ pub fn records(client: &ApiClient, json: bool, command: RecordsCommand) -> Resul
                     vec![
                         set.value.name.clone(),
                         value.type_name().to_owned(),
-                        value_text(value),
+                        RecordData::value_text(value),
                         set.value.ttl.map_or("-".into(), |t| t.to_string()),
                         set.version.to_string(),
                     ]
@@ -260,27 +260,6 @@ fn update_set(
     Err(ClientError::Usage(format!(
         "{name} {kind} keeps changing under us; try again"
     )))
-}
-
-fn value_text(value: &RecordData) -> String {
-    match value {
-        RecordData::A { address } => address.to_string(),
-        RecordData::Aaaa { address } => address.to_string(),
-        RecordData::Cname { target } => target.clone(),
-        RecordData::Txt { text } => format!("{text:?}"),
-        RecordData::Mx {
-            preference,
-            exchange,
-        } => format!("{preference} {exchange}"),
-        RecordData::Srv {
-            priority,
-            weight,
-            port,
-            target,
-        } => {
-            format!("{priority} {weight} {port} {target}")
-        }
-    }
 }
 
 /// Parses a record value as written on the command line.
@@ -545,6 +524,40 @@ pub enum NoticeCommand {
 
 type Notices = BTreeMap<String, Versioned<hearth_types::notice::Notice>>;
 
+/// The request that posts a new notice (the API node sets its time).
+fn new_notice(id: String, kind: &str, title: String, body: String) -> PutNotice {
+    let kind = match kind {
+        "maintenance" => NoticeKind::Maintenance,
+        _ => NoticeKind::Incident,
+    };
+    PutNotice {
+        notice: Notice {
+            id,
+            kind,
+            title,
+            body,
+            posted_at: 0,
+            resolved_at: None,
+        },
+        expect: Expect::Any,
+    }
+}
+
+/// The request that marks `current` resolved now, if it has not changed since it was read.
+fn resolved(current: &Versioned<Notice>) -> PutNotice {
+    let mut notice = current.value.clone();
+    notice.resolved_at = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .max(notice.posted_at),
+    );
+    PutNotice {
+        notice,
+        expect: Expect::Version(current.version),
+    }
+}
+
 pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<(), ClientError> {
     let done = |answer: &Value, text: String| {
         if json {
@@ -560,22 +573,7 @@ pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<
             title,
             body,
         } => {
-            let kind = match kind.as_str() {
-                "maintenance" => NoticeKind::Maintenance,
-                _ => NoticeKind::Incident,
-            };
-            let notice = Notice {
-                id: id.clone(),
-                kind,
-                title,
-                body,
-                posted_at: 0,
-                resolved_at: None,
-            };
-            let body = PutNotice {
-                notice,
-                expect: Expect::Any,
-            };
+            let body = new_notice(id.clone(), &kind, title, body);
             let answer: Value = client.put("/v1/notices", &body)?;
             done(
                 &answer,
@@ -589,18 +587,7 @@ pub fn notice(client: &ApiClient, json: bool, command: NoticeCommand) -> Result<
                     "ID: no notice `{id}`; `hearth notice list` shows them"
                 )));
             };
-            let mut notice = current.value.clone();
-            notice.resolved_at = Some(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .max(notice.posted_at),
-            );
-            let body = PutNotice {
-                notice,
-                expect: Expect::Version(current.version),
-            };
-            let answer: Value = client.put("/v1/notices", &body)?;
+            let answer: Value = client.put("/v1/notices", &resolved(current))?;
             done(&answer, format!("{id}: resolved"));
         }
         NoticeCommand::List => {

@@ -1,8 +1,15 @@
-//! The panel's pages as pure functions from the JSON API's answers (the same documents a
-//! script would read) to HTML. Every text from the API is escaped; every form posts a CSRF
-//! token; nothing needs JavaScript.
+//! The panel's pages as pure functions from the JSON API's answers, read into the same typed
+//! rows the CLI reads (`hearth_types::api`), to HTML. Every text from the API is escaped;
+//! every form posts a CSRF token; nothing needs JavaScript.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use hearth_types::account::AuditEntry;
+use hearth_types::api::{AccountRow, ConsoleText, HostRow, PoolRow, VmRow};
+use hearth_types::compute::{Drift, DriftKind, Image, Phase};
+use hearth_types::desired::{ClusterService, DesiredState, EventRecord, RecordSet, Versioned};
+use hearth_types::notice::Notice;
+use hearth_types::{CheckStatus, MemberRow, MemberState, ServiceRow};
 
 use super::html::{escape, page, utc};
 use super::session::Flash;
@@ -82,20 +89,6 @@ fn hidden_csrf(csrf: &str) -> String {
     )
 }
 
-/// A JSON string or number as text; empty for anything else.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn items(value: &Value) -> &[Value] {
-    value.as_array().map_or(&[], Vec::as_slice)
-}
-
 /// The login form. `csrf` is the double-submit value also set as a cookie.
 pub fn login(csrf: &str, name: &str, problem: Option<&str>) -> String {
     let problem = problem.map_or(String::new(), |p| {
@@ -132,33 +125,37 @@ pub fn problem(chrome: &Chrome, title: &str, message: &str) -> String {
     )
 }
 
-fn phase_class(phase: &str) -> &'static str {
+fn phase_class(phase: Phase) -> &'static str {
     match phase {
-        "running" => "ok",
-        "failed" | "lost" | "crashed" => "bad",
+        Phase::Running => "ok",
+        Phase::Failed | Phase::Lost | Phase::Crashed => "bad",
         _ => "warn",
     }
 }
 
-fn ips(vm: &Value) -> String {
-    items(&vm["ips"])
+fn ips(row: &VmRow) -> String {
+    row.vm
+        .ips
         .iter()
-        .map(|ip| escape(&text(&ip["address"])))
+        .map(|ip| escape(&ip.address.to_string()))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn size(request: &Value) -> String {
+fn size(row: &VmRow) -> String {
+    let request = &row.vm.request;
     format!(
         "{} vCPU · {} MiB · {} GiB",
-        text(&request["vcpus"]),
-        text(&request["memory_mib"]),
-        text(&request["disk_gib"])
+        request.vcpus, request.memory_mib, request.disk_gib
     )
 }
 
+fn host(row: &VmRow) -> &str {
+    row.vm.host.as_deref().unwrap_or_default()
+}
+
 /// VM rows: name (linked), owner if `owners`, state, IPs, size, host if `hosts`.
-fn vm_table(vms: &[Value], owners: bool, hosts: bool) -> String {
+fn vm_table(vms: &[VmRow], owners: bool, hosts: bool) -> String {
     let mut out = String::from("<div class=\"scroll\"><table id=\"vms\"><tr><th>name</th>");
     if owners {
         out.push_str("<th>owner</th>");
@@ -169,25 +166,25 @@ fn vm_table(vms: &[Value], owners: bool, hosts: bool) -> String {
     }
     out.push_str("</tr>\n");
     for vm in vms {
-        let request = vm; // The request is flattened into the VM.
-        let phase = text(&vm["shown_phase"]);
+        let request = &vm.vm.request;
+        let phase = vm.shown_phase;
         out.push_str(&format!(
             "<tr id=\"vm-{name}\"><td><a href=\"/panel/vms/{id}\">{name}</a></td>",
-            id = escape(&text(&vm["id"])),
-            name = escape(&text(&request["name"])),
+            id = escape(&vm.vm.id),
+            name = escape(&request.name),
         ));
         if owners {
-            out.push_str(&format!("<td>{}</td>", escape(&text(&request["owner"]))));
+            out.push_str(&format!("<td>{}</td>", escape(&request.owner)));
         }
         out.push_str(&format!(
             "<td class=\"{} phase\">{}</td><td>{}</td><td>{}</td>",
-            phase_class(&phase),
-            escape(&phase),
+            phase_class(phase),
+            phase.as_str(),
             ips(vm),
-            size(request)
+            size(vm)
         ));
         if hosts {
-            out.push_str(&format!("<td>{}</td>", escape(&text(&vm["host"]))));
+            out.push_str(&format!("<td>{}</td>", escape(host(vm))));
         }
         out.push_str("</tr>\n");
     }
@@ -198,12 +195,11 @@ fn vm_table(vms: &[Value], owners: bool, hosts: bool) -> String {
 /// `/panel`: the caller's VMs and the create form.
 pub fn member_home(
     chrome: &Chrome,
-    vms: &Value,
-    images: &Value,
-    pools: &Value,
-    me: &Value,
+    vms: &[VmRow],
+    images: &BTreeMap<String, Versioned<Image>>,
+    pools: &[PoolRow],
+    me: &AccountRow,
 ) -> String {
-    let vms = items(vms);
     let mut body = String::from("<h1>Your VMs</h1>\n");
     if vms.is_empty() {
         body.push_str("<p class=\"muted\">You have no VMs yet.</p>\n");
@@ -211,10 +207,7 @@ pub fn member_home(
         body.push_str(&vm_table(vms, false, false));
     }
     body.push_str("<h2>Create a VM</h2>\n");
-    let images: Vec<&String> = images
-        .as_object()
-        .map(|m| m.keys().collect())
-        .unwrap_or_default();
+    let images: Vec<&String> = images.keys().collect();
     if images.is_empty() {
         body.push_str("<p class=\"muted\">No images are declared yet; an admin adds them with <code>hearth image add</code>.</p>\n");
         return frame(chrome, "Your VMs · hearth", &body);
@@ -235,20 +228,13 @@ pub fn member_home(
             )
         })
         .collect();
-    let keys: Vec<&String> = me["ssh_keys"]
-        .as_object()
-        .map(|m| m.keys().collect())
-        .unwrap_or_default();
+    let keys: Vec<&String> = me.ssh_keys.keys().collect();
     let key_options = format!(
         "<option value=\"\">all my keys ({})</option>{}",
         keys.len(),
         options(&keys)
     );
-    let pools: Vec<String> = items(pools)
-        .iter()
-        .map(|p| text(&p["pool"]["name"]))
-        .collect();
-    let pools: Vec<&String> = pools.iter().collect();
+    let pools: Vec<&String> = pools.iter().map(|p| &p.pool.name).collect();
     let pool_options = format!("{}<option value=\"\">no address</option>", options(&pools));
     body.push_str(&format!(
         "<form class=\"stack\" method=\"post\" action=\"/panel/vms\" id=\"create\">{}\
@@ -268,23 +254,23 @@ pub fn member_home(
 }
 
 /// `/panel/vms/ID`: one VM, its buttons and the end of its console.
-pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> String {
-    let request = vm; // The request is flattened into the VM.
-    let id = text(&vm["id"]);
-    let name = text(&request["name"]);
-    let phase = text(&vm["shown_phase"]);
-    let message = text(&vm["message"]);
+pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String>) -> String {
+    let request = &vm.vm.request;
+    let id = &vm.vm.id;
+    let name = &request.name;
+    let phase = vm.shown_phase;
+    let message = vm.vm.message.as_deref().unwrap_or_default();
     let mut body = format!(
         "<h1>{}</h1>\n<dl><dt>state</dt><dd class=\"{} phase\" id=\"phase\">{}{}</dd>\
 <dt>addresses</dt><dd id=\"ips\">{}</dd><dt>size</dt><dd>{}</dd><dt>image</dt><dd>{}</dd>\
 <dt>power</dt><dd>{}</dd><dt>owner</dt><dd>{}</dd><dt>host</dt><dd>{}</dd><dt>id</dt><dd>{}</dd></dl>\n",
-        escape(&name),
-        phase_class(&phase),
-        escape(&phase),
+        escape(name),
+        phase_class(phase),
+        phase.as_str(),
         if message.is_empty() {
             String::new()
         } else {
-            format!(" <span class=\"muted\">({})</span>", escape(&message))
+            format!(" <span class=\"muted\">({})</span>", escape(message))
         },
         {
             let ips = ips(vm);
@@ -294,12 +280,12 @@ pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> 
                 ips
             }
         },
-        size(request),
-        escape(&text(&request["image"])),
-        escape(&text(&request["power"])),
-        escape(&text(&request["owner"])),
-        escape(&text(&vm["host"])),
-        escape(&id),
+        size(vm),
+        escape(&request.image),
+        request.power.as_str(),
+        escape(&request.owner),
+        escape(host(vm)),
+        escape(id),
     );
     let base = format!("/panel/vms/{id}");
     body.push_str("<p>");
@@ -327,7 +313,7 @@ pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> 
     match console {
         Ok(console) => body.push_str(&format!(
             "<pre id=\"console\">{}</pre>\n",
-            escape(&text(&console["text"]))
+            escape(&console.text)
         )),
         Err(why) => body.push_str(&format!("<p class=\"muted\">{}</p>\n", escape(&why))),
     }
@@ -335,19 +321,18 @@ pub fn vm_page(chrome: &Chrome, vm: &Value, console: Result<&Value, String>) -> 
 }
 
 /// `/panel/account`: SSH keys and the password.
-pub fn account_page(chrome: &Chrome, me: &Value) -> String {
+pub fn account_page(chrome: &Chrome, me: &AccountRow) -> String {
     let mut body = format!(
         "<h1>Account {}</h1>\n<p class=\"muted\">{} · {}</p>\n<h2>SSH keys</h2>\n",
-        escape(&text(&me["name"])),
-        escape(&text(&me["role"])),
-        escape(&text(&me["email"]))
+        escape(&me.name),
+        me.role.as_str(),
+        escape(&me.email)
     );
-    let keys = me["ssh_keys"].as_object();
+    let keys = &me.ssh_keys;
     match keys {
-        Some(keys) if !keys.is_empty() => {
+        keys if !keys.is_empty() => {
             body.push_str("<div class=\"scroll\"><table id=\"keys\"><tr><th>name</th><th>key</th><th></th></tr>\n");
             for (name, key) in keys {
-                let key = text(key);
                 let short: String = key.chars().take(40).collect();
                 body.push_str(&format!(
                     "<tr id=\"key-{n}\"><td>{n}</td><td><code>{}…</code></td><td>{}</td></tr>\n",
@@ -381,38 +366,40 @@ pub fn account_page(chrome: &Chrome, me: &Value) -> String {
     frame(chrome, "Account · hearth", &body)
 }
 
-fn state_class(state: &str) -> &'static str {
+fn state_class(state: MemberState) -> &'static str {
     match state {
-        "alive" => "ok",
-        "suspect" => "warn",
+        MemberState::Alive => "ok",
+        MemberState::Suspect => "warn",
         _ => "bad",
     }
 }
 
 /// `/admin`: nodes with their state, roles, capacity and the drain and fence buttons.
-pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Value) -> String {
-    let hosts: std::collections::BTreeMap<String, &Value> =
-        items(hosts).iter().map(|h| (text(&h["name"]), h)).collect();
+pub fn nodes_page(
+    chrome: &Chrome,
+    members: &[MemberRow],
+    hosts: &[HostRow],
+    desired: &DesiredState,
+) -> String {
+    let hosts: BTreeMap<&str, &HostRow> = hosts.iter().map(|h| (h.name.as_str(), h)).collect();
     let mut body = String::from(
         "<h1>Nodes</h1>\n<div class=\"scroll\"><table id=\"nodes\"><tr><th>node</th><th>state</th><th>roles</th>\
 <th>capacity</th><th>VMs</th><th>actions</th></tr>\n",
     );
-    for member in items(members) {
-        let name = text(&member["name"]);
-        let state = text(&member["state"]);
-        let roles: Vec<String> = items(&member["roles"]).iter().map(text).collect();
-        let drained = desired["drained"][&name]["value"].as_bool() == Some(true);
-        let host = hosts.get(&name);
+    for member in members {
+        let name = &member.name;
+        let state = member.state;
+        let roles: Vec<&str> = member.roles.iter().map(|r| r.as_str()).collect();
+        let drained = desired.is_drained(name);
+        let host = hosts.get(name.as_str());
         let capacity = host.map_or(String::from("–"), |h| {
-            let c = &h["capacity"];
+            let c = &h.capacity;
             format!(
                 "{} vCPU · {} MiB · {} GiB",
-                text(&c["vcpus"]),
-                text(&c["memory_mib"]),
-                text(&c["disk_gib"])
+                c.vcpus, c.memory_mib, c.disk_gib
             )
         });
-        let fenced = host.is_some_and(|h| h["fenced"].as_bool() == Some(true));
+        let fenced = host.is_some_and(|h| h.fenced);
         let mut flags = String::new();
         if drained {
             flags.push_str(" <span class=\"warn\">drained</span>");
@@ -436,7 +423,7 @@ pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Val
                 chrome.csrf,
                 "",
             ));
-        } else if host.is_some() && state == "dead" {
+        } else if host.is_some() && state == MemberState::Dead {
             actions.push(' ');
             actions.push_str(&post_button(
                 &format!("{base}/fence"),
@@ -448,12 +435,12 @@ pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Val
         body.push_str(&format!(
             "<tr id=\"node-{n}\"><td>{n}<br><span class=\"muted\">{}</span></td><td class=\"{}\">{}{flags}</td>\
 <td>{}</td><td>{capacity}</td><td>{}</td><td>{actions}</td></tr>\n",
-            escape(&text(&member["address"])),
-            state_class(&state),
-            escape(&state),
+            member.address,
+            state_class(state),
+            state.as_str(),
             escape(&roles.join(", ")),
-            host.map_or(String::from("–"), |h| text(&h["vms"])),
-            n = escape(&name),
+            host.map_or(String::from("–"), |h| h.vms.to_string()),
+            n = escape(name),
         ));
     }
     body.push_str("</table></div>\n<p class=\"muted\">Drain takes a node out of DNS answers; fence confirms a dead worker is off for good: its VMs that never had a disk are placed elsewhere, the others stay lost until it is back or an admin recreates them on an empty disk.</p>\n");
@@ -461,21 +448,18 @@ pub fn nodes_page(chrome: &Chrome, members: &Value, hosts: &Value, desired: &Val
 }
 
 /// `/admin/members`: accounts, their VMs, the create form.
-pub fn members_page(chrome: &Chrome, accounts: &Value, vms: &Value) -> String {
+pub fn members_page(chrome: &Chrome, accounts: &[AccountRow], vms: &[VmRow]) -> String {
     let mut body = String::from(
         "<h1>Members</h1>\n<div class=\"scroll\"><table id=\"accounts\"><tr><th>name</th><th>role</th><th>email</th><th>keys</th><th>VMs</th><th></th></tr>\n",
     );
-    for account in items(accounts) {
-        let name = text(&account["name"]);
-        let owned = items(vms)
-            .iter()
-            .filter(|vm| text(&vm["owner"]) == name)
-            .count();
-        let keys = account["ssh_keys"].as_object().map_or(0, |k| k.len());
+    for account in accounts {
+        let name = &account.name;
+        let owned = vms.iter().filter(|vm| vm.vm.request.owner == *name).count();
+        let keys = account.ssh_keys.len();
         body.push_str(&format!(
             "<tr id=\"account-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{keys}</td><td>{owned}</td><td>{}</td></tr>\n",
-            escape(&text(&account["role"])),
-            escape(&text(&account["email"])),
+            account.role.as_str(),
+            escape(&account.email),
             if name == chrome.user {
                 String::new()
             } else {
@@ -486,7 +470,7 @@ pub fn members_page(chrome: &Chrome, accounts: &Value, vms: &Value) -> String {
                     "danger",
                 )
             },
-            n = escape(&name),
+            n = escape(name),
         ));
     }
     body.push_str(&format!(
@@ -506,69 +490,56 @@ pub fn members_page(chrome: &Chrome, accounts: &Value, vms: &Value) -> String {
 /// `/admin/services`: every instance's health, the cluster-wide services, the static records.
 pub fn services_page(
     chrome: &Chrome,
-    services: &Value,
-    cluster_services: &Value,
-    records: &Value,
+    services: &[ServiceRow],
+    cluster_services: &BTreeMap<String, Versioned<ClusterService>>,
+    records: &BTreeMap<String, Versioned<RecordSet>>,
 ) -> String {
     let mut body = String::from("<h1>Services</h1>\n");
-    if items(services).is_empty() {
+    if services.is_empty() {
         body.push_str("<p class=\"muted\">No service instances.</p>\n");
     } else {
         body.push_str("<div class=\"scroll\"><table id=\"services\"><tr><th>service</th><th>node</th><th>address</th><th>check</th><th>node state</th></tr>\n");
-        for row in items(services) {
-            let status = text(&row["status"]);
-            let node_state = text(&row["node_state"]);
+        for row in services {
+            let status = row.status;
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"{}\">{}</td></tr>\n",
-                escape(&text(&row["service"])),
-                escape(&text(&row["node"])),
-                escape(&text(&row["address"])),
-                if status == "passing" { "ok" } else { "bad" },
-                escape(&status),
-                state_class(&node_state),
-                escape(&node_state),
+                escape(&row.service),
+                escape(&row.node),
+                row.address,
+                if status == CheckStatus::Passing { "ok" } else { "bad" },
+                status.as_str(),
+                state_class(row.node_state),
+                row.node_state.as_str(),
             ));
         }
         body.push_str("</table></div>\n");
     }
-    if let Some(declared) = cluster_services.as_object().filter(|m| !m.is_empty()) {
+    if !cluster_services.is_empty() {
         body.push_str("<h2>Cluster-wide services</h2><ul>\n");
-        for (name, service) in declared {
+        for (name, service) in cluster_services {
             body.push_str(&format!(
                 "<li>{} <span class=\"muted\">version {}</span></li>\n",
                 escape(name),
-                text(&service["version"])
+                service.version
             ));
         }
         body.push_str("</ul>\n");
     }
     body.push_str("<h2>DNS records</h2>\n");
-    match records.as_object().filter(|m| !m.is_empty()) {
+    match Some(records).filter(|m| !m.is_empty()) {
         None => body.push_str("<p class=\"muted\">No static records; service and node names answer by themselves.</p>\n"),
         Some(records) => {
             body.push_str("<div class=\"scroll\"><table id=\"records\"><tr><th>name</th><th>type</th><th>values</th><th>TTL</th></tr>\n");
             for (key, set) in records {
                 let (name, kind) = key.split_once('/').unwrap_or((key, ""));
-                let values: Vec<String> = items(&set["value"]["values"])
-                    .iter()
-                    .map(|v| {
-                        v.as_object()
-                            .map(|o| {
-                                o.iter()
-                                    .filter(|(k, _)| k.as_str() != "type")
-                                    .map(|(_, v)| text(v))
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect();
+                let values: Vec<String> =
+                    set.value.values.iter().map(|v| v.value_text()).collect();
                 body.push_str(&format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                     escape(name),
                     escape(kind),
                     escape(&values.join(", ")),
-                    escape(&text(&set["value"]["ttl"]))
+                    set.value.ttl.map(|t| t.to_string()).unwrap_or_default()
                 ));
             }
             body.push_str("</table></div>\n");
@@ -578,8 +549,7 @@ pub fn services_page(
 }
 
 /// `/admin/vms`: every member's VMs.
-pub fn all_vms_page(chrome: &Chrome, vms: &Value) -> String {
-    let vms = items(vms);
+pub fn all_vms_page(chrome: &Chrome, vms: &[VmRow]) -> String {
     let body = if vms.is_empty() {
         "<h1>All VMs</h1><p class=\"muted\">No VMs.</p>".to_owned()
     } else {
@@ -589,29 +559,29 @@ pub fn all_vms_page(chrome: &Chrome, vms: &Value) -> String {
 }
 
 /// `/admin/drift`: what hosts found and will not fix alone, each with its fix button.
-pub fn drift_page(chrome: &Chrome, drift: &Value) -> String {
+pub fn drift_page(chrome: &Chrome, drift: &[Drift]) -> String {
     let mut body = String::from("<h1>Drift</h1>\n");
-    if items(drift).is_empty() {
+    if drift.is_empty() {
         body.push_str(
             "<p class=\"ok\" id=\"no-drift\">No drift: every host runs what it should.</p>\n",
         );
     } else {
         body.push_str("<div class=\"scroll\"><table id=\"drift\"><tr><th>host</th><th>VM</th><th>kind</th><th>found</th><th>the fix</th><th></th></tr>\n");
-        for entry in items(drift) {
-            let id = text(&entry["id"]);
+        for entry in drift {
+            let id = &entry.id;
             // A missing disk has no one-click fix: its text says what an admin can do.
-            let button = if text(&entry["kind"]) == "missing-disk" {
+            let button = if entry.kind == DriftKind::MissingDisk {
                 String::new()
             } else {
                 post_button(&format!("/admin/drift/{id}/fix"), "Fix", chrome.csrf, "")
             };
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                escape(&text(&entry["host"])),
-                escape(&text(&entry["vm"])),
-                escape(&text(&entry["kind"])),
-                escape(&text(&entry["detail"])),
-                escape(&text(&entry["fix"])),
+                escape(&entry.host),
+                escape(&entry.vm),
+                entry.kind.as_str(),
+                escape(&entry.detail),
+                escape(&entry.fix),
                 button,
             ));
         }
@@ -621,35 +591,35 @@ pub fn drift_page(chrome: &Chrome, drift: &Value) -> String {
 }
 
 /// `/admin/events`: cluster events, newest first.
-pub fn events_page(chrome: &Chrome, events: &Value) -> String {
+pub fn events_page(chrome: &Chrome, events: &[EventRecord]) -> String {
     let mut body = String::from("<h1>Events</h1>\n");
-    if items(events).is_empty() {
+    if events.is_empty() {
         body.push_str("<p class=\"muted\">No events recorded.</p>\n");
     } else {
         body.push_str("<div class=\"scroll\"><table id=\"events\"><tr><th>when</th><th>event</th><th>node</th><th>service</th><th>handlers</th></tr>\n");
-        for record in items(events) {
-            let event = &record["event"];
-            let at = record["at_ms"].as_u64().unwrap_or(0) / 1000;
-            let deliveries: Vec<String> = record["deliveries"]
-                .as_object()
-                .map(|d| {
-                    d.iter()
-                        .map(|(name, delivery)| {
-                            let state = delivery["state"]
-                                .as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| text(delivery));
-                            format!("{name}: {state}")
-                        })
-                        .collect()
+        for record in events {
+            let event = &record.event;
+            let at = record.at_ms / 1000;
+            let deliveries: Vec<String> = record
+                .deliveries
+                .iter()
+                .map(|(name, delivery)| {
+                    let state = if delivery.delivered {
+                        "delivered".to_owned()
+                    } else if let Some(error) = &delivery.last_error {
+                        format!("failing after {} attempts: {error}", delivery.attempts)
+                    } else {
+                        "pending".to_owned()
+                    };
+                    format!("{name}: {state}")
                 })
-                .unwrap_or_default();
+                .collect();
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 utc(at),
-                escape(&text(&event["kind"])),
-                escape(&text(&event["member"]["name"])),
-                escape(&text(&event["instance"]["service"])),
+                event.kind.as_str(),
+                escape(&event.member.name),
+                escape(event.instance.as_ref().map_or("", |i| i.service.as_str())),
                 escape(&deliveries.join(", ")),
             ));
         }
@@ -659,21 +629,21 @@ pub fn events_page(chrome: &Chrome, events: &Value) -> String {
 }
 
 /// `/admin/audit`: who changed what, newest first.
-pub fn audit_page(chrome: &Chrome, audit: &Value) -> String {
+pub fn audit_page(chrome: &Chrome, audit: &[AuditEntry]) -> String {
     let mut body = String::from("<h1>Audit log</h1>\n");
-    if items(audit).is_empty() {
+    if audit.is_empty() {
         body.push_str("<p class=\"muted\">No changes recorded.</p>\n");
     } else {
         body.push_str("<div class=\"scroll\"><table id=\"audit\"><tr><th>when</th><th>who</th><th>change</th><th>status</th><th>node</th></tr>\n");
-        for entry in items(audit).iter().rev() {
+        for entry in audit.iter().rev() {
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td></tr>\n",
-                utc(entry["at"].as_u64().unwrap_or(0)),
-                escape(&text(&entry["who"])),
-                escape(&text(&entry["method"])),
-                escape(&text(&entry["path"])),
-                text(&entry["status"]),
-                escape(&text(&entry["node"])),
+                utc(entry.at),
+                escape(&entry.who),
+                escape(&entry.method),
+                escape(&entry.path),
+                entry.status,
+                escape(&entry.node),
             ));
         }
         body.push_str("</table></div>\n");
@@ -682,7 +652,7 @@ pub fn audit_page(chrome: &Chrome, audit: &Value) -> String {
 }
 
 /// `/admin/announce`: the announcement email and the status page's notices.
-pub fn announce_page(chrome: &Chrome, notices: &Value) -> String {
+pub fn announce_page(chrome: &Chrome, notices: &BTreeMap<String, Versioned<Notice>>) -> String {
     let mut body = format!(
         "<h1>Announce</h1>\n<h2>Email every member who owns a VM</h2>\
 <form class=\"stack\" method=\"post\" action=\"/admin/announce\" id=\"announce\">{}\
@@ -692,13 +662,13 @@ pub fn announce_page(chrome: &Chrome, notices: &Value) -> String {
 <h2>Status page notices</h2>\n",
         hidden_csrf(chrome.csrf)
     );
-    match notices.as_object().filter(|n| !n.is_empty()) {
+    match Some(notices).filter(|n| !n.is_empty()) {
         None => body.push_str("<p class=\"muted\">No notices.</p>\n"),
         Some(notices) => {
             body.push_str("<div class=\"scroll\"><table id=\"notices\"><tr><th>notice</th><th>kind</th><th>state</th><th></th></tr>\n");
             for (id, notice) in notices {
-                let value = &notice["value"];
-                let resolved = value["resolved_at"].as_u64();
+                let value = &notice.value;
+                let resolved = value.resolved_at;
                 let mut actions = String::new();
                 if resolved.is_none() {
                     actions.push_str(&post_button(
@@ -717,8 +687,8 @@ pub fn announce_page(chrome: &Chrome, notices: &Value) -> String {
                 ));
                 body.push_str(&format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{actions}</td></tr>\n",
-                    escape(&text(&value["title"])),
-                    escape(&text(&value["kind"])),
+                    escape(&value.title),
+                    value.kind.as_str(),
                     resolved.map_or("ongoing".to_owned(), |at| format!("resolved {}", utc(at))),
                 ));
             }
@@ -740,7 +710,12 @@ pub fn announce_page(chrome: &Chrome, notices: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// A row as the API would send it.
+    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+        serde_json::from_value(value).expect("a valid API document")
+    }
 
     fn chrome(admin: bool) -> Chrome<'static> {
         Chrome {
@@ -754,15 +729,15 @@ mod tests {
 
     #[test]
     fn text_from_the_api_is_escaped_everywhere() {
-        let vm = json!({
-            "id": "vm-1",
-            "shown_phase": "running",
+        let vm: VmRow = typed(json!({
+            "version": 3, "id": "vm-1", "phase": "running", "shown_phase": "running",
             "name": "<script>x</script>", "owner": "alice", "vcpus": 1,
             "memory_mib": 256, "disk_gib": 2, "image": "tiny", "power": "running",
             "ips": [{"address": "192.0.2.10", "pool": "lan", "prefix": 24}],
             "host": "w1",
-        });
-        let console = json!({"text": "</pre><b>boot</b>"});
+        }));
+        let console: ConsoleText = typed(json!({"vm": "vm-1", "host": "w1", "offset": 0,
+            "next": 17, "total": 17, "text": "</pre><b>boot</b>"}));
         let html = vm_page(&chrome(false), &vm, Ok(&console));
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;script&gt;x"));
@@ -783,12 +758,18 @@ mod tests {
 
     #[test]
     fn the_create_form_offers_images_sizes_keys_and_pools() {
+        let image = |name: &str| {
+            json!({"version": 1, "value": {"name": name, "format": "qcow2", "arch": "x86_64",
+                "disk": {"sha256": "00", "size_bytes": 1}}})
+        };
         let html = member_home(
             &chrome(false),
-            &json!([]),
-            &json!({"tiny": {}, "debian": {}}),
-            &json!([{"pool": {"name": "lan"}, "used": []}]),
-            &json!({"ssh_keys": {"laptop": "ssh-ed25519 AAAA"}}),
+            &[],
+            &typed(json!({"tiny": image("tiny"), "debian": image("debian")})),
+            &typed::<Vec<PoolRow>>(json!([{"version": 1, "used": [], "pool": {"name": "lan",
+                "cidr": "192.0.2.0/24", "gateway": null, "resolvers": []}}])),
+            &typed(json!({"name": "alice", "role": "member",
+                "ssh_keys": {"laptop": "ssh-ed25519 AAAA"}})),
         );
         for part in [
             "<option>tiny</option>",
@@ -804,28 +785,33 @@ mod tests {
 
     #[test]
     fn drift_rows_have_fix_buttons() {
-        let drift = json!([{"id": "w1/foreign-process/vm-9", "host": "w1", "vm": "vm-9",
-            "kind": "foreign-process", "detail": "QEMU pid 42", "fix": "kill it"}]);
+        let drift: Vec<Drift> = typed(json!([{"id": "w1/unknown-vm/vm-9", "host": "w1",
+            "vm": "vm-9", "kind": "unknown-vm", "detail": "QEMU pid 42", "fix": "kill it"}]));
         let html = drift_page(&chrome(true), &drift);
-        assert!(html.contains("action=\"/admin/drift/w1/foreign-process/vm-9/fix\""));
-        assert!(drift_page(&chrome(true), &json!([])).contains("No drift"));
+        assert!(html.contains("action=\"/admin/drift/w1/unknown-vm/vm-9/fix\""));
+        assert!(drift_page(&chrome(true), &[]).contains("No drift"));
     }
 
     #[test]
     fn the_fence_button_is_offered_for_dead_hosts_only() {
-        let members = json!([
-            {"name": "w1", "state": "alive", "address": "192.0.2.1", "roles": ["worker"]},
-            {"name": "w2", "state": "suspect", "address": "192.0.2.2", "roles": ["worker"]},
-            {"name": "w3", "state": "left", "address": "192.0.2.3", "roles": ["worker"]},
-            {"name": "w4", "state": "dead", "address": "192.0.2.4", "roles": ["worker"]},
-        ]);
-        let hosts = json!(
-            ["w1", "w2", "w3", "w4"]
-                .iter()
-                .map(|n| json!({"name": n, "capacity": {}, "fenced": false, "vms": 1}))
-                .collect::<Vec<_>>()
-        );
-        let html = nodes_page(&chrome(true), &members, &hosts, &json!({}));
+        let member = |name: &str, state: &str, address: &str| {
+            json!({"name": name, "state": state, "address": address,
+                "gossip_addr": format!("{address}:7946"), "roles": ["worker"], "tags": {}})
+        };
+        let members: Vec<MemberRow> = typed(json!([
+            member("w1", "alive", "192.0.2.1"),
+            member("w2", "suspect", "192.0.2.2"),
+            member("w3", "left", "192.0.2.3"),
+            member("w4", "dead", "192.0.2.4"),
+        ]));
+        let hosts: Vec<HostRow> = ["w1", "w2", "w3", "w4"]
+            .iter()
+            .map(|n| {
+                typed(json!({"name": n, "state": null, "fenced": false, "vms": 1,
+                    "capacity": {"vcpus": 4, "memory_mib": 4096, "disk_gib": 40}}))
+            })
+            .collect();
+        let html = nodes_page(&chrome(true), &members, &hosts, &DesiredState::default());
         for host in ["w1", "w2", "w3"] {
             assert!(
                 !html.contains(&format!("/admin/nodes/{host}/fence")),
@@ -837,12 +823,12 @@ mod tests {
 
     #[test]
     fn a_missing_disk_has_no_fix_button() {
-        let drift = json!([
+        let drift: Vec<Drift> = typed(json!([
             {"id": "w1/missing-disk/vm-1", "host": "w1", "vm": "vm-1", "kind": "missing-disk",
              "detail": "db1's disk is on w1, which is fenced", "fix": "hearth vm recreate db1 --empty-disk"},
             {"id": "w2/wrong-host/vm-2", "host": "w2", "vm": "vm-2", "kind": "wrong-host",
              "detail": "a stale copy", "fix": "archive it"},
-        ]);
+        ]));
         let html = drift_page(&chrome(true), &drift);
         assert!(
             !html.contains("/admin/drift/w1/missing-disk/vm-1/fix"),

@@ -5,8 +5,15 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
+use hearth_types::api::{AccountRow, Announcement, Expect, HostRow, PutNotice, VmRow};
+use hearth_types::desired::{ClusterService, DesiredState, RecordSet, Versioned};
+use hearth_types::notice::{Notice, NoticeKind};
+use hearth_types::{MemberRow, ServiceRow};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+use crate::mail::Report;
 
 use super::context::*;
 use crate::api::{ApiState, unix_now};
@@ -17,9 +24,9 @@ pub(super) async fn nodes_page(State(state): State<ApiState>, session: Session) 
         return response;
     }
     let loaded = async {
-        let members = session.get(&state, "/v1/members").await?;
-        let hosts = session.get(&state, "/v1/hosts").await?;
-        let desired = session.get(&state, "/v1/desired").await?;
+        let members: Vec<MemberRow> = session.get(&state, "/v1/members").await?;
+        let hosts: Vec<HostRow> = session.get(&state, "/v1/hosts").await?;
+        let desired: DesiredState = session.get(&state, "/v1/desired").await?;
         Ok::<_, Response>((members, hosts, desired))
     };
     match loaded.await {
@@ -58,8 +65,8 @@ pub(super) async fn members_page(State(state): State<ApiState>, session: Session
         return response;
     }
     let loaded = async {
-        let accounts = session.get(&state, "/v1/accounts").await?;
-        let vms = session.get(&state, "/v1/vms").await?;
+        let accounts: Vec<AccountRow> = session.get(&state, "/v1/accounts").await?;
+        let vms: Vec<VmRow> = session.get(&state, "/v1/vms").await?;
         Ok::<_, Response>((accounts, vms))
     };
     match loaded.await {
@@ -75,7 +82,7 @@ pub(super) async fn members_page(State(state): State<ApiState>, session: Session
 pub(super) struct NewAccount {
     csrf: String,
     name: String,
-    role: String,
+    role: hearth_types::account::AccountRole,
     #[serde(default)]
     email: String,
     password: String,
@@ -92,14 +99,14 @@ pub(super) async fn create_account(
     Posted { session, form }: Posted<NewAccount>,
 ) -> Response {
     let name = form.name.trim().to_owned();
-    let body = json!({
-        "name": name,
-        "role": form.role,
-        "email": form.email.trim(),
-        "password": form.password,
-    });
+    let request = hearth_types::api::NewAccount {
+        name: name.clone(),
+        role: form.role,
+        email: form.email.trim().to_owned(),
+        password: form.password,
+    };
     let result = session
-        .api(&state, Method::POST, "/v1/accounts", Some(body))
+        .api(&state, Method::POST, "/v1/accounts", body(&request))
         .await;
     after("/admin/members", result, |_| {
         format!("Account {name} created.")
@@ -132,9 +139,11 @@ pub(super) async fn services_page(State(state): State<ApiState>, session: Sessio
         return response;
     }
     let loaded = async {
-        let services = session.get(&state, "/v1/services").await?;
-        let cluster = session.get(&state, "/v1/cluster-services").await?;
-        let records = session.get(&state, "/v1/records").await?;
+        let services: Vec<ServiceRow> = session.get(&state, "/v1/services").await?;
+        let cluster: BTreeMap<String, Versioned<ClusterService>> =
+            session.get(&state, "/v1/cluster-services").await?;
+        let records: BTreeMap<String, Versioned<RecordSet>> =
+            session.get(&state, "/v1/records").await?;
         Ok::<_, Response>((services, cluster, records))
     };
     match loaded.await {
@@ -152,27 +161,27 @@ pub(super) async fn services_page(State(state): State<ApiState>, session: Sessio
 }
 
 /// An admin page that shows one API document.
-pub(super) async fn admin_list(
+pub(super) async fn admin_list<T: DeserializeOwned>(
     state: &ApiState,
     session: &Session,
     active: &str,
     path: &str,
-    render: fn(&Chrome, &Value) -> String,
+    render: fn(&Chrome, &T) -> String,
 ) -> Response {
     if let Some(response) = session.admin_only(active) {
         return response;
     }
-    match session.get(state, path).await {
+    match session.get::<T>(state, path).await {
         Ok(value) => session.page(StatusCode::OK, render(&session.chrome(active), &value)),
         Err(response) => response,
     }
 }
 
 /// The route of an admin page that shows one API document.
-pub(super) fn listing(
+pub(super) fn listing<T: DeserializeOwned + 'static>(
     active: &'static str,
     path: &'static str,
-    render: fn(&Chrome, &Value) -> String,
+    render: fn(&Chrome, &T) -> String,
 ) -> axum::routing::MethodRouter<ApiState> {
     get(
         move |State(state): State<ApiState>, session: Session| async move {
@@ -219,22 +228,17 @@ pub(super) async fn announce(
     State(state): State<ApiState>,
     Posted { session, form }: Posted<AnnounceForm>,
 ) -> Response {
-    let body = json!({ "subject": form.subject, "body": form.body.replace("\r\n", "\n") });
+    let request = Announcement {
+        subject: form.subject,
+        body: form.body.replace("\r\n", "\n"),
+    };
     let result = session
-        .api(&state, Method::POST, "/v1/announce", Some(body))
+        .api(&state, Method::POST, "/v1/announce", body(&request))
         .await;
     after("/admin/announce", result, |report| {
-        let names = |key: &str| -> Vec<String> {
-            report[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.as_str().or(v[0].as_str()).unwrap_or("").to_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let (sent, without, failed) = (names("sent"), names("without_email"), names("failed"));
+        let report: Report = serde_json::from_value(report).unwrap_or_default();
+        let (sent, without) = (report.sent, report.without_email);
+        let failed: Vec<String> = report.failed.into_iter().map(|(name, _)| name).collect();
         let mut text = format!("Sent to {} member(s)", sent.len());
         if !without.is_empty() {
             text.push_str(&format!("; no address for {}", without.join(", ")));
@@ -250,7 +254,7 @@ pub(super) async fn announce(
 pub(super) struct NoticeForm {
     csrf: String,
     id: String,
-    kind: String,
+    kind: NoticeKind,
     title: String,
     #[serde(default)]
     body: String,
@@ -266,19 +270,19 @@ pub(super) async fn post_notice(
     State(state): State<ApiState>,
     Posted { session, form }: Posted<NoticeForm>,
 ) -> Response {
-    let notice = json!({
-        "id": form.id.trim(),
-        "kind": form.kind,
-        "title": form.title.trim(),
-        "body": form.body.replace("\r\n", "\n"),
-    });
+    let request = PutNotice {
+        notice: Notice {
+            id: form.id.trim().to_owned(),
+            kind: form.kind,
+            title: form.title.trim().to_owned(),
+            body: form.body.replace("\r\n", "\n"),
+            posted_at: 0,
+            resolved_at: None,
+        },
+        expect: Expect::Any,
+    };
     let result = session
-        .api(
-            &state,
-            Method::PUT,
-            "/v1/notices",
-            Some(json!({ "notice": notice })),
-        )
+        .api(&state, Method::PUT, "/v1/notices", body(&request))
         .await;
     after("/admin/announce", result, |_| {
         "Posted on the status page.".into()
@@ -300,20 +304,22 @@ pub(super) async fn notice_action(
                 .await
         }
         "resolve" => {
-            let notices = match session.get(&state, "/v1/notices").await {
-                Ok(notices) => notices,
-                Err(response) => return response,
-            };
-            let current = &notices[id];
-            let mut notice = current["value"].clone();
-            if notice.is_null() {
+            let notices: BTreeMap<String, Versioned<Notice>> =
+                match session.get(&state, "/v1/notices").await {
+                    Ok(notices) => notices,
+                    Err(response) => return response,
+                };
+            let Some(current) = notices.get(id) else {
                 return bad_segment(&session, "notice");
-            }
-            let posted = notice["posted_at"].as_u64().unwrap_or(0);
-            notice["resolved_at"] = json!(unix_now().max(posted));
-            let body = json!({ "notice": notice, "expect": { "version": current["version"] } });
+            };
+            let mut notice = current.value.clone();
+            notice.resolved_at = Some(unix_now().max(notice.posted_at));
+            let request = PutNotice {
+                notice,
+                expect: Expect::Version(current.version),
+            };
             session
-                .api(&state, Method::PUT, "/v1/notices", Some(body))
+                .api(&state, Method::PUT, "/v1/notices", body(&request))
                 .await
         }
         _ => return bad_segment(&session, "action"),

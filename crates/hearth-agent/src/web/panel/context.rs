@@ -12,6 +12,8 @@ use axum::http::request::Parts;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -123,9 +125,21 @@ impl Session {
         call(state, &self.token, method, path, body).await
     }
 
-    pub(super) async fn get(&self, state: &ApiState, path: &str) -> Result<Value, Response> {
+    /// GETs an API document and reads it as `T`, the row type the API writes it from.
+    pub(super) async fn get<T: DeserializeOwned>(
+        &self,
+        state: &ApiState,
+        path: &str,
+    ) -> Result<T, Response> {
         match self.api(state, Method::GET, path, None).await {
-            Ok(value) => Ok(value),
+            Ok(value) => serde_json::from_value(value).map_err(|error| {
+                self.problem(
+                    StatusCode::BAD_GATEWAY,
+                    "",
+                    "Not available",
+                    &format!("the answer of {path} could not be read: {error}"),
+                )
+            }),
             Err((status, message)) => Err(self.problem(status, "", "Not available", &message)),
         }
     }
@@ -219,6 +233,11 @@ pub(super) fn see_other(to: &str, flash: Option<Flash>) -> Response {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+/// A typed request body for [`Session::api`].
+pub(super) fn body(request: &impl Serialize) -> Option<Value> {
+    serde_json::to_value(request).ok()
 }
 
 /// After a form: back to `to`, with `done` or the API's error as the flash message.

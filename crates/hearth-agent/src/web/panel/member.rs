@@ -4,8 +4,11 @@
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
+use hearth_types::api::{AccountRow, ConsoleText, Key, PoolRow, VmRow};
+use hearth_types::compute::{Arch, Image, IoLimits, Power, VmRequest};
+use hearth_types::desired::Versioned;
 use serde::Deserialize;
-use serde_json::json;
+use std::collections::BTreeMap;
 
 use super::context::*;
 use crate::api::ApiState;
@@ -15,12 +18,12 @@ use crate::web::session::Flash;
 pub(super) async fn member_home(State(state): State<ApiState>, session: Session) -> Response {
     let owner = session.name.clone();
     let loaded = async {
-        let vms = session
+        let vms: Vec<VmRow> = session
             .get(&state, &format!("/v1/vms?owner={owner}"))
             .await?;
-        let images = session.get(&state, "/v1/images").await?;
-        let pools = session.get(&state, "/v1/pools").await?;
-        let me = session.get(&state, "/v1/me").await?;
+        let images: BTreeMap<String, Versioned<Image>> = session.get(&state, "/v1/images").await?;
+        let pools: Vec<PoolRow> = session.get(&state, "/v1/pools").await?;
+        let me: AccountRow = session.get(&state, "/v1/me").await?;
         Ok::<_, Response>((vms, images, pools, me))
     };
     match loaded.await {
@@ -65,36 +68,36 @@ pub(super) async fn create_vm(
             }),
         );
     };
-    let me = match session.get(&state, "/v1/me").await {
+    let me: AccountRow = match session.get(&state, "/v1/me").await {
         Ok(me) => me,
         Err(response) => return response,
     };
-    let keys: Vec<String> = me["ssh_keys"]
-        .as_object()
-        .map(|keys| {
-            keys.iter()
-                .filter(|(name, _)| form.key.is_empty() || **name == form.key)
-                .filter_map(|(_, key)| key.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let pools: Vec<&str> = if form.pool.is_empty() {
+    let keys: Vec<String> = me
+        .ssh_keys
+        .into_iter()
+        .filter(|(name, _)| form.key.is_empty() || *name == form.key)
+        .map(|(_, key)| key)
+        .collect();
+    let pools: Vec<String> = if form.pool.is_empty() {
         vec![]
     } else {
-        vec![form.pool.as_str()]
+        vec![form.pool.clone()]
     };
-    let request = json!({
-        "name": form.name.trim(),
-        "owner": session.name,
-        "vcpus": vcpus,
-        "memory_mib": memory_mib,
-        "disk_gib": disk_gib,
-        "image": form.image,
-        "ssh_keys": keys,
-        "pools": pools,
-    });
+    let request = VmRequest {
+        name: form.name.trim().to_owned(),
+        owner: session.name.clone(),
+        arch: Arch::X86_64,
+        vcpus: *vcpus,
+        memory_mib: *memory_mib,
+        disk_gib: *disk_gib,
+        image: form.image.clone(),
+        ssh_keys: keys,
+        pools,
+        io: IoLimits::default(),
+        power: Power::Running,
+    };
     let result = session
-        .api(&state, Method::POST, "/v1/vms", Some(request))
+        .api(&state, Method::POST, "/v1/vms", body(&request))
         .await;
     match result {
         Ok(value) => {
@@ -114,6 +117,16 @@ pub(super) async fn create_vm(
     }
 }
 
+/// A piece of a VM's console, or why there is none.
+async fn console_text(
+    session: &Session,
+    state: &ApiState,
+    path: &str,
+) -> Result<ConsoleText, (StatusCode, String)> {
+    let value = session.api(state, Method::GET, path, None).await?;
+    serde_json::from_value(value).map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
 /// The last bytes of the console shown on a VM's page.
 pub(super) const CONSOLE_TAIL: u64 = 8 * 1024;
 
@@ -125,36 +138,27 @@ pub(super) async fn vm_page(
     let Some(vm) = segment(&vm) else {
         return bad_segment(&session, "vm");
     };
-    let shown = match session
+    let shown: VmRow = match session
         .api(&state, Method::GET, &format!("/v1/vms/{vm}"), None)
         .await
-    {
+        .and_then(|value| {
+            serde_json::from_value(value)
+                .map_err(|e| (StatusCode::BAD_GATEWAY, format!("vm {vm}: {e}")))
+        }) {
         Ok(shown) => shown,
         Err((status, message)) => {
             return session.problem(status, "/panel", "No such VM", &message);
         }
     };
     let path = format!("/v1/vms/{vm}/console");
-    let console = match session.api(&state, Method::GET, &path, None).await {
-        Ok(first) => {
-            let total = first["total"].as_u64().unwrap_or(0);
-            if total > CONSOLE_TAIL {
-                let offset = total - CONSOLE_TAIL;
-                session
-                    .api(
-                        &state,
-                        Method::GET,
-                        &format!("{path}?offset={offset}"),
-                        None,
-                    )
-                    .await
-            } else {
-                Ok(first)
-            }
+    let console = match console_text(&session, &state, &path).await {
+        Ok(first) if first.total > CONSOLE_TAIL => {
+            let offset = first.total - CONSOLE_TAIL;
+            console_text(&session, &state, &format!("{path}?offset={offset}")).await
         }
-        Err(failure) => Err(failure),
+        other => other,
     };
-    let active = if session.admin && shown["owner"] != json!(session.name) {
+    let active = if session.admin && shown.vm.request.owner != session.name {
         "/admin/vms"
     } else {
         "/panel"
@@ -200,7 +204,7 @@ pub(super) async fn vm_action(
 }
 
 pub(super) async fn account_page(State(state): State<ApiState>, session: Session) -> Response {
-    match session.get(&state, "/v1/me").await {
+    match session.get::<AccountRow>(&state, "/v1/me").await {
         Ok(me) => session.page(
             StatusCode::OK,
             pages::account_page(&session.chrome("/panel/account"), &me),
@@ -236,13 +240,15 @@ pub(super) async fn add_key(
             }),
         );
     };
-    let body = json!({ "key": form.key.trim() });
+    let request = Key {
+        key: form.key.trim().to_owned(),
+    };
     let result = session
         .api(
             &state,
             Method::PUT,
             &format!("/v1/me/ssh-keys/{name}"),
-            Some(body),
+            body(&request),
         )
         .await;
     after("/panel/account", result, |_| format!("Key {name} added."))
@@ -284,9 +290,12 @@ pub(super) async fn change_password(
     State(state): State<ApiState>,
     Posted { session, form }: Posted<NewPassword>,
 ) -> Response {
-    let body = json!({ "current": form.current, "new": form.new });
+    let request = hearth_types::api::NewPassword {
+        current: form.current,
+        new: form.new,
+    };
     let result = session
-        .api(&state, Method::POST, "/v1/me/password", Some(body))
+        .api(&state, Method::POST, "/v1/me/password", body(&request))
         .await;
     after("/panel/account", result, |_| "Password changed.".into())
 }

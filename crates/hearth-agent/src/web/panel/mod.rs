@@ -17,6 +17,10 @@ use axum::http::{HeaderMap, Request};
 use axum::response::Response;
 use axum::routing::{get, post};
 use context::*;
+use hearth_types::account::AuditEntry;
+use hearth_types::api::VmRow;
+use hearth_types::compute::Drift;
+use hearth_types::desired::EventRecord;
 use login::*;
 use member::*;
 
@@ -40,20 +44,28 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/services", get(services_page))
         .route(
             "/admin/vms",
-            listing("/admin/vms", "/v1/vms", pages::all_vms_page),
+            listing("/admin/vms", "/v1/vms", |c, v: &Vec<VmRow>| {
+                pages::all_vms_page(c, v)
+            }),
         )
         .route(
             "/admin/drift",
-            listing("/admin/drift", "/v1/drift", pages::drift_page),
+            listing("/admin/drift", "/v1/drift", |c, v: &Vec<Drift>| {
+                pages::drift_page(c, v)
+            }),
         )
         .route("/admin/drift/{host}/{kind}/{vm}/fix", post(fix_drift))
         .route(
             "/admin/events",
-            listing("/admin/events", "/v1/events", pages::events_page),
+            listing("/admin/events", "/v1/events", |c, v: &Vec<EventRecord>| {
+                pages::events_page(c, v)
+            }),
         )
         .route(
             "/admin/audit",
-            listing("/admin/audit", "/v1/audit", pages::audit_page),
+            listing("/admin/audit", "/v1/audit", |c, v: &Vec<AuditEntry>| {
+                pages::audit_page(c, v)
+            }),
         )
         .route(
             "/admin/announce",
