@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hearth_qemu::driver::{DriverError, NetConfig, VmSpec};
+use hearth_qemu::driver::{NetConfig, ObserveError, VmSpec};
 use hearth_qemu::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
@@ -359,7 +359,7 @@ async fn reboot(
 async fn look<'a>(
     driver: &VmDriver,
     tracking: &'a Mutex<Tracking>,
-) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<ObservedVm>), DriverError> {
+) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<ObservedVm>), ObserveError> {
     let t = tracking.lock().await;
     let seen = driver.observe()?;
     Ok((t, seen))

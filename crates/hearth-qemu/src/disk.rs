@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::error::{DriverError, io_error};
+use crate::error::{DiskError, io_error};
 use crate::files::{read_present, valid_id};
 
 /// The file beside a VM's disk holding the disk's generation, in decimal.
@@ -13,7 +13,7 @@ pub const GENERATION_FILE: &str = "disk.gen";
 
 /// The generation of the disk in `dir`; 0 when no generation file is there (disks created
 /// before hosts wrote one, whose VMs are generation 0 too).
-pub fn read_generation(dir: &Path) -> Result<u64, DriverError> {
+pub fn read_generation(dir: &Path) -> Result<u64, DiskError> {
     let path = dir.join(GENERATION_FILE);
     let Some(bytes) = read_present(&path).map_err(io_error(&path))? else {
         return Ok(0);
@@ -30,7 +30,7 @@ pub fn read_generation(dir: &Path) -> Result<u64, DriverError> {
 pub const UNREADABLE_GENERATION: u64 = u64::MAX;
 
 /// Writes the generation file through a temporary file, fsynced, so it is whole or absent.
-pub fn write_generation(dir: &Path, generation: u64) -> Result<(), DriverError> {
+pub fn write_generation(dir: &Path, generation: u64) -> Result<(), DiskError> {
     let path = dir.join(GENERATION_FILE);
     let tmp = dir.join(format!("{GENERATION_FILE}.tmp"));
     let write = || -> std::io::Result<()> {
@@ -39,18 +39,18 @@ pub fn write_generation(dir: &Path, generation: u64) -> Result<(), DriverError> 
         file.sync_all()?;
         std::fs::rename(&tmp, &path)
     };
-    write().map_err(io_error(&path))
+    Ok(write().map_err(io_error(&path))?)
 }
 
 /// Checks that `dir` holds the VM's own disk: present, of the generation asked. A driver
 /// starts QEMU on nothing else, so no start can ever make or use a blank or stale disk.
-pub fn check_own(id: &str, dir: &Path, disk: &str, generation: u64) -> Result<(), DriverError> {
+pub fn check_own(id: &str, dir: &Path, disk: &str, generation: u64) -> Result<(), DiskError> {
     if !dir.join(disk).is_file() {
-        return Err(DriverError::NoDisk(id.to_owned()));
+        return Err(DiskError::NoDisk(id.to_owned()));
     }
     let found = read_generation(dir)?;
     if found != generation {
-        return Err(DriverError::WrongGeneration {
+        return Err(DiskError::WrongGeneration {
             id: id.to_owned(),
             found,
             expected: generation,
@@ -71,9 +71,9 @@ pub fn archive_root(root: &Path) -> PathBuf {
 
 /// Moves the VM's directory, disk included, to `ARCHIVE/ID-genG-UNIXSECONDS` and returns that
 /// path. The caller makes sure nothing runs on it.
-pub fn archive(root: &Path, id: &str) -> Result<PathBuf, DriverError> {
+pub fn archive(root: &Path, id: &str) -> Result<PathBuf, DiskError> {
     if !valid_id(id) {
-        return Err(DriverError::BadId(id.to_owned()));
+        return Err(DiskError::BadId(id.to_owned()));
     }
     let dir = root.join(id);
     let generation = read_generation(&dir)?;
@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(read_generation(dir.path()).unwrap(), 0, "none yet");
         assert!(matches!(
             check_own("vm-1", dir.path(), "disk.img", 0),
-            Err(DriverError::NoDisk(_))
+            Err(DiskError::NoDisk(_))
         ));
         std::fs::write(dir.path().join("disk.img"), b"").unwrap();
         write_generation(dir.path(), 3).unwrap();
@@ -160,7 +160,7 @@ mod tests {
         check_own("vm-1", dir.path(), "disk.img", 3).unwrap();
         assert!(matches!(
             check_own("vm-1", dir.path(), "disk.img", 4),
-            Err(DriverError::WrongGeneration {
+            Err(DiskError::WrongGeneration {
                 found: 3,
                 expected: 4,
                 ..

@@ -29,7 +29,7 @@ use crate::files::{read_present, remove_vm_dir, valid_id, vm_dirs};
 use crate::qmp::Qmp;
 use crate::seed::Seed;
 
-pub use crate::error::DriverError;
+pub use crate::error::{ControlError, DiskError, IoAt, ObserveError, StartError};
 
 /// The QOM path of the root disk's block backend, as `-device ... id=virtio-disk0` makes it.
 pub const DISK_QOM: &str = "/machine/peripheral/virtio-disk0/virtio-backend";
@@ -350,7 +350,7 @@ impl Driver {
     /// the process hearth started for it (reported as a separate, foreign entry).
     /// An error means the host could not look (no file descriptors left, say): the caller
     /// must not take it for "nothing runs".
-    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, ObserveError> {
         let mut seen = Vec::new();
         let mut ours = BTreeSet::new();
         for (id, path) in vm_dirs(&self.root)? {
@@ -403,17 +403,14 @@ impl Driver {
 
     /// Writes a fresh seed and starts QEMU on the VM's own disk (of `spec.generation`),
     /// which must be here already. Returns its pid. Refuses when the VM already runs.
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, StartError> {
         if !valid_id(&spec.id) {
-            return Err(DriverError::BadId(spec.id.clone()));
+            return Err(StartError::BadId(spec.id.clone()));
         }
         {
             let mut starting = self.starting.lock().expect("starting lock");
             if !starting.insert(spec.id.clone()) {
-                return Err(DriverError::Qemu(format!(
-                    "{} is already being started",
-                    spec.id
-                )));
+                return Err(StartError::AlreadyStarting(spec.id.clone()));
             }
         }
         let result = self.start_inner(spec).await;
@@ -424,15 +421,15 @@ impl Driver {
         result
     }
 
-    async fn start_inner(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+    async fn start_inner(&self, spec: &VmSpec) -> Result<u32, StartError> {
         if let Some(pid) = self.pid(&spec.id) {
-            return Err(DriverError::AlreadyRunning(spec.id.clone(), pid));
+            return Err(StartError::AlreadyRunning(spec.id.clone(), pid));
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let qmp = self.qmp_path(&spec.id);
         if qmp.display().to_string().len() > MAX_SOCKET_PATH {
-            return Err(DriverError::Qemu(format!(
+            return Err(StartError::Launch(format!(
                 "{} is longer than a unix socket path may be ({MAX_SOCKET_PATH} bytes); choose a shorter data_dir",
                 qmp.display()
             )));
@@ -452,8 +449,8 @@ impl Driver {
             let (seed_dir, iso) = (dir.join("seed"), dir.join("seed.iso"));
             tokio::task::spawn_blocking(move || seed.write_iso(&seed_dir, &iso))
                 .await
-                .map_err(|e| DriverError::Qemu(e.to_string()))?
-                .map_err(DriverError::Qemu)?;
+                .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))?
+                .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))?;
         }
         for stale in ["qemu.pid", "qmp.sock"] {
             let _ = std::fs::remove_file(dir.join(stale));
@@ -473,9 +470,9 @@ impl Driver {
     /// is here already: true when it made one. A disk of another generation here is an error,
     /// never overwritten. The only thing that makes a disk; the caller decides whether the VM
     /// may have a new one.
-    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DiskError> {
         if !valid_id(&spec.id) {
-            return Err(DriverError::BadId(spec.id.clone()));
+            return Err(DiskError::BadId(spec.id.clone()));
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -495,13 +492,13 @@ impl Driver {
             .output()
             .await
             .map_err(|e| {
-                DriverError::Qemu(format!(
+                DiskError::QemuImg(format!(
                     "cannot run qemu-img (apt-get install qemu-utils): {e}"
                 ))
             })?;
         if !output.status.success() {
             let _ = std::fs::remove_file(&partial);
-            return Err(DriverError::Qemu(format!(
+            return Err(DiskError::QemuImg(format!(
                 "qemu-img create failed: {}",
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
@@ -514,15 +511,15 @@ impl Driver {
 
     /// Moves a VM's files, disk included, to the archive (see [`crate::disk::archive`]).
     /// Refuses while its QEMU runs.
-    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DiskError> {
         if let Some(pid) = self.pid(id) {
-            return Err(DriverError::AlreadyRunning(id.to_owned(), pid));
+            return Err(DiskError::Running(id.to_owned(), pid));
         }
         self.cleanup_runtime(id);
         crate::disk::archive(&self.root, id)
     }
 
-    async fn launch(&self, spec: &VmSpec, dir: &Path, accel: Accel) -> Result<u32, DriverError> {
+    async fn launch(&self, spec: &VmSpec, dir: &Path, accel: Accel) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
@@ -540,7 +537,7 @@ impl Driver {
             .status()
             .await
             .map_err(|e| {
-                DriverError::Qemu(format!(
+                StartError::Launch(format!(
                     "cannot run {binary} (apt-get install qemu-system-{}): {e}",
                     match spec.arch {
                         Arch::X86_64 => "x86",
@@ -555,7 +552,7 @@ impl Driver {
                 .to_owned()
         };
         if !status.success() {
-            return Err(DriverError::Qemu(format!(
+            return Err(StartError::Launch(format!(
                 "{binary} failed ({status}): {}",
                 message()
             )));
@@ -568,13 +565,13 @@ impl Driver {
                 }
             } else if dir.join("qemu.pid").exists() {
                 // The pidfile is there but the process is gone: it died during start.
-                return Err(DriverError::Qemu(format!(
+                return Err(StartError::Launch(format!(
                     "{binary} exited at start: {}",
                     message()
                 )));
             }
             if Instant::now() > deadline {
-                return Err(DriverError::Qemu(format!(
+                return Err(StartError::Launch(format!(
                     "{binary} did not come up within {START_TIMEOUT:?}: {}",
                     message()
                 )));
@@ -583,9 +580,9 @@ impl Driver {
         }
     }
 
-    async fn qmp(&self, id: &str) -> Result<Qmp, DriverError> {
+    async fn qmp(&self, id: &str) -> Result<Qmp, ControlError> {
         if self.pid(id).is_none() {
-            return Err(DriverError::NotRunning(id.to_owned()));
+            return Err(ControlError::NotRunning(id.to_owned()));
         }
         Ok(Qmp::connect(&self.qmp_path(id)).await?)
     }
@@ -596,13 +593,13 @@ impl Driver {
         id: &str,
         command: &str,
         args: Option<Value>,
-    ) -> Result<Value, DriverError> {
+    ) -> Result<Value, ControlError> {
         let mut qmp = self.qmp(id).await?;
         Ok(qmp.execute(command, args).await?)
     }
 
     /// QEMU's run state (`running`, `paused`, `shutdown`, ...).
-    pub async fn status(&self, id: &str) -> Result<String, DriverError> {
+    pub async fn status(&self, id: &str) -> Result<String, ControlError> {
         let value = self.execute(id, "query-status", None).await?;
         Ok(value["status"].as_str().unwrap_or("unknown").to_owned())
     }
@@ -629,7 +626,7 @@ impl Driver {
 
     /// ACPI power button, then `grace` for the guest to power off, then a hard stop.
     /// A VM that is not running is already shut down.
-    pub async fn shutdown(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
+    pub async fn shutdown(&self, id: &str, grace: Duration) -> Result<(), ControlError> {
         let Some(pid) = self.pid(id) else {
             self.cleanup_runtime(id);
             return Ok(());
@@ -659,12 +656,12 @@ impl Driver {
     }
 
     /// A hard reset, as the reset button would.
-    pub async fn reboot(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn reboot(&self, id: &str) -> Result<(), ControlError> {
         self.execute(id, "system_reset", None).await.map(|_| ())
     }
 
     /// Stops QEMU at once: `quit` over QMP, then SIGKILL.
-    pub async fn kill(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn kill(&self, id: &str) -> Result<(), ControlError> {
         let Some(pid) = self.pid(id) else {
             self.cleanup_runtime(id);
             return Ok(());
@@ -675,9 +672,10 @@ impl Driver {
         if !self.wait_gone(id, pid, Duration::from_secs(5)).await {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             if !self.wait_gone(id, pid, Duration::from_secs(10)).await {
-                return Err(DriverError::Qemu(format!(
-                    "QEMU pid {pid} of {id} survives SIGKILL"
-                )));
+                return Err(ControlError::Survives {
+                    id: id.to_owned(),
+                    pid,
+                });
             }
         }
         self.cleanup_runtime(id);
@@ -685,16 +683,16 @@ impl Driver {
     }
 
     /// Stops the VM and removes its directory, disk included. The only operation that does.
-    pub async fn delete(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn delete(&self, id: &str) -> Result<(), DiskError> {
         if !valid_id(id) {
-            return Err(DriverError::BadId(id.to_owned()));
+            return Err(DiskError::BadId(id.to_owned()));
         }
         self.kill(id).await?;
-        remove_vm_dir(&self.dir(id))
+        Ok(remove_vm_dir(&self.dir(id))?)
     }
 
     /// Changes the root disk's limits live, all six of QEMU's figures at once.
-    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {
+    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), ControlError> {
         let args = json!({
             "id": DISK_QOM,
             "iops": limits.iops.unwrap_or(0),
@@ -710,14 +708,14 @@ impl Driver {
     }
 
     /// The root disk's limits as QEMU reports them.
-    pub async fn io_limits(&self, id: &str) -> Result<IoLimits, DriverError> {
+    pub async fn io_limits(&self, id: &str) -> Result<IoLimits, ControlError> {
         let blocks = self.execute(id, "query-block", None).await?;
         let disk = blocks
             .as_array()
             .into_iter()
             .flatten()
             .find(|b| b["qdev"] == DISK_QOM || b["device"] == "disk0")
-            .ok_or_else(|| DriverError::Qemu(format!("{id} has no disk0 in query-block")))?;
+            .ok_or_else(|| ControlError::Unexpected(format!("{id} has no disk0 in query-block")))?;
         let figure = |key: &str| disk["inserted"][key].as_u64().filter(|n| *n > 0);
         Ok(IoLimits {
             iops: figure("iops"),

@@ -13,7 +13,7 @@ use hearth_types::compute::{IoLimits, ObservedVm};
 
 use crate::disk::{check_own, read_generation, write_generation};
 use crate::driver::VmSpec;
-use crate::error::{DriverError, io_error};
+use crate::error::{ControlError, DiskError, ObserveError, StartError, io_error};
 use crate::files::{read_present, remove_vm_dir, valid_id, vm_dirs};
 
 /// The fake disk's file: its content is the number of boots on it.
@@ -39,7 +39,7 @@ impl FakeDriver {
 
     /// Every VM directory, running when its marker is there. An error means the host could
     /// not look, not that nothing runs.
-    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, ObserveError> {
         let mut seen = Vec::new();
         for (id, path) in vm_dirs(&self.root)? {
             let marker = self.marker(&id);
@@ -60,9 +60,9 @@ impl FakeDriver {
 
     /// Makes the VM's disk of `spec.generation` (no boots yet) unless it is here: true when
     /// it made one. A disk of another generation is an error, as with QEMU.
-    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DiskError> {
         if !valid_id(&spec.id) {
-            return Err(DriverError::BadId(spec.id.clone()));
+            return Err(DiskError::BadId(spec.id.clone()));
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -76,9 +76,9 @@ impl FakeDriver {
     }
 
     /// "Boots" the VM on its own disk: counts the boot on the disk and says so on the console.
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, StartError> {
         if !valid_id(&spec.id) {
-            return Err(DriverError::BadId(spec.id.clone()));
+            return Err(StartError::BadId(spec.id.clone()));
         }
         let dir = self.dir(&spec.id);
         let marker = self.marker(&spec.id);
@@ -86,7 +86,7 @@ impl FakeDriver {
             .ok()
             .and_then(|t| t.trim().parse().ok())
         {
-            return Err(DriverError::AlreadyRunning(spec.id.clone(), pid));
+            return Err(StartError::AlreadyRunning(spec.id.clone(), pid));
         }
         check_own(&spec.id, &dir, DISK, spec.generation)?;
         let disk = dir.join(DISK);
@@ -122,39 +122,36 @@ impl FakeDriver {
     }
 
     /// Stops the VM; one that is not running is stopped already, as with QEMU.
-    pub async fn shutdown(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn shutdown(&self, id: &str) -> Result<(), ControlError> {
         let marker = self.marker(id);
         match std::fs::remove_file(&marker) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&marker)(e)),
+            Err(e) => Err(io_error(&marker)(e).into()),
         }
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn delete(&self, id: &str) -> Result<(), DiskError> {
         if !valid_id(id) {
-            return Err(DriverError::BadId(id.to_owned()));
+            return Err(DiskError::BadId(id.to_owned()));
         }
-        remove_vm_dir(&self.dir(id))
+        Ok(remove_vm_dir(&self.dir(id))?)
     }
 
     /// Moves the VM's files to the archive; refuses while it "runs".
-    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DiskError> {
         if self.marker(id).is_file() {
-            return Err(DriverError::AlreadyRunning(
-                id.to_owned(),
-                std::process::id(),
-            ));
+            return Err(DiskError::Running(id.to_owned(), std::process::id()));
         }
         crate::disk::archive(&self.root, id)
     }
 
-    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {
+    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), ControlError> {
         if !self.marker(id).is_file() {
-            return Err(DriverError::NotRunning(id.to_owned()));
+            return Err(ControlError::NotRunning(id.to_owned()));
         }
         let path = self.dir(id).join("io");
-        std::fs::write(&path, format!("{limits:?}")).map_err(io_error(&path))
+        Ok(std::fs::write(&path, format!("{limits:?}")).map_err(io_error(&path))?)
     }
 }
 
@@ -166,28 +163,28 @@ pub enum VmDriver {
 }
 
 impl VmDriver {
-    pub fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
+    pub fn observe(&self) -> Result<Vec<ObservedVm>, ObserveError> {
         match self {
             VmDriver::Qemu(d) => d.observe(),
             VmDriver::Fake(d) => d.observe(),
         }
     }
 
-    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DriverError> {
+    pub async fn create_disk(&self, spec: &VmSpec) -> Result<bool, DiskError> {
         match self {
             VmDriver::Qemu(d) => d.create_disk(spec).await,
             VmDriver::Fake(d) => d.create_disk(spec).await,
         }
     }
 
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, DriverError> {
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, StartError> {
         match self {
             VmDriver::Qemu(d) => d.start(spec).await,
             VmDriver::Fake(d) => d.start(spec).await,
         }
     }
 
-    pub async fn archive(&self, id: &str) -> Result<PathBuf, DriverError> {
+    pub async fn archive(&self, id: &str) -> Result<PathBuf, DiskError> {
         match self {
             VmDriver::Qemu(d) => d.archive(id).await,
             VmDriver::Fake(d) => d.archive(id).await,
@@ -202,21 +199,21 @@ impl VmDriver {
         }
     }
 
-    pub async fn shutdown(&self, id: &str, grace: std::time::Duration) -> Result<(), DriverError> {
+    pub async fn shutdown(&self, id: &str, grace: std::time::Duration) -> Result<(), ControlError> {
         match self {
             VmDriver::Qemu(d) => d.shutdown(id, grace).await,
             VmDriver::Fake(d) => d.shutdown(id).await,
         }
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), DriverError> {
+    pub async fn delete(&self, id: &str) -> Result<(), DiskError> {
         match self {
             VmDriver::Qemu(d) => d.delete(id).await,
             VmDriver::Fake(d) => d.delete(id).await,
         }
     }
 
-    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), DriverError> {
+    pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), ControlError> {
         match self {
             VmDriver::Qemu(d) => d.set_io_limits(id, limits).await,
             VmDriver::Fake(d) => d.set_io_limits(id, limits).await,
@@ -252,7 +249,10 @@ mod tests {
             generation: 1,
         };
         assert!(
-            matches!(driver.start(&spec).await, Err(DriverError::NoDisk(_))),
+            matches!(
+                driver.start(&spec).await,
+                Err(StartError::Disk(DiskError::NoDisk(_)))
+            ),
             "a start never makes a disk"
         );
         assert!(driver.create_disk(&spec).await.unwrap());
@@ -260,7 +260,7 @@ mod tests {
         driver.start(&spec).await.unwrap();
         assert!(matches!(
             driver.start(&spec).await,
-            Err(DriverError::AlreadyRunning(..))
+            Err(StartError::AlreadyRunning(..))
         ));
         let seen = driver.observe().unwrap();
         assert_eq!(seen.len(), 1);
@@ -285,14 +285,14 @@ mod tests {
         };
         assert!(matches!(
             driver.start(&other).await,
-            Err(DriverError::WrongGeneration { .. })
+            Err(StartError::Disk(DiskError::WrongGeneration { .. }))
         ));
         driver.delete("vm-7").await.unwrap();
         assert!(driver.observe().unwrap().is_empty());
         // Review finding: a failed look is an error, never "nothing runs" (which would make
         // a host restart or forget its running VMs).
         std::fs::create_dir_all(root.join("vm-8").join("running")).unwrap();
-        assert!(matches!(driver.observe(), Err(DriverError::Io { .. })));
+        assert!(matches!(driver.observe(), Err(ObserveError::Io(_))));
         let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{DriverError, io_error};
+use crate::error::{IoAt, io_error};
 
 /// A VM id names a directory: letters, digits and dashes only.
 pub(crate) fn valid_id(id: &str) -> bool {
@@ -34,7 +34,7 @@ pub(crate) fn read_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 /// Removes a VM's directory, disk included; one already gone is removed.
-pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), DriverError> {
+pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), IoAt> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -44,7 +44,7 @@ pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), DriverError> {
 
 /// The VM directories under `root` (valid ids only), by id; none when `root` is not there
 /// yet. Failing to list them is an error, not an empty host.
-pub(crate) fn vm_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DriverError> {
+pub(crate) fn vm_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, IoAt> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
