@@ -64,6 +64,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
             generation: 1,
         },
         base: None,
+        migration: None,
     }
 }
 

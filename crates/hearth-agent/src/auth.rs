@@ -253,6 +253,7 @@ pub(crate) mod tests {
                 reboots_done: 0,
                 disk: Default::default(),
                 base: None,
+                migration: None,
             },
         };
         desired

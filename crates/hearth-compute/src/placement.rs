@@ -239,6 +239,7 @@ mod tests {
                 reboots_done: 0,
                 disk: Default::default(),
                 base: None,
+                migration: None,
             },
         }
     }

@@ -541,6 +541,7 @@ pub(crate) mod tests {
                     generation: 1,
                 },
                 base: None,
+                migration: None,
             },
         }
     }

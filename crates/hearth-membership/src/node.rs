@@ -159,6 +159,9 @@ impl Node {
         self.step(self.now(Instant::now()), Input::Start);
         self.carry_out().await;
         let mut tick = tokio::time::interval(self.probe_interval);
+        // After a stall, one tick, not a burst of the missed ones: each tick lets local health
+        // recover a step, and a burst would undo at once the caution the stall just earned.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; 2 * MAX_DATAGRAM];
         loop {
             let next_timer = self.timers.peek().map(|Reverse(entry)| entry.at);

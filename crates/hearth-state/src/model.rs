@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod cas;
 pub mod compute;
+mod migration;
 
 pub use cas::{Expect, Outcome};
 use cas::{put, remove};
@@ -579,6 +580,7 @@ mod tests {
             reboots_done: 0,
             disk: Default::default(),
             base: None,
+            migration: None,
         };
         state.compute.vms.insert(
             "vm-9".into(),

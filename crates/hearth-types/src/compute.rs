@@ -363,9 +363,48 @@ pub struct Vm {
     /// disk's backing file never changes under it. Absent only in states written before.
     #[serde(default)]
     pub base: Option<Image>,
+    /// A move to another host, under way (see `docs/migration.md`): it ends when the target
+    /// records the disk as its own, or is given up. The desired state's side is built; the
+    /// hosts' side (stop, copy, switch) and the API are not yet, so nothing sets it today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
+}
+
+/// A move of a VM and its disk to another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Migration {
+    /// The target host.
+    pub to: String,
+    pub stage: MigrationStage,
+    /// Log index of the request.
+    pub since: u64,
+    /// Bytes of the disk copied so far, and its size, as the target last reported them.
+    #[serde(default)]
+    pub done_bytes: u64,
+    #[serde(default)]
+    pub total_bytes: u64,
+}
+
+/// Where a cold migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationStage {
+    /// The source host stops the VM.
+    Stopping,
+    /// The VM is stopped at its source, its disk at rest; the target copies it.
+    Copying,
 }
 
 impl Vm {
+    /// Sets the phase and its message; `phase_since` moves only when the phase changes.
+    pub fn set_phase(&mut self, phase: Phase, message: Option<String>, index: u64) {
+        if self.phase != phase {
+            self.phase_since = index;
+        }
+        self.phase = phase;
+        self.message = message;
+    }
+
     /// The image this VM's disk is (or will be) an overlay on: its own copy, or for a state
     /// written before VMs kept one, the current image of that name.
     pub fn base_image<'a>(&'a self, compute: &'a Compute) -> Option<&'a Image> {

@@ -9,6 +9,7 @@ use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
 use super::cas::{Expect, Outcome, put, remove};
+use super::migration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -124,6 +125,42 @@ pub enum ComputeCommand {
         vm: String,
         expect: Expect,
     },
+    /// Move a VM and its disk to host `to` (cold: stopped, copied, started there). Refused
+    /// unless the VM runs from its disk's home, is not being deleted or moved, and `to` is
+    /// another known host that is not fenced.
+    Migrate {
+        vm: String,
+        to: String,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// The source host stopped the VM: its disk of `generation` is at rest for the copy.
+    MigrationStopped {
+        vm: String,
+        host: String,
+        generation: u64,
+    },
+    /// The target host's progress copying the disk.
+    MigrationProgress {
+        vm: String,
+        host: String,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    /// The target holds a whole copy of the disk of `generation` (as `generation + 1`): the
+    /// VM and its disk home switch to it at once. Refused unless the home is still `from` at
+    /// `generation` and a copy to `to` is under way.
+    MoveDisk {
+        vm: String,
+        from: String,
+        to: String,
+        generation: u64,
+    },
+    /// Give a move up (the target failed, or an admin asked): the VM runs at its source.
+    AbortMigration {
+        vm: String,
+        why: String,
+    },
 }
 
 impl ComputeCommand {
@@ -144,7 +181,12 @@ impl ComputeCommand {
             | ComputeCommand::Reboot { vm, .. }
             | ComputeCommand::Rebooted { vm, .. }
             | ComputeCommand::ClaimDisk { vm, .. }
-            | ComputeCommand::Recreate { vm, .. } => format!("vm/{vm}"),
+            | ComputeCommand::Recreate { vm, .. }
+            | ComputeCommand::Migrate { vm, .. }
+            | ComputeCommand::MigrationStopped { vm, .. }
+            | ComputeCommand::MigrationProgress { vm, .. }
+            | ComputeCommand::MoveDisk { vm, .. }
+            | ComputeCommand::AbortMigration { vm, .. } => format!("vm/{vm}"),
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
                 format!("fix/{id}")
             }
@@ -208,6 +250,25 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             generation,
         } => claim_disk(compute, vm, host, *generation),
         C::Recreate { vm, expect } => recreate(compute, vm, *expect, index),
+        C::Migrate { vm, to, expect } => migration::migrate(compute, vm, to, *expect, index),
+        C::MigrationStopped {
+            vm,
+            host,
+            generation,
+        } => migration::stopped(compute, vm, host, *generation),
+        C::MigrationProgress {
+            vm,
+            host,
+            done_bytes,
+            total_bytes,
+        } => migration::progress(compute, vm, host, *done_bytes, *total_bytes),
+        C::MoveDisk {
+            vm,
+            from,
+            to,
+            generation,
+        } => migration::move_disk(compute, vm, from, to, *generation, index),
+        C::AbortMigration { vm, why } => migration::abort(compute, vm, why, index),
     }
 }
 
@@ -311,7 +372,7 @@ fn place(
     } else {
         Phase::Pending
     };
-    set_phase(&mut entry.value, phase, None, index);
+    entry.value.set_phase(phase, None, index);
     Outcome::Applied {
         version: entry.version,
     }
@@ -345,7 +406,7 @@ fn report(
     if entry.value.phase == phase && entry.value.message == *message && !claims {
         return Outcome::Nothing;
     }
-    set_phase(&mut entry.value, phase, message.clone(), index);
+    entry.value.set_phase(phase, message.clone(), index);
     Outcome::Applied {
         version: entry.version,
     }
@@ -479,12 +540,7 @@ fn recreate(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Out
         } else {
             Phase::Pending
         };
-        set_phase(
-            vm,
-            phase,
-            Some("recreated with an empty disk".into()),
-            index,
-        );
+        vm.set_phase(phase, Some("recreated with an empty disk".into()), index);
     })
 }
 
@@ -535,14 +591,6 @@ fn fix(compute: &mut Compute, id: &str, destroy: bool, index: u64) -> Outcome {
             Outcome::Applied { version: index }
         }
     }
-}
-
-fn set_phase(vm: &mut Vm, phase: Phase, message: Option<String>, index: u64) {
-    if vm.phase != phase {
-        vm.phase_since = index;
-    }
-    vm.phase = phase;
-    vm.message = message;
 }
 
 fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome {
@@ -612,6 +660,7 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                     generation: 1,
                 },
                 base: Some(image.value),
+                migration: None,
             },
         },
     );
@@ -657,8 +706,10 @@ fn delete_vm(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Ou
         return Outcome::Removed;
     }
     entry.value.deleting = true;
+    // A VM being deleted is not moved: the target's copy, if any, is never switched to.
+    entry.value.migration = None;
     entry.version = index;
-    set_phase(&mut entry.value, Phase::Deleting, None, index);
+    entry.value.set_phase(Phase::Deleting, None, index);
     Outcome::Applied { version: index }
 }
 

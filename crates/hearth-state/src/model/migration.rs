@@ -1,0 +1,321 @@
+//! Moving a VM and its disk to another host (cold migration), as commands on the desired
+//! state: ask, the source's "stopped", the target's progress, the switch, and giving up.
+//! Each checks the facts its step depends on, so a stale or repeated command changes nothing
+//! and the disk home moves exactly once. `docs/migration.md` gives the whole protocol.
+
+use hearth_types::compute::{Compute, DiskHome, Migration, MigrationStage, Phase, Vm};
+use hearth_types::desired::Versioned;
+
+use super::cas::{Expect, Outcome};
+
+fn conflict(entry: &Versioned<Vm>) -> Outcome {
+    Outcome::Conflict {
+        current: Some(entry.version),
+    }
+}
+
+fn invalid(message: String) -> Outcome {
+    Outcome::Invalid { message }
+}
+
+/// `hearth vm migrate NAME --to HOST --cold`: the VM must run from its disk's home, with no
+/// other move under way, and the target must be another known host that is not fenced.
+pub(super) fn migrate(
+    compute: &mut Compute,
+    key: &str,
+    to: &str,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    let target_ok = compute.hosts.get(to).is_some_and(|h| !h.fenced);
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    if !expect.holds(Some(entry.version)) {
+        return conflict(entry);
+    }
+    let vm = &mut entry.value;
+    let name = vm.request.name.clone();
+    let Some(host) = vm.host.clone() else {
+        return invalid(format!(
+            "vm: {name} is not placed yet; it starts where it fits"
+        ));
+    };
+    if vm.deleting {
+        return invalid(format!("vm: {name} is being deleted"));
+    }
+    if vm.migration.is_some() {
+        return invalid(format!("vm: {name} is already being moved"));
+    }
+    if vm.disk.host.as_deref() != Some(host.as_str()) {
+        return invalid(format!(
+            "vm: {name} has no disk on {host} yet; it moves once it has run there"
+        ));
+    }
+    if to == host {
+        return invalid(format!("to: {name} is on {to} already"));
+    }
+    if !target_ok {
+        return invalid(format!(
+            "to: {to} is not a worker host that is up and unfenced"
+        ));
+    }
+    vm.migration = Some(Migration {
+        to: to.to_owned(),
+        stage: MigrationStage::Stopping,
+        since: index,
+        done_bytes: 0,
+        total_bytes: 0,
+    });
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+/// The source host stopped the VM: its disk of `generation` is at rest, to be copied.
+pub(super) fn stopped(compute: &mut Compute, key: &str, host: &str, generation: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    let vm = &mut entry.value;
+    let home = vm.disk.host.as_deref() == Some(host) && vm.disk.generation == generation;
+    match &mut vm.migration {
+        Some(m) if home && m.stage == MigrationStage::Stopping => {
+            m.stage = MigrationStage::Copying;
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        Some(m) if home && m.stage == MigrationStage::Copying => Outcome::Nothing,
+        _ => conflict(entry),
+    }
+}
+
+/// The target's copy progress, shown by `vm show`.
+pub(super) fn progress(
+    compute: &mut Compute,
+    key: &str,
+    host: &str,
+    done: u64,
+    total: u64,
+) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    match &mut entry.value.migration {
+        Some(m) if m.to == host && m.stage == MigrationStage::Copying => {
+            m.done_bytes = done.min(total);
+            m.total_bytes = total;
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        _ => conflict(entry),
+    }
+}
+
+/// The switch: the target holds a whole copy of the disk of `generation`, written there as
+/// `generation + 1`. The VM and its disk home move to it together, and the copy left at the
+/// source is stale from then on (an older generation, which no start accepts).
+pub(super) fn move_disk(
+    compute: &mut Compute,
+    key: &str,
+    from: &str,
+    to: &str,
+    generation: u64,
+    index: u64,
+) -> Outcome {
+    let target_ok = compute.hosts.get(to).is_some_and(|h| !h.fenced);
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    let vm = &mut entry.value;
+    let copying = vm
+        .migration
+        .as_ref()
+        .is_some_and(|m| m.to == to && m.stage == MigrationStage::Copying);
+    let home = vm.host.as_deref() == Some(from)
+        && vm.disk.host.as_deref() == Some(from)
+        && vm.disk.generation == generation;
+    if !copying || !home || vm.deleting || !target_ok {
+        return conflict(entry);
+    }
+    vm.host = Some(to.to_owned());
+    vm.disk = DiskHome {
+        host: Some(to.to_owned()),
+        generation: generation + 1,
+    };
+    vm.migration = None;
+    vm.set_phase(Phase::Placed, Some(format!("moved from {from}")), index);
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+/// Gives the move up: nothing switched, so the VM runs at its source again.
+pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    let Some(migration) = entry.value.migration.take() else {
+        return Outcome::Nothing;
+    };
+    let message = format!("the move to {} was given up: {why}", migration.to);
+    let phase = entry.value.phase;
+    entry.value.set_phase(phase, Some(message), index);
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::compute::{Arch, Host, IoLimits, Power, VmRequest};
+
+    /// w1 runs vm-1 from its own disk (generation 3); w2 is free; w3 is fenced.
+    fn setup() -> Compute {
+        let mut compute = Compute::default();
+        for (name, fenced) in [("w1", false), ("w2", false), ("w3", true)] {
+            let host = Host {
+                fenced,
+                ..Host::default()
+            };
+            compute.hosts.insert(name.into(), host);
+        }
+        let vm = Vm {
+            id: "vm-1".into(),
+            request: VmRequest {
+                name: "db1".into(),
+                owner: "alice".into(),
+                arch: Arch::X86_64,
+                vcpus: 1,
+                memory_mib: 256,
+                disk_gib: 1,
+                image: "tiny".into(),
+                ssh_keys: vec![],
+                pools: vec![],
+                io: IoLimits::default(),
+                power: Power::Running,
+            },
+            ips: vec![],
+            host: Some("w1".into()),
+            deleting: false,
+            phase: Phase::Running,
+            message: None,
+            phase_since: 1,
+            reboots_asked: 0,
+            reboots_done: 0,
+            disk: DiskHome {
+                host: Some("w1".into()),
+                generation: 3,
+            },
+            base: None,
+            migration: None,
+        };
+        compute.vms.insert(
+            "vm-1".into(),
+            Versioned {
+                version: 1,
+                value: vm,
+            },
+        );
+        compute
+    }
+
+    fn vm(compute: &Compute) -> &Vm {
+        &compute.vms["vm-1"].value
+    }
+
+    fn copying(compute: &mut Compute) {
+        assert!(migrate(compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(stopped(compute, "vm-1", "w1", 3).changed());
+    }
+
+    #[test]
+    fn a_cold_move_switches_host_and_disk_home_together_with_a_new_generation() {
+        let mut compute = setup();
+        copying(&mut compute);
+        assert!(progress(&mut compute, "vm-1", "w2", 50, 100).changed());
+        assert_eq!(vm(&compute).migration.as_ref().unwrap().done_bytes, 50);
+        assert!(move_disk(&mut compute, "vm-1", "w1", "w2", 3, 12).changed());
+        let moved = vm(&compute);
+        assert_eq!(moved.host.as_deref(), Some("w2"));
+        assert_eq!(moved.disk.host.as_deref(), Some("w2"));
+        // The copy left on w1 is generation 3: older than the home's, never started again.
+        assert_eq!(moved.disk.generation, 4);
+        assert_eq!(moved.migration, None);
+        assert_eq!(moved.phase, Phase::Placed);
+    }
+
+    #[test]
+    fn the_switch_happens_once_and_only_from_the_recorded_home() {
+        let mut compute = setup();
+        copying(&mut compute);
+        // Not yet from a stale generation, a wrong source, or to another target.
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 2, 12).changed());
+        assert!(!move_disk(&mut compute, "vm-1", "w2", "w2", 3, 12).changed());
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w3", 3, 12).changed());
+        assert!(move_disk(&mut compute, "vm-1", "w1", "w2", 3, 12).changed());
+        // A retry, or a stale leader's copy of the command, changes nothing.
+        let before = compute.clone();
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
+        assert_eq!(compute, before);
+    }
+
+    #[test]
+    fn nothing_switches_before_the_source_has_stopped_the_vm() {
+        let mut compute = setup();
+        assert!(migrate(&mut compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(!progress(&mut compute, "vm-1", "w2", 1, 2).changed());
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 12).changed());
+        // Only the disk's home reports it stopped, and only at the disk's generation.
+        assert!(!stopped(&mut compute, "vm-1", "w2", 3).changed());
+        assert!(!stopped(&mut compute, "vm-1", "w1", 2).changed());
+        assert_eq!(vm(&compute).host.as_deref(), Some("w1"));
+    }
+
+    #[test]
+    fn moves_that_could_lose_or_double_a_disk_are_refused() {
+        let mut compute = setup();
+        for (to, why) in [
+            ("w1", "on w1 already"),
+            ("w3", "unfenced"),
+            ("w9", "unfenced"),
+        ] {
+            match migrate(&mut compute, "vm-1", to, Expect::Any, 10) {
+                Outcome::Invalid { message } => assert!(message.contains(why), "{message}"),
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+        // A VM that never had a disk has nothing to move.
+        compute.vms.get_mut("vm-1").unwrap().value.disk = DiskHome::default();
+        assert!(matches!(
+            migrate(&mut compute, "vm-1", "w2", Expect::Any, 10),
+            Outcome::Invalid { .. }
+        ));
+        let mut compute = setup();
+        assert!(migrate(&mut compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(matches!(
+            migrate(&mut compute, "vm-1", "w2", Expect::Any, 11),
+            Outcome::Invalid { .. }
+        ));
+        assert!(matches!(
+            migrate(&mut compute, "vm-1", "w2", Expect::Version(1), 11),
+            Outcome::Conflict { .. }
+        ));
+    }
+
+    #[test]
+    fn a_given_up_move_leaves_the_vm_at_its_source() {
+        let mut compute = setup();
+        copying(&mut compute);
+        assert!(abort(&mut compute, "vm-1", "w2 stopped answering", 12).changed());
+        let vm = vm(&compute);
+        assert_eq!(vm.migration, None);
+        assert_eq!(vm.host.as_deref(), Some("w1"));
+        assert_eq!(vm.disk.host.as_deref(), Some("w1"));
+        assert_eq!(vm.disk.generation, 3);
+        assert!(vm.message.as_deref().unwrap().contains("given up"));
+        // The target's late switch is refused.
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
+        assert_eq!(abort(&mut compute, "vm-1", "again", 14), Outcome::Nothing);
+    }
+}
