@@ -287,7 +287,14 @@ fn one_vm(
             done: done_here,
         });
     }
-    match (vm.request.power, running) {
+    // A VM being moved is stopped where it is and started nowhere until the move switches
+    // its home or is given up (docs/migration.md).
+    let power = if vm.migration.is_some() {
+        Power::Stopped
+    } else {
+        vm.request.power
+    };
+    match (power, running) {
         // Runs on an old generation's disk (recreated while it ran): stop it; the next passes
         // archive that disk and start the VM on its new one.
         (_, true) if disk == DiskHere::Stale => {
@@ -585,6 +592,37 @@ pub(crate) mod tests {
             reconcile("w2", &c, &[], &Memory::default())
                 .actions
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_vm_being_moved_is_stopped_and_never_started() {
+        let mut moving = vm("vm-1", "w1", Phase::Running, Power::Running);
+        moving.value.migration = Some(hearth_types::compute::Migration {
+            to: "w2".into(),
+            stage: hearth_types::compute::MigrationStage::Stopping,
+            since: 9,
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        let c = compute(vec![moving]);
+        let running = [seen("vm-1", Some(42), true)];
+        let plan = reconcile("w1", &c, &running, &Memory::default());
+        assert!(
+            plan.actions
+                .contains(&Action::Shutdown { vm: "vm-1".into() }),
+            "{:?}",
+            plan.actions
+        );
+        let stopped = [seen("vm-1", None, true)];
+        let plan = reconcile("w1", &c, &stopped, &Memory::default());
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Start { .. })),
+            "{:?}",
+            plan.actions
         );
     }
 

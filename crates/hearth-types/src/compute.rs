@@ -364,8 +364,9 @@ pub struct Vm {
     #[serde(default)]
     pub base: Option<Image>,
     /// A move to another host, under way (see `docs/migration.md`): it ends when the target
-    /// records the disk as its own, or is given up. The desired state's side is built; the
-    /// hosts' side (stop, copy, switch) and the API are not yet, so nothing sets it today.
+    /// records the disk as its own, or is given up. Meanwhile hosts stop the VM and start it
+    /// nowhere. The copy and the switch on the hosts, and the API, are not built yet, so
+    /// nothing sets it today.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
 }
