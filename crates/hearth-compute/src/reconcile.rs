@@ -287,14 +287,7 @@ fn one_vm(
             done: done_here,
         });
     }
-    // A VM being moved is stopped where it is and started nowhere until the move switches
-    // its home or is given up (docs/migration.md).
-    let power = if vm.migration.is_some() {
-        Power::Stopped
-    } else {
-        vm.request.power
-    };
-    match (power, running) {
+    match (wanted_power(vm), running) {
         // Runs on an old generation's disk (recreated while it ran): stop it; the next passes
         // archive that disk and start the VM on its new one.
         (_, true) if disk == DiskHere::Stale => {
@@ -335,6 +328,17 @@ fn one_vm(
             }
             _ => report(actions, vm, Phase::Stopped, None),
         },
+    }
+}
+
+/// Whether the VM should run here now: as its owner asked, except that a VM being moved is
+/// stopped where it is and started nowhere until the move switches its home or is given up
+/// (docs/migration.md).
+fn wanted_power(vm: &Vm) -> Power {
+    if vm.migration.is_some() {
+        Power::Stopped
+    } else {
+        vm.request.power
     }
 }
 
