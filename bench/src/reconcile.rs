@@ -65,6 +65,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
         },
         base: None,
         migration: None,
+        moved_from: None,
     }
 }
 

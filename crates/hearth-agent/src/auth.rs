@@ -254,6 +254,7 @@ pub(crate) mod tests {
                 disk: Default::default(),
                 base: None,
                 migration: None,
+                moved_from: None,
             },
         };
         desired

@@ -182,12 +182,16 @@ impl Agent {
             &shutdown,
             &mut tasks,
         )?;
+        let driver = match config.is_worker() {
+            true => Some(Arc::new(worker_driver(&config)?)),
+            false => None,
+        };
         let state = match (sockets.rpc, rpc_addr) {
             (Some(listener), Some(rpc_advertise)) => {
                 let state = start_state(
                     &config,
-                    listener,
-                    rpc_advertise,
+                    (listener, rpc_advertise),
+                    driver.as_ref(),
                     &state_keyring,
                     &membership,
                     &shutdown,
@@ -202,6 +206,7 @@ impl Agent {
         let started = Started {
             membership,
             state,
+            driver,
             shutdown,
         };
         let api_state = spawn_work(
@@ -311,6 +316,8 @@ fn node_meta(
 struct Started {
     membership: Membership,
     state: Option<StateNode>,
+    /// A worker's VM driver, shared by its host loop and the files it serves its peers.
+    driver: Option<Arc<hearth_qemu::fake::VmDriver>>,
     shutdown: CancellationToken,
 }
 
@@ -328,6 +335,7 @@ fn spawn_work(
     let Started {
         membership,
         state,
+        driver,
         shutdown,
     } = started;
     let compute_metrics = Arc::new(hearth_compute::ComputeMetrics::default());
@@ -335,11 +343,12 @@ fn spawn_work(
     spawn_compute(
         config,
         state.as_ref(),
+        driver.as_ref(),
         &blobs,
         &compute_metrics,
         shutdown,
         tasks,
-    )?;
+    );
     let instances = spawn_services(
         config,
         resolved,
@@ -451,21 +460,21 @@ fn spawn_state_tasks(
 fn spawn_compute(
     config: &Config,
     state: Option<&StateNode>,
+    driver: Option<&Arc<hearth_qemu::fake::VmDriver>>,
     blobs: &hearth_compute::blobs::BlobStore,
     metrics: &Arc<hearth_compute::ComputeMetrics>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<(), StartAgentError> {
+) {
     let Some(state) = state else {
-        return Ok(());
+        return;
     };
-    if config.is_worker() {
-        let driver = worker_driver(config)?;
+    if let Some(driver) = driver {
         tasks.spawn(hearth_compute::host::run(
             hearth_compute::host::Host {
                 name: config.node_name.clone(),
                 capacity: worker_capacity(&config.compute),
-                driver: Arc::new(driver),
+                driver: driver.clone(),
                 blobs: blobs.clone(),
                 state: state.clone(),
                 metrics: metrics.clone(),
@@ -486,7 +495,6 @@ fn spawn_compute(
         config.data_dir.join("vms"),
         shutdown.clone(),
     ));
-    Ok(())
 }
 
 /// The cluster keyring from the config's secrets.
@@ -530,8 +538,8 @@ fn start_membership(
 /// The replicated state of a server or witness, on its Raft RPC listener.
 async fn start_state(
     config: &Config,
-    listener: TcpListener,
-    rpc_advertise: SocketAddr,
+    (listener, rpc_advertise): (TcpListener, SocketAddr),
+    driver: Option<&Arc<hearth_qemu::fake::VmDriver>>,
     keyring: &SharedKeyring,
     membership: &Membership,
     shutdown: &CancellationToken,
@@ -548,7 +556,7 @@ async fn start_state(
         election_timeout: config.state.election_timeout,
         files: Some(Arc::new(hearth_compute::files::HostFiles {
             blobs: hearth_compute::blobs::BlobStore::new(config.data_dir.join("images")),
-            vms_dir: config.is_worker().then(|| config.data_dir.join("vms")),
+            driver: driver.cloned(),
         })),
     };
     Ok(StateNode::start(

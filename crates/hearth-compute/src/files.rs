@@ -1,21 +1,32 @@
 //! What a node serves its peers over the state group's RPC (`hearth_state::files::PeerFiles`):
-//! chunks of verified image files and of its VMs' console logs. The paths are known here and
-//! in `hearth-qemu`, never in the consensus crate.
+//! chunks of verified image files, of its VMs' console logs, and of a stopped VM's disk for
+//! the host it moves to. The paths are known here and in `hearth-qemu`, never in the
+//! consensus crate.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
+use hearth_qemu::fake::VmDriver;
 use hearth_state::files::{
-    BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleChunk, FileError, FileFuture, PeerFiles,
+    BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleChunk, DiskChunk, FileError, FileFuture, PeerFiles,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobs::BlobStore;
 
-/// This node's image store, and its VM directory when it is a worker.
+/// This node's image store, and its VM driver when it is a worker.
 #[derive(Debug, Clone)]
 pub struct HostFiles {
     pub blobs: BlobStore,
-    pub vms_dir: Option<PathBuf>,
+    pub driver: Option<Arc<VmDriver>>,
+}
+
+impl HostFiles {
+    fn driver(&self) -> Result<&VmDriver, FileError> {
+        self.driver
+            .as_deref()
+            .ok_or_else(|| FileError::NotServed("this node runs no VMs".into()))
+    }
 }
 
 impl PeerFiles for HostFiles {
@@ -28,14 +39,71 @@ impl PeerFiles for HostFiles {
         vm: &'a str,
         offset: Option<u64>,
     ) -> FileFuture<'a, ConsoleChunk> {
-        Box::pin(async move {
-            let dir = self
-                .vms_dir
-                .as_deref()
-                .ok_or_else(|| FileError::NotServed("this node runs no VMs".into()))?;
-            read_console(dir, vm, offset).await
-        })
+        Box::pin(async move { read_console(self.driver()?.root(), vm, offset).await })
     }
+
+    fn disk_chunk<'a>(
+        &'a self,
+        vm: &'a str,
+        generation: u64,
+        offset: u64,
+    ) -> FileFuture<'a, DiskChunk> {
+        Box::pin(read_disk_chunk(self, vm, generation, offset))
+    }
+}
+
+/// Reads one chunk of VM `vm`'s disk while nothing runs on it; with the chunk that ends it,
+/// the whole file's sha256.
+async fn read_disk_chunk(
+    files: &HostFiles,
+    vm: &str,
+    generation: u64,
+    offset: u64,
+) -> Result<DiskChunk, FileError> {
+    use base64::Engine;
+    use hearth_qemu::driver::DiskError;
+    let path = files
+        .driver()?
+        .disk_at_rest(vm, generation)
+        .map_err(|error| match error {
+            DiskError::BadId(_) => FileError::BadName(error.to_string()),
+            DiskError::Running(..) | DiskError::NoDisk(_) | DiskError::WrongGeneration { .. } => {
+                FileError::NotAtRest(error.to_string())
+            }
+            other => FileError::Io(other.to_string()),
+        })?;
+    let (total, bytes) = read_chunk(&path, offset).await?;
+    let sha256 = if offset + bytes.len() as u64 >= total {
+        let path = path.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            crate::blobs::sha256_file(&path).map(|(sha, _)| sha)
+        })
+        .await
+        .map_err(|e| FileError::Io(e.to_string()))?
+        .map_err(io)?;
+        Some(digest)
+    } else {
+        None
+    };
+    Ok(DiskChunk {
+        total,
+        data: base64::engine::general_purpose::STANDARD.encode(&bytes),
+        sha256,
+    })
+}
+
+/// Up to [`BLOB_CHUNK`] bytes of the file at `path` from `offset`, and the file's size.
+async fn read_chunk(path: &Path, offset: u64) -> Result<(u64, Vec<u8>), FileError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|_| FileError::NotFound(format!("no copy of {} here", path.display())))?;
+    let total = file.metadata().await.map_err(io)?.len();
+    file.seek(std::io::SeekFrom::Start(offset.min(total)))
+        .await
+        .map_err(io)?;
+    let mut buf = vec![0u8; BLOB_CHUNK.min((total.saturating_sub(offset)) as usize)];
+    file.read_exact(&mut buf).await.map_err(io)?;
+    Ok((total, buf))
 }
 
 fn io(error: std::io::Error) -> FileError {
@@ -57,15 +125,13 @@ async fn read_blob_chunk(
     if !valid {
         return Err(FileError::BadName("not a sha256".into()));
     }
-    let mut file = tokio::fs::File::open(blobs.path(sha256))
-        .await
-        .map_err(|_| FileError::NotFound(format!("no copy of {sha256} here")))?;
-    let total = file.metadata().await.map_err(io)?.len();
-    file.seek(std::io::SeekFrom::Start(offset.min(total)))
-        .await
-        .map_err(io)?;
-    let mut buf = vec![0u8; BLOB_CHUNK.min((total.saturating_sub(offset)) as usize)];
-    file.read_exact(&mut buf).await.map_err(io)?;
+    let (total, buf) =
+        read_chunk(&blobs.path(sha256), offset)
+            .await
+            .map_err(|error| match error {
+                FileError::NotFound(_) => FileError::NotFound(format!("no copy of {sha256} here")),
+                other => other,
+            })?;
     Ok(BlobChunk {
         total,
         data: base64::engine::general_purpose::STANDARD.encode(&buf),
@@ -121,9 +187,10 @@ mod tests {
     #[tokio::test]
     async fn names_that_could_leave_the_directories_are_refused() {
         let top = tempfile::tempdir().unwrap();
+        let driver = VmDriver::Fake(hearth_qemu::fake::FakeDriver::new(top.path().join("vms")));
         let files = HostFiles {
             blobs: BlobStore::new(top.path().join("images")),
-            vms_dir: Some(top.path().join("vms")),
+            driver: Some(Arc::new(driver)),
         };
         for vm in ["../etc", "", "a/b", "vm.1"] {
             let answer = files.console_chunk(vm, None).await;
@@ -145,7 +212,7 @@ mod tests {
             "{missing:?}"
         );
         let server = HostFiles {
-            vms_dir: None,
+            driver: None,
             ..files
         };
         let answer = server.console_chunk("vm-1", None).await;

@@ -43,6 +43,8 @@ struct Tracking {
     /// VMs whose shutdown, start or delete is in progress in a task.
     busy: BTreeSet<String>,
     reported_drift: Option<Vec<Drift>>,
+    /// The progress of each move away from this host, to give up one that stalls.
+    moves: crate::moves::Watch,
 }
 
 impl Tracking {
@@ -151,6 +153,13 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
         .crashes
         .fetch_add(crashes as u64, Ordering::Relaxed);
     report_drift(host, &mut t, &plan.drift).await;
+    for (vm, why) in
+        crate::moves::stalled(&host.name, &desired.compute, &mut t.moves, Instant::now())
+    {
+        tracing::warn!(%vm, %why, "giving a move up; the VM starts here again");
+        let command = ComputeCommand::AbortMigration { vm, why };
+        let _ = host.state.submit(Command::Compute { command }).await;
+    }
     for action in plan.actions {
         if action.vm().is_some_and(|vm| t.busy.contains(vm)) {
             continue;
@@ -247,6 +256,38 @@ async fn act(
                 t.busy.insert(vm);
                 let (host, tracking) = (host.clone(), tracking.clone());
                 tokio::spawn(async move { reboot(&host, &tracking, &entry, &compute, done).await });
+            }
+        }
+        Action::MoveStopped { vm, generation } => {
+            let host_name = host.name.clone();
+            tracing::info!(%vm, generation, "VM stopped for its move; its disk may be copied");
+            submit(ComputeCommand::MigrationStopped {
+                vm,
+                host: host_name,
+                generation,
+            })
+            .await
+        }
+        Action::Receive {
+            vm,
+            from,
+            generation,
+        } => {
+            if let Some(entry) = desired.compute.vms.get(&vm) {
+                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
+                t.busy.insert(vm.clone());
+                let (host, tracking) = (host.clone(), tracking.clone());
+                tokio::spawn(async move {
+                    tracing::info!(%vm, %from, "copying the disk of a VM moving here");
+                    let target = crate::moves::Host {
+                        name: &host.name,
+                        driver: &host.driver,
+                        blobs: &host.blobs,
+                        state: &host.state,
+                    };
+                    crate::moves::receive(&target, &entry, &compute, &from, generation).await;
+                    tracking.lock().await.busy.remove(&vm);
+                });
             }
         }
         Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),

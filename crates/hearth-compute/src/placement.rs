@@ -240,6 +240,7 @@ mod tests {
                 disk: Default::default(),
                 base: None,
                 migration: None,
+                moved_from: None,
             },
         }
     }

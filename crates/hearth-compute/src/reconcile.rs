@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_types::compute::{Compute, Drift, DriftKind, IoLimits, ObservedVm, Phase, Power, Vm};
+use hearth_types::compute::{
+    Compute, DiskHome, Drift, DriftKind, IoLimits, MigrationStage, ObservedVm, Phase, Power, Vm,
+};
 
 /// What the reconciler remembers between passes, kept by the host loop.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,19 @@ pub enum Action {
     FixDone {
         id: String,
     },
+    /// Tell the cluster the VM is stopped here, its disk of `generation` at rest, so that the
+    /// target of its move may copy it.
+    MoveStopped {
+        vm: String,
+        generation: u64,
+    },
+    /// Copy the VM's disk of `generation` from `from`, its home, make it this host's disk
+    /// of `generation + 1`, and switch the VM here (see `crate::moves`).
+    Receive {
+        vm: String,
+        from: String,
+        generation: u64,
+    },
 }
 
 impl Action {
@@ -101,7 +116,9 @@ impl Action {
             | Action::AckReboot { vm, .. }
             | Action::ClaimDisk { vm }
             | Action::KillForeign { vm, .. }
-            | Action::ResetCrashes { vm } => Some(vm),
+            | Action::ResetCrashes { vm }
+            | Action::MoveStopped { vm, .. }
+            | Action::Receive { vm, .. } => Some(vm),
             Action::FixDone { .. } => None,
         }
     }
@@ -213,6 +230,7 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[ObservedVm], memory: &Memo
         one_vm(me, vm, found, memory, &mut plan.actions, &mut drift);
     }
     let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
+    receive(me, compute, &mut plan.actions);
     strays(me, compute, seen, &mine_ids, &mut plan.actions, &mut drift);
     drift.sort();
     drift.dedup_by(|a, b| a.id == b.id);
@@ -321,10 +339,20 @@ fn one_vm(
             report(actions, vm, Phase::Stopping, None);
             actions.push(Action::Shutdown { vm: vm.id.clone() });
         }
-        (Power::Stopped, false) => match &disk {
-            DiskHere::Missing(why) => {
+        (Power::Stopped, false) => match (&disk, &vm.migration) {
+            (DiskHere::Missing(why), _) => {
                 report(actions, vm, Phase::Lost, Some(why.clone()));
                 drift.push(missing_disk(me, vm, why));
+            }
+            (DiskHere::Own, Some(moving)) => {
+                let message = format!("stopped to move to {}", moving.to);
+                report(actions, vm, Phase::Stopped, Some(message));
+                if moving.stage == MigrationStage::Stopping {
+                    actions.push(Action::MoveStopped {
+                        vm: vm.id.clone(),
+                        generation: vm.disk.generation,
+                    });
+                }
             }
             _ => report(actions, vm, Phase::Stopped, None),
         },
@@ -393,8 +421,66 @@ fn not_running(
     }
 }
 
+/// The copies this host makes of disks moving here: each VM whose move to this host is at
+/// the copy, from its disk's home, which is where it is placed.
+fn receive(me: &str, compute: &Compute, actions: &mut Vec<Action>) {
+    for vm in compute.vms.values().map(|v| &v.value) {
+        let Some(moving) = &vm.migration else {
+            continue;
+        };
+        if moving.to != me || moving.stage != MigrationStage::Copying || vm.deleting {
+            continue;
+        }
+        if let (Some(from), Some(home)) = (&vm.host, &vm.disk.host)
+            && from == home
+            && from != me
+        {
+            actions.push(Action::Receive {
+                vm: vm.id.clone(),
+                from: from.clone(),
+                generation: vm.disk.generation,
+            });
+        }
+    }
+}
+
+/// What a copy here of a VM not placed here is, beside a stray.
+#[derive(Debug, PartialEq, Eq)]
+enum Copy {
+    /// The copy this host is making of a disk moving here, adopted before the switch is
+    /// committed: the VM's disk once it is.
+    Incoming,
+    /// The copy a move left behind here: superseded by the one at the VM's new home.
+    LeftBehind,
+    /// Anything else.
+    Stray,
+}
+
+fn which_copy(me: &str, s: &ObservedVm, compute: &Compute) -> Copy {
+    let Some(vm) = compute
+        .vms
+        .get(&s.id)
+        .map(|v| &v.value)
+        .filter(|_| !s.foreign)
+    else {
+        return Copy::Stray;
+    };
+    let here = DiskHome {
+        host: Some(me.to_owned()),
+        generation: s.generation,
+    };
+    match &vm.migration {
+        Some(m) if m.to == me && s.generation == vm.disk.generation + 1 => Copy::Incoming,
+        _ if vm.moved_from.as_ref() == Some(&here) && vm.disk.host.as_deref() != Some(me) => {
+            Copy::LeftBehind
+        }
+        _ => Copy::Stray,
+    }
+}
+
 /// Drift for what is here but not placed here (stale copies, foreign processes); a running
-/// copy of a VM placed elsewhere is shut down.
+/// copy of a VM placed elsewhere is shut down. A copy a move left behind is archived, and
+/// the copy being made of a disk moving here is left alone.
 fn strays(
     me: &str,
     compute: &Compute,
@@ -406,6 +492,14 @@ fn strays(
     for s in seen {
         if !s.foreign && mine.contains(s.id.as_str()) {
             continue;
+        }
+        match which_copy(me, s, compute) {
+            Copy::Incoming => continue,
+            Copy::LeftBehind if s.pid.is_none() => {
+                actions.push(Action::Archive { vm: s.id.clone() });
+                continue;
+            }
+            _ => {}
         }
         let (kind, detail, fix) = stale_copy(s, compute);
         // A copy of a VM the cluster runs elsewhere (fenced and recreated while this host was
@@ -553,6 +647,7 @@ pub(crate) mod tests {
                 },
                 base: None,
                 migration: None,
+                moved_from: None,
             },
         }
     }
@@ -628,6 +723,79 @@ pub(crate) mod tests {
             "{:?}",
             plan.actions
         );
+        // Stopped on its own disk: the source says so, and nothing else moves yet.
+        let stop = Action::MoveStopped {
+            vm: "vm-1".into(),
+            generation: 1,
+        };
+        assert!(plan.actions.contains(&stop), "{:?}", plan.actions);
+        let target = reconcile("w2", &c, &[], &Memory::default());
+        assert_eq!(target, Plan::default(), "the target waits for the stop");
+    }
+
+    /// The target copies once the source's disk is at rest; its copy, adopted before the
+    /// switch, is no stray; after the switch the source archives the copy left behind, and
+    /// only that one.
+    #[test]
+    fn a_moved_disk_is_copied_by_the_target_and_archived_at_the_source() {
+        let mut moving = vm("vm-1", "w1", Phase::Stopped, Power::Running);
+        moving.value.migration = Some(hearth_types::compute::Migration {
+            to: "w2".into(),
+            stage: MigrationStage::Copying,
+            since: 9,
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        let c = compute(vec![moving.clone()]);
+        let receive = Action::Receive {
+            vm: "vm-1".into(),
+            from: "w1".into(),
+            generation: 1,
+        };
+        let plan = reconcile("w2", &c, &[], &Memory::default());
+        assert_eq!(plan.actions, std::slice::from_ref(&receive));
+        let mut adopted = seen("vm-1", None, true);
+        adopted.generation = 2;
+        let plan = reconcile("w2", &c, &[adopted.clone()], &Memory::default());
+        assert_eq!(plan.actions, [receive]);
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+        let source = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert!(
+            !source
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::MoveStopped { .. } | Action::Start { .. })),
+            "{:?}",
+            source.actions
+        );
+
+        // Switched: placed on w2 at generation 2, moved from w1 at 1.
+        let mut moved = moving;
+        moved.value.migration = None;
+        moved.value.host = Some("w2".into());
+        moved.value.disk = DiskHome {
+            host: Some("w2".into()),
+            generation: 2,
+        };
+        moved.value.moved_from = Some(DiskHome {
+            host: Some("w1".into()),
+            generation: 1,
+        });
+        let c = compute(vec![moved]);
+        let plan = reconcile("w1", &c, &[seen("vm-1", None, true)], &Memory::default());
+        assert_eq!(plan.actions, [Action::Archive { vm: "vm-1".into() }]);
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+        // Another generation, or a copy that runs, is a stray as before.
+        let mut older = seen("vm-1", Some(7), true);
+        let plan = reconcile("w1", &c, &[older.clone()], &Memory::default());
+        assert_eq!(plan.actions, [Action::Shutdown { vm: "vm-1".into() }]);
+        older.pid = None;
+        older.generation = 0;
+        let plan = reconcile("w1", &c, &[older], &Memory::default());
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.drift[0].kind, DriftKind::WrongHost);
+        let plan = reconcile("w2", &c, &[adopted], &Memory::default());
+        assert!(starts(&plan), "{:?}", plan.actions);
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum DiskError {
     },
     #[error("{0} is running (pid {1}); refusing to move its files")]
     Running(String, u32),
+    /// A directory of the VM is here already; a copy never replaces it.
+    #[error("a copy of {0} is here already; refusing to replace it")]
+    Exists(String),
     /// `qemu-img` could not run or failed.
     #[error("{0}")]
     QemuImg(String),

@@ -191,6 +191,49 @@ impl VmDriver {
         }
     }
 
+    /// The name of a VM's disk file in its directory.
+    pub fn disk_name(&self) -> &'static str {
+        match self {
+            VmDriver::Qemu(_) => "disk.qcow2",
+            VmDriver::Fake(_) => DISK,
+        }
+    }
+
+    /// The pid of what runs VM `id` here, if anything does.
+    pub fn running(&self, id: &str) -> Option<u32> {
+        match self {
+            VmDriver::Qemu(d) => d.pid(id),
+            VmDriver::Fake(d) => read_present(&d.marker(id))
+                .ok()
+                .flatten()
+                .map(|text| String::from_utf8_lossy(&text).trim().parse().unwrap_or(0)),
+        }
+    }
+
+    /// The path of VM `id`'s own disk of `generation` while nothing runs on it: the only
+    /// disk file a peer may copy (see [`crate::moving`]).
+    pub fn disk_at_rest(&self, id: &str, generation: u64) -> Result<PathBuf, DiskError> {
+        if !valid_id(id) {
+            return Err(DiskError::BadId(id.to_owned()));
+        }
+        if let Some(pid) = self.running(id) {
+            return Err(DiskError::Running(id.to_owned(), pid));
+        }
+        crate::moving::disk_of(self.root(), id, self.disk_name(), generation)
+    }
+
+    /// Makes the copy built in VM `id`'s incoming directory its disk of `generation` here
+    /// (see [`crate::moving::adopt`]); a qcow2 overlay is pointed at `base` first.
+    pub async fn adopt_incoming(
+        &self,
+        id: &str,
+        generation: u64,
+        base: (&std::path::Path, &str),
+    ) -> Result<PathBuf, DiskError> {
+        let base = matches!(self, VmDriver::Qemu(_)).then_some(base);
+        crate::moving::adopt(self.root(), id, self.disk_name(), generation, base).await
+    }
+
     /// The directory VM directories live in.
     pub fn root(&self) -> &std::path::Path {
         match self {

@@ -7,5 +7,6 @@ pub mod driver;
 mod error;
 pub mod fake;
 mod files;
+pub mod moving;
 pub mod qmp;
 pub mod seed;

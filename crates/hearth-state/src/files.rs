@@ -1,5 +1,5 @@
 //! The files a node serves its peers over the sealed RPC, as an application interface: image
-//! files by hash and VM consoles by id. The compute layer implements `PeerFiles`; this crate
+//! files by hash, VM consoles by id, and a stopped VM's disk to the host it moves to. The compute layer implements `PeerFiles`; this crate
 //! knows no paths.
 
 use std::future::Future;
@@ -35,12 +35,27 @@ pub struct BlobChunk {
     pub data: String,
 }
 
+/// Part of a VM's disk, served to the host it moves to while the VM is stopped.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiskChunk {
+    /// The whole file's size.
+    pub total: u64,
+    /// Base64 of the bytes from the requested offset (at most [`BLOB_CHUNK`]).
+    pub data: String,
+    /// With the chunk that ends the file: the sha256 of the whole file as it is now, which
+    /// the receiver checks its copy against.
+    pub sha256: Option<String>,
+}
+
 /// Why a node did not serve a chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum FileError {
     /// The name is not a VM id or not a sha256: it could reach outside the node's files.
     #[error("{0}")]
     BadName(String),
+    /// The VM runs, or its disk here is not the generation asked for: it is not served.
+    #[error("{0}")]
+    NotAtRest(String),
     /// This node keeps no files of that kind (no image store, or no VMs).
     #[error("{0}")]
     NotServed(String),
@@ -67,6 +82,14 @@ pub trait PeerFiles: std::fmt::Debug + Send + Sync + 'static {
         vm: &'a str,
         offset: Option<u64>,
     ) -> FileFuture<'a, ConsoleChunk>;
+    /// Up to [`BLOB_CHUNK`] bytes of VM `vm`'s disk of `generation`, from `offset`, served
+    /// only while nothing runs on it.
+    fn disk_chunk<'a>(
+        &'a self,
+        vm: &'a str,
+        generation: u64,
+        offset: u64,
+    ) -> FileFuture<'a, DiskChunk>;
 }
 
 /// Why a file could not be had from a peer.

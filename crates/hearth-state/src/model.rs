@@ -581,6 +581,7 @@ mod tests {
             disk: Default::default(),
             base: None,
             migration: None,
+            moved_from: None,
         };
         state.compute.vms.insert(
             "vm-9".into(),

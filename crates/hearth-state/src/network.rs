@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::files::{BlobChunk, ConsoleChunk, FileError, PeerFiles};
+use crate::files::{BlobChunk, ConsoleChunk, DiskChunk, FileError, PeerFiles};
 use crate::model::Command;
 use crate::reply::StateStatus;
 use crate::types::{Raft, RaftNode, TypeConfig};
@@ -59,6 +59,12 @@ pub enum RpcRequest {
         /// From this byte; `None` is the last [`CONSOLE_CHUNK`](crate::files::CONSOLE_CHUNK) bytes.
         offset: Option<u64>,
     },
+    /// Asks a VM's source host for part of its stopped disk, for a move.
+    Disk {
+        vm: String,
+        generation: u64,
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +77,7 @@ pub enum RpcResponse {
     Status(StateStatus),
     Blob(Result<BlobChunk, FileError>),
     Console(Result<ConsoleChunk, FileError>),
+    Disk(Result<DiskChunk, FileError>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -271,13 +278,33 @@ async fn serve_files<A: Application>(app: &A, request: FileRequest) -> RpcRespon
             RpcResponse::Console(files.console_chunk(&vm, offset).await)
         }
         (FileRequest::Console { .. }, None) => RpcResponse::Console(Err(none("VMs"))),
+        (
+            FileRequest::Disk {
+                vm,
+                generation,
+                offset,
+            },
+            Some(files),
+        ) => RpcResponse::Disk(files.disk_chunk(&vm, generation, offset).await),
+        (FileRequest::Disk { .. }, None) => RpcResponse::Disk(Err(none("VMs"))),
     }
 }
 
 /// A request for a file chunk, taken out of `RpcRequest`.
 enum FileRequest {
-    Blob { sha256: String, offset: u64 },
-    Console { vm: String, offset: Option<u64> },
+    Blob {
+        sha256: String,
+        offset: u64,
+    },
+    Console {
+        vm: String,
+        offset: Option<u64>,
+    },
+    Disk {
+        vm: String,
+        generation: u64,
+        offset: u64,
+    },
 }
 
 /// Accepts sealed connections and answers their requests until `shutdown`.
@@ -343,6 +370,18 @@ async fn serve_connection<A: Application>(
             }
             RpcRequest::Console { vm, offset } => {
                 serve_files(&app, FileRequest::Console { vm, offset }).await
+            }
+            RpcRequest::Disk {
+                vm,
+                generation,
+                offset,
+            } => {
+                let request = FileRequest::Disk {
+                    vm,
+                    generation,
+                    offset,
+                };
+                serve_files(&app, request).await
             }
         };
         conn.send(&serde_json::to_vec(&response)?).await?;

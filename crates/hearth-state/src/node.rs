@@ -319,13 +319,8 @@ impl StateNode {
         hint
     }
 
-    /// Part of VM `vm`'s console log, read by `host` (a group member, learners included).
-    pub async fn console(
-        &self,
-        host: &str,
-        vm: &str,
-        offset: Option<u64>,
-    ) -> Result<ConsoleChunk, PeerError> {
+    /// A client for group member `host` (learners included).
+    fn client_for(&self, host: &str) -> Result<PeerClient, PeerError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let node = membership
@@ -333,7 +328,76 @@ impl StateNode {
             .map(|(_, node)| node)
             .find(|node| node.name == host)
             .ok_or_else(|| PeerError::NotMember(host.to_owned()))?;
-        let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
+        Ok(PeerClient::new(
+            node.rpc_addr.clone(),
+            self.inner.keyring.clone(),
+        ))
+    }
+
+    /// Copies VM `vm`'s stopped disk of `generation` from `host`, chunk by chunk, into `sink`
+    /// (each chunk's bytes, and the file's size). Returns the size and the sha256 `host`
+    /// reported for the whole file, which the caller checks its copy against. Any failure
+    /// fails the whole copy.
+    pub async fn fetch_disk(
+        &self,
+        host: &str,
+        vm: &str,
+        generation: u64,
+        mut sink: impl FnMut(&[u8], u64) -> Result<(), String>,
+    ) -> Result<(u64, String), PeerError> {
+        use base64::Engine;
+        let mut client = self.client_for(host)?;
+        let protocol = |message: &str| PeerError::Protocol {
+            host: host.to_owned(),
+            message: message.to_owned(),
+        };
+        let (mut offset, mut size) = (0u64, None);
+        loop {
+            let request = RpcRequest::Disk {
+                vm: vm.to_owned(),
+                generation,
+                offset,
+            };
+            let chunk = match client.call(&request, Duration::from_secs(30)).await {
+                Ok(RpcResponse::Disk(Ok(chunk))) => chunk,
+                Ok(RpcResponse::Disk(Err(error))) => {
+                    let host = host.to_owned();
+                    return Err(PeerError::Refused { host, error });
+                }
+                Ok(_) => return Err(protocol("answered another RPC")),
+                Err(error) => {
+                    let (host, error) = (host.to_owned(), error.to_string());
+                    return Err(PeerError::Unreachable { host, error });
+                }
+            };
+            if *size.get_or_insert(chunk.total) != chunk.total {
+                return Err(protocol("the disk changed size during the copy"));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(chunk.data.as_bytes())
+                .map_err(|e| protocol(&e.to_string()))?;
+            if bytes.is_empty() && offset < chunk.total {
+                return Err(protocol("the disk ended early"));
+            }
+            sink(&bytes, chunk.total).map_err(PeerError::Sink)?;
+            offset += bytes.len() as u64;
+            if offset >= chunk.total {
+                let sha256 = chunk
+                    .sha256
+                    .ok_or_else(|| protocol("no checksum came with the end of the disk"))?;
+                return Ok((offset, sha256));
+            }
+        }
+    }
+
+    /// Part of VM `vm`'s console log, read by `host` (a group member, learners included).
+    pub async fn console(
+        &self,
+        host: &str,
+        vm: &str,
+        offset: Option<u64>,
+    ) -> Result<ConsoleChunk, PeerError> {
+        let mut client = self.client_for(host)?;
         let request = RpcRequest::Console {
             vm: vm.to_owned(),
             offset,

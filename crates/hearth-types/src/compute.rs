@@ -365,10 +365,13 @@ pub struct Vm {
     pub base: Option<Image>,
     /// A move to another host, under way (see `docs/migration.md`): it ends when the target
     /// records the disk as its own, or is given up. Meanwhile hosts stop the VM and start it
-    /// nowhere. The copy and the switch on the hosts, and the API, are not built yet, so
-    /// nothing sets it today.
+    /// nowhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
+    /// Where the disk was before its last move, and its generation there: the copy left
+    /// there is superseded, and that host archives it (never deletes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<DiskHome>,
 }
 
 /// A move of a VM and its disk to another host.

@@ -140,6 +140,7 @@ pub(super) fn move_disk(
         return conflict(entry);
     }
     vm.host = Some(to.to_owned());
+    vm.moved_from = Some(vm.disk.clone());
     vm.disk = DiskHome {
         host: Some(to.to_owned()),
         generation: generation + 1,
@@ -209,6 +210,7 @@ mod tests {
             },
             base: None,
             migration: None,
+            moved_from: None,
         };
         compute.vms.insert(
             "vm-1".into(),

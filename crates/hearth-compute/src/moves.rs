@@ -1,0 +1,264 @@
+//! A VM's cold move to another host, on the hosts (the desired-state side is
+//! `hearth_state::model::migration`, the protocol `docs/migration.md`): the target's copy of
+//! the stopped disk from its home, checked by sha256, adopted under the VM's name at the next
+//! generation and switched in one Raft command; and the source's watch that gives a move up
+//! when its target stops making progress, so the VM runs again where it was.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hearth_state::model::{Command, ComputeCommand, Outcome};
+use hearth_types::compute::{Compute, MigrationStage, Vm};
+
+use hearth_qemu::fake::VmDriver;
+use hearth_state::node::StateNode;
+
+use crate::blobs::BlobStore;
+
+/// What a host's move work needs of it.
+pub struct Host<'a> {
+    pub name: &'a str,
+    pub driver: &'a VmDriver,
+    pub blobs: &'a BlobStore,
+    pub state: &'a StateNode,
+}
+
+/// How long a move may go without progress before its source gives it up.
+pub const MOVE_STALL: Duration = Duration::from_secs(120);
+/// How often the target reports its copy's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Attempts at the copy before the target gives the move up.
+const ATTEMPTS: usize = 3;
+
+/// What the source last saw of each move of a VM whose disk is here: the progress, and since
+/// when it has not changed.
+pub type Watch = BTreeMap<String, ((MigrationStage, u64), Instant)>;
+
+/// The moves away from host `me` that made no progress for [`MOVE_STALL`], with why; `watch`
+/// is brought up to date (moves that ended are dropped).
+pub fn stalled(
+    me: &str,
+    compute: &Compute,
+    watch: &mut Watch,
+    now: Instant,
+) -> Vec<(String, String)> {
+    let mut stalled = Vec::new();
+    let mut seen = BTreeMap::new();
+    for vm in compute.vms.values().map(|v| &v.value) {
+        let Some(moving) = &vm.migration else {
+            continue;
+        };
+        if vm.disk.host.as_deref() != Some(me) {
+            continue;
+        }
+        let progress = (moving.stage, moving.done_bytes);
+        let since = match watch.get(&vm.id) {
+            Some((last, since)) if *last == progress => *since,
+            _ => now,
+        };
+        if now.duration_since(since) >= MOVE_STALL {
+            let why = match moving.stage {
+                MigrationStage::Stopping => "the VM did not stop here".to_owned(),
+                MigrationStage::Copying => format!(
+                    "{} copied nothing for {} s",
+                    moving.to,
+                    MOVE_STALL.as_secs()
+                ),
+            };
+            stalled.push((vm.id.clone(), why));
+        }
+        seen.insert(vm.id.clone(), (progress, since));
+    }
+    *watch = seen;
+    stalled
+}
+
+/// Why a copy failed, as the give-up says it.
+type CopyError = String;
+
+fn failed(error: impl std::fmt::Display) -> CopyError {
+    error.to_string()
+}
+
+/// On the target: copies VM `vm`'s disk of `generation` from `from`, adopts it here as
+/// `generation + 1` and switches the VM here. A copy that fails [`ATTEMPTS`] times gives the
+/// move up, and nothing it left is the VM's disk.
+pub async fn receive(host: &Host<'_>, vm: &Vm, compute: &Compute, from: &str, generation: u64) {
+    let mut why = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match copy(host, vm, compute, from, generation).await {
+            Ok(()) => return switch(host, vm, from, generation).await,
+            Err(error) => {
+                tracing::warn!(vm = %vm.id, %from, attempt, %error, "copying the disk of a VM moving here failed");
+                why = error;
+            }
+        }
+        let _ = hearth_qemu::moving::drop_incoming(host.driver.root(), &vm.id);
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    submit(host, abort(vm, &why)).await;
+}
+
+fn abort(vm: &Vm, why: &str) -> ComputeCommand {
+    ComputeCommand::AbortMigration {
+        vm: vm.id.clone(),
+        why: why.to_owned(),
+    }
+}
+
+async fn submit(host: &Host<'_>, command: ComputeCommand) -> Option<Outcome> {
+    match host.state.submit(Command::Compute { command }).await {
+        Ok(written) => Some(written.outcome),
+        Err(error) => {
+            tracing::warn!(%error, "a move's step was not recorded");
+            None
+        }
+    }
+}
+
+/// The copy, whole and checked, adopted under the VM's name at `generation + 1`.
+async fn copy(
+    host: &Host<'_>,
+    vm: &Vm,
+    compute: &Compute,
+    from: &str,
+    generation: u64,
+) -> Result<(), CopyError> {
+    let image = vm
+        .base_image(compute)
+        .ok_or_else(|| failed(format!("image {} no longer exists", vm.request.image)))?;
+    for blob in image.blobs().filter(|b| !host.blobs.has(&b.sha256)) {
+        crate::images::fetch_blob(host.state, host.blobs, &blob.sha256)
+            .await
+            .map_err(|e| failed(format!("cannot fetch image {}: {e}", image.name)))?;
+    }
+    let root = host.driver.root();
+    let incoming = hearth_qemu::moving::fresh_incoming(root, &vm.id).map_err(failed)?;
+    let path = incoming.join(host.driver.disk_name());
+    let mut file = std::fs::File::create(&path).map_err(failed)?;
+    let (done, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (sink_done, sink_total) = (done.clone(), total.clone());
+    let fetch = host
+        .state
+        .fetch_disk(from, &vm.id, generation, move |bytes, size| {
+            file.write_all(bytes).map_err(|e| e.to_string())?;
+            sink_done.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            sink_total.store(size, Ordering::Relaxed);
+            Ok(())
+        });
+    // The digest is checked on the file as written, read back once the copy is whole.
+    let mut fetch = std::pin::pin!(fetch);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let (size, sha256) = loop {
+        tokio::select! {
+            result = &mut fetch => break result.map_err(failed)?,
+            _ = tick.tick() => progress(host, vm, &done, &total).await,
+        }
+    };
+    progress(host, vm, &done, &total).await;
+    let (written, written_size) = crate::blobs::sha256_file(&path).map_err(failed)?;
+    if written != sha256 || written_size != size {
+        return Err(failed(format!(
+            "the copy does not match the source's disk (sha256 {written}, {from} says {sha256})"
+        )));
+    }
+    if host.driver.root().join(&vm.id).exists() {
+        if let Some(pid) = host.driver.running(&vm.id) {
+            return Err(failed(format!(
+                "an old copy of {} runs here (pid {pid})",
+                vm.id
+            )));
+        }
+        let archived = host.driver.archive(&vm.id).await.map_err(failed)?;
+        tracing::warn!(vm = %vm.id, path = %archived.display(), "archived an old copy before adopting the new one");
+    }
+    let base = host.blobs.path(&image.disk.sha256);
+    host.driver
+        .adopt_incoming(&vm.id, generation + 1, (&base, &image.format))
+        .await
+        .map_err(failed)?;
+    tracing::info!(vm = %vm.id, %from, bytes = size, "disk copied and checked");
+    Ok(())
+}
+
+async fn progress(host: &Host<'_>, vm: &Vm, done: &AtomicU64, total: &AtomicU64) {
+    let command = ComputeCommand::MigrationProgress {
+        vm: vm.id.clone(),
+        host: host.name.to_owned(),
+        done_bytes: done.load(Ordering::Relaxed),
+        total_bytes: total.load(Ordering::Relaxed),
+    };
+    submit(host, command).await;
+}
+
+/// Records the switch. Retried while the cluster cannot answer; if the move was given up
+/// meanwhile, the copy adopted here is not the VM's disk and is archived.
+async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
+    let command = ComputeCommand::MoveDisk {
+        vm: vm.id.clone(),
+        from: from.to_owned(),
+        to: host.name.to_owned(),
+        generation,
+    };
+    for _ in 0..30 {
+        match submit(host, command.clone()).await {
+            Some(Outcome::Applied { .. }) => {
+                tracing::info!(vm = %vm.id, %from, "VM moved here");
+                return;
+            }
+            Some(outcome) => {
+                tracing::warn!(vm = %vm.id, ?outcome, "the move was given up before the switch; archiving the copy made here");
+                if let Err(error) = host.driver.archive(&vm.id).await {
+                    tracing::warn!(vm = %vm.id, %error, "archiving the copy");
+                }
+                return;
+            }
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::compute::{Migration, Phase, Power};
+
+    #[test]
+    fn a_move_without_progress_is_given_up_by_its_source_only() {
+        let mut compute = Compute::default();
+        let mut entry = crate::reconcile::tests::vm("vm-1", "w1", Phase::Stopped, Power::Running);
+        entry.value.migration = Some(Migration {
+            to: "w2".into(),
+            stage: MigrationStage::Copying,
+            since: 1,
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        compute.vms.insert("vm-1".into(), entry);
+        let (mut watch, mut other) = (Watch::new(), Watch::new());
+        let start = Instant::now();
+        assert!(stalled("w1", &compute, &mut watch, start).is_empty());
+        assert!(stalled("w2", &compute, &mut other, start).is_empty());
+        let late = start + MOVE_STALL;
+        assert!(
+            stalled("w2", &compute, &mut other, late).is_empty(),
+            "the target never gives up for the source"
+        );
+        // Progress restarts the clock.
+        let m = compute.vms.get_mut("vm-1").unwrap();
+        m.value.migration.as_mut().unwrap().done_bytes = 1 << 20;
+        assert!(stalled("w1", &compute, &mut watch, late).is_empty());
+        let stuck = stalled("w1", &compute, &mut watch, late + MOVE_STALL);
+        assert_eq!(stuck.len(), 1);
+        assert!(stuck[0].1.contains("w2 copied nothing"), "{stuck:?}");
+        // A move that ended is forgotten.
+        compute.vms.get_mut("vm-1").unwrap().value.migration = None;
+        assert!(stalled("w1", &compute, &mut watch, late + MOVE_STALL).is_empty());
+        assert!(watch.is_empty());
+    }
+}
