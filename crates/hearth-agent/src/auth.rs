@@ -160,6 +160,8 @@ pub fn authorize(
         ["v1", "vms"] => Verdict::Allow,
         // Giving up a disk is an admin's decision, even for the member's own VM.
         ["v1", "vms", _, "recreate"] => admin_only(),
+        // So is where a VM runs.
+        ["v1", "vms", _, "migrate" | "migration"] => admin_only(),
         ["v1", "vms", key] | ["v1", "vms", key, _] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))
@@ -334,6 +336,15 @@ pub(crate) mod tests {
             check(Method::POST, "/v1/vms/a1/recreate"),
             Verdict::Forbidden(_)
         ));
+        for (method, path) in [
+            (Method::POST, "/v1/vms/a1/migrate"),
+            (Method::DELETE, "/v1/vms/a1/migration"),
+        ] {
+            assert!(
+                matches!(check(method, path), Verdict::Forbidden(_)),
+                "{path}"
+            );
+        }
         // Another member's VM, by name or id, looks like no VM at all.
         assert_eq!(
             check(Method::GET, "/v1/vms/b1"),

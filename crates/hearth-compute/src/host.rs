@@ -258,41 +258,58 @@ async fn act(
                 tokio::spawn(async move { reboot(&host, &tracking, &entry, &compute, done).await });
             }
         }
+        Action::MoveStopped { .. } | Action::Receive { .. } => {
+            act_on_move(host, desired, tracking, t, action).await
+        }
+        Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),
+        Action::Archive { vm } => spawn_stop(host, tracking, t, vm, Stop::Archive),
+        Action::Delete { vm } => spawn_stop(host, tracking, t, vm, Stop::Delete),
+    }
+}
+
+/// A move's step on this host: the source says the VM's disk is at rest; the target copies
+/// it in a task of its own (the VM `busy` here until it ends).
+async fn act_on_move(
+    host: &Arc<Host>,
+    desired: &DesiredState,
+    tracking: &Arc<Mutex<Tracking>>,
+    t: &mut Tracking,
+    action: Action,
+) {
+    match action {
         Action::MoveStopped { vm, generation } => {
-            let host_name = host.name.clone();
             tracing::info!(%vm, generation, "VM stopped for its move; its disk may be copied");
-            submit(ComputeCommand::MigrationStopped {
+            let command = ComputeCommand::MigrationStopped {
                 vm,
-                host: host_name,
+                host: host.name.clone(),
                 generation,
-            })
-            .await
+            };
+            let _ = host.state.submit(Command::Compute { command }).await;
         }
         Action::Receive {
             vm,
             from,
             generation,
         } => {
-            if let Some(entry) = desired.compute.vms.get(&vm) {
-                let (entry, compute) = (entry.value.clone(), desired.compute.clone());
-                t.busy.insert(vm.clone());
-                let (host, tracking) = (host.clone(), tracking.clone());
-                tokio::spawn(async move {
-                    tracing::info!(%vm, %from, "copying the disk of a VM moving here");
-                    let target = crate::moves::Host {
-                        name: &host.name,
-                        driver: &host.driver,
-                        blobs: &host.blobs,
-                        state: &host.state,
-                    };
-                    crate::moves::receive(&target, &entry, &compute, &from, generation).await;
-                    tracking.lock().await.busy.remove(&vm);
-                });
-            }
+            let Some(entry) = desired.compute.vms.get(&vm) else {
+                return;
+            };
+            let (entry, compute) = (entry.value.clone(), desired.compute.clone());
+            t.busy.insert(vm.clone());
+            let (host, tracking) = (host.clone(), tracking.clone());
+            tokio::spawn(async move {
+                tracing::info!(%vm, %from, "copying the disk of a VM moving here");
+                let target = crate::moves::Host {
+                    name: &host.name,
+                    driver: &host.driver,
+                    blobs: &host.blobs,
+                    state: &host.state,
+                };
+                crate::moves::receive(&target, &entry, &compute, &from, generation).await;
+                tracking.lock().await.busy.remove(&vm);
+            });
         }
-        Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),
-        Action::Archive { vm } => spawn_stop(host, tracking, t, vm, Stop::Archive),
-        Action::Delete { vm } => spawn_stop(host, tracking, t, vm, Stop::Delete),
+        _ => {}
     }
 }
 

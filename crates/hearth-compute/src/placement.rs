@@ -104,12 +104,9 @@ fn fits(free: &Capacity, need: &Capacity) -> bool {
     free.vcpus >= need.vcpus && free.memory_mib >= need.memory_mib && free.disk_gib >= need.disk_gib
 }
 
-/// The commands that move the desired state towards every VM being on a host that can run it.
-/// Pending VMs go to the eligible host (an up worker, not drained, not fenced) with the most
-/// free memory that fits them, ties broken by name, so VMs spread. On a fenced host, VMs that
-/// never had a disk are placed again, and VMs being deleted are forgotten. Every other VM
-/// stays put: on a dead or left host it may still run, and a disk never moves by placement.
-pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
+/// The room left on each host that may take VMs (an up worker, not drained, not fenced): its
+/// capacity less what the VMs placed on it, or moving to it, ask for.
+fn free_room<'a>(desired: &'a DesiredState, view: &View) -> BTreeMap<&'a str, Capacity> {
     let compute = &desired.compute;
     let mut free: BTreeMap<&str, Capacity> = compute
         .hosts
@@ -126,13 +123,69 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
         .map(|(name, host)| (name.as_str(), host.capacity))
         .collect();
     for vm in compute.vms.values().map(|v| &v.value) {
-        if let Some(room) = vm.host.as_deref().and_then(|h| free.get_mut(h)) {
-            let need = demand(vm);
-            room.vcpus = room.vcpus.saturating_sub(need.vcpus);
-            room.memory_mib = room.memory_mib.saturating_sub(need.memory_mib);
-            room.disk_gib = room.disk_gib.saturating_sub(need.disk_gib);
+        let target = vm.migration.as_ref().map(|m| m.to.as_str());
+        for host in vm.host.as_deref().into_iter().chain(target) {
+            if let Some(room) = free.get_mut(host) {
+                let need = demand(vm);
+                room.vcpus = room.vcpus.saturating_sub(need.vcpus);
+                room.memory_mib = room.memory_mib.saturating_sub(need.memory_mib);
+                room.disk_gib = room.disk_gib.saturating_sub(need.disk_gib);
+            }
         }
     }
+    free
+}
+
+/// The host VM `vm` should move to: `to` when it may take it, else the one with the most
+/// free memory that fits it, never its own host. The error says why none will do, naming
+/// the field to change.
+pub fn move_target(
+    desired: &DesiredState,
+    view: &View,
+    vm: &Vm,
+    to: Option<&str>,
+) -> Result<String, String> {
+    let need = demand(vm);
+    let free = free_room(desired, view);
+    let here = vm.host.as_deref();
+    let name = &vm.request.name;
+    let wants = format!(
+        "{} vCPUs, {} MiB, {} GiB",
+        need.vcpus, need.memory_mib, need.disk_gib
+    );
+    match to {
+        Some(to) if Some(to) == here => Err(format!("to: {name} is on {to} already")),
+        Some(to) => match free.get(to) {
+            None => Err(format!(
+                "to: {to} is not a worker that is up, unfenced and not drained"
+            )),
+            Some(room) if !fits(room, &need) => Err(format!(
+                "to: {to} has room for {} vCPUs, {} MiB, {} GiB; {name} needs {wants}",
+                room.vcpus, room.memory_mib, room.disk_gib
+            )),
+            Some(_) => Ok(to.to_owned()),
+        },
+        None => free
+            .iter()
+            .filter(|(host, room)| Some(**host) != here && fits(room, &need))
+            .max_by(|(a_name, a), (b_name, b)| {
+                a.memory_mib.cmp(&b.memory_mib).then(b_name.cmp(a_name))
+            })
+            .map(|(host, _)| (*host).to_owned())
+            .ok_or_else(|| {
+                format!("to: no other worker has room for {name} ({wants}); add one, or free room")
+            }),
+    }
+}
+
+/// The commands that move the desired state towards every VM being on a host that can run it.
+/// Pending VMs go to the eligible host (an up worker, not drained, not fenced) with the most
+/// free memory that fits them, ties broken by name, so VMs spread. On a fenced host, VMs that
+/// never had a disk are placed again, and VMs being deleted are forgotten. Every other VM
+/// stays put: on a dead or left host it may still run, and a disk never moves by placement.
+pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
+    let compute = &desired.compute;
+    let mut free = free_room(desired, view);
     let mut commands = Vec::new();
     for vm in compute.vms.values().map(|v| &v.value) {
         let fenced = vm
@@ -264,6 +317,58 @@ mod tests {
                 .insert((*name).into(), member(name, *state, &[Role::Worker]));
         }
         (desired, view)
+    }
+
+    /// A move goes to the named host only when it may take the VM, else to the roomiest
+    /// other one; a VM moving to a host holds its room there until the switch.
+    #[test]
+    fn a_move_goes_only_where_the_vm_fits() {
+        let (mut desired, mut view) = world(&[
+            ("w1", MemberState::Alive),
+            ("w2", MemberState::Alive),
+            ("w3", MemberState::Alive),
+            ("w4", MemberState::Dead),
+        ]);
+        view.members.get_mut("w3").unwrap().meta.roles = vec![Role::Server];
+        let mut big = vm("vm-1", 700, Some("w1"));
+        desired.compute.vms.insert("vm-1".into(), big.clone());
+        let moving = &big.value;
+        assert_eq!(move_target(&desired, &view, moving, None).unwrap(), "w2");
+        assert_eq!(
+            move_target(&desired, &view, moving, Some("w2")).unwrap(),
+            "w2"
+        );
+        for (to, why) in [
+            ("w1", "is on w1 already"),
+            ("w3", "not a worker that is up"),
+            ("w4", "not a worker that is up"),
+            ("nope", "not a worker that is up"),
+        ] {
+            let error = move_target(&desired, &view, moving, Some(to)).unwrap_err();
+            assert!(
+                error.starts_with("to: ") && error.contains(why),
+                "{to}: {error}"
+            );
+        }
+        // Another VM on its way to w2 takes the room there.
+        let mut other = vm("vm-2", 700, Some("w1"));
+        other.value.migration = Some(hearth_types::compute::Migration {
+            to: "w2".into(),
+            stage: hearth_types::compute::MigrationStage::Copying,
+            since: 1,
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        desired.compute.vms.insert("vm-2".into(), other);
+        let error = move_target(&desired, &view, moving, Some("w2")).unwrap_err();
+        assert!(error.contains("needs 1 vCPUs, 700 MiB"), "{error}");
+        let error = move_target(&desired, &view, moving, None).unwrap_err();
+        assert!(error.contains("no other worker has room"), "{error}");
+        big.value.request.memory_mib = 300;
+        assert_eq!(
+            move_target(&desired, &view, &big.value, None).unwrap(),
+            "w2"
+        );
     }
 
     fn placed(commands: &[ComputeCommand]) -> Vec<(String, Option<String>)> {

@@ -339,23 +339,35 @@ fn one_vm(
             report(actions, vm, Phase::Stopping, None);
             actions.push(Action::Shutdown { vm: vm.id.clone() });
         }
-        (Power::Stopped, false) => match (&disk, &vm.migration) {
-            (DiskHere::Missing(why), _) => {
-                report(actions, vm, Phase::Lost, Some(why.clone()));
-                drift.push(missing_disk(me, vm, why));
+        (Power::Stopped, false) => not_running_as_wanted(me, vm, &disk, actions, drift),
+    }
+}
+
+/// A VM that should not run, and does not: stopped, or lost when its disk is missing. One
+/// being moved says its disk is at rest, for the target to copy.
+fn not_running_as_wanted(
+    me: &str,
+    vm: &Vm,
+    disk: &DiskHere,
+    actions: &mut Vec<Action>,
+    drift: &mut Vec<Drift>,
+) {
+    match (disk, &vm.migration) {
+        (DiskHere::Missing(why), _) => {
+            report(actions, vm, Phase::Lost, Some(why.clone()));
+            drift.push(missing_disk(me, vm, why));
+        }
+        (DiskHere::Own, Some(moving)) => {
+            let message = format!("stopped to move to {}", moving.to);
+            report(actions, vm, Phase::Stopped, Some(message));
+            if moving.stage == MigrationStage::Stopping {
+                actions.push(Action::MoveStopped {
+                    vm: vm.id.clone(),
+                    generation: vm.disk.generation,
+                });
             }
-            (DiskHere::Own, Some(moving)) => {
-                let message = format!("stopped to move to {}", moving.to);
-                report(actions, vm, Phase::Stopped, Some(message));
-                if moving.stage == MigrationStage::Stopping {
-                    actions.push(Action::MoveStopped {
-                        vm: vm.id.clone(),
-                        generation: vm.disk.generation,
-                    });
-                }
-            }
-            _ => report(actions, vm, Phase::Stopped, None),
-        },
+        }
+        _ => report(actions, vm, Phase::Stopped, None),
     }
 }
 

@@ -102,6 +102,19 @@ pub struct Recreate {
     pub empty_disk: bool,
 }
 
+/// `POST /v1/vms/ID/migrate`: move a VM and its disk to another host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateVm {
+    /// The host to move to; absent: the worker with the most free memory that fits the VM.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Must be true for now: the VM is shut down, its disk copied, and it starts on the
+    /// target. A live move (the VM keeps running) is not built yet.
+    #[serde(default)]
+    pub cold: bool,
+}
+
 /// `POST /v1/accounts`: a new member or admin.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

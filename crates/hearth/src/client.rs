@@ -43,6 +43,9 @@ pub enum ClientError {
     Decode(String),
     #[error("{0}")]
     Usage(String),
+    /// What was asked did not happen (a move given up, say); exit code 1.
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub struct ApiClient {

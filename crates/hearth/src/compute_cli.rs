@@ -1,5 +1,5 @@
 //! CLI commands of compute: `image add|list|rm`, `pool add|list|rm`,
-//! `vm create|list|show|start|stop|delete`, `drift`, and `node fence|unfence`.
+//! `vm create|list|show|start|stop|migrate|delete`, `drift`, and `node fence|unfence`.
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use hearth_types::api::{ConsoleText, PoolRow, PutImage, PutPool, Recreate, VmRow};
+use hearth_types::api::{ConsoleText, MigrateVm, PoolRow, PutImage, PutPool, Recreate, VmRow};
 use hearth_types::compute::{Arch, Blob, Drift, Image, IoLimits, IpPool, Power, VmRequest};
 use hearth_types::desired::Versioned;
 use serde_json::Value;
@@ -108,6 +108,31 @@ pub enum VmCommand {
         /// Required: says that the VM starts on an empty disk and its old data is gone.
         #[arg(long)]
         empty_disk: bool,
+    },
+    /// Admins: move the VM and its disk to another host.
+    ///
+    /// With --cold (required for now: a live move is not built yet), the VM's host shuts it
+    /// down (ACPI, then a hard stop after 60 s), the target copies its disk over the
+    /// cluster's encrypted RPC and checks it by sha256, the cluster switches the VM and its
+    /// disk to the target in one step, and the target starts it. Until that switch the VM's
+    /// disk is the one where it was: a move that fails or is given up (--cancel, or two
+    /// minutes without progress) leaves it there, and it starts there again. The copy left
+    /// behind after a move is archived on the old host, never deleted. Waits, printing
+    /// progress, until the VM runs on the target (or --no-wait).
+    Migrate {
+        vm: String,
+        /// The host to move to (default: the worker with the most free memory that fits).
+        #[arg(long, value_name = "HOST")]
+        to: Option<String>,
+        /// Shut the VM down for the move (its guest sees a reboot).
+        #[arg(long)]
+        cold: bool,
+        /// Return once the move is asked for.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up the move under way; the VM starts where it was.
+        #[arg(long, conflicts_with_all = ["to", "cold", "no_wait"])]
+        cancel: bool,
     },
     /// Print the VM's serial console log (ask the API of the node the VM runs on).
     Console {
@@ -422,11 +447,21 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
                 Some(home) => println!("\ndisk: on {home} (generation {generation})"),
                 None => println!("\ndisk: none yet (generation {generation} when made)"),
             }
+            if let Some(moving) = &row.vm.migration {
+                println!("\nmoving to {}: {}", moving.to, move_progress(moving));
+            }
             if let Some(message) = &row.vm.message {
                 println!("\n{message}");
             }
             Ok(())
         }
+        VmCommand::Migrate {
+            vm,
+            to,
+            cold,
+            no_wait,
+            cancel,
+        } => migrate(client, json, &vm, MigrateVm { to, cold }, no_wait, cancel),
         VmCommand::Start { vm } => vm_post(client, json, &vm, "start", "asked to run"),
         VmCommand::Stop { vm } => vm_post(client, json, &vm, "stop", "asked to stop"),
         VmCommand::Reboot { vm } => vm_post(client, json, &vm, "reboot", "asked to reboot"),
@@ -453,6 +488,131 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             report(json, &answer, &format!("{vm}: deleting"));
             Ok(())
         }
+    }
+}
+
+/// Where a move is, in words: `stopping`, or `copying 45% (120 of 260 MiB)`.
+fn move_progress(moving: &hearth_types::compute::Migration) -> String {
+    use hearth_types::compute::MigrationStage;
+    match moving.stage {
+        MigrationStage::Stopping => "stopping the VM".into(),
+        MigrationStage::Copying if moving.total_bytes == 0 => "copying its disk".into(),
+        MigrationStage::Copying => format!(
+            "copying its disk, {}% ({} of {} MiB)",
+            moving.done_bytes * 100 / moving.total_bytes,
+            moving.done_bytes >> 20,
+            moving.total_bytes >> 20
+        ),
+    }
+}
+
+/// `hearth vm migrate`: asks for the move (or gives it up), then follows it until the VM
+/// runs on the target, printing each change of progress with the copy's rate on stderr.
+fn migrate(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    request: MigrateVm,
+    no_wait: bool,
+    cancel: bool,
+) -> Result<(), ClientError> {
+    if cancel {
+        let answer: Value = client.delete(&format!("/v1/vms/{vm}/migration"))?;
+        report(json, &answer, &format!("{vm}: move given up"));
+        return Ok(());
+    }
+    if !request.cold {
+        return Err(ClientError::Usage(format!(
+            "--cold: required; a live move is not built yet. `hearth vm migrate {vm} --cold` shuts {vm} down, copies its disk and starts it on the target"
+        )));
+    }
+    let before: VmRow = client.get(&format!("/v1/vms/{vm}"))?;
+    let answer: Value = client.post_json(&format!("/v1/vms/{vm}/migrate"), &request)?;
+    // The answer comes once the leader committed it; this node's copy follows shortly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut row: VmRow = client.get(&format!("/v1/vms/{vm}"))?;
+    while row.vm.migration.is_none() && row.vm.host == before.vm.host && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        row = client.get(&format!("/v1/vms/{vm}"))?;
+    }
+    if no_wait {
+        let to = row
+            .vm
+            .migration
+            .as_ref()
+            .map_or("its target", |m| m.to.as_str());
+        report(json, &answer, &format!("{vm}: moving to {to}"));
+        return Ok(());
+    }
+    follow_move(client, json, vm, &before, row)
+}
+
+/// Polls the VM until its move is over: the VM on another host and running there (or
+/// stopped, as its owner asked), or the move given up (an error, with the reason the cluster
+/// recorded). Each change of progress goes to stderr, with the copy's rate.
+fn follow_move(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    before: &VmRow,
+    mut row: VmRow,
+) -> Result<(), ClientError> {
+    use hearth_types::compute::Phase;
+    let from = before.vm.host.clone().unwrap_or_default();
+    let mut last_line = String::new();
+    let mut last_bytes = (Instant::now(), 0u64);
+    loop {
+        match (&row.vm.migration, row.vm.host.as_deref()) {
+            (Some(moving), _) => {
+                let (then, bytes) = last_bytes;
+                let mut line = format!("{vm}: {from} -> {}: {}", moving.to, move_progress(moving));
+                if line != last_line && !json {
+                    last_line = line.clone();
+                    let seconds = then.elapsed().as_secs_f64();
+                    if moving.done_bytes > bytes && seconds > 0.0 {
+                        let rate = (moving.done_bytes - bytes) as f64 / 1048576.0 / seconds;
+                        line.push_str(&format!(", {rate:.1} MiB/s"));
+                        last_bytes = (Instant::now(), moving.done_bytes);
+                    }
+                    eprintln!("{line}");
+                }
+            }
+            (None, Some(host)) if host != from => {
+                let stopped = row.vm.request.power == Power::Stopped;
+                let done = match row.shown_phase {
+                    Phase::Running => {
+                        Some(format!("{vm}: moved from {from} to {host}; running there"))
+                    }
+                    Phase::Stopped if stopped => Some(format!(
+                        "{vm}: moved from {from} to {host}; stopped, as asked"
+                    )),
+                    Phase::Crashed | Phase::Failed | Phase::Lost => {
+                        let why = row.vm.message.clone().unwrap_or_default();
+                        return Err(ClientError::Failed(format!(
+                            "{vm}: moved to {host}, but it does not run there ({}): {why}",
+                            row.shown_phase
+                        )));
+                    }
+                    _ => None,
+                };
+                if let Some(done) = done {
+                    if json {
+                        print_json(&row);
+                    } else {
+                        println!("{done}");
+                    }
+                    return Ok(());
+                }
+            }
+            (None, _) => {
+                let why = row.vm.message.clone().unwrap_or_default();
+                return Err(ClientError::Failed(format!(
+                    "{vm}: the move did not happen; {vm} stays on {from}: {why}"
+                )));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        row = client.get(&format!("/v1/vms/{vm}"))?;
     }
 }
 

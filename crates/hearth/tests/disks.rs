@@ -12,7 +12,10 @@
 //! - a forced fence of a live host and a recreate: the old copy, still running, is shut down
 //!   and archived by its drift fix;
 //! - an image replaced while a VM uses it: the VM keeps its base after a reboot;
-//! - files of a VM that no longer exists: archived by the fix, removed only with --destroy.
+//! - files of a VM that no longer exists: archived by the fix, removed only with --destroy;
+//! - a cold move (`hearth vm migrate --cold`): the guest counts on from its own disk on the
+//!   target, whose copy points at the target's own image file; the copy left behind is
+//!   archived, never deleted; a move to a host that cannot take the VM is refused.
 
 use std::path::Path;
 use std::time::Duration;
@@ -447,4 +450,117 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
     let (code, _, err) = agent.cli_result(&["image", "rm", "tiny"]);
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("used by"), "{err}");
+}
+
+/// Runs `hearth ARGS` through `agent` with a deadline; the exit code, stdout and stderr. The
+/// process is ended by its pid if it outlives the deadline.
+fn cli_within(agent: &TestAgent, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin())
+        .args(args)
+        .arg(format!("--api={}", agent.api_addr()))
+        .arg(format!("--token={}", agent.token()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hearth");
+    let pid = child.id();
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(
+            &format!("hearth {args:?} to finish"),
+            within,
+            || match child.try_wait() {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("still running".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+    }));
+    if finished.is_err() {
+        kill_pid(pid);
+    }
+    let output = child.wait_with_output().expect("hearth's output");
+    let result = (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    if let Err(panic) = finished {
+        eprintln!("{result:?}");
+        std::panic::resume_unwind(panic);
+    }
+    result
+}
+
+#[test]
+fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
+    let cluster = three_workers();
+    let (h, id) = running_vm(&cluster, 0, "mover");
+    let t = other(h);
+    let (source, target) = (&cluster.agents[h], &cluster.agents[t]);
+    let target_name = target.spec.name.as_str();
+
+    // Refused with the field to change: its own host, an unknown host, no --cold.
+    let agent = &cluster.agents[0];
+    let here = source.spec.name.as_str();
+    for (args, why) in [
+        (
+            vec!["vm", "migrate", "mover", "--cold", "--to", here],
+            "already",
+        ),
+        (
+            vec!["vm", "migrate", "mover", "--cold", "--to", "nowhere"],
+            "to: nowhere",
+        ),
+    ] {
+        let (code, _, err) = agent.cli_result(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let (code, _, err) = agent.cli_result(&["vm", "migrate", "mover", "--to", target_name]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--cold"), "{err}");
+
+    // The move, followed by the CLI to the end.
+    let (code, out, err) = cli_within(
+        agent,
+        &["vm", "migrate", "mover", "--cold", "--to", target_name],
+        BOOT * 3,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("moved from {here} to {target_name}")),
+        "{out}"
+    );
+    assert!(
+        err.contains("stopping") || err.contains("copying"),
+        "progress: {err}"
+    );
+
+    // The guest counts on from its own disk: 2, never a fresh 1.
+    wait_boots(target, &id, &[2]);
+    let row = vm(agent, "mover").unwrap();
+    assert_eq!(row["host"], target_name, "{row}");
+    assert_eq!(row["disk"]["host"], target_name, "{row}");
+    assert_eq!(row["disk"]["generation"], 2, "{row}");
+    assert!(row.get("migration").is_none(), "{row}");
+    let disk = vm_dir(target, &id).join("disk.qcow2");
+    let backing = hearth_qemu::disk::backing_file(&disk).unwrap().unwrap();
+    assert!(
+        backing.starts_with(target.dir.join("data").join("images")),
+        "the copy uses the target's own image file: {}",
+        backing.display()
+    );
+    one_qemu(target);
+    assert!(qemu_pids_under(&source.dir).is_empty(), "it runs once");
+
+    // The source's copy is archived whole, not deleted, and nothing is drift.
+    let archived = eventually("the copy left behind archived", BOOT, || {
+        archived_copy(source, &id, 1).ok_or_else(|| "not yet".to_owned())
+    });
+    assert!(archived.join("disk.qcow2").is_file());
+    assert!(!vm_dir(source, &id).exists());
+    wait_passes(source, 2);
+    let drift = agent.api_json("/v1/drift").unwrap();
+    assert_eq!(drift, serde_json::json!([]), "{drift}");
 }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use hearth_state::model::Outcome;
 use hearth_types::account::AuditEntry;
 use hearth_types::api::{
-    AccountRow, Announcement, ConsoleText, CreatedToken, HostRow, Key, NewAccount, NewPassword,
-    NewToken, PoolRow, PutImage, PutNotice, PutPool, PutRecords, PutService, Recreate, SetIo,
-    TokenRow, VmRow,
+    AccountRow, Announcement, ConsoleText, CreatedToken, HostRow, Key, MigrateVm, NewAccount,
+    NewPassword, NewToken, PoolRow, PutImage, PutNotice, PutPool, PutRecords, PutService, Recreate,
+    SetIo, TokenRow, VmRow,
 };
 use hearth_types::compute::{Drift, Image, VmRequest};
 use hearth_types::desired::{ClusterService, EventRecord, RecordSet, Versioned};
@@ -205,6 +205,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .body(schema::<Recreate>)
     .answers(schema::<WriteAnswer>),
+    op(
+        "post",
+        "/v1/vms/{vm}/migrate",
+        "Admins: move the VM and its disk to another host (cold: stopped, copied, started there)",
+    )
+    .body(schema::<MigrateVm>)
+    .answers(schema::<WriteAnswer>),
+    op(
+        "delete",
+        "/v1/vms/{vm}/migration",
+        "Admins: give a move up; the VM runs where it was",
+    ),
     op("put", "/v1/vms/{vm}/io", "Change the VM's IO limits")
         .body(schema::<SetIo>)
         .answers(schema::<WriteAnswer>),

@@ -1,5 +1,5 @@
 //! `/v1/vms`: members' VMs: create, list, show, start, stop, reboot, recreate, IO limits,
-//! delete, and the serial console.
+//! moves to another host, delete, and the serial console.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use hearth_types::compute::{Power, Vm, VmRequest};
 use hearth_types::desired::DesiredState;
 use serde::Deserialize;
 
-use hearth_types::api::{ConsoleText, Recreate, SetIo, VmRow};
+use hearth_types::api::{ConsoleText, MigrateVm, Recreate, SetIo, VmRow};
 
 use super::context::{ApiState, Params, bad_body, compute, error, expect_from, read, write};
 use crate::auth::Caller;
@@ -29,6 +29,11 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/reboot", post(reboot_vm))
         .route("/v1/vms/{vm}/recreate", post(recreate_vm))
         .route("/v1/vms/{vm}/io", put(set_io))
+        .route("/v1/vms/{vm}/migrate", post(migrate_vm))
+        .route(
+            "/v1/vms/{vm}/migration",
+            axum::routing::delete(cancel_migration),
+        )
         .route("/v1/vms/{vm}/console", get(console))
 }
 
@@ -202,6 +207,61 @@ async fn recreate_vm(
         ),
         Err(rejection) => bad_body(rejection),
     }
+}
+
+/// An admin moves a VM and its disk to another host (`hearth vm migrate NAME --cold`). The
+/// target is checked here against the view and every host's room; the command checks the
+/// rest (the disk is at its host, no move under way) again where it is applied.
+async fn migrate_vm(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Json<MigrateVm>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if !request.cold {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "cold: must be true; a live move is not built yet, so the VM is shut down, its disk copied and the VM started on the target (hearth vm migrate NAME --cold)",
+        );
+    }
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    let Some(vm) = desired.compute.find_vm(&key) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("vm: no VM with id or name {key}"),
+        );
+    };
+    let view = state.membership.views().borrow().clone();
+    let to = match hearth_compute::placement::move_target(
+        &desired,
+        &view,
+        &vm.value,
+        request.to.as_deref(),
+    ) {
+        Ok(to) => to,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let command = ComputeCommand::Migrate {
+        vm: vm.value.id.clone(),
+        to,
+        expect: Expect::Any,
+    };
+    write(&state, compute(command)).await
+}
+
+/// An admin gives a move up; the VM runs where it was.
+async fn cancel_migration(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    vm_write(&state, &key, |vm| ComputeCommand::AbortMigration {
+        vm,
+        why: "given up by an admin".into(),
+    })
+    .await
 }
 
 async fn set_io(
