@@ -66,6 +66,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
         base: None,
         migration: None,
         moved_from: None,
+        move_given_up: None,
     }
 }
 

@@ -294,6 +294,7 @@ mod tests {
                 base: None,
                 migration: None,
                 moved_from: None,
+                move_given_up: None,
             },
         }
     }

@@ -660,6 +660,7 @@ pub(crate) mod tests {
                 base: None,
                 migration: None,
                 moved_from: None,
+                move_given_up: None,
             },
         }
     }

@@ -582,6 +582,7 @@ mod tests {
             base: None,
             migration: None,
             moved_from: None,
+            move_given_up: None,
         };
         state.compute.vms.insert(
             "vm-9".into(),

@@ -372,6 +372,9 @@ pub struct Vm {
     /// there is superseded, and that host archives it (never deletes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_from: Option<DiskHome>,
+    /// Why the last move was given up, until the next one is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_given_up: Option<String>,
 }
 
 /// A move of a VM and its disk to another host.

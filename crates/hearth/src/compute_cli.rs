@@ -449,6 +449,8 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             }
             if let Some(moving) = &row.vm.migration {
                 println!("\nmoving to {}: {}", moving.to, move_progress(moving));
+            } else if let Some(why) = &row.vm.move_given_up {
+                println!("\nlast move: {why}");
             }
             if let Some(message) = &row.vm.message {
                 println!("\n{message}");
@@ -605,7 +607,7 @@ fn follow_move(
                 }
             }
             (None, _) => {
-                let why = row.vm.message.clone().unwrap_or_default();
+                let why = row.vm.move_given_up.clone().unwrap_or_default();
                 return Err(ClientError::Failed(format!(
                     "{vm}: the move did not happen; {vm} stays on {from}: {why}"
                 )));

@@ -15,7 +15,9 @@
 //! - files of a VM that no longer exists: archived by the fix, removed only with --destroy;
 //! - a cold move (`hearth vm migrate --cold`): the guest counts on from its own disk on the
 //!   target, whose copy points at the target's own image file; the copy left behind is
-//!   archived, never deleted; a move to a host that cannot take the VM is refused.
+//!   archived, never deleted; a move to a host that cannot take the VM is refused; a move
+//!   whose copy fails on the target is given up, and the VM starts again where it was, on
+//!   its own disk.
 
 use std::path::Path;
 use std::time::Duration;
@@ -521,6 +523,25 @@ fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--cold"), "{err}");
 
+    // A copy that cannot be made (a file where the target builds it) is given up: the VM
+    // starts again on its own disk where it was, and the target keeps nothing of it.
+    let trap = target.dir.join("data/vms").join(format!("{id}.incoming"));
+    std::fs::write(&trap, b"in the way").unwrap();
+    let (code, out, err) = cli_within(
+        agent,
+        &["vm", "migrate", "mover", "--cold", "--to", target_name],
+        BOOT * 3,
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("the move did not happen"), "{err}");
+    assert!(err.contains("given up"), "{err}");
+    wait_boots(source, &id, &[1, 2]);
+    let row = wait_phase(agent, "mover", "running");
+    assert_eq!(row["host"], here, "{row}");
+    assert_eq!(row["disk"]["generation"], 1, "{row}");
+    assert!(!vm_dir(target, &id).exists());
+    std::fs::remove_file(&trap).unwrap();
+
     // The move, followed by the CLI to the end.
     let (code, out, err) = cli_within(
         agent,
@@ -537,8 +558,8 @@ fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
         "progress: {err}"
     );
 
-    // The guest counts on from its own disk: 2, never a fresh 1.
-    wait_boots(target, &id, &[2]);
+    // The guest counts on from its own disk: 3, never a fresh 1.
+    wait_boots(target, &id, &[3]);
     let row = vm(agent, "mover").unwrap();
     assert_eq!(row["host"], target_name, "{row}");
     assert_eq!(row["disk"]["host"], target_name, "{row}");

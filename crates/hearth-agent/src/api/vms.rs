@@ -7,7 +7,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_compute::placement::shown_phase;
 use hearth_state::model::{ComputeCommand, Expect};
@@ -30,10 +30,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/recreate", post(recreate_vm))
         .route("/v1/vms/{vm}/io", put(set_io))
         .route("/v1/vms/{vm}/migrate", post(migrate_vm))
-        .route(
-            "/v1/vms/{vm}/migration",
-            axum::routing::delete(cancel_migration),
-        )
+        .route("/v1/vms/{vm}/migration", delete(cancel_migration))
         .route("/v1/vms/{vm}/console", get(console))
 }
 

@@ -662,6 +662,7 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 base: Some(image.value),
                 migration: None,
                 moved_from: None,
+                move_given_up: None,
             },
         },
     );

@@ -60,6 +60,7 @@ pub(super) fn migrate(
             "to: {to} is not a worker host that is up and unfenced"
         ));
     }
+    vm.move_given_up = None;
     vm.migration = Some(Migration {
         to: to.to_owned(),
         stage: MigrationStage::Stopping,
@@ -161,7 +162,8 @@ pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> 
     };
     let message = format!("the move to {} was given up: {why}", migration.to);
     let phase = entry.value.phase;
-    entry.value.set_phase(phase, Some(message), index);
+    entry.value.set_phase(phase, Some(message.clone()), index);
+    entry.value.move_given_up = Some(message);
     entry.version = index;
     Outcome::Applied { version: index }
 }
@@ -211,6 +213,7 @@ mod tests {
             base: None,
             migration: None,
             moved_from: None,
+            move_given_up: None,
         };
         compute.vms.insert(
             "vm-1".into(),
@@ -316,6 +319,8 @@ mod tests {
         assert_eq!(vm.disk.host.as_deref(), Some("w1"));
         assert_eq!(vm.disk.generation, 3);
         assert!(vm.message.as_deref().unwrap().contains("given up"));
+        let kept = vm.move_given_up.as_deref().unwrap();
+        assert!(kept.contains("w2 stopped answering"), "{kept}");
         // The target's late switch is refused.
         assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
         assert_eq!(abort(&mut compute, "vm-1", "again", 14), Outcome::Nothing);
