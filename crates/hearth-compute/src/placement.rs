@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use hearth_state::model::ComputeCommand;
-use hearth_types::compute::{Capacity, Compute, Drift, DriftKind, Phase, Vm};
+use hearth_types::compute::{Capacity, Compute, Drift, DriftKind, Evacuation, Phase, Vm};
 use hearth_types::desired::DesiredState;
 use hearth_types::{MemberState, Role, View};
 
@@ -178,6 +178,86 @@ pub fn move_target(
     }
 }
 
+/// Whether the other hosts can hold every VM on `host` (the N+1 check of `hearth node
+/// evacuate` and `hearth hosts`): placed greedily, largest memory first, on the room left
+/// on the hosts that may take VMs. The error names the first VM that does not fit.
+pub fn evacuation_check(desired: &DesiredState, view: &View, host: &str) -> Result<(), String> {
+    let mut free = free_room(desired, view);
+    free.remove(host);
+    let mut on_it: Vec<&Vm> = desired
+        .compute
+        .vms
+        .values()
+        .map(|v| &v.value)
+        .filter(|vm| vm.host.as_deref() == Some(host) && !vm.deleting)
+        .collect();
+    on_it.sort_by_key(|vm| std::cmp::Reverse(vm.request.memory_mib));
+    for vm in on_it {
+        let need = demand(vm);
+        let best = free
+            .iter_mut()
+            .filter(|(_, room)| fits(room, &need))
+            .max_by(|(a_name, a), (b_name, b)| {
+                a.memory_mib.cmp(&b.memory_mib).then(b_name.cmp(a_name))
+            });
+        let Some((_, room)) = best else {
+            return Err(format!(
+                "the other workers cannot hold {} ({} vCPUs, {} MiB, {} GiB) with the rest of {host}'s VMs; add a worker or free room first",
+                vm.request.name, need.vcpus, need.memory_mib, need.disk_gib
+            ));
+        };
+        room.vcpus -= need.vcpus;
+        room.memory_mib -= need.memory_mib;
+        room.disk_gib -= need.disk_gib;
+    }
+    Ok(())
+}
+
+/// The next step of each host's evacuation: one move at a time, each to the roomiest other
+/// host; a VM that never had a disk is simply placed elsewhere; over when no VM is left, and
+/// stopped when the next VM fits nowhere.
+fn evacuate(desired: &DesiredState, view: &View, commands: &mut Vec<ComputeCommand>) {
+    let compute = &desired.compute;
+    for (name, host) in &compute.hosts {
+        if host.evacuation != Some(Evacuation::Moving) {
+            continue;
+        }
+        let on_it = || {
+            compute
+                .vms
+                .values()
+                .map(|v| &v.value)
+                .filter(|vm| vm.host.as_deref() == Some(name.as_str()) && !vm.deleting)
+        };
+        if on_it().any(|vm| vm.migration.is_some()) {
+            continue;
+        }
+        let set = |evacuation| ComputeCommand::SetEvacuation {
+            host: name.clone(),
+            evacuation: Some(evacuation),
+        };
+        let Some(vm) = on_it().next() else {
+            commands.push(set(Evacuation::Done));
+            continue;
+        };
+        match move_target(desired, view, vm, None) {
+            Ok(to) if vm.disk.host.is_none() => commands.push(ComputeCommand::Place {
+                vm: vm.id.clone(),
+                host: Some(to),
+                from: vm.host.clone(),
+            }),
+            Ok(to) => commands.push(ComputeCommand::Migrate {
+                vm: vm.id.clone(),
+                to,
+                expect: hearth_state::model::Expect::Any,
+            }),
+            Err(why) => commands.push(set(Evacuation::Stopped {
+                why: format!("{}: {}", vm.request.name, why.trim_start_matches("to: ")),
+            })),
+        }
+    }
+}
+
 /// The commands that move the desired state towards every VM being on a host that can run it.
 /// Pending VMs go to the eligible host (an up worker, not drained, not fenced) with the most
 /// free memory that fits them, ties broken by name, so VMs spread. On a fenced host, VMs that
@@ -234,6 +314,7 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
             None => {}
         }
     }
+    evacuate(desired, view, &mut commands);
     commands
 }
 
@@ -312,6 +393,7 @@ mod tests {
                         disk_gib: 10,
                     },
                     fenced: false,
+                    evacuation: None,
                 },
             );
             view.members
@@ -370,6 +452,79 @@ mod tests {
             move_target(&desired, &view, &big.value, None).unwrap(),
             "w2"
         );
+    }
+
+    /// An evacuation moves one VM at a time, places a VM that never had a disk, stops when
+    /// the next VM fits nowhere, and is over when the host is empty; the N+1 check packs all
+    /// of a host's VMs at once.
+    #[test]
+    fn an_evacuation_moves_one_vm_at_a_time_and_stops_where_nothing_fits() {
+        let (mut desired, view) = world(&[("w1", MemberState::Alive), ("w2", MemberState::Alive)]);
+        let mut a = vm("vm-1", 600, Some("w1"));
+        a.value.disk.host = Some("w1".into());
+        let b = vm("vm-2", 300, Some("w1"));
+        desired.compute.vms.insert("vm-1".into(), a.clone());
+        desired.compute.vms.insert("vm-2".into(), b);
+        assert_eq!(evacuation_check(&desired, &view, "w1"), Ok(()));
+        desired.compute.hosts.get_mut("w1").unwrap().evacuation = Some(Evacuation::Moving);
+        desired.drained.insert(
+            "w1".into(),
+            hearth_types::desired::Versioned {
+                version: 1,
+                value: true,
+            },
+        );
+        let moves: Vec<_> = plan(&desired, &view)
+            .into_iter()
+            .filter(|c| !matches!(c, ComputeCommand::Place { host: None, .. }))
+            .collect();
+        assert!(
+            matches!(&moves[..], [ComputeCommand::Migrate { vm, to, .. }] if vm == "vm-1" && to == "w2"),
+            "{moves:?}"
+        );
+        // While it moves, nothing else does.
+        let mut moving = a.clone();
+        moving.value.migration = Some(hearth_types::compute::Migration {
+            to: "w2".into(),
+            stage: hearth_types::compute::MigrationStage::Copying,
+            since: 1,
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        desired.compute.vms.insert("vm-1".into(), moving);
+        assert_eq!(plan(&desired, &view), vec![]);
+        // Moved; vm-2 never had a disk: placed on w2.
+        let mut moved = a;
+        moved.value.host = Some("w2".into());
+        moved.value.disk.host = Some("w2".into());
+        desired.compute.vms.insert("vm-1".into(), moved);
+        assert_eq!(
+            placed(&plan(&desired, &view)),
+            [("vm-2".into(), Some("w2".into()))]
+        );
+        // Too big for what is left on w2: the evacuation stops and says why.
+        desired
+            .compute
+            .vms
+            .get_mut("vm-2")
+            .unwrap()
+            .value
+            .request
+            .memory_mib = 900;
+        let error = evacuation_check(&desired, &view, "w1").unwrap_err();
+        assert!(error.contains("cannot hold vm-2"), "{error}");
+        assert!(matches!(
+            &plan(&desired, &view)[..],
+            [ComputeCommand::SetEvacuation { evacuation: Some(Evacuation::Stopped { why }), .. }] if why.starts_with("vm-2: ")
+        ));
+        desired.compute.vms.remove("vm-2");
+        assert!(matches!(
+            &plan(&desired, &view)[..],
+            [ComputeCommand::SetEvacuation {
+                evacuation: Some(Evacuation::Done),
+                ..
+            }]
+        ));
     }
 
     fn placed(commands: &[ComputeCommand]) -> Vec<(String, Option<String>)> {

@@ -242,6 +242,12 @@ pub struct HostRow {
     /// None: the answering node's gossip view does not know it.
     pub state: Option<MemberState>,
     pub vms: usize,
+    /// `hearth node evacuate` of it, if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<crate::compute::Evacuation>,
+    /// The N+1 check: `None` when the other workers can hold all its VMs, else why not.
+    #[serde(default)]
+    pub cannot_evacuate: Option<String>,
 }
 
 /// An address pool and the addresses its VMs hold.

@@ -471,6 +471,21 @@ pub struct Host {
     /// An operator confirmed it is powered off: its VMs may run elsewhere.
     #[serde(default)]
     pub fenced: bool,
+    /// `hearth node evacuate`: its VMs are being moved off it, one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<Evacuation>,
+}
+
+/// Where the evacuation of a host is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum Evacuation {
+    /// The leader moves its VMs off, one at a time.
+    Moving,
+    /// No VM is left on it.
+    Done,
+    /// A move was given up, or no other host had room: the VMs left stay where they are.
+    Stopped { why: String },
 }
 
 /// Something a host's reconciler found and must not, or cannot, fix alone.

@@ -126,6 +126,9 @@ enum Command {
     },
     /// List what the hosts' reconcilers found and would not fix alone, with the proposed fix.
     Drift(ClientArgs),
+    /// List the worker hosts: state, capacity, VMs, fence and evacuation, and the N+1 check
+    /// (whether the other workers could hold all of each host's VMs).
+    Hosts(ClientArgs),
     /// Apply the proposed fix of one drift entry (ID as `hearth drift` lists it).
     ///
     /// No fix deletes data: a stale copy of a VM is shut down and moved to the archive
@@ -231,6 +234,7 @@ pub fn main() -> ExitCode {
             with_client(&client, |c, json| compute_cli::vm(c, json, command))
         }
         Command::Drift(args) => client_command(&args, compute_cli::drift),
+        Command::Hosts(args) => client_command(&args, compute_cli::hosts),
         Command::Fix {
             client,
             id,

@@ -1,5 +1,5 @@
 //! CLI commands of compute: `image add|list|rm`, `pool add|list|rm`,
-//! `vm create|list|show|start|stop|migrate|delete`, `drift`, and `node fence|unfence`.
+//! `vm create|list|show|start|stop|migrate|delete`, `drift`, `hosts`, and `node evacuate`.
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -700,6 +700,126 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
         );
     }
     Ok(())
+}
+
+/// `hearth hosts`: the workers, with the N+1 check.
+pub fn hosts(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    use hearth_types::compute::Evacuation;
+    let rows: Vec<hearth_types::api::HostRow> = client.get("/v1/hosts")?;
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    let lines = rows.iter().map(|h| {
+        let state = h.state.map_or("unknown", |s| s.as_str());
+        let evacuation = match &h.evacuation {
+            None => "-".to_owned(),
+            Some(Evacuation::Moving) => "moving".to_owned(),
+            Some(Evacuation::Done) => "done".to_owned(),
+            Some(Evacuation::Stopped { why }) => format!("stopped: {why}"),
+        };
+        let n_plus_one = match &h.cannot_evacuate {
+            None => "yes".to_owned(),
+            Some(why) => format!("no: {why}"),
+        };
+        vec![
+            h.name.clone(),
+            state.to_owned(),
+            format!(
+                "{}c/{}M/{}G",
+                h.capacity.vcpus, h.capacity.memory_mib, h.capacity.disk_gib
+            ),
+            h.vms.to_string(),
+            if h.fenced { "yes" } else { "no" }.to_owned(),
+            evacuation,
+            n_plus_one,
+        ]
+    });
+    print_table(
+        &[
+            "NAME",
+            "STATE",
+            "CAPACITY",
+            "VMS",
+            "FENCED",
+            "EVACUATION",
+            "N+1 (OTHERS HOLD ITS VMS)",
+        ],
+        lines,
+    );
+    Ok(())
+}
+
+/// `hearth node evacuate NAME`: asks for it (or stops it), then follows it until the host
+/// holds no VM, printing each move's progress on stderr.
+pub fn evacuate(
+    client: &ApiClient,
+    json: bool,
+    name: &str,
+    no_wait: bool,
+    stop: bool,
+) -> Result<(), ClientError> {
+    use hearth_types::compute::Evacuation;
+    if stop {
+        let answer: Value = client.delete(&format!("/v1/nodes/{name}/evacuation"))?;
+        report(json, &answer, &format!("{name}: evacuation stopped"));
+        return Ok(());
+    }
+    let answer: Value = client.post(&format!("/v1/nodes/{name}/evacuate"))?;
+    if no_wait {
+        report(json, &answer, &format!("{name}: drained, evacuating"));
+        return Ok(());
+    }
+    let mut last_line = String::new();
+    loop {
+        let hosts: Vec<hearth_types::api::HostRow> = client.get("/v1/hosts")?;
+        let host = hosts
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| ClientError::Failed(format!("{name} is no longer a worker host")))?;
+        match &host.evacuation {
+            Some(Evacuation::Done) => {
+                if json {
+                    print_json(&host);
+                } else {
+                    println!("{name}: evacuated; no VM is left on it (it stays drained)");
+                }
+                return Ok(());
+            }
+            Some(Evacuation::Stopped { why }) => {
+                return Err(ClientError::Failed(format!(
+                    "{name}: the evacuation stopped, {} VMs are left on it: {why}",
+                    host.vms
+                )));
+            }
+            None => {
+                return Err(ClientError::Failed(format!(
+                    "{name}: the evacuation was stopped, {} VMs are left on it",
+                    host.vms
+                )));
+            }
+            Some(Evacuation::Moving) => {}
+        }
+        let vms: Vec<VmRow> = client.get("/v1/vms")?;
+        let moving = vms.iter().find_map(|row| {
+            let m = row.vm.migration.as_ref()?;
+            (row.vm.host.as_deref() == Some(name)).then(|| (row.vm.request.name.clone(), m))
+        });
+        let line = match moving {
+            Some((vm, m)) => format!(
+                "{name}: {} VMs left; {vm} -> {}: {}",
+                host.vms,
+                m.to,
+                move_progress(m)
+            ),
+            None => format!("{name}: {} VMs left", host.vms),
+        };
+        if line != last_line && !json {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 pub fn drift(client: &ApiClient, json: bool) -> Result<(), ClientError> {

@@ -97,6 +97,23 @@ pub enum NodeCommand {
     },
     /// Take back a fence.
     Unfence { name: String },
+    /// Drain the worker NAME and move every VM off it, one at a time (cold, for now: each
+    /// VM is shut down, its disk copied, and started on the roomiest other worker).
+    ///
+    /// Refused when the other workers cannot hold all of NAME's VMs (the N+1 check that
+    /// `hearth hosts` shows for every host). Stops at the first move given up, leaving the
+    /// VMs not moved yet where they are. Waits, printing each move's progress, until NAME
+    /// holds no VM (or --no-wait). NAME stays drained: `hearth node undrain NAME` after the
+    /// maintenance.
+    Evacuate {
+        name: String,
+        /// Return once the evacuation is asked for.
+        #[arg(long)]
+        no_wait: bool,
+        /// Stop an evacuation: the move under way finishes, no other starts.
+        #[arg(long, conflicts_with = "no_wait")]
+        stop: bool,
+    },
 }
 
 pub fn state(client: &ApiClient, json: bool) -> Result<(), ClientError> {
@@ -407,7 +424,16 @@ pub fn services(
 }
 
 pub fn node(client: &ApiClient, json: bool, command: NodeCommand) -> Result<(), ClientError> {
+    if let NodeCommand::Evacuate {
+        name,
+        no_wait,
+        stop,
+    } = &command
+    {
+        return crate::compute_cli::evacuate(client, json, name, *no_wait, *stop);
+    }
     let (name, verb, query) = match &command {
+        NodeCommand::Evacuate { .. } => unreachable!("handled above"),
         NodeCommand::Drain { name } => (name, "drain", ""),
         NodeCommand::Undrain { name } => (name, "undrain", ""),
         NodeCommand::Fence { name, force } => {

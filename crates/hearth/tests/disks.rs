@@ -17,7 +17,7 @@
 //!   target, whose copy points at the target's own image file; the copy left behind is
 //!   archived, never deleted; a move to a host that cannot take the VM is refused; a move
 //!   whose copy fails on the target is given up, and the VM starts again where it was, on
-//!   its own disk.
+//!   its own disk; `hearth node evacuate` then moves it off its new host the same way.
 
 use std::path::Path;
 use std::time::Duration;
@@ -584,4 +584,25 @@ fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
     wait_passes(source, 2);
     let drift = agent.api_json("/v1/drift").unwrap();
     assert_eq!(drift, serde_json::json!([]), "{drift}");
+
+    // `hearth hosts` shows the N+1 check; the evacuation of the new host moves it on again.
+    let hosts = agent.cli(&["hosts"]);
+    assert!(hosts.matches(" yes").count() >= 3, "{hosts}");
+    let (code, out, err) = cli_within(agent, &["node", "evacuate", target_name], BOOT * 3);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("evacuated"), "{out}");
+    let row = wait_phase(agent, "mover", "running");
+    let third = host_index(&cluster, &row);
+    assert!(third != t, "{row}");
+    wait_boots(&cluster.agents[third], &id, &[4]);
+    assert_eq!(row["disk"]["generation"], 3, "{row}");
+    let hosts: Value = agent.api_json("/v1/hosts").unwrap();
+    let evacuated = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == target_name)
+        .unwrap();
+    assert_eq!(evacuated["evacuation"]["state"], "done", "{evacuated}");
+    assert_eq!(evacuated["vms"], 0, "{evacuated}");
 }

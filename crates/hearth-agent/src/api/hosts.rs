@@ -1,10 +1,12 @@
-//! `/v1/hosts`: the workers, their capacity and what is placed on them.
+//! `/v1/hosts`: the workers, their capacity, what is placed on them, and whether the others
+//! could hold it all (the N+1 check).
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use hearth_compute::placement::evacuation_check;
 use hearth_types::api::HostRow;
 
 use super::context::{ApiState, Params, read};
@@ -34,6 +36,8 @@ async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>)
                         fenced: host.fenced,
                         state: view.members.get(name).map(|m| m.state),
                         vms,
+                        evacuation: host.evacuation.clone(),
+                        cannot_evacuate: evacuation_check(&desired, &view, name).err(),
                     }
                 })
                 .collect();

@@ -1,11 +1,11 @@
 //! `/v1/nodes/NAME/...`: an admin's hold on a node: drain and undrain (DNS and new VMs keep off
-//! it), fence and unfence (its VMs may be started elsewhere).
+//! it), fence and unfence (its VMs may be started elsewhere), evacuate (its VMs move off).
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use hearth_compute::placement::{HostLiveness, liveness};
 use hearth_state::model::{Command, ComputeCommand, Expect};
 use serde::Deserialize;
@@ -18,6 +18,8 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/nodes/{name}/undrain", post(undrain))
         .route("/v1/nodes/{name}/fence", post(fence))
         .route("/v1/nodes/{name}/unfence", post(unfence))
+        .route("/v1/nodes/{name}/evacuate", post(evacuate))
+        .route("/v1/nodes/{name}/evacuation", delete(stop_evacuation))
 }
 
 async fn drain(State(state): State<ApiState>, Path(node): Path<String>) -> Response {
@@ -101,6 +103,51 @@ async fn fence(
         notes,
     )
     .await
+}
+
+/// Drains the worker and has the leader move its VMs off, one at a time (`hearth node
+/// evacuate`). Refused when the other workers cannot hold them all.
+async fn evacuate(State(state): State<ApiState>, Path(host): Path<String>) -> Response {
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    if !desired.compute.hosts.contains_key(&host) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("name: {host} is not a worker host"),
+        );
+    }
+    let view = state.membership.views().borrow().clone();
+    if let Err(why) = hearth_compute::placement::evacuation_check(&desired, &view, &host) {
+        return error(StatusCode::CONFLICT, &format!("name: {why}"));
+    }
+    let drain = Command::SetDrain {
+        node: host.clone(),
+        drained: true,
+        expect: Expect::Any,
+    };
+    let node = match super::context::node_of(&state) {
+        Ok(node) => node,
+        Err(failure) => return failure.into_response(),
+    };
+    if let Err(failure) = node.submit(drain).await {
+        return super::context::ApiError::State(failure).into_response();
+    }
+    let command = ComputeCommand::SetEvacuation {
+        host,
+        evacuation: Some(hearth_types::compute::Evacuation::Moving),
+    };
+    write(&state, compute(command)).await
+}
+
+/// Stops an evacuation: the move under way ends, no other starts; the host stays drained.
+async fn stop_evacuation(State(state): State<ApiState>, Path(host): Path<String>) -> Response {
+    let command = ComputeCommand::SetEvacuation {
+        host,
+        evacuation: None,
+    };
+    write(&state, compute(command)).await
 }
 
 async fn unfence(State(state): State<ApiState>, Path(host): Path<String>) -> Response {

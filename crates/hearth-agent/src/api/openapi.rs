@@ -234,6 +234,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     op("post", "/v1/nodes/{name}/unfence", "Take back a fence"),
     op(
+        "post",
+        "/v1/nodes/{name}/evacuate",
+        "Drain a worker and move its VMs off, one at a time (refused when the others cannot hold them)",
+    ),
+    op(
+        "delete",
+        "/v1/nodes/{name}/evacuation",
+        "Stop an evacuation after the move under way",
+    ),
+    op(
         "get",
         "/v1/drift",
         "Drift entries with their proposed fixes",

@@ -2,8 +2,8 @@
 //! allocation happens here, in log order, so an address can never go to two VMs.
 
 use hearth_types::compute::{
-    Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Image, IoLimits, IpPool, Phase, Power,
-    Vm, VmRequest,
+    Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Evacuation, Image, IoLimits, IpPool,
+    Phase, Power, Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,11 @@ pub enum ComputeCommand {
     Fence {
         host: String,
         fenced: bool,
+    },
+    /// The evacuation of a host: asked for (`Moving`), over, or stopped; `None` forgets it.
+    SetEvacuation {
+        host: String,
+        evacuation: Option<Evacuation>,
     },
     /// A host's current drift entries, replacing what it reported before.
     Drift {
@@ -190,7 +195,9 @@ impl ComputeCommand {
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
                 format!("fix/{id}")
             }
-            ComputeCommand::Host { host, .. } | ComputeCommand::Fence { host, .. } => {
+            ComputeCommand::Host { host, .. }
+            | ComputeCommand::Fence { host, .. }
+            | ComputeCommand::SetEvacuation { host, .. } => {
                 format!("host/{host}")
             }
             ComputeCommand::Drift { host, .. } => format!("drift/{host}"),
@@ -233,6 +240,9 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             compute.hosts.entry(host.clone()).or_default().fenced = *fenced;
             Outcome::Applied { version: index }
         }
+        C::SetEvacuation { host, evacuation } => {
+            set_evacuation(compute, host, evacuation.as_ref(), index)
+        }
         C::Drift { host, drift } => host_drift(compute, host, drift, index),
         C::Reboot { vm, expect } => reboot(compute, vm, *expect, index),
         C::Rebooted { vm, host, done } => rebooted(compute, vm, host, *done),
@@ -269,6 +279,22 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             generation,
         } => migration::move_disk(compute, vm, from, to, *generation, index),
         C::AbortMigration { vm, why } => migration::abort(compute, vm, why, index),
+    }
+}
+
+fn set_evacuation(
+    compute: &mut Compute,
+    host: &str,
+    evacuation: Option<&Evacuation>,
+    index: u64,
+) -> Outcome {
+    match compute.hosts.get_mut(host) {
+        Some(entry) if entry.evacuation.as_ref() == evacuation => Outcome::Nothing,
+        Some(entry) => {
+            entry.evacuation = evacuation.cloned();
+            Outcome::Applied { version: index }
+        }
+        None => Outcome::NotFound,
     }
 }
 

@@ -3,7 +3,7 @@
 //! Each checks the facts its step depends on, so a stale or repeated command changes nothing
 //! and the disk home moves exactly once. `docs/migration.md` gives the whole protocol.
 
-use hearth_types::compute::{Compute, DiskHome, Migration, MigrationStage, Phase, Vm};
+use hearth_types::compute::{Compute, DiskHome, Evacuation, Migration, MigrationStage, Phase, Vm};
 use hearth_types::desired::Versioned;
 
 use super::cas::{Expect, Outcome};
@@ -163,7 +163,15 @@ pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> 
     let message = format!("the move to {} was given up: {why}", migration.to);
     let phase = entry.value.phase;
     entry.value.set_phase(phase, Some(message.clone()), index);
-    entry.value.move_given_up = Some(message);
+    entry.value.move_given_up = Some(message.clone());
+    // An evacuation of its host stops at the first move given up.
+    if let Some(host) = entry.value.host.clone()
+        && let Some(source) = compute.hosts.get_mut(&host)
+        && source.evacuation == Some(Evacuation::Moving)
+    {
+        let why = format!("{}: {message}", entry.value.request.name);
+        source.evacuation = Some(Evacuation::Stopped { why });
+    }
     entry.version = index;
     Outcome::Applied { version: index }
 }
@@ -312,7 +320,12 @@ mod tests {
     fn a_given_up_move_leaves_the_vm_at_its_source() {
         let mut compute = setup();
         copying(&mut compute);
+        compute.hosts.get_mut("w1").unwrap().evacuation = Some(Evacuation::Moving);
         assert!(abort(&mut compute, "vm-1", "w2 stopped answering", 12).changed());
+        assert!(
+            matches!(&compute.hosts["w1"].evacuation, Some(Evacuation::Stopped { why }) if why.contains("w2 stopped answering")),
+            "an evacuation stops at the first move given up"
+        );
         let vm = vm(&compute);
         assert_eq!(vm.migration, None);
         assert_eq!(vm.host.as_deref(), Some("w1"));
