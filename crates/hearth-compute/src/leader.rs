@@ -4,13 +4,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_state::model::Command;
+use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
 use hearth_types::View;
+use hearth_types::compute::Evacuation;
+use hearth_types::desired::DesiredState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::placement;
+
+/// For a `Migrate` of an evacuation: the command that stops that evacuation with a reason.
+fn refused_move(
+    desired: &DesiredState,
+    command: &ComputeCommand,
+) -> Option<impl FnOnce(String) -> ComputeCommand + use<>> {
+    let ComputeCommand::Migrate { vm, .. } = command else {
+        return None;
+    };
+    let vm = &desired.compute.vms.get(vm)?.value;
+    let host = vm.host.clone()?;
+    let name = vm.request.name.clone();
+    Some(move |why: String| ComputeCommand::SetEvacuation {
+        host,
+        evacuation: Some(Evacuation::Stopped {
+            why: format!("{name}: {why}"),
+        }),
+    })
+}
 
 pub async fn run(
     state: StateNode,
@@ -34,9 +55,20 @@ pub async fn run(
         let view = views.borrow_and_update().clone();
         for command in placement::plan(&current, &view) {
             tracing::info!(?command, "placement");
-            if let Err(error) = state.submit(Command::Compute { command }).await {
-                tracing::warn!(%error, "placement write failed");
-                break;
+            let refused = refused_move(&current, &command);
+            match state.submit(Command::Compute { command }).await {
+                Ok(written) => {
+                    // A move the state refuses would be asked again every pass: the
+                    // evacuation that asked for it stops instead, saying why.
+                    if let (Outcome::Invalid { message }, Some(stop)) = (written.outcome, refused) {
+                        let command = stop(message);
+                        let _ = state.submit(Command::Compute { command }).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "placement write failed");
+                    break;
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A VM disk's on-host bookkeeping, shared by both drivers: the generation file written beside
 //! each disk a host creates, the check that a start uses the VM's own disk, the archive that
-//! stale copies move to (never deleted unasked), and the backing file named in a qcow2 header.
+//! stale copies move to (never deleted unasked), the backing file named in a qcow2 header,
+//! and the runner of `qemu-img` both drivers' disk work uses.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,26 @@ pub fn archive(root: &Path, id: &str) -> Result<PathBuf, DiskError> {
     }
     std::fs::rename(&dir, &target).map_err(io_error(&dir))?;
     Ok(target)
+}
+
+/// Runs `qemu-img ARGS`; an error says what failed (`what`) with qemu-img's own words.
+pub(crate) async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| {
+            DiskError::QemuImg(format!(
+                "cannot run qemu-img (apt-get install qemu-utils): {e}"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(DiskError::QemuImg(format!(
+            "qemu-img {what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The backing file a qcow2 image names in its header: `None` when the file is not there or

@@ -483,25 +483,22 @@ impl Driver {
         }
         let partial = dir.join("disk.qcow2.partial");
         let _ = std::fs::remove_file(&partial);
-        let output = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-b"])
-            .arg(&spec.base_image)
-            .args(["-F", &spec.base_format])
-            .arg(&partial)
-            .arg(spec.disk_bytes.to_string())
-            .output()
-            .await
-            .map_err(|e| {
-                DiskError::QemuImg(format!(
-                    "cannot run qemu-img (apt-get install qemu-utils): {e}"
-                ))
-            })?;
-        if !output.status.success() {
+        let size = spec.disk_bytes.to_string();
+        let args: [&std::ffi::OsStr; 10] = [
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            spec.base_image.as_os_str(),
+            "-F".as_ref(),
+            spec.base_format.as_ref(),
+            partial.as_os_str(),
+            size.as_ref(),
+        ];
+        if let Err(error) = crate::disk::qemu_img("create", &args).await {
             let _ = std::fs::remove_file(&partial);
-            return Err(DiskError::QemuImg(format!(
-                "qemu-img create failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+            return Err(error);
         }
         // The generation first: a disk under its final name always has its generation.
         crate::disk::write_generation(&dir, spec.generation)?;

@@ -81,24 +81,18 @@ pub async fn adopt(
 /// Points a qcow2 overlay at another path of the same backing data (`qemu-img rebase -u`:
 /// the header only, no data is read or written).
 async fn rebase(file: &Path, base: &Path, format: &str) -> Result<(), DiskError> {
-    let output = tokio::process::Command::new("qemu-img")
-        .args(["rebase", "-u", "-f", "qcow2", "-F", format, "-b"])
-        .arg(base)
-        .arg(file)
-        .output()
-        .await
-        .map_err(|e| {
-            DiskError::QemuImg(format!(
-                "cannot run qemu-img (apt-get install qemu-utils): {e}"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(DiskError::QemuImg(format!(
-            "qemu-img rebase failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
+    let args: [&std::ffi::OsStr; 9] = [
+        "rebase".as_ref(),
+        "-u".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        format.as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        file.as_os_str(),
+    ];
+    crate::disk::qemu_img("rebase", &args).await
 }
 
 #[cfg(test)]
