@@ -212,15 +212,34 @@ async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
                 return;
             }
             Some(outcome) => {
-                tracing::warn!(vm = %vm.id, ?outcome, "the move was given up before the switch; archiving the copy made here");
-                if let Err(error) = host.driver.archive(&vm.id).await {
-                    tracing::warn!(vm = %vm.id, %error, "archiving the copy");
+                // An earlier attempt whose answer was lost may have switched it: only a copy
+                // that is surely not the VM's disk is archived (never deleted).
+                match moved_here(host, vm, generation).await {
+                    Some(true) => tracing::info!(vm = %vm.id, %from, "VM moved here"),
+                    Some(false) => {
+                        tracing::warn!(vm = %vm.id, ?outcome, "the move was given up before the switch; archiving the copy made here");
+                        if let Err(error) = host.driver.archive(&vm.id).await {
+                            tracing::warn!(vm = %vm.id, %error, "archiving the copy");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(vm = %vm.id, ?outcome, "the switch was refused and the cluster cannot say why; the copy stays for the reconciler")
+                    }
                 }
                 return;
             }
             None => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
+}
+
+/// Whether the cluster records this host as the VM's disk home at `generation + 1`, read
+/// after catching up with the leader; `None` when it cannot be read.
+async fn moved_here(host: &Host<'_>, vm: &Vm, generation: u64) -> Option<bool> {
+    host.state.linearizable_index().await.ok()?;
+    let desired = host.state.reader().current();
+    let now = &desired.compute.vms.get(&vm.id)?.value;
+    Some(now.disk.host.as_deref() == Some(host.name) && now.disk.generation == generation + 1)
 }
 
 #[cfg(test)]
