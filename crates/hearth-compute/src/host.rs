@@ -306,6 +306,9 @@ async fn act_on_move(
                     state: &host.state,
                 };
                 crate::moves::receive(&target, &entry, &compute, &from, generation).await;
+                // This host's copy of the state shows the move's end before the VM leaves
+                // `busy`, so no pass asks for the same copy again.
+                let _ = host.state.linearizable_index().await;
                 tracking.lock().await.busy.remove(&vm);
             });
         }

@@ -87,6 +87,15 @@ fn failed(error: impl std::fmt::Display) -> CopyError {
 /// `generation + 1` and switches the VM here. A copy that fails [`ATTEMPTS`] times gives the
 /// move up, and nothing it left is the VM's disk.
 pub async fn receive(host: &Host<'_>, vm: &Vm, compute: &Compute, from: &str, generation: u64) {
+    // A copy already adopted here (this host stopped, or its copy of the state lagged, before
+    // the switch showed) only needs the switch: copying again would archive it first.
+    let adopted =
+        host.driver.observe().ok().into_iter().flatten().any(|s| {
+            s.id == vm.id && !s.foreign && s.disk_present && s.generation == generation + 1
+        });
+    if adopted {
+        return switch(host, vm, from, generation).await;
+    }
     let mut why = String::new();
     for attempt in 1..=ATTEMPTS {
         match copy(host, vm, compute, from, generation).await {
