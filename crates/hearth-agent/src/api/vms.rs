@@ -129,6 +129,23 @@ async fn show_vm(
     }
 }
 
+/// The local state and the VM in it, by id or name; the error answer when there is none.
+async fn read_vm(
+    state: &ApiState,
+    key: &str,
+) -> Result<(Arc<DesiredState>, hearth_types::desired::Versioned<Vm>), Response> {
+    let desired = read(state, &Params::default())
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let vm = desired.compute.find_vm(key).cloned().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("vm: no VM with id or name {key}"),
+        )
+    })?;
+    Ok((desired, vm))
+}
+
 /// Looks the VM up in the local state, then writes the command built from its id.
 async fn vm_write(
     state: &ApiState,
@@ -224,16 +241,11 @@ async fn migrate_vm(
             "cold: must be true; a live move is not built yet, so the VM is shut down, its disk copied and the VM started on the target (hearth vm migrate NAME --cold)",
         );
     }
-    let desired = match read(&state, &Params::default()).await {
-        Ok(desired) => desired,
-        Err(failure) => return failure.into_response(),
+    let (desired, vm) = match read_vm(&state, &key).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
-    let Some(vm) = desired.compute.find_vm(&key) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("vm: no VM with id or name {key}"),
-        );
-    };
+    let vm = &vm;
     let view = state.membership.views().borrow().clone();
     let to = match hearth_compute::placement::move_target(
         &desired,
@@ -294,16 +306,11 @@ async fn console(
     Path(key): Path<String>,
     Query(params): Query<ConsoleParams>,
 ) -> Response {
-    let desired = match read(&state, &Params::default()).await {
-        Ok(desired) => desired,
-        Err(failure) => return failure.into_response(),
+    let (_, vm) = match read_vm(&state, &key).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
-    let Some(vm) = desired.compute.find_vm(&key) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("vm: no VM with id or name {key}"),
-        );
-    };
+    let vm = &vm;
     let id = vm.value.id.clone();
     let me = state.membership.views().borrow().self_name.clone();
     let Some(host) = vm.value.host.clone() else {
