@@ -179,6 +179,12 @@ if wait_for /dev/vda 150; then
     else
         say "HEARTH-GUEST-WARN cannot write the boot counter"
     fi
+    # The last tick the previous boot wrote (at 2 MiB; see the loop at the end): proves that
+    # writes made while a VM was moving live reached the disk it has now.
+    last_tick=$(dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Z0-9 -')
+    case "$last_tick" in
+        "HEARTH-TICK "[0-9]*) say "HEARTH-GUEST-LAST-TICK boot=$((boots - 1)) n=${last_tick#HEARTH-TICK }" ;;
+    esac
     # With hearth.discard_check on the command line, write 4 MiB at 16 MiB and discard them
     # again: the host then sees whether the discard reached the overlay (discard=unmap).
     if grep -q 'hearth.discard_check' /proc/cmdline; then
@@ -211,7 +217,16 @@ acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid
 
 say "HEARTH-GUEST-READY"
 
-# PID 1 must never exit (the kernel would panic); it idles and answers nothing.
+# PID 1 must never exit (the kernel would panic). It ticks once a second: a numbered line on
+# the console and the same number written through to the disk at 2 MiB, so a test sees that a
+# VM moved live runs on (the ticks go on, no new boot) and that its disk kept every write.
+tick=0
 while true; do
-    sleep 3600
+    sleep 1
+    tick=$((tick + 1))
+    if [ -e /dev/vda ]; then
+        printf 'HEARTH-TICK %s\n' "$tick" \
+            | dd of=/dev/vda bs=512 seek=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null
+    fi
+    say "HEARTH-GUEST-TICK n=$tick"
 done

@@ -96,6 +96,7 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             disk_present: true,
             generation: 1,
             foreign: false,
+            held: false,
         });
         memory.applied_io.insert(
             id,
@@ -112,6 +113,7 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             disk_present: true,
             generation: 1,
             foreign: false,
+            held: false,
         });
     }
     (compute, seen, memory)

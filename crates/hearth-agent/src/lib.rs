@@ -116,6 +116,7 @@ fn worker_capacity(section: &config::ComputeSection) -> hearth_types::compute::C
         vcpus: section.vcpus.unwrap_or(cpus),
         memory_mib: section.memory_mib.unwrap_or(memory_mib),
         disk_gib: section.disk_gib,
+        live_migration: section.driver == "qemu",
     }
 }
 
@@ -342,6 +343,7 @@ fn spawn_work(
     let blobs = hearth_compute::blobs::BlobStore::new(config.data_dir.join("images"));
     spawn_compute(
         config,
+        resolved,
         state.as_ref(),
         driver.as_ref(),
         &blobs,
@@ -457,8 +459,10 @@ fn spawn_state_tasks(
 
 /// VMs: a worker's host loop, a server's copies of image files, and every state holder's
 /// image file collector.
+#[allow(clippy::too_many_arguments)]
 fn spawn_compute(
     config: &Config,
+    resolved: &Resolved,
     state: Option<&StateNode>,
     driver: Option<&Arc<hearth_qemu::fake::VmDriver>>,
     blobs: &hearth_compute::blobs::BlobStore,
@@ -478,6 +482,12 @@ fn spawn_compute(
                 blobs: blobs.clone(),
                 state: state.clone(),
                 metrics: metrics.clone(),
+                move_key: keyring(config, resolved).derive(b"hearth live migration v1"),
+                advertise: resolved.advertise,
+                move_speed: config
+                    .compute
+                    .migration_mib_per_sec
+                    .map_or(0, |mib| mib.saturating_mul(1 << 20)),
             },
             shutdown.clone(),
         ));

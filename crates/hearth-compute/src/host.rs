@@ -32,6 +32,27 @@ pub struct Host {
     pub blobs: BlobStore,
     pub state: StateNode,
     pub metrics: Arc<crate::ComputeMetrics>,
+    /// The key live moves derive their TLS keys from (derived from the cluster secret).
+    pub move_key: [u8; 32],
+    /// The address peers reach this host at: a VM moving here live is sent there.
+    pub advertise: std::net::IpAddr,
+    /// Bytes/s a live move may use for its disk and its RAM (0: no limit).
+    pub move_speed: u64,
+}
+
+impl Host {
+    /// What a move's work needs of this host.
+    fn mover(&self) -> crate::moves::Host<'_> {
+        crate::moves::Host {
+            name: &self.name,
+            driver: &self.driver,
+            blobs: &self.blobs,
+            state: &self.state,
+            move_key: &self.move_key,
+            advertise: self.advertise,
+            move_speed: self.move_speed,
+        }
+    }
 }
 
 /// What the loop remembers beyond the reconciler's memory.
@@ -160,6 +181,7 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
         let command = ComputeCommand::AbortMigration { vm, why };
         let _ = host.state.submit(Command::Compute { command }).await;
     }
+    crate::live_moves::sweep(&host.mover(), &desired.compute, &t.busy).await;
     for action in plan.actions {
         if action.vm().is_some_and(|vm| t.busy.contains(vm)) {
             continue;
@@ -258,9 +280,12 @@ async fn act(
                 tokio::spawn(async move { reboot(&host, &tracking, &entry, &compute, done).await });
             }
         }
-        Action::MoveStopped { .. } | Action::Receive { .. } => {
-            act_on_move(host, desired, tracking, t, action).await
-        }
+        Action::MoveStopped { .. }
+        | Action::Receive { .. }
+        | Action::PrepareLive { .. }
+        | Action::SendLive { .. }
+        | Action::SwitchLive { .. }
+        | Action::Release { .. } => act_on_move(host, desired, tracking, t, action).await,
         Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),
         Action::Archive { vm } => spawn_stop(host, tracking, t, vm, Stop::Archive),
         Action::Delete { vm } => spawn_stop(host, tracking, t, vm, Stop::Delete),
@@ -299,21 +324,63 @@ async fn act_on_move(
             let (host, tracking) = (host.clone(), tracking.clone());
             tokio::spawn(async move {
                 tracing::info!(%vm, %from, "copying the disk of a VM moving here");
-                let target = crate::moves::Host {
-                    name: &host.name,
-                    driver: &host.driver,
-                    blobs: &host.blobs,
-                    state: &host.state,
-                };
-                crate::moves::receive(&target, &entry, &compute, &from, generation).await;
+                crate::moves::receive(&host.mover(), &entry, &compute, &from, generation).await;
                 // This host's copy of the state shows the move's end before the VM leaves
                 // `busy`, so no pass asks for the same copy again.
                 let _ = host.state.linearizable_index().await;
                 tracking.lock().await.busy.remove(&vm);
             });
         }
-        _ => {}
+        _ => act_on_live_move(host, desired, tracking, t, action),
     }
+}
+
+/// A live move's step on this host, in a task of its own (the VM `busy` here until it ends,
+/// and until this host's copy of the state has caught up, so no pass asks for it again).
+fn act_on_live_move(
+    host: &Arc<Host>,
+    desired: &DesiredState,
+    tracking: &Arc<Mutex<Tracking>>,
+    t: &mut Tracking,
+    action: Action,
+) {
+    let Some(vm) = action.vm().map(str::to_owned) else {
+        return;
+    };
+    let Some(entry) = desired.compute.vms.get(&vm) else {
+        return;
+    };
+    let (entry, compute) = (entry.value.clone(), desired.compute.clone());
+    t.busy.insert(vm.clone());
+    let (host, tracking) = (host.clone(), tracking.clone());
+    tokio::spawn(async move {
+        let mover = host.mover();
+        match (action, &entry.migration) {
+            (Action::PrepareLive { .. }, Some(moving)) => {
+                crate::live_moves::prepare(&mover, &entry, &compute, moving).await
+            }
+            (Action::SendLive { .. }, Some(moving)) => {
+                crate::live_moves::send(&mover, &entry, moving).await
+            }
+            (
+                Action::SwitchLive {
+                    from, generation, ..
+                },
+                Some(_),
+            ) => crate::live_moves::switch(&mover, &entry, &from, generation).await,
+            (Action::Release { .. }, _) => {
+                if let Some(driver) = host.driver.qemu() {
+                    match driver.release(&vm).await {
+                        Ok(()) => tracing::info!(%vm, "undid what a move left on the VM's QEMU"),
+                        Err(error) => tracing::warn!(%vm, %error, "undoing what a move left"),
+                    }
+                }
+            }
+            _ => {}
+        }
+        let _ = host.state.linearizable_index().await;
+        tracking.lock().await.busy.remove(&vm);
+    });
 }
 
 /// The ways a VM's QEMU is stopped in a task.
@@ -550,10 +617,19 @@ async fn claim_disk(host: &Host, vm: &Vm) -> Result<(), String> {
 
 /// Shuts a copy that is not the VM's disk down if it runs, then archives its files.
 async fn archive(host: &Host, vm: &str) -> Result<std::path::PathBuf, String> {
-    host.driver
-        .shutdown(vm, SHUTDOWN_GRACE)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A QEMU a live move paused (the copy it left behind) cannot power off: it is stopped.
+    let held = host
+        .driver
+        .root()
+        .join(vm)
+        .join(hearth_qemu::live::HELD)
+        .exists();
+    let stopped = if held {
+        host.driver.kill(vm).await
+    } else {
+        host.driver.shutdown(vm, SHUTDOWN_GRACE).await
+    };
+    stopped.map_err(|e| e.to_string())?;
     host.driver.archive(vm).await.map_err(|e| e.to_string())
 }
 

@@ -1,13 +1,15 @@
 //! Members' VMs: the leader's placement (`placement`), the per-host reconciler
 //! (`reconcile`), the loops that run them and write through Raft (`leader`, `host`), the
 //! verified image store (`blobs`, `images`), the files a host serves to its peers
-//! (`files`) and a VM's move to another host on the hosts (`moves`). QEMU itself is driven through `hearth-qemu`.
+//! (`files`) and a VM's move to another host on the hosts (`moves` cold, `live_moves`
+//! live). QEMU itself is driven through `hearth-qemu`.
 
 pub mod blobs;
 pub mod files;
 pub mod host;
 pub mod images;
 pub mod leader;
+pub mod live_moves;
 pub mod moves;
 pub mod placement;
 pub mod reconcile;

@@ -24,6 +24,12 @@ pub struct Host<'a> {
     pub driver: &'a VmDriver,
     pub blobs: &'a BlobStore,
     pub state: &'a StateNode,
+    /// The key live moves derive their TLS keys from (from the cluster secret).
+    pub move_key: &'a [u8; 32],
+    /// Where this host listens for a VM moving here live.
+    pub advertise: std::net::IpAddr,
+    /// Bytes/s a live move may use for its disk and its RAM (0: no limit).
+    pub move_speed: u64,
 }
 
 /// How long a move may go without progress before its source gives it up.
@@ -60,13 +66,17 @@ pub fn stalled(
             _ => now,
         };
         if now.duration_since(since) >= MOVE_STALL {
+            let secs = MOVE_STALL.as_secs();
             let why = match moving.stage {
                 MigrationStage::Stopping => "the VM did not stop here".to_owned(),
-                MigrationStage::Copying => format!(
-                    "{} copied nothing for {} s",
-                    moving.to,
-                    MOVE_STALL.as_secs()
-                ),
+                MigrationStage::Copying => format!("{} copied nothing for {secs} s", moving.to),
+                MigrationStage::Preparing => {
+                    format!("{} did not get ready for the VM in {secs} s", moving.to)
+                }
+                MigrationStage::Mirroring => format!("the copy made no progress for {secs} s"),
+                MigrationStage::Switching => {
+                    format!("{} did not switch the VM in {secs} s", moving.to)
+                }
             };
             stalled.push((vm.id.clone(), why));
         }
@@ -94,12 +104,12 @@ pub async fn receive(host: &Host<'_>, vm: &Vm, compute: &Compute, from: &str, ge
             s.id == vm.id && !s.foreign && s.disk_present && s.generation == generation + 1
         });
     if adopted {
-        return switch(host, vm, from, generation).await;
+        return switch_cold(host, vm, from, generation).await;
     }
     let mut why = String::new();
     for attempt in 1..=ATTEMPTS {
         match copy(host, vm, compute, from, generation).await {
-            Ok(()) => return switch(host, vm, from, generation).await,
+            Ok(()) => return switch_cold(host, vm, from, generation).await,
             Err(error) => {
                 tracing::warn!(vm = %vm.id, %from, attempt, %error, "copying the disk of a VM moving here failed");
                 why = error;
@@ -113,14 +123,23 @@ pub async fn receive(host: &Host<'_>, vm: &Vm, compute: &Compute, from: &str, ge
     submit(host, abort(vm, &why)).await;
 }
 
-fn abort(vm: &Vm, why: &str) -> ComputeCommand {
+/// The cold switch; a copy the cluster surely does not take is archived (never deleted).
+async fn switch_cold(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
+    if switch(host, vm, from, generation).await == Switched::No
+        && let Err(error) = host.driver.archive(&vm.id).await
+    {
+        tracing::warn!(vm = %vm.id, %error, "archiving the copy");
+    }
+}
+
+pub(crate) fn abort(vm: &Vm, why: &str) -> ComputeCommand {
     ComputeCommand::AbortMigration {
         vm: vm.id.clone(),
         why: why.to_owned(),
     }
 }
 
-async fn submit(host: &Host<'_>, command: ComputeCommand) -> Option<Outcome> {
+pub(crate) async fn submit(host: &Host<'_>, command: ComputeCommand) -> Option<Outcome> {
     match host.state.submit(Command::Compute { command }).await {
         Ok(written) => Some(written.outcome),
         Err(error) => {
@@ -138,14 +157,7 @@ async fn copy(
     from: &str,
     generation: u64,
 ) -> Result<(), CopyError> {
-    let image = vm
-        .base_image(compute)
-        .ok_or_else(|| failed(format!("image {} no longer exists", vm.request.image)))?;
-    for blob in image.blobs().filter(|b| !host.blobs.has(&b.sha256)) {
-        crate::images::fetch_blob(host.state, host.blobs, &blob.sha256)
-            .await
-            .map_err(|e| failed(format!("cannot fetch image {}: {e}", image.name)))?;
-    }
+    let image = fetch_image(host, vm, compute).await?;
     let root = host.driver.root();
     let incoming = hearth_qemu::moving::fresh_incoming(root, &vm.id).map_err(failed)?;
     let path = incoming.join(host.driver.disk_name());
@@ -195,6 +207,23 @@ async fn copy(
     Ok(())
 }
 
+/// The files of the image the VM's disk is an overlay on, fetched here if missing.
+pub(crate) async fn fetch_image<'c>(
+    host: &Host<'_>,
+    vm: &'c Vm,
+    compute: &'c Compute,
+) -> Result<&'c hearth_types::compute::Image, String> {
+    let image = vm
+        .base_image(compute)
+        .ok_or_else(|| format!("image {} no longer exists", vm.request.image))?;
+    for blob in image.blobs().filter(|b| !host.blobs.has(&b.sha256)) {
+        crate::images::fetch_blob(host.state, host.blobs, &blob.sha256)
+            .await
+            .map_err(|e| format!("cannot fetch image {}: {e}", image.name))?;
+    }
+    Ok(image)
+}
+
 async fn progress(host: &Host<'_>, vm: &Vm, done: &AtomicU64, total: &AtomicU64) {
     let command = ComputeCommand::MigrationProgress {
         vm: vm.id.clone(),
@@ -205,9 +234,21 @@ async fn progress(host: &Host<'_>, vm: &Vm, done: &AtomicU64, total: &AtomicU64)
     submit(host, command).await;
 }
 
-/// Records the switch. Retried while the cluster cannot answer; if the move was given up
-/// meanwhile, the copy adopted here is not the VM's disk and is archived.
-async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
+/// Whether a switch happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Switched {
+    Yes,
+    /// Surely not: the cluster, read after catching up, does not record the copy here as the
+    /// VM's disk. The copy is not the VM's disk.
+    No,
+    /// Refused, and the cluster cannot say more now: the copy stays for the reconciler.
+    Unknown,
+}
+
+/// Records the switch, retried while the cluster cannot answer. A refusal is checked against
+/// the state read after catching up: an earlier attempt whose answer was lost may have
+/// switched it.
+pub(crate) async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) -> Switched {
     let command = ComputeCommand::MoveDisk {
         vm: vm.id.clone(),
         from: from.to_owned(),
@@ -218,28 +259,28 @@ async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
         match submit(host, command.clone()).await {
             Some(Outcome::Applied { .. }) => {
                 tracing::info!(vm = %vm.id, %from, "VM moved here");
-                return;
+                return Switched::Yes;
             }
             Some(outcome) => {
-                // An earlier attempt whose answer was lost may have switched it: only a copy
-                // that is surely not the VM's disk is archived (never deleted).
-                match moved_here(host, vm, generation).await {
-                    Some(true) => tracing::info!(vm = %vm.id, %from, "VM moved here"),
+                return match moved_here(host, vm, generation).await {
+                    Some(true) => {
+                        tracing::info!(vm = %vm.id, %from, "VM moved here");
+                        Switched::Yes
+                    }
                     Some(false) => {
-                        tracing::warn!(vm = %vm.id, ?outcome, "the move was given up before the switch; archiving the copy made here");
-                        if let Err(error) = host.driver.archive(&vm.id).await {
-                            tracing::warn!(vm = %vm.id, %error, "archiving the copy");
-                        }
+                        tracing::warn!(vm = %vm.id, ?outcome, "the move was given up before the switch");
+                        Switched::No
                     }
                     None => {
-                        tracing::warn!(vm = %vm.id, ?outcome, "the switch was refused and the cluster cannot say why; the copy stays for the reconciler")
+                        tracing::warn!(vm = %vm.id, ?outcome, "the switch was refused and the cluster cannot say why; the copy stays for the reconciler");
+                        Switched::Unknown
                     }
-                }
-                return;
+                };
             }
             None => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
+    Switched::Unknown
 }
 
 /// Whether the cluster records this host as the VM's disk home at `generation + 1`, read
@@ -266,6 +307,8 @@ mod tests {
             since: 1,
             done_bytes: 0,
             total_bytes: 0,
+            live: false,
+            listen: None,
         });
         compute.vms.insert("vm-1".into(), entry);
         let (mut watch, mut other) = (Watch::new(), Watch::new());

@@ -97,7 +97,20 @@ fn demand(vm: &Vm) -> Capacity {
         vcpus: vm.request.vcpus,
         memory_mib: vm.request.memory_mib,
         disk_gib: vm.request.disk_gib,
+        live_migration: false,
     }
+}
+
+/// Whether a move of `vm` to `to` can be live: it runs, and both its host's and `to`'s
+/// drivers can move a running VM. Otherwise a move is cold.
+pub fn can_move_live(compute: &Compute, vm: &Vm, to: &str) -> bool {
+    let live = |host: &str| {
+        compute
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.capacity.live_migration)
+    };
+    vm.phase == Phase::Running && vm.host.as_deref().is_some_and(live) && live(to)
 }
 
 fn fits(free: &Capacity, need: &Capacity) -> bool {
@@ -248,6 +261,7 @@ fn evacuate(desired: &DesiredState, view: &View, commands: &mut Vec<ComputeComma
             }),
             Ok(to) => commands.push(ComputeCommand::Migrate {
                 vm: vm.id.clone(),
+                live: can_move_live(compute, vm, &to),
                 to,
                 expect: hearth_state::model::Expect::Any,
             }),
@@ -391,6 +405,7 @@ mod tests {
                         vcpus: 4,
                         memory_mib: 1024,
                         disk_gib: 10,
+                        live_migration: false,
                     },
                     fenced: false,
                     evacuation: None,
@@ -441,6 +456,8 @@ mod tests {
             since: 1,
             done_bytes: 0,
             total_bytes: 0,
+            live: false,
+            listen: None,
         });
         desired.compute.vms.insert("vm-2".into(), other);
         let error = move_target(&desired, &view, moving, Some("w2")).unwrap_err();
@@ -490,6 +507,8 @@ mod tests {
             since: 1,
             done_bytes: 0,
             total_bytes: 0,
+            live: false,
+            listen: None,
         });
         desired.compute.vms.insert("vm-1".into(), moving);
         assert_eq!(plan(&desired, &view), vec![]);

@@ -99,6 +99,28 @@ pub enum Action {
         from: String,
         generation: u64,
     },
+    /// Live move here: start a paused QEMU that waits for the VM, and say where it listens
+    /// (see `crate::live_moves`).
+    PrepareLive {
+        vm: String,
+    },
+    /// Live move away: mirror the disk and move the RAM to the target, then wait, paused,
+    /// for the switch or the give-up.
+    SendLive {
+        vm: String,
+    },
+    /// Live move here, complete: take the copy as the VM's disk of `generation + 1`, switch
+    /// the VM here from `from`, then let it run.
+    SwitchLive {
+        vm: String,
+        from: String,
+        generation: u64,
+    },
+    /// Undo what a live move left on the VM's QEMU (mirror, export, pause): the move is over
+    /// and the VM is to run here.
+    Release {
+        vm: String,
+    },
 }
 
 impl Action {
@@ -118,7 +140,11 @@ impl Action {
             | Action::KillForeign { vm, .. }
             | Action::ResetCrashes { vm }
             | Action::MoveStopped { vm, .. }
-            | Action::Receive { vm, .. } => Some(vm),
+            | Action::Receive { vm, .. }
+            | Action::PrepareLive { vm }
+            | Action::SendLive { vm }
+            | Action::SwitchLive { vm, .. }
+            | Action::Release { vm } => Some(vm),
             Action::FixDone { .. } => None,
         }
     }
@@ -289,6 +315,9 @@ fn one_vm(
         });
         return;
     }
+    if !live_source(vm, found, &disk, actions) {
+        return;
+    }
     // A disk of the VM's generation here with no home recorded: record it now, whatever the
     // VM does, so that no fence can ever move it to a blank disk elsewhere.
     if vm.disk.host.is_none()
@@ -343,6 +372,31 @@ fn one_vm(
     }
 }
 
+/// This host's part as the source of a live move of `vm`: send it while it mirrors, and undo
+/// what a move that is over (or not begun) left on its QEMU. False at the switch: the source's
+/// QEMU is paused with the whole VM on its way, and nothing may start or stop it until the
+/// switch or the give-up is recorded.
+fn live_source(
+    vm: &Vm,
+    found: Option<&ObservedVm>,
+    disk: &DiskHere,
+    actions: &mut Vec<Action>,
+) -> bool {
+    let live = vm.migration.as_ref().filter(|m| m.live).map(|m| m.stage);
+    if live == Some(MigrationStage::Switching) {
+        return false;
+    }
+    let Some(seen) = found.filter(|s| s.pid.is_some() && *disk == DiskHere::Own) else {
+        return true;
+    };
+    match live {
+        Some(MigrationStage::Mirroring) => actions.push(Action::SendLive { vm: vm.id.clone() }),
+        _ if seen.held => actions.push(Action::Release { vm: vm.id.clone() }),
+        _ => {}
+    }
+    true
+}
+
 /// A VM that should not run, and does not: stopped, or lost when its disk is missing. One
 /// being moved says its disk is at rest, for the target to copy.
 fn not_running_as_wanted(
@@ -371,14 +425,13 @@ fn not_running_as_wanted(
     }
 }
 
-/// Whether the VM should run here now: as its owner asked, except that a VM being moved is
+/// Whether the VM should run here now: as its owner asked, except that a VM moved cold is
 /// stopped where it is and started nowhere until the move switches its home or is given up
-/// (docs/migration.md).
+/// (docs/migration.md). A VM moved live runs on until the switch.
 fn wanted_power(vm: &Vm) -> Power {
-    if vm.migration.is_some() {
-        Power::Stopped
-    } else {
-        vm.request.power
+    match &vm.migration {
+        Some(m) if !m.live => Power::Stopped,
+        _ => vm.request.power,
     }
 }
 
@@ -433,26 +486,37 @@ fn not_running(
     }
 }
 
-/// The copies this host makes of disks moving here: each VM whose move to this host is at
-/// the copy, from its disk's home, which is where it is placed.
+/// This host's part in moves to it, each from the VM's disk's home, which is where it is
+/// placed: the cold copy, and the live move's preparation and switch.
 fn receive(me: &str, compute: &Compute, actions: &mut Vec<Action>) {
     for vm in compute.vms.values().map(|v| &v.value) {
         let Some(moving) = &vm.migration else {
             continue;
         };
-        if moving.to != me || moving.stage != MigrationStage::Copying || vm.deleting {
+        if moving.to != me || vm.deleting {
             continue;
         }
-        if let (Some(from), Some(home)) = (&vm.host, &vm.disk.host)
-            && from == home
-            && from != me
-        {
-            actions.push(Action::Receive {
-                vm: vm.id.clone(),
-                from: from.clone(),
-                generation: vm.disk.generation,
-            });
+        let (Some(from), Some(home)) = (&vm.host, &vm.disk.host) else {
+            continue;
+        };
+        if from != home || from == me {
+            continue;
         }
+        let (id, generation) = (vm.id.clone(), vm.disk.generation);
+        actions.push(match (moving.live, moving.stage) {
+            (false, MigrationStage::Copying) => Action::Receive {
+                vm: id,
+                from: from.clone(),
+                generation,
+            },
+            (true, MigrationStage::Preparing) => Action::PrepareLive { vm: id },
+            (true, MigrationStage::Switching) => Action::SwitchLive {
+                vm: id,
+                from: from.clone(),
+                generation,
+            },
+            _ => continue,
+        });
     }
 }
 
@@ -507,7 +571,8 @@ fn strays(
         }
         match which_copy(me, s, compute) {
             Copy::Incoming => continue,
-            Copy::LeftBehind if s.pid.is_none() => {
+            // A live move's source QEMU (held, paused) is stopped first: the archive does.
+            Copy::LeftBehind if s.pid.is_none() || s.held => {
                 actions.push(Action::Archive { vm: s.id.clone() });
                 continue;
             }
@@ -672,6 +737,7 @@ pub(crate) mod tests {
             disk_present: disk,
             generation: 1,
             foreign: false,
+            held: false,
         }
     }
 
@@ -716,6 +782,8 @@ pub(crate) mod tests {
             since: 9,
             done_bytes: 0,
             total_bytes: 0,
+            live: false,
+            listen: None,
         });
         let c = compute(vec![moving]);
         let running = [seen("vm-1", Some(42), true)];
@@ -758,6 +826,8 @@ pub(crate) mod tests {
             since: 9,
             done_bytes: 0,
             total_bytes: 0,
+            live: false,
+            listen: None,
         });
         let c = compute(vec![moving.clone()]);
         let receive = Action::Receive {
@@ -802,6 +872,14 @@ pub(crate) mod tests {
         let mut older = seen("vm-1", Some(7), true);
         let plan = reconcile("w1", &c, &[older.clone()], &Memory::default());
         assert_eq!(plan.actions, [Action::Shutdown { vm: "vm-1".into() }]);
+        // The paused QEMU a live move left behind is archived (stopped first), no drift.
+        let paused = ObservedVm {
+            held: true,
+            ..older.clone()
+        };
+        let plan = reconcile("w1", &c, &[paused], &Memory::default());
+        assert_eq!(plan.actions, [Action::Archive { vm: "vm-1".into() }]);
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
         older.pid = None;
         older.generation = 0;
         let plan = reconcile("w1", &c, &[older], &Memory::default());
@@ -809,6 +887,85 @@ pub(crate) mod tests {
         assert_eq!(plan.drift[0].kind, DriftKind::WrongHost);
         let plan = reconcile("w2", &c, &[adopted], &Memory::default());
         assert!(starts(&plan), "{:?}", plan.actions);
+    }
+
+    /// A live move: the VM runs on at its source while the target prepares and the source
+    /// sends; at the switch nothing starts or stops it anywhere; a QEMU a move left its mark
+    /// on is released once the move is over.
+    #[test]
+    fn a_live_move_keeps_the_vm_running_until_the_switch() {
+        let mut moving = vm("vm-1", "w1", Phase::Running, Power::Running);
+        let migration = |stage| hearth_types::compute::Migration {
+            to: "w2".into(),
+            stage,
+            since: 9,
+            done_bytes: 0,
+            total_bytes: 0,
+            live: true,
+            listen: None,
+        };
+        let running = [seen("vm-1", Some(7), true)];
+        let memory = Memory::default();
+        moving.value.migration = Some(migration(MigrationStage::Preparing));
+        let c = compute(vec![moving.clone()]);
+        let source = reconcile("w1", &c, &running, &memory);
+        assert!(
+            source
+                .actions
+                .iter()
+                .all(|a| !matches!(a, Action::Shutdown { .. } | Action::SendLive { .. })),
+            "{:?}",
+            source.actions
+        );
+        assert_eq!(
+            reconcile("w2", &c, &[], &memory).actions,
+            [Action::PrepareLive { vm: "vm-1".into() }]
+        );
+
+        moving.value.migration = Some(migration(MigrationStage::Mirroring));
+        let c = compute(vec![moving.clone()]);
+        let source = reconcile("w1", &c, &running, &memory);
+        assert!(
+            source
+                .actions
+                .contains(&Action::SendLive { vm: "vm-1".into() })
+        );
+        assert!(reconcile("w2", &c, &[], &memory).actions.is_empty());
+
+        // At the switch the source's QEMU is paused: nothing touches it, nothing starts it
+        // (even if it died), and the target switches.
+        moving.value.migration = Some(migration(MigrationStage::Switching));
+        let c = compute(vec![moving.clone()]);
+        assert!(reconcile("w1", &c, &running, &memory).actions.is_empty());
+        let dead = [seen("vm-1", None, true)];
+        assert!(reconcile("w1", &c, &dead, &memory).actions.is_empty());
+        assert_eq!(
+            reconcile("w2", &c, &[], &memory).actions,
+            [Action::SwitchLive {
+                vm: "vm-1".into(),
+                from: "w1".into(),
+                generation: 1
+            }]
+        );
+
+        // Given up: the held QEMU at the source is released; one not held is left alone.
+        moving.value.migration = None;
+        let c = compute(vec![moving]);
+        let held = [ObservedVm {
+            held: true,
+            ..running[0].clone()
+        }];
+        let plan = reconcile("w1", &c, &held, &memory);
+        assert!(
+            plan.actions
+                .contains(&Action::Release { vm: "vm-1".into() })
+        );
+        let plan = reconcile("w1", &c, &running, &memory);
+        assert!(
+            !plan
+                .actions
+                .contains(&Action::Release { vm: "vm-1".into() })
+        );
     }
 
     #[test]

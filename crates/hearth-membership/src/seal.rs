@@ -123,6 +123,16 @@ impl Keyring {
         }
     }
 
+    /// A 32-byte key for another use of the cluster secret (`label` names the use), from the
+    /// sealing key: every node with the same primary secret derives the same one.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let hkdf = Hkdf::<Sha256>::new(Some(label), &self.keys[0].material);
+        let mut key = [0u8; 32];
+        hkdf.expand(self.cluster.as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        key
+    }
+
     /// How many keys open datagrams (the sealing key included).
     pub fn len(&self) -> usize {
         self.keys.len()

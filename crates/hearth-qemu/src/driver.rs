@@ -221,8 +221,51 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     args
 }
 
+/// Writes a fresh NoCloud seed for `spec` into `dir` (`seed/` and `seed.iso`).
+pub(crate) async fn write_seed(spec: &VmSpec, dir: &Path) -> Result<(), StartError> {
+    let seed = Seed {
+        instance_id: spec.id.clone(),
+        hostname: spec.hostname.clone(),
+        ssh_keys: spec.ssh_keys.clone(),
+        mac: mac_for(&spec.id),
+        addresses: spec.net.addresses.clone(),
+        gateway4: spec.net.gateway4,
+        gateway6: spec.net.gateway6,
+        resolvers: spec.net.resolvers.clone(),
+    };
+    let (seed_dir, iso) = (dir.join("seed"), dir.join("seed.iso"));
+    tokio::task::spawn_blocking(move || seed.write_iso(&seed_dir, &iso))
+        .await
+        .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))?
+        .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))
+}
+
+/// Makes `path` a new qcow2 overlay of `spec`'s size on its base image (removed again when
+/// `qemu-img` fails).
+pub(crate) async fn make_overlay(spec: &VmSpec, path: &Path) -> Result<(), DiskError> {
+    let _ = std::fs::remove_file(path);
+    let size = spec.disk_bytes.to_string();
+    let args: [&std::ffi::OsStr; 10] = [
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        spec.base_image.as_os_str(),
+        "-F".as_ref(),
+        spec.base_format.as_ref(),
+        path.as_os_str(),
+        size.as_ref(),
+    ];
+    let made = crate::disk::qemu_img("create", &args).await;
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
 /// The process's command line, if it is a `qemu-system-*` process.
-fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
+pub(crate) fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
     qemu_cmdline_checked(pid).ok().flatten()
 }
 
@@ -264,6 +307,25 @@ fn ids_in(args: &[String], root: &str) -> BTreeSet<String> {
         }
     }
     ids
+}
+
+/// The pid in `dir/qemu.pid`, if that process is alive and a QEMU whose command line uses
+/// one of `dirs` (a recycled pid is not).
+fn pid_from(dir: &Path, dirs: &[&Path]) -> std::io::Result<Option<u32>> {
+    let Some(text) = read_present(&dir.join("qemu.pid"))? else {
+        return Ok(None);
+    };
+    let Some(pid) = String::from_utf8_lossy(&text).trim().parse::<u32>().ok() else {
+        return Ok(None);
+    };
+    let Some(args) = qemu_cmdline_checked(pid)? else {
+        return Ok(None);
+    };
+    let prefixes: Vec<String> = dirs.iter().map(|d| format!("{}/", d.display())).collect();
+    Ok(args
+        .iter()
+        .any(|a| prefixes.iter().any(|p| a.contains(p)))
+        .then_some(pid))
 }
 
 pub struct Driver {
@@ -331,19 +393,19 @@ impl Driver {
         self.pid_checked(id).ok().flatten()
     }
 
-    /// `pid`, telling a failed read from a VM that does not run.
+    /// `pid`, telling a failed read from a VM that does not run. A QEMU started for a live
+    /// move in the VM's incoming directory, which became the VM's directory at the switch,
+    /// is the VM's QEMU too.
     fn pid_checked(&self, id: &str) -> std::io::Result<Option<u32>> {
-        let Some(text) = read_present(&self.dir(id).join("qemu.pid"))? else {
-            return Ok(None);
-        };
-        let Some(pid) = String::from_utf8_lossy(&text).trim().parse::<u32>().ok() else {
-            return Ok(None);
-        };
-        let Some(args) = qemu_cmdline_checked(pid)? else {
-            return Ok(None);
-        };
-        let mine = format!("{}/", self.dir(id).display());
-        Ok(args.iter().any(|a| a.contains(&mine)).then_some(pid))
+        let dir = self.dir(id);
+        let incoming = crate::moving::incoming_dir(&self.root, id).unwrap_or_else(|_| dir.clone());
+        pid_from(&dir, &[&dir, &incoming])
+    }
+
+    /// The pid of the QEMU started in VM `id`'s incoming directory for a live move, if alive.
+    pub fn incoming_pid(&self, id: &str) -> Option<u32> {
+        let dir = crate::moving::incoming_dir(&self.root, id).ok()?;
+        pid_from(&dir, &[&dir]).ok().flatten()
     }
 
     /// Every VM directory under the root, and every QEMU process that uses one without being
@@ -361,6 +423,7 @@ impl Driver {
             seen.push(ObservedVm {
                 disk_present: path.join("disk.qcow2").is_file(),
                 generation: crate::disk::read_generation(&path)?,
+                held: path.join(crate::live::HELD).exists(),
                 id,
                 pid,
                 foreign: false,
@@ -394,6 +457,7 @@ impl Driver {
                     disk_present: false,
                     generation: 0,
                     foreign: true,
+                    held: false,
                 });
             }
         }
@@ -435,32 +499,27 @@ impl Driver {
             )));
         }
         crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?;
-        let seed = Seed {
-            instance_id: spec.id.clone(),
-            hostname: spec.hostname.clone(),
-            ssh_keys: spec.ssh_keys.clone(),
-            mac: mac_for(&spec.id),
-            addresses: spec.net.addresses.clone(),
-            gateway4: spec.net.gateway4,
-            gateway6: spec.net.gateway6,
-            resolvers: spec.net.resolvers.clone(),
-        };
-        {
-            let (seed_dir, iso) = (dir.join("seed"), dir.join("seed.iso"));
-            tokio::task::spawn_blocking(move || seed.write_iso(&seed_dir, &iso))
-                .await
-                .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))?
-                .map_err(|e| StartError::Launch(format!("writing the seed: {e}")))?;
-        }
+        write_seed(spec, &dir).await?;
         for stale in ["qemu.pid", "qmp.sock"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
+        self.launch_here(spec, &dir, &[]).await
+    }
+
+    /// Launches QEMU for `spec` in `dir` with `extra` arguments, falling back to TCG for good
+    /// when KVM fails the first time.
+    pub(crate) async fn launch_here(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        extra: &[String],
+    ) -> Result<u32, StartError> {
         let accel = self.accel();
-        match self.launch(spec, &dir, accel).await {
+        match self.launch(spec, dir, accel, extra).await {
             Err(error) if accel == Accel::Kvm && !self.kvm_failed.swap(true, Ordering::SeqCst) => {
                 tracing::warn!(vm = %spec.id, %error, "QEMU failed under KVM; falling back to TCG for this host");
                 *self.accel.lock().expect("accel lock") = Accel::Tcg;
-                self.launch(spec, &dir, Accel::Tcg).await
+                self.launch(spec, dir, Accel::Tcg, extra).await
             }
             other => other,
         }
@@ -482,24 +541,7 @@ impl Driver {
                 .map(|()| false);
         }
         let partial = dir.join("disk.qcow2.partial");
-        let _ = std::fs::remove_file(&partial);
-        let size = spec.disk_bytes.to_string();
-        let args: [&std::ffi::OsStr; 10] = [
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-b".as_ref(),
-            spec.base_image.as_os_str(),
-            "-F".as_ref(),
-            spec.base_format.as_ref(),
-            partial.as_os_str(),
-            size.as_ref(),
-        ];
-        if let Err(error) = crate::disk::qemu_img("create", &args).await {
-            let _ = std::fs::remove_file(&partial);
-            return Err(error);
-        }
+        make_overlay(spec, &partial).await?;
         // The generation first: a disk under its final name always has its generation.
         crate::disk::write_generation(&dir, spec.generation)?;
         std::fs::rename(&partial, &disk).map_err(io_error(&disk))?;
@@ -516,11 +558,18 @@ impl Driver {
         crate::disk::archive(&self.root, id)
     }
 
-    async fn launch(&self, spec: &VmSpec, dir: &Path, accel: Accel) -> Result<u32, StartError> {
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        accel: Accel,
+        extra: &[String],
+    ) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
-        let args = qemu_args(spec, dir, accel, &self.network);
+        let mut args = qemu_args(spec, dir, accel, &self.network);
+        args.extend(extra.iter().cloned());
         let (program, args) = self.launcher.command(&binary, &args, &spec.id);
         tracing::debug!(vm = %spec.id, %program, ?args, "starting QEMU");
         // -daemonize: the launcher exits once the guest is set up; QEMU itself is reparented,
@@ -556,8 +605,8 @@ impl Driver {
         }
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(pid) = self.pid(&spec.id) {
-                if self.qmp_path(&spec.id).exists() {
+            if let Some(pid) = pid_from(dir, &[dir]).ok().flatten() {
+                if dir.join("qmp.sock").exists() {
                     return Ok(pid);
                 }
             } else if dir.join("qemu.pid").exists() {
@@ -577,7 +626,7 @@ impl Driver {
         }
     }
 
-    async fn qmp(&self, id: &str) -> Result<Qmp, ControlError> {
+    pub(crate) async fn qmp(&self, id: &str) -> Result<Qmp, ControlError> {
         if self.pid(id).is_none() {
             return Err(ControlError::NotRunning(id.to_owned()));
         }
@@ -602,7 +651,7 @@ impl Driver {
     }
 
     /// Waits until the VM's QEMU is gone; false when it is still there at the deadline.
-    async fn wait_gone(&self, id: &str, pid: u32, within: Duration) -> bool {
+    pub(crate) async fn wait_gone(&self, id: &str, pid: u32, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
             if qemu_cmdline(pid).is_none() || self.pid(id) != Some(pid) {
@@ -615,7 +664,7 @@ impl Driver {
         }
     }
 
-    fn cleanup_runtime(&self, id: &str) {
+    pub(crate) fn cleanup_runtime(&self, id: &str) {
         for stale in ["qemu.pid", "qmp.sock"] {
             let _ = std::fs::remove_file(self.dir(id).join(stale));
         }
@@ -839,14 +888,16 @@ mod tests {
                     pid: None,
                     disk_present: true,
                     generation: 0,
-                    foreign: false
+                    foreign: false,
+                    held: false,
                 },
                 ObservedVm {
                     id: "vm-2".into(),
                     pid: None,
                     disk_present: false,
                     generation: 0,
-                    foreign: false
+                    foreign: false,
+                    held: false,
                 },
             ]
         );

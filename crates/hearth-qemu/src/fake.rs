@@ -52,6 +52,7 @@ impl FakeDriver {
                 id,
                 pid,
                 foreign: false,
+                held: false,
             });
         }
         seen.sort_by(|a, b| a.id.cmp(&b.id));
@@ -199,6 +200,14 @@ impl VmDriver {
         }
     }
 
+    /// The QEMU driver, which alone can move a running VM (the fake cannot).
+    pub fn qemu(&self) -> Option<&crate::driver::Driver> {
+        match self {
+            VmDriver::Qemu(d) => Some(d),
+            VmDriver::Fake(_) => None,
+        }
+    }
+
     /// The pid of what runs VM `id` here, if anything does.
     pub fn running(&self, id: &str) -> Option<u32> {
         match self {
@@ -245,6 +254,14 @@ impl VmDriver {
     pub async fn shutdown(&self, id: &str, grace: std::time::Duration) -> Result<(), ControlError> {
         match self {
             VmDriver::Qemu(d) => d.shutdown(id, grace).await,
+            VmDriver::Fake(d) => d.shutdown(id).await,
+        }
+    }
+
+    /// Stops the VM at once, without asking the guest.
+    pub async fn kill(&self, id: &str) -> Result<(), ControlError> {
+        match self {
+            VmDriver::Qemu(d) => d.kill(id).await,
             VmDriver::Fake(d) => d.shutdown(id).await,
         }
     }

@@ -51,6 +51,16 @@ pub fn boots(console: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Every tick the test guest printed (`HEARTH-GUEST-TICK n=N`, one a second from boot), in
+/// order: a guest moved live ticks on from where it was, with no boot in between.
+pub fn ticks(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("HEARTH-GUEST-TICK n="))
+        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Reconciliation passes this agent's host loop has completed.
 pub fn passes(agent: &TestAgent) -> u64 {
     let (_, text) = agent.http_get("/metrics", false).unwrap_or_default();

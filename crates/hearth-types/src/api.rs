@@ -109,8 +109,8 @@ pub struct MigrateVm {
     /// The host to move to; absent: the worker with the most free memory that fits the VM.
     #[serde(default)]
     pub to: Option<String>,
-    /// Must be true for now: the VM is shut down, its disk copied, and it starts on the
-    /// target. A live move (the VM keeps running) is not built yet.
+    /// Shut the VM down, copy its disk and start it on the target. Without it, a running VM
+    /// moves live (it runs on, and pauses only for the switch); a stopped one moves cold.
     #[serde(default)]
     pub cold: bool,
 }

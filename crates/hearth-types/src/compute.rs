@@ -385,14 +385,31 @@ pub struct Migration {
     pub stage: MigrationStage,
     /// Log index of the request.
     pub since: u64,
-    /// Bytes of the disk copied so far, and its size, as the target last reported them.
+    /// Bytes copied so far, and how many there are, as the copying host last reported them:
+    /// the disk for a cold move; the disk, then the RAM, for a live one.
     #[serde(default)]
     pub done_bytes: u64,
     #[serde(default)]
     pub total_bytes: u64,
+    /// A live move: the VM runs on while its disk is mirrored and its RAM copied, and pauses
+    /// only for the switch (`docs/migration.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+    /// Where the target's QEMU listens for a live move's disk (NBD) and RAM (QEMU
+    /// migration), both behind TLS with a key derived from the cluster secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Listening>,
 }
 
-/// Where a cold migration is.
+/// The target's endpoints of a live move, as `IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Listening {
+    pub nbd: String,
+    pub migrate: String,
+}
+
+/// Where a migration is. A cold one goes Stopping, Copying; a live one Preparing,
+/// Mirroring, Switching. Either ends with the switch (`MoveDisk`) or is given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationStage {
@@ -400,6 +417,25 @@ pub enum MigrationStage {
     Stopping,
     /// The VM is stopped at its source, its disk at rest; the target copies it.
     Copying,
+    /// Live: the target starts a paused QEMU that waits for the VM, and says where it listens.
+    Preparing,
+    /// Live: the source mirrors the disk to the target, then moves the RAM; the VM runs.
+    Mirroring,
+    /// Live: the move is complete and the source QEMU paused; the target takes the disk as
+    /// its own, switches the VM and lets it run. Nothing starts the VM anywhere meanwhile.
+    Switching,
+}
+
+impl MigrationStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStage::Stopping => "stopping",
+            MigrationStage::Copying => "copying",
+            MigrationStage::Preparing => "preparing",
+            MigrationStage::Mirroring => "mirroring",
+            MigrationStage::Switching => "switching",
+        }
+    }
 }
 
 impl Vm {
@@ -462,6 +498,9 @@ pub struct Capacity {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// Its driver can move running VMs (live migration); the fake driver cannot.
+    #[serde(default)]
+    pub live_migration: bool,
 }
 
 /// A worker host as the desired state knows it.
@@ -762,4 +801,7 @@ pub struct ObservedVm {
     pub generation: u64,
     /// A QEMU process that uses this VM's files but that hearth did not start.
     pub foreign: bool,
+    /// A live move left its mark on this QEMU (the `moving` file beside the disk): it may be
+    /// paused or still mirror its disk, until the move's outcome is dealt with.
+    pub held: bool,
 }

@@ -111,14 +111,22 @@ pub enum VmCommand {
     },
     /// Admins: move the VM and its disk to another host.
     ///
-    /// With --cold (required for now: a live move is not built yet), the VM's host shuts it
-    /// down (ACPI, then a hard stop after 60 s), the target copies its disk over the
-    /// cluster's encrypted RPC and checks it by sha256, the cluster switches the VM and its
-    /// disk to the target in one step, and the target starts it. Until that switch the VM's
-    /// disk is the one where it was: a move that fails or is given up (--cancel, or two
-    /// minutes without progress) leaves it there, and it starts there again. The copy left
-    /// behind after a move is archived on the old host, never deleted. Waits, printing
-    /// progress, until the VM runs on the target (or --no-wait).
+    /// A running VM moves live: the target starts a paused QEMU, the VM's host mirrors its
+    /// disk into it and then moves its RAM (QEMU's own block mirror and migration, under TLS
+    /// with a key derived from the cluster secret), the VM pauses for the last of it (QEMU
+    /// allows 300 ms), the cluster switches the VM and its disk to the target in one step, and
+    /// the target lets it run on: same guest, same IPs, no reboot. A host whose driver cannot
+    /// (the fake) refuses; then ask for --cold.
+    ///
+    /// With --cold, or for a VM that does not run, the VM's host shuts it down (ACPI, then a
+    /// hard stop after 60 s), the target copies its disk over the cluster's encrypted RPC and
+    /// checks it by sha256, the cluster switches the VM and its disk to the target in one
+    /// step, and the target starts it.
+    ///
+    /// Until the switch the VM's disk is the one where it was: a move that fails or is given
+    /// up (--cancel, or two minutes without progress) leaves it there, and it runs there
+    /// again. The copy left behind after a move is archived on the old host, never deleted.
+    /// Waits, printing progress, until the VM runs on the target (or --no-wait).
     Migrate {
         vm: String,
         /// The host to move to (default: the worker with the most free memory that fits).
@@ -493,18 +501,24 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
     }
 }
 
-/// Where a move is, in words: `stopping`, or `copying 45% (120 of 260 MiB)`.
+/// Where a move is, in words: `stopping`, or `copying its disk, 45% (120 of 260 MiB)`.
 fn move_progress(moving: &hearth_types::compute::Migration) -> String {
     use hearth_types::compute::MigrationStage;
+    let copied = |what: &str| match moving.total_bytes {
+        0 => what.to_owned(),
+        total => format!(
+            "{what}, {}% ({} of {} MiB)",
+            moving.done_bytes * 100 / total,
+            moving.done_bytes >> 20,
+            total >> 20
+        ),
+    };
     match moving.stage {
         MigrationStage::Stopping => "stopping the VM".into(),
-        MigrationStage::Copying if moving.total_bytes == 0 => "copying its disk".into(),
-        MigrationStage::Copying => format!(
-            "copying its disk, {}% ({} of {} MiB)",
-            moving.done_bytes * 100 / moving.total_bytes,
-            moving.done_bytes >> 20,
-            moving.total_bytes >> 20
-        ),
+        MigrationStage::Copying => copied("copying its disk"),
+        MigrationStage::Preparing => "live: the target gets ready".into(),
+        MigrationStage::Mirroring => copied("live: copying its disk, then its RAM"),
+        MigrationStage::Switching => "live: paused for the switch".into(),
     }
 }
 
@@ -522,11 +536,6 @@ fn migrate(
         let answer: Value = client.delete(&format!("/v1/vms/{vm}/migration"))?;
         report(json, &answer, &format!("{vm}: move given up"));
         return Ok(());
-    }
-    if !request.cold {
-        return Err(ClientError::Usage(format!(
-            "--cold: required; a live move is not built yet. `hearth vm migrate {vm} --cold` shuts {vm} down, copies its disk and starts it on the target"
-        )));
     }
     let before: VmRow = client.get(&format!("/v1/vms/{vm}"))?;
     let answer: Value = client.post_json(&format!("/v1/vms/{vm}/migrate"), &request)?;

@@ -17,13 +17,17 @@
 //!   target, whose copy points at the target's own image file; the copy left behind is
 //!   archived, never deleted; a move to a host that cannot take the VM is refused; a move
 //!   whose copy fails on the target is given up, and the VM starts again where it was, on
-//!   its own disk; `hearth node evacuate` then moves it off its new host the same way.
+//!   its own disk;
+//! - a live move (`hearth vm migrate`): the guest ticks on on the target with no boot, its
+//!   disk holds what it wrote during the move, it runs once; a live move whose target QEMU
+//!   is killed midway is given up and the VM runs on where it was, untouched;
+//!   `hearth node evacuate` then moves it off its host live.
 
 use std::path::Path;
 use std::time::Duration;
 
 use hearth_testkit::vms::{
-    BOOT, boots, console, vm, vm_dir, wait_drift, wait_for_hosts, wait_passes, wait_phase,
+    BOOT, boots, console, ticks, vm, vm_dir, wait_drift, wait_for_hosts, wait_passes, wait_phase,
 };
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
@@ -36,7 +40,8 @@ fn bin() -> &'static Path {
 fn three_workers() -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 3, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+        // Live moves are slowed down so that a test can act while one is under way.
+        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\n".into();
     });
     wait_for_hosts(&cluster.agents[0], 3);
     cluster.agents[0].add_test_guest(&hearth_testkit::test_guest());
@@ -495,7 +500,7 @@ fn cli_within(agent: &TestAgent, args: &[&str], within: Duration) -> (Option<i32
 }
 
 #[test]
-fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
+fn cold_and_live_moves_keep_the_vms_disk_and_archive_the_copy_left_behind() {
     let cluster = three_workers();
     let (h, id) = running_vm(&cluster, 0, "mover");
     let t = other(h);
@@ -519,9 +524,6 @@ fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains(why), "{args:?}: {err}");
     }
-    let (code, _, err) = agent.cli_result(&["vm", "migrate", "mover", "--to", target_name]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--cold"), "{err}");
 
     // A copy that cannot be made (a file where the target builds it) is given up: the VM
     // starts again on its own disk where it was, and the target keeps nothing of it.
@@ -585,17 +587,169 @@ fn a_cold_move_keeps_the_vms_disk_and_archives_the_copy_left_behind() {
     let drift = agent.api_json("/v1/drift").unwrap();
     assert_eq!(drift, serde_json::json!([]), "{drift}");
 
-    // `hearth hosts` shows the N+1 check; the evacuation of the new host moves it on again.
+    // `hearth hosts` shows the N+1 check.
     let hosts = agent.cli(&["hosts"]);
     assert!(hosts.matches(" yes").count() >= 3, "{hosts}");
+    live_moves(&cluster, &id, t);
+}
+
+/// The guest's last tick on `host`'s console since its last boot there (ticks count from 1
+/// at each boot), once it has ticked there.
+fn last_tick(host: &TestAgent, id: &str) -> u64 {
+    eventually(&format!("{id} ticking on {}", host.spec.name), BOOT, || {
+        let text = console(host, id);
+        let since_boot = text
+            .rfind("HEARTH-GUEST-BOOTS")
+            .map_or(text.as_str(), |at| &text[at..]);
+        ticks(since_boot)
+            .last()
+            .copied()
+            .ok_or_else(|| "no tick yet".to_owned())
+    })
+}
+
+/// Waits until the VM's move shows `stage` with some bytes copied; returns the row.
+fn wait_stage(agent: &TestAgent, name: &str, stage: &str) -> Value {
+    eventually(&format!("{name} at {stage}"), BOOT, || {
+        let row = vm(agent, name)?;
+        let moving = &row["migration"];
+        if moving["stage"] == stage && moving["done_bytes"].as_u64().unwrap_or(0) > 0 {
+            Ok(row)
+        } else {
+            Err(row.to_string())
+        }
+    })
+}
+
+/// From VM `id` running (booted 3 times) on host `t`: a live move that fails midway, one that
+/// succeeds, and an evacuation, each checked on the guest's own console and disk.
+fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
+    let agent = &cluster.agents[0];
+    let u = other(t);
+    let (source, target) = (&cluster.agents[t], &cluster.agents[u]);
+    let (here, target_name) = (source.spec.name.as_str(), target.spec.name.as_str());
+    let ips = vm(agent, "mover").unwrap()["ips"].clone();
+
+    // The target's QEMU is killed while the disk and RAM are on their way: the move is given
+    // up, and the VM runs on where it was, in the same QEMU (no boot), ticking on.
+    let pid = one_qemu(source);
+    let (code, out, err) =
+        agent.cli_result(&["vm", "migrate", "mover", "--to", target_name, "--no-wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_stage(agent, "mover", "mirroring");
+    let incoming = one_qemu(target);
+    kill_pid(incoming);
+    let row = eventually("the live move given up", BOOT, || {
+        let row = vm(agent, "mover")?;
+        match row.get("migration") {
+            None => Ok(row),
+            Some(_) => Err(row.to_string()),
+        }
+    });
+    assert_eq!(row["host"], here, "{row}");
+    assert!(
+        row["move_given_up"]
+            .as_str()
+            .unwrap_or("")
+            .contains("given up"),
+        "{row}"
+    );
+    let before = last_tick(source, id);
+    eventually(
+        "the guest ticking on at its source",
+        BOOT,
+        || match last_tick(source, id) {
+            n if n > before + 2 => Ok(()),
+            n => Err(format!("tick {n}")),
+        },
+    );
+    assert_eq!(one_qemu(source), pid, "the same QEMU runs on");
+    assert_eq!(boots(&console(source, id)), [3], "no boot");
+    eventually(
+        "nothing of the failed move left on the target",
+        BOOT,
+        || match (
+            qemu_pids_under(&target.dir).is_empty(),
+            vm_dir(target, id).with_extension("incoming").exists(),
+        ) {
+            (true, false) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(vm(agent, "mover").unwrap()["disk"]["generation"], 2);
+
+    // The live move, followed by the CLI to the end: the guest ticks on on the target from
+    // where it was, without a boot, once.
+    let before = last_tick(source, id);
+    let (code, out, err) = cli_within(
+        agent,
+        &["vm", "migrate", "mover", "--to", target_name],
+        BOOT * 3,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("moved from {here} to {target_name}")),
+        "{out}"
+    );
+    assert!(err.contains("live"), "progress: {err}");
+    let after = last_tick(target, id);
+    let text = console(target, id);
+    assert!(boots(&text).is_empty(), "no boot on the target: {text}");
+    assert!(ticks(&text)[0] > before, "ticks on from {before}: {text}");
+    assert!(after > before, "{after} after {before}");
+    let row = wait_phase(agent, "mover", "running");
+    assert_eq!(row["host"], target_name, "{row}");
+    assert_eq!(row["disk"]["host"], target_name, "{row}");
+    assert_eq!(row["disk"]["generation"], 3, "{row}");
+    assert_eq!(row["ips"], ips, "same addresses: {row}");
+    one_qemu(target);
+    eventually("the source's QEMU gone", BOOT, || {
+        match qemu_pids_under(&source.dir)[..] {
+            [] => Ok(()),
+            ref pids => Err(format!("{pids:?}")),
+        }
+    });
+    let archived = eventually("the copy left behind archived", BOOT, || {
+        archived_copy(source, id, 2).ok_or_else(|| "not yet".to_owned())
+    });
+    assert!(archived.join("disk.qcow2").is_file());
+    // The move's key files are gone from both ends.
+    assert!(!archived.join("tls").exists());
+    assert!(!vm_dir(target, id).join("tls").exists());
+    let disk = vm_dir(target, id).join("disk.qcow2");
+    let backing = hearth_qemu::disk::backing_file(&disk).unwrap().unwrap();
+    assert!(
+        backing.starts_with(target.dir.join("data").join("images")),
+        "{}",
+        backing.display()
+    );
+    wait_passes(target, 2);
+    assert_eq!(agent.api_json("/v1/drift").unwrap(), serde_json::json!([]));
+
+    // A reboot on the target reads the disk it has now: the boot counter says 4 and the last
+    // tick it finds is one the guest wrote after the move began (the mirror kept every write).
+    agent.cli(&["vm", "reboot", "mover"]);
+    wait_boots(target, id, &[4]);
+    let text = console(target, id);
+    let found: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HEARTH-GUEST-LAST-TICK boot=3 n="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no last tick: {text}"));
+    assert!(found >= after, "the disk kept tick {after}, found {found}");
+
+    // The evacuation of the host moves it on again, live.
+    let before = last_tick(target, id);
     let (code, out, err) = cli_within(agent, &["node", "evacuate", target_name], BOOT * 3);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("evacuated"), "{out}");
     let row = wait_phase(agent, "mover", "running");
-    let third = host_index(&cluster, &row);
-    assert!(third != t, "{row}");
-    wait_boots(&cluster.agents[third], &id, &[4]);
-    assert_eq!(row["disk"]["generation"], 3, "{row}");
+    let third = host_index(cluster, &row);
+    assert!(third != u, "{row}");
+    let text = console(&cluster.agents[third], id);
+    assert!(boots(&text).is_empty(), "moved live: {text}");
+    assert!(last_tick(&cluster.agents[third], id) > before);
+    assert_eq!(row["disk"]["generation"], 4, "{row}");
     let hosts: Value = agent.api_json("/v1/hosts").unwrap();
     let evacuated = hosts
         .as_array()

@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_compute::placement::shown_phase;
 use hearth_state::model::{ComputeCommand, Expect};
-use hearth_types::compute::{Power, Vm, VmRequest};
+use hearth_types::compute::{Phase, Power, Vm, VmRequest};
 use hearth_types::desired::DesiredState;
 use serde::Deserialize;
 
@@ -223,9 +223,10 @@ async fn recreate_vm(
     }
 }
 
-/// An admin moves a VM and its disk to another host (`hearth vm migrate NAME --cold`). The
-/// target is checked here against the view and every host's room; the command checks the
-/// rest (the disk is at its host, no move under way) again where it is applied.
+/// An admin moves a VM and its disk to another host (`hearth vm migrate NAME [--cold]`):
+/// live when it runs and both hosts can, cold when asked or when it does not run. The target
+/// is checked here against the view and every host's room; the command checks the rest (the
+/// disk is at its host, no move under way) again where it is applied.
 async fn migrate_vm(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -235,12 +236,6 @@ async fn migrate_vm(
         Ok(Json(request)) => request,
         Err(rejection) => return bad_body(rejection),
     };
-    if !request.cold {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "cold: must be true; a live move is not built yet, so the VM is shut down, its disk copied and the VM started on the target (hearth vm migrate NAME --cold)",
-        );
-    }
     let (desired, vm) = match read_vm(&state, &key).await {
         Ok(found) => found,
         Err(answer) => return answer,
@@ -256,9 +251,21 @@ async fn migrate_vm(
         Ok(to) => to,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    let running = vm.value.phase == Phase::Running;
+    let live = !request.cold && running;
+    if live && !hearth_compute::placement::can_move_live(&desired.compute, &vm.value, &to) {
+        let message = format!(
+            "cold: {} cannot move live from {} to {to} (a host's driver cannot move running VMs); ask for a cold move (hearth vm migrate {} --cold), which shuts it down for the copy",
+            vm.value.request.name,
+            vm.value.host.as_deref().unwrap_or("its host"),
+            vm.value.request.name
+        );
+        return error(StatusCode::CONFLICT, &message);
+    }
     let command = ComputeCommand::Migrate {
         vm: vm.value.id.clone(),
         to,
+        live,
         expect: Expect::Any,
     };
     write(&state, compute(command)).await

@@ -113,6 +113,10 @@ pub struct ComputeSection {
     /// Disk offered to VMs in GiB.
     #[serde(default = "default_disk_gib")]
     pub disk_gib: u64,
+    /// The most MiB/s a live move may use for its disk mirror and for its RAM; default: no
+    /// limit. Keeps a move from filling the link the VMs serve on.
+    #[serde(default)]
+    pub migration_mib_per_sec: Option<u64>,
 }
 
 impl Default for ComputeSection {
@@ -124,6 +128,7 @@ impl Default for ComputeSection {
             vcpus: None,
             memory_mib: None,
             disk_gib: default_disk_gib(),
+            migration_mib_per_sec: None,
         }
     }
 }

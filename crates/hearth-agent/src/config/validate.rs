@@ -194,6 +194,12 @@ impl Config {
         if c.vcpus == Some(0) || c.memory_mib == Some(0) || c.disk_gib == 0 {
             problems.push("compute: vcpus, memory_mib and disk_gib must be above zero".into());
         }
+        if c.migration_mib_per_sec == Some(0) {
+            problems.push(
+                "compute.migration_mib_per_sec: must be above zero; leave it out for no limit"
+                    .into(),
+            );
+        }
     }
 
     fn check_state(&self, problems: &mut Vec<String>) {

@@ -3,7 +3,7 @@
 
 use hearth_types::compute::{
     Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Evacuation, Image, IoLimits, IpPool,
-    Phase, Power, Vm, VmRequest,
+    Listening, Phase, Power, Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
@@ -130,14 +130,30 @@ pub enum ComputeCommand {
         vm: String,
         expect: Expect,
     },
-    /// Move a VM and its disk to host `to` (cold: stopped, copied, started there). Refused
-    /// unless the VM runs from its disk's home, is not being deleted or moved, and `to` is
-    /// another known host that is not fenced.
+    /// Move a VM and its disk to host `to` (cold: stopped, copied, started there; live:
+    /// mirrored and moved while it runs). Refused unless the VM runs from its disk's home, is
+    /// not being deleted or moved, and `to` is another known host that is not fenced.
     Migrate {
         vm: String,
         to: String,
         #[serde(default)]
+        live: bool,
+        #[serde(default)]
         expect: Expect,
+    },
+    /// Live: the target's paused QEMU waits for move `since` of the VM at `listen`.
+    MigrationListening {
+        vm: String,
+        to: String,
+        since: u64,
+        listen: Listening,
+    },
+    /// Live: the source's QEMU finished move `since` (disk mirrored, RAM moved) and is
+    /// paused; the target may switch.
+    MigrationCompleted {
+        vm: String,
+        host: String,
+        since: u64,
     },
     /// The source host stopped the VM: its disk of `generation` is at rest for the copy.
     MigrationStopped {
@@ -145,7 +161,7 @@ pub enum ComputeCommand {
         host: String,
         generation: u64,
     },
-    /// The target host's progress copying the disk.
+    /// The copying host's progress: the target's for a cold move, the source's for a live one.
     MigrationProgress {
         vm: String,
         host: String,
@@ -189,7 +205,9 @@ impl ComputeCommand {
             | ComputeCommand::Recreate { vm, .. }
             | ComputeCommand::Migrate { vm, .. }
             | ComputeCommand::MigrationStopped { vm, .. }
+            | ComputeCommand::MigrationListening { vm, .. }
             | ComputeCommand::MigrationProgress { vm, .. }
+            | ComputeCommand::MigrationCompleted { vm, .. }
             | ComputeCommand::MoveDisk { vm, .. }
             | ComputeCommand::AbortMigration { vm, .. } => format!("vm/{vm}"),
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
@@ -260,25 +278,13 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             generation,
         } => claim_disk(compute, vm, host, *generation),
         C::Recreate { vm, expect } => recreate(compute, vm, *expect, index),
-        C::Migrate { vm, to, expect } => migration::migrate(compute, vm, to, *expect, index),
-        C::MigrationStopped {
-            vm,
-            host,
-            generation,
-        } => migration::stopped(compute, vm, host, *generation),
-        C::MigrationProgress {
-            vm,
-            host,
-            done_bytes,
-            total_bytes,
-        } => migration::progress(compute, vm, host, *done_bytes, *total_bytes),
-        C::MoveDisk {
-            vm,
-            from,
-            to,
-            generation,
-        } => migration::move_disk(compute, vm, from, to, *generation, index),
-        C::AbortMigration { vm, why } => migration::abort(compute, vm, why, index),
+        C::Migrate { .. }
+        | C::MigrationStopped { .. }
+        | C::MigrationListening { .. }
+        | C::MigrationProgress { .. }
+        | C::MigrationCompleted { .. }
+        | C::MoveDisk { .. }
+        | C::AbortMigration { .. } => migration::apply(compute, command, index),
     }
 }
 

@@ -1,12 +1,55 @@
-//! Moving a VM and its disk to another host (cold migration), as commands on the desired
-//! state: ask, the source's "stopped", the target's progress, the switch, and giving up.
+//! Moving a VM and its disk to another host (cold or live migration), as commands on the
+//! desired state: ask, the source's "stopped" (cold) or the target's "listening" and the
+//! source's "completed" (live), progress, the switch, and giving up.
 //! Each checks the facts its step depends on, so a stale or repeated command changes nothing
 //! and the disk home moves exactly once. `docs/migration.md` gives the whole protocol.
 
-use hearth_types::compute::{Compute, DiskHome, Evacuation, Migration, MigrationStage, Phase, Vm};
+use hearth_types::compute::{
+    Compute, DiskHome, Evacuation, Listening, Migration, MigrationStage, Phase, Vm,
+};
 use hearth_types::desired::Versioned;
 
 use super::cas::{Expect, Outcome};
+use super::compute::ComputeCommand;
+
+/// The migration commands of [`super::compute::apply`].
+pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64) -> Outcome {
+    use ComputeCommand as C;
+    match command {
+        C::Migrate {
+            vm,
+            to,
+            live,
+            expect,
+        } => migrate(compute, vm, to, *live, *expect, index),
+        C::MigrationStopped {
+            vm,
+            host,
+            generation,
+        } => stopped(compute, vm, host, *generation),
+        C::MigrationListening {
+            vm,
+            to,
+            since,
+            listen,
+        } => listening(compute, vm, to, *since, listen),
+        C::MigrationProgress {
+            vm,
+            host,
+            done_bytes,
+            total_bytes,
+        } => progress(compute, vm, host, *done_bytes, *total_bytes),
+        C::MigrationCompleted { vm, host, since } => completed(compute, vm, host, *since),
+        C::MoveDisk {
+            vm,
+            from,
+            to,
+            generation,
+        } => move_disk(compute, vm, from, to, *generation, index),
+        C::AbortMigration { vm, why } => abort(compute, vm, why, index),
+        _ => Outcome::Nothing,
+    }
+}
 
 fn conflict(entry: &Versioned<Vm>) -> Outcome {
     Outcome::Conflict {
@@ -18,12 +61,13 @@ fn invalid(message: String) -> Outcome {
     Outcome::Invalid { message }
 }
 
-/// `hearth vm migrate NAME --to HOST --cold`: the VM must run from its disk's home, with no
-/// other move under way, and the target must be another known host that is not fenced.
+/// `hearth vm migrate NAME [--to HOST] [--cold]`: the VM must run from its disk's home, with
+/// no other move under way, and the target must be another known host that is not fenced.
 pub(super) fn migrate(
     compute: &mut Compute,
     key: &str,
     to: &str,
+    live: bool,
     expect: Expect,
     index: u64,
 ) -> Outcome {
@@ -63,10 +107,16 @@ pub(super) fn migrate(
     vm.move_given_up = None;
     vm.migration = Some(Migration {
         to: to.to_owned(),
-        stage: MigrationStage::Stopping,
+        stage: if live {
+            MigrationStage::Preparing
+        } else {
+            MigrationStage::Stopping
+        },
         since: index,
         done_bytes: 0,
         total_bytes: 0,
+        live,
+        listen: None,
     });
     entry.version = index;
     Outcome::Applied { version: index }
@@ -91,7 +141,50 @@ pub(super) fn stopped(compute: &mut Compute, key: &str, host: &str, generation: 
     }
 }
 
-/// The target's copy progress, shown by `vm show`.
+/// Live: the target's QEMU for move `since` waits at `listen`; the source may mirror.
+fn listening(
+    compute: &mut Compute,
+    key: &str,
+    to: &str,
+    since: u64,
+    listen: &Listening,
+) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    match &mut entry.value.migration {
+        Some(m) if m.to == to && m.since == since && m.stage == MigrationStage::Preparing => {
+            m.stage = MigrationStage::Mirroring;
+            m.listen = Some(listen.clone());
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        _ => conflict(entry),
+    }
+}
+
+/// Live: the source's QEMU finished move `since` and is paused; the target may switch.
+fn completed(compute: &mut Compute, key: &str, host: &str, since: u64) -> Outcome {
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    let vm = &mut entry.value;
+    let source = vm.host.as_deref() == Some(host) && vm.disk.host.as_deref() == Some(host);
+    match &mut vm.migration {
+        Some(m) if source && m.since == since && m.stage == MigrationStage::Mirroring => {
+            m.stage = MigrationStage::Switching;
+            m.done_bytes = m.total_bytes;
+            Outcome::Applied {
+                version: entry.version,
+            }
+        }
+        _ => conflict(entry),
+    }
+}
+
+/// The copying host's progress, shown by `vm show`: the target's copy of a cold move, the
+/// source's mirror and RAM of a live one.
 pub(super) fn progress(
     compute: &mut Compute,
     key: &str,
@@ -102,8 +195,12 @@ pub(super) fn progress(
     let Some(entry) = compute.vms.get_mut(key) else {
         return Outcome::NotFound;
     };
+    let source = entry.value.host.as_deref() == Some(host);
     match &mut entry.value.migration {
-        Some(m) if m.to == host && m.stage == MigrationStage::Copying => {
+        Some(m)
+            if (m.to == host && m.stage == MigrationStage::Copying)
+                || (source && m.stage == MigrationStage::Mirroring) =>
+        {
             m.done_bytes = done.min(total);
             m.total_bytes = total;
             Outcome::Applied {
@@ -130,10 +227,15 @@ pub(super) fn move_disk(
         return Outcome::NotFound;
     };
     let vm = &mut entry.value;
-    let copying = vm
-        .migration
-        .as_ref()
-        .is_some_and(|m| m.to == to && m.stage == MigrationStage::Copying);
+    // Cold: the target copied the disk at rest. Live: the source's QEMU finished and waits,
+    // paused, for this switch.
+    let copying = vm.migration.as_ref().is_some_and(|m| {
+        m.to == to
+            && matches!(
+                (m.live, m.stage),
+                (false, MigrationStage::Copying) | (true, MigrationStage::Switching)
+            )
+    });
     let home = vm.host.as_deref() == Some(from)
         && vm.disk.host.as_deref() == Some(from)
         && vm.disk.generation == generation;
@@ -238,7 +340,7 @@ mod tests {
     }
 
     fn copying(compute: &mut Compute) {
-        assert!(migrate(compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(migrate(compute, "vm-1", "w2", false, Expect::Any, 10).changed());
         assert!(stopped(compute, "vm-1", "w1", 3).changed());
     }
 
@@ -274,9 +376,69 @@ mod tests {
     }
 
     #[test]
+    fn a_live_move_switches_only_after_the_target_listens_and_the_source_completes() {
+        let mut compute = setup();
+        assert!(migrate(&mut compute, "vm-1", "w2", true, Expect::Any, 10).changed());
+        assert_eq!(
+            vm(&compute).migration.as_ref().unwrap().stage,
+            MigrationStage::Preparing
+        );
+        let listen = Listening {
+            nbd: "127.0.0.2:4000".into(),
+            migrate: "127.0.0.2:4001".into(),
+        };
+        // Not yet: nothing listens, nothing completed; a cold "stopped" does not apply.
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 11).changed());
+        assert!(!completed(&mut compute, "vm-1", "w1", 10).changed());
+        assert!(!stopped(&mut compute, "vm-1", "w1", 3).changed());
+        // Only the target, for this move.
+        assert!(!listening(&mut compute, "vm-1", "w3", 10, &listen).changed());
+        assert!(!listening(&mut compute, "vm-1", "w2", 9, &listen).changed());
+        assert!(listening(&mut compute, "vm-1", "w2", 10, &listen).changed());
+        assert_eq!(
+            vm(&compute).migration.as_ref().unwrap().listen,
+            Some(listen.clone())
+        );
+        // The source reports the mirror's progress; the target does not.
+        assert!(progress(&mut compute, "vm-1", "w1", 5, 10).changed());
+        assert!(!progress(&mut compute, "vm-1", "w2", 6, 10).changed());
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 12).changed());
+        // Only the source (the disk's home) completes, for this move.
+        assert!(!completed(&mut compute, "vm-1", "w2", 10).changed());
+        assert!(!completed(&mut compute, "vm-1", "w1", 9).changed());
+        assert!(completed(&mut compute, "vm-1", "w1", 10).changed());
+        assert_eq!(
+            vm(&compute).migration.as_ref().unwrap().stage,
+            MigrationStage::Switching
+        );
+        assert!(move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
+        let moved = vm(&compute);
+        assert_eq!(moved.disk.host.as_deref(), Some("w2"));
+        assert_eq!(moved.disk.generation, 4);
+        assert_eq!(moved.migration, None);
+    }
+
+    #[test]
+    fn a_live_move_given_up_at_the_switch_leaves_the_vm_at_its_source() {
+        let mut compute = setup();
+        assert!(migrate(&mut compute, "vm-1", "w2", true, Expect::Any, 10).changed());
+        let listen = Listening {
+            nbd: "a:1".into(),
+            migrate: "a:2".into(),
+        };
+        assert!(listening(&mut compute, "vm-1", "w2", 10, &listen).changed());
+        assert!(completed(&mut compute, "vm-1", "w1", 10).changed());
+        assert!(abort(&mut compute, "vm-1", "the target died", 14).changed());
+        // The target's switch, arriving late, is refused: exactly one of the two wins.
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 15).changed());
+        assert_eq!(vm(&compute).disk.host.as_deref(), Some("w1"));
+        assert_eq!(vm(&compute).host.as_deref(), Some("w1"));
+    }
+
+    #[test]
     fn nothing_switches_before_the_source_has_stopped_the_vm() {
         let mut compute = setup();
-        assert!(migrate(&mut compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(migrate(&mut compute, "vm-1", "w2", false, Expect::Any, 10).changed());
         assert!(!progress(&mut compute, "vm-1", "w2", 1, 2).changed());
         assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 12).changed());
         // Only the disk's home reports it stopped, and only at the disk's generation.
@@ -293,7 +455,7 @@ mod tests {
             ("w3", "unfenced"),
             ("w9", "unfenced"),
         ] {
-            match migrate(&mut compute, "vm-1", to, Expect::Any, 10) {
+            match migrate(&mut compute, "vm-1", to, false, Expect::Any, 10) {
                 Outcome::Invalid { message } => assert!(message.contains(why), "{message}"),
                 other => panic!("{to}: {other:?}"),
             }
@@ -301,17 +463,17 @@ mod tests {
         // A VM that never had a disk has nothing to move.
         compute.vms.get_mut("vm-1").unwrap().value.disk = DiskHome::default();
         assert!(matches!(
-            migrate(&mut compute, "vm-1", "w2", Expect::Any, 10),
+            migrate(&mut compute, "vm-1", "w2", false, Expect::Any, 10),
             Outcome::Invalid { .. }
         ));
         let mut compute = setup();
-        assert!(migrate(&mut compute, "vm-1", "w2", Expect::Any, 10).changed());
+        assert!(migrate(&mut compute, "vm-1", "w2", false, Expect::Any, 10).changed());
         assert!(matches!(
-            migrate(&mut compute, "vm-1", "w2", Expect::Any, 11),
+            migrate(&mut compute, "vm-1", "w2", false, Expect::Any, 11),
             Outcome::Invalid { .. }
         ));
         assert!(matches!(
-            migrate(&mut compute, "vm-1", "w2", Expect::Version(1), 11),
+            migrate(&mut compute, "vm-1", "w2", false, Expect::Version(1), 11),
             Outcome::Conflict { .. }
         ));
     }
