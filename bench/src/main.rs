@@ -6,6 +6,7 @@ mod dns_qps;
 mod failover;
 mod false_positives;
 mod hearth;
+mod live_move;
 mod memory;
 mod procs;
 mod raft;
@@ -58,6 +59,10 @@ enum Command {
     /// console markers (p50/p90 over --runs), against the same guest booted by QEMU alone.
     /// Needs the test guest: ./scripts/build-test-guest.sh target/test-guest.
     VmBoot(vm_boot::Args),
+    /// Live migration: a running test guest moved back and forth between two server+worker
+    /// agents (POST /v1/vms/NAME/migrate); the whole move, QEMU's downtime, and the pause the
+    /// guest sees (QEMU's stop on the source to the target's cont). Needs the test guest.
+    LiveMove(live_move::Args),
 }
 
 /// Options every benchmark takes.
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         Command::Raft(args) => (raft::run(args), args.common.json),
         Command::Reconcile(args) => (reconcile::run(args), args.json),
         Command::VmBoot(args) => (vm_boot::run(args), args.common.json),
+        Command::LiveMove(args) => (live_move::run(args), args.common.json),
     };
     match result {
         Ok(report) => {

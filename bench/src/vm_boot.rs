@@ -19,7 +19,7 @@ use crate::{Common, Report};
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// VMs created one after another.
+    /// Runs: VMs created one after another (vm-boot), or moves made (live-move).
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
     /// The test guest (built by scripts/build-test-guest.sh).
@@ -188,14 +188,19 @@ fn hearth_boot(agent: &TestAgent, run: usize) -> Result<(Duration, Duration)> {
     Ok((up, ready))
 }
 
-pub fn run(args: &Args) -> Result<Report> {
-    let guest = std::fs::canonicalize(&args.guest).with_context(|| {
+/// The test guest's directory, or how to build it.
+pub fn guest_path(guest: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(guest).with_context(|| {
         format!(
             "{}: run ./scripts/build-test-guest.sh {}",
-            args.guest.display(),
-            args.guest.display()
+            guest.display(),
+            guest.display()
         )
-    })?;
+    })
+}
+
+pub fn run(args: &Args) -> Result<Report> {
+    let guest = guest_path(&args.guest)?;
     let accel = args.accel.clone();
     let cluster = TestCluster::start_with(&args.common.hearth, 1, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();

@@ -311,33 +311,14 @@ async fn act_on_move(
             };
             let _ = host.state.submit(Command::Compute { command }).await;
         }
-        Action::Receive {
-            vm,
-            from,
-            generation,
-        } => {
-            let Some(entry) = desired.compute.vms.get(&vm) else {
-                return;
-            };
-            let (entry, compute) = (entry.value.clone(), desired.compute.clone());
-            t.busy.insert(vm.clone());
-            let (host, tracking) = (host.clone(), tracking.clone());
-            tokio::spawn(async move {
-                tracing::info!(%vm, %from, "copying the disk of a VM moving here");
-                crate::moves::receive(&host.mover(), &entry, &compute, &from, generation).await;
-                // This host's copy of the state shows the move's end before the VM leaves
-                // `busy`, so no pass asks for the same copy again.
-                let _ = host.state.linearizable_index().await;
-                tracking.lock().await.busy.remove(&vm);
-            });
-        }
-        _ => act_on_live_move(host, desired, tracking, t, action),
+        _ => spawn_move_step(host, desired, tracking, t, action),
     }
 }
 
-/// A live move's step on this host, in a task of its own (the VM `busy` here until it ends,
-/// and until this host's copy of the state has caught up, so no pass asks for it again).
-fn act_on_live_move(
+/// A move's step on this host in a task of its own: the cold copy, and the live move's
+/// steps. The VM is `busy` here until it ends and this host's copy of the state has caught
+/// up, so no pass asks for the same step again.
+fn spawn_move_step(
     host: &Arc<Host>,
     desired: &DesiredState,
     tracking: &Arc<Mutex<Tracking>>,
@@ -356,6 +337,15 @@ fn act_on_live_move(
     tokio::spawn(async move {
         let mover = host.mover();
         match (action, &entry.migration) {
+            (
+                Action::Receive {
+                    from, generation, ..
+                },
+                _,
+            ) => {
+                tracing::info!(%vm, %from, "copying the disk of a VM moving here");
+                crate::moves::receive(&mover, &entry, &compute, &from, generation).await
+            }
             (Action::PrepareLive { .. }, Some(moving)) => {
                 crate::live_moves::prepare(&mover, &entry, &compute, moving).await
             }

@@ -17,8 +17,11 @@ use sha2::Sha256;
 
 use crate::moves::{Host, Switched, abort, submit};
 
-/// How often the source looks at its mirror and migration.
+/// How often the source looks at its mirror, and waits for the outcome.
 const POLL: Duration = Duration::from_millis(250);
+/// How often the source looks at its migration: the guest is paused from the migration's
+/// last copy until the target runs it, and each look may add this much.
+const RAM_POLL: Duration = Duration::from_millis(20);
 /// How often the source reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// How long the paused source waits for the switch or the give-up before giving up itself.
@@ -115,9 +118,10 @@ pub async fn send(host: &Host<'_>, vm: &Vm, moving: &Migration) {
         let why = format!("{} restarted during the move", host.name);
         return give_up(host, Some(driver), vm, &why).await;
     }
-    if let Err(why) = mirror_and_migrate(host, driver, vm, moving).await {
-        return give_up(host, Some(driver), vm, &why).await;
-    }
+    let (paused, downtime) = match mirror_and_migrate(host, driver, vm, moving).await {
+        Ok(done) => done,
+        Err(why) => return give_up(host, Some(driver), vm, &why).await,
+    };
     let command = ComputeCommand::MigrationCompleted {
         vm: vm.id.clone(),
         host: host.name.to_owned(),
@@ -125,20 +129,24 @@ pub async fn send(host: &Host<'_>, vm: &Vm, moving: &Migration) {
     };
     match submit(host, command).await {
         Some(Outcome::Applied { .. }) => {
-            tracing::info!(vm = %vm.id, to = %moving.to, "VM moved live; paused here until the switch")
+            // How long the guest has been paused so far: QEMU's last copy, then what
+            // followed here (within one look at the migration).
+            let paused_ms = downtime + paused.elapsed().as_millis() as u64;
+            tracing::info!(vm = %vm.id, to = %moving.to, qemu_downtime_ms = downtime, paused_ms, "VM moved live; paused here until the switch")
         }
         _ => tracing::warn!(vm = %vm.id, "the completed move was not recorded"),
     }
     await_switch(host, driver, vm).await;
 }
 
-/// The source's part of the copy: the mirror until it has caught up, then the RAM.
+/// The source's part of the copy: the mirror until it has caught up, then the RAM. Returns
+/// when it saw the migration complete (the guest paused) and QEMU's downtime in ms.
 async fn mirror_and_migrate(
     host: &Host<'_>,
     driver: &Driver,
     vm: &Vm,
     moving: &Migration,
-) -> Result<(), String> {
+) -> Result<(Instant, u64), String> {
     let listen = moving
         .listen
         .as_ref()
@@ -171,24 +179,25 @@ async fn mirror_and_migrate(
         .start_migration(&vm.id, to, host.move_speed)
         .await
         .map_err(|e| format!("starting the migration: {e}"))?;
-    loop {
+    let (paused, downtime) = loop {
         still_wanted(host, vm, moving)?;
         let ram = driver
             .migration_progress(&vm.id)
             .await
             .map_err(|e| format!("the migration: {e}"))?;
         fails("the migration", &ram)?;
+        if ram.status == "completed" {
+            break (Instant::now(), ram.downtime_ms.unwrap_or(0));
+        }
         let total = disk + ram.total.max(ram.done);
         reporter.report(disk + ram.done, total).await;
-        if ram.status == "completed" {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        tokio::time::sleep(RAM_POLL).await;
+    };
     driver
         .finish_mirror(&vm.id)
         .await
-        .map_err(|e| format!("finishing the disk mirror: {e}"))
+        .map_err(|e| format!("finishing the disk mirror: {e}"))?;
+    Ok((paused, downtime))
 }
 
 /// An error for a job or migration QEMU says failed.

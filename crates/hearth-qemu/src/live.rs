@@ -49,6 +49,8 @@ pub struct Progress {
     pub total: u64,
     /// QEMU's reason, when it failed.
     pub error: Option<String>,
+    /// A completed migration: how long QEMU says the VM was stopped for its last copy, in ms.
+    pub downtime_ms: Option<u64>,
 }
 
 /// Writes `dir/tls/keys.psk` (`hearth:HEX`, mode 0600 in a 0700 directory) for QEMU's
@@ -122,6 +124,7 @@ async fn mirror_job(qmp: &mut Qmp) -> Result<Option<Progress>, ControlError> {
             done: j["current-progress"].as_u64().unwrap_or(0),
             total: j["total-progress"].as_u64().unwrap_or(0),
             error: j["error"].as_str().map(str::to_owned),
+            downtime_ms: None,
         }))
 }
 
@@ -397,6 +400,7 @@ async fn migration_progress(qmp: &mut Qmp) -> Result<Progress, ControlError> {
         done: state["ram"]["transferred"].as_u64().unwrap_or(0),
         total: state["ram"]["total"].as_u64().unwrap_or(0),
         error: state["error-desc"].as_str().map(str::to_owned),
+        downtime_ms: state["downtime"].as_u64(),
     })
 }
 
