@@ -298,7 +298,12 @@ async fn resume(driver: &Driver, vm: &Vm) {
 /// The source gives the move up: the cluster records why, and once it has (the switch can no
 /// longer happen), this QEMU is released to run on.
 async fn give_up(host: &Host<'_>, driver: Option<&Driver>, vm: &Vm, why: &str) {
-    tracing::warn!(vm = %vm.id, %why, "giving a live move up");
+    // QEMU's own words, when it said any (its log beside the disk).
+    let qemu_said = driver
+        .and_then(|d| std::fs::read_to_string(d.dir(&vm.id).join("qemu.log")).ok())
+        .map(|text| text.trim().lines().last().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    tracing::warn!(vm = %vm.id, %why, %qemu_said, "giving a live move up");
     submit(host, abort(vm, why)).await;
     if let Some(driver) = driver {
         await_switch(host, driver, vm).await;
@@ -377,20 +382,28 @@ async fn adopt(host: &Host<'_>, driver: &Driver, vm: &Vm, generation: u64) -> Re
 }
 
 /// Removes what moves to this host left behind once they are over: each incoming directory
-/// (and its paused QEMU) of a VM with no move here under way and no task on it. None is ever
-/// the VM's disk: a copy becomes that only by its rename to the VM's directory.
+/// (and its paused QEMU) of a VM with no move here under way and no task on it, and each
+/// incoming link no QEMU names any more. None is ever the VM's disk: a copy becomes that only
+/// by its rename to the VM's directory.
 pub async fn sweep(host: &Host<'_>, compute: &Compute, busy: &std::collections::BTreeSet<String>) {
     let Ok(entries) = std::fs::read_dir(host.driver.root()) else {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(id) = name.strip_suffix(".incoming") else {
             continue;
         };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            unlink_unused(host, id, &entry.path());
+            continue;
+        }
+        if !kind.is_dir() {
+            continue;
+        }
         let moving_here = compute
             .vms
             .get(id)
@@ -408,6 +421,23 @@ pub async fn sweep(host: &Host<'_>, compute: &Compute, busy: &std::collections::
                 }
             }
         }
+    }
+}
+
+/// Removes VM `id`'s incoming link once no running QEMU of it names its files through it.
+fn unlink_unused(host: &Host<'_>, id: &str, link: &std::path::Path) {
+    let named = format!("{}/", link.display());
+    let in_use = host
+        .driver
+        .running(id)
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .is_some_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&named));
+    if in_use {
+        return;
+    }
+    tracing::info!(vm = %id, "removing the incoming link no QEMU uses any more");
+    if let Err(error) = std::fs::remove_file(link) {
+        tracing::warn!(vm = %id, %error, "removing an incoming link no QEMU uses");
     }
 }
 

@@ -404,6 +404,9 @@ impl Driver {
 
     /// The pid of the QEMU started in VM `id`'s incoming directory for a live move, if alive.
     pub fn incoming_pid(&self, id: &str) -> Option<u32> {
+        if crate::moving::incoming_is_link(&self.root, id) {
+            return None;
+        }
         let dir = crate::moving::incoming_dir(&self.root, id).ok()?;
         pid_from(&dir, &[&dir]).ok().flatten()
     }

@@ -727,7 +727,10 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
     assert_eq!(agent.api_json("/v1/drift").unwrap(), serde_json::json!([]));
 
     // A reboot on the target reads the disk it has now: the boot counter says 4 and the last
-    // tick it finds is one the guest wrote after the move began (the mirror kept every write).
+    // tick it finds is one the guest wrote after the move began (the mirror kept every
+    // write). The new QEMU no longer names the incoming path, whose link is then removed.
+    // (A QEMU that came in live fails its own next live move at QEMU's completion, safely:
+    // see docs/migration.md. The evacuation below therefore follows the reboot.)
     agent.cli(&["vm", "reboot", "mover"]);
     wait_boots(target, id, &[4]);
     let text = console(target, id);
@@ -737,6 +740,15 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no last tick: {text}"));
     assert!(found >= after, "the disk kept tick {after}, found {found}");
+    let link = vm_dir(target, id).with_extension("incoming");
+    eventually(
+        "the incoming link removed",
+        BOOT,
+        || match std::fs::symlink_metadata(&link) {
+            Err(_) => Ok(()),
+            Ok(m) => Err(format!("{:?}", m.file_type())),
+        },
+    );
 
     // The evacuation of the host moves it on again, live.
     let before = last_tick(target, id);
@@ -744,11 +756,12 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("evacuated"), "{out}");
     let row = wait_phase(agent, "mover", "running");
-    let third = host_index(cluster, &row);
-    assert!(third != u, "{row}");
-    let text = console(&cluster.agents[third], id);
+    let third = &cluster.agents[host_index(cluster, &row)];
+    assert!(third.spec.name != target_name, "{row}");
+    let text = console(third, id);
     assert!(boots(&text).is_empty(), "moved live: {text}");
-    assert!(last_tick(&cluster.agents[third], id) > before);
+    let moved_at = last_tick(third, id);
+    assert!(moved_at > before, "{moved_at} after {before}");
     assert_eq!(row["disk"]["generation"], 4, "{row}");
     let hosts: Value = agent.api_json("/v1/hosts").unwrap();
     let evacuated = hosts
