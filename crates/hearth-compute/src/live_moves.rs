@@ -298,12 +298,7 @@ async fn resume(driver: &Driver, vm: &Vm) {
 /// The source gives the move up: the cluster records why, and once it has (the switch can no
 /// longer happen), this QEMU is released to run on.
 async fn give_up(host: &Host<'_>, driver: Option<&Driver>, vm: &Vm, why: &str) {
-    // QEMU's own words, when it said any (its log beside the disk).
-    let qemu_said = driver
-        .and_then(|d| std::fs::read_to_string(d.dir(&vm.id).join("qemu.log")).ok())
-        .map(|text| text.trim().lines().last().unwrap_or("").to_owned())
-        .unwrap_or_default();
-    tracing::warn!(vm = %vm.id, %why, %qemu_said, "giving a live move up");
+    tracing::warn!(vm = %vm.id, %why, "giving a live move up");
     submit(host, abort(vm, why)).await;
     if let Some(driver) = driver {
         await_switch(host, driver, vm).await;
