@@ -214,8 +214,8 @@ fn user_shell(command: &str, tmp: &Path) -> Command {
 impl DevAgent {
     /// Runs the README's quick-start command exactly as written, from the workspace root, as
     /// a user pasting it would (`exec`, so the PID is the agent's and SIGTERM reaches it;
-    /// `cargo run` replaces itself with the binary). `scripts/test.sh` builds the release
-    /// binary first, so cargo only checks that it is fresh.
+    /// `cargo run` replaces itself with the binary). The test build made that binary
+    /// already, so cargo only checks that it is fresh.
     fn start(tmp: &Path) -> DevAgent {
         let command = readme_agent_command();
         assert!(
@@ -270,8 +270,8 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
     let tmp = TempDir::new("dev");
     let mut agent = DevAgent::start(tmp.path());
     let dns: std::net::SocketAddr = "127.0.0.1:8053".parse().unwrap();
-    // Generous: should cargo find the release build stale, the README's command builds it
-    // first (`scripts/test.sh` builds it beforehand, so this is normally seconds).
+    // Generous: should cargo find the build stale (a variable a build script watches differs
+    // in the user's environment), the README's command builds it first; normally seconds.
     let answer = eventually("dev DNS answer", Duration::from_secs(900), || {
         let got = hearth_testkit::dig_short(dns, "www.hearth.test", "A")?;
         if got == ["127.0.0.1"] {
@@ -281,7 +281,7 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
         }
     });
     assert_eq!(answer, ["127.0.0.1"]);
-    // The README's next command, as written: `cargo run --release -- members`.
+    // The README's next command, as written: `cargo run -- members`.
     let members = readme_quick_start()
         .split('`')
         .find(|part| part.starts_with("cargo run") && part.ends_with(" members"))
