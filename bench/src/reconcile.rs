@@ -46,6 +46,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
                 bytes_per_sec: None,
             },
             power,
+            replicas: 1,
         },
         ips: vec![hearth_types::compute::Assigned {
             pool: "lan".into(),
@@ -67,6 +68,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
         migration: None,
         moved_from: None,
         move_given_up: None,
+        replica: None,
     }
 }
 
@@ -97,6 +99,7 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             generation: 1,
             foreign: false,
             held: false,
+            mirroring: None,
         });
         memory.applied_io.insert(
             id,
@@ -114,6 +117,7 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             generation: 1,
             foreign: false,
             held: false,
+            mirroring: None,
         });
     }
     (compute, seen, memory)

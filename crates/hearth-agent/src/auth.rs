@@ -244,6 +244,7 @@ pub(crate) mod tests {
                     pools: vec![],
                     io: Default::default(),
                     power: Power::Running,
+                    replicas: 1,
                 },
                 ips: vec![],
                 host: None,
@@ -258,6 +259,7 @@ pub(crate) mod tests {
                 migration: None,
                 moved_from: None,
                 move_given_up: None,
+                replica: None,
             },
         };
         desired

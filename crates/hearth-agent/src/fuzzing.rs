@@ -96,6 +96,7 @@ fn seeded() -> DesiredState {
                 pools: vec!["lan".into()],
                 io: Default::default(),
                 power: Power::Running,
+                replicas: 1,
             },
         },
     ];

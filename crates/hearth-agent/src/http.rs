@@ -48,7 +48,10 @@ async fn not_found() -> Response {
 async fn metrics(State(state): State<ApiState>) -> Response {
     let view = state.membership.views().borrow().clone();
     let local: Vec<_> = state.instances.lock().await.values().cloned().collect();
+    let desired = state.state.as_ref().map(|s| s.reader().current());
+    let empty = hearth_types::compute::Compute::default();
     let body = render(&MetricsSources {
+        vms: desired.as_ref().map_or(&empty, |d| &d.compute),
         view: &view,
         local_instances: &local,
         gossip: &state.membership.metrics,

@@ -17,6 +17,8 @@ pub struct MetricsSources<'a> {
     pub dns: &'a DnsMetrics,
     pub handlers: &'a HandlerMetrics,
     pub compute: &'a hearth_compute::ComputeMetrics,
+    /// The desired state's VMs (empty on a node that holds no state).
+    pub vms: &'a hearth_types::compute::Compute,
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -60,6 +62,35 @@ const FAMILIES: &[Family] = &[
         help: "QEMU processes on this host that exited without being asked to.",
         label: None,
         samples: |src| one(load(&src.compute.crashes)),
+    },
+    Family {
+        name: "hearth_vm_replicas",
+        kind: "gauge",
+        help: "Replicas of VMs that ask for two disk copies, by state (missing: none placed), as this node's copy of the desired state has them.",
+        label: Some("state"),
+        samples: |src| {
+            use hearth_types::compute::ReplicaState as S;
+            let wanting = || {
+                src.vms
+                    .vms
+                    .values()
+                    .map(|v| &v.value)
+                    .filter(|vm| vm.request.replicas > 1 && !vm.deleting)
+            };
+            let mut samples: Vec<(String, u64)> =
+                [S::Preparing, S::Syncing, S::InSync, S::Degraded]
+                    .into_iter()
+                    .map(|state| {
+                        let n = wanting()
+                            .filter(|vm| vm.replica.as_ref().is_some_and(|r| r.state == state))
+                            .count();
+                        (state.as_str().to_owned(), n as u64)
+                    })
+                    .collect();
+            let missing = wanting().filter(|vm| vm.replica.is_none()).count();
+            samples.push(("missing".to_owned(), missing as u64));
+            samples
+        },
     },
     Family {
         name: "hearth_members",
@@ -221,6 +252,7 @@ mod tests {
             dns: &dns,
             handlers: &handlers,
             compute: &compute,
+            vms: &Default::default(),
         });
         for family in FAMILIES {
             let help = format!(
@@ -231,6 +263,7 @@ mod tests {
         }
         for line in [
             "hearth_vm_starts_total 3",
+            "hearth_vm_replicas{state=\"degraded\"} 0",
             "hearth_event_handler_runs_total{outcome=\"timeout\"} 2",
             "hearth_members{state=\"alive\"} 0",
             "hearth_checks{status=\"passing\"} 0",

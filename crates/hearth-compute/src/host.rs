@@ -12,7 +12,7 @@ use hearth_qemu::driver::{NetConfig, ObserveError, VmSpec};
 use hearth_qemu::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
-use hearth_types::compute::{Capacity, Compute, Drift, ObservedVm, Phase, Vm};
+use hearth_types::compute::{Capacity, Compute, Drift, ObservedReplica, ObservedVm, Phase, Vm};
 use hearth_types::desired::DesiredState;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -169,7 +169,13 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
             return;
         }
     };
-    let (plan, crashes) = decide(&host.name, desired, &seen, &mut t, Instant::now());
+    let (mut plan, crashes) = decide(&host.name, desired, &seen.vms, &mut t, Instant::now());
+    plan.actions.extend(crate::replica_plan::host(
+        &host.name,
+        &desired.compute,
+        &seen.vms,
+        &seen.replicas,
+    ));
     host.metrics
         .crashes
         .fetch_add(crashes as u64, Ordering::Relaxed);
@@ -221,24 +227,11 @@ async fn act(
     let submit = |command| async {
         let _ = host.state.submit(Command::Compute { command }).await;
     };
+    let me = || host.name.clone();
     match action {
         Action::Report { vm, phase, message } => report(host, &vm, phase, message).await,
-        Action::Forget { vm } => {
-            let host_name = host.name.clone();
-            submit(ComputeCommand::Forget {
-                vm,
-                host: host_name,
-            })
-            .await
-        }
-        Action::FixDone { id } => {
-            let host_name = host.name.clone();
-            submit(ComputeCommand::FixDone {
-                id,
-                host: host_name,
-            })
-            .await
-        }
+        Action::Forget { vm } => submit(ComputeCommand::Forget { vm, host: me() }).await,
+        Action::FixDone { id } => submit(ComputeCommand::FixDone { id, host: me() }).await,
         Action::AckReboot { vm, done } => rebooted(host, &vm, done).await,
         Action::ClaimDisk { vm } => {
             if let Some(entry) = desired.compute.vms.get(&vm)
@@ -289,6 +282,8 @@ async fn act(
         Action::Shutdown { vm } => spawn_stop(host, tracking, t, vm, Stop::Shutdown),
         Action::Archive { vm } => spawn_stop(host, tracking, t, vm, Stop::Archive),
         Action::Delete { vm } => spawn_stop(host, tracking, t, vm, Stop::Delete),
+        // What is left: a replica's steps.
+        _ => spawn_replica_step(host, desired, tracking, t, action),
     }
 }
 
@@ -366,6 +361,43 @@ fn spawn_move_step(
                     }
                 }
             }
+            _ => {}
+        }
+        let _ = host.state.linearizable_index().await;
+        tracking.lock().await.busy.remove(&vm);
+    });
+}
+
+/// A replica's step on this host in a task of its own (`crate::replicas`), the VM `busy`
+/// here until it ends and this host's copy of the state has caught up.
+fn spawn_replica_step(
+    host: &Arc<Host>,
+    desired: &DesiredState,
+    tracking: &Arc<Mutex<Tracking>>,
+    t: &mut Tracking,
+    action: Action,
+) {
+    let Some(vm) = action.vm().map(str::to_owned) else {
+        return;
+    };
+    let entry = desired.compute.vms.get(&vm).map(|v| v.value.clone());
+    let compute = desired.compute.clone();
+    t.busy.insert(vm.clone());
+    let (host, tracking) = (host.clone(), tracking.clone());
+    tokio::spawn(async move {
+        let mover = host.mover();
+        match (action, &entry) {
+            (Action::DropReplicaCopy { archive, .. }, _) => {
+                crate::replicas::drop_copy(&mover, &vm, archive).await
+            }
+            (Action::UnmirrorReplica { .. }, _) => crate::replicas::unmirror(&mover, &vm).await,
+            (Action::ExportReplica { .. }, Some(entry)) => {
+                crate::replicas::export(&mover, entry, &compute).await
+            }
+            (Action::MirrorReplica { .. }, Some(entry)) => {
+                crate::replicas::mirror(&mover, entry).await
+            }
+            (Action::TendReplica { .. }, Some(entry)) => crate::replicas::tend(&mover, entry).await,
             _ => {}
         }
         let _ = host.state.linearizable_index().await;
@@ -477,10 +509,19 @@ async fn reboot(
 async fn look<'a>(
     driver: &VmDriver,
     tracking: &'a Mutex<Tracking>,
-) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Vec<ObservedVm>), ObserveError> {
+) -> Result<(tokio::sync::MutexGuard<'a, Tracking>, Seen), ObserveError> {
     let t = tracking.lock().await;
-    let seen = driver.observe()?;
+    let seen = Seen {
+        vms: driver.observe()?,
+        replicas: driver.replicas()?,
+    };
     Ok((t, seen))
+}
+
+/// What a pass found on this host: VM directories and QEMU processes, and replica copies.
+struct Seen {
+    vms: Vec<ObservedVm>,
+    replicas: Vec<ObservedReplica>,
 }
 
 /// Counts the crashes (a VM that ran and is gone without being asked to go) into the
@@ -576,6 +617,9 @@ async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError>
             claim_disk(host, vm).await.map_err(BootError::NotYet)?;
         }
     }
+    crate::replicas::before_boot(&host.name, &host.state, &vm.id)
+        .await
+        .map_err(BootError::NotYet)?;
     host.driver
         .start(&spec)
         .await
@@ -816,7 +860,7 @@ mod tests {
             drop(task);
 
             let (mut t, seen) = pass.await.expect("observe");
-            let (plan, crashes) = decide("w1", &desired, &seen, &mut t, Instant::now());
+            let (plan, crashes) = decide("w1", &desired, &seen.vms, &mut t, Instant::now());
             assert_eq!(crashes, 0, "deleting {deleting}: the VM did not crash");
             let starts_or_forgets: Vec<_> = plan
                 .actions

@@ -53,7 +53,8 @@ pub async fn run(
         }
         let current = state.reader().current();
         let view = views.borrow_and_update().clone();
-        for command in placement::plan(&current, &view) {
+        let replicas = crate::replica_plan::plan(&current, &view);
+        for command in placement::plan(&current, &view).into_iter().chain(replicas) {
             tracing::info!(?command, "placement");
             let refused = refused_move(&current, &command);
             match state.submit(Command::Compute { command }).await {

@@ -13,6 +13,8 @@ pub mod live_moves;
 pub mod moves;
 pub mod placement;
 pub mod reconcile;
+pub mod replica_plan;
+pub mod replicas;
 
 use std::sync::atomic::AtomicU64;
 

@@ -118,8 +118,9 @@ fn fits(free: &Capacity, need: &Capacity) -> bool {
 }
 
 /// The room left on each host that may take VMs (an up worker, not drained, not fenced): its
-/// capacity less what the VMs placed on it, or moving to it, ask for.
-fn free_room<'a>(desired: &'a DesiredState, view: &View) -> BTreeMap<&'a str, Capacity> {
+/// capacity less what the VMs placed on it, or moving to it, ask for, and the disk room of
+/// the replicas it keeps.
+pub(crate) fn free_room<'a>(desired: &'a DesiredState, view: &View) -> BTreeMap<&'a str, Capacity> {
     let compute = &desired.compute;
     let mut free: BTreeMap<&str, Capacity> = compute
         .hosts
@@ -144,6 +145,14 @@ fn free_room<'a>(desired: &'a DesiredState, view: &View) -> BTreeMap<&'a str, Ca
                 room.memory_mib = room.memory_mib.saturating_sub(need.memory_mib);
                 room.disk_gib = room.disk_gib.saturating_sub(need.disk_gib);
             }
+        }
+        // A replica takes disk room on its host.
+        if let Some(room) = vm
+            .replica
+            .as_ref()
+            .and_then(|r| free.get_mut(r.host.as_str()))
+        {
+            room.disk_gib = room.disk_gib.saturating_sub(vm.request.disk_gib);
         }
     }
     free
@@ -372,6 +381,7 @@ mod tests {
                     pools: vec![],
                     io: IoLimits::default(),
                     power: Power::Running,
+                    replicas: 1,
                 },
                 ips: vec![],
                 host: host.map(Into::into),
@@ -390,6 +400,7 @@ mod tests {
                 migration: None,
                 moved_from: None,
                 move_given_up: None,
+                replica: None,
             },
         }
     }

@@ -121,6 +121,28 @@ pub enum Action {
     Release {
         vm: String,
     },
+    /// Replica host: make an empty copy for the VM's replica, export it, and say where
+    /// (see `crate::replicas`).
+    ExportReplica {
+        vm: String,
+    },
+    /// Replica host: stop exporting the VM's replica copy and remove it, or archive it.
+    DropReplicaCopy {
+        vm: String,
+        archive: bool,
+    },
+    /// The disk's home: mirror the running VM's disk into its replica.
+    MirrorReplica {
+        vm: String,
+    },
+    /// The disk's home: look at the mirror into the replica and report its state.
+    TendReplica {
+        vm: String,
+    },
+    /// The disk's home: end a mirror no replica wants.
+    UnmirrorReplica {
+        vm: String,
+    },
 }
 
 impl Action {
@@ -144,7 +166,12 @@ impl Action {
             | Action::PrepareLive { vm }
             | Action::SendLive { vm }
             | Action::SwitchLive { vm, .. }
-            | Action::Release { vm } => Some(vm),
+            | Action::Release { vm }
+            | Action::ExportReplica { vm }
+            | Action::DropReplicaCopy { vm, .. }
+            | Action::MirrorReplica { vm }
+            | Action::TendReplica { vm }
+            | Action::UnmirrorReplica { vm } => Some(vm),
             Action::FixDone { .. } => None,
         }
     }
@@ -390,7 +417,11 @@ fn live_source(
         return true;
     };
     match live {
-        Some(MigrationStage::Mirroring) => actions.push(Action::SendLive { vm: vm.id.clone() }),
+        // A mirror into a replica ends first (the leader dropped the replica for the move).
+        Some(MigrationStage::Mirroring) if seen.mirroring.is_none() => {
+            actions.push(Action::SendLive { vm: vm.id.clone() })
+        }
+        Some(MigrationStage::Mirroring) => {}
         _ if seen.held => actions.push(Action::Release { vm: vm.id.clone() }),
         _ => {}
     }
@@ -708,6 +739,7 @@ pub(crate) mod tests {
                     pools: vec![],
                     io: IoLimits::default(),
                     power,
+                    replicas: 1,
                 },
                 ips: vec![],
                 host: Some(host.into()),
@@ -726,6 +758,7 @@ pub(crate) mod tests {
                 migration: None,
                 moved_from: None,
                 move_given_up: None,
+                replica: None,
             },
         }
     }
@@ -738,6 +771,7 @@ pub(crate) mod tests {
             generation: 1,
             foreign: false,
             held: false,
+            mirroring: None,
         }
     }
 

@@ -78,18 +78,23 @@ pub fn archive(root: &Path, id: &str) -> Result<PathBuf, DiskError> {
     }
     let dir = root.join(id);
     let generation = read_generation(&dir)?;
+    archive_dir(root, &dir, &format!("{id}-gen{generation}"))
+}
+
+/// Moves `dir` to `ARCHIVE/NAME-UNIXSECONDS` (`.N` added while taken) and returns that path.
+pub fn archive_dir(root: &Path, dir: &Path, name: &str) -> Result<PathBuf, DiskError> {
     let archive = archive_root(root);
     std::fs::create_dir_all(&archive).map_err(io_error(&archive))?;
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut target = archive.join(format!("{id}-gen{generation}-{seconds}"));
+    let mut target = archive.join(format!("{name}-{seconds}"));
     let mut n = 1;
     while target.exists() {
-        target = archive.join(format!("{id}-gen{generation}-{seconds}.{n}"));
+        target = archive.join(format!("{name}-{seconds}.{n}"));
         n += 1;
     }
-    std::fs::rename(&dir, &target).map_err(io_error(&dir))?;
+    std::fs::rename(dir, &target).map_err(io_error(dir))?;
     Ok(target)
 }
 

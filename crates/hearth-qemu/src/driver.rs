@@ -362,6 +362,10 @@ impl Driver {
     }
 
     /// Starts QEMU this way from now on (see [`Launcher`]).
+    pub fn launcher(&self) -> Launcher {
+        self.launcher
+    }
+
     pub fn with_launcher(mut self, launcher: Launcher) -> Driver {
         self.launcher = launcher;
         self
@@ -427,6 +431,7 @@ impl Driver {
                 disk_present: path.join("disk.qcow2").is_file(),
                 generation: crate::disk::read_generation(&path)?,
                 held: path.join(crate::live::HELD).exists(),
+                mirroring: crate::replica::mirroring(&path),
                 id,
                 pid,
                 foreign: false,
@@ -461,6 +466,7 @@ impl Driver {
                     generation: 0,
                     foreign: true,
                     held: false,
+                    mirroring: None,
                 });
             }
         }
@@ -503,7 +509,8 @@ impl Driver {
         }
         crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?;
         write_seed(spec, &dir).await?;
-        for stale in ["qemu.pid", "qmp.sock"] {
+        // A new QEMU mirrors into no replica yet.
+        for stale in ["qemu.pid", "qmp.sock", crate::replica::MIRRORING] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         self.launch_here(spec, &dir, &[]).await
@@ -893,6 +900,7 @@ mod tests {
                     generation: 0,
                     foreign: false,
                     held: false,
+                    mirroring: None,
                 },
                 ObservedVm {
                     id: "vm-2".into(),
@@ -901,6 +909,7 @@ mod tests {
                     generation: 0,
                     foreign: false,
                     held: false,
+                    mirroring: None,
                 },
             ]
         );

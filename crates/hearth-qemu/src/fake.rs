@@ -53,6 +53,7 @@ impl FakeDriver {
                 pid,
                 foreign: false,
                 held: false,
+                mirroring: None,
             });
         }
         seen.sort_by(|a, b| a.id.cmp(&b.id));
@@ -168,6 +169,14 @@ impl VmDriver {
         match self {
             VmDriver::Qemu(d) => d.observe(),
             VmDriver::Fake(d) => d.observe(),
+        }
+    }
+
+    /// The replica copies kept here (the stand-in keeps none).
+    pub fn replicas(&self) -> Result<Vec<hearth_types::compute::ObservedReplica>, ObserveError> {
+        match self {
+            VmDriver::Qemu(d) => d.replicas(),
+            VmDriver::Fake(_) => Ok(Vec::new()),
         }
     }
 

@@ -10,4 +10,5 @@ mod files;
 pub mod live;
 pub mod moving;
 pub mod qmp;
+pub mod replica;
 pub mod seed;

@@ -29,7 +29,7 @@ const EXPORT: &str = "hearth-export";
 /// The NBD export name of the disk on the target.
 const EXPORT_NAME: &str = "disk0";
 /// The PSK identity both ends use.
-const PSK_USER: &str = "hearth";
+pub(crate) const PSK_USER: &str = "hearth";
 /// QEMU's default most downtime for the final switch of RAM, said out loud.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 
@@ -55,7 +55,7 @@ pub struct Progress {
 
 /// Writes `dir/tls/keys.psk` (`hearth:HEX`, mode 0600 in a 0700 directory) for QEMU's
 /// `tls-creds-psk`, returning the directory to give QEMU.
-fn write_psk(dir: &Path, key: &[u8; 32]) -> std::io::Result<PathBuf> {
+pub(crate) fn write_psk(dir: &Path, key: &[u8; 32]) -> std::io::Result<PathBuf> {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls)?;
     std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o700))?;
@@ -73,12 +73,12 @@ fn write_psk(dir: &Path, key: &[u8; 32]) -> std::io::Result<PathBuf> {
 
 /// A free TCP port on `ip`, for QEMU to listen on (it may be taken again before QEMU binds
 /// it; the caller then fails, and the move is tried again later).
-fn free_port(ip: IpAddr) -> std::io::Result<SocketAddr> {
+pub(crate) fn free_port(ip: IpAddr) -> std::io::Result<SocketAddr> {
     TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()
 }
 
 /// QEMU's inet address object for `addr`.
-fn inet(addr: SocketAddr) -> Value {
+pub(crate) fn inet(addr: SocketAddr) -> Value {
     json!({ "host": addr.ip().to_string(), "port": addr.port().to_string() })
 }
 
@@ -92,7 +92,7 @@ fn unexpected(what: &str, value: &Value) -> ControlError {
 }
 
 /// The node name of the root disk's top node.
-async fn disk_node(qmp: &mut Qmp) -> Result<String, ControlError> {
+pub(crate) async fn disk_node(qmp: &mut Qmp) -> Result<String, ControlError> {
     let blocks = qmp.execute("query-block", None).await?;
     blocks
         .as_array()

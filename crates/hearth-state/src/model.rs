@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod cas;
 pub mod compute;
 mod migration;
+mod replicas;
 
 pub use cas::{Expect, Outcome};
 use cas::{put, remove};
@@ -569,6 +570,7 @@ mod tests {
                 pools: vec![],
                 io: Default::default(),
                 power: hearth_types::compute::Power::Running,
+                replicas: 1,
             },
             ips: vec![],
             host: None,
@@ -583,6 +585,7 @@ mod tests {
             migration: None,
             moved_from: None,
             move_given_up: None,
+            replica: None,
         };
         state.compute.vms.insert(
             "vm-9".into(),

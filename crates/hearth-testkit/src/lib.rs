@@ -442,8 +442,12 @@ impl Drop for TestAgent {
             );
         }
         self.kill9();
-        // QEMU processes the agent started outlive it by design; they are the test's too.
-        for pid in qemu_pids_under(&self.dir) {
+        // QEMU processes and storage daemons the agent started outlive it by design; they
+        // are the test's too.
+        for pid in qemu_pids_under(&self.dir)
+            .into_iter()
+            .chain(storage_daemon_pids_under(&self.dir))
+        {
             kill_pid(pid);
         }
     }
@@ -474,6 +478,18 @@ pub fn test_guest_image_args(guest: &Path, name: &str, disk: &Path, format: &str
 
 /// PIDs of QEMU processes whose command line mentions a path under `dir`.
 pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
+    pids_under(dir, |name| name.starts_with("qemu-system-"))
+}
+
+/// The `qemu-storage-daemon` processes (replica exports) whose command line names a path
+/// under `dir`.
+pub fn storage_daemon_pids_under(dir: &Path) -> Vec<u32> {
+    pids_under(dir, |name| name == "qemu-storage-daemon")
+}
+
+/// The processes whose program's file name passes `program` and whose command line names a
+/// path under `dir`.
+fn pids_under(dir: &Path, program: impl Fn(&str) -> bool) -> Vec<u32> {
     let needle = dir.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -489,12 +505,12 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let is_qemu = args.first().is_some_and(|a| {
+            let named = args.first().is_some_and(|a| {
                 Path::new(a)
                     .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-"))
+                    .is_some_and(|n| program(&n.to_string_lossy()))
             });
-            is_qemu && args.iter().any(|a| a.contains(&needle))
+            named && args.iter().any(|a| a.contains(&needle))
         })
         .collect()
 }

@@ -107,3 +107,43 @@ pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
             .ok_or_else(|| drift.to_string())
     })
 }
+
+/// Three server+worker agents with the guest image and a pool `lan` declared. Live moves are
+/// slowed down (8 MiB/s) so that a test can act while one is under way.
+pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
+    let cluster = crate::TestCluster::start_with(bin, 3, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\n".into();
+    });
+    wait_for_hosts(&cluster.agents[0], 3);
+    cluster.agents[0].add_test_guest(&crate::test_guest());
+    cluster
+}
+
+/// The tick the test guest last wrote to the disk in the qcow2 file `disk` (`HEARTH-TICK N`
+/// at 2 MiB), read with `qemu-io` sharing the file with whoever has it open.
+pub fn disk_tick(disk: &std::path::Path) -> Result<u64, String> {
+    let output = std::process::Command::new("qemu-io")
+        .args(["-r", "-U", "-f", "qcow2", "-c", "read -v 2097152 32"])
+        .arg(disk)
+        .output()
+        .map_err(|e| format!("qemu-io: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // `-v` dumps 16 bytes a line: `OFFSET:  HEX HEX ...  TEXT`; the hex is read back.
+    let bytes: Vec<u8> = text
+        .lines()
+        .filter(|_| output.status.success())
+        .filter_map(|l| l.split_once(":  ")?.1.split("  ").next())
+        .flat_map(|hex| {
+            hex.split(' ')
+                .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect();
+    String::from_utf8_lossy(&bytes)
+        .strip_prefix("HEARTH-TICK ")
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .ok_or_else(|| format!("no tick in {}: {text}", disk.display()))
+}

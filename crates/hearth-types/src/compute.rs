@@ -243,6 +243,14 @@ pub struct VmRequest {
     pub io: IoLimits,
     #[serde(default = "default_power")]
     pub power: Power,
+    /// Copies of its disk: 1, or 2 for a second, synchronous copy on another worker
+    /// (`docs/replicas.md`).
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+}
+
+fn default_replicas() -> u8 {
+    1
 }
 
 fn default_arch() -> Arch {
@@ -268,6 +276,11 @@ impl VmRequest {
             return Err("disk_gib: give 1 to 65536".into());
         }
         check_name("image", &self.image)?;
+        if !(1..=2).contains(&self.replicas) {
+            return Err(
+                "replicas: give 1 (one copy) or 2 (a synchronous copy on another worker)".into(),
+            );
+        }
         for key in &self.ssh_keys {
             if key.contains('\n') || !key.starts_with("ssh-") && !key.starts_with("ecdsa-") {
                 return Err("ssh_keys: give OpenSSH public keys, one line each".into());
@@ -375,6 +388,78 @@ pub struct Vm {
     /// Why the last move was given up, until the next one is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub move_given_up: Option<String>,
+    /// The second copy of its disk, for a VM asking for `replicas = 2` (`docs/replicas.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Replica>,
+}
+
+/// A synchronous second copy of a VM's disk on another worker: the VM's QEMU mirrors every
+/// write into it (`blockdev-mirror`, `copy-mode=write-blocking`) over NBD under TLS, so a
+/// write the guest sees completed is on both hosts once the copy is in sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Replica {
+    /// The host keeping the copy; never the disk's home.
+    pub host: String,
+    /// Log index of its placement: names this copy (and its key) among later ones.
+    pub since: u64,
+    pub state: ReplicaState,
+    /// Where the replica host's NBD export listens (`IP:PORT`), once it set one up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<String>,
+    /// The first copy's progress, as the disk's home last reported it.
+    #[serde(default)]
+    pub done_bytes: u64,
+    #[serde(default)]
+    pub total_bytes: u64,
+    /// Why it is degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a replica is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaState {
+    /// Placed: the replica host makes an empty copy and exports it.
+    Preparing,
+    /// The disk's home copies the disk into it; guest writes go to both meanwhile.
+    Syncing,
+    /// Every write the guest sees completed is on both copies.
+    InSync,
+    /// The copy fell behind (its host, the link or the mirror failed, or the VM restarted):
+    /// it is not the VM's disk, and the leader places a fresh one.
+    Degraded,
+}
+
+impl Replica {
+    /// Its state as `vm show` and the panel say it: the first copy's percent while syncing,
+    /// why when degraded.
+    pub fn summary(&self) -> String {
+        match self.state {
+            ReplicaState::Syncing if self.total_bytes > 0 => format!(
+                "syncing {}% ({} of {} MiB)",
+                self.done_bytes * 100 / self.total_bytes,
+                self.done_bytes >> 20,
+                self.total_bytes >> 20
+            ),
+            ReplicaState::Degraded => format!(
+                "degraded: {}",
+                self.message.as_deref().unwrap_or("it fell behind")
+            ),
+            state => state.as_str().to_owned(),
+        }
+    }
+}
+
+impl ReplicaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Preparing => "preparing",
+            ReplicaState::Syncing => "syncing",
+            ReplicaState::InSync => "in-sync",
+            ReplicaState::Degraded => "degraded",
+        }
+    }
 }
 
 /// A move of a VM and its disk to another host.
@@ -804,4 +889,19 @@ pub struct ObservedVm {
     /// A live move left its mark on this QEMU (the `moving` file beside the disk): it may be
     /// paused or still mirror its disk, until the move's outcome is dealt with.
     pub held: bool,
+    /// The replica (by its `since`) this VM's QEMU was set to mirror into (the `replica`
+    /// file beside the disk); the mirror lives only as long as that QEMU.
+    pub mirroring: Option<u64>,
+}
+
+/// A replica's copy a host keeps for a VM whose disk lives elsewhere (`ID.replica/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedReplica {
+    pub vm: String,
+    /// The replica it was made for (the `since` written beside it), and the generation of
+    /// the disk it copies (0 and 0 when unreadable).
+    pub since: u64,
+    pub generation: u64,
+    /// The `qemu-storage-daemon` exporting it, if alive.
+    pub pid: Option<u32>,
 }

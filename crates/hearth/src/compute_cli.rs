@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hearth_types::api::{ConsoleText, MigrateVm, PoolRow, PutImage, PutPool, Recreate, VmRow};
-use hearth_types::compute::{Arch, Blob, Drift, Image, IoLimits, IpPool, Power, VmRequest};
+use hearth_types::compute::{
+    Arch, Blob, Drift, Image, IoLimits, IpPool, Power, Replica, VmRequest,
+};
 use hearth_types::desired::Versioned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -186,6 +188,10 @@ pub struct CreateArgs {
     /// Create it stopped.
     #[arg(long)]
     stopped: bool,
+    /// Copies of its disk: 2 keeps a synchronous second copy on another worker (every write
+    /// the guest sees done is on both), so the VM can survive its host's death.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    replicas: u8,
 }
 
 /// Reads a file through, printing progress on stderr at most once a second.
@@ -398,6 +404,14 @@ fn ssh_keys(args: &[String]) -> Result<Vec<String>, ClientError> {
     Ok(keys)
 }
 
+/// A replica as `vm show` says it: its host and state, with the first copy's progress.
+fn replica_line(replica: Option<&Replica>) -> String {
+    let Some(r) = replica else {
+        return "none yet (placed on another worker while the VM runs)".into();
+    };
+    format!("on {}, {}", r.host, r.summary())
+}
+
 fn vm_row(row: &VmRow) -> Vec<String> {
     let vm = &row.vm;
     let request = &vm.request;
@@ -454,6 +468,9 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             match &disk.host {
                 Some(home) => println!("\ndisk: on {home} (generation {generation})"),
                 None => println!("\ndisk: none yet (generation {generation} when made)"),
+            }
+            if row.vm.request.replicas > 1 {
+                println!("replica: {}", replica_line(row.vm.replica.as_ref()));
             }
             if let Some(moving) = &row.vm.migration {
                 println!("\nmoving to {}: {}", moving.to, move_progress(moving));
@@ -682,6 +699,7 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
         } else {
             Power::Running
         },
+        replicas: args.replicas,
     };
     let answer: Value = client.post_json("/v1/vms", &request)?;
     let id = answer["result"]["id"]

@@ -36,16 +36,8 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
 }
 
-/// Three server+worker agents with the guest image and a pool declared.
 fn three_workers() -> TestCluster {
-    let cluster = TestCluster::start_with(bin(), 3, |spec| {
-        spec.roles = "[\"server\", \"worker\"]".into();
-        // Live moves are slowed down so that a test can act while one is under way.
-        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\n".into();
-    });
-    wait_for_hosts(&cluster.agents[0], 3);
-    cluster.agents[0].add_test_guest(&hearth_testkit::test_guest());
-    cluster
+    hearth_testkit::vms::three_workers(bin())
 }
 
 /// Creates a running VM through `agent` and waits for its guest's first boot; returns the

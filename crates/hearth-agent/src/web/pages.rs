@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hearth_types::account::AuditEntry;
 use hearth_types::api::{AccountRow, ConsoleText, HostRow, PoolRow, VmRow};
-use hearth_types::compute::{Drift, DriftKind, Image, Phase};
+use hearth_types::compute::{Drift, DriftKind, Image, Phase, ReplicaState};
 use hearth_types::desired::{ClusterService, DesiredState, EventRecord, RecordSet, Versioned};
 use hearth_types::notice::Notice;
 use hearth_types::{CheckStatus, MemberRow, MemberState, ServiceRow};
@@ -176,10 +176,17 @@ fn vm_table(vms: &[VmRow], owners: bool, hosts: bool) -> String {
         if owners {
             out.push_str(&format!("<td>{}</td>", escape(&request.owner)));
         }
+        // A second copy that fell behind shows beside the phase.
+        let degraded = vm
+            .vm
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.state == ReplicaState::Degraded);
         out.push_str(&format!(
-            "<td class=\"{} phase\">{}</td><td>{}</td><td>{}</td>",
-            phase_class(phase),
+            "<td class=\"{} phase\">{}{}</td><td>{}</td><td>{}</td>",
+            if degraded { "bad" } else { phase_class(phase) },
             phase.as_str(),
+            if degraded { " · copy degraded" } else { "" },
             ips(vm),
             size(vm)
         ));
@@ -253,6 +260,28 @@ pub fn member_home(
     frame(chrome, "Your VMs · hearth", &body)
 }
 
+/// The second copy of a VM that asks for two: where, and whether it is in sync.
+fn replica_row(vm: &VmRow) -> String {
+    if vm.vm.request.replicas < 2 {
+        return String::new();
+    }
+    let (class, text) = match &vm.vm.replica {
+        Some(r) => {
+            let class = match r.state {
+                ReplicaState::InSync => "ok",
+                ReplicaState::Degraded => "bad",
+                _ => "warn",
+            };
+            (class, format!("on {}, {}", r.host, r.summary()))
+        }
+        None => ("warn", "none yet".to_owned()),
+    };
+    format!(
+        "<dl><dt>second copy</dt><dd class=\"{class}\" id=\"replica\">{}</dd></dl>\n",
+        escape(&text)
+    )
+}
+
 /// `/panel/vms/ID`: one VM, its buttons and the end of its console.
 pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String>) -> String {
     let request = &vm.vm.request;
@@ -287,6 +316,7 @@ pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String
         escape(host(vm)),
         escape(id),
     );
+    body.push_str(&replica_row(vm));
     let base = format!("/panel/vms/{id}");
     body.push_str("<p>");
     for (action, label) in [("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot")] {

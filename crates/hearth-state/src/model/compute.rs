@@ -3,13 +3,13 @@
 
 use hearth_types::compute::{
     Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Evacuation, Image, IoLimits, IpPool,
-    Listening, Phase, Power, Vm, VmRequest,
+    Listening, Phase, Power, ReplicaState, Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
 use super::cas::{Expect, Outcome, put, remove};
-use super::migration;
+use super::{migration, replicas};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -182,6 +182,37 @@ pub enum ComputeCommand {
         vm: String,
         why: String,
     },
+    /// The leader places a replica of the VM's disk on `host` (`docs/replicas.md`); its
+    /// `since` is this entry's index. Refused unless the VM asks for two copies, has a disk
+    /// home other than `host`, is not moving or being deleted, and has no replica.
+    PlaceReplica {
+        vm: String,
+        host: String,
+    },
+    /// The leader drops replica `since`: its host removes the copy.
+    DropReplica {
+        vm: String,
+        since: u64,
+        why: String,
+    },
+    /// The replica host exports the empty copy of replica `since` at `nbd` (`IP:PORT`).
+    ReplicaListening {
+        vm: String,
+        host: String,
+        since: u64,
+        nbd: String,
+    },
+    /// The disk's home reports the mirror into replica `since`.
+    ReplicaProgress {
+        vm: String,
+        host: String,
+        since: u64,
+        state: ReplicaState,
+        done_bytes: u64,
+        total_bytes: u64,
+        #[serde(default)]
+        message: Option<String>,
+    },
 }
 
 impl ComputeCommand {
@@ -209,7 +240,11 @@ impl ComputeCommand {
             | ComputeCommand::MigrationProgress { vm, .. }
             | ComputeCommand::MigrationCompleted { vm, .. }
             | ComputeCommand::MoveDisk { vm, .. }
-            | ComputeCommand::AbortMigration { vm, .. } => format!("vm/{vm}"),
+            | ComputeCommand::AbortMigration { vm, .. }
+            | ComputeCommand::PlaceReplica { vm, .. }
+            | ComputeCommand::DropReplica { vm, .. }
+            | ComputeCommand::ReplicaListening { vm, .. }
+            | ComputeCommand::ReplicaProgress { vm, .. } => format!("vm/{vm}"),
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
                 format!("fix/{id}")
             }
@@ -285,6 +320,10 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         | C::MigrationCompleted { .. }
         | C::MoveDisk { .. }
         | C::AbortMigration { .. } => migration::apply(compute, command, index),
+        C::PlaceReplica { .. }
+        | C::DropReplica { .. }
+        | C::ReplicaListening { .. }
+        | C::ReplicaProgress { .. } => replicas::apply(compute, command, index),
     }
 }
 
@@ -561,6 +600,8 @@ fn recreate(compute: &mut Compute, key: &str, expect: Expect, index: u64) -> Out
             host: None,
             generation: vm.disk.generation + 1,
         };
+        // A replica holds the given-up disk: its host archives it (never deletes it).
+        vm.replica = None;
         if base.is_some() {
             vm.base = base;
         }
@@ -695,6 +736,7 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 migration: None,
                 moved_from: None,
                 move_given_up: None,
+                replica: None,
             },
         },
     );
@@ -780,6 +822,7 @@ mod tests {
             pools: vec!["lan".into()],
             io: IoLimits::default(),
             power: Power::Running,
+            replicas: 1,
         }
     }
 

@@ -279,21 +279,13 @@ pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use hearth_types::compute::{Arch, Host, IoLimits, Power, VmRequest};
 
-    /// w1 runs vm-1 from its own disk (generation 3); w2 is free; w3 is fenced.
-    fn setup() -> Compute {
-        let mut compute = Compute::default();
-        for (name, fenced) in [("w1", false), ("w2", false), ("w3", true)] {
-            let host = Host {
-                fenced,
-                ..Host::default()
-            };
-            compute.hosts.insert(name.into(), host);
-        }
-        let vm = Vm {
+    /// vm-1 (db1), running on w1 from its own disk of generation 3.
+    pub(in crate::model) fn vm_on_w1() -> Vm {
+        Vm {
             id: "vm-1".into(),
             request: VmRequest {
                 name: "db1".into(),
@@ -307,6 +299,7 @@ mod tests {
                 pools: vec![],
                 io: IoLimits::default(),
                 power: Power::Running,
+                replicas: 1,
             },
             ips: vec![],
             host: Some("w1".into()),
@@ -324,7 +317,21 @@ mod tests {
             migration: None,
             moved_from: None,
             move_given_up: None,
-        };
+            replica: None,
+        }
+    }
+
+    /// w1 runs vm-1 from its own disk (generation 3); w2 is free; w3 is fenced.
+    fn setup() -> Compute {
+        let mut compute = Compute::default();
+        for (name, fenced) in [("w1", false), ("w2", false), ("w3", true)] {
+            let host = Host {
+                fenced,
+                ..Host::default()
+            };
+            compute.hosts.insert(name.into(), host);
+        }
+        let vm = vm_on_w1();
         compute.vms.insert(
             "vm-1".into(),
             Versioned {

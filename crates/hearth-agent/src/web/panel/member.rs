@@ -95,6 +95,7 @@ pub(super) async fn create_vm(
         pools,
         io: IoLimits::default(),
         power: Power::Running,
+        replicas: 1,
     };
     let result = session
         .api(&state, Method::POST, "/v1/vms", body(&request))

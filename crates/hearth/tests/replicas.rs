@@ -1,0 +1,249 @@
+//! Replicated disks (`replicas = 2`, `docs/replicas.md`) with real agents, real QEMU and
+//! `qemu-storage-daemon`, and the test guest, which writes a tick to its disk each second
+//! (synchronously) and prints it after the write completed:
+//!
+//! - a VM asking for two copies gets a replica on another worker, which reaches `in-sync`;
+//!   from then on the replica's file holds every tick the console printed (a write the
+//!   guest saw complete is on both hosts); `vm show` and `/metrics` say so;
+//! - a reboot makes the replica afresh (recorded degraded before the new QEMU runs);
+//! - the replica's host dies (`kill -9` of its agent and its storage daemon): the VM runs on
+//!   in the same QEMU with no boot, and a new replica is made on the third worker and gets
+//!   in sync; the dead host, back, removes its stale copy;
+//! - a live move drops the replica first, moves the VM without a boot, and its new home
+//!   gets a fresh replica in sync;
+//! - deleting the VM removes its replica.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth_testkit::vms::{BOOT, boots, console, disk_tick, three_workers, ticks, vm, wait_phase};
+use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+fn index_of(cluster: &TestCluster, host: &Value) -> usize {
+    cluster
+        .agents
+        .iter()
+        .position(|a| *host == a.spec.name.as_str())
+        .unwrap_or_else(|| panic!("not a known host: {host}"))
+}
+
+/// The replica copy of `id` on `host`.
+fn replica_dir(host: &TestAgent, id: &str) -> PathBuf {
+    host.dir
+        .join("data")
+        .join("vms")
+        .join(format!("{id}.replica"))
+}
+
+/// The pid of the storage daemon exporting `id`'s replica on `host`, if it runs.
+fn daemon_pid(host: &TestAgent, id: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(replica_dir(host, id).join("qsd.pid")).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("qemu-storage-daemon")
+        .then_some(pid)
+}
+
+/// Waits until the VM's replica is `in-sync` on a host other than `not_on`; returns its
+/// row, and collects every replica state seen on the way into `seen`.
+fn wait_in_sync(agent: &TestAgent, name: &str, not_on: &[&Value], seen: &mut Vec<String>) -> Value {
+    eventually(&format!("{name}'s replica in sync"), BOOT, || {
+        let row = vm(agent, name)?;
+        let r = &row["replica"];
+        let state = format!("{}:{}", r["host"], r["state"]);
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        if r["state"] == "in-sync" && !not_on.contains(&&r["host"]) {
+            Ok(row)
+        } else {
+            Err(row.to_string())
+        }
+    })
+}
+
+/// Every tick the console printed is on the replica's copy: the copy's last tick is at
+/// least the console's, read before it.
+fn replica_holds_the_ticks(home: &TestAgent, replica: &TestAgent, id: &str) {
+    for _ in 0..3 {
+        let printed = *ticks(&console(home, id)).last().unwrap_or(&0);
+        let copy = replica_dir(replica, id).join("disk.qcow2");
+        let on_copy = eventually("a tick on the replica", Duration::from_secs(30), || {
+            disk_tick(&copy)
+        });
+        assert!(
+            on_copy >= printed,
+            "the replica's last tick {on_copy} is behind the console's {printed}"
+        );
+        let next = printed + 1;
+        eventually(
+            "the guest ticks on",
+            Duration::from_secs(30),
+            || match ticks(&console(home, id)).last() {
+                Some(&t) if t >= next => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+}
+
+#[test]
+fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost() {
+    let mut cluster = three_workers(bin());
+    let a = &cluster.agents[0];
+    a.cli(&[
+        "vm",
+        "create",
+        "db2",
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+        "--replicas",
+        "2",
+    ]);
+    let row = wait_phase(a, "db2", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let h = index_of(&cluster, &row["host"]);
+    let mut seen = Vec::new();
+    let row = wait_in_sync(a, "db2", &[&row["host"]], &mut seen);
+    let r = index_of(&cluster, &row["replica"]["host"]);
+    assert_ne!(r, h, "never both copies on one host: {row}");
+    let third = 3 - h - r;
+    let (home, replica) = (&cluster.agents[h], &cluster.agents[r]);
+    assert!(
+        daemon_pid(replica, &id).is_some(),
+        "a storage daemon exports the copy"
+    );
+    assert!(!replica_dir(&cluster.agents[third], &id).exists());
+    eventually("the guest ready", BOOT, || {
+        let text = console(home, &id);
+        (boots(&text) == [1] && !ticks(&text).is_empty())
+            .then_some(())
+            .ok_or(text)
+    });
+    replica_holds_the_ticks(home, replica, &id);
+    let shown = a.cli(&["vm", "show", "db2"]);
+    assert!(
+        shown.contains(&format!("replica: on {}, in-sync", replica.spec.name)),
+        "{shown}"
+    );
+    let (_, metrics) = a.http_get("/metrics", false).unwrap();
+    assert!(
+        metrics.contains("hearth_vm_replicas{state=\"in-sync\"} 1"),
+        "{metrics}"
+    );
+    let qemu = qemu_pids_under(&home.dir);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+
+    // A reboot: the new QEMU writes without the old mirror, so the replica is recorded
+    // degraded before it starts, and made afresh.
+    let since = row["replica"]["since"].as_u64().unwrap();
+    a.cli(&["vm", "reboot", "db2"]);
+    eventually("the guest rebooted", BOOT, || {
+        let text = console(home, &id);
+        (boots(&text) == [1, 2]).then_some(()).ok_or(text)
+    });
+    let row = eventually("a fresh replica in sync", BOOT, || {
+        let row = vm(a, "db2")?;
+        let fresh = row["replica"]["since"].as_u64().unwrap_or(0) > since;
+        if fresh && row["replica"]["state"] == "in-sync" {
+            Ok(row)
+        } else {
+            Err(row.to_string())
+        }
+    });
+    let r = index_of(&cluster, &row["replica"]["host"]);
+    assert_ne!(r, h, "{row}");
+    let third = 3 - h - r;
+    let qemu = qemu_pids_under(&cluster.agents[h].dir);
+    replica_holds_the_ticks(&cluster.agents[h], &cluster.agents[r], &id);
+
+    // The replica's host dies: its agent and its storage daemon.
+    let daemon = daemon_pid(&cluster.agents[r], &id).expect("the replica's daemon");
+    let lost_host = row["replica"]["host"].clone();
+    cluster.agents[r].kill9();
+    kill_pid(daemon);
+    let mut seen = Vec::new();
+    let row = wait_in_sync(
+        &cluster.agents[h],
+        "db2",
+        &[&row["host"], &lost_host],
+        &mut seen,
+    );
+    assert_eq!(
+        index_of(&cluster, &row["replica"]["host"]),
+        third,
+        "{row} after {seen:?}"
+    );
+    let home_log = std::fs::read_to_string(cluster.agents[h].log_path()).unwrap_or_default();
+    assert!(
+        seen.iter().any(|s| s.contains("degraded")) || home_log.contains("replica degraded"),
+        "the lost replica was seen degraded: {seen:?}"
+    );
+    let home = &cluster.agents[h];
+    assert_eq!(qemu_pids_under(&home.dir), qemu, "the same QEMU ran on");
+    assert_eq!(boots(&console(home, &id)), [1, 2], "no boot");
+    replica_holds_the_ticks(home, &cluster.agents[third], &id);
+
+    // The dead host comes back: its copy is no replica's any more, and goes.
+    cluster.agents[r].restart();
+    eventually("the stale copy removed", BOOT, || {
+        let dir = replica_dir(&cluster.agents[r], &id);
+        (!dir.exists())
+            .then_some(())
+            .ok_or(dir.display().to_string())
+    });
+
+    // A live move: the replica goes first (QEMU mirrors into one target at a time), the VM
+    // moves without a boot, and its new home gets a fresh replica.
+    let target = cluster.agents[r].spec.name.clone();
+    let out = cluster.agents[h].cli(&["vm", "migrate", "db2", "--to", &target]);
+    assert!(out.contains(&target), "{out}");
+    let row = wait_in_sync(
+        &cluster.agents[h],
+        "db2",
+        &[&Value::from(target.as_str())],
+        &mut seen,
+    );
+    assert_eq!(row["host"], target.as_str(), "{row}");
+    let (home, copy) = (r, index_of(&cluster, &row["replica"]["host"]));
+    // The target's console has what the guest printed since it came in: ticks, no boot.
+    eventually("the guest ticks on at its new home", BOOT, || {
+        let text = console(&cluster.agents[home], &id);
+        (!ticks(&text).is_empty()).then_some(()).ok_or(text)
+    });
+    assert!(
+        boots(&console(&cluster.agents[home], &id)).is_empty(),
+        "moved live, no boot"
+    );
+    replica_holds_the_ticks(&cluster.agents[home], &cluster.agents[copy], &id);
+
+    // Deleting the VM removes its replica too.
+    cluster.agents[h].cli(&["vm", "delete", "db2"]);
+    eventually("the VM and its replica gone", BOOT, || {
+        let gone = vm(&cluster.agents[h], "db2").is_err()
+            && !replica_dir(&cluster.agents[copy], &id).exists()
+            && daemon_pid(&cluster.agents[copy], &id).is_none();
+        gone.then_some(()).ok_or("still there".to_owned())
+    });
+    for agent in &cluster.agents {
+        assert!(
+            qemu_pids_under(&agent.dir).is_empty(),
+            "{}",
+            agent.spec.name
+        );
+    }
+}
