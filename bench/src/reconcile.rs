@@ -69,6 +69,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
         moved_from: None,
         move_given_up: None,
         replica: None,
+        adopt_replica: None,
     }
 }
 

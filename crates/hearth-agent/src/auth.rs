@@ -260,6 +260,7 @@ pub(crate) mod tests {
                 moved_from: None,
                 move_given_up: None,
                 replica: None,
+                adopt_replica: None,
             },
         };
         desired

@@ -488,6 +488,8 @@ fn spawn_compute(
                     .compute
                     .migration_mib_per_sec
                     .map_or(0, |mib| mib.saturating_mul(1 << 20)),
+                lease_timeout: std::time::Duration::from_secs(config.compute.lease_secs),
+                lease: Default::default(),
             },
             shutdown.clone(),
         ));

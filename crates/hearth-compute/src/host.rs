@@ -38,6 +38,9 @@ pub struct Host {
     pub advertise: std::net::IpAddr,
     /// Bytes/s a live move may use for its disk and its RAM (0: no limit).
     pub move_speed: u64,
+    /// How long this host may run its VMs with replicas without renewing its lease.
+    pub lease_timeout: Duration,
+    pub lease: Arc<crate::lease::Lease>,
 }
 
 impl Host {
@@ -66,6 +69,9 @@ struct Tracking {
     reported_drift: Option<Vec<Drift>>,
     /// The progress of each move away from this host, to give up one that stalls.
     moves: crate::moves::Watch,
+    /// Each host's lease as this host last saw it change, to restart VMs whose replica is
+    /// here when their home goes silent.
+    leases: crate::replica_plan::LeaseWatch,
 }
 
 impl Tracking {
@@ -144,6 +150,14 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    tokio::spawn(crate::lease::run(
+        host.name.clone(),
+        host.state.clone(),
+        host.driver.clone(),
+        host.lease.clone(),
+        host.lease_timeout,
+        shutdown.clone(),
+    ));
     let tracking = Arc::new(Mutex::new(Tracking::default()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,6 +190,17 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
         &seen.vms,
         &seen.replicas,
     ));
+    let wait = host.lease_timeout + crate::lease::margin(host.lease_timeout);
+    let (me, now) = (&host.name, Instant::now());
+    let failovers = crate::replica_plan::failovers(me, &desired.compute, &mut t.leases, now, wait);
+    plan.actions.extend(failovers);
+    // Without a valid lease, no VM with replicas starts here (`crate::lease`).
+    if !host.lease.valid(now) {
+        plan.actions.retain(|action| {
+            !matches!(action, Action::Start { vm } | Action::Reboot { vm, .. }
+                if desired.compute.vms.get(vm).is_some_and(|v| v.value.request.replicas > 1))
+        });
+    }
     host.metrics
         .crashes
         .fetch_add(crashes as u64, Ordering::Relaxed);
@@ -398,6 +423,12 @@ fn spawn_replica_step(
                 crate::replicas::mirror(&mover, entry).await
             }
             (Action::TendReplica { .. }, Some(entry)) => crate::replicas::tend(&mover, entry).await,
+            (Action::FailOver { from, lease, .. }, Some(entry)) => {
+                crate::replicas::fail_over(&mover, entry, &from, lease).await
+            }
+            (Action::AdoptReplica { .. }, Some(entry)) => {
+                crate::replicas::adopt(&mover, entry).await
+            }
             _ => {}
         }
         let _ = host.state.linearizable_index().await;

@@ -9,6 +9,7 @@ pub mod files;
 pub mod host;
 pub mod images;
 pub mod leader;
+pub mod lease;
 pub mod live_moves;
 pub mod moves;
 pub mod placement;

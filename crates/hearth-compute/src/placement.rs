@@ -401,6 +401,7 @@ mod tests {
                 moved_from: None,
                 move_given_up: None,
                 replica: None,
+                adopt_replica: None,
             },
         }
     }
@@ -420,6 +421,7 @@ mod tests {
                     },
                     fenced: false,
                     evacuation: None,
+                    lease: 0,
                 },
             );
             view.members

@@ -143,6 +143,18 @@ pub enum Action {
     UnmirrorReplica {
         vm: String,
     },
+    /// Replica host: the VM's home `from` has not renewed its lease (last at `lease`) for
+    /// longer than it may run without it: restart the VM here from its replica, unless the
+    /// home's QEMU still writes to it.
+    FailOver {
+        vm: String,
+        from: String,
+        lease: u64,
+    },
+    /// The VM was restarted here from its replica: take that copy as its disk.
+    AdoptReplica {
+        vm: String,
+    },
 }
 
 impl Action {
@@ -171,7 +183,9 @@ impl Action {
             | Action::DropReplicaCopy { vm, .. }
             | Action::MirrorReplica { vm }
             | Action::TendReplica { vm }
-            | Action::UnmirrorReplica { vm } => Some(vm),
+            | Action::UnmirrorReplica { vm }
+            | Action::FailOver { vm, .. }
+            | Action::AdoptReplica { vm } => Some(vm),
             Action::FixDone { .. } => None,
         }
     }
@@ -196,6 +210,9 @@ enum DiskHere {
     /// A copy of an older generation, from before an admin recreated the VM: archived
     /// before the new disk is made.
     Stale,
+    /// Restarted here from its replica, whose copy is not taken as its disk yet
+    /// (`crate::replica_plan`): nothing starts until it is.
+    Adopting,
     /// The VM's disk is not here: it must not start on anything else.
     Missing(String),
 }
@@ -207,6 +224,7 @@ fn disk_here(me: &str, vm: &Vm, found: Option<&ObservedVm>) -> DiskHere {
         (Some(home), _) if home != me => {
             DiskHere::Missing(format!("its disk is on {home}, not on this host"))
         }
+        (Some(_), None) if vm.adopt_replica.is_some() => DiskHere::Adopting,
         (Some(_), None) => DiskHere::Missing("its disk is gone from this host".into()),
         (Some(_), Some(s)) if s.generation == generation => DiskHere::Own,
         (_, Some(s)) if s.generation == hearth_qemu::disk::UNREADABLE_GENERATION => {
@@ -498,6 +516,10 @@ fn not_running(
             report(actions, vm, Phase::Lost, Some(why.clone()));
             drift.push(missing_disk(me, vm, why));
         }
+        DiskHere::Adopting => {
+            let message = "taking its replica as its disk".to_owned();
+            report(actions, vm, Phase::Creating, Some(message));
+        }
         DiskHere::Stale => {
             let message = "archiving the disk of before the recreate".to_owned();
             report(actions, vm, Phase::Creating, Some(message));
@@ -759,6 +781,7 @@ pub(crate) mod tests {
                 moved_from: None,
                 move_given_up: None,
                 replica: None,
+                adopt_replica: None,
             },
         }
     }

@@ -6,6 +6,9 @@
 //! so the copy is redundant. While the home is away the replica may be the disk's only
 //! reachable copy, and nothing touches it.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use hearth_state::model::ComputeCommand;
 use hearth_types::View;
 use hearth_types::compute::{
@@ -127,6 +130,19 @@ pub fn host(
         if let Some(action) = unwanted_copy(me, compute, copy) {
             actions.push(action);
         }
+        // Restarted here from this copy, and no disk of the VM here yet: take it.
+        let adopt = compute.vms.get(&copy.vm).is_some_and(|v| {
+            let vm = &v.value;
+            vm.adopt_replica == Some(copy.since)
+                && vm.host.as_deref() == Some(me)
+                && vm.disk.host.as_deref() == Some(me)
+                && !vm.deleting
+        });
+        if adopt && !seen.iter().any(|s| s.id == copy.vm && s.disk_present) {
+            actions.push(Action::AdoptReplica {
+                vm: copy.vm.clone(),
+            });
+        }
     }
     for s in seen.iter().filter(|s| !s.foreign && s.pid.is_some()) {
         let Some(vm) = compute.vms.get(&s.id).map(|v| &v.value) else {
@@ -146,11 +162,13 @@ pub fn host(
 fn unwanted_copy(me: &str, compute: &Compute, copy: &ObservedReplica) -> Option<Action> {
     let vm = compute.vms.get(&copy.vm).map(|v| &v.value);
     let wanted = vm.is_some_and(|vm| {
+        let adopting = vm.adopt_replica == Some(copy.since) && vm.disk.host.as_deref() == Some(me);
         !vm.deleting
-            && vm
-                .replica
-                .as_ref()
-                .is_some_and(|r| r.host == me && r.since == copy.since)
+            && (adopting
+                || vm
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.host == me && r.since == copy.since))
     });
     if wanted {
         return None;
@@ -190,6 +208,53 @@ fn mirror_action(vm: &Vm, s: &ObservedVm, home: bool) -> Option<Action> {
         (Some(r), None) if r.state == ReplicaState::InSync => Some(Action::TendReplica { vm: id }),
         _ => None,
     }
+}
+
+/// The lease of each host as this host last saw it change: its index, and since when.
+pub type LeaseWatch = BTreeMap<String, (u64, Instant)>;
+
+/// The VMs whose in-sync replica is here and whose home has not renewed its lease for
+/// `wait` since this host saw its last renewal: each to restart here (`FailOver`). `watch`
+/// is brought up to date first; a host seen for the first time starts its wait now, so a
+/// restarted agent waits the whole time again.
+pub fn failovers(
+    me: &str,
+    compute: &Compute,
+    watch: &mut LeaseWatch,
+    now: Instant,
+    wait: Duration,
+) -> Vec<Action> {
+    for (name, host) in &compute.hosts {
+        match watch.get(name) {
+            Some((lease, _)) if *lease == host.lease => {}
+            _ => {
+                watch.insert(name.clone(), (host.lease, now));
+            }
+        }
+    }
+    let mut actions = Vec::new();
+    for vm in compute.vms.values().map(|v| &v.value) {
+        let Some(r) = vm.replica.as_ref() else {
+            continue;
+        };
+        let Some(home) = vm.disk.host.as_deref() else {
+            continue;
+        };
+        let placed_home = vm.host.as_deref() == Some(home);
+        if r.host != me || r.state != ReplicaState::InSync || !placed_home || vm.deleting {
+            continue;
+        }
+        if let Some((lease, seen)) = watch.get(home)
+            && now.duration_since(*seen) >= wait
+        {
+            actions.push(Action::FailOver {
+                vm: vm.id.clone(),
+                from: home.to_owned(),
+                lease: *lease,
+            });
+        }
+    }
+    actions
 }
 
 #[cfg(test)]
@@ -369,6 +434,53 @@ mod tests {
             listen: None,
         });
         assert!(act(&desired, running(None)).is_empty());
+    }
+
+    #[test]
+    fn the_replica_host_restarts_a_vm_whose_home_went_silent_and_takes_the_copy() {
+        let (mut desired, _) = world(&[("w1", MemberState::Alive), ("w2", MemberState::Alive)]);
+        vm_mut(&mut desired).replica = Some(replica("w2", ReplicaState::InSync));
+        desired.compute.hosts.get_mut("w1").unwrap().lease = 5;
+        let wait = Duration::from_secs(20);
+        let mut watch = LeaseWatch::new();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        // The wait starts when this host first sees the lease.
+        assert!(failovers("w2", &desired.compute, &mut watch, at(0), wait).is_empty());
+        assert!(failovers("w2", &desired.compute, &mut watch, at(19), wait).is_empty());
+        // A renewal starts it over.
+        desired.compute.hosts.get_mut("w1").unwrap().lease = 6;
+        assert!(failovers("w2", &desired.compute, &mut watch, at(21), wait).is_empty());
+        assert!(failovers("w2", &desired.compute, &mut watch, at(40), wait).is_empty());
+        assert_eq!(
+            failovers("w2", &desired.compute, &mut watch, at(41), wait),
+            [Action::FailOver {
+                vm: "vm-1".into(),
+                from: "w1".into(),
+                lease: 6
+            }]
+        );
+        // Only the replica's host, only for a replica in sync.
+        assert!(failovers("w3", &desired.compute, &mut watch, at(41), wait).is_empty());
+        vm_mut(&mut desired).replica = Some(replica("w2", ReplicaState::Syncing));
+        assert!(failovers("w2", &desired.compute, &mut watch, at(41), wait).is_empty());
+
+        // Restarted on w2 from replica 9: w2 takes its copy, and keeps it meanwhile.
+        let vm = vm_mut(&mut desired);
+        vm.replica = None;
+        vm.host = Some("w2".into());
+        vm.disk.host = Some("w2".into());
+        vm.adopt_replica = Some(9);
+        let copy = ObservedReplica {
+            vm: "vm-1".into(),
+            since: 9,
+            generation: 1,
+            pid: None,
+        };
+        assert_eq!(
+            host("w2", &desired.compute, &[], std::slice::from_ref(&copy)),
+            [Action::AdoptReplica { vm: "vm-1".into() }]
+        );
     }
 
     #[test]

@@ -255,6 +255,51 @@ pub async fn unmirror(host: &Host<'_>, vm: &str) {
     }
 }
 
+/// On the replica host: restarts `vm` here from its replica, its home `from` silent since
+/// its lease renewal at `lease`, unless the home's QEMU is still connected to the export
+/// (its agent died but the VM lives: it must not run twice). The command checks, in the
+/// log, that the replica is in sync and that no renewal came since.
+pub async fn fail_over(host: &Host<'_>, vm: &Vm, from: &str, lease: u64) {
+    let (Some(r), Ok(driver)) = (vm.replica.as_ref(), qemu(host)) else {
+        return;
+    };
+    let nbd = r.nbd.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
+    if nbd.is_some_and(|nbd| driver.replica_has_client(nbd)) {
+        tracing::warn!(vm = %vm.id, %from, "the home stopped renewing its lease but its QEMU still writes to the replica: not restarting the VM here");
+        return;
+    }
+    let command = ComputeCommand::Failover {
+        vm: vm.id.clone(),
+        from: from.to_owned(),
+        to: host.name.to_owned(),
+        since: r.since,
+        lease,
+    };
+    match submit(host.state, command).await {
+        Some(Outcome::Applied { .. }) => {
+            tracing::warn!(vm = %vm.id, %from, "restarting the VM here from its replica: its home stopped renewing its lease")
+        }
+        other => tracing::info!(vm = %vm.id, ?other, "failover not recorded"),
+    }
+}
+
+/// On the VM's new home after a failover: its replica copy becomes its disk, at the
+/// generation the cluster recorded; the normal start follows.
+pub async fn adopt(host: &Host<'_>, vm: &Vm) {
+    let (Some(since), Ok(driver)) = (vm.adopt_replica, qemu(host)) else {
+        return;
+    };
+    match driver
+        .adopt_replica(&vm.id, since, vm.disk.generation)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(vm = %vm.id, since, generation = vm.disk.generation, "took the replica as the VM's disk")
+        }
+        Err(error) => tracing::warn!(vm = %vm.id, %error, "taking the replica as the VM's disk"),
+    }
+}
+
 /// Before QEMU starts for `vm` on `host`: a replica the cluster calls syncing or in sync
 /// follows a QEMU that is gone, and the new one will write without it. It is recorded
 /// degraded first; until that is committed, nothing starts.

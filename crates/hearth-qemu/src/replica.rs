@@ -274,6 +274,55 @@ impl Driver {
         Ok(found)
     }
 
+    /// Whether a client (the disk's home's QEMU) is connected to the replica export of VM
+    /// `id` at `nbd`: an established TCP connection on that local address.
+    pub fn replica_has_client(&self, nbd: SocketAddr) -> bool {
+        let local = proc_net_address(nbd);
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // `sl local rem st ...`; state 01 is ESTABLISHED.
+                    fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
+                })
+        })
+    }
+
+    /// The replica host takes replica `since` of VM `id` as the VM's disk of `generation`
+    /// (the cluster restarted the VM here from it): the daemon stops (a clean stop writes
+    /// out what it held), the generation is written beside the disk, and the directory gets
+    /// the VM's name in one rename, never over one already there.
+    pub async fn adopt_replica(
+        &self,
+        id: &str,
+        since: u64,
+        generation: u64,
+    ) -> Result<(), DiskError> {
+        let dir = replica_dir(self.root(), id)?;
+        if read_replica_file(&dir).map(|(s, _)| s) != Some(since) {
+            return Err(DiskError::NoDisk(format!("{id} (replica {since})")));
+        }
+        self.stop_replica_daemon(id, &dir).await?;
+        for leftover in ["qsd.pid", "qmp.sock", REPLICA_FILE] {
+            let _ = std::fs::remove_file(dir.join(leftover));
+        }
+        let _ = std::fs::remove_dir_all(dir.join("tls"));
+        let disk = dir.join("disk.qcow2");
+        std::fs::File::open(&disk)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(&disk))?;
+        crate::disk::write_generation(&dir, generation)?;
+        let target = self.dir(id);
+        if target.exists() {
+            return Err(DiskError::Exists(id.to_owned()));
+        }
+        std::fs::rename(&dir, &target).map_err(io_error(&target))?;
+        Ok(())
+    }
+
     /// Stops the daemon exporting VM `id`'s replica copy, if any, and removes the copy.
     pub async fn drop_replica(&self, id: &str) -> Result<(), DiskError> {
         let dir = replica_dir(self.root(), id)?;
@@ -392,6 +441,21 @@ impl Driver {
     }
 }
 
+/// `addr` as `/proc/net/tcp{,6}` spells a local address: each 32-bit word of the address in
+/// host (little-endian) order, in hex, then the port.
+fn proc_net_address(addr: SocketAddr) -> String {
+    let words: Vec<u32> = match addr.ip() {
+        IpAddr::V4(ip) => vec![u32::from_le_bytes(ip.octets())],
+        IpAddr::V6(ip) => ip
+            .octets()
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect(),
+    };
+    let hex: String = words.iter().map(|w| format!("{w:08X}")).collect();
+    format!("{hex}:{:04X}", addr.port())
+}
+
 /// The replica VM `dir`'s QEMU mirrors into, from the mark beside its disk.
 pub(crate) fn mirroring(dir: &Path) -> Option<u64> {
     std::fs::read_to_string(dir.join(MIRRORING))
@@ -421,6 +485,30 @@ mod tests {
         assert!(text.contains("endpoint=server,dir=/v/vm-1.replica/tls"));
         // Commas in paths are doubled, as QEMU's option syntax wants.
         assert_eq!(opt(Path::new("/a,b")), "/a,,b");
+    }
+
+    #[test]
+    fn local_addresses_are_spelled_as_the_kernel_lists_them() {
+        assert_eq!(
+            proc_net_address("127.0.0.1:8080".parse().unwrap()),
+            "0100007F:1F90"
+        );
+        assert_eq!(
+            proc_net_address("[::1]:8080".parse().unwrap()),
+            "00000000000000000000000001000000:1F90"
+        );
+        // This process's own listening socket is no established connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let driver = Driver::new(
+            std::env::temp_dir(),
+            crate::accel::Accel::Tcg,
+            crate::driver::Network::User,
+        );
+        assert!(!driver.replica_has_client(addr));
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let _served = listener.accept().unwrap();
+        assert!(driver.replica_has_client(addr));
     }
 
     #[test]

@@ -586,6 +586,7 @@ mod tests {
             moved_from: None,
             move_given_up: None,
             replica: None,
+            adopt_replica: None,
         };
         state.compute.vms.insert(
             "vm-9".into(),

@@ -109,15 +109,26 @@ pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
 }
 
 /// Three server+worker agents with the guest image and a pool `lan` declared. Live moves are
-/// slowed down (8 MiB/s) so that a test can act while one is under way.
+/// slowed down (8 MiB/s) so that a test can act while one is under way; leases last 6 s, so
+/// a VM with a replica is restarted within seconds when its host dies.
 pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
     let cluster = crate::TestCluster::start_with(bin, 3, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\n".into();
+        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\nlease_secs = 6\n".into();
     });
     wait_for_hosts(&cluster.agents[0], 3);
     cluster.agents[0].add_test_guest(&crate::test_guest());
     cluster
+}
+
+/// The tick the guest found on its disk at boot number `boot + 1` (`HEARTH-GUEST-LAST-TICK
+/// boot=N n=T`, printed by the boot after boot N), if the console has it.
+pub fn last_tick_at_boot(console: &str, boot: u64) -> Option<u64> {
+    let prefix = format!("HEARTH-GUEST-LAST-TICK boot={boot} n=");
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// The tick the test guest last wrote to the disk in the qcow2 file `disk` (`HEARTH-TICK N`

@@ -391,6 +391,10 @@ pub struct Vm {
     /// The second copy of its disk, for a VM asking for `replicas = 2` (`docs/replicas.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<Replica>,
+    /// Restarted from its replica (that replica's `since`): its new home takes that copy as
+    /// its disk. Kept until the next replica is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_replica: Option<u64>,
 }
 
 /// A synchronous second copy of a VM's disk on another worker: the VM's QEMU mirrors every
@@ -598,6 +602,11 @@ pub struct Host {
     /// `hearth node evacuate`: its VMs are being moved off it, one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evacuation: Option<Evacuation>,
+    /// Log index of its last lease renewal (`docs/replicas.md`): a host that cannot renew
+    /// for its lease timeout kills the QEMU of its VMs with replicas, which may then be
+    /// restarted from their replica elsewhere.
+    #[serde(default)]
+    pub lease: u64,
 }
 
 /// Where the evacuation of a host is.

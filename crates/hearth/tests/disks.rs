@@ -726,10 +726,7 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
     agent.cli(&["vm", "reboot", "mover"]);
     wait_boots(target, id, &[4]);
     let text = console(target, id);
-    let found: u64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("HEARTH-GUEST-LAST-TICK boot=3 n="))
-        .and_then(|n| n.trim().parse().ok())
+    let found = hearth_testkit::vms::last_tick_at_boot(&text, 3)
         .unwrap_or_else(|| panic!("no last tick: {text}"));
     assert!(found >= after, "the disk kept tick {after}, found {found}");
     let link = vm_dir(target, id).with_extension("incoming");

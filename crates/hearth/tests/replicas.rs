@@ -11,12 +11,19 @@
 //!   in sync; the dead host, back, removes its stale copy;
 //! - a live move drops the replica first, moves the VM without a boot, and its new home
 //!   gets a fresh replica in sync;
-//! - deleting the VM removes its replica.
+//! - deleting the VM removes its replica;
+//! - the death of a VM's host (`kill -9` of its agent and its QEMU): the replica host waits
+//!   out the dead host's lease, restarts the VM from its copy with the same address, and the
+//!   guest's next boot finds every tick it printed before; a monitor sampling QEMU processes
+//!   on all hosts for the whole test never sees two; a fresh replica is made on the third
+//!   worker; the dead host, back, archives its stale copy and starts nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hearth_testkit::vms::{BOOT, boots, console, disk_tick, three_workers, ticks, vm, wait_phase};
+use hearth_testkit::vms::{
+    BOOT, boots, console, disk_tick, last_tick_at_boot, three_workers, ticks, vm, wait_phase,
+};
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
 
@@ -246,4 +253,141 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
             agent.spec.name
         );
     }
+}
+
+/// Samples the QEMU processes under every agent directory of `dirs` every 50 ms until
+/// stopped; returns the most hosts seen running one at once. (Within a host, a QEMU that
+/// daemonizes is two processes for a moment, and a second QEMU on the same pidfile cannot
+/// start: what must never happen is a QEMU on two hosts.)
+fn qemu_monitor(
+    dirs: Vec<PathBuf>,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<usize>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut most = 0;
+        while !flag.load(Ordering::Relaxed) {
+            let running: Vec<&PathBuf> = dirs
+                .iter()
+                .filter(|d| !qemu_pids_under(d).is_empty())
+                .collect();
+            if running.len() > 1 {
+                eprintln!("QEMU on several hosts at once: {running:?}");
+            }
+            most = most.max(running.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        most
+    });
+    (stop, thread)
+}
+
+#[test]
+fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twice() {
+    let mut cluster = three_workers(bin());
+    let a = &cluster.agents[0];
+    a.cli(&[
+        "vm",
+        "create",
+        "db3",
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+        "--replicas",
+        "2",
+    ]);
+    let row = wait_phase(a, "db3", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let ips = row["ips"].clone();
+    let h = index_of(&cluster, &row["host"]);
+    let row = wait_in_sync(a, "db3", &[&row["host"]], &mut Vec::new());
+    let r = index_of(&cluster, &row["replica"]["host"]);
+    let third = 3 - h - r;
+    let dirs = cluster.agents.iter().map(|a| a.dir.clone()).collect();
+    let (stop, monitor) = qemu_monitor(dirs);
+    // A few ticks on the disk, then the host dies: its agent and its QEMU.
+    let printed = eventually("the guest ticks", BOOT, || {
+        let text = console(&cluster.agents[h], &id);
+        match ticks(&text).last() {
+            Some(&t) if t >= 3 && boots(&text) == [1] => Ok(t),
+            _ => Err(text),
+        }
+    });
+    let qemu = qemu_pids_under(&cluster.agents[h].dir);
+    cluster.agents[h].kill9();
+    for pid in qemu {
+        kill_pid(pid);
+    }
+    let printed = printed.max(*ticks(&console(&cluster.agents[h], &id)).last().unwrap());
+    let died = std::time::Instant::now();
+
+    // The replica host restarts it from its copy: same addresses, boot 2, every tick there.
+    let observer = &cluster.agents[third];
+    let row = eventually("db3 running on its replica host", BOOT, || {
+        let row = vm(observer, "db3")?;
+        let moved = row["host"] == cluster.agents[r].spec.name.as_str();
+        if moved && row["shown_phase"] == "running" {
+            Ok(row)
+        } else {
+            Err(row.to_string())
+        }
+    });
+    let text = eventually("the guest's second boot", BOOT, || {
+        let text = console(&cluster.agents[r], &id);
+        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
+        read.then_some(text.clone()).ok_or(text)
+    });
+    eprintln!(
+        "dead host to VM booting on its replica host: {:?}",
+        died.elapsed()
+    );
+    assert_eq!(row["ips"], ips, "{row}");
+    assert_eq!(row["disk"]["host"], cluster.agents[r].spec.name.as_str());
+    let found = last_tick_at_boot(&text, 1).unwrap_or_else(|| panic!("no last tick: {text}"));
+    assert!(
+        found >= printed,
+        "the console printed tick {printed}, the disk has {found}"
+    );
+    // The copy left on the dead host is superseded: an older generation, never started.
+    assert_eq!(
+        row["moved_from"]["host"],
+        cluster.agents[h].spec.name.as_str(),
+        "{row}"
+    );
+    assert_eq!(row["disk"]["generation"], 2, "{row}");
+
+    // A fresh replica on the third worker, the only other one up.
+    let row = wait_in_sync(observer, "db3", &[&row["host"]], &mut Vec::new());
+    assert_eq!(index_of(&cluster, &row["replica"]["host"]), third, "{row}");
+
+    // The dead host comes back: its copy is stale (an older generation), archived; it
+    // starts nothing.
+    cluster.agents[h].restart();
+    let archive = cluster.agents[h].dir.join("data").join("vms-archive");
+    eventually("the stale copy archived", BOOT, || {
+        let archived = std::fs::read_dir(&archive)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&id))
+            })
+            .unwrap_or(false);
+        archived
+            .then_some(())
+            .ok_or(format!("nothing in {}", archive.display()))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = monitor.join().unwrap();
+    assert_eq!(most, 1, "hosts running the VM at once");
+    assert!(qemu_pids_under(&cluster.agents[h].dir).is_empty());
 }

@@ -117,6 +117,15 @@ pub struct ComputeSection {
     /// limit. Keeps a move from filling the link the VMs serve on.
     #[serde(default)]
     pub migration_mib_per_sec: Option<u64>,
+    /// Seconds a worker may run its VMs with replicas without renewing its lease through the
+    /// Raft group: past it, it kills their QEMU, and their replica host restarts them after
+    /// this and a margin (half of it, at least 2 s).
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    15
 }
 
 impl Default for ComputeSection {
@@ -129,6 +138,7 @@ impl Default for ComputeSection {
             memory_mib: None,
             disk_gib: default_disk_gib(),
             migration_mib_per_sec: None,
+            lease_secs: default_lease_secs(),
         }
     }
 }

@@ -194,6 +194,12 @@ impl Config {
         if c.vcpus == Some(0) || c.memory_mib == Some(0) || c.disk_gib == 0 {
             problems.push("compute: vcpus, memory_mib and disk_gib must be above zero".into());
         }
+        if !(2..=600).contains(&c.lease_secs) {
+            problems.push(format!(
+                "compute.lease_secs: {} is out of range; give 2 to 600 (default 15)",
+                c.lease_secs
+            ));
+        }
         if c.migration_mib_per_sec == Some(0) {
             problems.push(
                 "compute.migration_mib_per_sec: must be above zero; leave it out for no limit"

@@ -202,6 +202,21 @@ pub enum ComputeCommand {
         since: u64,
         nbd: String,
     },
+    /// A worker renews its lease: its `Host.lease` becomes this entry's index.
+    RenewLease {
+        host: String,
+    },
+    /// The replica host restarts a VM whose home stopped renewing its lease (last renewed
+    /// at index `lease`) from replica `since`: the VM and its disk's home move to `to` at the
+    /// next generation, in one step. Refused unless the home is still `from` with no renewal
+    /// since `lease`, and replica `since` on `to` is in sync.
+    Failover {
+        vm: String,
+        from: String,
+        to: String,
+        since: u64,
+        lease: u64,
+    },
     /// The disk's home reports the mirror into replica `since`.
     ReplicaProgress {
         vm: String,
@@ -244,11 +259,13 @@ impl ComputeCommand {
             | ComputeCommand::PlaceReplica { vm, .. }
             | ComputeCommand::DropReplica { vm, .. }
             | ComputeCommand::ReplicaListening { vm, .. }
+            | ComputeCommand::Failover { vm, .. }
             | ComputeCommand::ReplicaProgress { vm, .. } => format!("vm/{vm}"),
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
                 format!("fix/{id}")
             }
             ComputeCommand::Host { host, .. }
+            | ComputeCommand::RenewLease { host }
             | ComputeCommand::Fence { host, .. }
             | ComputeCommand::SetEvacuation { host, .. } => {
                 format!("host/{host}")
@@ -323,7 +340,9 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         C::PlaceReplica { .. }
         | C::DropReplica { .. }
         | C::ReplicaListening { .. }
-        | C::ReplicaProgress { .. } => replicas::apply(compute, command, index),
+        | C::ReplicaProgress { .. }
+        | C::RenewLease { .. }
+        | C::Failover { .. } => replicas::apply(compute, command, index),
     }
 }
 
@@ -737,6 +756,7 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 moved_from: None,
                 move_given_up: None,
                 replica: None,
+                adopt_replica: None,
             },
         },
     );

@@ -318,6 +318,7 @@ pub(super) mod tests {
             moved_from: None,
             move_given_up: None,
             replica: None,
+            adopt_replica: None,
         }
     }
 

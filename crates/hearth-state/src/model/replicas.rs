@@ -3,7 +3,7 @@
 //! home reports the mirror into it. Each checks the replica's `since`, so a stale command
 //! about an earlier copy changes nothing. `docs/replicas.md` gives the whole protocol.
 
-use hearth_types::compute::{Compute, Replica, ReplicaState, Vm};
+use hearth_types::compute::{Compute, DiskHome, Phase, Replica, ReplicaState, Vm};
 use hearth_types::desired::Versioned;
 
 use super::cas::Outcome;
@@ -38,6 +38,20 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             };
             progress(compute, vm, host, *since, report)
         }
+        C::RenewLease { host } => match compute.hosts.get_mut(host) {
+            Some(h) => {
+                h.lease = index;
+                Outcome::Applied { version: index }
+            }
+            None => Outcome::NotFound,
+        },
+        C::Failover {
+            vm,
+            from,
+            to,
+            since,
+            lease,
+        } => failover(compute, vm, from, to, (*since, *lease), index),
         _ => Outcome::Nothing,
     }
 }
@@ -74,6 +88,7 @@ fn place(compute: &mut Compute, key: &str, host: &str, index: u64) -> Outcome {
     {
         return conflict(entry);
     }
+    vm.adopt_replica = None;
     vm.replica = Some(Replica {
         host: host.to_owned(),
         since: index,
@@ -116,6 +131,45 @@ fn listening(compute: &mut Compute, key: &str, host: &str, since: u64, nbd: &str
         }
         _ => conflict(entry),
     }
+}
+
+/// The replica host restarts the VM from replica `since` (`docs/replicas.md`): its home
+/// `from` renewed its lease last at `lease` and has killed the VM's QEMU since (a host that
+/// cannot renew does that within its lease timeout, which the replica host waited out).
+fn failover(
+    compute: &mut Compute,
+    key: &str,
+    from: &str,
+    to: &str,
+    (since, lease): (u64, u64),
+    index: u64,
+) -> Outcome {
+    let expired = compute.hosts.get(from).is_some_and(|h| h.lease == lease);
+    let to_ok = compute.hosts.get(to).is_some_and(|h| !h.fenced);
+    let Some(entry) = compute.vms.get_mut(key) else {
+        return Outcome::NotFound;
+    };
+    let vm = &mut entry.value;
+    let home = vm.host.as_deref() == Some(from) && vm.disk.host.as_deref() == Some(from);
+    let in_sync = vm
+        .replica
+        .as_ref()
+        .is_some_and(|r| r.host == to && r.since == since && r.state == ReplicaState::InSync);
+    if !expired || !to_ok || !home || !in_sync || vm.deleting || vm.migration.is_some() {
+        return conflict(entry);
+    }
+    vm.host = Some(to.to_owned());
+    vm.moved_from = Some(vm.disk.clone());
+    vm.disk = DiskHome {
+        host: Some(to.to_owned()),
+        generation: vm.disk.generation + 1,
+    };
+    vm.replica = None;
+    vm.adopt_replica = Some(since);
+    let message = format!("restarted on {to} from its replica: {from} stopped renewing its lease");
+    vm.set_phase(Phase::Placed, Some(message), index);
+    entry.version = index;
+    Outcome::Applied { version: index }
 }
 
 /// What the disk's home says of the mirror into a replica.
@@ -322,6 +376,67 @@ mod tests {
             ),
             Outcome::Conflict { .. }
         ));
+    }
+
+    #[test]
+    fn a_failover_needs_an_expired_lease_and_an_in_sync_replica_and_moves_the_home_once() {
+        let mut compute = setup();
+        run(
+            &mut compute,
+            ComputeCommand::RenewLease { host: "w1".into() },
+            9,
+        );
+        assert_eq!(compute.hosts["w1"].lease, 9);
+        run(&mut compute, place_on("w2"), 10);
+        let failover = |lease| ComputeCommand::Failover {
+            vm: "vm-1".into(),
+            from: "w1".into(),
+            to: "w2".into(),
+            since: 10,
+            lease,
+        };
+        // Not while the replica is not in sync.
+        assert!(matches!(
+            run(&mut compute, failover(9), 11),
+            Outcome::Conflict { .. }
+        ));
+        compute
+            .vms
+            .get_mut("vm-1")
+            .unwrap()
+            .value
+            .replica
+            .as_mut()
+            .unwrap()
+            .state = ReplicaState::InSync;
+        // Not when the home renewed since.
+        run(
+            &mut compute,
+            ComputeCommand::RenewLease { host: "w1".into() },
+            12,
+        );
+        assert!(matches!(
+            run(&mut compute, failover(9), 13),
+            Outcome::Conflict { .. }
+        ));
+        assert_eq!(compute.vms["vm-1"].value.disk.host.as_deref(), Some("w1"));
+        // The home went silent after 12.
+        assert!(matches!(
+            run(&mut compute, failover(12), 14),
+            Outcome::Applied { version: 14 }
+        ));
+        let vm = &compute.vms["vm-1"].value;
+        assert_eq!(vm.host.as_deref(), Some("w2"));
+        assert_eq!(vm.disk.host.as_deref(), Some("w2"));
+        assert_eq!(vm.disk.generation, 4);
+        assert_eq!(vm.moved_from.as_ref().unwrap().generation, 3);
+        assert_eq!((vm.replica.as_ref(), vm.adopt_replica), (None, Some(10)));
+        // Once: the same command again changes nothing.
+        assert!(matches!(
+            run(&mut compute, failover(12), 15),
+            Outcome::Conflict { .. }
+        ));
+        assert_eq!(compute.vms["vm-1"].value.disk.generation, 4);
     }
 
     #[test]
