@@ -340,6 +340,14 @@ fn compute() {
         |c| c.compute.vcpus = Some(0),
         "compute: vcpus, memory_mib and disk_gib must be above zero",
     );
+    assert_change_gives(
+        |c| c.compute.lease_secs = 1,
+        "compute.lease_secs: 1 is out of range; give 2 to 600 (default 15)",
+    );
+    assert_change_gives(
+        |c| c.compute.migration_mib_per_sec = Some(0),
+        "compute.migration_mib_per_sec: must be above zero; leave it out for no limit",
+    );
 }
 
 fn check(config: &mut Config, idx: usize) -> &mut CheckConfig {
