@@ -138,21 +138,7 @@ pub fn run(args: &Args) -> Result<Report> {
 
 /// Creates the guest that moves and waits until it ticks; returns the index of its host.
 fn running_guest(agents: &[TestAgent]) -> Result<usize> {
-    agents[0].cli(&[
-        "vm",
-        "create",
-        "mover",
-        "--image",
-        "tiny",
-        "--owner",
-        "bench",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-    ]);
+    hearth_testkit::vms::create_tiny(&agents[0], "mover", &[]);
     let from = poll_until(
         "the VM running",
         DEADLINE,

@@ -5,6 +5,7 @@ mod dns;
 mod dns_qps;
 mod failover;
 mod false_positives;
+mod ha_restart;
 mod hearth;
 mod live_move;
 mod memory;
@@ -63,6 +64,10 @@ enum Command {
     /// agents (POST /v1/vms/NAME/migrate); the whole move, QEMU's downtime, and the pause the
     /// guest sees (QEMU's stop on the source to the target's cont). Needs the test guest.
     LiveMove(live_move::Args),
+    /// HA restart: a VM with replicas = 2 on three server+worker agents; its host killed
+    /// (kill -9 of agent and QEMU) until the VM runs elsewhere and its guest is up there.
+    /// Needs the test guest.
+    HaRestart(ha_restart::Args),
 }
 
 /// Options every benchmark takes.
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         Command::Reconcile(args) => (reconcile::run(args), args.json),
         Command::VmBoot(args) => (vm_boot::run(args), args.common.json),
         Command::LiveMove(args) => (live_move::run(args), args.common.json),
+        Command::HaRestart(args) => (ha_restart::run(args), args.common.json),
     };
     match result {
         Ok(report) => {

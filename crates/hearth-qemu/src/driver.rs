@@ -271,6 +271,15 @@ pub(crate) fn qemu_cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// `qemu_cmdline`, telling a failed read from an absent process.
 fn qemu_cmdline_checked(pid: u32) -> std::io::Result<Option<Vec<String>>> {
+    cmdline_of(pid, |program| program.starts_with("qemu-system-"))
+}
+
+/// The process's command line, if the file name of its program passes `program`; `None`
+/// for a process that is gone (a zombie has an empty command line and counts as gone).
+pub(crate) fn cmdline_of(
+    pid: u32,
+    program: impl Fn(&str) -> bool,
+) -> std::io::Result<Option<Vec<String>>> {
     let Some(raw) = read_present(Path::new(&format!("/proc/{pid}/cmdline")))? else {
         return Ok(None);
     };
@@ -279,13 +288,12 @@ fn qemu_cmdline_checked(pid: u32) -> std::io::Result<Option<Vec<String>>> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let is_qemu = args.first().is_some_and(|a| {
+    let named = args.first().is_some_and(|a| {
         Path::new(a)
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-"))
+            .is_some_and(|n| program(&n.to_string_lossy()))
     });
-    // A zombie has an empty command line and counts as gone.
-    Ok(is_qemu.then_some(args))
+    Ok(named.then_some(args))
 }
 
 /// The VM ids whose directory under `root` a command line mentions.

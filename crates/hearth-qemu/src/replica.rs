@@ -108,21 +108,11 @@ fn daemon_pid(dir: &Path) -> std::io::Result<Option<u32>> {
     let Some(pid) = String::from_utf8_lossy(&text).trim().parse::<u32>().ok() else {
         return Ok(None);
     };
-    let Some(raw) = read_present(Path::new(&format!("/proc/{pid}/cmdline")))? else {
+    let Some(args) = crate::driver::cmdline_of(pid, |p| p == "qemu-storage-daemon")? else {
         return Ok(None);
     };
-    let args: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let is_daemon = args.first().is_some_and(|a| {
-        Path::new(a)
-            .file_name()
-            .is_some_and(|n| n == "qemu-storage-daemon")
-    });
     let prefix = format!("{}/", dir.display());
-    Ok((is_daemon && args.iter().any(|a| a.contains(&prefix))).then_some(pid))
+    Ok(args.iter().any(|a| a.contains(&prefix)).then_some(pid))
 }
 
 /// `since generation` from a replica directory.

@@ -121,6 +121,29 @@ pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
     cluster
 }
 
+/// `hearth vm create NAME` of the test guest (image `tiny`, owner alice, 256 MiB, 1 GiB,
+/// an address from pool `lan`) through `agent`, with `extra` arguments; returns the CLI's
+/// output.
+pub fn create_tiny(agent: &TestAgent, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "vm",
+        "create",
+        name,
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ];
+    args.extend_from_slice(extra);
+    agent.cli(&args)
+}
+
 /// The tick the guest found on its disk at boot number `boot + 1` (`HEARTH-GUEST-LAST-TICK
 /// boot=N n=T`, printed by the boot after boot N), if the console has it.
 pub fn last_tick_at_boot(console: &str, boot: u64) -> Option<u64> {

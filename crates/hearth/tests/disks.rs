@@ -44,21 +44,7 @@ fn three_workers() -> TestCluster {
 /// index of its host and its id.
 fn running_vm(cluster: &TestCluster, agent: usize, name: &str) -> (usize, String) {
     let agent = &cluster.agents[agent];
-    agent.cli(&[
-        "vm",
-        "create",
-        name,
-        "--image",
-        "tiny",
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-    ]);
+    hearth_testkit::vms::create_tiny(agent, name, &[]);
     let row = wait_phase(agent, name, "running");
     let id = row["id"].as_str().unwrap().to_owned();
     let host = host_index(cluster, &row);

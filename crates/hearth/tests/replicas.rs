@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hearth_testkit::vms::{
-    BOOT, boots, console, disk_tick, last_tick_at_boot, three_workers, ticks, vm, wait_phase,
+    BOOT, boots, console, create_tiny, disk_tick, last_tick_at_boot, three_workers, ticks, vm,
+    wait_phase,
 };
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
@@ -104,23 +105,7 @@ fn replica_holds_the_ticks(home: &TestAgent, replica: &TestAgent, id: &str) {
 fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost() {
     let mut cluster = three_workers(bin());
     let a = &cluster.agents[0];
-    a.cli(&[
-        "vm",
-        "create",
-        "db2",
-        "--image",
-        "tiny",
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-        "--replicas",
-        "2",
-    ]);
+    create_tiny(a, "db2", &["--replicas", "2"]);
     let row = wait_phase(a, "db2", "running");
     let id = row["id"].as_str().unwrap().to_owned();
     let h = index_of(&cluster, &row["host"]);
@@ -290,23 +275,7 @@ fn qemu_monitor(
 fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twice() {
     let mut cluster = three_workers(bin());
     let a = &cluster.agents[0];
-    a.cli(&[
-        "vm",
-        "create",
-        "db3",
-        "--image",
-        "tiny",
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-        "--replicas",
-        "2",
-    ]);
+    create_tiny(a, "db3", &["--replicas", "2"]);
     let row = wait_phase(a, "db3", "running");
     let id = row["id"].as_str().unwrap().to_owned();
     let ips = row["ips"].clone();

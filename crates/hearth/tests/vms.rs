@@ -34,25 +34,16 @@ fn add_image_and_pool(agent: &TestAgent) {
 fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
     let mut cluster = single_worker();
     let agent = &cluster.agents[0];
-    let out = agent.cli(&[
-        "vm",
-        "create",
+    let out = hearth_testkit::vms::create_tiny(
+        agent,
         "web1",
-        "--image",
-        "tiny",
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-        "--ssh-key",
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHearthTestKeyHearthTestKeyHearthTestKey alice@test",
-        "--iops",
-        "100",
-    ]);
+        &[
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHearthTestKeyHearthTestKeyHearthTestKey alice@test",
+            "--iops",
+            "100",
+        ],
+    );
     assert!(out.contains("placed on n1"), "{out}");
     let row = wait_phase(agent, "web1", "running");
     let id = row["id"].as_str().unwrap().to_owned();
