@@ -16,7 +16,11 @@
 //!   out the dead host's lease, restarts the VM from its copy with the same address, and the
 //!   guest's next boot finds every tick it printed before; a monitor sampling QEMU processes
 //!   on all hosts for the whole test never sees two; a fresh replica is made on the third
-//!   worker; the dead host, back, archives its stale copy and starts nothing.
+//!   worker; the dead host, back, archives its stale copy and starts nothing;
+//! - a host cut off from the group's quorum (the two other agents frozen with SIGSTOP)
+//!   kills its VM with replicas itself within its lease and starts nothing without one;
+//!   when the group is back the VM runs again exactly once, at its host or on its replica
+//!   host (whichever the log orders first), on its own disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -359,4 +363,70 @@ fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twi
     let most = monitor.join().unwrap();
     assert_eq!(most, 1, "hosts running the VM at once");
     assert!(qemu_pids_under(&cluster.agents[h].dir).is_empty());
+}
+
+#[test]
+fn a_host_that_loses_the_group_kills_its_replicated_vm_and_it_runs_once_afterwards() {
+    let cluster = three_workers(bin());
+    let a = &cluster.agents[0];
+    create_tiny(a, "db4", &["--replicas", "2"]);
+    let row = wait_phase(a, "db4", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let h = index_of(&cluster, &row["host"]);
+    wait_in_sync(a, "db4", &[&row["host"]], &mut Vec::new());
+    eventually("the guest up", BOOT, || {
+        let text = console(&cluster.agents[h], &id);
+        (boots(&text) == [1]).then_some(()).ok_or(text)
+    });
+    let dirs = cluster.agents.iter().map(|a| a.dir.clone()).collect();
+    let (stop, monitor) = qemu_monitor(dirs);
+
+    // The two other agents freeze: the VM's host cannot reach the group's quorum, so it
+    // cannot renew its lease, and within the lease (6 s) it kills the VM's QEMU itself.
+    let others: Vec<usize> = (0..3).filter(|i| *i != h).collect();
+    for &o in &others {
+        cluster.agents[o].signal("STOP");
+    }
+    let home = &cluster.agents[h];
+    eventually(
+        "the VM killed by its own host",
+        BOOT,
+        || match qemu_pids_under(&home.dir)[..] {
+            [] => Ok(()),
+            ref pids => Err(format!("{pids:?}")),
+        },
+    );
+    eventually("the host says why", BOOT, || {
+        let log = std::fs::read_to_string(home.log_path()).unwrap_or_default();
+        log.contains("lease lapsed").then_some(()).ok_or(log)
+    });
+    // Without a lease it starts nothing: a few passes later it still runs nothing.
+    hearth_testkit::vms::wait_passes(home, 3);
+    assert!(
+        qemu_pids_under(&home.dir).is_empty(),
+        "started without a lease"
+    );
+
+    // The group is back: the VM runs again, once: at its host (which renewed first) or on
+    // its replica host (whose wait ran out while it was frozen); either way from its own
+    // disk, its guest's second boot.
+    for &o in &others {
+        cluster.agents[o].signal("CONT");
+    }
+    let now = eventually("the guest's second boot", BOOT, || {
+        let found = (0..3).find(|&i| {
+            let text = console(&cluster.agents[i], &id);
+            let second = if i == h { vec![1, 2] } else { vec![2] };
+            boots(&text) == second && !qemu_pids_under(&cluster.agents[i].dir).is_empty()
+        });
+        found.ok_or_else(|| "no second boot yet".to_owned())
+    });
+    let name = cluster.agents[now].spec.name.clone();
+    eventually("the cluster says where it runs", BOOT, || {
+        let row = vm(&cluster.agents[now], "db4")?;
+        let there = row["host"] == name.as_str() && row["shown_phase"] == "running";
+        there.then_some(()).ok_or(row.to_string())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(monitor.join().unwrap(), 1, "hosts running the VM at once");
 }
