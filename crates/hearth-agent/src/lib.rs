@@ -490,6 +490,7 @@ fn spawn_compute(
                     .map_or(0, |mib| mib.saturating_mul(1 << 20)),
                 lease_timeout: std::time::Duration::from_secs(config.compute.lease_secs),
                 lease: Default::default(),
+                watchdog: config.compute.watchdog.clone(),
             },
             shutdown.clone(),
         ));

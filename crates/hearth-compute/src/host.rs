@@ -41,6 +41,8 @@ pub struct Host {
     /// How long this host may run its VMs with replicas without renewing its lease.
     pub lease_timeout: Duration,
     pub lease: Arc<crate::lease::Lease>,
+    /// The watchdog device petted while the lease holds (`[compute] watchdog`), if any.
+    pub watchdog: Option<std::path::PathBuf>,
 }
 
 impl Host {
@@ -150,12 +152,18 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    let watchdog = host.watchdog.as_deref().and_then(|path| {
+        crate::lease::Watchdog::open(path)
+            .inspect_err(|error| tracing::error!(path = %path.display(), %error, "cannot open the watchdog; running without it"))
+            .ok()
+    });
     tokio::spawn(crate::lease::run(
         host.name.clone(),
         host.state.clone(),
         host.driver.clone(),
         host.lease.clone(),
         host.lease_timeout,
+        watchdog,
         shutdown.clone(),
     ));
     let tracking = Arc::new(Mutex::new(Tracking::default()));

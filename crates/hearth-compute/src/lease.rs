@@ -42,13 +42,45 @@ impl Lease {
     }
 }
 
-/// Renews the lease of host `name` and kills its replicated VMs' QEMU whenever it lapses.
+/// An opt-in hardware watchdog (`[compute] watchdog`, such as `/dev/watchdog` from
+/// `softdog`), petted only while the lease is valid, as Proxmox does: if the agent itself is
+/// wedged or dead, nothing pets it and the machine resets, taking its QEMU with it.
+#[derive(Debug)]
+pub struct Watchdog {
+    device: std::fs::File,
+}
+
+impl Watchdog {
+    /// Opens (and so arms) the watchdog device at `path`.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Watchdog> {
+        let device = std::fs::OpenOptions::new().write(true).open(path)?;
+        Ok(Watchdog { device })
+    }
+
+    /// Pets the watchdog if the lease is valid; does nothing otherwise.
+    pub fn pet(&mut self, lease_valid: bool) -> std::io::Result<()> {
+        if lease_valid {
+            std::io::Write::write_all(&mut self.device, b"\0")?;
+        }
+        Ok(())
+    }
+
+    /// Disarms it for a clean stop of the agent (the magic close `V`).
+    pub fn disarm(mut self) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.device, b"V")
+    }
+}
+
+/// Renews the lease of host `name` and kills its replicated VMs' QEMU whenever it lapses;
+/// pets `watchdog`, if any, only while the lease holds.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     name: String,
     state: StateNode,
     driver: std::sync::Arc<VmDriver>,
     lease: std::sync::Arc<Lease>,
     timeout: Duration,
+    mut watchdog: Option<Watchdog>,
     shutdown: CancellationToken,
 ) {
     let every = timeout / 4;
@@ -83,8 +115,20 @@ pub async fn run(
             }
             fenced = true;
         }
+        if let Some(dog) = watchdog.as_mut()
+            && let Err(error) = dog.pet(lease.valid(Instant::now()))
+        {
+            tracing::warn!(%error, "petting the watchdog");
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                if let Some(dog) = watchdog.take()
+                    && let Err(error) = dog.disarm()
+                {
+                    tracing::warn!(%error, "disarming the watchdog");
+                }
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
@@ -109,4 +153,40 @@ async fn fence(name: &str, state: &StateNode, driver: &VmDriver) -> usize {
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_petted_only_while_the_lease_holds_and_disarmed_at_a_clean_stop() {
+        // A plain file stands in for the device: every write lands in it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watchdog");
+        std::fs::write(&path, b"").unwrap();
+        let mut dog = Watchdog::open(&path).unwrap();
+        dog.pet(true).unwrap();
+        dog.pet(false).unwrap();
+        dog.pet(true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0");
+        dog.disarm().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0V");
+        assert!(Watchdog::open(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_lease_holds_until_its_end_and_only_moves_forward() {
+        let lease = Lease::default();
+        let now = Instant::now();
+        assert!(!lease.valid(now), "none before the first renewal");
+        lease.renewed(now + Duration::from_secs(10));
+        assert!(lease.valid(now + Duration::from_secs(9)));
+        assert!(!lease.valid(now + Duration::from_secs(10)));
+        // A late answer to an older renewal does not shorten it.
+        lease.renewed(now + Duration::from_secs(5));
+        assert!(lease.valid(now + Duration::from_secs(9)));
+        assert_eq!(margin(Duration::from_secs(15)), Duration::from_millis(7500));
+        assert_eq!(margin(Duration::from_secs(2)), Duration::from_secs(2));
+    }
 }

@@ -122,6 +122,11 @@ pub struct ComputeSection {
     /// this and a margin (half of it, at least 2 s).
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// A watchdog device (for example `/dev/watchdog` from the `softdog` module) the agent
+    /// pets only while its lease holds: a wedged or dead agent then resets the machine,
+    /// taking its VMs with it, before their replica host restarts them. Off by default.
+    #[serde(default)]
+    pub watchdog: Option<std::path::PathBuf>,
 }
 
 fn default_lease_secs() -> u64 {
@@ -139,6 +144,7 @@ impl Default for ComputeSection {
             disk_gib: default_disk_gib(),
             migration_mib_per_sec: None,
             lease_secs: default_lease_secs(),
+            watchdog: None,
         }
     }
 }
