@@ -53,7 +53,16 @@ impl Qmp {
             reader: BufReader::new(read),
             writer,
         };
-        let greeting = qmp.read_message().await?;
+        // An event QEMU emitted as the previous client hung up can still be queued on the
+        // monitor, and arrives before the new session's greeting: skipped (seen with a
+        // mirror job's `JOB_STATUS_CHANGE` while a live move polled its progress).
+        let mut greeting = qmp.read_message().await?;
+        for _ in 0..64 {
+            if greeting.get("event").is_none() {
+                break;
+            }
+            greeting = qmp.read_message().await?;
+        }
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Json(format!(
                 "expected the greeting, got {greeting}"
@@ -187,6 +196,30 @@ mod tests {
         assert_eq!(error.to_string(), "QMP: GenericError: Device 'x' not found");
         let seen = server.await.unwrap();
         assert_eq!(seen[2]["arguments"]["id"], "x");
+    }
+
+    #[tokio::test]
+    async fn an_event_left_from_the_previous_session_before_the_greeting_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let stale = "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"ready\"}}\n";
+            write.write_all(stale.as_bytes()).await.unwrap();
+            write
+                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(read).lines();
+            let line = lines.next_line().await.unwrap().unwrap();
+            assert!(line.contains("qmp_capabilities"), "{line}");
+            write.write_all(b"{\"return\": {}}\n").await.unwrap();
+            // Held open until the client is done.
+            let _ = lines.next_line().await;
+        });
+        assert!(Qmp::connect(&path).await.is_ok());
     }
 
     #[tokio::test]
