@@ -168,6 +168,7 @@ mod tests {
                     tags: Default::default(),
                 },
                 instance: None,
+                vm: None,
             },
             deliveries: Default::default(),
         }

@@ -65,6 +65,7 @@ fn seeded() -> DesiredState {
                 resolvers: vec![],
                 first: None,
                 last: None,
+                replicas: None,
             },
             expect: Expect::Any,
         },

@@ -37,6 +37,17 @@ pub fn event_env(self_name: &str, event: &ClusterEvent) -> Vec<(&'static str, St
         env.push(("HEARTH_SERVICE_ADDRESS", instance.address.to_string()));
         env.push(("HEARTH_CHECK_STATUS", instance.status.to_string()));
     }
+    if let Some(vm) = &event.vm {
+        env.push(("HEARTH_VM", vm.name.clone()));
+        env.push(("HEARTH_VM_ID", vm.id.clone()));
+        env.push(("HEARTH_VM_OWNER", vm.owner.clone()));
+        if let Some(host) = &vm.replica_host {
+            env.push(("HEARTH_REPLICA_HOST", host.clone()));
+        }
+        if let Some(from) = &vm.from {
+            env.push(("HEARTH_FAILOVER_FROM", from.clone()));
+        }
+    }
     env
 }
 
@@ -155,6 +166,7 @@ mod tests {
                 address: "10.0.0.2".parse().unwrap(),
                 status: CheckStatus::Failing,
             }),
+            vm: None,
         }
     }
 

@@ -75,6 +75,7 @@ pub fn diff_events(old: &View, new: &View) -> Vec<ClusterEvent> {
                 kind,
                 member: member.row(),
                 instance: None,
+                vm: None,
             });
         }
     }
@@ -94,6 +95,7 @@ pub fn diff_events(old: &View, new: &View) -> Vec<ClusterEvent> {
                 kind,
                 member: member.row(),
                 instance: Some(instance.clone()),
+                vm: None,
             });
         }
     }

@@ -13,6 +13,7 @@ mod cas;
 pub mod compute;
 mod migration;
 mod replicas;
+mod vm_events;
 
 pub use cas::{Expect, Outcome};
 use cas::{put, remove};
@@ -199,7 +200,14 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             handler,
             delivery,
         } => record_delivery(state, *event, handler, delivery, index),
-        Command::Compute { command } => compute::apply(&mut state.compute, command, index),
+        Command::Compute { command } => {
+            let before = vm_events::before(state, command);
+            let outcome = compute::apply(&mut state.compute, command, index);
+            if let Some((event, at_ms)) = before.and_then(|b| vm_events::raised(state, b)) {
+                record_event(state, event, at_ms, index);
+            }
+            outcome
+        }
         Command::Batch { commands } => Outcome::Many {
             outcomes: commands
                 .iter()
@@ -406,6 +414,7 @@ fn observe_member(state: &mut DesiredState, member: &MemberRow, at_ms: u64, inde
                 kind,
                 member: member.clone(),
                 instance: None,
+                vm: None,
             },
             at_ms,
             index,
@@ -433,16 +442,24 @@ fn observe_check(
         kind,
         member: member.clone(),
         instance: Some(instance.clone()),
+        vm: None,
     };
     record_event(state, event, at_ms, index);
     Outcome::Applied { version: index }
 }
 
+/// Records `event` under the log `index` that raised it, or the next free id after the
+/// last event when an earlier command of the same batch took that one: ids stay unique and
+/// increasing, and are the same on every node.
 fn record_event(state: &mut DesiredState, event: ClusterEvent, at_ms: u64, index: u64) {
+    let id = state
+        .events
+        .last_key_value()
+        .map_or(index, |(last, _)| index.max(last + 1));
     state.events.insert(
-        index,
+        id,
         EventRecord {
-            id: index,
+            id,
             at_ms,
             event,
             deliveries: Default::default(),

@@ -110,15 +110,34 @@ pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
 
 /// Three server+worker agents with the guest image and a pool `lan` declared. Live moves are
 /// slowed down (8 MiB/s) so that a test can act while one is under way; leases last 6 s, so
-/// a VM with a replica is restarted within seconds when its host dies.
+/// a VM with a replica is restarted within seconds when its host dies. A cluster handler
+/// logs every VM event to [`handler_log`].
 pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
-    let cluster = crate::TestCluster::start_with(bin, 3, |spec| {
+    let mut cluster = crate::TestCluster::start(bin, 0, |_| String::new());
+    let log = handler_log(&cluster);
+    for idx in 0..3 {
+        let mut spec = cluster.spec(idx, String::new());
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nmigration_mib_per_sec = 8\nlease_secs = 6\n".into();
-    });
+        spec.extra = format!(
+            "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\n\
+             disk_gib = 20\nmigration_mib_per_sec = 8\nlease_secs = 6\n\n\
+             [[handler]]\nscope = \"cluster\"\nname = \"log\"\n\
+             events = [\"replica-degraded\", \"replica-in-sync\", \"vm-failover\"]\n\
+             command = ['sh', '-c', 'echo \"$HEARTH_EVENT_ID $HEARTH_EVENT vm=$HEARTH_VM \
+             from=$HEARTH_FAILOVER_FROM on=$HEARTH_MEMBER_NAME\" >> {}']\n",
+            log.display()
+        );
+        cluster.add(spec);
+    }
     wait_for_hosts(&cluster.agents[0], 3);
     cluster.agents[0].add_test_guest(&crate::test_guest());
     cluster
+}
+
+/// Where the cluster handler of [`three_workers`] appends one line per VM event it runs for:
+/// `ID KIND vm=NAME from=HOST on=HOST`.
+pub fn handler_log(cluster: &crate::TestCluster) -> std::path::PathBuf {
+    cluster.root.path().join("handler-events.log")
 }
 
 /// `hearth vm create NAME` of the test guest (image `tiny`, owner alice, 256 MiB, 1 GiB,

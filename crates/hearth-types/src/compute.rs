@@ -121,11 +121,18 @@ pub struct IpPool {
     pub first: Option<IpAddr>,
     #[serde(default)]
     pub last: Option<IpAddr>,
+    /// Copies of the disk of a VM that takes an address from this pool and does not say
+    /// (`replicas` 0 or absent): 2 makes replicated disks the pool's rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
 }
 
 impl IpPool {
     pub fn validate(&self) -> Result<(), String> {
         check_name("name", &self.name)?;
+        if self.replicas.is_some_and(|r| !(1..=2).contains(&r)) {
+            return Err("replicas: give 1 or 2, or leave it out (one copy)".into());
+        }
         let (network, prefix) = parse_cidr(&self.cidr)?;
         let inside = |field: &str, ip: &IpAddr| {
             if contains(network, prefix, *ip) {
@@ -244,13 +251,10 @@ pub struct VmRequest {
     #[serde(default = "default_power")]
     pub power: Power,
     /// Copies of its disk: 1, or 2 for a second, synchronous copy on another worker
-    /// (`docs/replicas.md`).
-    #[serde(default = "default_replicas")]
+    /// (`docs/replicas.md`). 0 or absent when asking: the most any of its `pools` asks
+    /// for, else 1; the VM is recorded with the number it got.
+    #[serde(default)]
     pub replicas: u8,
-}
-
-fn default_replicas() -> u8 {
-    1
 }
 
 fn default_arch() -> Arch {
@@ -276,7 +280,7 @@ impl VmRequest {
             return Err("disk_gib: give 1 to 65536".into());
         }
         check_name("image", &self.image)?;
-        if !(1..=2).contains(&self.replicas) {
+        if self.replicas > 2 {
             return Err(
                 "replicas: give 1 (one copy) or 2 (a synchronous copy on another worker)".into(),
             );
@@ -771,6 +775,7 @@ mod tests {
             resolvers: vec![],
             first: None,
             last: None,
+            replicas: None,
         }
     }
 

@@ -279,7 +279,8 @@ pub struct Delivery {
 /// A cluster-wide event, recorded through the log so that every leader sees the same ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EventRecord {
-    /// The log index that recorded it: stable, unique, and the same on every node.
+    /// From the log index that recorded it (the next free id when one entry raised two):
+    /// stable, unique, increasing, and the same on every node.
     pub id: u64,
     /// Unix milliseconds, as the leader that recorded it saw them.
     pub at_ms: u64,

@@ -19,7 +19,7 @@ pub mod status;
 mod versioned;
 mod view;
 
-pub use event::{ClusterEvent, EventKind};
+pub use event::{ClusterEvent, EventKind, VmEvent};
 pub use member::{
     CheckStatus, Member, MemberRow, MemberState, NodeAnnouncement, NodeMeta, Role, ServiceInstance,
 };

@@ -70,6 +70,10 @@ pub enum PoolCommand {
         /// The last allocatable address (default: the network's last host).
         #[arg(long)]
         last: Option<IpAddr>,
+        /// Copies of the disk of a VM created with an address from this pool and no
+        /// `--replicas` of its own: 2 keeps a synchronous copy on another worker.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        replicas: Option<u8>,
     },
     /// List the pools and how many addresses each has given out.
     List,
@@ -189,9 +193,10 @@ pub struct CreateArgs {
     #[arg(long)]
     stopped: bool,
     /// Copies of its disk: 2 keeps a synchronous second copy on another worker (every write
-    /// the guest sees done is on both), so the VM can survive its host's death.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
-    replicas: u8,
+    /// the guest sees done is on both), so the VM can survive its host's death [default: the
+    /// most its pools ask for, else 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    replicas: Option<u8>,
 }
 
 /// Reads a file through, printing progress on stderr at most once a second.
@@ -340,6 +345,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
             resolvers,
             first,
             last,
+            replicas,
         } => {
             let pool = IpPool {
                 name: name.clone(),
@@ -348,6 +354,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
                 resolvers,
                 first,
                 last,
+                replicas,
             };
             let body = PutPool {
                 pool,
@@ -371,9 +378,10 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
                         .gateway
                         .map_or_else(|| "-".to_owned(), |g| g.to_string()),
                     p.used.len().to_string(),
+                    p.pool.replicas.unwrap_or(1).to_string(),
                 ]
             });
-            print_table(&["NAME", "CIDR", "GATEWAY", "USED"], rows);
+            print_table(&["NAME", "CIDR", "GATEWAY", "USED", "COPIES"], rows);
             Ok(())
         }
         PoolCommand::Rm { name } => {
@@ -699,7 +707,8 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
         } else {
             Power::Running
         },
-        replicas: args.replicas,
+        // 0: the default of its pools.
+        replicas: args.replicas.unwrap_or(0),
     };
     let answer: Value = client.post_json("/v1/vms", &request)?;
     let id = answer["result"]["id"]

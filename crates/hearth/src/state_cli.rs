@@ -471,11 +471,10 @@ pub fn events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
             humantime_ms(record.at_ms),
             record.event.kind.to_string(),
             record.event.member.name.clone(),
-            record
-                .event
-                .instance
-                .as_ref()
-                .map_or("-".into(), |i| i.service.clone()),
+            match record.event.subject() {
+                s if s.is_empty() => "-".into(),
+                s => s,
+            },
             if deliveries.is_empty() {
                 "-".into()
             } else {
@@ -484,7 +483,7 @@ pub fn events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
         ]
     });
     print_table(
-        &["ID", "TIME (UTC)", "EVENT", "MEMBER", "SERVICE", "DELIVERY"],
+        &["ID", "TIME (UTC)", "EVENT", "MEMBER", "ABOUT", "DELIVERY"],
         rows,
     );
     Ok(())

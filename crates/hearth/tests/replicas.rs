@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hearth_testkit::vms::{
-    BOOT, boots, console, create_tiny, disk_tick, last_tick_at_boot, three_workers, ticks, vm,
-    wait_phase,
+    BOOT, boots, console, create_tiny, disk_tick, handler_log, last_tick_at_boot, three_workers,
+    ticks, vm, wait_phase,
 };
 use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
@@ -189,6 +189,11 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
         seen.iter().any(|s| s.contains("degraded")) || home_log.contains("replica degraded"),
         "the lost replica was seen degraded: {seen:?}"
     );
+    // A cluster handler ran for the copy that degraded and for the fresh one.
+    handler_ran(
+        &cluster,
+        &["replica-degraded vm=db2", "replica-in-sync vm=db2"],
+    );
     let home = &cluster.agents[h];
     assert_eq!(qemu_pids_under(&home.dir), qemu, "the same QEMU ran on");
     assert_eq!(boots(&console(home, &id)), [1, 2], "no boot");
@@ -244,6 +249,16 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
     }
 }
 
+/// Waits until the cluster handler of the test cluster logged a line holding each of `want`.
+fn handler_ran(cluster: &TestCluster, want: &[&str]) {
+    let log = handler_log(cluster);
+    eventually("the cluster handler ran", BOOT, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let all = want.iter().all(|w| text.lines().any(|l| l.contains(w)));
+        all.then_some(()).ok_or(text)
+    });
+}
+
 /// Samples the QEMU processes under every agent directory of `dirs` every 50 ms until
 /// stopped; returns the most hosts seen running one at once. (Within a host, a QEMU that
 /// daemonizes is two processes for a moment, and a second QEMU on the same pidfile cannot
@@ -279,7 +294,9 @@ fn qemu_monitor(
 fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twice() {
     let mut cluster = three_workers(bin());
     let a = &cluster.agents[0];
-    create_tiny(a, "db3", &["--replicas", "2"]);
+    // Two copies as the rule of a pool the VM takes an address from.
+    a.cli(&["pool", "add", "ha", "198.51.100.0/24", "--replicas", "2"]);
+    create_tiny(a, "db3", &["--pool", "ha"]);
     let row = wait_phase(a, "db3", "running");
     let id = row["id"].as_str().unwrap().to_owned();
     let ips = row["ips"].clone();
@@ -339,6 +356,12 @@ fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twi
         "{row}"
     );
     assert_eq!(row["disk"]["generation"], 2, "{row}");
+
+    let line = format!(
+        "vm-failover vm=db3 from={} on={}",
+        cluster.agents[h].spec.name, cluster.agents[r].spec.name
+    );
+    handler_ran(&cluster, &[&line]);
 
     // A fresh replica on the third worker, the only other one up.
     let row = wait_in_sync(observer, "db3", &[&row["host"]], &mut Vec::new());

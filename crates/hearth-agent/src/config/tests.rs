@@ -428,6 +428,17 @@ fn handlers() {
         "handler[0].timeout: must be above zero",
     );
     assert_change_gives(
+        |c| {
+            c.handler[0].scope = HandlerScope::Node;
+            c.handler[0].events = vec![
+                hearth_types::EventKind::MemberFailed,
+                hearth_types::EventKind::ReplicaDegraded,
+            ];
+        },
+        "handler[0].events: replica-degraded events reach only cluster handlers; \
+         set scope = \"cluster\" and a name",
+    );
+    assert_change_gives(
         |c| c.handler[0].name = None,
         "handler[0].name: a cluster handler needs a name, e.g. name = \"pager\"",
     );

@@ -257,6 +257,18 @@ impl Config {
             if handler.timeout.is_zero() {
                 problems.push(format!("handler[{idx}].timeout: must be above zero"));
             }
+            let cluster_only: Vec<&str> = handler
+                .events
+                .iter()
+                .filter(|e| e.cluster_only())
+                .map(|e| e.as_str())
+                .collect();
+            if handler.scope == HandlerScope::Node && !cluster_only.is_empty() {
+                problems.push(format!(
+                    "handler[{idx}].events: {} events reach only cluster handlers; set scope = \"cluster\" and a name",
+                    cluster_only.join(", ")
+                ));
+            }
             if handler.scope == HandlerScope::Cluster {
                 match &handler.name {
                     None => problems.push(format!(

@@ -626,7 +626,7 @@ pub fn events_page(chrome: &Chrome, events: &[EventRecord]) -> String {
     if events.is_empty() {
         body.push_str("<p class=\"muted\">No events recorded.</p>\n");
     } else {
-        body.push_str("<div class=\"scroll\"><table id=\"events\"><tr><th>when</th><th>event</th><th>node</th><th>service</th><th>handlers</th></tr>\n");
+        body.push_str("<div class=\"scroll\"><table id=\"events\"><tr><th>when</th><th>event</th><th>node</th><th>about</th><th>handlers</th></tr>\n");
         for record in events {
             let event = &record.event;
             let at = record.at_ms / 1000;
@@ -649,7 +649,7 @@ pub fn events_page(chrome: &Chrome, events: &[EventRecord]) -> String {
                 utc(at),
                 event.kind.as_str(),
                 escape(&event.member.name),
-                escape(event.instance.as_ref().map_or("", |i| i.service.as_str())),
+                escape(&event.subject()),
                 escape(&deliveries.join(", ")),
             ));
         }

@@ -216,6 +216,9 @@ pub enum ComputeCommand {
         to: String,
         since: u64,
         lease: u64,
+        /// Unix milliseconds on the host that asked, for the `vm-failover` event.
+        #[serde(default)]
+        at_ms: u64,
     },
     /// The disk's home reports the mirror into replica `since`.
     ReplicaProgress {
@@ -227,6 +230,9 @@ pub enum ComputeCommand {
         total_bytes: u64,
         #[serde(default)]
         message: Option<String>,
+        /// Unix milliseconds on the reporting host, for `replica-*` events.
+        #[serde(default)]
+        at_ms: u64,
     },
 }
 
@@ -685,10 +691,22 @@ fn fix(compute: &mut Compute, id: &str, destroy: bool, index: u64) -> Outcome {
     }
 }
 
+/// The copies of its disk a new VM gets: what it asks for, or with 0 the most its pools ask
+/// for, else 1.
+fn copies(compute: &Compute, request: &VmRequest) -> u8 {
+    if request.replicas > 0 {
+        return request.replicas;
+    }
+    let pools = request.pools.iter().filter_map(|p| compute.pools.get(p));
+    pools.filter_map(|p| p.value.replicas).max().unwrap_or(1)
+}
+
 fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome {
     if let Err(message) = request.validate() {
         return Outcome::Invalid { message };
     }
+    let mut request = request.clone();
+    request.replicas = copies(compute, &request);
     let Some(image) = compute.images.get(&request.image).cloned() else {
         return Outcome::Invalid {
             message: format!("image: no image named {}", request.image),
@@ -855,6 +873,7 @@ mod tests {
             resolvers: vec![],
             first: None,
             last: None,
+            replicas: None,
         };
         for (i, command) in [
             ComputeCommand::PutImage {
@@ -872,6 +891,43 @@ mod tests {
             assert!(apply(&mut compute, command, i as u64 + 1).changed());
         }
         compute
+    }
+
+    #[test]
+    fn a_vm_that_does_not_say_gets_the_copies_its_pool_asks_for() {
+        let mut compute = setup();
+        // The pool has one free address: each VM is deleted (never placed, so at once).
+        let created = |compute: &mut Compute, name: &str, replicas: u8, index: u64| {
+            let mut request = request(name);
+            request.replicas = replicas;
+            let create = ComputeCommand::CreateVm { request };
+            let Outcome::Created { id, .. } = apply(compute, &create, index) else {
+                panic!("{name} not created")
+            };
+            let got = compute.vms[&id].value.request.replicas;
+            let delete = ComputeCommand::DeleteVm {
+                vm: id,
+                expect: Expect::Any,
+            };
+            assert_eq!(apply(compute, &delete, index + 1), Outcome::Removed);
+            got
+        };
+        assert_eq!(created(&mut compute, "a", 0, 10), 1, "no pool default: one");
+        let mut pool = compute.pools["lan"].value.clone();
+        pool.replicas = Some(2);
+        let put = ComputeCommand::PutPool {
+            pool,
+            expect: Expect::Any,
+        };
+        assert!(apply(&mut compute, &put, 12).changed());
+        assert_eq!(created(&mut compute, "b", 0, 13), 2, "the pool's default");
+        assert_eq!(created(&mut compute, "c", 1, 15), 1, "asked for one");
+        let mut request = request("d");
+        request.replicas = 3;
+        assert!(matches!(
+            apply(&mut compute, &ComputeCommand::CreateVm { request }, 17),
+            Outcome::Invalid { .. }
+        ));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             done_bytes,
             total_bytes,
             message,
+            ..
         } => {
             let report = Report {
                 state: *state,
@@ -51,6 +52,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             to,
             since,
             lease,
+            ..
         } => failover(compute, vm, from, to, (*since, *lease), index),
         _ => Outcome::Nothing,
     }
@@ -255,6 +257,7 @@ mod tests {
             done_bytes: done,
             total_bytes: 100,
             message: None,
+            at_ms: 0,
         }
     }
 
@@ -394,6 +397,7 @@ mod tests {
             to: "w2".into(),
             since: 10,
             lease,
+            at_ms: 0,
         };
         // Not while the replica is not in sync.
         assert!(matches!(
