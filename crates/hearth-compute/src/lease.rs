@@ -147,7 +147,7 @@ async fn fence(name: &str, state: &StateNode, driver: &VmDriver) -> usize {
             .vms
             .get(&s.id)
             .is_some_and(|vm| vm.value.request.replicas > 1);
-        if replicated && driver.kill(&s.id).await.is_ok() {
+        if replicated && driver.kill_now(&s.id).await.is_ok() {
             tracing::warn!(vm = %s.id, host = name, "killed: the lease lapsed");
             killed += 1;
         }

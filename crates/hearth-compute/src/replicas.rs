@@ -6,6 +6,7 @@
 //! it missed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hearth_qemu::driver::Driver;
 use hearth_qemu::replica::Mirror;
@@ -263,18 +264,41 @@ pub async fn unmirror(host: &Host<'_>, vm: &str) {
     }
 }
 
+/// How long a connection attempt to a replica client's host may take before the host
+/// counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the host at `peer` answers at all: a connection to its address, even refused,
+/// says it is there; a timeout or an unreachable host or network says it is not.
+async fn answers(peer: SocketAddr) -> bool {
+    use std::io::ErrorKind as K;
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(peer)).await {
+        Err(_) => false,
+        Ok(Err(e)) if matches!(e.kind(), K::HostUnreachable | K::NetworkUnreachable) => false,
+        Ok(_) => true,
+    }
+}
+
 /// On the replica host: restarts `vm` here from its replica, its home `from` silent since
 /// its lease renewal at `lease`, unless the home's QEMU is still connected to the export
-/// (its agent died but the VM lives: it must not run twice). The command checks, in the
+/// (its agent died but the VM lives: it must not run twice). A connection from a host that
+/// no longer answers is left over from a cut link: the home, cut off, could not renew its
+/// lease either and has killed the VM's QEMU (`crate::lease`). The command checks, in the
 /// log, that the replica is in sync and that no renewal came since.
 pub async fn fail_over(host: &Host<'_>, vm: &Vm, from: &str, lease: u64) {
     let (Some(r), Ok(driver)) = (vm.replica.as_ref(), qemu(host)) else {
         return;
     };
     let nbd = r.nbd.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
-    if nbd.is_some_and(|nbd| driver.replica_has_client(nbd)) {
-        tracing::warn!(vm = %vm.id, %from, "the home stopped renewing its lease but its QEMU still writes to the replica: not restarting the VM here");
-        return;
+    for client in nbd
+        .map(|nbd| driver.replica_clients(nbd))
+        .unwrap_or_default()
+    {
+        if answers(client).await {
+            tracing::warn!(vm = %vm.id, %from, %client, "the home stopped renewing its lease but its QEMU still writes to the replica: not restarting the VM here");
+            return;
+        }
+        tracing::warn!(vm = %vm.id, %from, %client, "the replica's client no longer answers: its connection is left over from a cut link");
     }
     let command = ComputeCommand::Failover {
         vm: vm.id.clone(),

@@ -730,17 +730,35 @@ impl Driver {
             self.cleanup_runtime(id);
             return Ok(());
         };
-        if let Ok(mut qmp) = Qmp::connect(&self.qmp_path(id)).await {
-            let _ = qmp.execute("quit", None).await;
-        }
-        if !self.wait_gone(id, pid, Duration::from_secs(5)).await {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            if !self.wait_gone(id, pid, Duration::from_secs(10)).await {
-                return Err(ControlError::Survives {
-                    id: id.to_owned(),
-                    pid,
-                });
+        // A QEMU whose I/O hangs (a mirror target cut off) may never answer `quit`: it is
+        // given a bounded time, then SIGKILL.
+        let quit = async {
+            if let Ok(mut qmp) = Qmp::connect(&self.qmp_path(id)).await {
+                let _ = qmp.execute("quit", None).await;
             }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), quit).await;
+        if self.wait_gone(id, pid, Duration::from_secs(5)).await {
+            self.cleanup_runtime(id);
+            return Ok(());
+        }
+        self.kill_now(id).await
+    }
+
+    /// Sends the VM's QEMU SIGKILL at once, asking nothing over QMP (which a QEMU with
+    /// hung I/O may not answer): the self-fence of a host whose lease lapsed, which must be
+    /// over well within the margin its replica host waits.
+    pub async fn kill_now(&self, id: &str) -> Result<(), ControlError> {
+        let Some(pid) = self.pid(id) else {
+            self.cleanup_runtime(id);
+            return Ok(());
+        };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        if !self.wait_gone(id, pid, Duration::from_secs(10)).await {
+            return Err(ControlError::Survives {
+                id: id.to_owned(),
+                pid,
+            });
         }
         self.cleanup_runtime(id);
         Ok(())

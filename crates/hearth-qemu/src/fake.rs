@@ -275,6 +275,14 @@ impl VmDriver {
         }
     }
 
+    /// Kills the VM's process with SIGKILL, asking it nothing: for a self-fence.
+    pub async fn kill_now(&self, id: &str) -> Result<(), ControlError> {
+        match self {
+            VmDriver::Qemu(d) => d.kill_now(id).await,
+            VmDriver::Fake(d) => d.shutdown(id).await,
+        }
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), DiskError> {
         match self {
             VmDriver::Qemu(d) => d.delete(id).await,

@@ -264,21 +264,23 @@ impl Driver {
         Ok(found)
     }
 
-    /// Whether a client (the disk's home's QEMU) is connected to the replica export of VM
-    /// `id` at `nbd`: an established TCP connection on that local address.
-    pub fn replica_has_client(&self, nbd: SocketAddr) -> bool {
+    /// The clients (the disk's home's QEMU) connected to a replica export at `nbd`: the
+    /// remote ends of the established TCP connections on that local address. A connection
+    /// whose peer vanished without a word (a cut link) stays listed: nothing is sent on it.
+    pub fn replica_clients(&self, nbd: SocketAddr) -> Vec<SocketAddr> {
         let local = proc_net_address(nbd);
-        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-            std::fs::read_to_string(table)
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .any(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    // `sl local rem st ...`; state 01 is ESTABLISHED.
-                    fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
-                })
-        })
+        let mut clients = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // `sl local rem st ...`; state 01 is ESTABLISHED.
+                if fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01") {
+                    clients.extend(fields.get(2).and_then(|rem| parse_proc_net_address(rem)));
+                }
+            }
+        }
+        clients
     }
 
     /// The replica host takes replica `since` of VM `id` as the VM's disk of `generation`
@@ -446,6 +448,28 @@ fn proc_net_address(addr: SocketAddr) -> String {
     format!("{hex}:{:04X}", addr.port())
 }
 
+/// The address `proc_net_address` spells.
+fn parse_proc_net_address(text: &str) -> Option<SocketAddr> {
+    let (hex, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_le_bytes())
+    };
+    let ip = match hex.len() {
+        8 => IpAddr::from(word(0)?),
+        32 => {
+            let mut octets = [0u8; 16];
+            for i in 0..4 {
+                octets[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::from(octets)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// The replica VM `dir`'s QEMU mirrors into, from the mark beside its disk.
 pub(crate) fn mirroring(dir: &Path) -> Option<u64> {
     std::fs::read_to_string(dir.join(MIRRORING))
@@ -495,10 +519,18 @@ mod tests {
             crate::accel::Accel::Tcg,
             crate::driver::Network::User,
         );
-        assert!(!driver.replica_has_client(addr));
-        let _client = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(driver.replica_clients(addr), vec![]);
+        let client = std::net::TcpStream::connect(addr).unwrap();
         let _served = listener.accept().unwrap();
-        assert!(driver.replica_has_client(addr));
+        assert_eq!(
+            driver.replica_clients(addr),
+            vec![client.local_addr().unwrap()]
+        );
+        for text in ["127.0.0.1:8080", "[::1]:8080", "[2001:db8::7]:1"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(parse_proc_net_address(&proc_net_address(addr)), Some(addr));
+        }
+        assert_eq!(parse_proc_net_address("0100007F"), None);
     }
 
     #[test]

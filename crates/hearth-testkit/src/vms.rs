@@ -114,19 +114,10 @@ pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
 /// logs every VM event to [`handler_log`].
 pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
     let mut cluster = crate::TestCluster::start(bin, 0, |_| String::new());
-    let log = handler_log(&cluster);
+    let log = handler_log(cluster.root.path());
     for idx in 0..3 {
-        let mut spec = cluster.spec(idx, String::new());
-        spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = format!(
-            "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\n\
-             disk_gib = 20\nmigration_mib_per_sec = 8\nlease_secs = 6\n\n\
-             [[handler]]\nscope = \"cluster\"\nname = \"log\"\n\
-             events = [\"replica-degraded\", \"replica-in-sync\", \"vm-failover\"]\n\
-             command = ['sh', '-c', 'echo \"$HEARTH_EVENT_ID $HEARTH_EVENT vm=$HEARTH_VM \
-             from=$HEARTH_FAILOVER_FROM on=$HEARTH_MEMBER_NAME\" >> {}']\n",
-            log.display()
-        );
+        let mut spec = cluster.spec(idx, worker_config(&log));
+        spec.roles = WORKER_ROLES.into();
         cluster.add(spec);
     }
     wait_for_hosts(&cluster.agents[0], 3);
@@ -134,10 +125,39 @@ pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
     cluster
 }
 
-/// Where the cluster handler of [`three_workers`] appends one line per VM event it runs for:
-/// `ID KIND vm=NAME from=HOST on=HOST`.
-pub fn handler_log(cluster: &crate::TestCluster) -> std::path::PathBuf {
-    cluster.root.path().join("handler-events.log")
+/// [`three_workers`] in the namespaces of `lab` (three nodes), with their files under `root`.
+pub fn three_workers_in_lab(
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    lab: &crate::netns::NetnsLab,
+) -> Vec<TestAgent> {
+    let config = worker_config(&handler_log(root));
+    let agents = crate::start_in_lab(bin, root, lab, "test", WORKER_ROLES, &config);
+    wait_for_hosts(&agents[0], 3);
+    agents[0].add_test_guest(&crate::test_guest());
+    agents
+}
+
+const WORKER_ROLES: &str = "[\"server\", \"worker\"]";
+
+/// The config of a [`three_workers`] agent, its cluster handler appending to `log`.
+fn worker_config(log: &std::path::Path) -> String {
+    format!(
+        "[state]\nbootstrap_expect = 3\n[compute]\nvcpus = 4\nmemory_mib = 2048\n\
+         disk_gib = 20\nmigration_mib_per_sec = 8\nlease_secs = 6\n\n\
+         [[handler]]\nscope = \"cluster\"\nname = \"log\"\n\
+         events = [\"replica-degraded\", \"replica-in-sync\", \"vm-failover\"]\n\
+         command = ['sh', '-c', 'echo \"$HEARTH_EVENT_ID $HEARTH_EVENT vm=$HEARTH_VM \
+         from=$HEARTH_FAILOVER_FROM on=$HEARTH_MEMBER_NAME\" >> {}']\n",
+        log.display()
+    )
+}
+
+/// Where the cluster handler of [`three_workers`] with its files under `root` (the
+/// cluster's `root`) appends one line per VM event it runs for: `ID KIND vm=NAME from=HOST
+/// on=HOST`.
+pub fn handler_log(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("handler-events.log")
 }
 
 /// `hearth vm create NAME` of the test guest (image `tiny`, owner alice, 256 MiB, 1 GiB,

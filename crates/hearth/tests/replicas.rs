@@ -20,16 +20,23 @@
 //! - a host cut off from the group's quorum (the two other agents frozen with SIGSTOP)
 //!   kills its VM with replicas itself within its lease and starts nothing without one;
 //!   when the group is back the VM runs again exactly once, at its host or on its replica
-//!   host (whichever the log orders first), on its own disk.
+//!   host (whichever the log orders first), on its own disk;
+//! - a host cut off by a network partition (its link to the others down, in network
+//!   namespaces this test creates) kills its VM's QEMU before its replica host restarts the
+//!   VM (as both agents' logs order it; the QEMU monitor never sees two); the replica host
+//!   finds the cut-off home's connection to its export left over (the home no longer
+//!   answers), restarts the VM from its copy with every tick, and the healed home archives
+//!   its stale copy and starts nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hearth_testkit::netns::NetnsLab;
 use hearth_testkit::vms::{
     BOOT, boots, console, create_tiny, disk_tick, handler_log, last_tick_at_boot, three_workers,
-    ticks, vm, wait_phase,
+    three_workers_in_lab, ticks, vm, wait_phase,
 };
-use hearth_testkit::{TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
+use hearth_testkit::{TempDir, TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -191,7 +198,7 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
     );
     // A cluster handler ran for the copy that degraded and for the fresh one.
     handler_ran(
-        &cluster,
+        cluster.root.path(),
         &["replica-degraded vm=db2", "replica-in-sync vm=db2"],
     );
     let home = &cluster.agents[h];
@@ -250,8 +257,8 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
 }
 
 /// Waits until the cluster handler of the test cluster logged a line holding each of `want`.
-fn handler_ran(cluster: &TestCluster, want: &[&str]) {
-    let log = handler_log(cluster);
+fn handler_ran(root: &Path, want: &[&str]) {
+    let log = handler_log(root);
     eventually("the cluster handler ran", BOOT, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let all = want.iter().all(|w| text.lines().any(|l| l.contains(w)));
@@ -361,7 +368,7 @@ fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twi
         "vm-failover vm=db3 from={} on={}",
         cluster.agents[h].spec.name, cluster.agents[r].spec.name
     );
-    handler_ran(&cluster, &[&line]);
+    handler_ran(cluster.root.path(), &[&line]);
 
     // A fresh replica on the third worker, the only other one up.
     let row = wait_in_sync(observer, "db3", &[&row["host"]], &mut Vec::new());
@@ -452,4 +459,101 @@ fn a_host_that_loses_the_group_kills_its_replicated_vm_and_it_runs_once_afterwar
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(monitor.join().unwrap(), 1, "hosts running the VM at once");
+}
+
+/// The first line of `agent`'s log holding `text`, and its timestamp (RFC 3339 in UTC, so
+/// two agents' stamps on this machine's clock compare as strings).
+fn logged_at(agent: &TestAgent, text: &str) -> Result<String, String> {
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    let line = log.lines().find(|l| l.contains(text));
+    let stamp = line.and_then(|l| l.split_whitespace().next());
+    stamp
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no `{text}` in the log of {}", agent.spec.name))
+}
+
+fn position(agents: &[TestAgent], name: &Value) -> usize {
+    let found = agents.iter().position(|a| *name == a.spec.name.as_str());
+    found.unwrap_or_else(|| panic!("no agent {name}"))
+}
+
+#[test]
+fn a_host_cut_off_by_a_partition_kills_its_vm_before_its_replica_host_restarts_it() {
+    let lab = NetnsLab::new(3).expect("create network namespaces (needs root and iproute2)");
+    let root = TempDir::new("replica-partition");
+    let agents = three_workers_in_lab(bin(), root.path(), &lab);
+    let a = &agents[0];
+    create_tiny(a, "db5", &["--replicas", "2"]);
+    let row = wait_phase(a, "db5", "running");
+    let (id, ips) = (row["id"].as_str().unwrap().to_owned(), row["ips"].clone());
+    let h = position(&agents, &row["host"]);
+    let row = wait_in_sync(a, "db5", &[&row["host"]], &mut Vec::new());
+    let r = position(&agents, &row["replica"]["host"]);
+    let third = 3 - h - r;
+    let printed = eventually("the guest ticks", BOOT, || {
+        let text = console(&agents[h], &id);
+        match ticks(&text).last() {
+            Some(&t) if t >= 3 && boots(&text) == [1] => Ok(t),
+            _ => Err(text),
+        }
+    });
+    let dirs = agents.iter().map(|a| a.dir.clone()).collect();
+    let (stop, monitor) = qemu_monitor(dirs);
+
+    // The home's link goes down: it cannot renew its lease and kills the VM's QEMU; the
+    // others wait its lease out, and the replica host restarts the VM from its copy.
+    lab.cut(h);
+    let printed = printed.max(*ticks(&console(&agents[h], &id)).last().unwrap());
+    let r_name = agents[r].spec.name.clone();
+    let row = eventually("db5 running on its replica host", BOOT, || {
+        let row = vm(&agents[third], "db5")?;
+        let moved = row["host"] == r_name.as_str() && row["shown_phase"] == "running";
+        moved.then_some(row.clone()).ok_or(row.to_string())
+    });
+    assert!(
+        qemu_pids_under(&agents[h].dir).is_empty(),
+        "the cut-off home still runs the VM"
+    );
+    let fenced = logged_at(&agents[h], "killed: the lease lapsed").unwrap();
+    let restarted = logged_at(&agents[r], "restarting the VM here from its replica").unwrap();
+    assert!(
+        fenced < restarted,
+        "the home killed the VM at {fenced}, the replica host restarted it at {restarted}"
+    );
+    logged_at(&agents[r], "its connection is left over from a cut link").unwrap();
+    assert_eq!(row["ips"], ips, "{row}");
+    let text = eventually("the guest's second boot", BOOT, || {
+        let text = console(&agents[r], &id);
+        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
+        read.then_some(text.clone()).ok_or(text)
+    });
+    let found = last_tick_at_boot(&text, 1).unwrap();
+    assert!(
+        found >= printed,
+        "the console printed tick {printed}, the disk has {found}"
+    );
+    let line = format!(
+        "vm-failover vm=db5 from={} on={r_name}",
+        agents[h].spec.name
+    );
+    handler_ran(root.path(), &[&line]);
+
+    // The link is back: the home's copy is stale (an older generation), archived; it
+    // starts nothing.
+    lab.heal(h);
+    let archive = agents[h].dir.join("data").join("vms-archive");
+    eventually("the stale copy archived", BOOT, || {
+        let archived = std::fs::read_dir(&archive)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&id))
+            })
+            .unwrap_or(false);
+        archived
+            .then_some(())
+            .ok_or(format!("nothing in {}", archive.display()))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(monitor.join().unwrap(), 1, "hosts running the VM at once");
+    assert!(qemu_pids_under(&agents[h].dir).is_empty());
 }
