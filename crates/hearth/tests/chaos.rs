@@ -5,7 +5,9 @@
 //! in userspace by `DelayRelay`), `kill -9` and restart, a power-off (with the operator's
 //! fence), a graceful restart (SIGTERM, then start again), SIGSTOP/SIGCONT.
 //! Meanwhile concurrent clients (3, or `HEARTH_CHAOS_CLIENTS`) write records through random
-//! nodes, read them back with `?consistent`, and create and delete VMs. Then everything heals
+//! nodes, read them back with `?consistent`, create and delete VMs, and move them cold to
+//! another host (the fake driver moves disks cold; live moves and replicas need QEMU and are
+//! tested in `migration` and `replicas`). Then everything heals
 //! and the invariants are checked: no acknowledged write is lost, the history of consistent
 //! reads and writes is linearizable (checked key by key with Gibbons and Korach's zones, see
 //! `linearizable`), no VM runs on two hosts, no VM starts on a blank disk after its first
@@ -92,6 +94,8 @@ enum Op {
     },
     /// A VM create or delete, and whether it was acknowledged.
     Vm { create: bool, ok: bool },
+    /// A cold move of VM `vm` asked for, and whether it was acknowledged.
+    Migrate { vm: String, ok: bool },
     /// Two VMs held one address in a consistent read of `/v1/vms`.
     SharedAddress(String),
 }
@@ -167,6 +171,17 @@ fn client(
         };
         let start = t0.elapsed().as_micros();
         let dice = rng.random_range(0..10);
+        if dice == 0 && !vms.is_empty() && rng.random_range(0..4) == 0 {
+            // Move one of this client's VMs to another host, shutting it down for the copy
+            // (the fake driver moves disks cold only).
+            let vm = vms[rng.random_range(0..vms.len())].clone();
+            let result = request("POST", &format!("/v1/vms/{vm}/migrate"), r#"{"cold":true}"#);
+            let ok = matches!(result, Ok((200, _)));
+            if let Ok(mut h) = history.lock() {
+                h.push(Op::Migrate { vm, ok });
+            }
+            continue;
+        }
         if dice == 0 {
             // Create a VM, or delete one, keeping about a dozen.
             let create = vms.len() < 12 && (vms.is_empty() || rng.random_range(0..2) == 0);
@@ -1186,7 +1201,17 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         run.agents.iter().map(|a| a.dir.join("data")).collect();
     let consoles = read_consoles(&data_dirs);
     violations.extend(boot_violations(&consoles));
-    violations.extend(graceful_violations(&graceful, &applied, &kept_vms, &roots));
+    // A VM a client asked to move may stop, and start elsewhere, for that reason alone: the
+    // graceful-restart check covers the others.
+    let asked_to_move: BTreeSet<String> = history
+        .iter()
+        .filter_map(|o| match o {
+            Op::Migrate { vm, .. } => Some(vm.clone()),
+            _ => None,
+        })
+        .collect();
+    let unmoved: BTreeSet<String> = kept_vms.difference(&asked_to_move).cloned().collect();
+    violations.extend(graceful_violations(&graceful, &applied, &unmoved, &roots));
     // A fake VM never dies by itself: a crash seen by a host, or a second start, means the
     // host loop misread its own VMs (the race behind the orphan of seed 42).
     let mut moved = 0;
@@ -1229,6 +1254,17 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     eprintln!(
         "chaos: {vm_ops} VM creates/deletes ({vm_acked} acknowledged, {created} creates), {} VMs at the end",
         kept_vms.len()
+    );
+    let moves = count(&history, |o| matches!(o, Op::Migrate { .. }));
+    let moves_acked = count(&history, |o| matches!(o, Op::Migrate { ok: true, .. }));
+    // A moved disk boots at its next generation on its new host.
+    let moved_boots = consoles
+        .iter()
+        .flat_map(|c| &c.boots)
+        .filter(|(_, generation)| *generation > 1)
+        .count();
+    eprintln!(
+        "chaos: {moves} cold moves asked ({moves_acked} acknowledged), {moved_boots} boots on a moved disk"
     );
     let report = report_path(n, seed);
     let mut text = format!(
