@@ -256,6 +256,22 @@ fn a_vm_with_two_copies_keeps_one_in_sync_elsewhere_and_makes_it_again_when_lost
     }
 }
 
+/// Waits until `host` has archived a copy of VM `id` (a stale one, never started).
+fn wait_archived(host: &TestAgent, id: &str) {
+    let archive = host.dir.join("data").join("vms-archive");
+    eventually("the stale copy archived", BOOT, || {
+        let archived = std::fs::read_dir(&archive)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(id))
+            })
+            .unwrap_or(false);
+        archived
+            .then_some(())
+            .ok_or(format!("nothing in {}", archive.display()))
+    });
+}
+
 /// Waits until the cluster handler of the test cluster logged a line holding each of `want`.
 fn handler_ran(root: &Path, want: &[&str]) {
     let log = handler_log(root);
@@ -377,18 +393,7 @@ fn a_dead_hosts_vm_restarts_from_its_in_sync_replica_with_its_data_and_never_twi
     // The dead host comes back: its copy is stale (an older generation), archived; it
     // starts nothing.
     cluster.agents[h].restart();
-    let archive = cluster.agents[h].dir.join("data").join("vms-archive");
-    eventually("the stale copy archived", BOOT, || {
-        let archived = std::fs::read_dir(&archive)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&id))
-            })
-            .unwrap_or(false);
-        archived
-            .then_some(())
-            .ok_or(format!("nothing in {}", archive.display()))
-    });
+    wait_archived(&cluster.agents[h], &id);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let most = monitor.join().unwrap();
     assert_eq!(most, 1, "hosts running the VM at once");
@@ -541,18 +546,7 @@ fn a_host_cut_off_by_a_partition_kills_its_vm_before_its_replica_host_restarts_i
     // The link is back: the home's copy is stale (an older generation), archived; it
     // starts nothing.
     lab.heal(h);
-    let archive = agents[h].dir.join("data").join("vms-archive");
-    eventually("the stale copy archived", BOOT, || {
-        let archived = std::fs::read_dir(&archive)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&id))
-            })
-            .unwrap_or(false);
-        archived
-            .then_some(())
-            .ok_or(format!("nothing in {}", archive.display()))
-    });
+    wait_archived(&agents[h], &id);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(monitor.join().unwrap(), 1, "hosts running the VM at once");
     assert!(qemu_pids_under(&agents[h].dir).is_empty());
