@@ -1,6 +1,7 @@
 //! `hearth-bench`: benchmarks of real hearth agents against Serf and Knot on loopback
 //! addresses. They print and record figures; they assert nothing about speed.
 
+mod disk_copy;
 mod dns;
 mod dns_qps;
 mod failover;
@@ -9,9 +10,12 @@ mod ha_restart;
 mod hearth;
 mod live_move;
 mod memory;
+mod nbd;
 mod procs;
+mod qsd;
 mod raft;
 mod reconcile;
+mod replica_latency;
 mod serf;
 mod stats;
 mod vm_boot;
@@ -68,6 +72,15 @@ enum Command {
     /// (kill -9 of agent and QEMU) until the VM runs elsewhere and its guest is up there.
     /// Needs the test guest.
     HaRestart(ha_restart::Args),
+    /// Disk copy: a 1 GiB qcow2 with half its clusters written, copied by `qemu-img convert`
+    /// and by hearth's live-move mirror (`qemu-storage-daemon` on both ends, `blockdev-mirror`
+    /// into an NBD export on 127.0.0.1: TLS-PSK as hearth has it, TLS-PSK without ChaCha20,
+    /// no TLS) until the job is ready.
+    DiskCopy(disk_copy::Args),
+    /// Replica write latency: 4 KiB writes at queue depth 1 into a VM's disk held by
+    /// `qemu-storage-daemon`, without a replica and with hearth's synchronous one (a
+    /// write-blocking mirror into an NBD export under TLS-PSK with writethrough). No guest.
+    ReplicaLatency(replica_latency::Args),
 }
 
 /// Options every benchmark takes.
@@ -103,6 +116,8 @@ fn main() -> ExitCode {
         Command::VmBoot(args) => (vm_boot::run(args), args.common.json),
         Command::LiveMove(args) => (live_move::run(args), args.common.json),
         Command::HaRestart(args) => (ha_restart::run(args), args.common.json),
+        Command::DiskCopy(args) => (disk_copy::run(args), args.json),
+        Command::ReplicaLatency(args) => (replica_latency::run(args), args.json),
     };
     match result {
         Ok(report) => {
