@@ -23,6 +23,9 @@ pub enum Caller {
         name: String,
         role: AccountRole,
         scope: TokenScope,
+        /// When the presented token stops working (a web session's end); a token it makes
+        /// may not outlive it.
+        expires_at: Option<u64>,
     },
 }
 
@@ -71,6 +74,7 @@ pub fn new_token(account: &str, scope: TokenScope, note: String, now: u64) -> (S
         created_at: now,
         revoked: false,
         expires_at: None,
+        session: false,
     };
     (format!("hth_{id}.{secret}"), token)
 }
@@ -116,6 +120,7 @@ pub fn authenticate(
         name: account.name.clone(),
         role: account.role,
         scope: token.scope,
+        expires_at: token.expires_at,
     })
 }
 
@@ -174,6 +179,28 @@ pub fn authorize(
         }
         _ => admin_only(),
     }
+}
+
+/// When a new token made by `caller` at `now` expires: what was asked, never later than the
+/// caller's own token nor than `max_secs` from now.
+pub fn token_expiry(
+    caller: &Caller,
+    asked_secs: Option<u64>,
+    max_secs: Option<u64>,
+    now: u64,
+) -> Option<u64> {
+    let creator = match caller {
+        Caller::Account { expires_at, .. } => *expires_at,
+        Caller::Root => None,
+    };
+    [
+        asked_secs.map(|s| now.saturating_add(s)),
+        max_secs.map(|s| now.saturating_add(s)),
+        creator,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// Hashes a password with argon2id and a random salt.
@@ -385,6 +412,30 @@ pub(crate) mod tests {
             authorize(&ro, &Method::POST, "/v1/vms", Some(&desired)),
             Verdict::Forbidden(_)
         ));
+    }
+
+    /// Regression: a 12-hour web session could mint a token that never expired.
+    #[test]
+    fn a_token_never_outlives_the_session_that_made_it_nor_the_maximum() {
+        let session = Caller::Account {
+            name: "alice".into(),
+            role: AccountRole::Member,
+            scope: TokenScope::Full,
+            expires_at: Some(1_000),
+        };
+        assert_eq!(token_expiry(&session, None, None, 100), Some(1_000));
+        assert_eq!(token_expiry(&session, Some(10), None, 100), Some(110));
+        assert_eq!(token_expiry(&session, Some(5_000), None, 100), Some(1_000));
+        assert_eq!(token_expiry(&session, None, Some(60), 100), Some(160));
+        let cli = Caller::Account {
+            name: "alice".into(),
+            role: AccountRole::Member,
+            scope: TokenScope::Full,
+            expires_at: None,
+        };
+        assert_eq!(token_expiry(&cli, None, None, 100), None);
+        assert_eq!(token_expiry(&cli, Some(u64::MAX), Some(60), 100), Some(160));
+        assert_eq!(token_expiry(&Caller::Root, None, None, 100), None);
     }
 
     #[test]

@@ -58,6 +58,11 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         dns: &state.dns_metrics,
         handlers: &state.handler_metrics,
         compute: &state.compute_metrics,
+        logins: &state.logins.metrics,
+        audit_dropped: state
+            .audit
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -383,7 +383,9 @@ fn spawn_work(
         vms_dir: config.data_dir.join("vms"),
         shutdown: shutdown.clone(),
         mail: resolved.smtp.clone().map(Arc::new),
-        logins: Default::default(),
+        logins: Arc::new(login_limit::Logins::new(config.trusted_proxies.clone())),
+        audit: Default::default(),
+        max_token_secs: config.max_token_lifetime.map(|d| d.as_secs().max(1)),
     })
 }
 

@@ -19,6 +19,9 @@ pub struct MetricsSources<'a> {
     pub compute: &'a hearth_compute::ComputeMetrics,
     /// The desired state's VMs (empty on a node that holds no state).
     pub vms: &'a hearth_types::compute::Compute,
+    pub logins: &'a crate::login_limit::LoginMetrics,
+    /// Anonymous audit entries over the node's budget, not recorded.
+    pub audit_dropped: u64,
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -192,6 +195,35 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "hearth_logins_total",
+        kind: "counter",
+        help: "Web panel logins by outcome (limited: refused by the rate limit before hashing; busy: every hashing permit taken).",
+        label: Some("outcome"),
+        samples: |src| {
+            let logins = src.logins;
+            vec![
+                ("success".into(), load(&logins.succeeded)),
+                ("failure".into(), load(&logins.failed)),
+                ("limited".into(), load(&logins.limited)),
+                ("busy".into(), load(&logins.busy)),
+            ]
+        },
+    },
+    Family {
+        name: "hearth_login_password_checks_total",
+        kind: "counter",
+        help: "Password hashes (argon2id) computed for logins.",
+        label: None,
+        samples: |src| one(load(&src.logins.checks)),
+    },
+    Family {
+        name: "hearth_audit_dropped_total",
+        kind: "counter",
+        help: "Audit entries with no credential behind them over the node's budget per minute, not recorded.",
+        label: None,
+        samples: |src| one(src.audit_dropped),
+    },
+    Family {
         name: "hearth_events_dropped_total",
         kind: "counter",
         help: "Events dropped because handlers fell too far behind.",
@@ -253,6 +285,8 @@ mod tests {
             handlers: &handlers,
             compute: &compute,
             vms: &Default::default(),
+            logins: &Default::default(),
+            audit_dropped: 0,
         });
         for family in FAMILIES {
             let help = format!(

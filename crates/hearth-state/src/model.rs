@@ -79,10 +79,14 @@ pub enum Command {
         id: String,
         expect: Expect,
     },
-    /// Creates or updates an account (the API node hashed any new password).
+    /// Creates or updates an account (the API node hashed any new password). A new password
+    /// ends the account's web sessions in the same entry, and its API tokens too with
+    /// `revoke_tokens`.
     PutAccount {
         account: hearth_types::account::Account,
         expect: Expect,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        revoke_tokens: bool,
     },
     /// Removes an account and revokes its tokens.
     RemoveAccount {
@@ -177,7 +181,11 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         }
         Command::PutNotice { notice, expect } => put_notice(state, notice, *expect, index),
         Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
-        Command::PutAccount { account, expect } => put_account(state, account, *expect, index),
+        Command::PutAccount {
+            account,
+            expect,
+            revoke_tokens,
+        } => put_account(state, account, *expect, *revoke_tokens, index),
         Command::RemoveAccount { name, expect } => remove_account(state, name, *expect, index),
         Command::PutToken { token } => put_token(state, token, index),
         Command::Audit { entry } => audit(state, entry, index),
@@ -257,18 +265,36 @@ fn put_account(
     state: &mut DesiredState,
     account: &hearth_types::account::Account,
     expect: Expect,
+    revoke_tokens: bool,
     index: u64,
 ) -> Outcome {
     if let Err(message) = account.validate() {
         return Outcome::Invalid { message };
     }
-    put(
+    let new_password = state
+        .accounts
+        .get(&account.name)
+        .is_some_and(|old| old.value.password_hash != account.password_hash);
+    let outcome = put(
         &mut state.accounts,
         account.name.clone(),
         account.clone(),
         expect,
         index,
-    )
+    );
+    if new_password && outcome.changed() {
+        // Sessions end with the password that opened them; tokens too when asked.
+        state
+            .tokens
+            .retain(|_, t| t.value.account != account.name || !t.value.is_session());
+        for token in state.tokens.values_mut() {
+            if revoke_tokens && token.value.account == account.name && !token.value.revoked {
+                token.value.revoked = true;
+                token.version = index;
+            }
+        }
+    }
+    outcome
 }
 
 fn put_token(
@@ -300,18 +326,14 @@ fn put_token(
     )
 }
 
-/// Keeps the last `AUDIT_KEEP` entries.
+/// Keeps the last `AUDIT_KEEP` entries of each caller.
 fn audit(
     state: &mut DesiredState,
     entry: &hearth_types::account::AuditEntry,
     index: u64,
 ) -> Outcome {
-    state.audit.push(entry.clone());
-    let excess = state
-        .audit
-        .len()
-        .saturating_sub(hearth_types::account::AUDIT_KEEP);
-    state.audit.drain(..excess);
+    use hearth_types::account::{AUDIT_KEEP, append_audit};
+    append_audit(&mut state.audit, entry.clone(), AUDIT_KEEP);
     Outcome::Applied { version: index }
 }
 
@@ -542,6 +564,7 @@ mod tests {
         let put_account = Command::PutAccount {
             account,
             expect: Expect::Absent,
+            revoke_tokens: false,
         };
         assert!(apply(&mut state, &put_account, 1).changed());
         let token = |id: &str, created_at: u64, expires_at: Option<u64>| Command::PutToken {
@@ -554,6 +577,7 @@ mod tests {
                 created_at,
                 revoked: false,
                 expires_at,
+                session: expires_at.is_some(),
             },
         };
         apply(&mut state, &token("api", 100, None), 2);
@@ -570,6 +594,27 @@ mod tests {
         assert!(!state.tokens.contains_key("s2"));
         apply(&mut state, &revoke("api"), 7);
         assert!(state.tokens["api"].value.revoked);
+
+        // A new password ends the sessions in the same entry; API tokens stay unless asked.
+        apply(&mut state, &token("api2", 300, None), 8);
+        let mut changed = state.accounts["alice"].value.clone();
+        changed.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$bmV3".into();
+        let change =
+            |account: &hearth_types::account::Account, revoke_tokens| Command::PutAccount {
+                account: account.clone(),
+                expect: Expect::Any,
+                revoke_tokens,
+            };
+        assert!(apply(&mut state, &change(&changed, false), 9).changed());
+        let ids: Vec<_> = state.tokens.keys().cloned().collect();
+        assert_eq!(ids, ["api", "api2"], "s3, a session, ended");
+        assert!(!state.tokens["api2"].value.revoked);
+        // The same password again changes nothing; a newer one with revoke_tokens revokes.
+        assert!(apply(&mut state, &change(&changed, true), 10).changed());
+        assert!(!state.tokens["api2"].value.revoked, "not a new password");
+        changed.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$bmV3ZXI".into();
+        apply(&mut state, &change(&changed, true), 11);
+        assert!(state.tokens["api2"].value.revoked);
 
         // An account that owns VMs cannot be removed: the next account of that name would
         // get them.

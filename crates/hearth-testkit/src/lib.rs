@@ -108,6 +108,8 @@ pub struct NodeSpec {
     pub join: Vec<SocketAddr>,
     /// Extra TOML appended to the generated config (services, handlers, ...).
     pub extra: String,
+    /// Extra top-level keys, written before the first section.
+    pub top: String,
     /// Where the API listens, when not on `ip` (agents inside a network namespace keep their
     /// API on a control link the test can always reach).
     pub api_ip: Option<Ipv4Addr>,
@@ -131,6 +133,7 @@ rpc_addr    = "{ip}:{RPC_PORT}"
 api_addr    = "{api_ip}:{API_PORT}"
 dns_addr    = "{ip}:{DNS_PORT}"
 join        = [{join}]
+{top}
 
 [dns]
 zone = "{ZONE}"
@@ -149,6 +152,7 @@ ttl  = 1
             roles = self.roles,
             join = join.join(", "),
             extra = self.extra,
+            top = self.top,
         );
         text
     }
@@ -676,6 +680,7 @@ impl TestCluster {
             netns: None,
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
+            top: String::new(),
         }
     }
 
@@ -736,6 +741,7 @@ pub fn start_in_lab(
                 roles: roles.into(),
                 join: if idx == 0 { vec![] } else { vec![seed] },
                 extra: extra.into(),
+                top: String::new(),
                 api_ip: Some(lab.control_ip(idx)),
                 netns: Some(lab.netns(idx)),
             };

@@ -125,9 +125,18 @@ pub struct ApiToken {
     /// Unix seconds after which the token no longer works (web sessions); `None`: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// A web session, opened by a login: it ends with a password change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 impl ApiToken {
+    /// Whether this is a web session (sessions opened before the flag existed carry the
+    /// login's note and an expiry).
+    pub fn is_session(&self) -> bool {
+        self.session || (self.expires_at.is_some() && self.note == "web session")
+    }
+
     /// Whether the token still works at `now` (unix seconds).
     pub fn live(&self, now: u64) -> bool {
         !self.revoked && self.expires_at.is_none_or(|at| now < at)
@@ -145,12 +154,14 @@ impl fmt::Debug for ApiToken {
     }
 }
 
-/// One change made through the API: who, what, when, and how it ended.
+/// One change made or refused through the API, or one login: who, what, when, and how it
+/// ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditEntry {
     /// Unix seconds on the node that took the request.
     pub at: u64,
-    /// The account, or `root` for the node token.
+    /// The account, `root` for a node token, or `anonymous` when no token or password
+    /// was accepted (`ANONYMOUS`).
     pub who: String,
     pub method: String,
     /// The path, without the query.
@@ -159,10 +170,33 @@ pub struct AuditEntry {
     pub status: u16,
     /// The node that took the request.
     pub node: String,
+    /// The client's address as the node saw it (behind a trusted proxy, the address the
+    /// proxy reported).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client: String,
+    /// What else the entry says, such as the account a failed login named.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
-/// Audit entries kept; older ones are dropped.
+/// Audit entries kept per caller (`who`): a caller's oldest entry is dropped for its new
+/// one, so no caller, however busy, can push another's entries out.
 pub const AUDIT_KEEP: usize = 1000;
+
+/// The `who` of entries no credential stood behind.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Appends `entry` to `log` (oldest first), dropping the oldest entry of the same caller
+/// when that caller already has `keep`.
+pub fn append_audit(log: &mut Vec<AuditEntry>, entry: AuditEntry, keep: usize) {
+    let mine = log.iter().filter(|e| e.who == entry.who).count();
+    if mine >= keep.max(1)
+        && let Some(oldest) = log.iter().position(|e| e.who == entry.who)
+    {
+        log.remove(oldest);
+    }
+    log.push(entry);
+}
 
 #[cfg(test)]
 mod tests {
@@ -189,8 +223,46 @@ mod tests {
             created_at: 1,
             revoked: false,
             expires_at: None,
+            session: false,
         };
         assert!(!format!("{token:?}").contains("SECRET"));
+    }
+
+    /// Regression: a member's 1 010 refused requests pushed every admin entry out of a
+    /// 1 000-entry log.
+    #[test]
+    fn a_busy_caller_evicts_only_its_own_audit_entries() {
+        let entry = |who: &str, at: u64| AuditEntry {
+            at,
+            who: who.into(),
+            method: "PUT".into(),
+            path: "/v1/me/ssh-keys/x".into(),
+            status: 400,
+            node: "n1".into(),
+            client: String::new(),
+            note: String::new(),
+        };
+        let mut log = vec![];
+        append_audit(&mut log, entry("ann", 1), 5);
+        append_audit(&mut log, entry("root", 2), 5);
+        for at in 10..1020 {
+            append_audit(&mut log, entry("mallory", at), 5);
+        }
+        append_audit(&mut log, entry("ann", 2000), 5);
+        let who: Vec<(&str, u64)> = log.iter().map(|e| (e.who.as_str(), e.at)).collect();
+        assert_eq!(
+            who,
+            [
+                ("ann", 1),
+                ("root", 2),
+                ("mallory", 1015),
+                ("mallory", 1016),
+                ("mallory", 1017),
+                ("mallory", 1018),
+                ("mallory", 1019),
+                ("ann", 2000),
+            ]
+        );
     }
 
     #[test]

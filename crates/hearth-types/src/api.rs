@@ -150,6 +150,10 @@ pub struct NewToken {
     pub scope: TokenScope,
     #[serde(default)]
     pub note: String,
+    /// Seconds the token lives; never longer than the token (a web session) making it, nor
+    /// than the node's `max_token_lifetime`. Default: as long as those allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
 /// `PUT /v1/me/ssh-keys/NAME`: one SSH public key.
@@ -165,6 +169,9 @@ pub struct Key {
 pub struct NewPassword {
     pub current: String,
     pub new: String,
+    /// Also revoke every API token of the account (web sessions end in any case).
+    #[serde(default)]
+    pub revoke_tokens: bool,
 }
 
 impl std::fmt::Debug for NewPassword {
@@ -267,6 +274,9 @@ pub struct TokenRow {
     pub note: String,
     pub created_at: u64,
     pub revoked: bool,
+    /// Unix seconds after which it no longer works; absent: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl From<&ApiToken> for TokenRow {
@@ -278,6 +288,7 @@ impl From<&ApiToken> for TokenRow {
             note: token.note.clone(),
             created_at: token.created_at,
             revoked: token.revoked,
+            expires_at: token.expires_at,
         }
     }
 }
@@ -362,6 +373,7 @@ mod tests {
         let password = NewPassword {
             current: "old-secret".into(),
             new: "new-secret".into(),
+            revoke_tokens: false,
         };
         assert!(!format!("{password:?}").contains("secret"));
     }

@@ -31,7 +31,8 @@ pub enum AccountCommand {
     },
     /// List accounts with their role and SSH keys.
     List,
-    /// Remove an account; its tokens are revoked. Its VMs stay.
+    /// Remove an account; its tokens are revoked. Refused while it owns VMs: delete them
+    /// first, so the name's next owner cannot inherit them.
     Rm { name: String },
 }
 
@@ -60,6 +61,11 @@ pub enum TokenCommand {
         /// What the token is for.
         #[arg(long, default_value = "")]
         note: String,
+        /// How long the token lives, like "30d" or "12h". It never outlives the token
+        /// making it (a web session) nor the node's `max_token_lifetime`; default: as long
+        /// as those allow (until revoked, if neither limits it).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// List your tokens (admins: every token); never their secrets.
     List,
@@ -164,6 +170,7 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
             account,
             read_only,
             note,
+            expires_in,
         } => {
             let scope = if read_only {
                 TokenScope::ReadOnly
@@ -174,6 +181,7 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
                 account,
                 scope,
                 note,
+                expires_in_secs: expires_in.map(|d| d.as_secs().max(1)),
             };
             let answer: CreatedToken = client.post_json("/v1/tokens", &body)?;
             if json {
@@ -196,13 +204,17 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
                 return Ok(());
             }
             print_table(
-                &["ID", "ACCOUNT", "SCOPE", "STATE", "NOTE"],
+                &["ID", "ACCOUNT", "SCOPE", "STATE", "EXPIRES", "NOTE"],
                 rows.iter().map(|r| {
                     vec![
                         r.id.clone(),
                         r.account.clone(),
                         r.scope.as_str().to_owned(),
                         if r.revoked { "revoked" } else { "active" }.to_owned(),
+                        r.expires_at.map_or("never".into(), |at| {
+                            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
+                            humantime::format_rfc3339_seconds(time).to_string()
+                        }),
                         r.note.clone(),
                     ]
                 }),

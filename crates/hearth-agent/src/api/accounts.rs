@@ -11,7 +11,7 @@ use hearth_types::account::Account;
 
 use hearth_types::api::{AccountRow, NewAccount};
 
-use super::context::{ApiState, Params, bad_body, error, read, write};
+use super::context::{ApiState, Params, bad_body, error, hash_password, read, write};
 use crate::auth::{self};
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -48,15 +48,9 @@ async fn create_account(
             &format!("password: at least {} characters", auth::MIN_PASSWORD),
         );
     }
-    let password = new.password;
-    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
-        Ok(Ok(hash)) => hash,
-        _ => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "hashing the password failed",
-            );
-        }
+    let hash = match hash_password(&state, new.password).await {
+        Ok(hash) => hash,
+        Err(failure) => return failure,
     };
     let account = Account {
         name: new.name,
@@ -71,6 +65,7 @@ async fn create_account(
         Command::PutAccount {
             account,
             expect: Expect::Absent,
+            revoke_tokens: false,
         },
     )
     .await

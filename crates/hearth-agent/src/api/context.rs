@@ -39,8 +39,12 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// `[smtp]`, for announcements.
     pub mail: Option<Arc<crate::mail::MailSettings>>,
-    /// Failed web logins on this node.
-    pub logins: Arc<std::sync::Mutex<crate::login_limit::LoginLimiter>>,
+    /// Web logins on this node: the rate limit, hashing permits, trusted proxies, counters.
+    pub logins: Arc<crate::login_limit::Logins>,
+    /// `max_token_lifetime` in seconds: no token made here lives longer.
+    pub max_token_secs: Option<u64>,
+    /// The budget of anonymous audit entries on this node.
+    pub audit: Arc<super::audit::AuditBudget>,
 }
 
 /// Seconds since the epoch, by this node's clock.
@@ -143,6 +147,38 @@ fn outcome_response(
         Outcome::Invalid { message } => return error(StatusCode::BAD_REQUEST, &message),
     };
     (status, Json(body)).into_response()
+}
+
+/// Hashes `password` with argon2id on a blocking thread, within the node's hashing permits
+/// (shared with logins); the error answer when it cannot.
+pub(crate) async fn hash_password(state: &ApiState, password: String) -> Result<String, Response> {
+    let failed = || {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "hashing the password failed",
+        )
+    };
+    let _permit = state
+        .logins
+        .hashing
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| failed())?;
+    match tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await {
+        Ok(Ok(hash)) => Ok(hash),
+        _ => Err(failed()),
+    }
+}
+
+/// Whether `password` matches `hash`, checked on a blocking thread within the hashing permits.
+pub(crate) async fn verify_password(state: &ApiState, password: String, hash: String) -> bool {
+    let Ok(_permit) = state.logins.hashing.clone().acquire_owned().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
 }
 
 pub(crate) fn expect_from(params: &Params) -> Expect {

@@ -11,7 +11,9 @@ use hearth_types::account::{Account, check_ssh_key};
 
 use hearth_types::api::{AccountRow, Key, NewPassword};
 
-use super::context::{ApiState, Params, bad_body, error, read, write};
+use super::context::{
+    ApiState, Params, bad_body, error, hash_password, read, verify_password, write,
+};
 use crate::auth::{self, Caller};
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -39,6 +41,7 @@ async fn me(State(state): State<ApiState>, Extension(caller): Extension<Caller>)
 async fn change_me(
     state: &ApiState,
     caller: &Caller,
+    revoke_tokens: bool,
     change: impl FnOnce(&mut Account) -> Result<(), String>,
 ) -> Response {
     let desired = match read(state, &Params::default()).await {
@@ -61,6 +64,7 @@ async fn change_me(
         Command::PutAccount {
             account,
             expect: Expect::Version(current.version),
+            revoke_tokens,
         },
     )
     .await
@@ -79,7 +83,7 @@ async fn put_key(
     if let Err(message) = check_ssh_key(&key) {
         return error(StatusCode::BAD_REQUEST, &message);
     }
-    change_me(&state, &caller, |account| {
+    change_me(&state, &caller, false, |account| {
         account.ssh_keys.insert(name, key.trim().to_owned());
         Ok(())
     })
@@ -91,7 +95,7 @@ async fn remove_key(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    change_me(&state, &caller, |account| {
+    change_me(&state, &caller, false, |account| {
         match account.ssh_keys.remove(&name) {
             Some(_) => Ok(()),
             None => Err(format!("name: no key named {name}")),
@@ -100,12 +104,18 @@ async fn remove_key(
     .await
 }
 
+/// A new password for the caller, given the current one. It ends the account's web
+/// sessions (the panel opens a new one), and its API tokens with `revoke_tokens`.
 async fn change_password(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<NewPassword>, JsonRejection>,
 ) -> Response {
-    let NewPassword { current, new } = match body {
+    let NewPassword {
+        current,
+        new,
+        revoke_tokens,
+    } = match body {
         Ok(Json(body)) => body,
         Err(rejection) => return bad_body(rejection),
     };
@@ -115,21 +125,31 @@ async fn change_password(
             &format!("new: at least {} characters", auth::MIN_PASSWORD),
         );
     }
-    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&new)).await {
-        Ok(Ok(hash)) => hash,
-        _ => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "hashing the password failed",
-            );
-        }
+    let desired = match read(&state, &Params::default()).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
     };
-    change_me(&state, &caller, move |account| {
-        if auth::verify_password(&current, &account.password_hash) {
+    let Some(old_hash) = desired
+        .accounts
+        .get(caller.name())
+        .map(|a| a.value.password_hash.clone())
+    else {
+        return error(StatusCode::BAD_REQUEST, "the node token has no account");
+    };
+    if !verify_password(&state, current, old_hash.clone()).await {
+        return error(StatusCode::BAD_REQUEST, "current: wrong password");
+    }
+    let hash = match hash_password(&state, new).await {
+        Ok(hash) => hash,
+        Err(failure) => return failure,
+    };
+    change_me(&state, &caller, revoke_tokens, move |account| {
+        // The version check would catch it too; this names the reason.
+        if account.password_hash == old_hash {
             account.password_hash = hash;
             Ok(())
         } else {
-            Err("current: wrong password".into())
+            Err("current: the password changed meanwhile; try again".into())
         }
     })
     .await

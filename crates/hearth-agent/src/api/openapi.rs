@@ -102,7 +102,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         "get",
         "/v1/audit",
-        "Admins: the audit log of changes made through the API",
+        "Admins: the audit log of changes made and refused through the API, and logins (?who=NAME, ?format=jsonl)",
     )
     .answers(schema::<Vec<AuditEntry>>),
     public("get", "/metrics", "Prometheus metrics"),

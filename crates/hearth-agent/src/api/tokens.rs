@@ -54,7 +54,9 @@ async fn create_token(
         } => TokenScope::ReadOnly,
         _ => new.scope,
     };
-    let (secret, token) = auth::new_token(&account, scope, new.note, now());
+    let now = now();
+    let (secret, mut token) = auth::new_token(&account, scope, new.note, now);
+    token.expires_at = auth::token_expiry(&caller, new.expires_in_secs, state.max_token_secs, now);
     let id = token.id.clone();
     let response = write(&state, Command::PutToken { token }).await;
     if !response.status().is_success() {

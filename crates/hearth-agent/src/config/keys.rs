@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hearth_membership::GossipTiming;
 use hearth_types::Role;
@@ -11,7 +12,7 @@ use serde::Deserialize;
 
 use super::defaults::{
     default_api_addr, default_data_dir, default_dns_addr, default_gossip_addr, default_roles,
-    default_rpc_addr,
+    default_rpc_addr, optional_duration,
 };
 use super::sections::{
     ComputeSection, DnsConfig, GossipConfig, HandlerConfig, ServiceConfig, StateSection,
@@ -65,6 +66,14 @@ pub struct Config {
     /// Defaults to `<data_dir>/api-token`.
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
+    /// Reverse proxies in front of `api_addr` whose `X-Forwarded-For` names the client (for
+    /// the login rate limit and the audit log); from any other peer the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The longest an API token may live; a token asked for without an expiry, or a longer
+    /// one, gets this. Unset: tokens made outside a web session may live until revoked.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_token_lifetime: Option<Duration>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

@@ -25,6 +25,8 @@ pub struct Session {
     pub(super) admin: bool,
     pub(super) csrf: String,
     pub(super) flash: Option<Flash>,
+    /// The browser's address, which the API's audit entries record.
+    pub(super) client: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<ApiState> for Session {
@@ -40,6 +42,11 @@ impl FromRequestParts<ApiState> for Session {
                 name,
                 csrf: session::csrf_token(token),
                 flash: session::cookie(&parts.headers, FLASH_COOKIE).and_then(Flash::decode),
+                client: crate::login_limit::client_of(
+                    &parts.extensions,
+                    &parts.headers,
+                    &state.logins.trusted_proxies,
+                ),
             }),
             _ => Err(see_other("/login", None)),
         }
@@ -122,7 +129,7 @@ impl Session {
         path: &str,
         body: Option<Value>,
     ) -> Api {
-        call(state, &self.token, method, path, body).await
+        call(state, &self.token, self.client, method, path, body).await
     }
 
     /// GETs an API document and reads it as `T`, the row type the API writes it from.
@@ -186,6 +193,7 @@ pub(super) type Api = Result<Value, (StatusCode, String)>;
 pub(super) async fn call(
     state: &ApiState,
     token: &str,
+    client: Option<std::net::IpAddr>,
     method: Method,
     path: &str,
     body: Option<Value>,
@@ -201,9 +209,16 @@ pub(super) async fn call(
         }
         None => Body::empty(),
     };
-    let request = builder
+    let mut request = builder
         .body(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    if let Some(client) = client {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                client, 0,
+            )));
+    }
     let response = crate::api::router(state.clone())
         .oneshot(request)
         .await

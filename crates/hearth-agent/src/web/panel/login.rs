@@ -8,10 +8,12 @@ use hearth_state::model::Command;
 use hearth_types::account::TokenScope;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use super::context::*;
 use crate::api::{ApiState, unix_now};
 use crate::auth::{self};
+use crate::login_limit::client_address;
 use crate::web::pages;
 use crate::web::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
 
@@ -75,11 +77,100 @@ pub(super) async fn check_password(
     account.filter(|_| matches)
 }
 
+/// Reserves an attempt, takes a hashing permit and checks the password: the account, or
+/// the status and message of the refusal. Every refusal is counted and logged.
+async fn evaluate(
+    state: &ApiState,
+    name: &str,
+    client: std::net::IpAddr,
+    password: String,
+) -> Result<hearth_types::account::Account, (StatusCode, String)> {
+    let logins = &state.logins;
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.fetch_add(1, Ordering::Relaxed);
+    let Some(node) = state.state.clone() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This node holds no accounts (it is a worker); log in on a server.".into(),
+        ));
+    };
+    let reserved = match logins.limiter.lock() {
+        Ok(mut limiter) => limiter.reserve(name, client, unix_now()),
+        Err(_) => Err(1),
+    };
+    let attempt = match reserved {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            count(&logins.metrics.limited);
+            tracing::warn!(%client, "login refused: too many failures");
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed logins; try again in {wait} s."),
+            ));
+        }
+    };
+    let Ok(_permit) = logins.hashing.clone().try_acquire_owned() else {
+        if let Ok(mut limiter) = logins.limiter.lock() {
+            limiter.withdraw(attempt);
+        }
+        count(&logins.metrics.busy);
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many logins at once on this node; try again in a moment.".into(),
+        ));
+    };
+    count(&logins.metrics.checks);
+    let checked = check_password(&node, name, password).await;
+    let Some(account) = checked else {
+        count(&logins.metrics.failed);
+        // A name that is no account may be a password typed in the wrong field: not kept.
+        let known = node.reader().current().accounts.contains_key(name);
+        let shown = if known { name } else { "(no such account)" };
+        tracing::info!(account = %shown, %client, "login failed");
+        audit_login(state, shown, client, StatusCode::UNAUTHORIZED);
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "Wrong account name or password.".into(),
+        ));
+    };
+    if let Ok(mut limiter) = logins.limiter.lock() {
+        limiter.succeeded(attempt);
+    }
+    count(&logins.metrics.succeeded);
+    audit_login(state, name, client, StatusCode::OK);
+    Ok(account)
+}
+
+/// Records a login (as its account) or a failed one (as anonymous, naming the account
+/// tried) in the audit log.
+fn audit_login(state: &ApiState, name: &str, client: std::net::IpAddr, status: StatusCode) {
+    let ok = status.is_success();
+    crate::api::audit::record(
+        state,
+        crate::api::audit::Audited {
+            who: if ok {
+                name
+            } else {
+                hearth_types::account::ANONYMOUS
+            },
+            method: "POST",
+            path: "/login".into(),
+            status,
+            client: Some(client),
+            note: if ok {
+                "logged in".into()
+            } else {
+                format!("failed login as {name}")
+            },
+        },
+    );
+}
+
 /// Writes a session token for `account` through Raft; returns its secret, or `None` when
 /// the cluster cannot take the write.
 pub(super) async fn open_session(state: &ApiState, account: &str, now: u64) -> Option<String> {
     let (secret, mut token) = auth::new_token(account, TokenScope::Full, "web session".into(), now);
     token.expires_at = Some(now + session::SESSION_SECS);
+    token.session = true;
     let written = crate::api::context::write(state, Command::PutToken { token }).await;
     written.status().is_success().then_some(secret)
 }
@@ -102,41 +193,13 @@ pub(super) async fn login(
         );
     }
     let name = form.name.trim().to_owned();
-    let keys = [format!("ip:{}", peer.ip()), format!("name:{name}")];
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = client_address(peer.ip(), forwarded, &state.logins.trusted_proxies);
+    let account = match evaluate(&state, &name, client, form.password).await {
+        Ok(account) => account,
+        Err((status, problem)) => return login_page(&headers, status, &name, Some(&problem)),
+    };
     let now = unix_now();
-    let wait = state.logins.lock().map_or(None, |mut l| l.wait(&keys, now));
-    if let Some(wait) = wait {
-        tracing::warn!(account = %name, client = %peer.ip(), "login refused: too many failures");
-        return login_page(
-            &headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            &name,
-            Some(&format!("Too many failed logins; try again in {wait} s.")),
-        );
-    }
-    let Some(node) = state.state.clone() else {
-        return login_page(
-            &headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &name,
-            Some("This node holds no accounts (it is a worker); log in on a server."),
-        );
-    };
-    let Some(account) = check_password(&node, &name, form.password).await else {
-        if let Ok(mut limiter) = state.logins.lock() {
-            limiter.failed(&keys, now);
-        }
-        tracing::info!(account = %name, client = %peer.ip(), "login failed");
-        return login_page(
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            &name,
-            Some("Wrong account name or password."),
-        );
-    };
-    if let Ok(mut limiter) = state.logins.lock() {
-        limiter.succeeded(&keys[1]);
-    }
     let Some(secret) = open_session(&state, &account.name, now).await else {
         return login_page(
             &headers,

@@ -294,9 +294,28 @@ pub(super) async fn change_password(
     let request = hearth_types::api::NewPassword {
         current: form.current,
         new: form.new,
+        revoke_tokens: false,
     };
     let result = session
         .api(&state, Method::POST, "/v1/me/password", body(&request))
         .await;
-    after("/panel/account", result, |_| "Password changed.".into())
+    let changed = result.is_ok();
+    let mut response = after("/panel/account", result, |_| "Password changed.".into());
+    // The change ended every session of the account, this one too: this browser gets a
+    // new one, the others log in again.
+    if changed
+        && let Some(secret) =
+            super::login::open_session(&state, &session.name, crate::api::unix_now()).await
+        && let Ok(cookie) = crate::web::session::set_cookie(
+            crate::web::session::SESSION_COOKIE,
+            &secret,
+            crate::web::session::SESSION_SECS,
+        )
+        .parse()
+    {
+        response
+            .headers_mut()
+            .append(axum::http::header::SET_COOKIE, cookie);
+    }
+    response
 }

@@ -1,0 +1,368 @@
+//! The holes a review found, each tried against a real agent over HTTP: racing login guesses,
+//! a stranger locking an account out, `X-Forwarded-For` from anyone, refused requests missing
+//! from the audit log, a member flooding it, sessions outliving a password change, and tokens
+//! outliving the session that made them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_testkit::{TestAgent, TestCluster, eventually, http_request};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One agent that believes `X-Forwarded-For` from 127.0.0.1 only, with admin ann and
+/// member alice.
+fn agent() -> TestCluster {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.top = "trusted_proxies = [\"127.0.0.1\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n".into();
+    });
+    let agent = &cluster.agents[0];
+    let root = agent.token();
+    eventually("a writable group", WAIT, || {
+        match api(agent, &root, "GET", "/v1/state", "") {
+            (200, state) if state["leader"].is_string() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    for (name, role) in [("ann", "admin"), ("alice", "member")] {
+        let body =
+            format!(r#"{{"name":"{name}","role":"{role}","password":"{name}'s long password"}}"#);
+        let (status, answer) = api(agent, &root, "POST", "/v1/accounts", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    cluster
+}
+
+fn api(agent: &TestAgent, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    let (status, text) = http_request(
+        agent.api_addr(),
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A login form post from the local address `source`, with `X-Forwarded-For: forwarded`
+/// when given: (status, the session token when one was set).
+fn login_from(
+    agent: &TestAgent,
+    source: IpAddr,
+    forwarded: Option<&str>,
+    name: &str,
+    password: &str,
+) -> (u16, Option<String>) {
+    let csrf = "a-double-submit-value-long-enough";
+    let form = format!(
+        "name={name}&password={}&csrf={csrf}",
+        password.replace(' ', "+")
+    );
+    let xff = forwarded.map_or(String::new(), |f| format!("X-Forwarded-For: {f}\r\n"));
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nCookie: hearth_login={csrf}\r\n{xff}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    let raw = send_from(source, agent.api_addr(), &request);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let session = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: hearth_session="))
+        .map(|rest| rest.split(';').next().unwrap_or("").to_owned())
+        .find(|v| !v.is_empty());
+    (status, session)
+}
+
+/// Sends `request` over a TCP connection whose local address is `source`; the raw answer.
+fn send_from(source: IpAddr, to: SocketAddr, request: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let mut stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(to))
+            .await
+            .expect("connect in time")
+            .expect("connected");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    })
+}
+
+fn metric(agent: &TestAgent, name: &str) -> u64 {
+    let (_, text) = agent.http_get("/metrics", false).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+fn local(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// Regressions: 100 concurrent guesses from one address got 35 password checks (the limit
+/// was checked before, and counted after, the hashing); five bad logins for a name locked
+/// its owner out from everywhere; behind a proxy every client shared one address.
+#[test]
+fn racing_guesses_get_five_checks_and_a_stranger_cannot_lock_the_owner_out() {
+    let cluster = agent();
+    let agent = &cluster.agents[0];
+    let proxy = local(1);
+    let before = metric(agent, "hearth_login_password_checks_total");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let guesses: Vec<_> = (0..100)
+            .map(|n| {
+                scope.spawn(move || {
+                    let guess = format!("guess number {n}");
+                    login_from(agent, proxy, Some("203.0.113.9"), "ann", &guess).0
+                })
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    // Guesses that found every hashing permit taken were never evaluated and do not count:
+    // the stranger goes on, one at a time, until the limit answers.
+    let mut statuses = statuses;
+    for n in 0..10 {
+        let guess = format!("late guess {n}");
+        let (status, _) = login_from(agent, proxy, Some("203.0.113.9"), "ann", &guess);
+        statuses.push(status);
+        if status == 429 && metric(agent, "hearth_logins_total{outcome=\"limited\"}") > 0 {
+            break;
+        }
+    }
+    let checks = metric(agent, "hearth_login_password_checks_total") - before;
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(wrong + refused, statuses.len(), "{statuses:?}");
+    assert_eq!(
+        (checks, wrong),
+        (5, 5),
+        "password checks and 401s for one (account, client): {statuses:?}"
+    );
+    // The stranger waits, even with the right password; the owner, from elsewhere, does not.
+    let (status, _) = login_from(
+        agent,
+        proxy,
+        Some("203.0.113.9"),
+        "ann",
+        "ann's long password",
+    );
+    assert_eq!(status, 429);
+    let (status, session) = login_from(
+        agent,
+        proxy,
+        Some("192.0.2.7"),
+        "ann",
+        "ann's long password",
+    );
+    assert_eq!(status, 303);
+    assert!(session.is_some());
+
+    // From a peer that is no trusted proxy the header is ignored: the guesses count for the
+    // peer's own address, which the audit log records.
+    let untrusted = local(2);
+    let (status, _) = login_from(agent, untrusted, Some("192.0.2.7"), "alice", "wrong one!!");
+    assert_eq!(status, 401);
+    let root = agent.token();
+    eventually("the failed login audited with its client", WAIT, || {
+        let (_, log) = api(agent, &root, "GET", "/v1/audit?who=anonymous", "");
+        let entries = log.as_array().cloned().unwrap_or_default();
+        let found = entries.iter().any(|e| {
+            e["client"] == "127.0.0.2" && e["note"] == "failed login as alice" && e["status"] == 401
+        });
+        let via_proxy = entries.iter().any(|e| e["client"] == "203.0.113.9");
+        if found && via_proxy {
+            Ok(())
+        } else {
+            Err(log.to_string())
+        }
+    });
+    let (_, log) = api(agent, &root, "GET", "/v1/audit?who=ann", "");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/login" && e["status"] == 200 && e["client"] == "192.0.2.7"),
+        "{log}"
+    );
+}
+
+/// Regressions: refused requests were not audited, and a member's 1 010 bad requests pushed
+/// every admin entry out of the 1 000-entry log.
+#[test]
+fn refusals_are_audited_and_a_member_cannot_flush_the_log() {
+    let cluster = agent();
+    let agent = &cluster.agents[0];
+    let root = agent.token();
+    let alice = create_token(agent, &root, "alice");
+    // Refused: a member on an admin endpoint, and no token at all.
+    let (status, _) = api(agent, &alice, "POST", "/v1/accounts", "{}");
+    assert_eq!(status, 403);
+    let (status, _) = api(agent, "", "DELETE", "/v1/accounts/ann", "");
+    assert_eq!(status, 401);
+    for _ in 0..1010 {
+        let (status, _) = api(
+            agent,
+            &alice,
+            "PUT",
+            "/v1/me/ssh-keys/x",
+            r#"{"key":"bad"}"#,
+        );
+        assert_eq!(status, 400);
+    }
+    eventually("alice's last entries recorded", WAIT, || {
+        let (_, log) = api(agent, &root, "GET", "/v1/audit?who=alice", "");
+        let n = log.as_array().map_or(0, Vec::len);
+        if n == hearth_types::account::AUDIT_KEEP {
+            Ok(())
+        } else {
+            Err(format!("{n} entries of alice"))
+        }
+    });
+    let (_, log) = api(agent, &root, "GET", "/v1/audit", "");
+    let entries = log.as_array().unwrap();
+    // The root's account creations survived the flood, and the refusals are there.
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "root" && e["path"] == "/v1/accounts" && e["status"] == 200),
+        "the admin's entries were pushed out"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["who"] == "alice" && e["path"] == "/v1/accounts" && e["status"] == 403),
+        "alice's refusal is her oldest entry, and her own flood pushed it out"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "anonymous" && e["method"] == "DELETE" && e["status"] == 401),
+        "the anonymous refusal is kept: {}",
+        entries.len()
+    );
+    // The JSON lines export holds the same entries.
+    let (status, text) = http_request(
+        agent.api_addr(),
+        &format!(
+            "GET /v1/audit?format=jsonl HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), entries.len());
+    // A member cannot read it.
+    let (status, _) = api(agent, &alice, "GET", "/v1/audit", "");
+    assert_eq!(status, 403);
+}
+
+fn create_token(agent: &TestAgent, bearer: &str, account: &str) -> String {
+    let body = format!(r#"{{"account":"{account}"}}"#);
+    let (status, answer) = api(agent, bearer, "POST", "/v1/tokens", &body);
+    assert_eq!(status, 201, "{answer}");
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+/// Regressions: a password change left sessions and tokens valid, and a 12-hour session
+/// could mint a token that never expired.
+#[test]
+fn a_password_change_ends_sessions_and_tokens_never_outlive_their_session() {
+    let cluster = agent();
+    let agent = &cluster.agents[0];
+    let (status, session) = login_from(agent, local(1), None, "alice", "alice's long password");
+    assert_eq!(status, 303);
+    let session = session.expect("a session");
+    let (status, me) = api(agent, &session, "GET", "/v1/me", "");
+    assert_eq!((status, me["name"].as_str()), (200, Some("alice")));
+
+    // A token the session makes expires with it at the latest.
+    let (status, made) = api(agent, &session, "POST", "/v1/tokens", r#"{"note":"ci"}"#);
+    assert_eq!(status, 201, "{made}");
+    let (_, tokens) = api(agent, &session, "GET", "/v1/tokens", "");
+    let expiry = |note: &str| {
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["note"] == note)
+            .and_then(|t| t["expires_at"].as_u64())
+    };
+    let session_end = expiry("web session").expect("the session expires");
+    let made_end = expiry("ci").expect("a token from a session expires");
+    assert!(made_end <= session_end, "{made_end} > {session_end}");
+    let (status, asked) = api(
+        agent,
+        &session,
+        "POST",
+        "/v1/tokens",
+        r#"{"note":"short","expires_in_secs":60}"#,
+    );
+    assert_eq!(status, 201, "{asked}");
+
+    // A token from the node (no session) lives until revoked.
+    let root = agent.token();
+    let api_token = create_token(agent, &root, "alice");
+
+    // A wrong current password changes nothing.
+    let change = |current: &str, revoke: bool| {
+        let body = format!(
+            r#"{{"current":"{current}","new":"a brand new password","revoke_tokens":{revoke}}}"#
+        );
+        api(agent, &session, "POST", "/v1/me/password", &body)
+    };
+    let (status, answer) = change("not it at all", false);
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = change("alice's long password", false);
+    assert_eq!(status, 200, "{answer}");
+    // The session ended with the password; the token it made and the API token did not.
+    let (status, _) = api(agent, &session, "GET", "/v1/me", "");
+    assert_eq!(status, 401);
+    let made = made["token"].as_str().unwrap();
+    assert_eq!(api(agent, made, "GET", "/v1/me", "").0, 200);
+    assert_eq!(api(agent, &api_token, "GET", "/v1/me", "").0, 200);
+
+    // With revoke_tokens, every token of the account goes too.
+    let (status, session) = login_from(agent, local(1), None, "alice", "a brand new password");
+    assert_eq!(status, 303);
+    let session = session.unwrap();
+    let body =
+        r#"{"current":"a brand new password","new":"a newer password still","revoke_tokens":true}"#;
+    let (status, answer) = api(agent, &session, "POST", "/v1/me/password", body);
+    assert_eq!(status, 200, "{answer}");
+    for token in [made, api_token.as_str(), session.as_str()] {
+        assert_eq!(api(agent, token, "GET", "/v1/me", "").0, 401);
+    }
+}
