@@ -286,12 +286,33 @@ impl Agent {
     }
 }
 
-/// Makes the data directory and reads (or makes) the API token in it.
+/// Makes the data directory and reads (or makes) the API token in it. The directory, and
+/// those of the state and the VMs in it, are the agent user's alone (mode 0700).
 fn prepare_data_dir(config: &Config) -> Result<String, StartAgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartAgentError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    for dir in [
+        config.data_dir.clone(),
+        config.data_dir.join("state"),
+        config.data_dir.join("vms"),
+    ] {
+        let wrap = |source| StartAgentError::DataDir {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(wrap)?;
+        let mode = std::fs::metadata(&dir).map_err(wrap)?.permissions().mode();
+        if mode & 0o1000 != 0 {
+            // A shared directory such as /tmp: never made private by hearth.
+            return Err(wrap(std::io::Error::other(
+                "is a shared directory (sticky bit, like /tmp); name a directory of hearth's own",
+            )));
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)?;
+    }
     load_or_create_token(&config.token_path())
 }
 

@@ -166,6 +166,10 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         watchdog,
         shutdown.clone(),
     ));
+    tokio::spawn(rotate_consoles(
+        host.driver.root().to_path_buf(),
+        shutdown.clone(),
+    ));
     let tracking = Arc::new(Mutex::new(Tracking::default()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +182,36 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         let current = host.state.reader().current();
         pass(&host, &current, &tracking).await;
         host.metrics.passes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every few seconds, rotates each VM's console log that is over `CONSOLE_MAX`, so a guest
+/// printing without end cannot fill the disk the state shares.
+async fn rotate_consoles(root: std::path::PathBuf, shutdown: CancellationToken) {
+    use hearth_qemu::driver::{CONSOLE_MAX, console_log, rotate_console};
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let root = root.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let Some(path) = console_log(&root, &id) else {
+                    continue;
+                };
+                match rotate_console(&path, CONSOLE_MAX) {
+                    Ok(true) => tracing::info!(vm = %id, "console log rotated"),
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(vm = %id, %error, "cannot rotate the console log"),
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -134,6 +134,33 @@ pub fn mac_for(id: &str) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", hash[0], hash[1], hash[2])
 }
 
+/// The most a console log grows to before it is rotated: the VM's directory holds at most
+/// this twice (`console.log` and `console.log.1`), plus what the guest writes in one round.
+pub const CONSOLE_MAX: u64 = 1024 * 1024;
+
+/// Rotates the console log at `path` when it is over `max` bytes: its text becomes
+/// `console.log.1` (replacing the older one) and the log starts empty. QEMU keeps writing
+/// to the same file, opened for appending, so its next line lands at the new start.
+/// Whether it rotated.
+pub fn rotate_console(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
+    Ok(true)
+}
+
 /// Where the serial console of VM `id` is logged under `root`, the same for both drivers;
 /// `None` when `id` is not a VM id (so a name can never reach outside `root`).
 pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
@@ -803,6 +830,42 @@ impl Driver {
             iops: figure("iops"),
             bytes_per_sec: figure("bps"),
         })
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Regression: the console log grew without bound on the disk the Raft store shares.
+    #[test]
+    fn a_console_log_over_its_limit_rotates_and_an_appending_writer_goes_on_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        // The writer holds the file open for appending, as QEMU does.
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.write_all(&[b'a'; 100]).unwrap();
+        assert!(
+            !rotate_console(&path, 100).unwrap(),
+            "at the limit, not over"
+        );
+        writer.write_all(b"b").unwrap();
+        assert!(rotate_console(&path, 100).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::read(dir.path().join("console.log.1"))
+                .unwrap()
+                .len(),
+            101
+        );
+        writer.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        assert!(!rotate_console(&dir.path().join("missing.log"), 1).unwrap());
     }
 }
 

@@ -43,6 +43,14 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, StateReader), O
         .set_check_integrity_on_open(true)
         .create(path)
         .map_err(|e| OpenStoreError::from_database(path, e))?;
+    // The state holds account and token hashes: only the agent's user reads it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        if let Err(error) = std::fs::set_permissions(path, private) {
+            tracing::warn!(path = %path.display(), %error, "cannot make the state file private");
+        }
+    }
     let db = Arc::new(db);
     create_tables(&db).map_err(|e| OpenStoreError::from_store(path, e))?;
     let (state_machine, reader) =

@@ -94,6 +94,20 @@ pub fn random_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Writes a file only its owner may read (mode 0600), as the agent wants its secret files.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// One node's config, before it is written out.
 #[derive(Clone)]
 pub struct NodeSpec {

@@ -40,7 +40,28 @@ fn bad_configs_exit_2_naming_the_key() {
     let dir = TempDir::new("config");
     let secret = random_secret();
     let base = base_config(&secret);
+    // A secret file every user may read is refused, with the fix.
+    let open_secret = dir.path().join("open-secret");
+    std::fs::write(&open_secret, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(
+        &open_secret,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let open_secret = open_secret.display().to_string();
     let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("node_name = \"n1\"\ncluster = \"c\"\nsecret_file = \"{open_secret}\"\ngossip_addr = \"127.0.0.1:0\"\n"),
+            vec!["secret_file", "mode 0644", "chmod 600"],
+        ),
+        (
+            format!("{base}trusted_proxies = [\"proxy.example\"]\n"),
+            vec!["trusted_proxies"],
+        ),
+        (
+            format!("{base}max_token_lifetime = \"forever\"\n"),
+            vec!["max_token_lifetime", "duration"],
+        ),
         (format!("{base}colour = \"blue\"\n"), vec!["colour"]),
         (format!("{base}api_addr = \"localhost:99999\"\n"), vec!["api_addr"]),
         (format!("{base}join = [\"not an address\"]\n"), vec!["join[0]"]),

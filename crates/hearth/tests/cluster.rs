@@ -329,7 +329,7 @@ fn secret_rotates_with_sighup_and_no_downtime() {
         .map(|i| root.path().join(format!("secret{i}")))
         .collect();
     for (idx, file) in secret_files.iter().enumerate() {
-        std::fs::write(file, format!("{old}\n")).unwrap();
+        hearth_testkit::write_private(file, &format!("{old}\n"));
         let mut spec = cluster.spec(idx, failed_handler(&log));
         spec.secret_file = Some(file.clone());
         cluster.add(spec);

@@ -165,7 +165,7 @@ fn push_config(knot: &Knot, key_file: &Path) -> String {
 
 fn write_key(knot: &Knot, secret: &str) -> PathBuf {
     let path = knot.dir.path().join("hearth-push.key");
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    hearth_testkit::write_private(&path, &format!("{secret}\n"));
     path
 }
 
@@ -279,13 +279,13 @@ fn bad_push_configs_exit_2_naming_the_key() {
     let secret = random_secret();
     let key_file = dir.path().join("key");
     let not_base64 = "this is not base64 but a secret all the same";
-    std::fs::write(&key_file, not_base64).unwrap();
+    hearth_testkit::write_private(&key_file, not_base64);
     let base = format!(
         "node_name = \"n1\"\ncluster = \"c\"\nsecret = \"{secret}\"\ngossip_addr = \"127.0.0.1:0\"\n"
     );
     let push = |body: &str| format!("{base}[dns.push]\n{body}");
     let good_key = dir.path().join("good-key");
-    std::fs::write(&good_key, random_secret()).unwrap();
+    hearth_testkit::write_private(&good_key, &random_secret());
     let key = |path: &Path| format!("key_name = \"k\"\nkey_file = \"{}\"\n", path.display());
     let cases = [
         (

@@ -366,3 +366,19 @@ fn a_password_change_ends_sessions_and_tokens_never_outlive_their_session() {
         assert_eq!(api(agent, token, "GET", "/v1/me", "").0, 401);
     }
 }
+
+/// Regression: `state.redb` was mode 0644 and `vms/` 0755, so any user of a server could read
+/// the account and token hashes and the members' disks.
+#[test]
+fn the_state_and_the_vms_are_the_agent_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = agent();
+    let data = cluster.agents[0].dir.join("data");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    for dir in [data.clone(), data.join("state"), data.join("vms")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for file in [data.join("state/state.redb"), data.join("api-token")] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}

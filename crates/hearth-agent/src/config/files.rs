@@ -5,6 +5,26 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// `Ok` unless other users of the machine may read or write `path` (a missing file is left
+/// for the read to report).
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o006 == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "it holds a secret, and every user may read it (mode {mode:04o}); run `chmod 600 {}`",
+            path.display()
+        ),
+    ))
+}
+
 /// Why a file has no text when it was never read (only a caller that skipped reading sees it).
 const NOT_READ: &str = "not read";
 
@@ -23,11 +43,16 @@ impl std::fmt::Debug for ConfigFiles {
 
 impl ConfigFiles {
     /// Reads each of `paths`. One that cannot be read is kept with the reason, for the check
-    /// of its key to report.
+    /// of its key to report; so is one that every user of the machine may read, since each
+    /// holds a secret.
     pub fn read<'p>(paths: impl IntoIterator<Item = &'p Path>) -> ConfigFiles {
         let mut files = ConfigFiles::default();
         for path in paths {
-            files.insert(path, std::fs::read_to_string(path));
+            let read = match private(path) {
+                Ok(()) => std::fs::read_to_string(path),
+                Err(problem) => Err(problem),
+            };
+            files.insert(path, read);
         }
         files
     }

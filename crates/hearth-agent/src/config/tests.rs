@@ -503,6 +503,16 @@ fn reading_records_each_named_file_and_why_it_failed() {
     config.secret_file = Some(secret.clone());
     push(&mut config).key_file = dir.path().join("missing-key");
     config.smtp = None;
+    // Regression: a secret file every user could read was used without a word.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = config.read_files();
+    let why = refused.text(&secret).unwrap_err();
+    assert!(
+        why.contains("mode 0644") && why.contains(&format!("chmod 600 {}", secret.display())),
+        "{why}"
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
     let files = config.read_files();
     assert_eq!(files.text(&secret), Ok(b64(&[5; 32]).as_str()));
     assert!(files.text(&dir.path().join("missing-key")).is_err());
