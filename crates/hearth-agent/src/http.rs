@@ -59,6 +59,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         handlers: &state.handler_metrics,
         compute: &state.compute_metrics,
         logins: &state.logins.metrics,
+        rpc_refused: state.state.as_ref().map_or(0, |s| s.rpc_refused()),
+        api_refused: state.api_connections.refused(),
         audit_dropped: state
             .audit
             .dropped

@@ -11,6 +11,7 @@ pub mod dev;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod listener;
 pub mod login_limit;
 pub mod mail;
 pub mod metrics;
@@ -219,8 +220,10 @@ impl Agent {
             token,
             &mut tasks,
         )?;
+        let limit = api_state.api_connections.clone();
         let router = http::router(api_state);
-        serve_api(sockets.api, router, &started.shutdown, &mut tasks);
+        let api = listener::LimitedListener::new(sockets.api, limit);
+        serve_api(api, router, &started.shutdown, &mut tasks);
         tracing::info!(%gossip_addr, %dns_addr, %api_addr, node = %config.node_name, "agent started");
         Ok(Agent {
             api_addr,
@@ -407,6 +410,11 @@ fn spawn_work(
         logins: Arc::new(login_limit::Logins::new(config.trusted_proxies.clone())),
         audit: Default::default(),
         max_token_secs: config.max_token_lifetime.map(|d| d.as_secs().max(1)),
+        api_connections: hearth_types::limits::ConnLimit::with_exempt(
+            listener::MAX_CONNECTIONS,
+            listener::MAX_PER_CLIENT,
+            config.trusted_proxies.clone(),
+        ),
     })
 }
 
@@ -689,15 +697,17 @@ fn spawn_handlers(
 
 /// Serves the API, the panel and `/metrics` until shutdown.
 fn serve_api(
-    listener: TcpListener,
+    listener: listener::LimitedListener,
     router: axum::Router,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
+        use axum::serve::ListenerExt;
         let served = axum::serve(
-            listener,
+            // `tap_io` gives the limited listener the peer address as `ConnectInfo`.
+            listener.tap_io(|_| {}),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown.cancelled_owned())

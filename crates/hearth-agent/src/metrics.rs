@@ -22,6 +22,10 @@ pub struct MetricsSources<'a> {
     pub logins: &'a crate::login_limit::LoginMetrics,
     /// Anonymous audit entries over the node's budget, not recorded.
     pub audit_dropped: u64,
+    /// Raft RPC connections closed at once for being over a cap.
+    pub rpc_refused: u64,
+    /// API connections closed at once for being over a cap.
+    pub api_refused: u64,
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -167,6 +171,13 @@ const FAMILIES: &[Family] = &[
         samples: |src| one(src.dns.dropped_malformed()),
     },
     Family {
+        name: "hearth_dns_tcp_refused_total",
+        kind: "counter",
+        help: "DNS TCP connections closed at once, over the total or the per-client cap.",
+        label: None,
+        samples: |src| one(src.dns.tcp_refused()),
+    },
+    Family {
         name: "hearth_dns_push_updates_total",
         kind: "counter",
         help: "UPDATE messages the external primary accepted ([dns.push], on the Raft leader).",
@@ -222,6 +233,20 @@ const FAMILIES: &[Family] = &[
         help: "Audit entries with no credential behind them over the node's budget per minute, not recorded.",
         label: None,
         samples: |src| one(src.audit_dropped),
+    },
+    Family {
+        name: "hearth_rpc_connections_refused_total",
+        kind: "counter",
+        help: "Raft RPC connections closed at once: too many still in their handshake (from one address or in all), or too many established.",
+        label: None,
+        samples: |src| one(src.rpc_refused),
+    },
+    Family {
+        name: "hearth_api_connections_refused_total",
+        kind: "counter",
+        help: "HTTP API connections closed at once, over the total or the per-client cap.",
+        label: None,
+        samples: |src| one(src.api_refused),
     },
     Family {
         name: "hearth_events_dropped_total",
@@ -287,6 +312,8 @@ mod tests {
             vms: &Default::default(),
             logins: &Default::default(),
             audit_dropped: 0,
+            rpc_refused: 0,
+            api_refused: 0,
         });
         for family in FAMILIES {
             let help = format!(

@@ -17,6 +17,7 @@ pub struct DnsMetrics {
     servfail: AtomicU64,
     badvers: AtomicU64,
     dropped_malformed: AtomicU64,
+    tcp_refused: AtomicU64,
     push: PushMetrics,
 }
 
@@ -39,6 +40,15 @@ impl DnsMetrics {
     /// Packets dropped unanswered: undecodable, a response rather than a query, or a bad TCP frame.
     pub fn dropped_malformed(&self) -> u64 {
         self.dropped_malformed.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections closed at once: over the total or the per-client cap.
+    pub fn tcp_refused(&self) -> u64 {
+        self.tcp_refused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_tcp_refused(&self) {
+        self.tcp_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Outcomes of pushing the zone to an external primary (`push`).

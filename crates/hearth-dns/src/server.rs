@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_types::View;
 use hearth_types::desired::DesiredState;
+use hearth_types::limits::{ConnLimit, ConnSlot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +23,13 @@ use crate::zone::{Zone, ZoneSnapshot, next_serial};
 
 /// How long a TCP connection may sit between queries, or take to send or receive one message.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new TCP connection may take to start its first query.
+pub(crate) const TCP_FIRST_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections beyond this are closed as soon as they are accepted.
 pub(crate) const MAX_TCP_CONNECTIONS: usize = 256;
+/// Connections from one client address beyond this are closed as soon as they are accepted,
+/// so one client holding idle connections cannot take every place.
+pub(crate) const MAX_TCP_PER_CLIENT: usize = 16;
 /// Pause after a failed accept: the usual cause, running out of file descriptors, would
 /// otherwise turn the accept loop into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -213,16 +219,17 @@ async fn udp_loop(responder: &mut Responder, socket: &UdpSocket) {
 }
 
 async fn serve_tcp(responder: Responder, listener: TcpListener, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let slots = ConnLimit::new(MAX_TCP_CONNECTIONS, MAX_TCP_PER_CLIENT);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                Ok((stream, peer)) => {
+                    let Some(slot) = slots.admit(peer.ip()) else {
                         // Dropping the stream closes it: that is the refusal.
+                        responder.metrics.record_tcp_refused();
                         continue;
                     };
                     let connection = serve_connection(stream, responder.clone(), shutdown.clone(), slot);
@@ -243,7 +250,7 @@ async fn serve_connection(
     stream: TcpStream,
     mut responder: Responder,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    _slot: ConnSlot,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "cannot disable Nagle on a DNS TCP connection");
@@ -260,8 +267,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut frame, mut out, mut framed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wait = TCP_FIRST_QUERY_TIMEOUT;
     loop {
-        match timeout(TCP_IDLE_TIMEOUT, read_frame(stream, &mut frame)).await {
+        let read = timeout(wait, read_frame(stream, &mut frame)).await;
+        wait = TCP_IDLE_TIMEOUT;
+        match read {
             Ok(Ok(Frame::Ready)) => {}
             Ok(Ok(Frame::Bad)) => {
                 responder.metrics.record_dropped();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hearth_membership::Keyring;
 use hearth_membership::stream::{SealedStream, StreamError};
+use hearth_types::limits::{ConnLimit, ConnSlot};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -36,6 +37,35 @@ fn current_keyring(shared: &SharedKeyring) -> Arc<Keyring> {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections still in their handshake (whose sender has proved nothing yet): in all, and
+/// from one address. Beyond them a new connection is closed at once.
+pub const MAX_HANDSHAKING: usize = 64;
+pub const MAX_HANDSHAKING_PER_CLIENT: usize = 16;
+/// Connections past the handshake, whose peers hold the cluster secret.
+pub const MAX_ESTABLISHED: usize = 1024;
+
+/// The caps on one node's RPC connections, and how many they refused.
+#[derive(Debug, Clone)]
+pub struct RpcLimits {
+    handshaking: Arc<ConnLimit>,
+    established: Arc<ConnLimit>,
+}
+
+impl Default for RpcLimits {
+    fn default() -> RpcLimits {
+        RpcLimits {
+            handshaking: ConnLimit::new(MAX_HANDSHAKING, MAX_HANDSHAKING_PER_CLIENT),
+            established: ConnLimit::new(MAX_ESTABLISHED, MAX_ESTABLISHED),
+        }
+    }
+}
+
+impl RpcLimits {
+    /// Connections closed at once for being over a cap.
+    pub fn refused(&self) -> u64 {
+        self.handshaking.refused() + self.established.refused()
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcRequest {
@@ -106,6 +136,8 @@ pub enum CallError {
     Timeout,
     #[error("undecodable message: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("connection refused: {0}")]
+    Refused(&'static str),
 }
 
 impl PeerClient {
@@ -313,6 +345,7 @@ pub async fn serve<A: Application>(
     raft: Raft,
     app: A,
     keyring: SharedKeyring,
+    limits: RpcLimits,
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -326,12 +359,22 @@ pub async fn serve<A: Application>(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (raft, app, keyring, shutdown) =
-            (raft.clone(), app.clone(), keyring.clone(), shutdown.clone());
+        let Some(handshaking) = limits.handshaking.admit(peer.ip()) else {
+            tracing::debug!(%peer, "raft connection refused: too many in their handshake");
+            continue;
+        };
+        let (raft, app, keyring, shutdown, limits) = (
+            raft.clone(),
+            app.clone(),
+            keyring.clone(),
+            shutdown.clone(),
+            limits.clone(),
+        );
         connections.spawn(async move {
+            let served = serve_connection(stream, raft, app, keyring, handshaking, &limits);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_connection(stream, raft, app, keyring) => {
+                result = served => {
                     if let Err(error) = result {
                         tracing::debug!(%peer, %error, "raft connection closed");
                     }
@@ -347,11 +390,21 @@ async fn serve_connection<A: Application>(
     raft: Raft,
     app: A,
     keyring: SharedKeyring,
+    handshaking: ConnSlot,
+    limits: &RpcLimits,
 ) -> Result<(), CallError> {
     let keyring = current_keyring(&keyring);
+    let peer = stream
+        .peer_addr()
+        .map_err(|_| CallError::Refused("no peer address"))?
+        .ip();
     let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, SealedStream::server(stream, &keyring))
         .await
         .map_err(|_| CallError::Timeout)??;
+    drop(handshaking);
+    let Some(_established) = limits.established.admit(peer) else {
+        return Err(CallError::Refused("too many established connections"));
+    };
     loop {
         let request: RpcRequest = serde_json::from_slice(&conn.recv().await?)?;
         let response = match request {

@@ -108,9 +108,16 @@ struct Inner {
     leader_client: Mutex<Option<(String, PeerClient)>>,
     /// Writes on their way into a batch (see `batch`).
     batcher: tokio::sync::mpsc::Sender<crate::batch::Pending>,
+    /// The caps on RPC connections to this node.
+    rpc_limits: crate::network::RpcLimits,
 }
 
 impl StateNode {
+    /// RPC connections closed at once for being over a cap.
+    pub fn rpc_refused(&self) -> u64 {
+        self.inner.rpc_limits.refused()
+    }
+
     pub async fn start(
         config: StateConfig,
         listener: TcpListener,
@@ -157,6 +164,7 @@ impl StateNode {
                 views,
                 keyring: keyring.clone(),
                 leader_client: Mutex::new(None),
+                rpc_limits: Default::default(),
             }),
         };
         tasks.spawn(crate::network::serve(
@@ -164,6 +172,7 @@ impl StateNode {
             raft.clone(),
             node.clone(),
             keyring,
+            node.inner.rpc_limits.clone(),
             shutdown.clone(),
         ));
         let manager = node.clone();

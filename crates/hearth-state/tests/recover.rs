@@ -138,6 +138,7 @@ async fn start(
         raft.clone(),
         Direct(raft.clone()),
         keyring.clone(),
+        Default::default(),
         shutdown.clone(),
     ));
     TestNode {

@@ -3,7 +3,7 @@
 //!
 //! The crate root only declares modules and re-exports the node-level types, so every
 //! `hearth_types::Name` path stays short. Modules import one way: `names`, `versioned` and
-//! `member` import nothing of the crate; `view` and `event` import `member`; `account` and
+//! `member` and `limits` (connection caps) import nothing of the crate; `view` and `event` import `member`; `account` and
 //! `notice` import `names`, `compute` imports `names` and `versioned`; `desired` sits on top,
 //! and `api` (the API's request bodies and answer rows) above it.
 
@@ -12,6 +12,7 @@ pub mod api;
 pub mod compute;
 pub mod desired;
 mod event;
+pub mod limits;
 mod member;
 mod names;
 pub mod notice;

@@ -117,6 +117,21 @@ fn send_from(source: IpAddr, to: SocketAddr, request: &str) -> String {
     })
 }
 
+/// A blocking TCP connection from the local address `source`; `None` when refused.
+fn connect_from(source: IpAddr, to: SocketAddr) -> Option<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(SocketAddr::new(source, 0)).ok()?;
+        socket.connect(to).await.ok()?.into_std().ok()
+    })?;
+    stream.set_nonblocking(false).ok()?;
+    Some(stream)
+}
+
 fn metric(agent: &TestAgent, name: &str) -> u64 {
     let (_, text) = agent.http_get("/metrics", false).unwrap();
     text.lines()
@@ -381,4 +396,47 @@ fn the_state_and_the_vms_are_the_agent_users_alone() {
     for file in [data.join("state/state.redb"), data.join("api-token")] {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
+}
+
+/// Regression: Raft RPC took any number of idle connections, and 300 idle TCP connections
+/// stopped every TCP DNS answer. Now a stranger's idle connections are capped per address
+/// and closed when they say nothing, and the node goes on answering and writing.
+#[test]
+fn idle_connections_from_one_stranger_stop_neither_dns_nor_raft() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let cluster = agent();
+    let agent = &cluster.agents[0];
+    let rpc = SocketAddr::from((agent.spec.ip, hearth_testkit::RPC_PORT));
+    let closed = |stream: &mut TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        matches!(stream.read(&mut [0u8; 1]), Ok(0) | Err(_))
+    };
+    let stranger = local(9);
+    let mut idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| connect_from(stranger, rpc))
+        .chain((0..300).filter_map(|_| connect_from(stranger, agent.dns_addr())))
+        .chain((0..100).filter_map(|_| connect_from(stranger, agent.api_addr())))
+        .collect();
+    // DNS over TCP and the state still answer while they are open.
+    let answers =
+        hearth_testkit::dig_full(agent.dns_addr(), &["+tcp", "+short", "n1.coop.test.", "A"]);
+    assert!(answers.contains(&agent.spec.ip.to_string()), "{answers}");
+    let root = agent.token();
+    let body = r#"{"name":"carol","role":"member","password":"carol's long password"}"#;
+    assert_eq!(api(agent, &root, "POST", "/v1/accounts", body).0, 200);
+    eventually("refusals counted", WAIT, || {
+        let rpc = metric(agent, "hearth_rpc_connections_refused_total");
+        let dns = metric(agent, "hearth_dns_tcp_refused_total");
+        let api = metric(agent, "hearth_api_connections_refused_total");
+        if rpc > 0 && dns > 0 && api > 0 {
+            Ok(())
+        } else {
+            Err(format!("rpc {rpc}, dns {dns}, api {api}"))
+        }
+    });
+    // Those that were let in and said nothing are closed by the node.
+    assert!(idle.iter_mut().all(closed));
 }

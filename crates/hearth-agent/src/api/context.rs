@@ -43,6 +43,8 @@ pub struct ApiState {
     pub logins: Arc<crate::login_limit::Logins>,
     /// `max_token_lifetime` in seconds: no token made here lives longer.
     pub max_token_secs: Option<u64>,
+    /// The caps on this node's API connections.
+    pub api_connections: Arc<hearth_types::limits::ConnLimit>,
     /// The budget of anonymous audit entries on this node.
     pub audit: Arc<super::audit::AuditBudget>,
 }

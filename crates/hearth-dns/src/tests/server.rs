@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::fixture::{a, addresses, desired, ips, query, record_set, soa, view, zone};
-use crate::server::{Inputs, MAX_TCP_CONNECTIONS};
+use crate::server::{Inputs, MAX_TCP_CONNECTIONS, MAX_TCP_PER_CLIENT, TCP_FIRST_QUERY_TIMEOUT};
 use crate::{DnsMetrics, serve};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -215,25 +215,55 @@ async fn view_changes_are_served_with_a_new_serial() {
     server.stop().await;
 }
 
+/// A TCP connection from the local address `source`.
+async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("any 127/8 address is local");
+    socket.connect(to).await.unwrap()
+}
+
+/// Regression: 300 idle connections from one client stopped every TCP answer. Now one
+/// client gets `MAX_TCP_PER_CLIENT`, everyone together `MAX_TCP_CONNECTIONS`, and a
+/// connection that asks nothing is closed after `TCP_FIRST_QUERY_TIMEOUT`.
 #[tokio::test]
-async fn tcp_connections_beyond_the_cap_are_closed() {
+async fn tcp_connections_beyond_the_caps_are_closed() {
     let server = start(view()).await;
     let web = query("web.hearth.test.", RecordType::A);
+    // One greedy client: its connections beyond its share are closed; others still ask.
     let mut open = Vec::new();
-    for _ in 0..MAX_TCP_CONNECTIONS {
+    for _ in 0..MAX_TCP_PER_CLIENT {
         // Asking on each connection proves the server holds a slot for it.
-        let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+        let mut stream = connect_from([127, 0, 0, 1], server.tcp).await;
         tcp_ask(&mut stream, &web).await;
         open.push(stream);
     }
-    let mut refused = TcpStream::connect(server.tcp).await.unwrap();
+    let mut refused = connect_from([127, 0, 0, 1], server.tcp).await;
+    assert!(closed_by_server(&mut refused).await);
+    let mut other = connect_from([127, 0, 0, 2], server.tcp).await;
+    tcp_ask(&mut other, &web).await;
+    drop(other);
+
+    // Many clients together: the total holds.
+    let mut source = 10u8;
+    while open.len() < MAX_TCP_CONNECTIONS {
+        let mut stream = connect_from([127, 0, 1, source], server.tcp).await;
+        if open.len() % MAX_TCP_PER_CLIENT == 0 {
+            source += 1;
+        }
+        tcp_ask(&mut stream, &web).await;
+        open.push(stream);
+    }
+    let mut refused = connect_from([127, 0, 2, 1], server.tcp).await;
     assert!(closed_by_server(&mut refused).await);
     tcp_ask(&mut open[0], &web).await;
+    assert!(server.metrics.tcp_refused() >= 2);
 
     // A slot frees once a connection ends.
     drop(open.pop());
     poll_until(|| async {
-        let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+        let mut stream = connect_from([127, 0, 2, 2], server.tcp).await;
         stream.write_all(&frame(&web)).await.unwrap();
         let mut len = [0u8; 2];
         matches!(
@@ -242,6 +272,13 @@ async fn tcp_connections_beyond_the_cap_are_closed() {
         )
     })
     .await;
+    drop(open);
+
+    // A connection that never asks is closed, well before the idle timeout of one that did.
+    let mut silent = connect_from([127, 0, 3, 1], server.tcp).await;
+    let opened = Instant::now();
+    assert!(closed_by_server(&mut silent).await);
+    assert!(opened.elapsed() >= TCP_FIRST_QUERY_TIMEOUT);
     server.stop().await;
 }
 
