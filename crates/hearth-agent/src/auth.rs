@@ -165,8 +165,8 @@ pub fn authorize(
         ["v1", "vms"] => Verdict::Allow,
         // Giving up a disk is an admin's decision, even for the member's own VM.
         ["v1", "vms", _, "recreate"] => admin_only(),
-        // So is where a VM runs.
-        ["v1", "vms", _, "migrate" | "migration"] => admin_only(),
+        // So is where a VM runs, and how much IO it may do (the member's plan sets it).
+        ["v1", "vms", _, "migrate" | "migration" | "io"] => admin_only(),
         ["v1", "vms", key] | ["v1", "vms", key, _] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))
@@ -251,6 +251,8 @@ pub(crate) mod tests {
                         password_hash: "$argon2id$x".into(),
                         ssh_keys: Default::default(),
                         disabled: false,
+                        plan: None,
+                        quota: Default::default(),
                     },
                 },
             );

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod cas;
 pub mod compute;
 mod migration;
+mod quota;
 mod replicas;
 mod vm_events;
 
@@ -104,6 +105,16 @@ pub enum Command {
     Audit {
         entry: hearth_types::account::AuditEntry,
     },
+    /// Creates or changes a members' plan.
+    PutPlan {
+        plan: hearth_types::quota::Plan,
+        expect: Expect,
+    },
+    /// Removes a plan; its members fall back to the default plan.
+    RemovePlan {
+        name: String,
+        expect: Expect,
+    },
 }
 
 impl Command {
@@ -136,6 +147,8 @@ impl Command {
             | Command::RemoveAccount { .. }
             | Command::PutToken { .. }
             | Command::RevokeToken { .. } => "accounts".into(),
+            Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
+            Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
         }
     }
@@ -208,7 +221,14 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             handler,
             delivery,
         } => record_delivery(state, *event, handler, delivery, index),
+        Command::PutPlan { plan, expect } => put_plan(state, plan, *expect, index),
+        Command::RemovePlan { name, expect } => remove(&mut state.plans, name, *expect),
         Command::Compute { command } => {
+            let command = match quota::admit(state, command) {
+                Ok(command) => command,
+                Err(message) => return Outcome::Refused { message },
+            };
+            let command = command.as_ref();
             let before = vm_events::before(state, command);
             let outcome = compute::apply(&mut state.compute, command, index);
             if let Some((event, at_ms)) = before.and_then(|b| vm_events::raised(state, b)) {
@@ -322,6 +342,24 @@ fn put_token(
         token.id.clone(),
         token.clone(),
         Expect::Absent,
+        index,
+    )
+}
+
+fn put_plan(
+    state: &mut DesiredState,
+    plan: &hearth_types::quota::Plan,
+    expect: Expect,
+    index: u64,
+) -> Outcome {
+    if let Err(message) = plan.validate() {
+        return Outcome::Invalid { message };
+    }
+    put(
+        &mut state.plans,
+        plan.name.clone(),
+        plan.clone(),
+        expect,
         index,
     )
 }
@@ -560,6 +598,8 @@ mod tests {
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
             ssh_keys: Default::default(),
             disabled: false,
+            plan: None,
+            quota: Default::default(),
         };
         let put_account = Command::PutAccount {
             account,

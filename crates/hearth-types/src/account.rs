@@ -42,6 +42,12 @@ pub struct Account {
     pub ssh_keys: BTreeMap<String, String>,
     #[serde(default)]
     pub disabled: bool,
+    /// The member's plan (`quota::DEFAULT_PLAN` when unset or gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Limits of this account's own, in place of its plan's.
+    #[serde(default, skip_serializing_if = "crate::quota::Quota::is_unset")]
+    pub quota: crate::quota::Quota,
 }
 
 impl fmt::Debug for Account {
@@ -52,6 +58,7 @@ impl fmt::Debug for Account {
             .field("email", &self.email)
             .field("ssh_keys", &self.ssh_keys.len())
             .field("disabled", &self.disabled)
+            .field("plan", &self.plan)
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +76,10 @@ impl Account {
             check_name("ssh_keys", name)?;
             check_ssh_key(key)?;
         }
-        Ok(())
+        if let Some(plan) = &self.plan {
+            check_name("plan", plan)?;
+        }
+        self.quota.validate().map_err(|e| format!("quota.{e}"))
     }
 }
 
@@ -211,6 +221,8 @@ mod tests {
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$SECRETSALT$SECRETHASH".into(),
             ssh_keys: BTreeMap::new(),
             disabled: false,
+            plan: None,
+            quota: Default::default(),
         };
         assert_eq!(account.validate(), Ok(()));
         assert!(!format!("{account:?}").contains("SECRET"));

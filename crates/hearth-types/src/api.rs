@@ -60,6 +60,33 @@ pub struct PutPool {
     pub expect: Expect,
 }
 
+/// `PUT /v1/plans`: declare or replace a members' plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPlan {
+    pub plan: crate::quota::Plan,
+    #[serde(default, skip_serializing_if = "Expect::is_any")]
+    pub expect: Expect,
+}
+
+/// `PUT /v1/accounts/NAME/plan`: an account's plan and its own limits (each set one takes
+/// the plan's place).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPlan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub quota: crate::quota::Quota,
+}
+
+/// A plan and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanRow {
+    pub plan: crate::quota::Plan,
+    pub version: u64,
+}
+
 /// `PUT /v1/cluster-services`: declare or replace a cluster-wide service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +240,15 @@ pub struct AccountRow {
     pub disabled: bool,
     #[serde(default)]
     pub version: u64,
+    /// A member's plan (`default` when none is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// A member's limits (its plan's, with its own in their place); none for admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::quota::Quota>,
+    /// What a member's VMs hold now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::quota::Usage>,
 }
 
 impl AccountRow {
@@ -224,7 +260,42 @@ impl AccountRow {
             ssh_keys: account.ssh_keys.clone(),
             disabled: account.disabled,
             version,
+            plan: None,
+            quota: None,
+            usage: None,
         }
+    }
+
+    /// The row of `account` with, for a member, its plan, quota and usage in `desired`.
+    pub fn with_quota(
+        account: &Account,
+        version: u64,
+        desired: &crate::desired::DesiredState,
+    ) -> AccountRow {
+        let mut row = AccountRow::new(account, version);
+        if account.role == crate::account::AccountRole::Member {
+            use crate::quota::{DEFAULT_PLAN, Usage, quota_of};
+            let plan = account
+                .plan
+                .clone()
+                .filter(|p| desired.plans.contains_key(p))
+                .unwrap_or_else(|| DEFAULT_PLAN.to_owned());
+            row.plan = Some(plan);
+            row.quota = Some(quota_of(
+                &desired.plans,
+                account.plan.as_deref(),
+                &account.quota,
+            ));
+            let owned = desired
+                .compute
+                .vms
+                .values()
+                .map(|vm| &vm.value)
+                .filter(|vm| vm.request.owner == account.name)
+                .map(|vm| (&vm.request, vm.ips.len()));
+            row.usage = Some(Usage::of(owned));
+        }
+        row
     }
 
     /// The node token's caller.
@@ -236,6 +307,9 @@ impl AccountRow {
             ssh_keys: BTreeMap::new(),
             disabled: false,
             version: 0,
+            plan: None,
+            quota: None,
+            usage: None,
         }
     }
 }

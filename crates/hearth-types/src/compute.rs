@@ -213,6 +213,22 @@ pub struct IoLimits {
     pub bytes_per_sec: Option<u64>,
 }
 
+impl IoLimits {
+    /// Each limit, when set, between 1 and QEMU's largest (`quota::IO_MAX`, 10^15).
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [("iops", self.iops), ("bytes_per_sec", self.bytes_per_sec)] {
+            if let Some(value) = value
+                && !(1..=crate::quota::IO_MAX).contains(&value)
+            {
+                return Err(format!(
+                    "io.{field}: {value} is out of range; give 1 to 1000000000000000, or leave it out for no limit"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether a VM should be running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -280,6 +296,7 @@ impl VmRequest {
             return Err("disk_gib: give 1 to 65536".into());
         }
         check_name("image", &self.image)?;
+        self.io.validate()?;
         if self.replicas > 2 {
             return Err(
                 "replicas: give 1 (one copy) or 2 (a synchronous copy on another worker)".into(),

@@ -258,6 +258,9 @@ pub struct DesiredState {
     /// The most recent changes made through the API, oldest first.
     #[serde(default)]
     pub audit: Vec<AuditEntry>,
+    /// Members' plans (quotas), by name.
+    #[serde(default)]
+    pub plans: crate::quota::Plans,
 }
 
 impl DesiredState {

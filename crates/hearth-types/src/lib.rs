@@ -4,7 +4,7 @@
 //! The crate root only declares modules and re-exports the node-level types, so every
 //! `hearth_types::Name` path stays short. Modules import one way: `names`, `versioned` and
 //! `member` and `limits` (connection caps) import nothing of the crate; `view` and `event` import `member`; `account` and
-//! `notice` import `names`, `compute` imports `names` and `versioned`; `desired` sits on top,
+//! `notice` import `names`, `quota` imports `names`, `compute` and `versioned`, `compute` imports `names` and `versioned`; `desired` sits on top,
 //! and `api` (the API's request bodies and answer rows) above it.
 
 pub mod account;
@@ -16,6 +16,7 @@ pub mod limits;
 mod member;
 mod names;
 pub mod notice;
+pub mod quota;
 pub mod status;
 mod versioned;
 mod view;

@@ -234,14 +234,20 @@ pub fn token(client: &ApiClient, json: bool, command: TokenCommand) -> Result<()
 }
 
 /// The audit log: who changed what, when, through which node, and how it ended.
-pub fn audit(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+pub fn audit(client: &ApiClient, json: bool, jsonl: bool) -> Result<(), ClientError> {
     let entries: Vec<hearth_types::account::AuditEntry> = client.get("/v1/audit")?;
+    if jsonl {
+        for entry in &entries {
+            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+        }
+        return Ok(());
+    }
     if json {
         print_json(&entries);
         return Ok(());
     }
     print_table(
-        &["AT", "WHO", "CHANGE", "STATUS", "NODE"],
+        &["AT", "WHO", "CHANGE", "STATUS", "NODE", "CLIENT", "NOTE"],
         entries.iter().rev().map(|e| {
             vec![
                 e.at.to_string(),
@@ -249,6 +255,8 @@ pub fn audit(client: &ApiClient, json: bool) -> Result<(), ClientError> {
                 format!("{} {}", e.method, e.path),
                 e.status.to_string(),
                 e.node.clone(),
+                e.client.clone(),
+                e.note.clone(),
             ]
         }),
     );

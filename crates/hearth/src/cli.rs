@@ -11,7 +11,7 @@ use hearth_types::{MemberRow, ServiceRow};
 
 use crate::client::{ApiClient, ClientArgs, ClientError};
 use crate::output::{print_json, print_table};
-use crate::{accounts_cli, compute_cli, state_cli};
+use crate::{accounts_cli, compute_cli, plans_cli, state_cli};
 
 /// Exit code for bad usage or bad config.
 const EXIT_USAGE: u8 = 2;
@@ -78,8 +78,17 @@ enum Command {
         #[command(subcommand)]
         command: accounts_cli::AccountCommand,
     },
-    /// The audit log (admins): every change made through the API, newest first.
-    Audit(ClientArgs),
+    /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
+    /// which plan an account is on.
+    Plan {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: plans_cli::PlanCommand,
+    },
+    /// The audit log (admins): every change made or refused through the API, and logins,
+    /// newest first.
+    Audit(AuditArgs),
     /// API tokens of accounts: create, list, revoke.
     Token {
         #[command(flatten)]
@@ -162,6 +171,16 @@ enum StateCommand {
     },
 }
 
+/// `hearth audit`'s arguments.
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// One JSON object per line, oldest first (an export for log tools).
+    #[arg(long)]
+    jsonl: bool,
+}
+
 #[derive(Args)]
 struct AgentArgs {
     /// The TOML config file.
@@ -214,7 +233,12 @@ pub fn main() -> ExitCode {
         Command::Account { client, command } => {
             with_client(&client, |c, json| accounts_cli::account(c, json, command))
         }
-        Command::Audit(args) => client_command(&args, accounts_cli::audit),
+        Command::Plan { client, command } => {
+            with_client(&client, |c, json| plans_cli::plan(c, json, command))
+        }
+        Command::Audit(args) => with_client(&args.client, |c, json| {
+            accounts_cli::audit(c, json, args.jsonl)
+        }),
         Command::Token { client, command } => {
             with_client(&client, |c, json| accounts_cli::token(c, json, command))
         }

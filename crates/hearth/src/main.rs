@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod compute_cli;
 mod output;
+mod plans_cli;
 mod state_cli;
 
 use std::process::ExitCode;

@@ -440,3 +440,133 @@ fn idle_connections_from_one_stranger_stop_neither_dns_nor_raft() {
     // Those that were let in and said nothing are closed by the node.
     assert!(idle.iter_mut().all(closed));
 }
+
+/// One server+worker agent with the fake driver (no guest runs; sizes and addresses are what
+/// is tested), a 16-vCPU worker, an image and a /29 pool (five addresses after the gateway).
+fn quota_agent() -> TestCluster {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 1000\n".into();
+    });
+    let agent = &cluster.agents[0];
+    hearth_testkit::vms::wait_for_hosts(agent, 1);
+    agent.add_fake_image("tiny");
+    agent.cli(&[
+        "pool",
+        "add",
+        "net",
+        "192.0.2.0/29",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+    let root = agent.token();
+    for name in ["alice", "bob"] {
+        let body =
+            format!(r#"{{"name":"{name}","role":"member","password":"{name}'s long password"}}"#);
+        assert_eq!(api(agent, &root, "POST", "/v1/accounts", &body).0, 200);
+    }
+    cluster
+}
+
+fn vm_body(name: &str, owner: &str, vcpus: u32, pools: &[&str]) -> String {
+    serde_json::json!({
+        "name": name, "owner": owner, "vcpus": vcpus, "memory_mib": 256, "disk_gib": 5,
+        "image": "tiny", "pools": pools,
+    })
+    .to_string()
+}
+
+/// Regressions: one member created five unplaceable 256-vCPU VMs and took every address of
+/// a /29, so the next member got "no free address"; a member removed the iops limit an
+/// admin set, and `iops = 2^64-1` was accepted.
+#[test]
+fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits() {
+    let cluster = quota_agent();
+    let agent = &cluster.agents[0];
+    let root = agent.token();
+    let alice = create_token(agent, &root, "alice");
+    let bob = create_token(agent, &root, "bob");
+    // Larger than any worker: refused, and no address is taken.
+    let (status, answer) = api(
+        agent,
+        &alice,
+        "POST",
+        "/v1/vms",
+        &vm_body("huge", "alice", 256, &["net"]),
+    );
+    assert_eq!(status, 403, "{answer}");
+    // The co-op's default plan: two VMs, two addresses, small IO.
+    let plan =
+        r#"{"plan":{"name":"default","quota":{"vms":2,"addresses":2,"vcpus":4,"iops":500}}}"#;
+    assert_eq!(api(agent, &root, "PUT", "/v1/plans", plan).0, 200);
+    for name in ["a1", "a2"] {
+        let (status, answer) = api(
+            agent,
+            &alice,
+            "POST",
+            "/v1/vms",
+            &vm_body(name, "alice", 2, &["net"]),
+        );
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, answer) = api(
+        agent,
+        &alice,
+        "POST",
+        "/v1/vms",
+        &vm_body("a3", "alice", 1, &["net"]),
+    );
+    assert_eq!(status, 403, "{answer}");
+    let why = answer["error"].as_str().unwrap();
+    assert!(
+        why.contains("vms: over quota: 2 allowed, 2 in use, 0 left"),
+        "{why}"
+    );
+    // Bob still gets an address.
+    let (status, answer) = api(
+        agent,
+        &bob,
+        "POST",
+        "/v1/vms",
+        &vm_body("b1", "bob", 1, &["net"]),
+    );
+    assert_eq!(status, 201, "{answer}");
+    // Her VMs carry the plan's IO limit, which she cannot lift; an admin can, within range.
+    let (_, vm) = api(agent, &alice, "GET", "/v1/vms/a1", "");
+    assert_eq!(vm["io"]["iops"], 500, "{vm}");
+    let (status, _) = api(agent, &alice, "PUT", "/v1/vms/a1/io", r#"{"io":{}}"#);
+    assert_eq!(status, 403);
+    let (status, answer) = api(
+        agent,
+        &root,
+        "PUT",
+        "/v1/vms/a1/io",
+        r#"{"io":{"iops":18446744073709551615}}"#,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("io.iops"),
+        "{answer}"
+    );
+    // She sees her plan and what is left; an account of her own limits raises hers.
+    let (_, me) = api(agent, &alice, "GET", "/v1/me", "");
+    assert_eq!(
+        (me["plan"].as_str(), me["usage"]["vms"].as_u64()),
+        (Some("default"), Some(2))
+    );
+    let raise = r#"{"quota":{"vms":3,"addresses":3,"vcpus":5}}"#;
+    assert_eq!(
+        api(agent, &root, "PUT", "/v1/accounts/alice/plan", raise).0,
+        200
+    );
+    let (status, answer) = api(
+        agent,
+        &alice,
+        "POST",
+        "/v1/vms",
+        &vm_body("a3", "alice", 1, &["net"]),
+    );
+    assert_eq!(status, 201, "{answer}");
+    // Plans are the admins' business.
+    assert_eq!(api(agent, &alice, "PUT", "/v1/plans", plan).0, 403);
+}

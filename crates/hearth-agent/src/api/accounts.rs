@@ -26,7 +26,7 @@ async fn list_accounts(State(state): State<ApiState>, Query(params): Query<Param
             let rows: Vec<_> = desired
                 .accounts
                 .values()
-                .map(|a| AccountRow::new(&a.value, a.version))
+                .map(|a| AccountRow::with_quota(&a.value, a.version, &desired))
                 .collect();
             Json(rows).into_response()
         }
@@ -59,6 +59,8 @@ async fn create_account(
         password_hash: hash,
         ssh_keys: Default::default(),
         disabled: false,
+        plan: None,
+        quota: Default::default(),
     };
     write(
         &state,

@@ -147,6 +147,7 @@ fn outcome_response(
         Outcome::Conflict { .. } => StatusCode::CONFLICT,
         Outcome::NotFound => StatusCode::NOT_FOUND,
         Outcome::Invalid { message } => return error(StatusCode::BAD_REQUEST, &message),
+        Outcome::Refused { message } => return error(StatusCode::FORBIDDEN, &message),
     };
     (status, Json(body)).into_response()
 }

@@ -30,9 +30,12 @@ async fn me(State(state): State<ApiState>, Extension(caller): Extension<Caller>)
         Err(failure) => return failure.into_response(),
     };
     match desired.accounts.get(caller.name()) {
-        Some(account) if caller != Caller::Root => {
-            Json(AccountRow::new(&account.value, account.version)).into_response()
-        }
+        Some(account) if caller != Caller::Root => Json(AccountRow::with_quota(
+            &account.value,
+            account.version,
+            &desired,
+        ))
+        .into_response(),
         _ => Json(AccountRow::root()).into_response(),
     }
 }

@@ -16,6 +16,7 @@ pub mod members;
 pub mod nodes;
 pub mod notices;
 pub mod openapi;
+pub mod plans;
 pub mod pools;
 pub mod records;
 pub mod state;
@@ -40,6 +41,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(nodes::routes())
         .merge(images::routes())
         .merge(pools::routes())
+        .merge(plans::routes())
         .merge(vms::routes())
         .merge(hosts::routes())
         .merge(drift::routes())

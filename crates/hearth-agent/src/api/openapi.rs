@@ -189,6 +189,23 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/pools/{name}",
         "Remove a pool none of whose addresses is in use",
     ),
+    op("get", "/v1/plans", "Admins: members' plans (quotas)")
+        .answers(schema::<Vec<hearth_types::api::PlanRow>>),
+    op("put", "/v1/plans", "Admins: create or change a plan")
+        .body(schema::<hearth_types::api::PutPlan>)
+        .answers(schema::<WriteAnswer>),
+    op(
+        "delete",
+        "/v1/plans/{name}",
+        "Admins: remove a plan; its members fall back to the default plan",
+    ),
+    op(
+        "put",
+        "/v1/accounts/{name}/plan",
+        "Admins: put an account on a plan, with limits of its own",
+    )
+    .body(schema::<hearth_types::api::SetPlan>)
+    .answers(schema::<WriteAnswer>),
     op("get", "/v1/vms", "VMs (a member's own only)").answers(schema::<Vec<VmRow>>),
     op("post", "/v1/vms", "Create a VM")
         .body(schema::<VmRequest>)
@@ -411,6 +428,7 @@ mod tests {
             include_str!("nodes.rs"),
             include_str!("images.rs"),
             include_str!("pools.rs"),
+            include_str!("plans.rs"),
             include_str!("vms.rs"),
             include_str!("hosts.rs"),
             include_str!("drift.rs"),

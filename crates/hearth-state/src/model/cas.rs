@@ -21,6 +21,9 @@ pub enum Outcome {
     NotFound,
     /// The command is invalid; the message names the field.
     Invalid { message: String },
+    /// The command is valid, but the caller may not have it: over a member's quota, for
+    /// one. The message says what is left.
+    Refused { message: String },
     /// Entries without a command (membership changes, leader blanks).
     Nothing,
     /// The outcomes of a `Command::Batch`, in its order.

@@ -292,9 +292,10 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         C::SetPower { vm, power, expect } => {
             update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
         }
-        C::SetIo { vm, io, expect } => {
-            update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io)
-        }
+        C::SetIo { vm, io, expect } => match io.validate() {
+            Ok(()) => update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io),
+            Err(message) => Outcome::Invalid { message },
+        },
         C::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
         C::Place { vm, host, from } => place(compute, vm, host, from, index),
         C::Report {

@@ -1,0 +1,66 @@
+//! Members' quotas at the moment a VM is created: the `CreateVm` of a VM a member owns is
+//! refused when it would pass the member's quota or could never be placed, and otherwise gets
+//! the IO limits of the member's plan. Applied inside `apply`, so two creations racing each
+//! other are counted one after the other on every replica.
+
+use std::borrow::Cow;
+
+use hearth_types::account::AccountRole;
+use hearth_types::compute::{Compute, VmRequest};
+use hearth_types::desired::DesiredState;
+use hearth_types::quota::{Usage, check, quota_of};
+
+use super::compute::ComputeCommand;
+
+/// `command` as it may be applied (a member's new VM with its plan's IO limits), or why it
+/// is refused.
+pub(super) fn admit<'c>(
+    state: &DesiredState,
+    command: &'c ComputeCommand,
+) -> Result<Cow<'c, ComputeCommand>, String> {
+    let ComputeCommand::CreateVm { request } = command else {
+        return Ok(Cow::Borrowed(command));
+    };
+    let Some(account) = state
+        .accounts
+        .get(&request.owner)
+        .map(|a| &a.value)
+        .filter(|a| a.role == AccountRole::Member)
+    else {
+        return Ok(Cow::Borrowed(command));
+    };
+    let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
+    let owned = state
+        .compute
+        .vms
+        .values()
+        .map(|vm| &vm.value)
+        .filter(|vm| vm.request.owner == request.owner)
+        .map(|vm| (&vm.request, vm.ips.len()));
+    check(&quota, &Usage::of(owned), request)?;
+    placeable(&state.compute, request)?;
+    let mut request = request.clone();
+    request.io = quota.io();
+    Ok(Cow::Owned(ComputeCommand::CreateVm { request }))
+}
+
+/// A VM larger than every worker could never run, and would hold its addresses forever.
+fn placeable(compute: &Compute, request: &VmRequest) -> Result<(), String> {
+    let hosts: Vec<_> = compute.hosts.values().map(|h| h.capacity).collect();
+    let fits = |c: &hearth_types::compute::Capacity| {
+        c.vcpus >= request.vcpus
+            && c.memory_mib >= request.memory_mib
+            && c.disk_gib >= request.disk_gib
+    };
+    if hosts.is_empty() || hosts.iter().any(fits) {
+        return Ok(());
+    }
+    let most =
+        |f: fn(&hearth_types::compute::Capacity) -> u64| hosts.iter().map(f).max().unwrap_or(0);
+    Err(format!(
+        "size: no worker could ever run it: the largest offer {} vCPUs, {} MiB and {} GiB",
+        most(|c| u64::from(c.vcpus)),
+        most(|c| c.memory_mib),
+        most(|c| c.disk_gib),
+    ))
+}

@@ -1,0 +1,186 @@
+//! `hearth plan`: members' plans (quotas), and which plan an account is on, through the
+//! local agent's API.
+
+use clap::Subcommand;
+use hearth_types::api::{AccountRow, PlanRow, PutPlan, SetPlan};
+use hearth_types::quota::{Plan, Quota};
+use serde_json::Value;
+
+use crate::client::{ApiClient, ClientError};
+use crate::output::{print_json, print_table};
+
+#[derive(Subcommand)]
+pub enum PlanCommand {
+    /// Create or replace a plan. A limit left out is no limit. The plan named `default`
+    /// applies to members on no plan; without one, members get 5 VMs, 8 vCPUs, 16 GiB of
+    /// memory, 200 GiB of disk and 5 addresses.
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: Limits,
+    },
+    /// List the plans.
+    List,
+    /// Remove a plan; its members fall back to `default`.
+    Rm { name: String },
+    /// Put an account on a plan (none: `default`), with limits of its own in place of the
+    /// plan's; and show what it uses.
+    Assign {
+        account: String,
+        /// The plan; leave it out for `default`.
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        limits: Limits,
+    },
+}
+
+/// A quota's limits as flags.
+#[derive(clap::Args)]
+pub struct Limits {
+    /// VMs in all.
+    #[arg(long, value_name = "N")]
+    vms: Option<u64>,
+    /// vCPUs of all VMs together.
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u64>,
+    /// Memory of all VMs together, in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u64>,
+    /// Disk of all VMs together, in GiB.
+    #[arg(long, value_name = "GIB")]
+    disk_gib: Option<u64>,
+    /// Addresses from pools, all VMs together.
+    #[arg(long, value_name = "N")]
+    addresses: Option<u64>,
+    /// The IOPS limit each VM gets (members cannot change it).
+    #[arg(long, value_name = "N")]
+    iops: Option<u64>,
+    /// The bytes/s limit each VM gets.
+    #[arg(long, value_name = "N")]
+    bytes_per_sec: Option<u64>,
+}
+
+impl Limits {
+    fn quota(&self) -> Quota {
+        Quota {
+            vms: self.vms,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            addresses: self.addresses,
+            iops: self.iops,
+            bytes_per_sec: self.bytes_per_sec,
+        }
+    }
+}
+
+fn limit(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), ClientError> {
+    match command {
+        PlanCommand::Set { name, limits } => {
+            let body = PutPlan {
+                plan: Plan {
+                    name: name.clone(),
+                    quota: limits.quota(),
+                },
+                expect: Default::default(),
+            };
+            let answer: Value = client.put("/v1/plans", &body)?;
+            done(json, &answer, &format!("plan {name} set"))
+        }
+        PlanCommand::List => {
+            let rows: Vec<PlanRow> = client.get("/v1/plans")?;
+            if json {
+                print_json(&rows);
+                return Ok(());
+            }
+            print_table(
+                &[
+                    "PLAN",
+                    "VMS",
+                    "VCPUS",
+                    "MEMORY MIB",
+                    "DISK GIB",
+                    "ADDRESSES",
+                    "IOPS",
+                    "BYTES/S",
+                ],
+                rows.iter().map(|r| {
+                    let q = &r.plan.quota;
+                    vec![
+                        r.plan.name.clone(),
+                        limit(q.vms),
+                        limit(q.vcpus),
+                        limit(q.memory_mib),
+                        limit(q.disk_gib),
+                        limit(q.addresses),
+                        limit(q.iops),
+                        limit(q.bytes_per_sec),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        PlanCommand::Rm { name } => {
+            let answer: Value = client.delete(&format!("/v1/plans/{name}"))?;
+            done(json, &answer, &format!("plan {name} removed"))
+        }
+        PlanCommand::Assign {
+            account,
+            plan,
+            limits,
+        } => {
+            let body = SetPlan {
+                plan,
+                quota: limits.quota(),
+            };
+            let _: Value = client.put(&format!("/v1/accounts/{account}/plan"), &body)?;
+            let rows: Vec<AccountRow> = client.get("/v1/accounts")?;
+            let row = rows.into_iter().find(|r| r.name == account);
+            if json {
+                print_json(&row);
+            } else if let Some(row) = row {
+                print_quota(&row);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn done(json: bool, answer: &Value, message: &str) -> Result<(), ClientError> {
+    if json {
+        print_json(answer);
+    } else {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+/// An account's plan, and per limit what it uses of what it may.
+pub fn print_quota(row: &AccountRow) {
+    let (Some(quota), Some(usage)) = (row.quota, row.usage) else {
+        println!("{}: an admin; no quota", row.name);
+        return;
+    };
+    println!(
+        "{} on plan {}",
+        row.name,
+        row.plan.as_deref().unwrap_or("default")
+    );
+    print_table(
+        &["LIMIT", "USED", "ALLOWED"],
+        [
+            ("vms", usage.vms, quota.vms),
+            ("vcpus", usage.vcpus, quota.vcpus),
+            ("memory_mib", usage.memory_mib, quota.memory_mib),
+            ("disk_gib", usage.disk_gib, quota.disk_gib),
+            ("addresses", usage.addresses, quota.addresses),
+        ]
+        .into_iter()
+        .map(|(name, used, allowed)| vec![name.to_owned(), used.to_string(), limit(allowed)]),
+    );
+}
