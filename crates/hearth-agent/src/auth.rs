@@ -17,8 +17,13 @@ use sha2::{Digest, Sha256};
 /// The authenticated caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// The node's own API token: an admin that needs no account (bootstrap, the CLI on the node).
+    /// The node's own API token on a server or witness: an admin that needs no account
+    /// (bootstrap, the CLI on the node).
     Root,
+    /// The node's own API token on a worker (no server or witness role): it reads the
+    /// cluster and makes the node leave, and changes nothing else, so a worker's files are
+    /// not the keys to the co-op's accounts, services and records.
+    Worker,
     Account {
         name: String,
         role: AccountRole,
@@ -33,6 +38,7 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         match self {
             Caller::Root => true,
+            Caller::Worker => false,
             Caller::Account { role, .. } => *role == AccountRole::Admin,
         }
     }
@@ -52,6 +58,7 @@ impl Caller {
     pub fn name(&self) -> &str {
         match self {
             Caller::Root => "root",
+            Caller::Worker => "worker-node",
             Caller::Account { name, .. } => name,
         }
     }
@@ -149,6 +156,9 @@ pub fn authorize(
     {
         return Verdict::Forbidden("this token is read-only".into());
     }
+    if *caller == Caller::Worker {
+        return worker_may(method, path);
+    }
     let Some(owner) = caller.only_owner() else {
         return Verdict::Allow;
     };
@@ -191,7 +201,7 @@ pub fn token_expiry(
 ) -> Option<u64> {
     let creator = match caller {
         Caller::Account { expires_at, .. } => *expires_at,
-        Caller::Root => None,
+        Caller::Root | Caller::Worker => None,
     };
     [
         asked_secs.map(|s| now.saturating_add(s)),
@@ -201,6 +211,29 @@ pub fn token_expiry(
     .into_iter()
     .flatten()
     .min()
+}
+
+/// What a worker's node token may do: read what is not about accounts, and leave.
+fn worker_may(method: &Method, path: &str) -> Verdict {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let private = matches!(
+        segments.as_slice(),
+        [
+            "v1",
+            "accounts" | "tokens" | "audit" | "desired" | "plans" | "me",
+            ..
+        ]
+    );
+    let allowed = (method == Method::GET && !private)
+        || (method == Method::POST && segments.as_slice() == ["v1", "leave"]);
+    if allowed {
+        Verdict::Allow
+    } else {
+        Verdict::Forbidden(format!(
+            "{} {path}: a worker's node token only reads the cluster and makes the node leave; use an admin's token (hearth token create, on a server)",
+            method.as_str()
+        ))
+    }
 }
 
 /// Hashes a password with argon2id and a random salt.
@@ -414,6 +447,37 @@ pub(crate) mod tests {
             authorize(&ro, &Method::POST, "/v1/vms", Some(&desired)),
             Verdict::Forbidden(_)
         ));
+    }
+
+    /// A worker's own token reads what is not about accounts, and leaves; nothing else.
+    #[test]
+    fn a_workers_node_token_reads_and_leaves_only() {
+        let (desired, _, _) = world();
+        let check = |method: Method, path: &str| {
+            authorize(&Caller::Worker, &method, path, Some(&desired)) == Verdict::Allow
+        };
+        assert!(check(Method::GET, "/v1/members"));
+        assert!(check(Method::GET, "/v1/vms/a1"));
+        assert!(check(Method::POST, "/v1/leave"));
+        for path in [
+            "/v1/accounts",
+            "/v1/tokens",
+            "/v1/audit",
+            "/v1/desired",
+            "/v1/me",
+        ] {
+            assert!(!check(Method::GET, path), "{path}");
+        }
+        for path in [
+            "/v1/accounts",
+            "/v1/tokens",
+            "/v1/vms",
+            "/v1/nodes/n1/fence",
+        ] {
+            assert!(!check(Method::POST, path), "{path}");
+        }
+        assert!(!check(Method::PUT, "/v1/cluster-services"));
+        assert!(!Caller::Worker.is_admin());
     }
 
     /// Regression: a 12-hour web session could mint a token that never expired.

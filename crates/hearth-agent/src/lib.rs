@@ -410,6 +410,10 @@ fn spawn_work(
         logins: Arc::new(login_limit::Logins::new(config.trusted_proxies.clone())),
         audit: Default::default(),
         max_token_secs: config.max_token_lifetime.map(|d| d.as_secs().max(1)),
+        worker_only: !config
+            .roles
+            .iter()
+            .any(|r| matches!(r, hearth_types::Role::Server | hearth_types::Role::Witness)),
         api_connections: hearth_types::limits::ConnLimit::with_exempt(
             listener::MAX_CONNECTIONS,
             listener::MAX_PER_CLIENT,

@@ -167,6 +167,11 @@ pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
     valid_id(id).then(|| root.join(id).join("console.log"))
 }
 
+/// QEMU's seccomp filter: obsolete system calls and CPU/scheduler resource control denied.
+/// `spawn=deny` and `elevateprivileges=deny` stop `-daemonize` from working (QEMU 10.0
+/// installs the filter before it forks), so those two wait until QEMU is started without it.
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
+
 /// QEMU's command line for a VM, as a pure function of the spec and the VM's directory.
 pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> Vec<String> {
     let path = |name: &str| dir.join(name).display().to_string();
@@ -187,6 +192,7 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     push(&["-m", &format!("{}M", spec.memory_mib.max(64))]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     push(&["-daemonize", "-pidfile", &path("qemu.pid")]);
+    push(&["-sandbox", SANDBOX]);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", opt(path("qmp.sock"))),
@@ -928,6 +934,10 @@ mod tests {
         );
         assert!(
             joined.contains("-daemonize -pidfile /d/vm-3/qemu.pid"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-sandbox on,obsolete=deny,resourcecontrol=deny"),
             "{joined}"
         );
         assert!(

@@ -570,3 +570,53 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
     // Plans are the admins' business.
     assert_eq!(api(agent, &alice, "PUT", "/v1/plans", plan).0, 403);
 }
+
+/// Regression: with a worker's `data_dir/api-token`, one `POST /v1/accounts` made a new
+/// admin, and a `PUT /v1/cluster-services` with an exec check ran a command as root on a
+/// server. A worker's own token now reads and leaves, nothing more.
+#[test]
+fn a_workers_own_token_reads_the_cluster_and_changes_nothing() {
+    let mut cluster = TestCluster::start(bin(), 0, |_| String::new());
+    let server = cluster.spec(0, "[state]\nbootstrap_expect = 1\n".into());
+    cluster.add(server);
+    let mut worker = cluster.spec(1, "[compute]\ndriver = \"fake\"\n".into());
+    worker.roles = "[\"worker\"]".into();
+    cluster.add(worker);
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], WAIT);
+    let worker = &cluster.agents[1];
+    let token = worker.token();
+    // The matrix of a worker's node token, on the worker's own API.
+    let cases = [
+        ("GET", "/v1/members", "", 200),
+        ("GET", "/v1/hosts", "", 200),
+        ("GET", "/v1/accounts", "", 403),
+        ("GET", "/v1/tokens", "", 403),
+        ("GET", "/v1/audit", "", 403),
+        ("GET", "/v1/desired", "", 403),
+        (
+            "POST",
+            "/v1/accounts",
+            r#"{"name":"mallory","role":"admin","password":"a long enough password"}"#,
+            403,
+        ),
+        ("POST", "/v1/tokens", r#"{"account":"ann"}"#, 403),
+        (
+            "PUT",
+            "/v1/cluster-services",
+            r#"{"service":{"name":"x","nodes":["n1"],"check":{"exec":["/bin/true"]}}}"#,
+            403,
+        ),
+        ("PUT", "/v1/records", "{}", 403),
+        ("PUT", "/v1/pools", "{}", 403),
+        ("POST", "/v1/nodes/n1/drain", "", 403),
+        ("POST", "/v1/vms", "{}", 403),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, answer) = api(worker, &token, method, path, body);
+        assert_eq!(status, want, "{method} {path}: {answer}");
+    }
+    // The server's own token is still root.
+    let root = cluster.agents[0].token();
+    let (status, _) = api(&cluster.agents[0], &root, "GET", "/v1/accounts", "");
+    assert_eq!(status, 200);
+}

@@ -43,6 +43,9 @@ pub struct ApiState {
     pub logins: Arc<crate::login_limit::Logins>,
     /// `max_token_lifetime` in seconds: no token made here lives longer.
     pub max_token_secs: Option<u64>,
+    /// This node is a worker only (neither server nor witness): its own token is
+    /// `Caller::Worker`, not root.
+    pub worker_only: bool,
     /// The caps on this node's API connections.
     pub api_connections: Arc<hearth_types::limits::ConnLimit>,
     /// The budget of anonymous audit entries on this node.

@@ -57,8 +57,13 @@ pub(super) async fn require_token(
         );
     };
     let desired = state.state.as_ref().map(|node| node.reader().current());
-    let Some(caller) = auth::authenticate(token, &state.token, desired.as_deref(), unix_now())
-    else {
+    let caller = auth::authenticate(token, &state.token, desired.as_deref(), unix_now());
+    // A worker's own token is not root: its files must not be the keys to the co-op.
+    let caller = caller.map(|c| match c {
+        auth::Caller::Root if state.worker_only => auth::Caller::Worker,
+        other => other,
+    });
+    let Some(caller) = caller else {
         audit(
             ANONYMOUS,
             StatusCode::UNAUTHORIZED,

@@ -32,7 +32,7 @@ async fn create_token(
     let account = match (new.account, &caller) {
         (Some(account), c) if c.is_admin() => account,
         (None, Caller::Account { name, .. }) => name.clone(),
-        (None, Caller::Root) => {
+        (None, Caller::Root | Caller::Worker) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "account: the node token has no account; name one",
