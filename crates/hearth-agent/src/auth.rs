@@ -176,7 +176,7 @@ pub fn authorize(
         // Giving up a disk is an admin's decision, even for the member's own VM.
         ["v1", "vms", _, "recreate"] => admin_only(),
         // So is where a VM runs, and how much IO it may do (the member's plan sets it).
-        ["v1", "vms", _, "migrate" | "migration" | "io"] => admin_only(),
+        ["v1", "vms", _, "migrate" | "migration" | "io" | "owner"] => admin_only(),
         ["v1", "vms", key] | ["v1", "vms", key, _] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))

@@ -114,6 +114,13 @@ pub struct PutNotice {
     pub expect: Expect,
 }
 
+/// `POST /v1/vms/VM/owner`: give a VM to another account (admins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetOwner {
+    pub owner: String,
+}
+
 /// `PUT /v1/vms/ID/io`: a VM's disk IO limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -115,6 +115,14 @@ pub enum VmCommand {
         #[arg(long)]
         empty_disk: bool,
     },
+    /// Admins: give the VM to another account, within that account's quota (the way to
+    /// remove an account whose VMs should live on).
+    Reassign {
+        vm: String,
+        /// The account that owns it from now on.
+        #[arg(long)]
+        owner: String,
+    },
     /// Admins: move the VM and its disk to another host.
     ///
     /// A running VM moves live: the target starts a paused QEMU, the VM's host mirrors its
@@ -515,6 +523,14 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
                 &answer,
                 &format!("{vm}: recreated with an empty disk (its old data is given up)"),
             );
+            Ok(())
+        }
+        VmCommand::Reassign { vm, owner } => {
+            let body = hearth_types::api::SetOwner {
+                owner: owner.clone(),
+            };
+            let answer: Value = client.post_json(&format!("/v1/vms/{vm}/owner"), &body)?;
+            report(json, &answer, &format!("{vm}: now owned by {owner}"));
             Ok(())
         }
         VmCommand::Console { vm, follow } => console(client, json, &vm, follow),

@@ -569,6 +569,33 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
     assert_eq!(status, 201, "{answer}");
     // Plans are the admins' business.
     assert_eq!(api(agent, &alice, "PUT", "/v1/plans", plan).0, 403);
+
+    // Regression: removing an account left its VMs, for whoever took the name next. The
+    // removal is refused while it owns VMs; an admin gives them away, within the new
+    // owner's quota, or deletes them.
+    let (status, answer) = api(agent, &root, "DELETE", "/v1/accounts/alice", "");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("owns VMs"),
+        "{answer}"
+    );
+    let give = |vm: &str, token: &str| {
+        let path = format!("/v1/vms/{vm}/owner");
+        api(agent, token, "POST", &path, r#"{"owner":"bob"}"#)
+    };
+    assert_eq!(give("a1", &alice).0, 403, "a member gives nothing away");
+    assert_eq!(give("a3", &root).0, 200);
+    let (status, answer) = give("a2", &root);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("vms: over quota: 2 allowed, 2 in use"),
+        "{answer}"
+    );
+    let (_, vm) = api(agent, &bob, "GET", "/v1/vms/a3", "");
+    assert_eq!(vm["owner"], "bob", "{vm}");
 }
 
 /// Regression: with a worker's `data_dir/api-token`, one `POST /v1/accounts` made a new

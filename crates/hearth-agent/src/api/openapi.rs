@@ -207,6 +207,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     .body(schema::<hearth_types::api::SetPlan>)
     .answers(schema::<WriteAnswer>),
     op("get", "/v1/vms", "VMs (a member's own only)").answers(schema::<Vec<VmRow>>),
+    op(
+        "post",
+        "/v1/vms/{vm}/owner",
+        "Admins: give a VM to another account, within its quota",
+    )
+    .body(schema::<hearth_types::api::SetOwner>)
+    .answers(schema::<WriteAnswer>),
     op("post", "/v1/vms", "Create a VM")
         .body(schema::<VmRequest>)
         .answers(schema::<WriteAnswer>),

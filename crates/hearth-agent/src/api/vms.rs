@@ -29,6 +29,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/reboot", post(reboot_vm))
         .route("/v1/vms/{vm}/recreate", post(recreate_vm))
         .route("/v1/vms/{vm}/io", put(set_io))
+        .route("/v1/vms/{vm}/owner", post(set_owner))
         .route("/v1/vms/{vm}/migrate", post(migrate_vm))
         .route("/v1/vms/{vm}/migration", delete(cancel_migration))
         .route("/v1/vms/{vm}/console", get(console))
@@ -196,6 +197,25 @@ async fn stop_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Resp
 async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
     vm_write(&state, &key, |vm| ComputeCommand::Reboot {
         vm,
+        expect: Expect::Any,
+    })
+    .await
+}
+
+/// An admin gives a VM to another account (`hearth vm reassign NAME --owner M`), within
+/// that account's quota: the way to remove an account whose VMs should live on.
+async fn set_owner(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Json<hearth_types::api::SetOwner>, JsonRejection>,
+) -> Response {
+    let owner = match body {
+        Ok(Json(body)) => body.owner,
+        Err(rejection) => return bad_body(rejection),
+    };
+    vm_write(&state, &key, |vm| ComputeCommand::SetOwner {
+        vm,
+        owner,
         expect: Expect::Any,
     })
     .await

@@ -44,6 +44,12 @@ pub enum ComputeCommand {
         io: IoLimits,
         expect: Expect,
     },
+    /// Gives a VM to another account (an admin's decision; the new owner's quota applies).
+    SetOwner {
+        vm: String,
+        owner: String,
+        expect: Expect,
+    },
     /// Unplaced VMs go at once; placed ones are marked, and go when their host confirms
     /// that the disk is removed (`Forget`), or when the host is fenced or left.
     DeleteVm {
@@ -247,6 +253,7 @@ impl ComputeCommand {
             ComputeCommand::CreateVm { .. } => "vm-create".into(),
             ComputeCommand::SetPower { vm, .. }
             | ComputeCommand::SetIo { vm, .. }
+            | ComputeCommand::SetOwner { vm, .. }
             | ComputeCommand::DeleteVm { vm, .. }
             | ComputeCommand::Place { vm, .. }
             | ComputeCommand::Report { vm, .. }
@@ -296,6 +303,16 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             Ok(()) => update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io),
             Err(message) => Outcome::Invalid { message },
         },
+        C::SetOwner { vm, owner, expect } => {
+            if owner.is_empty() || owner.len() > 64 {
+                return Outcome::Invalid {
+                    message: "owner: give 1 to 64 characters".into(),
+                };
+            }
+            update_vm(compute, vm, *expect, index, |vm| {
+                vm.request.owner = owner.clone()
+            })
+        }
         C::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
         C::Place { vm, host, from } => place(compute, vm, host, from, index),
         C::Report {

@@ -18,6 +18,9 @@ pub(super) fn admit<'c>(
     state: &DesiredState,
     command: &'c ComputeCommand,
 ) -> Result<Cow<'c, ComputeCommand>, String> {
+    if let ComputeCommand::SetOwner { vm, owner, .. } = command {
+        return given(state, vm, owner).map(|()| Cow::Borrowed(command));
+    }
     let ComputeCommand::CreateVm { request } = command else {
         return Ok(Cow::Borrowed(command));
     };
@@ -42,6 +45,32 @@ pub(super) fn admit<'c>(
     let mut request = request.clone();
     request.io = quota.io();
     Ok(Cow::Owned(ComputeCommand::CreateVm { request }))
+}
+
+/// A VM given to `owner` must fit the new owner's quota, as if they created it.
+fn given(state: &DesiredState, vm: &str, owner: &str) -> Result<(), String> {
+    let Some(vm) = state.compute.vms.get(vm).map(|v| &v.value) else {
+        return Ok(());
+    };
+    let Some(account) = state
+        .accounts
+        .get(owner)
+        .map(|a| &a.value)
+        .filter(|a| a.role == AccountRole::Member)
+    else {
+        return Ok(());
+    };
+    let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
+    let owned = state
+        .compute
+        .vms
+        .values()
+        .map(|v| &v.value)
+        .filter(|v| v.request.owner == owner && v.id != vm.id)
+        .map(|v| (&v.request, v.ips.len()));
+    let mut request = vm.request.clone();
+    request.pools = vm.ips.iter().map(|ip| ip.pool.clone()).collect();
+    check(&quota, &Usage::of(owned), &request)
 }
 
 /// A VM larger than every worker could never run, and would hold its addresses forever.
