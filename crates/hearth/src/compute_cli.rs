@@ -420,6 +420,25 @@ fn ssh_keys(args: &[String]) -> Result<Vec<String>, ClientError> {
     Ok(keys)
 }
 
+/// `hearth vm recreate NAME --empty-disk`: only with the flag that says the data is given up.
+fn recreate(client: &ApiClient, json: bool, vm: &str, empty_disk: bool) -> Result<(), ClientError> {
+    if !empty_disk {
+        return Err(ClientError::Usage(format!(
+            "--empty-disk: required; `hearth vm recreate {vm} --empty-disk` starts {vm} over on an empty disk and gives up its old data"
+        )));
+    }
+    let answer: Value = client.post_json(
+        &format!("/v1/vms/{vm}/recreate"),
+        &Recreate { empty_disk: true },
+    )?;
+    report(
+        json,
+        &answer,
+        &format!("{vm}: recreated with an empty disk (its old data is given up)"),
+    );
+    Ok(())
+}
+
 /// A replica as `vm show` says it: its host and state, with the first copy's progress.
 fn replica_line(replica: Option<&Replica>) -> String {
     let Some(r) = replica else {
@@ -508,23 +527,7 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
         VmCommand::Start { vm } => vm_post(client, json, &vm, "start", "asked to run"),
         VmCommand::Stop { vm } => vm_post(client, json, &vm, "stop", "asked to stop"),
         VmCommand::Reboot { vm } => vm_post(client, json, &vm, "reboot", "asked to reboot"),
-        VmCommand::Recreate { vm, empty_disk } => {
-            if !empty_disk {
-                return Err(ClientError::Usage(format!(
-                    "--empty-disk: required; `hearth vm recreate {vm} --empty-disk` starts {vm} over on an empty disk and gives up its old data"
-                )));
-            }
-            let answer: Value = client.post_json(
-                &format!("/v1/vms/{vm}/recreate"),
-                &Recreate { empty_disk: true },
-            )?;
-            report(
-                json,
-                &answer,
-                &format!("{vm}: recreated with an empty disk (its old data is given up)"),
-            );
-            Ok(())
-        }
+        VmCommand::Recreate { vm, empty_disk } => recreate(client, json, &vm, empty_disk),
         VmCommand::Reassign { vm, owner } => {
             let body = hearth_types::api::SetOwner {
                 owner: owner.clone(),

@@ -299,10 +299,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         C::SetPower { vm, power, expect } => {
             update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
         }
-        C::SetIo { vm, io, expect } => match io.validate() {
-            Ok(()) => update_vm(compute, vm, *expect, index, |vm| vm.request.io = *io),
-            Err(message) => Outcome::Invalid { message },
-        },
+        C::SetIo { vm, io, expect } => set_io(compute, vm, io, *expect, index),
         C::SetOwner { vm, owner, expect } => {
             if owner.is_empty() || owner.len() > 64 {
                 return Outcome::Invalid {
@@ -797,6 +794,24 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
         },
     );
     Outcome::Created { id, version: index }
+}
+
+fn set_io(compute: &mut Compute, vm: &str, io: &IoLimits, expect: Expect, index: u64) -> Outcome {
+    match io.validate() {
+        Ok(()) => update_vm(compute, vm, expect, index, |vm| vm.request.io = *io),
+        Err(message) => Outcome::Invalid { message },
+    }
+}
+
+fn set_owner(compute: &mut Compute, vm: &str, owner: &str, expect: Expect, index: u64) -> Outcome {
+    if owner.is_empty() || owner.len() > 64 {
+        return Outcome::Invalid {
+            message: "owner: give 1 to 64 characters".into(),
+        };
+    }
+    update_vm(compute, vm, expect, index, |vm| {
+        vm.request.owner = owner.to_owned()
+    })
 }
 
 fn update_vm(
