@@ -300,16 +300,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
             update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
         }
         C::SetIo { vm, io, expect } => set_io(compute, vm, io, *expect, index),
-        C::SetOwner { vm, owner, expect } => {
-            if owner.is_empty() || owner.len() > 64 {
-                return Outcome::Invalid {
-                    message: "owner: give 1 to 64 characters".into(),
-                };
-            }
-            update_vm(compute, vm, *expect, index, |vm| {
-                vm.request.owner = owner.clone()
-            })
-        }
+        C::SetOwner { vm, owner, expect } => set_owner(compute, vm, owner, *expect, index),
         C::DeleteVm { vm, expect } => delete_vm(compute, vm, *expect, index),
         C::Place { vm, host, from } => place(compute, vm, host, from, index),
         C::Report {
