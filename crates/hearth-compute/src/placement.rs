@@ -268,9 +268,12 @@ fn evacuate(desired: &DesiredState, view: &View, commands: &mut Vec<ComputeComma
                 host: Some(to),
                 from: vm.host.clone(),
             }),
+            // A VM whose last move was given up moves cold: a live move that failed once
+            // (QEMU's "Bad address" after an earlier live move, docs/migration.md) would
+            // fail again, and the evacuation must still empty the host.
             Ok(to) => commands.push(ComputeCommand::Migrate {
                 vm: vm.id.clone(),
-                live: can_move_live(compute, vm, &to),
+                live: can_move_live(compute, vm, &to) && vm.move_given_up.is_none(),
                 to,
                 expect: hearth_state::model::Expect::Any,
             }),

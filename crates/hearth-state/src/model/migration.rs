@@ -266,8 +266,10 @@ pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> 
     let phase = entry.value.phase;
     entry.value.set_phase(phase, Some(message.clone()), index);
     entry.value.move_given_up = Some(message.clone());
-    // An evacuation of its host stops at the first move given up.
-    if let Some(host) = entry.value.host.clone()
+    // An evacuation of its host stops at the first cold move given up; after a live one it
+    // moves that VM cold next (see `placement::evacuate`).
+    if !migration.live
+        && let Some(host) = entry.value.host.clone()
         && let Some(source) = compute.hosts.get_mut(&host)
         && source.evacuation == Some(Evacuation::Moving)
     {
@@ -507,5 +509,17 @@ pub(super) mod tests {
         // The target's late switch is refused.
         assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
         assert_eq!(abort(&mut compute, "vm-1", "again", 14), Outcome::Nothing);
+    }
+
+    /// A live move given up does not stop its host's evacuation: the next step moves that
+    /// VM cold (QEMU's "Bad address" on a second live move, docs/migration.md).
+    #[test]
+    fn a_live_move_given_up_leaves_the_evacuation_going() {
+        let mut compute = setup();
+        compute.hosts.get_mut("w1").unwrap().evacuation = Some(Evacuation::Moving);
+        assert!(migrate(&mut compute, "vm-1", "w2", true, Expect::Any, 10).changed());
+        assert!(abort(&mut compute, "vm-1", "Bad address", 11).changed());
+        assert_eq!(compute.hosts["w1"].evacuation, Some(Evacuation::Moving));
+        assert!(vm(&compute).move_given_up.is_some());
     }
 }
