@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use hearth_types::limits::canonical;
 use tokio::sync::Semaphore;
 
 /// Failed logins allowed per (account, client) within `LOGIN_WINDOW_SECS`.
@@ -168,14 +169,6 @@ pub fn client_of(
         .ip();
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     Some(client_address(peer, forwarded, trusted))
-}
-
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

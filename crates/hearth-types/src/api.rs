@@ -281,7 +281,7 @@ impl AccountRow {
     ) -> AccountRow {
         let mut row = AccountRow::new(account, version);
         if account.role == crate::account::AccountRole::Member {
-            use crate::quota::{DEFAULT_PLAN, Usage, quota_of};
+            use crate::quota::{DEFAULT_PLAN, quota_of, usage};
             let plan = account
                 .plan
                 .clone()
@@ -293,14 +293,7 @@ impl AccountRow {
                 account.plan.as_deref(),
                 &account.quota,
             ));
-            let owned = desired
-                .compute
-                .vms
-                .values()
-                .map(|vm| &vm.value)
-                .filter(|vm| vm.request.owner == account.name)
-                .map(|vm| (&vm.request, vm.ips.len()));
-            row.usage = Some(Usage::of(owned));
+            row.usage = Some(usage(&desired.compute, &account.name, None));
         }
         row
     }

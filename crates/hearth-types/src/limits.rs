@@ -91,7 +91,7 @@ impl Drop for ConnSlot {
 }
 
 /// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -124,6 +124,18 @@ impl Usage {
     }
 }
 
+/// What the VMs `owner` owns in `compute` hold together, leaving out VM `except`.
+pub fn usage(compute: &crate::compute::Compute, owner: &str, except: Option<&str>) -> Usage {
+    Usage::of(
+        compute
+            .vms
+            .values()
+            .map(|vm| &vm.value)
+            .filter(|vm| vm.request.owner == owner && Some(vm.id.as_str()) != except)
+            .map(|vm| (&vm.request, vm.ips.len())),
+    )
+}
+
 /// Whether one more VM asking `request` fits `quota` beside `used`: the error names the
 /// first limit it would pass, with what is left.
 pub fn check(quota: &Quota, used: &Usage, request: &VmRequest) -> Result<(), String> {

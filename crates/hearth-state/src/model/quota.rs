@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use hearth_types::account::AccountRole;
 use hearth_types::compute::{Compute, VmRequest};
 use hearth_types::desired::DesiredState;
-use hearth_types::quota::{Usage, check, quota_of};
+use hearth_types::quota::{check, quota_of, usage};
 
 use super::compute::ComputeCommand;
 
@@ -33,14 +33,11 @@ pub(super) fn admit<'c>(
         return Ok(Cow::Borrowed(command));
     };
     let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
-    let owned = state
-        .compute
-        .vms
-        .values()
-        .map(|vm| &vm.value)
-        .filter(|vm| vm.request.owner == request.owner)
-        .map(|vm| (&vm.request, vm.ips.len()));
-    check(&quota, &Usage::of(owned), request)?;
+    check(
+        &quota,
+        &usage(&state.compute, &request.owner, None),
+        request,
+    )?;
     placeable(&state.compute, request)?;
     let mut request = request.clone();
     request.io = quota.io();
@@ -61,16 +58,13 @@ fn given(state: &DesiredState, vm: &str, owner: &str) -> Result<(), String> {
         return Ok(());
     };
     let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
-    let owned = state
-        .compute
-        .vms
-        .values()
-        .map(|v| &v.value)
-        .filter(|v| v.request.owner == owner && v.id != vm.id)
-        .map(|v| (&v.request, v.ips.len()));
     let mut request = vm.request.clone();
     request.pools = vm.ips.iter().map(|ip| ip.pool.clone()).collect();
-    check(&quota, &Usage::of(owned), &request)
+    check(
+        &quota,
+        &usage(&state.compute, owner, Some(&vm.id)),
+        &request,
+    )
 }
 
 /// A VM larger than every worker could never run, and would hold its addresses forever.
