@@ -21,7 +21,8 @@
 //! - a live move (`hearth vm migrate`): the guest ticks on on the target with no boot, its
 //!   disk holds what it wrote during the move, it runs once; a live move whose target QEMU
 //!   is killed midway is given up and the VM runs on where it was, untouched;
-//!   `hearth node evacuate` then moves it off its host live.
+//!   `hearth node evacuate` then moves it off its host live, and a host with two VMs is
+//!   emptied one move at a time.
 
 use std::path::Path;
 use std::time::Duration;
@@ -778,4 +779,43 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
         .find(|h| h["name"] == third_name.as_str())
         .unwrap();
     assert_eq!(evacuated["evacuation"]["state"], "done", "{evacuated}");
+}
+
+/// `hearth node evacuate` of a host with two running VMs: both move off, one at a time, live
+/// (no new boot), each on its own disk, and the host ends empty with its evacuation done.
+#[test]
+fn evacuating_a_two_vm_host_moves_both_live_and_empties_it() {
+    let cluster = three_workers();
+    let agent = &cluster.agents[0];
+    // Both VMs on n1: the other hosts are drained while they are created.
+    let names: Vec<String> = cluster.agents.iter().map(|a| a.spec.name.clone()).collect();
+    for name in &names[1..] {
+        agent.cli(&["node", "drain", name]);
+    }
+    let (h1, id1) = running_vm(&cluster, 0, "pair1");
+    let (h2, id2) = running_vm(&cluster, 0, "pair2");
+    assert_eq!((h1, h2), (0, 0), "both on n1");
+    for name in &names[1..] {
+        agent.cli(&["node", "undrain", name]);
+    }
+    let (code, out, err) = cli_within(agent, &["node", "evacuate", &names[0]], BOOT * 4);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (name, id) in [("pair1", &id1), ("pair2", &id2)] {
+        let row = wait_phase(agent, name, "running");
+        let host = host_index(&cluster, &row);
+        assert_ne!(host, 0, "{row}");
+        // Its own disk, and no reboot: the guest's boot counter shows no new boot.
+        let text = console(&cluster.agents[host], id);
+        assert!(boots(&text).is_empty(), "moved live: {text}");
+        assert_eq!(row["disk"]["generation"], 2, "{row}");
+    }
+    let hosts: Value = agent.api_json("/v1/hosts").unwrap();
+    let evacuated = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == names[0].as_str())
+        .unwrap();
+    assert_eq!(evacuated["evacuation"]["state"], "done", "{evacuated}");
+    assert_eq!(evacuated["vms"], 0, "{evacuated}");
 }
