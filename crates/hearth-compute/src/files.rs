@@ -172,17 +172,44 @@ pub async fn read_console(
         .read_to_end(&mut bytes)
         .await
         .map_err(io)?;
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    // The tail of a log that was just rotated continues in `console.log.1`.
+    if offset.is_none() && total < CONSOLE_CHUNK {
+        let mut older = path.as_os_str().to_owned();
+        older.push(".1");
+        if let Ok(old) = tokio::fs::read(&older).await {
+            let keep = CONSOLE_CHUNK.saturating_sub(total) as usize;
+            let tail = &old[old.len().saturating_sub(keep)..];
+            text = format!("{}{text}", String::from_utf8_lossy(tail));
+        }
+    }
     Ok(ConsoleChunk {
         offset: from,
         next: from + bytes.len() as u64,
         total,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
+        text,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a rotation, the tail read shows the end of `console.log.1` before the new log.
+    #[tokio::test]
+    async fn the_console_tail_reaches_into_the_rotated_log() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("vm-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("console.log.1"), "old line\n").unwrap();
+        std::fs::write(dir.join("console.log"), "new line\n").unwrap();
+        let tail = read_console(top.path(), "vm-1", None).await.unwrap();
+        assert_eq!(tail.text, "old line\nnew line\n");
+        assert_eq!((tail.offset, tail.next), (0, 9));
+        // Following from an offset reads the current log only.
+        let follow = read_console(top.path(), "vm-1", Some(0)).await.unwrap();
+        assert_eq!(follow.text, "new line\n");
+    }
 
     #[tokio::test]
     async fn names_that_could_leave_the_directories_are_refused() {
