@@ -264,33 +264,9 @@ pub(crate) mod tests {
     use hearth_types::compute::{Arch, Phase, Power, Vm, VmRequest};
     use hearth_types::desired::Versioned;
 
-    /// Members alice (VM a1) and bob (VM b1), admin ann; alice's full token and ann's
-    /// read-only one.
-    pub(crate) fn world() -> (DesiredState, String, String) {
-        let mut desired = DesiredState::default();
-        for (name, role) in [
-            ("alice", AccountRole::Member),
-            ("bob", AccountRole::Member),
-            ("ann", AccountRole::Admin),
-        ] {
-            desired.accounts.insert(
-                name.into(),
-                Versioned {
-                    version: 1,
-                    value: Account {
-                        name: name.into(),
-                        role,
-                        email: String::new(),
-                        password_hash: "$argon2id$x".into(),
-                        ssh_keys: Default::default(),
-                        disabled: false,
-                        plan: None,
-                        quota: Default::default(),
-                    },
-                },
-            );
-        }
-        let vm = |id: &str, name: &str, owner: &str| Versioned {
+    /// A pending VM `id` named `name` of `owner`.
+    fn vm(id: &str, name: &str, owner: &str) -> Versioned<Vm> {
+        Versioned {
             version: 1,
             value: Vm {
                 id: id.into(),
@@ -324,7 +300,35 @@ pub(crate) mod tests {
                 replica: None,
                 adopt_replica: None,
             },
-        };
+        }
+    }
+
+    /// Members alice (VM a1) and bob (VM b1), admin ann; alice's full token and ann's
+    /// read-only one.
+    pub(crate) fn world() -> (DesiredState, String, String) {
+        let mut desired = DesiredState::default();
+        for (name, role) in [
+            ("alice", AccountRole::Member),
+            ("bob", AccountRole::Member),
+            ("ann", AccountRole::Admin),
+        ] {
+            desired.accounts.insert(
+                name.into(),
+                Versioned {
+                    version: 1,
+                    value: Account {
+                        name: name.into(),
+                        role,
+                        email: String::new(),
+                        password_hash: "$argon2id$x".into(),
+                        ssh_keys: Default::default(),
+                        disabled: false,
+                        plan: None,
+                        quota: Default::default(),
+                    },
+                },
+            );
+        }
         desired
             .compute
             .vms

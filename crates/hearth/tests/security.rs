@@ -468,12 +468,20 @@ fn quota_agent() -> TestCluster {
     cluster
 }
 
-fn vm_body(name: &str, owner: &str, vcpus: u32, pools: &[&str]) -> String {
-    serde_json::json!({
+/// `POST /v1/vms` as `token`: a small VM of `vcpus` with one address from each of `pools`.
+fn create_vm(
+    agent: &TestAgent,
+    token: &str,
+    name: &str,
+    owner: &str,
+    vcpus: u32,
+    pools: &[&str],
+) -> (u16, Value) {
+    let body = serde_json::json!({
         "name": name, "owner": owner, "vcpus": vcpus, "memory_mib": 256, "disk_gib": 5,
         "image": "tiny", "pools": pools,
-    })
-    .to_string()
+    });
+    api(agent, token, "POST", "/v1/vms", &body.to_string())
 }
 
 /// Regressions: one member created five unplaceable 256-vCPU VMs and took every address of
@@ -487,35 +495,17 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
     let alice = create_token(agent, &root, "alice");
     let bob = create_token(agent, &root, "bob");
     // Larger than any worker: refused, and no address is taken.
-    let (status, answer) = api(
-        agent,
-        &alice,
-        "POST",
-        "/v1/vms",
-        &vm_body("huge", "alice", 256, &["net"]),
-    );
+    let (status, answer) = create_vm(agent, &alice, "huge", "alice", 256, &["net"]);
     assert_eq!(status, 403, "{answer}");
     // The co-op's default plan: two VMs, two addresses, small IO.
     let plan =
         r#"{"plan":{"name":"default","quota":{"vms":2,"addresses":2,"vcpus":4,"iops":500}}}"#;
     assert_eq!(api(agent, &root, "PUT", "/v1/plans", plan).0, 200);
     for name in ["a1", "a2"] {
-        let (status, answer) = api(
-            agent,
-            &alice,
-            "POST",
-            "/v1/vms",
-            &vm_body(name, "alice", 2, &["net"]),
-        );
+        let (status, answer) = create_vm(agent, &alice, name, "alice", 2, &["net"]);
         assert_eq!(status, 201, "{answer}");
     }
-    let (status, answer) = api(
-        agent,
-        &alice,
-        "POST",
-        "/v1/vms",
-        &vm_body("a3", "alice", 1, &["net"]),
-    );
+    let (status, answer) = create_vm(agent, &alice, "a3", "alice", 1, &["net"]);
     assert_eq!(status, 403, "{answer}");
     let why = answer["error"].as_str().unwrap();
     assert!(
@@ -523,13 +513,7 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
         "{why}"
     );
     // Bob still gets an address.
-    let (status, answer) = api(
-        agent,
-        &bob,
-        "POST",
-        "/v1/vms",
-        &vm_body("b1", "bob", 1, &["net"]),
-    );
+    let (status, answer) = create_vm(agent, &bob, "b1", "bob", 1, &["net"]);
     assert_eq!(status, 201, "{answer}");
     // Her VMs carry the plan's IO limit, which she cannot lift; an admin can, within range.
     let (_, vm) = api(agent, &alice, "GET", "/v1/vms/a1", "");
@@ -559,13 +543,7 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
         api(agent, &root, "PUT", "/v1/accounts/alice/plan", raise).0,
         200
     );
-    let (status, answer) = api(
-        agent,
-        &alice,
-        "POST",
-        "/v1/vms",
-        &vm_body("a3", "alice", 1, &["net"]),
-    );
+    let (status, answer) = create_vm(agent, &alice, "a3", "alice", 1, &["net"]);
     assert_eq!(status, 201, "{answer}");
     // Plans are the admins' business.
     assert_eq!(api(agent, &alice, "PUT", "/v1/plans", plan).0, 403);
