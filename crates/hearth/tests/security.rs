@@ -574,6 +574,22 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
     );
     let (_, vm) = api(agent, &bob, "GET", "/v1/vms/a3", "");
     assert_eq!(vm["owner"], "bob", "{vm}");
+    // Never to a name with no account: whoever made it next would get the VM.
+    let (status, answer) = api(
+        agent,
+        &root,
+        "POST",
+        "/v1/vms/a1/owner",
+        r#"{"owner":"nobody"}"#,
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no account named nobody"),
+        "{answer}"
+    );
 }
 
 /// Regression: with a worker's `data_dir/api-token`, one `POST /v1/accounts` made a new

@@ -44,19 +44,19 @@ pub(super) fn admit<'c>(
     Ok(Cow::Owned(ComputeCommand::CreateVm { request }))
 }
 
-/// A VM given to `owner` must fit the new owner's quota, as if they created it.
+/// A VM is given only to an existing account, and must fit a member's quota as if they
+/// created it.
 fn given(state: &DesiredState, vm: &str, owner: &str) -> Result<(), String> {
     let Some(vm) = state.compute.vms.get(vm).map(|v| &v.value) else {
         return Ok(());
     };
-    let Some(account) = state
-        .accounts
-        .get(owner)
-        .map(|a| &a.value)
-        .filter(|a| a.role == AccountRole::Member)
-    else {
-        return Ok(());
+    // Given to a name with no account, it would pass to whoever made that account next.
+    let Some(account) = state.accounts.get(owner).map(|a| &a.value) else {
+        return Err(format!("owner: no account named {owner}"));
     };
+    if account.role != AccountRole::Member {
+        return Ok(());
+    }
     let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
     let mut request = vm.request.clone();
     request.pools = vm.ips.iter().map(|ip| ip.pool.clone()).collect();
