@@ -377,9 +377,8 @@ async fn adopt(host: &Host<'_>, driver: &Driver, vm: &Vm, generation: u64) -> Re
 }
 
 /// Removes what moves to this host left behind once they are over: each incoming directory
-/// (and its paused QEMU) of a VM with no move here under way and no task on it, and each
-/// incoming link no QEMU names any more. None is ever the VM's disk: a copy becomes that only
-/// by its rename to the VM's directory.
+/// (and its paused QEMU) of a VM with no move here under way and no task on it. None is ever
+/// the VM's disk: a copy becomes that only by its rename to the VM's directory.
 pub async fn sweep(host: &Host<'_>, compute: &Compute, busy: &std::collections::BTreeSet<String>) {
     let Ok(entries) = std::fs::read_dir(host.driver.root()) else {
         return;
@@ -389,14 +388,7 @@ pub async fn sweep(host: &Host<'_>, compute: &Compute, busy: &std::collections::
         let Some(id) = name.strip_suffix(".incoming") else {
             continue;
         };
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_symlink() {
-            unlink_unused(host, id, &entry.path());
-            continue;
-        }
-        if !kind.is_dir() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let moving_here = compute
@@ -416,23 +408,6 @@ pub async fn sweep(host: &Host<'_>, compute: &Compute, busy: &std::collections::
                 }
             }
         }
-    }
-}
-
-/// Removes VM `id`'s incoming link once no running QEMU of it names its files through it.
-fn unlink_unused(host: &Host<'_>, id: &str, link: &std::path::Path) {
-    let named = format!("{}/", link.display());
-    let in_use = host
-        .driver
-        .running(id)
-        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .is_some_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&named));
-    if in_use {
-        return;
-    }
-    tracing::info!(vm = %id, "removing the incoming link no QEMU uses any more");
-    if let Err(error) = std::fs::remove_file(link) {
-        tracing::warn!(vm = %id, %error, "removing an incoming link no QEMU uses");
     }
 }
 

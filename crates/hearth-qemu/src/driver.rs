@@ -172,6 +172,25 @@ pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
 /// installs the filter before it forks), so those two wait until QEMU is started without it.
 pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
+/// The `-drive` of VM `spec`'s disk at `file` (commas already doubled), with its IO limits.
+fn disk_drive(spec: &VmSpec, file: &str) -> String {
+    // auto-read-only=off: the disk is opened read-write once and kept so. With -drive's
+    // default (on), QEMU reopens the file by its name to drop write access when a live move
+    // out completes; for a QEMU that came in live, that name (the incoming directory) is gone
+    // by then, and the move fails ("Bad address").
+    let mut drive = format!(
+        "file={},format=qcow2,if=none,id=disk0,auto-read-only=off,discard=unmap,detect-zeroes=unmap",
+        file
+    );
+    if let Some(iops) = spec.io.iops {
+        drive.push_str(&format!(",throttling.iops-total={iops}"));
+    }
+    if let Some(bps) = spec.io.bytes_per_sec {
+        drive.push_str(&format!(",throttling.bps-total={bps}"));
+    }
+    drive
+}
+
 /// QEMU's command line for a VM, as a pure function of the spec and the VM's directory.
 pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> Vec<String> {
     let path = |name: &str| dir.join(name).display().to_string();
@@ -218,16 +237,7 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
         let append = spec.append.clone().unwrap_or_else(|| console.to_owned());
         push(&["-append", &append]);
     }
-    let mut drive = format!(
-        "file={},format=qcow2,if=none,id=disk0,discard=unmap,detect-zeroes=unmap",
-        opt(path("disk.qcow2"))
-    );
-    if let Some(iops) = spec.io.iops {
-        drive.push_str(&format!(",throttling.iops-total={iops}"));
-    }
-    if let Some(bps) = spec.io.bytes_per_sec {
-        drive.push_str(&format!(",throttling.bps-total={bps}"));
-    }
+    let drive = disk_drive(spec, &opt(path("disk.qcow2")));
     push(&["-drive", &drive]);
     push(&[
         "-device",
@@ -449,9 +459,6 @@ impl Driver {
 
     /// The pid of the QEMU started in VM `id`'s incoming directory for a live move, if alive.
     pub fn incoming_pid(&self, id: &str) -> Option<u32> {
-        if crate::moving::incoming_is_link(&self.root, id) {
-            return None;
-        }
         let dir = crate::moving::incoming_dir(&self.root, id).ok()?;
         pid_from(&dir, &[&dir]).ok().flatten()
     }
@@ -919,7 +926,9 @@ mod tests {
             "{joined}"
         );
         assert!(
-            joined.contains("file=/d/vm-3/disk.qcow2,format=qcow2,if=none,id=disk0,discard=unmap"),
+            joined.contains(
+                "file=/d/vm-3/disk.qcow2,format=qcow2,if=none,id=disk0,auto-read-only=off,discard=unmap"
+            ),
             "{joined}"
         );
         assert!(joined.contains("throttling.iops-total=100"), "{joined}");

@@ -167,14 +167,9 @@ impl Driver {
         }
     }
 
-    /// Stops the QEMU in VM `id`'s incoming directory, if any, and removes the directory. The
-    /// link a finished live move left under that name (see
-    /// [`crate::moving::link_incoming`]) is not a copy: it is left alone.
+    /// Stops the QEMU in VM `id`'s incoming directory, if any, and removes the directory.
     pub async fn drop_incoming(&self, id: &str) -> Result<(), DiskError> {
         let dir = crate::moving::incoming_dir(self.root(), id)?;
-        if crate::moving::incoming_is_link(self.root(), id) {
-            return Ok(());
-        }
         if let Some(pid) = self.incoming_pid(id) {
             if let Ok(mut qmp) = Qmp::connect(&dir.join("qmp.sock")).await {
                 let _ = qmp.execute("quit", None).await;

@@ -78,22 +78,6 @@ pub async fn adopt(
     Ok(target)
 }
 
-/// After a live move, the copy became the VM's directory under a running QEMU that still names
-/// its files by the incoming path, and QEMU opens some of them again by name (at the end of
-/// its next migration, for one): the incoming name then points at the VM's directory (a
-/// relative symlink) for as long as that QEMU runs.
-pub fn link_incoming(root: &Path, id: &str) -> Result<(), DiskError> {
-    let link = incoming_dir(root, id)?;
-    std::os::unix::fs::symlink(id, &link).map_err(io_error(&link))?;
-    Ok(())
-}
-
-/// Whether VM `id`'s incoming name is such a link (never a copy to remove).
-pub fn incoming_is_link(root: &Path, id: &str) -> bool {
-    incoming_dir(root, id)
-        .is_ok_and(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()))
-}
-
 /// Points a qcow2 overlay at another path of the same backing data (`qemu-img rebase -u`:
 /// the header only, no data is read or written).
 async fn rebase(file: &Path, base: &Path, format: &str) -> Result<(), DiskError> {
@@ -162,28 +146,5 @@ mod tests {
         assert_eq!(read_generation(&root.join("vm-1")).unwrap(), 4);
         drop_incoming(&root, "vm-1").unwrap();
         assert!(!again.exists());
-    }
-
-    /// The link a live move leaves leads to the VM's directory, is never taken for a copy,
-    /// and removing it by the incoming name removes the link only.
-    #[test]
-    fn the_incoming_link_leads_to_the_vms_directory_and_is_not_a_copy() {
-        let root = tempfile::tempdir().unwrap();
-        let vm = root.path().join("vm-1");
-        std::fs::create_dir_all(&vm).unwrap();
-        std::fs::write(vm.join("disk.qcow2"), b"the VM's disk").unwrap();
-        assert!(!incoming_is_link(root.path(), "vm-1"));
-        link_incoming(root.path(), "vm-1").unwrap();
-        assert!(incoming_is_link(root.path(), "vm-1"));
-        let through = incoming_dir(root.path(), "vm-1")
-            .unwrap()
-            .join("disk.qcow2");
-        assert_eq!(std::fs::read(&through).unwrap(), b"the VM's disk");
-        drop_incoming(root.path(), "vm-1").unwrap();
-        assert!(!incoming_is_link(root.path(), "vm-1"));
-        assert_eq!(
-            std::fs::read(vm.join("disk.qcow2")).unwrap(),
-            b"the VM's disk"
-        );
     }
 }
