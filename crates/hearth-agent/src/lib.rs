@@ -290,9 +290,12 @@ impl Agent {
 }
 
 /// Makes the data directory and reads (or makes) the API token in it. The directory, and
-/// those of the state and the VMs in it, are the agent user's alone (mode 0700).
+/// those of the state and the VMs in it, are the agent user's alone (mode 0700); so is
+/// everything the agent and its QEMUs make from now on (umask 077: a VM's directory 0700,
+/// its disk, console and sockets 0600).
 fn prepare_data_dir(config: &Config) -> Result<String, StartAgentError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     for dir in [
         config.data_dir.clone(),
         config.data_dir.join("state"),

@@ -1,5 +1,6 @@
 //! The driver: one directory per VM under a root (disk overlay, seed, console log, QMP socket,
-//! pidfile), `qemu-system-<arch>` started daemonized so it outlives the agent, control over
+//! pidfile), `qemu-system-<arch>` started in a process group of its own so it outlives the
+//! agent, sandboxed (no new processes, no new privileges), control over
 //! QMP, and observation from the pidfiles and `/proc` so a restarted agent adopts what runs.
 //!
 //! A VM's directory `ROOT/ID/` holds:
@@ -7,7 +8,7 @@
 //!   removed only by [`Driver::delete`]; `disk.gen`: its generation;
 //! - `seed.iso` and `seed/`: the NoCloud seed, rewritten on every start;
 //! - `console.log`: the serial console, appended across boots;
-//! - `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages at start).
+//! - `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages while it runs).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -51,8 +52,10 @@ pub enum Network {
 /// How QEMU is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launcher {
-    /// Directly, daemonized: QEMU is reparented and outlives the agent. Without systemd
-    /// (`--dev`, tests), and under systemd only if scopes are unavailable.
+    /// Directly, in a process group of its own: QEMU outlives the agent. Without systemd
+    /// (`--dev`, tests), for an agent that is not root (the shipped unit runs it as its own
+    /// user: its QEMUs stay in its cgroup, which `KillMode=process` leaves running), and
+    /// under systemd only if scopes are unavailable.
     Direct,
     /// In a transient systemd scope of its own (`hearth-vm-ID.scope` in `hearth-vms.slice`),
     /// through `systemd-run --scope`: outside the agent's cgroup, so stopping or restarting
@@ -61,9 +64,12 @@ pub enum Launcher {
 }
 
 impl Launcher {
-    /// A scope when the machine was booted with systemd and `systemd-run` is on the PATH.
+    /// A scope when the machine was booted with systemd, `systemd-run` is on the PATH and the
+    /// agent is root (only root may make units of the system manager).
     pub fn detect() -> Launcher {
-        let booted = Path::new("/run/systemd/system").is_dir();
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let booted = Path::new("/run/systemd/system").is_dir() && root;
         let systemd_run = std::env::var_os("PATH").is_some_and(|path| {
             std::env::split_paths(&path).any(|dir| dir.join("systemd-run").is_file())
         });
@@ -167,10 +173,33 @@ pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
     valid_id(id).then(|| root.join(id).join("console.log"))
 }
 
-/// QEMU's seccomp filter: obsolete system calls and CPU/scheduler resource control denied.
-/// `spawn=deny` and `elevateprivileges=deny` stop `-daemonize` from working (QEMU 10.0
-/// installs the filter before it forks), so those two wait until QEMU is started without it.
-pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
+/// QEMU's seccomp filter: obsolete system calls, gaining privileges (set*uid and the like),
+/// starting processes (fork, clone of a new process, exec) and CPU/scheduler resource
+/// control denied. A guest that escapes into QEMU cannot start a shell.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The seccomp filter for QEMU on `network`: a bridge's tap is set up by QEMU's setuid
+/// `qemu-bridge-helper`, which it starts and which gains privileges, so those two stay
+/// allowed there.
+pub fn sandbox(network: &Network) -> &'static str {
+    match network {
+        Network::User => SANDBOX,
+        Network::Bridge(_) => "on,obsolete=deny,resourcecontrol=deny",
+    }
+}
+
+/// The pid of the QEMU in `dir` once it has finished starting: its pidfile names it and its
+/// QMP monitor answers (which it does only from its main loop, after the machine is set up,
+/// so a QEMU that fails under KVM is not taken for started).
+async fn ready(dir: &Path) -> Option<u32> {
+    let pid = pid_from(dir, &[dir]).ok().flatten()?;
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut qmp = Qmp::connect(&dir.join("qmp.sock")).await.ok()?;
+        qmp.execute("query-status", None).await.ok()
+    })
+    .await;
+    matches!(answered, Ok(Some(_))).then_some(pid)
+}
 
 /// The `-drive` of VM `spec`'s disk at `file` (commas already doubled), with its IO limits.
 fn disk_drive(spec: &VmSpec, file: &str) -> String {
@@ -210,8 +239,8 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     push(&["-smp", &spec.vcpus.max(1).to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib.max(64))]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&["-daemonize", "-pidfile", &path("qemu.pid")]);
-    push(&["-sandbox", SANDBOX]);
+    push(&["-pidfile", &path("qemu.pid")]);
+    push(&["-sandbox", sandbox(network)]);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", opt(path("qmp.sock"))),
@@ -630,16 +659,18 @@ impl Driver {
         args.extend(extra.iter().cloned());
         let (program, args) = self.launcher.command(&binary, &args, &spec.id);
         tracing::debug!(vm = %spec.id, %program, ?args, "starting QEMU");
-        // -daemonize: the launcher exits once the guest is set up; QEMU itself is reparented,
-        // so it outlives the agent (and, in a scope, the agent's cgroup).
-        let status = tokio::process::Command::new(&program)
+        // Not daemonized (its sandbox forbids forking): QEMU runs in a process group of its
+        // own, so a signal to the agent's group (Ctrl-C of `hearth agent --dev`) never
+        // reaches it, and it outlives the agent (in a scope, the agent's cgroup too). Its
+        // messages go to `qemu.log` for as long as it runs.
+        let mut child = tokio::process::Command::new(&program)
             .args(&args)
             .current_dir(dir)
+            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(io_error(&log_path))?)
             .stderr(log)
-            .status()
-            .await
+            .spawn()
             .map_err(|e| {
                 StartError::Launch(format!(
                     "cannot run {binary} (apt-get install qemu-system-{}): {e}",
@@ -655,33 +686,35 @@ impl Driver {
                 .trim()
                 .to_owned()
         };
-        if !status.success() {
-            return Err(StartError::Launch(format!(
-                "{binary} failed ({status}): {}",
-                message()
-            )));
-        }
         let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(pid) = pid_from(dir, &[dir]).ok().flatten() {
-                if dir.join("qmp.sock").exists() {
-                    return Ok(pid);
-                }
-            } else if dir.join("qemu.pid").exists() {
-                // The pidfile is there but the process is gone: it died during start.
+        let pid = loop {
+            if let Ok(Some(status)) = child.try_wait() {
                 return Err(StartError::Launch(format!(
-                    "{binary} exited at start: {}",
+                    "{binary} exited at start ({status}): {}",
                     message()
                 )));
             }
+            if let Some(pid) = ready(dir).await {
+                break pid;
+            }
             if Instant::now() > deadline {
+                let _ = child.start_kill();
                 return Err(StartError::Launch(format!(
                     "{binary} did not come up within {START_TIMEOUT:?}: {}",
                     message()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        // The agent reaps its QEMU when it ends (a restarted agent's init does).
+        let id = spec.id.clone();
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => tracing::info!(vm = %id, %status, "QEMU exited"),
+                Err(error) => tracing::warn!(vm = %id, %error, "waiting for QEMU"),
+            }
+        });
+        Ok(pid)
     }
 
     pub(crate) async fn qmp(&self, id: &str) -> Result<Qmp, ControlError> {
@@ -942,13 +975,10 @@ mod tests {
             "{joined}"
         );
         assert!(
-            joined.contains("-daemonize -pidfile /d/vm-3/qemu.pid"),
+            joined.contains("-pidfile /d/vm-3/qemu.pid -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"),
             "{joined}"
         );
-        assert!(
-            joined.contains("-sandbox on,obsolete=deny,resourcecontrol=deny"),
-            "{joined}"
-        );
+        assert!(!joined.contains("-daemonize"), "{joined}");
         assert!(
             joined.contains("-kernel /blobs/k -append console=ttyS0"),
             "{joined}"

@@ -129,6 +129,10 @@ pub struct NodeSpec {
     pub api_ip: Option<Ipv4Addr>,
     /// Run the agent inside this network namespace.
     pub netns: Option<String>,
+    /// Run the agent as this unprivileged user (through `setpriv`, with no new privileges,
+    /// as the shipped unit's `User=` and `NoNewPrivileges=` do); its directory becomes that
+    /// user's.
+    pub run_as: Option<String>,
 }
 
 impl NodeSpec {
@@ -217,14 +221,34 @@ impl TestAgent {
             .append(true)
             .open(self.log_path())
             .expect("open log");
-        let mut command = match &self.spec.netns {
-            // `ip netns exec` execs the agent in place, so the PID is the agent's own.
-            Some(netns) => {
+        // `ip netns exec` and `setpriv` exec the agent in place, so the PID is the agent's own.
+        let mut command = match (&self.spec.netns, &self.spec.run_as) {
+            (Some(netns), _) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", netns]).arg(&self.bin);
                 command
             }
-            None => Command::new(&self.bin),
+            (None, Some(user)) => {
+                let status = Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(&self.dir)
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown {user}: {}", self.dir.display());
+                let gid = Command::new("id")
+                    .args(["-g", user])
+                    .output()
+                    .expect("id -g");
+                let gid = String::from_utf8_lossy(&gid.stdout).trim().to_owned();
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--reuid={user}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--no-new-privs", "--"])
+                    .arg(&self.bin);
+                command
+            }
+            (None, None) => Command::new(&self.bin),
         };
         let child = command
             .args(["agent", "--config"])
@@ -692,6 +716,7 @@ impl TestCluster {
             roles: "[\"server\"]".into(),
             api_ip: None,
             netns: None,
+            run_as: None,
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
             top: String::new(),
@@ -758,6 +783,7 @@ pub fn start_in_lab(
                 top: String::new(),
                 api_ip: Some(lab.control_ip(idx)),
                 netns: Some(lab.netns(idx)),
+                run_as: None,
             };
             TestAgent::start(bin, root, spec)
         })

@@ -424,8 +424,11 @@ fn the_shipped_systemd_unit_verifies() {
         unit.contains("ExecStart=/usr/local/bin/hearth agent --config /etc/hearth/hearth.toml"),
         "{unit}"
     );
-    // VMs live in scopes of their own: the agent's unit must not claim them.
-    assert!(unit.contains("KillMode=control-group"), "{unit}");
+    // Stopping the agent stops no VM: only the agent's own process is signalled.
+    assert!(unit.contains("KillMode=process"), "{unit}");
+    // The agent (and its QEMUs) run as an unprivileged user of their own.
+    assert!(unit.contains("User=hearth"), "{unit}");
+    assert!(unit.contains("NoNewPrivileges=yes"), "{unit}");
     let dir = TempDir::new("unit");
     let path = dir.path().join("hearth.service");
     std::fs::write(

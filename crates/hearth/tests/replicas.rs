@@ -283,9 +283,8 @@ fn handler_ran(root: &Path, want: &[&str]) {
 }
 
 /// Samples the QEMU processes under every agent directory of `dirs` every 50 ms until
-/// stopped; returns the most hosts seen running one at once. (Within a host, a QEMU that
-/// daemonizes is two processes for a moment, and a second QEMU on the same pidfile cannot
-/// start: what must never happen is a QEMU on two hosts.)
+/// stopped; returns the most hosts seen running one at once. (Within a host, a second QEMU
+/// on the same pidfile cannot start: what must never happen is a QEMU on two hosts.)
 fn qemu_monitor(
     dirs: Vec<PathBuf>,
 ) -> (

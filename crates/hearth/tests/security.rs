@@ -641,3 +641,89 @@ fn a_workers_own_token_reads_the_cluster_and_changes_nothing() {
     let (status, _) = api(&cluster.agents[0], &root, "GET", "/v1/accounts", "");
     assert_eq!(status, 200);
 }
+
+/// A field of `/proc/PID/status` (`Uid`, `Seccomp`, `NoNewPrivs`), its first word.
+fn proc_status(pid: u32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Asks the QEMU behind `socket` to start a process (a migration to `exec:`); returns QEMU's
+/// answer.
+fn ask_qemu_to_spawn(socket: &Path, marker: &Path) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut qmp = hearth_qemu::qmp::Qmp::connect(socket).await.unwrap();
+        let uri = format!("exec:touch {}", marker.display());
+        match qmp
+            .execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => Value::String(error.to_string()),
+        }
+    })
+}
+
+/// Regression: QEMU ran as root with no sandbox, so a guest escape owned the worker. Run the
+/// way the shipped unit runs it (its own unprivileged user, here `nobody`, with no new
+/// privileges), the agent starts QEMU as that user under a seccomp filter that denies new
+/// processes: the test guest boots on its disk, the VM's files are that user's alone, and
+/// QEMU asked to start a process (a migration to `exec:`) cannot.
+#[test]
+fn a_confined_qemu_boots_the_guest_and_cannot_start_a_process() {
+    use hearth_testkit::vms::{BOOT, console, create_tiny, vm_dir, wait_phase};
+    use std::os::unix::fs::MetadataExt;
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 2\nmemory_mib = 1024\ndisk_gib = 10\n".into();
+        spec.run_as = Some("nobody".into());
+    });
+    let agent = &cluster.agents[0];
+    hearth_testkit::vms::wait_for_hosts(agent, 1);
+    agent.add_test_guest(&hearth_testkit::test_guest());
+    create_tiny(agent, "boxed", &[]);
+    let row = wait_phase(agent, "boxed", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    eventually("the confined guest booted", BOOT, || {
+        match console(agent, &id).contains("HEARTH-GUEST-READY") {
+            true => Ok(()),
+            false => Err(console(agent, &id)),
+        }
+    });
+    let nobody = std::fs::metadata(&agent.dir).unwrap().uid();
+    assert_ne!(nobody, 0);
+    let pids = hearth_testkit::qemu_pids_under(&agent.dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let qemu = pids[0];
+    assert_eq!(proc_status(qemu, "Uid"), nobody.to_string(), "QEMU's user");
+    assert_eq!(proc_status(qemu, "Seccomp"), "2", "a seccomp filter");
+    assert_eq!(proc_status(qemu, "NoNewPrivs"), "1");
+    let dir = vm_dir(agent, &id);
+    let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for name in ["disk.qcow2", "console.log", "qmp.sock"] {
+        let meta = std::fs::metadata(dir.join(name)).unwrap();
+        assert_eq!(meta.uid(), nobody, "{name}");
+        assert_eq!(meta.mode() & 0o077, 0, "{name} is its user's alone");
+    }
+
+    // Where QEMU's user could write, were it allowed to start `touch`.
+    let marker = agent.dir.join("spawned");
+    let answer = ask_qemu_to_spawn(&dir.join("qmp.sock"), &marker);
+    assert!(!marker.exists(), "QEMU started a process: {answer}");
+    assert!(
+        answer.to_string().contains("Operation not permitted"),
+        "{answer}"
+    );
+    // The guest runs on in the same QEMU.
+    assert_eq!(hearth_testkit::qemu_pids_under(&agent.dir), [qemu]);
+    assert_eq!(wait_phase(agent, "boxed", "running")["id"], id.as_str());
+}

@@ -93,7 +93,7 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
         let text = console(agent, &id);
         if boots(&text) == 2 { Ok(()) } else { Err(text) }
     });
-    // Read only now: while QEMU daemonizes, its launcher briefly has a pid of its own.
+    // Read only once the guest has booted again: the new QEMU is up.
     let pids = qemu_pids_under(&agent.dir);
     assert_eq!(pids.len(), 1, "{pids:?}");
     let second = pids[0];
