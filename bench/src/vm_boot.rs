@@ -219,6 +219,7 @@ pub fn run(args: &Args) -> Result<Report> {
         },
     )?;
     agent.add_test_guest(&guest);
+    agent.ensure_account("bench");
     let used_accel = std::fs::read_to_string(agent.dir.join("agent.log"))
         .unwrap_or_default()
         .lines()

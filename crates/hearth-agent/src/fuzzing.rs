@@ -101,6 +101,27 @@ fn seeded() -> DesiredState {
             },
         },
     ];
+    // The owners the bodies name (admins: no quota to meet).
+    for name in ["alice", "bob"] {
+        let account = hearth_types::account::Account {
+            name: name.into(),
+            role: hearth_types::account::AccountRole::Admin,
+            email: String::new(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                .into(),
+            ssh_keys: Default::default(),
+            disabled: false,
+            plan: None,
+            quota: Default::default(),
+        };
+        let command = Command::PutAccount {
+            account,
+            expect: Expect::Absent,
+            revoke_tokens: false,
+        };
+        // Index 0: the VM's id stays `vm-3`, as the fuzz corpus has it.
+        apply(&mut state, &command, 0);
+    }
     for (index, command) in commands.into_iter().enumerate() {
         apply(&mut state, &Command::Compute { command }, index as u64 + 1);
     }

@@ -407,6 +407,19 @@ impl TestAgent {
         )
     }
 
+    /// Makes admin account `name` (a VM's owner must be an account) unless it exists.
+    pub fn ensure_account(&self, name: &str) {
+        let body =
+            format!(r#"{{"name":"{name}","role":"admin","password":"{name}'s test password"}}"#);
+        let (status, answer) = self
+            .http_send("POST", "/v1/accounts", &body)
+            .unwrap_or_else(|e| panic!("account {name}: {e}"));
+        assert!(
+            matches!(status, 200 | 201 | 409),
+            "account {name}: {status} {answer}"
+        );
+    }
+
     /// How many worker hosts have registered their capacity (`/v1/hosts`).
     pub fn host_count(&self) -> Result<usize, String> {
         let hosts = self.api_json("/v1/hosts")?;

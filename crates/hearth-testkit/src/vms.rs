@@ -160,7 +160,8 @@ pub fn handler_log(root: &std::path::Path) -> std::path::PathBuf {
     root.join("handler-events.log")
 }
 
-/// `hearth vm create NAME` of the test guest (image `tiny`, owner alice, 256 MiB, 1 GiB,
+/// `hearth vm create NAME` of the test guest (image `tiny`, owner alice, made an account if
+/// need be, 256 MiB, 1 GiB,
 /// an address from pool `lan`) through `agent`, with `extra` arguments; returns the CLI's
 /// output.
 pub fn create_tiny(agent: &TestAgent, name: &str, extra: &[&str]) -> String {
@@ -180,6 +181,7 @@ pub fn create_tiny(agent: &TestAgent, name: &str, extra: &[&str]) -> String {
         "lan",
     ];
     args.extend_from_slice(extra);
+    agent.ensure_account("alice");
     agent.cli(&args)
 }
 

@@ -172,7 +172,8 @@ pub struct CreateArgs {
     /// The base image.
     #[arg(long)]
     image: String,
-    /// The member who owns it.
+    /// The account that owns it (`hearth account add` makes one; a name with no account is
+    /// refused, since whoever made that account later would get the VM).
     #[arg(long)]
     owner: String,
     #[arg(long, default_value_t = 1)]

@@ -788,6 +788,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
     });
     let first = &run.agents[0];
     first.add_fake_image("fake");
+    first.ensure_account("chaos");
     first.cli(&[
         "pool",
         "add",

@@ -336,8 +336,18 @@ fn dev_agent_answers_dig_and_cli_without_flags_and_leaves_no_vm_behind() {
     let guest = hearth_testkit::test_guest();
     let image =
         hearth_testkit::test_guest_image_args(&guest, "tiny", &guest.join("base.qcow2"), "qcow2");
+    // The VM's owner is an account.
+    let password = tmp.path().join("me.pass");
+    std::fs::write(&password, "me's long password\n").unwrap();
     for args in [
         image.iter().map(String::as_str).collect(),
+        vec![
+            "account",
+            "add",
+            "me",
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
         vec![
             "vm",
             "create",

@@ -238,6 +238,16 @@ fn archived_copy(host: &TestAgent, id: &str, generation: u64) -> Option<std::pat
 #[test]
 fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk() {
     let mut cluster = three_workers();
+    // The VM's owner, a member.
+    let password = cluster.agents[0].dir.join("alice.pass");
+    std::fs::write(&password, "a long enough secret phrase").unwrap();
+    cluster.agents[0].cli(&[
+        "account",
+        "add",
+        "alice",
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
     let (h, id) = running_vm(&cluster, 0, "db1");
     let o = other(h);
     let host = cluster.agents[h].spec.name.clone();
@@ -279,15 +289,6 @@ fn a_powered_off_hosts_vm_is_lost_until_an_admin_recreates_it_on_an_empty_disk()
     let (code, _, err) = cluster.agents[o].cli_result(&["vm", "recreate", "db1"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--empty-disk"), "{err}");
-    let password = cluster.agents[o].dir.join("alice.pass");
-    std::fs::write(&password, "a long enough secret phrase").unwrap();
-    cluster.agents[o].cli(&[
-        "account",
-        "add",
-        "alice",
-        "--password-file",
-        password.to_str().unwrap(),
-    ]);
     let alice = cluster.agents[o].cli(&["token", "create", "--account", "alice"]);
     let (status, answer) = hearth_testkit::http_request(
         cluster.agents[o].api_addr(),

@@ -36,6 +36,7 @@ fn a_vm_deleted_just_before_a_crash_stays_deleted() {
         }
     });
     agent.add_fake_image("fake");
+    agent.ensure_account("t");
     // A few rounds, since the crash must land before the state on disk catches up.
     for round in 0..6 {
         let agent = &cluster.agents[0];

@@ -590,6 +590,22 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
             .contains("no account named nobody"),
         "{answer}"
     );
+    // Nor made for one, for the same reason.
+    let (status, answer) = api(
+        agent,
+        &root,
+        "POST",
+        "/v1/vms",
+        r#"{"name":"a9","owner":"nobody","vcpus":1,"memory_mib":64,"disk_gib":1,"image":"tiny"}"#,
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no account named nobody"),
+        "{answer}"
+    );
 }
 
 /// Regression: with a worker's `data_dir/api-token`, one `POST /v1/accounts` made a new

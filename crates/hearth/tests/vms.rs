@@ -233,6 +233,7 @@ fn a_dead_hosts_vm_is_lost_until_fenced_then_placed_elsewhere() {
     wait_for_hosts(agent, 3);
     add_image_and_pool(agent);
     // Stopped VMs: placed and accounted for like any, with no guest to boot.
+    agent.ensure_account("carol");
     for name in ["p", "q", "r"] {
         agent.cli(&[
             "vm",
@@ -311,6 +312,7 @@ fn vms_spread_over_two_workers() {
     let agent = &cluster.agents[0];
     wait_for_hosts(agent, 2);
     add_image_and_pool(agent);
+    agent.ensure_account("bob");
     for name in ["a", "b"] {
         // Stopped: placed like any VM, but no guest boots, which keeps the test light.
         agent.cli(&[

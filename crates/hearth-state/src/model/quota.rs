@@ -1,4 +1,5 @@
-//! Members' quotas at the moment a VM is created: the `CreateVm` of a VM a member owns is
+//! Owners and members' quotas at the moment a VM is created: a `CreateVm` for a name with no
+//! account is refused; one of a VM a member owns is
 //! refused when it would pass the member's quota or could never be placed, and otherwise gets
 //! the IO limits of the member's plan. Applied inside `apply`, so two creations racing each
 //! other are counted one after the other on every replica.
@@ -24,14 +25,16 @@ pub(super) fn admit<'c>(
     let ComputeCommand::CreateVm { request } = command else {
         return Ok(Cow::Borrowed(command));
     };
-    let Some(account) = state
-        .accounts
-        .get(&request.owner)
-        .map(|a| &a.value)
-        .filter(|a| a.role == AccountRole::Member)
-    else {
-        return Ok(Cow::Borrowed(command));
+    // Made for a name with no account, it would pass to whoever made that account next.
+    let Some(account) = state.accounts.get(&request.owner).map(|a| &a.value) else {
+        return Err(format!(
+            "owner: no account named {}; make it first (hearth account add {})",
+            request.owner, request.owner
+        ));
     };
+    if account.role != AccountRole::Member {
+        return Ok(Cow::Borrowed(command));
+    }
     let quota = quota_of(&state.plans, account.plan.as_deref(), &account.quota);
     check(
         &quota,
