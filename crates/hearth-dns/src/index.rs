@@ -95,6 +95,33 @@ pub(crate) struct NameIndex {
 }
 
 impl NameIndex {
+    /// Feeds every name and its record sets to `hash` in a canonical order (names by key, the
+    /// data of a set by wire form), so equal zones hash equal whatever order built them.
+    pub(crate) fn fingerprint(&self, hash: &mut sha2::Sha256) {
+        use hickory_proto::serialize::binary::BinEncodable;
+        use sha2::Digest;
+        let mut keys: Vec<&Box<[u8]>> = self.names.keys().collect();
+        keys.sort();
+        for key in keys {
+            let data = &self.names[key];
+            hash.update((key.len() as u32).to_be_bytes());
+            hash.update(key);
+            hash.update([u8::from(data.is_apex), u8::from(data.follows_view)]);
+            for set in &data.rrsets {
+                hash.update(u16::from(set.rtype).to_be_bytes());
+                hash.update(set.ttl.to_be_bytes());
+                let mut wire: Vec<Vec<u8>> =
+                    set.data.iter().filter_map(|d| d.to_bytes().ok()).collect();
+                wire.sort();
+                hash.update((wire.len() as u32).to_be_bytes());
+                for item in wire {
+                    hash.update((item.len() as u32).to_be_bytes());
+                    hash.update(item);
+                }
+            }
+        }
+    }
+
     pub(crate) fn build(zone: &Zone, view: &View, desired: &DesiredState) -> Self {
         let mut pending: HashMap<Box<[u8]>, Pending> = HashMap::new();
         pending.entry(Box::default()).or_default();

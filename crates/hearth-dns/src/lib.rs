@@ -44,4 +44,4 @@ pub use metrics::{DnsMetrics, PushMetrics};
 pub use packet::{Transport, handle_packet};
 pub use server::serve;
 pub use settings::{NoneHealthy, Zone};
-pub use zone::{ZoneSnapshot, next_serial};
+pub use zone::ZoneSnapshot;

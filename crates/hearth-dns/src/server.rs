@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hearth_types::View;
 use hearth_types::desired::DesiredState;
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::answer::EDNS_PAYLOAD;
 use crate::metrics::DnsMetrics;
 use crate::packet::{Transport, respond_into};
-use crate::zone::{Zone, ZoneSnapshot, next_serial};
+use crate::zone::{Zone, ZoneSnapshot};
 
 /// How long a TCP connection may sit between queries, or take to send or receive one message.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,8 +38,8 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Runs the UDP and TCP servers until `shutdown` is cancelled, answering from the latest view
 /// on `views` and the latest desired state on `desired`. Each change of the view, or of the
-/// desired state's static records or drain flags, rebuilds the snapshot once, with serial
-/// `max(previous + 1, unix seconds)`; answering never waits on that. When a sender is dropped
+/// desired state's static records or drain flags, rebuilds the snapshot once, with the serial
+/// its content gives; answering never waits on that. When a sender is dropped
 /// (a node holding no replicated state may pass a channel whose sender is already gone), its
 /// last value keeps being served.
 pub async fn serve(
@@ -54,7 +54,7 @@ pub async fn serve(
     let zone = Arc::new(zone);
     let mut inputs = Inputs::new(views, desired);
     let (view, desired) = inputs.latest();
-    let first = ZoneSnapshot::new(&zone, view, desired, next_serial(0, unix_now()));
+    let first = ZoneSnapshot::build(&zone, view, desired);
     let (publish, snapshots) = watch::channel(Arc::new(first));
     let responder = Responder::new(Arc::clone(&zone), snapshots, metrics);
 
@@ -67,11 +67,6 @@ pub async fn serve(
             warn!(%error, "a DNS server task failed");
         }
     }
-}
-
-fn unix_now() -> u64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH);
-    since_epoch.map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// The two inputs a snapshot is built from, each followed until its sender goes away.
@@ -141,10 +136,9 @@ async fn track_inputs(
             }
             let (view, desired) = inputs.latest();
             let current = publish.borrow().clone();
-            // Senders may republish equal values; bumping the serial for them would be noise.
+            // Senders may republish equal values: nothing to rebuild for them.
             if !current.is_built_from(&view, &desired) {
-                let serial = next_serial(current.serial(), unix_now());
-                let snapshot = ZoneSnapshot::new(&zone, view, desired, serial);
+                let snapshot = ZoneSnapshot::build(&zone, view, desired);
                 publish.send_replace(Arc::new(snapshot));
                 last_build = Some(tokio::time::Instant::now());
             }

@@ -14,16 +14,12 @@ use crate::index::{Location, NameIndex, origin_child};
 pub use crate::settings::Zone;
 
 /// Refresh, retry and expire only steer secondaries pulling zone transfers. Hearth has none
-/// (every agent answers from its own view), so these are the RFC 1912 recommendations.
-const SOA_REFRESH: i32 = 3_600;
-const SOA_RETRY: i32 = 600;
+/// (every agent answers from its own view); these are values the checks registries run before
+/// a delegation accept (Zonemaster: refresh at least 4 hours, retry at least 1 hour and below
+/// refresh, expire at least a week).
+const SOA_REFRESH: i32 = 14_400;
+const SOA_RETRY: i32 = 3_600;
 const SOA_EXPIRE: i32 = 1_209_600;
-
-/// The next SOA serial after `previous`: the wall clock when it is ahead, else one more.
-/// Serials wrap as RFC 1982 allows (and the clock only reaches 2^32 in 2106).
-pub fn next_serial(previous: u32, unix_seconds: u64) -> u32 {
-    (u64::from(previous) + 1).max(unix_seconds) as u32
-}
 
 /// What the apex answers, computed once per snapshot since every negative answer carries the SOA.
 #[derive(Debug, Clone)]
@@ -49,8 +45,25 @@ pub struct ZoneSnapshot {
 }
 
 impl ZoneSnapshot {
-    /// Indexes `view` and the static records and drain flags of `desired` for `zone`; answer
-    /// with the same zone.
+    /// Indexes `view` and the static records and drain flags of `desired` for `zone`, with the
+    /// serial its content gives (see [`content_serial`]): servers with the same view serve the
+    /// same zone under the same serial, as registries' consistency checks expect, and an
+    /// unchanged zone keeps its serial.
+    pub fn build(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>) -> Self {
+        let index = NameIndex::build(zone, &view, &desired);
+        let mut apex = build_apex(zone, &view, 0, &index);
+        let serial = content_serial(&index, &apex.name_servers, &apex.glue);
+        apex.soa = soa_record(zone, serial, apex.name_servers.first());
+        Self {
+            view,
+            desired,
+            serial,
+            index,
+            apex,
+        }
+    }
+
+    /// As [`ZoneSnapshot::build`], with a serial of the caller's (tests).
     pub fn new(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>, serial: u32) -> Self {
         let index = NameIndex::build(zone, &view, &desired);
         let apex = build_apex(zone, &view, serial, &index);
@@ -132,6 +145,27 @@ fn glue_records(zone: &Zone, ns: &Name, index: &NameIndex) -> Vec<Record> {
         return Vec::new();
     };
     data.addresses().flat_map(|set| set.records(ns)).collect()
+}
+
+/// The SOA serial of a zone's content: the first four bytes of a SHA-256 over every name
+/// with its record sets (names, and the records in a set, in wire order), the name servers
+/// and their glue. Not monotonic: hearth serves no zone transfers, so no secondary compares
+/// serials; what resolvers and registries see is that equal content has an equal serial.
+pub(crate) fn content_serial(index: &NameIndex, name_servers: &[Name], glue: &[Record]) -> u32 {
+    use hickory_proto::serialize::binary::BinEncodable;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    index.fingerprint(&mut hash);
+    for ns in name_servers {
+        hash.update(ns.to_bytes().unwrap_or_default());
+    }
+    let mut glue: Vec<Vec<u8>> = glue.iter().filter_map(|r| r.to_bytes().ok()).collect();
+    glue.sort();
+    for record in glue {
+        hash.update(record);
+    }
+    let digest = hash.finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 fn soa_record(zone: &Zone, serial: u32, primary: Option<&Name>) -> Record {

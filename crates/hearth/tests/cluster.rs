@@ -40,6 +40,8 @@ fn three_agents_converge_and_kill9_leaves_dns() {
             }
         });
     }
+    // Servers that see the same cluster serve the same zone, under the same SOA serial.
+    let serial = same_serial(&cluster.agents);
     // Node names answer with the node's address.
     let n2_ip = cluster.agents[1].spec.ip.to_string();
     assert_eq!(
@@ -62,6 +64,8 @@ fn three_agents_converge_and_kill9_leaves_dns() {
         &[("n1", "alive"), ("n2", "alive"), ("n3", "dead")],
         DEADLINE,
     );
+    // A zone without n3 is another zone: a new serial, the same on both.
+    assert_ne!(same_serial(&cluster.agents[..2]), serial);
 
     // A restart with the same name rejoins cleanly and comes back into DNS.
     cluster.agents[2].restart();
@@ -79,6 +83,27 @@ fn three_agents_converge_and_kill9_leaves_dns() {
             }
         });
     }
+}
+
+/// Waits until every agent of `agents` answers the same SOA serial; returns it. The SOA's
+/// timers are ones registries accept (refresh 4 h, retry 1 h, expire 2 weeks).
+fn same_serial(agents: &[hearth_testkit::TestAgent]) -> String {
+    eventually("the same SOA serial on every server", DEADLINE, || {
+        let mut serials = Vec::new();
+        for agent in agents {
+            let soa = agent.dig(ZONE, "SOA")?;
+            let fields: Vec<&str> = soa.first().map_or(vec![], |l| l.split(' ').collect());
+            match fields[..] {
+                [_, _, serial, "14400", "3600", "1209600", _] => serials.push(serial.to_owned()),
+                _ => return Err(format!("{soa:?}")),
+            }
+        }
+        serials.dedup();
+        match &serials[..] {
+            [one] => Ok(one.clone()),
+            _ => Err(format!("{serials:?}")),
+        }
+    })
 }
 
 #[test]

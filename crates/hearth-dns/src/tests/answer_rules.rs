@@ -1,5 +1,7 @@
 //! The answer rules, one test each, through `answer` over the fixture view.
 
+use std::sync::Arc;
+
 use hearth_types::desired::{ClusterService, DesiredState, Versioned};
 use hearth_types::{CheckStatus, MemberState, Role, View};
 use hickory_proto::op::{Edns, MessageType, OpCode, Query, ResponseCode};
@@ -10,7 +12,7 @@ use super::fixture::{
     QUERY_ID, SERIAL, TTL, a, addresses, ask, ask_in, assert_negative, desired, ips, member, name,
     query, record_set, snapshot, snapshot_with, soa, view, view_of, zone,
 };
-use crate::{EDNS_PAYLOAD, NoneHealthy, Zone, answer, next_serial};
+use crate::{EDNS_PAYLOAD, NoneHealthy, Zone, ZoneSnapshot, answer};
 
 #[test]
 fn service_answers_passing_instances_on_up_nodes_only() {
@@ -344,11 +346,34 @@ fn zone_origin_is_lowercase_and_fully_qualified() {
     assert!(zone.origin.is_fqdn());
 }
 
+/// The serial is the zone's content: every server with the same view (whatever its own
+/// name) serves the same serial, and any change to what the zone answers changes it.
 #[test]
-fn serial_follows_the_clock_but_always_increases() {
-    assert_eq!(next_serial(0, 1_700_000_000), 1_700_000_000);
-    assert_eq!(next_serial(1_700_000_000, 1_700_000_000), 1_700_000_001);
-    assert_eq!(next_serial(1_700_000_005, 1_700_000_001), 1_700_000_006);
+fn the_serial_is_a_function_of_the_zones_content() {
+    let serial = |view: View, desired: DesiredState| {
+        let snapshot = ZoneSnapshot::build(&zone(), Arc::new(view), Arc::new(desired));
+        let soa = answer(&zone(), &snapshot, &query("hearth.test.", RecordType::SOA));
+        match &soa.answers[0].data {
+            RData::SOA(soa) => assert_eq!(soa.serial, snapshot.serial()),
+            other => panic!("{other:?}"),
+        }
+        snapshot.serial()
+    };
+    let base = serial(view(), DesiredState::default());
+    let mut from_delta = view();
+    from_delta.self_name = "delta".into();
+    assert_eq!(serial(from_delta, DesiredState::default()), base);
+    assert_eq!(serial(view(), DesiredState::default()), base);
+    let with_record = desired([record_set("mail", None, &[a("192.0.2.7")])], &[]);
+    let recorded = serial(view(), with_record);
+    assert_ne!(recorded, base);
+    let other_address = desired([record_set("mail", None, &[a("192.0.2.8")])], &[]);
+    assert_ne!(serial(view(), other_address), recorded);
+    let mut failing = view();
+    failing.members.get_mut("alpha").unwrap().services[0].status = CheckStatus::Failing;
+    assert_ne!(serial(failing, DesiredState::default()), base);
+    // A drain of a node with no effect on answers (the view has no "zulu") changes nothing.
+    assert_eq!(serial(view(), desired([], &["zulu"])), base);
 }
 
 #[test]
