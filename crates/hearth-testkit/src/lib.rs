@@ -229,6 +229,18 @@ impl TestAgent {
                 command
             }
             (None, Some(user)) => {
+                // The user must reach the binary, wherever the checkout is (a home directory
+                // of mode 0700, say): a copy goes in the agent's directory, under a root the
+                // user may traverse.
+                use std::os::unix::fs::PermissionsExt;
+                if let Some(root) = self.dir.parent() {
+                    let open = std::fs::Permissions::from_mode(0o755);
+                    std::fs::set_permissions(root, open).expect("open the cluster root");
+                }
+                let copy = self.dir.join("hearth-bin");
+                if !copy.exists() {
+                    std::fs::copy(&self.bin, &copy).expect("copy the agent binary");
+                }
                 let status = Command::new("chown")
                     .arg(format!("{user}:"))
                     .arg(&self.dir)
@@ -245,7 +257,7 @@ impl TestAgent {
                     .arg(format!("--reuid={user}"))
                     .arg(format!("--regid={gid}"))
                     .args(["--clear-groups", "--no-new-privs", "--"])
-                    .arg(&self.bin);
+                    .arg(&copy);
                 command
             }
             (None, None) => Command::new(&self.bin),
