@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
-# tests need (dig from dnsutils, knotd from knot as the external primary of the push tests,
+# tests need (dig from dnsutils, knotd from knot as the external primary of the push tests
+# and as the root zone of the Zonemaster test, zonemaster-cli,
 # nftables and iptables for the chaos runner, chromium and chromium-driver for the web panel's browser
 # tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
@@ -18,6 +19,8 @@ PATH="$PATH:/usr/sbin:/sbin" command -v nft >/dev/null 2>&1 || need+=(nftables)
 # Its delay fault queues packets to userspace with the xtables NFQUEUE target (this kernel
 # lacks nftables' own `queue`), set through iptables-nft.
 PATH="$PATH:/usr/sbin:/sbin" command -v iptables-nft >/dev/null 2>&1 || need+=(iptables)
+# The DNS servers are checked as registries check a delegation, with Zonemaster.
+command -v zonemaster-cli >/dev/null 2>&1 || need+=(zonemaster-cli)
 # The shipped systemd unit is checked with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.

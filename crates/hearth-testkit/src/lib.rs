@@ -129,6 +129,9 @@ pub struct NodeSpec {
     pub api_ip: Option<Ipv4Addr>,
     /// Run the agent inside this network namespace.
     pub netns: Option<String>,
+    /// DNS on this port instead of [`DNS_PORT`] (53, where clients that cannot be told
+    /// another port ask).
+    pub dns_port: Option<u16>,
     /// Run the agent as this unprivileged user (through `setpriv`, with no new privileges,
     /// as the shipped unit's `User=` and `NoNewPrivileges=` do); its directory becomes that
     /// user's.
@@ -149,7 +152,7 @@ roles       = {roles}
 gossip_addr = "{ip}:{GOSSIP_PORT}"
 rpc_addr    = "{ip}:{RPC_PORT}"
 api_addr    = "{api_ip}:{API_PORT}"
-dns_addr    = "{ip}:{DNS_PORT}"
+dns_addr    = "{ip}:{dns_port}"
 join        = [{join}]
 {top}
 
@@ -166,6 +169,7 @@ ttl  = 1
                 None => format!("secret      = \"{}\"", self.secret),
             },
             ip = self.ip,
+            dns_port = self.dns_port.unwrap_or(DNS_PORT),
             api_ip = self.api_ip.unwrap_or(self.ip),
             roles = self.roles,
             join = join.join(", "),
@@ -207,22 +211,11 @@ impl TestAgent {
         self.dir.join("agent.log")
     }
 
-    /// (Re)starts the process with the current spec.
-    pub fn restart(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "agent {} is still running",
-            self.spec.name
-        );
-        std::fs::write(self.config_path(), self.spec.toml(&self.dir.join("data")))
-            .expect("write config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open log");
-        // `ip netns exec` and `setpriv` exec the agent in place, so the PID is the agent's own.
-        let mut command = match (&self.spec.netns, &self.spec.run_as) {
+    /// The command that runs the agent: in its network namespace, or as its user (see
+    /// [`NodeSpec::run_as`]), or plainly. `ip netns exec` and `setpriv` exec the agent in
+    /// place, so the PID is the agent's own.
+    fn command(&self) -> Command {
+        match (&self.spec.netns, &self.spec.run_as) {
             (Some(netns), _) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", netns]).arg(&self.bin);
@@ -261,7 +254,24 @@ impl TestAgent {
                 command
             }
             (None, None) => Command::new(&self.bin),
-        };
+        }
+    }
+
+    /// (Re)starts the process with the current spec.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is still running",
+            self.spec.name
+        );
+        std::fs::write(self.config_path(), self.spec.toml(&self.dir.join("data")))
+            .expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open log");
+        let mut command = self.command();
         let child = command
             .args(["agent", "--config"])
             .arg(self.config_path())
@@ -360,7 +370,7 @@ impl TestAgent {
     }
 
     pub fn dns_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.spec.ip, DNS_PORT))
+        SocketAddr::from((self.spec.ip, self.spec.dns_port.unwrap_or(DNS_PORT)))
     }
 
     pub fn token(&self) -> String {
@@ -741,6 +751,7 @@ impl TestCluster {
             roles: "[\"server\"]".into(),
             api_ip: None,
             netns: None,
+            dns_port: None,
             run_as: None,
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
@@ -782,8 +793,7 @@ impl TestCluster {
     }
 }
 
-/// Starts one agent in each node namespace of `lab`: node `i` is `n{i+1}` on the data link,
-/// joined through `n1`, its API on the control link, with `roles` (TOML) and `extra` TOML.
+/// Starts one agent in each node namespace of `lab` (see [`lab_spec`]).
 pub fn start_in_lab(
     bin: &Path,
     root: &Path,
@@ -793,24 +803,38 @@ pub fn start_in_lab(
     extra: &str,
 ) -> Vec<TestAgent> {
     let secret = random_secret();
-    let seed = SocketAddr::from((lab.data_ip(0), GOSSIP_PORT));
     (0..lab.len())
         .map(|idx| {
-            let spec = NodeSpec {
-                name: format!("n{}", idx + 1),
-                ip: lab.data_ip(idx),
-                secret: secret.clone(),
-                secret_file: None,
-                cluster: cluster.into(),
-                roles: roles.into(),
-                join: if idx == 0 { vec![] } else { vec![seed] },
-                extra: extra.into(),
-                top: String::new(),
-                api_ip: Some(lab.control_ip(idx)),
-                netns: Some(lab.netns(idx)),
-                run_as: None,
-            };
+            let spec = lab_spec(lab, idx, &secret, cluster, roles, extra);
             TestAgent::start(bin, root, spec)
         })
         .collect()
+}
+
+/// Node `idx` of `lab`: `n{idx+1}` on the data link, joined through `n1`, its API on the
+/// control link, with `secret`, `roles` (TOML) and `extra` TOML.
+pub fn lab_spec(
+    lab: &netns::NetnsLab,
+    idx: usize,
+    secret: &str,
+    cluster: &str,
+    roles: &str,
+    extra: &str,
+) -> NodeSpec {
+    let seed = SocketAddr::from((lab.data_ip(0), GOSSIP_PORT));
+    NodeSpec {
+        name: format!("n{}", idx + 1),
+        ip: lab.data_ip(idx),
+        secret: secret.to_owned(),
+        secret_file: None,
+        cluster: cluster.into(),
+        roles: roles.into(),
+        join: if idx == 0 { vec![] } else { vec![seed] },
+        extra: extra.into(),
+        top: String::new(),
+        api_ip: Some(lab.control_ip(idx)),
+        netns: Some(lab.netns(idx)),
+        dns_port: None,
+        run_as: None,
+    }
 }
