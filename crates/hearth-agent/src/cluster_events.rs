@@ -166,6 +166,7 @@ mod tests {
                     state: MemberState::Dead,
                     roles: vec![],
                     tags: Default::default(),
+                    rpc_addr: None,
                 },
                 instance: None,
                 vm: None,

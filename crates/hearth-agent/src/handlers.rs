@@ -160,6 +160,7 @@ mod tests {
                 state: MemberState::Alive,
                 roles: vec![Role::Server, Role::Worker],
                 tags: Default::default(),
+                rpc_addr: None,
             },
             instance: Some(ServiceInstance {
                 service: "www".into(),

@@ -793,6 +793,7 @@ mod tests {
             state,
             roles: vec![],
             tags: Default::default(),
+            rpc_addr: None,
         }
     }
 

@@ -174,6 +174,9 @@ pub struct MemberRow {
     pub state: MemberState,
     pub roles: Vec<Role>,
     pub tags: BTreeMap<String, String>,
+    /// Where it takes Raft RPC, for the nodes that do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_addr: Option<SocketAddr>,
 }
 
 impl Member {
@@ -185,6 +188,7 @@ impl Member {
             state: self.state,
             roles: self.meta.roles.clone(),
             tags: self.meta.tags.clone(),
+            rpc_addr: self.meta.rpc_addr,
         }
     }
 }

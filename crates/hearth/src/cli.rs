@@ -1,4 +1,5 @@
-//! Command-line parsing and the commands: `agent`, `members`, `services`, `leave`, `keygen`.
+//! Command-line parsing and the commands: `agent`, `members`, `services`, `leave`, `keygen`
+//! (`doctor` in its own module).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -154,6 +155,12 @@ enum Command {
     },
     /// Make the local agent leave the cluster gracefully and exit.
     Leave(ClientArgs),
+    /// Check this node and the cluster as its agent sees it, saying what is wrong and how
+    /// to fix it: the data directory (mode, free space); on a worker KVM (usable, or why
+    /// not), QEMU and the configured bridge; the local agent answering, every member up,
+    /// and each one's Raft RPC port reachable from here. Exit 0 when all is well, 1 when
+    /// something is not, 2 for a bad config.
+    Doctor(crate::doctor::DoctorArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
     Keygen,
 }
@@ -265,16 +272,20 @@ pub fn main() -> ExitCode {
             destroy,
         } => with_client(&client, |c, json| compute_cli::fix(c, json, &id, destroy)),
         Command::Leave(args) => client_command(&args, leave),
-        Command::Keygen => {
-            let mut secret = [0u8; 32];
-            rand::fill(&mut secret[..]);
-            println!(
-                "{}",
-                base64::engine::general_purpose::STANDARD.encode(secret)
-            );
-            ExitCode::SUCCESS
-        }
+        Command::Doctor(args) => crate::doctor::run(&args),
+        Command::Keygen => keygen(),
     }
+}
+
+/// `hearth keygen`: a new random cluster secret, base64.
+fn keygen() -> ExitCode {
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret[..]);
+    println!(
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    );
+    ExitCode::SUCCESS
 }
 
 /// `hearth state recover`: offline, on a stopped agent's data dir.

@@ -4,6 +4,7 @@ mod accounts_cli;
 mod cli;
 mod client;
 mod compute_cli;
+mod doctor;
 mod output;
 mod plans_cli;
 mod state_cli;

@@ -457,3 +457,52 @@ fn the_shipped_systemd_unit_verifies() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `hearth doctor --config` of a node of a two-server cluster: every check ok and exit 0;
+/// with the other server killed, exit 1, the dead member named and the fix said.
+#[test]
+fn doctor_finds_a_dead_member_and_says_how_to_fix_it() {
+    let mut cluster = TestCluster::start(bin(), 2, |_| String::new());
+    let wait = Duration::from_secs(60);
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], wait);
+    let config = cluster.agents[0].config_path();
+    let doctor = |json: bool| {
+        let mut command = Command::new(bin());
+        command.args(["doctor", "--config"]).arg(&config);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let statuses = |output: &Output| -> Vec<(String, String, String)> {
+        let checks: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let field = |c: &serde_json::Value, f: &str| c[f].as_str().unwrap_or("").to_owned();
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (field(c, "check"), field(c, "status"), field(c, "detail")))
+            .collect()
+    };
+    let output = doctor(true);
+    let all = statuses(&output);
+    assert_eq!(output.status.code(), Some(0), "{all:?}");
+    for name in ["data_dir", "agent", "members", "rpc n2"] {
+        assert!(
+            all.iter()
+                .any(|(check, status, _)| check == name && status == "ok"),
+            "{name}: {all:?}"
+        );
+    }
+
+    cluster.agents[1].kill9();
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "dead")], wait);
+    let output = doctor(true);
+    let all = statuses(&output);
+    assert_eq!(output.status.code(), Some(1), "{all:?}");
+    let members = all.iter().find(|(check, _, _)| check == "members").unwrap();
+    assert_eq!(members.1, "fail", "{all:?}");
+    assert!(members.2.contains("n2 (dead"), "{all:?}");
+    let table = String::from_utf8_lossy(&doctor(false).stdout).into_owned();
+    assert!(table.contains("FAIL") && table.contains("fix: "), "{table}");
+}

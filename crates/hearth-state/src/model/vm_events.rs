@@ -91,6 +91,7 @@ fn member_row(state: &DesiredState, host: &str) -> MemberRow {
             state: MemberState::Alive,
             roles: Vec::new(),
             tags: Default::default(),
+            rpc_addr: None,
         })
 }
 

@@ -1,0 +1,327 @@
+//! `hearth doctor`: checks of this node (its data directory, KVM, QEMU, its bridge) and of
+//! the cluster as its agent sees it (members up, Raft RPC ports reachable from here), each
+//! saying what is wrong and how to fix it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use hearth_agent::config::Config;
+use hearth_types::{MemberRow, MemberState, Role};
+use serde::Serialize;
+
+use crate::client::{ApiClient, ClientArgs};
+use crate::output::{print_json, print_table};
+
+/// Below this much free space in the data directory, VMs and the Raft store are at risk.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+/// ... or below this share of the file system.
+const MIN_FREE_PERCENT: u64 = 5;
+/// How long a port has to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// The node's config (the agent's `--config`).
+    #[arg(long, value_name = "FILE", default_value = "/etc/hearth/hearth.toml")]
+    config: std::path::PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One finding: what was checked, how it stands, and what to do when it is not ok.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+fn check(name: &str, status: Status, detail: String, fix: &str) -> Check {
+    Check {
+        check: name.to_owned(),
+        status,
+        detail,
+        fix: fix.to_owned(),
+    }
+}
+
+/// `hearth doctor`: exit 0 when every check is ok, 1 when one is not, 2 for a bad config.
+pub fn run(args: &DoctorArgs) -> ExitCode {
+    let (config, _) = match Config::load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut checks = local_checks(&config);
+    checks.extend(cluster_checks(&config));
+    if args.json {
+        print_json(&checks);
+    } else {
+        let rows = checks.iter().map(|c| {
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            let detail = match c.fix.is_empty() {
+                true => c.detail.clone(),
+                false => format!("{} (fix: {})", c.detail, c.fix),
+            };
+            vec![c.check.clone(), status.to_owned(), detail]
+        });
+        print_table(&["CHECK", "STATUS", "DETAIL"], rows);
+    }
+    match checks.iter().all(|c| c.status == Status::Ok) {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
+}
+
+/// The data directory, and on a worker KVM, QEMU and the bridge.
+fn local_checks(config: &Config) -> Vec<Check> {
+    let mut checks = vec![data_dir(&config.data_dir)];
+    if config.roles.contains(&Role::Worker) {
+        checks.push(kvm());
+        checks.push(qemu());
+        if let Some(bridge) = config.compute.network.strip_prefix("bridge:") {
+            checks.push(bridge_present(Path::new("/sys/class/net"), bridge));
+        }
+    }
+    checks
+}
+
+fn data_dir(dir: &Path) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let name = "data_dir";
+    let mode = match std::fs::metadata(dir) {
+        Ok(meta) => meta.permissions().mode() & 0o777,
+        Err(error) => {
+            return check(
+                name,
+                Status::Fail,
+                format!("{}: {error}", dir.display()),
+                "start the agent once (it makes the directory), or fix data_dir in the config",
+            );
+        }
+    };
+    if mode & 0o077 != 0 {
+        return check(
+            name,
+            Status::Fail,
+            format!(
+                "{} is mode {mode:04o}: other users may read it",
+                dir.display()
+            ),
+            &format!("chmod 700 {}", dir.display()),
+        );
+    }
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(fs) => {
+            let block = fs.fragment_size();
+            let free = fs.blocks_available().saturating_mul(block);
+            let total = fs.blocks().saturating_mul(block);
+            space(dir, free, total)
+        }
+        Err(error) => check(
+            name,
+            Status::Warn,
+            format!("cannot read the free space of {}: {error}", dir.display()),
+            "",
+        ),
+    }
+}
+
+/// Whether `free` of `total` bytes is enough room for disks and the Raft store.
+fn space(dir: &Path, free: u64, total: u64) -> Check {
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    let detail = format!(
+        "{}: {:.1} GiB free of {:.1} GiB",
+        dir.display(),
+        gib(free),
+        gib(total)
+    );
+    let low = free < MIN_FREE_BYTES || free.saturating_mul(100) < total * MIN_FREE_PERCENT;
+    match low {
+        true => check(
+            "data_dir",
+            Status::Fail,
+            detail,
+            "free space there (old archives in vms-archive/, images no VM uses), or grow the file system",
+        ),
+        false => check("data_dir", Status::Ok, detail, ""),
+    }
+}
+
+fn kvm() -> Check {
+    match hearth_qemu::accel::detect() {
+        (hearth_qemu::accel::Accel::Kvm, why) => check("kvm", Status::Ok, why, ""),
+        (_, why) => check(
+            "kvm",
+            Status::Warn,
+            why,
+            "load kvm_intel or kvm_amd (or enable nested virtualisation at the provider), and add the agent's user to group kvm",
+        ),
+    }
+}
+
+fn qemu() -> Check {
+    let found = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = ["qemu-system-x86_64", "qemu-img"]
+        .into_iter()
+        .filter(|p| !found(p))
+        .collect();
+    match missing.as_slice() {
+        [] => check(
+            "qemu",
+            Status::Ok,
+            "qemu-system-x86_64 and qemu-img run".into(),
+            "",
+        ),
+        _ => check(
+            "qemu",
+            Status::Fail,
+            format!("not found: {}", missing.join(", ")),
+            "apt-get install qemu-system-x86 qemu-utils",
+        ),
+    }
+}
+
+/// Whether interface `bridge` under `sys_net` (`/sys/class/net`) is a bridge.
+fn bridge_present(sys_net: &Path, bridge: &str) -> Check {
+    match sys_net.join(bridge).join("bridge").is_dir() {
+        true => check("bridge", Status::Ok, format!("{bridge} is a bridge"), ""),
+        false => check(
+            "bridge",
+            Status::Fail,
+            format!("no bridge named {bridge} ([compute] network = \"bridge:{bridge}\")"),
+            &format!(
+                "ip link add {bridge} type bridge && ip link set {bridge} up, or in /etc/network/interfaces"
+            ),
+        ),
+    }
+}
+
+/// The agent answering, its members up, and their Raft RPC ports reachable from here.
+fn cluster_checks(config: &Config) -> Vec<Check> {
+    let mut api = config.api_addr;
+    if api.ip().is_unspecified() {
+        api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let token = std::fs::read_to_string(config.token_path()).ok();
+    let client = ClientArgs {
+        api: api.to_string(),
+        token: token.map(|t| t.trim().to_owned()),
+        json: false,
+    };
+    let rows: Result<Vec<MemberRow>, String> = ApiClient::new(&client)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.get("/v1/members").map_err(|e| e.to_string()));
+    match rows {
+        Ok(rows) => {
+            let mut checks = vec![check("agent", Status::Ok, format!("answers at {api}"), "")];
+            checks.push(members(&rows));
+            checks.extend(ports(&rows, &config.node_name));
+            checks
+        }
+        Err(error) => vec![check(
+            "agent",
+            Status::Fail,
+            format!("no answer at {api}: {error}"),
+            "start it (systemctl start hearth), and run doctor as a user who can read its api-token",
+        )],
+    }
+}
+
+/// Every member not gone on purpose is up.
+fn members(rows: &[MemberRow]) -> Check {
+    let down: Vec<String> = rows
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Dead | MemberState::Suspect))
+        .map(|m| format!("{} ({}, {})", m.name, m.state, m.address))
+        .collect();
+    let up = rows
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count();
+    match down.as_slice() {
+        [] => check("members", Status::Ok, format!("{up} alive"), ""),
+        _ => check(
+            "members",
+            Status::Fail,
+            format!("{up} alive; down: {}", down.join(", ")),
+            "start their agents, or `hearth node fence` a worker that is gone for good",
+        ),
+    }
+}
+
+/// The Raft RPC port of every other member that is alive, reached from here.
+fn ports(rows: &[MemberRow], me: &str) -> Vec<Check> {
+    rows.iter()
+        .filter(|m| m.state == MemberState::Alive && m.name != me)
+        .filter_map(|m| m.rpc_addr.map(|addr| (m, addr)))
+        .map(|(m, addr)| port(&m.name, addr))
+        .collect()
+}
+
+fn port(member: &str, addr: SocketAddr) -> Check {
+    let name = format!("rpc {member}");
+    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        Ok(_) => check(&name, Status::Ok, format!("TCP {addr} reachable"), ""),
+        Err(error) => check(
+            &name,
+            Status::Fail,
+            format!("TCP {addr} (Raft RPC): {error}"),
+            &format!("open TCP {} between the servers", addr.port()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn little_free_space_fails_and_enough_passes() {
+        let dir = Path::new("/d");
+        assert_eq!(space(dir, 512 << 20, 100 << 30).status, Status::Fail);
+        assert_eq!(space(dir, 2 << 30, 100 << 30).status, Status::Fail);
+        assert_eq!(space(dir, 20 << 30, 100 << 30).status, Status::Ok);
+        assert!(
+            space(dir, 20 << 30, 100 << 30)
+                .detail
+                .contains("20.0 GiB free")
+        );
+    }
+
+    #[test]
+    fn a_missing_bridge_fails_with_the_command_that_makes_it() {
+        let sys = hearth_testkit::TempDir::new("doctor");
+        std::fs::create_dir_all(sys.path().join("br0/bridge")).unwrap();
+        std::fs::create_dir_all(sys.path().join("eth0")).unwrap();
+        assert_eq!(bridge_present(sys.path(), "br0").status, Status::Ok);
+        let eth = bridge_present(sys.path(), "eth0");
+        assert_eq!(eth.status, Status::Fail);
+        assert!(eth.fix.contains("ip link add eth0 type bridge"), "{eth:?}");
+    }
+}
