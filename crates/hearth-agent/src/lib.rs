@@ -334,10 +334,22 @@ fn node_meta(
         gossip_addr: SocketAddr::new(resolved.advertise, gossip_addr.port()),
         address: resolved.advertise,
         roles: config.roles.clone(),
-        tags: config.tags.clone(),
+        tags: tags_with_version(&config.tags),
         rpc_addr,
         in_group: false,
     }
+}
+
+/// The tag every node gossips with its release (`version`, over any the config set), so a
+/// mixed cluster shows in `hearth members --json` and `hearth doctor`.
+pub const VERSION_TAG: &str = "version";
+
+fn tags_with_version(
+    tags: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut tags = tags.clone();
+    tags.insert(VERSION_TAG.into(), env!("CARGO_PKG_VERSION").into());
+    tags
 }
 
 /// What is running once membership and the state node are up.

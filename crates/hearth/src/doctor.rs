@@ -241,6 +241,7 @@ fn cluster_checks(config: &Config) -> Vec<Check> {
         Ok(rows) => {
             let mut checks = vec![check("agent", Status::Ok, format!("answers at {api}"), "")];
             checks.push(members(&rows));
+            checks.push(versions(&rows));
             checks.extend(ports(&rows, &config.node_name));
             checks
         }
@@ -271,6 +272,35 @@ fn members(rows: &[MemberRow]) -> Check {
             Status::Fail,
             format!("{up} alive; down: {}", down.join(", ")),
             "start their agents, or `hearth node fence` a worker that is gone for good",
+        ),
+    }
+}
+
+/// Every member that is up runs the same release (the `version` tag it gossips; an agent
+/// from before that tag says none).
+fn versions(rows: &[MemberRow]) -> Check {
+    let mut by_version: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in rows.iter().filter(|m| m.state == MemberState::Alive) {
+        let version = m
+            .tags
+            .get(hearth_agent::VERSION_TAG)
+            .map_or("unknown", String::as_str);
+        by_version.entry(version).or_default().push(&m.name);
+    }
+    let list = || {
+        by_version
+            .iter()
+            .map(|(version, names)| format!("{version}: {}", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match by_version.len() {
+        0 | 1 => check("versions", Status::Ok, list(), ""),
+        _ => check(
+            "versions",
+            Status::Warn,
+            list(),
+            "finish the upgrade: install the same release on every node, one at a time",
         ),
     }
 }
@@ -311,6 +341,41 @@ mod tests {
             space(dir, 20 << 30, 100 << 30)
                 .detail
                 .contains("20.0 GiB free")
+        );
+    }
+
+    fn row(name: &str, version: Option<&str>) -> MemberRow {
+        MemberRow {
+            name: name.into(),
+            address: [192, 0, 2, 1].into(),
+            gossip_addr: "192.0.2.1:7946".parse().unwrap(),
+            state: MemberState::Alive,
+            roles: vec![Role::Server],
+            tags: version
+                .map(|v| (hearth_agent::VERSION_TAG.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect(),
+            rpc_addr: None,
+        }
+    }
+
+    #[test]
+    fn mixed_releases_are_named_and_warned_about() {
+        let same = [row("n1", Some("0.2.0")), row("n2", Some("0.2.0"))];
+        assert_eq!(versions(&same).status, Status::Ok);
+        let mixed = [
+            row("n1", Some("0.2.0")),
+            row("n2", Some("0.1.0")),
+            row("n3", None),
+        ];
+        let check = versions(&mixed);
+        assert_eq!(check.status, Status::Warn);
+        assert_eq!(check.detail, "0.1.0: n2; 0.2.0: n1; unknown: n3");
+        let mut gone = row("n2", Some("0.1.0"));
+        gone.state = MemberState::Left;
+        assert_eq!(
+            versions(&[row("n1", Some("0.2.0")), gone]).status,
+            Status::Ok
         );
     }
 
