@@ -1,5 +1,5 @@
 //! Command-line parsing and the commands: `agent`, `members`, `services`, `leave`, `keygen`
-//! (`doctor` in its own module).
+//! (`doctor` and `init` in modules of their own).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +163,14 @@ enum Command {
     Doctor(crate::doctor::DoctorArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
     Keygen,
+    /// Write this node's config (commented), and a secret for a new cluster.
+    ///
+    /// The first server: `hearth init --advertise IP --zone coop.example.`; it makes the
+    /// secret file. Every other node: copy that file, then `hearth init --advertise IP
+    /// --zone coop.example. --join FIRST_IP`. Flags not given are asked on a terminal. The
+    /// config is checked as the agent loads it before it takes its name; an existing one is
+    /// kept unless --force. Prints the next commands.
+    Init(crate::init::InitArgs),
 }
 
 #[derive(Subcommand)]
@@ -274,6 +282,7 @@ pub fn main() -> ExitCode {
         Command::Leave(args) => client_command(&args, leave),
         Command::Doctor(args) => crate::doctor::run(&args),
         Command::Keygen => keygen(),
+        Command::Init(args) => crate::init::run(args),
     }
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod compute_cli;
 mod doctor;
+mod init;
 mod output;
 mod plans_cli;
 mod state_cli;

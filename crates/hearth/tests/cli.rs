@@ -506,3 +506,122 @@ fn doctor_finds_a_dead_member_and_says_how_to_fix_it() {
     let table = String::from_utf8_lossy(&doctor(false).stdout).into_owned();
     assert!(table.contains("FAIL") && table.contains("fix: "), "{table}");
 }
+
+/// An agent process of the test's own, killed by its PID (and reaped) when dropped.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `hearth init` on three servers, as its printed next steps say (the first makes the
+/// secret, the others copy it and join): the three agents started on those configs form a
+/// cluster that answers DNS, and `hearth doctor` finds nothing wrong. It never replaces a
+/// config without --force, and a join without the secret names the flag.
+#[test]
+fn three_servers_from_hearth_init_form_a_cluster() {
+    let tmp = TempDir::new("init");
+    let base = format!(
+        "127.{}.{}",
+        rand::random_range(1..=250u8),
+        rand::random_range(1..=250u8)
+    );
+    let ip = |n: usize| format!("{base}.{n}");
+    let init = |n: usize, extra: &[&str]| {
+        let dir = tmp.path().join(format!("n{n}"));
+        let mut command = Command::new(bin());
+        command
+            .args(["init", "--name", &format!("n{n}"), "--advertise", &ip(n)])
+            .args(["--listen", &ip(n), "--api", &format!("{}:7480", ip(n))])
+            .args([
+                "--zone",
+                "init.test.",
+                "--cluster",
+                "init",
+                "--servers",
+                "3",
+            ])
+            .arg("--config")
+            .arg(dir.join("hearth.toml"))
+            .arg("--secret-file")
+            .arg(dir.join("secret"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .stdin(std::process::Stdio::null());
+        command.output().unwrap()
+    };
+    let first = init(1, &[]);
+    let said = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(said.contains(&format!("--join {}", ip(1))), "{said}");
+    // A join without the secret is refused, naming the flag.
+    let refused = init(2, &["--join", &ip(1)]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--secret-file"));
+    for n in [2, 3] {
+        let dir = tmp.path().join(format!("n{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = std::fs::read_to_string(tmp.path().join("n1/secret")).unwrap();
+        hearth_testkit::write_private(&dir.join("secret"), &secret);
+        let joined = init(n, &["--join", &ip(1)]);
+        assert!(
+            joined.status.success(),
+            "{}",
+            String::from_utf8_lossy(&joined.stderr)
+        );
+    }
+    let again = init(1, &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let _agents: Vec<Spawned> = (1..=3)
+        .map(|n| {
+            let dir = tmp.path().join(format!("n{n}"));
+            let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+            let child = Command::new(bin())
+                .args(["agent", "--config"])
+                .arg(dir.join("hearth.toml"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            Spawned(child)
+        })
+        .collect();
+    let dns: std::net::SocketAddr = format!("{}:53", ip(1)).parse().unwrap();
+    eventually(
+        "n3 in n1's DNS",
+        Duration::from_secs(60),
+        || match hearth_testkit::dig_short(dns, "n3.init.test.", "A") {
+            Ok(got) if got == [ip(3)] => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let doctor = || {
+        Command::new(bin())
+            .args(["doctor", "--config"])
+            .arg(tmp.path().join("n1/hearth.toml"))
+            .output()
+            .unwrap()
+    };
+    eventually(
+        "doctor finds nothing wrong",
+        Duration::from_secs(60),
+        || {
+            let output = doctor();
+            match output.status.code() {
+                Some(0) => Ok(()),
+                _ => Err(String::from_utf8_lossy(&output.stdout).into_owned()),
+            }
+        },
+    );
+}
