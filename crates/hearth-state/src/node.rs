@@ -63,15 +63,23 @@ pub struct NodeReport {
     pub term: Option<u64>,
     pub applied_index: Option<u64>,
     pub error: Option<String>,
+    /// How far the node's clock is ahead of this one's (negative: behind), in milliseconds,
+    /// give or take half the round trip of the question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl NodeReport {
-    fn of(status: &StateStatus) -> Self {
+    /// The report of `status`, which came back between `asked` and `answered` (this node's
+    /// clock, Unix milliseconds).
+    fn of(status: &StateStatus, asked: u64, answered: u64) -> Self {
+        let midpoint = (asked / 2 + answered / 2) as i64;
         NodeReport {
             role: Some(status.role.clone()),
             term: Some(status.term),
             applied_index: Some(status.applied_index),
             error: None,
+            clock_offset_ms: (status.unix_ms != 0).then(|| status.unix_ms as i64 - midpoint),
         }
     }
 
@@ -81,6 +89,7 @@ impl NodeReport {
             term: None,
             applied_index: None,
             error: Some(error),
+            clock_offset_ms: None,
         }
     }
 }
@@ -461,14 +470,17 @@ impl StateNode {
         let mut nodes = std::collections::BTreeMap::new();
         for (id, node) in membership.nodes() {
             let report = if *id == metrics.id {
-                NodeReport::of(&local)
+                NodeReport::of(&local, local.unix_ms, local.unix_ms)
             } else {
                 let mut client = PeerClient::new(node.rpc_addr.clone(), self.inner.keyring.clone());
+                let asked = crate::reply::unix_ms();
                 match client
                     .call(&RpcRequest::Status, Duration::from_secs(1))
                     .await
                 {
-                    Ok(RpcResponse::Status(status)) => NodeReport::of(&status),
+                    Ok(RpcResponse::Status(status)) => {
+                        NodeReport::of(&status, asked, crate::reply::unix_ms())
+                    }
                     Ok(_) => NodeReport::failed("answered another RPC".into()),
                     Err(error) => NodeReport::failed(error.to_string()),
                 }
@@ -506,6 +518,7 @@ impl StateNode {
             learners,
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
             replicated,
+            unix_ms: crate::reply::unix_ms(),
         }
     }
 

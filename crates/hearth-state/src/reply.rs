@@ -56,4 +56,15 @@ pub struct StateStatus {
     pub applied_index: u64,
     /// Per node, the last log index known to be replicated to it (leader only).
     pub replicated: HashMap<String, u64>,
+    /// The node's clock when it answered, milliseconds since the Unix epoch (0 from an agent
+    /// too old to say).
+    #[serde(default)]
+    pub unix_ms: u64,
+}
+
+/// This machine's clock, milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -86,6 +86,7 @@ impl Application for Direct {
             learners: Vec::new(),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             replicated: HashMap::new(),
+            unix_ms: 0,
         }
     }
 }

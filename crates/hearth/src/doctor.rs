@@ -19,6 +19,8 @@ use crate::output::{print_json, print_table};
 const MIN_FREE_BYTES: u64 = 1 << 30;
 /// ... or below this share of the file system.
 const MIN_FREE_PERCENT: u64 = 5;
+/// Clocks further apart than this confuse leases, tokens' expiry and logs.
+const MAX_CLOCK_OFFSET_MS: i64 = 1_000;
 /// How long a port has to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -234,14 +236,23 @@ fn cluster_checks(config: &Config) -> Vec<Check> {
         token: token.map(|t| t.trim().to_owned()),
         json: false,
     };
-    let rows: Result<Vec<MemberRow>, String> = ApiClient::new(&client)
-        .map_err(|e| e.to_string())
+    let client = ApiClient::new(&client).map_err(|e| e.to_string());
+    let rows: Result<Vec<MemberRow>, String> = client
+        .as_ref()
+        .map_err(Clone::clone)
         .and_then(|c| c.get("/v1/members").map_err(|e| e.to_string()));
     match rows {
         Ok(rows) => {
             let mut checks = vec![check("agent", Status::Ok, format!("answers at {api}"), "")];
             checks.push(members(&rows));
             checks.push(versions(&rows));
+            // The group's members, each asked its clock (nodes outside the group have none).
+            if let Ok(state) = client.and_then(|c| {
+                c.get::<serde_json::Value>("/v1/state")
+                    .map_err(|e| e.to_string())
+            }) {
+                checks.push(clocks(&state["nodes"]));
+            }
             checks.extend(ports(&rows, &config.node_name));
             checks
         }
@@ -301,6 +312,41 @@ fn versions(rows: &[MemberRow]) -> Check {
             Status::Warn,
             list(),
             "finish the upgrade: install the same release on every node, one at a time",
+        ),
+    }
+}
+
+/// Every group member's clock within [`MAX_CLOCK_OFFSET_MS`] of this one's (`nodes` as
+/// `/v1/state` has them: name to report with `clock_offset_ms`).
+fn clocks(nodes: &serde_json::Value) -> Check {
+    let offsets: Vec<(&str, i64)> = nodes
+        .as_object()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|(name, report)| {
+                    Some((name.as_str(), report["clock_offset_ms"].as_i64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let far: Vec<String> = offsets
+        .iter()
+        .filter(|(_, offset)| offset.abs() > MAX_CLOCK_OFFSET_MS)
+        .map(|(name, offset)| format!("{name} {:+.1} s", *offset as f64 / 1000.0))
+        .collect();
+    match far.as_slice() {
+        [] => check(
+            "clock",
+            Status::Ok,
+            format!("{} clocks within 1 s of this one", offsets.len()),
+            "",
+        ),
+        _ => check(
+            "clock",
+            Status::Warn,
+            format!("off from this node's clock: {}", far.join(", ")),
+            "run an NTP client on every node (apt-get install chrony)",
         ),
     }
 }
@@ -377,6 +423,22 @@ mod tests {
             versions(&[row("n1", Some("0.2.0")), gone]).status,
             Status::Ok
         );
+    }
+
+    #[test]
+    fn a_clock_more_than_a_second_off_is_named() {
+        let close = serde_json::json!({
+            "n1": {"clock_offset_ms": 0},
+            "n2": {"clock_offset_ms": -400},
+            "n3": {"error": "timed out"},
+        });
+        assert_eq!(clocks(&close).status, Status::Ok);
+        assert!(clocks(&close).detail.starts_with("2 clocks"));
+        let far =
+            serde_json::json!({"n1": {"clock_offset_ms": 0}, "n2": {"clock_offset_ms": 3200}});
+        let check = clocks(&far);
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.detail.contains("n2 +3.2 s"), "{check:?}");
     }
 
     #[test]

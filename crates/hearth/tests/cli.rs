@@ -487,7 +487,9 @@ fn doctor_finds_a_dead_member_and_says_how_to_fix_it() {
     let output = doctor(true);
     let all = statuses(&output);
     assert_eq!(output.status.code(), Some(0), "{all:?}");
-    for name in ["data_dir", "agent", "members", "versions", "rpc n2"] {
+    for name in [
+        "data_dir", "agent", "members", "versions", "clock", "rpc n2",
+    ] {
         assert!(
             all.iter()
                 .any(|(check, status, _)| check == name && status == "ok"),
