@@ -50,17 +50,11 @@ impl ZoneSnapshot {
     /// same zone under the same serial, as registries' consistency checks expect, and an
     /// unchanged zone keeps its serial.
     pub fn build(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>) -> Self {
-        let index = NameIndex::build(zone, &view, &desired);
-        let mut apex = build_apex(zone, &view, 0, &index);
-        let serial = content_serial(&index, &apex.name_servers, &apex.glue);
-        apex.soa = soa_record(zone, serial, apex.name_servers.first());
-        Self {
-            view,
-            desired,
-            serial,
-            index,
-            apex,
-        }
+        let mut snapshot = Self::new(zone, view, desired, 0);
+        let apex = &mut snapshot.apex;
+        snapshot.serial = content_serial(&snapshot.index, &apex.name_servers, &apex.glue);
+        apex.soa = soa_record(zone, snapshot.serial, apex.name_servers.first());
+        snapshot
     }
 
     /// As [`ZoneSnapshot::build`], with a serial of the caller's (tests).

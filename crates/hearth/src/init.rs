@@ -190,67 +190,61 @@ fn config_text(args: &InitArgs, name: &str, advertise: IpAddr, zone: &str) -> St
         })
         .collect();
     let listen = args.listen;
-    // `key = value`, its comment aligned beside it.
-    let line = |key: &str, value: String, comment: &str| {
-        format!("{:<40}# {comment}\n", format!("{key:<11} = {value}"))
-    };
+    let at = |port: u16| quote(&format!("{listen}:{port}"));
+    // (key, value, comment); an empty key starts a section named by the value.
+    let keys: [(&str, String, &str); 16] = [
+        (
+            "node_name",
+            quote(name),
+            "unique; <node_name>.<zone> is advertise",
+        ),
+        ("cluster", quote(&args.cluster), "the same on every node"),
+        (
+            "secret_file",
+            quote(&args.secret_file.display().to_string()),
+            "the same file on every node, mode 0600",
+        ),
+        (
+            "data_dir",
+            quote(&args.data_dir.display().to_string()),
+            "state, API token, VMs (mode 0700)",
+        ),
+        ("roles", list(&args.roles), "server, witness, worker"),
+        ("gossip_addr", at(7946), "UDP, between all nodes"),
+        (
+            "advertise",
+            quote(&advertise.to_string()),
+            "where the others reach this node",
+        ),
+        ("join", list(&join), "any one reachable is enough"),
+        ("rpc_addr", at(7947), "Raft RPC, TCP, encrypted"),
+        ("dns_addr", at(53), "authoritative DNS, UDP and TCP"),
+        (
+            "api_addr",
+            quote(&args.api.to_string()),
+            "HTTP API, CLI, web panel",
+        ),
+        ("", "dns".into(), ""),
+        ("zone", quote(zone), "delegate it to the servers"),
+        ("ttl", "5".into(), "seconds"),
+        ("", "state".into(), ""),
+        (
+            "bootstrap_expect",
+            args.servers.to_string(),
+            "servers and witnesses starting together",
+        ),
+    ];
     let mut text = String::from(
         "# hearth agent config, written by `hearth init`. Every key is in the README's\n\
          # config reference; unknown keys are errors.\n\n",
     );
-    text += &line(
-        "node_name",
-        quote(name),
-        "unique; <node_name>.<zone> is advertise",
-    );
-    text += &line("cluster", quote(&args.cluster), "the same on every node");
-    text += &line(
-        "secret_file",
-        quote(&args.secret_file.display().to_string()),
-        "the same file on every node, mode 0600",
-    );
-    text += &line(
-        "data_dir",
-        quote(&args.data_dir.display().to_string()),
-        "state, API token, VMs (mode 0700)",
-    );
-    text += &line("roles", list(&args.roles), "server, witness, worker");
-    text += "\n";
-    text += &line(
-        "gossip_addr",
-        quote(&format!("{listen}:7946")),
-        "UDP, between all nodes",
-    );
-    text += &line(
-        "advertise",
-        quote(&advertise.to_string()),
-        "where the others reach this node",
-    );
-    text += &line("join", list(&join), "any one reachable is enough");
-    text += &line(
-        "rpc_addr",
-        quote(&format!("{listen}:7947")),
-        "Raft RPC, TCP, encrypted",
-    );
-    text += &line(
-        "dns_addr",
-        quote(&format!("{listen}:53")),
-        "authoritative DNS, UDP and TCP",
-    );
-    text += &line(
-        "api_addr",
-        quote(&args.api.to_string()),
-        "HTTP API, CLI, web panel",
-    );
-    text += "\n[dns]\n";
-    text += &line("zone", quote(zone), "delegate it to the servers");
-    text += &line("ttl", "5".into(), "seconds");
-    text += "\n[state]\n";
-    text += &line(
-        "bootstrap_expect",
-        args.servers.to_string(),
-        "servers and witnesses starting together",
-    );
+    for (key, value, comment) in keys {
+        match key {
+            "" => text += &format!("\n[{value}]\n"),
+            // `key = value`, its comment aligned beside it.
+            _ => text += &format!("{:<40}# {comment}\n", format!("{key:<11} = {value}")),
+        }
+    }
     text
 }
 

@@ -574,38 +574,19 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
     );
     let (_, vm) = api(agent, &bob, "GET", "/v1/vms/a3", "");
     assert_eq!(vm["owner"], "bob", "{vm}");
-    // Never to a name with no account: whoever made it next would get the VM.
-    let (status, answer) = api(
-        agent,
-        &root,
-        "POST",
-        "/v1/vms/a1/owner",
-        r#"{"owner":"nobody"}"#,
-    );
-    assert_eq!(status, 403, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("no account named nobody"),
-        "{answer}"
-    );
-    // Nor made for one, for the same reason.
-    let (status, answer) = api(
-        agent,
-        &root,
-        "POST",
-        "/v1/vms",
-        r#"{"name":"a9","owner":"nobody","vcpus":1,"memory_mib":64,"disk_gib":1,"image":"tiny"}"#,
-    );
-    assert_eq!(status, 403, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("no account named nobody"),
-        "{answer}"
-    );
+    // Never given to, nor made for, a name with no account: whoever made it next would get
+    // the VM.
+    let new_vm =
+        r#"{"name":"a9","owner":"nobody","vcpus":1,"memory_mib":64,"disk_gib":1,"image":"tiny"}"#;
+    for (path, body) in [
+        ("/v1/vms/a1/owner", r#"{"owner":"nobody"}"#),
+        ("/v1/vms", new_vm),
+    ] {
+        let (status, answer) = api(agent, &root, "POST", path, body);
+        assert_eq!(status, 403, "{path}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("no account named nobody"), "{answer}");
+    }
 }
 
 /// Regression: with a worker's `data_dir/api-token`, one `POST /v1/accounts` made a new
