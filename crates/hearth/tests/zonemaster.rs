@@ -144,6 +144,19 @@ fn zonemaster_finds_nothing_but_the_test_networks_own_faults() {
         });
     }
 
+    // ... and serves the same zone (the same SOA, serial included).
+    eventually("one SOA on all three", DEADLINE, || {
+        let mut soas: Vec<String> = agents
+            .iter()
+            .map(|a| dig_in(&ns3, a.spec.ip, hearth_testkit::ZONE, "SOA"))
+            .collect();
+        soas.dedup();
+        match soas.as_slice() {
+            [one] if !one.is_empty() => Ok(()),
+            _ => Err(format!("{soas:?}")),
+        }
+    });
+
     let findings = zonemaster(&lab, &hints);
     // It ran the consistency and name server tests (the SOA serial, EDNS, TCP, ...).
     for module in ["CONSISTENCY01", "NAMESERVER01", "ZONE02", "DELEGATION01"] {
