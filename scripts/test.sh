@@ -21,6 +21,8 @@ PATH="$PATH:/usr/sbin:/sbin" command -v nft >/dev/null 2>&1 || need+=(nftables)
 PATH="$PATH:/usr/sbin:/sbin" command -v iptables-nft >/dev/null 2>&1 || need+=(iptables)
 # The DNS servers are checked as registries check a delegation, with Zonemaster.
 command -v zonemaster-cli >/dev/null 2>&1 || need+=(zonemaster-cli)
+# The Debian package's test installs it, and its postinst makes the user with adduser.
+PATH="$PATH:/usr/sbin:/sbin" command -v adduser >/dev/null 2>&1 || need+=(adduser)
 # The shipped systemd unit is checked with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
