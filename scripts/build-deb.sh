@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds hearth_<version>_<arch>.deb: the binary as /usr/bin/hearth, the systemd unit, and
-# maintainer scripts that make the system user `hearth`, /var/lib/hearth (0700) and
-# /etc/hearth (0750, group hearth). Removal keeps the data and config; purge removes both.
+# Builds hearth_<version>_<arch>.deb: the binary as /usr/bin/hearth, the systemd unit, bash
+# and zsh completions and man pages (from the binary's clap definitions), and maintainer
+# scripts that make the system user `hearth`, /var/lib/hearth (0700) and /etc/hearth (0750,
+# group hearth). Removal keeps the data and config; purge removes both.
 # The package is reproducible: every timestamp is the last commit's (SOURCE_DATE_EPOCH).
 #
 #   ./scripts/build-deb.sh [--binary PATH] [--version V] [--out DIR] [--compress xz|gzip|none]
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --version) version="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --compress) compress="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-deb.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +45,14 @@ sed 's#/usr/local/bin/hearth#/usr/bin/hearth#g' dist/hearth.service \
   > "$root/lib/systemd/system/hearth.service"
 chmod 0644 "$root/lib/systemd/system/hearth.service"
 install -D -m 0644 README.md "$root/usr/share/doc/hearth/README.md"
+# Completions and man pages, from the binary's own command definitions.
+install -d -m 0755 "$root/usr/share/bash-completion/completions" \
+  "$root/usr/share/zsh/vendor-completions" "$root/usr/share/man/man1"
+"$binary" completions bash > "$root/usr/share/bash-completion/completions/hearth"
+"$binary" completions zsh > "$root/usr/share/zsh/vendor-completions/_hearth"
+"$binary" man --out "$root/usr/share/man/man1"
+gzip -9 -n "$root"/usr/share/man/man1/*.1
+find "$root/usr/share" -type f -exec chmod 0644 {} +
 
 install -d -m 0755 "$root/DEBIAN"
 size="$(du -k -s "$root" | cut -f1)"

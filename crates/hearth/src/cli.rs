@@ -163,6 +163,17 @@ enum Command {
     Doctor(crate::doctor::DoctorArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
     Keygen,
+    /// Print a shell completion script: `hearth completions bash >
+    /// /usr/share/bash-completion/completions/hearth` (the Debian package ships them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, one per command (hearth.1, hearth-vm-create.1, ...), into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Write this node's config (commented), and a secret for a new cluster.
     ///
     /// The first server: `hearth init --advertise IP --zone coop.example.`; it makes the
@@ -283,6 +294,30 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => crate::doctor::run(&args),
         Command::Keygen => keygen(),
         Command::Init(args) => crate::init::run(args),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { out } => man(&out),
+    }
+}
+
+/// `hearth completions SHELL`: the completion script on standard output.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "hearth", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// `hearth man --out DIR`: every command's man page.
+fn man(out: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let written =
+        std::fs::create_dir_all(out).and_then(|()| clap_mangen::generate_to(Cli::command(), out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hearth: --out: {}: {error}", out.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

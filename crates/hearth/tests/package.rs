@@ -1,7 +1,7 @@
 //! The Debian package from `scripts/build-deb.sh`, built from the binary under test and
 //! installed on this machine with dpkg: it builds reproducibly, installs the binary, the
-//! unit (which `systemd-analyze verify` accepts) and the user and directories the unit
-//! needs, upgrades in place, keeps the data when removed and deletes it when purged.
+//! unit (which `systemd-analyze verify` accepts), completions and man pages, and the user
+//! and directories the unit needs, upgrades in place, keeps the data when removed and deletes it when purged.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -102,6 +102,16 @@ fn the_package_installs_upgrades_removes_and_purges_cleanly() {
     assert_eq!((data.uid(), data.mode() & 0o777), (uid, 0o700));
     let config = std::fs::metadata("/etc/hearth").unwrap();
     assert_eq!((config.uid(), config.mode() & 0o777), (0, 0o750));
+    for file in [
+        "/usr/share/bash-completion/completions/hearth",
+        "/usr/share/zsh/vendor-completions/_hearth",
+        "/usr/share/man/man1/hearth.1.gz",
+        "/usr/share/man/man1/hearth-doctor.1.gz",
+    ] {
+        assert!(Path::new(file).is_file(), "{file}");
+    }
+    let completions = std::fs::read_to_string("/usr/share/bash-completion/completions/hearth");
+    assert!(completions.unwrap().contains("doctor"));
     let verify = run(
         "systemd-analyze",
         &["verify", "/lib/systemd/system/hearth.service"],
