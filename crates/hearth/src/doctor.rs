@@ -1,6 +1,6 @@
 //! `hearth doctor`: checks of this node (its data directory, KVM, QEMU, its bridge) and of
-//! the cluster as its agent sees it (members up, Raft RPC ports reachable from here), each
-//! saying what is wrong and how to fix it.
+//! the cluster as its agent sees it (members up, one release, clocks, Raft RPC ports and DNS
+//! answers reachable from here), each saying what is wrong and how to fix it.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -254,6 +254,7 @@ fn cluster_checks(config: &Config) -> Vec<Check> {
                 checks.push(clocks(&state["nodes"]));
             }
             checks.extend(ports(&rows, &config.node_name));
+            checks.extend(dns_answers(&rows, config.dns_addr.port(), &config.dns.zone));
             checks
         }
         Err(error) => vec![check(
@@ -360,6 +361,81 @@ fn ports(rows: &[MemberRow], me: &str) -> Vec<Check> {
         .collect()
 }
 
+/// Every member that is up answers the zone's SOA over UDP, at its address and this node's
+/// DNS port (the port is not gossiped; clusters use one port, 53 in production).
+fn dns_answers(rows: &[MemberRow], port: u16, zone: &str) -> Vec<Check> {
+    rows.iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .map(|m| {
+            let addr = SocketAddr::new(m.address, port);
+            let name = format!("dns {}", m.name);
+            match soa_over_udp(addr, zone) {
+                Ok(()) => check(&name, Status::Ok, format!("{addr} answers {zone} SOA"), ""),
+                Err(error) => check(
+                    &name,
+                    Status::Fail,
+                    format!("{addr}: {error}"),
+                    &format!("open UDP and TCP {port} to the servers, and check that their agents listen there (dns_addr)"),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Asks `addr` for `zone`'s SOA over UDP; Ok once an authoritative NOERROR answer comes.
+fn soa_over_udp(addr: SocketAddr, zone: &str) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind(match addr {
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(_) => "[::]:0",
+    })
+    .map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let id: u16 = rand::random();
+    socket
+        .send_to(&soa_query(id, zone), addr)
+        .map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 4096];
+    let (len, _) = socket
+        .recv_from(&mut reply)
+        .map_err(|e| format!("no answer ({e})"))?;
+    answer_ok(id, &reply[..len])
+}
+
+/// A DNS query for `zone`'s SOA, recursion not desired.
+fn soa_query(id: u16, zone: &str) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(64);
+    packet.extend_from_slice(&id.to_be_bytes());
+    // Flags 0 (a standard query), one question, no other records.
+    packet.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in zone
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        packet.push(label.len().min(63) as u8);
+        packet.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+    }
+    packet.push(0);
+    packet.extend_from_slice(&[0, 6, 0, 1]); // SOA, IN
+    packet
+}
+
+/// Whether `reply` answers query `id` authoritatively with NOERROR and at least one record.
+fn answer_ok(id: u16, reply: &[u8]) -> Result<(), String> {
+    if reply.len() < 12 || reply[..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
+        return Err("not an answer to the question".into());
+    }
+    let rcode = reply[3] & 0x0f;
+    let answers = u16::from_be_bytes([reply[6], reply[7]]);
+    match (reply[2] & 0x04 != 0, rcode, answers) {
+        (true, 0, 1..) => Ok(()),
+        (false, _, _) => Err("answered, but not as authoritative for the zone".into()),
+        (_, rcode, _) => Err(format!("answered with rcode {rcode} and {answers} records")),
+    }
+}
+
 fn port(member: &str, addr: SocketAddr) -> Check {
     let name = format!("rpc {member}");
     match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
@@ -422,6 +498,34 @@ mod tests {
         assert_eq!(
             versions(&[row("n1", Some("0.2.0")), gone]).status,
             Status::Ok
+        );
+    }
+
+    #[test]
+    fn the_soa_question_is_well_formed_and_only_an_authoritative_answer_passes() {
+        let query = soa_query(0x1234, "coop.example.");
+        assert_eq!(&query[..4], &[0x12, 0x34, 0, 0]);
+        assert_eq!(&query[12..], b"\x04coop\x07example\x00\x00\x06\x00\x01");
+        let answer = |flags: u8, rcode: u8, count: u8| {
+            let mut reply = query.clone();
+            reply[2] = flags;
+            reply[3] = rcode;
+            reply[7] = count;
+            reply
+        };
+        assert!(answer_ok(0x1234, &answer(0x84, 0, 1)).is_ok());
+        assert!(
+            answer_ok(0x1234, &answer(0x80, 0, 1)).is_err(),
+            "not authoritative"
+        );
+        assert!(answer_ok(0x1234, &answer(0x84, 3, 0)).is_err(), "NXDOMAIN");
+        assert!(
+            answer_ok(0x9999, &answer(0x84, 0, 1)).is_err(),
+            "another id"
+        );
+        assert!(
+            answer_ok(0x1234, &query).is_err(),
+            "a question, not an answer"
         );
     }
 

@@ -488,7 +488,7 @@ fn doctor_finds_a_dead_member_and_says_how_to_fix_it() {
     let all = statuses(&output);
     assert_eq!(output.status.code(), Some(0), "{all:?}");
     for name in [
-        "data_dir", "agent", "members", "versions", "clock", "rpc n2",
+        "data_dir", "agent", "members", "versions", "clock", "rpc n2", "dns n1", "dns n2",
     ] {
         assert!(
             all.iter()
