@@ -50,7 +50,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let local: Vec<_> = state.instances.lock().await.values().cloned().collect();
     let desired = state.state.as_ref().map(|s| s.reader().current());
     let empty = hearth_types::compute::Compute::default();
+    let host = crate::host_metrics::HostFacts::read(&state.vms_dir);
     let body = render(&MetricsSources {
+        host: &host,
         vms: desired.as_ref().map_or(&empty, |d| &d.compute),
         view: &view,
         local_instances: &local,

@@ -10,6 +10,7 @@ pub mod dev;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handlers;
+pub mod host_metrics;
 pub mod http;
 pub mod listener;
 pub mod login_limit;

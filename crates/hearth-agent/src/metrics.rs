@@ -26,6 +26,8 @@ pub struct MetricsSources<'a> {
     pub rpc_refused: u64,
     /// API connections closed at once for being over a cap.
     pub api_refused: u64,
+    /// This machine's CPU, memory and data directory.
+    pub host: &'a crate::host_metrics::HostFacts,
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -49,6 +51,41 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
 
 /// Every family `/metrics` shows, in order.
 const FAMILIES: &[Family] = &[
+    Family {
+        name: "hearth_host_cpu_seconds_total",
+        kind: "counter",
+        help: "CPU time of this machine, all CPUs together, by mode (from /proc/stat).",
+        label: Some("mode"),
+        samples: |src| src.host.cpu_seconds.clone(),
+    },
+    Family {
+        name: "hearth_host_memory_bytes",
+        kind: "gauge",
+        help: "This machine's memory: total, and available to new work.",
+        label: Some("kind"),
+        samples: |src| src.host.memory.clone(),
+    },
+    Family {
+        name: "hearth_data_dir_bytes",
+        kind: "gauge",
+        help: "The data directory's file system: size, and free for the agent.",
+        label: Some("kind"),
+        samples: |src| src.host.data_dir.clone(),
+    },
+    Family {
+        name: "hearth_host_offered",
+        kind: "gauge",
+        help: "What this worker offers to VMs (vCPUs, MiB of memory, GiB of disk).",
+        label: Some("resource"),
+        samples: |src| crate::host_metrics::offered(src.vms, &src.view.self_name),
+    },
+    Family {
+        name: "hearth_host_placed",
+        kind: "gauge",
+        help: "What the VMs placed on this worker ask for (vCPUs, MiB of memory, GiB of disk).",
+        label: Some("resource"),
+        samples: |src| crate::host_metrics::placed(src.vms, &src.view.self_name),
+    },
     Family {
         name: "hearth_reconcile_passes_total",
         kind: "counter",
@@ -314,6 +351,10 @@ mod tests {
             audit_dropped: 0,
             rpc_refused: 0,
             api_refused: 0,
+            host: &crate::host_metrics::HostFacts {
+                memory: vec![("total".into(), 4096)],
+                ..Default::default()
+            },
         });
         for family in FAMILIES {
             let help = format!(
@@ -330,6 +371,7 @@ mod tests {
             "hearth_checks{status=\"passing\"} 0",
             "hearth_dns_queries_total{rcode=\"noerror\"} 0",
             "hearth_events_dropped_total 0",
+            "hearth_host_memory_bytes{kind=\"total\"} 4096",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

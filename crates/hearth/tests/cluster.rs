@@ -503,3 +503,56 @@ fn assert_only_members(agents: &[hearth_testkit::TestAgent], names: &[&str], why
         assert_eq!(got, names, "{why}");
     }
 }
+
+/// `/metrics` shows the machine (CPU time, memory, the data directory's file system) and what
+/// this worker offers against what is placed on it.
+#[test]
+fn metrics_show_the_host_and_its_placed_load() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    hearth_testkit::vms::wait_for_hosts(agent, 1);
+    agent.add_fake_image("fake");
+    agent.ensure_account("alice");
+    let body =
+        r#"{"name":"m1","owner":"alice","vcpus":2,"memory_mib":256,"disk_gib":3,"image":"fake"}"#;
+    let (status, answer) = agent.http_send("POST", "/v1/vms", body).unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let text = eventually("the VM's load on the host", DEADLINE, || {
+        let (_, text) = agent.http_get("/metrics", false)?;
+        match metric(&text, "hearth_host_placed{resource=\"vcpus\"}") {
+            2.0 => Ok(text),
+            other => Err(format!("placed vcpus {other}")),
+        }
+    });
+    for (series, want) in [
+        ("hearth_host_offered{resource=\"vcpus\"}", 4.0),
+        ("hearth_host_offered{resource=\"memory_mib\"}", 2048.0),
+        ("hearth_host_placed{resource=\"memory_mib\"}", 256.0),
+        ("hearth_host_placed{resource=\"disk_gib\"}", 3.0),
+    ] {
+        assert_eq!(metric(&text, series), want, "{series}");
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: f64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        metric(&text, "hearth_host_memory_bytes{kind=\"total\"}"),
+        total_kib * 1024.0
+    );
+    assert!(metric(&text, "hearth_data_dir_bytes{kind=\"free\"}") > 0.0);
+    assert!(
+        metric(&text, "hearth_data_dir_bytes{kind=\"size\"}")
+            >= metric(&text, "hearth_data_dir_bytes{kind=\"free\"}")
+    );
+    assert!(metric(&text, "hearth_host_cpu_seconds_total{mode=\"idle\"}") > 0.0);
+}

@@ -1,0 +1,134 @@
+//! This machine's load for `/metrics`: CPU time by mode, memory, and the data directory's
+//! file system, read from `/proc` and `statvfs` at each scrape; and what this host offers to
+//! VMs against what is placed on it, from the desired state.
+
+use std::path::Path;
+
+use hearth_types::compute::Compute;
+
+/// Ticks per second of `/proc/stat` (`USER_HZ`, 100 on every Linux architecture hearth runs on).
+const USER_HZ: u64 = 100;
+
+/// The machine's figures at one scrape, each as (label value, number).
+#[derive(Debug, Default)]
+pub struct HostFacts {
+    /// CPU seconds by mode, all CPUs together.
+    pub cpu_seconds: Vec<(String, u64)>,
+    /// `total` and `available` memory, bytes.
+    pub memory: Vec<(String, u64)>,
+    /// `size` and `free` (for unprivileged users) bytes of the data directory's file system.
+    pub data_dir: Vec<(String, u64)>,
+}
+
+impl HostFacts {
+    /// Reads them; a figure that cannot be read is left out.
+    pub fn read(data_dir: &Path) -> HostFacts {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let data_dir = match nix::sys::statvfs::statvfs(data_dir) {
+            Ok(fs) => {
+                let block = fs.fragment_size();
+                vec![
+                    ("size".to_owned(), fs.blocks().saturating_mul(block)),
+                    (
+                        "free".to_owned(),
+                        fs.blocks_available().saturating_mul(block),
+                    ),
+                ]
+            }
+            Err(_) => Vec::new(),
+        };
+        HostFacts {
+            cpu_seconds: cpu_seconds(&read("/proc/stat")),
+            memory: memory(&read("/proc/meminfo")),
+            data_dir,
+        }
+    }
+}
+
+/// CPU seconds by mode from the text of `/proc/stat` (its first, all-CPU `cpu` line).
+pub fn cpu_seconds(stat: &str) -> Vec<(String, u64)> {
+    const MODES: [&str; 8] = [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ];
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return Vec::new();
+    };
+    MODES
+        .iter()
+        .zip(line.split_whitespace().skip(1))
+        .filter_map(|(mode, ticks)| {
+            Some(((*mode).to_owned(), ticks.parse::<u64>().ok()? / USER_HZ))
+        })
+        .collect()
+}
+
+/// Total and available memory in bytes from the text of `/proc/meminfo`.
+pub fn memory(meminfo: &str) -> Vec<(String, u64)> {
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    [("total", "MemTotal:"), ("available", "MemAvailable:")]
+        .into_iter()
+        .filter_map(|(kind, key)| Some((kind.to_owned(), kib(key)?.saturating_mul(1024))))
+        .collect()
+}
+
+/// What host `host` offers to VMs, by resource (`vcpus`, `memory_mib`, `disk_gib`); nothing
+/// when it is not a worker.
+pub fn offered(compute: &Compute, host: &str) -> Vec<(String, u64)> {
+    compute.hosts.get(host).map_or_else(Vec::new, |h| {
+        let c = h.capacity;
+        resources(u64::from(c.vcpus), c.memory_mib, c.disk_gib)
+    })
+}
+
+/// What the VMs placed on host `host` ask for, by resource.
+pub fn placed(compute: &Compute, host: &str) -> Vec<(String, u64)> {
+    let on_host = compute
+        .vms
+        .values()
+        .map(|v| &v.value)
+        .filter(|vm| vm.host.as_deref() == Some(host) && !vm.deleting);
+    let (mut vcpus, mut memory, mut disk) = (0, 0, 0);
+    for vm in on_host {
+        vcpus += u64::from(vm.request.vcpus);
+        memory += vm.request.memory_mib;
+        disk += vm.request.disk_gib;
+    }
+    resources(vcpus, memory, disk)
+}
+
+fn resources(vcpus: u64, memory_mib: u64, disk_gib: u64) -> Vec<(String, u64)> {
+    vec![
+        ("vcpus".to_owned(), vcpus),
+        ("memory_mib".to_owned(), memory_mib),
+        ("disk_gib".to_owned(), disk_gib),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_give_cpu_seconds_and_memory_bytes() {
+        let stat = "cpu  1000 20 300 40000 500 0 70 0 0 0\ncpu0 500 10 150 20000 250 0 35 0 0 0\n";
+        let cpu = cpu_seconds(stat);
+        assert_eq!(cpu[0], ("user".to_owned(), 10));
+        assert_eq!(cpu[3], ("idle".to_owned(), 400));
+        assert_eq!(cpu.len(), 8);
+        let meminfo =
+            "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   12288000 kB\n";
+        assert_eq!(
+            memory(meminfo),
+            [
+                ("total".to_owned(), 24_576_000 * 1024),
+                ("available".to_owned(), 12_288_000 * 1024)
+            ]
+        );
+        assert!(cpu_seconds("").is_empty() && memory("").is_empty());
+    }
+}
