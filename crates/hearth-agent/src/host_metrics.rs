@@ -132,3 +132,74 @@ mod tests {
         assert!(cpu_seconds("").is_empty() && memory("").is_empty());
     }
 }
+
+/// CPU seconds and resident memory of the QEMU of each VM placed on `host` that runs here,
+/// each labelled with the VM's name and owner (a pre-rendered label set).
+pub fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
+    let mut usage = VmUsage::default();
+    let placed = compute.vms.values().map(|v| &v.value);
+    for vm in placed.filter(|vm| vm.host.as_deref() == Some(host)) {
+        let dir = vms_dir.join(&vm.id);
+        let Some(pid) = qemu_pid(&dir) else {
+            continue;
+        };
+        let labels = format!("vm=\"{}\",owner=\"{}\"", vm.request.name, vm.request.owner);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if let Some(ticks) = process_ticks(&stat) {
+            usage.cpu_seconds.push((labels.clone(), ticks / USER_HZ));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            usage.memory.push((labels, kib * 1024));
+        }
+    }
+    usage
+}
+
+/// Per VM: CPU seconds and resident bytes of its QEMU.
+#[derive(Debug, Default)]
+pub struct VmUsage {
+    pub cpu_seconds: Vec<(String, u64)>,
+    pub memory: Vec<(String, u64)>,
+}
+
+/// The pid in `dir/qemu.pid`, if that process is a QEMU of that directory.
+fn qemu_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(&dir.display().to_string())
+        .then_some(pid)
+}
+
+/// utime + stime, in ticks, from the text of `/proc/PID/stat` (fields 14 and 15; the
+/// command name in parentheses may hold spaces, so fields count from its closing one).
+pub fn process_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3, so utime (14) is index 11 and stime (15) index 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn process_ticks_skip_a_command_name_with_spaces() {
+        let stat =
+            "4242 (qemu-system-x86 a) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(process_ticks(stat), Some(300));
+        assert_eq!(process_ticks("garbage"), None);
+    }
+}

@@ -51,8 +51,14 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let desired = state.state.as_ref().map(|s| s.reader().current());
     let empty = hearth_types::compute::Compute::default();
     let host = crate::host_metrics::HostFacts::read(&state.vms_dir);
+    let vm_usage = crate::host_metrics::vm_usage(
+        desired.as_ref().map_or(&empty, |d| &d.compute),
+        &view.self_name,
+        &state.vms_dir,
+    );
     let body = render(&MetricsSources {
         host: &host,
+        vm_usage: &vm_usage,
         vms: desired.as_ref().map_or(&empty, |d| &d.compute),
         view: &view,
         local_instances: &local,

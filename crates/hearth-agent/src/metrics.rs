@@ -28,6 +28,8 @@ pub struct MetricsSources<'a> {
     pub api_refused: u64,
     /// This machine's CPU, memory and data directory.
     pub host: &'a crate::host_metrics::HostFacts,
+    /// The CPU and memory of this host's VMs.
+    pub vm_usage: &'a crate::host_metrics::VmUsage,
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -35,7 +37,8 @@ struct Family {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    /// The label that tells samples apart; `None` for a single unlabeled sample.
+    /// The label that tells samples apart; `None` for a single unlabeled sample, `Some("")`
+    /// when each sample carries its own label set (`vm="...",owner="..."`).
     label: Option<&'static str>,
     samples: fn(&MetricsSources<'_>) -> Vec<(String, u64)>,
 }
@@ -71,6 +74,20 @@ const FAMILIES: &[Family] = &[
         help: "The data directory's file system: size, and free for the agent.",
         label: Some("kind"),
         samples: |src| src.host.data_dir.clone(),
+    },
+    Family {
+        name: "hearth_vm_cpu_seconds_total",
+        kind: "counter",
+        help: "CPU time of each VM's QEMU on this host, by VM name and owner.",
+        label: Some(""),
+        samples: |src| src.vm_usage.cpu_seconds.clone(),
+    },
+    Family {
+        name: "hearth_vm_memory_bytes",
+        kind: "gauge",
+        help: "Resident memory of each VM's QEMU on this host, by VM name and owner.",
+        label: Some(""),
+        samples: |src| src.vm_usage.memory.clone(),
     },
     Family {
         name: "hearth_host_offered",
@@ -316,6 +333,7 @@ pub fn render(src: &MetricsSources<'_>) -> String {
         let _ = writeln!(out, "# TYPE {name} {}", family.kind);
         for (value, n) in (family.samples)(src) {
             match family.label {
+                Some("") => writeln!(out, "{name}{{{value}}} {n}"),
                 Some(label) => writeln!(out, "{name}{{{label}=\"{value}\"}} {n}"),
                 None => writeln!(out, "{name} {n}"),
             }
@@ -355,6 +373,10 @@ mod tests {
                 memory: vec![("total".into(), 4096)],
                 ..Default::default()
             },
+            vm_usage: &crate::host_metrics::VmUsage {
+                cpu_seconds: vec![("vm=\"web\",owner=\"ann\"".into(), 7)],
+                ..Default::default()
+            },
         });
         for family in FAMILIES {
             let help = format!(
@@ -372,6 +394,7 @@ mod tests {
             "hearth_dns_queries_total{rcode=\"noerror\"} 0",
             "hearth_events_dropped_total 0",
             "hearth_host_memory_bytes{kind=\"total\"} 4096",
+            "hearth_vm_cpu_seconds_total{vm=\"web\",owner=\"ann\"} 7",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

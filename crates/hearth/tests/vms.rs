@@ -64,6 +64,21 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
     assert_eq!(pids.len(), 1, "{pids:?}");
     let first = pids[0];
 
+    // Its QEMU's CPU and memory on /metrics, by name and owner.
+    let (_, metrics) = agent.http_get("/metrics", false).unwrap();
+    let sample = |name: &str| {
+        let series = format!("{name}{{vm=\"web1\",owner=\"alice\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert!(sample("hearth_vm_cpu_seconds_total").is_some(), "{metrics}");
+    assert!(
+        sample("hearth_vm_memory_bytes").unwrap_or(0) > 1 << 20,
+        "{metrics}"
+    );
+
     // IO limits, read back through QMP by the CLI-independent path: the driver's own QMP.
     let limits = eventually("IO limits through QMP", BOOT, || {
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
