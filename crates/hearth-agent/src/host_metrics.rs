@@ -140,7 +140,7 @@ pub fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
     let placed = compute.vms.values().map(|v| &v.value);
     for vm in placed.filter(|vm| vm.host.as_deref() == Some(host)) {
         let dir = vms_dir.join(&vm.id);
-        let Some(pid) = qemu_pid(&dir) else {
+        let Some(pid) = hearth_qemu::driver::running_pid(&dir) else {
             continue;
         };
         let labels = format!("vm=\"{}\",owner=\"{}\"", vm.request.name, vm.request.owner);
@@ -165,19 +165,6 @@ pub fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
 pub struct VmUsage {
     pub cpu_seconds: Vec<(String, u64)>,
     pub memory: Vec<(String, u64)>,
-}
-
-/// The pid in `dir/qemu.pid`, if that process is a QEMU of that directory.
-fn qemu_pid(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join("qemu.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains(&dir.display().to_string())
-        .then_some(pid)
 }
 
 /// utime + stime, in ticks, from the text of `/proc/PID/stat` (fields 14 and 15; the

@@ -408,6 +408,11 @@ fn pid_from(dir: &Path, dirs: &[&Path]) -> std::io::Result<Option<u32>> {
         .then_some(pid))
 }
 
+/// The pid of the QEMU running in VM directory `dir`, if one runs (see [`pid_from`]).
+pub fn running_pid(dir: &Path) -> Option<u32> {
+    pid_from(dir, &[dir]).ok().flatten()
+}
+
 pub struct Driver {
     root: PathBuf,
     accel: Mutex<Accel>,
