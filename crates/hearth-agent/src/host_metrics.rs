@@ -24,17 +24,8 @@ impl HostFacts {
     /// Reads them; a figure that cannot be read is left out.
     pub fn read(data_dir: &Path) -> HostFacts {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-        let data_dir = match nix::sys::statvfs::statvfs(data_dir) {
-            Ok(fs) => {
-                let block = fs.fragment_size();
-                vec![
-                    ("size".to_owned(), fs.blocks().saturating_mul(block)),
-                    (
-                        "free".to_owned(),
-                        fs.blocks_available().saturating_mul(block),
-                    ),
-                ]
-            }
+        let data_dir = match disk_space(data_dir) {
+            Ok((size, free)) => vec![("size".to_owned(), size), ("free".to_owned(), free)],
             Err(_) => Vec::new(),
         };
         HostFacts {
@@ -43,6 +34,16 @@ impl HostFacts {
             data_dir,
         }
     }
+}
+
+/// The size of the file system holding `dir`, and its bytes free for unprivileged users.
+pub fn disk_space(dir: &Path) -> nix::Result<(u64, u64)> {
+    let fs = nix::sys::statvfs::statvfs(dir)?;
+    let block = fs.fragment_size();
+    Ok((
+        fs.blocks().saturating_mul(block),
+        fs.blocks_available().saturating_mul(block),
+    ))
 }
 
 /// CPU seconds by mode from the text of `/proc/stat` (its first, all-CPU `cpu` line).

@@ -133,13 +133,8 @@ fn data_dir(dir: &Path) -> Check {
             &format!("chmod 700 {}", dir.display()),
         );
     }
-    match nix::sys::statvfs::statvfs(dir) {
-        Ok(fs) => {
-            let block = fs.fragment_size();
-            let free = fs.blocks_available().saturating_mul(block);
-            let total = fs.blocks().saturating_mul(block);
-            space(dir, free, total)
-        }
+    match hearth_agent::host_metrics::disk_space(dir) {
+        Ok((total, free)) => space(dir, free, total),
         Err(error) => check(
             name,
             Status::Warn,
