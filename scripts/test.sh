@@ -2,7 +2,7 @@
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests
 # and as the root zone of the Zonemaster test, zonemaster-cli,
-# nftables and iptables for the chaos runner, chromium and chromium-driver for the web panel's browser
+# nftables and iptables for the chaos runner, prometheus for the monitoring tests, chromium and chromium-driver for the web panel's browser
 # tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,9 @@ command -v zonemaster-cli >/dev/null 2>&1 || need+=(zonemaster-cli)
 PATH="$PATH:/usr/sbin:/sbin" command -v adduser >/dev/null 2>&1 || need+=(adduser)
 # The shipped systemd unit is checked with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The shipped alerting rules are checked with promtool, and a real Prometheus scrapes a
+# three-agent cluster.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

@@ -56,7 +56,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         &view.self_name,
         &state.vms_dir,
     );
+    let raft = state.state.as_ref().map(|s| s.status());
+    let secret_files: Vec<(String, u64)> = state
+        .secret_files
+        .iter()
+        .map(|(key, path)| {
+            let problem = crate::config::secret_file_problem(path).is_some();
+            ((*key).to_owned(), u64::from(problem))
+        })
+        .collect();
     let body = render(&MetricsSources {
+        raft: raft.as_ref(),
+        secret_files: &secret_files,
         host: &host,
         vm_usage: &vm_usage,
         vms: desired.as_ref().map_or(&empty, |d| &d.compute),

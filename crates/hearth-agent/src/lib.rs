@@ -425,6 +425,7 @@ fn spawn_work(
         mail: resolved.smtp.clone().map(Arc::new),
         logins: Arc::new(login_limit::Logins::new(config.trusted_proxies.clone())),
         audit: Default::default(),
+        secret_files: secret_files(config),
         max_token_secs: config.max_token_lifetime.map(|d| d.as_secs().max(1)),
         worker_only: !config
             .roles
@@ -436,6 +437,14 @@ fn spawn_work(
             config.trusted_proxies.clone(),
         ),
     })
+}
+
+/// The files holding the node's secrets by key: the config's, and the API token.
+fn secret_files(config: &Config) -> Arc<[(&'static str, PathBuf)]> {
+    let named = config.secret_files().into_iter();
+    let mut files: Vec<_> = named.map(|(key, path)| (key, path.to_owned())).collect();
+    files.push(("api_token_file", config.token_path()));
+    files.into()
 }
 
 /// The sockets an agent listens on, bound before anything starts, so that a port in use

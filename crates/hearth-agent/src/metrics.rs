@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 
 use hearth_dns::DnsMetrics;
 use hearth_membership::GossipMetrics;
+use hearth_state::node::StateStatus;
+use hearth_types::compute::Phase;
 use hearth_types::{CheckStatus, MemberState, ServiceInstance, View};
 
 use crate::handlers::HandlerMetrics;
@@ -30,6 +32,10 @@ pub struct MetricsSources<'a> {
     pub host: &'a crate::host_metrics::HostFacts,
     /// The CPU and memory of this host's VMs.
     pub vm_usage: &'a crate::host_metrics::VmUsage,
+    /// This node's view of Raft, on servers and witnesses.
+    pub raft: Option<&'a StateStatus>,
+    /// Each secret file by its config key: 1 when the agent cannot read it or every user may.
+    pub secret_files: &'a [(String, u64)],
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -104,6 +110,77 @@ const FAMILIES: &[Family] = &[
         samples: |src| crate::host_metrics::placed(src.vms, &src.view.self_name),
     },
     Family {
+        name: "hearth_vms",
+        kind: "gauge",
+        help: "VMs in the cluster by phase, as this node's copy of the desired state has them (servers and witnesses only).",
+        label: Some("phase"),
+        samples: |src| {
+            if src.raft.is_none() {
+                return Vec::new();
+            }
+            let vms = || src.vms.vms.values().map(|v| &v.value);
+            Phase::ALL
+                .into_iter()
+                .map(|phase| {
+                    let n = vms().filter(|vm| vm.phase == phase).count();
+                    (phase.as_str().to_owned(), n as u64)
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "hearth_raft_term",
+        kind: "gauge",
+        help: "The Raft term this node is in; it grows by one at each election.",
+        label: None,
+        samples: |src| src.raft.map_or_else(Vec::new, |r| one(r.term)),
+    },
+    Family {
+        name: "hearth_raft_leader_known",
+        kind: "gauge",
+        help: "1 when this node knows a Raft leader (writes can be committed), 0 when none is elected.",
+        label: None,
+        samples: |src| {
+            src.raft
+                .map_or_else(Vec::new, |r| one(u64::from(r.leader.is_some())))
+        },
+    },
+    Family {
+        name: "hearth_raft_is_leader",
+        kind: "gauge",
+        help: "1 on the Raft leader.",
+        label: None,
+        samples: |src| {
+            src.raft.map_or_else(Vec::new, |r| {
+                one(u64::from(r.leader.as_deref() == Some(r.node.as_str())))
+            })
+        },
+    },
+    Family {
+        name: "hearth_raft_voters",
+        kind: "gauge",
+        help: "Voters in the Raft group, as this node knows it.",
+        label: None,
+        samples: |src| {
+            src.raft
+                .map_or_else(Vec::new, |r| one(r.voters.len() as u64))
+        },
+    },
+    Family {
+        name: "hearth_raft_applied_index",
+        kind: "gauge",
+        help: "The last Raft log index this node applied to its copy of the desired state.",
+        label: None,
+        samples: |src| src.raft.map_or_else(Vec::new, |r| one(r.applied_index)),
+    },
+    Family {
+        name: "hearth_secret_file_problem",
+        kind: "gauge",
+        help: "1 when the agent cannot read the secret file named by this config key, or every user of the machine may.",
+        label: Some("key"),
+        samples: |src| src.secret_files.to_vec(),
+    },
+    Family {
         name: "hearth_reconcile_passes_total",
         kind: "counter",
         help: "Reconciliation passes of this host's VMs.",
@@ -166,6 +243,19 @@ const FAMILIES: &[Family] = &[
                     let n = members.filter(|m| m.state == state).count();
                     (state.to_string(), n as u64)
                 })
+                .collect()
+        },
+    },
+    Family {
+        name: "hearth_member_up",
+        kind: "gauge",
+        help: "Each member this node knows, by name: 1 while alive or suspect, 0 once declared dead (members that left are not shown).",
+        label: Some("member"),
+        samples: |src| {
+            let known = src.view.members.iter();
+            let staying = known.filter(|(_, m)| m.state != MemberState::Left);
+            staying
+                .map(|(name, m)| (name.clone(), u64::from(m.state.is_up())))
                 .collect()
         },
     },
@@ -377,6 +467,14 @@ mod tests {
                 cpu_seconds: vec![("vm=\"web\",owner=\"ann\"".into(), 7)],
                 ..Default::default()
             },
+            raft: Some(&StateStatus {
+                node: "n1".into(),
+                leader: Some("n1".into()),
+                term: 4,
+                voters: vec!["n1".into(), "n2".into(), "n3".into()],
+                ..Default::default()
+            }),
+            secret_files: &[("secret_file".into(), 1)],
         });
         for family in FAMILIES {
             let help = format!(
@@ -395,10 +493,30 @@ mod tests {
             "hearth_events_dropped_total 0",
             "hearth_host_memory_bytes{kind=\"total\"} 4096",
             "hearth_vm_cpu_seconds_total{vm=\"web\",owner=\"ann\"} 7",
+            "hearth_raft_term 4",
+            "hearth_raft_is_leader 1",
+            "hearth_raft_leader_known 1",
+            "hearth_raft_voters 3",
+            "hearth_vms{phase=\"lost\"} 0",
+            "hearth_secret_file_problem{key=\"secret_file\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    /// docs/metrics.md describes every family, in its table.
+    #[test]
+    fn the_metrics_doc_describes_every_family() {
+        let doc = include_str!("../../../docs/metrics.md");
+        for family in FAMILIES {
+            assert!(
+                doc.contains(&format!("| `{}` | {} |", family.name, family.kind)),
+                "docs/metrics.md does not describe {} as a {}",
+                family.name,
+                family.kind
             );
         }
     }

@@ -45,7 +45,7 @@ pub fn write_error(error: RaftError<u64, ClientWriteError<u64, RaftNode>>) -> St
 }
 
 /// `hearth state`: what this node knows about the group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateStatus {
     pub node: String,
     pub role: String,

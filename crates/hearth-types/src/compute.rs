@@ -340,6 +340,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::Placed,
+        Phase::Creating,
+        Phase::Running,
+        Phase::Stopped,
+        Phase::Stopping,
+        Phase::Crashed,
+        Phase::Failed,
+        Phase::Lost,
+        Phase::Deleting,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",

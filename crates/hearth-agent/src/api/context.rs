@@ -50,6 +50,9 @@ pub struct ApiState {
     pub api_connections: Arc<hearth_types::limits::ConnLimit>,
     /// The budget of anonymous audit entries on this node.
     pub audit: Arc<super::audit::AuditBudget>,
+    /// The files holding this node's secrets, by the key that names them, watched by
+    /// `/metrics`.
+    pub secret_files: Arc<[(&'static str, std::path::PathBuf)]>,
 }
 
 /// Seconds since the epoch, by this node's clock.

@@ -25,6 +25,15 @@ fn private(path: &Path) -> std::io::Result<()> {
     ))
 }
 
+/// What is wrong with the secret file at `path` now, if anything: the agent cannot open it,
+/// or every user of the machine may read it. Read at each scrape of `/metrics`.
+pub fn secret_file_problem(path: &Path) -> Option<String> {
+    if let Err(problem) = private(path) {
+        return Some(problem.to_string());
+    }
+    std::fs::File::open(path).err().map(|e| e.to_string())
+}
+
 /// Why a file has no text when it was never read (only a caller that skipped reading sees it).
 const NOT_READ: &str = "not read";
 

@@ -98,14 +98,31 @@ impl Config {
     /// The files this config names, whose text the checks need: `secret_file`,
     /// `dns.push.key_file` and `smtp.password_file`, those that are set.
     pub fn named_files(&self) -> Vec<&Path> {
+        self.secret_files()
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect()
+    }
+
+    /// The same files by the key that names them; each holds a secret.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
         let named = [
-            self.secret_file.as_deref(),
-            self.dns.push.as_ref().map(|push| push.key_file.as_path()),
-            self.smtp
-                .as_ref()
-                .and_then(|smtp| smtp.password_file.as_deref()),
+            ("secret_file", self.secret_file.as_deref()),
+            (
+                "dns.push.key_file",
+                self.dns.push.as_ref().map(|push| push.key_file.as_path()),
+            ),
+            (
+                "smtp.password_file",
+                self.smtp
+                    .as_ref()
+                    .and_then(|smtp| smtp.password_file.as_deref()),
+            ),
         ];
-        named.into_iter().flatten().collect()
+        named
+            .into_iter()
+            .filter_map(|(key, path)| Some((key, path?)))
+            .collect()
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {

@@ -34,7 +34,7 @@ mod tests;
 mod validate;
 
 pub use check::{CheckConfig, HttpTarget};
-pub use files::ConfigFiles;
+pub use files::{ConfigFiles, secret_file_problem};
 pub use keys::Config;
 pub use load::ConfigError;
 pub use sections::{

@@ -556,3 +556,19 @@ fn load_reads_parses_and_checks_in_turn() {
         "{message}"
     );
 }
+
+/// `/metrics` re-reads each secret file: a missing one, or one every user may read, is a
+/// problem; a private one is not.
+#[test]
+fn a_secret_file_is_a_problem_when_missing_or_open_to_all() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    assert!(crate::config::secret_file_problem(&secret).is_some());
+    std::fs::write(&secret, b64(&[5; 32])).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(crate::config::secret_file_problem(&secret), None);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let problem = crate::config::secret_file_problem(&secret).unwrap();
+    assert!(problem.contains("chmod 600"), "{problem}");
+}
