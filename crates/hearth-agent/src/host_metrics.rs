@@ -18,22 +18,69 @@ pub struct HostFacts {
     pub memory: Vec<(String, u64)>,
     /// `size` and `free` (for unprivileged users) bytes of the data directory's file system.
     pub data_dir: Vec<(String, u64)>,
+    /// Bytes read and written on the block device holding the data directory, by direction.
+    pub io_bytes: Vec<(String, u64)>,
+    /// Read and write operations completed on it, by direction.
+    pub io_operations: Vec<(String, u64)>,
 }
 
 impl HostFacts {
     /// Reads them; a figure that cannot be read is left out.
     pub fn read(data_dir: &Path) -> HostFacts {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-        let data_dir = match disk_space(data_dir) {
+        let space = match disk_space(data_dir) {
             Ok((size, free)) => vec![("size".to_owned(), size), ("free".to_owned(), free)],
             Err(_) => Vec::new(),
         };
+        let io = block_device_stat(data_dir)
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| block_io(&text));
+        let (io_bytes, io_operations) = io.map_or_else(Default::default, |io| {
+            (
+                vec![
+                    ("read".to_owned(), io.read_bytes),
+                    ("write".to_owned(), io.written_bytes),
+                ],
+                vec![
+                    ("read".to_owned(), io.reads),
+                    ("write".to_owned(), io.writes),
+                ],
+            )
+        });
         HostFacts {
             cpu_seconds: cpu_seconds(&read("/proc/stat")),
             memory: memory(&read("/proc/meminfo")),
-            data_dir,
+            data_dir: space,
+            io_bytes,
+            io_operations,
         }
     }
+}
+
+/// The `stat` file of the block device holding `dir`: `/sys/dev/block/MAJOR:MINOR/stat`; none
+/// for a file system without one (tmpfs, overlay).
+fn block_device_stat(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let path = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    path.exists().then_some(path)
+}
+
+/// Bytes and operations from the text of a block device's `stat` file (reads completed,
+/// reads merged, sectors read, ms reading, writes completed, writes merged, sectors
+/// written, ...; a sector there is always 512 bytes).
+pub fn block_io(stat: &str) -> Option<hearth_qemu::stats::DiskIo> {
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(hearth_qemu::stats::DiskIo {
+        reads: *fields.first()?,
+        read_bytes: fields.get(2)?.saturating_mul(512),
+        writes: *fields.get(4)?,
+        written_bytes: fields.get(6)?.saturating_mul(512),
+    })
 }
 
 /// The size of the file system holding `dir`, and its bytes free for unprivileged users.
@@ -134,9 +181,10 @@ mod tests {
     }
 }
 
-/// CPU seconds and resident memory of the QEMU of each VM placed on `host` that runs here,
-/// each labelled with the VM's name and owner (a pre-rendered label set).
-pub fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
+/// CPU seconds, resident memory and disk IO of the QEMU of each VM placed on `host` that
+/// runs here, each labelled with the VM's name and owner (a pre-rendered label set). The disk
+/// IO is asked over QMP, with a short deadline per VM.
+pub async fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
     let mut usage = VmUsage::default();
     let placed = compute.vms.values().map(|v| &v.value);
     for vm in placed.filter(|vm| vm.host.as_deref() == Some(host)) {
@@ -155,17 +203,27 @@ pub fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         {
-            usage.memory.push((labels, kib * 1024));
+            usage.memory.push((labels.clone(), kib * 1024));
+        }
+        if let Some(io) = hearth_qemu::stats::disk_io(&dir).await {
+            let (bytes, ops) = (&mut usage.disk_bytes, &mut usage.disk_operations);
+            bytes.push((format!("{labels},direction=\"read\""), io.read_bytes));
+            bytes.push((format!("{labels},direction=\"write\""), io.written_bytes));
+            ops.push((format!("{labels},direction=\"read\""), io.reads));
+            ops.push((format!("{labels},direction=\"write\""), io.writes));
         }
     }
     usage
 }
 
-/// Per VM: CPU seconds and resident bytes of its QEMU.
+/// Per VM: CPU seconds and resident bytes of its QEMU, and its guest's disk IO (bytes and
+/// operations, by direction).
 #[derive(Debug, Default)]
 pub struct VmUsage {
     pub cpu_seconds: Vec<(String, u64)>,
     pub memory: Vec<(String, u64)>,
+    pub disk_bytes: Vec<(String, u64)>,
+    pub disk_operations: Vec<(String, u64)>,
 }
 
 /// utime + stime, in ticks, from the text of `/proc/PID/stat` (fields 14 and 15; the
@@ -182,6 +240,17 @@ pub fn process_ticks(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod process_tests {
     use super::*;
+
+    #[test]
+    fn a_block_device_stat_gives_bytes_and_operations() {
+        let stat = "    4390     1196   563922     2311   101553   152424  4003336   157468        0   237152   176172\n";
+        let io = block_io(stat).unwrap();
+        assert_eq!((io.reads, io.writes), (4390, 101553));
+        assert_eq!(io.read_bytes, 563922 * 512);
+        assert_eq!(io.written_bytes, 4003336 * 512);
+        assert_eq!(block_io("1 2"), None);
+        assert_eq!(block_io("a b c d e f g"), None);
+    }
 
     #[test]
     fn process_ticks_skip_a_command_name_with_spaces() {

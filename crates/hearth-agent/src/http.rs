@@ -55,7 +55,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         desired.as_ref().map_or(&empty, |d| &d.compute),
         &view.self_name,
         &state.vms_dir,
-    );
+    )
+    .await;
     let raft = state.state.as_ref().map(|s| s.status());
     let secret_files: Vec<(String, u64)> = state
         .secret_files

@@ -12,3 +12,4 @@ pub mod moving;
 pub mod qmp;
 pub mod replica;
 pub mod seed;
+pub mod stats;

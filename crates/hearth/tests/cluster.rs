@@ -555,4 +555,24 @@ fn metrics_show_the_host_and_its_placed_load() {
             >= metric(&text, "hearth_data_dir_bytes{kind=\"free\"}")
     );
     assert!(metric(&text, "hearth_host_cpu_seconds_total{mode=\"idle\"}") > 0.0);
+    // The data directory's block device, when it has one (not on tmpfs or overlay): the
+    // agent has written its Raft store there.
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(&agent.dir).unwrap().dev();
+    let (major, minor) = ((dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & 0xfff00));
+    let has_device = Path::new(&format!("/sys/dev/block/{major}:{minor}/stat")).exists();
+    let written = "hearth_data_dir_io_bytes_total{direction=\"write\"}";
+    assert_eq!(
+        text.lines().any(|l| l.starts_with(written)),
+        has_device,
+        "{text}"
+    );
+    if has_device {
+        assert!(
+            metric(
+                &text,
+                "hearth_data_dir_io_operations_total{direction=\"write\"}"
+            ) > 0.0
+        );
+    }
 }

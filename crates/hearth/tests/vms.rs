@@ -78,6 +78,26 @@ fn a_vm_boots_is_restarted_is_adopted_and_is_deleted() {
         sample("hearth_vm_memory_bytes").unwrap_or(0) > 1 << 20,
         "{metrics}"
     );
+    // Its guest's disk IO, from QMP query-blockstats: it read its disk for the marker of
+    // its first boot and wrote it.
+    eventually("the guest's disk IO on /metrics", BOOT, || {
+        let (_, metrics) = agent.http_get("/metrics", false)?;
+        let io = |direction: &str| {
+            let series = format!(
+                "hearth_vm_disk_bytes_total{{vm=\"web1\",owner=\"alice\",direction=\"{direction}\"}} "
+            );
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if io("read") > 0 && io("write") > 0 {
+            Ok(())
+        } else {
+            Err(metrics)
+        }
+    });
 
     // IO limits, read back through QMP by the CLI-independent path: the driver's own QMP.
     let limits = eventually("IO limits through QMP", BOOT, || {
