@@ -2,7 +2,7 @@
 # Runs hearth's whole test suite on a fresh Debian machine with Rust: installs what the
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests
 # and as the root zone of the Zonemaster test, zonemaster-cli,
-# nftables and iptables for the chaos runner, prometheus for the monitoring tests, chromium and chromium-driver for the web panel's browser
+# nftables and iptables for the chaos runner, prometheus for the monitoring tests, python3-venv for Schemathesis, chromium and chromium-driver for the web panel's browser
 # tests, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The shipped alerting rules are checked with promtool, and a real Prometheus scrapes a
 # three-agent cluster.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Schemathesis (from PyPI, in a virtualenv under target/) checks the API against its
+# OpenAPI description.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
@@ -37,6 +40,14 @@ if [ "${#need[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+SCHEMATHESIS_VERSION=4.32.5
+if ! target/schemathesis/bin/st --version 2>/dev/null | grep -qx "st, version $SCHEMATHESIS_VERSION"; then
+  echo "test.sh: installing schemathesis $SCHEMATHESIS_VERSION in target/schemathesis" >&2
+  rm -rf target/schemathesis
+  python3 -m venv target/schemathesis
+  target/schemathesis/bin/pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # The VM tests boot a tiny guest under qemu-system-x86_64: the script installs QEMU and

@@ -94,7 +94,7 @@ pub fn check_ssh_key(key: &str) -> Result<(), String> {
         && blob
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
-    if known && base64ish && !key.contains('\n') && key.len() <= 16 * 1024 {
+    if known && base64ish && !key.contains('\n') && key.chars().count() <= 16 * 1024 {
         Ok(())
     } else {
         Err("key: not an OpenSSH public key (TYPE BASE64 [comment])".into())

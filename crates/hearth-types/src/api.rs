@@ -75,6 +75,7 @@ pub struct PutPlan {
 #[serde(deny_unknown_fields)]
 pub struct SetPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub plan: Option<String>,
     #[serde(default)]
     pub quota: crate::quota::Quota,
@@ -118,6 +119,7 @@ pub struct PutNotice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetOwner {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub owner: String,
 }
 
@@ -133,6 +135,7 @@ pub struct SetIo {
 #[serde(deny_unknown_fields)]
 pub struct Recreate {
     /// Must be true: the VM's old disk is given up, and it starts on an empty one.
+    #[schemars(extend("const" = true))]
     pub empty_disk: bool,
 }
 
@@ -142,6 +145,7 @@ pub struct Recreate {
 pub struct MigrateVm {
     /// The host to move to; absent: the worker with the most free memory that fits the VM.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub to: Option<String>,
     /// Shut the VM down, copy its disk and start it on the target. Without it, a running VM
     /// moves live (it runs on, and pauses only for the switch); a stopped one moves cold.
@@ -153,10 +157,15 @@ pub struct MigrateVm {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub name: String,
     pub role: AccountRole,
+    /// Empty, or an address (with an `@`).
     #[serde(default)]
+    #[schemars(length(max = 254), regex(pattern = "^$|@"))]
     pub email: String,
+    /// At least 10 characters.
+    #[schemars(length(min = 10))]
     pub password: String,
 }
 
@@ -179,6 +188,7 @@ fn full() -> TokenScope {
 pub struct NewToken {
     /// Admins may make one for another account; default: the caller's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub account: Option<String>,
     #[serde(default = "full")]
     pub scope: TokenScope,
@@ -194,6 +204,8 @@ pub struct NewToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
+    /// `TYPE BASE64 [comment]` on one line; TYPE starts `ssh-`, `ecdsa-sha2-` or `sk-`.
+    #[schemars(length(max = 16384), regex(pattern = crate::names::SSH_KEY_PATTERN))]
     pub key: String,
 }
 
@@ -202,6 +214,8 @@ pub struct Key {
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
     pub current: String,
+    /// At least 10 characters.
+    #[schemars(length(min = 10))]
     pub new: String,
     /// Also revoke every API token of the account (web sessions end in any case).
     #[serde(default)]
@@ -218,7 +232,14 @@ impl std::fmt::Debug for NewPassword {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Announcement {
+    /// 1 to 200 characters on one line, not all blank.
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = "^[^\\r\\n]*[^\\s][^\\r\\n]*$")
+    )]
     pub subject: String,
+    /// 1 to 65536 characters, not all blank.
+    #[schemars(length(min = 1, max = 65536), regex(pattern = "\\S"))]
     pub body: String,
 }
 

@@ -53,6 +53,7 @@ impl std::str::FromStr for Arch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Blob {
     /// Lowercase hex SHA-256 of the content.
+    #[schemars(regex(pattern = crate::names::SHA256_PATTERN))]
     pub sha256: String,
     pub size_bytes: u64,
 }
@@ -60,9 +61,16 @@ pub struct Blob {
 /// A base image VMs' disks are overlays on. With `kernel`, QEMU boots that kernel directly
 /// (with `initrd` and `append`) instead of the disk's boot loader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+// An initrd only with a kernel.
+#[schemars(extend("anyOf" = [
+    {"properties": {"initrd": {"type": "null"}}},
+    {"required": ["kernel"], "properties": {"kernel": {"type": "object"}}}
+]))]
 pub struct Image {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub name: String,
     /// `qcow2` or `raw`.
+    #[schemars(extend("enum" = ["qcow2", "raw"]))]
     pub format: String,
     pub arch: Arch,
     pub disk: Blob,
@@ -108,6 +116,7 @@ impl Image {
 /// A network VMs get static addresses from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IpPool {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub name: String,
     /// `192.0.2.0/24` or `2001:db8::/64`.
     pub cidr: String,
@@ -124,6 +133,7 @@ pub struct IpPool {
     /// Copies of the disk of a VM that takes an address from this pool and does not say
     /// (`replicas` 0 or absent): 2 makes replicated disks the pool's rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2))]
     pub replicas: Option<u8>,
 }
 
@@ -208,8 +218,10 @@ impl IpPool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IoLimits {
     #[serde(default)]
+    #[schemars(range(min = 1, max = crate::quota::IO_MAX))]
     pub iops: Option<u64>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = crate::quota::IO_MAX))]
     pub bytes_per_sec: Option<u64>,
 }
 
@@ -249,15 +261,23 @@ impl Power {
 /// What a member asks for: everything about a VM that its owner decides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmRequest {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1, max = 64))]
     pub owner: String,
     #[serde(default = "default_arch")]
     pub arch: Arch,
+    #[schemars(range(min = 1, max = 256))]
     pub vcpus: u32,
+    #[schemars(range(min = 16, max = 4_194_304))]
     pub memory_mib: u64,
+    #[schemars(range(min = 1, max = 65536))]
     pub disk_gib: u64,
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub image: String,
+    /// OpenSSH public keys, one line each.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = "^(ssh-|ecdsa-)[^\\n]*$")))]
     pub ssh_keys: Vec<String>,
     /// The pools to take one address each from.
     #[serde(default)]
@@ -270,6 +290,7 @@ pub struct VmRequest {
     /// (`docs/replicas.md`). 0 or absent when asking: the most any of its `pools` asks
     /// for, else 1; the VM is recorded with the number it got.
     #[serde(default)]
+    #[schemars(range(max = 2))]
     pub replicas: u8,
 }
 

@@ -25,6 +25,7 @@ pub enum RecordData {
         address: Ipv6Addr,
     },
     Cname {
+        #[schemars(length(max = 254), regex(pattern = crate::names::DOMAIN_PATTERN))]
         target: String,
     },
     Txt {
@@ -32,12 +33,14 @@ pub enum RecordData {
     },
     Mx {
         preference: u16,
+        #[schemars(length(max = 254), regex(pattern = crate::names::DOMAIN_PATTERN))]
         exchange: String,
     },
     Srv {
         priority: u16,
         weight: u16,
         port: u16,
+        #[schemars(length(max = 254), regex(pattern = crate::names::DOMAIN_PATTERN))]
         target: String,
     },
 }
@@ -101,8 +104,10 @@ impl RecordData {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RecordSet {
     /// The name relative to the zone (`mail`, `_imap._tcp`), or `@` for the apex.
+    #[schemars(length(max = 254), regex(pattern = crate::names::RECORD_NAME_PATTERN))]
     pub name: String,
     pub ttl: Option<u32>,
+    #[schemars(length(min = 1))]
     pub values: Vec<RecordData>,
 }
 
@@ -164,6 +169,12 @@ fn is_domain_name(name: &str) -> bool {
 /// A check as stored in the desired state (the config file's `[service.check]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// Exactly one of http, tcp and exec.
+#[schemars(extend("oneOf" = [
+    {"required": ["http"], "properties": {"http": {"type": "string"}}},
+    {"required": ["tcp"], "properties": {"tcp": {"type": "string"}}},
+    {"required": ["exec"], "properties": {"exec": {"type": "array"}}}
+]))]
 pub struct CheckSpec {
     #[serde(default)]
     pub http: Option<String>,
@@ -172,8 +183,11 @@ pub struct CheckSpec {
     #[serde(default)]
     pub exec: Option<Vec<String>>,
     pub interval_ms: u64,
+    #[schemars(range(min = 1))]
     pub timeout_ms: u64,
+    #[schemars(range(min = 1))]
     pub rise: u32,
+    #[schemars(range(min = 1))]
     pub fall: u32,
 }
 
@@ -182,9 +196,11 @@ pub struct CheckSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterService {
+    #[schemars(regex(pattern = crate::names::LABEL_PATTERN))]
     pub name: String,
     /// Node names that run it; empty means every node.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = crate::names::LABEL_PATTERN)))]
     pub nodes: Vec<String>,
     #[serde(default)]
     pub check: Option<CheckSpec>,

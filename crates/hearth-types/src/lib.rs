@@ -14,7 +14,7 @@ pub mod desired;
 mod event;
 pub mod limits;
 mod member;
-mod names;
+pub mod names;
 pub mod notice;
 pub mod quota;
 pub mod status;

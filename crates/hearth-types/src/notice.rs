@@ -25,10 +25,14 @@ impl NoticeKind {
 #[serde(deny_unknown_fields)]
 pub struct Notice {
     /// A short name: lowercase letters, digits and inner hyphens.
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub id: String,
     pub kind: NoticeKind,
+    /// 1 to 200 characters, not all blank.
+    #[schemars(length(min = 1, max = 200), regex(pattern = "\\S"))]
     pub title: String,
     #[serde(default)]
+    #[schemars(length(max = 4000))]
     pub body: String,
     /// Unix seconds, set by the API node that took the post.
     #[serde(default)]

@@ -33,8 +33,10 @@ pub struct Quota {
     pub addresses: Option<u64>,
     /// The IO limits every VM of the member gets (members cannot change them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = IO_MAX))]
     pub iops: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = IO_MAX))]
     pub bytes_per_sec: Option<u64>,
 }
 
@@ -86,6 +88,7 @@ impl Quota {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub quota: Quota,

@@ -359,7 +359,7 @@ fn a_password_change_ends_sessions_and_tokens_never_outlive_their_session() {
         api(agent, &session, "POST", "/v1/me/password", &body)
     };
     let (status, answer) = change("not it at all", false);
-    assert_eq!(status, 400, "{answer}");
+    assert_eq!(status, 403, "{answer}");
     let (status, answer) = change("alice's long password", false);
     assert_eq!(status, 200, "{answer}");
     // The session ended with the password; the token it made and the API token did not.
@@ -583,7 +583,7 @@ fn members_stay_within_their_plan_and_cannot_hoard_addresses_or_lift_io_limits()
         ("/v1/vms", new_vm),
     ] {
         let (status, answer) = api(agent, &root, "POST", path, body);
-        assert_eq!(status, 403, "{path}: {answer}");
+        assert_eq!(status, 404, "{path}: {answer}");
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains("no account named nobody"), "{answer}");
     }

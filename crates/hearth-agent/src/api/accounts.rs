@@ -1,6 +1,6 @@
 //! `/v1/accounts`: members and admins (admins only).
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,10 +36,10 @@ async fn list_accounts(State(state): State<ApiState>, Query(params): Query<Param
 
 async fn create_account(
     State(state): State<ApiState>,
-    body: Result<Json<NewAccount>, JsonRejection>,
+    body: Result<Body<NewAccount>, BodyRejection>,
 ) -> Response {
     let new = match body {
-        Ok(Json(new)) => new,
+        Ok(Body(new)) => new,
         Err(rejection) => return bad_body(rejection),
     };
     if new.password.chars().count() < auth::MIN_PASSWORD {

@@ -1,7 +1,7 @@
 //! `/v1/announce`: mail to every member with a VM (admins only), through `[smtp]`.
 
+use super::body::{Body, BodyRejection};
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -18,9 +18,9 @@ pub(super) fn routes() -> Router<ApiState> {
 /// Emails every member who owns a VM, through this node's `[smtp]` server.
 async fn announce(
     State(state): State<ApiState>,
-    body: Result<Json<Announcement>, JsonRejection>,
+    body: Result<Body<Announcement>, BodyRejection>,
 ) -> Response {
-    let Json(Announcement { subject, body }) = match body {
+    let Body(Announcement { subject, body }) = match body {
         Ok(body) => body,
         Err(rejection) => return bad_body(rejection),
     };
@@ -31,11 +31,8 @@ async fn announce(
             "subject: give 1 to 200 characters on one line",
         );
     }
-    if body.trim().is_empty() || body.len() > 64 * 1024 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body: give 1 byte to 64 KiB of text",
-        );
+    if body.trim().is_empty() || body.chars().count() > 65536 {
+        return error(StatusCode::BAD_REQUEST, "body: give 1 to 65536 characters");
     }
     let Some(mail) = state.mail.clone() else {
         return error(

@@ -1,6 +1,6 @@
 //! `/v1/cluster-services`: services the cluster runs on nodes it picks, in the desired state.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -26,10 +26,10 @@ async fn list_services(State(state): State<ApiState>, Query(params): Query<Param
 
 async fn put_service(
     State(state): State<ApiState>,
-    body: Result<Json<PutService>, JsonRejection>,
+    body: Result<Body<PutService>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(PutService { service, expect })) => {
+        Ok(Body(PutService { service, expect })) => {
             write(&state, Command::PutService { service, expect }).await
         }
         Err(rejection) => bad_body(rejection),

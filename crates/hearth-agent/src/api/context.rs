@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hearth_state::model::{Command, ComputeCommand, Expect};
@@ -101,8 +100,36 @@ pub(crate) fn node_of(state: &ApiState) -> Result<&StateNode, ApiError> {
     state.state.as_ref().ok_or(ApiError::NoState)
 }
 
-pub(crate) fn bad_body(rejection: JsonRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+/// 404 for a body that names an object that is not there (`field: no WHAT named NAME`),
+/// found on this node's copy of the state before writing; the write checks again.
+pub(crate) fn unknown(field: &str, what: &str, name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("{field}: no {what} named {name}"),
+    )
+}
+
+/// The first of `refs` (field, kind of object, name) that `desired` does not hold.
+pub(crate) fn first_unknown<'a>(
+    desired: &DesiredState,
+    refs: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Option<Response> {
+    refs.into_iter()
+        .find(|(_, what, name)| {
+            let name = *name;
+            match *what {
+                "account" => !desired.accounts.contains_key(name),
+                "image" => !desired.compute.images.contains_key(name),
+                "pool" => !desired.compute.pools.contains_key(name),
+                "plan" => !desired.plans.contains_key(name),
+                _ => false,
+            }
+        })
+        .map(|(field, what, name)| unknown(field, what, name))
+}
+
+pub(crate) fn bad_body(rejection: super::body::BodyRejection) -> Response {
+    rejection.into_response()
 }
 
 /// Reads the desired state, after waiting for the leader's read index if asked to.

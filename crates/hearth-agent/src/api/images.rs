@@ -1,6 +1,6 @@
 //! `/v1/images` and `/v1/blobs`: VM images and the upload of their files, verified by hash.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -32,16 +32,19 @@ async fn list_images(State(state): State<ApiState>, Query(params): Query<Params>
 
 async fn put_image(
     State(state): State<ApiState>,
-    body: Result<Json<PutImage>, JsonRejection>,
+    body: Result<Body<PutImage>, BodyRejection>,
 ) -> Response {
-    let Json(PutImage { image, expect }) = match body {
+    let Body(PutImage { image, expect }) = match body {
         Ok(body) => body,
         Err(rejection) => return bad_body(rejection),
     };
+    if let Err(message) = image.validate() {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
     // The files must be here first, so that a worker can always find a copy.
     if let Some(missing) = image.blobs().find(|b| !state.blobs.has(&b.sha256)) {
         return error(
-            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
             &format!(
                 "sha256: no file with sha256 {} was uploaded to this node; PUT it to /v1/blobs/{} first",
                 missing.sha256, missing.sha256

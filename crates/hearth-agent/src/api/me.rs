@@ -1,6 +1,6 @@
 //! `/v1/me`: the caller's own account: its SSH keys and its password.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -56,7 +56,10 @@ async fn change_me(
         .get(caller.name())
         .filter(|_| *caller != Caller::Root)
     else {
-        return error(StatusCode::BAD_REQUEST, "the node token has no account");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the node token has no account; use an account's token",
+        );
     };
     let mut account = current.value.clone();
     if let Err(message) = change(&mut account) {
@@ -77,10 +80,10 @@ async fn put_key(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Result<Json<Key>, JsonRejection>,
+    body: Result<Body<Key>, BodyRejection>,
 ) -> Response {
     let key = match body {
-        Ok(Json(Key { key })) => key,
+        Ok(Body(Key { key })) => key,
         Err(rejection) => return bad_body(rejection),
     };
     if let Err(message) = check_ssh_key(&key) {
@@ -112,14 +115,14 @@ async fn remove_key(
 async fn change_password(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<NewPassword>, JsonRejection>,
+    body: Result<Body<NewPassword>, BodyRejection>,
 ) -> Response {
     let NewPassword {
         current,
         new,
         revoke_tokens,
     } = match body {
-        Ok(Json(body)) => body,
+        Ok(Body(body)) => body,
         Err(rejection) => return bad_body(rejection),
     };
     if new.chars().count() < auth::MIN_PASSWORD {
@@ -137,10 +140,13 @@ async fn change_password(
         .get(caller.name())
         .map(|a| a.value.password_hash.clone())
     else {
-        return error(StatusCode::BAD_REQUEST, "the node token has no account");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the node token has no account; use an account's token",
+        );
     };
     if !verify_password(&state, current, old_hash.clone()).await {
-        return error(StatusCode::BAD_REQUEST, "current: wrong password");
+        return error(StatusCode::FORBIDDEN, "current: wrong password");
     }
     let hash = match hash_password(&state, new).await {
         Ok(hash) => hash,

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod announce;
 pub mod audit;
+pub mod body;
 pub mod cluster_services;
 pub mod context;
 pub mod drift;

@@ -65,6 +65,9 @@ async fn fence(
         Ok(desired) => desired,
         Err(failure) => return failure.into_response(),
     };
+    if !desired.compute.hosts.contains_key(&host) {
+        return not_a_host(&host);
+    }
     let view = state.membership.views().borrow().clone();
     let up = liveness(&desired.compute, &view, &host) == HostLiveness::Up;
     let at_risk: Vec<String> = desired
@@ -113,10 +116,7 @@ async fn evacuate(State(state): State<ApiState>, Path(host): Path<String>) -> Re
         Err(failure) => return failure.into_response(),
     };
     if !desired.compute.hosts.contains_key(&host) {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("name: {host} is not a worker host"),
-        );
+        return not_a_host(&host);
     }
     let view = state.membership.views().borrow().clone();
     if let Err(why) = hearth_compute::placement::evacuation_check(&desired, &view, &host) {
@@ -150,7 +150,20 @@ async fn stop_evacuation(State(state): State<ApiState>, Path(host): Path<String>
     write(&state, compute(command)).await
 }
 
+/// 404 for a name that is no worker host: a typo must not make one.
+fn not_a_host(host: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("name: {host} is not a worker host"),
+    )
+}
+
 async fn unfence(State(state): State<ApiState>, Path(host): Path<String>) -> Response {
+    match read(&state, &Params::default()).await {
+        Ok(desired) if !desired.compute.hosts.contains_key(&host) => return not_a_host(&host),
+        Ok(_) => {}
+        Err(failure) => return failure.into_response(),
+    }
     write(
         &state,
         compute(ComputeCommand::Fence {

@@ -1,6 +1,6 @@
 //! `/v1/notices`: the status page's notices.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -27,10 +27,10 @@ async fn list_notices(State(state): State<ApiState>, Query(params): Query<Params
 /// Posts or updates a status-page notice; `posted_at` defaults to now.
 async fn put_notice(
     State(state): State<ApiState>,
-    body: Result<Json<PutNotice>, JsonRejection>,
+    body: Result<Body<PutNotice>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(PutNotice { mut notice, expect })) => {
+        Ok(Body(PutNotice { mut notice, expect })) => {
             if notice.posted_at == 0 {
                 notice.posted_at = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

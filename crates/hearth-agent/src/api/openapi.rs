@@ -45,6 +45,8 @@ pub struct Endpoint {
     pub token: bool,
     pub body: Option<SchemaFn>,
     pub answer: Option<SchemaFn>,
+    /// Answers 201 (it creates something) rather than 200.
+    pub creates: bool,
 }
 
 impl Endpoint {
@@ -57,6 +59,11 @@ impl Endpoint {
         self.answer = Some(schema);
         self
     }
+
+    const fn created(mut self) -> Endpoint {
+        self.creates = true;
+        self
+    }
 }
 
 const fn op(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
@@ -67,6 +74,7 @@ const fn op(method: &'static str, path: &'static str, summary: &'static str) -> 
         token: true,
         body: None,
         answer: None,
+        creates: false,
     }
 }
 
@@ -78,6 +86,7 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
         token: false,
         body: None,
         answer: None,
+        creates: false,
     }
 }
 
@@ -178,8 +187,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         "put",
         "/v1/blobs/{sha256}",
-        "Upload an image file (raw body), kept if the hash matches",
-    ),
+        "Upload an image file (raw body), kept if the hash matches (200 when already stored)",
+    )
+    .created(),
     op("get", "/v1/pools", "IP pools").answers(schema::<Vec<PoolRow>>),
     op("put", "/v1/pools", "Create or change an IP pool")
         .body(schema::<PutPool>)
@@ -216,7 +226,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     .answers(schema::<WriteAnswer>),
     op("post", "/v1/vms", "Create a VM")
         .body(schema::<VmRequest>)
-        .answers(schema::<WriteAnswer>),
+        .answers(schema::<WriteAnswer>)
+        .created(),
     op("get", "/v1/vms/{vm}", "One VM by id or name").answers(schema::<VmRow>),
     op("delete", "/v1/vms/{vm}", "Delete a VM and its disk"),
     op("post", "/v1/vms/{vm}/start", "Ask for the VM to run"),
@@ -290,7 +301,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Create a token; its secret is answered once",
     )
     .body(schema::<NewToken>)
-    .answers(schema::<CreatedToken>),
+    .answers(schema::<CreatedToken>)
+    .created(),
     op("delete", "/v1/tokens/{id}", "Revoke a token"),
     op("get", "/v1/me", "The caller's account").answers(schema::<AccountRow>),
     op(
@@ -328,19 +340,15 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true,
+                       "schema": param_schema(endpoint.path, name)})
+            })
             .collect();
         let mut operation = json!({
             "summary": endpoint.summary,
             "parameters": params,
-            "responses": {
-                "200": {"description": "done; JSON body"},
-                "400": {"description": "a bad body or parameter; the message names the field"},
-                "401": {"description": "no token, or a wrong one"},
-                "403": {"description": "not allowed to this caller"},
-                "404": {"description": "no such object (or another member's)"},
-                "503": {"description": "no quorum; the message says why"}
-            }
+            "responses": responses(endpoint),
         });
         if !endpoint.token {
             operation["security"] = json!([]);
@@ -352,8 +360,12 @@ pub fn document() -> Value {
             });
         }
         if let Some(answer) = endpoint.answer {
-            operation["responses"]["200"]["content"] =
+            let ok = if endpoint.creates { "201" } else { "200" };
+            operation["responses"][ok]["content"] =
                 json!({"application/json": {"schema": answer(&mut generator)}});
+        }
+        if let Some((status, links)) = links(endpoint) {
+            operation["responses"][status]["links"] = links;
         }
         paths
             .entry(endpoint.path.to_owned())
@@ -362,6 +374,9 @@ pub fn document() -> Value {
             .expect("an object")
             .insert(endpoint.method.to_owned(), operation);
     }
+    let mut schemas = Value::Object(generator.take_definitions(true));
+    ip_formats(&mut schemas);
+    integer_bounds(&mut schemas);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -371,11 +386,209 @@ pub fn document() -> Value {
         },
         "components": {
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
-            "schemas": generator.take_definitions(true),
+            "schemas": schemas,
         },
         "security": [{"token": []}],
         "paths": paths,
     })
+}
+
+/// The schema of path parameter `name` of `path`: the pattern its handler checks, or any
+/// string where a name that matches nothing is simply not found (404).
+fn param_schema(path: &str, name: &str) -> Value {
+    use hearth_types::names::{NAME_PATTERN, SHA256_PATTERN};
+    match (path, name) {
+        ("/v1/blobs/{sha256}", "sha256") => json!({"type": "string", "pattern": SHA256_PATTERN}),
+        ("/v1/me/ssh-keys/{name}", "name") => json!({"type": "string", "pattern": NAME_PATTERN}),
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// The statuses an operation answers: its success, 400 for a bad body or parameter, 401 and
+/// 403, 404 for what is not there (or another member's), 409 for a write the cluster's state
+/// refuses now, and 503 without quorum.
+fn responses(endpoint: &Endpoint) -> Value {
+    let mut responses = json!({
+        "400": {"description": "a bad body or parameter; the message names the field"},
+        "401": {"description": "no token, or a wrong one"},
+        "403": {"description": "not allowed to this caller"},
+        "404": {"description": "no such object (or another member's), or one it names"},
+        "503": {"description": "no quorum; the message says why"}
+    });
+    if endpoint.creates {
+        responses["201"] = json!({"description": "created; JSON body"});
+        if endpoint.path == "/v1/blobs/{sha256}" {
+            responses["200"] = json!({"description": "already stored; JSON body"});
+        }
+    } else {
+        responses["200"] = json!({"description": "done; JSON body"});
+    }
+    if endpoint.method != "get" {
+        responses["409"] = json!({"description": "refused by the cluster's state now: a version that changed (`expect`), an object that exists, a node still up, no [smtp]; the message says why"});
+    }
+    if !endpoint.token {
+        for status in ["401", "403"] {
+            responses.as_object_mut().expect("an object").remove(status);
+        }
+    }
+    responses
+}
+
+/// Where a client finds the parameters of other operations in an answer: (method, path,
+/// the status that carries them, the paths they feed (every method; a path ending in `/*`
+/// feeds every path under it), and each parameter's JSON pointer in the answer).
+type LinkSource = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+const LINKS: &[LinkSource] = &[
+    (
+        "get",
+        "/v1/vms",
+        "200",
+        &["/v1/vms/{vm}", "/v1/vms/{vm}/*"],
+        &[("vm", "/0/id")],
+    ),
+    (
+        "post",
+        "/v1/vms",
+        "201",
+        &["/v1/vms/{vm}", "/v1/vms/{vm}/*"],
+        &[("vm", "/result/id")],
+    ),
+    (
+        "get",
+        "/v1/accounts",
+        "200",
+        &["/v1/accounts/{name}", "/v1/accounts/{name}/plan"],
+        &[("name", "/0/name")],
+    ),
+    (
+        "get",
+        "/v1/pools",
+        "200",
+        &["/v1/pools/{name}"],
+        &[("name", "/0/pool/name")],
+    ),
+    (
+        "get",
+        "/v1/plans",
+        "200",
+        &["/v1/plans/{name}"],
+        &[("name", "/0/plan/name")],
+    ),
+    (
+        "get",
+        "/v1/tokens",
+        "200",
+        &["/v1/tokens/{id}"],
+        &[("id", "/0/id")],
+    ),
+    (
+        "post",
+        "/v1/tokens",
+        "201",
+        &["/v1/tokens/{id}"],
+        &[("id", "/id")],
+    ),
+    (
+        "get",
+        "/v1/hosts",
+        "200",
+        &["/v1/nodes/{name}/*"],
+        &[("name", "/0/name")],
+    ),
+    (
+        "get",
+        "/v1/drift",
+        "200",
+        &["/v1/drift/{host}/{kind}/{vm}/fix"],
+        &[("host", "/0/host"), ("kind", "/0/kind"), ("vm", "/0/vm")],
+    ),
+];
+
+/// The OpenAPI links of an operation's answer, with the status they belong to.
+fn links(endpoint: &Endpoint) -> Option<(&'static str, Value)> {
+    let (_, _, status, targets, params) = LINKS
+        .iter()
+        .find(|(method, path, ..)| *method == endpoint.method && *path == endpoint.path)?;
+    let fed = |path: &str| {
+        targets.iter().any(|t| match t.strip_suffix("/*") {
+            Some(prefix) => path.starts_with(&format!("{prefix}/")),
+            None => path == *t,
+        })
+    };
+    let mut links = Map::new();
+    for op in ENDPOINTS.iter().filter(|e| fed(e.path)) {
+        let id = format!("{}{}", op.method, op.path.replace(['/', '{', '}'], "_"));
+        let parameters: Map<String, Value> = params
+            .iter()
+            .filter(|(name, _)| op.path.contains(&format!("{{{name}}}")))
+            .map(|(name, pointer)| {
+                (
+                    (*name).to_owned(),
+                    json!(format!("$response.body#{pointer}")),
+                )
+            })
+            .collect();
+        links.insert(
+            id,
+            json!({
+                "operationRef": format!("#/paths/{}/{}", op.path.replace('~', "~0").replace('/', "~1"), op.method),
+                "parameters": parameters,
+            }),
+        );
+    }
+    Some((status, Value::Object(links)))
+}
+
+/// Gives each integer the largest value its Rust type holds, where schemars leaves it out
+/// (`uint64` says `minimum: 0` only), so that clients know a larger number is refused.
+fn integer_bounds(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let max = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(json!(u8::MAX)),
+                Some("uint16") => Some(json!(u16::MAX)),
+                Some("uint32") => Some(json!(u32::MAX)),
+                Some("uint64") => Some(json!(u64::MAX)),
+                Some("int64") => Some(json!(i64::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.entry("maximum").or_insert(max);
+            }
+            if map.get("format").and_then(Value::as_str) == Some("int64") {
+                map.entry("minimum").or_insert(json!(i64::MIN));
+            }
+            map.values_mut().for_each(integer_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(integer_bounds),
+        _ => {}
+    }
+}
+
+/// schemars describes an `IpAddr` as a string of format `ip`, which JSON Schema does not
+/// define: spelled as either of the two it does.
+fn ip_formats(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("format").and_then(Value::as_str) == Some("ip") {
+                map.remove("format");
+                map.insert(
+                    "anyOf".into(),
+                    json!([{"format": "ipv4"}, {"format": "ipv6"}]),
+                );
+            }
+            map.values_mut().for_each(ip_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(ip_formats),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `/v1/plans`: members' plans (quotas), and `/v1/accounts/NAME/plan`: an account's plan and
 //! its own limits. Admins only; a member reads their own in `/v1/me`.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -38,10 +38,10 @@ async fn list_plans(State(state): State<ApiState>, Query(params): Query<Params>)
 
 async fn put_plan(
     State(state): State<ApiState>,
-    body: Result<Json<PutPlan>, JsonRejection>,
+    body: Result<Body<PutPlan>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(PutPlan { plan, expect })) => {
+        Ok(Body(PutPlan { plan, expect })) => {
             write(&state, Command::PutPlan { plan, expect }).await
         }
         Err(rejection) => bad_body(rejection),
@@ -61,10 +61,10 @@ async fn remove_plan(
 async fn set_plan(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    body: Result<Json<SetPlan>, JsonRejection>,
+    body: Result<Body<SetPlan>, BodyRejection>,
 ) -> Response {
     let SetPlan { plan, quota } = match body {
-        Ok(Json(body)) => body,
+        Ok(Body(body)) => body,
         Err(rejection) => return bad_body(rejection),
     };
     let desired = match read(&state, &Params::default()).await {
@@ -76,7 +76,7 @@ async fn set_plan(
     };
     if let Some(plan) = plan.as_deref().filter(|p| !desired.plans.contains_key(*p)) {
         return error(
-            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
             &format!("plan: no plan named {plan}; make it with PUT /v1/plans"),
         );
     }

@@ -1,6 +1,6 @@
 //! `/v1/pools`: the IP pools VMs take their addresses from.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -41,10 +41,10 @@ async fn list_pools(State(state): State<ApiState>, Query(params): Query<Params>)
 
 async fn put_pool(
     State(state): State<ApiState>,
-    body: Result<Json<PutPool>, JsonRejection>,
+    body: Result<Body<PutPool>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(PutPool { pool, expect })) => {
+        Ok(Body(PutPool { pool, expect })) => {
             write(&state, compute(ComputeCommand::PutPool { pool, expect })).await
         }
         Err(rejection) => bad_body(rejection),

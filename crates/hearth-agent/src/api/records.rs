@@ -1,6 +1,6 @@
 //! `/v1/records`: static DNS records in the desired state.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -27,10 +27,10 @@ async fn list_records(State(state): State<ApiState>, Query(params): Query<Params
 
 async fn put_records(
     State(state): State<ApiState>,
-    body: Result<Json<PutRecords>, JsonRejection>,
+    body: Result<Body<PutRecords>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(PutRecords { records, expect })) => {
+        Ok(Body(PutRecords { records, expect })) => {
             write(&state, Command::PutRecords { records, expect }).await
         }
         Err(rejection) => bad_body(rejection),

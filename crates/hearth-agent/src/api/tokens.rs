@@ -1,6 +1,6 @@
 //! `/v1/tokens`: API tokens: made, listed and revoked.
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use hearth_types::account::TokenScope;
 
 use hearth_types::api::{CreatedToken, NewToken, TokenRow};
 
-use super::context::{ApiState, Params, bad_body, error, now, read, write};
+use super::context::{ApiState, Params, bad_body, error, first_unknown, now, read, write};
 use crate::auth::{self, Caller};
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -23,10 +23,10 @@ pub(super) fn routes() -> Router<ApiState> {
 async fn create_token(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<NewToken>, JsonRejection>,
+    body: Result<Body<NewToken>, BodyRejection>,
 ) -> Response {
     let new = match body {
-        Ok(Json(new)) => new,
+        Ok(Body(new)) => new,
         Err(rejection) => return bad_body(rejection),
     };
     let account = match (new.account, &caller) {
@@ -34,7 +34,7 @@ async fn create_token(
         (None, Caller::Account { name, .. }) => name.clone(),
         (None, Caller::Root | Caller::Worker) => {
             return error(
-                StatusCode::BAD_REQUEST,
+                StatusCode::FORBIDDEN,
                 "account: the node token has no account; name one",
             );
         }
@@ -46,6 +46,14 @@ async fn create_token(
             );
         }
     };
+    match read(&state, &Params::default()).await {
+        Ok(desired) => {
+            if let Some(missing) = first_unknown(&desired, [("account", "account", &*account)]) {
+                return missing;
+            }
+        }
+        Err(failure) => return failure.into_response(),
+    }
     // A token never gets more than the token that made it.
     let scope = match &caller {
         Caller::Account {

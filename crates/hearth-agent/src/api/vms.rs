@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use super::body::{Body, BodyRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,9 @@ use serde::Deserialize;
 
 use hearth_types::api::{ConsoleText, MigrateVm, Recreate, SetIo, VmRow};
 
-use super::context::{ApiState, Params, bad_body, compute, error, expect_from, read, write};
+use super::context::{
+    ApiState, Params, bad_body, compute, error, expect_from, first_unknown, read, write,
+};
 use crate::auth::Caller;
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -95,10 +97,10 @@ async fn list_vms(
 async fn create_vm(
     State(state): State<ApiState>,
     caller: Option<Extension<Caller>>,
-    body: Result<Json<VmRequest>, JsonRejection>,
+    body: Result<Body<VmRequest>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(request)) => {
+        Ok(Body(request)) => {
             if let Some(owner) = caller.as_ref().and_then(|c| c.only_owner())
                 && request.owner != owner
             {
@@ -106,6 +108,21 @@ async fn create_vm(
                     StatusCode::FORBIDDEN,
                     &format!("owner: a member creates VMs for themselves ({owner})"),
                 );
+            }
+            if let Err(message) = request.validate() {
+                return error(StatusCode::BAD_REQUEST, &message);
+            }
+            let desired = match read(&state, &Params::default()).await {
+                Ok(desired) => desired,
+                Err(failure) => return failure.into_response(),
+            };
+            let refs = [
+                ("owner", "account", request.owner.as_str()),
+                ("image", "image", request.image.as_str()),
+            ];
+            let pools = request.pools.iter().map(|p| ("pools", "pool", p.as_str()));
+            if let Some(missing) = first_unknown(&desired, refs.into_iter().chain(pools)) {
+                return missing;
             }
             write(&state, compute(ComputeCommand::CreateVm { request })).await
         }
@@ -207,12 +224,20 @@ async fn reboot_vm(State(state): State<ApiState>, Path(key): Path<String>) -> Re
 async fn set_owner(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    body: Result<Json<hearth_types::api::SetOwner>, JsonRejection>,
+    body: Result<Body<hearth_types::api::SetOwner>, BodyRejection>,
 ) -> Response {
     let owner = match body {
-        Ok(Json(body)) => body.owner,
+        Ok(Body(body)) => body.owner,
         Err(rejection) => return bad_body(rejection),
     };
+    match read(&state, &Params::default()).await {
+        Ok(desired) => {
+            if let Some(missing) = first_unknown(&desired, [("owner", "account", &*owner)]) {
+                return missing;
+            }
+        }
+        Err(failure) => return failure.into_response(),
+    }
     vm_write(&state, &key, |vm| ComputeCommand::SetOwner {
         vm,
         owner,
@@ -225,10 +250,10 @@ async fn set_owner(
 async fn recreate_vm(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    body: Result<Json<Recreate>, JsonRejection>,
+    body: Result<Body<Recreate>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(Recreate { empty_disk: true })) => {
+        Ok(Body(Recreate { empty_disk: true })) => {
             vm_write(&state, &key, |vm| ComputeCommand::Recreate {
                 vm,
                 expect: Expect::Any,
@@ -250,10 +275,10 @@ async fn recreate_vm(
 async fn migrate_vm(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    body: Result<Json<MigrateVm>, JsonRejection>,
+    body: Result<Body<MigrateVm>, BodyRejection>,
 ) -> Response {
     let request = match body {
-        Ok(Json(request)) => request,
+        Ok(Body(request)) => request,
         Err(rejection) => return bad_body(rejection),
     };
     let (desired, vm) = match read_vm(&state, &key).await {
@@ -303,10 +328,10 @@ async fn cancel_migration(State(state): State<ApiState>, Path(key): Path<String>
 async fn set_io(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    body: Result<Json<SetIo>, JsonRejection>,
+    body: Result<Body<SetIo>, BodyRejection>,
 ) -> Response {
     match body {
-        Ok(Json(SetIo { io })) => {
+        Ok(Body(SetIo { io })) => {
             vm_write(&state, &key, |vm| ComputeCommand::SetIo {
                 vm,
                 io,
