@@ -627,3 +627,60 @@ fn three_servers_from_hearth_init_form_a_cluster() {
         },
     );
 }
+
+/// `hearth init` on a terminal (a pty, through util-linux's `script`) asks for what its
+/// flags did not say, offers the host name as the node's name, and writes what was
+/// answered; an empty answer where there is no default is refused, naming the flag.
+#[test]
+fn hearth_init_asks_on_a_terminal() {
+    let tmp = TempDir::new("init-pty");
+    let on_a_terminal = |dir: &str, answers: &str| {
+        let dir = tmp.path().join(dir);
+        let command = format!(
+            "{} init --config {d}/hearth.toml --secret-file {d}/secret --data-dir {d}/data --servers 1",
+            bin().display(),
+            d = dir.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answers.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), said, dir)
+    };
+    let (code, said, dir) = on_a_terminal("asked", "n7\n192.0.2.7\ncoop.example.\n");
+    assert_eq!(code, Some(0), "{said}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim().split('.').next().unwrap().to_lowercase();
+    for prompt in [
+        format!("node name [{host}]: "),
+        "address the other nodes reach this one at: ".to_owned(),
+        "DNS zone (like coop.example.): ".to_owned(),
+    ] {
+        assert!(said.contains(&prompt), "{prompt:?} not asked:\n{said}");
+    }
+    let config = std::fs::read_to_string(dir.join("hearth.toml")).unwrap();
+    for line in [
+        "node_name   = \"n7\"",
+        "advertise   = \"192.0.2.7\"",
+        "zone        = \"coop.example.\"",
+    ] {
+        assert!(config.contains(line), "{line} missing:\n{config}");
+    }
+    // The host name by default, and no zone: refused, naming the flag, nothing written.
+    let (code, said, dir) = on_a_terminal("refused", "\n192.0.2.8\n\n");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--zone: required"), "{said}");
+    assert!(!dir.join("hearth.toml").exists());
+}
