@@ -17,6 +17,7 @@ pub mod login_limit;
 pub mod mail;
 pub mod metrics;
 pub mod services;
+pub mod uptime;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -201,7 +202,7 @@ impl Agent {
                     &mut tasks,
                 )
                 .await?;
-                spawn_state_tasks(&state, &membership, meta, &shutdown, &mut tasks);
+                spawn_state_tasks(&state, &membership, meta, &config, &shutdown, &mut tasks);
                 Some(state)
             }
             _ => None,
@@ -490,15 +491,22 @@ impl Sockets {
     }
 }
 
-/// The tasks of a node that holds the replicated state: cluster events, the leader's
-/// placement, and announcing its group membership by gossip.
+/// The tasks of a node that holds the replicated state: cluster events, uptime samples, the
+/// leader's placement, and announcing its group membership by gossip.
 fn spawn_state_tasks(
     state: &StateNode,
     membership: &Membership,
     meta: NodeMeta,
+    config: &Config,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    tasks.spawn(uptime::sample(
+        state.clone(),
+        membership.views(),
+        config.state.uptime_interval,
+        shutdown.clone(),
+    ));
     tasks.spawn(cluster_events::observe(
         state.clone(),
         membership.views(),

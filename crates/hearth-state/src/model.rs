@@ -115,6 +115,12 @@ pub enum Command {
         name: String,
         expect: Expect,
     },
+    /// The leader's sample of each service's availability (a passing instance or none), at
+    /// `at_ms` by its clock: the time since the previous sample counts as that one said.
+    RecordUptime {
+        at_ms: u64,
+        up: std::collections::BTreeMap<String, bool>,
+    },
 }
 
 impl Command {
@@ -150,6 +156,7 @@ impl Command {
             Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
+            Command::RecordUptime { .. } => "uptime".into(),
         }
     }
 }
@@ -193,6 +200,12 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             remove(&mut state.services, &name.to_ascii_lowercase(), *expect)
         }
         Command::PutNotice { notice, expect } => put_notice(state, notice, *expect, index),
+        Command::RecordUptime { at_ms, up } => {
+            match hearth_types::uptime::record(&mut state.uptime, *at_ms, up) {
+                true => Outcome::Applied { version: index },
+                false => Outcome::Nothing,
+            }
+        }
         Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
         Command::PutAccount {
             account,

@@ -277,6 +277,9 @@ pub struct DesiredState {
     /// Members' plans (quotas), by name.
     #[serde(default)]
     pub plans: crate::quota::Plans,
+    /// Each service's availability per day, sampled by the leader, for the status page.
+    #[serde(default)]
+    pub uptime: BTreeMap<String, crate::uptime::ServiceUptime>,
 }
 
 impl DesiredState {

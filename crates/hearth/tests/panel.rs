@@ -36,7 +36,7 @@ fn agent_with(extra: &str) -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 1, move |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
         spec.extra = format!(
-            "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n\
+            "[state]\nbootstrap_expect = 1\nuptime_interval = \"200ms\"\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n\
 [[service]]\nname = \"www\"\naddress = \"{ip}\"\n[service.check]\nexec = [\"false\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n{extra}",
             ip = spec.ip
         );
@@ -331,10 +331,51 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         }
     });
 
-    // The public status page shows the failing service, without a login.
+    // The public status page shows the failing service, without a login: today's uptime bar
+    // is red, and the incident posted is on the timeline.
+    agent.cli(&[
+        "notice",
+        "post",
+        "www-down",
+        "--title",
+        "The web site is down",
+    ]);
     browser.delete_cookies();
     let status = page_shows(&browser, &format!("{base}/status"), "down", PAGE);
     assert!(status.contains("www"), "{status}");
+    let today = eventually("today's bar is drawn red", PAGE, || {
+        browser.goto(&format!("{base}/status"));
+        let fill = browser.script(
+            "const bars = document.querySelectorAll('#uptime-www rect'); \
+             return bars.length + ' ' + bars[bars.length - 1].getAttribute('fill')",
+        );
+        match fill.as_str() {
+            Some(f) if f == "90 #b9312c" => Ok(f.to_owned()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(today, "90 #b9312c");
+    // The pictures take the page's width and a visible height, on a desktop and on a phone.
+    for (width, height) in [(1100, 900), (390, 844)] {
+        browser.resize(width, height);
+        let size = browser.script(
+            "const b = document.querySelector('#uptime-www').getBoundingClientRect(); \
+             const t = document.querySelector('#timeline').getBoundingClientRect(); \
+             return [b.width, b.height, t.width, t.height, document.body.clientWidth]",
+        );
+        let n = |i: usize| size[i].as_f64().unwrap_or(0.0);
+        assert!(n(0) > n(4) * 0.8 && n(1) >= 5.0, "uptime bars {size}");
+        assert!(n(2) > n(4) * 0.8 && n(3) >= 5.0, "timeline {size}");
+        assert!(n(0) <= n(4) + 1.0, "no horizontal overflow: {size}");
+    }
+    assert!(
+        browser
+            .text("#timeline")
+            .is_ok_and(|t| t.contains("The web site is down")),
+        "{}",
+        browser.source()
+    );
+    browser.resize(1100, 900);
     browser.screenshot(&shot("status"));
 
     let _ = intruder.kill();

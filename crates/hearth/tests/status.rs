@@ -105,3 +105,107 @@ fn the_status_page_shows_health_and_notices_and_survives_a_lost_quorum() {
     assert_eq!(json["nodes_up"], 1, "{json}");
     assert_eq!(json["notices"][0]["id"], "db-outage", "{json}");
 }
+
+/// Today's bar for `service` in `/status.json` on agent `idx`: (known ms, up ms).
+fn today(cluster: &TestCluster, idx: usize, service: &str) -> Result<(u64, u64), String> {
+    let (status, json) = cluster.agents[idx].http_get("/status.json", false)?;
+    if status != 200 {
+        return Err(format!("{status}: {json}"));
+    }
+    let json: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    let services = json["services"].as_array().ok_or(json.to_string())?;
+    let row = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .ok_or(format!("no {service}: {json}"))?;
+    let days = row["days"].as_array().ok_or(row.to_string())?;
+    if days.len() != 90 {
+        return Err(format!("{} days: {row}", days.len()));
+    }
+    let last = &days[89];
+    Ok((
+        last["known_ms"].as_u64().unwrap_or(0),
+        last["up_ms"].as_u64().unwrap_or(0),
+    ))
+}
+
+#[test]
+fn uptime_is_sampled_by_the_leader_and_every_node_draws_the_same_bars() {
+    let flag = hearth_testkit::TempDir::new("uptime-flag");
+    let up_file = flag.path().join("mail-up");
+    let up = up_file.display().to_string();
+    let mut cluster = TestCluster::start(bin(), 3, move |idx| {
+        // www passes everywhere; mail runs only on n3 and passes once the file exists.
+        let mail = match idx {
+            2 => format!(
+                "[[service]]\nname = \"mail\"\naddress = \"192.0.2.9\"\n[service.check]\nexec = [\"test\", \"-e\", \"{up}\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n"
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "[state]\nbootstrap_expect = 3\nuptime_interval = \"200ms\"\n\n[[service]]\nname = \"www\"\naddress = \"192.0.2.{}\"\n[service.check]\nexec = [\"true\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n{mail}",
+            idx + 1
+        )
+    });
+    // Every node reads the same replicated history: www all up, mail all down so far.
+    for idx in 0..3 {
+        eventually(&format!("n{}'s bars", idx + 1), DEADLINE, || {
+            let (known, up) = today(&cluster, idx, "www")?;
+            let (mail_known, mail_up) = today(&cluster, idx, "mail")?;
+            if known >= 1000 && up == known && mail_known >= 1000 && mail_up == 0 {
+                Ok(())
+            } else {
+                Err(format!("www {up}/{known}, mail {mail_up}/{mail_known}"))
+            }
+        });
+    }
+    // mail comes up: today is now partly up, and the page says so with a bar and a figure.
+    std::fs::write(&up_file, "").unwrap();
+    let (known, up) = eventually("mail partly up today", DEADLINE, || {
+        match today(&cluster, 1, "mail")? {
+            (known, up) if up >= 1000 && up < known => Ok((known, up)),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let html = page(&cluster, 1).unwrap();
+    assert!(
+        html.contains("<svg class=\"bars\" id=\"uptime-mail\""),
+        "{html}"
+    );
+    assert_eq!(html.matches("<rect").count(), 2 * 90, "{html}");
+    assert!(
+        html.contains(": no data</title>"),
+        "older days are unknown: {html}"
+    );
+    assert!(
+        html.contains("<strong>www</strong><span>100.00 % up</span>"),
+        "{html}"
+    );
+    let figure = html
+        .split("<strong>mail</strong><span>")
+        .nth(1)
+        .and_then(|rest| rest.split(" % up</span>").next())
+        .and_then(|p| p.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("mail's figure: {html}"));
+    assert!(figure > 0.0 && figure < 100.0, "{figure} ({up} of {known})");
+
+    // The leader dies; the new one goes on sampling, so the history keeps growing.
+    let leader = eventually("a known leader", DEADLINE, || {
+        let state = cluster.agents[0].state()?;
+        let name = state["leader"].as_str().unwrap_or_default().to_owned();
+        cluster
+            .agents
+            .iter()
+            .position(|a| a.spec.name == name)
+            .ok_or(format!("leader: {state}"))
+    });
+    cluster.agents[leader].kill9();
+    let other = (leader + 1) % 3;
+    let (before, _) = today(&cluster, other, "www").unwrap();
+    eventually("the new leader samples", DEADLINE, || {
+        match today(&cluster, other, "www")? {
+            (known, up) if known > before + 2000 && up == known => Ok(()),
+            other => Err(format!("{other:?} (was {before})")),
+        }
+    });
+}

@@ -14,8 +14,8 @@ use super::defaults::{
     default_accel, default_bootstrap_expect, default_disk_gib, default_driver,
     default_election_timeout, default_handler_timeout, default_heartbeat, default_network,
     default_probe_interval, default_probe_timeout, default_push_algorithm,
-    default_replace_voter_after, default_suspicion_timeout, default_ttl, default_write_timeout,
-    default_zone, duration,
+    default_replace_voter_after, default_suspicion_timeout, default_ttl, default_uptime_interval,
+    default_write_timeout, default_zone, duration,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +169,10 @@ pub struct StateSection {
     /// A follower that hears no heartbeat for between this and twice this calls an election.
     #[serde(default = "default_election_timeout", deserialize_with = "duration")]
     pub election_timeout: Duration,
+    /// How often the leader samples each service's availability for the status page's
+    /// daily uptime bars (one small write each time).
+    #[serde(default = "default_uptime_interval", deserialize_with = "duration")]
+    pub uptime_interval: Duration,
 }
 
 impl Default for StateSection {
@@ -179,6 +183,7 @@ impl Default for StateSection {
             write_timeout: default_write_timeout(),
             heartbeat: default_heartbeat(),
             election_timeout: default_election_timeout(),
+            uptime_interval: default_uptime_interval(),
         }
     }
 }

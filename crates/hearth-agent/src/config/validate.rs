@@ -221,6 +221,14 @@ impl Config {
         if s.write_timeout < s.election_timeout {
             problems.push("state.write_timeout: at least state.election_timeout".into());
         }
+        let interval = s.uptime_interval;
+        if interval < std::time::Duration::from_millis(100)
+            || interval.as_millis() > u128::from(hearth_types::uptime::MAX_GAP_MS)
+        {
+            problems.push(
+                "state.uptime_interval: give 100ms to 5m (a longer gap counts as unknown)".into(),
+            );
+        }
     }
 
     fn check_services(&self, problems: &mut Vec<String>) {

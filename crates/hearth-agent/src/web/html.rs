@@ -19,18 +19,8 @@ pub fn escape(text: &str) -> String {
 
 /// `2026-11-29 03:04 UTC` from Unix seconds.
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
     let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = hearth_types::uptime::civil(secs / 86_400);
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
@@ -78,6 +68,8 @@ form.stack input,form.stack select,form.stack textarea{width:100%}\
 button{border:1px solid #888;border-radius:4px;background:#fff;cursor:pointer}button.danger{border-color:#a11;color:#a11}\
 .flash{padding:.5rem .8rem;margin:.6rem 0;border-left:4px solid #1b6e20;background:#fff}.flash.error{border-color:#a11}\
 .scroll{overflow-x:auto}pre{background:#111;color:#eee;padding:.6rem;overflow-x:auto;font-size:.8rem;max-height:28rem}\
+.uptime{margin:.7rem 0}.axis{display:flex;justify-content:space-between;gap:1rem}\
+svg.bars,svg.timeline{display:block;width:100%;height:auto;margin:.2rem 0}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem}dt{color:#666}dd{margin:0}";
 
 #[cfg(test)]

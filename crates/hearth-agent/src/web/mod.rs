@@ -7,6 +7,7 @@ pub mod panel;
 pub mod public;
 pub mod session;
 pub mod status;
+pub mod svg;
 
 pub use html::{escape, page, security_headers, utc};
 

@@ -1,6 +1,8 @@
 //! The public status page, `/status` and `/status.json`: no token, and built from this node's
 //! own gossip view and its own copy of the notices, so it answers while Raft has no quorum.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -19,12 +21,23 @@ pub fn routes() -> Router<ApiState> {
 /// another node.
 fn local_status(state: &ApiState) -> hearth_types::status::Status {
     let view = state.membership.views().borrow().clone();
-    let desired = state.state.as_ref().map(|node| node.reader().current());
-    let notices = desired
+    let desired = state
+        .state
         .as_ref()
-        .map(|d| d.notices.values().map(|n| &n.value).collect::<Vec<_>>())
+        .map(|node| node.reader().current())
         .unwrap_or_default();
-    super::status::status(&view, notices.into_iter())
+    let notices: Vec<_> = desired.notices.values().map(|n| &n.value).collect();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    super::status::status(
+        &view,
+        super::status::History {
+            notices: &notices,
+            uptime: &desired.uptime,
+            now_ms,
+        },
+    )
 }
 
 async fn status_page(State(state): State<ApiState>) -> Response {

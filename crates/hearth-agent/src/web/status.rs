@@ -1,11 +1,14 @@
 //! The public status page (`/status`, and `/status.json`): every service's health and how
-//! many nodes are up, from this node's own gossip view, plus the incidents and maintenance
-//! notes admins posted, from its own copy of the desired state. Nothing here waits on another
-//! node or on a quorum, so the page stays up while the rest is down.
+//! many nodes are up, from this node's own gossip view, plus 90 days of each service's uptime
+//! and the incidents and maintenance notes admins posted (as bars and a timeline), from its
+//! own copy of the desired state. Nothing here waits on another node or on a quorum, so the
+//! page stays up while the rest is down.
 
 use super::html::{escape, page, utc};
+use super::svg;
 use hearth_types::notice::{Notice, NoticeKind};
-use hearth_types::status::{Health, ServiceStatus, Status};
+use hearth_types::status::{Health, ServiceStatus, Status, UptimeDay};
+use hearth_types::uptime::{self, DAYS, ServiceUptime};
 use hearth_types::{CheckStatus, MemberState, View};
 use std::collections::BTreeMap;
 
@@ -21,49 +24,107 @@ fn label(health: Health) -> (&'static str, &'static str) {
     }
 }
 
-/// The status from a gossip view and the posted notices.
-pub fn status<'a>(view: &View, notices: impl Iterator<Item = &'a Notice>) -> Status {
+/// What the page shows besides the gossip view: the posted notices and the recorded uptime,
+/// as of `now_ms` (Unix milliseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    pub notices: &'a [&'a Notice],
+    pub uptime: &'a BTreeMap<String, ServiceUptime>,
+    pub now_ms: u64,
+}
+
+/// Whether each service in the view is available (some instance passes on an up node): what
+/// the Raft leader samples for the uptime bars.
+pub fn availability(view: &View) -> BTreeMap<String, bool> {
+    health(view)
+        .into_iter()
+        .map(|(name, (passing, _))| (name, passing > 0))
+        .collect()
+}
+
+/// Each service's (passing, instances) on up nodes; a service whose every node is down shows
+/// with none.
+fn health(view: &View) -> BTreeMap<String, (usize, usize)> {
+    let mut services: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for member in view.members.values() {
+        let up = member.state.is_up();
+        if member.state == MemberState::Left {
+            continue;
+        }
+        for instance in &member.services {
+            let entry = services
+                .entry(instance.service.to_ascii_lowercase())
+                .or_default();
+            if up {
+                entry.1 += 1;
+                if instance.status == CheckStatus::Passing {
+                    entry.0 += 1;
+                }
+            }
+        }
+    }
+    services
+}
+
+/// The last [`DAYS`] days of a service's history, oldest first, and its uptime in percent.
+fn days(history: Option<&ServiceUptime>, today: u64) -> (Vec<UptimeDay>, Option<f64>) {
+    let first = today + 1 - u64::from(DAYS);
+    let (mut known, mut up) = (0u64, 0u64);
+    let days = (first..=today)
+        .map(|day| {
+            let d = history
+                .and_then(|h| h.days.get(&day))
+                .copied()
+                .unwrap_or_default();
+            known += d.known_ms;
+            up += d.up_ms;
+            UptimeDay {
+                date: uptime::date(day),
+                known_ms: d.known_ms,
+                up_ms: d.up_ms,
+            }
+        })
+        .collect();
+    (days, (known > 0).then(|| up as f64 * 100.0 / known as f64))
+}
+
+/// The status from a gossip view and the recorded history.
+pub fn status(view: &View, history: History<'_>) -> Status {
+    let today = uptime::day_of(history.now_ms);
     let members: Vec<_> = view
         .members
         .values()
         .filter(|m| m.state != MemberState::Left)
         .collect();
-    let mut services: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for member in members.iter().filter(|m| m.state.is_up()) {
-        for instance in &member.services {
-            let entry = services
-                .entry(instance.service.to_ascii_lowercase())
-                .or_default();
-            entry.1 += 1;
-            if instance.status == CheckStatus::Passing {
-                entry.0 += 1;
-            }
-        }
-    }
-    // A service whose every node is down still shows, as down.
-    for member in members.iter().filter(|m| !m.state.is_up()) {
-        for instance in &member.services {
-            services
-                .entry(instance.service.to_ascii_lowercase())
-                .or_default();
-        }
-    }
-    let services = services
+    let services = health(view)
         .into_iter()
-        .map(|(name, (passing, instances))| ServiceStatus {
-            health: match passing {
-                0 => Health::Down,
-                n if n == instances => Health::Operational,
-                _ => Health::Degraded,
-            },
-            name,
-            passing,
-            instances,
+        .map(|(name, (passing, instances))| {
+            let (days, uptime_percent) = days(history.uptime.get(&name), today);
+            ServiceStatus {
+                health: match passing {
+                    0 => Health::Down,
+                    n if n == instances => Health::Operational,
+                    _ => Health::Degraded,
+                },
+                name,
+                passing,
+                instances,
+                days,
+                uptime_percent,
+            }
         })
         .collect();
+    let first_day = today + 1 - u64::from(DAYS);
+    let mut timeline: Vec<Notice> = history
+        .notices
+        .iter()
+        .filter(|n| n.resolved_at.is_none_or(|at| at / 86_400 >= first_day))
+        .map(|n| (*n).clone())
+        .collect();
+    timeline.sort_by(|a, b| a.posted_at.cmp(&b.posted_at).then(a.id.cmp(&b.id)));
     let mut open: Vec<Notice> = Vec::new();
     let mut resolved: Vec<Notice> = Vec::new();
-    for notice in notices {
+    for notice in history.notices.iter().copied() {
         if notice.resolved_at.is_some() {
             resolved.push(notice.clone());
         } else {
@@ -79,6 +140,9 @@ pub fn status<'a>(view: &View, notices: impl Iterator<Item = &'a Notice>) -> Sta
         nodes: members.len(),
         services,
         notices: open,
+        timeline,
+        since: uptime::date(first_day),
+        since_day: first_day,
     }
 }
 
@@ -145,12 +209,108 @@ pub fn render(status: &Status) -> String {
             ));
         }
         body.push_str("</table>\n");
+        body.push_str(&uptime_section(status));
     }
+    body.push_str(&timeline_section(status));
     body.push_str(&format!(
         "<p class=\"muted\">Served by {} from its own view; <a href=\"/status.json\">JSON</a>.</p>",
         escape(&status.node)
     ));
     page("Status", &body)
+}
+
+/// Each service's 90 bars, one per day, with its uptime over them.
+fn uptime_section(status: &Status) -> String {
+    let mut out = format!("<h2>Uptime, last {DAYS} days</h2>\n");
+    for service in &status.services {
+        let bars: Vec<svg::Bar> = service
+            .days
+            .iter()
+            .map(|day| {
+                let ratio = (day.known_ms > 0).then(|| day.up_ms as f64 / day.known_ms as f64);
+                svg::Bar {
+                    title: match ratio {
+                        Some(r) => format!("{}: {} up", day.date, percent(r * 100.0)),
+                        None => format!("{}: no data", day.date),
+                    },
+                    fill: svg::uptime_fill(ratio),
+                }
+            })
+            .collect();
+        let total = service
+            .uptime_percent
+            .map_or("no data yet".to_owned(), |p| format!("{} up", percent(p)));
+        let name = escape(&service.name);
+        out.push_str(&format!(
+            "<div class=\"uptime\"><div class=\"axis\"><strong>{name}</strong><span>{total}</span></div>{}\
+<div class=\"axis muted\"><span>{}</span><span>today</span></div></div>\n",
+            svg::bars(
+                &format!("uptime-{}", service.name),
+                &format!("{}: {total} over {DAYS} days", service.name),
+                &bars
+            ),
+            escape(&status.since),
+        ));
+    }
+    out
+}
+
+/// `99.95 %`: two decimals, but never rounded up to 100 unless it is.
+fn percent(p: f64) -> String {
+    let floored = (p * 100.0).floor() / 100.0;
+    format!("{floored:.2} %")
+}
+
+/// The incidents and maintenance windows of the last 90 days, as spans on a timeline.
+fn timeline_section(status: &Status) -> String {
+    let mut out = format!("<h2>Incident history, last {DAYS} days</h2>\n");
+    if status.timeline.is_empty() {
+        out.push_str("<p class=\"muted\">No incidents or maintenance.</p>\n");
+        return out;
+    }
+    let since = status.since_day as f64;
+    let spans: Vec<svg::Span> = status
+        .timeline
+        .iter()
+        .map(|notice| {
+            let start = notice.posted_at as f64 / 86_400.0 - since;
+            let end = notice
+                .resolved_at
+                .map_or(f64::from(DAYS), |at| at as f64 / 86_400.0 - since);
+            let kind = match notice.kind {
+                NoticeKind::Incident => "Incident",
+                NoticeKind::Maintenance => "Maintenance",
+            };
+            let until = notice
+                .resolved_at
+                .map_or("ongoing".to_owned(), |at| format!("until {}", utc(at)));
+            svg::Span {
+                start,
+                end,
+                label: notice.title.clone(),
+                title: format!(
+                    "{kind}: {}, from {} {until}",
+                    notice.title,
+                    utc(notice.posted_at)
+                ),
+                fill: match notice.kind {
+                    NoticeKind::Incident => svg::BAD,
+                    NoticeKind::Maintenance => svg::POOR,
+                },
+            }
+        })
+        .collect();
+    out.push_str(&svg::timeline(
+        "timeline",
+        &format!("{} notices over the last {DAYS} days", spans.len()),
+        DAYS,
+        &spans,
+    ));
+    out.push_str(&format!(
+        "<div class=\"axis muted\"><span>{}</span><span>today</span></div>\n",
+        escape(&status.since)
+    ));
+    out
 }
 
 #[cfg(test)]
@@ -182,6 +342,102 @@ mod tests {
         }
     }
 
+    /// 2026-12-04 12:00 UTC.
+    const NOW_MS: u64 = 1_796_385_600_000;
+
+    fn history<'a>(
+        notices: &'a [&'a Notice],
+        uptime: &'a BTreeMap<String, ServiceUptime>,
+    ) -> History<'a> {
+        History {
+            notices,
+            uptime,
+            now_ms: NOW_MS,
+        }
+    }
+
+    #[test]
+    fn ninety_days_of_bars_and_a_timeline_of_notices() {
+        let mut view = View::default();
+        let m = member("n1", MemberState::Alive, &[("www", CheckStatus::Failing)]);
+        view.members.insert("n1".into(), m);
+        assert_eq!(
+            availability(&view),
+            BTreeMap::from([("www".to_owned(), false)])
+        );
+        // Up for a minute yesterday, then half of two minutes today.
+        let mut uptime = BTreeMap::new();
+        let sample = |uptime: &mut BTreeMap<String, ServiceUptime>, at: u64, up: bool| {
+            hearth_types::uptime::record(uptime, at, &BTreeMap::from([("www".to_owned(), up)]))
+        };
+        let yesterday = NOW_MS - 86_400_000;
+        sample(&mut uptime, yesterday, true);
+        sample(&mut uptime, yesterday + 60_000, false);
+        sample(&mut uptime, NOW_MS - 120_000, true);
+        sample(&mut uptime, NOW_MS - 60_000, false);
+        sample(&mut uptime, NOW_MS, false);
+        let notice = |id: &str, kind, posted: u64, resolved: Option<u64>| Notice {
+            id: id.into(),
+            kind,
+            title: format!("{id} <i>"),
+            body: String::new(),
+            posted_at: posted,
+            resolved_at: resolved,
+        };
+        let now = NOW_MS / 1000;
+        let notices = [
+            notice("long-ago", NoticeKind::Incident, 1, Some(2)),
+            notice("db", NoticeKind::Incident, now - 3600, None),
+            notice(
+                "upgrade",
+                NoticeKind::Maintenance,
+                now - 86_400 * 10,
+                Some(now - 86_400 * 9),
+            ),
+        ];
+        let notices: Vec<&Notice> = notices.iter().collect();
+        let s = status(&view, history(&notices, &uptime));
+        let www = &s.services[0];
+        assert_eq!(www.days.len(), 90);
+        assert_eq!(www.days[89].date, "2026-12-04");
+        assert_eq!(
+            (www.days[89].known_ms, www.days[89].up_ms),
+            (120_000, 60_000)
+        );
+        assert_eq!(
+            (www.days[88].known_ms, www.days[88].up_ms),
+            (60_000, 60_000)
+        );
+        assert_eq!(www.days[0].known_ms, 0);
+        assert_eq!(s.since, "2026-09-06");
+        let percent = www.uptime_percent.expect("known");
+        assert!((percent - 200.0 / 3.0).abs() < 1e-9, "{percent}");
+        // The timeline holds what was open within the 90 days, oldest first.
+        let ids: Vec<&str> = s.timeline.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["upgrade", "db"]);
+
+        let html = render(&s);
+        assert!(html.contains("<h2>Uptime, last 90 days</h2>"), "{html}");
+        assert!(html.contains("<span>66.66 % up</span>"), "{html}");
+        assert_eq!(html.matches("<rect").count(), 90 + 2, "{html}");
+        assert!(
+            html.contains("<title>2026-12-04: 50.00 % up</title>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<title>2026-12-03: 100.00 % up</title>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<title>2026-09-06: no data</title>"),
+            "{html}"
+        );
+        assert!(html.contains(&format!("fill=\"{}\"><title>2026-12-04", svg::BAD)));
+        assert!(html.contains(">db &lt;i&gt;</text>"), "{html}");
+        assert!(html.contains("<title>Maintenance: upgrade &lt;i&gt;, from 2026-11-24 12:00 UTC until 2026-11-25 12:00 UTC</title>"), "{html}");
+        assert!(!html.contains("<i>"), "{html}");
+    }
+
     #[test]
     fn health_counts_only_up_nodes_and_a_dead_only_service_is_down() {
         let mut view = View {
@@ -206,7 +462,7 @@ mod tests {
         ] {
             view.members.insert(m.meta.name.clone(), m);
         }
-        let s = status(&view, std::iter::empty());
+        let s = status(&view, history(&[], &BTreeMap::new()));
         assert_eq!((s.nodes_up, s.nodes), (2, 3));
         let by_name: BTreeMap<_, _> = s.services.iter().map(|x| (x.name.as_str(), x)).collect();
         assert_eq!(by_name["www"].health, Health::Degraded);
@@ -233,7 +489,8 @@ mod tests {
             notice("new", 10, None),
             notice("mid", 5, None),
         ];
-        let s = status(&View::default(), notices.iter());
+        let notices: Vec<&Notice> = notices.iter().collect();
+        let s = status(&View::default(), history(&notices, &BTreeMap::new()));
         let ids: Vec<&str> = s.notices.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["new", "mid", "old"]);
         let html = render(&s);
