@@ -7,7 +7,7 @@ use std::path::Path;
 use hearth_types::compute::Compute;
 
 /// Ticks per second of `/proc/stat` (`USER_HZ`, 100 on every Linux architecture hearth runs on).
-const USER_HZ: u64 = 100;
+pub const USER_HZ: u64 = 100;
 
 /// The machine's figures at one scrape, each as (label value, number).
 #[derive(Debug, Default)]
@@ -135,18 +135,8 @@ pub fn offered(compute: &Compute, host: &str) -> Vec<(String, u64)> {
 
 /// What the VMs placed on host `host` ask for, by resource.
 pub fn placed(compute: &Compute, host: &str) -> Vec<(String, u64)> {
-    let on_host = compute
-        .vms
-        .values()
-        .map(|v| &v.value)
-        .filter(|vm| vm.host.as_deref() == Some(host) && !vm.deleting);
-    let (mut vcpus, mut memory, mut disk) = (0, 0, 0);
-    for vm in on_host {
-        vcpus += u64::from(vm.request.vcpus);
-        memory += vm.request.memory_mib;
-        disk += vm.request.disk_gib;
-    }
-    resources(vcpus, memory, disk)
+    let placed = hearth_types::quota::placed(compute, host);
+    resources(placed.vcpus, placed.memory_mib, placed.disk_gib)
 }
 
 fn resources(vcpus: u64, memory_mib: u64, disk_gib: u64) -> Vec<(String, u64)> {

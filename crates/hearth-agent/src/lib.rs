@@ -18,6 +18,7 @@ pub mod mail;
 pub mod metrics;
 pub mod services;
 pub mod uptime;
+pub mod vm_stats;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -542,6 +543,11 @@ fn spawn_compute(
         return;
     };
     if let Some(driver) = driver {
+        tasks.spawn(vm_stats::sample(
+            driver.root().to_path_buf(),
+            config.compute.stats_interval,
+            shutdown.clone(),
+        ));
         tasks.spawn(hearth_compute::host::run(
             hearth_compute::host::Host {
                 name: config.node_name.clone(),

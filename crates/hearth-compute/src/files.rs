@@ -1,5 +1,5 @@
 //! What a node serves its peers over the state group's RPC (`hearth_state::files::PeerFiles`):
-//! chunks of verified image files, of its VMs' console logs, and of a stopped VM's disk for
+//! chunks of verified image files, of its VMs' console logs, their recent load, and of a stopped VM's disk for
 //! the host it moves to. The paths are known here and in `hearth-qemu`, never in the
 //! consensus crate.
 
@@ -10,6 +10,7 @@ use hearth_qemu::fake::VmDriver;
 use hearth_state::files::{
     BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleChunk, DiskChunk, FileError, FileFuture, PeerFiles,
 };
+use hearth_types::vmstats::VmHistory;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobs::BlobStore;
@@ -49,6 +50,22 @@ impl PeerFiles for HostFiles {
         offset: u64,
     ) -> FileFuture<'a, DiskChunk> {
         Box::pin(read_disk_chunk(self, vm, generation, offset))
+    }
+
+    fn vm_stats<'a>(&'a self, vm: &'a str) -> FileFuture<'a, VmHistory> {
+        Box::pin(async move { read_vm_stats(self.driver()?.root(), vm).await })
+    }
+}
+
+/// VM `vm`'s recent load as this host recorded it under `vms_dir`; empty when it has none.
+pub async fn read_vm_stats(vms_dir: &Path, vm: &str) -> Result<VmHistory, FileError> {
+    let path = hearth_qemu::driver::stats_file(vms_dir, vm)
+        .ok_or_else(|| FileError::BadName(format!("`{vm}` is not a VM id")))?;
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| FileError::Io(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(VmHistory::default()),
+        Err(e) => Err(FileError::Io(format!("{}: {e}", path.display()))),
     }
 }
 

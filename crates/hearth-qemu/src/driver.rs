@@ -173,6 +173,12 @@ pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
     valid_id(id).then(|| root.join(id).join("console.log"))
 }
 
+/// Where the host keeps VM `id`'s recent load (`hearth_types::vmstats::VmHistory`, JSON)
+/// under `root`; `None` when `id` is not a VM id.
+pub fn stats_file(root: &Path, id: &str) -> Option<PathBuf> {
+    valid_id(id).then(|| root.join(id).join("stats.json"))
+}
+
 /// QEMU's seccomp filter: obsolete system calls, gaining privileges (set*uid and the like),
 /// starting processes (fork, clone of a new process, exec) and CPU/scheduler resource
 /// control denied. A guest that escapes into QEMU cannot start a shell.

@@ -1,5 +1,5 @@
 //! The files a node serves its peers over the sealed RPC, as an application interface: image
-//! files by hash, VM consoles by id, and a stopped VM's disk to the host it moves to. The compute layer implements `PeerFiles`; this crate
+//! files by hash, VM consoles and recent load by id, and a stopped VM's disk to the host it moves to. The compute layer implements `PeerFiles`; this crate
 //! knows no paths.
 
 use std::future::Future;
@@ -82,6 +82,8 @@ pub trait PeerFiles: std::fmt::Debug + Send + Sync + 'static {
         vm: &'a str,
         offset: Option<u64>,
     ) -> FileFuture<'a, ConsoleChunk>;
+    /// VM `vm`'s recent load, as its host recorded it (empty when it has none yet).
+    fn vm_stats<'a>(&'a self, vm: &'a str) -> FileFuture<'a, hearth_types::vmstats::VmHistory>;
     /// Up to [`BLOB_CHUNK`] bytes of VM `vm`'s disk of `generation`, from `offset`, served
     /// only while nothing runs on it.
     fn disk_chunk<'a>(

@@ -95,6 +95,10 @@ pub enum RpcRequest {
         generation: u64,
         offset: u64,
     },
+    /// Asks the VM's host for its recent load.
+    VmStats {
+        vm: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,6 +112,7 @@ pub enum RpcResponse {
     Blob(Result<BlobChunk, FileError>),
     Console(Result<ConsoleChunk, FileError>),
     Disk(Result<DiskChunk, FileError>),
+    VmStats(Box<Result<hearth_types::vmstats::VmHistory, FileError>>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -319,6 +324,10 @@ async fn serve_files<A: Application>(app: &A, request: FileRequest) -> RpcRespon
             Some(files),
         ) => RpcResponse::Disk(files.disk_chunk(&vm, generation, offset).await),
         (FileRequest::Disk { .. }, None) => RpcResponse::Disk(Err(none("VMs"))),
+        (FileRequest::VmStats { vm }, Some(files)) => {
+            RpcResponse::VmStats(Box::new(files.vm_stats(&vm).await))
+        }
+        (FileRequest::VmStats { .. }, None) => RpcResponse::VmStats(Box::new(Err(none("VMs")))),
     }
 }
 
@@ -336,6 +345,9 @@ enum FileRequest {
         vm: String,
         generation: u64,
         offset: u64,
+    },
+    VmStats {
+        vm: String,
     },
 }
 
@@ -436,6 +448,7 @@ async fn serve_connection<A: Application>(
                 };
                 serve_files(&app, request).await
             }
+            RpcRequest::VmStats { vm } => serve_files(&app, FileRequest::VmStats { vm }).await,
         };
         conn.send(&serde_json::to_vec(&response)?).await?;
     }

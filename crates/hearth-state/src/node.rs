@@ -436,6 +436,30 @@ impl StateNode {
         }
     }
 
+    /// VM `vm`'s recent load, as `host` recorded it.
+    pub async fn vm_stats(
+        &self,
+        host: &str,
+        vm: &str,
+    ) -> Result<hearth_types::vmstats::VmHistory, PeerError> {
+        let mut client = self.client_for(host)?;
+        let request = RpcRequest::VmStats { vm: vm.to_owned() };
+        let host = host.to_owned();
+        match client.call(&request, Duration::from_secs(5)).await {
+            Ok(RpcResponse::VmStats(answer)) => {
+                (*answer).map_err(|error| PeerError::Refused { host, error })
+            }
+            Ok(_) => Err(PeerError::Protocol {
+                host,
+                message: "answered another RPC".into(),
+            }),
+            Err(error) => Err(PeerError::Unreachable {
+                host,
+                error: error.to_string(),
+            }),
+        }
+    }
+
     /// Fetches the verified image file `sha256` from the first group member that has it,
     /// handing each chunk to `sink` in order; returns the size. A member that fails mid-way
     /// fails the whole fetch (the caller starts again with an empty sink).

@@ -344,6 +344,9 @@ pub struct HostRow {
     /// None: the answering node's gossip view does not know it.
     pub state: Option<MemberState>,
     pub vms: usize,
+    /// What the VMs placed on it ask for together, against `capacity`.
+    #[serde(default)]
+    pub placed: crate::quota::Usage,
     /// `hearth node evacuate` of it, if one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evacuation: Option<crate::compute::Evacuation>,
@@ -420,6 +423,18 @@ pub struct ConsoleText {
     /// The log's length now.
     pub total: u64,
     pub text: String,
+}
+
+/// A VM's recent load, as its host recorded it: CPU time and disk bytes (and network bytes
+/// with a tap) per 5 minutes over the last day, and per 30 minutes over the last week.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmStats {
+    pub vm: String,
+    pub host: String,
+    /// The VM's vCPUs, the most CPU time it can use per second of wall time.
+    pub vcpus: u32,
+    pub day: crate::vmstats::Series,
+    pub week: crate::vmstats::Series,
 }
 
 #[cfg(test)]

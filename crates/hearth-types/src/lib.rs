@@ -3,7 +3,7 @@
 //!
 //! The crate root only declares modules and re-exports the node-level types, so every
 //! `hearth_types::Name` path stays short. Modules import one way: `names`, `versioned` and
-//! `member`, `limits` (connection caps) and `uptime` (services' daily availability) import nothing of the crate; `view` and `event` import `member`; `account` and
+//! `member`, `limits` (connection caps), `uptime` (services' daily availability) and `vmstats` (a VM's recent load) import nothing of the crate; `view` and `event` import `member`; `account` and
 //! `notice` import `names`, `quota` imports `names`, `compute` and `versioned`, `compute` imports `names` and `versioned`; `desired` sits on top,
 //! and `api` (the API's request bodies and answer rows) above it.
 
@@ -21,6 +21,7 @@ pub mod status;
 pub mod uptime;
 mod versioned;
 mod view;
+pub mod vmstats;
 
 pub use event::{ClusterEvent, EventKind, VmEvent};
 pub use member::{

@@ -139,6 +139,19 @@ pub fn usage(compute: &crate::compute::Compute, owner: &str, except: Option<&str
     )
 }
 
+/// What the VMs placed on host `host` ask for together (those being deleted left out): its
+/// load against its declared capacity.
+pub fn placed(compute: &crate::compute::Compute, host: &str) -> Usage {
+    Usage::of(
+        compute
+            .vms
+            .values()
+            .map(|vm| &vm.value)
+            .filter(|vm| vm.host.as_deref() == Some(host) && !vm.deleting)
+            .map(|vm| (&vm.request, vm.ips.len())),
+    )
+}
+
 /// Whether one more VM asking `request` fits `quota` beside `used`: the error names the
 /// first limit it would pass, with what is left.
 pub fn check(quota: &Quota, used: &Usage, request: &VmRequest) -> Result<(), String> {

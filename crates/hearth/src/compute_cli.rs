@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use hearth_types::api::{ConsoleText, MigrateVm, PoolRow, PutImage, PutPool, Recreate, VmRow};
+use hearth_types::api::{
+    ConsoleText, MigrateVm, PoolRow, PutImage, PutPool, Recreate, VmRow, VmStats,
+};
 use hearth_types::compute::{
     Arch, Blob, Drift, Image, IoLimits, IpPool, Power, Replica, VmRequest,
 };
@@ -162,6 +164,16 @@ pub enum VmCommand {
         /// Keep printing what the guest writes, until interrupted.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Print the VM's load as its host recorded it: CPU, disk bytes (and network bytes for a
+    /// VM with a tap) per 5 minutes over the last day, or per 30 minutes over the last week.
+    /// The member panel charts the same figures. Times are UTC; rates are averages over
+    /// the part of each period the host watched.
+    Load {
+        vm: String,
+        /// The last week, in 30-minute periods, instead of the last day.
+        #[arg(long)]
+        week: bool,
     },
 }
 
@@ -538,6 +550,7 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             Ok(())
         }
         VmCommand::Console { vm, follow } => console(client, json, &vm, follow),
+        VmCommand::Load { vm, week } => load(client, json, &vm, week),
         VmCommand::Delete { vm } => {
             let answer: Value = client.delete(&format!("/v1/vms/{vm}"))?;
             report(json, &answer, &format!("{vm}: deleting"));
@@ -705,6 +718,49 @@ fn console(client: &ApiClient, json: bool, vm: &str, follow: bool) -> Result<(),
         let next = answer.next;
         answer = client.get(&format!("/v1/vms/{vm}/console?offset={next}"))?;
     }
+}
+
+fn load(client: &ApiClient, json: bool, vm: &str, week: bool) -> Result<(), ClientError> {
+    let stats: VmStats = client.get(&format!("/v1/vms/{vm}/stats"))?;
+    if json {
+        print_json(&stats);
+        return Ok(());
+    }
+    let series = if week { &stats.week } else { &stats.day };
+    if series.buckets.is_empty() {
+        println!(
+            "{}: no figures yet (its host {} samples it while it runs)",
+            stats.vm, stats.host
+        );
+        return Ok(());
+    }
+    let rate = |bytes: u64, covered: u64| {
+        hearth_agent::web::pages::per_second(bytes as f64 * 1000.0 / covered.max(1) as f64)
+    };
+    let vcpus = u64::from(stats.vcpus.max(1));
+    print_table(
+        &["FROM", "CPU", "READ", "WRITTEN", "RECEIVED", "SENT"],
+        series.buckets.iter().map(|b| {
+            let covered = b.covered_ms.max(1);
+            let net = |f: fn(&hearth_types::vmstats::Net) -> u64| {
+                b.net
+                    .as_ref()
+                    .map_or("-".to_owned(), |n| rate(f(n), covered))
+            };
+            vec![
+                hearth_agent::web::utc(b.start_ms / 1000),
+                format!(
+                    "{:.1} %",
+                    b.cpu_ms as f64 * 100.0 / (covered * vcpus) as f64
+                ),
+                rate(b.read_bytes, covered),
+                rate(b.written_bytes, covered),
+                net(|n| n.rx_bytes),
+                net(|n| n.tx_bytes),
+            ]
+        }),
+    );
+    Ok(())
 }
 
 fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), ClientError> {

@@ -36,7 +36,7 @@ fn agent_with(extra: &str) -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 1, move |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
         spec.extra = format!(
-            "[state]\nbootstrap_expect = 1\nuptime_interval = \"200ms\"\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n\
+            "[state]\nbootstrap_expect = 1\nuptime_interval = \"200ms\"\n[compute]\nstats_interval = \"200ms\"\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n\
 [[service]]\nname = \"www\"\naddress = \"{ip}\"\n[service.check]\nexec = [\"false\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n{extra}",
             ip = spec.ip
         );
@@ -130,7 +130,14 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         !browser.source().contains("<script"),
         "the pages need no JavaScript"
     );
-    browser.screenshot(&shot("admin-nodes"));
+    let meters = browser.script(
+        "return [...document.querySelectorAll('#capacity-n1 rect.used')].map(r => r.getAttribute('width'))",
+    );
+    assert_eq!(
+        meters,
+        serde_json::json!(["0.0", "0.0", "0.0"]),
+        "nothing placed yet"
+    );
 
     // It creates two members.
     for (name, password) in [
@@ -207,6 +214,24 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         console.contains("HEARTH-GUEST hostname=web1 ip=192.0.2.") && console.contains("keys=1"),
         "{console}"
     );
+    // Its load is charted: the guest booted on a CPU, and wrote to its disk.
+    eventually("the VM's load charted", BOOT, || {
+        browser.goto(&vm_url);
+        let titles = browser.script(
+            "return [...document.querySelectorAll('#chart-cpu title, #chart-disk title')].map(t => t.textContent).join('; ')",
+        );
+        let titles = titles.as_str().unwrap_or_default().to_owned();
+        if titles.contains("CPU: peak")
+            && !titles.contains("CPU: peak 0 %")
+            && titles.contains("latest")
+            && !titles.contains("latest none")
+        {
+            Ok(titles)
+        } else {
+            Err(titles)
+        }
+    });
+    assert!(browser.find("#chart-net").is_ok());
     browser.screenshot(&shot("member-vm"));
     browser.goto(&format!("{base}/panel"));
     let vms = browser.text("#vms").unwrap();
@@ -277,6 +302,14 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         "every member's VMs: {all}"
     );
     browser.screenshot(&shot("admin-vms"));
+    // The capacity meters count both members' VMs (one vCPU each, of 4) against the worker.
+    browser.goto(&format!("{base}/admin"));
+    let meters = browser.script("return document.querySelector('#capacity-n1').textContent");
+    assert!(
+        meters.as_str().is_some_and(|m| m.contains("vCPU: 2 of 4")),
+        "{meters}"
+    );
+    browser.screenshot(&shot("admin-nodes"));
     page_shows(&browser, &format!("{base}/admin/services"), "failing", PAGE);
     browser.goto(&format!("{base}/admin/audit"));
     let audit = browser.text("#audit").unwrap();

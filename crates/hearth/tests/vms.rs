@@ -342,7 +342,7 @@ fn a_dead_hosts_vm_is_lost_until_fenced_then_placed_elsewhere() {
 fn vms_spread_over_two_workers() {
     let cluster = TestCluster::start_with(bin(), 2, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 2\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+        spec.extra = "[state]\nbootstrap_expect = 2\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\nstats_interval = \"200ms\"\n".into();
     });
     let agent = &cluster.agents[0];
     wait_for_hosts(agent, 2);
@@ -392,4 +392,44 @@ fn vms_spread_over_two_workers() {
             Err(out)
         }
     });
+    // Its load, sampled by its host, read through this node's API over the same RPC.
+    let (status, body) = agent
+        .http_get(&format!("/v1/vms/{remote}/stats"), true)
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    eventually("the remote guest's load", BOOT, || {
+        let stats = agent.api_json(&format!("/v1/vms/{remote}/stats"))?;
+        let remote_host = if remote == "a" { &hosts[0] } else { &hosts[1] };
+        let buckets = stats["day"]["buckets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let sum = |field: &str| {
+            buckets
+                .iter()
+                .map(|b| b[field].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        if stats["host"] == remote_host.as_str()
+            && stats["vcpus"].as_u64().is_some_and(|n| n >= 1)
+            && sum("cpu_ms") > 0
+            && sum("covered_ms") > 0
+            && sum("read_bytes") + sum("written_bytes") > 0
+            && stats["week"]["buckets"]
+                .as_array()
+                .is_some_and(|b| !b.is_empty())
+        {
+            Ok(())
+        } else {
+            Err(stats.to_string())
+        }
+    });
+    let table = agent.cli(&["vm", "load", remote]);
+    assert!(
+        table.starts_with("FROM") && table.contains(" UTC") && table.contains(" %"),
+        "{table}"
+    );
+    // An unknown VM has none.
+    let (status, _) = agent.http_get("/v1/vms/no-such-vm/stats", true).unwrap();
+    assert_eq!(status, 404);
 }

@@ -36,6 +36,7 @@ async fn list_hosts(State(state): State<ApiState>, Query(params): Query<Params>)
                         fenced: host.fenced,
                         state: view.members.get(name).map(|m| m.state),
                         vms,
+                        placed: hearth_types::quota::placed(&desired.compute, name),
                         evacuation: host.evacuation.clone(),
                         cannot_evacuate: evacuation_check(&desired, &view, name).err(),
                     }

@@ -11,7 +11,7 @@ use hearth_types::account::AuditEntry;
 use hearth_types::api::{
     AccountRow, Announcement, ConsoleText, CreatedToken, HostRow, Key, MigrateVm, NewAccount,
     NewPassword, NewToken, PoolRow, PutImage, PutNotice, PutPool, PutRecords, PutService, Recreate,
-    SetIo, TokenRow, VmRow,
+    SetIo, TokenRow, VmRow, VmStats,
 };
 use hearth_types::compute::{Drift, Image, VmRequest};
 use hearth_types::desired::{ClusterService, EventRecord, RecordSet, Versioned};
@@ -261,6 +261,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Part of the VM's serial console log",
     )
     .answers(schema::<ConsoleText>),
+    op(
+        "get",
+        "/v1/vms/{vm}/stats",
+        "The VM's recent load: CPU time and disk bytes per 5 minutes over a day, per 30 over a week",
+    )
+    .answers(schema::<VmStats>),
     op("get", "/v1/hosts", "Worker hosts with capacity").answers(schema::<Vec<HostRow>>),
     op(
         "post",

@@ -15,7 +15,7 @@ use hearth_types::compute::{Phase, Power, Vm, VmRequest};
 use hearth_types::desired::DesiredState;
 use serde::Deserialize;
 
-use hearth_types::api::{ConsoleText, MigrateVm, Recreate, SetIo, VmRow};
+use hearth_types::api::{ConsoleText, MigrateVm, Recreate, SetIo, VmRow, VmStats};
 
 use super::context::{
     ApiState, Params, bad_body, compute, error, expect_from, first_unknown, read, write,
@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/migrate", post(migrate_vm))
         .route("/v1/vms/{vm}/migration", delete(cancel_migration))
         .route("/v1/vms/{vm}/console", get(console))
+        .route("/v1/vms/{vm}/stats", get(stats))
 }
 
 fn vm_row(
@@ -395,6 +396,46 @@ async fn console(
         Err(message) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("console of {key} on {host}: {message}"),
+        ),
+    }
+}
+
+/// The VM's recent load: read here when this node is its host, else asked of the host over
+/// the encrypted cluster RPC.
+async fn stats(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    let (_, vm) = match read_vm(&state, &key).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let id = vm.value.id.clone();
+    let me = state.membership.views().borrow().self_name.clone();
+    let Some(host) = vm.value.host.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("vm: {key} is not placed on a host yet, so it has no load"),
+        );
+    };
+    let history = if host == me {
+        hearth_compute::files::read_vm_stats(&state.vms_dir, &id)
+            .await
+            .map_err(|e| e.to_string())
+    } else if let Some(node) = &state.state {
+        node.vm_stats(&host, &id).await.map_err(|e| e.to_string())
+    } else {
+        Err("this node holds no state".to_owned())
+    };
+    match history {
+        Ok(history) => Json(VmStats {
+            vm: id,
+            host,
+            vcpus: vm.value.request.vcpus,
+            day: history.day,
+            week: history.week,
+        })
+        .into_response(),
+        Err(message) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("load of {key} on {host}: {message}"),
         ),
     }
 }

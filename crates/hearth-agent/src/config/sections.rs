@@ -127,6 +127,14 @@ pub struct ComputeSection {
     /// taking its VMs with it, before their replica host restarts them. Off by default.
     #[serde(default)]
     pub watchdog: Option<std::path::PathBuf>,
+    /// How often a worker samples each running VM's CPU, disk and network counters for the
+    /// member panel's day and week charts.
+    #[serde(default = "default_stats_interval", deserialize_with = "duration")]
+    pub stats_interval: Duration,
+}
+
+fn default_stats_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_lease_secs() -> u64 {
@@ -145,6 +153,7 @@ impl Default for ComputeSection {
             migration_mib_per_sec: None,
             lease_secs: default_lease_secs(),
             watchdog: None,
+            stats_interval: default_stats_interval(),
         }
     }
 }

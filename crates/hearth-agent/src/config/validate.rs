@@ -194,6 +194,14 @@ impl Config {
         if c.vcpus == Some(0) || c.memory_mib == Some(0) || c.disk_gib == 0 {
             problems.push("compute: vcpus, memory_mib and disk_gib must be above zero".into());
         }
+        let every = c.stats_interval;
+        if every < std::time::Duration::from_millis(100)
+            || every.as_millis() > u128::from(hearth_types::vmstats::MAX_GAP_MS)
+        {
+            problems.push(
+                "compute.stats_interval: give 100ms to 10m (a longer gap is left blank)".into(),
+            );
+        }
         if !(2..=600).contains(&c.lease_secs) {
             problems.push(format!(
                 "compute.lease_secs: {} is out of range; give 2 to 600 (default 15)",

@@ -70,6 +70,9 @@ button{border:1px solid #888;border-radius:4px;background:#fff;cursor:pointer}bu
 .scroll{overflow-x:auto}pre{background:#111;color:#eee;padding:.6rem;overflow-x:auto;font-size:.8rem;max-height:28rem}\
 .uptime{margin:.7rem 0}.axis{display:flex;justify-content:space-between;gap:1rem}\
 svg.bars,svg.timeline{display:block;width:100%;height:auto;margin:.2rem 0}\
+.hosts{display:grid;grid-template-columns:repeat(auto-fill,minmax(17rem,1fr));gap:.4rem 1.5rem}\
+svg.meters{display:block;width:100%;max-width:22rem;height:auto}\
+svg.chart{display:block;width:100%;max-width:40rem;height:auto}h3{font-size:1rem;margin:1rem 0 .3rem}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem}dt{color:#666}dd{margin:0}";
 
 #[cfg(test)]

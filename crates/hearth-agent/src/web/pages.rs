@@ -5,14 +5,16 @@
 use std::collections::BTreeMap;
 
 use hearth_types::account::AuditEntry;
-use hearth_types::api::{AccountRow, ConsoleText, HostRow, PoolRow, VmRow};
+use hearth_types::api::{AccountRow, ConsoleText, HostRow, PoolRow, VmRow, VmStats};
 use hearth_types::compute::{Drift, DriftKind, Image, Phase, ReplicaState};
 use hearth_types::desired::{ClusterService, DesiredState, EventRecord, RecordSet, Versioned};
 use hearth_types::notice::Notice;
+use hearth_types::vmstats::Bucket;
 use hearth_types::{CheckStatus, MemberRow, MemberState, ServiceRow};
 
 use super::html::{escape, page, utc};
 use super::session::Flash;
+use super::svg;
 
 /// VM sizes offered by the create form: (name, vCPUs, MiB, GiB).
 pub const SIZES: [(&str, u32, u64, u64); 4] = [
@@ -283,7 +285,12 @@ fn replica_row(vm: &VmRow) -> String {
 }
 
 /// `/panel/vms/ID`: one VM, its buttons and the end of its console.
-pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String>) -> String {
+pub fn vm_page(
+    chrome: &Chrome,
+    vm: &VmRow,
+    load: &Load<'_>,
+    console: Result<&ConsoleText, String>,
+) -> String {
     let request = &vm.vm.request;
     let id = &vm.vm.id;
     let name = &request.name;
@@ -337,6 +344,7 @@ pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String
             "danger"
         )
     ));
+    body.push_str(&load_section(&base, load));
     body.push_str(&format!(
         "<h2>Console</h2><p class=\"muted\">The end of the serial console. <a href=\"{base}\">Refresh</a></p>\n"
     ));
@@ -348,6 +356,168 @@ pub fn vm_page(chrome: &Chrome, vm: &VmRow, console: Result<&ConsoleText, String
         Err(why) => body.push_str(&format!("<p class=\"muted\">{}</p>\n", escape(&why))),
     }
     frame(chrome, &format!("{name} · hearth"), &body)
+}
+
+/// Which span a VM's charts cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    Day,
+    Week,
+}
+
+/// A VM's recent load as its page draws it: the host's figures (or why there are none), the
+/// span asked for, and the time now (Unix milliseconds).
+#[derive(Debug)]
+pub struct Load<'a> {
+    pub stats: Result<&'a VmStats, String>,
+    pub range: Range,
+    pub now_ms: u64,
+}
+
+/// `1.5 MiB/s` for bytes per second.
+pub fn per_second(bytes: f64) -> String {
+    let units = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match value {
+        v if v >= 10.0 || unit == 0 => format!("{v:.0} {}", units[unit]),
+        v => format!("{v:.1} {}", units[unit]),
+    }
+}
+
+/// A VM's load per time slot: CPU in percent of its vCPUs, bytes per second read, written,
+/// received and sent; `None` where nothing was recorded.
+struct Figures {
+    cpu: Vec<Option<f64>>,
+    read: Vec<Option<f64>>,
+    written: Vec<Option<f64>>,
+    rx: Vec<Option<f64>>,
+    tx: Vec<Option<f64>>,
+}
+
+impl Figures {
+    fn of(slots: &[Option<Bucket>], vcpus: u32) -> Figures {
+        let rate = |f: &dyn Fn(&Bucket) -> Option<f64>| -> Vec<Option<f64>> {
+            slots
+                .iter()
+                .map(|slot| slot.filter(|b| b.covered_ms > 0).and_then(|b| f(&b)))
+                .collect()
+        };
+        let vcpus = f64::from(vcpus.max(1));
+        let per_s = |bytes: u64, b: &Bucket| bytes as f64 * 1000.0 / b.covered_ms as f64;
+        Figures {
+            cpu: rate(&|b| Some(b.cpu_ms as f64 * 100.0 / b.covered_ms as f64 / vcpus)),
+            read: rate(&|b| Some(per_s(b.read_bytes, b))),
+            written: rate(&|b| Some(per_s(b.written_bytes, b))),
+            rx: rate(&|b| b.net.map(|n| per_s(n.rx_bytes, b))),
+            tx: rate(&|b| b.net.map(|n| per_s(n.tx_bytes, b))),
+        }
+    }
+}
+
+/// The VM's CPU, disk and network over the last day or week, as line charts.
+fn load_section(base: &str, load: &Load<'_>) -> String {
+    let (span, other, other_label, from) = match load.range {
+        Range::Day => (
+            "the last day, in 5-minute averages",
+            "?range=week",
+            "last week",
+            "a day ago",
+        ),
+        Range::Week => (
+            "the last week, in 30-minute averages",
+            "",
+            "last day",
+            "a week ago",
+        ),
+    };
+    let mut out = format!(
+        "<h2>Load</h2><p class=\"muted\">Over {span}. <a href=\"{base}{other}\" id=\"range\">Show the {other_label}</a></p>\n"
+    );
+    let stats = match &load.stats {
+        Ok(stats) => stats,
+        Err(why) => {
+            out.push_str(&format!("<p class=\"muted\">{}</p>\n", escape(why)));
+            return out;
+        }
+    };
+    let series = match load.range {
+        Range::Day => &stats.day,
+        Range::Week => &stats.week,
+    };
+    let figures = Figures::of(&series.slots(load.now_ms), stats.vcpus);
+    out.push_str(&load_charts(&figures, stats.vcpus, span, from));
+    out
+}
+
+/// The three charts of a VM's load.
+fn load_charts(figures: &Figures, vcpus: u32, span: &str, from: &str) -> String {
+    let Figures {
+        cpu,
+        read,
+        written,
+        rx,
+        tx,
+    } = figures;
+    let mut out = String::new();
+    let peak = |lines: &[&Vec<Option<f64>>]| {
+        lines
+            .iter()
+            .flat_map(|l| l.iter().flatten())
+            .fold(0.0f64, |a, &b| a.max(b))
+    };
+    let line = |name: &str, color, values: &Vec<Option<f64>>| svg::Line {
+        name: name.into(),
+        color,
+        values: values.clone(),
+    };
+    let axis = (from, "now");
+    out.push_str(&format!(
+        "<h3>CPU</h3>{}\n",
+        svg::chart(
+            "chart-cpu",
+            &format!("CPU use over {span}, in percent of its {vcpus} vCPU"),
+            &[line("CPU", svg::GOOD, cpu)],
+            100.0,
+            |v| format!("{v:.0} %"),
+            axis,
+        )
+    ));
+    let disk_top = svg::nice_max(peak(&[read, written]), 1024.0);
+    out.push_str(&format!(
+        "<h3>Disk</h3>{}\n",
+        svg::chart(
+            "chart-disk",
+            &format!("disk bytes per second over {span}"),
+            &[
+                line("read", "#2f6db5", read),
+                line("written", svg::POOR, written)
+            ],
+            disk_top,
+            per_second,
+            axis,
+        )
+    ));
+    out.push_str("<h3>Network</h3>");
+    if rx.iter().chain(tx).all(Option::is_none) {
+        out.push_str("<p class=\"muted\" id=\"chart-net\">No figures: on QEMU's user-mode network the host cannot count a VM's bytes (a bridged VM's tap can).</p>\n");
+    } else {
+        let net_top = svg::nice_max(peak(&[rx, tx]), 1024.0);
+        out.push_str(&svg::chart(
+            "chart-net",
+            &format!("network bytes per second over {span}"),
+            &[line("received", "#2f6db5", rx), line("sent", svg::POOR, tx)],
+            net_top,
+            per_second,
+            axis,
+        ));
+        out.push('\n');
+    }
+    out
 }
 
 /// `/panel/account`: SSH keys and the password.
@@ -474,7 +644,66 @@ pub fn nodes_page(
         ));
     }
     body.push_str("</table></div>\n<p class=\"muted\">Drain takes a node out of DNS answers; fence confirms a dead worker is off for good: its VMs that never had a disk are placed elsewhere, the others stay lost until it is back or an admin recreates them on an empty disk.</p>\n");
+    body.push_str(&capacity_section(&hosts));
     frame(chrome, "Nodes · hearth", &body)
+}
+
+/// The workers' capacity as meters: what the VMs placed on each ask for against what it
+/// offers, and the whole cluster's first.
+fn capacity_section(hosts: &BTreeMap<&str, &HostRow>) -> String {
+    if hosts.is_empty() {
+        return String::new();
+    }
+    let meters =
+        |placed: &hearth_types::quota::Usage, vcpus: u64, memory_mib: u64, disk_gib: u64| {
+            let meter = |label: &str, used: u64, offered: u64, unit: &str| svg::Meter {
+                label: label.into(),
+                used,
+                offered,
+                text: format!("{used} of {offered} {unit}").trim_end().to_owned(),
+            };
+            [
+                meter("vCPU", placed.vcpus, vcpus, ""),
+                meter("memory", placed.memory_mib, memory_mib, "MiB"),
+                meter("disk", placed.disk_gib, disk_gib, "GiB"),
+            ]
+        };
+    let mut total = hearth_types::quota::Usage::default();
+    let (mut vcpus, mut memory, mut disk) = (0, 0, 0);
+    let mut each = String::new();
+    for (name, host) in hosts {
+        let c = &host.capacity;
+        let p = &host.placed;
+        (total.vms, total.vcpus) = (total.vms + p.vms, total.vcpus + p.vcpus);
+        (total.memory_mib, total.disk_gib) =
+            (total.memory_mib + p.memory_mib, total.disk_gib + p.disk_gib);
+        (vcpus, memory, disk) = (
+            vcpus + u64::from(c.vcpus),
+            memory + c.memory_mib,
+            disk + c.disk_gib,
+        );
+        each.push_str(&format!(
+            "<div><strong>{n}</strong> <span class=\"muted\">{} VM(s){}</span>{}</div>\n",
+            p.vms,
+            if host.fenced { ", fenced" } else { "" },
+            svg::meters(
+                &format!("capacity-{name}"),
+                &format!("{name}: placed against offered"),
+                &meters(p, u64::from(c.vcpus), c.memory_mib, c.disk_gib)
+            ),
+            n = escape(name),
+        ));
+    }
+    format!(
+        "<h2>Capacity</h2>\n<p class=\"muted\">What the VMs placed on each worker ask for, against what it offers: amber from 80 %, red when over.</p>\n\
+<div class=\"hosts\"><div><strong>all workers</strong> <span class=\"muted\">{} VM(s)</span>{}</div>\n{each}</div>\n",
+        total.vms,
+        svg::meters(
+            "capacity",
+            "the cluster: placed against offered",
+            &meters(&total, vcpus, memory, disk)
+        ),
+    )
 }
 
 /// `/admin/members`: accounts, their VMs, the create form.
@@ -768,7 +997,40 @@ mod tests {
         }));
         let console: ConsoleText = typed(json!({"vm": "vm-1", "host": "w1", "offset": 0,
             "next": 17, "total": 17, "text": "</pre><b>boot</b>"}));
-        let html = vm_page(&chrome(false), &vm, Ok(&console));
+        let stats: VmStats = typed(json!({"vm": "vm-1", "host": "w1", "vcpus": 2,
+            "day": {"width_ms": 300_000, "len": 288, "buckets": [
+                {"start_ms": 0, "covered_ms": 300_000, "cpu_ms": 300_000, "read_bytes": 0,
+                 "written_bytes": 3_072_000, "net": null}]},
+            "week": {"width_ms": 1_800_000, "len": 336, "buckets": []}}));
+        let load = Load {
+            stats: Ok(&stats),
+            range: Range::Day,
+            now_ms: 60_000,
+        };
+        let html = vm_page(&chrome(false), &vm, &load, Ok(&console));
+        // The one bucket, the last slot: half of 2 vCPUs, 10 KiB/s written; no network.
+        assert!(html.contains("CPU: peak 50 %, latest 50 %"), "{html}");
+        assert!(
+            html.contains("written: peak 10 KiB/s, latest 10 KiB/s"),
+            "{html}"
+        );
+        assert!(html.contains("read: peak 0 B/s"), "{html}");
+        assert!(html.contains("id=\"chart-net\">No figures"), "{html}");
+        assert!(
+            html.contains("href=\"/panel/vms/vm-1?range=week\""),
+            "{html}"
+        );
+        let week = vm_page(
+            &chrome(false),
+            &vm,
+            &Load {
+                range: Range::Week,
+                ..load
+            },
+            Ok(&console),
+        );
+        assert!(week.contains("CPU: peak 0 %, latest none"), "{week}");
+        assert!(week.contains("href=\"/panel/vms/vm-1\""), "{week}");
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;script&gt;x"));
         assert!(html.contains("&lt;/pre&gt;&lt;b&gt;boot"));
@@ -838,10 +1100,24 @@ mod tests {
             .iter()
             .map(|n| {
                 typed(json!({"name": n, "state": null, "fenced": false, "vms": 1,
-                    "capacity": {"vcpus": 4, "memory_mib": 4096, "disk_gib": 40}}))
+                    "capacity": {"vcpus": 4, "memory_mib": 4096, "disk_gib": 40},
+                    "placed": {"vms": 1, "vcpus": 2, "memory_mib": 4096, "disk_gib": 50, "addresses": 1}}))
             })
             .collect();
         let html = nodes_page(&chrome(true), &members, &hosts, &DesiredState::default());
+        // Capacity: the whole cluster's meters, then each worker's.
+        assert!(html.contains("<h2>Capacity</h2>"), "{html}");
+        assert!(html.contains("id=\"capacity\""), "{html}");
+        assert!(html.contains("<title>vCPU: 8 of 16</title>"), "{html}");
+        assert!(
+            html.contains("<title>disk: 200 of 160 GiB</title>"),
+            "{html}"
+        );
+        assert!(html.contains("id=\"capacity-w4\""), "{html}");
+        assert!(
+            html.contains("<title>memory: 4096 of 4096 MiB</title>"),
+            "{html}"
+        );
         for host in ["w1", "w2", "w3"] {
             assert!(
                 !html.contains(&format!("/admin/nodes/{host}/fence")),

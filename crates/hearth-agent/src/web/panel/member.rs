@@ -1,10 +1,10 @@
 //! A member's pages: their VMs (create, show, start, stop, reboot, delete) and their account
 //! (SSH keys, password).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use hearth_types::api::{AccountRow, ConsoleText, Key, PoolRow, VmRow};
+use hearth_types::api::{AccountRow, ConsoleText, Key, PoolRow, VmRow, VmStats};
 use hearth_types::compute::{Arch, Image, IoLimits, Power, VmRequest};
 use hearth_types::desired::Versioned;
 use serde::Deserialize;
@@ -131,10 +131,18 @@ async fn console_text(
 /// The last bytes of the console shown on a VM's page.
 pub(super) const CONSOLE_TAIL: u64 = 8 * 1024;
 
+/// `?range=week` on a VM's page: its charts cover the last week instead of the last day.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct VmPageQuery {
+    #[serde(default)]
+    range: Option<String>,
+}
+
 pub(super) async fn vm_page(
     State(state): State<ApiState>,
     session: Session,
     Path(vm): Path<String>,
+    Query(query): Query<VmPageQuery>,
 ) -> Response {
     let Some(vm) = segment(&vm) else {
         return bad_segment(&session, "vm");
@@ -159,6 +167,23 @@ pub(super) async fn vm_page(
         }
         other => other,
     };
+    let stats = session
+        .api(&state, Method::GET, &format!("/v1/vms/{vm}/stats"), None)
+        .await
+        .and_then(|value| {
+            serde_json::from_value::<VmStats>(value)
+                .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
+        });
+    let load = pages::Load {
+        stats: stats.as_ref().map_err(|(_, message)| message.clone()),
+        range: match query.range.as_deref() {
+            Some("week") => pages::Range::Week,
+            _ => pages::Range::Day,
+        },
+        now_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
     let active = if session.admin && shown.vm.request.owner != session.name {
         "/admin/vms"
     } else {
@@ -169,6 +194,7 @@ pub(super) async fn vm_page(
         pages::vm_page(
             &session.chrome(active),
             &shown,
+            &load,
             console.as_ref().map_err(|(_, message)| message.clone()),
         ),
     )
