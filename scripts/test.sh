@@ -54,6 +54,10 @@ fi
 # genisoimage and builds the guest from Debian's kernel and busybox (quick when up to date).
 ./scripts/build-test-guest.sh target/test-guest
 
+# The rolling-upgrade test starts a cluster on the previous release (dist/previous-release),
+# built from this checkout's history into target/previous-release (once per release).
+./scripts/build-previous-release.sh target/previous-release
+
 # One test runs the README's quick start exactly as written (`cargo run -- agent --dev`) in a
 # user's minimal environment. It shares every compiled crate with the test build (the
 # workspace's dependencies ask for the features the tests turn on), so it compiles nothing.

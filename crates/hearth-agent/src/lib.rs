@@ -344,7 +344,9 @@ fn node_meta(
 }
 
 /// The tag every node gossips with its release (`version`, over any the config set), so a
-/// mixed cluster shows in `hearth members --json` and `hearth doctor`.
+/// mixed cluster shows in `hearth members --json` and `hearth doctor`. Beside it goes the
+/// state level it reads (`hearth_state::model::LEVEL_TAG`), which holds back new kinds of
+/// writes until every node can read them.
 pub const VERSION_TAG: &str = "version";
 
 fn tags_with_version(
@@ -352,6 +354,10 @@ fn tags_with_version(
 ) -> std::collections::BTreeMap<String, String> {
     let mut tags = tags.clone();
     tags.insert(VERSION_TAG.into(), env!("CARGO_PKG_VERSION").into());
+    tags.insert(
+        hearth_state::model::LEVEL_TAG.into(),
+        hearth_state::model::STATE_LEVEL.to_string(),
+    );
     tags
 }
 

@@ -191,6 +191,46 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
     outcome
 }
 
+/// The newest command set this build reads and writes. Each node gossips it (tag
+/// [`LEVEL_TAG`]; a node without the tag is level 1), and the leader refuses a command of a
+/// level some live node lacks, so a rolling upgrade never puts in the log an entry an older
+/// node cannot read. Raise it with each release that adds a command, and give the command
+/// that level in [`Command::level`].
+pub const STATE_LEVEL: u32 = 2;
+/// The gossip tag carrying a node's [`STATE_LEVEL`].
+pub const LEVEL_TAG: &str = "state-level";
+
+impl Command {
+    /// The [`STATE_LEVEL`] that introduced this command: 1 for those of the first release.
+    pub fn level(&self) -> u32 {
+        match self {
+            Command::RecordUptime { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The highest level every live (alive or suspect) node in `view` reads.
+pub fn cluster_level(view: &hearth_types::View) -> u32 {
+    view.members
+        .values()
+        .filter(|m| {
+            matches!(
+                m.state,
+                hearth_types::MemberState::Alive | hearth_types::MemberState::Suspect
+            )
+        })
+        .map(|m| {
+            m.meta
+                .tags
+                .get(LEVEL_TAG)
+                .and_then(|level| level.parse().ok())
+                .unwrap_or(1)
+        })
+        .min()
+        .unwrap_or(STATE_LEVEL)
+}
+
 /// Applies `command`, committed at log `index`, to `state`. Either the whole command takes
 /// effect or none of it does.
 pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome {
@@ -548,6 +588,57 @@ mod tests {
     use super::*;
     use hearth_types::desired::RecordData;
     use hearth_types::desired::Versioned;
+
+    #[test]
+    fn new_commands_wait_until_every_live_node_reads_them() {
+        use hearth_types::{Member, MemberState, NodeMeta, View};
+        let member = |name: &str, state, level: Option<&str>| Member {
+            meta: NodeMeta {
+                name: name.into(),
+                gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+                address: "192.0.2.1".parse().unwrap(),
+                roles: vec![],
+                tags: level
+                    .map(|l| (LEVEL_TAG.to_owned(), l.to_owned()))
+                    .into_iter()
+                    .collect(),
+                rpc_addr: None,
+                in_group: true,
+            },
+            state,
+            services: vec![],
+        };
+        let view = |members: Vec<Member>| View {
+            members: members
+                .into_iter()
+                .map(|m| (m.meta.name.clone(), m))
+                .collect(),
+            ..View::default()
+        };
+        let upgraded = view(vec![
+            member("n1", MemberState::Alive, Some("2")),
+            member("n2", MemberState::Suspect, Some("2")),
+            // A dead node of an old release does not hold the cluster back.
+            member("n3", MemberState::Dead, None),
+        ]);
+        assert_eq!(cluster_level(&upgraded), 2);
+        let mixed = view(vec![
+            member("n1", MemberState::Alive, Some("2")),
+            member("n2", MemberState::Alive, None),
+        ]);
+        assert_eq!(cluster_level(&mixed), 1);
+        let uptime = Command::RecordUptime {
+            at_ms: 1,
+            up: Default::default(),
+        };
+        assert!(uptime.level() > cluster_level(&mixed));
+        let first = Command::RemoveNotice {
+            id: "n".into(),
+            expect: Default::default(),
+        };
+        assert_eq!(first.level(), 1);
+        assert!(STATE_LEVEL >= uptime.level());
+    }
 
     fn a_record(name: &str, ip: &str) -> RecordSet {
         RecordSet {

@@ -715,6 +715,14 @@ async fn fetch_from(
 impl Application for StateNode {
     /// On the leader: checks that a quorum answered recently, then commits.
     async fn write(&self, command: Command) -> Result<WriteResult, StateError> {
+        let level = crate::model::cluster_level(&self.inner.views.borrow());
+        if command.level() > level {
+            return Err(StateError::Unsupported(format!(
+                "a live node runs an older release (state level {level}) that cannot read this \
+                 change (level {}); upgrade every node first",
+                command.level()
+            )));
+        }
         let metrics = self.inner.raft.metrics().borrow().clone();
         let heartbeat = self.inner.config.election_timeout;
         if metrics

@@ -31,6 +31,9 @@ pub enum StateError {
     Unreachable(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// A live node runs a release that could not read the command: it waits for the upgrade.
+    #[error("not yet: {0}")]
+    Unsupported(String),
 }
 
 /// Turns openraft's write error into ours.

@@ -315,6 +315,11 @@ impl TestAgent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Runs `bin` from the next (re)start on: an upgrade in place, same directory and data.
+    pub fn set_bin(&mut self, bin: &Path) {
+        bin.clone_into(&mut self.bin);
+    }
+
     /// SIGKILL: the process gets no chance to say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
