@@ -25,9 +25,11 @@ echo "build-previous-release.sh: building $tag ($commit) in $outdir" >&2
 rm -rf "$outdir/src"
 mkdir -p "$outdir/src"
 git archive "$commit" | tar -x -C "$outdir/src"
-# No debug info and no incremental cache: it only has to run, and it builds in less time.
-(cd "$outdir/src" && CARGO_TARGET_DIR="$outdir/target" CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0 \
-  cargo build --locked --quiet --bin hearth)
+# Unoptimized, with no debug info and no incremental cache: it only has to run, and so it
+# builds in about a minute on two cores instead of five.
+(cd "$outdir/src" && CARGO_TARGET_DIR="$outdir/target" CARGO_PROFILE_DEV_DEBUG=0 \
+  CARGO_PROFILE_DEV_OPT_LEVEL=0 CARGO_INCREMENTAL=0 \
+  cargo build --locked --quiet --bin hearth --config 'profile.dev.package."*".opt-level=0')
 cp "$outdir/target/debug/hearth" "$outdir/hearth.new"
 mv "$outdir/hearth.new" "$outdir/hearth"
 echo "$commit" > "$outdir/commit"

@@ -569,7 +569,7 @@ fn spawn_compute(
                     .migration_mib_per_sec
                     .map_or(0, |mib| mib.saturating_mul(1 << 20)),
                 lease_timeout: std::time::Duration::from_secs(config.compute.lease_secs),
-                lease: Default::default(),
+                lease: metrics.lease.clone(),
                 watchdog: config.compute.watchdog.clone(),
             },
             shutdown.clone(),

@@ -230,6 +230,18 @@ const FAMILIES: &[Family] = &[
         samples: |src| one(load(&src.compute.crashes)),
     },
     Family {
+        name: "hearth_worker_lease_valid",
+        kind: "gauge",
+        help: "1 while this worker's lease (renewed through the Raft group) holds; at 0 it stops its VMs with two disk copies, for their replica host to take over. Only on workers.",
+        label: None,
+        samples: |src| match src.vms.hosts.contains_key(&src.view.self_name) {
+            true => one(u64::from(
+                src.compute.lease.valid(std::time::Instant::now()),
+            )),
+            false => Vec::new(),
+        },
+    },
+    Family {
         name: "hearth_vm_replicas",
         kind: "gauge",
         help: "Replicas of VMs that ask for two disk copies, by state (missing: none placed), as this node's copy of the desired state has them.",

@@ -28,4 +28,6 @@ pub struct ComputeMetrics {
     pub starts: AtomicU64,
     /// QEMU processes that exited without being asked to.
     pub crashes: AtomicU64,
+    /// This worker's lease, as its host loop renews it.
+    pub lease: std::sync::Arc<lease::Lease>,
 }
