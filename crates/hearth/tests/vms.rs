@@ -429,6 +429,19 @@ fn vms_spread_over_two_workers() {
         table.starts_with("FROM") && table.contains(" UTC") && table.contains(" %"),
         "{table}"
     );
+    // Each worker renews its lease, and says so.
+    eventually("the lease shown in /metrics", BOOT, || {
+        match agent.http_get("/metrics", false)? {
+            (200, text) if text.contains("\nhearth_worker_lease_valid 1\n") => Ok(()),
+            (status, text) => Err(format!(
+                "{status}: {}",
+                text.lines()
+                    .filter(|l| l.contains("lease"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
+    });
     // An unknown VM has none.
     let (status, _) = agent.http_get("/v1/vms/no-such-vm/stats", true).unwrap();
     assert_eq!(status, 404);
