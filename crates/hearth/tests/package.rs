@@ -1,7 +1,9 @@
 //! The Debian package from `scripts/build-deb.sh`, built from the binary under test and
-//! installed on this machine with dpkg: it builds reproducibly, installs the binary, the
-//! unit (which `systemd-analyze verify` accepts), completions and man pages, and the user
-//! and directories the unit needs, upgrades in place, keeps the data when removed and deletes it when purged.
+//! installed on this machine with dpkg: it builds reproducibly; the previous release's
+//! package (built by that release's own script from `target/previous-release`) installs the
+//! user and directories the unit needs, and this one upgrades it in place, keeping the data,
+//! with the binary, the unit (which `systemd-analyze verify` accepts), completions and man
+//! pages; it keeps the data when removed and deletes it when purged.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,33 @@ fn build(version: &str, out: &Path) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
+/// The previous release's package (`dist/previous-release`), built by that release's own
+/// `scripts/build-deb.sh` from its binary (`scripts/build-previous-release.sh` made both).
+fn build_previous(out: &Path) -> (String, PathBuf) {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("previous-release");
+    let tag = std::fs::read_to_string(root.join("tag"))
+        .unwrap_or_else(|e| panic!("{}/tag: {e}: run ./scripts/build-previous-release.sh target/previous-release (scripts/test.sh does)", root.display()));
+    let version = tag.trim().trim_start_matches('v').to_owned();
+    let output = Command::new(root.join("src/scripts/build-deb.sh"))
+        .arg("--binary")
+        .arg(root.join("hearth"))
+        .args(["--version", &version, "--compress", "none", "--out"])
+        .arg(out)
+        .current_dir(root.join("src"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the previous release's build-deb.sh: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deb = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (version, deb)
+}
+
 /// Purges the package when the test ends, however it ends.
 struct Installed;
 
@@ -78,19 +107,37 @@ fn the_package_installs_upgrades_removes_and_purges_cleanly() {
         "a hearth package is installed on this machine; this test would replace it"
     );
     let dir = TempDir::new("deb");
-    let first = build("0.1.0", &dir.path().join("a"));
-    let again = build("0.1.0", &dir.path().join("b"));
+    let this = env!("CARGO_PKG_VERSION");
+    let first = build(this, &dir.path().join("a"));
+    let again = build(this, &dir.path().join("b"));
     assert_eq!(
         std::fs::read(&first).unwrap(),
         std::fs::read(&again).unwrap(),
         "the package builds reproducibly"
     );
 
+    // The previous release installs; a member's data and the admin's config are there.
+    let (previous, old) = build_previous(&dir.path().join("old"));
     let _installed = Installed;
+    run("dpkg", &["-i", old.to_str().unwrap()]);
+    assert_eq!(installed_version().as_deref(), Some(previous.as_str()));
+    std::fs::write("/var/lib/hearth/kept", "a member's data").unwrap();
+    std::fs::write("/etc/hearth/hearth.toml", "# the admin's config\n").unwrap();
+
+    // This build upgrades it in place and keeps both.
     run("dpkg", &["-i", first.to_str().unwrap()]);
-    assert_eq!(installed_version().as_deref(), Some("0.1.0"));
+    assert_eq!(installed_version().as_deref(), Some(this));
+    assert!(Path::new("/var/lib/hearth/kept").exists());
+    assert_eq!(
+        std::fs::read_to_string("/etc/hearth/hearth.toml").unwrap(),
+        "# the admin's config\n"
+    );
     let version = run("/usr/bin/hearth", &["--version"]);
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("hearth "));
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert_eq!(
+        version.trim(),
+        format!("hearth {}", env!("CARGO_PKG_VERSION"))
+    );
     let user = run("getent", &["passwd", "hearth"]);
     let uid: u32 = String::from_utf8_lossy(&user.stdout)
         .split(':')
@@ -122,13 +169,7 @@ fn the_package_installs_upgrades_removes_and_purges_cleanly() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    // An upgrade replaces the package in place.
-    let newer = build("0.1.0+up1", &dir.path().join("c"));
-    run("dpkg", &["-i", newer.to_str().unwrap()]);
-    assert_eq!(installed_version().as_deref(), Some("0.1.0+up1"));
-
     // Removal keeps the data; purge removes it.
-    std::fs::write("/var/lib/hearth/kept", "a member's data").unwrap();
     run("dpkg", &["--remove", "hearth"]);
     assert!(!Path::new("/usr/bin/hearth").exists());
     assert!(Path::new("/var/lib/hearth/kept").exists());
