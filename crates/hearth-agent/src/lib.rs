@@ -16,6 +16,7 @@ pub mod listener;
 pub mod login_limit;
 pub mod mail;
 pub mod metrics;
+pub mod reach;
 pub mod services;
 pub mod uptime;
 pub mod vm_stats;
@@ -409,6 +410,12 @@ fn spawn_work(
     );
     let handler_metrics = spawn_handlers(config, state.as_ref(), events_rx, shutdown, tasks);
     let dns_metrics = Arc::new(DnsMetrics::default());
+    tasks.spawn(reach::watch(
+        membership.clone(),
+        config.dns_addr.port(),
+        config.dns.zone.clone(),
+        shutdown.clone(),
+    ));
     spawn_dns(
         config,
         resolved,

@@ -91,6 +91,8 @@ pub enum Input<'a> {
     SetServices(Vec<ServiceInstance>),
     /// This node's metadata changed.
     SetMeta(NodeMeta),
+    /// One tag of this node's metadata changed (`None`: removed), the rest kept.
+    SetTag(String, Option<String>),
     /// The cluster secret was rotated.
     SetKeyring(Keyring),
     /// Leave the cluster gracefully, so that peers record this node as `left`.
@@ -217,6 +219,16 @@ impl Core {
             Input::SetMeta(meta) => {
                 if meta != self.own.meta {
                     self.own.meta = meta;
+                    self.announce_self(now);
+                }
+            }
+            Input::SetTag(key, value) => {
+                let tags = &mut self.own.meta.tags;
+                let changed = match value {
+                    Some(value) => tags.insert(key, value.clone()).as_ref() != Some(&value),
+                    None => tags.remove(&key).is_some(),
+                };
+                if changed {
                     self.announce_self(now);
                 }
             }

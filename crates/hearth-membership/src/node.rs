@@ -25,6 +25,7 @@ enum Command {
     SetServices(Vec<ServiceInstance>),
     SetKeyring(Keyring),
     SetMeta(NodeMeta),
+    SetTag(String, Option<String>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -71,6 +72,14 @@ impl Membership {
     /// Replaces this node's metadata in its announcement.
     pub async fn set_meta(&self, meta: NodeMeta) {
         let _ = self.commands.send(Command::SetMeta(meta)).await;
+    }
+
+    /// Sets (or with `None` removes) one tag of this node's announcement, keeping the rest.
+    pub async fn set_tag(&self, key: &str, value: Option<String>) {
+        let _ = self
+            .commands
+            .send(Command::SetTag(key.to_owned(), value))
+            .await;
     }
 
     /// Replaces the keyring, for rotating the cluster secret without a restart.
@@ -219,6 +228,7 @@ impl Node {
         match command {
             Command::SetServices(services) => self.step(now, Input::SetServices(services)),
             Command::SetMeta(meta) => self.step(now, Input::SetMeta(meta)),
+            Command::SetTag(key, value) => self.step(now, Input::SetTag(key, value)),
             Command::SetKeyring(keyring) => self.step(now, Input::SetKeyring(keyring)),
             Command::Leave(done) => {
                 self.step(now, Input::Leave);

@@ -12,6 +12,8 @@ use hearth_agent::config::Config;
 use hearth_types::{MemberRow, MemberState, Role};
 use serde::Serialize;
 
+use hearth_agent::reach::{UNREACHABLE_TAG, parse_tag, soa_over_udp};
+
 use crate::client::{ApiClient, ClientArgs};
 use crate::output::{print_json, print_table};
 
@@ -249,6 +251,7 @@ fn cluster_checks(config: &Config) -> Vec<Check> {
                 checks.push(clocks(&state["nodes"]));
             }
             checks.extend(ports(&rows, &config.node_name));
+            checks.push(between(&rows));
             checks.extend(dns_answers(&rows, config.dns_addr.port(), &config.dns.zone));
             checks
         }
@@ -258,6 +261,37 @@ fn cluster_checks(config: &Config) -> Vec<Check> {
             format!("no answer at {api}: {error}"),
             "start it (systemctl start hearth), and run doctor as a user who can read its api-token",
         )],
+    }
+}
+
+/// What every live member says it cannot reach (its `unreachable` tag): ports closed between
+/// two members, which a check from this node alone does not see.
+fn between(rows: &[MemberRow]) -> Check {
+    let mut problems = Vec::new();
+    for member in rows.iter().filter(|m| m.state == MemberState::Alive) {
+        let Some(tag) = member.tags.get(UNREACHABLE_TAG) else {
+            continue;
+        };
+        for (other, port) in parse_tag(tag) {
+            problems.push(format!(
+                "{} cannot reach {other}'s {port} port",
+                member.name
+            ));
+        }
+    }
+    match problems.is_empty() {
+        true => check(
+            "between members",
+            Status::Ok,
+            "every live member reaches the others' RPC and DNS ports".into(),
+            "",
+        ),
+        false => check(
+            "between members",
+            Status::Fail,
+            problems.join("; "),
+            "open TCP rpc_addr's port (Raft) and UDP+TCP dns_addr's port between every pair of members, and give every agent the same DNS port",
+        ),
     }
 }
 
@@ -364,7 +398,7 @@ fn dns_answers(rows: &[MemberRow], port: u16, zone: &str) -> Vec<Check> {
         .map(|m| {
             let addr = SocketAddr::new(m.address, port);
             let name = format!("dns {}", m.name);
-            match soa_over_udp(addr, zone) {
+            match soa_over_udp(addr, zone, CONNECT_TIMEOUT) {
                 Ok(()) => check(&name, Status::Ok, format!("{addr} answers {zone} SOA"), ""),
                 Err(error) => check(
                     &name,
@@ -375,60 +409,6 @@ fn dns_answers(rows: &[MemberRow], port: u16, zone: &str) -> Vec<Check> {
             }
         })
         .collect()
-}
-
-/// Asks `addr` for `zone`'s SOA over UDP; Ok once an authoritative NOERROR answer comes.
-fn soa_over_udp(addr: SocketAddr, zone: &str) -> Result<(), String> {
-    let socket = std::net::UdpSocket::bind(match addr {
-        SocketAddr::V4(_) => "0.0.0.0:0",
-        SocketAddr::V6(_) => "[::]:0",
-    })
-    .map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let id: u16 = rand::random();
-    socket
-        .send_to(&soa_query(id, zone), addr)
-        .map_err(|e| e.to_string())?;
-    let mut reply = [0u8; 4096];
-    let (len, _) = socket
-        .recv_from(&mut reply)
-        .map_err(|e| format!("no answer ({e})"))?;
-    answer_ok(id, &reply[..len])
-}
-
-/// A DNS query for `zone`'s SOA, recursion not desired.
-fn soa_query(id: u16, zone: &str) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(64);
-    packet.extend_from_slice(&id.to_be_bytes());
-    // Flags 0 (a standard query), one question, no other records.
-    packet.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in zone
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        packet.push(label.len().min(63) as u8);
-        packet.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
-    }
-    packet.push(0);
-    packet.extend_from_slice(&[0, 6, 0, 1]); // SOA, IN
-    packet
-}
-
-/// Whether `reply` answers query `id` authoritatively with NOERROR and at least one record.
-fn answer_ok(id: u16, reply: &[u8]) -> Result<(), String> {
-    if reply.len() < 12 || reply[..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
-        return Err("not an answer to the question".into());
-    }
-    let rcode = reply[3] & 0x0f;
-    let answers = u16::from_be_bytes([reply[6], reply[7]]);
-    match (reply[2] & 0x04 != 0, rcode, answers) {
-        (true, 0, 1..) => Ok(()),
-        (false, _, _) => Err("answered, but not as authoritative for the zone".into()),
-        (_, rcode, _) => Err(format!("answered with rcode {rcode} and {answers} records")),
-    }
 }
 
 fn port(member: &str, addr: SocketAddr) -> Check {
@@ -447,6 +427,7 @@ fn port(member: &str, addr: SocketAddr) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_agent::reach::{answer_ok, soa_query};
 
     #[test]
     fn little_free_space_fails_and_enough_passes() {

@@ -488,7 +488,15 @@ fn doctor_finds_a_dead_member_and_says_how_to_fix_it() {
     let all = statuses(&output);
     assert_eq!(output.status.code(), Some(0), "{all:?}");
     for name in [
-        "data_dir", "agent", "members", "versions", "clock", "rpc n2", "dns n1", "dns n2",
+        "data_dir",
+        "agent",
+        "members",
+        "versions",
+        "clock",
+        "rpc n2",
+        "dns n1",
+        "dns n2",
+        "between members",
     ] {
         assert!(
             all.iter()
@@ -683,4 +691,50 @@ fn hearth_init_asks_on_a_terminal() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("--zone: required"), "{said}");
     assert!(!dir.join("hearth.toml").exists());
+}
+
+#[test]
+fn doctor_sees_a_port_closed_between_two_other_members() {
+    // n3's DNS listens on another port than the cluster's: n1 and n2 cannot reach it there,
+    // nor can n3 reach them on its own. Every agent gossips what it cannot reach, so doctor
+    // on n1 sees n3's side too.
+    let cluster = TestCluster::start_with(bin(), 3, |spec| {
+        if spec.name == "n3" {
+            spec.dns_port = Some(hearth_testkit::DNS_PORT + 1);
+        }
+    });
+    let wait = Duration::from_secs(60);
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive"), ("n3", "alive")], wait);
+    let config = cluster.agents[0].config_path();
+    let between = eventually("doctor to see the closed ports", wait, || {
+        let output = Command::new(bin())
+            .args(["doctor", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let checks: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+        let between = checks
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["check"] == "between members"))
+            .cloned()
+            .ok_or(checks.to_string())?;
+        let detail = between["detail"].as_str().unwrap_or_default();
+        if output.status.code() == Some(1)
+            && between["status"] == "fail"
+            && detail.contains("n1 cannot reach n3's dns port")
+            && detail.contains("n3 cannot reach n2's dns port")
+        {
+            Ok(between)
+        } else {
+            Err(between.to_string())
+        }
+    });
+    let detail = between["detail"].as_str().unwrap();
+    assert!(!detail.contains("rpc"), "the RPC ports are open: {detail}");
+    assert!(
+        !detail.contains("n1 cannot reach n2") && !detail.contains("n2 cannot reach n1"),
+        "n1 and n2 share the port: {detail}"
+    );
+    assert!(between["fix"].as_str().unwrap().contains("same DNS port"));
 }
