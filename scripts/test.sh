@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v kill >/dev/null 2>&1 || need+=(procps)
+# ping, from the host side of a bridge to a bridged guest.
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 # ip netns for the partition tests.
 PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # knotd lives in /usr/sbin, which is not on every user's PATH.

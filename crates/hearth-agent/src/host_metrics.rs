@@ -202,6 +202,11 @@ pub async fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage 
             ops.push((format!("{labels},direction=\"read\""), io.reads));
             ops.push((format!("{labels},direction=\"write\""), io.writes));
         }
+        if let Some((received, sent)) = hearth_qemu::tap::counters(&vm.id) {
+            let net = &mut usage.network_bytes;
+            net.push((format!("{labels},direction=\"received\""), received));
+            net.push((format!("{labels},direction=\"sent\""), sent));
+        }
     }
     usage
 }
@@ -214,6 +219,8 @@ pub struct VmUsage {
     pub memory: Vec<(String, u64)>,
     pub disk_bytes: Vec<(String, u64)>,
     pub disk_operations: Vec<(String, u64)>,
+    /// A bridged VM's bytes through its tap, by direction as the guest sees it.
+    pub network_bytes: Vec<(String, u64)>,
 }
 
 /// utime + stime, in ticks, from the text of `/proc/PID/stat` (fields 14 and 15; the

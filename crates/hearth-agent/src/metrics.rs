@@ -124,6 +124,13 @@ const FAMILIES: &[Family] = &[
         samples: |src| src.vm_usage.disk_operations.clone(),
     },
     Family {
+        name: "hearth_vm_network_bytes_total",
+        kind: "counter",
+        help: "Bytes each bridged VM received and sent through its tap, by VM name, owner and direction (none on QEMU's user-mode network).",
+        label: Some(""),
+        samples: |src| src.vm_usage.network_bytes.clone(),
+    },
+    Family {
         name: "hearth_host_offered",
         kind: "gauge",
         help: "What this worker offers to VMs (vCPUs, MiB of memory, GiB of disk).",

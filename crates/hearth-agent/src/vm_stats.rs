@@ -1,5 +1,5 @@
 //! On a worker: every `[compute] stats_interval`, samples each running VM's counters (its
-//! QEMU's CPU time from `/proc`, its disk bytes over QMP) and adds them to the VM's history
+//! QEMU's CPU time from `/proc`, its disk bytes over QMP, a bridged VM's tap's bytes) and adds them to the VM's history
 //! in its directory (`stats.json`, written whole and renamed into place), for the member
 //! panel's day and week charts.
 
@@ -61,10 +61,12 @@ async fn counters(dir: &Path) -> Option<Counters> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let ticks = crate::host_metrics::process_ticks(&stat)?;
     let io = hearth_qemu::stats::disk_io(dir).await?;
+    let id = dir.file_name()?.to_str()?;
     Some(Counters {
         cpu_ms: ticks * 1000 / crate::host_metrics::USER_HZ,
         read_bytes: io.read_bytes,
         written_bytes: io.written_bytes,
-        net: None,
+        net: hearth_qemu::tap::counters(id)
+            .map(|(rx_bytes, tx_bytes)| hearth_types::vmstats::Net { rx_bytes, tx_bytes }),
     })
 }

@@ -45,7 +45,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Network {
     /// QEMU's user-mode network, restricted: the guest reaches nothing. For tests and demos.
     User,
-    /// A tap on this host bridge, through `qemu-bridge-helper`.
+    /// A tap of its own on this host bridge, made by the agent (see [`crate::tap`]).
     Bridge(String),
 }
 
@@ -184,14 +184,10 @@ pub fn stats_file(root: &Path, id: &str) -> Option<PathBuf> {
 /// control denied. A guest that escapes into QEMU cannot start a shell.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
-/// The seccomp filter for QEMU on `network`: a bridge's tap is set up by QEMU's setuid
-/// `qemu-bridge-helper`, which it starts and which gains privileges, so those two stay
-/// allowed there.
-pub fn sandbox(network: &Network) -> &'static str {
-    match network {
-        Network::User => SANDBOX,
-        Network::Bridge(_) => "on,obsolete=deny,resourcecontrol=deny",
-    }
+/// The seccomp filter for QEMU on `network`: the same on both, since a bridged VM's tap is
+/// made by the agent before QEMU starts, and QEMU only opens it.
+pub fn sandbox(_network: &Network) -> &'static str {
+    SANDBOX
 }
 
 /// The pid of the QEMU in `dir` once it has finished starting: its pidfile names it and its
@@ -289,7 +285,10 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     ]);
     let netdev = match network {
         Network::User => "user,id=net0,restrict=on".to_owned(),
-        Network::Bridge(bridge) => format!("bridge,id=net0,br={}", opt(bridge.clone())),
+        Network::Bridge(_) => format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            crate::tap::tap_name(&spec.id)
+        ),
     };
     push(&["-netdev", &netdev]);
     push(&[
@@ -653,6 +652,7 @@ impl Driver {
             return Err(DiskError::Running(id.to_owned(), pid));
         }
         self.cleanup_runtime(id);
+        self.remove_tap(id);
         crate::disk::archive(&self.root, id)
     }
 
@@ -664,6 +664,9 @@ impl Driver {
         extra: &[String],
     ) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
+        if let Network::Bridge(bridge) = &self.network {
+            crate::tap::ensure(&spec.id, bridge).map_err(StartError::Launch)?;
+        }
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
         let mut args = qemu_args(spec, dir, accel, &self.network);
@@ -766,6 +769,16 @@ impl Driver {
         }
     }
 
+    /// Removes a bridged VM's tap with its files (a failure is logged: a stray tap holds no
+    /// member's data).
+    fn remove_tap(&self, id: &str) {
+        if matches!(self.network, Network::Bridge(_))
+            && let Err(error) = crate::tap::remove(id)
+        {
+            tracing::warn!(vm = %id, %error, "removing the VM's tap");
+        }
+    }
+
     pub(crate) fn cleanup_runtime(&self, id: &str) {
         for stale in ["qemu.pid", "qmp.sock"] {
             let _ = std::fs::remove_file(self.dir(id).join(stale));
@@ -854,6 +867,7 @@ impl Driver {
             return Err(DiskError::BadId(id.to_owned()));
         }
         self.kill(id).await?;
+        self.remove_tap(id);
         Ok(remove_vm_dir(&self.dir(id))?)
     }
 
@@ -1012,7 +1026,11 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("file=/d,,x/vm-3/disk.qcow2"), "{joined}");
         assert!(joined.contains("-cpu host"), "{joined}");
-        assert!(joined.contains("bridge,id=net0,br=br0"), "{joined}");
+        assert!(
+            joined.contains("tap,id=net0,ifname=hvm-3,script=no,downscript=no"),
+            "{joined}"
+        );
+        assert!(joined.contains("spawn=deny"), "{joined}");
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod qmp;
 pub mod replica;
 pub mod seed;
 pub mod stats;
+pub mod tap;

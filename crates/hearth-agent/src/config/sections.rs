@@ -101,7 +101,7 @@ pub struct ComputeSection {
     #[serde(default = "default_accel")]
     pub accel: String,
     /// `user` (QEMU's isolated user-mode network: for trying out and tests) or
-    /// `bridge:NAME` (a tap on the host bridge NAME, through qemu-bridge-helper).
+    /// `bridge:NAME` (a tap per VM on the host bridge NAME, made by the agent).
     #[serde(default = "default_network")]
     pub network: String,
     /// vCPUs offered to VMs; default: the host's CPU count.
