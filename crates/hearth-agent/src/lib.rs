@@ -18,6 +18,7 @@ pub mod mail;
 pub mod metrics;
 pub mod reach;
 pub mod services;
+pub mod ticks;
 pub mod uptime;
 pub mod vm_stats;
 pub mod web;

@@ -47,13 +47,8 @@ pub async fn watch(
     zone: String,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = crate::ticks::Ticks::new(INTERVAL, shutdown);
+    while ticks.next().await {
         let view = membership.views().borrow().clone();
         let mut failed = BTreeSet::new();
         for member in view.members.values() {

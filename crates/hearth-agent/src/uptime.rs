@@ -18,13 +18,8 @@ pub async fn sample(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = crate::ticks::Ticks::new(every, shutdown);
+    while ticks.next().await {
         if !state.is_leader() {
             continue;
         }

@@ -11,13 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`.
 pub async fn sample(vms_dir: std::path::PathBuf, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = crate::ticks::Ticks::new(every, shutdown);
+    while ticks.next().await {
         let Ok(entries) = std::fs::read_dir(&vms_dir) else {
             continue;
         };

@@ -415,25 +415,15 @@ impl StateNode {
         vm: &str,
         offset: Option<u64>,
     ) -> Result<ConsoleChunk, PeerError> {
-        let mut client = self.client_for(host)?;
         let request = RpcRequest::Console {
             vm: vm.to_owned(),
             offset,
         };
-        let host = host.to_owned();
-        match client.call(&request, Duration::from_secs(5)).await {
-            Ok(RpcResponse::Console(answer)) => {
-                answer.map_err(|error| PeerError::Refused { host, error })
-            }
-            Ok(_) => Err(PeerError::Protocol {
-                host,
-                message: "answered another RPC".into(),
-            }),
-            Err(error) => Err(PeerError::Unreachable {
-                host,
-                error: error.to_string(),
-            }),
-        }
+        self.ask_host(host, &request, |response| match response {
+            RpcResponse::Console(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     /// VM `vm`'s recent load, as `host` recorded it.
@@ -442,17 +432,32 @@ impl StateNode {
         host: &str,
         vm: &str,
     ) -> Result<hearth_types::vmstats::VmHistory, PeerError> {
-        let mut client = self.client_for(host)?;
         let request = RpcRequest::VmStats { vm: vm.to_owned() };
+        self.ask_host(host, &request, |response| match response {
+            RpcResponse::VmStats(answer) => Some(*answer),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `request` to `host` and takes its answer out with `answer` (`None`: the host
+    /// answered another RPC).
+    async fn ask_host<T>(
+        &self,
+        host: &str,
+        request: &RpcRequest,
+        answer: impl FnOnce(RpcResponse) -> Option<Result<T, crate::files::FileError>>,
+    ) -> Result<T, PeerError> {
+        let mut client = self.client_for(host)?;
         let host = host.to_owned();
-        match client.call(&request, Duration::from_secs(5)).await {
-            Ok(RpcResponse::VmStats(answer)) => {
-                (*answer).map_err(|error| PeerError::Refused { host, error })
-            }
-            Ok(_) => Err(PeerError::Protocol {
-                host,
-                message: "answered another RPC".into(),
-            }),
+        match client.call(request, Duration::from_secs(5)).await {
+            Ok(response) => match answer(response) {
+                Some(result) => result.map_err(|error| PeerError::Refused { host, error }),
+                None => Err(PeerError::Protocol {
+                    host,
+                    message: "answered another RPC".into(),
+                }),
+            },
             Err(error) => Err(PeerError::Unreachable {
                 host,
                 error: error.to_string(),

@@ -352,6 +352,20 @@ struct ConsoleParams {
     offset: Option<u64>,
 }
 
+/// The VM `key` names, its host, and whether that is this node; or the answer saying why
+/// it has no `what` (404 for no such VM, 409 while it is not placed).
+async fn placed(state: &ApiState, key: &str, what: &str) -> Result<(Vm, String, bool), Response> {
+    let (_, vm) = read_vm(state, key).await?;
+    let Some(host) = vm.value.host.clone() else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            &format!("vm: {key} is not placed on a host yet, so it has no {what}"),
+        ));
+    };
+    let here = host == state.membership.views().borrow().self_name;
+    Ok((vm.value, host, here))
+}
+
 /// A part of the VM's serial console log: read here when this node is its host, else asked
 /// of the host over the encrypted cluster RPC.
 async fn console(
@@ -359,20 +373,12 @@ async fn console(
     Path(key): Path<String>,
     Query(params): Query<ConsoleParams>,
 ) -> Response {
-    let (_, vm) = match read_vm(&state, &key).await {
-        Ok(found) => found,
+    let (vm, host, here) = match placed(&state, &key, "console").await {
+        Ok(placed) => placed,
         Err(answer) => return answer,
     };
-    let vm = &vm;
-    let id = vm.value.id.clone();
-    let me = state.membership.views().borrow().self_name.clone();
-    let Some(host) = vm.value.host.clone() else {
-        return error(
-            StatusCode::CONFLICT,
-            &format!("vm: {key} is not placed on a host yet, so it has no console"),
-        );
-    };
-    let chunk = if host == me {
+    let id = vm.id.clone();
+    let chunk = if here {
         hearth_compute::files::read_console(&state.vms_dir, &id, params.offset)
             .await
             .map_err(|e| e.to_string())
@@ -403,19 +409,12 @@ async fn console(
 /// The VM's recent load: read here when this node is its host, else asked of the host over
 /// the encrypted cluster RPC.
 async fn stats(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
-    let (_, vm) = match read_vm(&state, &key).await {
-        Ok(found) => found,
+    let (vm, host, here) = match placed(&state, &key, "load").await {
+        Ok(placed) => placed,
         Err(answer) => return answer,
     };
-    let id = vm.value.id.clone();
-    let me = state.membership.views().borrow().self_name.clone();
-    let Some(host) = vm.value.host.clone() else {
-        return error(
-            StatusCode::CONFLICT,
-            &format!("vm: {key} is not placed on a host yet, so it has no load"),
-        );
-    };
-    let history = if host == me {
+    let id = vm.id.clone();
+    let history = if here {
         hearth_compute::files::read_vm_stats(&state.vms_dir, &id)
             .await
             .map_err(|e| e.to_string())
@@ -428,7 +427,7 @@ async fn stats(State(state): State<ApiState>, Path(key): Path<String>) -> Respon
         Ok(history) => Json(VmStats {
             vm: id,
             host,
-            vcpus: vm.value.request.vcpus,
+            vcpus: vm.request.vcpus,
             day: history.day,
             week: history.week,
         })
