@@ -152,6 +152,9 @@ ip link set lo up
 if wait_for /sys/class/net/eth0 150; then
     ip link set eth0 up
     [ -n "$address" ] && ip addr add "$address" dev eth0
+    # A test of anti-spoofing boots a guest that also takes an address not its own.
+    extra_ip=$(sed -n 's/.*hearth\.extra_ip=\([^ ]*\).*/\1/p' /proc/cmdline)
+    [ -n "$extra_ip" ] && ip addr add "$extra_ip" dev eth0
     [ -n "$gateway" ] && ip route add default via "$gateway" dev eth0 2>/dev/null
     mac=$(cat /sys/class/net/eth0/address)
 else

@@ -206,6 +206,10 @@ pub async fn vm_usage(compute: &Compute, host: &str, vms_dir: &Path) -> VmUsage 
             let net = &mut usage.network_bytes;
             net.push((format!("{labels},direction=\"received\""), received));
             net.push((format!("{labels},direction=\"sent\""), sent));
+            let tap = hearth_qemu::tap::tap_name(&vm.id);
+            if let Some(dropped) = hearth_qemu::guard::dropped(&tap) {
+                usage.spoofed.push((labels.clone(), dropped));
+            }
         }
     }
     usage
@@ -221,6 +225,8 @@ pub struct VmUsage {
     pub disk_operations: Vec<(String, u64)>,
     /// A bridged VM's bytes through its tap, by direction as the guest sees it.
     pub network_bytes: Vec<(String, u64)>,
+    /// Frames a bridged VM sent that its anti-spoofing rules dropped.
+    pub spoofed: Vec<(String, u64)>,
 }
 
 /// utime + stime, in ticks, from the text of `/proc/PID/stat` (fields 14 and 15; the

@@ -131,6 +131,13 @@ const FAMILIES: &[Family] = &[
         samples: |src| src.vm_usage.network_bytes.clone(),
     },
     Family {
+        name: "hearth_vm_spoofed_frames_total",
+        kind: "counter",
+        help: "Frames a bridged VM sent as another MAC or address (or as a DHCP server or router), which its tap's rules dropped, by VM name and owner.",
+        label: Some(""),
+        samples: |src| src.vm_usage.spoofed.clone(),
+    },
+    Family {
         name: "hearth_host_offered",
         kind: "gauge",
         help: "What this worker offers to VMs (vCPUs, MiB of memory, GiB of disk).",

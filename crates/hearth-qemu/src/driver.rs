@@ -665,7 +665,15 @@ impl Driver {
     ) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
         if let Network::Bridge(bridge) = &self.network {
-            crate::tap::ensure(&spec.id, bridge).map_err(StartError::Launch)?;
+            let tap = crate::tap::ensure(&spec.id, bridge).map_err(StartError::Launch)?;
+            let addresses: Vec<IpAddr> = spec
+                .net
+                .addresses
+                .iter()
+                .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+                .collect();
+            crate::guard::apply(&tap, &mac_for(&spec.id), &addresses)
+                .map_err(StartError::Launch)?;
         }
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
@@ -769,13 +777,16 @@ impl Driver {
         }
     }
 
-    /// Removes a bridged VM's tap with its files (a failure is logged: a stray tap holds no
-    /// member's data).
+    /// Removes a bridged VM's tap and its rules with its files (a failure is logged: a stray
+    /// tap holds no member's data).
     fn remove_tap(&self, id: &str) {
-        if matches!(self.network, Network::Bridge(_))
-            && let Err(error) = crate::tap::remove(id)
-        {
-            tracing::warn!(vm = %id, %error, "removing the VM's tap");
+        if !matches!(self.network, Network::Bridge(_)) {
+            return;
+        }
+        let removed =
+            crate::guard::remove(&crate::tap::tap_name(id)).and_then(|()| crate::tap::remove(id));
+        if let Err(error) = removed {
+            tracing::warn!(vm = %id, %error, "removing the VM's tap and its rules");
         }
     }
 

@@ -7,6 +7,7 @@ pub mod driver;
 mod error;
 pub mod fake;
 mod files;
+pub mod guard;
 pub mod live;
 pub mod moving;
 pub mod qmp;

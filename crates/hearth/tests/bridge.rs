@@ -1,7 +1,9 @@
 //! A VM on a host bridge, with real QEMU in a network namespace: the agent makes the VM's
 //! tap itself (no setuid helper), owned by its user, on the bridge and up; the guest's
 //! address (from its seed) answers ping from the host side of the bridge; the bytes show in
-//! `/metrics` and in the VM's load; deleting the VM removes its tap.
+//! `/metrics` and in the VM's load. A second guest that also takes an address not its own
+//! is heard only on its own: the tap's rules drop the rest and count it. Deleting the VMs
+//! removes their taps and rules.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,6 +14,18 @@ use hearth_testkit::{TempDir, TestAgent, eventually, lab_spec, random_secret};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// Whether `ip` answers one ping from namespace `ns`.
+fn ping(ns: &str, ip: &str) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip])
+        .output()
+        .map_err(|e| e.to_string())?;
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stdout).into_owned()),
+    }
 }
 
 /// `ip -n NS ARGS`; its output, or why it failed.
@@ -71,24 +85,7 @@ fn a_bridged_vm_gets_its_own_tap_answers_on_the_bridge_and_leaves_no_tap() {
 
     // The guest set its address from its seed; it answers on the bridge.
     eventually("the guest answers ping on the bridge", BOOT, || {
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "192.0.2.2",
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        match output.status.success() {
-            true => Ok(()),
-            false => Err(String::from_utf8_lossy(&output.stdout).into_owned()),
-        }
+        ping(&ns, "192.0.2.2")
     });
     // Its bytes count, in /metrics and in its load.
     eventually("network bytes in /metrics", BOOT, || {
@@ -123,12 +120,84 @@ fn a_bridged_vm_gets_its_own_tap_answers_on_the_bridge_and_leaves_no_tap() {
         }
     });
 
-    // Deleting the VM removes its tap with its files.
-    agent.cli(&["vm", "delete", "web1"]);
-    eventually("the tap gone", BOOT, || {
-        match ip_in(&ns, &["link", "show", "dev", &tap]) {
-            Err(_) => Ok(()),
-            Ok(link) => Err(link),
+    // A guest that also takes 192.0.2.99, an address not its own: heard on its own address
+    // only. Its ARP answers for .99 and anything sent from .99 are dropped and counted.
+    let guest = hearth_testkit::test_guest();
+    let mut args = hearth_testkit::test_guest_image_args(
+        &guest,
+        "spoofer",
+        &guest.join("base.qcow2"),
+        "qcow2",
+    );
+    if let Some(append) = args.last_mut() {
+        append.push_str(" hearth.extra_ip=192.0.2.99/24");
+    }
+    agent.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    agent.cli(&[
+        "vm",
+        "create",
+        "sneaky",
+        "--image",
+        "spoofer",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ]);
+    let sneaky = wait_phase(&agent, "sneaky", "running");
+    let own = sneaky["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert_eq!(own, "192.0.2.3");
+    eventually("the second guest answers on its own address", BOOT, || {
+        ping(&ns, &own)
+    });
+    for _ in 0..3 {
+        assert!(
+            ping(&ns, "192.0.2.99").is_err(),
+            "the spoofed address answered"
+        );
+    }
+    eventually("the dropped frames counted", BOOT, || {
+        let (_, text) = agent.http_get("/metrics", false)?;
+        let dropped = text
+            .lines()
+            .find(|l| {
+                l.starts_with("hearth_vm_spoofed_frames_total{") && l.contains("vm=\"sneaky\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        match dropped {
+            Some(n) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
         }
     });
+    let rules = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "nft", "list", "chain", "bridge", "hearth", &tap,
+        ])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    assert!(rules.contains("ip saddr 192.0.2.2 accept"), "{rules}");
+
+    // Deleting the VMs removes their taps and rules with their files.
+    agent.cli(&["vm", "delete", "web1"]);
+    agent.cli(&["vm", "delete", "sneaky"]);
+    for tap in [tap.clone(), format!("h{}", sneaky["id"].as_str().unwrap())] {
+        eventually(&format!("{tap} gone"), BOOT, || {
+            match ip_in(&ns, &["link", "show", "dev", &tap]) {
+                Err(_) => Ok(()),
+                Ok(link) => Err(link),
+            }
+        });
+        let chain = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "nft", "list", "chain", "bridge", "hearth", &tap,
+            ])
+            .output()
+            .unwrap();
+        assert!(!chain.status.success(), "{tap}'s rules are left");
+    }
 }
