@@ -105,6 +105,13 @@ fn local_checks(config: &Config) -> Vec<Check> {
         checks.push(qemu());
         if let Some(bridge) = config.compute.network.strip_prefix("bridge:") {
             checks.push(bridge_present(Path::new("/sys/class/net"), bridge));
+            checks.push(tool(
+                "nftables",
+                "nft",
+                "a bridged VM's anti-spoofing rules",
+                "nftables",
+            ));
+            checks.push(tool("iproute2", "ip", "a bridged VM's tap", "iproute2"));
         }
     }
     checks
@@ -217,6 +224,32 @@ fn bridge_present(sys_net: &Path, bridge: &str) -> Check {
             &format!(
                 "ip link add {bridge} type bridge && ip link set {bridge} up, or in /etc/network/interfaces"
             ),
+        ),
+    }
+}
+
+/// Whether `program` runs here (`--version`), which a bridged worker needs for `what`.
+fn tool(name: &str, program: &str, what: &str, package: &str) -> Check {
+    let ran = std::process::Command::new(program)
+        .arg("-V")
+        .output()
+        .map_err(|e| e.to_string())
+        .and_then(|out| match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    match ran {
+        Ok(version) => check(name, Status::Ok, version, ""),
+        Err(error) => check(
+            name,
+            Status::Fail,
+            format!("cannot run {program}, which makes {what}: {error}"),
+            &format!("apt-get install {package}"),
         ),
     }
 }

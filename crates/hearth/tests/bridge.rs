@@ -120,6 +120,28 @@ fn a_bridged_vm_gets_its_own_tap_answers_on_the_bridge_and_leaves_no_tap() {
         }
     });
 
+    // doctor, run where the agent runs, finds the bridge and the tools a bridged worker needs.
+    let doctor = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(bin())
+        .args(["doctor", "--json", "--config"])
+        .arg(agent.config_path())
+        .output()
+        .unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&doctor.stderr)));
+    for name in ["bridge", "nftables", "iproute2"] {
+        let found = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name);
+        assert!(
+            found.is_some_and(|c| c["status"] == "ok"),
+            "{name}: {checks}"
+        );
+    }
+
     // A guest that also takes 192.0.2.99, an address not its own: heard on its own address
     // only. Its ARP answers for .99 and anything sent from .99 are dropped and counted.
     let guest = hearth_testkit::test_guest();
