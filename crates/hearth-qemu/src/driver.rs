@@ -190,6 +190,19 @@ pub fn sandbox(_network: &Network) -> &'static str {
     SANDBOX
 }
 
+/// A bridged VM's tap on `bridge`, and its anti-spoofing rules for its MAC and addresses,
+/// before its QEMU starts.
+fn plug_in(spec: &VmSpec, bridge: &str) -> Result<(), String> {
+    let tap = crate::tap::ensure(&spec.id, bridge)?;
+    let addresses: Vec<IpAddr> = spec
+        .net
+        .addresses
+        .iter()
+        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+        .collect();
+    crate::guard::apply(&tap, &mac_for(&spec.id), &addresses)
+}
+
 /// The pid of the QEMU in `dir` once it has finished starting: its pidfile names it and its
 /// QMP monitor answers (which it does only from its main loop, after the machine is set up,
 /// so a QEMU that fails under KVM is not taken for started).
@@ -665,15 +678,7 @@ impl Driver {
     ) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
         if let Network::Bridge(bridge) = &self.network {
-            let tap = crate::tap::ensure(&spec.id, bridge).map_err(StartError::Launch)?;
-            let addresses: Vec<IpAddr> = spec
-                .net
-                .addresses
-                .iter()
-                .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
-                .collect();
-            crate::guard::apply(&tap, &mac_for(&spec.id), &addresses)
-                .map_err(StartError::Launch)?;
+            plug_in(spec, bridge).map_err(StartError::Launch)?;
         }
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;

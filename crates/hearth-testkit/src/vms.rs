@@ -165,12 +165,17 @@ pub fn handler_log(root: &std::path::Path) -> std::path::PathBuf {
 /// an address from pool `lan`) through `agent`, with `extra` arguments; returns the CLI's
 /// output.
 pub fn create_tiny(agent: &TestAgent, name: &str, extra: &[&str]) -> String {
+    create_from(agent, name, "tiny", extra)
+}
+
+/// Like [`create_tiny`], from image `image`.
+pub fn create_from(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "vm",
         "create",
         name,
         "--image",
-        "tiny",
+        image,
         "--owner",
         "alice",
         "--memory-mib",

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hearth_testkit::netns::NetnsLab;
-use hearth_testkit::vms::{BOOT, create_tiny, wait_phase};
+use hearth_testkit::vms::{BOOT, create_from, create_tiny, wait_phase};
 use hearth_testkit::{TempDir, TestAgent, eventually, lab_spec, random_secret};
 
 fn bin() -> &'static Path {
@@ -155,21 +155,7 @@ fn a_bridged_vm_gets_its_own_tap_answers_on_the_bridge_and_leaves_no_tap() {
         append.push_str(" hearth.extra_ip=192.0.2.99/24");
     }
     agent.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    agent.cli(&[
-        "vm",
-        "create",
-        "sneaky",
-        "--image",
-        "spoofer",
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-    ]);
+    create_from(&agent, "sneaky", "spoofer", &[]);
     let sneaky = wait_phase(&agent, "sneaky", "running");
     let own = sneaky["ips"][0]["address"].as_str().unwrap().to_owned();
     assert_eq!(own, "192.0.2.3");
