@@ -1,7 +1,7 @@
 //! On a worker: every `[compute] stats_interval`, samples each running VM's counters (its
-//! QEMU's CPU time from `/proc`, its disk bytes over QMP, a bridged VM's tap's bytes) and adds them to the VM's history
-//! in its directory (`stats.json`, written whole and renamed into place), for the member
-//! panel's day and week charts.
+//! QEMU's CPU time from `/proc`, its disk bytes over QMP, a bridged VM's tap's bytes) and
+//! adds them to the VM's history in its directory (`stats.json`, written whole and renamed
+//! into place), for the member panel's day and week charts.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
