@@ -195,7 +195,10 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// [`LEVEL_TAG`]; a node without the tag is level 1), and the leader refuses a command of a
 /// level some live node lacks, so a rolling upgrade never puts in the log an entry an older
 /// node cannot read. Raise it with each release that adds a command, and give the command
-/// that level in [`Command::level`].
+/// that level in [`Command::level`]. The same holds for anything new *inside* a command that
+/// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
+/// kind, or a field of a struct that denies unknown fields): such a command must report the
+/// new level when it carries the new thing.
 pub const STATE_LEVEL: u32 = 2;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
