@@ -64,9 +64,10 @@ find_seed() {
 yaml_scalar() { sed -e 's/[[:space:]]#.*$//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' \
     -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'\$/\1/" | tr -d '\r'; }
 
-# Prints "ADDRESS GATEWAY" of the first NIC of a network-config v2 file. It knows just
-# enough YAML for what cloud-init documents: `addresses:` as a block or flow list (not the one
-# under `nameservers:`), `gateway4:`, or a route `to: default` / `0.0.0.0/0` with its `via:`.
+# Prints "ADDRESSES GATEWAY4 GATEWAY6" of the first NIC of a network-config v2 file
+# (ADDRESSES comma-separated, "-" for none). It knows just enough YAML for what cloud-init
+# documents: `addresses:` as a block or flow list (not the one under `nameservers:`),
+# `gateway4:`, `gateway6:`, or routes `to: default` / `0.0.0.0/0` / `::/0` with their `via:`.
 parse_network_config() {
     tr -d '\r' < "$1" | awk '
         function indent(s) { match(s, /^ */); return RLENGTH }
@@ -74,8 +75,10 @@ parse_network_config() {
             sub(/#.*/, "", s); gsub(/[[:space:]]/, "", s); gsub(/"/, "", s); gsub("\047", "", s)
             gsub(/\[/, "", s); gsub(/\]/, "", s); return s
         }
+        function add(a) { if (a != "") addrs = (addrs == "" ? a : addrs "," a) }
         function end_route() {
-            if (route_to == "default" || route_to == "0.0.0.0/0") { if (gw == "") gw = route_via }
+            if (route_via ~ /:/) { if ((route_to == "default" || route_to == "::/0") && gw6 == "") gw6 = route_via }
+            else if ((route_to == "default" || route_to == "0.0.0.0/0") && gw == "") gw = route_via
             route_to = ""; route_via = ""
         }
         /^[[:space:]]*(#|$)/ { next }
@@ -89,12 +92,13 @@ parse_network_config() {
         in_ns { next }
         /^[[:space:]]*addresses:/ {
             rest = $0; sub(/^[^:]*:/, "", rest)
-            if (rest ~ /\[/) { split(unquote(rest), items, ","); if (addr == "") addr = items[1] }
+            if (rest ~ /\[/) { n = split(unquote(rest), items, ","); for (i = 1; i <= n; i++) add(items[i]) }
             else { in_addr = 1; addr_ind = ind }
             next
         }
-        in_addr && /^[[:space:]]*-/ { item = $0; sub(/^[[:space:]]*-/, "", item); if (addr == "") addr = unquote(item); next }
+        in_addr && /^[[:space:]]*-/ { item = $0; sub(/^[[:space:]]*-/, "", item); add(unquote(item)); next }
         /^[[:space:]]*gateway4:/ { v = $0; sub(/^[^:]*:/, "", v); gw = unquote(v); next }
+        /^[[:space:]]*gateway6:/ { v = $0; sub(/^[^:]*:/, "", v); gw6 = unquote(v); next }
         /^[[:space:]]*routes:/ { in_routes = 1; routes_ind = ind; next }
         in_routes {
             line = $0
@@ -104,14 +108,16 @@ parse_network_config() {
         }
         END {
             if (in_routes) end_route()
-            print (addr == "" ? "-" : addr), (gw == "" ? "-" : gw)
+            print (addrs == "" ? "-" : addrs), (gw == "" ? "-" : gw), (gw6 == "" ? "-" : gw6)
         }
     '
 }
 
 hostname_=""
+addresses=""
 address=""
 gateway=""
+gateway6=""
 n_keys=0
 instance_id=""
 if seed_dev=$(find_seed); then
@@ -123,11 +129,13 @@ if seed_dev=$(find_seed); then
             instance_id=$(sed -n 's/^instance-id:\(.*\)$/\1/p' $seed/meta-data | head -n 1 | yaml_scalar)
         fi
         if [ -f $seed/network-config ]; then
-            read -r address gateway <<EOF
+            read -r addresses gateway gateway6 <<EOF
 $(parse_network_config $seed/network-config)
 EOF
-            [ "$address" = "-" ] && address=""
+            [ "$addresses" = "-" ] && addresses=""
             [ "$gateway" = "-" ] && gateway=""
+            [ "$gateway6" = "-" ] && gateway6=""
+            address=${addresses%%,*}
         fi
         if [ -f $seed/user-data ]; then
             # Every list item that is a public key counts, wherever it sits
@@ -151,11 +159,19 @@ fi
 ip link set lo up
 if wait_for /sys/class/net/eth0 150; then
     ip link set eth0 up
-    [ -n "$address" ] && ip addr add "$address" dev eth0
+    # Every address of the seed; IPv6 ones without duplicate address detection, so they
+    # work at once (the anti-spoofing rules are what keep neighbours apart).
+    for a in $(echo "$addresses" | tr ',' ' '); do
+        case "$a" in
+            *:*) ip -6 addr add "$a" dev eth0 nodad ;;
+            *) ip addr add "$a" dev eth0 ;;
+        esac
+    done
     # A test of anti-spoofing boots a guest that also takes an address not its own.
     extra_ip=$(sed -n 's/.*hearth\.extra_ip=\([^ ]*\).*/\1/p' /proc/cmdline)
     [ -n "$extra_ip" ] && ip addr add "$extra_ip" dev eth0
     [ -n "$gateway" ] && ip route add default via "$gateway" dev eth0 2>/dev/null
+    [ -n "$gateway6" ] && ip -6 route add default via "$gateway6" dev eth0 2>/dev/null
     mac=$(cat /sys/class/net/eth0/address)
 else
     say "HEARTH-GUEST-WARN no eth0"
@@ -203,6 +219,7 @@ else
 fi
 
 say "HEARTH-GUEST-NET dev=eth0 mac=$mac gateway=$gateway instance-id=$instance_id"
+say "HEARTH-GUEST-ADDRESSES all=$addresses gateway6=$gateway6"
 say "HEARTH-GUEST hostname=$(hostname) ip=$address keys=$n_keys"
 
 # busybox acpid turns the power button (the button module's input device, read through
@@ -217,6 +234,42 @@ EOF
 chmod 0755 /etc/acpi/PWRF/00000080
 wait_for /dev/input/event0 150 || say "HEARTH-GUEST-WARN no input device for the power button"
 acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid
+
+# Network exercises for the bridge tests, from the kernel command line:
+# - hearth.ping=IP,IP,...: ping each once a second, saying on the console whenever one's
+#   answer changes (HEARTH-GUEST-PING ip=IP ok=1|0);
+# - hearth.sink=PORT: take TCP connections on PORT and throw what they send away;
+# - hearth.source=IP:PORT: send zeros to IP:PORT over TCP, reconnecting, without end.
+cmdline_value() { sed -n "s/.*hearth\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+ping_targets=$(cmdline_value ping)
+if [ -n "$ping_targets" ]; then
+    (
+        for t in $(echo "$ping_targets" | tr ',' ' '); do echo "$t -"; done > /tmp/pings
+        while true; do
+            for t in $(echo "$ping_targets" | tr ',' ' '); do
+                if ping -c 1 -W 1 "$t" >/dev/null 2>&1; then ok=1; else ok=0; fi
+                if ! grep -qx "$t $ok" /tmp/pings; then
+                    say "HEARTH-GUEST-PING ip=$t ok=$ok"
+                    grep -v "^$t " /tmp/pings > /tmp/pings.new
+                    echo "$t $ok" >> /tmp/pings.new
+                    mv /tmp/pings.new /tmp/pings
+                fi
+            done
+            sleep 1
+        done
+    ) &
+fi
+sink_port=$(cmdline_value sink)
+if [ -n "$sink_port" ]; then
+    ( while true; do nc -l -p "$sink_port" > /dev/null 2>&1; done ) &
+fi
+source_to=$(cmdline_value source)
+if [ -n "$source_to" ]; then
+    ( while true; do
+        dd if=/dev/zero bs=65536 count=100000 2>/dev/null | nc "${source_to%:*}" "${source_to##*:}" 2>/dev/null
+        sleep 1
+    done ) &
+fi
 
 say "HEARTH-GUEST-READY"
 

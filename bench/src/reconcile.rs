@@ -44,6 +44,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
             io: IoLimits {
                 iops: Some(1000),
                 bytes_per_sec: None,
+                ..IoLimits::default()
             },
             power,
             replicas: 1,
@@ -52,6 +53,7 @@ fn member_vm(i: usize, id: &str, power: Power) -> Vm {
             pool: "lan".into(),
             address: std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
             prefix: 8,
+            routed: false,
         }],
         host: Some("w1".into()),
         deleting: false,
@@ -101,12 +103,14 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             foreign: false,
             held: false,
             mirroring: None,
+            guard_altered: false,
         });
         memory.applied_io.insert(
             id,
             IoLimits {
                 iops: Some(1000),
                 bytes_per_sec: None,
+                ..IoLimits::default()
             },
         );
     }
@@ -119,6 +123,7 @@ fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {
             foreign: false,
             held: false,
             mirroring: None,
+            guard_altered: false,
         });
     }
     (compute, seen, memory)

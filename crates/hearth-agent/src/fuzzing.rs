@@ -66,6 +66,7 @@ fn seeded() -> DesiredState {
                 first: None,
                 last: None,
                 replicas: None,
+                delegate: None,
             },
             expect: Expect::Any,
         },

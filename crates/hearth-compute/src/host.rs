@@ -268,10 +268,22 @@ async fn report_drift(host: &Host, t: &mut Tracking, drift: &[Drift]) {
     if t.reported_drift.as_deref() == Some(drift) {
         return;
     }
-    let command = ComputeCommand::Drift {
+    let mut command = ComputeCommand::Drift {
         host: host.name.clone(),
         drift: drift.to_vec(),
     };
+    // While a node of an older release lives, kinds it cannot read stay unreported, so the
+    // others still are.
+    if command.level() > host.state.cluster_level() {
+        command = ComputeCommand::Drift {
+            host: host.name.clone(),
+            drift: drift
+                .iter()
+                .filter(|d| d.kind != hearth_types::compute::DriftKind::GuardAltered)
+                .cloned()
+                .collect(),
+        };
+    }
     if host
         .state
         .submit(Command::Compute { command })
@@ -279,6 +291,24 @@ async fn report_drift(host: &Host, t: &mut Tracking, drift: &[Drift]) {
         .is_ok()
     {
         t.reported_drift = Some(drift.to_vec());
+    }
+}
+
+/// Puts a running bridged VM's tap rules and shaper back, and counts the repair.
+fn put_guard_back(host: &Host, desired: &DesiredState, t: &mut Tracking, vm: String) {
+    let done = desired
+        .compute
+        .vms
+        .get(&vm)
+        .ok_or_else(|| "no longer in the desired state".to_owned())
+        .and_then(|entry| spec_for(&entry.value, &desired.compute, &host.blobs))
+        .and_then(|spec| host.driver.guard(&spec));
+    match done {
+        Ok(()) => {
+            tracing::warn!(%vm, "the VM's tap rules or shaper were missing or altered; put back");
+            *t.memory.guard_repairs.entry(vm).or_insert(0) += 1;
+        }
+        Err(error) => tracing::warn!(%vm, %error, "putting the VM's tap rules back"),
     }
 }
 
@@ -314,6 +344,11 @@ async fn act(
         Action::KillForeign { vm, pid } => {
             tracing::warn!(%vm, pid, "stopping a QEMU process hearth did not start, as fixed by an operator");
             kill_foreign(pid).await;
+        }
+        Action::Guard { vm } => put_guard_back(host, desired, t, vm),
+        Action::AckGuard { vm } => {
+            tracing::info!(%vm, "tap rule repairs acknowledged by an operator");
+            t.memory.guard_repairs.remove(&vm);
         }
         Action::SetIo { vm, io } => match host.driver.set_io_limits(&vm, &io).await {
             Ok(()) => {
@@ -840,6 +875,7 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
     }
     let mut net = NetConfig {
         addresses: vec![],
+        allowed: vec![],
         gateway4: None,
         gateway6: None,
         resolvers: vec![],
@@ -847,6 +883,15 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
     for assigned in &vm.ips {
         net.addresses
             .push(format!("{}/{}", assigned.address, assigned.prefix));
+        let whole = if assigned.address.is_ipv4() { 32 } else { 128 };
+        net.allowed.push((
+            assigned.address,
+            if assigned.routed {
+                assigned.prefix
+            } else {
+                whole
+            },
+        ));
         if let Some(pool) = compute.pools.get(&assigned.pool) {
             match pool.value.gateway {
                 Some(gw @ std::net::IpAddr::V4(_)) if net.gateway4.is_none() => {

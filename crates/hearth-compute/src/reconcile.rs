@@ -20,6 +20,9 @@ pub struct Memory {
     /// recorded them, so a pass on a copy of the state that does not show it yet never
     /// reboots the VM a second time.
     pub reboots_done: BTreeMap<String, u64>,
+    /// Times this host put a bridged VM's tap rules or shaper back, until an operator
+    /// acknowledges the drift entry that lists them.
+    pub guard_repairs: BTreeMap<String, u64>,
 }
 
 /// Restarts within the crash window before the host gives up on a VM.
@@ -52,6 +55,14 @@ pub enum Action {
     SetIo {
         vm: String,
         io: IoLimits,
+    },
+    /// Put a running bridged VM's tap, anti-spoofing rules and shaper back as they should be.
+    Guard {
+        vm: String,
+    },
+    /// Forget the repairs of a VM's tap rules (an operator acknowledged them).
+    AckGuard {
+        vm: String,
     },
     Report {
         vm: String,
@@ -173,6 +184,8 @@ impl Action {
             | Action::ClaimDisk { vm }
             | Action::KillForeign { vm, .. }
             | Action::ResetCrashes { vm }
+            | Action::Guard { vm }
+            | Action::AckGuard { vm }
             | Action::MoveStopped { vm, .. }
             | Action::Receive { vm, .. }
             | Action::PrepareLive { vm }
@@ -299,6 +312,7 @@ pub fn reconcile(me: &str, compute: &Compute, seen: &[ObservedVm], memory: &Memo
     for vm in &mine {
         let found = seen_by_id.get(vm.id.as_str()).copied();
         one_vm(me, vm, found, memory, &mut plan.actions, &mut drift);
+        guard(me, vm, found, memory, &mut plan.actions, &mut drift);
     }
     let mine_ids: BTreeSet<&str> = mine.iter().map(|vm| vm.id.as_str()).collect();
     receive(me, compute, &mut plan.actions);
@@ -340,6 +354,35 @@ fn conflicts(me: &str, mine: &[&Vm]) -> Vec<Drift> {
         }
     }
     drift
+}
+
+/// A running bridged VM whose tap rules or shaper were found missing or altered gets them
+/// back at once; each repair is remembered and listed as drift until an operator
+/// acknowledges it, since something on the host changed them.
+fn guard(
+    me: &str,
+    vm: &Vm,
+    found: Option<&ObservedVm>,
+    memory: &Memory,
+    actions: &mut Vec<Action>,
+    drift: &mut Vec<Drift>,
+) {
+    if found.is_some_and(|s| s.pid.is_some() && s.guard_altered) && !vm.deleting {
+        actions.push(Action::Guard { vm: vm.id.clone() });
+    }
+    if let Some(times) = memory.guard_repairs.get(&vm.id) {
+        drift.push(Drift {
+            id: format!("{me}/{}/{}", DriftKind::GuardAltered.as_str(), vm.id),
+            host: me.into(),
+            vm: vm.id.clone(),
+            kind: DriftKind::GuardAltered,
+            detail: format!(
+                "the anti-spoofing rules or bandwidth limits on {}'s tap were missing or altered; put back {times} time(s)",
+                vm.request.name
+            ),
+            fix: "acknowledge (they are back; find out what on the host changed them)".into(),
+        });
+    }
 }
 
 /// The actions and drift for one VM placed on this host.
@@ -713,6 +756,7 @@ fn fixes(
         let vm = entry.vm.clone();
         match entry.kind {
             DriftKind::CrashLoop => actions.push(Action::ResetCrashes { vm }),
+            DriftKind::GuardAltered => actions.push(Action::AckGuard { vm }),
             DriftKind::WrongHost | DriftKind::UnknownVm => {
                 let destroy = compute.destroy.contains(id) && !compute.vms.contains_key(&vm);
                 let intruder = seen.iter().any(|s| s.id == vm && s.foreign);
@@ -788,6 +832,7 @@ pub(crate) mod tests {
 
     fn seen(id: &str, pid: Option<u32>, disk: bool) -> ObservedVm {
         ObservedVm {
+            guard_altered: false,
             id: id.into(),
             pid,
             disk_present: disk,
@@ -931,6 +976,7 @@ pub(crate) mod tests {
         assert_eq!(plan.actions, [Action::Shutdown { vm: "vm-1".into() }]);
         // The paused QEMU a live move left behind is archived (stopped first), no drift.
         let paused = ObservedVm {
+            guard_altered: false,
             held: true,
             ..older.clone()
         };
@@ -1009,6 +1055,7 @@ pub(crate) mod tests {
         moving.value.migration = None;
         let c = compute(vec![moving]);
         let held = [ObservedVm {
+            guard_altered: false,
             held: true,
             ..running[0].clone()
         }];
@@ -1161,6 +1208,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn altered_tap_rules_are_put_back_and_listed_until_acknowledged() {
+        let c = compute(vec![vm("vm-1", "w1", Phase::Running, Power::Running)]);
+        let mut altered = seen("vm-1", Some(42), true);
+        altered.guard_altered = true;
+        let mut memory = Memory::default();
+        memory.applied_io.insert("vm-1".into(), IoLimits::default());
+        let plan = reconcile("w1", &c, &[altered], &memory);
+        assert_eq!(plan.actions, [Action::Guard { vm: "vm-1".into() }]);
+        assert!(plan.drift.is_empty(), "no repair made yet");
+        // Put back once: listed, and no new repair while they hold.
+        memory.guard_repairs.insert("vm-1".into(), 1);
+        let intact = seen("vm-1", Some(42), true);
+        let plan = reconcile("w1", &c, std::slice::from_ref(&intact), &memory);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.drift.len(), 1);
+        assert_eq!(plan.drift[0].kind, DriftKind::GuardAltered);
+        assert!(plan.drift[0].detail.contains("1 time"), "{:?}", plan.drift);
+        // A stopped VM's rules are not looked after.
+        let stopped = seen("vm-1", None, true);
+        let plan = reconcile("w1", &c, &[stopped], &Memory::default());
+        assert!(!plan.actions.contains(&Action::Guard { vm: "vm-1".into() }));
+        // The operator's fix acknowledges it.
+        let mut c = c;
+        c.fixes.insert(plan_id("w1", "vm-1"), 9);
+        let plan = reconcile("w1", &c, &[intact], &memory);
+        assert!(
+            plan.actions
+                .contains(&Action::AckGuard { vm: "vm-1".into() })
+        );
+    }
+
+    fn plan_id(host: &str, vm: &str) -> String {
+        format!("{host}/{}/{vm}", DriftKind::GuardAltered.as_str())
+    }
+
+    #[test]
     fn running_matches_power_and_io() {
         let mut v = vm("vm-1", "w1", Phase::Running, Power::Running);
         v.value.request.io.iops = Some(100);
@@ -1173,7 +1256,8 @@ pub(crate) mod tests {
                 vm: "vm-1".into(),
                 io: IoLimits {
                     iops: Some(100),
-                    bytes_per_sec: None
+                    bytes_per_sec: None,
+                    ..IoLimits::default()
                 }
             }]
         );
@@ -1183,6 +1267,7 @@ pub(crate) mod tests {
             IoLimits {
                 iops: Some(100),
                 bytes_per_sec: None,
+                ..IoLimits::default()
             },
         );
         assert!(reconcile("w1", &c, &seen, &memory).actions.is_empty());
@@ -1235,6 +1320,7 @@ pub(crate) mod tests {
             pool: "lan".into(),
             address: "192.0.2.5".parse().unwrap(),
             prefix: 24,
+            routed: false,
         };
         a.value.ips.push(ip.clone());
         b.value.ips.push(ip);
@@ -1353,6 +1439,7 @@ pub(crate) mod tests {
             pool: "lan".into(),
             address: "192.0.2.5".parse().unwrap(),
             prefix: 24,
+            routed: false,
         };
         a.value.ips.push(ip.clone());
         b.value.ips.push(ip);

@@ -380,6 +380,7 @@ mod tests {
 
     fn running(mirroring: Option<u64>) -> ObservedVm {
         ObservedVm {
+            guard_altered: false,
             id: "vm-1".into(),
             pid: Some(100),
             disk_present: true,

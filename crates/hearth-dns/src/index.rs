@@ -128,6 +128,7 @@ impl NameIndex {
         add_nodes(&mut pending, zone, view);
         add_services(&mut pending, zone, view, desired);
         add_static_records(&mut pending, zone, desired);
+        add_vms(&mut pending, zone, desired);
         add_empty_non_terminals(&mut pending);
         let finish = |(key, entry): (Box<[u8]>, Pending)| {
             let is_apex = key.is_empty();
@@ -323,6 +324,43 @@ fn service_addresses(
         return passing;
     }
     instances.iter().map(|instance| instance.address).collect()
+}
+
+/// The addresses of each VM (`<name>.vm.<zone>`), as the VMs not being deleted hold them.
+/// Only what this gives reaches DNS from the VMs, so a snapshot is rebuilt when it changes.
+pub(crate) fn vm_addresses(desired: &DesiredState) -> Vec<(&str, Vec<IpAddr>)> {
+    desired
+        .compute
+        .vms
+        .values()
+        .map(|vm| &vm.value)
+        .filter(|vm| !vm.deleting && !vm.ips.is_empty())
+        .map(|vm| {
+            let ips = vm.ips.iter().map(|a| a.address).collect();
+            (vm.request.name.as_str(), ips)
+        })
+        .collect()
+}
+
+/// Each VM with addresses answers A and AAAA at `<name>.vm.<zone>` (a VM's name is unique
+/// in the cluster); a static set written at the same name is served instead.
+fn add_vms(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, desired: &DesiredState) {
+    let Some(under) = origin_child(&zone.origin, "vm") else {
+        return;
+    };
+    for (name, ips) in vm_addresses(desired) {
+        let owner = origin_child(&under, name);
+        let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
+            continue;
+        };
+        let entry = pending.entry(key).or_default();
+        if entry.statics.iter().any(RrSet::is_address) {
+            continue;
+        }
+        for set in address_sets(ips, zone.ttl) {
+            entry.add_static(set);
+        }
+    }
 }
 
 /// Static sets whose name or values cannot be read are left out rather than failing the zone.

@@ -79,13 +79,14 @@ impl ZoneSnapshot {
     }
 
     /// Whether a rebuild from these inputs would serve the same zone, so that bumping the serial
-    /// for it would be noise. Only the static records and the drain flags of the desired state
-    /// reach DNS; the rest of it (cluster-wide services, recorded events and their deliveries)
+    /// for it would be noise. Only the static records, the drain flags and the VMs' addresses
+    /// of the desired state reach DNS; the rest of it (cluster-wide services, recorded events and their deliveries)
     /// changes often without touching the zone.
     pub(crate) fn is_built_from(&self, view: &View, desired: &DesiredState) -> bool {
         *self.view == *view
             && self.desired.records == desired.records
             && self.desired.drained == desired.drained
+            && crate::index::vm_addresses(&self.desired) == crate::index::vm_addresses(desired)
     }
 
     pub(crate) fn apex(&self) -> &Apex {

@@ -106,6 +106,9 @@ impl Launcher {
 pub struct NetConfig {
     /// CIDR strings.
     pub addresses: Vec<String>,
+    /// What the guest may send from on a bridge: each address (full-length prefix) and
+    /// each network routed to it.
+    pub allowed: Vec<(IpAddr, u8)>,
     pub gateway4: Option<IpAddr>,
     pub gateway6: Option<IpAddr>,
     pub resolvers: Vec<IpAddr>,
@@ -190,17 +193,18 @@ pub fn sandbox(_network: &Network) -> &'static str {
     SANDBOX
 }
 
-/// A bridged VM's tap on `bridge`, and its anti-spoofing rules for its MAC and addresses,
-/// before its QEMU starts.
-fn plug_in(spec: &VmSpec, bridge: &str) -> Result<(), String> {
-    let tap = crate::tap::ensure(&spec.id, bridge)?;
-    let addresses: Vec<IpAddr> = spec
-        .net
-        .addresses
-        .iter()
-        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
-        .collect();
-    crate::guard::apply(&tap, &mac_for(&spec.id), &addresses)
+/// A bridged VM's tap on `bridge`, its anti-spoofing rules for its MAC and addresses and
+/// its bandwidth limits, before its QEMU starts (and again when the reconciler finds them
+/// altered), recorded in its directory `dir`.
+fn plug_in(spec: &VmSpec, bridge: &str, dir: &Path) -> Result<(), String> {
+    let guard = crate::guard::Guard {
+        tap: crate::tap::ensure(&spec.id, bridge)?,
+        mac: mac_for(&spec.id),
+        allowed: spec.net.allowed.clone(),
+        in_bytes_per_sec: spec.io.net_in_bytes_per_sec,
+        out_bytes_per_sec: spec.io.net_out_bytes_per_sec,
+    };
+    guard.apply(dir)
 }
 
 /// The pid of the QEMU in `dir` once it has finished starting: its pidfile names it and its
@@ -522,12 +526,20 @@ impl Driver {
     pub fn observe(&self) -> Result<Vec<ObservedVm>, ObserveError> {
         let mut seen = Vec::new();
         let mut ours = BTreeSet::new();
+        // The rules and queues of every tap, read once for all the VMs.
+        let mut listing = None;
         for (id, path) in vm_dirs(&self.root)? {
             let pid = self.pid_checked(&id).map_err(io_error(&path))?;
             if let Some(pid) = pid {
                 ours.insert(pid);
             }
+            let guard_altered = pid.is_some()
+                && matches!(self.network, Network::Bridge(_))
+                && !listing
+                    .get_or_insert_with(crate::guard::Listing::take)
+                    .intact(&path);
             seen.push(ObservedVm {
+                guard_altered,
                 disk_present: path.join("disk.qcow2").is_file(),
                 generation: crate::disk::read_generation(&path)?,
                 held: path.join(crate::live::HELD).exists(),
@@ -567,6 +579,7 @@ impl Driver {
                     foreign: true,
                     held: false,
                     mirroring: None,
+                    guard_altered: false,
                 });
             }
         }
@@ -678,7 +691,7 @@ impl Driver {
     ) -> Result<u32, StartError> {
         let binary = format!("qemu-system-{}", spec.arch.as_str());
         if let Network::Bridge(bridge) = &self.network {
-            plug_in(spec, bridge).map_err(StartError::Launch)?;
+            plug_in(spec, bridge, dir).map_err(StartError::Launch)?;
         }
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
@@ -889,6 +902,15 @@ impl Driver {
 
     /// Changes the root disk's limits live, all six of QEMU's figures at once.
     pub async fn set_io_limits(&self, id: &str, limits: &IoLimits) -> Result<(), ControlError> {
+        let dir = self.dir(id);
+        if let Some(mut guard) = crate::guard::Guard::applied(&dir)
+            && (guard.in_bytes_per_sec, guard.out_bytes_per_sec)
+                != (limits.net_in_bytes_per_sec, limits.net_out_bytes_per_sec)
+        {
+            guard.in_bytes_per_sec = limits.net_in_bytes_per_sec;
+            guard.out_bytes_per_sec = limits.net_out_bytes_per_sec;
+            guard.apply(&dir).map_err(ControlError::Unexpected)?;
+        }
         let args = json!({
             "id": DISK_QOM,
             "iops": limits.iops.unwrap_or(0),
@@ -916,7 +938,17 @@ impl Driver {
         Ok(IoLimits {
             iops: figure("iops"),
             bytes_per_sec: figure("bps"),
+            ..IoLimits::default()
         })
+    }
+
+    /// Puts a running bridged VM's tap, rules and limits back as `spec` has them (the
+    /// reconciler found them missing or altered). Nothing to do on the user-mode network.
+    pub fn guard(&self, spec: &VmSpec) -> Result<(), String> {
+        match &self.network {
+            Network::Bridge(bridge) => plug_in(spec, bridge, &self.dir(&spec.id)),
+            Network::User => Ok(()),
+        }
     }
 }
 
@@ -978,6 +1010,7 @@ mod tests {
             io: IoLimits {
                 iops: Some(100),
                 bytes_per_sec: None,
+                ..IoLimits::default()
             },
             generation: 1,
         }
@@ -1077,6 +1110,7 @@ mod tests {
             [
                 // pid 1 is not a QEMU with this VM's files: not running.
                 ObservedVm {
+                    guard_altered: false,
                     id: "vm-1".into(),
                     pid: None,
                     disk_present: true,
@@ -1086,6 +1120,7 @@ mod tests {
                     mirroring: None,
                 },
                 ObservedVm {
+                    guard_altered: false,
                     id: "vm-2".into(),
                     pid: None,
                     disk_present: false,

@@ -47,6 +47,7 @@ impl FakeDriver {
                 .map_err(io_error(&marker))?
                 .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok());
             seen.push(ObservedVm {
+                guard_altered: false,
                 disk_present: path.join(DISK).is_file(),
                 generation: read_generation(&path)?,
                 id,
@@ -287,6 +288,14 @@ impl VmDriver {
         match self {
             VmDriver::Qemu(d) => d.delete(id).await,
             VmDriver::Fake(d) => d.delete(id).await,
+        }
+    }
+
+    /// Puts a bridged VM's tap rules back (the fake driver has no network).
+    pub fn guard(&self, spec: &crate::driver::VmSpec) -> Result<(), String> {
+        match self {
+            VmDriver::Qemu(d) => d.guard(spec),
+            VmDriver::Fake(_) => Ok(()),
         }
     }
 

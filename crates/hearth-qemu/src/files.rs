@@ -1,10 +1,19 @@
 //! The files of a VM's directory that both drivers read and remove: the check of a VM id
 //! (which names the directory), a read that tells an absent file from a failed read, and the
-//! listing and removal of VM directories under a root.
+//! listing and removal of VM directories under a root, and a write that is whole or absent.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, io_error};
+
+/// Writes `bytes` to `path` through a file beside it and a rename: a reader finds the old
+/// content or the new, never half of it.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
+}
 
 /// A VM id names a directory: letters, digits and dashes only.
 pub(crate) fn valid_id(id: &str) -> bool {

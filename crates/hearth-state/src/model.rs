@@ -199,7 +199,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 2;
+pub const STATE_LEVEL: u32 = 3;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -208,6 +208,10 @@ impl Command {
     pub fn level(&self) -> u32 {
         match self {
             Command::RecordUptime { .. } => 2,
+            // Network limits in a plan's or an account's quota (level 3).
+            Command::PutPlan { plan, .. } if plan.quota.io().limits_network() => 3,
+            Command::PutAccount { account, .. } if account.quota.io().limits_network() => 3,
+            Command::Compute { command } => command.level(),
             _ => 1,
         }
     }
@@ -641,6 +645,19 @@ mod tests {
         };
         assert_eq!(first.level(), 1);
         assert!(STATE_LEVEL >= uptime.level());
+        // Network limits are level 3; the same command without them is not.
+        let mut io = hearth_types::compute::IoLimits::default();
+        let set = |io| Command::Compute {
+            command: ComputeCommand::SetIo {
+                vm: "vm-1".into(),
+                io,
+                expect: Default::default(),
+            },
+        };
+        assert_eq!(set(io).level(), 1);
+        io.net_out_bytes_per_sec = Some(1000);
+        assert_eq!(set(io).level(), 3);
+        assert!(STATE_LEVEL >= set(io).level());
     }
 
     fn a_record(name: &str, ip: &str) -> RecordSet {

@@ -202,6 +202,11 @@ impl StateNode {
         membership.voter_ids().next().is_some()
     }
 
+    /// The highest state level every live node reads (see `model::cluster_level`).
+    pub fn cluster_level(&self) -> u32 {
+        crate::model::cluster_level(&self.inner.views.borrow())
+    }
+
     pub fn reader(&self) -> &StateReader {
         &self.inner.reader
     }
@@ -720,7 +725,7 @@ async fn fetch_from(
 impl Application for StateNode {
     /// On the leader: checks that a quorum answered recently, then commits.
     async fn write(&self, command: Command) -> Result<WriteResult, StateError> {
-        let level = crate::model::cluster_level(&self.inner.views.borrow());
+        let level = self.cluster_level();
         if command.level() > level {
             return Err(StateError::Unsupported(format!(
                 "a live node runs an older release (state level {level}) that cannot read this \

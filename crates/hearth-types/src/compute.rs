@@ -135,6 +135,11 @@ pub struct IpPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2))]
     pub replicas: Option<u8>,
+    /// IPv6 only: give each VM a whole network of this prefix length (64: a routed /64 per
+    /// VM) instead of one address. The first such network, the link's, is never given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub delegate: Option<u8>,
 }
 
 impl IpPool {
@@ -145,7 +150,7 @@ impl IpPool {
         }
         let (network, prefix) = parse_cidr(&self.cidr)?;
         let inside = |field: &str, ip: &IpAddr| {
-            if contains(network, prefix, *ip) {
+            if contains(network, prefix, *ip) || (field == "gateway" && is_link_local(ip)) {
                 Ok(())
             } else {
                 Err(format!("{field}: {ip} is outside {}", self.cidr))
@@ -159,6 +164,22 @@ impl IpPool {
         }
         if let Some(last) = &self.last {
             inside("last", last)?;
+        }
+        if let Some(length) = self.delegate {
+            if network.is_ipv4() {
+                return Err("delegate: only for an IPv6 pool".into());
+            }
+            if length <= prefix || length > 64 {
+                return Err(format!(
+                    "delegate: give a prefix length from {} to 64 (64: a /64 per VM)",
+                    prefix + 1
+                ));
+            }
+            if self.first.is_some() || self.last.is_some() {
+                return Err(
+                    "first: not with delegate; every network but the first is given".into(),
+                );
+            }
         }
         let (first, last) = self.range()?;
         if first > last {
@@ -203,6 +224,9 @@ impl IpPool {
     /// The lowest allocatable address not in `used` and not the gateway; `None` when the pool
     /// is exhausted. Deterministic, so every replica allocates the same address.
     pub fn allocate(&self, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+        if let Some(length) = self.delegate {
+            return self.allocate_network(length, used);
+        }
         let (first, last) = self.range().ok()?;
         let v4 = parse_cidr(&self.cidr).ok()?.0.is_ipv4();
         // Bounded by the number of used addresses plus the gateway: each step skips one. An
@@ -214,6 +238,42 @@ impl IpPool {
     }
 }
 
+impl IpPool {
+    /// The first host address of the lowest free network of prefix `length`, skipping the
+    /// first (the link's) and the gateway's.
+    fn allocate_network(&self, length: u8, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+        let (network, prefix) = parse_cidr(&self.cidr).ok()?;
+        if network.is_ipv4() || length <= prefix || length > 64 {
+            return None;
+        }
+        let step = 1u128 << (128 - length);
+        let count = 1u128 << (length - prefix);
+        let base = to_number(network);
+        let holds_gateway = |start: u128| {
+            self.gateway
+                .is_some_and(|gw| (start..start + step).contains(&to_number(gw)))
+        };
+        (1..count)
+            .map(|i| base + i * step)
+            .filter(|start| !holds_gateway(*start))
+            .map(|start| from_number(start + 1, false))
+            .find(|ip| !used.contains(ip))
+    }
+
+    /// The prefix length each VM's address gets: the delegated network's, or the pool's.
+    pub fn assigned_prefix(&self) -> Result<u8, String> {
+        match self.delegate {
+            Some(length) => Ok(length),
+            None => self.prefix(),
+        }
+    }
+}
+
+/// An IPv6 link-local address (`fe80::/10`), a routed pool's usual gateway.
+fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// Per-disk IO limits, applied through QEMU's block throttling.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IoLimits {
@@ -223,12 +283,39 @@ pub struct IoLimits {
     #[serde(default)]
     #[schemars(range(min = 1, max = crate::quota::IO_MAX))]
     pub bytes_per_sec: Option<u64>,
+    /// Network bytes per second into the guest, shaped on its tap (bridged VMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::quota::IO_MAX))]
+    pub net_in_bytes_per_sec: Option<u64>,
+    /// Network bytes per second out of the guest, dropped above it at its tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::quota::IO_MAX))]
+    pub net_out_bytes_per_sec: Option<u64>,
 }
 
 impl IoLimits {
+    /// The disk's limits only (what QEMU throttles).
+    pub fn disk(&self) -> IoLimits {
+        IoLimits {
+            iops: self.iops,
+            bytes_per_sec: self.bytes_per_sec,
+            ..IoLimits::default()
+        }
+    }
+
+    /// Whether a network limit is set (which a release before state level 3 cannot read).
+    pub fn limits_network(&self) -> bool {
+        self.net_in_bytes_per_sec.is_some() || self.net_out_bytes_per_sec.is_some()
+    }
+
     /// Each limit, when set, between 1 and QEMU's largest (`quota::IO_MAX`, 10^15).
     pub fn validate(&self) -> Result<(), String> {
-        for (field, value) in [("iops", self.iops), ("bytes_per_sec", self.bytes_per_sec)] {
+        for (field, value) in [
+            ("iops", self.iops),
+            ("bytes_per_sec", self.bytes_per_sec),
+            ("net_in_bytes_per_sec", self.net_in_bytes_per_sec),
+            ("net_out_bytes_per_sec", self.net_out_bytes_per_sec),
+        ] {
             if let Some(value) = value
                 && !(1..=crate::quota::IO_MAX).contains(&value)
             {
@@ -634,6 +721,10 @@ pub struct Assigned {
     pub pool: String,
     pub address: IpAddr,
     pub prefix: u8,
+    /// The whole `address/prefix` network is the VM's, routed to it (a pool with
+    /// `delegate`): `address` is its first host address, which the guest takes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routed: bool,
 }
 
 /// What a worker host offers, as it reported it.
@@ -707,6 +798,9 @@ pub enum DriftKind {
     WrongHost,
     /// A VM that kept dying after starts.
     CrashLoop,
+    /// The anti-spoofing rules or the bandwidth shaper on a bridged VM's tap were missing
+    /// or altered: its host put them back. Cleared by an admin's fix (an acknowledgement).
+    GuardAltered,
 }
 
 impl DriftKind {
@@ -717,6 +811,7 @@ impl DriftKind {
             DriftKind::IpConflict => "ip-conflict",
             DriftKind::WrongHost => "wrong-host",
             DriftKind::CrashLoop => "crash-loop",
+            DriftKind::GuardAltered => "guard-altered",
         }
     }
 }
@@ -827,6 +922,7 @@ mod tests {
             first: None,
             last: None,
             replicas: None,
+            delegate: None,
         }
     }
 
@@ -868,6 +964,43 @@ mod tests {
 
     /// Regression: a full IPv6 pool wrapped around and handed out `::` (and panicked on the
     /// overflow in a build with overflow checks, on every replica); `::/0` held only `::`.
+    #[test]
+    fn a_delegating_pool_gives_each_vm_a_network_but_the_links() {
+        let mut p = pool("2001:db8:1::/48");
+        p.delegate = Some(64);
+        p.gateway = Some("fe80::1".parse().unwrap());
+        p.validate().unwrap();
+        assert_eq!(p.assigned_prefix(), Ok(64));
+        let mut used = BTreeSet::new();
+        let first = p.allocate(&used).unwrap();
+        assert_eq!(first.to_string(), "2001:db8:1:1::1");
+        used.insert(first);
+        assert_eq!(p.allocate(&used).unwrap().to_string(), "2001:db8:1:2::1");
+        // A gateway inside a network keeps that network from being given.
+        p.gateway = Some("2001:db8:1:1::fe".parse().unwrap());
+        assert_eq!(
+            p.allocate(&BTreeSet::new()).unwrap().to_string(),
+            "2001:db8:1:2::1"
+        );
+        // A /63 holds two /64s: the link's and one more.
+        let mut small = pool("2001:db8::/63");
+        small.delegate = Some(64);
+        let one = small.allocate(&BTreeSet::new()).unwrap();
+        assert_eq!(small.allocate(&BTreeSet::from([one])), None);
+        for (change, field) in [(Some(48), "delegate"), (Some(65), "delegate")] {
+            let mut bad = pool("2001:db8:1::/48");
+            bad.delegate = change;
+            assert!(bad.validate().unwrap_err().starts_with(field));
+        }
+        let mut v4 = pool("192.0.2.0/24");
+        v4.delegate = Some(28);
+        assert!(v4.validate().unwrap_err().contains("only for an IPv6 pool"));
+        let mut ranged = pool("2001:db8:1::/48");
+        ranged.delegate = Some(64);
+        ranged.first = Some("2001:db8:1:5::1".parse().unwrap());
+        assert!(ranged.validate().unwrap_err().starts_with("first"));
+    }
+
     #[test]
     fn pools_at_the_ends_of_the_address_space_neither_wrap_nor_overflow() {
         let all = pool("::/0");
@@ -1041,6 +1174,9 @@ pub struct ObservedVm {
     /// The replica (by its `since`) this VM's QEMU was set to mirror into (the `replica`
     /// file beside the disk); the mirror lives only as long as that QEMU.
     pub mirroring: Option<u64>,
+    /// It runs on a bridge, and the anti-spoofing rules or the shaper on its tap are not as
+    /// they were applied (missing or altered).
+    pub guard_altered: bool,
 }
 
 /// A replica's copy a host keeps for a VM whose disk lives elsewhere (`ID.replica/`).

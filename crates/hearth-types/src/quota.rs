@@ -38,6 +38,13 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = IO_MAX))]
     pub bytes_per_sec: Option<u64>,
+    /// Network bytes per second into and out of each bridged VM of the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = IO_MAX))]
+    pub net_in_bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = IO_MAX))]
+    pub net_out_bytes_per_sec: Option<u64>,
 }
 
 impl Quota {
@@ -51,6 +58,8 @@ impl Quota {
         addresses: Some(5),
         iops: None,
         bytes_per_sec: None,
+        net_in_bytes_per_sec: None,
+        net_out_bytes_per_sec: None,
     };
 
     /// `self`, with each limit `over` sets taking its place.
@@ -63,6 +72,8 @@ impl Quota {
             addresses: over.addresses.or(self.addresses),
             iops: over.iops.or(self.iops),
             bytes_per_sec: over.bytes_per_sec.or(self.bytes_per_sec),
+            net_in_bytes_per_sec: over.net_in_bytes_per_sec.or(self.net_in_bytes_per_sec),
+            net_out_bytes_per_sec: over.net_out_bytes_per_sec.or(self.net_out_bytes_per_sec),
         }
     }
 
@@ -80,6 +91,8 @@ impl Quota {
         IoLimits {
             iops: self.iops,
             bytes_per_sec: self.bytes_per_sec,
+            net_in_bytes_per_sec: self.net_in_bytes_per_sec,
+            net_out_bytes_per_sec: self.net_out_bytes_per_sec,
         }
     }
 }

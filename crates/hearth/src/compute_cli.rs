@@ -73,6 +73,10 @@ pub enum PoolCommand {
         #[arg(long)]
         last: Option<IpAddr>,
         /// Copies of the disk of a VM created with an address from this pool and no
+        /// IPv6 only: give each VM a whole network of this prefix length (64: a routed /64
+        /// per VM, which the co-op's router sends to the VM) instead of one address.
+        #[arg(long, value_name = "LENGTH")]
+        delegate: Option<u8>,
         /// `--replicas` of its own: 2 keeps a synchronous copy on another worker.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
         replicas: Option<u8>,
@@ -208,6 +212,13 @@ pub struct CreateArgs {
     /// Disk bytes per second (default: unlimited).
     #[arg(long)]
     bytes_per_sec: Option<u64>,
+    /// Network bytes per second into the VM, for a bridged VM (default: unlimited;
+    /// 12500000 is 100 Mbit/s).
+    #[arg(long, value_name = "BYTES")]
+    net_in_bytes_per_sec: Option<u64>,
+    /// Network bytes per second out of the VM, for a bridged VM (default: unlimited).
+    #[arg(long, value_name = "BYTES")]
+    net_out_bytes_per_sec: Option<u64>,
     #[arg(long, default_value = "x86_64")]
     arch: Arch,
     /// Create it stopped.
@@ -366,6 +377,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
             resolvers,
             first,
             last,
+            delegate,
             replicas,
         } => {
             let pool = IpPool {
@@ -376,6 +388,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
                 first,
                 last,
                 replicas,
+                delegate,
             };
             let body = PutPool {
                 pool,
@@ -777,6 +790,8 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
         io: IoLimits {
             iops: args.iops,
             bytes_per_sec: args.bytes_per_sec,
+            net_in_bytes_per_sec: args.net_in_bytes_per_sec,
+            net_out_bytes_per_sec: args.net_out_bytes_per_sec,
         },
         power: if args.stopped {
             Power::Stopped

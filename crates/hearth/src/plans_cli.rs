@@ -56,9 +56,15 @@ pub struct Limits {
     /// The IOPS limit each VM gets (members cannot change it).
     #[arg(long, value_name = "N")]
     iops: Option<u64>,
-    /// The bytes/s limit each VM gets.
+    /// The disk bytes/s limit each VM gets.
     #[arg(long, value_name = "N")]
     bytes_per_sec: Option<u64>,
+    /// The network bytes/s into each bridged VM (12500000 is 100 Mbit/s).
+    #[arg(long, value_name = "N")]
+    net_in_bytes_per_sec: Option<u64>,
+    /// The network bytes/s out of each bridged VM.
+    #[arg(long, value_name = "N")]
+    net_out_bytes_per_sec: Option<u64>,
 }
 
 impl Limits {
@@ -71,6 +77,8 @@ impl Limits {
             addresses: self.addresses,
             iops: self.iops,
             bytes_per_sec: self.bytes_per_sec,
+            net_in_bytes_per_sec: self.net_in_bytes_per_sec,
+            net_out_bytes_per_sec: self.net_out_bytes_per_sec,
         }
     }
 }
@@ -108,6 +116,8 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
                     "ADDRESSES",
                     "IOPS",
                     "BYTES/S",
+                    "NET IN B/S",
+                    "NET OUT B/S",
                 ],
                 rows.iter().map(|r| {
                     let q = &r.plan.quota;
@@ -120,6 +130,8 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
                         limit(q.addresses),
                         limit(q.iops),
                         limit(q.bytes_per_sec),
+                        limit(q.net_in_bytes_per_sec),
+                        limit(q.net_out_bytes_per_sec),
                     ]
                 }),
             );

@@ -439,3 +439,53 @@ fn long_txt_values_are_split_into_strings() {
     let lengths: Vec<usize> = text.txt_data.iter().map(|s| s.len()).collect();
     assert_eq!(lengths, [255, 45]);
 }
+
+#[test]
+fn vms_answer_their_addresses_under_vm() {
+    let vm = |name: &str, deleting: bool| -> hearth_types::compute::Vm {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("vm-{name}"), "name": name, "owner": "alice", "vcpus": 1,
+            "memory_mib": 64, "disk_gib": 1, "image": "tiny", "host": null,
+            "phase": "running", "deleting": deleting,
+            "ips": [
+                {"pool": "v4", "address": "192.0.2.7", "prefix": 24},
+                {"pool": "v6", "address": "2001:db8:1:5::1", "prefix": 64, "routed": true},
+            ],
+        }))
+        .unwrap()
+    };
+    let mut desired = desired([], &[]);
+    for (name, deleting) in [("web1", false), ("gone", true)] {
+        let vm = vm(name, deleting);
+        let entry = hearth_types::desired::Versioned {
+            version: 1,
+            value: vm,
+        };
+        desired.compute.vms.insert(entry.value.id.clone(), entry);
+    }
+    let response = ask_with(&desired, "web1.vm.hearth.test.", RecordType::AAAA);
+    assert_answers(
+        &response,
+        "web1.vm.hearth.test.",
+        &[RData::AAAA(AAAA("2001:db8:1:5::1".parse().unwrap()))],
+    );
+    let response = ask_with(&desired, "WEB1.vm.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&response.answers), ips(&["192.0.2.7"]));
+    // A VM being deleted answers nothing; `vm` itself is an empty non-terminal.
+    let response = ask_with(&desired, "gone.vm.hearth.test.", RecordType::A);
+    assert_negative(&response, ResponseCode::NXDomain);
+    let response = ask_with(&desired, "vm.hearth.test.", RecordType::A);
+    assert_negative(&response, ResponseCode::NoError);
+    // A static set at the same name is served instead.
+    desired.records.insert(
+        "web1.vm".into(),
+        hearth_types::desired::Versioned {
+            version: 2,
+            value: record_set("web1.vm", None, &[a("198.51.100.1")]),
+        },
+    );
+    let response = ask_with(&desired, "web1.vm.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&response.answers), ips(&["198.51.100.1"]));
+    let response = ask_with(&desired, "web1.vm.hearth.test.", RecordType::AAAA);
+    assert_negative(&response, ResponseCode::NoError);
+}

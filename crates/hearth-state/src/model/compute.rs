@@ -243,6 +243,20 @@ pub enum ComputeCommand {
 }
 
 impl ComputeCommand {
+    /// The state level that introduced what this command carries (see
+    /// `model::STATE_LEVEL`): 3 for network limits, pools that delegate networks and the
+    /// `guard-altered` drift kind.
+    pub fn level(&self) -> u32 {
+        use ComputeCommand as C;
+        match self {
+            C::SetIo { io, .. } if io.limits_network() => 3,
+            C::CreateVm { request } if request.io.limits_network() => 3,
+            C::PutPool { pool, .. } if pool.delegate.is_some() => 3,
+            C::Drift { drift, .. } if drift.iter().any(|d| d.kind == DriftKind::GuardAltered) => 3,
+            _ => 1,
+        }
+    }
+
     pub fn object_key(&self) -> String {
         match self {
             ComputeCommand::PutImage { image, .. } => format!("image/{}", image.name),
@@ -687,7 +701,10 @@ fn fix(compute: &mut Compute, id: &str, destroy: bool, index: u64) -> Outcome {
                     .as_str())
             ),
         },
-        DriftKind::UnknownVm | DriftKind::WrongHost | DriftKind::CrashLoop => {
+        DriftKind::UnknownVm
+        | DriftKind::WrongHost
+        | DriftKind::CrashLoop
+        | DriftKind::GuardAltered => {
             compute.fixes.insert(entry.id.clone(), index);
             if destroy {
                 compute.destroy.insert(entry.id.clone());
@@ -752,7 +769,8 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
         ips.push(Assigned {
             pool: pool_name.clone(),
             address,
-            prefix: pool.value.prefix().unwrap_or(32),
+            prefix: pool.value.assigned_prefix().unwrap_or(32),
+            routed: pool.value.delegate.is_some(),
         });
     }
     let id = format!("vm-{index}");
@@ -898,6 +916,7 @@ mod tests {
             first: None,
             last: None,
             replicas: None,
+            delegate: None,
         };
         for (i, command) in [
             ComputeCommand::PutImage {
