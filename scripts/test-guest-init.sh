@@ -158,18 +158,26 @@ fi
 
 ip link set lo up
 if wait_for /sys/class/net/eth0 150; then
+    # IPv6 addresses without duplicate address detection (busybox ip has no nodad), so they
+    # work at once: the anti-spoofing rules are what keep neighbours apart.
+    echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad 2>/dev/null
     ip link set eth0 up
-    # Every address of the seed; IPv6 ones without duplicate address detection, so they
-    # work at once (the anti-spoofing rules are what keep neighbours apart).
+    # Every address of the seed.
     for a in $(echo "$addresses" | tr ',' ' '); do
         case "$a" in
-            *:*) ip -6 addr add "$a" dev eth0 nodad ;;
+            *:*) ip -6 addr add "$a" dev eth0 ;;
             *) ip addr add "$a" dev eth0 ;;
         esac
     done
-    # A test of anti-spoofing boots a guest that also takes an address not its own.
+    # A test of anti-spoofing boots a guest that also takes addresses not its own
+    # (hearth.extra_ip=CIDR,CIDR,...).
     extra_ip=$(sed -n 's/.*hearth\.extra_ip=\([^ ]*\).*/\1/p' /proc/cmdline)
-    [ -n "$extra_ip" ] && ip addr add "$extra_ip" dev eth0
+    for a in $(echo "$extra_ip" | tr ',' ' '); do
+        case "$a" in
+            *:*) ip -6 addr add "$a" dev eth0 ;;
+            *) ip addr add "$a" dev eth0 ;;
+        esac
+    done
     [ -n "$gateway" ] && ip route add default via "$gateway" dev eth0 2>/dev/null
     [ -n "$gateway6" ] && ip -6 route add default via "$gateway6" dev eth0 2>/dev/null
     mac=$(cat /sys/class/net/eth0/address)

@@ -160,6 +160,35 @@ impl NetnsLab {
         Ok(())
     }
 
+    /// The hub's namespace (an "upstream router" for bridged VMs' networks).
+    pub fn hub_netns(&self) -> String {
+        self.hub()
+    }
+
+    /// Joins bridge `node_bridge` in node `idx`'s namespace to bridge `hub_bridge` in the
+    /// hub's (made if absent) with a veth pair of their own: a worker's VM bridge on its
+    /// uplink. Both bridges must exist in the node's namespace first.
+    pub fn uplink(&self, idx: usize, node_bridge: &str, hub_bridge: &str) -> Result<(), String> {
+        let (hub, ns) = (self.hub(), self.netns(idx));
+        if ip(&["-n", &hub, "link", "show", hub_bridge]).is_err() {
+            ip(&["-n", &hub, "link", "add", hub_bridge, "type", "bridge"])?;
+            ip(&["-n", &hub, "link", "set", hub_bridge, "up"])?;
+        }
+        let (hub_end, node_end) = (
+            format!("h{}u{idx}h", self.id),
+            format!("h{}u{idx}n", self.id),
+        );
+        ip(&[
+            "link", "add", &hub_end, "type", "veth", "peer", "name", &node_end,
+        ])?;
+        ip(&["link", "set", &hub_end, "netns", &hub])?;
+        ip(&["link", "set", &node_end, "netns", &ns])?;
+        ip(&["-n", &hub, "link", "set", &hub_end, "master", hub_bridge])?;
+        ip(&["-n", &hub, "link", "set", &hub_end, "up"])?;
+        ip(&["-n", &ns, "link", "set", &node_end, "master", node_bridge])?;
+        ip(&["-n", &ns, "link", "set", &node_end, "up"])
+    }
+
     /// Cuts node `idx` off the bridge (its data link goes down at the hub).
     pub fn cut(&self, idx: usize) {
         ip(&[
