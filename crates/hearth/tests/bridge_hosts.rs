@@ -2,7 +2,8 @@
 //! co-op's uplink and router) by veth "uplinks", with real QEMU: two members' VMs on different
 //! workers reach each other and the gateway over IPv4, IPv6 on the link's /64, and each one's
 //! routed /64, as the guests themselves report (they ping on their own and say so on the
-//! console). A third guest that takes its neighbour's addresses does not get them: the hub
+//! console), from the pools the README's bridged section adds, run as written there; their
+//! names answer AAAA. A third guest that takes its neighbour's addresses does not get them: the hub
 //! still finds the owner behind each, and the attempts are counted. The bandwidth limits of
 //! one VM hold in both directions while a VM without limits goes much faster. Rules removed
 //! by hand come back as drift; deleted VMs leave no tap and no rule.
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hearth_testkit::netns::NetnsLab;
-use hearth_testkit::vms::{BOOT, console, create_from, wait_phase};
+use hearth_testkit::vms::{BOOT, console, wait_phase};
 use hearth_testkit::{TempDir, TestAgent, eventually, lab_spec, random_secret};
 use serde_json::Value;
 
@@ -129,6 +130,47 @@ fn metric(agent: &TestAgent, family: &str, vm: &str) -> Option<u64> {
 
 const LIMIT: u64 = 200_000;
 
+/// The `hearth pool add` lines of the README's bridged section.
+fn readme_pool_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let section = readme
+        .split("### Bridged VMs")
+        .nth(1)
+        .expect("README: ### Bridged VMs")
+        .split("\n### ")
+        .next()
+        .unwrap();
+    let lines: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("hearth pool add "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 3, "README: three pools in the bridged section");
+    lines
+}
+
+/// `hearth vm create NAME --image IMAGE --owner alice` small, with `extra` arguments.
+fn create(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) {
+    let mut args = vec![
+        "vm",
+        "create",
+        name,
+        "--image",
+        image,
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    agent.ensure_account("alice");
+    agent.cli(&args);
+}
+
 #[test]
 fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     let lab = NetnsLab::new(2).expect("network namespaces (run as root)");
@@ -140,14 +182,14 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
         lab.uplink(idx, "vmbr", "vmnet").unwrap();
     }
     // The hub is the co-op's router: the gateways, and the /48 of routed networks on the link.
-    ip_in(&hub, &["addr", "add", "192.0.2.1/24", "dev", "vmnet"]);
+    ip_in(&hub, &["addr", "add", "203.0.113.1/24", "dev", "vmnet"]);
     ip_in(
         &hub,
         &[
             "-6",
             "addr",
             "add",
-            "2001:db8::1/64",
+            "2001:db8:100::1/64",
             "dev",
             "vmnet",
             "nodad",
@@ -155,7 +197,7 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     );
     ip_in(
         &hub,
-        &["-6", "route", "add", "2001:db8:1::/48", "dev", "vmnet"],
+        &["-6", "route", "add", "2001:db8:100::/48", "dev", "vmnet"],
     );
     in_ns(&hub, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
 
@@ -181,37 +223,26 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
         }
     });
     admin.add_test_guest(&hearth_testkit::test_guest());
-    admin.cli(&[
-        "pool",
-        "add",
-        "v6",
-        "2001:db8::/64",
-        "--gateway",
-        "2001:db8::1",
-    ]);
-    admin.cli(&[
-        "pool",
-        "add",
-        "routed",
-        "2001:db8:1::/48",
-        "--delegate",
-        "64",
-    ]);
+    // The README's pools for a co-op with a public /24 and a /48, as written there.
+    for line in readme_pool_commands() {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        admin.cli(&args);
+    }
     // Addresses are given lowest first, so each guest knows its neighbour's in advance.
-    let (a4, a6, a64) = ("192.0.2.2", "2001:db8::2", "2001:db8:1:1::1");
-    let (b4, b6, b64) = ("192.0.2.3", "2001:db8::3", "2001:db8:1:2::1");
-    let sink = "hearth.sink=5002 hearth.source=192.0.2.1:5001";
+    let (a4, a6, a64) = ("203.0.113.10", "2001:db8:100::10", "2001:db8:100:1::1");
+    let (b4, b6, b64) = ("203.0.113.11", "2001:db8:100::11", "2001:db8:100:2::1");
+    let sink = "hearth.sink=5002 hearth.source=203.0.113.1:5001";
     guest_image(
         admin,
         "guest-a",
-        &format!("hearth.ping={b4},{b6},{b64},192.0.2.1,2001:db8::1 {sink}"),
+        &format!("hearth.ping={b4},{b6},{b64},203.0.113.1,2001:db8:100::1 {sink}"),
     );
     guest_image(
         admin,
         "guest-b",
-        &format!("hearth.ping={a4},{a6},{a64},192.0.2.1,2001:db8::1 {sink}"),
+        &format!("hearth.ping={a4},{a6},{a64},203.0.113.1,2001:db8:100::1 {sink}"),
     );
-    let pools = ["--pool", "v6", "--pool", "routed"];
+    let pools = ["--pool", "public", "--pool", "public6", "--pool", "routed6"];
     let limits = [
         "--net-in-bytes-per-sec",
         &LIMIT.to_string(),
@@ -221,9 +252,9 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     .map(str::to_owned);
     let mut a_args: Vec<&str> = pools.to_vec();
     a_args.extend(limits.iter().map(String::as_str));
-    create_from(admin, "vma", "guest-a", &a_args);
+    create(admin, "vma", "guest-a", &a_args);
     let a = wait_phase(admin, "vma", "running");
-    create_from(admin, "vmb", "guest-b", &pools);
+    create(admin, "vmb", "guest-b", &pools);
     let b = wait_phase(admin, "vmb", "running");
     assert_ne!(a["host"], b["host"], "the two VMs share a worker");
     let addresses = |row: &Value| -> Vec<String> {
@@ -241,7 +272,7 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     // Each guest reaches the other on all three addresses, and both gateways.
     for (id, row, targets) in [(a_id, &a, [b4, b6, b64]), (b_id, &b, [a4, a6, a64])] {
         let host = host_of(&agents, row);
-        for target in targets.iter().chain(&["192.0.2.1", "2001:db8::1"]) {
+        for target in targets.iter().chain(&["203.0.113.1", "2001:db8:100::1"]) {
             eventually(&format!("{id} reaches {target}"), BOOT, || {
                 let text = console(host, id);
                 match text.contains(&format!("HEARTH-GUEST-PING ip={target} ok=1")) {
@@ -265,6 +296,30 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
         });
     }
 
+    // Its name answers AAAA with both of its IPv6 addresses, through a real resolver client.
+    let dns = admin.dns_addr();
+    eventually("vma's name answers AAAA", BOOT, || {
+        let (_, text) = in_ns(
+            &lab.netns(0),
+            &[
+                "dig",
+                "+short",
+                "-p",
+                &dns.port().to_string(),
+                &format!("@{}", dns.ip()),
+                &format!("vma.vm.{}", hearth_testkit::ZONE),
+                "AAAA",
+            ],
+        );
+        let mut answers: Vec<&str> = text.lines().collect();
+        answers.sort();
+        let mut expected = [a6, a64];
+        expected.sort();
+        match answers == expected {
+            true => Ok(()),
+            false => Err(text.clone()),
+        }
+    });
     a_neighbour_keeps_its_addresses(&lab, admin, &agents, &a);
     limits_hold(&hub, &a, &b);
     altered_rules_come_back(&lab, admin, &a);
@@ -299,9 +354,14 @@ fn a_neighbour_keeps_its_addresses(
     guest_image(
         admin,
         "spoofer",
-        "hearth.extra_ip=192.0.2.2/24,2001:db8::2/64",
+        "hearth.extra_ip=203.0.113.10/24,2001:db8:100::10/64",
     );
-    create_from(admin, "sneaky", "spoofer", &["--pool", "v6"]);
+    create(
+        admin,
+        "sneaky",
+        "spoofer",
+        &["--pool", "public", "--pool", "public6"],
+    );
     let sneaky = wait_phase(admin, "sneaky", "running");
     let host = host_of(agents, &sneaky);
     let a_mac = hearth_qemu::driver::mac_for(a["id"].as_str().unwrap());
@@ -312,7 +372,7 @@ fn a_neighbour_keeps_its_addresses(
         }
     });
     for round in 0..3 {
-        for address in ["192.0.2.2", "2001:db8::2"] {
+        for address in ["203.0.113.10", "2001:db8:100::10"] {
             in_ns(&hub, &["ip", "neigh", "flush", "dev", "vmnet"]);
             eventually(
                 &format!("round {round}: the hub finds {address}"),
@@ -391,7 +451,7 @@ fn altered_rules_come_back(lab: &NetnsLab, admin: &TestAgent, a: &Value) {
     assert!(ok, "{text}");
     eventually("the rules are back", BOOT, || {
         let (_, chain) = in_ns(&ns, &["nft", "list", "chain", "bridge", "hearth", &tap]);
-        match chain.contains("ip saddr 192.0.2.2 accept") {
+        match chain.contains("ip saddr 203.0.113.10 accept") {
             true => Ok(()),
             false => Err(chain),
         }
