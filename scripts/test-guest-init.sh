@@ -161,6 +161,9 @@ if wait_for /sys/class/net/eth0 150; then
     # IPv6 addresses without duplicate address detection (busybox ip has no nodad), so they
     # work at once: the anti-spoofing rules are what keep neighbours apart.
     echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad 2>/dev/null
+    # A test of anti-spoofing boots a guest that takes another's MAC (hearth.mac=MAC).
+    other_mac=$(sed -n 's/.*hearth\.mac=\([^ ]*\).*/\1/p' /proc/cmdline)
+    [ -n "$other_mac" ] && ip link set eth0 address "$other_mac"
     ip link set eth0 up
     # Every address of the seed.
     for a in $(echo "$addresses" | tr ',' ' '); do

@@ -126,6 +126,9 @@ impl Guard {
         let mut script = format!("add chain {chain}\nflush chain {chain}\n");
         let mut rule = |text: &str| script.push_str(&format!("add rule {chain} {text}\n"));
         rule(&format!("ether saddr != {mac} counter drop"));
+        // QEMU's announcement after a live move (RARP from the VM's own MAC), so switches
+        // learn where it is now.
+        rule("ether type 0x8035 accept");
         rule(&format!(
             "ether type arp arp saddr ether {mac} arp saddr ip {{ 0.0.0.0 }} accept"
         ));
@@ -393,6 +396,10 @@ mod tests {
         assert_eq!(
             lines[2],
             "add rule bridge hearth hvm-1 ether saddr != 52:54:00:aa:bb:cc counter drop"
+        );
+        assert_eq!(
+            lines[3],
+            "add rule bridge hearth hvm-1 ether type 0x8035 accept"
         );
         assert!(
             script.contains("arp saddr ip { 192.0.2.2 } accept"),

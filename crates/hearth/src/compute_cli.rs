@@ -121,6 +121,15 @@ pub enum VmCommand {
         #[arg(long)]
         empty_disk: bool,
     },
+    /// Set the VM's disk and network limits, replacing all it has: a limit left out is no
+    /// limit. Its host applies them to the running VM at once (the disk's through QEMU, the
+    /// network's on a bridged VM's tap). A member's plan may set limits of its own, which
+    /// only an admin can change.
+    Limits {
+        vm: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Admins: give the VM to another account, within that account's quota (the way to
     /// remove an account whose VMs should live on).
     Reassign {
@@ -181,6 +190,35 @@ pub enum VmCommand {
     },
 }
 
+/// A VM's disk and network limits; each left out is no limit.
+#[derive(Args)]
+pub struct LimitArgs {
+    /// Disk IO operations per second (default: unlimited).
+    #[arg(long)]
+    iops: Option<u64>,
+    /// Disk bytes per second (default: unlimited).
+    #[arg(long)]
+    bytes_per_sec: Option<u64>,
+    /// Network bytes per second into the VM, for a bridged VM (default: unlimited;
+    /// 12500000 is 100 Mbit/s).
+    #[arg(long, value_name = "BYTES")]
+    net_in_bytes_per_sec: Option<u64>,
+    /// Network bytes per second out of the VM, for a bridged VM (default: unlimited).
+    #[arg(long, value_name = "BYTES")]
+    net_out_bytes_per_sec: Option<u64>,
+}
+
+impl LimitArgs {
+    fn io(&self) -> IoLimits {
+        IoLimits {
+            iops: self.iops,
+            bytes_per_sec: self.bytes_per_sec,
+            net_in_bytes_per_sec: self.net_in_bytes_per_sec,
+            net_out_bytes_per_sec: self.net_out_bytes_per_sec,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct CreateArgs {
     /// The VM's name (also its hostname).
@@ -206,19 +244,8 @@ pub struct CreateArgs {
     /// An SSH public key, or @FILE to read keys from a file; repeat for several.
     #[arg(long = "ssh-key", value_name = "KEY|@FILE")]
     ssh_keys: Vec<String>,
-    /// Disk IO operations per second (default: unlimited).
-    #[arg(long)]
-    iops: Option<u64>,
-    /// Disk bytes per second (default: unlimited).
-    #[arg(long)]
-    bytes_per_sec: Option<u64>,
-    /// Network bytes per second into the VM, for a bridged VM (default: unlimited;
-    /// 12500000 is 100 Mbit/s).
-    #[arg(long, value_name = "BYTES")]
-    net_in_bytes_per_sec: Option<u64>,
-    /// Network bytes per second out of the VM, for a bridged VM (default: unlimited).
-    #[arg(long, value_name = "BYTES")]
-    net_out_bytes_per_sec: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[arg(long, default_value = "x86_64")]
     arch: Arch,
     /// Create it stopped.
@@ -554,6 +581,12 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
         VmCommand::Stop { vm } => vm_post(client, json, &vm, "stop", "asked to stop"),
         VmCommand::Reboot { vm } => vm_post(client, json, &vm, "reboot", "asked to reboot"),
         VmCommand::Recreate { vm, empty_disk } => recreate(client, json, &vm, empty_disk),
+        VmCommand::Limits { vm, limits } => {
+            let body = hearth_types::api::SetIo { io: limits.io() };
+            let answer: Value = client.put(&format!("/v1/vms/{vm}/io"), &body)?;
+            report(json, &answer, &format!("{vm}: limits set"));
+            Ok(())
+        }
         VmCommand::Reassign { vm, owner } => {
             let body = hearth_types::api::SetOwner {
                 owner: owner.clone(),
@@ -787,12 +820,7 @@ fn create(client: &ApiClient, json: bool, args: CreateArgs) -> Result<(), Client
         image: args.image,
         ssh_keys: ssh_keys(&args.ssh_keys)?,
         pools: args.pools,
-        io: IoLimits {
-            iops: args.iops,
-            bytes_per_sec: args.bytes_per_sec,
-            net_in_bytes_per_sec: args.net_in_bytes_per_sec,
-            net_out_bytes_per_sec: args.net_out_bytes_per_sec,
-        },
+        io: args.limits.io(),
         power: if args.stopped {
             Power::Stopped
         } else {

@@ -323,9 +323,12 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     a_neighbour_keeps_its_addresses(&lab, admin, &agents, &a);
     limits_hold(&hub, &a, &b);
     altered_rules_come_back(&lab, admin, &a);
+    a_stolen_mac_gets_nothing_through(&lab, admin, &agents, &a);
+    limits_change_on_the_running_vm(&lab, admin, &b);
+    moved_live_it_keeps_its_addresses(&lab, admin, &b, &a);
 
     // Deleted, the VMs leave no tap and no rule on either worker.
-    for name in ["vma", "vmb", "sneaky"] {
+    for name in ["vma", "vmb", "sneaky", "mimic"] {
         admin.cli(&["vm", "delete", name]);
     }
     for idx in 0..2 {
@@ -339,6 +342,118 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
                 _ => Err(format!("{links}\n{chains}")),
             }
         });
+    }
+}
+
+/// Waits until the guest `row` is on has said it is ready.
+fn wait_ready(agents: &[TestAgent], row: &Value) {
+    let (host, id) = (host_of(agents, row), row["id"].as_str().unwrap());
+    eventually(&format!("{id} booted"), BOOT, || {
+        match console(host, id).contains("HEARTH-GUEST-READY") {
+            true => Ok(()),
+            false => Err("not yet".into()),
+        }
+    });
+}
+
+/// `hub` pings `address` once: whether it answered.
+fn pings(hub: &str, address: &str) -> Result<(), String> {
+    match in_ns(hub, &["ping", "-c", "1", "-W", "1", address]) {
+        (true, _) => Ok(()),
+        (false, text) => Err(text),
+    }
+}
+
+/// A guest that takes `vma`'s MAC is heard on nothing, not even its own address, and every
+/// frame it sends is counted.
+fn a_stolen_mac_gets_nothing_through(
+    lab: &NetnsLab,
+    admin: &TestAgent,
+    agents: &[TestAgent],
+    a: &Value,
+) {
+    let a_mac = hearth_qemu::driver::mac_for(a["id"].as_str().unwrap());
+    guest_image(admin, "mimic-image", &format!("hearth.mac={a_mac}"));
+    create(admin, "mimic", "mimic-image", &["--pool", "public"]);
+    let mimic = wait_phase(admin, "mimic", "running");
+    wait_ready(agents, &mimic);
+    let own = mimic["ips"][0]["address"].as_str().unwrap().to_owned();
+    let hub = lab.hub_netns();
+    for _ in 0..3 {
+        assert!(
+            pings(&hub, &own).is_err(),
+            "a guest with another's MAC answered"
+        );
+    }
+    eventually("the mimic's frames counted", BOOT, || {
+        match metric(
+            host_of(agents, &mimic),
+            "hearth_vm_spoofed_frames_total",
+            "mimic",
+        ) {
+            Some(n) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // Its namesake is unharmed.
+    pings(&hub, a["ips"][0]["address"].as_str().unwrap()).unwrap();
+}
+
+/// `hearth vm limits` shapes the running `vmb` at once, and lifts it again.
+fn limits_change_on_the_running_vm(lab: &NetnsLab, admin: &TestAgent, b: &Value) {
+    let ns = lab.netns(worker(b));
+    let tap = format!("h{}", b["id"].as_str().unwrap());
+    let tbf = |ns: &str| {
+        let (_, text) = in_ns(ns, &["tc", "qdisc", "show", "dev", &tap]);
+        text
+    };
+    admin.cli(&["vm", "limits", "vmb", "--net-in-bytes-per-sec", "300000"]);
+    eventually("vmb shaped", BOOT, || {
+        let text = tbf(&ns);
+        match text.contains("tbf") && text.contains("2400Kbit") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    });
+    admin.cli(&["vm", "limits", "vmb"]);
+    eventually("vmb unshaped", BOOT, || {
+        let text = tbf(&ns);
+        match text.contains("tbf") {
+            false => Ok(()),
+            true => Err(text),
+        }
+    });
+}
+
+/// `vmb` moved live to `vma`'s worker: its tap and rules go with it, nothing of it stays on
+/// its old worker, and the router still reaches it on every address.
+fn moved_live_it_keeps_its_addresses(lab: &NetnsLab, admin: &TestAgent, b: &Value, a: &Value) {
+    let (from, to) = (worker(b), worker(a));
+    admin.cli(&["vm", "migrate", "vmb", "--to", a["host"].as_str().unwrap()]);
+    let moved = wait_phase(admin, "vmb", "running");
+    assert_eq!(moved["host"], a["host"], "{moved}");
+    let tap = format!("h{}", b["id"].as_str().unwrap());
+    eventually("vmb's tap gone from its old worker", BOOT, || {
+        let links = ip_in(&lab.netns(from), &["-o", "link", "show"]);
+        match links.contains(&format!(" {tap}:")) {
+            false => Ok(()),
+            true => Err(links),
+        }
+    });
+    let chain = in_ns(
+        &lab.netns(to),
+        &["nft", "list", "chain", "bridge", "hearth", &tap],
+    )
+    .1;
+    assert!(chain.contains("ip saddr 203.0.113.11 accept"), "{chain}");
+    let hub = lab.hub_netns();
+    for ip in b["ips"].as_array().unwrap() {
+        let address = ip["address"].as_str().unwrap();
+        eventually(
+            &format!("the hub reaches moved vmb at {address}"),
+            BOOT,
+            || pings(&hub, address),
+        );
     }
 }
 
