@@ -600,11 +600,7 @@ fn spawn_compute(
 
 /// The cluster keyring from the config's secrets.
 fn keyring(config: &Config, resolved: &Resolved) -> Keyring {
-    Keyring::new(
-        &config.cluster,
-        &resolved.primary_secret,
-        &resolved.accepted_secrets,
-    )
+    resolved.keys.keyring(&config.cluster)
 }
 
 /// The gossip layer on its socket; returns its handle and its stream of cluster events.

@@ -8,6 +8,12 @@
 //! another cluster or with another secret fails authentication. The key id is a hash of the
 //! derived key, so a receiver picks the right key without trial decryption and learns nothing
 //! about the secret from it.
+//!
+//! A worker may hold only a *worker key* (the derived gossip key, `hearth keygen --worker`)
+//! instead of the secret: it gossips, streams and derives the live-move and replica keys
+//! as before, but it cannot derive the *server key* (HKDF of the secret itself, another
+//! label), which alone opens a stream of the `Full` tier between servers: Raft votes,
+//! replication and writes of any command. See `stream::Tier`.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -86,11 +92,24 @@ struct Key {
 
 impl Key {
     fn derive(secret: &Secret, cluster: &str) -> Key {
-        let hkdf = Hkdf::<Sha256>::new(Some(b"hearth gossip v1"), &secret.0);
+        Key::derive_labelled(secret, cluster, b"hearth gossip v1")
+    }
+
+    /// The server key of `secret`: what only holders of the secret itself derive.
+    fn derive_server(secret: &Secret, cluster: &str) -> Key {
+        Key::derive_labelled(secret, cluster, b"hearth servers v1")
+    }
+
+    fn derive_labelled(secret: &Secret, cluster: &str, label: &[u8]) -> Key {
+        let hkdf = Hkdf::<Sha256>::new(Some(label), &secret.0);
         let mut key = [0u8; 32];
         // Expanding 32 bytes from SHA-256 HKDF cannot fail: the limit is 255 * 32 bytes.
         hkdf.expand(cluster.as_bytes(), &mut key)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Key::from_material(key)
+    }
+
+    fn from_material(key: [u8; 32]) -> Key {
         let digest = Sha256::digest(key);
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
@@ -108,18 +127,62 @@ pub struct Keyring {
     cluster: String,
     /// `keys[0]` seals outgoing datagrams; every key opens incoming ones.
     keys: Vec<Key>,
+    /// The server keys, in the same order; empty on a worker that holds only worker keys.
+    servers: Vec<Key>,
+}
+
+/// The prefix of a worker key as `hearth keygen --worker` writes it, before 64 hex digits.
+pub const WORKER_KEY_PREFIX: &str = "hearth-worker-key-v1:";
+
+fn worker_line(key: &Key) -> String {
+    let hex: String = key.material.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{WORKER_KEY_PREFIX}{hex}")
 }
 
 impl Keyring {
     /// `primary` seals; `primary` and every one of `accepted` open.
     pub fn new(cluster: &str, primary: &Secret, accepted: &[Secret]) -> Keyring {
-        let keys = std::iter::once(primary)
-            .chain(accepted.iter())
-            .map(|secret| Key::derive(secret, cluster))
-            .collect();
+        let secrets = || std::iter::once(primary).chain(accepted.iter());
         Keyring {
             cluster: cluster.to_owned(),
-            keys,
+            keys: secrets().map(|s| Key::derive(s, cluster)).collect(),
+            servers: secrets().map(|s| Key::derive_server(s, cluster)).collect(),
+        }
+    }
+
+    /// A worker's keyring, from worker keys (what [`Keyring::worker_key`] gives): the first
+    /// seals. It holds no server key.
+    pub fn for_worker(cluster: &str, primary: [u8; 32], accepted: &[[u8; 32]]) -> Keyring {
+        Keyring {
+            cluster: cluster.to_owned(),
+            keys: std::iter::once(primary)
+                .chain(accepted.iter().copied())
+                .map(Key::from_material)
+                .collect(),
+            servers: Vec::new(),
+        }
+    }
+
+    /// The worker key of the sealing secret, as a worker's `secret_file` holds it.
+    pub fn worker_key(&self) -> String {
+        worker_line(&self.keys[0])
+    }
+
+    /// The worker keys of every secret, the sealing one first: a worker's `secret_file`.
+    pub fn worker_keys(&self) -> Vec<String> {
+        self.keys.iter().map(worker_line).collect()
+    }
+
+    /// Whether this keyring holds the secret itself (a server's), not only worker keys.
+    pub fn holds_servers_key(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// The key id a stream client of `tier` announces; `None` for `Full` on a worker.
+    pub fn stream_key_id(&self, tier: crate::stream::Tier) -> Option<[u8; KEY_ID_LEN]> {
+        match tier {
+            crate::stream::Tier::Full => self.servers.first().map(|k| k.id),
+            crate::stream::Tier::Worker => Some(self.keys[0].id),
         }
     }
 
@@ -173,13 +236,24 @@ impl Keyring {
     /// and the connection's `transcript` (both sides' random nonces and the direction), so
     /// that every connection and direction gets its own key and a recorded connection cannot
     /// be replayed. `None` when no key in the ring has that id.
-    pub fn session_key(&self, key_id: &[u8], transcript: &[u8]) -> Option<[u8; 32]> {
-        let key = self.keys.iter().find(|key| key.id == key_id)?;
+    /// The tier is that of the key: `Full` for a server key, `Worker` for a worker key.
+    pub fn session_key(
+        &self,
+        key_id: &[u8],
+        transcript: &[u8],
+    ) -> Option<([u8; 32], crate::stream::Tier)> {
+        let (key, tier) = match self.servers.iter().find(|key| key.id == key_id) {
+            Some(key) => (key, crate::stream::Tier::Full),
+            None => (
+                self.keys.iter().find(|key| key.id == key_id)?,
+                crate::stream::Tier::Worker,
+            ),
+        };
         let hkdf = Hkdf::<Sha256>::new(Some(transcript), &key.material);
         let mut session = [0u8; 32];
         hkdf.expand(b"hearth stream v1", &mut session)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Some(session)
+        Some((session, tier))
     }
 
     pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {

@@ -7,6 +7,10 @@
 //! reflected. Frames are `length (u32 BE) | XChaCha20-Poly1305 ciphertext`, with a counter as
 //! nonce; a frame that does not authenticate ends the connection. A peer without the secret
 //! can neither read a frame nor write one the other side accepts.
+//!
+//! The key id in the hello says the connection's [`Tier`]: a server key (derived from the
+//! secret itself) opens a `Full` connection, a worker key (the derived gossip key, all a
+//! worker may hold) a `Worker` one; the server side tells which, and decides what to answer.
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -19,6 +23,15 @@ const HELLO_MAGIC: &[u8; 4] = b"HRS1";
 const NONCE_LEN: usize = 32;
 /// Large enough for any snapshot chunk hearth sends; a bigger length is an attack or a bug.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
+
+/// Which key a connection was opened with: what its client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// A server key: the client holds the cluster secret.
+    Full,
+    /// A worker key: the client may hold only that.
+    Worker,
+}
 
 /// Why a stream failed. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +74,7 @@ pub struct SealedStream {
     stream: TcpStream,
     send: Direction,
     recv: Direction,
+    tier: Tier,
 }
 
 fn directions(
@@ -68,11 +82,11 @@ fn directions(
     key_id: &[u8],
     client: &[u8],
     server: &[u8],
-) -> Option<(Direction, Direction)> {
+) -> Option<(Direction, Direction, Tier)> {
     let transcript = |label: &[u8]| [label, client, server].concat();
-    let c2s = keyring.session_key(key_id, &transcript(b"c2s"))?;
-    let s2c = keyring.session_key(key_id, &transcript(b"s2c"))?;
-    Some((Direction::new(c2s), Direction::new(s2c)))
+    let (c2s, tier) = keyring.session_key(key_id, &transcript(b"c2s"))?;
+    let (s2c, _) = keyring.session_key(key_id, &transcript(b"s2c"))?;
+    Some((Direction::new(c2s), Direction::new(s2c), tier))
 }
 
 fn random_nonce() -> [u8; NONCE_LEN] {
@@ -82,21 +96,33 @@ fn random_nonce() -> [u8; NONCE_LEN] {
 }
 
 impl SealedStream {
-    /// Opens the client side over a connected TCP stream.
+    /// Opens the client side over a connected TCP stream, with the key of `tier` (a
+    /// keyring without a server key cannot open a `Full` connection: `UnknownKey`).
     pub async fn client(
         mut stream: TcpStream,
         keyring: &Keyring,
+        tier: Tier,
     ) -> Result<SealedStream, StreamError> {
         stream.set_nodelay(true)?;
-        let key_id = keyring.sealing_key_id();
+        let key_id = keyring.stream_key_id(tier).ok_or(StreamError::UnknownKey)?;
         let client_nonce = random_nonce();
         let hello = [&HELLO_MAGIC[..], &key_id, &client_nonce].concat();
         stream.write_all(&hello).await?;
         let mut server_nonce = [0u8; NONCE_LEN];
         stream.read_exact(&mut server_nonce).await?;
-        let (send, recv) = directions(keyring, &key_id, &client_nonce, &server_nonce)
+        let (send, recv, tier) = directions(keyring, &key_id, &client_nonce, &server_nonce)
             .ok_or(StreamError::UnknownKey)?;
-        Ok(SealedStream { stream, send, recv })
+        Ok(SealedStream {
+            stream,
+            send,
+            recv,
+            tier,
+        })
+    }
+
+    /// The key the connection was opened with.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// Accepts the server side of a freshly accepted TCP stream.
@@ -113,10 +139,15 @@ impl SealedStream {
         let key_id = &hello[4..4 + KEY_ID_LEN];
         let client_nonce = &hello[4 + KEY_ID_LEN..];
         let server_nonce = random_nonce();
-        let (recv, send) = directions(keyring, key_id, client_nonce, &server_nonce)
+        let (recv, send, tier) = directions(keyring, key_id, client_nonce, &server_nonce)
             .ok_or(StreamError::UnknownKey)?;
         stream.write_all(&server_nonce).await?;
-        Ok(SealedStream { stream, send, recv })
+        Ok(SealedStream {
+            stream,
+            send,
+            recv,
+            tier,
+        })
     }
 
     pub async fn send(&mut self, message: &[u8]) -> Result<(), StreamError> {
@@ -170,6 +201,17 @@ mod tests {
         Result<SealedStream, StreamError>,
         Result<SealedStream, StreamError>,
     ) {
+        pair_of(client_ring, server_ring, Tier::Full).await
+    }
+
+    async fn pair_of(
+        client_ring: Keyring,
+        server_ring: Keyring,
+        tier: Tier,
+    ) -> (
+        Result<SealedStream, StreamError>,
+        Result<SealedStream, StreamError>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -177,8 +219,49 @@ mod tests {
             SealedStream::server(stream, &server_ring).await
         });
         let client =
-            SealedStream::client(TcpStream::connect(addr).await.unwrap(), &client_ring).await;
+            SealedStream::client(TcpStream::connect(addr).await.unwrap(), &client_ring, tier).await;
         (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_server_knows_which_key_the_client_holds() {
+        let server_key = || ring(1, "c");
+        // A server connects with its server key: a full connection.
+        let (client, server) = pair_of(server_key(), server_key(), Tier::Full).await;
+        assert_eq!(server.unwrap().tier(), Tier::Full);
+        assert_eq!(client.unwrap().tier(), Tier::Full);
+        // A worker holding only the worker key: a worker connection, and no full one.
+        let worker = || Keyring::for_worker("c", worker_material(&server_key()), &[]);
+        let (client, server) = pair_of(worker(), server_key(), Tier::Worker).await;
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        assert_eq!(server.tier(), Tier::Worker);
+        client.send(b"report").await.unwrap();
+        assert_eq!(server.recv().await.unwrap(), b"report");
+        assert!(!worker().holds_servers_key());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let only_worker = worker();
+        let full = SealedStream::client(
+            TcpStream::connect(addr).await.unwrap(),
+            &only_worker,
+            Tier::Full,
+        );
+        assert!(matches!(full.await, Err(StreamError::UnknownKey)));
+        // A server talks to a worker with the worker key.
+        let (client, server) = pair_of(server_key(), worker(), Tier::Worker).await;
+        assert_eq!(server.unwrap().tier(), Tier::Worker);
+        assert!(client.is_ok());
+    }
+
+    /// The 32 bytes of a keyring's worker key, as a worker's config would read them.
+    fn worker_material(ring: &Keyring) -> [u8; 32] {
+        let hex = ring.worker_key();
+        let hex = hex.strip_prefix(crate::seal::WORKER_KEY_PREFIX).unwrap();
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
     }
 
     #[tokio::test]
@@ -212,7 +295,7 @@ mod tests {
         });
         // A raw client that knows the handshake format but not the key.
         let mut raw = TcpStream::connect(addr).await.unwrap();
-        let key_id = ring(1, "c").sealing_key_id();
+        let key_id = ring(1, "c").stream_key_id(Tier::Full).unwrap();
         raw.write_all(&[&HELLO_MAGIC[..], &key_id, &[7u8; 32]].concat())
             .await
             .unwrap();

@@ -124,6 +124,37 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether a worker writes this about itself (its host, its VMs' phases, drift, moves
+    /// and replicas, its lease) or for its API's audit log: all a connection opened with a
+    /// worker key may write (`network::worker_may`).
+    pub fn is_a_workers(&self) -> bool {
+        use crate::model::compute::ComputeCommand as C;
+        match self {
+            Command::Audit { .. } => true,
+            Command::Compute { command } => matches!(
+                command,
+                C::Report { .. }
+                    | C::Host { .. }
+                    | C::Drift { .. }
+                    | C::Rebooted { .. }
+                    | C::FixDone { .. }
+                    | C::ClaimDisk { .. }
+                    | C::Forget { .. }
+                    | C::MigrationListening { .. }
+                    | C::MigrationCompleted { .. }
+                    | C::MigrationStopped { .. }
+                    | C::MigrationProgress { .. }
+                    | C::MoveDisk { .. }
+                    | C::AbortMigration { .. }
+                    | C::ReplicaListening { .. }
+                    | C::ReplicaProgress { .. }
+                    | C::RenewLease { .. }
+                    | C::Failover { .. }
+            ),
+            _ => false,
+        }
+    }
+
     /// The object a command changes, for keeping two changes of one object out of one batch.
     pub fn object_key(&self) -> String {
         match self {

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hearth_membership::Keyring;
-use hearth_membership::stream::{SealedStream, StreamError};
+use hearth_membership::stream::{SealedStream, StreamError, Tier};
 use hearth_types::limits::{ConnLimit, ConnSlot};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -31,7 +31,7 @@ pub use crate::reply::{StateError, WriteResult, write_error};
 /// The keyring shared with the gossip layer; replaced on SIGHUP.
 pub type SharedKeyring = Arc<RwLock<Arc<Keyring>>>;
 
-fn current_keyring(shared: &SharedKeyring) -> Arc<Keyring> {
+pub(crate) fn current_keyring(shared: &SharedKeyring) -> Arc<Keyring> {
     shared.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
@@ -187,7 +187,19 @@ impl PeerClient {
         Ok(serde_json::from_slice(&answer)?)
     }
 
+    /// Opens a connection with the server key when this node holds one, else (or when the
+    /// peer does not know it: a worker, or an older release) with the worker key.
     async fn connect(&self) -> Result<SealedStream, CallError> {
+        let keyring = current_keyring(&self.keyring);
+        if keyring.holds_servers_key()
+            && let Ok(sealed) = self.connect_as(&keyring, Tier::Full).await
+        {
+            return Ok(sealed);
+        }
+        self.connect_as(&keyring, Tier::Worker).await
+    }
+
+    async fn connect_as(&self, keyring: &Keyring, tier: Tier) -> Result<SealedStream, CallError> {
         let connect = |source| CallError::Connect {
             addr: self.addr.clone(),
             source,
@@ -196,11 +208,12 @@ impl PeerClient {
             .await
             .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect)?;
-        let keyring = current_keyring(&self.keyring);
-        let sealed =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, SealedStream::client(stream, &keyring))
-                .await
-                .map_err(|_| CallError::Timeout)??;
+        let sealed = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            SealedStream::client(stream, keyring, tier),
+        )
+        .await
+        .map_err(|_| CallError::Timeout)??;
         Ok(sealed)
     }
 }
@@ -301,6 +314,26 @@ pub trait Application: Clone + Send + Sync + 'static {
     fn status(&self) -> StateStatus;
     /// The files this node serves its peers, if any.
     fn files(&self) -> Option<&dyn PeerFiles>;
+    /// Whether a worker-key connection is held to what a worker may ask (see
+    /// [`worker_may`]): once every live node runs a release that opens server-key
+    /// connections, so that an older server's Raft traffic is never refused mid-upgrade.
+    fn holds_workers_to_their_part(&self) -> bool;
+}
+
+/// Whether a connection opened with a worker key may make `request` of a node that holds the
+/// cluster secret: never a Raft vote, replication or snapshot, and a write only of what a
+/// worker reports (`Command::is_a_workers`). Reads and file chunks are a worker's too.
+pub fn worker_may(request: &RpcRequest) -> Result<(), String> {
+    match request {
+        RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_) => {
+            Err("a worker key takes no part in Raft".into())
+        }
+        RpcRequest::Write(command) if !command.is_a_workers() => Err(format!(
+            "a worker key may not write {}; send it to a server",
+            command.object_key()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Answers a file request from the node's `PeerFiles`, or says it serves none.
@@ -417,8 +450,21 @@ async fn serve_connection<A: Application>(
     let Some(_established) = limits.established.admit(peer) else {
         return Err(CallError::Refused("too many established connections"));
     };
+    let held = conn.tier() == Tier::Worker && keyring.holds_servers_key();
     loop {
         let request: RpcRequest = serde_json::from_slice(&conn.recv().await?)?;
+        if held
+            && app.holds_workers_to_their_part()
+            && let Err(why) = worker_may(&request)
+        {
+            tracing::warn!(%peer, %why, "refused a worker key's request");
+            let RpcRequest::Write(_) = request else {
+                return Err(CallError::Refused("a worker key takes no part in Raft"));
+            };
+            let answer = RpcResponse::Write(Err(StateError::Forbidden(why)));
+            conn.send(&serde_json::to_vec(&answer)?).await?;
+            continue;
+        }
         let response = match request {
             RpcRequest::AppendEntries(rpc) => {
                 RpcResponse::AppendEntries(raft.append_entries(rpc).await)

@@ -24,6 +24,10 @@ use crate::reply::{StateError, WriteResult};
 use crate::store::{self, StateReader};
 use crate::types::{Raft, RaftNode, node_id};
 
+/// The state level of the first release whose servers open server-key connections: once
+/// every live node has it, worker-key connections are held to a worker's part.
+const WORKER_KEYS_LEVEL: u32 = 3;
+
 pub use crate::reply::StateStatus;
 
 /// Settings of the state node (the `[state]` config section).
@@ -225,6 +229,13 @@ impl StateNode {
     }
 
     async fn submit_inner(&self, command: Command) -> Result<WriteResult, StateError> {
+        let servers_key = crate::network::current_keyring(&self.inner.keyring).holds_servers_key();
+        if !servers_key && !command.is_a_workers() {
+            return Err(StateError::Forbidden(format!(
+                "this worker holds only a worker key, which may not write {}; send it to a server's API",
+                command.object_key()
+            )));
+        }
         let metrics = self.inner.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(metrics.id) {
             return self.write(command).await;
@@ -757,6 +768,10 @@ impl Application for StateNode {
 
     fn files(&self) -> Option<&dyn PeerFiles> {
         self.inner.config.files.as_deref()
+    }
+
+    fn holds_workers_to_their_part(&self) -> bool {
+        self.cluster_level() >= WORKER_KEYS_LEVEL
     }
 
     async fn read_index(&self) -> Result<u64, StateError> {

@@ -34,6 +34,9 @@ pub enum StateError {
     /// A live node runs a release that could not read the command: it waits for the upgrade.
     #[error("not yet: {0}")]
     Unsupported(String),
+    /// Asked over a worker key for what only a holder of the cluster secret may do.
+    #[error("refused: {0}")]
+    Forbidden(String),
 }
 
 /// Turns openraft's write error into ours.

@@ -70,6 +70,10 @@ impl Application for Direct {
         None
     }
 
+    fn holds_workers_to_their_part(&self) -> bool {
+        true
+    }
+
     /// Not asked for by this test; enough for a peer that does.
     fn status(&self) -> StateStatus {
         let metrics = self.0.metrics().borrow().clone();

@@ -162,7 +162,20 @@ enum Command {
     /// something is not, 2 for a bad config.
     Doctor(crate::doctor::DoctorArgs),
     /// Print a new random cluster secret (base64 of 32 bytes) for `secret_file`.
-    Keygen,
+    ///
+    /// With --worker, print instead the worker key of the cluster secret in --config's
+    /// `secret_file` (a line per secret, during a rotation). A worker whose `secret_file`
+    /// holds worker keys (roles = ["worker"] only) gossips, runs VMs, moves them and reports
+    /// as before, but cannot derive the secret: over Raft RPC it cannot vote, replicate, or
+    /// write anything but its own reports, and its API sends changes to a server's API.
+    Keygen {
+        /// Print the worker key of this server's cluster secret.
+        #[arg(long)]
+        worker: bool,
+        /// The server config whose secret to use, with --worker.
+        #[arg(long, value_name = "FILE", default_value = "/etc/hearth/hearth.toml")]
+        config: std::path::PathBuf,
+    },
     /// Print a shell completion script: `hearth completions bash >
     /// /usr/share/bash-completion/completions/hearth` (the Debian package ships them).
     Completions {
@@ -292,7 +305,11 @@ pub fn main() -> ExitCode {
         } => with_client(&client, |c, json| compute_cli::fix(c, json, &id, destroy)),
         Command::Leave(args) => client_command(&args, leave),
         Command::Doctor(args) => crate::doctor::run(&args),
-        Command::Keygen => keygen(),
+        Command::Keygen { worker: false, .. } => keygen(),
+        Command::Keygen {
+            worker: true,
+            config,
+        } => worker_keygen(&config),
         Command::Init(args) => crate::init::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(&out),
@@ -329,6 +346,29 @@ fn keygen() -> ExitCode {
         "{}",
         base64::engine::general_purpose::STANDARD.encode(secret)
     );
+    ExitCode::SUCCESS
+}
+
+/// `hearth keygen --worker`: the worker keys of a server's cluster secrets.
+fn worker_keygen(path: &std::path::Path) -> ExitCode {
+    let (config, resolved) = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("hearth: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let keyring = resolved.keys.keyring(&config.cluster);
+    if !keyring.holds_servers_key() {
+        eprintln!(
+            "hearth: secret_file: {} holds worker keys already; run this with a server's config",
+            path.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    for line in keyring.worker_keys() {
+        println!("{line}");
+    }
     ExitCode::SUCCESS
 }
 

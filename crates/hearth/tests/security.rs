@@ -724,3 +724,168 @@ fn a_confined_qemu_boots_the_guest_and_cannot_start_a_process() {
     assert_eq!(hearth_testkit::qemu_pids_under(&agent.dir), [qemu]);
     assert_eq!(wait_phase(agent, "boxed", "running")["id"], id.as_str());
 }
+
+/// Sends `request` over a connection to `rpc` opened with `keyring`'s key of `tier`; the
+/// answer, or why there was none.
+fn rpc_call(
+    rpc: SocketAddr,
+    keyring: &hearth_membership::Keyring,
+    tier: hearth_membership::stream::Tier,
+    request: &hearth_state::network::RpcRequest,
+) -> Result<hearth_state::network::RpcResponse, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(rpc)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut sealed = hearth_membership::stream::SealedStream::client(stream, keyring, tier)
+            .await
+            .map_err(|e| e.to_string())?;
+        sealed
+            .send(&serde_json::to_vec(request).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), sealed.recv())
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&answer).map_err(|e| e.to_string())
+    })
+}
+
+/// A worker given only a worker key (`hearth keygen --worker`) runs VMs and reports as
+/// before; over Raft RPC its key neither votes nor writes anything but a worker's reports,
+/// while the secret's server key still may; its API sends admins to a server.
+#[test]
+fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
+    use hearth_membership::stream::Tier;
+    use hearth_state::model::{Command, Expect};
+    use hearth_state::network::StateError;
+    use hearth_state::network::{RpcRequest, RpcResponse};
+
+    let mut cluster = TestCluster::start(bin(), 0, |_| String::new());
+    let server = cluster.spec(0, "[state]\nbootstrap_expect = 1\n".into());
+    cluster.add(server);
+    let server = &cluster.agents[0];
+    let config = server.config_path();
+    let output = std::process::Command::new(bin())
+        .args(["keygen", "--worker", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let worker_key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(worker_key.starts_with(hearth_membership::WORKER_KEY_PREFIX));
+    let key_file = server.dir.join("worker-key");
+    std::fs::write(&key_file, format!("{worker_key}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut worker = cluster.spec(1, "[compute]\ndriver = \"fake\"\n".into());
+    worker.roles = "[\"worker\"]".into();
+    worker.secret_file = Some(key_file);
+    cluster.add(worker);
+    cluster.wait_for_members(&[("n1", "alive"), ("n2", "alive")], WAIT);
+    let (server, worker) = (&cluster.agents[0], &cluster.agents[1]);
+    eventually("the worker registered", WAIT, || {
+        match server.host_count()? {
+            1 => Ok(()),
+            n => Err(format!("{n} hosts")),
+        }
+    });
+
+    // Its reports go through: a VM placed on it runs.
+    server.add_fake_image("fake");
+    server.ensure_account("alice");
+    server.cli(&[
+        "vm",
+        "create",
+        "w1",
+        "--image",
+        "fake",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "64",
+        "--disk-gib",
+        "1",
+    ]);
+    eventually("the VM runs on the worker", WAIT, || {
+        let row = server.api_json("/v1/vms/w1")?;
+        match (row["host"].as_str(), row["shown_phase"].as_str()) {
+            (Some("n2"), Some("running")) => Ok(()),
+            _ => Err(row.to_string()),
+        }
+    });
+
+    // An admin's change through the worker's API is sent to a server, with the reason.
+    let root = server.token();
+    let body = r#"{"name":"ann","role":"admin","password":"ann's long password"}"#;
+    let (status, answer) = api(server, &root, "POST", "/v1/accounts", body);
+    assert_eq!(status, 200, "{answer}");
+    let ann = create_token(server, &root, "ann");
+    // (Once the token has reached the worker, a learner.)
+    let answer = eventually("the worker's API refuses the drain", WAIT, || {
+        match api(worker, &ann, "POST", "/v1/nodes/n1/drain", "") {
+            (403, answer) => Ok(answer),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(answer.to_string().contains("worker key"), "{answer}");
+
+    // Raw RPC with the worker key: a write of the cluster's state is refused, a vote ends
+    // the connection; the same write with the server key is taken.
+    let spec = &server.spec;
+    let rpc = SocketAddr::from((spec.ip, hearth_testkit::RPC_PORT));
+    let material: Vec<u8> = (0..32)
+        .map(|i| {
+            let hex = &worker_key[hearth_membership::WORKER_KEY_PREFIX.len()..];
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()
+        })
+        .collect();
+    let worker_ring =
+        hearth_membership::Keyring::for_worker(&spec.cluster, material.try_into().unwrap(), &[]);
+    let drain = RpcRequest::Write(Command::SetDrain {
+        node: "n1".into(),
+        drained: true,
+        expect: Expect::Any,
+    });
+    match rpc_call(rpc, &worker_ring, Tier::Worker, &drain) {
+        Ok(RpcResponse::Write(Err(StateError::Forbidden(why)))) => {
+            assert!(why.contains("worker key"), "{why}")
+        }
+        other => panic!("a worker key wrote the drain flag: {other:?}"),
+    }
+    let vote: RpcRequest = serde_json::from_value(serde_json::json!({"Vote": {
+        "vote": {"leader_id": {"term": 99, "node_id": 7}, "committed": false},
+        "last_log_id": null
+    }}))
+    .expect("a vote request");
+    assert!(
+        rpc_call(rpc, &worker_ring, Tier::Worker, &vote).is_err(),
+        "a worker key's vote was answered"
+    );
+    let desired = server.api_json("/v1/desired?consistent").unwrap();
+    assert_eq!(desired["drained"], serde_json::json!({}), "{desired}");
+    use base64::Engine;
+    let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(&spec.secret)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let server_ring = hearth_membership::Keyring::new(
+        &spec.cluster,
+        &hearth_membership::Secret::new(secret),
+        &[],
+    );
+    match rpc_call(rpc, &server_ring, Tier::Full, &drain) {
+        Ok(RpcResponse::Write(Ok(_))) => {}
+        other => panic!("the server key's write was not taken: {other:?}"),
+    }
+}

@@ -346,9 +346,10 @@ fn a_node_without_the_secret_can_neither_read_nor_write_raft() {
             .await
             .map_err(|e| e.to_string())?;
         let wrong = Keyring::new("test", &Secret::new([7; 32]), &[]);
-        let mut sealed = SealedStream::client(stream, &wrong)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut sealed =
+            SealedStream::client(stream, &wrong, hearth_membership::stream::Tier::Full)
+                .await
+                .map_err(|e| e.to_string())?;
         let write = RpcRequest::Write(Command::SetDrain {
             node: "n1".into(),
             drained: true,

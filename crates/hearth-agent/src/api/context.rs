@@ -89,6 +89,10 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this node holds no replicated state (it is neither a server nor a witness); ask a server's API",
             ),
+            // A worker with only a worker key: the change must go through a server.
+            ApiError::State(failure @ StateError::Forbidden(_)) => {
+                error(StatusCode::FORBIDDEN, &failure.to_string())
+            }
             ApiError::State(failure) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, &failure.to_string())
             }

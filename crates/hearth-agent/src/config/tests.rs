@@ -107,7 +107,7 @@ fn the_good_config_passes_and_resolves() {
     let join: Vec<String> = resolved.join.iter().map(ToString::to_string).collect();
     assert_eq!(join, ["192.0.2.11:7946", "192.0.2.12:7946"]);
     assert_eq!(resolved.zone, "coop.example.");
-    assert_eq!(resolved.accepted_secrets.len(), 1);
+    assert_eq!(resolved.keys.accepted(), 1);
     assert!(resolved.dns_push.is_some());
     let smtp = resolved.smtp.expect("smtp settings");
     assert_eq!((smtp.host.as_str(), smtp.port), ("mail.example.org", 587));
@@ -134,7 +134,7 @@ fn the_defaults_of_a_minimal_config_validate() {
     files.insert(SECRET_FILE, Ok(b64(&[3; 32])));
     let resolved = config.validate_with(&files).expect("valid");
     assert_eq!(resolved.zone, "hearth.internal.");
-    assert!(resolved.accepted_secrets.is_empty());
+    assert_eq!(resolved.keys.accepted(), 0);
     assert_eq!(config.token_path(), Path::new("/var/lib/hearth/api-token"));
 }
 
@@ -571,4 +571,61 @@ fn a_secret_file_is_a_problem_when_missing_or_open_to_all() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let problem = crate::config::secret_file_problem(&secret).unwrap();
     assert!(problem.contains("chmod 600"), "{problem}");
+}
+
+#[test]
+fn a_worker_key_is_for_a_worker_alone_and_must_be_whole() {
+    let text = |roles: &str| {
+        format!(
+            "node_name = \"w1\"\ncluster = \"c\"\nsecret_file = \"/etc/hearth/secret\"\n\
+             advertise = \"192.0.2.10\"\nroles = {roles}\n"
+        )
+    };
+    let key = format!(
+        "{}{}",
+        hearth_membership::WORKER_KEY_PREFIX,
+        "ab".repeat(32)
+    );
+    let with = |content: String| {
+        let mut files = ConfigFiles::default();
+        files.insert(SECRET_FILE, Ok(content));
+        files
+    };
+    let worker = Config::parse(&text("[\"worker\"]")).unwrap();
+    let resolved = worker.validate_with(&with(key.clone())).expect("valid");
+    let keyring = resolved.keys.keyring("c");
+    assert!(!keyring.holds_servers_key());
+    assert_eq!(keyring.worker_key(), key);
+    for roles in ["[\"server\", \"worker\"]", "[\"witness\"]"] {
+        let config = Config::parse(&text(roles)).unwrap();
+        let problems = config.validate_with(&with(key.clone())).err().unwrap();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("secret_file: holds a worker key")),
+            "{problems:?}"
+        );
+    }
+    let short = format!(
+        "{}{}",
+        hearth_membership::WORKER_KEY_PREFIX,
+        "ab".repeat(31)
+    );
+    let problems = worker.validate_with(&with(short)).err().unwrap();
+    assert!(
+        problems[0].contains("hearth keygen --worker"),
+        "{problems:?}"
+    );
+    let mixed = format!("{key}\n{}\n", b64(&[3; 32]));
+    let problems = worker.validate_with(&with(mixed)).err().unwrap();
+    assert!(problems[0].contains("mixes"), "{problems:?}");
+    // The secret's worker key is the one a worker holds.
+    let server =
+        hearth_membership::Keyring::new("c", &hearth_membership::Secret::new([3; 32]), &[]);
+    let derived = worker
+        .validate_with(&with(server.worker_key()))
+        .expect("valid")
+        .keys
+        .keyring("c");
+    assert_eq!(derived.worker_key(), server.worker_key());
 }

@@ -19,8 +19,7 @@ use super::smtp::MailSettings;
 
 /// The parts of the config that are derived and checked rather than read as they are.
 pub struct Resolved {
-    pub primary_secret: Secret,
-    pub accepted_secrets: Vec<Secret>,
+    pub keys: ClusterKeys,
     pub advertise: IpAddr,
     pub join: Vec<SocketAddr>,
     pub zone: String,
@@ -28,6 +27,35 @@ pub struct Resolved {
     pub dns_push: Option<PushSettings>,
     /// How to send email (`[smtp]`), with the password read from `password_file`.
     pub smtp: Option<MailSettings>,
+}
+
+/// What `secret_file` (or `secret`) holds: cluster secrets, or on a worker that should not
+/// hold them, worker keys (`hearth keygen --worker`). The first seals; the rest are accepted
+/// during a rotation.
+pub enum ClusterKeys {
+    Secrets(Secret, Vec<Secret>),
+    WorkerKeys([u8; 32], Vec<[u8; 32]>),
+}
+
+impl ClusterKeys {
+    pub fn keyring(&self, cluster: &str) -> hearth_membership::Keyring {
+        match self {
+            ClusterKeys::Secrets(primary, accepted) => {
+                hearth_membership::Keyring::new(cluster, primary, accepted)
+            }
+            ClusterKeys::WorkerKeys(primary, accepted) => {
+                hearth_membership::Keyring::for_worker(cluster, *primary, accepted)
+            }
+        }
+    }
+
+    /// How many keys besides the sealing one are accepted.
+    pub fn accepted(&self) -> usize {
+        match self {
+            ClusterKeys::Secrets(_, accepted) => accepted.len(),
+            ClusterKeys::WorkerKeys(_, accepted) => accepted.len(),
+        }
+    }
 }
 
 impl Config {
@@ -58,22 +86,19 @@ impl Config {
         self.check_services(&mut problems);
         self.check_handlers(&mut problems);
         match (secrets, advertise) {
-            (Some((primary_secret, accepted_secrets)), Some(advertise)) if problems.is_empty() => {
-                Ok(Resolved {
-                    primary_secret,
-                    accepted_secrets,
-                    advertise,
-                    join,
-                    zone,
-                    dns_push,
-                    smtp,
-                })
-            }
+            (Some(keys), Some(advertise)) if problems.is_empty() => Ok(Resolved {
+                keys,
+                advertise,
+                join,
+                zone,
+                dns_push,
+                smtp,
+            }),
             _ => Err(problems),
         }
     }
 
-    fn secrets(&self, files: &ConfigFiles) -> Result<(Secret, Vec<Secret>), String> {
+    fn secrets(&self, files: &ConfigFiles) -> Result<ClusterKeys, String> {
         let (key, text) = match (&self.secret, &self.secret_file) {
             (Some(_), Some(_)) => {
                 return Err("secret, secret_file: set only one of them".into());
@@ -91,17 +116,69 @@ impl Config {
                     .into());
             }
         };
-        let mut secrets = text
+        let lines: Vec<&str> = text
             .lines()
             .map(str::trim)
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+        let workers = lines
+            .iter()
+            .filter(|l| l.starts_with(hearth_membership::WORKER_KEY_PREFIX))
+            .count();
+        if workers > 0 {
+            return self.worker_keys(key, &lines, workers);
+        }
+        let mut secrets = lines
+            .iter()
             .enumerate()
             .map(|(idx, line)| decode_secret(key, idx, line));
         let primary = secrets
             .next()
             .unwrap_or_else(|| Err(format!("{key}: is empty; put `hearth keygen` output in it")))?;
         let accepted = secrets.collect::<Result<Vec<_>, _>>()?;
-        Ok((primary, accepted))
+        Ok(ClusterKeys::Secrets(primary, accepted))
+    }
+
+    /// Worker keys, for a node that is a worker and nothing else.
+    fn worker_keys(
+        &self,
+        key: &str,
+        lines: &[&str],
+        workers: usize,
+    ) -> Result<ClusterKeys, String> {
+        if workers != lines.len() {
+            return Err(format!(
+                "{key}: mixes cluster secrets and worker keys; hold one kind only"
+            ));
+        }
+        if self.roles != [hearth_types::Role::Worker] {
+            return Err(format!(
+                "{key}: holds a worker key, which only a node with roles = [\"worker\"] may use; \
+                 give servers and witnesses the cluster secret itself"
+            ));
+        }
+        let mut keys = lines.iter().enumerate().map(|(idx, line)| {
+            let hex = &line[hearth_membership::WORKER_KEY_PREFIX.len()..];
+            let bytes: Option<Vec<u8>> = (hex.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect()
+                })
+                .flatten();
+            bytes
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "{key} (line {}): a worker key is {} and 64 hex digits; make one with `hearth keygen --worker` on a server",
+                        idx + 1,
+                        hearth_membership::WORKER_KEY_PREFIX
+                    )
+                })
+        });
+        let primary = keys.next().expect("at least one worker key")?;
+        let accepted = keys.collect::<Result<Vec<_>, _>>()?;
+        Ok(ClusterKeys::WorkerKeys(primary, accepted))
     }
 
     fn advertise_addr(&self) -> Result<IpAddr, String> {
