@@ -21,6 +21,8 @@ pub use health::LocalHealth;
 pub use identity::NodeId;
 pub use metrics::GossipMetrics;
 pub use node::Membership;
-pub use seal::{Keyring, OVERHEAD, OpenError, SECRET_LEN, Secret, WORKER_KEY_PREFIX};
+pub use seal::{
+    Keyring, OVERHEAD, OpenError, SECRET_LEN, Secret, WORKER_IDENTITY_PREFIX, WORKER_KEY_PREFIX,
+};
 pub use timing::GossipTiming;
 pub use view::{build_view, diff_events};

@@ -122,6 +122,14 @@ impl Key {
     }
 }
 
+/// The key a stream hello named, with the tier it gives the connection and, for a worker's
+/// identity, the worker's name.
+pub struct StreamKey {
+    material: [u8; 32],
+    pub tier: crate::stream::Tier,
+    pub name: Option<String>,
+}
+
 /// The keys a node accepts, and the one it seals with.
 pub struct Keyring {
     cluster: String,
@@ -129,14 +137,23 @@ pub struct Keyring {
     keys: Vec<Key>,
     /// The server keys, in the same order; empty on a worker that holds only worker keys.
     servers: Vec<Key>,
+    /// A worker's own identity (its node name and key), with which it opens its streams to
+    /// servers so they know which worker speaks; servers derive any worker's from their
+    /// server key.
+    identity: Option<(String, Key)>,
 }
 
 /// The prefix of a worker key as `hearth keygen --worker` writes it, before 64 hex digits.
 pub const WORKER_KEY_PREFIX: &str = "hearth-worker-key-v1:";
+/// The prefix of a worker's identity line, before `NAME:` and 64 hex digits.
+pub const WORKER_IDENTITY_PREFIX: &str = "hearth-worker-identity-v1:";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn worker_line(key: &Key) -> String {
-    let hex: String = key.material.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{WORKER_KEY_PREFIX}{hex}")
+    format!("{WORKER_KEY_PREFIX}{}", hex(&key.material))
 }
 
 impl Keyring {
@@ -147,12 +164,19 @@ impl Keyring {
             cluster: cluster.to_owned(),
             keys: secrets().map(|s| Key::derive(s, cluster)).collect(),
             servers: secrets().map(|s| Key::derive_server(s, cluster)).collect(),
+            identity: None,
         }
     }
 
     /// A worker's keyring, from worker keys (what [`Keyring::worker_key`] gives): the first
-    /// seals. It holds no server key.
-    pub fn for_worker(cluster: &str, primary: [u8; 32], accepted: &[[u8; 32]]) -> Keyring {
+    /// seals. It holds no server key; `identity` is its name and identity key (what
+    /// [`Keyring::worker_identity`] gives for that name).
+    pub fn for_worker(
+        cluster: &str,
+        primary: [u8; 32],
+        accepted: &[[u8; 32]],
+        identity: Option<(String, [u8; 32])>,
+    ) -> Keyring {
         Keyring {
             cluster: cluster.to_owned(),
             keys: std::iter::once(primary)
@@ -160,7 +184,32 @@ impl Keyring {
                 .map(Key::from_material)
                 .collect(),
             servers: Vec::new(),
+            identity: identity.map(|(name, key)| (name, Key::from_material(key))),
         }
+    }
+
+    /// Worker `name`'s identity key, derived from the sealing server key; `None` on a worker.
+    fn identity_of(&self, name: &str) -> Option<Key> {
+        let server = self.servers.first()?;
+        let hkdf = Hkdf::<Sha256>::new(Some(b"hearth worker identity v1"), &server.material);
+        let mut key = [0u8; 32];
+        hkdf.expand(name.as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Some(Key::from_material(key))
+    }
+
+    /// Worker `name`'s identity line for its `secret_file`; `None` on a worker.
+    pub fn worker_identity(&self, name: &str) -> Option<String> {
+        let key = self.identity_of(name)?;
+        Some(format!(
+            "{WORKER_IDENTITY_PREFIX}{name}:{}",
+            hex(&key.material)
+        ))
+    }
+
+    /// The name this keyring's worker identity is for, if it has one.
+    pub fn identity_name(&self) -> Option<&str> {
+        self.identity.as_ref().map(|(name, _)| name.as_str())
     }
 
     /// The worker key of the sealing secret, as a worker's `secret_file` holds it.
@@ -178,10 +227,13 @@ impl Keyring {
         !self.servers.is_empty()
     }
 
-    /// The key id a stream client of `tier` announces; `None` for `Full` on a worker.
+    /// The key id a stream client of `tier` announces: the server key for `Full` (`None`
+    /// on a worker), the worker's identity for `Named` (`None` without one), the worker key
+    /// for `Worker`.
     pub fn stream_key_id(&self, tier: crate::stream::Tier) -> Option<[u8; KEY_ID_LEN]> {
         match tier {
             crate::stream::Tier::Full => self.servers.first().map(|k| k.id),
+            crate::stream::Tier::Named => self.identity.as_ref().map(|(_, k)| k.id),
             crate::stream::Tier::Worker => Some(self.keys[0].id),
         }
     }
@@ -232,28 +284,41 @@ impl Keyring {
         self.keys[0].id
     }
 
-    /// Derives a 32-byte key for one stream connection from the cluster key with id `key_id`
-    /// and the connection's `transcript` (both sides' random nonces and the direction), so
-    /// that every connection and direction gets its own key and a recorded connection cannot
-    /// be replayed. `None` when no key in the ring has that id.
-    /// The tier is that of the key: `Full` for a server key, `Worker` for a worker key.
-    pub fn session_key(
-        &self,
-        key_id: &[u8],
-        transcript: &[u8],
-    ) -> Option<([u8; 32], crate::stream::Tier)> {
-        let (key, tier) = match self.servers.iter().find(|key| key.id == key_id) {
-            Some(key) => (key, crate::stream::Tier::Full),
-            None => (
-                self.keys.iter().find(|key| key.id == key_id)?,
-                crate::stream::Tier::Worker,
-            ),
+    /// Which key of this ring (or of a worker among `workers`, on a server) has id
+    /// `key_id`, and the tier and worker name it gives a stream.
+    pub fn stream_key(&self, key_id: &[u8], workers: &[String]) -> Option<StreamKey> {
+        use crate::stream::Tier;
+        let found = |key: &Key, tier, name: Option<String>| StreamKey {
+            material: key.material,
+            tier,
+            name,
         };
+        if let Some(key) = self.servers.iter().find(|key| key.id == key_id) {
+            return Some(found(key, Tier::Full, None));
+        }
+        if let Some((name, key)) = &self.identity
+            && key.id == key_id
+        {
+            return Some(found(key, Tier::Named, Some(name.clone())));
+        }
+        if let Some(key) = self.keys.iter().find(|key| key.id == key_id) {
+            return Some(found(key, Tier::Worker, None));
+        }
+        workers.iter().find_map(|name| {
+            let key = self.identity_of(name)?;
+            (key.id == key_id).then(|| found(&key, Tier::Named, Some(name.clone())))
+        })
+    }
+
+    /// Derives a 32-byte key for one stream connection from `key` and the connection's
+    /// `transcript` (both sides' random nonces and the direction), so that every connection
+    /// and direction gets its own key and a recorded connection cannot be replayed.
+    pub fn session_key(key: &StreamKey, transcript: &[u8]) -> [u8; 32] {
         let hkdf = Hkdf::<Sha256>::new(Some(transcript), &key.material);
         let mut session = [0u8; 32];
         hkdf.expand(b"hearth stream v1", &mut session)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Some((session, tier))
+        session
     }
 
     pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {

@@ -29,7 +29,9 @@ pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 pub enum Tier {
     /// A server key: the client holds the cluster secret.
     Full,
-    /// A worker key: the client may hold only that.
+    /// A worker's identity key: the client is that worker (`SealedStream::peer_name`).
+    Named,
+    /// A worker key: the client may hold only that, and says not who it is.
     Worker,
 }
 
@@ -75,18 +77,31 @@ pub struct SealedStream {
     send: Direction,
     recv: Direction,
     tier: Tier,
+    peer_name: Option<String>,
+}
+
+struct Opened {
+    c2s: Direction,
+    s2c: Direction,
+    tier: Tier,
+    name: Option<String>,
 }
 
 fn directions(
     keyring: &Keyring,
     key_id: &[u8],
+    workers: &[String],
     client: &[u8],
     server: &[u8],
-) -> Option<(Direction, Direction, Tier)> {
+) -> Option<Opened> {
+    let key = keyring.stream_key(key_id, workers)?;
     let transcript = |label: &[u8]| [label, client, server].concat();
-    let (c2s, tier) = keyring.session_key(key_id, &transcript(b"c2s"))?;
-    let (s2c, _) = keyring.session_key(key_id, &transcript(b"s2c"))?;
-    Some((Direction::new(c2s), Direction::new(s2c), tier))
+    Some(Opened {
+        c2s: Direction::new(Keyring::session_key(&key, &transcript(b"c2s"))),
+        s2c: Direction::new(Keyring::session_key(&key, &transcript(b"s2c"))),
+        tier: key.tier,
+        name: key.name,
+    })
 }
 
 fn random_nonce() -> [u8; NONCE_LEN] {
@@ -110,13 +125,14 @@ impl SealedStream {
         stream.write_all(&hello).await?;
         let mut server_nonce = [0u8; NONCE_LEN];
         stream.read_exact(&mut server_nonce).await?;
-        let (send, recv, tier) = directions(keyring, &key_id, &client_nonce, &server_nonce)
+        let opened = directions(keyring, &key_id, &[], &client_nonce, &server_nonce)
             .ok_or(StreamError::UnknownKey)?;
         Ok(SealedStream {
             stream,
-            send,
-            recv,
-            tier,
+            send: opened.c2s,
+            recv: opened.s2c,
+            tier: opened.tier,
+            peer_name: None,
         })
     }
 
@@ -125,10 +141,17 @@ impl SealedStream {
         self.tier
     }
 
-    /// Accepts the server side of a freshly accepted TCP stream.
+    /// On the server side of a `Named` connection, the worker that opened it.
+    pub fn peer_name(&self) -> Option<&str> {
+        self.peer_name.as_deref()
+    }
+
+    /// Accepts the server side of a freshly accepted TCP stream. A server recognises the
+    /// identity of any worker named in `workers`.
     pub async fn server(
         mut stream: TcpStream,
         keyring: &Keyring,
+        workers: &[String],
     ) -> Result<SealedStream, StreamError> {
         stream.set_nodelay(true)?;
         let mut hello = [0u8; 4 + KEY_ID_LEN + NONCE_LEN];
@@ -139,14 +162,15 @@ impl SealedStream {
         let key_id = &hello[4..4 + KEY_ID_LEN];
         let client_nonce = &hello[4 + KEY_ID_LEN..];
         let server_nonce = random_nonce();
-        let (recv, send, tier) = directions(keyring, key_id, client_nonce, &server_nonce)
+        let opened = directions(keyring, key_id, workers, client_nonce, &server_nonce)
             .ok_or(StreamError::UnknownKey)?;
         stream.write_all(&server_nonce).await?;
         Ok(SealedStream {
             stream,
-            send,
-            recv,
-            tier,
+            send: opened.s2c,
+            recv: opened.c2s,
+            tier: opened.tier,
+            peer_name: opened.name,
         })
     }
 
@@ -216,7 +240,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            SealedStream::server(stream, &server_ring).await
+            SealedStream::server(stream, &server_ring, &["w1".to_owned()]).await
         });
         let client =
             SealedStream::client(TcpStream::connect(addr).await.unwrap(), &client_ring, tier).await;
@@ -231,7 +255,7 @@ mod tests {
         assert_eq!(server.unwrap().tier(), Tier::Full);
         assert_eq!(client.unwrap().tier(), Tier::Full);
         // A worker holding only the worker key: a worker connection, and no full one.
-        let worker = || Keyring::for_worker("c", worker_material(&server_key()), &[]);
+        let worker = || Keyring::for_worker("c", worker_material(&server_key()), &[], None);
         let (client, server) = pair_of(worker(), server_key(), Tier::Worker).await;
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
         assert_eq!(server.tier(), Tier::Worker);
@@ -251,6 +275,40 @@ mod tests {
         let (client, server) = pair_of(server_key(), worker(), Tier::Worker).await;
         assert_eq!(server.unwrap().tier(), Tier::Worker);
         assert!(client.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_workers_identity_names_it_to_servers_only() {
+        let server = ring(1, "c");
+        let identity = |name: &str| {
+            let line = server.worker_identity(name).unwrap();
+            let hex = line.rsplit(':').next().unwrap().to_owned();
+            let mut key = [0u8; 32];
+            for (i, byte) in key.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+            }
+            (name.to_owned(), key)
+        };
+        let worker = |name: &str| {
+            Keyring::for_worker("c", worker_material(&server), &[], Some(identity(name)))
+        };
+        // The server knows w1 (its `workers`): a named connection from w1.
+        let (client, accepted) = pair_of(worker("w1"), ring(1, "c"), Tier::Named).await;
+        assert!(client.is_ok());
+        let accepted = accepted.unwrap();
+        assert_eq!(accepted.tier(), Tier::Named);
+        assert_eq!(accepted.peer_name(), Some("w1"));
+        // A name the server does not list is not recognised; nor is one by another worker.
+        let (_, accepted) = pair_of(worker("w9"), ring(1, "c"), Tier::Named).await;
+        assert!(matches!(accepted, Err(StreamError::UnknownKey)));
+        let (_, accepted) = pair_of(worker("w1"), worker("w2"), Tier::Named).await;
+        assert!(matches!(accepted, Err(StreamError::UnknownKey)));
+        assert_eq!(worker("w1").identity_name(), Some("w1"));
+        assert_eq!(
+            worker("w1").worker_identity("w1"),
+            None,
+            "a worker derives none"
+        );
     }
 
     /// The 32 bytes of a keyring's worker key, as a worker's config would read them.
@@ -290,7 +348,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut sealed = SealedStream::server(stream, &ring(1, "c")).await.unwrap();
+            let mut sealed = SealedStream::server(stream, &ring(1, "c"), &[])
+                .await
+                .unwrap();
             sealed.recv().await
         });
         // A raw client that knows the handshake format but not the key.
@@ -315,7 +375,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            SealedStream::server(stream, &ring(1, "c")).await.err()
+            SealedStream::server(stream, &ring(1, "c"), &[]).await.err()
         });
         let mut raw = TcpStream::connect(addr).await.unwrap();
         raw.write_all(&[0x55; 40]).await.unwrap();

@@ -123,7 +123,46 @@ pub enum Command {
     },
 }
 
+/// Whom a worker's command speaks for: the worker that may write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker<'a> {
+    /// The host (a node name) the command is about.
+    Host(&'a str),
+    /// The VM's host or the target of its move (a move given up by either side).
+    HostOfVm(&'a str),
+}
+
 impl Command {
+    /// For a worker's command (`is_a_workers`), whom it speaks for.
+    pub fn speaks_for(&self) -> Option<Speaker<'_>> {
+        use crate::model::compute::ComputeCommand as C;
+        let command = match self {
+            Command::Audit { entry } => return Some(Speaker::Host(&entry.node)),
+            Command::Compute { command } => command,
+            _ => return None,
+        };
+        Some(match command {
+            C::Report { host, .. }
+            | C::Host { host, .. }
+            | C::Drift { host, .. }
+            | C::Rebooted { host, .. }
+            | C::FixDone { host, .. }
+            | C::ClaimDisk { host, .. }
+            | C::Forget { host, .. }
+            | C::MigrationCompleted { host, .. }
+            | C::MigrationStopped { host, .. }
+            | C::MigrationProgress { host, .. }
+            | C::ReplicaListening { host, .. }
+            | C::ReplicaProgress { host, .. }
+            | C::RenewLease { host } => Speaker::Host(host),
+            C::MigrationListening { to, .. } | C::MoveDisk { to, .. } | C::Failover { to, .. } => {
+                Speaker::Host(to)
+            }
+            C::AbortMigration { vm, .. } => Speaker::HostOfVm(vm),
+            _ => return None,
+        })
+    }
+
     /// Whether a worker writes this about itself (its host, its VMs' phases, drift, moves
     /// and replicas, its lease) or for its API's audit log: all a connection opened with a
     /// worker key may write (`network::worker_may`).

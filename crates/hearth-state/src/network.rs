@@ -187,12 +187,18 @@ impl PeerClient {
         Ok(serde_json::from_slice(&answer)?)
     }
 
-    /// Opens a connection with the server key when this node holds one, else (or when the
-    /// peer does not know it: a worker, or an older release) with the worker key.
+    /// Opens a connection with the server key when this node holds one, else with its
+    /// worker identity when it has one, and failing those (the peer is a worker, or of an
+    /// older release) with the worker key.
     async fn connect(&self) -> Result<SealedStream, CallError> {
         let keyring = current_keyring(&self.keyring);
         if keyring.holds_servers_key()
             && let Ok(sealed) = self.connect_as(&keyring, Tier::Full).await
+        {
+            return Ok(sealed);
+        }
+        if keyring.identity_name().is_some()
+            && let Ok(sealed) = self.connect_as(&keyring, Tier::Named).await
         {
             return Ok(sealed);
         }
@@ -318,21 +324,46 @@ pub trait Application: Clone + Send + Sync + 'static {
     /// [`worker_may`]): once every live node runs a release that opens server-key
     /// connections, so that an older server's Raft traffic is never refused mid-upgrade.
     fn holds_workers_to_their_part(&self) -> bool;
+    /// The members a server recognises a worker's identity for (see `Tier::Named`).
+    fn worker_names(&self) -> Vec<String>;
+    /// Whether VM `vm` is on host `name`, or moving to it.
+    fn vm_is_at(&self, vm: &str, name: &str) -> bool;
 }
 
 /// Whether a connection opened with a worker key may make `request` of a node that holds the
 /// cluster secret: never a Raft vote, replication or snapshot, and a write only of what a
-/// worker reports (`Command::is_a_workers`). Reads and file chunks are a worker's too.
-pub fn worker_may(request: &RpcRequest) -> Result<(), String> {
-    match request {
+/// worker reports (`Command::is_a_workers`), about itself (`worker`, the name its identity
+/// gave; none, no write). Reads and file chunks are a worker's too. `vm_is_at` tells
+/// whether a VM is on a host or moving to it.
+pub fn worker_may(
+    request: &RpcRequest,
+    worker: Option<&str>,
+    vm_is_at: impl Fn(&str, &str) -> bool,
+) -> Result<(), String> {
+    use crate::model::Speaker;
+    let command = match request {
         RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_) => {
-            Err("a worker key takes no part in Raft".into())
+            return Err("a worker key takes no part in Raft".into());
         }
-        RpcRequest::Write(command) if !command.is_a_workers() => Err(format!(
-            "a worker key may not write {}; send it to a server",
+        RpcRequest::Write(command) => command,
+        _ => return Ok(()),
+    };
+    let refused = |why: &str| {
+        Err(format!(
+            "a worker key may not write {}: {why}",
             command.object_key()
-        )),
-        _ => Ok(()),
+        ))
+    };
+    if !command.is_a_workers() {
+        return refused("only a server's may; send it to a server");
+    }
+    let Some(worker) = worker else {
+        return refused("it says not which worker it is (no identity)");
+    };
+    match command.speaks_for() {
+        Some(Speaker::Host(host)) if host == worker => Ok(()),
+        Some(Speaker::HostOfVm(vm)) if vm_is_at(vm, worker) => Ok(()),
+        _ => refused(&format!("it is not about {worker}")),
     }
 }
 
@@ -443,19 +474,29 @@ async fn serve_connection<A: Application>(
         .peer_addr()
         .map_err(|_| CallError::Refused("no peer address"))?
         .ip();
-    let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, SealedStream::server(stream, &keyring))
-        .await
-        .map_err(|_| CallError::Timeout)??;
+    let workers = match keyring.holds_servers_key() {
+        true => app.worker_names(),
+        false => Vec::new(),
+    };
+    let mut conn = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        SealedStream::server(stream, &keyring, &workers),
+    )
+    .await
+    .map_err(|_| CallError::Timeout)??;
     drop(handshaking);
     let Some(_established) = limits.established.admit(peer) else {
         return Err(CallError::Refused("too many established connections"));
     };
-    let held = conn.tier() == Tier::Worker && keyring.holds_servers_key();
+    let held = conn.tier() != Tier::Full && keyring.holds_servers_key();
+    let worker = conn.peer_name().map(str::to_owned);
     loop {
         let request: RpcRequest = serde_json::from_slice(&conn.recv().await?)?;
         if held
             && app.holds_workers_to_their_part()
-            && let Err(why) = worker_may(&request)
+            && let Err(why) = worker_may(&request, worker.as_deref(), |vm, host| {
+                app.vm_is_at(vm, host)
+            })
         {
             tracing::warn!(%peer, %why, "refused a worker key's request");
             let RpcRequest::Write(_) = request else {
@@ -510,6 +551,38 @@ mod tests {
     /// every RPC in one) left its answer in flight on the connection, and the next call on
     /// that client read it as its own: a stale read index, or an acknowledgement meant for
     /// another write. The next call must open a fresh connection instead.
+
+    #[test]
+    fn a_worker_writes_only_its_own_reports() {
+        use crate::model::compute::ComputeCommand as C;
+        let write = |command| RpcRequest::Write(Command::Compute { command });
+        let lease = |host: &str| write(C::RenewLease { host: host.into() });
+        let abort = write(C::AbortMigration {
+            vm: "vm-1".into(),
+            why: "stuck".into(),
+        });
+        let on_w1 = |vm: &str, host: &str| vm == "vm-1" && host == "w1";
+        assert!(worker_may(&lease("w1"), Some("w1"), on_w1).is_ok());
+        assert!(worker_may(&lease("w2"), Some("w1"), on_w1).is_err());
+        assert!(
+            worker_may(&lease("w1"), None, on_w1).is_err(),
+            "no identity, no write"
+        );
+        assert!(worker_may(&abort, Some("w1"), on_w1).is_ok());
+        assert!(worker_may(&abort, Some("w2"), on_w1).is_err());
+        let drain = RpcRequest::Write(Command::SetDrain {
+            node: "w1".into(),
+            drained: true,
+            expect: Default::default(),
+        });
+        let why = worker_may(&drain, Some("w1"), on_w1).unwrap_err();
+        assert!(why.contains("send it to a server"), "{why}");
+        // Reads and file chunks are anyone's with a key; Raft is not.
+        assert!(worker_may(&RpcRequest::ReadIndex, None, on_w1).is_ok());
+        let status = worker_may(&RpcRequest::Status, None, on_w1);
+        assert!(status.is_ok());
+    }
+
     #[tokio::test]
     async fn a_cancelled_call_never_hands_its_answer_to_the_next_one() {
         let keyring: SharedKeyring = Arc::new(RwLock::new(Arc::new(Keyring::new(
@@ -528,7 +601,7 @@ mod tests {
                 };
                 let (keys, served) = (current_keyring(&server_keys), served.clone());
                 tokio::spawn(async move {
-                    let Ok(mut conn) = SealedStream::server(stream, &keys).await else {
+                    let Ok(mut conn) = SealedStream::server(stream, &keys, &[]).await else {
                         return;
                     };
                     // Each request is answered with its number among all requests; the

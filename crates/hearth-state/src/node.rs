@@ -774,6 +774,23 @@ impl Application for StateNode {
         self.cluster_level() >= WORKER_KEYS_LEVEL
     }
 
+    fn worker_names(&self) -> Vec<String> {
+        let view = self.inner.views.borrow();
+        view.members
+            .values()
+            .filter(|m| m.meta.roles.contains(&Role::Worker))
+            .map(|m| m.meta.name.clone())
+            .collect()
+    }
+
+    fn vm_is_at(&self, vm: &str, name: &str) -> bool {
+        let desired = self.inner.reader.current();
+        desired.compute.vms.get(vm).is_some_and(|vm| {
+            vm.value.host.as_deref() == Some(name)
+                || vm.value.migration.as_ref().is_some_and(|m| m.to == name)
+        })
+    }
+
     async fn read_index(&self) -> Result<u64, StateError> {
         match self.inner.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),

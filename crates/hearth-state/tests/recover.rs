@@ -74,6 +74,14 @@ impl Application for Direct {
         true
     }
 
+    fn worker_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn vm_is_at(&self, _vm: &str, _name: &str) -> bool {
+        false
+    }
+
     /// Not asked for by this test; enough for a peer that does.
     fn status(&self) -> StateStatus {
         let metrics = self.0.metrics().borrow().clone();

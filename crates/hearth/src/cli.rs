@@ -169,9 +169,14 @@ enum Command {
     /// as before, but cannot derive the secret: over Raft RPC it cannot vote, replicate, or
     /// write anything but its own reports, and its API sends changes to a server's API.
     Keygen {
-        /// Print the worker key of this server's cluster secret.
-        #[arg(long)]
+        /// Print the worker key of this server's cluster secret, and the identity of worker
+        /// --name.
+        #[arg(long, requires = "name")]
         worker: bool,
+        /// The worker's node_name: its identity tells servers which worker speaks, and it
+        /// may write only reports about itself.
+        #[arg(long, value_name = "NODE")]
+        name: Option<String>,
         /// The server config whose secret to use, with --worker.
         #[arg(long, value_name = "FILE", default_value = "/etc/hearth/hearth.toml")]
         config: std::path::PathBuf,
@@ -309,7 +314,8 @@ pub fn main() -> ExitCode {
         Command::Keygen {
             worker: true,
             config,
-        } => worker_keygen(&config),
+            name,
+        } => worker_keygen(&config, name.as_deref().unwrap_or_default()),
         Command::Init(args) => crate::init::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(&out),
@@ -350,7 +356,7 @@ fn keygen() -> ExitCode {
 }
 
 /// `hearth keygen --worker`: the worker keys of a server's cluster secrets.
-fn worker_keygen(path: &std::path::Path) -> ExitCode {
+fn worker_keygen(path: &std::path::Path, name: &str) -> ExitCode {
     let (config, resolved) = match Config::load(path) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -368,6 +374,9 @@ fn worker_keygen(path: &std::path::Path) -> ExitCode {
     }
     for line in keyring.worker_keys() {
         println!("{line}");
+    }
+    if let Some(identity) = keyring.worker_identity(name) {
+        println!("{identity}");
     }
     ExitCode::SUCCESS
 }

@@ -278,7 +278,7 @@ fn next_steps(args: &InitArgs, name: &str, advertise: IpAddr, new_cluster: bool)
     ));
     if new_cluster {
         text.push_str(&format!(
-            "\nOn each other node, copy that file (mode 0600), then:\n  hearth init --name NAME --advertise IP --zone ZONE --cluster {} --servers {} --join {advertise} --secret-file {secret}\n",
+            "\nOn each other node, copy that file (mode 0600), then:\n  hearth init --name NAME --advertise IP --zone ZONE --cluster {} --servers {} --join {advertise} --secret-file {secret}\nA node that is only a worker is better given a worker key than the secret (once this\nagent runs): hearth keygen --worker --name NAME --config {config} > worker-key\n",
             args.cluster, args.servers,
         ));
     }

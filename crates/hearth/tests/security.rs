@@ -725,6 +725,15 @@ fn a_confined_qemu_boots_the_guest_and_cannot_start_a_process() {
     assert_eq!(wait_phase(agent, "boxed", "running")["id"], id.as_str());
 }
 
+/// 32 bytes from 64 hex digits.
+fn hex_bytes(hex: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
 /// Sends `request` over a connection to `rpc` opened with `keyring`'s key of `tier`; the
 /// answer, or why there was none.
 fn rpc_call(
@@ -772,7 +781,7 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
     let server = &cluster.agents[0];
     let config = server.config_path();
     let output = std::process::Command::new(bin())
-        .args(["keygen", "--worker", "--config"])
+        .args(["keygen", "--worker", "--name", "n2", "--config"])
         .arg(&config)
         .output()
         .unwrap();
@@ -781,10 +790,15 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let worker_key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    let worker_key = lines[0].to_owned();
     assert!(worker_key.starts_with(hearth_membership::WORKER_KEY_PREFIX));
+    assert!(lines[1].starts_with(hearth_membership::WORKER_IDENTITY_PREFIX));
+    let identity_key: [u8; 32] = hex_bytes(lines[1].rsplit(':').next().unwrap());
     let key_file = server.dir.join("worker-key");
-    std::fs::write(&key_file, format!("{worker_key}\n")).unwrap();
+    std::fs::write(&key_file, &printed).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut worker = cluster.spec(1, "[compute]\ndriver = \"fake\"\n".into());
@@ -843,14 +857,14 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
     // the connection; the same write with the server key is taken.
     let spec = &server.spec;
     let rpc = SocketAddr::from((spec.ip, hearth_testkit::RPC_PORT));
-    let material: Vec<u8> = (0..32)
-        .map(|i| {
-            let hex = &worker_key[hearth_membership::WORKER_KEY_PREFIX.len()..];
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()
-        })
-        .collect();
-    let worker_ring =
-        hearth_membership::Keyring::for_worker(&spec.cluster, material.try_into().unwrap(), &[]);
+    let material = hex_bytes(&worker_key[hearth_membership::WORKER_KEY_PREFIX.len()..]);
+    let worker_ring = hearth_membership::Keyring::for_worker(&spec.cluster, material, &[], None);
+    let named_ring = hearth_membership::Keyring::for_worker(
+        &spec.cluster,
+        material,
+        &[],
+        Some(("n2".to_owned(), identity_key)),
+    );
     let drain = RpcRequest::Write(Command::SetDrain {
         node: "n1".into(),
         drained: true,
@@ -871,6 +885,29 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
         rpc_call(rpc, &worker_ring, Tier::Worker, &vote).is_err(),
         "a worker key's vote was answered"
     );
+    // Named as n2, it may report about n2 only.
+    let report = |host: &str| {
+        RpcRequest::Write(Command::Compute {
+            command: hearth_state::model::ComputeCommand::RenewLease { host: host.into() },
+        })
+    };
+    match rpc_call(rpc, &named_ring, Tier::Named, &report("n2")) {
+        Ok(RpcResponse::Write(Ok(_))) => {}
+        other => panic!("n2's own lease was refused: {other:?}"),
+    }
+    for (ring, tier, host) in [
+        (&named_ring, Tier::Named, "n1"),
+        (&worker_ring, Tier::Worker, "n2"),
+    ] {
+        match rpc_call(rpc, ring, tier, &report(host)) {
+            Ok(RpcResponse::Write(Err(StateError::Forbidden(_)))) => {}
+            other => panic!("{tier:?} renewed {host}'s lease: {other:?}"),
+        }
+    }
+    match rpc_call(rpc, &named_ring, Tier::Named, &drain) {
+        Ok(RpcResponse::Write(Err(StateError::Forbidden(_)))) => {}
+        other => panic!("a named worker wrote the drain flag: {other:?}"),
+    }
     let desired = server.api_json("/v1/desired?consistent").unwrap();
     assert_eq!(desired["drained"], serde_json::json!({}), "{desired}");
     use base64::Engine;

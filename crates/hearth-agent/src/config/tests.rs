@@ -581,24 +581,29 @@ fn a_worker_key_is_for_a_worker_alone_and_must_be_whole() {
              advertise = \"192.0.2.10\"\nroles = {roles}\n"
         )
     };
-    let key = format!(
-        "{}{}",
-        hearth_membership::WORKER_KEY_PREFIX,
-        "ab".repeat(32)
-    );
-    let with = |content: String| {
+    let server =
+        hearth_membership::Keyring::new("c", &hearth_membership::Secret::new([3; 32]), &[]);
+    let key = server.worker_key();
+    let identity = |name: &str| server.worker_identity(name).unwrap();
+    let with = |lines: &[&str]| {
         let mut files = ConfigFiles::default();
-        files.insert(SECRET_FILE, Ok(content));
+        files.insert(SECRET_FILE, Ok(lines.join("\n")));
         files
     };
     let worker = Config::parse(&text("[\"worker\"]")).unwrap();
-    let resolved = worker.validate_with(&with(key.clone())).expect("valid");
+    let resolved = worker
+        .validate_with(&with(&[&key, &identity("w1")]))
+        .expect("valid");
     let keyring = resolved.keys.keyring("c");
     assert!(!keyring.holds_servers_key());
     assert_eq!(keyring.worker_key(), key);
+    assert_eq!(keyring.identity_name(), Some("w1"));
     for roles in ["[\"server\", \"worker\"]", "[\"witness\"]"] {
         let config = Config::parse(&text(roles)).unwrap();
-        let problems = config.validate_with(&with(key.clone())).err().unwrap();
+        let problems = config
+            .validate_with(&with(&[&key, &identity("w1")]))
+            .err()
+            .unwrap();
         assert!(
             problems
                 .iter()
@@ -611,21 +616,18 @@ fn a_worker_key_is_for_a_worker_alone_and_must_be_whole() {
         hearth_membership::WORKER_KEY_PREFIX,
         "ab".repeat(31)
     );
-    let problems = worker.validate_with(&with(short)).err().unwrap();
-    assert!(
-        problems[0].contains("hearth keygen --worker"),
-        "{problems:?}"
-    );
-    let mixed = format!("{key}\n{}\n", b64(&[3; 32]));
-    let problems = worker.validate_with(&with(mixed)).err().unwrap();
-    assert!(problems[0].contains("mixes"), "{problems:?}");
-    // The secret's worker key is the one a worker holds.
-    let server =
-        hearth_membership::Keyring::new("c", &hearth_membership::Secret::new([3; 32]), &[]);
-    let derived = worker
-        .validate_with(&with(server.worker_key()))
-        .expect("valid")
-        .keys
-        .keyring("c");
-    assert_eq!(derived.worker_key(), server.worker_key());
+    let other = identity("w2");
+    let mixed = b64(&[3; 32]);
+    for (lines, says) in [
+        (
+            vec![short.as_str(), &identity("w1")],
+            "hearth keygen --worker --name w1",
+        ),
+        (vec![key.as_str()], "one worker identity line"),
+        (vec![key.as_str(), &other], "not one for node_name w1"),
+        (vec![key.as_str(), &identity("w1"), &mixed], "mixes"),
+    ] {
+        let problems = worker.validate_with(&with(&lines)).err().unwrap();
+        assert!(problems[0].contains(says), "{lines:?}: {problems:?}");
+    }
 }

@@ -34,7 +34,8 @@ pub struct Resolved {
 /// during a rotation.
 pub enum ClusterKeys {
     Secrets(Secret, Vec<Secret>),
-    WorkerKeys([u8; 32], Vec<[u8; 32]>),
+    /// Worker keys, and the worker's identity key (for its own `node_name`).
+    WorkerKeys([u8; 32], Vec<[u8; 32]>, (String, [u8; 32])),
 }
 
 impl ClusterKeys {
@@ -43,8 +44,13 @@ impl ClusterKeys {
             ClusterKeys::Secrets(primary, accepted) => {
                 hearth_membership::Keyring::new(cluster, primary, accepted)
             }
-            ClusterKeys::WorkerKeys(primary, accepted) => {
-                hearth_membership::Keyring::for_worker(cluster, *primary, accepted)
+            ClusterKeys::WorkerKeys(primary, accepted, identity) => {
+                hearth_membership::Keyring::for_worker(
+                    cluster,
+                    *primary,
+                    accepted,
+                    Some(identity.clone()),
+                )
             }
         }
     }
@@ -53,7 +59,7 @@ impl ClusterKeys {
     pub fn accepted(&self) -> usize {
         match self {
             ClusterKeys::Secrets(_, accepted) => accepted.len(),
-            ClusterKeys::WorkerKeys(_, accepted) => accepted.len(),
+            ClusterKeys::WorkerKeys(_, accepted, _) => accepted.len(),
         }
     }
 }
@@ -123,7 +129,10 @@ impl Config {
             .collect();
         let workers = lines
             .iter()
-            .filter(|l| l.starts_with(hearth_membership::WORKER_KEY_PREFIX))
+            .filter(|l| {
+                l.starts_with(hearth_membership::WORKER_KEY_PREFIX)
+                    || l.starts_with(hearth_membership::WORKER_IDENTITY_PREFIX)
+            })
             .count();
         if workers > 0 {
             return self.worker_keys(key, &lines, workers);
@@ -157,28 +166,43 @@ impl Config {
                  give servers and witnesses the cluster secret itself"
             ));
         }
-        let mut keys = lines.iter().enumerate().map(|(idx, line)| {
-            let hex = &line[hearth_membership::WORKER_KEY_PREFIX.len()..];
-            let bytes: Option<Vec<u8>> = (hex.len() == 64)
-                .then(|| {
-                    (0..32)
-                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                        .collect()
-                })
-                .flatten();
-            bytes
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        let fix = format!(
+            "make them on a server with `hearth keygen --worker --name {}`",
+            self.node_name
+        );
+        let (identities, keys): (Vec<&str>, Vec<&str>) = lines
+            .iter()
+            .partition(|l| l.starts_with(hearth_membership::WORKER_IDENTITY_PREFIX));
+        let identity = match identities.as_slice() {
+            [line] => line[hearth_membership::WORKER_IDENTITY_PREFIX.len()..]
+                .rsplit_once(':')
+                .and_then(|(name, hex)| Some((name.to_owned(), key_bytes(hex)?)))
+                .filter(|(name, _)| *name == self.node_name)
                 .ok_or_else(|| {
                     format!(
-                        "{key} (line {}): a worker key is {} and 64 hex digits; make one with `hearth keygen --worker` on a server",
-                        idx + 1,
-                        hearth_membership::WORKER_KEY_PREFIX
+                        "{key}: the worker identity is not one for node_name {}; {fix}",
+                        self.node_name
                     )
-                })
+                })?,
+            _ => {
+                return Err(format!(
+                    "{key}: a worker needs one worker identity line; {fix}"
+                ));
+            }
+        };
+        let mut keys = keys.iter().map(|line| {
+            key_bytes(&line[hearth_membership::WORKER_KEY_PREFIX.len()..]).ok_or_else(|| {
+                format!(
+                    "{key}: a worker key is {} and 64 hex digits; {fix}",
+                    hearth_membership::WORKER_KEY_PREFIX
+                )
+            })
         });
-        let primary = keys.next().expect("at least one worker key")?;
+        let primary = keys
+            .next()
+            .unwrap_or_else(|| Err(format!("{key}: no worker key; {fix}")))?;
         let accepted = keys.collect::<Result<Vec<_>, _>>()?;
-        Ok(ClusterKeys::WorkerKeys(primary, accepted))
+        Ok(ClusterKeys::WorkerKeys(primary, accepted, identity))
     }
 
     fn advertise_addr(&self) -> Result<IpAddr, String> {
@@ -427,6 +451,17 @@ impl DnsPushConfig {
         }
         Ok(secret)
     }
+}
+
+/// 32 bytes from 64 hex digits.
+fn key_bytes(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    bytes?.try_into().ok()
 }
 
 fn decode_secret(key: &str, idx: usize, line: &str) -> Result<Secret, String> {
