@@ -310,12 +310,11 @@ pub fn main() -> ExitCode {
         } => with_client(&client, |c, json| compute_cli::fix(c, json, &id, destroy)),
         Command::Leave(args) => client_command(&args, leave),
         Command::Doctor(args) => crate::doctor::run(&args),
-        Command::Keygen { worker: false, .. } => keygen(),
         Command::Keygen {
-            worker: true,
+            worker,
             config,
             name,
-        } => worker_keygen(&config, name.as_deref().unwrap_or_default()),
+        } => keygen_command(worker, &config, name),
         Command::Init(args) => crate::init::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(&out),
@@ -353,6 +352,14 @@ fn keygen() -> ExitCode {
         base64::engine::general_purpose::STANDARD.encode(secret)
     );
     ExitCode::SUCCESS
+}
+
+/// `hearth keygen [--worker --name NODE]`.
+fn keygen_command(worker: bool, config: &std::path::Path, name: Option<String>) -> ExitCode {
+    match (worker, name) {
+        (true, Some(name)) => worker_keygen(config, &name),
+        _ => keygen(),
+    }
 }
 
 /// `hearth keygen --worker`: the worker keys of a server's cluster secrets.
