@@ -210,18 +210,7 @@ fn shape(tap: &str, rate: Option<u64>) -> Result<(), String> {
         "qdisc", "replace", "dev", tap, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
         "50ms",
     ];
-    let output = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run tc (apt-get install iproute2): {e}"))?;
-    match output.status.success() {
-        true => Ok(()),
-        false => Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-    }
+    crate::tap::run_tool("tc", &args)
 }
 
 /// The whole table and every queue, read once per pass of the reconciler.

@@ -22,14 +22,19 @@ pub fn tap_name(id: &str) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
+    run_tool("ip", args)
+}
+
+/// Runs `program` (`ip` or `tc`, both from iproute2) to its end; its stderr is the error.
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run ip (apt-get install iproute2): {e}"))?;
+        .map_err(|e| format!("cannot run {program} (apt-get install iproute2): {e}"))?;
     match output.status.success() {
         true => Ok(()),
         false => Err(format!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         )),

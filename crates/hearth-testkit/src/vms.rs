@@ -170,6 +170,13 @@ pub fn create_tiny(agent: &TestAgent, name: &str, extra: &[&str]) -> String {
 
 /// Like [`create_tiny`], from image `image`.
 pub fn create_from(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--pool", "lan"];
+    args.extend_from_slice(extra);
+    create_with(agent, name, image, &args)
+}
+
+/// Like [`create_from`], with no address unless `extra` names a pool.
+pub fn create_with(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "vm",
         "create",
@@ -182,8 +189,6 @@ pub fn create_from(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) -
         "256",
         "--disk-gib",
         "1",
-        "--pool",
-        "lan",
     ];
     args.extend_from_slice(extra);
     agent.ensure_account("alice");

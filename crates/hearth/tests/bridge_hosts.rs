@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hearth_testkit::netns::NetnsLab;
-use hearth_testkit::vms::{BOOT, console, wait_phase};
+use hearth_testkit::vms::{BOOT, console, create_with as create, wait_phase};
 use hearth_testkit::{TempDir, TestAgent, eventually, lab_spec, random_secret};
 use serde_json::Value;
 
@@ -149,26 +149,6 @@ fn readme_pool_commands() -> Vec<String> {
         .collect();
     assert_eq!(lines.len(), 3, "README: three pools in the bridged section");
     lines
-}
-
-/// `hearth vm create NAME --image IMAGE --owner alice` small, with `extra` arguments.
-fn create(agent: &TestAgent, name: &str, image: &str, extra: &[&str]) {
-    let mut args = vec![
-        "vm",
-        "create",
-        name,
-        "--image",
-        image,
-        "--owner",
-        "alice",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    agent.ensure_account("alice");
-    agent.cli(&args);
 }
 
 #[test]
