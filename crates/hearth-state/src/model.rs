@@ -279,7 +279,11 @@ impl Command {
         match self {
             Command::RecordUptime { .. } => 2,
             // Network limits in a plan's or an account's quota (level 3).
-            Command::PutPlan { plan, .. } if plan.quota.io().limits_network() => 3,
+            Command::PutPlan { plan, .. }
+                if plan.quota.io().limits_network() || plan.prices.is_some() =>
+            {
+                3
+            }
             Command::PutAccount { account, .. } if account.quota.io().limits_network() => 3,
             Command::Compute { command } => command.level(),
             _ => 1,

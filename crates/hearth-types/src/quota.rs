@@ -105,12 +105,19 @@ pub struct Plan {
     pub name: String,
     #[serde(default)]
     pub quota: Quota,
+    /// What its members are charged; none: nothing is billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<crate::money::Prices>,
 }
 
 impl Plan {
     pub fn validate(&self) -> Result<(), String> {
         check_name("name", &self.name)?;
-        self.quota.validate().map_err(|e| format!("quota.{e}"))
+        self.quota.validate().map_err(|e| format!("quota.{e}"))?;
+        match &self.prices {
+            Some(prices) => prices.validate().map_err(|e| format!("prices.{e}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -285,6 +292,7 @@ mod tests {
                     vms: Some(vms),
                     ..Quota::default()
                 },
+                prices: None,
             },
         };
         plans.insert(DEFAULT_PLAN.into(), plan(DEFAULT_PLAN, 2));

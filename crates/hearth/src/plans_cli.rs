@@ -3,6 +3,7 @@
 
 use clap::Subcommand;
 use hearth_types::api::{AccountRow, PlanRow, PutPlan, SetPlan};
+use hearth_types::money::{Amount, Prices};
 use hearth_types::quota::{Plan, Quota};
 use serde_json::Value;
 
@@ -14,10 +15,15 @@ pub enum PlanCommand {
     /// Create or replace a plan. A limit left out is no limit. The plan named `default`
     /// applies to members on no plan; without one, members get 5 VMs, 8 vCPUs, 16 GiB of
     /// memory, 200 GiB of disk and 5 addresses.
+    ///
+    /// Prices are exact decimals (at most 6 places, no floats) in --currency; a price left
+    /// out is free, and a plan with no --currency bills nothing.
     Set {
         name: String,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        prices: PriceArgs,
     },
     /// List the plans.
     List,
@@ -33,6 +39,55 @@ pub enum PlanCommand {
         #[command(flatten)]
         limits: Limits,
     },
+}
+
+/// A plan's prices as flags.
+#[derive(clap::Args)]
+pub struct PriceArgs {
+    /// The currency of the prices: an ISO 4217 code such as EUR.
+    #[arg(long, value_name = "CODE")]
+    currency: Option<String>,
+    /// Per vCPU per hour a VM runs.
+    #[arg(long, value_name = "AMOUNT", requires = "currency")]
+    price_vcpu_hour: Option<Amount>,
+    /// Per GiB of memory per hour a VM runs.
+    #[arg(long, value_name = "AMOUNT", requires = "currency")]
+    price_gib_ram_hour: Option<Amount>,
+    /// Per GiB of disk per month, running or stopped.
+    #[arg(long, value_name = "AMOUNT", requires = "currency")]
+    price_gib_disk_month: Option<Amount>,
+    /// Per address per month, running or stopped.
+    #[arg(long, value_name = "AMOUNT", requires = "currency")]
+    price_address_month: Option<Amount>,
+    /// Per GiB of backups kept per month.
+    #[arg(long, value_name = "AMOUNT", requires = "currency")]
+    price_backup_gib_month: Option<Amount>,
+}
+
+impl PriceArgs {
+    fn prices(&self) -> Option<Prices> {
+        Some(Prices {
+            currency: self.currency.clone()?,
+            vcpu_hour: self.price_vcpu_hour,
+            gib_ram_hour: self.price_gib_ram_hour,
+            gib_disk_month: self.price_gib_disk_month,
+            address_month: self.price_address_month,
+            backup_gib_month: self.price_backup_gib_month,
+        })
+    }
+}
+
+/// A plan's prices in one cell: the currency, then each price set.
+fn price_list(prices: Option<&Prices>) -> String {
+    let Some(prices) = prices else {
+        return "-".into();
+    };
+    let set: Vec<String> = prices
+        .each()
+        .iter()
+        .filter_map(|(field, price)| Some(format!("{field} {}", (*price)?)))
+        .collect();
+    format!("{} {}", prices.currency, set.join(", "))
 }
 
 /// A quota's limits as flags.
@@ -89,11 +144,16 @@ fn limit(value: Option<u64>) -> String {
 
 pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), ClientError> {
     match command {
-        PlanCommand::Set { name, limits } => {
+        PlanCommand::Set {
+            name,
+            limits,
+            prices,
+        } => {
             let body = PutPlan {
                 plan: Plan {
                     name: name.clone(),
                     quota: limits.quota(),
+                    prices: prices.prices(),
                 },
                 expect: Default::default(),
             };
@@ -118,6 +178,7 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
                     "BYTES/S",
                     "NET IN B/S",
                     "NET OUT B/S",
+                    "PRICES",
                 ],
                 rows.iter().map(|r| {
                     let q = &r.plan.quota;
@@ -132,6 +193,7 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
                         limit(q.bytes_per_sec),
                         limit(q.net_in_bytes_per_sec),
                         limit(q.net_out_bytes_per_sec),
+                        price_list(r.plan.prices.as_ref()),
                     ]
                 }),
             );

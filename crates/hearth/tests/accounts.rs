@@ -289,3 +289,78 @@ fn members_reach_only_their_own_things() {
         assert!(!log.contains(secret_part), "a secret reached the log");
     }
 }
+
+/// A plan's prices go in and come out as the exact decimals typed, through the CLI and the
+/// API; a float, too many decimals, a price without a currency or a bad currency are refused
+/// with the field's name.
+#[test]
+fn a_plans_prices_are_exact_decimals() {
+    let cluster = TestCluster::start(bin(), 1, |_| "[state]\nbootstrap_expect = 1\n".into());
+    let agent = &cluster.agents[0];
+    let root = agent.token();
+    hearth_testkit::eventually(
+        "a writable group",
+        std::time::Duration::from_secs(60),
+        || match call(agent, &root, "GET", "/v1/state", "") {
+            (200, state) if state["leader"].is_string() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let set = [
+        "plan",
+        "set",
+        "basic",
+        "--vms",
+        "3",
+        "--currency",
+        "EUR",
+        "--price-vcpu-hour",
+        "0.004",
+        "--price-gib-disk-month",
+        "0.05",
+    ];
+    let (ok, _, err) = cli(agent, &root, &set, "");
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(agent, &root, &["plan", "list", "--json"], "");
+    assert!(ok, "{err}");
+    let plans: Value = serde_json::from_str(&out).unwrap();
+    let basic = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plan"]["name"] == "basic")
+        .unwrap_or_else(|| panic!("{plans}"));
+    let prices = &basic["plan"]["prices"];
+    assert_eq!(prices["currency"], "EUR", "{basic}");
+    assert_eq!(prices["vcpu_hour"], "0.004", "{basic}");
+    assert_eq!(prices["gib_disk_month"], "0.05", "{basic}");
+    assert!(prices.get("address_month").is_none(), "{basic}");
+    let (_, table, _) = cli(agent, &root, &["plan", "list"], "");
+    assert!(
+        table.contains("EUR vcpu_hour 0.004, gib_disk_month 0.05"),
+        "{table}"
+    );
+
+    // Bad input: exit 2 from the CLI, 4xx naming the field from the API, nothing changed.
+    for (args, says) in [
+        (
+            vec!["--currency", "EUR", "--price-vcpu-hour", "0.1234567"],
+            "at most 6 decimals",
+        ),
+        (vec!["--price-vcpu-hour", "0.1"], "--currency"),
+        (
+            vec!["--currency", "euro", "--price-vcpu-hour", "0.1"],
+            "prices.currency",
+        ),
+    ] {
+        let mut bad = vec!["plan", "set", "basic"];
+        bad.extend(args);
+        let (ok, _, err) = cli(agent, &root, &bad, "");
+        assert!(!ok && err.contains(says), "{bad:?}: {err}");
+    }
+    let float = r#"{"plan":{"name":"basic","prices":{"currency":"EUR","vcpu_hour":0.004}}}"#;
+    let (status, answer) = call(agent, &root, "PUT", "/v1/plans", float);
+    assert!((400..500).contains(&status), "{status} {answer}");
+    let (_, out, _) = cli(agent, &root, &["plan", "list", "--json"], "");
+    assert!(out.contains("\"0.004\""), "{out}");
+}
