@@ -192,15 +192,17 @@ impl PeerClient {
     /// older release) with the worker key.
     async fn connect(&self) -> Result<SealedStream, CallError> {
         let keyring = current_keyring(&self.keyring);
-        if keyring.holds_servers_key()
-            && let Ok(sealed) = self.connect_as(&keyring, Tier::Full).await
-        {
-            return Ok(sealed);
-        }
-        if keyring.identity_name().is_some()
-            && let Ok(sealed) = self.connect_as(&keyring, Tier::Named).await
-        {
-            return Ok(sealed);
+        let tiers = [
+            (Tier::Full, keyring.holds_servers_key()),
+            (Tier::Named, keyring.identity_name().is_some()),
+        ];
+        for (tier, _) in tiers.into_iter().filter(|(_, held)| *held) {
+            match self.connect_as(&keyring, tier).await {
+                Ok(sealed) => return Ok(sealed),
+                // The peer is not there at all: another key would not reach it either.
+                Err(unreachable @ CallError::Connect { .. }) => return Err(unreachable),
+                Err(_) => continue,
+            }
         }
         self.connect_as(&keyring, Tier::Worker).await
     }

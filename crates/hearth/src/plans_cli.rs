@@ -142,6 +142,47 @@ fn limit(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// `hearth plan list`.
+fn list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let rows: Vec<PlanRow> = client.get("/v1/plans")?;
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    print_table(
+        &[
+            "PLAN",
+            "VMS",
+            "VCPUS",
+            "MEMORY MIB",
+            "DISK GIB",
+            "ADDRESSES",
+            "IOPS",
+            "BYTES/S",
+            "NET IN B/S",
+            "NET OUT B/S",
+            "PRICES",
+        ],
+        rows.iter().map(|r| {
+            let q = &r.plan.quota;
+            vec![
+                r.plan.name.clone(),
+                limit(q.vms),
+                limit(q.vcpus),
+                limit(q.memory_mib),
+                limit(q.disk_gib),
+                limit(q.addresses),
+                limit(q.iops),
+                limit(q.bytes_per_sec),
+                limit(q.net_in_bytes_per_sec),
+                limit(q.net_out_bytes_per_sec),
+                price_list(r.plan.prices.as_ref()),
+            ]
+        }),
+    );
+    Ok(())
+}
+
 pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), ClientError> {
     match command {
         PlanCommand::Set {
@@ -160,45 +201,7 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
             let answer: Value = client.put("/v1/plans", &body)?;
             done(json, &answer, &format!("plan {name} set"))
         }
-        PlanCommand::List => {
-            let rows: Vec<PlanRow> = client.get("/v1/plans")?;
-            if json {
-                print_json(&rows);
-                return Ok(());
-            }
-            print_table(
-                &[
-                    "PLAN",
-                    "VMS",
-                    "VCPUS",
-                    "MEMORY MIB",
-                    "DISK GIB",
-                    "ADDRESSES",
-                    "IOPS",
-                    "BYTES/S",
-                    "NET IN B/S",
-                    "NET OUT B/S",
-                    "PRICES",
-                ],
-                rows.iter().map(|r| {
-                    let q = &r.plan.quota;
-                    vec![
-                        r.plan.name.clone(),
-                        limit(q.vms),
-                        limit(q.vcpus),
-                        limit(q.memory_mib),
-                        limit(q.disk_gib),
-                        limit(q.addresses),
-                        limit(q.iops),
-                        limit(q.bytes_per_sec),
-                        limit(q.net_in_bytes_per_sec),
-                        limit(q.net_out_bytes_per_sec),
-                        price_list(r.plan.prices.as_ref()),
-                    ]
-                }),
-            );
-            Ok(())
-        }
+        PlanCommand::List => list(client, json),
         PlanCommand::Rm { name } => {
             let answer: Value = client.delete(&format!("/v1/plans/{name}"))?;
             done(json, &answer, &format!("plan {name} removed"))

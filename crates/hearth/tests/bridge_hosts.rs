@@ -235,7 +235,11 @@ fn vms_on_two_workers_reach_each_other_and_keep_their_addresses_and_limits() {
     create(admin, "vma", "guest-a", &a_args);
     let a = wait_phase(admin, "vma", "running");
     create(admin, "vmb", "guest-b", &pools);
+    // Two members' VMs: vmb is bob's.
+    admin.ensure_account("bob");
+    admin.cli(&["vm", "reassign", "vmb", "--owner", "bob"]);
     let b = wait_phase(admin, "vmb", "running");
+    assert_eq!(b["owner"], "bob", "{b}");
     assert_ne!(a["host"], b["host"], "the two VMs share a worker");
     let addresses = |row: &Value| -> Vec<String> {
         row["ips"]
