@@ -52,17 +52,10 @@ fn call(agent: &TestAgent, token: &str, method: &str, path: &str, body: &str) ->
     )
 }
 
-fn new_token(agent: &TestAgent, token: &str, account: &str) -> String {
-    let (ok, out, err) = cli(agent, token, &["token", "create", "--account", account], "");
-    assert!(ok, "{err}");
-    out.trim().to_owned()
-}
-
-#[test]
-fn members_reach_only_their_own_things() {
+/// One agent, once its group takes writes.
+fn writable_agent() -> TestCluster {
     let cluster = TestCluster::start(bin(), 1, |_| "[state]\nbootstrap_expect = 1\n".into());
-    let agent = &cluster.agents[0];
-    let root = agent.token();
+    let (agent, root) = (&cluster.agents[0], cluster.agents[0].token());
     hearth_testkit::eventually(
         "a writable group",
         std::time::Duration::from_secs(60),
@@ -71,6 +64,20 @@ fn members_reach_only_their_own_things() {
             other => Err(format!("{other:?}")),
         },
     );
+    cluster
+}
+
+fn new_token(agent: &TestAgent, token: &str, account: &str) -> String {
+    let (ok, out, err) = cli(agent, token, &["token", "create", "--account", account], "");
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn members_reach_only_their_own_things() {
+    let cluster = writable_agent();
+    let agent = &cluster.agents[0];
+    let root = agent.token();
 
     // The first admin, made with the node's token; then everything through the admin's own.
     let password = "a long enough secret phrase";
@@ -295,17 +302,9 @@ fn members_reach_only_their_own_things() {
 /// with the field's name.
 #[test]
 fn a_plans_prices_are_exact_decimals() {
-    let cluster = TestCluster::start(bin(), 1, |_| "[state]\nbootstrap_expect = 1\n".into());
+    let cluster = writable_agent();
     let agent = &cluster.agents[0];
     let root = agent.token();
-    hearth_testkit::eventually(
-        "a writable group",
-        std::time::Duration::from_secs(60),
-        || match call(agent, &root, "GET", "/v1/state", "") {
-            (200, state) if state["leader"].is_string() => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
     let set = [
         "plan",
         "set",
