@@ -1,8 +1,9 @@
 //! The README's three-server walk-through, run as written: `hearth init` on the first server,
 //! the secret copied, `hearth init --join` on the others, the user made, and the shipped
-//! unit started. Each "server" is a network namespace of a lab, with a private mount
-//! namespace whose `/etc`, `/var/lib` and `/usr/local/bin` are overlays of the test's own, so
-//! the commands write `/etc/hearth` and `/var/lib/hearth` as on a real machine without
+//! unit started. Each "server" is a network namespace of a lab, with one private mount
+//! namespace (held open by a process of the test's, and entered by every command) whose
+//! `/etc`, `/var/lib` and `/usr/local/bin` are overlays of the test's own, so the commands
+//! write `/etc/hearth` and `/var/lib/hearth` as on a real machine without
 //! touching this one. There is no systemd here: `systemctl enable --now hearth` is replaced
 //! by the unit's `ExecStart`, run as the unit says (its `User=`, `UMask=`, `StateDirectory=`,
 //! ambient capabilities and no new privileges). The cluster must then answer DNS from every
@@ -37,11 +38,14 @@ impl Drop for Owned {
     }
 }
 
-/// One server: a lab namespace, and the upper and work directories of its overlays.
+/// One server: a lab namespace, the upper and work directories of its overlays, and the
+/// process that holds its mount namespace (one per server: two overlay mounts sharing an
+/// upper directory may refuse each other).
 struct Server {
     ns: String,
     ip: Ipv4Addr,
     root: PathBuf,
+    holder: Owned,
 }
 
 impl Server {
@@ -51,28 +55,55 @@ impl Server {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::copy(binary, root.join("bin/hearth")).unwrap();
+        let ns = lab.netns(idx);
+        let r = root.display();
+        let ready = root.join("mounted");
+        let holder = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(["unshare", "--mount", "--propagation", "private"])
+            .args(["sh", "-ec"])
+            .arg(format!(
+                "mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc.up,workdir={r}/etc.work /etc\n\
+                 mount -t overlay overlay -o lowerdir=/var/lib,upperdir={r}/var.up,workdir={r}/var.work /var/lib\n\
+                 mount --bind {r}/bin /usr/local/bin\n\
+                 touch {ready}\n\
+                 exec sleep 100000\n",
+                ready = ready.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ip netns exec unshare");
+        let mut holder = Owned(holder);
+        eventually(&format!("{ns}'s mounts"), DEADLINE, || {
+            if ready.exists() {
+                return Ok(());
+            }
+            match holder.0.try_wait() {
+                Ok(Some(status)) => panic!("{ns}'s mounts failed: {status}"),
+                _ => Err("not yet".to_owned()),
+            }
+        });
         Server {
-            ns: lab.netns(idx),
+            ns,
             ip: lab.data_ip(idx),
             root,
+            holder,
         }
     }
 
     /// `sh -ec SCRIPT` on this server: in its network namespace, with its own `/etc`,
-    /// `/var/lib` and `/usr/local/bin`.
+    /// `/var/lib` and `/usr/local/bin` (nsenter enters both namespaces of the holder, and
+    /// execs without a fork).
     fn command(&self, script: &str) -> Command {
-        let r = self.root.display();
-        let mounts = format!(
-            "mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc.up,workdir={r}/etc.work /etc\n\
-             mount -t overlay overlay -o lowerdir=/var/lib,upperdir={r}/var.up,workdir={r}/var.work /var/lib\n\
-             mount --bind {r}/bin /usr/local/bin\n"
-        );
-        let mut command = Command::new("ip");
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &self.ns])
-            .args(["unshare", "--mount", "--propagation", "private"])
-            .args(["sh", "-ec"])
-            .arg(mounts + script)
+            .args([
+                "--target",
+                &self.holder.0.id().to_string(),
+                "--mount",
+                "--net",
+            ])
+            .args(["sh", "-ec", script])
             .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             // The CLI's token: the agent's, not a dev agent's this machine may have.
             .env("HEARTH_TOKEN_FILE", "/var/lib/hearth/api-token")
@@ -99,7 +130,7 @@ impl Server {
     }
 
     /// Starts `script` and leaves it running (it ends by exec'ing the agent, whose PID the
-    /// child's is, through `ip netns exec`, `unshare`, `sh` and `setpriv`).
+    /// child's is, through `nsenter`, `sh` and `setpriv`).
     fn spawn(&self, script: &str) -> Owned {
         let log = std::fs::File::create(self.root.join("agent.log")).unwrap();
         let child = self
