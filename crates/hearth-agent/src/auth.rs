@@ -172,6 +172,15 @@ pub fn authorize(
     match segments.as_slice() {
         ["v1", "me"] | ["v1", "me", ..] | ["v1", "tokens"] | ["v1", "tokens", _] => Verdict::Allow,
         ["v1", "images"] | ["v1", "pools"] if method == Method::GET => Verdict::Allow,
+        // Their own invoices and usage: the handlers keep to the caller's.
+        ["v1", "invoices"] | ["v1", "usage"] if method == Method::GET => Verdict::Allow,
+        ["v1", "invoices", _, member] if method == Method::GET => {
+            if *member == owner {
+                Verdict::Allow
+            } else {
+                Verdict::Hidden(format!("member: no invoices of {member}"))
+            }
+        }
         ["v1", "vms"] => Verdict::Allow,
         // Giving up a disk is an admin's decision, even for the member's own VM.
         ["v1", "vms", _, "recreate"] => admin_only(),
@@ -220,7 +229,15 @@ fn worker_may(method: &Method, path: &str) -> Verdict {
         segments.as_slice(),
         [
             "v1",
-            "accounts" | "tokens" | "audit" | "desired" | "plans" | "me",
+            "accounts"
+                | "tokens"
+                | "audit"
+                | "desired"
+                | "plans"
+                | "me"
+                | "invoices"
+                | "usage"
+                | "credits",
             ..
         ]
     );
@@ -441,6 +458,27 @@ pub(crate) mod tests {
             Verdict::Forbidden(_)
         ));
         assert_eq!(check(Method::GET, "/v1/images"), Verdict::Allow);
+        // Their own invoices and usage (the handlers filter lists to them); not another's,
+        // and neither closing a month nor giving credits.
+        assert_eq!(check(Method::GET, "/v1/invoices"), Verdict::Allow);
+        assert_eq!(check(Method::GET, "/v1/usage"), Verdict::Allow);
+        assert_eq!(
+            check(Method::GET, "/v1/invoices/2026-11/alice"),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            check(Method::GET, "/v1/invoices/2026-11/bob"),
+            Verdict::Hidden(_)
+        ));
+        for (method, path) in [
+            (Method::POST, "/v1/invoices/2026-11/close"),
+            (Method::POST, "/v1/credits"),
+        ] {
+            assert!(
+                matches!(check(method, path), Verdict::Forbidden(_)),
+                "{path}"
+            );
+        }
         let ro = authenticate(&ro, "r", Some(&desired), 10).unwrap();
         assert!(ro.is_admin());
         assert_eq!(
@@ -469,6 +507,8 @@ pub(crate) mod tests {
             "/v1/audit",
             "/v1/desired",
             "/v1/me",
+            "/v1/invoices",
+            "/v1/usage",
         ] {
             assert!(!check(Method::GET, path), "{path}");
         }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod listener;
 pub mod login_limit;
 pub mod mail;
+pub mod metering;
 pub mod metrics;
 pub mod reach;
 pub mod services;
@@ -522,6 +523,15 @@ fn spawn_state_tasks(
         config.state.uptime_interval,
         shutdown.clone(),
     ));
+    tasks.spawn(metering::close_months(
+        state.clone(),
+        config.billing.close_after,
+        config
+            .billing
+            .meter_interval
+            .max(std::time::Duration::from_secs(1)),
+        shutdown.clone(),
+    ));
     tasks.spawn(cluster_events::observe(
         state.clone(),
         membership.views(),
@@ -557,6 +567,18 @@ fn spawn_compute(
         return;
     };
     if let Some(driver) = driver {
+        tasks.spawn(metering::run(
+            metering::Metering {
+                host: config.node_name.clone(),
+                vms_dir: driver.root().to_path_buf(),
+                file: config.data_dir.join("metering.json"),
+                state: state.clone(),
+                period: config.billing.meter_period,
+                every: config.billing.meter_interval,
+                metrics: metrics.clone(),
+            },
+            shutdown.clone(),
+        ));
         tasks.spawn(vm_stats::sample(
             driver.root().to_path_buf(),
             config.compute.stats_interval,

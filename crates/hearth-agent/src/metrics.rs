@@ -244,6 +244,27 @@ const FAMILIES: &[Family] = &[
         samples: |src| one(load(&src.compute.crashes)),
     },
     Family {
+        name: "hearth_usage_rows_written_total",
+        kind: "counter",
+        help: "Metering: usage rows (one VM, one period) the desired state took from this worker.",
+        label: None,
+        samples: |src| one(load(&src.compute.usage_rows_written)),
+    },
+    Family {
+        name: "hearth_usage_rows_waiting",
+        kind: "gauge",
+        help: "Metering: usage rows of ended periods this worker keeps until a write of them succeeds.",
+        label: None,
+        samples: |src| one(load(&src.compute.usage_rows_waiting)),
+    },
+    Family {
+        name: "hearth_usage_write_failures_total",
+        kind: "counter",
+        help: "Metering: writes of usage rows that failed (no quorum, no leader) and were kept for the next try.",
+        label: None,
+        samples: |src| one(load(&src.compute.usage_write_failures)),
+    },
+    Family {
         name: "hearth_worker_lease_valid",
         kind: "gauge",
         help: "1 while this worker's lease (renewed through the Raft group) holds; at 0 it stops its VMs with two disk copies, for their replica host to take over. Only on workers.",

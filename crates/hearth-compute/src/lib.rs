@@ -30,4 +30,10 @@ pub struct ComputeMetrics {
     pub crashes: AtomicU64,
     /// This worker's lease, as its host loop renews it.
     pub lease: std::sync::Arc<lease::Lease>,
+    /// Metering: usage rows the desired state took from this worker.
+    pub usage_rows_written: AtomicU64,
+    /// Metering: rows of ended periods waiting to be written.
+    pub usage_rows_waiting: AtomicU64,
+    /// Metering: writes of usage rows that failed and will be tried again.
+    pub usage_write_failures: AtomicU64,
 }

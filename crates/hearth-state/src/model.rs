@@ -9,6 +9,8 @@ use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
 
 use serde::{Deserialize, Serialize};
 
+mod billing;
+pub use billing::prices_of;
 mod cas;
 pub mod compute;
 mod migration;
@@ -121,6 +123,22 @@ pub enum Command {
         at_ms: u64,
         up: std::collections::BTreeMap<String, bool>,
     },
+    /// A worker's usage rows of closed metering periods; the state keeps the first row of
+    /// each (period, VM, host), so a row sent twice counts once.
+    RecordUsage {
+        host: String,
+        rows: Vec<hearth_types::metering::UsageRow>,
+    },
+    /// Closes a month that has ended (by `at_ms`): every member's invoice of it is made and
+    /// never changes again.
+    CloseMonth {
+        month: String,
+        at_ms: u64,
+    },
+    /// Gives a member a credit on their next invoice; its id is the log index.
+    AddCredit {
+        credit: hearth_types::invoice::Credit,
+    },
 }
 
 /// Whom a worker's command speaks for: the worker that may write it.
@@ -138,6 +156,7 @@ impl Command {
         use crate::model::compute::ComputeCommand as C;
         let command = match self {
             Command::Audit { entry } => return Some(Speaker::Host(&entry.node)),
+            Command::RecordUsage { host, .. } => return Some(Speaker::Host(host)),
             Command::Compute { command } => command,
             _ => return None,
         };
@@ -169,7 +188,7 @@ impl Command {
     pub fn is_a_workers(&self) -> bool {
         use crate::model::compute::ComputeCommand as C;
         match self {
-            Command::Audit { .. } => true,
+            Command::Audit { .. } | Command::RecordUsage { .. } => true,
             Command::Compute { command } => matches!(
                 command,
                 C::Report { .. }
@@ -227,6 +246,9 @@ impl Command {
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
             Command::RecordUptime { .. } => "uptime".into(),
+            Command::RecordUsage { .. }
+            | Command::CloseMonth { .. }
+            | Command::AddCredit { .. } => "billing".into(),
         }
     }
 }
@@ -269,7 +291,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 3;
+pub const STATE_LEVEL: u32 = 4;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -278,6 +300,9 @@ impl Command {
     pub fn level(&self) -> u32 {
         match self {
             Command::RecordUptime { .. } => 2,
+            Command::RecordUsage { .. }
+            | Command::CloseMonth { .. }
+            | Command::AddCredit { .. } => 4,
             // Network limits in a plan's or an account's quota (level 3).
             Command::PutPlan { plan, .. }
                 if plan.quota.io().limits_network() || plan.prices.is_some() =>
@@ -328,6 +353,9 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
             }
         }
         Command::RemoveNotice { id, expect } => remove(&mut state.notices, id, *expect),
+        Command::RecordUsage { host, rows } => billing::record_usage(state, host, rows, index),
+        Command::CloseMonth { month, at_ms } => billing::close_month(state, month, *at_ms, index),
+        Command::AddCredit { credit } => billing::add_credit(state, credit, index),
         Command::PutAccount {
             account,
             expect,

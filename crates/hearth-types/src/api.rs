@@ -81,6 +81,20 @@ pub struct SetPlan {
     pub quota: crate::quota::Quota,
 }
 
+/// `POST /v1/credits`: an amount given back to a member on their next invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCredit {
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
+    pub member: String,
+    /// Positive, in whole cents, such as "5.00".
+    #[schemars(schema_with = "crate::money::credit_schema")]
+    pub amount: crate::money::Amount,
+    /// Why, shown on the invoice line: not only spaces.
+    #[schemars(length(min = 1, max = 200), regex(pattern = "\\S"))]
+    pub reason: String,
+}
+
 /// A plan and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanRow {

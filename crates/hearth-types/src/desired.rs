@@ -280,6 +280,9 @@ pub struct DesiredState {
     /// Each service's availability per day, sampled by the leader, for the status page.
     #[serde(default)]
     pub uptime: BTreeMap<String, crate::uptime::ServiceUptime>,
+    /// Metered usage, credits and closed invoices.
+    #[serde(default)]
+    pub billing: crate::invoice::Billing,
 }
 
 impl DesiredState {

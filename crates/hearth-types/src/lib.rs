@@ -3,8 +3,8 @@
 //!
 //! The crate root only declares modules and re-exports the node-level types, so every
 //! `hearth_types::Name` path stays short. Modules import one way: `names`, `versioned` and
-//! `member`, `limits` (connection caps), `uptime` (services' daily availability) and `vmstats` (a VM's recent load) and `money` (exact amounts, a plan's prices) import nothing of the crate; `view` and `event` import `member`; `account` and
-//! `notice` import `names`, `quota` imports `names`, `money`, `compute` and `versioned`, `compute` imports `names` and `versioned`; `desired` sits on top,
+//! `member`, `limits` (connection caps), `uptime` (services' daily availability) and `vmstats` (a VM's recent load), `metering` (a worker's meter and the usage rows it sends) and `money` (exact amounts, a plan's prices) import nothing of the crate; `view` and `event` import `member`; `account` and
+//! `notice` import `names`, `quota` imports `names`, `money`, `compute` and `versioned`, `compute` imports `names` and `versioned`; `invoice` imports `metering` and `money`; `desired` sits on top,
 //! and `api` (the API's request bodies and answer rows) above it.
 
 pub mod account;
@@ -12,8 +12,10 @@ pub mod api;
 pub mod compute;
 pub mod desired;
 mod event;
+pub mod invoice;
 pub mod limits;
 mod member;
+pub mod metering;
 pub mod money;
 pub mod names;
 pub mod notice;

@@ -43,6 +43,36 @@ impl Amount {
         Some(Amount(divide_rounding(product, denominator)))
     }
 
+    /// This price times `numerator / denominator` of its unit, in whole cents, rounded once,
+    /// half away from zero: an invoice line's amount, exact to the cent. `None` for a zero
+    /// denominator or an overflow.
+    pub fn cents_times(self, numerator: i128, denominator: i128) -> Option<i128> {
+        if denominator == 0 {
+            return None;
+        }
+        let product = self.0.checked_mul(numerator)?;
+        Some(divide_rounding(
+            product,
+            denominator.checked_mul(SCALE / 100)?,
+        ))
+    }
+
+    /// `numerator / denominator` as an amount (a quantity such as 1.5 vCPU-hours), to the
+    /// nearest millionth; `None` for a zero denominator or an overflow.
+    pub fn ratio(numerator: i128, denominator: i128) -> Option<Amount> {
+        if denominator == 0 {
+            return None;
+        }
+        Some(Amount(divide_rounding(
+            numerator.checked_mul(SCALE)?,
+            denominator,
+        )))
+    }
+
+    pub fn from_cents(cents: i128) -> Amount {
+        Amount(cents * (SCALE / 100))
+    }
+
     pub fn checked_add(self, other: Amount) -> Option<Amount> {
         self.0.checked_add(other.0).map(Amount)
     }
@@ -129,6 +159,24 @@ impl JsonSchema for Amount {
             "description": "A decimal amount of money, at most 6 decimals (no floats), as a string",
         })
     }
+}
+
+/// The schema of an amount that may be negative (an invoice's credit lines and totals).
+pub fn signed_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^-?[0-9]{1,13}(\\.[0-9]{1,6})?$",
+        "description": "A decimal amount of money, at most 6 decimals, negative for a credit",
+    })
+}
+
+/// The schema of a credit: a positive amount in whole cents.
+pub fn credit_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^(0{0,3}[1-9][0-9]{0,8}(\\.[0-9]{1,2})?|0{1,3}\\.([0-9][1-9]|[1-9][0-9]?))$",
+        "description": "A positive amount in whole cents, such as 5.00",
+    })
 }
 
 /// What a plan charges, in one currency. Each price is optional: none is free.

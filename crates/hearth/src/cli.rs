@@ -12,7 +12,7 @@ use hearth_types::{MemberRow, ServiceRow};
 
 use crate::client::{ApiClient, ClientArgs, ClientError};
 use crate::output::{print_json, print_table};
-use crate::{accounts_cli, compute_cli, plans_cli, state_cli};
+use crate::{accounts_cli, billing_cli, compute_cli, plans_cli, state_cli};
 
 /// Exit code for bad usage or bad config.
 const EXIT_USAGE: u8 = 2;
@@ -86,6 +86,14 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: plans_cli::PlanCommand,
+    },
+    /// Invoices from metered usage at each member's plan's prices: list, show, export as
+    /// CSV, the usage rows behind them, closing a month, credits. Members see their own.
+    Invoice {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: billing_cli::InvoiceCommand,
     },
     /// The audit log (admins): every change made or refused through the API, and logins,
     /// newest first.
@@ -251,22 +259,14 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Members(args) => client_command(&args, members),
-        Command::Services {
-            client,
-            command: None,
-        } => client_command(&client, services),
-        Command::Services {
-            client,
-            command: Some(command),
-        } => with_client(&client, |c, json| state_cli::services(c, json, command)),
-        Command::State {
-            client,
-            command: None,
-        } => client_command(&client, state_cli::state),
-        Command::State {
-            command: Some(StateCommand::Recover { config }),
-            client,
-        } => recover(&config, client.json),
+        Command::Services { client, command } => match command {
+            None => client_command(&client, services),
+            Some(command) => with_client(&client, |c, json| state_cli::services(c, json, command)),
+        },
+        Command::State { client, command } => match command {
+            None => client_command(&client, state_cli::state),
+            Some(StateCommand::Recover { config }) => recover(&config, client.json),
+        },
         Command::Events(args) => client_command(&args, state_cli::events),
         Command::Records { client, command } => {
             with_client(&client, |c, json| state_cli::records(c, json, command))
@@ -279,6 +279,9 @@ pub fn main() -> ExitCode {
         }
         Command::Plan { client, command } => {
             with_client(&client, |c, json| plans_cli::plan(c, json, command))
+        }
+        Command::Invoice { client, command } => {
+            with_client(&client, |c, json| billing_cli::invoice(c, json, command))
         }
         Command::Audit(args) => with_client(&args.client, |c, json| {
             accounts_cli::audit(c, json, args.jsonl)

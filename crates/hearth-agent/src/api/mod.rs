@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod announce;
 pub mod audit;
+pub mod billing;
 pub mod body;
 pub mod cluster_services;
 pub mod context;
@@ -43,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(images::routes())
         .merge(pools::routes())
         .merge(plans::routes())
+        .merge(billing::routes())
         .merge(vms::routes())
         .merge(hosts::routes())
         .merge(drift::routes())

@@ -216,6 +216,37 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .body(schema::<hearth_types::api::SetPlan>)
     .answers(schema::<WriteAnswer>),
+    op(
+        "get",
+        "/v1/invoices",
+        "Invoices (a member's own only): closed ones, and each member's open invoice of the month asked (`?month=YYYY-MM`, this one by default); `?member=NAME` for one member's",
+    )
+    .answers(schema::<Vec<hearth_types::invoice::Invoice>>),
+    op(
+        "get",
+        "/v1/invoices/{month}/{member}",
+        "A member's invoice of a month: closed and final, or open as it stands",
+    )
+    .answers(schema::<hearth_types::invoice::Invoice>),
+    op(
+        "post",
+        "/v1/invoices/{month}/close",
+        "Admins: close an ended month now (the leader does it `[billing] close_after` after the month ends)",
+    )
+    .answers(schema::<WriteAnswer>),
+    op(
+        "get",
+        "/v1/usage",
+        "Metered usage rows (a member's own only) of a month (`?month=YYYY-MM`, this one by default; `?member=NAME`)",
+    )
+    .answers(schema::<Vec<hearth_types::metering::UsageRow>>),
+    op(
+        "post",
+        "/v1/credits",
+        "Admins: give a member a credit on their next invoice",
+    )
+    .body(schema::<hearth_types::api::NewCredit>)
+    .answers(schema::<WriteAnswer>),
     op("get", "/v1/vms", "VMs (a member's own only)").answers(schema::<Vec<VmRow>>),
     op(
         "post",
@@ -406,6 +437,9 @@ fn param_schema(path: &str, name: &str) -> Value {
     match (path, name) {
         ("/v1/blobs/{sha256}", "sha256") => json!({"type": "string", "pattern": SHA256_PATTERN}),
         ("/v1/me/ssh-keys/{name}", "name") => json!({"type": "string", "pattern": NAME_PATTERN}),
+        (_, "month") => {
+            json!({"type": "string", "pattern": hearth_types::invoice::MONTH_PATTERN})
+        }
         _ => json!({"type": "string"}),
     }
 }
@@ -655,6 +689,7 @@ mod tests {
             include_str!("images.rs"),
             include_str!("pools.rs"),
             include_str!("plans.rs"),
+            include_str!("billing.rs"),
             include_str!("vms.rs"),
             include_str!("hosts.rs"),
             include_str!("drift.rs"),

@@ -15,7 +15,8 @@ use super::defaults::{
     default_rpc_addr, optional_duration,
 };
 use super::sections::{
-    ComputeSection, DnsConfig, GossipConfig, HandlerConfig, ServiceConfig, StateSection,
+    BillingSection, ComputeSection, DnsConfig, GossipConfig, HandlerConfig, ServiceConfig,
+    StateSection,
 };
 use super::smtp::SmtpConfig;
 
@@ -83,6 +84,9 @@ pub struct Config {
     /// Members' VMs, on workers.
     #[serde(default)]
     pub compute: ComputeSection,
+    /// Metering and invoices.
+    #[serde(default)]
+    pub billing: BillingSection,
     /// Services this node runs an instance of.
     #[serde(default)]
     pub service: Vec<ServiceConfig>,

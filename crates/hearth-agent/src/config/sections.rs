@@ -158,6 +158,45 @@ impl Default for ComputeSection {
     }
 }
 
+/// Metering and invoices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSection {
+    /// Usage is recorded per VM per period of this length, aligned to UTC; it must divide
+    /// an hour evenly.
+    #[serde(default = "default_meter_period", deserialize_with = "duration")]
+    pub meter_period: Duration,
+    /// How often a worker looks at its VMs for metering.
+    #[serde(default = "default_meter_interval", deserialize_with = "duration")]
+    pub meter_interval: Duration,
+    /// How long after a month ends the leader closes its invoices; usage sent later goes
+    /// on the next month's.
+    #[serde(default = "default_close_after", deserialize_with = "duration")]
+    pub close_after: Duration,
+}
+
+fn default_meter_period() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_meter_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_close_after() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for BillingSection {
+    fn default() -> Self {
+        BillingSection {
+            meter_period: default_meter_period(),
+            meter_interval: default_meter_interval(),
+            close_after: default_close_after(),
+        }
+    }
+}
+
 /// The replicated desired state (Raft) on servers and witnesses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use base64::Engine;
 use hearth_dns::push::{PushSettings, TsigKey};
@@ -89,6 +90,7 @@ impl Config {
         self.check_gossip(&mut problems);
         self.check_state(&mut problems);
         self.check_compute(&mut problems);
+        self.check_billing(&mut problems);
         self.check_services(&mut problems);
         self.check_handlers(&mut problems);
         match (secrets, advertise) {
@@ -101,6 +103,27 @@ impl Config {
                 smtp,
             }),
             _ => Err(problems),
+        }
+    }
+
+    fn check_billing(&self, problems: &mut Vec<String>) {
+        let b = &self.billing;
+        let period = b.meter_period;
+        if period.subsec_nanos() != 0 || period.as_secs() == 0 || 3600 % period.as_secs() != 0 {
+            problems.push(format!(
+                "billing.meter_period: {period:?} does not divide an hour; give whole seconds that do, such as 1h (the default), 15m or 1m"
+            ));
+        }
+        if b.meter_interval < Duration::from_millis(100)
+            || b.meter_interval > Duration::from_secs(600)
+            || b.meter_interval > period
+        {
+            problems.push(
+                "billing.meter_interval: give 100ms to 10m, no longer than billing.meter_period (default 15s)".into(),
+            );
+        }
+        if b.close_after > Duration::from_secs(28 * 86_400) {
+            problems.push("billing.close_after: give at most 28 days (default 1h)".into());
         }
     }
 

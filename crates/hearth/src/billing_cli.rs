@@ -1,0 +1,360 @@
+//! `hearth invoice`: members' invoices and the usage behind them, closing a month and
+//! credits, through the local agent's API; tables, `--json`, or `--csv` for the books.
+
+use clap::Subcommand;
+use hearth_types::api::NewCredit;
+use hearth_types::invoice::{Invoice, month_bounds, month_of};
+use hearth_types::metering::UsageRow;
+use hearth_types::money::Amount;
+use serde_json::Value;
+
+use crate::client::{ApiClient, ClientError};
+use crate::output::{print_json, print_table, report};
+
+#[derive(Subcommand)]
+pub enum InvoiceCommand {
+    /// List invoices: the closed ones, and each member's open invoice of --month (this
+    /// month by default) as it stands. A member sees only their own.
+    List {
+        /// Only this member's.
+        #[arg(long, value_name = "NAME")]
+        member: Option<String>,
+        /// Only this month's, as YYYY-MM (UTC months).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+        /// Every line of every invoice listed as CSV, with a total row per invoice: the
+        /// export for the co-op's accounting.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
+    /// One invoice, line by line: per VM and resource, each rounded to the cent once.
+    Show {
+        /// Whose; a member's own by default.
+        #[arg(long, value_name = "NAME")]
+        member: Option<String>,
+        /// Which month, as YYYY-MM; this month (open, growing) by default.
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+        /// The lines as CSV.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
+    /// The metered usage rows (one VM, one period, one host) of a month.
+    Usage {
+        #[arg(long, value_name = "NAME")]
+        member: Option<String>,
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+    },
+    /// Close a month that has ended now, instead of `[billing] close_after` after its end:
+    /// its invoices become final. Usage sent later goes on the next month's invoice.
+    Close {
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+    },
+    /// Give a member a credit (a correction, a refund) on their next invoice to close.
+    Credit {
+        #[arg(long, value_name = "NAME")]
+        member: String,
+        /// Positive, in whole cents of the member's plan's currency, such as 5.00.
+        #[arg(long, value_name = "AMOUNT")]
+        amount: Amount,
+        /// Why: shown on the invoice line.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// A query string of the parameters that are set.
+fn query(params: &[(&str, &Option<String>)]) -> String {
+    let set: Vec<String> = params
+        .iter()
+        .filter_map(|(key, value)| Some(format!("{key}={}", value.as_deref()?)))
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
+fn checked_month(month: Option<String>) -> Result<Option<String>, ClientError> {
+    if let Some(month) = &month {
+        month_bounds(month).map_err(|e| ClientError::Usage(format!("--{e}")))?;
+    }
+    Ok(month)
+}
+
+pub fn invoice(client: &ApiClient, json: bool, command: InvoiceCommand) -> Result<(), ClientError> {
+    match command {
+        InvoiceCommand::List { member, month, csv } => {
+            let month = checked_month(month)?;
+            let path = format!(
+                "/v1/invoices{}",
+                query(&[("member", &member), ("month", &month)])
+            );
+            let invoices: Vec<Invoice> = client.get(&path)?;
+            if json {
+                print_json(&invoices);
+            } else if csv {
+                print!("{}", to_csv(&invoices));
+            } else {
+                print_list(&invoices);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Show { member, month, csv } => {
+            let month = checked_month(month)?.unwrap_or_else(|| month_of(now_s()));
+            let member = match member {
+                Some(member) => member,
+                None => own_name(client)?,
+            };
+            let invoice: Invoice = client.get(&format!("/v1/invoices/{month}/{member}"))?;
+            if json {
+                print_json(&invoice);
+            } else if csv {
+                print!("{}", to_csv(std::slice::from_ref(&invoice)));
+            } else {
+                print_invoice(&invoice);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Usage { member, month } => {
+            let month = checked_month(month)?;
+            let path = format!(
+                "/v1/usage{}",
+                query(&[("member", &member), ("month", &month)])
+            );
+            let rows: Vec<UsageRow> = client.get(&path)?;
+            if json {
+                print_json(&rows);
+            } else {
+                print_usage(&rows);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Close { month } => {
+            checked_month(Some(month.clone()))?;
+            let answer: Value = client.post(&format!("/v1/invoices/{month}/close"))?;
+            report(json, &answer, &format!("{month} closed"));
+            Ok(())
+        }
+        InvoiceCommand::Credit {
+            member,
+            amount,
+            reason,
+        } => {
+            let body = NewCredit {
+                member: member.clone(),
+                amount,
+                reason,
+            };
+            let answer: Value = client.post_json("/v1/credits", &body)?;
+            report(
+                json,
+                &answer,
+                &format!("credit of {amount} for {member} added"),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The caller's own account name (for a member's `show` with no --member).
+fn own_name(client: &ApiClient) -> Result<String, ClientError> {
+    let me: Value = client.get("/v1/me")?;
+    me["name"]
+        .as_str()
+        .filter(|name| *name != "root")
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Usage("give --member NAME (this token is no account's)".into()))
+}
+
+fn print_list(invoices: &[Invoice]) {
+    print_table(
+        &["MONTH", "MEMBER", "STATUS", "LINES", "TOTAL", "CURRENCY"],
+        invoices.iter().map(|i| {
+            vec![
+                i.month.clone(),
+                i.member.clone(),
+                status(i).to_owned(),
+                i.lines.len().to_string(),
+                i.total.to_string(),
+                i.currency.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }),
+    );
+}
+
+fn status(invoice: &Invoice) -> &'static str {
+    match invoice.status {
+        hearth_types::invoice::InvoiceStatus::Open => "open",
+        hearth_types::invoice::InvoiceStatus::Closed => "closed",
+    }
+}
+
+fn print_invoice(invoice: &Invoice) {
+    let currency = invoice.currency.as_deref().unwrap_or("(no prices)");
+    println!(
+        "invoice of {} for {} ({}), {currency}",
+        invoice.member,
+        invoice.month,
+        status(invoice)
+    );
+    print_table(
+        &[
+            "VM",
+            "USAGE MONTH",
+            "RESOURCE",
+            "QUANTITY",
+            "UNIT PRICE",
+            "AMOUNT",
+        ],
+        invoice.lines.iter().map(|l| {
+            vec![
+                match &l.note {
+                    Some(note) => note.clone(),
+                    None => l.vm.clone(),
+                },
+                l.usage_month.clone(),
+                l.resource.as_str().to_owned(),
+                l.quantity.to_string(),
+                l.unit_price.to_string(),
+                l.amount.to_string(),
+            ]
+        }),
+    );
+    println!(
+        "total {} {}",
+        invoice.total,
+        invoice.currency.as_deref().unwrap_or("")
+    );
+}
+
+fn print_usage(rows: &[UsageRow]) {
+    print_table(
+        &[
+            "PERIOD START",
+            "VM",
+            "OWNER",
+            "HOST",
+            "SEEN S",
+            "RUNNING S",
+            "VCPUS",
+            "MEMORY MIB",
+            "DISK GIB",
+            "ADDRESSES",
+            "BILLED IN",
+        ],
+        rows.iter().map(|r| {
+            vec![
+                r.start_s.to_string(),
+                r.name.clone(),
+                r.owner.clone(),
+                r.host.clone(),
+                r.seen_s.to_string(),
+                r.running_s.to_string(),
+                r.vcpus.to_string(),
+                r.memory_mib.to_string(),
+                r.disk_gib.to_string(),
+                r.addresses.to_string(),
+                r.billed_in.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }),
+    );
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Every line of `invoices`, then a `total` row per invoice.
+pub fn to_csv(invoices: &[Invoice]) -> String {
+    let mut out = String::from(
+        "member,month,status,currency,vm,vm_id,usage_month,resource,quantity,unit_price,amount,note\n",
+    );
+    for invoice in invoices {
+        let currency = invoice.currency.as_deref().unwrap_or("");
+        let head = [
+            field(&invoice.member),
+            field(&invoice.month),
+            status(invoice).to_owned(),
+            field(currency),
+        ]
+        .join(",");
+        for line in &invoice.lines {
+            out.push_str(&format!(
+                "{head},{},{},{},{},{},{},{},{}\n",
+                field(&line.vm),
+                field(&line.vm_id),
+                field(&line.usage_month),
+                line.resource.as_str(),
+                line.quantity,
+                line.unit_price,
+                line.amount,
+                field(line.note.as_deref().unwrap_or("")),
+            ));
+        }
+        out.push_str(&format!("{head},,,,total,,,{},\n", invoice.total));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_types::invoice::{InvoiceLine, InvoiceStatus, Resource};
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_totals_each_invoice() {
+        let invoice = Invoice {
+            member: "alice".into(),
+            month: "2026-11".into(),
+            status: InvoiceStatus::Closed,
+            currency: Some("EUR".into()),
+            lines: vec![InvoiceLine {
+                vm_id: String::new(),
+                vm: String::new(),
+                usage_month: "2026-11".into(),
+                resource: Resource::Credit,
+                quantity: "1".parse().unwrap(),
+                unit_price: "-2.50".parse().unwrap(),
+                amount: "-2.50".parse().unwrap(),
+                note: Some("outage, \"sorry\"".into()),
+            }],
+            total: "-2.50".parse().unwrap(),
+            closed_at_ms: Some(0),
+        };
+        let csv = to_csv(&[invoice]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[1],
+            "alice,2026-11,closed,EUR,,,2026-11,credit,1.00,-2.50,-2.50,\"outage, \"\"sorry\"\"\""
+        );
+        assert_eq!(lines[2], "alice,2026-11,closed,EUR,,,,total,,,-2.50,");
+    }
+
+    #[test]
+    fn the_query_has_only_what_is_set() {
+        assert_eq!(query(&[("member", &None), ("month", &None)]), "");
+        assert_eq!(
+            query(&[
+                ("member", &Some("bo".into())),
+                ("month", &Some("2026-11".into()))
+            ]),
+            "?member=bo&month=2026-11"
+        );
+    }
+}

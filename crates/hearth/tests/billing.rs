@@ -1,0 +1,223 @@
+//! Metering and invoices with a real agent and a real QEMU guest: the worker records each
+//! VM's use per period (2 s here, an hour by default), every period exactly once across an
+//! agent killed and restarted; a stopped VM pays for disk and address only; the open
+//! invoice matches the usage rows to the cent at the plan's prices; a month that has not
+//! ended cannot close; credits go on the invoice; a CSV export lists every line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hearth_testkit::vms::{BOOT, create_tiny, wait_for_hosts, wait_phase};
+use hearth_testkit::{TestCluster, eventually};
+use hearth_types::invoice::{Invoice, Resource, month_bounds, month_of};
+use hearth_types::metering::UsageRow;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+const PERIOD: u32 = 2;
+
+fn usage(agent: &hearth_testkit::TestAgent) -> Result<Vec<UsageRow>, String> {
+    let value = agent.api_json("/v1/usage?member=alice")?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// The rows of VM `id` by period start; panics on two rows of one period from one host.
+fn by_period(rows: &[UsageRow], id: &str) -> BTreeMap<u64, UsageRow> {
+    let mut out = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.vm == id) {
+        assert!(
+            out.insert(row.start_s, row.clone()).is_none(),
+            "period {} twice: {rows:?}",
+            row.start_s
+        );
+    }
+    out
+}
+
+/// Waits for `count` more rows of VM `id` that say it was `running` all period.
+fn wait_rows(agent: &hearth_testkit::TestAgent, id: &str, running: bool, count: usize) {
+    let then = by_period(&usage(agent).unwrap(), id).len();
+    eventually(
+        &format!("{count} more whole periods, running {running}"),
+        BOOT,
+        || {
+            let rows = by_period(&usage(agent)?, id);
+            let whole = rows
+                .values()
+                .skip(then)
+                .filter(|r| r.seen_s == PERIOD && (r.running_s == PERIOD) == running)
+                .count();
+            if whole >= count {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn usage_is_metered_once_per_period_and_the_invoice_matches_it_to_the_cent() {
+    let mut cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = format!(
+            "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n\
+             [billing]\nmeter_period = \"{PERIOD}s\"\nmeter_interval = \"100ms\"\n"
+        );
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    agent.add_test_guest(&hearth_testkit::test_guest());
+    // 36.00 per vCPU-hour is a cent per vCPU-second; 144.00 per GiB-hour is a cent per
+    // second for 256 MiB. Disk and address prices are per month: large, so that seconds of
+    // them come to cents.
+    agent.cli(&[
+        "plan",
+        "set",
+        "basic",
+        "--currency",
+        "EUR",
+        "--price-vcpu-hour",
+        "36.00",
+        "--price-gib-ram-hour",
+        "144.00",
+        "--price-gib-disk-month",
+        "3000000.00",
+        "--price-address-month",
+        "2000000.00",
+    ]);
+    agent.ensure_account("alice");
+    agent.cli(&["plan", "assign", "alice", "--plan", "basic"]);
+    create_tiny(agent, "web", &["--vcpus", "1"]);
+    let id = wait_phase(agent, "web", "running")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_rows(agent, &id, true, 2);
+
+    // The agent killed and started again (QEMU runs on): no period lost or counted twice.
+    cluster.agents[0].kill9();
+    cluster.agents[0].restart();
+    let agent = &cluster.agents[0];
+    wait_rows(agent, &id, true, 3);
+
+    // Stopped, it pays for its disk and address only.
+    agent.cli(&["vm", "stop", "web"]);
+    wait_phase(agent, "web", "stopped");
+    wait_rows(agent, &id, false, 2);
+
+    let rows = usage(agent).unwrap();
+    let periods = by_period(&rows, &id);
+    let starts: Vec<u64> = periods.keys().copied().collect();
+    // Every period from the first to the last is there, and all but the first (which began
+    // at the VM's first sample) and the last two (which may be cut by the reads) are whole.
+    for pair in starts.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            u64::from(PERIOD),
+            "a period missing: {starts:?}"
+        );
+    }
+    // Whole periods run all through before the stop, and not at all after it.
+    let stop = stop_after(&periods);
+    for row in periods
+        .values()
+        .skip(1)
+        .take(periods.len().saturating_sub(3))
+    {
+        assert_eq!(row.seen_s, PERIOD, "{row:?}");
+        if row.start_s < stop {
+            assert_eq!(row.running_s, PERIOD, "{row:?}");
+        } else if row.start_s > stop {
+            assert_eq!(row.running_s, 0, "{row:?}");
+        }
+    }
+
+    // The open invoice: each line from the rows, at the plan's prices, exact to the cent.
+    let month = month_of(periods.keys().next().copied().unwrap());
+    let invoice: Invoice = serde_json::from_str(&agent.cli(&[
+        "invoice", "show", "--member", "alice", "--month", &month, "--json",
+    ]))
+    .unwrap();
+    // Only rows written so far count: read them again with the invoice.
+    let rows = usage(agent).unwrap();
+    let periods = by_period(&rows, &id);
+    let running: i128 = periods.values().map(|r| i128::from(r.running_s)).sum();
+    let seen: i128 = periods.values().map(|r| i128::from(r.seen_s)).sum();
+    let line = |resource| {
+        invoice
+            .lines
+            .iter()
+            .find(|l| l.vm_id == id && l.resource == resource)
+            .map(|l| l.amount.micros() / 10_000)
+    };
+    let (start, end) = month_bounds(&month).unwrap();
+    let month_s = i128::from(end - start);
+    let rounded =
+        |numerator: i128, denominator: i128| (2 * numerator + denominator) / (2 * denominator);
+    if invoice
+        .lines
+        .iter()
+        .any(|l| l.vm_id == id && l.resource == Resource::VcpuHours)
+    {
+        assert_eq!(
+            line(Resource::VcpuHours),
+            Some(running),
+            "{invoice:?} {rows:?}"
+        );
+        assert_eq!(line(Resource::RamGibHours), Some(running), "{invoice:?}");
+    }
+    // 3 000 000.00 per GiB-month for 1 GiB, 2 000 000.00 per address-month, in cents.
+    let disk = rounded(300_000_000 * seen, month_s);
+    assert!(disk > 0);
+    assert_eq!(line(Resource::DiskGibMonths), Some(disk), "{invoice:?}");
+    assert_eq!(
+        line(Resource::AddressMonths),
+        Some(rounded(200_000_000 * seen, month_s)),
+        "{invoice:?}"
+    );
+    let sum: i128 = invoice.lines.iter().map(|l| l.amount.micros()).sum();
+    assert_eq!(invoice.total.micros(), sum);
+    assert_eq!(invoice.currency.as_deref(), Some("EUR"));
+
+    // This month has not ended: it cannot close.
+    let (code, _, err) = agent.cli_result(&["invoice", "close", "--month", &month]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("has not ended yet"), "{err}");
+
+    // A credit is a line of its own, and the CSV export has every line and a total.
+    agent.cli(&[
+        "invoice",
+        "credit",
+        "--member",
+        "alice",
+        "--amount",
+        "1.25",
+        "--reason",
+        "outage, sorry",
+    ]);
+    let csv = agent.cli(&["invoice", "list", "--member", "alice", "--csv"]);
+    assert!(csv.starts_with("member,month,status,currency,vm,"), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",credit,1.00,-1.25,-1.25,\"outage, sorry\"")),
+        "{csv}"
+    );
+    assert!(csv.lines().any(|l| l.contains(",total,")), "{csv}");
+    let (code, _, err) = agent.cli_result(&[
+        "invoice", "credit", "--member", "alice", "--amount", "0.001", "--reason", "x",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("amount:"), "{err}");
+}
+
+/// The first period in which the VM was seen but not running all period: its stop.
+fn stop_after(periods: &BTreeMap<u64, UsageRow>) -> u64 {
+    periods
+        .values()
+        .skip(1)
+        .find(|r| r.running_s < r.seen_s)
+        .map_or(u64::MAX, |r| r.start_s)
+}
