@@ -221,3 +221,149 @@ fn stop_after(periods: &BTreeMap<u64, UsageRow>) -> u64 {
         .find(|r| r.running_s < r.seen_s)
         .map_or(u64::MAX, |r| r.start_s)
 }
+
+/// A metric's value on `agent`'s `/metrics`.
+fn metric(agent: &hearth_testkit::TestAgent, name: &str) -> u64 {
+    let (_, text) = agent.http_get("/metrics", false).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every VM's rows, by VM id, then period start, then host.
+fn all_rows(
+    agent: &hearth_testkit::TestAgent,
+) -> Result<BTreeMap<String, BTreeMap<u64, Vec<UsageRow>>>, String> {
+    let rows: Vec<UsageRow> =
+        serde_json::from_value(agent.api_json("/v1/usage")?).map_err(|e| e.to_string())?;
+    let mut out: BTreeMap<String, BTreeMap<u64, Vec<UsageRow>>> = BTreeMap::new();
+    for row in rows {
+        out.entry(row.vm.clone())
+            .or_default()
+            .entry(row.start_s)
+            .or_default()
+            .push(row);
+    }
+    Ok(out)
+}
+
+/// Three server+worker agents in namespaces, VMs on the fake driver: the Raft leader killed
+/// and started again, then a worker cut off from the others for several periods. Its rows
+/// wait in its meter file while it cannot reach a quorum and are written once it can; every
+/// VM's periods are there, each whole, each from one host, none twice.
+#[test]
+fn a_leader_kill_and_a_cut_off_worker_neither_drop_nor_double_a_period() {
+    let lab = hearth_testkit::netns::NetnsLab::new(3).expect("network namespaces (run as root)");
+    let root = hearth_testkit::TempDir::new("metering");
+    let mut agents = hearth_testkit::start_in_lab(
+        bin(),
+        root.path(),
+        &lab,
+        "test",
+        "[\"server\", \"worker\"]",
+        &format!(
+            "[state]\nbootstrap_expect = 3\n[compute]\ndriver = \"fake\"\nvcpus = 8\nmemory_mib = 8192\ndisk_gib = 100\n\
+             [billing]\nmeter_period = \"{PERIOD}s\"\nmeter_interval = \"100ms\"\n"
+        ),
+    );
+    wait_for_hosts(&agents[0], 3);
+    agents[0].add_fake_image("fake");
+    for name in ["a", "b", "c", "d"] {
+        hearth_testkit::vms::create_with(&agents[0], name, "fake", &[]);
+    }
+    let wait_whole = |agents: &[hearth_testkit::TestAgent], at: usize, what: &str, after: u64| {
+        eventually(what, BOOT, || {
+            let rows = all_rows(&agents[at])?;
+            let done = rows.len() == 4
+                && rows.values().all(|periods| {
+                    periods
+                        .iter()
+                        .filter(|(start, rows)| **start > after && rows[0].seen_s == PERIOD)
+                        .count()
+                        >= 2
+                });
+            if done {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        });
+    };
+    wait_whole(&agents, 0, "two whole periods of each VM", 0);
+
+    // The leader killed, and started again after a new one took over.
+    let leader = eventually("a leader", BOOT, || {
+        let state = agents[0].state()?;
+        let name = state["leader"].as_str().unwrap_or_default().to_owned();
+        agents
+            .iter()
+            .position(|a| a.spec.name == name)
+            .ok_or(format!("{state}"))
+    });
+    agents[leader].kill9();
+    let other = (leader + 1) % 3;
+    eventually("a new leader", BOOT, || {
+        let state = agents[other].state()?;
+        match state["leader"].as_str() {
+            Some(name) if !name.is_empty() && name != agents[leader].spec.name => Ok(()),
+            _ => Err(state.to_string()),
+        }
+    });
+    agents[leader].restart();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    wait_whole(
+        &agents,
+        other,
+        "two whole periods of each VM after the restart",
+        now(),
+    );
+
+    // A worker cut off: its rows wait, then are written.
+    let cut = (leader + 2) % 3;
+    lab.cut(cut);
+    eventually("rows waiting on the cut-off worker", BOOT, || match metric(
+        &agents[cut],
+        "hearth_usage_rows_waiting",
+    ) {
+        n if n >= 2 => Ok(()),
+        n => Err(format!("{n} waiting")),
+    });
+    lab.heal(cut);
+    eventually("the cut-off worker's rows written", BOOT, || {
+        match metric(&agents[cut], "hearth_usage_rows_waiting") {
+            0 => Ok(()),
+            n => Err(format!("{n} waiting")),
+        }
+    });
+    wait_whole(
+        &agents,
+        other,
+        "two whole periods of each VM after healing",
+        now(),
+    );
+
+    let rows = all_rows(&agents[other]).unwrap();
+    for (vm, periods) in &rows {
+        let starts: Vec<u64> = periods.keys().copied().collect();
+        for pair in starts.windows(2) {
+            assert_eq!(
+                pair[1] - pair[0],
+                u64::from(PERIOD),
+                "{vm}: a period missing: {starts:?}"
+            );
+        }
+        // All whole but the first (from the VM's first sample) and the last (still filling
+        // when the others were read).
+        for (start, rows) in periods.iter().skip(1).take(periods.len().saturating_sub(2)) {
+            assert_eq!(rows.len(), 1, "{vm} at {start}: {rows:?}");
+            assert_eq!(rows[0].seen_s, PERIOD, "{vm} at {start}: {rows:?}");
+        }
+    }
+    assert!(metric(&agents[cut], "hearth_usage_write_failures_total") > 0);
+}
