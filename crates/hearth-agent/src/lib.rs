@@ -23,6 +23,7 @@ pub mod ticks;
 pub mod uptime;
 pub mod vm_stats;
 pub mod web;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -206,7 +207,8 @@ impl Agent {
                     &mut tasks,
                 )
                 .await?;
-                spawn_state_tasks(&state, &membership, meta, &config, &shutdown, &mut tasks);
+                let on = (&config, resolved.webhook.as_ref());
+                spawn_state_tasks(&state, &membership, meta, on, &shutdown, &mut tasks);
                 Some(state)
             }
             _ => None,
@@ -508,15 +510,23 @@ impl Sockets {
 }
 
 /// The tasks of a node that holds the replicated state: cluster events, uptime samples, the
-/// leader's placement, and announcing its group membership by gossip.
+/// leader's placement, closing months and sending invoices to the webhook (`on`: the config
+/// and its webhook), and announcing its group membership by gossip.
 fn spawn_state_tasks(
     state: &StateNode,
     membership: &Membership,
     meta: NodeMeta,
-    config: &Config,
+    (config, webhook): (&Config, Option<&config::Webhook>),
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    if let Some(webhook) = webhook {
+        tasks.spawn(webhook::deliver(
+            state.clone(),
+            webhook.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(uptime::sample(
         state.clone(),
         membership.views(),

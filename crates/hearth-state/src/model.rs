@@ -139,6 +139,12 @@ pub enum Command {
     AddCredit {
         credit: hearth_types::invoice::Credit,
     },
+    /// The leader's attempt to deliver closed invoice `key` to the webhook (or an admin's
+    /// reset of it, to send it again).
+    RecordWebhook {
+        key: String,
+        delivery: hearth_types::invoice::WebhookDelivery,
+    },
 }
 
 /// Whom a worker's command speaks for: the worker that may write it.
@@ -248,7 +254,8 @@ impl Command {
             Command::RecordUptime { .. } => "uptime".into(),
             Command::RecordUsage { .. }
             | Command::CloseMonth { .. }
-            | Command::AddCredit { .. } => "billing".into(),
+            | Command::AddCredit { .. }
+            | Command::RecordWebhook { .. } => "billing".into(),
         }
     }
 }
@@ -302,7 +309,8 @@ impl Command {
             Command::RecordUptime { .. } => 2,
             Command::RecordUsage { .. }
             | Command::CloseMonth { .. }
-            | Command::AddCredit { .. } => 4,
+            | Command::AddCredit { .. }
+            | Command::RecordWebhook { .. } => 4,
             // Network limits in a plan's or an account's quota (level 3).
             Command::PutPlan { plan, .. }
                 if plan.quota.io().limits_network() || plan.prices.is_some() =>
@@ -356,6 +364,9 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::RecordUsage { host, rows } => billing::record_usage(state, host, rows, index),
         Command::CloseMonth { month, at_ms } => billing::close_month(state, month, *at_ms, index),
         Command::AddCredit { credit } => billing::add_credit(state, credit, index),
+        Command::RecordWebhook { key, delivery } => {
+            billing::record_webhook(state, key, delivery, index)
+        }
         Command::PutAccount {
             account,
             expect,

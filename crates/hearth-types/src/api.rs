@@ -95,6 +95,14 @@ pub struct NewCredit {
     pub reason: String,
 }
 
+/// A closed invoice's webhook delivery (`GET /v1/invoice-deliveries`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryRow {
+    pub month: String,
+    pub member: String,
+    pub delivery: crate::invoice::WebhookDelivery,
+}
+
 /// A plan and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanRow {

@@ -30,6 +30,26 @@ pub struct Billing {
     /// The months closed.
     #[serde(default)]
     pub closed: BTreeSet<String>,
+    /// Each closed invoice's delivery to the co-op's webhook, by the invoice's key.
+    #[serde(default)]
+    pub deliveries: BTreeMap<String, WebhookDelivery>,
+}
+
+/// How a closed invoice's webhook delivery went: every attempt is recorded through the log,
+/// so a new leader neither sends it again once delivered nor forgets a failure's backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookDelivery {
+    pub attempts: u32,
+    pub delivered: bool,
+    /// The last attempt's HTTP status, or why it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the last attempt.
+    pub last_attempt_ms: u64,
+    /// Unix milliseconds before which the next attempt must not start (backoff).
+    pub next_attempt_ms: u64,
 }
 
 /// An amount given back to a member (a correction, a goodwill credit): a line of its own

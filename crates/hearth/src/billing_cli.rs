@@ -2,7 +2,7 @@
 //! credits, through the local agent's API; tables, `--json`, or `--csv` for the books.
 
 use clap::Subcommand;
-use hearth_types::api::NewCredit;
+use hearth_types::api::{DeliveryRow, NewCredit};
 use hearth_types::invoice::{Invoice, month_bounds, month_of};
 use hearth_types::metering::UsageRow;
 use hearth_types::money::Amount;
@@ -52,6 +52,16 @@ pub enum InvoiceCommand {
         #[arg(long, value_name = "YYYY-MM")]
         month: String,
     },
+    /// Each closed invoice's delivery to `[billing] webhook_url`: attempts, the last
+    /// status or error, and whether it was delivered.
+    Deliveries,
+    /// Send a closed invoice to the webhook again (after the receiver was fixed, say).
+    Redeliver {
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+        #[arg(long, value_name = "NAME")]
+        member: String,
+    },
     /// Give a member a credit (a correction, a refund) on their next invoice to close.
     Credit {
         #[arg(long, value_name = "NAME")]
@@ -87,56 +97,32 @@ fn checked_month(month: Option<String>) -> Result<Option<String>, ClientError> {
 
 pub fn invoice(client: &ApiClient, json: bool, command: InvoiceCommand) -> Result<(), ClientError> {
     match command {
-        InvoiceCommand::List { member, month, csv } => {
-            let month = checked_month(month)?;
-            let path = format!(
-                "/v1/invoices{}",
-                query(&[("member", &member), ("month", &month)])
-            );
-            let invoices: Vec<Invoice> = client.get(&path)?;
-            if json {
-                print_json(&invoices);
-            } else if csv {
-                print!("{}", to_csv(&invoices));
-            } else {
-                print_list(&invoices);
-            }
-            Ok(())
-        }
-        InvoiceCommand::Show { member, month, csv } => {
-            let month = checked_month(month)?.unwrap_or_else(|| month_of(now_s()));
-            let member = match member {
-                Some(member) => member,
-                None => own_name(client)?,
-            };
-            let invoice: Invoice = client.get(&format!("/v1/invoices/{month}/{member}"))?;
-            if json {
-                print_json(&invoice);
-            } else if csv {
-                print!("{}", to_csv(std::slice::from_ref(&invoice)));
-            } else {
-                print_invoice(&invoice);
-            }
-            Ok(())
-        }
-        InvoiceCommand::Usage { member, month } => {
-            let month = checked_month(month)?;
-            let path = format!(
-                "/v1/usage{}",
-                query(&[("member", &member), ("month", &month)])
-            );
-            let rows: Vec<UsageRow> = client.get(&path)?;
-            if json {
-                print_json(&rows);
-            } else {
-                print_usage(&rows);
-            }
-            Ok(())
-        }
+        InvoiceCommand::List { member, month, csv } => list(client, json, member, month, csv),
+        InvoiceCommand::Show { member, month, csv } => show(client, json, member, month, csv),
+        InvoiceCommand::Usage { member, month } => usage(client, json, member, month),
         InvoiceCommand::Close { month } => {
             checked_month(Some(month.clone()))?;
             let answer: Value = client.post(&format!("/v1/invoices/{month}/close"))?;
             report(json, &answer, &format!("{month} closed"));
+            Ok(())
+        }
+        InvoiceCommand::Deliveries => {
+            let rows: Vec<DeliveryRow> = client.get("/v1/invoice-deliveries")?;
+            if json {
+                print_json(&rows);
+            } else {
+                print_deliveries(&rows);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Redeliver { month, member } => {
+            let path = format!("/v1/invoices/{month}/{member}/redeliver");
+            let answer: Value = client.post(&path)?;
+            report(
+                json,
+                &answer,
+                &format!("the invoice of {member} for {month} will be sent again"),
+            );
             Ok(())
         }
         InvoiceCommand::Credit {
@@ -158,6 +144,75 @@ pub fn invoice(client: &ApiClient, json: bool, command: InvoiceCommand) -> Resul
             Ok(())
         }
     }
+}
+
+/// `hearth invoice list`.
+fn list(
+    client: &ApiClient,
+    json: bool,
+    member: Option<String>,
+    month: Option<String>,
+    csv: bool,
+) -> Result<(), ClientError> {
+    let month = checked_month(month)?;
+    let path = format!(
+        "/v1/invoices{}",
+        query(&[("member", &member), ("month", &month)])
+    );
+    let invoices: Vec<Invoice> = client.get(&path)?;
+    if json {
+        print_json(&invoices);
+    } else if csv {
+        print!("{}", to_csv(&invoices));
+    } else {
+        print_list(&invoices);
+    }
+    Ok(())
+}
+
+/// `hearth invoice show`.
+fn show(
+    client: &ApiClient,
+    json: bool,
+    member: Option<String>,
+    month: Option<String>,
+    csv: bool,
+) -> Result<(), ClientError> {
+    let month = checked_month(month)?.unwrap_or_else(|| month_of(now_s()));
+    let member = match member {
+        Some(member) => member,
+        None => own_name(client)?,
+    };
+    let invoice: Invoice = client.get(&format!("/v1/invoices/{month}/{member}"))?;
+    if json {
+        print_json(&invoice);
+    } else if csv {
+        print!("{}", to_csv(std::slice::from_ref(&invoice)));
+    } else {
+        print_invoice(&invoice);
+    }
+    Ok(())
+}
+
+/// `hearth invoice usage`.
+fn usage(
+    client: &ApiClient,
+    json: bool,
+    member: Option<String>,
+    month: Option<String>,
+) -> Result<(), ClientError> {
+    let month = checked_month(month)?;
+    let path = format!(
+        "/v1/usage{}",
+        query(&[("member", &member), ("month", &month)])
+    );
+    let rows: Vec<UsageRow> = client.get(&path)?;
+    if json {
+        print_json(&rows);
+    } else {
+        print_usage(&rows);
+    }
+    Ok(())
 }
 
 fn now_s() -> u64 {
@@ -234,6 +289,27 @@ fn print_invoice(invoice: &Invoice) {
         "total {} {}",
         invoice.total,
         invoice.currency.as_deref().unwrap_or("")
+    );
+}
+
+fn print_deliveries(rows: &[DeliveryRow]) {
+    print_table(
+        &["MONTH", "MEMBER", "DELIVERED", "ATTEMPTS", "LAST"],
+        rows.iter().map(|r| {
+            let d = &r.delivery;
+            let last = match (&d.last_error, d.last_status) {
+                (Some(error), _) => error.clone(),
+                (None, Some(status)) => format!("HTTP {status}"),
+                (None, None) => "-".into(),
+            };
+            vec![
+                r.month.clone(),
+                r.member.clone(),
+                if d.delivered { "yes" } else { "no" }.into(),
+                d.attempts.to_string(),
+                last,
+            ]
+        }),
     );
 }
 

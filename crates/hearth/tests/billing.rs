@@ -367,3 +367,200 @@ fn a_leader_kill_and_a_cut_off_worker_neither_drop_nor_double_a_period() {
     }
     assert!(metric(&agents[cut], "hearth_usage_write_failures_total") > 0);
 }
+
+/// One request the test's webhook receiver got: its head and body.
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A receiver on loopback that answers 500 to the first request and 200 to the others.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = n.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let mut log = log.lock().unwrap();
+            let status = if log.is_empty() { "500 Oops" } else { "200 OK" };
+            log.push(Received { head, body });
+            let _ = (&stream).write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, got)
+}
+
+/// The README's receiver-side check of a webhook's signature (its `python` block), run by
+/// Python's standard library on what the receiver got: whether it accepts it.
+fn readme_check_accepts(secret: &str, signature: &str, body: &[u8]) -> bool {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme.find("```python\n").expect("README: a python block") + 10;
+    let block: String = readme[start..]
+        .split("```")
+        .next()
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}\n", l.trim_start_matches("  ")))
+        .collect();
+    let script = format!(
+        "import sys\nsecret = sys.argv[1].encode()\nsignature = sys.argv[2]\nbody = sys.stdin.buffer.read()\n{block}print(good)\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script, secret, signature])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        said == "True" || said == "False",
+        "the README's check printed `{said}`"
+    );
+    said == "True"
+}
+
+/// A closed month's invoice is POSTed to the webhook, signed; a failed attempt is retried;
+/// the invoice never changes after its month closed; an admin can send it again.
+#[test]
+fn a_closed_invoice_goes_to_the_webhook_signed_and_retried_and_stays_as_it_was() {
+    let (port, got) = receiver();
+    let root = hearth_testkit::TempDir::new("webhook");
+    let secret = "a-webhook-secret-of-some-length";
+    let secret_file = root.path().join("webhook.secret");
+    hearth_testkit::write_private(&secret_file, &format!("{secret}\n"));
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = format!(
+            "[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\n[billing]\nwebhook_url = \"http://127.0.0.1:{port}/hooks/invoices\"\nwebhook_secret_file = \"{}\"\n",
+            secret_file.display()
+        );
+    });
+    let agent = &cluster.agents[0];
+    // Once the worker has registered, the group takes writes.
+    wait_for_hosts(agent, 1);
+    agent.ensure_account("alice");
+    agent.cli(&[
+        "invoice", "credit", "--member", "alice", "--amount", "2.50", "--reason", "goodwill",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last_month = hearth_types::invoice::months_before(&month_of(now), 1);
+    agent.cli(&["invoice", "close", "--month", &last_month]);
+
+    eventually("the invoice delivered on the second attempt", BOOT, || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&agent.cli(&["invoice", "deliveries", "--json"])).unwrap();
+        let delivery = &rows[0]["delivery"];
+        if delivery["delivered"] == true {
+            Ok(rows)
+        } else {
+            Err(rows.to_string())
+        }
+    });
+    let rows: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["invoice", "deliveries", "--json"])).unwrap();
+    assert_eq!(rows[0]["delivery"]["attempts"], 2, "{rows}");
+    assert_eq!(rows[0]["member"], "alice");
+    let received = got.lock().unwrap();
+    assert_eq!(received.len(), 2);
+    let last = &received[1];
+    assert!(
+        last.head.starts_with("POST /hooks/invoices HTTP/1.1\r\n"),
+        "{}",
+        last.head
+    );
+    assert!(
+        last.head
+            .contains(&format!("X-Hearth-Delivery: {last_month}/alice\r\n")),
+        "{}",
+        last.head
+    );
+    let signature = last
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Hearth-Signature: "))
+        .expect("a signature");
+    assert!(
+        signature.starts_with("t=") && signature.contains(",v1="),
+        "{signature}"
+    );
+    assert!(readme_check_accepts(secret, signature, &last.body));
+    // The same check refuses another secret and a changed body.
+    assert!(!readme_check_accepts(
+        "another-secret-entirely",
+        signature,
+        &last.body
+    ));
+    let mut changed = last.body.clone();
+    changed.push(b' ');
+    assert!(!readme_check_accepts(secret, signature, &changed));
+    let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(body["event"], "invoice.closed");
+    assert_eq!(body["invoice"]["member"], "alice");
+    assert_eq!(body["invoice"]["month"], last_month.as_str());
+    assert_eq!(body["invoice"]["total"], "-2.50");
+    drop(received);
+
+    // Closed means final: a later credit goes on this month's open invoice instead.
+    agent.cli(&[
+        "invoice", "credit", "--member", "alice", "--amount", "1.00", "--reason", "later",
+    ]);
+    let closed: Invoice = serde_json::from_str(&agent.cli(&[
+        "invoice",
+        "show",
+        "--member",
+        "alice",
+        "--month",
+        &last_month,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(closed.total.to_string(), "-2.50");
+    let open: Invoice =
+        serde_json::from_str(&agent.cli(&["invoice", "show", "--member", "alice", "--json"]))
+            .unwrap();
+    assert_eq!(open.total.to_string(), "-1.00");
+
+    // Sent again when an admin asks.
+    agent.cli(&[
+        "invoice",
+        "redeliver",
+        "--month",
+        &last_month,
+        "--member",
+        "alice",
+    ]);
+    eventually("a third request", BOOT, || {
+        match got.lock().unwrap().len() {
+            3 => Ok(()),
+            n => Err(format!("{n} requests")),
+        }
+    });
+}

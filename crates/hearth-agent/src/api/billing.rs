@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
-use hearth_types::api::NewCredit;
+use hearth_types::api::{DeliveryRow, NewCredit};
 use hearth_types::desired::DesiredState;
 use hearth_types::invoice::{Credit, Invoice, current, invoice_key, month_bounds, month_of};
 use hearth_types::metering::UsageRow;
@@ -23,6 +23,8 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/invoices", get(list))
         .route("/v1/invoices/{month}/{member}", get(show))
         .route("/v1/invoices/{month}/close", post(close))
+        .route("/v1/invoices/{month}/{member}/redeliver", post(redeliver))
+        .route("/v1/invoice-deliveries", get(deliveries))
         .route("/v1/usage", get(usage))
         .route("/v1/credits", post(credit))
 }
@@ -206,6 +208,47 @@ async fn usage(
         }
         Err(failure) => failure.into_response(),
     }
+}
+
+/// Each closed invoice's webhook delivery, oldest invoice first.
+async fn deliveries(State(state): State<ApiState>) -> Response {
+    match read(&state, &Params::default()).await {
+        Ok(desired) => {
+            let rows: Vec<DeliveryRow> = desired
+                .billing
+                .invoices
+                .iter()
+                .map(|(key, invoice)| DeliveryRow {
+                    month: invoice.month.clone(),
+                    member: invoice.member.clone(),
+                    delivery: desired
+                        .billing
+                        .deliveries
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_default(),
+                })
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Sends a closed invoice to the webhook again: its delivery starts over.
+async fn redeliver(
+    State(state): State<ApiState>,
+    Path((month, member)): Path<(String, String)>,
+) -> Response {
+    let key = invoice_key(&month, &member);
+    write(
+        &state,
+        Command::RecordWebhook {
+            key,
+            delivery: Default::default(),
+        },
+    )
+    .await
 }
 
 async fn close(State(state): State<ApiState>, Path(month): Path<String>) -> Response {

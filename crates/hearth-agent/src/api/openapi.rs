@@ -235,6 +235,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .answers(schema::<WriteAnswer>),
     op(
+        "post",
+        "/v1/invoices/{month}/{member}/redeliver",
+        "Admins: send a closed invoice to the webhook again (its delivery starts over)",
+    )
+    .answers(schema::<WriteAnswer>),
+    op(
+        "get",
+        "/v1/invoice-deliveries",
+        "Admins: each closed invoice's delivery to `[billing] webhook_url`: attempts, last status or error, delivered",
+    )
+    .answers(schema::<Vec<hearth_types::api::DeliveryRow>>),
+    op(
         "get",
         "/v1/usage",
         "Metered usage rows (a member's own only) of a month (`?month=YYYY-MM`, this one by default; `?member=NAME`)",

@@ -122,6 +122,10 @@ impl Config {
                     .as_ref()
                     .and_then(|smtp| smtp.password_file.as_deref()),
             ),
+            (
+                "billing.webhook_secret_file",
+                self.billing.webhook_secret_file.as_deref(),
+            ),
         ];
         named
             .into_iter()

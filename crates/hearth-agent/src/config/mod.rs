@@ -42,4 +42,4 @@ pub use sections::{
     HandlerScope, ServiceConfig, StateSection,
 };
 pub use smtp::{MailSettings, SmtpConfig, SmtpTls};
-pub use validate::Resolved;
+pub use validate::{Resolved, Webhook};

@@ -173,6 +173,13 @@ pub struct BillingSection {
     /// on the next month's.
     #[serde(default = "default_close_after", deserialize_with = "duration")]
     pub close_after: Duration,
+    /// Where the leader POSTs each invoice when its month closes (`http://` only: a local
+    /// relay to the co-op's payment system), signed with HMAC-SHA256.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// The file holding the webhook's signing secret (at least 16 characters).
+    #[serde(default)]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
 }
 
 fn default_meter_period() -> Duration {
@@ -193,6 +200,8 @@ impl Default for BillingSection {
             meter_period: default_meter_period(),
             meter_interval: default_meter_interval(),
             close_after: default_close_after(),
+            webhook_url: None,
+            webhook_secret_file: None,
         }
     }
 }

@@ -28,6 +28,25 @@ pub struct Resolved {
     pub dns_push: Option<PushSettings>,
     /// How to send email (`[smtp]`), with the password read from `password_file`.
     pub smtp: Option<MailSettings>,
+    /// Where closed invoices go (`[billing] webhook_url`), with the signing secret.
+    pub webhook: Option<Webhook>,
+}
+
+/// The invoice webhook: its URL and signing secret.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub target: HttpTarget,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("secret", &"(hidden)")
+            .finish()
+    }
 }
 
 /// What `secret_file` (or `secret`) holds: cluster secrets, or on a worker that should not
@@ -91,6 +110,7 @@ impl Config {
         self.check_state(&mut problems);
         self.check_compute(&mut problems);
         self.check_billing(&mut problems);
+        let webhook = self.webhook(files, &mut problems);
         self.check_services(&mut problems);
         self.check_handlers(&mut problems);
         match (secrets, advertise) {
@@ -101,6 +121,7 @@ impl Config {
                 zone,
                 dns_push,
                 smtp,
+                webhook,
             }),
             _ => Err(problems),
         }
@@ -124,6 +145,49 @@ impl Config {
         }
         if b.close_after > Duration::from_secs(28 * 86_400) {
             problems.push("billing.close_after: give at most 28 days (default 1h)".into());
+        }
+    }
+
+    fn webhook(&self, files: &ConfigFiles, problems: &mut Vec<String>) -> Option<Webhook> {
+        let b = &self.billing;
+        match (&b.webhook_url, &b.webhook_secret_file) {
+            (None, None) => None,
+            (Some(url), Some(path)) => {
+                let Some(target) = HttpTarget::parse(url) else {
+                    problems.push(format!(
+                        "billing.webhook_url: `{url}` is not an http:// URL; give one such as http://127.0.0.1:9000/invoices (a local relay to the payment system)"
+                    ));
+                    return None;
+                };
+                match files.text(path) {
+                    Ok(text) if text.trim().chars().count() >= 16 => Some(Webhook {
+                        url: url.clone(),
+                        target,
+                        secret: text.trim().as_bytes().to_vec(),
+                    }),
+                    Ok(_) => {
+                        problems.push(format!(
+                            "billing.webhook_secret_file: {} holds fewer than 16 characters; write a long random secret (openssl rand -hex 32)",
+                            path.display()
+                        ));
+                        None
+                    }
+                    Err(error) => {
+                        problems.push(format!(
+                            "billing.webhook_secret_file: cannot read {}: {error}",
+                            path.display()
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => {
+                problems.push(
+                    "billing.webhook_url, billing.webhook_secret_file: give both, or neither"
+                        .into(),
+                );
+                None
+            }
         }
     }
 

@@ -86,6 +86,32 @@ pub(super) fn add_credit(state: &mut DesiredState, credit: &Credit, index: u64) 
     Outcome::Applied { version: index }
 }
 
+/// Records a webhook delivery of a closed invoice; one already delivered stays so unless
+/// the record is an admin's reset (no attempts).
+pub(super) fn record_webhook(
+    state: &mut DesiredState,
+    key: &str,
+    delivery: &hearth_types::invoice::WebhookDelivery,
+    index: u64,
+) -> Outcome {
+    if !state.billing.invoices.contains_key(key) {
+        return Outcome::NotFound;
+    }
+    let delivered = state
+        .billing
+        .deliveries
+        .get(key)
+        .is_some_and(|d| d.delivered);
+    if delivered && delivery.attempts > 0 {
+        return Outcome::Nothing;
+    }
+    state
+        .billing
+        .deliveries
+        .insert(key.to_owned(), delivery.clone());
+    Outcome::Applied { version: index }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Command, Outcome, apply};
