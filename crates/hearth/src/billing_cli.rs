@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use hearth_types::api::{DeliveryRow, NewCredit};
-use hearth_types::invoice::{Invoice, month_bounds, month_of};
+use hearth_types::invoice::{Invoice, month_bounds, month_of, to_csv};
 use hearth_types::metering::UsageRow;
 use hearth_types::money::Amount;
 use serde_json::Value;
@@ -248,10 +248,7 @@ fn print_list(invoices: &[Invoice]) {
 }
 
 fn status(invoice: &Invoice) -> &'static str {
-    match invoice.status {
-        hearth_types::invoice::InvoiceStatus::Open => "open",
-        hearth_types::invoice::InvoiceStatus::Closed => "closed",
-    }
+    invoice.status.as_str()
 }
 
 fn print_invoice(invoice: &Invoice) {
@@ -346,81 +343,9 @@ fn print_usage(rows: &[UsageRow]) {
     );
 }
 
-/// A CSV field: quoted when it holds a comma, a quote or a line break.
-fn field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_owned()
-    }
-}
-
-/// Every line of `invoices`, then a `total` row per invoice.
-pub fn to_csv(invoices: &[Invoice]) -> String {
-    let mut out = String::from(
-        "member,month,status,currency,vm,vm_id,usage_month,resource,quantity,unit_price,amount,note\n",
-    );
-    for invoice in invoices {
-        let currency = invoice.currency.as_deref().unwrap_or("");
-        let head = [
-            field(&invoice.member),
-            field(&invoice.month),
-            status(invoice).to_owned(),
-            field(currency),
-        ]
-        .join(",");
-        for line in &invoice.lines {
-            out.push_str(&format!(
-                "{head},{},{},{},{},{},{},{},{}\n",
-                field(&line.vm),
-                field(&line.vm_id),
-                field(&line.usage_month),
-                line.resource.as_str(),
-                line.quantity,
-                line.unit_price,
-                line.amount,
-                field(line.note.as_deref().unwrap_or("")),
-            ));
-        }
-        out.push_str(&format!("{head},,,,total,,,{},\n", invoice.total));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_types::invoice::{InvoiceLine, InvoiceStatus, Resource};
-
-    #[test]
-    fn csv_quotes_what_needs_it_and_totals_each_invoice() {
-        let invoice = Invoice {
-            member: "alice".into(),
-            month: "2026-11".into(),
-            status: InvoiceStatus::Closed,
-            currency: Some("EUR".into()),
-            lines: vec![InvoiceLine {
-                vm_id: String::new(),
-                vm: String::new(),
-                usage_month: "2026-11".into(),
-                resource: Resource::Credit,
-                quantity: "1".parse().unwrap(),
-                unit_price: "-2.50".parse().unwrap(),
-                amount: "-2.50".parse().unwrap(),
-                note: Some("outage, \"sorry\"".into()),
-            }],
-            total: "-2.50".parse().unwrap(),
-            closed_at_ms: Some(0),
-        };
-        let csv = to_csv(&[invoice]);
-        let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert_eq!(
-            lines[1],
-            "alice,2026-11,closed,EUR,,,2026-11,credit,1.00,-2.50,-2.50,\"outage, \"\"sorry\"\"\""
-        );
-        assert_eq!(lines[2], "alice,2026-11,closed,EUR,,,,total,,,-2.50,");
-    }
 
     #[test]
     fn the_query_has_only_what_is_set() {

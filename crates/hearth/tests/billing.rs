@@ -564,3 +564,133 @@ fn a_closed_invoice_goes_to_the_webhook_signed_and_retried_and_stays_as_it_was()
         }
     });
 }
+
+/// Waits until the page at `url` (reloaded each try) has `needle` in its text.
+fn page_shows(browser: &hearth_testkit::webdriver::Browser, url: &str, needle: &str) -> String {
+    eventually(&format!("{url} shows {needle:?}"), BOOT, || {
+        browser.goto(url);
+        let text = browser.text("body")?;
+        if text.contains(needle) {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+}
+
+/// In real Chromium: a member sees their usage so far and their closed invoice, and not the
+/// admins' billing page; an admin sees every member's invoices of a month and downloads
+/// them as CSV.
+#[test]
+fn a_member_sees_usage_and_invoices_and_an_admin_exports_them_in_a_real_browser() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = format!(
+            "[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\n\
+             [billing]\nmeter_period = \"{PERIOD}s\"\nmeter_interval = \"100ms\"\n"
+        );
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    for (name, admin) in [("ann", true), ("alice", false)] {
+        let file = agent.dir.join(format!("{name}.password"));
+        std::fs::write(&file, format!("{name}'s long password")).unwrap();
+        let mut args = vec![
+            "account",
+            "add",
+            name,
+            "--password-file",
+            file.to_str().unwrap(),
+        ];
+        if admin {
+            args.push("--admin");
+        }
+        agent.cli(&args);
+    }
+    agent.cli(&[
+        "plan",
+        "set",
+        "default",
+        "--currency",
+        "EUR",
+        "--price-gib-disk-month",
+        "1000000.00",
+    ]);
+    agent.add_fake_image("fake");
+    hearth_testkit::vms::create_with(agent, "web", "fake", &[]);
+    agent.cli(&[
+        "invoice", "credit", "--member", "alice", "--amount", "2.50", "--reason", "goodwill",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last_month = hearth_types::invoice::months_before(&month_of(now), 1);
+    agent.cli(&["invoice", "close", "--month", &last_month]);
+
+    let base = format!("http://{}", agent.api_addr());
+    let browser = hearth_testkit::webdriver::Browser::start(1000, 800);
+    browser.goto(&format!("{base}/login"));
+    browser.fill("#name", "alice");
+    browser.fill("#password", "alice's long password");
+    browser.click("#login");
+    let text = page_shows(
+        &browser,
+        &format!("{base}/panel/billing"),
+        "disk-gib-months",
+    );
+    assert!(text.contains("web"), "{text}");
+    let running = browser.text("#running").unwrap();
+    assert!(running.contains("EUR"), "{running}");
+    browser.click(&format!("a[href='/panel/billing/{last_month}']"));
+    let invoice = browser.text("body").unwrap();
+    assert!(invoice.contains("Closed: final."), "{invoice}");
+    assert!(invoice.contains("goodwill"), "{invoice}");
+    assert_eq!(browser.text("#total").unwrap(), "-2.50 EUR");
+    browser.goto(&format!("{base}/admin/billing"));
+    assert!(browser.text("body").unwrap().contains("Admins only"));
+
+    browser.delete_cookies();
+    browser.goto(&format!("{base}/login"));
+    browser.fill("#name", "ann");
+    browser.fill("#password", "ann's long password");
+    browser.click("#login");
+    browser.goto(&format!("{base}/admin/billing?month={last_month}"));
+    let table = browser.text("#invoices").unwrap();
+    assert!(
+        table.contains("alice") && table.contains("closed"),
+        "{table}"
+    );
+    // The export link, fetched with the admin's session as the browser would (the panel's
+    // content policy lets no script fetch it).
+    let href = browser
+        .script("return document.querySelector('#csv').getAttribute('href')")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(href, format!("/admin/billing.csv?month={last_month}"));
+    let cookie = browser
+        .cookies()
+        .into_iter()
+        .find(|c| c["name"] == "hearth_session")
+        .and_then(|c| c["value"].as_str().map(str::to_owned))
+        .expect("a session cookie");
+    let (status, body) = hearth_testkit::http_request(
+        agent.api_addr(),
+        &format!(
+            "GET {href} HTTP/1.1\r\nHost: x\r\nCookie: hearth_session={cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let text = body.as_str();
+    assert!(text.starts_with("member,month,status,"), "{text}");
+    assert!(
+        // A credit's month is the one it was given in.
+        text.contains(&format!(
+            "alice,{last_month},closed,EUR,,,{},credit,1.00,-2.50,-2.50,goodwill",
+            month_of(now)
+        )),
+        "{text}"
+    );
+}

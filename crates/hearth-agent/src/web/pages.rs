@@ -36,7 +36,11 @@ pub struct Chrome<'a> {
 
 /// A page with the navigation, the flash message and `body`.
 pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
-    let mut links = vec![("/panel", "My VMs"), ("/panel/account", "Account")];
+    let mut links = vec![
+        ("/panel", "My VMs"),
+        ("/panel/billing", "Billing"),
+        ("/panel/account", "Account"),
+    ];
     if chrome.admin {
         links.extend([
             ("/admin", "Nodes"),
@@ -46,6 +50,7 @@ pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
             ("/admin/drift", "Drift"),
             ("/admin/events", "Events"),
             ("/admin/audit", "Audit"),
+            ("/admin/billing", "All billing"),
             ("/admin/announce", "Announce"),
         ]);
     }

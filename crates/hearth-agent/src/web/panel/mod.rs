@@ -4,6 +4,7 @@
 //! authorization, validation, Raft write and audit entry as `curl` or the CLI.
 
 mod admin;
+mod billing;
 mod context;
 mod login;
 mod member;
@@ -16,6 +17,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderMap, Request};
 use axum::response::Response;
 use axum::routing::{get, post};
+use billing::*;
 use context::*;
 use hearth_types::account::AuditEntry;
 use hearth_types::api::VmRow;
@@ -33,6 +35,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/panel/vms", post(create_vm))
         .route("/panel/vms/{vm}", get(vm_page))
         .route("/panel/vms/{vm}/{action}", post(vm_action))
+        .route("/panel/billing", get(billing_home))
+        .route("/panel/billing/{month}", get(invoice_page))
+        .route("/admin/billing", get(admin_billing))
+        .route("/admin/billing.csv", get(admin_billing_csv))
         .route("/panel/account", get(account_page))
         .route("/panel/account/keys", post(add_key))
         .route("/panel/account/keys/{name}/delete", post(remove_key))
