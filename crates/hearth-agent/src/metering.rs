@@ -54,13 +54,23 @@ pub fn held(desired: &DesiredState, host: &str, vms_dir: &Path) -> Vec<Held> {
             vm: vm.id.clone(),
             name: vm.request.name.clone(),
             owner: vm.request.owner.clone(),
-            running: hearth_qemu::driver::running_pid(&vms_dir.join(&vm.id)).is_some(),
+            run: run_id(&vms_dir.join(&vm.id)),
             vcpus: vm.request.vcpus,
             memory_mib: vm.request.memory_mib,
             disk_gib: vm.request.disk_gib,
             addresses: vm.ips.len() as u32,
         })
         .collect()
+}
+
+/// The QEMU process running the VM in `dir`, as `PID:START` (its start time in clock ticks
+/// since boot), so that a new process under a reused pid is not taken for the old one.
+fn run_id(dir: &Path) -> Option<String> {
+    let pid = hearth_qemu::driver::running_pid(dir)?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // After ")": state is field 3, so starttime (field 22) is index 19.
+    Some(format!("{pid}:{}", fields.get(19)?))
 }
 
 /// The meter in `file`; a new one when there is none. One that cannot be read (cut short
@@ -87,13 +97,23 @@ pub async fn run(metering: Metering, shutdown: CancellationToken) {
     let period_s = metering.period.as_secs().max(1) as u32;
     let mut ticks = crate::ticks::Ticks::new(metering.every, shutdown);
     while ticks.next().await {
-        // Until the local copy of the state is loaded it holds no VMs: sampling it would
-        // break every VM's run of samples.
-        if metering.state.reader().applied_index() == 0 {
+        // Until the local copy of the state is back where the last sample saw it (a restart
+        // replays the log), it may lack VMs held here: sampling it would break their runs.
+        let index = metering.state.reader().applied_index();
+        if index == 0 || index < meter.index {
             continue;
         }
+        meter.index = index;
         let desired = metering.state.reader().current();
         let held = held(&desired, &metering.host, &metering.vms_dir);
+        let now: std::collections::BTreeSet<&str> = held.iter().map(|h| h.vm.as_str()).collect();
+        let before: std::collections::BTreeSet<&str> =
+            meter.held.keys().map(String::as_str).collect();
+        if now != before {
+            let came: Vec<&&str> = now.difference(&before).collect();
+            let went: Vec<&&str> = before.difference(&now).collect();
+            tracing::debug!(?came, ?went, index, "metering: VMs held here changed");
+        }
         let max_gap = MAX_GAP.max(metering.every * 3).as_millis() as u64;
         meter.sample(&metering.host, period_s, unix_ms(), max_gap, &held);
         if metering.state.cluster_level() >= BILLING_LEVEL {

@@ -104,7 +104,10 @@ pub struct Held {
     pub vm: String,
     pub name: String,
     pub owner: String,
-    pub running: bool,
+    /// The QEMU process running it (its pid and start time, say), `None` when none runs. The
+    /// time between two samples counts as running only when the same process ran at both:
+    /// a host powered off and its VM started again after it came back did not run between.
+    pub run: Option<String>,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -125,17 +128,22 @@ pub struct Open {
 pub struct Meter {
     /// Unix milliseconds of the last sample.
     pub last_ms: Option<u64>,
-    /// Whether each VM held at the last sample was running.
-    pub held: BTreeMap<String, bool>,
+    /// The process that ran each VM held at the last sample (`None`: none ran).
+    pub held: BTreeMap<String, Option<String>>,
     /// Rows of periods still open, by key.
     pub open: BTreeMap<String, Open>,
     /// Rows of closed periods the desired state may not have yet, oldest first.
     pub closed: Vec<UsageRow>,
+    /// The local copy of the desired state's applied log index at the last sample. After a
+    /// restart the agent samples again only once its copy is back at least there, so a VM
+    /// the log had placed here is not missed while the log replays.
+    #[serde(default)]
+    pub index: u64,
 }
 
 impl Meter {
     /// One sample at `now_ms` of the VMs `held` on `host`. The time since the last sample
-    /// counts for each VM held at both (as running when it ran at both), unless it is
+    /// counts for each VM held at both (as running when one process ran it at both), unless it is
     /// longer than `max_gap_ms` (the agent was away too long to say) or the clock went
     /// back; then it counts for nothing. Periods that have ended move to `closed`.
     pub fn sample(
@@ -152,10 +160,10 @@ impl Meter {
             && now_ms - last_ms <= max_gap_ms
         {
             for vm in held {
-                let Some(&was_running) = self.held.get(&vm.vm) else {
+                let Some(before) = self.held.get(&vm.vm) else {
                     continue;
                 };
-                let running = was_running && vm.running;
+                let running = vm.run.is_some() && *before == vm.run;
                 let mut from = last_ms;
                 while from < now_ms {
                     let start_ms = from - from % period_ms;
@@ -167,7 +175,10 @@ impl Meter {
         }
         if self.last_ms.is_none_or(|last| now_ms > last) {
             self.last_ms = Some(now_ms);
-            self.held = held.iter().map(|vm| (vm.vm.clone(), vm.running)).collect();
+            self.held = held
+                .iter()
+                .map(|vm| (vm.vm.clone(), vm.run.clone()))
+                .collect();
         }
         let ended: Vec<String> = self
             .open
@@ -236,7 +247,7 @@ mod tests {
             vm: id.into(),
             name: format!("{id}-name"),
             owner: "alice".into(),
-            running,
+            run: running.then(|| "100:5".to_owned()),
             vcpus: 2,
             memory_mib: 1024,
             disk_gib: 10,
@@ -297,6 +308,21 @@ mod tests {
         meter.sample("w1", 10, 10_000, 60_000, &[]);
         let row = &meter.closed[0];
         assert_eq!((row.seen_s, row.running_s), (4, 2));
+    }
+
+    #[test]
+    fn a_vm_started_again_between_two_samples_did_not_run_between_them() {
+        let mut meter = Meter::default();
+        let mut held = vm("vm-1", true);
+        meter.sample("w1", 10, 0, 600_000, std::slice::from_ref(&held));
+        meter.sample("w1", 10, 2_000, 600_000, std::slice::from_ref(&held));
+        // The host was off for 5 s; the VM runs again in a new process.
+        held.run = Some("200:900".into());
+        meter.sample("w1", 10, 7_000, 600_000, std::slice::from_ref(&held));
+        meter.sample("w1", 10, 10_000, 600_000, std::slice::from_ref(&held));
+        let row = &meter.closed[0];
+        // Held (its disk) all along; running 2 s before and 3 s after.
+        assert_eq!((row.seen_s, row.running_s), (10, 5));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! reads and writes is linearizable (checked key by key with Gibbons and Korach's zones, see
 //! `linearizable`), no VM runs on two hosts, no VM starts on a blank disk after its first
 //! start (`boot_violations`), a graceful restart keeps every VM running and the agent adopts
-//! them, no address is held twice, every node converges within the stated bound with DNS
+//! them, no address is held twice, metering drops no period and counts none twice
+//! (`metering_violations`), every node converges within the stated bound with DNS
 //! answering only live, healthy instances, and no agent crashed.
 //!
 //! CI runs a short run at N = 3 and N = 5. For a long run:
@@ -37,6 +38,8 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 const KEYS: usize = 3;
 /// How long the runner, as an operator, keeps retrying a fence or unfence during faults.
 const OPERATOR_RETRIES: Duration = Duration::from_secs(15);
+/// The metering period of the run's agents, in seconds: short, so a run has many.
+const METER_PERIOD: u64 = 2;
 /// How long an agent may take to leave and exit after SIGTERM (its leave gives up after 5 s).
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
@@ -118,7 +121,7 @@ fn start(n: usize) -> Run {
         "chaos",
         "[\"server\", \"worker\"]",
         &format!(
-            "[state]\nbootstrap_expect = {n}\n[compute]\ndriver = \"fake\"\nvcpus = 256\nmemory_mib = 1048576\ndisk_gib = 10000\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
+            "[state]\nbootstrap_expect = {n}\n[compute]\ndriver = \"fake\"\nvcpus = 256\nmemory_mib = 1048576\ndisk_gib = 10000\n[billing]\nmeter_period = \"{METER_PERIOD}s\"\nmeter_interval = \"200ms\"\n\n[[service]]\nname = \"www\"\n[service.check]\nexec = [\"true\"]\ninterval = \"500ms\"\nrise = 1\nfall = 1\n"
         ),
     );
     Run {
@@ -1213,6 +1216,9 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .collect();
     let unmoved: BTreeSet<String> = kept_vms.difference(&asked_to_move).cloned().collect();
     violations.extend(graceful_violations(&graceful, &applied, &unmoved, &roots));
+    // Metering through all of it: no period dropped, none counted twice.
+    let usage = settled_usage(&run.agents);
+    violations.extend(metering_violations(&usage, &asked_to_move));
     // A fake VM never dies by itself: a crash seen by a host, or a second start, means the
     // host loop misread its own VMs (the race behind the orphan of seed 42).
     let mut moved = 0;
@@ -1248,6 +1254,7 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
         .filter(|(count, _)| *count > 1)
         .count();
     eprintln!("chaos: {moved} VMs without a disk placed again off fenced hosts");
+    eprintln!("chaos: {} usage rows metered", usage.len());
     eprintln!(
         "chaos: {boots} VM boots seen on consoles ({again} on a disk that had booted before), {} graceful restarts",
         graceful.len()
@@ -1318,6 +1325,99 @@ fn chaos(n: usize, seconds: u64, seed: u64) {
             }
         });
     }
+}
+
+/// Metering's exactly-once rules over every usage row after healing: each VM whose disk
+/// stayed on one host (`moved`: the VMs a client asked to move are left out, since a move
+/// may not bill the look between leaving one host and arriving on another) has every period from its first to its last, each whole, except
+/// across a gap longer than the meter's `MAX_GAP` (10 minutes: nobody saw it, so nobody
+/// pays) and at the ends of such runs. A missing or partial period is an hour dropped; two
+/// rows of one period from one host cannot even be stored.
+fn metering_violations(
+    rows: &[hearth_types::metering::UsageRow],
+    moved: &BTreeSet<String>,
+) -> Vec<String> {
+    const MAX_GAP_S: u64 = 600;
+    let mut by_vm: BTreeMap<&str, BTreeMap<u64, &hearth_types::metering::UsageRow>> =
+        BTreeMap::new();
+    let mut hosts: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for row in rows {
+        by_vm.entry(&row.vm).or_default().insert(row.start_s, row);
+        hosts.entry(&row.vm).or_default().insert(&row.host);
+    }
+    let mut violations = Vec::new();
+    for (vm, periods) in by_vm {
+        if hosts[vm].len() > 1 || moved.contains(vm) {
+            continue;
+        }
+        // Runs of periods with no gap of MAX_GAP or more between them.
+        let mut runs: Vec<Vec<&hearth_types::metering::UsageRow>> = Vec::new();
+        for row in periods.values() {
+            match runs.last_mut() {
+                Some(run) if row.start_s - run.last().unwrap().start_s < MAX_GAP_S => run.push(row),
+                _ => runs.push(vec![row]),
+            }
+        }
+        for run in runs {
+            for pair in run.windows(2) {
+                if pair[1].start_s - pair[0].start_s != METER_PERIOD {
+                    violations.push(format!(
+                        "metering: {vm} has no row for {}..{} (a period dropped)",
+                        pair[0].start_s + METER_PERIOD,
+                        pair[1].start_s
+                    ));
+                }
+            }
+            for row in run.iter().skip(1).take(run.len().saturating_sub(2)) {
+                if u64::from(row.seen_s) != METER_PERIOD {
+                    let all: Vec<(u64, u32)> =
+                        periods.values().map(|r| (r.start_s, r.seen_s)).collect();
+                    violations.push(format!(
+                        "metering: {vm}'s period {} is not whole: {row:?}; its periods {all:?}",
+                        row.start_s
+                    ));
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Every usage row, once each agent has written all it kept and they all answer the same.
+fn settled_usage(agents: &[TestAgent]) -> Vec<hearth_types::metering::UsageRow> {
+    for agent in agents {
+        eventually(
+            &format!("{} to write all its usage rows", agent.spec.name),
+            CONVERGE_WITHIN,
+            || {
+                let (_, text) = agent.http_get("/metrics", false)?;
+                match text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("hearth_usage_rows_waiting "))
+                {
+                    Some("0") => Ok(()),
+                    other => Err(format!("waiting: {other:?}")),
+                }
+            },
+        );
+    }
+    let read = |agent: &TestAgent| -> Result<Vec<hearth_types::metering::UsageRow>, String> {
+        serde_json::from_value(agent.api_json("/v1/usage")?).map_err(|e| e.to_string())
+    };
+    eventually(
+        "every node to hold the same usage rows",
+        CONVERGE_WITHIN,
+        || {
+            let first = read(&agents[0])?;
+            for agent in &agents[1..] {
+                let rows = read(agent)?;
+                if rows.len() != first.len() {
+                    return Err(format!("{} rows against {}", rows.len(), first.len()));
+                }
+            }
+            Ok(first)
+        },
+    )
 }
 
 /// Where a run's report goes: `target/chaos/n<N>-<seed>.txt`.
@@ -1638,4 +1738,38 @@ fn the_boot_check_finds_blank_disks_and_rewound_counts() {
     // A blank disk in place: the count starts over in the same console.
     let in_place = [console("vm-4", "n1:vms/vm-4", &[(1, 1), (2, 1), (1, 1)])];
     assert_eq!(boot_violations(&in_place).len(), 2);
+}
+
+#[test]
+fn the_metering_check_finds_a_dropped_or_partial_period_and_allows_a_long_gap() {
+    let row = |start_s: u64, seen_s: u32, host: &str| hearth_types::metering::UsageRow {
+        vm: "vm-1".into(),
+        name: "a".into(),
+        owner: "chaos".into(),
+        host: host.into(),
+        start_s,
+        period_s: METER_PERIOD as u32,
+        seen_s,
+        running_s: 0,
+        vcpus: 1,
+        memory_mib: 64,
+        disk_gib: 1,
+        addresses: 0,
+        billed_in: None,
+    };
+    let whole = METER_PERIOD as u32;
+    let good = [row(100, 1, "n1"), row(102, whole, "n1"), row(104, 1, "n1")];
+    assert!(metering_violations(&good, &BTreeSet::new()).is_empty());
+    let dropped = [row(100, 1, "n1"), row(104, whole, "n1"), row(106, 1, "n1")];
+    assert_eq!(metering_violations(&dropped, &BTreeSet::new()).len(), 1);
+    let partial = [row(100, 1, "n1"), row(102, 1, "n1"), row(104, 1, "n1")];
+    assert_eq!(metering_violations(&partial, &BTreeSet::new()).len(), 1);
+    // A host away longer than the meter counts: a legitimate gap.
+    let away = [row(100, whole, "n1"), row(102, 1, "n1"), row(2000, 1, "n1")];
+    assert!(metering_violations(&away, &BTreeSet::new()).is_empty());
+    // A VM moved between hosts is not checked this way.
+    let moved = [row(100, 1, "n1"), row(106, 1, "n2")];
+    assert!(metering_violations(&moved, &BTreeSet::new()).is_empty());
+    let asked = BTreeSet::from(["vm-1".to_owned()]);
+    assert!(metering_violations(&partial, &asked).is_empty());
 }
