@@ -241,6 +241,20 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Waits until the page at `url` (reloaded each try) has `needle` in its text; returns
+    /// the text.
+    pub fn wait_for_text(&self, url: &str, needle: &str, timeout: std::time::Duration) -> String {
+        crate::eventually(&format!("{url} shows {needle:?}"), timeout, || {
+            self.goto(url);
+            let text = self.text("body")?;
+            if text.contains(needle) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+    }
+
     /// Runs `script` in the page and returns its value.
     pub fn script(&self, script: &str) -> Value {
         self.call(

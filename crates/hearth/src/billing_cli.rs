@@ -16,12 +16,8 @@ pub enum InvoiceCommand {
     /// List invoices: the closed ones, and each member's open invoice of --month (this
     /// month by default) as it stands. A member sees only their own.
     List {
-        /// Only this member's.
-        #[arg(long, value_name = "NAME")]
-        member: Option<String>,
-        /// Only this month's, as YYYY-MM (UTC months).
-        #[arg(long, value_name = "YYYY-MM")]
-        month: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// Every line of every invoice listed as CSV, with a total row per invoice: the
         /// export for the co-op's accounting.
         #[arg(long, conflicts_with = "json")]
@@ -29,22 +25,16 @@ pub enum InvoiceCommand {
     },
     /// One invoice, line by line: per VM and resource, each rounded to the cent once.
     Show {
-        /// Whose; a member's own by default.
-        #[arg(long, value_name = "NAME")]
-        member: Option<String>,
-        /// Which month, as YYYY-MM; this month (open, growing) by default.
-        #[arg(long, value_name = "YYYY-MM")]
-        month: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// The lines as CSV.
         #[arg(long, conflicts_with = "json")]
         csv: bool,
     },
     /// The metered usage rows (one VM, one period, one host) of a month.
     Usage {
-        #[arg(long, value_name = "NAME")]
-        member: Option<String>,
-        #[arg(long, value_name = "YYYY-MM")]
-        month: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Close a month that has ended now, instead of `[billing] close_after` after its end:
     /// its invoices become final. Usage sent later goes on the next month's invoice.
@@ -75,6 +65,17 @@ pub enum InvoiceCommand {
     },
 }
 
+/// Whose and which month: every member's (a member: their own) and this month by default.
+#[derive(clap::Args)]
+pub struct Filter {
+    /// Only this member's.
+    #[arg(long, value_name = "NAME")]
+    member: Option<String>,
+    /// Only this month's, as YYYY-MM (UTC months).
+    #[arg(long, value_name = "YYYY-MM")]
+    month: Option<String>,
+}
+
 /// A query string of the parameters that are set.
 fn query(params: &[(&str, &Option<String>)]) -> String {
     let set: Vec<String> = params
@@ -97,9 +98,9 @@ fn checked_month(month: Option<String>) -> Result<Option<String>, ClientError> {
 
 pub fn invoice(client: &ApiClient, json: bool, command: InvoiceCommand) -> Result<(), ClientError> {
     match command {
-        InvoiceCommand::List { member, month, csv } => list(client, json, member, month, csv),
-        InvoiceCommand::Show { member, month, csv } => show(client, json, member, month, csv),
-        InvoiceCommand::Usage { member, month } => usage(client, json, member, month),
+        InvoiceCommand::List { filter, csv } => list(client, json, filter, csv),
+        InvoiceCommand::Show { filter, csv } => show(client, json, filter, csv),
+        InvoiceCommand::Usage { filter } => usage(client, json, filter),
         InvoiceCommand::Close { month } => {
             checked_month(Some(month.clone()))?;
             let answer: Value = client.post(&format!("/v1/invoices/{month}/close"))?;
@@ -147,13 +148,8 @@ pub fn invoice(client: &ApiClient, json: bool, command: InvoiceCommand) -> Resul
 }
 
 /// `hearth invoice list`.
-fn list(
-    client: &ApiClient,
-    json: bool,
-    member: Option<String>,
-    month: Option<String>,
-    csv: bool,
-) -> Result<(), ClientError> {
+fn list(client: &ApiClient, json: bool, filter: Filter, csv: bool) -> Result<(), ClientError> {
+    let Filter { member, month } = filter;
     let month = checked_month(month)?;
     let path = format!(
         "/v1/invoices{}",
@@ -171,13 +167,8 @@ fn list(
 }
 
 /// `hearth invoice show`.
-fn show(
-    client: &ApiClient,
-    json: bool,
-    member: Option<String>,
-    month: Option<String>,
-    csv: bool,
-) -> Result<(), ClientError> {
+fn show(client: &ApiClient, json: bool, filter: Filter, csv: bool) -> Result<(), ClientError> {
+    let Filter { member, month } = filter;
     let month = checked_month(month)?.unwrap_or_else(|| month_of(now_s()));
     let member = match member {
         Some(member) => member,
@@ -195,12 +186,8 @@ fn show(
 }
 
 /// `hearth invoice usage`.
-fn usage(
-    client: &ApiClient,
-    json: bool,
-    member: Option<String>,
-    month: Option<String>,
-) -> Result<(), ClientError> {
+fn usage(client: &ApiClient, json: bool, filter: Filter) -> Result<(), ClientError> {
+    let Filter { member, month } = filter;
     let month = checked_month(month)?;
     let path = format!(
         "/v1/usage{}",

@@ -368,6 +368,21 @@ fn a_leader_kill_and_a_cut_off_worker_neither_drop_nor_double_a_period() {
     assert!(metric(&agents[cut], "hearth_usage_write_failures_total") > 0);
 }
 
+/// A credit of 2.50 for alice ("goodwill"), and last month closed, so that she has a closed
+/// invoice; the time now and last month.
+fn credit_and_close_last_month(agent: &hearth_testkit::TestAgent) -> (u64, String) {
+    agent.cli(&[
+        "invoice", "credit", "--member", "alice", "--amount", "2.50", "--reason", "goodwill",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last_month = hearth_types::invoice::months_before(&month_of(now), 1);
+    agent.cli(&["invoice", "close", "--month", &last_month]);
+    (now, last_month)
+}
+
 /// One request the test's webhook receiver got: its head and body.
 struct Received {
     head: String,
@@ -464,15 +479,7 @@ fn a_closed_invoice_goes_to_the_webhook_signed_and_retried_and_stays_as_it_was()
     // Once the worker has registered, the group takes writes.
     wait_for_hosts(agent, 1);
     agent.ensure_account("alice");
-    agent.cli(&[
-        "invoice", "credit", "--member", "alice", "--amount", "2.50", "--reason", "goodwill",
-    ]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let last_month = hearth_types::invoice::months_before(&month_of(now), 1);
-    agent.cli(&["invoice", "close", "--month", &last_month]);
+    let (_, last_month) = credit_and_close_last_month(agent);
 
     eventually("the invoice delivered on the second attempt", BOOT, || {
         let rows: serde_json::Value =
@@ -565,19 +572,6 @@ fn a_closed_invoice_goes_to_the_webhook_signed_and_retried_and_stays_as_it_was()
     });
 }
 
-/// Waits until the page at `url` (reloaded each try) has `needle` in its text.
-fn page_shows(browser: &hearth_testkit::webdriver::Browser, url: &str, needle: &str) -> String {
-    eventually(&format!("{url} shows {needle:?}"), BOOT, || {
-        browser.goto(url);
-        let text = browser.text("body")?;
-        if text.contains(needle) {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    })
-}
-
 /// In real Chromium: a member sees their usage so far and their closed invoice, and not the
 /// admins' billing page; an admin sees every member's invoices of a month and downloads
 /// them as CSV.
@@ -618,15 +612,7 @@ fn a_member_sees_usage_and_invoices_and_an_admin_exports_them_in_a_real_browser(
     ]);
     agent.add_fake_image("fake");
     hearth_testkit::vms::create_with(agent, "web", "fake", &[]);
-    agent.cli(&[
-        "invoice", "credit", "--member", "alice", "--amount", "2.50", "--reason", "goodwill",
-    ]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let last_month = hearth_types::invoice::months_before(&month_of(now), 1);
-    agent.cli(&["invoice", "close", "--month", &last_month]);
+    let (now, last_month) = credit_and_close_last_month(agent);
 
     let base = format!("http://{}", agent.api_addr());
     let browser = hearth_testkit::webdriver::Browser::start(1000, 800);
@@ -634,11 +620,7 @@ fn a_member_sees_usage_and_invoices_and_an_admin_exports_them_in_a_real_browser(
     browser.fill("#name", "alice");
     browser.fill("#password", "alice's long password");
     browser.click("#login");
-    let text = page_shows(
-        &browser,
-        &format!("{base}/panel/billing"),
-        "disk-gib-months",
-    );
+    let text = browser.wait_for_text(&format!("{base}/panel/billing"), "disk-gib-months", BOOT);
     assert!(text.contains("web"), "{text}");
     let running = browser.text("#running").unwrap();
     assert!(running.contains("EUR"), "{running}");

@@ -70,19 +70,6 @@ fn login(browser: &Browser, base: &str, name: &str, password: &str) {
     browser.click("#login");
 }
 
-/// Waits until the page at `url` (reloaded each try) has `needle` in its text.
-fn page_shows(browser: &Browser, url: &str, needle: &str, timeout: Duration) -> String {
-    eventually(&format!("{url} shows {needle:?}"), timeout, || {
-        browser.goto(url);
-        let text = browser.text("body")?;
-        if text.contains(needle) {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    })
-}
-
 fn flash(browser: &Browser) -> String {
     browser.text("#flash").unwrap_or_default()
 }
@@ -198,7 +185,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
     let vm_url = browser.url();
     assert!(vm_url.contains("/panel/vms/vm-"), "{vm_url}");
     assert_eq!(flash(&browser), "web1 is being created.");
-    let text = page_shows(&browser, &vm_url, "running", BOOT);
+    let text = browser.wait_for_text(&vm_url, "running", BOOT);
     assert!(text.contains("192.0.2."), "{text}");
     let console = eventually("the guest's console on the page", BOOT, || {
         browser.goto(&vm_url);
@@ -283,7 +270,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
 
     // The admin sees the drift entry and clicks fix: the intruder is stopped.
     login(&browser, &base, "ann", "ann's long password");
-    page_shows(&browser, &format!("{base}/admin/drift"), "vm-999", BOOT);
+    browser.wait_for_text(&format!("{base}/admin/drift"), "vm-999", BOOT);
     browser.screenshot(&shot("admin-drift"));
     browser.click("#drift button");
     assert!(flash(&browser).contains("asked"), "{}", flash(&browser));
@@ -310,7 +297,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         "{meters}"
     );
     browser.screenshot(&shot("admin-nodes"));
-    page_shows(&browser, &format!("{base}/admin/services"), "failing", PAGE);
+    browser.wait_for_text(&format!("{base}/admin/services"), "failing", PAGE);
     browser.goto(&format!("{base}/admin/audit"));
     let audit = browser.text("#audit").unwrap();
     assert!(
@@ -374,7 +361,7 @@ fn admins_and_members_use_the_panel_in_a_real_browser() {
         "The web site is down",
     ]);
     browser.delete_cookies();
-    let status = page_shows(&browser, &format!("{base}/status"), "down", PAGE);
+    let status = browser.wait_for_text(&format!("{base}/status"), "down", PAGE);
     assert!(status.contains("www"), "{status}");
     let today = eventually("today's bar is drawn red", PAGE, || {
         browser.goto(&format!("{base}/status"));

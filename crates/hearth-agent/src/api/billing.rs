@@ -115,25 +115,32 @@ pub fn invoices(
     out
 }
 
+/// The member (a member: themselves) and the month (checked) a filter asks for.
+fn asked(
+    caller: &Option<Extension<Caller>>,
+    filter: Filter,
+) -> Result<(Option<String>, Option<String>), Refusal> {
+    let member = whose(caller, filter.member)?;
+    if let Some(month) = &filter.month {
+        month_bounds(month).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    }
+    Ok((member, filter.month))
+}
+
 async fn list(
     State(state): State<ApiState>,
     caller: Option<Extension<Caller>>,
     Query(filter): Query<Filter>,
 ) -> Response {
-    let member = match whose(&caller, filter.member) {
-        Ok(member) => member,
+    let (member, month) = match asked(&caller, filter) {
+        Ok(asked) => asked,
         Err(refusal) => return refused(refusal),
     };
-    if let Some(month) = &filter.month
-        && let Err(e) = month_bounds(month)
-    {
-        return error(StatusCode::BAD_REQUEST, &e);
-    }
     match read(&state, &Params::default()).await {
         Ok(desired) => Json(invoices(
             &desired,
             member.as_deref(),
-            filter.month.as_deref(),
+            month.as_deref(),
             unix_now(),
         ))
         .into_response(),
@@ -184,12 +191,8 @@ async fn usage(
     caller: Option<Extension<Caller>>,
     Query(filter): Query<Filter>,
 ) -> Response {
-    let member = match whose(&caller, filter.member) {
-        Ok(member) => member,
-        Err(refusal) => return refused(refusal),
-    };
-    let month = match month_or_now(filter.month) {
-        Ok(month) => month,
+    let (member, month) = match asked(&caller, filter) {
+        Ok((member, month)) => (member, month.unwrap_or_else(|| month_of(unix_now()))),
         Err(refusal) => return refused(refusal),
     };
     let Ok((start, end)) = month_bounds(&month) else {
