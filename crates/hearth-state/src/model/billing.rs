@@ -24,7 +24,21 @@ pub(super) fn record_usage(
     if let Some(message) = rows.iter().find_map(|row| row.validate(host).err()) {
         return Outcome::Invalid { message };
     }
-    match hearth_types::metering::record(&mut state.billing.usage, rows) {
+    // The owner and name of a VM the state still holds are the state's, not the worker's:
+    // a worker cannot bill a VM to someone else, and a VM given to another member during a
+    // period is billed to its new owner.
+    let rows: Vec<UsageRow> = rows
+        .iter()
+        .map(|row| match state.compute.vms.get(&row.vm) {
+            Some(vm) => UsageRow {
+                owner: vm.value.request.owner.clone(),
+                name: vm.value.request.name.clone(),
+                ..row.clone()
+            },
+            None => row.clone(),
+        })
+        .collect();
+    match hearth_types::metering::record(&mut state.billing.usage, &rows) {
         0 => Outcome::Nothing,
         _ => Outcome::Applied { version: index },
     }
@@ -158,6 +172,35 @@ mod tests {
         assert_eq!(state.billing.usage.len(), 1);
         assert!(record("w1", vec![]).is_a_workers());
         assert_eq!(record("w1", vec![]).level(), 4);
+    }
+
+    #[test]
+    fn a_vm_the_state_holds_is_billed_to_its_owner_whatever_the_worker_says() {
+        let mut state = DesiredState::default();
+        let mut vm = super::super::migration::tests::vm_on_w1();
+        vm.request.owner = "bob".into();
+        state.compute.vms.insert(
+            "vm-1".into(),
+            hearth_types::desired::Versioned {
+                value: vm,
+                version: 1,
+            },
+        );
+        let mut other = row("w1");
+        other.vm = "vm-2".into();
+        let command = Command::RecordUsage {
+            host: "w1".into(),
+            rows: vec![row("w1"), other],
+        };
+        apply(&mut state, &command, 2);
+        let owners: Vec<(&str, &str, &str)> = state
+            .billing
+            .usage
+            .values()
+            .map(|r| (r.vm.as_str(), r.owner.as_str(), r.name.as_str()))
+            .collect();
+        // vm-1 is bob's db1; vm-2 is gone from the state, so its late row stands as sent.
+        assert_eq!(owners, [("vm-1", "bob", "db1"), ("vm-2", "alice", "web")]);
     }
 
     #[test]
