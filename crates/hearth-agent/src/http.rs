@@ -45,6 +45,20 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Closed invoices the webhook was tried with and has not taken: (still being tried, every
+/// attempt spent). Without a webhook nothing is tried, so nothing counts.
+fn webhook_backlog(billing: &hearth_types::invoice::Billing) -> (u64, u64) {
+    let mut backlog = (0, 0);
+    for delivery in billing.deliveries.values() {
+        match delivery {
+            d if d.delivered || d.attempts == 0 => {}
+            d if d.attempts >= crate::webhook::MAX_ATTEMPTS => backlog.1 += 1,
+            _ => backlog.0 += 1,
+        }
+    }
+    backlog
+}
+
 async fn metrics(State(state): State<ApiState>) -> Response {
     let view = state.membership.views().borrow().clone();
     let local: Vec<_> = state.instances.lock().await.values().cloned().collect();
@@ -85,6 +99,33 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             .audit
             .dropped
             .load(std::sync::atomic::Ordering::Relaxed),
+        webhook: desired
+            .as_ref()
+            .map_or((0, 0), |d| webhook_backlog(&d.billing)),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_types::invoice::{Billing, WebhookDelivery};
+
+    #[test]
+    fn the_webhook_backlog_counts_tried_and_undelivered_invoices_only() {
+        let mut billing = Billing::default();
+        let delivery = |attempts, delivered| WebhookDelivery {
+            attempts,
+            delivered,
+            ..Default::default()
+        };
+        for (key, d) in [
+            ("a", delivery(0, false)),
+            ("b", delivery(2, false)),
+            ("c", delivery(crate::webhook::MAX_ATTEMPTS, false)),
+            ("d", delivery(1, true)),
+        ] {
+            billing.deliveries.insert(key.into(), d);
+        }
+        assert_eq!(super::webhook_backlog(&billing), (1, 1));
+    }
 }

@@ -36,6 +36,9 @@ pub struct MetricsSources<'a> {
     pub raft: Option<&'a StateStatus>,
     /// Each secret file by its config key: 1 when the agent cannot read it or every user may.
     pub secret_files: &'a [(String, u64)],
+    /// Closed invoices the webhook has not taken yet, by whether attempts are left
+    /// (`waiting`) or all were spent (`failed`); none on a node that holds no state.
+    pub webhook: (u64, u64),
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -263,6 +266,18 @@ const FAMILIES: &[Family] = &[
         help: "Metering: writes of usage rows that failed (no quorum, no leader) and were kept for the next try.",
         label: None,
         samples: |src| one(load(&src.compute.usage_write_failures)),
+    },
+    Family {
+        name: "hearth_invoice_webhooks",
+        kind: "gauge",
+        help: "Closed invoices [billing] webhook_url did not take when tried: `waiting` (being retried) or `failed` (every attempt spent; hearth invoice redeliver sends one again).",
+        label: Some("state"),
+        samples: |src| {
+            vec![
+                ("waiting".to_owned(), src.webhook.0),
+                ("failed".to_owned(), src.webhook.1),
+            ]
+        },
     },
     Family {
         name: "hearth_worker_lease_valid",
@@ -550,7 +565,10 @@ mod tests {
                 ..Default::default()
             }),
             secret_files: &[("secret_file".into(), 1)],
+            webhook: (2, 1),
         });
+        assert!(text.contains("hearth_invoice_webhooks{state=\"waiting\"} 2\n"));
+        assert!(text.contains("hearth_invoice_webhooks{state=\"failed\"} 1\n"));
         for family in FAMILIES {
             let help = format!(
                 "# HELP {} {}\n# TYPE {} {}\n",
