@@ -555,6 +555,35 @@ fn a_closed_invoice_goes_to_the_webhook_signed_and_retried_and_stays_as_it_was()
             .unwrap();
     assert_eq!(open.total.to_string(), "-1.00");
 
+    // The tables say the same.
+    let list = agent.cli(&[
+        "invoice",
+        "list",
+        "--member",
+        "alice",
+        "--month",
+        &last_month,
+    ]);
+    assert!(list.contains("closed") && list.contains("-2.50"), "{list}");
+    let show = agent.cli(&[
+        "invoice",
+        "show",
+        "--member",
+        "alice",
+        "--month",
+        &last_month,
+    ]);
+    assert!(
+        show.contains("goodwill") && show.contains("total -2.50"),
+        "{show}"
+    );
+    let deliveries = agent.cli(&["invoice", "deliveries"]);
+    let row = deliveries
+        .lines()
+        .find(|l| l.contains("alice"))
+        .unwrap_or_default();
+    assert!(row.contains("yes"), "{deliveries}");
+
     // Sent again when an admin asks.
     agent.cli(&[
         "invoice",
