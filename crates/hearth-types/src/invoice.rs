@@ -389,7 +389,9 @@ pub fn current(
 /// Closes `month` at `at_ms`: every member with unbilled usage of it (or of months before,
 /// sent late) or an unbilled credit gets a closed invoice, and what it counted is marked
 /// billed. Returns how many invoices it made; `Ok(None)` when the month was closed already.
-/// Refused before the month has ended. Rows billed more than two months before are dropped.
+/// Refused before the month has ended. Rows billed by an earlier close are dropped: the
+/// state keeps the rows of the open month and of the last month closed only (its invoices
+/// keep the sums), since every row is in every copy of the state.
 pub fn close(
     billing: &mut Billing,
     month: &str,
@@ -422,7 +424,7 @@ pub fn close(
             credit.billed_in = Some(month.to_owned());
         }
     }
-    let oldest_kept = months_before(month, 2);
+    let oldest_kept = month;
     billing
         .usage
         .retain(|_, r| r.billed_in.as_deref().is_none_or(|m| *m >= *oldest_kept));
@@ -773,18 +775,16 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_dropped_two_months_after_they_were_billed() {
+    fn rows_are_dropped_at_the_close_after_the_one_that_billed_them() {
         let mut billing = Billing::default();
         let prices = |_: &str| None;
         let (sep, _) = month_bounds("2026-09").unwrap();
         crate::metering::record(&mut billing.usage, &[row("vm-1", "w1", sep, 3600, 0)]);
-        for month in ["2026-09", "2026-10", "2026-11"] {
-            let (_, end) = month_bounds(month).unwrap();
-            close(&mut billing, month, end * 1000, prices).unwrap();
-            assert_eq!(billing.usage.len(), 1, "{month}");
-        }
-        let (_, end) = month_bounds("2026-12").unwrap();
-        close(&mut billing, "2026-12", end * 1000, prices).unwrap();
+        let (_, end) = month_bounds("2026-09").unwrap();
+        close(&mut billing, "2026-09", end * 1000, prices).unwrap();
+        assert_eq!(billing.usage.len(), 1);
+        let (_, end) = month_bounds("2026-10").unwrap();
+        close(&mut billing, "2026-10", end * 1000, prices).unwrap();
         assert!(billing.usage.is_empty());
         assert!(billing.invoices.contains_key("2026-09/alice"));
     }
