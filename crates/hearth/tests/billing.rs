@@ -36,6 +36,19 @@ fn by_period(rows: &[UsageRow], id: &str) -> BTreeMap<u64, UsageRow> {
     out
 }
 
+/// Panics unless `starts` (period starts, in order) has every period from its first to its
+/// last.
+fn assert_every_period<'a>(vm: &str, starts: impl Iterator<Item = &'a u64>) {
+    let starts: Vec<u64> = starts.copied().collect();
+    for pair in starts.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            u64::from(PERIOD),
+            "{vm}: a period missing: {starts:?}"
+        );
+    }
+}
+
 /// Waits for `count` more rows of VM `id` that say it was `running` all period.
 fn wait_rows(agent: &hearth_testkit::TestAgent, id: &str, running: bool, count: usize) {
     let then = by_period(&usage(agent).unwrap(), id).len();
@@ -110,16 +123,9 @@ fn usage_is_metered_once_per_period_and_the_invoice_matches_it_to_the_cent() {
 
     let rows = usage(agent).unwrap();
     let periods = by_period(&rows, &id);
-    let starts: Vec<u64> = periods.keys().copied().collect();
     // Every period from the first to the last is there, and all but the first (which began
     // at the VM's first sample) and the last two (which may be cut by the reads) are whole.
-    for pair in starts.windows(2) {
-        assert_eq!(
-            pair[1] - pair[0],
-            u64::from(PERIOD),
-            "a period missing: {starts:?}"
-        );
-    }
+    assert_every_period(&id, periods.keys());
     // Whole periods run all through before the stop, and not at all after it.
     let stop = stop_after(&periods);
     for row in periods
@@ -350,14 +356,7 @@ fn a_leader_kill_and_a_cut_off_worker_neither_drop_nor_double_a_period() {
 
     let rows = all_rows(&agents[other]).unwrap();
     for (vm, periods) in &rows {
-        let starts: Vec<u64> = periods.keys().copied().collect();
-        for pair in starts.windows(2) {
-            assert_eq!(
-                pair[1] - pair[0],
-                u64::from(PERIOD),
-                "{vm}: a period missing: {starts:?}"
-            );
-        }
+        assert_every_period(vm, periods.keys());
         // All whole but the first (from the VM's first sample) and the last (still filling
         // when the others were read).
         for (start, rows) in periods.iter().skip(1).take(periods.len().saturating_sub(2)) {
