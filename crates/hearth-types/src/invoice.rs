@@ -20,7 +20,7 @@ pub struct Billing {
     /// Usage rows by `UsageRow::key`. Rows counted by an invoice are kept two more months,
     /// then dropped (the invoice keeps their sums).
     #[serde(default)]
-    pub usage: BTreeMap<String, UsageRow>,
+    pub usage: crate::metering::Usage,
     /// Credits and corrections by id (the log index that added them).
     #[serde(default)]
     pub credits: BTreeMap<u64, Credit>,
@@ -414,7 +414,8 @@ pub fn close(
         invoice.closed_at_ms = Some(at_ms);
         billing.invoices.insert(invoice_key(month, member), invoice);
     }
-    for row in billing.usage.values_mut() {
+    let usage = std::sync::Arc::make_mut(&mut billing.usage);
+    for row in usage.values_mut() {
         if row.billed_in.is_none() && row.start_s < end_s {
             row.billed_in = Some(month.to_owned());
         }
@@ -424,10 +425,7 @@ pub fn close(
             credit.billed_in = Some(month.to_owned());
         }
     }
-    let oldest_kept = month;
-    billing
-        .usage
-        .retain(|_, r| r.billed_in.as_deref().is_none_or(|m| *m >= *oldest_kept));
+    usage.retain(|_, r| r.billed_in.as_deref().is_none_or(|m| m >= month));
     billing.closed.insert(month.to_owned());
     Ok(Some(members.len()))
 }

@@ -82,9 +82,19 @@ pub fn usage_key(start_s: u64, vm: &str, host: &str) -> String {
     format!("{start_s:012}/{vm}/{host}")
 }
 
+/// The usage rows the desired state keeps, by [`UsageRow::key`], behind an `Arc`: every
+/// applied batch clones the desired state, and this map, the largest part of it, is then
+/// shared rather than copied until a billing command changes it.
+pub type Usage = std::sync::Arc<BTreeMap<String, UsageRow>>;
+
 /// Adds the rows the state does not have yet (by key), each unbilled; returns how many
-/// were new. A row already there stays as it is: the first of each key wins.
-pub fn record(usage: &mut BTreeMap<String, UsageRow>, rows: &[UsageRow]) -> usize {
+/// were new. A row already there stays as it is: the first of each key wins. A write of
+/// rows the state has does not copy the map.
+pub fn record(usage: &mut Usage, rows: &[UsageRow]) -> usize {
+    if rows.iter().all(|row| usage.contains_key(&row.key())) {
+        return 0;
+    }
+    let usage = std::sync::Arc::make_mut(usage);
     let mut added = 0;
     for row in rows {
         if let std::collections::btree_map::Entry::Vacant(entry) = usage.entry(row.key()) {
@@ -333,12 +343,15 @@ mod tests {
             meter.sample("w1", 10, now, 60_000, &held);
         }
         let rows = meter.closed.clone();
-        let mut usage = BTreeMap::new();
+        let mut usage = Usage::default();
         assert_eq!(record(&mut usage, &rows), 1);
-        usage
+        std::sync::Arc::make_mut(&mut usage)
             .values_mut()
             .for_each(|r| r.billed_in = Some("1970-01".into()));
+        let shared = usage.clone();
         assert_eq!(record(&mut usage, &rows), 0);
+        // A resend copies nothing: the map is still the one shared.
+        assert!(std::sync::Arc::ptr_eq(&usage, &shared));
         assert_eq!(usage.len(), 1);
         assert_eq!(
             usage.values().next().unwrap().billed_in.as_deref(),
