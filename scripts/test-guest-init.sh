@@ -282,6 +282,12 @@ if [ -n "$source_to" ]; then
     done ) &
 fi
 
+# A shell on the serial port, for the interactive console tests: what is typed into the
+# console runs here, and its answer comes back on the same port (and into the console log).
+if [ -e /dev/ttyS0 ]; then
+    setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1' &
+fi
+
 say "HEARTH-GUEST-READY"
 
 # PID 1 must never exit (the kernel would panic). It ticks once a second: a numbered line on

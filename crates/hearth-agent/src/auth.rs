@@ -186,7 +186,7 @@ pub fn authorize(
         ["v1", "vms", _, "recreate"] => admin_only(),
         // So is where a VM runs, and how much IO it may do (the member's plan sets it).
         ["v1", "vms", _, "migrate" | "migration" | "io" | "owner"] => admin_only(),
-        ["v1", "vms", key] | ["v1", "vms", key, _] => {
+        ["v1", "vms", key] | ["v1", "vms", key, _] | ["v1", "vms", key, "console", "attach"] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))
                 .is_some_and(|vm| vm.value.request.owner == owner);
@@ -418,6 +418,10 @@ pub(crate) mod tests {
         assert_eq!(check(Method::GET, "/v1/vms/a1"), Verdict::Allow);
         assert_eq!(check(Method::POST, "/v1/vms/vm-1/stop"), Verdict::Allow);
         assert_eq!(check(Method::GET, "/v1/vms/vm-1/console"), Verdict::Allow);
+        assert_eq!(
+            check(Method::GET, "/v1/vms/vm-1/console/attach"),
+            Verdict::Allow
+        );
         // Giving up a disk is for admins, even of the member's own VM.
         assert!(matches!(
             check(Method::POST, "/v1/vms/a1/recreate"),
@@ -444,6 +448,10 @@ pub(crate) mod tests {
         assert_eq!(
             check(Method::GET, "/v1/vms/vm-404"),
             Verdict::Hidden("vm: no VM with id or name vm-404".into())
+        );
+        assert_eq!(
+            check(Method::GET, "/v1/vms/b1/console/attach"),
+            Verdict::Hidden("vm: no VM with id or name b1".into())
         );
         assert!(matches!(
             check(Method::GET, "/v1/drift"),

@@ -36,7 +36,10 @@ async fn with_security_headers(mut response: Response) -> Response {
                 .collect()
         });
     for (name, value) in HEADERS.iter() {
-        response.headers_mut().insert(name.clone(), value.clone());
+        // A page with a policy of its own (the terminal's) keeps it.
+        if !response.headers().contains_key(name) {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
     }
     response
 }

@@ -686,6 +686,7 @@ async fn start_state(
         files: Some(Arc::new(hearth_compute::files::HostFiles {
             blobs: hearth_compute::blobs::BlobStore::new(config.data_dir.join("images")),
             driver: driver.cloned(),
+            consoles: Default::default(),
         })),
     };
     Ok(StateNode::start(

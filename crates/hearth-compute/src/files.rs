@@ -8,18 +8,22 @@ use std::sync::Arc;
 
 use hearth_qemu::fake::VmDriver;
 use hearth_state::files::{
-    BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleChunk, DiskChunk, FileError, FileFuture, PeerFiles,
+    BLOB_CHUNK, BlobChunk, CONSOLE_CHUNK, ConsoleAttach, ConsoleChunk, ConsoleSession, DiskChunk,
+    FileError, FileFuture, PeerFiles,
 };
 use hearth_types::vmstats::VmHistory;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobs::BlobStore;
+use crate::console::Consoles;
 
 /// This node's image store, and its VM driver when it is a worker.
 #[derive(Debug, Clone)]
 pub struct HostFiles {
     pub blobs: BlobStore,
     pub driver: Option<Arc<VmDriver>>,
+    /// The interactive consoles of the VMs running here.
+    pub consoles: Arc<Consoles>,
 }
 
 impl HostFiles {
@@ -54,6 +58,13 @@ impl PeerFiles for HostFiles {
 
     fn vm_stats<'a>(&'a self, vm: &'a str) -> FileFuture<'a, VmHistory> {
         Box::pin(async move { read_vm_stats(self.driver()?.root(), vm).await })
+    }
+
+    fn console_attach(&self, attach: ConsoleAttach) -> FileFuture<'_, ConsoleSession> {
+        Box::pin(async move {
+            let root = self.driver()?.root();
+            self.consoles.attach(root, attach).await
+        })
     }
 }
 
@@ -235,6 +246,7 @@ mod tests {
         let files = HostFiles {
             blobs: BlobStore::new(top.path().join("images")),
             driver: Some(Arc::new(driver)),
+            consoles: Default::default(),
         };
         for vm in ["../etc", "", "a/b", "vm.1"] {
             let answer = files.console_chunk(vm, None).await;

@@ -5,6 +5,7 @@
 //! live). QEMU itself is driven through `hearth-qemu`.
 
 pub mod blobs;
+pub mod console;
 pub mod files;
 pub mod host;
 pub mod images;

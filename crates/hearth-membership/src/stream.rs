@@ -14,8 +14,9 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::seal::{KEY_ID_LEN, Keyring};
 
@@ -175,37 +176,90 @@ impl SealedStream {
     }
 
     pub async fn send(&mut self, message: &[u8]) -> Result<(), StreamError> {
-        let nonce = self.send.next_nonce();
-        let ciphertext = self
-            .send
-            .cipher
-            .encrypt(&nonce, message)
-            .map_err(|_| StreamError::TooLarge(message.len()))?;
-        if ciphertext.len() > MAX_FRAME {
-            return Err(StreamError::TooLarge(ciphertext.len()));
-        }
-        let mut frame = Vec::with_capacity(4 + ciphertext.len());
-        frame.extend_from_slice(&(ciphertext.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&ciphertext);
-        self.stream.write_all(&frame).await?;
-        Ok(())
+        send_frame(&mut self.stream, &mut self.send, message).await
     }
 
     pub async fn recv(&mut self) -> Result<Vec<u8>, StreamError> {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            return Err(StreamError::TooLarge(len));
-        }
-        let mut ciphertext = vec![0u8; len];
-        self.stream.read_exact(&mut ciphertext).await?;
-        let nonce = self.recv.next_nonce();
-        self.recv
-            .cipher
-            .decrypt(&nonce, ciphertext.as_slice())
-            .map_err(|_| StreamError::AuthFailed)
+        recv_frame(&mut self.stream, &mut self.recv).await
     }
+
+    /// Splits the connection into a half that only reads and one that only writes, so two
+    /// tasks can use it at once (a console session streams both ways).
+    pub fn split(self) -> (SealedReader, SealedWriter) {
+        let (read, write) = self.stream.into_split();
+        (
+            SealedReader {
+                stream: read,
+                recv: self.recv,
+            },
+            SealedWriter {
+                stream: write,
+                send: self.send,
+            },
+        )
+    }
+}
+
+/// The reading half of a split [`SealedStream`].
+pub struct SealedReader {
+    stream: OwnedReadHalf,
+    recv: Direction,
+}
+
+impl SealedReader {
+    pub async fn recv(&mut self) -> Result<Vec<u8>, StreamError> {
+        recv_frame(&mut self.stream, &mut self.recv).await
+    }
+}
+
+/// The writing half of a split [`SealedStream`].
+pub struct SealedWriter {
+    stream: OwnedWriteHalf,
+    send: Direction,
+}
+
+impl SealedWriter {
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), StreamError> {
+        send_frame(&mut self.stream, &mut self.send, message).await
+    }
+}
+
+async fn send_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    send: &mut Direction,
+    message: &[u8],
+) -> Result<(), StreamError> {
+    let nonce = send.next_nonce();
+    let ciphertext = send
+        .cipher
+        .encrypt(&nonce, message)
+        .map_err(|_| StreamError::TooLarge(message.len()))?;
+    if ciphertext.len() > MAX_FRAME {
+        return Err(StreamError::TooLarge(ciphertext.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + ciphertext.len());
+    frame.extend_from_slice(&(ciphertext.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&ciphertext);
+    stream.write_all(&frame).await?;
+    Ok(())
+}
+
+async fn recv_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    recv: &mut Direction,
+) -> Result<Vec<u8>, StreamError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(StreamError::TooLarge(len));
+    }
+    let mut ciphertext = vec![0u8; len];
+    stream.read_exact(&mut ciphertext).await?;
+    let nonce = recv.next_nonce();
+    recv.cipher
+        .decrypt(&nonce, ciphertext.as_slice())
+        .map_err(|_| StreamError::AuthFailed)
 }
 
 #[cfg(test)]
@@ -332,6 +386,29 @@ mod tests {
             server.send(b"pong").await.unwrap();
             assert_eq!(client.recv().await.unwrap(), b"pong");
         }
+    }
+
+    #[tokio::test]
+    async fn split_halves_go_on_where_the_whole_stream_left_off() {
+        let (client, server) = pair(ring(1, "c"), ring(1, "c")).await;
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        client.send(b"before").await.unwrap();
+        assert_eq!(server.recv().await.unwrap(), b"before");
+        let (mut reader, mut writer) = server.split();
+        // Both halves at once: one task writes while the other reads.
+        let echo = tokio::spawn(async move {
+            let got = reader.recv().await.unwrap();
+            writer.send(&[got, b"!".to_vec()].concat()).await.unwrap();
+            reader.recv().await.unwrap()
+        });
+        writer_side(&mut client).await;
+        assert_eq!(echo.await.unwrap(), b"last");
+    }
+
+    async fn writer_side(client: &mut SealedStream) {
+        client.send(b"after").await.unwrap();
+        assert_eq!(client.recv().await.unwrap(), b"after!");
+        client.send(b"last").await.unwrap();
     }
 
     #[tokio::test]

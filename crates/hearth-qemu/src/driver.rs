@@ -8,6 +8,9 @@
 //!   removed only by [`Driver::delete`]; `disk.gen`: its generation;
 //! - `seed.iso` and `seed/`: the NoCloud seed, rewritten on every start;
 //! - `console.log`: the serial console, appended across boots;
+//! - `console.sock`: the serial console's socket while QEMU runs (one client at a time: the
+//!   host's console hub, which the interactive consoles attach to); QEMU logs what the
+//!   guest writes to `console.log` whether a client is connected or not;
 //! - `qmp.sock`, `qemu.pid`, `qemu.log` (QEMU's own messages while it runs).
 
 use std::collections::BTreeSet;
@@ -176,6 +179,15 @@ pub fn console_log(root: &Path, id: &str) -> Option<PathBuf> {
     valid_id(id).then(|| root.join(id).join("console.log"))
 }
 
+/// The serial console's socket in a VM's directory.
+pub const CONSOLE_SOCKET: &str = "console.sock";
+
+/// Where the serial console of VM `id` takes its one client under `root`; `None` when `id`
+/// is not a VM id.
+pub fn console_socket(root: &Path, id: &str) -> Option<PathBuf> {
+    valid_id(id).then(|| root.join(id).join(CONSOLE_SOCKET))
+}
+
 /// Where the host keeps VM `id`'s recent load (`hearth_types::vmstats::VmHistory`, JSON)
 /// under `root`; `None` when `id` is not a VM id.
 pub fn stats_file(root: &Path, id: &str) -> Option<PathBuf> {
@@ -267,7 +279,8 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
     push(&[
         "-chardev",
         &format!(
-            "file,id=console0,path={},append=on",
+            "socket,id=console0,path={},server=on,wait=off,logfile={},logappend=on",
+            opt(path(CONSOLE_SOCKET)),
             opt(path("console.log"))
         ),
         "-serial",
@@ -613,17 +626,23 @@ impl Driver {
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let qmp = self.qmp_path(&spec.id);
-        if qmp.display().to_string().len() > MAX_SOCKET_PATH {
+        // The console's socket has the longer name of the two.
+        let socket = dir.join(CONSOLE_SOCKET);
+        if socket.display().to_string().len() > MAX_SOCKET_PATH {
             return Err(StartError::Launch(format!(
                 "{} is longer than a unix socket path may be ({MAX_SOCKET_PATH} bytes); choose a shorter data_dir",
-                qmp.display()
+                socket.display()
             )));
         }
         crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?;
         write_seed(spec, &dir).await?;
         // A new QEMU mirrors into no replica yet.
-        for stale in ["qemu.pid", "qmp.sock", crate::replica::MIRRORING] {
+        for stale in [
+            "qemu.pid",
+            "qmp.sock",
+            CONSOLE_SOCKET,
+            crate::replica::MIRRORING,
+        ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         self.launch_here(spec, &dir, &[]).await
@@ -1045,7 +1064,7 @@ mod tests {
             "{joined}"
         );
         assert!(
-            joined.contains("file,id=console0,path=/d/vm-3/console.log,append=on"),
+            joined.contains("socket,id=console0,path=/d/vm-3/console.sock,server=on,wait=off,logfile=/d/vm-3/console.log,logappend=on"),
             "{joined}"
         );
         assert!(

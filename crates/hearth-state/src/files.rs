@@ -92,6 +92,45 @@ pub trait PeerFiles: std::fmt::Debug + Send + Sync + 'static {
         generation: u64,
         offset: u64,
     ) -> FileFuture<'a, DiskChunk>;
+    /// Attaches to the serial console of a VM that runs here.
+    fn console_attach(&self, attach: ConsoleAttach) -> FileFuture<'_, ConsoleSession> {
+        let vm = attach.vm;
+        Box::pin(async move {
+            Err(FileError::NotServed(format!(
+                "this node has no interactive console for {vm}"
+            )))
+        })
+    }
+}
+
+/// What one attachment to a VM's serial console hears.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleEvent {
+    /// Bytes the guest wrote (and, first, the end of the log so far).
+    Output(Vec<u8>),
+    /// Who holds the keyboard now (`None`: nobody); `you` when this attachment does.
+    Writer { name: Option<String>, you: bool },
+    /// The console ended, and why.
+    Closed(String),
+}
+
+/// Who attaches to which VM's console, and whether they may type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleAttach {
+    pub vm: String,
+    /// Shown to the others attached while this one types.
+    pub who: String,
+    /// A read-only caller watches, never types.
+    pub may_write: bool,
+}
+
+/// One attachment to a VM's serial console: its events, and where its keystrokes go. Only
+/// one attachment at a time holds the keyboard; the keys of the others are dropped. Dropping
+/// both ends detaches.
+#[derive(Debug)]
+pub struct ConsoleSession {
+    pub events: tokio::sync::mpsc::Receiver<ConsoleEvent>,
+    pub input: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 /// Why a file could not be had from a peer.

@@ -21,7 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::files::{BlobChunk, ConsoleChunk, DiskChunk, FileError, PeerFiles};
+use crate::files::{
+    BlobChunk, ConsoleAttach, ConsoleChunk, ConsoleEvent, ConsoleSession, DiskChunk, FileError,
+    PeerFiles,
+};
 use crate::model::Command;
 use crate::reply::StateStatus;
 use crate::types::{Raft, RaftNode, TypeConfig};
@@ -99,7 +102,23 @@ pub enum RpcRequest {
     VmStats {
         vm: String,
     },
+    /// Attaches to the serial console of a VM the peer runs. After an `Ok` answer the
+    /// connection carries the session: [`ConsoleFrame`]s to the caller, keystrokes (JSON
+    /// byte arrays) from it, until either side closes.
+    ConsoleAttach(ConsoleAttach),
 }
+
+/// What the host sends on an attached console connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ConsoleFrame {
+    Event(ConsoleEvent),
+    /// Sent when nothing else was for [`CONSOLE_KEEPALIVE`], so a caller whose host went
+    /// away finds out.
+    Keepalive,
+}
+
+/// How often an idle console connection says it is still there.
+pub const CONSOLE_KEEPALIVE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcResponse {
@@ -113,6 +132,7 @@ pub enum RpcResponse {
     Console(Result<ConsoleChunk, FileError>),
     Disk(Result<DiskChunk, FileError>),
     VmStats(Box<Result<hearth_types::vmstats::VmHistory, FileError>>),
+    ConsoleAttach(Result<(), FileError>),
 }
 
 /// One connection to one peer, reopened when it breaks.
@@ -153,6 +173,11 @@ impl PeerClient {
             conn: None,
             in_flight: false,
         }
+    }
+
+    /// The peer's RPC address.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Sends one request and waits for its answer, within `timeout`.
@@ -508,39 +533,156 @@ async fn serve_connection<A: Application>(
             conn.send(&serde_json::to_vec(&answer)?).await?;
             continue;
         }
-        let response = match request {
-            RpcRequest::AppendEntries(rpc) => {
-                RpcResponse::AppendEntries(raft.append_entries(rpc).await)
-            }
-            RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
-            RpcRequest::InstallSnapshot(rpc) => {
-                RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
-            }
-            RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
-            RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
-            RpcRequest::Status => RpcResponse::Status(app.status()),
-            RpcRequest::FetchBlob { sha256, offset } => {
-                serve_files(&app, FileRequest::Blob { sha256, offset }).await
-            }
-            RpcRequest::Console { vm, offset } => {
-                serve_files(&app, FileRequest::Console { vm, offset }).await
-            }
-            RpcRequest::Disk {
+        if let RpcRequest::ConsoleAttach(attach) = request {
+            let answer = match app.files() {
+                Some(files) => files.console_attach(attach).await,
+                None => Err(FileError::NotServed("this node runs no VMs".into())),
+            };
+            let session = match answer {
+                Ok(session) => session,
+                Err(error) => {
+                    let answer = RpcResponse::ConsoleAttach(Err(error));
+                    conn.send(&serde_json::to_vec(&answer)?).await?;
+                    continue;
+                }
+            };
+            let answer = RpcResponse::ConsoleAttach(Ok(()));
+            conn.send(&serde_json::to_vec(&answer)?).await?;
+            serve_console(conn, session).await;
+            return Ok(());
+        }
+        let response = respond(&raft, &app, request).await;
+        conn.send(&serde_json::to_vec(&response)?).await?;
+    }
+}
+
+/// The answer to one request (a console attachment is handled before, as it takes over
+/// the connection).
+async fn respond<A: Application>(raft: &Raft, app: &A, request: RpcRequest) -> RpcResponse {
+    match request {
+        RpcRequest::AppendEntries(rpc) => {
+            RpcResponse::AppendEntries(raft.append_entries(rpc).await)
+        }
+        RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
+        RpcRequest::InstallSnapshot(rpc) => {
+            RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
+        }
+        RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
+        RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
+        RpcRequest::Status => RpcResponse::Status(app.status()),
+        RpcRequest::FetchBlob { sha256, offset } => {
+            serve_files(app, FileRequest::Blob { sha256, offset }).await
+        }
+        RpcRequest::Console { vm, offset } => {
+            serve_files(app, FileRequest::Console { vm, offset }).await
+        }
+        RpcRequest::Disk {
+            vm,
+            generation,
+            offset,
+        } => {
+            let request = FileRequest::Disk {
                 vm,
                 generation,
                 offset,
-            } => {
-                let request = FileRequest::Disk {
-                    vm,
-                    generation,
-                    offset,
-                };
-                serve_files(&app, request).await
-            }
-            RpcRequest::VmStats { vm } => serve_files(&app, FileRequest::VmStats { vm }).await,
-        };
-        conn.send(&serde_json::to_vec(&response)?).await?;
+            };
+            serve_files(app, request).await
+        }
+        RpcRequest::VmStats { vm } => serve_files(app, FileRequest::VmStats { vm }).await,
+        RpcRequest::ConsoleAttach(_) => RpcResponse::ConsoleAttach(Err(FileError::NotServed(
+            "a console attachment takes a connection of its own".into(),
+        ))),
     }
+}
+
+/// Carries an attached console session over the connection until either side ends it.
+async fn serve_console(conn: SealedStream, session: ConsoleSession) {
+    let (mut reader, mut writer) = conn.split();
+    let ConsoleSession { mut events, input } = session;
+    let to_caller = async move {
+        let mut keepalive = tokio::time::interval(CONSOLE_KEEPALIVE);
+        loop {
+            let frame = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => ConsoleFrame::Event(event),
+                    None => break,
+                },
+                _ = keepalive.tick() => ConsoleFrame::Keepalive,
+            };
+            let Ok(bytes) = serde_json::to_vec(&frame) else {
+                break;
+            };
+            if writer.send(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    let from_caller = async move {
+        while let Ok(bytes) = reader.recv().await {
+            let Ok(keys) = serde_json::from_slice::<Vec<u8>>(&bytes) else {
+                break;
+            };
+            if input.send(keys).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_caller => {}
+        _ = from_caller => {}
+    }
+}
+
+/// Attaches to a console on the peer at `addr`: the session's ends, fed by two tasks that
+/// carry it over the connection. A host silent for three keepalives ends it.
+pub async fn open_console(
+    addr: String,
+    keyring: SharedKeyring,
+    attach: ConsoleAttach,
+) -> Result<ConsoleSession, Result<FileError, CallError>> {
+    let mut client = PeerClient::new(addr, keyring);
+    let request = RpcRequest::ConsoleAttach(attach);
+    match client.call(&request, Duration::from_secs(5)).await {
+        Ok(RpcResponse::ConsoleAttach(Ok(()))) => {}
+        Ok(RpcResponse::ConsoleAttach(Err(error))) => return Err(Ok(error)),
+        Ok(_) => return Err(Err(CallError::Refused("answered another RPC"))),
+        Err(error) => return Err(Err(error)),
+    }
+    let conn = client.conn.take().ok_or(Err(CallError::Timeout))?;
+    let (mut reader, mut writer) = conn.split();
+    let (events_tx, events) = tokio::sync::mpsc::channel(64);
+    let (input, mut input_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let why = loop {
+            let frame = match tokio::time::timeout(3 * CONSOLE_KEEPALIVE, reader.recv()).await {
+                Ok(Ok(bytes)) => serde_json::from_slice::<ConsoleFrame>(&bytes),
+                Ok(Err(error)) => break format!("the connection to the VM's host broke: {error}"),
+                Err(_) => break "the VM's host stopped answering".to_owned(),
+            };
+            match frame {
+                Ok(ConsoleFrame::Event(event)) => {
+                    if events_tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(ConsoleFrame::Keepalive) if events_tx.is_closed() => return,
+                Ok(ConsoleFrame::Keepalive) => {}
+                Err(error) => break format!("the VM's host sent an undecodable frame: {error}"),
+            }
+        };
+        let _ = events_tx.send(ConsoleEvent::Closed(why)).await;
+    });
+    tokio::spawn(async move {
+        while let Some(keys) = input_rx.recv().await {
+            let Ok(bytes) = serde_json::to_vec(&keys) else {
+                break;
+            };
+            if writer.send(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ConsoleSession { events, input })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::files::{ConsoleChunk, PeerError, PeerFiles};
+use crate::files::{ConsoleAttach, ConsoleChunk, ConsoleSession, PeerError, PeerFiles};
 use crate::model::Command;
 use crate::network::{Application, Network, PeerClient, RpcRequest, RpcResponse, SharedKeyring};
 use crate::plan::{Candidate, Change, formation, plan};
@@ -440,6 +440,38 @@ impl StateNode {
             _ => None,
         })
         .await
+    }
+
+    /// Attaches to the serial console of a VM that runs on `host`: here through this
+    /// node's own files, elsewhere over the encrypted RPC.
+    pub async fn attach_console(
+        &self,
+        host: &str,
+        here: bool,
+        attach: ConsoleAttach,
+    ) -> Result<ConsoleSession, PeerError> {
+        let refused = |error| PeerError::Refused {
+            host: host.to_owned(),
+            error,
+        };
+        if here {
+            let files = self.inner.config.files.as_deref().ok_or_else(|| {
+                refused(crate::files::FileError::NotServed(
+                    "this node runs no VMs".into(),
+                ))
+            })?;
+            return files.console_attach(attach).await.map_err(refused);
+        }
+        let addr = self.client_for(host)?.addr().to_owned();
+        crate::network::open_console(addr, self.inner.keyring.clone(), attach)
+            .await
+            .map_err(|failure| match failure {
+                Ok(error) => refused(error),
+                Err(error) => PeerError::Unreachable {
+                    host: host.to_owned(),
+                    error: error.to_string(),
+                },
+            })
     }
 
     /// VM `vm`'s recent load, as `host` recorded it.

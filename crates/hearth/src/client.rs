@@ -74,6 +74,45 @@ impl ApiClient {
         })
     }
 
+    /// Opens the WebSocket at `path` with the token; a refusal is the agent's status and
+    /// message, as for the other calls.
+    pub fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<tungstenite::WebSocket<std::net::TcpStream>, ClientError> {
+        use tungstenite::client::IntoClientRequest;
+        use tungstenite::handshake::HandshakeError;
+        let failed = |e: &dyn std::fmt::Display| ClientError::Failed(format!("{path}: {e}"));
+        let stream = std::net::TcpStream::connect(&self.addr).map_err(|e| {
+            ClientError::Failed(format!(
+                "cannot reach the agent at {} ({e}); is `hearth agent` running? Set --api or HEARTH_API to its api_addr",
+                self.addr
+            ))
+        })?;
+        let mut request = format!("ws://{}{path}", self.addr)
+            .into_client_request()
+            .map_err(|e| failed(&e))?;
+        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| {
+            ClientError::Usage("the API token has characters a header cannot carry".into())
+        })?;
+        request.headers_mut().insert("Authorization", bearer);
+        match tungstenite::client::client(request, stream) {
+            Ok((socket, _)) => Ok(socket),
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let body = response.body().clone().unwrap_or_default();
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                Err(ClientError::Status {
+                    status: response.status().as_u16(),
+                    message,
+                })
+            }
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let response = self
             .agent

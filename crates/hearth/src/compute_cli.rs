@@ -171,12 +171,22 @@ pub enum VmCommand {
         #[arg(long, conflicts_with_all = ["to", "cold", "no_wait"])]
         cancel: bool,
     },
-    /// Print the VM's serial console log (ask the API of the node the VM runs on).
+    /// Print the VM's serial console log, or with --interactive, type into it.
+    ///
+    /// Any node's API serves it: the node asks the VM's host over the cluster's encrypted
+    /// connections.
     Console {
         vm: String,
         /// Keep printing what the guest writes, until interrupted.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "interactive")]
         follow: bool,
+        /// Attach this terminal to the console, as if at the VM's keyboard (raw mode: every
+        /// key goes to the guest, Ctrl-C included). Ctrl-] detaches. One attachment at a
+        /// time holds the keyboard; the others watch until it leaves, then the next to type
+        /// takes it. A read-only token only watches. Exits 1 if the console closes (the VM
+        /// stopped or moved).
+        #[arg(long, short)]
+        interactive: bool,
     },
     /// Print the VM's load as its host recorded it: CPU, disk bytes (and network bytes for a
     /// VM with a tap) per 5 minutes over the last day, or per 30 minutes over the last week.
@@ -595,7 +605,11 @@ pub fn vm(client: &ApiClient, json: bool, command: VmCommand) -> Result<(), Clie
             report(json, &answer, &format!("{vm}: now owned by {owner}"));
             Ok(())
         }
-        VmCommand::Console { vm, follow } => console(client, json, &vm, follow),
+        VmCommand::Console {
+            vm,
+            follow,
+            interactive,
+        } => console(client, json, &vm, follow, interactive),
         VmCommand::Load { vm, week } => load(client, json, &vm, week),
         VmCommand::Delete { vm } => {
             let answer: Value = client.delete(&format!("/v1/vms/{vm}"))?;
@@ -746,7 +760,16 @@ fn vm_post(
 
 /// Prints the VM's console log, and with `follow` what the guest writes next, until
 /// interrupted.
-fn console(client: &ApiClient, json: bool, vm: &str, follow: bool) -> Result<(), ClientError> {
+fn console(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    follow: bool,
+    interactive: bool,
+) -> Result<(), ClientError> {
+    if interactive {
+        return crate::console_cli::interactive(client, vm);
+    }
     let mut answer: ConsoleText = client.get(&format!("/v1/vms/{vm}/console"))?;
     loop {
         if json {

@@ -5,6 +5,7 @@ mod billing_cli;
 mod cli;
 mod client;
 mod compute_cli;
+mod console_cli;
 mod doctor;
 mod init;
 mod output;

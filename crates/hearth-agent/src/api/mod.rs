@@ -8,6 +8,7 @@ pub mod audit;
 pub mod billing;
 pub mod body;
 pub mod cluster_services;
+pub mod console;
 pub mod context;
 pub mod drift;
 mod guard;

@@ -306,6 +306,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     .answers(schema::<ConsoleText>),
     op(
         "get",
+        "/v1/vms/{vm}/console/attach",
+        "Attach to the VM's serial console: a WebSocket carrying the guest's output (binary), who holds the keyboard and why it closed (JSON text), and keystrokes",
+    ),
+    op(
+        "get",
         "/v1/vms/{vm}/stats",
         "The VM's recent load: CPU time and disk bytes per 5 minutes over a day, per 30 over a week",
     )
@@ -474,6 +479,12 @@ fn responses(endpoint: &Endpoint) -> Value {
         }
     } else {
         responses["200"] = json!({"description": "done; JSON body"});
+    }
+    if endpoint.path.ends_with("/console/attach") {
+        responses.as_object_mut().expect("an object").remove("200");
+        responses["101"] = json!({"description": "switched to the WebSocket"});
+        responses["409"] = json!({"description": "the VM is not placed on a host yet"});
+        responses["426"] = json!({"description": "not a WebSocket upgrade request"});
     }
     if endpoint.method != "get" {
         responses["409"] = json!({"description": "refused by the cluster's state now: a version that changed (`expect`), an object that exists, a node still up, no [smtp]; the message says why"});

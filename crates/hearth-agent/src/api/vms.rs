@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{vm}/migrate", post(migrate_vm))
         .route("/v1/vms/{vm}/migration", delete(cancel_migration))
         .route("/v1/vms/{vm}/console", get(console))
+        .route("/v1/vms/{vm}/console/attach", get(super::console::attach))
         .route("/v1/vms/{vm}/stats", get(stats))
 }
 
@@ -354,7 +355,11 @@ struct ConsoleParams {
 
 /// The VM `key` names, its host, and whether that is this node; or the answer saying why
 /// it has no `what` (404 for no such VM, 409 while it is not placed).
-async fn placed(state: &ApiState, key: &str, what: &str) -> Result<(Vm, String, bool), Response> {
+pub(crate) async fn placed(
+    state: &ApiState,
+    key: &str,
+    what: &str,
+) -> Result<(Vm, String, bool), Response> {
     let (_, vm) = read_vm(state, key).await?;
     let Some(host) = vm.value.host.clone() else {
         return Err(error(

@@ -46,13 +46,24 @@ pub fn security_headers() -> [(&'static str, String); 4] {
 
 /// A whole page around `body`: one small inline style sheet, no scripts.
 pub fn page(title: &str, body: &str) -> String {
+    page_with(title, "", body)
+}
+
+/// A page with more in its head (the terminal page's script and style sheet, which need
+/// [`TERMINAL_CSP`]).
+pub fn page_with(title: &str, head: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{title}</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n",
+<title>{title}</title><style>{STYLE}</style>{head}</head><body>\n{body}\n</body></html>\n",
         title = escape(title),
     )
 }
+
+/// The terminal page's policy: scripts from this node only (xterm.js and the page's own,
+/// nothing inline), its WebSocket to this node, and inline styles, which xterm.js writes
+/// into `<style>` elements as it draws. An answer that sets its own policy keeps it.
+pub const TERMINAL_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = "body{font:16px/1.45 system-ui,sans-serif;max-width:60rem;margin:0 auto;padding:1rem;color:#1d1d1d;background:#fafaf7}\
 h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}\

@@ -1,6 +1,7 @@
 //! Server-rendered HTML: small pages that work on a phone and without JavaScript. The page
 //! builders are pure functions over data; the routes only gather that data.
 
+pub mod assets;
 pub mod html;
 pub mod invoices;
 pub mod pages;
@@ -17,4 +18,5 @@ pub fn routes() -> axum::Router<crate::api::ApiState> {
     axum::Router::new()
         .merge(panel::routes())
         .merge(public::routes())
+        .merge(assets::routes())
 }

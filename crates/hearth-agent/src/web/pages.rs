@@ -36,6 +36,11 @@ pub struct Chrome<'a> {
 
 /// A page with the navigation, the flash message and `body`.
 pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
+    frame_with(chrome, title, "", body)
+}
+
+/// [`frame`] with more in the page's head.
+pub fn frame_with(chrome: &Chrome, title: &str, head: &str, body: &str) -> String {
     let mut links = vec![
         ("/panel", "My VMs"),
         ("/panel/billing", "Billing"),
@@ -75,7 +80,7 @@ pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
             escape(&flash.text)
         )
     });
-    page(title, &format!("{nav}{flash}{body}"))
+    crate::web::html::page_with(title, head, &format!("{nav}{flash}{body}"))
 }
 
 /// A form of one button that POSTs to `action`.
@@ -289,6 +294,26 @@ fn replica_row(vm: &VmRow) -> String {
     )
 }
 
+/// `/panel/vms/ID/terminal`: the VM's serial console in xterm.js, attached over the
+/// WebSocket at `/panel/vms/ID/terminal/ws` (see `assets/terminal.js`).
+pub fn terminal_page(chrome: &Chrome, vm: &VmRow) -> String {
+    let id = &vm.vm.id;
+    let name = &vm.vm.request.name;
+    let head = "<link rel=\"stylesheet\" href=\"/assets/xterm.css\">\
+<script src=\"/assets/xterm.js\" defer></script><script src=\"/assets/terminal.js\" defer></script>";
+    let body = format!(
+        "<h1>{} · terminal</h1>\n<p class=\"muted\">The VM's serial console, as if at its keyboard: \
+one person types at a time, the others watch. <a href=\"/panel/vms/{id}\">Back to the VM</a></p>\n\
+<p id=\"terminal-status\" role=\"status\" data-state=\"connecting\">Connecting…</p>\n\
+<div id=\"terminal\" data-socket=\"/panel/vms/{id}/terminal/ws\"></div>\n\
+<noscript><p>The terminal needs JavaScript; <code>hearth vm console {} --interactive</code> works without it.</p></noscript>\n\
+<p class=\"muted\">xterm.js is MIT-licensed: <a href=\"/assets/xterm-LICENSE.txt\">its licence</a>.</p>\n",
+        escape(name),
+        escape(name),
+    );
+    frame_with(chrome, &format!("{name} · terminal · hearth"), head, &body)
+}
+
 /// `/panel/vms/ID`: one VM, its buttons and the end of its console.
 pub fn vm_page(
     chrome: &Chrome,
@@ -351,7 +376,7 @@ pub fn vm_page(
     ));
     body.push_str(&load_section(&base, load));
     body.push_str(&format!(
-        "<h2>Console</h2><p class=\"muted\">The end of the serial console. <a href=\"{base}\">Refresh</a></p>\n"
+        "<h2>Console</h2><p class=\"muted\">The end of the serial console. <a href=\"{base}\">Refresh</a> · <a href=\"{base}/terminal\" id=\"open-terminal\">Open the terminal</a></p>\n"
     ));
     match console {
         Ok(console) => body.push_str(&format!(

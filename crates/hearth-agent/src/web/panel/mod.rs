@@ -8,6 +8,7 @@ mod billing;
 mod context;
 mod login;
 mod member;
+mod terminal;
 
 use crate::api::ApiState;
 use crate::web::pages::{self};
@@ -35,6 +36,11 @@ pub fn routes() -> Router<ApiState> {
         .route("/panel/vms", post(create_vm))
         .route("/panel/vms/{vm}", get(vm_page))
         .route("/panel/vms/{vm}/{action}", post(vm_action))
+        .route("/panel/vms/{vm}/terminal", get(terminal::terminal_page))
+        .route(
+            "/panel/vms/{vm}/terminal/ws",
+            get(terminal::terminal_socket),
+        )
         .route("/panel/billing", get(billing_home))
         .route("/panel/billing/{month}", get(invoice_page))
         .route("/admin/billing", get(admin_billing))
