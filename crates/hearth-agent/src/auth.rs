@@ -86,7 +86,7 @@ pub fn new_token(account: &str, scope: TokenScope, note: String, now: u64) -> (S
     (format!("hth_{id}.{secret}"), token)
 }
 
-fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -120,7 +120,7 @@ pub fn authenticate(
         return None;
     }
     let account = &desired.accounts.get(&token.account)?.value;
-    if account.disabled {
+    if account.locked().is_some() {
         return None;
     }
     Some(Caller::Account {
@@ -237,7 +237,9 @@ fn worker_may(method: &Method, path: &str) -> Verdict {
                 | "me"
                 | "invoices"
                 | "usage"
-                | "credits",
+                | "credits"
+                | "signup"
+                | "invites",
             ..
         ]
     );
@@ -342,6 +344,8 @@ pub(crate) mod tests {
                         disabled: false,
                         plan: None,
                         quota: Default::default(),
+                        unverified: false,
+                        awaiting_approval: false,
                     },
                 },
             );

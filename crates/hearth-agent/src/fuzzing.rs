@@ -114,6 +114,8 @@ fn seeded() -> DesiredState {
             disabled: false,
             plan: None,
             quota: Default::default(),
+            unverified: false,
+            awaiting_approval: false,
         };
         let command = Command::PutAccount {
             account,

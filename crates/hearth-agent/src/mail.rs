@@ -79,6 +79,28 @@ pub struct Report {
     pub failed: Vec<(String, String)>,
 }
 
+/// Sends one message to `to` (a sign-up's verification link, a reset link).
+pub async fn send_one(
+    settings: &MailSettings,
+    to: &str,
+    subject: &str,
+    body: &str,
+) -> Result<(), String> {
+    let transport = settings.transport()?;
+    let to = to.parse::<Mailbox>().map_err(|e| e.to_string())?;
+    let message = Message::builder()
+        .from(settings.from.clone())
+        .to(to)
+        .subject(subject)
+        .body(body.to_owned())
+        .map_err(|e| e.to_string())?;
+    transport
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Sends `subject`/`body` to each recipient, one message each.
 pub async fn announce(
     settings: &MailSettings,

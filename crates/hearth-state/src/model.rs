@@ -16,6 +16,7 @@ pub mod compute;
 mod migration;
 mod quota;
 mod replicas;
+pub mod signup;
 mod vm_events;
 
 pub use cas::{Expect, Outcome};
@@ -102,6 +103,10 @@ pub enum Command {
     },
     RevokeToken {
         id: String,
+    },
+    /// Sign-up: the setting, invites, new members and emailed tokens.
+    Signup {
+        command: signup::SignupCommand,
     },
     /// Records a change made through the API.
     Audit {
@@ -247,7 +252,8 @@ impl Command {
             Command::PutAccount { .. }
             | Command::RemoveAccount { .. }
             | Command::PutToken { .. }
-            | Command::RevokeToken { .. } => "accounts".into(),
+            | Command::RevokeToken { .. }
+            | Command::Signup { .. } => "accounts".into(),
             Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
@@ -298,7 +304,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 4;
+pub const STATE_LEVEL: u32 = 5;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -311,6 +317,13 @@ impl Command {
             | Command::CloseMonth { .. }
             | Command::AddCredit { .. }
             | Command::RecordWebhook { .. } => 4,
+            Command::Signup { .. } => 5,
+            // The new account fields an older node would drop.
+            Command::PutAccount { account, .. }
+                if account.unverified || account.awaiting_approval =>
+            {
+                5
+            }
             // Network limits in a plan's or an account's quota (level 3).
             Command::PutPlan { plan, .. }
                 if plan.quota.io().limits_network() || plan.prices.is_some() =>
@@ -374,6 +387,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         } => put_account(state, account, *expect, *revoke_tokens, index),
         Command::RemoveAccount { name, expect } => remove_account(state, name, *expect, index),
         Command::PutToken { token } => put_token(state, token, index),
+        Command::Signup { command } => signup::apply(state, command, index),
         Command::Audit { entry } => audit(state, entry, index),
         Command::RevokeToken { id } => revoke_token(state, id, index),
         Command::PutRecords { records, expect } => put_records(state, records, *expect, index),
@@ -837,6 +851,8 @@ mod tests {
             disabled: false,
             plan: None,
             quota: Default::default(),
+            unverified: false,
+            awaiting_approval: false,
         };
         let put_account = Command::PutAccount {
             account,

@@ -48,6 +48,13 @@ pub struct Account {
     /// Limits of this account's own, in place of its plan's.
     #[serde(default, skip_serializing_if = "crate::quota::Quota::is_unset")]
     pub quota: crate::quota::Quota,
+    /// Signed up, and the email address is not confirmed yet: the account cannot log in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
+    /// Signed up while the co-op approves new members, and not approved yet: the account
+    /// cannot log in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
 }
 
 impl fmt::Debug for Account {
@@ -59,11 +66,28 @@ impl fmt::Debug for Account {
             .field("ssh_keys", &self.ssh_keys.len())
             .field("disabled", &self.disabled)
             .field("plan", &self.plan)
+            .field("unverified", &self.unverified)
+            .field("awaiting_approval", &self.awaiting_approval)
             .finish_non_exhaustive()
     }
 }
 
 impl Account {
+    /// Why the account cannot log in or use its tokens now, if it cannot.
+    pub fn locked(&self) -> Option<&'static str> {
+        if self.disabled {
+            Some("This account is disabled.")
+        } else if self.unverified {
+            Some("Confirm your email address first: open the link we sent to it.")
+        } else if self.awaiting_approval {
+            Some(
+                "An admin has not approved this account yet; you will get an email when they have.",
+            )
+        } else {
+            None
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         check_name("name", &self.name)?;
         if !self.email.is_empty() && (!self.email.contains('@') || self.email.len() > 254) {
@@ -223,6 +247,8 @@ mod tests {
             disabled: false,
             plan: None,
             quota: Default::default(),
+            unverified: false,
+            awaiting_approval: false,
         };
         assert_eq!(account.validate(), Ok(()));
         assert!(!format!("{account:?}").contains("SECRET"));

@@ -276,6 +276,38 @@ pub struct VmRow {
     pub shown_phase: Phase,
 }
 
+/// `GET /v1/signup`: the co-op's sign-up setting, and the accounts that wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SignupView {
+    pub settings: crate::signup::SignupSettings,
+    /// Accounts waiting for an admin's approval (`hearth account approve NAME`).
+    pub awaiting_approval: Vec<String>,
+    /// Accounts whose email address is not confirmed yet.
+    pub unverified: Vec<String>,
+}
+
+/// `POST /v1/invites`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvite {
+    /// Seconds until the code stops working (default a week, at most a year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31_622_400))]
+    pub expires_in_secs: Option<u64>,
+    /// Who it is for, for the admins' list.
+    #[serde(default)]
+    #[schemars(length(max = 200))]
+    pub note: String,
+}
+
+/// A new invite: its code, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreatedInvite {
+    pub id: String,
+    pub code: String,
+    pub expires_at: u64,
+}
+
 /// An account as the API shows it: never the password hash. The node token's caller is
 /// `root`, an admin with no stored account (version 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -299,6 +331,12 @@ pub struct AccountRow {
     /// What a member's VMs hold now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::quota::Usage>,
+    /// Signed up; the email address is not confirmed yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
+    /// Signed up; an admin has not approved it yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
 }
 
 impl AccountRow {
@@ -309,6 +347,8 @@ impl AccountRow {
             email: account.email.clone(),
             ssh_keys: account.ssh_keys.clone(),
             disabled: account.disabled,
+            unverified: account.unverified,
+            awaiting_approval: account.awaiting_approval,
             version,
             plan: None,
             quota: None,
@@ -353,6 +393,8 @@ impl AccountRow {
             plan: None,
             quota: None,
             usage: None,
+            unverified: false,
+            awaiting_approval: false,
         }
     }
 }

@@ -283,6 +283,9 @@ pub struct DesiredState {
     /// Metered usage, credits and closed invoices.
     #[serde(default)]
     pub billing: crate::invoice::Billing,
+    /// The sign-up setting, invite codes and emailed tokens.
+    #[serde(default)]
+    pub signup: crate::signup::Signup,
 }
 
 impl DesiredState {

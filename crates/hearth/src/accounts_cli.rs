@@ -31,6 +31,9 @@ pub enum AccountCommand {
     },
     /// List accounts with their role and SSH keys.
     List,
+    /// Let in a member who signed up while the co-op approves new members (`hearth signup
+    /// show` lists them); they are told by email.
+    Approve { name: String },
     /// Remove an account; its tokens are revoked. Refused while it owns VMs: delete them
     /// first, so the name's next owner cannot inherit them.
     Rm { name: String },
@@ -150,6 +153,11 @@ pub fn account(client: &ApiClient, json: bool, command: AccountCommand) -> Resul
                     ]
                 }),
             );
+            Ok(())
+        }
+        AccountCommand::Approve { name } => {
+            let answer: Value = client.post(&format!("/v1/accounts/{name}/approve"))?;
+            crate::output::report(json, &answer, &format!("{name}: approved; they can log in"));
             Ok(())
         }
         AccountCommand::Rm { name } => {

@@ -79,6 +79,14 @@ enum Command {
         #[command(subcommand)]
         command: accounts_cli::AccountCommand,
     },
+    /// The public sign-up page (admins): closed, by invite code, or with an admin's
+    /// approval; invite codes.
+    Signup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::signup_cli::SignupCommand,
+    },
     /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
     /// which plan an account is on.
     Plan {
@@ -277,6 +285,9 @@ pub fn main() -> ExitCode {
         Command::Account { client, command } => {
             with_client(&client, |c, json| accounts_cli::account(c, json, command))
         }
+        Command::Signup { client, command } => with_client(&client, |c, json| {
+            crate::signup_cli::signup(c, json, command)
+        }),
         Command::Plan { client, command } => {
             with_client(&client, |c, json| plans_cli::plan(c, json, command))
         }

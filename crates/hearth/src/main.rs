@@ -10,6 +10,7 @@ mod doctor;
 mod init;
 mod output;
 mod plans_cli;
+mod signup_cli;
 mod state_cli;
 
 use std::process::ExitCode;

@@ -61,6 +61,8 @@ async fn create_account(
         disabled: false,
         plan: None,
         quota: Default::default(),
+        unverified: false,
+        awaiting_approval: false,
     };
     write(
         &state,

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod plans;
 pub mod pools;
 pub mod records;
+pub mod signup;
 pub mod state;
 pub mod tokens;
 pub mod vms;
@@ -50,6 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(hosts::routes())
         .merge(drift::routes())
         .merge(accounts::routes())
+        .merge(signup::routes())
         .merge(tokens::routes())
         .merge(me::routes())
         .merge(announce::routes())

@@ -348,6 +348,32 @@ pub const ENDPOINTS: &[Endpoint] = &[
         .body(schema::<NewAccount>)
         .answers(schema::<WriteAnswer>),
     op("delete", "/v1/accounts/{name}", "Admins: remove an account"),
+    op(
+        "post",
+        "/v1/accounts/{name}/approve",
+        "Admins: let in a member who signed up and waits for approval",
+    )
+    .answers(schema::<WriteAnswer>),
+    op(
+        "get",
+        "/v1/signup",
+        "Admins: the sign-up setting and the accounts waiting",
+    )
+    .answers(schema::<hearth_types::api::SignupView>),
+    op("put", "/v1/signup", "Admins: open or close the sign-up page")
+        .body(schema::<hearth_types::signup::SignupSettings>)
+        .answers(schema::<WriteAnswer>),
+    op("get", "/v1/invites", "Admins: invite codes not expired yet")
+        .answers(schema::<Vec<hearth_types::signup::Invite>>),
+    op(
+        "post",
+        "/v1/invites",
+        "Admins: make an invite code; it is answered once",
+    )
+    .body(schema::<hearth_types::api::NewInvite>)
+    .answers(schema::<hearth_types::api::CreatedInvite>)
+    .created(),
+    op("delete", "/v1/invites/{id}", "Admins: withdraw an invite code"),
     op("get", "/v1/tokens", "API tokens (a member's own)").answers(schema::<Vec<TokenRow>>),
     op(
         "post",
@@ -717,6 +743,7 @@ mod tests {
             include_str!("hosts.rs"),
             include_str!("drift.rs"),
             include_str!("accounts.rs"),
+            include_str!("signup.rs"),
             include_str!("tokens.rs"),
             include_str!("me.rs"),
             include_str!("announce.rs"),

@@ -8,6 +8,7 @@ pub mod pages;
 pub mod panel;
 pub mod public;
 pub mod session;
+pub mod signup;
 pub mod status;
 pub mod svg;
 

@@ -117,7 +117,7 @@ pub fn login(csrf: &str, name: &str, problem: Option<&str>) -> String {
 <label for=\"name\">Account</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required value=\"{}\">\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
 <p><button id=\"login\">Log in</button></p></form>\
-<p class=\"muted\"><a href=\"/status\">Status page</a></p>",
+<p class=\"muted\"><a href=\"/reset\" id=\"forgot\">Forgot your password?</a> · <a href=\"/signup\" id=\"signup-link\">Sign up</a> · <a href=\"/status\">Status page</a></p>",
             hidden_csrf(csrf),
             escape(name)
         ),

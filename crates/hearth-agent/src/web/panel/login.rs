@@ -135,6 +135,10 @@ async fn evaluate(
     if let Ok(mut limiter) = logins.limiter.lock() {
         limiter.succeeded(attempt);
     }
+    // The right password of an account that cannot log in yet: say why.
+    if let Some(why) = account.locked() {
+        return Err((StatusCode::FORBIDDEN, why.to_owned()));
+    }
     count(&logins.metrics.succeeded);
     audit_login(state, name, client, StatusCode::OK);
     Ok(account)

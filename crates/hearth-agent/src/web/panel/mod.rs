@@ -8,6 +8,7 @@ mod billing;
 mod context;
 mod login;
 mod member;
+mod signup;
 mod terminal;
 
 use crate::api::ApiState;
@@ -32,6 +33,13 @@ pub fn routes() -> Router<ApiState> {
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .route("/signup", get(signup::signup_form).post(signup::signup))
+        .route("/verify", get(signup::verify_form).post(signup::verify))
+        .route("/reset", get(signup::reset_form).post(signup::reset))
+        .route(
+            "/reset/confirm",
+            get(signup::reset_confirm_form).post(signup::reset_confirm),
+        )
         .route("/panel", get(member_home))
         .route("/panel/vms", post(create_vm))
         .route("/panel/vms/{vm}", get(vm_page))
