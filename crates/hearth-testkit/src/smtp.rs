@@ -16,6 +16,41 @@ pub struct Mail {
     pub data: String,
 }
 
+impl Mail {
+    /// The body as a mail client shows it: after the headers, quoted-printable decoded
+    /// when the message says it is (soft line breaks joined, `=XX` turned into bytes).
+    pub fn body(&self) -> String {
+        let (head, body) = self.data.split_once("\r\n\r\n").unwrap_or(("", &self.data));
+        let quoted = head
+            .to_ascii_lowercase()
+            .contains("content-transfer-encoding: quoted-printable");
+        if !quoted {
+            return body.to_owned();
+        }
+        let joined = body.replace("=\r\n", "");
+        let bytes = joined.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'=', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
 pub struct SmtpSink {
     addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
