@@ -141,7 +141,15 @@ fn a_new_member_signs_up_confirms_is_approved_and_resets_a_password() {
     );
     let shown = agent.cli(&["signup", "show"]);
     assert!(shown.contains("awaiting approval: mia"), "{shown}");
-    agent.cli(&["account", "approve", "mia"]);
+    // An admin approves her from the members page.
+    agent.ensure_account("ann");
+    login(&browser, &base, "ann", "ann's test password");
+    browser.goto(&format!("{base}/admin/members"));
+    let row = browser.text("#account-mia").unwrap();
+    assert!(row.contains("awaiting approval"), "{row}");
+    browser.click("#account-mia form[action$='/approve'] button");
+    assert!(flash(&browser).contains("mia approved"), "{}", flash(&browser));
+    browser.click("nav button");
     let opened = link_in_mail(&sink, "mia@coop.test", 2, &format!("{base}/login"));
     assert_eq!(opened, format!("{base}/login"));
     login(&browser, &base, "mia", "mia's long password");

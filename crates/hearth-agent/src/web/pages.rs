@@ -745,8 +745,21 @@ pub fn members_page(chrome: &Chrome, accounts: &[AccountRow], vms: &[VmRow]) -> 
         let name = &account.name;
         let owned = vms.iter().filter(|vm| vm.vm.request.owner == *name).count();
         let keys = account.ssh_keys.len();
+        let status = match (account.unverified, account.awaiting_approval) {
+            (true, _) => " <span class=\"warn\">(email not confirmed)</span>".to_owned(),
+            (false, true) => format!(
+                " <span class=\"warn\">(awaiting approval)</span> {}",
+                post_button(
+                    &format!("/admin/members/{name}/approve"),
+                    "Approve",
+                    chrome.csrf,
+                    ""
+                )
+            ),
+            (false, false) => String::new(),
+        };
         body.push_str(&format!(
-            "<tr id=\"account-{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{keys}</td><td>{owned}</td><td>{}</td></tr>\n",
+            "<tr id=\"account-{n}\"><td>{n}{status}</td><td>{}</td><td>{}</td><td>{keys}</td><td>{owned}</td><td>{}</td></tr>\n",
             account.role.as_str(),
             escape(&account.email),
             if name == chrome.user {

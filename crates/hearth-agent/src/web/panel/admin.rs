@@ -134,6 +134,22 @@ pub(super) async fn remove_account(
     })
 }
 
+/// Lets in a member who signed up while the co-op approves new members.
+pub(super) async fn approve_account(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Posted { session, .. }: Posted<CsrfOnly>,
+) -> Response {
+    let Some(name) = segment(&name) else {
+        return bad_segment(&session, "account");
+    };
+    let path = format!("/v1/accounts/{name}/approve");
+    let result = session.api(&state, Method::POST, &path, None).await;
+    after("/admin/members", result, |_| {
+        format!("Account {name} approved; they can log in.")
+    })
+}
+
 pub(super) async fn services_page(State(state): State<ApiState>, session: Session) -> Response {
     if let Some(response) = session.admin_only("/admin/services") {
         return response;

@@ -61,6 +61,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/nodes/{name}/{action}", post(node_action))
         .route("/admin/members", get(members_page).post(create_account))
         .route("/admin/members/{name}/delete", post(remove_account))
+        .route("/admin/members/{name}/approve", post(approve_account))
         .route("/admin/services", get(services_page))
         .route(
             "/admin/vms",
