@@ -148,7 +148,11 @@ fn a_new_member_signs_up_confirms_is_approved_and_resets_a_password() {
     let row = browser.text("#account-mia").unwrap();
     assert!(row.contains("awaiting approval"), "{row}");
     browser.click("#account-mia form[action$='/approve'] button");
-    assert!(flash(&browser).contains("mia approved"), "{}", flash(&browser));
+    assert!(
+        flash(&browser).contains("mia approved"),
+        "{}",
+        flash(&browser)
+    );
     browser.click("nav button");
     let opened = link_in_mail(&sink, "mia@coop.test", 2, &format!("{base}/login"));
     assert_eq!(opened, format!("{base}/login"));
