@@ -182,6 +182,18 @@ pub fn authorize(
             }
         }
         ["v1", "vms"] => Verdict::Allow,
+        // Their own zones: the list keeps to the caller's.
+        ["v1", "zones"] => Verdict::Allow,
+        ["v1", "zones", apex, ..] => {
+            let mine = desired
+                .and_then(|d| d.zones.get(&apex.to_ascii_lowercase()))
+                .is_some_and(|zone| zone.value.owner == owner);
+            if mine {
+                Verdict::Allow
+            } else {
+                Verdict::Hidden(format!("zone: no zone {apex}"))
+            }
+        }
         // Giving up a disk is an admin's decision, even for the member's own VM.
         ["v1", "vms", _, "recreate"] => admin_only(),
         // So is where a VM runs, and how much IO it may do (the member's plan sets it).

@@ -446,16 +446,35 @@ fn spawn_work(
         audit: Default::default(),
         secret_files: secret_files(config),
         max_token_secs: config.max_token_lifetime.map(|d| d.as_secs().max(1)),
-        worker_only: !config
-            .roles
-            .iter()
-            .any(|r| matches!(r, hearth_types::Role::Server | hearth_types::Role::Witness)),
+        worker_only: worker_only(config),
         api_connections: hearth_types::limits::ConnLimit::with_exempt(
             listener::MAX_CONNECTIONS,
             listener::MAX_PER_CLIENT,
             config.trusted_proxies.clone(),
         ),
+        dns_origin: config.dns.zone.as_str().into(),
+        verify_resolver: config.dns.verify_resolver.unwrap_or_else(system_resolver),
     })
+}
+
+/// Whether this node is a worker only (neither server nor witness).
+fn worker_only(config: &Config) -> bool {
+    !config
+        .roles
+        .iter()
+        .any(|r| matches!(r, hearth_types::Role::Server | hearth_types::Role::Witness))
+}
+
+/// The first `nameserver` of /etc/resolv.conf on port 53; 127.0.0.1:53 without one.
+fn system_resolver() -> std::net::SocketAddr {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let first = text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next()?.parse::<std::net::IpAddr>().ok())
+            .flatten()
+    });
+    std::net::SocketAddr::new(first.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 53)
 }
 
 /// The files holding the node's secrets by key: the config's, and the API token.

@@ -5,7 +5,7 @@ use hickory_proto::rr::rdata::NS;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::index::{Location, NameData, RrSet};
-use crate::zone::{Zone, ZoneSnapshot};
+use crate::zone::{Part, Zone, ZoneSnapshot};
 
 /// The UDP payload size offered to EDNS clients: the DNS Flag Day 2020 value, which keeps
 /// responses clear of IP fragmentation.
@@ -61,32 +61,35 @@ fn with_rcode(mut response: Message, rcode: ResponseCode) -> Message {
 
 fn answer_query(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, query: &Query) {
     let (qname, qtype) = (query.name(), query.query_type());
-    let location = snapshot.locate(zone, qname);
-    response.metadata.authoritative = !matches!(location, Location::Outside);
-    match location {
+    let Some(part) = snapshot.part(zone, qname) else {
+        response.metadata.response_code = ResponseCode::Refused;
+        return;
+    };
+    response.metadata.authoritative = true;
+    match part.locate(qname) {
         Location::Outside => response.metadata.response_code = ResponseCode::Refused,
-        Location::Missing => answer_nxdomain(response, snapshot),
+        Location::Missing => answer_nxdomain(response, &part),
         Location::Found(data) => match data.cname() {
             Some(target) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
-                answer_alias(response, zone, snapshot, qname, data, target, qtype);
+                answer_alias(response, &part, qname, data, target, qtype);
             }
             _ => {
-                add_data(response, zone, snapshot, qname, data, qtype);
+                add_data(response, &part, qname, data, qtype);
                 if response.answers.is_empty() {
-                    add_soa_authority(response, snapshot);
+                    add_soa_authority(response, &part);
                 }
             }
         },
     }
 }
 
-/// An alias answers its CNAME, then, when the target is in the zone, what the target holds for
-/// the query. One step only: a target that is itself an alias is left to the resolver, which
-/// also makes loops impossible. The rcode and any SOA are the target's (RFC 6604 §3).
+/// An alias answers its CNAME, then, when the target is in the same zone, what the target
+/// holds for the query. One step only: a target that is itself an alias is left to the
+/// resolver, which also makes loops impossible. The rcode and any SOA are the target's
+/// (RFC 6604 §3).
 fn answer_alias(
     response: &mut Message,
-    zone: &Zone,
-    snapshot: &ZoneSnapshot,
+    part: &Part<'_>,
     alias: &Name,
     alias_data: &NameData,
     target: &Name,
@@ -95,15 +98,15 @@ fn answer_alias(
     for set in alias_data.matching(RecordType::CNAME) {
         response.answers.extend(set.records(alias));
     }
-    match snapshot.locate(zone, target) {
+    match part.locate(target) {
         Location::Outside => {}
-        Location::Missing => answer_nxdomain(response, snapshot),
+        Location::Missing => answer_nxdomain(response, part),
         Location::Found(data) if data.cname().is_some() => {}
         Location::Found(data) => {
             let n_answers = response.answers.len();
-            add_data(response, zone, snapshot, target, data, qtype);
+            add_data(response, part, target, data, qtype);
             if response.answers.len() == n_answers {
-                add_soa_authority(response, snapshot);
+                add_soa_authority(response, part);
             }
         }
     }
@@ -113,40 +116,34 @@ fn answer_alias(
 /// in-zone hosts its NS, MX and SRV records name.
 fn add_data(
     response: &mut Message,
-    zone: &Zone,
-    snapshot: &ZoneSnapshot,
+    part: &Part<'_>,
     owner: &Name,
     data: &NameData,
     qtype: RecordType,
 ) {
     if data.is_apex {
-        add_apex_records(response, zone, snapshot, owner, qtype);
+        add_apex_records(response, part, owner, qtype);
     }
     for set in data.matching(qtype) {
         response.answers.extend(set.records(owner));
         if matches!(set.rtype, RecordType::MX | RecordType::SRV) {
-            add_host_addresses(response, zone, snapshot, set);
+            add_host_addresses(response, part, set);
         }
     }
 }
 
 /// The SOA and NS records, which no static set can replace.
-fn add_apex_records(
-    response: &mut Message,
-    zone: &Zone,
-    snapshot: &ZoneSnapshot,
-    owner: &Name,
-    qtype: RecordType,
-) {
-    let apex = snapshot.apex();
+fn add_apex_records(response: &mut Message, part: &Part<'_>, owner: &Name, qtype: RecordType) {
+    let apex = part.apex;
     if matches!(qtype, RecordType::SOA | RecordType::ANY) {
         let mut soa = apex.soa.clone();
         soa.name = owner.clone();
         response.answers.push(soa);
     }
     if matches!(qtype, RecordType::NS | RecordType::ANY) {
+        let ttl = part.zone.ttl;
         let to_record =
-            |ns: &Name| Record::from_rdata(owner.clone(), zone.ttl, RData::NS(NS(ns.clone())));
+            |ns: &Name| Record::from_rdata(owner.clone(), ttl, RData::NS(NS(ns.clone())));
         response
             .answers
             .extend(apex.name_servers.iter().map(to_record));
@@ -156,7 +153,7 @@ fn add_apex_records(
 
 /// The A and AAAA records of the in-zone hosts an MX or SRV set names, so that the client need
 /// not ask for them (RFC 1035 §3.3.9, RFC 2782).
-fn add_host_addresses(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapshot, set: &RrSet) {
+fn add_host_addresses(response: &mut Message, part: &Part<'_>, set: &RrSet) {
     for data in &set.data {
         let host = match data {
             RData::MX(mx) => &mx.exchange,
@@ -170,7 +167,7 @@ fn add_host_addresses(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapsh
         {
             continue;
         }
-        if let Location::Found(host_data) = snapshot.locate(zone, host) {
+        if let Location::Found(host_data) = part.locate(host) {
             for addresses in host_data.addresses() {
                 response.additionals.extend(addresses.records(host));
             }
@@ -178,12 +175,12 @@ fn add_host_addresses(response: &mut Message, zone: &Zone, snapshot: &ZoneSnapsh
     }
 }
 
-fn answer_nxdomain(response: &mut Message, snapshot: &ZoneSnapshot) {
+fn answer_nxdomain(response: &mut Message, part: &Part<'_>) {
     response.metadata.response_code = ResponseCode::NXDomain;
-    add_soa_authority(response, snapshot);
+    add_soa_authority(response, part);
 }
 
 /// NXDOMAIN and NODATA carry the SOA so resolvers can cache the negative answer (RFC 2308).
-fn add_soa_authority(response: &mut Message, snapshot: &ZoneSnapshot) {
-    response.authorities.push(snapshot.apex().soa.clone());
+fn add_soa_authority(response: &mut Message, part: &Part<'_>) {
+    response.authorities.push(part.apex.soa.clone());
 }

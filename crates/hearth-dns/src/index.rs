@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use hearth_types::desired::{DesiredState, RecordData, RecordSet};
 use hearth_types::{CheckStatus, MemberState, ServiceInstance, View};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::settings::{NoneHealthy, Zone};
@@ -139,6 +139,52 @@ impl NameIndex {
         }
     }
 
+    /// The index of a member's zone: its record sets, and the addresses of the owner's VMs
+    /// at the names that follow them (nothing, so NODATA, while a VM has none or is gone).
+    pub(crate) fn build_member(
+        zone: &Zone,
+        member: &hearth_types::zones::MemberZone,
+        desired: &DesiredState,
+    ) -> Self {
+        let mut pending: HashMap<Box<[u8]>, Pending> = HashMap::new();
+        pending.entry(Box::default()).or_default();
+        for record_set in member.records.values() {
+            let owner = zone_file_name(&zone.origin, &record_set.name);
+            let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
+                continue;
+            };
+            if let Some(set) = static_set(&zone.origin, record_set, zone.ttl) {
+                pending.entry(key).or_default().add_static(set);
+            }
+        }
+        for (name, vm) in &member.follows {
+            let owner = zone_file_name(&zone.origin, name);
+            let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
+                continue;
+            };
+            let entry = pending.entry(key).or_default();
+            let ips = desired
+                .compute
+                .vms
+                .values()
+                .map(|v| &v.value)
+                .find(|v| v.request.name == *vm && v.request.owner == member.owner && !v.deleting)
+                .map(|v| v.ips.iter().map(|a| a.address).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for set in address_sets(ips, zone.ttl) {
+                entry.add_static(set);
+            }
+        }
+        add_empty_non_terminals(&mut pending);
+        let finish = |(key, entry): (Box<[u8]>, Pending)| {
+            let is_apex = key.is_empty();
+            (key, entry.finish(zone.ttl, is_apex))
+        };
+        Self {
+            names: pending.into_iter().map(finish).collect(),
+        }
+    }
+
     /// Finds `name` without allocating; matching ignores ASCII case. There are no wildcards.
     pub(crate) fn locate(&self, origin: &Name, name: &Name) -> Location<'_> {
         if !origin.zone_of(name) {
@@ -234,7 +280,8 @@ fn type_order(rtype: RecordType) -> u8 {
         RecordType::TXT => 3,
         RecordType::MX => 4,
         RecordType::SRV => 5,
-        _ => 6,
+        RecordType::CAA => 6,
+        _ => 7,
     }
 }
 
@@ -417,6 +464,14 @@ fn static_rdata(origin: &Name, value: &RecordData) -> Option<RData> {
             port,
             target: name,
         } => RData::SRV(SRV::new(*priority, *weight, *port, target(name)?)),
+        RecordData::Caa { flags, tag, value } => {
+            // Any property, its value as written (the struct has no general constructor).
+            let mut caa = CAA::new_issue(flags & 0x80 != 0, None, Vec::new());
+            caa.reserved_flags = flags & 0x7f;
+            caa.tag = tag.to_ascii_lowercase();
+            caa.value = value.as_bytes().to_vec();
+            RData::CAA(caa)
+        }
     };
     Some(data)
 }

@@ -11,6 +11,7 @@
 //!   rule of what a response holds (rcodes, SOA, NS, aliases, additionals) lives here.
 //! - `packet`: wire bytes in, wire bytes out: decoding, dropping garbage, UDP truncation.
 //! - `metrics`: counters of answers by rcode and of dropped packets.
+//! - `lookup`: a stub TXT lookup, for the proof of a member's domain.
 //! - `server`: the UDP and TCP servers and the snapshot-rebuilding task, all stopped by one
 //!   cancellation token.
 //! - `push`: publishing the same records to an external primary with TSIG-signed RFC 2136
@@ -27,6 +28,7 @@ mod answer;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
+pub mod lookup;
 mod metrics;
 mod packet;
 pub mod push;

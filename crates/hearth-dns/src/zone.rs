@@ -42,6 +42,31 @@ pub struct ZoneSnapshot {
     serial: u32,
     index: NameIndex,
     apex: Apex,
+    /// Members' verified zones, the deepest first.
+    members: Vec<MemberPart>,
+}
+
+/// A member's verified zone: its own index and apex (the co-op's name servers, its own
+/// SOA and serial).
+#[derive(Debug)]
+struct MemberPart {
+    zone: Zone,
+    index: NameIndex,
+    apex: Apex,
+}
+
+/// The zone a query falls in, with what answers it: the co-op's, or a member's.
+pub(crate) struct Part<'s> {
+    pub(crate) zone: &'s Zone,
+    pub(crate) index: &'s NameIndex,
+    pub(crate) apex: &'s Apex,
+}
+
+impl Part<'_> {
+    /// Where `name` falls in this part's zone.
+    pub(crate) fn locate(&self, name: &Name) -> Location<'_> {
+        self.index.locate(&self.zone.origin, name)
+    }
 }
 
 impl ZoneSnapshot {
@@ -61,12 +86,14 @@ impl ZoneSnapshot {
     pub fn new(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>, serial: u32) -> Self {
         let index = NameIndex::build(zone, &view, &desired);
         let apex = build_apex(zone, &view, serial, &index);
+        let members = member_parts(zone, &apex.name_servers, &desired);
         Self {
             view,
             desired,
             serial,
             index,
             apex,
+            members,
         }
     }
 
@@ -87,16 +114,55 @@ impl ZoneSnapshot {
             && self.desired.records == desired.records
             && self.desired.drained == desired.drained
             && crate::index::vm_addresses(&self.desired) == crate::index::vm_addresses(desired)
+            && self.desired.zones == desired.zones
     }
 
-    pub(crate) fn apex(&self) -> &Apex {
-        &self.apex
+    /// The zone `name` falls in: the co-op's, else the deepest verified member zone holding
+    /// it; `None` for a name nobody here answers for (REFUSED).
+    pub(crate) fn part<'s>(&'s self, zone: &'s Zone, name: &Name) -> Option<Part<'s>> {
+        if zone.origin.zone_of(name) {
+            return Some(Part {
+                zone,
+                index: &self.index,
+                apex: &self.apex,
+            });
+        }
+        let member = self.members.iter().find(|m| m.zone.origin.zone_of(name))?;
+        Some(Part {
+            zone: &member.zone,
+            index: &member.index,
+            apex: &member.apex,
+        })
     }
+}
 
-    /// Where `name` falls in `zone` (the zone this snapshot was built for), without allocating.
-    pub(crate) fn locate(&self, zone: &Zone, name: &Name) -> Location<'_> {
-        self.index.locate(&zone.origin, name)
-    }
+/// The verified member zones of `desired`, answered with the co-op's name servers; one
+/// that overlaps the co-op's zone (a claim made through a node with another `[dns] zone`)
+/// is left out rather than shadow any of it.
+fn member_parts(co_op: &Zone, name_servers: &[Name], desired: &DesiredState) -> Vec<MemberPart> {
+    let mut parts: Vec<MemberPart> = desired
+        .zones
+        .values()
+        .map(|z| &z.value)
+        .filter(|z| z.verified)
+        .filter_map(|member| {
+            let origin = Name::from_ascii(&member.apex).ok()?;
+            let zone = Zone::new(origin, co_op.ttl, co_op.none_healthy);
+            if co_op.origin.zone_of(&zone.origin) || zone.origin.zone_of(&co_op.origin) {
+                return None;
+            }
+            let index = NameIndex::build_member(&zone, member, desired);
+            let serial = content_serial(&index, name_servers, &[]);
+            let apex = Apex {
+                soa: soa_record(&zone, serial, name_servers.first()),
+                name_servers: name_servers.to_vec(),
+                glue: Vec::new(),
+            };
+            Some(MemberPart { zone, index, apex })
+        })
+        .collect();
+    parts.sort_by_key(|part| std::cmp::Reverse(part.zone.origin.num_labels()));
+    parts
 }
 
 fn build_apex(zone: &Zone, view: &View, serial: u32, index: &NameIndex) -> Apex {

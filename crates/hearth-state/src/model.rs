@@ -18,6 +18,7 @@ mod quota;
 mod replicas;
 pub mod signup;
 mod vm_events;
+pub mod zones;
 
 pub use cas::{Expect, Outcome};
 use cas::{put, remove};
@@ -107,6 +108,10 @@ pub enum Command {
     /// Sign-up: the setting, invites, new members and emailed tokens.
     Signup {
         command: signup::SignupCommand,
+    },
+    /// Members' own DNS zones.
+    Zone {
+        command: zones::ZoneCommand,
     },
     /// Records a change made through the API.
     Audit {
@@ -254,6 +259,7 @@ impl Command {
             | Command::PutToken { .. }
             | Command::RevokeToken { .. }
             | Command::Signup { .. } => "accounts".into(),
+            Command::Zone { command } => format!("zone/{}", command.apex()),
             Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
@@ -304,7 +310,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 5;
+pub const STATE_LEVEL: u32 = 6;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -318,6 +324,18 @@ impl Command {
             | Command::AddCredit { .. }
             | Command::RecordWebhook { .. } => 4,
             Command::Signup { .. } => 5,
+            Command::Zone { .. } => 6,
+            // CAA records, and a zone quota on a plan or an account.
+            Command::PutRecords { records, .. }
+                if records
+                    .values
+                    .iter()
+                    .any(|v| matches!(v, hearth_types::desired::RecordData::Caa { .. })) =>
+            {
+                6
+            }
+            Command::PutPlan { plan, .. } if plan.quota.zones.is_some() => 6,
+            Command::PutAccount { account, .. } if account.quota.zones.is_some() => 6,
             // The new account fields an older node would drop.
             Command::PutAccount { account, .. }
                 if account.unverified || account.awaiting_approval =>
@@ -388,6 +406,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::RemoveAccount { name, expect } => remove_account(state, name, *expect, index),
         Command::PutToken { token } => put_token(state, token, index),
         Command::Signup { command } => signup::apply(state, command, index),
+        Command::Zone { command } => zones::apply(state, command, index),
         Command::Audit { entry } => audit(state, entry, index),
         Command::RevokeToken { id } => revoke_token(state, id, index),
         Command::PutRecords { records, expect } => put_records(state, records, *expect, index),

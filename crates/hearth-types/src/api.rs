@@ -276,6 +276,36 @@ pub struct VmRow {
     pub shown_phase: Phase,
 }
 
+/// A member's zone as the API shows it, with the name its challenge record goes at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ZoneRow {
+    pub zone: crate::zones::MemberZone,
+    pub version: u64,
+    /// `_hearth-challenge.<domain>`: where the TXT record holding `zone.challenge` goes.
+    pub challenge_name: String,
+}
+
+/// `POST /v1/zones`: claim a domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    /// The domain, like `example.org`.
+    #[schemars(length(min = 3, max = 235), regex(pattern = crate::zones::APEX_PATTERN))]
+    pub apex: String,
+    /// Admins: the account that will hold it (default: the caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
+    pub owner: Option<String>,
+}
+
+/// `PUT /v1/zones/{apex}/follows/{name}`: the VM whose addresses the name answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FollowVm {
+    #[schemars(length(min = 1, max = 128))]
+    pub vm: String,
+}
+
 /// `GET /v1/signup`: the co-op's sign-up setting, and the accounts that wait.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SignupView {

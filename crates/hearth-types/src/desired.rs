@@ -43,6 +43,16 @@ pub enum RecordData {
         #[schemars(length(max = 254), regex(pattern = crate::names::DOMAIN_PATTERN))]
         target: String,
     },
+    /// Which certificate authorities may issue for the name (RFC 8659).
+    Caa {
+        /// 128 marks the property critical.
+        flags: u8,
+        /// `issue`, `issuewild` or `iodef` (or another property of letters and digits).
+        #[schemars(length(min = 1, max = 15), regex(pattern = "^[A-Za-z0-9]+$"))]
+        tag: String,
+        #[schemars(length(max = 255))]
+        value: String,
+    },
 }
 
 impl RecordData {
@@ -54,6 +64,7 @@ impl RecordData {
             RecordData::Txt { .. } => "TXT",
             RecordData::Mx { .. } => "MX",
             RecordData::Srv { .. } => "SRV",
+            RecordData::Caa { .. } => "CAA",
         }
     }
 
@@ -76,6 +87,7 @@ impl RecordData {
                 port,
                 target,
             } => format!("{priority} {weight} {port} {target}"),
+            RecordData::Caa { flags, tag, value } => format!("{flags} {tag} {value:?}"),
         }
     }
 
@@ -96,6 +108,20 @@ impl RecordData {
             RecordData::Txt { .. } => Ok(()),
             RecordData::Mx { exchange, .. } => check_target("exchange", exchange),
             RecordData::Srv { target, .. } => check_target("target", target),
+            RecordData::Caa { tag, value, .. } => {
+                let tag_ok = !tag.is_empty()
+                    && tag.len() <= 15
+                    && tag.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !tag_ok {
+                    Err(format!(
+                        "tag: `{tag}` is not a CAA property (issue, issuewild, iodef)"
+                    ))
+                } else if value.len() > 255 || value.contains('"') {
+                    Err("value: at most 255 bytes, without quotes".into())
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -286,6 +312,9 @@ pub struct DesiredState {
     /// The sign-up setting, invite codes and emailed tokens.
     #[serde(default)]
     pub signup: crate::signup::Signup,
+    /// Members' own DNS zones, by domain.
+    #[serde(default)]
+    pub zones: BTreeMap<String, Versioned<crate::zones::MemberZone>>,
 }
 
 impl DesiredState {

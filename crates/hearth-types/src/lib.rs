@@ -26,6 +26,7 @@ pub mod uptime;
 mod versioned;
 mod view;
 pub mod vmstats;
+pub mod zones;
 
 pub use event::{ClusterEvent, EventKind, VmEvent};
 pub use member::{

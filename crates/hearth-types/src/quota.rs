@@ -45,6 +45,9 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = IO_MAX))]
     pub net_out_bytes_per_sec: Option<u64>,
+    /// DNS zones of the member's own (`hearth zone add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<u64>,
 }
 
 impl Quota {
@@ -60,6 +63,7 @@ impl Quota {
         bytes_per_sec: None,
         net_in_bytes_per_sec: None,
         net_out_bytes_per_sec: None,
+        zones: Some(crate::zones::DEFAULT_ZONES),
     };
 
     /// `self`, with each limit `over` sets taking its place.
@@ -74,6 +78,7 @@ impl Quota {
             bytes_per_sec: over.bytes_per_sec.or(self.bytes_per_sec),
             net_in_bytes_per_sec: over.net_in_bytes_per_sec.or(self.net_in_bytes_per_sec),
             net_out_bytes_per_sec: over.net_out_bytes_per_sec.or(self.net_out_bytes_per_sec),
+            zones: over.zones.or(self.zones),
         }
     }
 

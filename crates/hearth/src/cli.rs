@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         command: crate::signup_cli::SignupCommand,
     },
+    /// DNS zones of your own: claim a domain, prove it, and edit its records; every
+    /// server answers for it.
+    Zone {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::zones_cli::ZoneCommand,
+    },
     /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
     /// which plan an account is on.
     Plan {
@@ -264,7 +272,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Runs one command.
+fn dispatch(command: Command) -> ExitCode {
+    match command {
         Command::Agent(args) => run_agent(args),
         Command::Members(args) => client_command(&args, members),
         Command::Services { client, command } => match command {
@@ -288,6 +301,9 @@ pub fn main() -> ExitCode {
         Command::Signup { client, command } => with_client(&client, |c, json| {
             crate::signup_cli::signup(c, json, command)
         }),
+        Command::Zone { client, command } => {
+            with_client(&client, |c, json| crate::zones_cli::zone(c, json, command))
+        }
         Command::Plan { client, command } => {
             with_client(&client, |c, json| plans_cli::plan(c, json, command))
         }

@@ -12,6 +12,7 @@ mod output;
 mod plans_cli;
 mod signup_cli;
 mod state_cli;
+mod zones_cli;
 
 use std::process::ExitCode;
 

@@ -120,6 +120,9 @@ pub struct Limits {
     /// The network bytes/s out of each bridged VM.
     #[arg(long, value_name = "N")]
     net_out_bytes_per_sec: Option<u64>,
+    /// DNS zones of their own (`hearth zone add`).
+    #[arg(long, value_name = "N")]
+    zones: Option<u64>,
 }
 
 impl Limits {
@@ -134,6 +137,7 @@ impl Limits {
             bytes_per_sec: self.bytes_per_sec,
             net_in_bytes_per_sec: self.net_in_bytes_per_sec,
             net_out_bytes_per_sec: self.net_out_bytes_per_sec,
+            zones: self.zones,
         }
     }
 }

@@ -280,6 +280,20 @@ fn update_set(
 }
 
 /// Parses a record value as written on the command line.
+/// A CAA value: `FLAGS TAG VALUE`, the value quoted or not.
+fn caa(words: &[String]) -> Result<RecordData, String> {
+    if words.len() < 3 {
+        return Err("CAA takes: FLAGS TAG VALUE".into());
+    }
+    Ok(RecordData::Caa {
+        flags: words[0]
+            .parse()
+            .map_err(|_| "CAA: flags must be a number from 0 to 255".to_owned())?,
+        tag: words[1].clone(),
+        value: words[2..].join(" ").trim_matches('"').to_owned(),
+    })
+}
+
 pub fn parse_value(kind: &str, words: &[String]) -> Result<RecordData, String> {
     let number = |idx: usize, what: &str| -> Result<u16, String> {
         words
@@ -342,9 +356,10 @@ pub fn parse_value(kind: &str, words: &[String]) -> Result<RecordData, String> {
                 target: word(3, "target")?,
             }
         }
+        "CAA" => caa(words)?,
         other => {
             return Err(format!(
-                "unknown record type `{other}`; use A, AAAA, CNAME, TXT, MX or SRV"
+                "unknown record type `{other}`; use A, AAAA, CNAME, TXT, MX, SRV or CAA"
             ));
         }
     };

@@ -52,6 +52,10 @@ pub struct ApiState {
     /// The files holding this node's secrets, by the key that names them, watched by
     /// `/metrics`.
     pub secret_files: Arc<[(&'static str, std::path::PathBuf)]>,
+    /// The co-op's own zone, which no member may claim any part of.
+    pub dns_origin: Arc<str>,
+    /// Where members' TXT challenges are looked up.
+    pub verify_resolver: std::net::SocketAddr,
 }
 
 /// Seconds since the epoch, by this node's clock.

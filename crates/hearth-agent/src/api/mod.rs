@@ -26,6 +26,7 @@ pub mod signup;
 pub mod state;
 pub mod tokens;
 pub mod vms;
+pub mod zones;
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(drift::routes())
         .merge(accounts::routes())
         .merge(signup::routes())
+        .merge(zones::routes())
         .merge(tokens::routes())
         .merge(me::routes())
         .merge(announce::routes())

@@ -374,6 +374,40 @@ pub const ENDPOINTS: &[Endpoint] = &[
     .answers(schema::<hearth_types::api::CreatedInvite>)
     .created(),
     op("delete", "/v1/invites/{id}", "Admins: withdraw an invite code"),
+    op("get", "/v1/zones", "DNS zones of members (a member's own)")
+        .answers(schema::<Vec<hearth_types::api::ZoneRow>>),
+    op("post", "/v1/zones", "Claim a domain as a zone of one's own")
+        .body(schema::<hearth_types::api::NewZone>)
+        .answers(schema::<WriteAnswer>),
+    op("get", "/v1/zones/{apex}", "One zone, its challenge and records")
+        .answers(schema::<hearth_types::api::ZoneRow>),
+    op("delete", "/v1/zones/{apex}", "Give a zone up"),
+    op(
+        "post",
+        "/v1/zones/{apex}/verify",
+        "Check the zone's TXT challenge (admins: ?approve=true) and answer for it",
+    )
+    .answers(schema::<WriteAnswer>),
+    op("put", "/v1/zones/{apex}/records", "Put one record set of a zone")
+        .body(schema::<hearth_types::desired::RecordSet>)
+        .answers(schema::<WriteAnswer>),
+    op(
+        "delete",
+        "/v1/zones/{apex}/records/{name}/{rtype}",
+        "Remove one record set of a zone",
+    ),
+    op(
+        "put",
+        "/v1/zones/{apex}/follows/{name}",
+        "Make a name of the zone answer a VM's addresses",
+    )
+    .body(schema::<hearth_types::api::FollowVm>)
+    .answers(schema::<WriteAnswer>),
+    op(
+        "delete",
+        "/v1/zones/{apex}/follows/{name}",
+        "Stop a name following a VM",
+    ),
     op("get", "/v1/tokens", "API tokens (a member's own)").answers(schema::<Vec<TokenRow>>),
     op(
         "post",
@@ -480,6 +514,13 @@ fn param_schema(path: &str, name: &str) -> Value {
     match (path, name) {
         ("/v1/blobs/{sha256}", "sha256") => json!({"type": "string", "pattern": SHA256_PATTERN}),
         ("/v1/me/ssh-keys/{name}", "name") => json!({"type": "string", "pattern": NAME_PATTERN}),
+        (path, "apex") if path.starts_with("/v1/zones/") => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9.-]{1,235}$"})
+        }
+        (path, "name") if path.starts_with("/v1/zones/") => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_@-][A-Za-z0-9._-]{0,199}$"})
+        }
+        (_, "rtype") => json!({"type": "string", "pattern": "^[A-Za-z]{1,10}$"}),
         (_, "month") => {
             json!({"type": "string", "pattern": hearth_types::invoice::MONTH_PATTERN})
         }
@@ -744,6 +785,7 @@ mod tests {
             include_str!("drift.rs"),
             include_str!("accounts.rs"),
             include_str!("signup.rs"),
+            include_str!("zones.rs"),
             include_str!("tokens.rs"),
             include_str!("me.rs"),
             include_str!("announce.rs"),

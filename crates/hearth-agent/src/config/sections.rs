@@ -34,6 +34,11 @@ pub struct DnsConfig {
     /// Also publish the zone's records to an external primary DNS server; off when absent.
     #[serde(default)]
     pub push: Option<DnsPushConfig>,
+    /// The resolver (`IP:port`) asked for the TXT record that proves a member owns a
+    /// domain (`hearth zone verify`); default: the first `nameserver` of
+    /// /etc/resolv.conf, port 53.
+    #[serde(default)]
+    pub verify_resolver: Option<std::net::SocketAddr>,
 }
 
 impl Default for DnsConfig {
@@ -43,6 +48,7 @@ impl Default for DnsConfig {
             ttl: default_ttl(),
             none_healthy: NoneHealthy::default(),
             push: None,
+            verify_resolver: None,
         }
     }
 }
