@@ -32,6 +32,20 @@ pub enum Outcome {
     Created { id: String, version: u64 },
 }
 
+/// An invalid command's outcome; the message names the field.
+pub(crate) fn invalid(message: impl Into<String>) -> Outcome {
+    Outcome::Invalid {
+        message: message.into(),
+    }
+}
+
+/// A valid command the caller may not have now; the message says why.
+pub(crate) fn refused(message: impl Into<String>) -> Outcome {
+    Outcome::Refused {
+        message: message.into(),
+    }
+}
+
 impl Outcome {
     /// Whether the state changed.
     pub fn changed(&self) -> bool {

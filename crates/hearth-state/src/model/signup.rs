@@ -8,7 +8,7 @@ use hearth_types::desired::DesiredState;
 use hearth_types::signup::{Invite, MailPurpose, MailToken, SignupMode, SignupSettings};
 
 use super::Outcome;
-use super::cas::{Expect, put};
+use super::cas::{Expect, invalid, put, refused};
 
 /// The sign-up commands: an admin's setting and invites, and the public pages' writes. Each
 /// carries the API node's clock (`at`, unix seconds).
@@ -73,18 +73,6 @@ pub(super) fn apply(state: &mut DesiredState, command: &SignupCommand, index: u6
             *at,
             index,
         ),
-    }
-}
-
-fn invalid(message: impl Into<String>) -> Outcome {
-    Outcome::Invalid {
-        message: message.into(),
-    }
-}
-
-fn refused(message: impl Into<String>) -> Outcome {
-    Outcome::Refused {
-        message: message.into(),
     }
 }
 

@@ -6,7 +6,7 @@ use hearth_types::desired::{DesiredState, RecordSet, Versioned};
 use hearth_types::zones::{MemberZone, check_apex, overlaps};
 
 use super::Outcome;
-use super::cas::{Expect, put, remove};
+use super::cas::{Expect, invalid, put, refused, remove};
 
 /// The member zone commands.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,18 +55,6 @@ impl ZoneCommand {
             | ZoneCommand::Follow { apex, .. }
             | ZoneCommand::Release { apex, .. } => apex,
         }
-    }
-}
-
-fn invalid(message: impl Into<String>) -> Outcome {
-    Outcome::Invalid {
-        message: message.into(),
-    }
-}
-
-fn refused(message: impl Into<String>) -> Outcome {
-    Outcome::Refused {
-        message: message.into(),
     }
 }
 
