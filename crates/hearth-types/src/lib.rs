@@ -20,6 +20,7 @@ pub mod money;
 pub mod names;
 pub mod notice;
 pub mod quota;
+pub mod record_text;
 pub mod signup;
 pub mod status;
 pub mod uptime;

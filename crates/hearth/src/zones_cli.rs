@@ -158,14 +158,7 @@ fn set(
     value: &[String],
     ttl: Option<u32>,
 ) -> Result<(), ClientError> {
-    let values = value
-        .join(" ")
-        .split(',')
-        .map(|one| {
-            let words: Vec<String> = one.split_whitespace().map(str::to_owned).collect();
-            crate::state_cli::parse_value(rtype, &words)
-        })
-        .collect::<Result<Vec<_>, String>>()
+    let values = hearth_types::record_text::parse_values(rtype, &value.join(" "))
         .map_err(ClientError::Usage)?;
     let done = format!("{domain}: {name} {rtype} set");
     let set = RecordSet { name, ttl, values };

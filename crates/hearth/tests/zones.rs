@@ -1,10 +1,11 @@
-//! Members' own DNS zones against a real agent, real `dig` and a real Knot: a member claims
-//! `example.test`; until the claim is proven the agent REFUSES the domain; Knot, standing
-//! for the member's current DNS host, serves the TXT challenge (and the same records the
-//! member then puts in hearth), the agent checks it and answers for the domain with its own
-//! SOA and the co-op's name servers; every answer is compared with Knot's for the same
-//! records; a name follows a VM's address; other members can neither see the zone nor claim
-//! inside it, and each keeps to the zone quota; the co-op's own zone stays admins'.
+//! Members' own DNS zones against a real agent, real `dig`, a real Knot and real headless
+//! Chromium: a member claims `example.test`; until the claim is proven the agent REFUSES the
+//! domain; Knot, standing for the member's current DNS host, serves the TXT challenge (and
+//! the same records the member then puts in hearth), the agent checks it and answers for the
+//! domain with its own SOA and the co-op's name servers; every answer is compared with
+//! Knot's for the same records; a name follows a VM's address; other members can neither
+//! see the zone nor claim inside it, and each keeps to the zone quota; the co-op's own zone
+//! stays admins'. The panel's Domains pages do the same in a browser.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -324,5 +325,177 @@ fn a_member_proves_a_domain_and_every_server_answers_for_it_as_knot_would() {
     {
         "REFUSED" => Ok(()),
         other => Err(other.to_owned()),
+    });
+}
+
+/// The panel's Domains pages in real headless Chromium: a member claims the domain, reads the
+/// TXT record to put, checks it (refused until her current host, Knot, serves it), puts
+/// record sets (a bad value is refused with the field named), makes a name follow her VM,
+/// removes a set, and releases the domain; `dig` sees each change. Another member's browser
+/// finds no such domain, and the co-op's zone cannot be claimed.
+#[test]
+fn a_member_manages_her_domain_in_the_panel_in_a_real_browser() {
+    use hearth_testkit::webdriver::Browser;
+    let knot_addr = free_addr();
+    let cluster = TestCluster::start_with(bin(), 1, move |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = format!(
+            "verify_resolver = \"{knot_addr}\"\n[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n"
+        );
+    });
+    let agent = &cluster.agents[0];
+    eventually("the state formed", DEADLINE, || match agent.host_count() {
+        Ok(1) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    member(agent, "mia");
+    member(agent, "max");
+    agent.cli(&[
+        "pool",
+        "add",
+        "lan",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+    agent.add_fake_image("tiny");
+    agent.cli(&[
+        "vm",
+        "create",
+        "web1",
+        "--image",
+        "tiny",
+        "--owner",
+        "mia",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ]);
+    let vm_ip = eventually("web1's address", DEADLINE, || {
+        let row = agent.api_json("/v1/vms/web1")?;
+        row["ips"][0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(row.to_string())
+    });
+
+    let base = format!("http://{}", agent.api_addr());
+    let browser = Browser::start(1000, 900);
+    let login = |name: &str| {
+        browser.delete_cookies();
+        browser.goto(&format!("{base}/login"));
+        browser.fill("#name", name);
+        browser.fill("#password", &format!("{name}'s long password"));
+        browser.click("#login");
+    };
+    let flash = || browser.text("#flash").unwrap_or_default();
+    login("mia");
+    browser.click("nav a[href=\"/panel/zones\"]");
+    browser.fill("#apex", "vm.coop.test");
+    browser.click("#claim-zone");
+    assert!(flash().contains("co-op's own zone"), "{}", flash());
+    browser.fill("#apex", DOMAIN);
+    browser.click("#claim-zone");
+    assert!(browser.url().ends_with(&format!("/panel/zones/{DOMAIN}")));
+    let shown = browser.text("#challenge").unwrap();
+    let challenge = shown
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no challenge in {shown}"))
+        .to_owned();
+    assert!(
+        shown.starts_with(&format!("_hearth-challenge.{DOMAIN}. TXT")),
+        "{shown}"
+    );
+    assert!(browser.find("#approve").is_err(), "a member may approve");
+    browser.click("#verify");
+    assert!(flash().contains("looking up"), "{}", flash());
+    assert_eq!(status_of(agent, DOMAIN, "SOA"), "REFUSED");
+    let _knot = Knot::start(knot_addr, &knot_zone(&challenge));
+    browser.click("#verify");
+    assert!(flash().contains("verified"), "{}", flash());
+    assert!(browser.find("#challenge").is_err());
+
+    // Record sets through the form; a bad value is refused, naming what is wrong.
+    let put = |name: &str, rtype: &str, values: &str| {
+        browser.fill("#set-name", name);
+        browser.select("#set-type", rtype);
+        browser.fill("#set-values", values);
+        browser.click("#put-record");
+        flash()
+    };
+    let said = put("www", "A", "192.0.2.7\n192.0.2.9");
+    assert!(said.contains("saved"), "{said}");
+    let said = put("@", "MX", "ten mail.example.test.");
+    assert!(said.contains("preference"), "{said}");
+    let said = put("@", "MX", "10 mail.example.test.");
+    assert!(said.contains("saved"), "{said}");
+    let said = put("@", "CNAME", "www.example.test.");
+    assert!(said.contains("apex"), "{said}");
+    eventually("www answered", DEADLINE, || {
+        match dig_short(agent.dns_addr(), &format!("www.{DOMAIN}"), "A")? {
+            got if got == ["192.0.2.7", "192.0.2.9"] => Ok(()),
+            got => Err(format!("{got:?}")),
+        }
+    });
+    assert_eq!(
+        dig_short(agent.dns_addr(), DOMAIN, "MX").unwrap(),
+        ["10 mail.example.test."]
+    );
+
+    // A name follows her VM.
+    browser.fill("#follow-name", "shop");
+    browser.select("#follow-vm", "web1");
+    browser.click("#follow-vm-button");
+    assert!(flash().contains("shop follows web1"), "{}", flash());
+    eventually("shop follows web1", DEADLINE, || {
+        match dig_short(agent.dns_addr(), &format!("shop.{DOMAIN}"), "A")? {
+            got if got == [vm_ip.clone()] => Ok(()),
+            got => Err(format!("{got:?}")),
+        }
+    });
+    assert!(
+        browser
+            .text("#records")
+            .unwrap()
+            .contains("follows VM web1")
+    );
+
+    // A set removed by its button is gone from the answers.
+    browser.click("button[data-name=\"www\"][data-rtype=\"A\"]");
+    assert!(flash().contains("www A removed"), "{}", flash());
+    eventually("www gone", DEADLINE, || {
+        match status_of(agent, &format!("www.{DOMAIN}"), "A").as_str() {
+            "NXDOMAIN" => Ok(()),
+            other => Err(other.to_owned()),
+        }
+    });
+
+    // Max finds no such domain, and cannot claim inside Mia's.
+    login("max");
+    browser.goto(&format!("{base}/panel/zones/{DOMAIN}"));
+    assert!(browser.find("#records").is_err() && browser.find("#proof").is_err());
+    assert!(browser.text("body").unwrap().contains("No such domain"));
+    browser.goto(&format!("{base}/panel/zones"));
+    assert!(browser.find("#zones").is_err(), "max sees a domain list");
+    browser.fill("#apex", &format!("shop.{DOMAIN}"));
+    browser.click("#claim-zone");
+    assert!(flash().contains("overlaps"), "{}", flash());
+
+    // Mia releases it: refused again.
+    login("mia");
+    browser.goto(&format!("{base}/panel/zones/{DOMAIN}"));
+    browser.click(&format!(
+        "form[action=\"/panel/zones/{DOMAIN}/delete\"] button"
+    ));
+    assert!(flash().contains("released"), "{}", flash());
+    eventually("refused again", DEADLINE, || {
+        match status_of(agent, DOMAIN, "SOA").as_str() {
+            "REFUSED" => Ok(()),
+            other => Err(other.to_owned()),
+        }
     });
 }

@@ -11,6 +11,7 @@ pub mod session;
 pub mod signup;
 pub mod status;
 pub mod svg;
+pub mod zones;
 
 pub use html::{escape, page, security_headers, utc};
 

@@ -43,6 +43,7 @@ pub fn frame(chrome: &Chrome, title: &str, body: &str) -> String {
 pub fn frame_with(chrome: &Chrome, title: &str, head: &str, body: &str) -> String {
     let mut links = vec![
         ("/panel", "My VMs"),
+        ("/panel/zones", "Domains"),
         ("/panel/billing", "Billing"),
         ("/panel/account", "Account"),
     ];
@@ -94,7 +95,7 @@ pub fn post_button(action: &str, label: &str, csrf: &str, class: &str) -> String
     )
 }
 
-fn hidden_csrf(csrf: &str) -> String {
+pub fn hidden_csrf(csrf: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         escape(csrf)

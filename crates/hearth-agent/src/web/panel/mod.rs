@@ -10,6 +10,7 @@ mod login;
 mod member;
 mod signup;
 mod terminal;
+mod zones;
 
 use crate::api::ApiState;
 use crate::web::pages::{self};
@@ -94,6 +95,7 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/admin/notices", post(post_notice))
         .route("/admin/notices/{id}/{action}", post(notice_action))
+        .merge(zones::routes())
 }
 
 async fn home(headers: HeaderMap, State(state): State<ApiState>) -> Response {
