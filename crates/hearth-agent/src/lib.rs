@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod handlers;
 pub mod host_metrics;
 pub mod http;
+pub mod invoice_mail;
 pub mod listener;
 pub mod login_limit;
 pub mod mail;
@@ -207,7 +208,7 @@ impl Agent {
                     &mut tasks,
                 )
                 .await?;
-                let on = (&config, resolved.webhook.as_ref());
+                let on = (&config, resolved.webhook.as_ref(), resolved.smtp.as_ref());
                 spawn_state_tasks(&state, &membership, meta, on, &shutdown, &mut tasks);
                 Some(state)
             }
@@ -529,16 +530,28 @@ impl Sockets {
 }
 
 /// The tasks of a node that holds the replicated state: cluster events, uptime samples, the
-/// leader's placement, closing months and sending invoices to the webhook (`on`: the config
-/// and its webhook), and announcing its group membership by gossip.
+/// leader's placement, closing months and sending invoices to the webhook and to members by
+/// email (`on`: the config, its webhook and its `[smtp]`), and announcing its group
+/// membership by gossip.
 fn spawn_state_tasks(
     state: &StateNode,
     membership: &Membership,
     meta: NodeMeta,
-    (config, webhook): (&Config, Option<&config::Webhook>),
+    (config, webhook, smtp): (
+        &Config,
+        Option<&config::Webhook>,
+        Option<&mail::MailSettings>,
+    ),
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    if let Some(smtp) = smtp {
+        tasks.spawn(invoice_mail::deliver(
+            state.clone(),
+            Arc::new(smtp.clone()),
+            shutdown.clone(),
+        ));
+    }
     if let Some(webhook) = webhook {
         tasks.spawn(webhook::deliver(
             state.clone(),

@@ -6,12 +6,13 @@
 //! `X-Hearth-Signature: t=UNIX,v1=HEX`, HEX being HMAC-SHA256 of the secret over
 //! `UNIX.BODY`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_state::model::Command;
 use hearth_state::node::StateNode;
-use hearth_types::invoice::{Billing, Invoice, WebhookDelivery};
+use hearth_types::invoice::{Invoice, WebhookDelivery};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +26,7 @@ pub const MAX_ATTEMPTS: u32 = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -50,13 +51,17 @@ fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
         .collect()
 }
 
-/// The closed invoices due for an attempt at `now_ms`, oldest first.
-pub fn due(billing: &Billing, now_ms: u64) -> Vec<(String, Invoice, WebhookDelivery)> {
-    billing
-        .invoices
+/// The closed invoices due for an attempt at `now_ms` by `deliveries` (the webhook's, or the
+/// emails'), oldest first.
+pub fn due(
+    invoices: &BTreeMap<String, Invoice>,
+    deliveries: &BTreeMap<String, WebhookDelivery>,
+    now_ms: u64,
+) -> Vec<(String, Invoice, WebhookDelivery)> {
+    invoices
         .iter()
         .filter_map(|(key, invoice)| {
-            let delivery = billing.deliveries.get(key).cloned().unwrap_or_default();
+            let delivery = deliveries.get(key).cloned().unwrap_or_default();
             let waiting = !delivery.delivered
                 && delivery.attempts < MAX_ATTEMPTS
                 && delivery.next_attempt_ms <= now_ms;
@@ -97,7 +102,8 @@ pub async fn deliver(state: StateNode, webhook: Webhook, shutdown: CancellationT
             continue;
         }
         let desired = state.reader().current();
-        for (key, invoice, before) in due(&desired.billing, unix_ms()) {
+        let billing = &desired.billing;
+        for (key, invoice, before) in due(&billing.invoices, &billing.deliveries, unix_ms()) {
             if !state.is_leader() {
                 break;
             }
@@ -177,18 +183,18 @@ mod tests {
         assert_eq!(second.next_attempt_ms, 7_000);
         let done = after_attempt(&second, 7_000, Some(204), None);
         assert!(done.delivered && done.last_error.is_none());
-        let mut billing = Billing::default();
+        let mut billing = hearth_types::invoice::Billing::default();
         billing
             .invoices
             .insert("2026-11/alice".into(), crate::webhook::tests::invoice());
-        assert_eq!(due(&billing, 0).len(), 1);
+        assert_eq!(due(&billing.invoices, &billing.deliveries, 0).len(), 1);
         billing
             .deliveries
             .insert("2026-11/alice".into(), first.clone());
-        assert!(due(&billing, 2_999).is_empty());
-        assert_eq!(due(&billing, 3_000).len(), 1);
+        assert!(due(&billing.invoices, &billing.deliveries, 2_999).is_empty());
+        assert_eq!(due(&billing.invoices, &billing.deliveries, 3_000).len(), 1);
         billing.deliveries.insert("2026-11/alice".into(), done);
-        assert!(due(&billing, u64::MAX).is_empty());
+        assert!(due(&billing.invoices, &billing.deliveries, u64::MAX).is_empty());
     }
 
     #[test]

@@ -155,6 +155,11 @@ pub enum Command {
         key: String,
         delivery: hearth_types::invoice::WebhookDelivery,
     },
+    /// The leader's attempt to email closed invoice `key` to its member.
+    RecordInvoiceMail {
+        key: String,
+        delivery: hearth_types::invoice::WebhookDelivery,
+    },
 }
 
 /// Whom a worker's command speaks for: the worker that may write it.
@@ -267,7 +272,8 @@ impl Command {
             Command::RecordUsage { .. }
             | Command::CloseMonth { .. }
             | Command::AddCredit { .. }
-            | Command::RecordWebhook { .. } => "billing".into(),
+            | Command::RecordWebhook { .. }
+            | Command::RecordInvoiceMail { .. } => "billing".into(),
         }
     }
 }
@@ -310,7 +316,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 6;
+pub const STATE_LEVEL: u32 = 7;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -325,6 +331,7 @@ impl Command {
             | Command::RecordWebhook { .. } => 4,
             Command::Signup { .. } => 5,
             Command::Zone { .. } => 6,
+            Command::RecordInvoiceMail { .. } => 7,
             // CAA records, and a zone quota on a plan or an account.
             Command::PutRecords { records, .. }
                 if records
@@ -397,6 +404,9 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::AddCredit { credit } => billing::add_credit(state, credit, index),
         Command::RecordWebhook { key, delivery } => {
             billing::record_webhook(state, key, delivery, index)
+        }
+        Command::RecordInvoiceMail { key, delivery } => {
+            billing::record_mail(state, key, delivery, index)
         }
         Command::PutAccount {
             account,

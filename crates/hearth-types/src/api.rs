@@ -101,6 +101,9 @@ pub struct DeliveryRow {
     pub month: String,
     pub member: String,
     pub delivery: crate::invoice::WebhookDelivery,
+    /// Its email to the member (none yet: not sent, or no `[smtp]` or address).
+    #[serde(default)]
+    pub mail: crate::invoice::WebhookDelivery,
 }
 
 /// A plan and its version.

@@ -33,6 +33,10 @@ pub struct Billing {
     /// Each closed invoice's delivery to the co-op's webhook, by the invoice's key.
     #[serde(default)]
     pub deliveries: BTreeMap<String, WebhookDelivery>,
+    /// Each closed invoice's email to its member (through `[smtp]`), by the invoice's key,
+    /// recorded as a webhook delivery is.
+    #[serde(default)]
+    pub mails: BTreeMap<String, WebhookDelivery>,
 }
 
 /// How a closed invoice's webhook delivery went: every attempt is recorded through the log,

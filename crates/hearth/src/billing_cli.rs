@@ -278,7 +278,14 @@ fn print_invoice(invoice: &Invoice) {
 
 fn print_deliveries(rows: &[DeliveryRow]) {
     print_table(
-        &["MONTH", "MEMBER", "DELIVERED", "ATTEMPTS", "LAST"],
+        &[
+            "MONTH",
+            "MEMBER",
+            "DELIVERED",
+            "ATTEMPTS",
+            "LAST",
+            "EMAILED",
+        ],
         rows.iter().map(|r| {
             let d = &r.delivery;
             let last = match (&d.last_error, d.last_status) {
@@ -286,12 +293,22 @@ fn print_deliveries(rows: &[DeliveryRow]) {
                 (None, Some(status)) => format!("HTTP {status}"),
                 (None, None) => "-".into(),
             };
+            let emailed = match (&r.mail, r.mail.delivered) {
+                (_, true) => "yes".to_owned(),
+                (mail, false) if mail.attempts == 0 => "no".to_owned(),
+                (mail, false) => format!(
+                    "no ({} attempts: {})",
+                    mail.attempts,
+                    mail.last_error.as_deref().unwrap_or("-")
+                ),
+            };
             vec![
                 r.month.clone(),
                 r.member.clone(),
                 if d.delivered { "yes" } else { "no" }.into(),
                 d.attempts.to_string(),
                 last,
+                emailed,
             ]
         }),
     );

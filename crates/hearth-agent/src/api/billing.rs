@@ -213,7 +213,7 @@ async fn usage(
     }
 }
 
-/// Each closed invoice's webhook delivery, oldest invoice first.
+/// Each closed invoice's webhook delivery and email, oldest invoice first.
 async fn deliveries(State(state): State<ApiState>) -> Response {
     match read(&state, &Params::default()).await {
         Ok(desired) => {
@@ -230,6 +230,7 @@ async fn deliveries(State(state): State<ApiState>) -> Response {
                         .get(key)
                         .cloned()
                         .unwrap_or_default(),
+                    mail: desired.billing.mails.get(key).cloned().unwrap_or_default(),
                 })
                 .collect();
             Json(rows).into_response()

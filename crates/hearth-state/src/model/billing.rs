@@ -2,7 +2,7 @@
 //! decisions themselves are `hearth_types::metering` and `hearth_types::invoice`).
 
 use hearth_types::desired::DesiredState;
-use hearth_types::invoice::Credit;
+use hearth_types::invoice::{Credit, WebhookDelivery};
 use hearth_types::metering::{MAX_ROWS_PER_WRITE, UsageRow};
 use hearth_types::money::Prices;
 
@@ -102,27 +102,51 @@ pub(super) fn add_credit(state: &mut DesiredState, credit: &Credit, index: u64) 
 
 /// Records a webhook delivery of a closed invoice; one already delivered stays so unless
 /// the record is an admin's reset (no attempts).
+/// Records an attempt to deliver closed invoice `key` to the webhook.
 pub(super) fn record_webhook(
     state: &mut DesiredState,
     key: &str,
-    delivery: &hearth_types::invoice::WebhookDelivery,
+    delivery: &WebhookDelivery,
     index: u64,
 ) -> Outcome {
-    if !state.billing.invoices.contains_key(key) {
+    let billing = &mut state.billing;
+    record_delivery(
+        &billing.invoices,
+        &mut billing.deliveries,
+        key,
+        delivery,
+        index,
+    )
+}
+
+/// Records an attempt to email closed invoice `key` to its member.
+pub(super) fn record_mail(
+    state: &mut DesiredState,
+    key: &str,
+    delivery: &WebhookDelivery,
+    index: u64,
+) -> Outcome {
+    let billing = &mut state.billing;
+    record_delivery(&billing.invoices, &mut billing.mails, key, delivery, index)
+}
+
+/// Records an attempt to deliver closed invoice `key` (to the webhook, or by email) in
+/// `deliveries`; a delivered invoice takes only an admin's reset (no attempts) after.
+fn record_delivery(
+    invoices: &std::collections::BTreeMap<String, hearth_types::invoice::Invoice>,
+    deliveries: &mut std::collections::BTreeMap<String, WebhookDelivery>,
+    key: &str,
+    delivery: &WebhookDelivery,
+    index: u64,
+) -> Outcome {
+    if !invoices.contains_key(key) {
         return Outcome::NotFound;
     }
-    let delivered = state
-        .billing
-        .deliveries
-        .get(key)
-        .is_some_and(|d| d.delivered);
+    let delivered = deliveries.get(key).is_some_and(|d| d.delivered);
     if delivered && delivery.attempts > 0 {
         return Outcome::Nothing;
     }
-    state
-        .billing
-        .deliveries
-        .insert(key.to_owned(), delivery.clone());
+    deliveries.insert(key.to_owned(), delivery.clone());
     Outcome::Applied { version: index }
 }
 
