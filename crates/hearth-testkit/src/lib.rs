@@ -15,6 +15,7 @@ pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7480;
 pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
+pub mod clock;
 pub mod delay;
 pub mod netns;
 pub mod smtp;
@@ -136,6 +137,8 @@ pub struct NodeSpec {
     /// as the shipped unit's `User=` and `NoNewPrivileges=` do); its directory becomes that
     /// user's.
     pub run_as: Option<String>,
+    /// More environment for the agent (a [`clock::FakeClock`]'s, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -280,6 +283,7 @@ impl TestAgent {
                 std::env::var("HEARTH_TEST_LOG")
                     .unwrap_or_else(|_| "info,openraft=warn,hearth_membership=debug".into()),
             )
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -758,6 +762,7 @@ impl TestCluster {
             netns: None,
             dns_port: None,
             run_as: None,
+            env: vec![],
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
             top: String::new(),
@@ -841,5 +846,6 @@ pub fn lab_spec(
         netns: Some(lab.netns(idx)),
         dns_port: None,
         run_as: None,
+        env: vec![],
     }
 }

@@ -17,6 +17,25 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// The `Subject:` header's value.
+    pub fn subject(&self) -> String {
+        let head = self.data.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// The first line of the body that starts with `prefix` (a link), trimmed.
+    pub fn line_starting(&self, prefix: &str) -> Option<String> {
+        let body = self.body();
+        body.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+    }
+
     /// The body as a mail client shows it: after the headers, quoted-printable decoded
     /// when the message says it is (soft line breaks joined, `=XX` turned into bytes).
     pub fn body(&self) -> String {
@@ -88,6 +107,21 @@ impl SmtpSink {
     /// Every message received so far.
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for message number `n` (from 1) to an address containing `to`.
+    pub fn wait_for(&self, to: &str, n: usize, timeout: std::time::Duration) -> Mail {
+        crate::eventually(&format!("mail {n} to {to}"), timeout, || {
+            let mails: Vec<Mail> = self
+                .mails()
+                .into_iter()
+                .filter(|m| m.to.iter().any(|t| t.contains(to)))
+                .collect();
+            mails
+                .get(n - 1)
+                .cloned()
+                .ok_or_else(|| format!("{} mails", mails.len()))
+        })
     }
 }
 
