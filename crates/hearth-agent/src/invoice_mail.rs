@@ -6,6 +6,7 @@
 //! closed more than [`WINDOW_MS`] ago are never mailed, so an upgrade or a long outage does
 //! not send a pile of old ones.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,23 +17,31 @@ use hearth_types::invoice::Invoice;
 use tokio_util::sync::CancellationToken;
 
 use crate::mail::MailSettings;
-use crate::webhook::{after_attempt, due, unix_ms};
+use crate::webhook::{Retry, after_attempt, due, unix_ms};
+use hearth_types::invoice::WebhookDelivery;
 
 /// How long after its month closed an invoice may still be mailed.
 pub const WINDOW_MS: u64 = 7 * 86_400 * 1000;
 
+/// The state level that carries `RecordInvoiceMail`: below it, nothing is mailed, since
+/// an attempt could not be recorded and would be made again.
+pub const MAIL_LEVEL: u32 = 7;
+
+/// Mail is tried until the window closes, at most an hour apart.
+pub const RETRY: Retry = Retry {
+    max_attempts: u32::MAX,
+    max_backoff: Duration::from_secs(3600),
+};
+
 /// The closed invoices to mail at `now_ms`: (key, invoice, address, the delivery so far).
+/// `mails` is the recorded attempts, overlaid with any this leader made but could not
+/// record yet.
 pub fn to_mail(
     desired: &DesiredState,
+    mails: &BTreeMap<String, WebhookDelivery>,
     now_ms: u64,
-) -> Vec<(
-    String,
-    Invoice,
-    String,
-    hearth_types::invoice::WebhookDelivery,
-)> {
-    let billing = &desired.billing;
-    due(&billing.invoices, &billing.mails, now_ms)
+) -> Vec<(String, Invoice, String, WebhookDelivery)> {
+    due(&desired.billing.invoices, mails, now_ms, RETRY)
         .into_iter()
         .filter(|(_, invoice, _)| {
             invoice
@@ -76,33 +85,63 @@ pub fn message(invoice: &Invoice, link: Option<&str>) -> (String, String) {
     (format!("Your invoice for {}: {total}", invoice.month), body)
 }
 
-/// Runs until `shutdown`: every second, the leader mails what is due.
+/// The recorded attempts, with this leader's own newer ones laid over them.
+fn known(
+    recorded: &BTreeMap<String, WebhookDelivery>,
+    mine: &BTreeMap<String, WebhookDelivery>,
+) -> BTreeMap<String, WebhookDelivery> {
+    let mut all = recorded.clone();
+    for (key, delivery) in mine {
+        let newer = all
+            .get(key)
+            .is_none_or(|seen| seen.attempts < delivery.attempts);
+        if newer {
+            all.insert(key.clone(), delivery.clone());
+        }
+    }
+    all
+}
+
+/// Mails one invoice to `to`: (status, error) as a webhook attempt records them.
+async fn send(
+    mail: &MailSettings,
+    desired: &DesiredState,
+    invoice: &Invoice,
+    to: &str,
+) -> (Option<u16>, Option<String>) {
+    let settings = &desired.signup.settings;
+    let link = (!settings.public_url.is_empty())
+        .then(|| settings.link(&format!("/panel/billing/{}", invoice.month)));
+    let (subject, body) = message(invoice, link.as_deref());
+    match crate::mail::send_one(mail, to, &subject, &body).await {
+        Ok(()) => (Some(250), None),
+        Err(error) => (None, Some(error)),
+    }
+}
+
+/// Runs until `shutdown`: every second, the leader mails what is due. Attempts it could
+/// not record are remembered here, so a slow log never turns into repeated mail.
 pub async fn deliver(state: StateNode, mail: Arc<MailSettings>, shutdown: CancellationToken) {
     let mut ticks = crate::ticks::Ticks::new(Duration::from_secs(1), shutdown);
+    let mut mine = BTreeMap::new();
     while ticks.next().await {
-        if !state.is_leader() {
+        if !state.is_leader() || state.cluster_level() < MAIL_LEVEL {
+            mine.clear();
             continue;
         }
         let desired = state.reader().current();
-        let settings = &desired.signup.settings;
-        for (key, invoice, to, before) in to_mail(&desired, unix_ms()) {
+        let mails = known(&desired.billing.mails, &mine);
+        for (key, invoice, to, before) in to_mail(&desired, &mails, unix_ms()) {
             if !state.is_leader() {
                 break;
             }
-            let link = (!settings.public_url.is_empty())
-                .then(|| settings.link(&format!("/panel/billing/{}", invoice.month)));
-            let (subject, body) = message(&invoice, link.as_deref());
-            let (status, error) = match crate::mail::send_one(&mail, &to, &subject, &body).await {
-                Ok(()) => (Some(250), None),
-                Err(error) => (None, Some(error)),
-            };
-            let delivery = after_attempt(&before, unix_ms(), status, error);
+            let (status, error) = send(&mail, &desired, &invoice, &to).await;
+            let delivery = after_attempt(&before, unix_ms(), status, error, RETRY);
             tracing::info!(invoice = %key, attempts = delivery.attempts, sent = delivery.delivered, "invoice email");
-            if let Err(error) = state
-                .submit(Command::RecordInvoiceMail { key, delivery })
-                .await
-            {
-                tracing::debug!(%error, "recording an invoice email");
+            mine.insert(key.clone(), delivery.clone());
+            let command = Command::RecordInvoiceMail { key, delivery };
+            if let Err(error) = state.submit(command).await {
+                tracing::warn!(%error, "recording an invoice email; it will not be sent again by this leader");
             }
         }
     }
@@ -113,7 +152,7 @@ mod tests {
     use super::*;
     use hearth_types::account::{Account, AccountRole};
     use hearth_types::desired::Versioned;
-    use hearth_types::invoice::{InvoiceStatus, WebhookDelivery};
+    use hearth_types::invoice::InvoiceStatus;
 
     fn invoice(member: &str, closed_at_ms: u64) -> Invoice {
         Invoice {
@@ -162,11 +201,11 @@ mod tests {
     #[test]
     fn members_with_an_address_get_recent_invoices_once() {
         let mut desired = state();
-        let due = to_mail(&desired, 2_000);
+        let due = to_mail(&desired, &desired.billing.mails, 2_000);
         assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].2, "ana@coop.test");
         // Too long after the close: never.
-        assert!(to_mail(&desired, 1_000 + WINDOW_MS + 1).is_empty());
+        assert!(to_mail(&desired, &desired.billing.mails, 1_000 + WINDOW_MS + 1).is_empty());
         // Sent: not again.
         desired.billing.mails.insert(
             "2026-11/ana".into(),
@@ -176,7 +215,37 @@ mod tests {
                 ..WebhookDelivery::default()
             },
         );
-        assert!(to_mail(&desired, 2_000).is_empty());
+        assert!(to_mail(&desired, &desired.billing.mails, 2_000).is_empty());
+    }
+
+    #[test]
+    fn failures_are_retried_through_the_window_at_most_an_hour_apart() {
+        let mut delivery = WebhookDelivery::default();
+        for _ in 0..40 {
+            delivery = after_attempt(&delivery, 0, None, Some("refused".into()), RETRY);
+        }
+        assert_eq!(delivery.attempts, 40);
+        assert_eq!(delivery.next_attempt_ms, 3_600_000);
+        let desired = state();
+        let mut mails = BTreeMap::new();
+        mails.insert("2026-11/ana".to_owned(), delivery);
+        assert_eq!(to_mail(&desired, &mails, 3_600_000).len(), 1);
+    }
+
+    #[test]
+    fn an_attempt_not_yet_recorded_is_not_made_again() {
+        let desired = state();
+        let attempt = after_attempt(&WebhookDelivery::default(), 2_000, Some(250), None, RETRY);
+        let mine = BTreeMap::from([("2026-11/ana".to_owned(), attempt)]);
+        let mails = known(&desired.billing.mails, &mine);
+        assert!(to_mail(&desired, &mails, 3_000).is_empty());
+        // Once the log has a newer record, it wins.
+        let mut recorded = BTreeMap::new();
+        let mut later = mine["2026-11/ana"].clone();
+        later.attempts = 5;
+        later.delivered = false;
+        recorded.insert("2026-11/ana".to_owned(), later);
+        assert!(!known(&recorded, &mine)["2026-11/ana"].delivered);
     }
 
     #[test]

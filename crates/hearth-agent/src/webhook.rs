@@ -24,6 +24,19 @@ use crate::config::Webhook;
 /// Attempts per invoice before it is left as failed (an admin may send it again).
 pub const MAX_ATTEMPTS: u32 = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// How many times, and how far apart at most, a delivery is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub max_backoff: Duration,
+}
+
+/// The webhook's: 8 attempts, at most 10 minutes apart.
+pub const WEBHOOK: Retry = Retry {
+    max_attempts: MAX_ATTEMPTS,
+    max_backoff: MAX_BACKOFF,
+};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn unix_ms() -> u64 {
@@ -57,13 +70,14 @@ pub fn due(
     invoices: &BTreeMap<String, Invoice>,
     deliveries: &BTreeMap<String, WebhookDelivery>,
     now_ms: u64,
+    retry: Retry,
 ) -> Vec<(String, Invoice, WebhookDelivery)> {
     invoices
         .iter()
         .filter_map(|(key, invoice)| {
             let delivery = deliveries.get(key).cloned().unwrap_or_default();
             let waiting = !delivery.delivered
-                && delivery.attempts < MAX_ATTEMPTS
+                && delivery.attempts < retry.max_attempts
                 && delivery.next_attempt_ms <= now_ms;
             waiting.then(|| (key.clone(), invoice.clone(), delivery))
         })
@@ -76,10 +90,11 @@ pub fn after_attempt(
     now_ms: u64,
     status: Option<u16>,
     error: Option<String>,
+    retry: Retry,
 ) -> WebhookDelivery {
-    let attempts = before.attempts + 1;
+    let attempts = before.attempts.saturating_add(1);
     let delivered = status.is_some_and(|s| (200..300).contains(&s));
-    let backoff = Duration::from_secs(1u64 << attempts.min(20)).min(MAX_BACKOFF);
+    let backoff = Duration::from_secs(1u64 << attempts.min(20)).min(retry.max_backoff);
     WebhookDelivery {
         attempts,
         delivered,
@@ -103,7 +118,9 @@ pub async fn deliver(state: StateNode, webhook: Webhook, shutdown: CancellationT
         }
         let desired = state.reader().current();
         let billing = &desired.billing;
-        for (key, invoice, before) in due(&billing.invoices, &billing.deliveries, unix_ms()) {
+        for (key, invoice, before) in
+            due(&billing.invoices, &billing.deliveries, unix_ms(), WEBHOOK)
+        {
             if !state.is_leader() {
                 break;
             }
@@ -111,7 +128,7 @@ pub async fn deliver(state: StateNode, webhook: Webhook, shutdown: CancellationT
                 Ok(status) => (Some(status), None),
                 Err(error) => (None, Some(error)),
             };
-            let delivery = after_attempt(&before, unix_ms(), status, error);
+            let delivery = after_attempt(&before, unix_ms(), status, error, WEBHOOK);
             tracing::info!(invoice = %key, attempts = delivery.attempts, delivered = delivery.delivered, "invoice webhook");
             if let Err(error) = state.submit(Command::RecordWebhook { key, delivery }).await {
                 tracing::debug!(%error, "recording a webhook delivery");
@@ -175,26 +192,38 @@ mod tests {
 
     #[test]
     fn a_failure_backs_off_and_a_2xx_is_final() {
-        let first = after_attempt(&WebhookDelivery::default(), 1_000, Some(500), None);
+        let first = after_attempt(&WebhookDelivery::default(), 1_000, Some(500), None, WEBHOOK);
         assert_eq!((first.attempts, first.delivered), (1, false));
         assert_eq!(first.next_attempt_ms, 3_000);
         assert_eq!(first.last_error.as_deref(), Some("HTTP 500"));
-        let second = after_attempt(&first, 3_000, None, Some("connect: refused".into()));
+        let second = after_attempt(
+            &first,
+            3_000,
+            None,
+            Some("connect: refused".into()),
+            WEBHOOK,
+        );
         assert_eq!(second.next_attempt_ms, 7_000);
-        let done = after_attempt(&second, 7_000, Some(204), None);
+        let done = after_attempt(&second, 7_000, Some(204), None, WEBHOOK);
         assert!(done.delivered && done.last_error.is_none());
         let mut billing = hearth_types::invoice::Billing::default();
         billing
             .invoices
             .insert("2026-11/alice".into(), crate::webhook::tests::invoice());
-        assert_eq!(due(&billing.invoices, &billing.deliveries, 0).len(), 1);
+        assert_eq!(
+            due(&billing.invoices, &billing.deliveries, 0, WEBHOOK).len(),
+            1
+        );
         billing
             .deliveries
             .insert("2026-11/alice".into(), first.clone());
-        assert!(due(&billing.invoices, &billing.deliveries, 2_999).is_empty());
-        assert_eq!(due(&billing.invoices, &billing.deliveries, 3_000).len(), 1);
+        assert!(due(&billing.invoices, &billing.deliveries, 2_999, WEBHOOK).is_empty());
+        assert_eq!(
+            due(&billing.invoices, &billing.deliveries, 3_000, WEBHOOK).len(),
+            1
+        );
         billing.deliveries.insert("2026-11/alice".into(), done);
-        assert!(due(&billing.invoices, &billing.deliveries, u64::MAX).is_empty());
+        assert!(due(&billing.invoices, &billing.deliveries, u64::MAX, WEBHOOK).is_empty());
     }
 
     #[test]

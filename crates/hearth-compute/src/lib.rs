@@ -2,7 +2,8 @@
 //! (`reconcile`), the loops that run them and write through Raft (`leader`, `host`), the
 //! verified image store (`blobs`, `images`), the files a host serves to its peers
 //! (`files`) and a VM's move to another host on the hosts (`moves` cold, `live_moves`
-//! live). QEMU itself is driven through `hearth-qemu`.
+//! live), and backups in restic repositories (`restic`). QEMU itself is driven through
+//! `hearth-qemu`.
 
 pub mod blobs;
 pub mod console;
@@ -17,6 +18,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod replica_plan;
 pub mod replicas;
+pub mod restic;
 
 use std::sync::atomic::AtomicU64;
 

@@ -2,6 +2,7 @@
 //! overlay, a NoCloud seed and a serial console log per VM under one root directory.
 
 pub mod accel;
+pub mod backup;
 pub mod disk;
 pub mod driver;
 mod error;

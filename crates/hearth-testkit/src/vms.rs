@@ -208,8 +208,13 @@ pub fn last_tick_at_boot(console: &str, boot: u64) -> Option<u64> {
 /// The tick the test guest last wrote to the disk in the qcow2 file `disk` (`HEARTH-TICK N`
 /// at 2 MiB), read with `qemu-io` sharing the file with whoever has it open.
 pub fn disk_tick(disk: &std::path::Path) -> Result<u64, String> {
+    disk_tick_as(disk, "qcow2")
+}
+
+/// [`disk_tick`] of an image in `format` (`qcow2`, `raw`).
+pub fn disk_tick_as(disk: &std::path::Path, format: &str) -> Result<u64, String> {
     let output = std::process::Command::new("qemu-io")
-        .args(["-r", "-U", "-f", "qcow2", "-c", "read -v 2097152 32"])
+        .args(["-r", "-U", "-f", format, "-c", "read -v 2097152 32"])
         .arg(disk)
         .output()
         .map_err(|e| format!("qemu-io: {e}"))?;

@@ -144,6 +144,41 @@ fn status_of(agent: &TestAgent, name: &str, rtype: &str) -> String {
         .to_owned()
 }
 
+/// Mia's (fake) VM `web1` with an address from pool `lan`; its address.
+fn mias_vm(agent: &TestAgent) -> String {
+    agent.cli(&[
+        "pool",
+        "add",
+        "lan",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+    agent.add_fake_image("tiny");
+    agent.cli(&[
+        "vm",
+        "create",
+        "web1",
+        "--image",
+        "tiny",
+        "--owner",
+        "mia",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ]);
+    eventually("web1's address", DEADLINE, || {
+        let row = agent.api_json("/v1/vms/web1")?;
+        row["ips"][0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(row.to_string())
+    })
+}
+
 /// The records both Knot and hearth serve for the member's zone (relative names, as
 /// `hearth zone set` takes them, and as a zone file writes them).
 const RECORDS: &[(&str, &str, &str)] = &[
@@ -247,37 +282,7 @@ fn a_member_proves_a_domain_and_every_server_answers_for_it_as_knot_would() {
     assert_eq!(status_of(agent, "other.test", "A"), "REFUSED");
 
     // A name follows her VM's address; when the VM goes, the name holds nothing.
-    agent.cli(&[
-        "pool",
-        "add",
-        "lan",
-        "192.0.2.0/24",
-        "--gateway",
-        "192.0.2.1",
-    ]);
-    agent.add_fake_image("tiny");
-    agent.cli(&[
-        "vm",
-        "create",
-        "web1",
-        "--image",
-        "tiny",
-        "--owner",
-        "mia",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-    ]);
-    let vm_ip = eventually("web1's address", DEADLINE, || {
-        let row = agent.api_json("/v1/vms/web1")?;
-        row["ips"][0]["address"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(row.to_string())
-    });
+    let vm_ip = mias_vm(agent);
     ok_as(agent, &mia, &["zone", "follow", DOMAIN, "shop", "web1"]);
     eventually("shop follows web1", DEADLINE, || {
         match dig_short(agent.dns_addr(), &format!("shop.{DOMAIN}"), "A")? {
@@ -350,37 +355,7 @@ fn a_member_manages_her_domain_in_the_panel_in_a_real_browser() {
     });
     member(agent, "mia");
     member(agent, "max");
-    agent.cli(&[
-        "pool",
-        "add",
-        "lan",
-        "192.0.2.0/24",
-        "--gateway",
-        "192.0.2.1",
-    ]);
-    agent.add_fake_image("tiny");
-    agent.cli(&[
-        "vm",
-        "create",
-        "web1",
-        "--image",
-        "tiny",
-        "--owner",
-        "mia",
-        "--memory-mib",
-        "256",
-        "--disk-gib",
-        "1",
-        "--pool",
-        "lan",
-    ]);
-    let vm_ip = eventually("web1's address", DEADLINE, || {
-        let row = agent.api_json("/v1/vms/web1")?;
-        row["ips"][0]["address"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(row.to_string())
-    });
+    let vm_ip = mias_vm(agent);
 
     let base = format!("http://{}", agent.api_addr());
     let browser = Browser::start(1000, 900);

@@ -136,10 +136,8 @@ async fn verify_zone(
         true => format!("/v1/zones/{apex}/verify?approve=true"),
         false => format!("/v1/zones/{apex}/verify"),
     };
-    let result = session.api(&state, Method::POST, &path, None).await;
-    after(&format!("{ACTIVE}/{apex}"), result, |_| {
-        format!("{apex} is verified: every server answers for it.")
-    })
+    let done = format!("{apex} is verified: every server answers for it.");
+    back_to_zone(&state, &session, &apex, (Method::POST, path, None), done).await
 }
 
 #[derive(Deserialize)]
@@ -161,6 +159,19 @@ impl CsrfField for SetForm {
 /// A flash saying what is wrong with a form, back on the zone's page.
 fn refuse(apex: &str, text: String) -> Response {
     see_other(&format!("{ACTIVE}/{apex}"), Some(Flash { ok: false, text }))
+}
+
+/// Calls the API about zone `apex` and goes back to its page, with `done` or the API's error.
+async fn back_to_zone(
+    state: &ApiState,
+    session: &Session,
+    apex: &str,
+    call: (Method, String, Option<serde_json::Value>),
+    done: String,
+) -> Response {
+    let (method, path, request) = call;
+    let result = session.api(state, method, &path, request).await;
+    after(&format!("{ACTIVE}/{apex}"), result, |_| done)
 }
 
 async fn put_set(
@@ -190,10 +201,15 @@ async fn put_set(
         values,
     };
     let path = format!("/v1/zones/{apex}/records");
-    let result = session.api(&state, Method::PUT, &path, body(&set)).await;
-    after(&format!("{ACTIVE}/{apex}"), result, |_| {
-        format!("{name} {kind} saved.")
-    })
+    let done = format!("{name} {kind} saved.");
+    back_to_zone(
+        &state,
+        &session,
+        &apex,
+        (Method::PUT, path, body(&set)),
+        done,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -233,10 +249,8 @@ async fn remove_set(
         return refuse(&apex, "name: no such record set".into());
     };
     let path = format!("/v1/zones/{apex}/records/{name}/{kind}");
-    let result = session.api(&state, Method::DELETE, &path, None).await;
-    after(&format!("{ACTIVE}/{apex}"), result, |_| {
-        format!("{name} {kind} removed.")
-    })
+    let done = format!("{name} {kind} removed.");
+    back_to_zone(&state, &session, &apex, (Method::DELETE, path, None), done).await
 }
 
 async fn follow(
@@ -258,13 +272,9 @@ async fn follow(
     };
     let vm = form.vm.trim().to_owned();
     let path = format!("/v1/zones/{apex}/follows/{name}");
-    let request = FollowVm { vm: vm.clone() };
-    let result = session
-        .api(&state, Method::PUT, &path, body(&request))
-        .await;
-    after(&format!("{ACTIVE}/{apex}"), result, |_| {
-        format!("{name} follows {vm}.")
-    })
+    let request = body(&FollowVm { vm: vm.clone() });
+    let done = format!("{name} follows {vm}.");
+    back_to_zone(&state, &session, &apex, (Method::PUT, path, request), done).await
 }
 
 async fn unfollow(
@@ -279,10 +289,8 @@ async fn unfollow(
         return refuse(&apex, "name: no such followed name".into());
     };
     let path = format!("/v1/zones/{apex}/follows/{name}");
-    let result = session.api(&state, Method::DELETE, &path, None).await;
-    after(&format!("{ACTIVE}/{apex}"), result, |_| {
-        format!("{name} follows no VM.")
-    })
+    let done = format!("{name} follows no VM.");
+    back_to_zone(&state, &session, &apex, (Method::DELETE, path, None), done).await
 }
 
 async fn release(

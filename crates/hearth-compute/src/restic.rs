@@ -1,0 +1,220 @@
+//! Backups in a restic repository, through Debian's `restic` program: a VM's disk copy goes
+//! in as one file read from standard input (`VM-ID.raw`), tagged `vm=ID`, so restic's
+//! content-defined chunks store only what changed since the last run; snapshots are listed
+//! by that tag, and `dump` writes one back out. The repository's password is only ever in
+//! its file (`RESTIC_PASSWORD_FILE`), never on a command line or in a log. The answers'
+//! JSON is read by the pure `summary` and `snapshots`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+
+/// A restic repository: where it is (a path, `sftp:…`, `rest:…`, `s3:…`) and the file
+/// holding its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repo {
+    pub location: String,
+    pub password_file: PathBuf,
+    /// restic's local cache of the repository's metadata.
+    pub cache_dir: PathBuf,
+}
+
+/// What one backup stored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Summary {
+    /// The snapshot's short id.
+    pub snapshot_id: String,
+    /// Bytes read from the copy.
+    pub total_bytes_processed: u64,
+    /// Bytes new to the repository (after deduplication, before compression).
+    pub data_added: u64,
+}
+
+/// One snapshot as `restic snapshots --json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub short_id: String,
+    /// RFC 3339.
+    pub time: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// The file name a VM's disk has inside its snapshots.
+pub fn file_name(vm: &str) -> String {
+    format!("{vm}.raw")
+}
+
+/// The tag of a VM's snapshots.
+pub fn tag(vm: &str) -> String {
+    format!("vm={vm}")
+}
+
+/// The summary line of `restic backup --json`'s output.
+pub fn summary(output: &str) -> Result<Summary, String> {
+    output
+        .lines()
+        .rev()
+        .filter(|l| l.contains("\"message_type\":\"summary\""))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("restic backup printed no summary: {}", tail(output)))
+}
+
+/// `restic snapshots --json`'s list, oldest first.
+pub fn snapshots(output: &str) -> Result<Vec<Snapshot>, String> {
+    let mut list: Vec<Snapshot> = serde_json::from_str(output.trim())
+        .map_err(|e| format!("restic snapshots: {e}: {}", tail(output)))?;
+    list.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok(list)
+}
+
+/// The last few hundred bytes of `text`, for an error message.
+fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(400);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].trim()
+}
+
+impl Repo {
+    fn command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("restic");
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RESTIC_REPOSITORY", &self.location)
+            .env("RESTIC_PASSWORD_FILE", &self.password_file)
+            .env("RESTIC_CACHE_DIR", &self.cache_dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs restic with `args` (and `stdin` from a file); its standard output, or why not.
+    async fn run(&self, args: &[&str], stdin: Option<&Path>) -> Result<String, String> {
+        let mut command = self.command();
+        command.args(args);
+        if let Some(path) = stdin {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            command.stdin(file);
+        }
+        let output = command
+            .output()
+            .await
+            .map_err(|e| format!("cannot run restic (apt-get install restic): {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.success() {
+            true => Ok(stdout),
+            false => Err(format!(
+                "restic {} failed: {}",
+                args.first().unwrap_or(&""),
+                tail(&String::from_utf8_lossy(&output.stderr))
+            )),
+        }
+    }
+
+    /// Makes the repository unless it is there already.
+    pub async fn ensure(&self) -> Result<(), String> {
+        if self.run(&["cat", "config"], None).await.is_ok() {
+            return Ok(());
+        }
+        self.run(&["init"], None).await.map(|_| ())
+    }
+
+    /// Stores the disk copy at `copy` as VM `vm`'s snapshot, made by `host`.
+    pub async fn backup(&self, vm: &str, host: &str, copy: &Path) -> Result<Summary, String> {
+        let name = file_name(vm);
+        let tag = tag(vm);
+        let args = [
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-filename",
+            &name,
+            "--tag",
+            &tag,
+            "--host",
+            host,
+        ];
+        summary(&self.run(&args, Some(copy)).await?)
+    }
+
+    /// VM `vm`'s snapshots, oldest first.
+    pub async fn list(&self, vm: &str) -> Result<Vec<Snapshot>, String> {
+        let tag = tag(vm);
+        snapshots(
+            &self
+                .run(&["snapshots", "--json", "--tag", &tag], None)
+                .await?,
+        )
+    }
+
+    /// Writes VM `vm`'s disk of snapshot `id` to `target` (replaced if there).
+    pub async fn dump(&self, vm: &str, id: &str, target: &Path) -> Result<(), String> {
+        let file =
+            std::fs::File::create(target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let path = format!("/{}", file_name(vm));
+        let mut command = self.command();
+        // Not `output()`, which would pipe standard output away from the file.
+        command
+            .args(["dump", id, &path])
+            .stdout(file)
+            .stderr(Stdio::piped());
+        let output = command
+            .spawn()
+            .map_err(|e| format!("cannot run restic (apt-get install restic): {e}"))?
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("restic dump: {e}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(target);
+        Err(format!(
+            "restic dump failed: {}",
+            tail(&String::from_utf8_lossy(&output.stderr))
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_is_the_last_summary_line() {
+        let output = "{\"message_type\":\"status\",\"percent_done\":0.5}\n{\"message_type\":\"summary\",\"files_new\":1,\"data_added\":3000357,\"total_bytes_processed\":3000000,\"snapshot_id\":\"3ebeda0d\"}\n";
+        assert_eq!(
+            summary(output).unwrap(),
+            Summary {
+                snapshot_id: "3ebeda0d".into(),
+                total_bytes_processed: 3_000_000,
+                data_added: 3_000_357,
+            }
+        );
+        assert!(
+            summary("Fatal: wrong password")
+                .unwrap_err()
+                .contains("wrong password")
+        );
+    }
+
+    #[test]
+    fn snapshots_come_oldest_first() {
+        let output = r#"[{"time":"2026-12-04T20:31:00Z","hostname":"n1","tags":["vm=vm-1"],"paths":["/vm-1.raw"],"id":"bb","short_id":"b"},
+{"time":"2026-12-04T20:30:00Z","hostname":"n1","tags":["vm=vm-1"],"paths":["/vm-1.raw"],"id":"aa","short_id":"a"}]"#;
+        let list = snapshots(output).unwrap();
+        assert_eq!(
+            list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["aa", "bb"]
+        );
+        assert_eq!(snapshots("[]").unwrap(), vec![]);
+        assert!(snapshots("nonsense").is_err());
+    }
+}

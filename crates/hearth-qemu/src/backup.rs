@@ -1,0 +1,183 @@
+//! A point-in-time copy of a VM's disk, for a backup. While QEMU runs, `blockdev-backup`
+//! (sync=full) copies the whole disk, its image beneath included, as it was when the job
+//! began into a new raw file: QEMU saves each block the guest is about to overwrite first,
+//! so the guest never stops and the copy is crash-consistent. Without QEMU, `qemu-img
+//! convert` reads the disk file. The VM's own disk is never written, and a copy that fails
+//! is removed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::driver::Driver;
+use crate::error::{ControlError, DiskError, io_error};
+use crate::qmp::Qmp;
+
+/// QEMU ids of the copy's job and its target node.
+const JOB: &str = "hearth-backup";
+const NODE: &str = "hearth-backup-target";
+/// How often the job's state is asked for.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("the copy of {id}'s disk failed: {message}")]
+    Job { id: String, message: String },
+}
+
+/// The root disk's size as the guest sees it, from `query-block`.
+async fn virtual_size(qmp: &mut Qmp) -> Result<u64, ControlError> {
+    let blocks = qmp.execute("query-block", None).await?;
+    blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["device"] == "disk0")
+        .and_then(|b| b["inserted"]["image"]["virtual-size"].as_u64())
+        .ok_or_else(|| ControlError::Unexpected(format!("query-block: no disk0 size in {blocks}")))
+}
+
+/// The copy job's status and error, if QEMU has the job.
+async fn job(qmp: &mut Qmp) -> Result<Option<(String, Option<String>)>, ControlError> {
+    let jobs = qmp.execute("query-jobs", None).await?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["id"] == JOB)
+        .map(|j: &Value| {
+            (
+                j["status"].as_str().unwrap_or("").to_owned(),
+                j["error"].as_str().map(str::to_owned),
+            )
+        }))
+}
+
+/// Runs a clean-up command whose failure only means there is nothing to clean.
+async fn quietly(qmp: &mut Qmp, command: &str, args: Value) {
+    if let Err(error) = qmp.execute(command, Some(args)).await {
+        tracing::debug!(command, %error, "nothing to clean up");
+    }
+}
+
+/// Ends the copy's job, if there is one (cancelled if it still runs), and removes its
+/// target node: after a copy, and before one in case an interrupted one left them.
+async fn clear(qmp: &mut Qmp) {
+    if let Ok(Some((status, _))) = job(qmp).await
+        && status != "concluded"
+    {
+        quietly(qmp, "job-cancel", json!({ "id": JOB })).await;
+        for _ in 0..100 {
+            match job(qmp).await {
+                Ok(Some((status, _))) if status != "concluded" => {
+                    tokio::time::sleep(POLL).await;
+                }
+                _ => break,
+            }
+        }
+    }
+    quietly(qmp, "job-dismiss", json!({ "id": JOB })).await;
+    quietly(qmp, "blockdev-del", json!({ "node-name": NODE })).await;
+}
+
+impl Driver {
+    /// Copies VM `id`'s disk as it is now into a new raw file `target` (replaced if there),
+    /// and returns its size in bytes. A running guest runs on through the copy.
+    pub async fn copy_disk(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
+        let copied = match self.pid(id) {
+            Some(_) => self.copy_running(id, target).await,
+            None => self.copy_stopped(id, target).await,
+        };
+        if copied.is_err() {
+            let _ = std::fs::remove_file(target);
+        }
+        copied
+    }
+
+    async fn copy_running(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
+        let mut qmp = self.qmp(id).await?;
+        clear(&mut qmp).await;
+        let size = virtual_size(&mut qmp).await?;
+        let file = std::fs::File::create(target)
+            .map_err(io_error(target))
+            .map_err(ControlError::from)?;
+        file.set_len(size)
+            .map_err(io_error(target))
+            .map_err(ControlError::from)?;
+        drop(file);
+        let node = crate::live::disk_node(&mut qmp).await?;
+        let filename = target.display().to_string();
+        qmp.execute(
+            "blockdev-add",
+            Some(json!({
+                "driver": "raw", "node-name": NODE,
+                "file": { "driver": "file", "filename": filename },
+            })),
+        )
+        .await
+        .map_err(ControlError::from)?;
+        let started = qmp
+            .execute(
+                "blockdev-backup",
+                Some(json!({
+                    "job-id": JOB, "device": node, "target": NODE, "sync": "full",
+                    "auto-dismiss": false,
+                })),
+            )
+            .await;
+        if let Err(error) = started {
+            clear(&mut qmp).await;
+            return Err(ControlError::from(error).into());
+        }
+        let outcome = loop {
+            match job(&mut qmp).await {
+                Ok(Some((status, error))) if status == "concluded" => break error,
+                Ok(Some(_)) => tokio::time::sleep(POLL).await,
+                Ok(None) => break Some("QEMU dropped the job".to_owned()),
+                Err(error) => {
+                    clear(&mut qmp).await;
+                    return Err(error.into());
+                }
+            }
+        };
+        clear(&mut qmp).await;
+        match outcome {
+            None => Ok(size),
+            Some(message) => Err(CopyError::Job {
+                id: id.to_owned(),
+                message,
+            }),
+        }
+    }
+
+    async fn copy_stopped(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
+        let disk = self.dir(id).join("disk.qcow2");
+        if !disk.is_file() {
+            return Err(DiskError::NoDisk(id.to_owned()).into());
+        }
+        crate::disk::qemu_img(
+            "convert",
+            &[
+                "convert".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-O".as_ref(),
+                "raw".as_ref(),
+                disk.as_os_str(),
+                target.as_os_str(),
+            ],
+        )
+        .await?;
+        let size = std::fs::metadata(target)
+            .map_err(io_error(target))
+            .map_err(DiskError::from)?
+            .len();
+        Ok(size)
+    }
+}

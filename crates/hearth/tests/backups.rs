@@ -1,0 +1,118 @@
+//! Backups of a running VM into a real restic repository, from the real QEMU guest a real
+//! agent runs (the guest writes a tick to its own disk every second): the point-in-time
+//! copy (`Driver::copy_disk`, QMP `blockdev-backup`) never stops the guest; a second backup
+//! after the guest changed its disk stores little more than the change; each snapshot
+//! dumps back to the disk as it was at its time; a copy that cannot be written fails and
+//! leaves the guest running on its disk.
+
+use std::path::Path;
+
+use hearth_compute::restic::Repo;
+use hearth_qemu::accel::Accel;
+use hearth_qemu::driver::{Driver, Network};
+use hearth_testkit::vms::{
+    BOOT, console, create_tiny, disk_tick_as, ticks, vm_dir, wait_for_hosts,
+};
+use hearth_testkit::{TempDir, TestAgent, TestCluster, eventually};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// The guest's last tick on its console.
+fn last_tick(agent: &TestAgent, id: &str) -> u64 {
+    ticks(&console(agent, id)).last().copied().unwrap_or(0)
+}
+
+/// Waits until the guest ticked past `n` on its console: it runs.
+fn ticks_past(agent: &TestAgent, id: &str, n: u64) {
+    eventually(
+        &format!("{id} to tick past {n}"),
+        BOOT,
+        || match last_tick(agent, id) {
+            t if t > n => Ok(()),
+            t => Err(format!("tick {t}")),
+        },
+    );
+}
+
+#[test]
+fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    agent.add_test_guest(&hearth_testkit::test_guest());
+    create_tiny(agent, "box", &[]);
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    ticks_past(agent, &id, 3);
+
+    let root = vm_dir(agent, &id).parent().unwrap().to_owned();
+    let driver = Driver::new(root, Accel::Tcg, Network::User);
+    let work = TempDir::new("backups");
+    std::fs::write(
+        work.path().join("password"),
+        "a restic password of some length\n",
+    )
+    .unwrap();
+    let repo = Repo {
+        location: work.path().join("repo").display().to_string(),
+        password_file: work.path().join("password"),
+        cache_dir: work.path().join("cache"),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let copy = work.path().join("copy.raw");
+    runtime.block_on(repo.ensure()).unwrap();
+    // Made twice: the second finds it there.
+    runtime.block_on(repo.ensure()).unwrap();
+
+    // The first backup: the whole disk is read while the guest ticks on.
+    let size = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
+    assert_eq!(size, 1 << 30);
+    let first_tick = disk_tick_as(&copy, "raw").unwrap();
+    let first = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
+    assert_eq!(first.total_bytes_processed, size);
+    ticks_past(agent, &id, first_tick + 2);
+
+    // The second, after more ticks: only about the change is stored.
+    let size = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
+    let second_tick = disk_tick_as(&copy, "raw").unwrap();
+    assert!(second_tick > first_tick, "{first_tick} then {second_tick}");
+    let second = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
+    assert_eq!(second.total_bytes_processed, size);
+    assert!(
+        second.data_added < 8 << 20,
+        "the second backup stored {} bytes (the first {})",
+        second.data_added,
+        first.data_added
+    );
+
+    // Each snapshot dumps back to the disk of its time.
+    let snapshots = runtime.block_on(repo.list(&id)).unwrap();
+    let ids: Vec<&str> = snapshots.iter().map(|s| s.short_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [first.snapshot_id.as_str(), second.snapshot_id.as_str()]
+    );
+    let dumped = work.path().join("dumped.raw");
+    for (snapshot, tick) in [(&first, first_tick), (&second, second_tick)] {
+        runtime
+            .block_on(repo.dump(&id, &snapshot.snapshot_id, &dumped))
+            .unwrap();
+        assert_eq!(std::fs::metadata(&dumped).unwrap().len(), size);
+        assert_eq!(disk_tick_as(&dumped, "raw").unwrap(), tick);
+    }
+
+    // A copy that cannot be written fails, and the guest runs on its disk, never rebooted.
+    let nowhere = work.path().join("no-such-dir/copy.raw");
+    assert!(runtime.block_on(driver.copy_disk(&id, &nowhere)).is_err());
+    let now = last_tick(agent, &id);
+    ticks_past(agent, &id, now + 2);
+    let text = console(agent, &id);
+    assert_eq!(hearth_testkit::vms::boots(&text), [1], "{text}");
+    let on_disk = disk_tick_as(&vm_dir(agent, &id).join("disk.qcow2"), "qcow2").unwrap();
+    assert!(on_disk > second_tick, "{on_disk}");
+}
