@@ -63,7 +63,7 @@ Architecture: $arch
 Maintainer: hearth maintainers <hearth@example.invalid>
 Installed-Size: $size
 Depends: adduser, libc6
-Recommends: qemu-system-x86, qemu-utils, genisoimage, iproute2, nftables
+Recommends: qemu-system-x86, qemu-utils, genisoimage, iproute2, nftables, restic
 Section: net
 Priority: optional
 Description: small, self-healing cloud for volunteer-run hosting

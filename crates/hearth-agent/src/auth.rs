@@ -182,6 +182,8 @@ pub fn authorize(
             }
         }
         ["v1", "vms"] => Verdict::Allow,
+        // Their own VMs' backups: the list keeps to the caller's.
+        ["v1", "backups"] if method == Method::GET => Verdict::Allow,
         // Their own zones: the list keeps to the caller's.
         ["v1", "zones"] => Verdict::Allow,
         ["v1", "zones", apex, ..] => {

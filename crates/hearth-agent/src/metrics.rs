@@ -268,6 +268,20 @@ const FAMILIES: &[Family] = &[
         samples: |src| one(load(&src.compute.usage_write_failures)),
     },
     Family {
+        name: "hearth_backups_stored_total",
+        kind: "counter",
+        help: "Backups of VMs whose disk is on this worker, stored in their restic repository.",
+        label: None,
+        samples: |src| one(load(&src.compute.backups_stored)),
+    },
+    Family {
+        name: "hearth_backup_failures_total",
+        kind: "counter",
+        help: "Backup attempts that failed on this worker (each is retried, 3 attempts in all; hearth backups says why).",
+        label: None,
+        samples: |src| one(load(&src.compute.backup_failures)),
+    },
+    Family {
         name: "hearth_invoice_webhooks",
         kind: "gauge",
         help: "Closed invoices [billing] webhook_url did not take when tried: `waiting` (being retried) or `failed` (every attempt spent; hearth invoice redeliver sends one again).",

@@ -166,6 +166,13 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         watchdog,
         shutdown.clone(),
     ));
+    let runner = crate::backup_runs::Runner {
+        name: host.name.clone(),
+        driver: host.driver.clone(),
+        state: host.state.clone(),
+        metrics: host.metrics.clone(),
+    };
+    tokio::spawn(crate::backup_runs::run(runner, shutdown.clone()));
     tokio::spawn(rotate_consoles(
         host.driver.root().to_path_buf(),
         shutdown.clone(),

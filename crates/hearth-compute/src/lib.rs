@@ -2,9 +2,10 @@
 //! (`reconcile`), the loops that run them and write through Raft (`leader`, `host`), the
 //! verified image store (`blobs`, `images`), the files a host serves to its peers
 //! (`files`) and a VM's move to another host on the hosts (`moves` cold, `live_moves`
-//! live), and backups in restic repositories (`restic`). QEMU itself is driven through
-//! `hearth-qemu`.
+//! live), and backups in restic repositories (`restic`, run by `backup_runs`). QEMU itself
+//! is driven through `hearth-qemu`.
 
+pub mod backup_runs;
 pub mod blobs;
 pub mod console;
 pub mod files;
@@ -21,6 +22,13 @@ pub mod replicas;
 pub mod restic;
 
 use std::sync::atomic::AtomicU64;
+
+/// Unix milliseconds by this host's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Counters of this node's host loop, served in `/metrics`.
 #[derive(Debug, Default)]
@@ -39,4 +47,8 @@ pub struct ComputeMetrics {
     pub usage_rows_waiting: AtomicU64,
     /// Metering: writes of usage rows that failed and will be tried again.
     pub usage_write_failures: AtomicU64,
+    /// Backups this worker stored.
+    pub backups_stored: AtomicU64,
+    /// Backup attempts that failed here.
+    pub backup_failures: AtomicU64,
 }

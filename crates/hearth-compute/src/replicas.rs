@@ -69,15 +69,8 @@ fn progress(
         done_bytes: job.map_or(r.done_bytes, |j| j.done),
         total_bytes: job.map_or(r.total_bytes, |j| j.total),
         message,
-        at_ms: unix_ms(),
+        at_ms: crate::unix_ms(),
     }
-}
-
-/// Unix milliseconds, for the events a report may raise.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// On the replica host, at `Preparing`: an empty copy exported over NBD, and the cluster
@@ -306,7 +299,7 @@ pub async fn fail_over(host: &Host<'_>, vm: &Vm, from: &str, lease: u64) {
         to: host.name.to_owned(),
         since: r.since,
         lease,
-        at_ms: unix_ms(),
+        at_ms: crate::unix_ms(),
     };
     match submit(host.state, command).await {
         Some(Outcome::Applied { .. }) => {
@@ -351,7 +344,7 @@ pub async fn before_boot(host: &str, state: &StateNode, vm: &str) -> Result<(), 
         done_bytes: r.done_bytes,
         total_bytes: r.total_bytes,
         message: Some("the VM started again: its replica is made afresh".into()),
-        at_ms: unix_ms(),
+        at_ms: crate::unix_ms(),
     };
     match submit(state, command).await {
         Some(Outcome::Applied { .. }) => Ok(()),

@@ -18,6 +18,28 @@ pub struct Repo {
     pub password_file: PathBuf,
     /// restic's local cache of the repository's metadata.
     pub cache_dir: PathBuf,
+    /// More environment for restic: a backend's keys, read from the target's `env_file`.
+    pub env: Vec<(String, String)>,
+}
+
+/// The `KEY=value` lines of an env file (blank lines and `#` comments skipped).
+pub fn env_lines(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: not KEY=value", n + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {}: {key:?} is not a variable name", n + 1));
+        }
+        env.push((key.to_owned(), value.trim().to_owned()));
+    }
+    Ok(env)
 }
 
 /// What one backup stored.
@@ -91,6 +113,7 @@ impl Repo {
             .env("RESTIC_REPOSITORY", &self.location)
             .env("RESTIC_PASSWORD_FILE", &self.password_file)
             .env("RESTIC_CACHE_DIR", &self.cache_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command
@@ -203,6 +226,21 @@ mod tests {
                 .unwrap_err()
                 .contains("wrong password")
         );
+    }
+
+    #[test]
+    fn env_files_hold_key_value_lines() {
+        let env =
+            env_lines("# keys\nAWS_ACCESS_KEY_ID=ab\n\nAWS_SECRET_ACCESS_KEY = c=d\n").unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("AWS_ACCESS_KEY_ID".to_owned(), "ab".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY".to_owned(), "c=d".to_owned())
+            ]
+        );
+        assert!(env_lines("export X").unwrap_err().starts_with("line 1"));
+        assert!(env_lines("A B=1").is_err());
     }
 
     #[test]

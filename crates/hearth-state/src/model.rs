@@ -9,6 +9,7 @@ use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
 
 use serde::{Deserialize, Serialize};
 
+pub mod backups;
 mod billing;
 pub use billing::prices_of;
 mod cas;
@@ -113,6 +114,10 @@ pub enum Command {
     Zone {
         command: zones::ZoneCommand,
     },
+    /// Backup targets, backups asked for and their runs.
+    Backup {
+        command: backups::BackupCommand,
+    },
     /// Records a change made through the API.
     Audit {
         entry: hearth_types::account::AuditEntry,
@@ -178,6 +183,9 @@ impl Command {
         let command = match self {
             Command::Audit { entry } => return Some(Speaker::Host(&entry.node)),
             Command::RecordUsage { host, .. } => return Some(Speaker::Host(host)),
+            Command::Backup {
+                command: backups::BackupCommand::Record { host, .. },
+            } => return Some(Speaker::Host(host)),
             Command::Compute { command } => command,
             _ => return None,
         };
@@ -209,7 +217,11 @@ impl Command {
     pub fn is_a_workers(&self) -> bool {
         use crate::model::compute::ComputeCommand as C;
         match self {
-            Command::Audit { .. } | Command::RecordUsage { .. } => true,
+            Command::Audit { .. }
+            | Command::RecordUsage { .. }
+            | Command::Backup {
+                command: backups::BackupCommand::Record { .. },
+            } => true,
             Command::Compute { command } => matches!(
                 command,
                 C::Report { .. }
@@ -265,6 +277,7 @@ impl Command {
             | Command::RevokeToken { .. }
             | Command::Signup { .. } => "accounts".into(),
             Command::Zone { command } => format!("zone/{}", command.apex()),
+            Command::Backup { command } => command.object_key(),
             Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
@@ -316,7 +329,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 7;
+pub const STATE_LEVEL: u32 = 8;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -332,6 +345,7 @@ impl Command {
             Command::Signup { .. } => 5,
             Command::Zone { .. } => 6,
             Command::RecordInvoiceMail { .. } => 7,
+            Command::Backup { .. } => 8,
             // CAA records, and a zone quota on a plan or an account.
             Command::PutRecords { records, .. }
                 if records
@@ -417,6 +431,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::PutToken { token } => put_token(state, token, index),
         Command::Signup { command } => signup::apply(state, command, index),
         Command::Zone { command } => zones::apply(state, command, index),
+        Command::Backup { command } => backups::apply(state, command, index),
         Command::Audit { entry } => audit(state, entry, index),
         Command::RevokeToken { id } => revoke_token(state, id, index),
         Command::PutRecords { records, expect } => put_records(state, records, *expect, index),
@@ -439,19 +454,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         } => record_delivery(state, *event, handler, delivery, index),
         Command::PutPlan { plan, expect } => put_plan(state, plan, *expect, index),
         Command::RemovePlan { name, expect } => remove(&mut state.plans, name, *expect),
-        Command::Compute { command } => {
-            let command = match quota::admit(state, command) {
-                Ok(command) => command,
-                Err(message) => return Outcome::Refused { message },
-            };
-            let command = command.as_ref();
-            let before = vm_events::before(state, command);
-            let outcome = compute::apply(&mut state.compute, command, index);
-            if let Some((event, at_ms)) = before.and_then(|b| vm_events::raised(state, b)) {
-                record_event(state, event, at_ms, index);
-            }
-            outcome
-        }
+        Command::Compute { command } => apply_compute(state, command, index),
         Command::Batch { commands } => Outcome::Many {
             outcomes: commands
                 .iter()
@@ -464,6 +467,21 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
                 .collect(),
         },
     }
+}
+
+/// A compute command, admitted by the owner's quota, and the VM event it raises.
+fn apply_compute(state: &mut DesiredState, command: &ComputeCommand, index: u64) -> Outcome {
+    let command = match quota::admit(state, command) {
+        Ok(command) => command,
+        Err(message) => return Outcome::Refused { message },
+    };
+    let command = command.as_ref();
+    let before = vm_events::before(state, command);
+    let outcome = compute::apply(&mut state.compute, command, index);
+    if let Some((event, at_ms)) = before.and_then(|b| vm_events::raised(state, b)) {
+        record_event(state, event, at_ms, index);
+    }
+    outcome
 }
 
 fn put_service(

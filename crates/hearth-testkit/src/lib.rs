@@ -451,6 +451,31 @@ impl TestAgent {
         );
     }
 
+    /// Makes member account `name` (password `NAME's long password`) and returns a new API
+    /// token of theirs.
+    pub fn make_member(&self, name: &str) -> String {
+        let body =
+            format!(r#"{{"name":"{name}","role":"member","password":"{name}'s long password"}}"#);
+        let (status, answer) = self
+            .http_send("POST", "/v1/accounts", &body)
+            .unwrap_or_else(|e| panic!("account {name}: {e}"));
+        assert!(matches!(status, 200 | 201), "{status} {answer}");
+        let out = self.cli(&["token", "create", "--account", name]);
+        out.split_whitespace()
+            .find(|w| w.starts_with("hth_"))
+            .unwrap_or_else(|| panic!("no token in {out}"))
+            .to_owned()
+    }
+
+    /// The value of metric `name` (without labels) in this agent's `/metrics`; 0 if absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.http_get("/metrics", false).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// How many worker hosts have registered their capacity (`/v1/hosts`).
     pub fn host_count(&self) -> Result<usize, String> {
         let hosts = self.api_json("/v1/hosts")?;
@@ -486,11 +511,16 @@ impl TestAgent {
     /// Runs `hearth ARGS --api <this agent> --token <its token>`, whatever its outcome: the
     /// exit code, standard output and standard error.
     pub fn cli_result(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        self.cli_as(&self.token(), args)
+    }
+
+    /// Like [`TestAgent::cli_result`], with another account's `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
         let output = Command::new(&self.bin)
             .args(args)
             // `--token=…`: a token may start with `-`.
             .arg(format!("--api={}", self.api_addr()))
-            .arg(format!("--token={}", self.token()))
+            .arg(format!("--token={token}"))
             .output()
             .expect("run hearth");
         (

@@ -288,6 +288,46 @@ pub struct ZoneRow {
     pub challenge_name: String,
 }
 
+/// `POST /v1/vms/{key}/backups`: back a VM up now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackup {
+    /// The backup target (default: the only one, or the one named `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[A-Za-z0-9-]{1,63}$"))]
+    pub target: Option<String>,
+}
+
+/// `PUT /v1/backup-targets/{name}`: a restic repository backups go into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutBackupTarget {
+    /// As restic names it: an absolute path, `sftp:…`, `rest:…`, `s3:…`.
+    #[schemars(regex(pattern = r"^(/|sftp:|rest:|s3:|b2:|azure:|gs:|swift:)[!-~]{0,1000}$"))]
+    pub location: String,
+    /// The file on each worker holding the repository's password (absolute).
+    #[schemars(regex(pattern = r"^/[!-~]{0,1000}$"))]
+    pub password_file: String,
+    /// A file on each worker of `KEY=value` lines for restic's environment (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[!-~]{0,1000}$"))]
+    pub env_file: Option<String>,
+}
+
+/// A VM's backups, as `GET /v1/backups` and `GET /v1/vms/{key}/backups` answer them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupRow {
+    pub vm: String,
+    /// The VM's name and owner (empty once the VM is deleted).
+    pub name: String,
+    pub owner: String,
+    /// `idle`, `running` (due, no failure yet), `retrying` or `failed` (the last run was
+    /// given up).
+    pub status: String,
+    #[serde(flatten)]
+    pub backups: crate::backup::VmBackups,
+}
+
 /// `POST /v1/zones`: claim a domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -315,6 +315,9 @@ pub struct DesiredState {
     /// Members' own DNS zones, by domain.
     #[serde(default)]
     pub zones: BTreeMap<String, Versioned<crate::zones::MemberZone>>,
+    /// Backup targets, and each VM's backups.
+    #[serde(default)]
+    pub backups: crate::backup::Backups,
 }
 
 impl DesiredState {

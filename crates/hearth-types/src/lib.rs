@@ -9,6 +9,7 @@
 
 pub mod account;
 pub mod api;
+pub mod backup;
 pub mod compute;
 pub mod desired;
 mod event;

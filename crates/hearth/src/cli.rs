@@ -95,6 +95,20 @@ enum Command {
         #[command(subcommand)]
         command: crate::zones_cli::ZoneCommand,
     },
+    /// Back a VM up now into a restic repository; backup targets (admins).
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::backups_cli::BackupCommand,
+    },
+    /// VMs' backups (members: their own), or one VM's snapshots.
+    Backups {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// A VM's name or id: list its snapshots.
+        vm: Option<String>,
+    },
     /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
     /// which plan an account is on.
     Plan {
@@ -303,6 +317,12 @@ fn dispatch(command: Command) -> ExitCode {
         }),
         Command::Zone { client, command } => {
             with_client(&client, |c, json| crate::zones_cli::zone(c, json, command))
+        }
+        Command::Backup { client, command } => with_client(&client, |c, json| {
+            crate::backups_cli::backup(c, json, command)
+        }),
+        Command::Backups { client, vm } => {
+            with_client(&client, |c, json| crate::backups_cli::list(c, json, vm))
         }
         Command::Plan { client, command } => {
             with_client(&client, |c, json| plans_cli::plan(c, json, command))

@@ -1,6 +1,7 @@
 //! The `hearth` binary: parses the command line and runs the agent or a client command.
 
 mod accounts_cli;
+mod backups_cli;
 mod billing_cli;
 mod cli;
 mod client;

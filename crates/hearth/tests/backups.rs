@@ -62,6 +62,7 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
         location: work.path().join("repo").display().to_string(),
         password_file: work.path().join("password"),
         cache_dir: work.path().join("cache"),
+        env: vec![],
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let copy = work.path().join("copy.raw");
@@ -115,4 +116,149 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
     assert_eq!(hearth_testkit::vms::boots(&text), [1], "{text}");
     let on_disk = disk_tick_as(&vm_dir(agent, &id).join("disk.qcow2"), "qcow2").unwrap();
     assert!(on_disk > second_tick, "{on_disk}");
+}
+
+/// Runs `hearth ARGS` as the account of `token`; panics unless it succeeds.
+fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
+    let (code, stdout, stderr) = agent.cli_as(token, args);
+    assert_eq!(code, Some(0), "hearth {args:?}: {stdout}{stderr}");
+    stdout
+}
+
+#[test]
+fn a_member_backs_up_her_running_vm_and_a_failing_target_is_retried_then_shown() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    agent.add_test_guest(&hearth_testkit::test_guest());
+    let mia = agent.make_member("mia");
+    let bo = agent.make_member("bo");
+    agent.cli(&[
+        "vm",
+        "create",
+        "box",
+        "--image",
+        "tiny",
+        "--owner",
+        "mia",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--pool",
+        "lan",
+    ]);
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    ticks_past(agent, &id, 3);
+
+    // No target yet: the member is told to ask an admin.
+    let (code, _, stderr) = agent.cli_as(&mia, &["backup", "now", "box"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no backup target"), "{stderr}");
+    // Members may not name targets.
+    let work = TempDir::new("backup-targets");
+    let password = work.path().join("password");
+    std::fs::write(&password, "the co-op's restic password\n").unwrap();
+    let location = work.path().join("repo").display().to_string();
+    let put = [
+        "backup",
+        "target",
+        "put",
+        "local",
+        "--location",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ];
+    let (code, _, stderr) = agent.cli_as(&mia, &put);
+    assert_ne!(code, Some(0), "{stderr}");
+    agent.cli(&put);
+
+    // Her backup, while the guest runs: stored, shown to her and to no other member.
+    let before = last_tick(agent, &id);
+    let out = ok_as(agent, &mia, &["backup", "now", "box"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let row: serde_json::Value =
+        serde_json::from_str(&ok_as(agent, &mia, &["backups", "box", "--json"])).unwrap();
+    let snapshots = row["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 1, "{row}");
+    assert_eq!(snapshots[0]["by"], "mia");
+    assert_eq!(row["status"], "idle");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok_as(agent, &bo, &["backups", "--json"])).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+    let (code, _, stderr) = agent.cli_as(&bo, &["backups", "box"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    let (code, _, _) = agent.cli_as(&bo, &["backup", "now", "box"]);
+    assert_ne!(code, Some(0));
+
+    // It is in the repository, and dumps back to her disk as it was then.
+    let repo = Repo {
+        location: location.clone(),
+        password_file: password.clone(),
+        cache_dir: work.path().join("cache"),
+        env: vec![],
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored = runtime.block_on(repo.list(&id)).unwrap();
+    let snapshot_id = snapshots[0]["id"].as_str().unwrap();
+    assert!(
+        stored.iter().any(|s| s.id.starts_with(snapshot_id)),
+        "{stored:?} lacks {snapshot_id}"
+    );
+    let dumped = work.path().join("dumped.raw");
+    runtime
+        .block_on(repo.dump(&id, snapshot_id, &dumped))
+        .unwrap();
+    let tick = disk_tick_as(&dumped, "raw").unwrap();
+    assert!(
+        tick + 1 >= before,
+        "the copy's tick {tick}, the guest's {before} before"
+    );
+
+    // A target whose password file is missing: three attempts, then `failed`, with why,
+    // in the list and the metrics; the guest never stops.
+    agent.cli(&[
+        "backup",
+        "target",
+        "put",
+        "broken",
+        "--location",
+        &location,
+        "--password-file",
+        "/nonexistent/password",
+    ]);
+    let (code, _, stderr) = agent.cli_as(&mia, &["backup", "now", "box", "--target", "broken"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("backup failed"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&agent.cli(&["backups", "--json"])).unwrap();
+    assert_eq!(rows[0]["status"], "failed", "{rows}");
+    assert_eq!(rows[0]["failures"], 3, "{rows}");
+    assert!(
+        rows[0]["last_error"].as_str().unwrap().contains("password"),
+        "{rows}"
+    );
+    assert!(agent.metric("hearth_backup_failures_total") >= 3);
+    let now = last_tick(agent, &id);
+    ticks_past(agent, &id, now + 1);
+    assert_eq!(hearth_testkit::vms::boots(&console(agent, &id)), [1]);
+
+    // The next run into the good target stores only about the change.
+    let out = ok_as(agent, &mia, &["backup", "now", "box", "--target", "local"]);
+    assert!(out.contains("stored"), "{out}");
+    let row: serde_json::Value =
+        serde_json::from_str(&ok_as(agent, &mia, &["backups", "box", "--json"])).unwrap();
+    let snapshots = row["snapshots"].as_array().unwrap();
+    assert_eq!(
+        (snapshots.len(), &row["status"]),
+        (2, &serde_json::json!("idle")),
+        "{row}"
+    );
+    let added = snapshots[1]["added_bytes"].as_u64().unwrap();
+    assert!(added < 8 << 20, "the second run added {added} bytes");
+    assert_eq!(agent.metric("hearth_backups_stored_total"), 2);
 }

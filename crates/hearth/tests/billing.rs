@@ -235,11 +235,7 @@ fn unix_s() -> u64 {
 
 /// A metric's value on `agent`'s `/metrics`.
 fn metric(agent: &hearth_testkit::TestAgent, name: &str) -> u64 {
-    let (_, text) = agent.http_get("/metrics", false).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    agent.metric(name)
 }
 
 /// Every VM's rows, by VM id, then period start, then host.

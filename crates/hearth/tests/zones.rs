@@ -103,17 +103,7 @@ fn free_addr() -> SocketAddr {
 
 /// Runs the CLI against `agent` with `token`: (exit code, stdout, stderr).
 fn cli_as(agent: &TestAgent, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(bin())
-        .args(args)
-        .arg(format!("--api={}", agent.api_addr()))
-        .arg(format!("--token={token}"))
-        .output()
-        .expect("run hearth");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    agent.cli_as(token, args)
 }
 
 fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
@@ -124,15 +114,7 @@ fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
 
 /// A member account and a token of theirs.
 fn member(agent: &TestAgent, name: &str) -> String {
-    let body =
-        format!(r#"{{"name":"{name}","role":"member","password":"{name}'s long password"}}"#);
-    let (status, answer) = agent.http_send("POST", "/v1/accounts", &body).unwrap();
-    assert!(matches!(status, 200 | 201), "{status} {answer}");
-    let out = agent.cli(&["token", "create", "--account", name]);
-    out.split_whitespace()
-        .find(|w| w.starts_with("hth_"))
-        .unwrap_or_else(|| panic!("no token in {out}"))
-        .to_owned()
+    agent.make_member(name)
 }
 
 fn status_of(agent: &TestAgent, name: &str, rtype: &str) -> String {

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod announce;
 pub mod audit;
+pub mod backups;
 pub mod billing;
 pub mod body;
 pub mod cluster_services;
@@ -54,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(accounts::routes())
         .merge(signup::routes())
         .merge(zones::routes())
+        .merge(backups::routes())
         .merge(tokens::routes())
         .merge(me::routes())
         .merge(announce::routes())

@@ -408,6 +408,29 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/zones/{apex}/follows/{name}",
         "Stop a name following a VM",
     ),
+    op("get", "/v1/backups", "VMs' backups (a member's own VMs')")
+        .answers(schema::<Vec<hearth_types::api::BackupRow>>),
+    op("get", "/v1/vms/{key}/backups", "One VM's backups and their snapshots")
+        .answers(schema::<hearth_types::api::BackupRow>),
+    op(
+        "post",
+        "/v1/vms/{key}/backups",
+        "Back a VM up now (its owner or an admin; one run at a time)",
+    )
+    .body(schema::<hearth_types::api::NewBackup>)
+    .answers(schema::<WriteAnswer>),
+    op("get", "/v1/backup-targets", "Admins: the backup targets")
+        .answers(schema::<Vec<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>>),
+    op("get", "/v1/backup-targets/{name}", "Admins: one backup target")
+        .answers(schema::<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>),
+    op(
+        "put",
+        "/v1/backup-targets/{name}",
+        "Admins: add or change a backup target (a restic repository)",
+    )
+    .body(schema::<hearth_types::api::PutBackupTarget>)
+    .answers(schema::<WriteAnswer>),
+    op("delete", "/v1/backup-targets/{name}", "Admins: remove a backup target"),
     op("get", "/v1/tokens", "API tokens (a member's own)").answers(schema::<Vec<TokenRow>>),
     op(
         "post",
@@ -519,6 +542,9 @@ fn param_schema(path: &str, name: &str) -> Value {
         }
         (path, "name") if path.starts_with("/v1/zones/") => {
             json!({"type": "string", "pattern": "^[A-Za-z0-9_@-][A-Za-z0-9._-]{0,199}$"})
+        }
+        (path, "name") if path.starts_with("/v1/backup-targets/") => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9-]{1,63}$"})
         }
         (_, "rtype") => json!({"type": "string", "pattern": "^[A-Za-z]{1,10}$"}),
         (_, "month") => {
@@ -786,6 +812,7 @@ mod tests {
             include_str!("accounts.rs"),
             include_str!("signup.rs"),
             include_str!("zones.rs"),
+            include_str!("backups.rs"),
             include_str!("tokens.rs"),
             include_str!("me.rs"),
             include_str!("announce.rs"),

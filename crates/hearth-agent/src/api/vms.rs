@@ -150,7 +150,7 @@ async fn show_vm(
 }
 
 /// The local state and the VM in it, by id or name; the error answer when there is none.
-async fn read_vm(
+pub(super) async fn read_vm(
     state: &ApiState,
     key: &str,
 ) -> Result<(Arc<DesiredState>, hearth_types::desired::Versioned<Vm>), Response> {

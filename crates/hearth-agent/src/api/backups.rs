@@ -1,0 +1,192 @@
+//! `/v1/backups` and `/v1/backup-targets`: backups of VMs into restic repositories. An
+//! admin names the targets (a restic location and the files on each worker holding its
+//! password and keys); a VM's owner or an admin asks for a backup now, and the VM's disk
+//! home runs it (`hearth_compute::backup_runs`). A member sees only their own VMs' backups.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use hearth_state::model::Command;
+use hearth_state::model::backups::BackupCommand;
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget};
+use hearth_types::backup::{BackupTarget, VmBackups};
+use hearth_types::desired::{DesiredState, Versioned};
+
+use super::body::{Body, BodyRejection};
+use super::context::{ApiState, Params, bad_body, error, expect_from, read, write};
+use crate::auth::Caller;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/backups", get(list))
+        .route("/v1/vms/{key}/backups", get(show).post(ask))
+        .route("/v1/backup-targets", get(targets))
+        .route(
+            "/v1/backup-targets/{name}",
+            get(target).put(put_target).delete(remove_target),
+        )
+}
+
+fn backup(command: BackupCommand) -> Command {
+    Command::Backup { command }
+}
+
+/// What a VM's backups come to now.
+pub fn status(backups: &VmBackups) -> &'static str {
+    match (backups.pending(), backups.failures, &backups.last_error) {
+        (true, 0, _) => "running",
+        (true, _, _) => "retrying",
+        (false, _, Some(_)) => "failed",
+        (false, _, None) => "idle",
+    }
+}
+
+/// The row of VM `id`'s backups.
+pub fn row(desired: &DesiredState, id: &str, backups: &VmBackups) -> BackupRow {
+    let vm = desired.compute.vms.get(id).map(|v| &v.value.request);
+    BackupRow {
+        vm: id.to_owned(),
+        name: vm.map(|r| r.name.clone()).unwrap_or_default(),
+        owner: vm.map(|r| r.owner.clone()).unwrap_or_default(),
+        status: status(backups).to_owned(),
+        backups: backups.clone(),
+    }
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<Params>,
+) -> Response {
+    let desired = match read(&state, &params).await {
+        Ok(desired) => desired,
+        Err(failure) => return failure.into_response(),
+    };
+    let rows: Vec<BackupRow> = desired
+        .backups
+        .vms
+        .iter()
+        .map(|(id, backups)| row(&desired, id, backups))
+        .filter(|row| caller.only_owner().is_none_or(|o| o == row.owner))
+        .collect();
+    Json(rows).into_response()
+}
+
+async fn show(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
+    match super::vms::read_vm(&state, &key).await {
+        Ok((desired, vm)) => {
+            let backups = desired
+                .backups
+                .vms
+                .get(&vm.value.id)
+                .cloned()
+                .unwrap_or_default();
+            Json(row(&desired, &vm.value.id, &backups)).into_response()
+        }
+        Err(answer) => answer,
+    }
+}
+
+/// The target a backup goes to when the caller names none.
+fn default_target(desired: &DesiredState) -> Result<String, String> {
+    let targets = &desired.backups.targets;
+    if targets.len() == 1 {
+        return Ok(targets.keys().next().cloned().unwrap_or_default());
+    }
+    if targets.contains_key("default") {
+        return Ok("default".into());
+    }
+    match targets.is_empty() {
+        true => Err("target: the co-op has no backup target yet (an admin adds one: hearth backup-target put)".into()),
+        false => Err(format!(
+            "target: give one of {}",
+            targets.keys().cloned().collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+async fn ask(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    body: Result<Body<NewBackup>, BodyRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Body(new)) => new,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let (desired, vm) = match super::vms::read_vm(&state, &key).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let target = match new.target.map_or_else(|| default_target(&desired), Ok) {
+        Ok(target) => target,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let by = match &caller {
+        Caller::Account { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    let command = BackupCommand::Ask {
+        vm: vm.value.id.clone(),
+        target,
+        by,
+    };
+    write(&state, backup(command)).await
+}
+
+async fn targets(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let list: Vec<&Versioned<BackupTarget>> = desired.backups.targets.values().collect();
+            Json(list).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn target(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match read(&state, &Params::default()).await {
+        Ok(desired) => match desired.backups.targets.get(&name) {
+            Some(target) => Json(target).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("target: no backup target {name}"),
+            ),
+        },
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn put_target(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+    body: Result<Body<PutBackupTarget>, BodyRejection>,
+) -> Response {
+    let target = match body {
+        Ok(Body(put)) => BackupTarget {
+            name,
+            location: put.location,
+            password_file: put.password_file,
+            env_file: put.env_file,
+        },
+        Err(rejection) => return bad_body(rejection),
+    };
+    if let Err(message) = target.validate() {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    let expect = expect_from(&params);
+    write(&state, backup(BackupCommand::PutTarget { target, expect })).await
+}
+
+async fn remove_target(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Response {
+    let expect = expect_from(&params);
+    write(&state, backup(BackupCommand::RemoveTarget { name, expect })).await
+}

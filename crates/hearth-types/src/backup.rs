@@ -1,0 +1,192 @@
+//! Backups as kept in the desired state: the co-op's backup targets (restic repositories,
+//! named by location and by the files on each worker holding their password and keys, never
+//! the secrets themselves), and per VM the backups asked for and done, with the snapshots
+//! each run stored. The pure checks (`BackupTarget::validate`, `VmBackups::pending`) are what
+//! the state's `apply`, the API and the workers use.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Versioned;
+
+/// The most snapshots a VM's record keeps (the oldest go first; restic keeps the data).
+pub const MAX_SNAPSHOTS: usize = 100;
+/// The longest error text a failed run keeps.
+pub const MAX_ERROR: usize = 500;
+
+/// A restic repository backups go into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupTarget {
+    /// Letters, digits and `-`, as in `hearth backup VM --target NAME`.
+    pub name: String,
+    /// Where the repository is, as restic names it: an absolute path, `sftp:host:/path`,
+    /// `rest:https://host/repo/` or `s3:https://host/bucket`.
+    pub location: String,
+    /// The file on each worker that holds the repository's password (absolute path).
+    pub password_file: String,
+    /// A file on each worker of `KEY=value` lines given to restic as its environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, …), for S3 and similar backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+}
+
+impl BackupTarget {
+    /// Why the target cannot be used, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !name_ok {
+            return Err(format!(
+                "name: {:?} must be 1 to 63 letters, digits and -",
+                self.name
+            ));
+        }
+        let location = &self.location;
+        let known = ["sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:"];
+        if !(location.starts_with('/') || known.iter().any(|k| location.starts_with(k))) {
+            return Err(format!(
+                "location: {location:?} must be an absolute path or start with one of {}",
+                known.join(" ")
+            ));
+        }
+        if location.len() > 1024 || location.chars().any(char::is_control) {
+            return Err("location: too long or holds a control character".into());
+        }
+        for (key, file) in [
+            ("password_file", Some(&self.password_file)),
+            ("env_file", self.env_file.as_ref()),
+        ] {
+            if let Some(file) = file
+                && (!file.starts_with('/')
+                    || file.len() > 1024
+                    || file.chars().any(char::is_control))
+            {
+                return Err(format!("{key}: {file:?} must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One snapshot a backup run stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupSnapshot {
+    /// restic's snapshot id.
+    pub id: String,
+    pub target: String,
+    /// When the disk was copied (Unix ms, the worker's clock).
+    pub time_ms: u64,
+    /// The worker that ran it.
+    pub host: String,
+    /// The disk's generation it was taken of.
+    pub generation: u64,
+    /// The disk's size (bytes read).
+    pub size_bytes: u64,
+    /// Bytes new to the repository.
+    pub added_bytes: u64,
+    /// Asked for by whom (an account), or `None` for a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// A VM's backups: runs asked for (a counter, like reboots), done, and what they stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmBackups {
+    /// Runs asked for; a run is due while `asked > done`.
+    #[serde(default)]
+    pub asked: u64,
+    /// The target and account of the last ask.
+    #[serde(default)]
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_by: Option<String>,
+    /// Runs finished (stored or given up).
+    #[serde(default)]
+    pub done: u64,
+    /// Failed attempts at the run due now.
+    #[serde(default)]
+    pub failures: u32,
+    /// Why the last attempt failed, until a run succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Newest last.
+    #[serde(default)]
+    pub snapshots: Vec<BackupSnapshot>,
+}
+
+impl VmBackups {
+    /// Whether a run is due.
+    pub fn pending(&self) -> bool {
+        self.asked > self.done
+    }
+}
+
+/// Backups in the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Backups {
+    #[serde(default)]
+    pub targets: BTreeMap<String, Versioned<BackupTarget>>,
+    /// By VM id.
+    #[serde(default)]
+    pub vms: BTreeMap<String, VmBackups>,
+}
+
+/// Cuts an error to [`MAX_ERROR`] bytes at a character boundary.
+pub fn short_error(error: &str) -> String {
+    let mut end = error.len().min(MAX_ERROR);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    error[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, location: &str) -> BackupTarget {
+        BackupTarget {
+            name: name.into(),
+            location: location.into(),
+            password_file: "/etc/hearth/restic.pass".into(),
+            env_file: None,
+        }
+    }
+
+    #[test]
+    fn targets_name_a_restic_location_and_absolute_files() {
+        assert!(target("local", "/srv/backups").validate().is_ok());
+        assert!(
+            target("offsite", "s3:https://s3.coop.test/b")
+                .validate()
+                .is_ok()
+        );
+        assert!(target("sftp", "sftp:backup@host:/srv/r").validate().is_ok());
+        let bad = target("x y", "/srv").validate().unwrap_err();
+        assert!(bad.starts_with("name:"), "{bad}");
+        let bad = target("a", "relative/path").validate().unwrap_err();
+        assert!(bad.starts_with("location:"), "{bad}");
+        let mut relative = target("a", "/srv");
+        relative.password_file = "pass".into();
+        assert!(
+            relative
+                .validate()
+                .unwrap_err()
+                .starts_with("password_file:")
+        );
+    }
+
+    #[test]
+    fn errors_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR);
+        let cut = short_error(&long);
+        assert!(cut.len() <= MAX_ERROR && long.starts_with(&cut));
+    }
+}

@@ -1,0 +1,256 @@
+//! `hearth backup` and `hearth backups`: back a VM up now (following the run until its
+//! snapshot is stored), list VMs' backups and their snapshots, and (admins) the backup
+//! targets, restic repositories named with the files on each worker holding their secrets.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget};
+use hearth_types::backup::BackupTarget;
+use serde_json::Value;
+
+use crate::client::{ApiClient, ClientError};
+use crate::output::{print_json, print_table, report};
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Back VM up now, while it runs: its disk is copied at this instant and stored in the
+    /// backup target's restic repository (only what changed since its last backup is
+    /// added). Waits until the snapshot is stored, printing progress (or --no-wait).
+    Now {
+        /// The VM's name or id.
+        vm: String,
+        /// The backup target (default: the only one, or the one named `default`).
+        #[arg(long)]
+        target: Option<String>,
+        /// Return once the backup is asked for.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Backup targets (admins): restic repositories backups go into.
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TargetCommand {
+    /// Add or change a target. The password and key files must exist on every worker
+    /// (root-readable only, say); their contents never enter the cluster's state or logs.
+    Put {
+        /// Letters, digits and `-`.
+        name: String,
+        /// Where the repository is, as restic names it: `/srv/backups`,
+        /// `sftp:backup@host:/srv/hearth`, `rest:https://host:8000/hearth/` or
+        /// `s3:https://s3.example.org/bucket`. It is made on first use.
+        #[arg(long)]
+        location: String,
+        /// The file on each worker holding the repository's password.
+        #[arg(long)]
+        password_file: String,
+        /// A file on each worker of `KEY=value` lines for restic's environment (S3 keys:
+        /// `AWS_ACCESS_KEY_ID=…`, `AWS_SECRET_ACCESS_KEY=…`).
+        #[arg(long)]
+        env_file: Option<String>,
+    },
+    /// The targets.
+    List,
+    /// Remove a target (its repository and snapshots stay where they are).
+    Rm { name: String },
+}
+
+pub fn backup(client: &ApiClient, json: bool, command: BackupCommand) -> Result<(), ClientError> {
+    match command {
+        BackupCommand::Now {
+            vm,
+            target,
+            no_wait,
+        } => now(client, json, &vm, target, no_wait),
+        BackupCommand::Target(TargetCommand::Put {
+            name,
+            location,
+            password_file,
+            env_file,
+        }) => {
+            let target = PutBackupTarget {
+                location,
+                password_file,
+                env_file,
+            };
+            let answer: Value = client.put(&format!("/v1/backup-targets/{name}"), &target)?;
+            report(json, &answer, &format!("backup target {name}: set"));
+            Ok(())
+        }
+        BackupCommand::Target(TargetCommand::List) => {
+            let list: Vec<hearth_types::desired::Versioned<BackupTarget>> =
+                client.get("/v1/backup-targets")?;
+            if json {
+                print_json(&list);
+                return Ok(());
+            }
+            print_table(
+                &["NAME", "LOCATION", "PASSWORD FILE", "ENV FILE"],
+                list.iter().map(|t| {
+                    let t = &t.value;
+                    vec![
+                        t.name.clone(),
+                        t.location.clone(),
+                        t.password_file.clone(),
+                        t.env_file.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        BackupCommand::Target(TargetCommand::Rm { name }) => {
+            let answer: Value = client.delete(&format!("/v1/backup-targets/{name}"))?;
+            report(json, &answer, &format!("backup target {name}: removed"));
+            Ok(())
+        }
+    }
+}
+
+/// Asks for a backup, then follows it until it is stored (or given up).
+fn now(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    target: Option<String>,
+    no_wait: bool,
+) -> Result<(), ClientError> {
+    let answer: Value =
+        client.post_json(&format!("/v1/vms/{vm}/backups"), &NewBackup { target })?;
+    if no_wait {
+        report(json, &answer, &format!("{vm}: backup asked for"));
+        return Ok(());
+    }
+    let mut row: BackupRow = client.get(&format!("/v1/vms/{vm}/backups"))?;
+    let asked = row.backups.asked.max(1);
+    let started = Instant::now();
+    let mut said = String::new();
+    while row.backups.done < asked {
+        let line = match &row.backups.last_error {
+            Some(error) if row.backups.failures > 0 => {
+                format!(
+                    "{vm}: attempt {} failed ({error}); retrying",
+                    row.backups.failures
+                )
+            }
+            _ => format!(
+                "{vm}: backing up ({} s)",
+                started.elapsed().as_secs() / 5 * 5
+            ),
+        };
+        if line != said && !json {
+            eprintln!("{line}");
+            said = line;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        row = client.get(&format!("/v1/vms/{vm}/backups"))?;
+    }
+    let stored = row
+        .backups
+        .snapshots
+        .last()
+        .filter(|_| row.backups.last_error.is_none());
+    match stored {
+        Some(snapshot) if json => {
+            print_json(snapshot);
+            Ok(())
+        }
+        Some(snapshot) => {
+            println!(
+                "{vm}: snapshot {} stored in {} at {}: {} read, {} new",
+                snapshot.id,
+                snapshot.target,
+                time_of(snapshot.time_ms),
+                size(snapshot.size_bytes),
+                size(snapshot.added_bytes)
+            );
+            Ok(())
+        }
+        None => Err(ClientError::Failed(format!(
+            "{vm}: the backup failed: {}",
+            row.backups.last_error.unwrap_or_default()
+        ))),
+    }
+}
+
+/// `hearth backups [VM]`: every VM's backups, or one VM's snapshots.
+pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), ClientError> {
+    let Some(vm) = vm else {
+        let rows: Vec<BackupRow> = client.get("/v1/backups")?;
+        if json {
+            print_json(&rows);
+            return Ok(());
+        }
+        print_table(
+            &[
+                "VM",
+                "NAME",
+                "OWNER",
+                "STATUS",
+                "SNAPSHOTS",
+                "LAST",
+                "ERROR",
+            ],
+            rows.iter().map(|r| {
+                let last = r.backups.snapshots.last();
+                vec![
+                    r.vm.clone(),
+                    r.name.clone(),
+                    r.owner.clone(),
+                    r.status.clone(),
+                    r.backups.snapshots.len().to_string(),
+                    last.map_or("-".into(), |s| time_of(s.time_ms)),
+                    r.backups.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            }),
+        );
+        return Ok(());
+    };
+    let row: BackupRow = client.get(&format!("/v1/vms/{vm}/backups"))?;
+    if json {
+        print_json(&row);
+        return Ok(());
+    }
+    print_table(
+        &[
+            "SNAPSHOT",
+            "TIME (UTC)",
+            "TARGET",
+            "SIZE",
+            "NEW",
+            "HOST",
+            "BY",
+        ],
+        row.backups.snapshots.iter().rev().map(|s| {
+            vec![
+                s.id.clone(),
+                time_of(s.time_ms),
+                s.target.clone(),
+                size(s.size_bytes),
+                size(s.added_bytes),
+                s.host.clone(),
+                s.by.clone().unwrap_or_else(|| "schedule".into()),
+            ]
+        }),
+    );
+    if let Some(error) = &row.backups.last_error {
+        eprintln!("{vm}: the last backup is {}: {error}", row.status);
+    }
+    Ok(())
+}
+
+fn time_of(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
