@@ -48,7 +48,7 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
         .filter_map(|(id, b)| {
             let vm = &desired.compute.vms.get(id)?.value;
             let here = vm.disk.host.as_deref() == Some(me);
-            let steady = !vm.deleting && vm.migration.is_none();
+            let steady = !vm.deleting && vm.migration.is_none() && !b.restoring();
             let target = backups.targets.get(&b.target)?;
             (here && steady).then(|| Due {
                 vm: id.clone(),
@@ -115,6 +115,16 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
             let (runner, running) = (runner.clone(), running.clone());
             tokio::spawn(async move {
                 attempt(&runner, &due).await;
+                running.lock().await.remove(&due.vm);
+            });
+        }
+        for due in crate::restores::due(&runner.name, &desired) {
+            if !running.lock().await.insert(due.vm.clone()) {
+                continue;
+            }
+            let (runner, running) = (runner.clone(), running.clone());
+            tokio::spawn(async move {
+                crate::restores::step(&runner, &due).await;
                 running.lock().await.remove(&due.vm);
             });
         }

@@ -2,8 +2,8 @@
 //! (`reconcile`), the loops that run them and write through Raft (`leader`, `host`), the
 //! verified image store (`blobs`, `images`), the files a host serves to its peers
 //! (`files`) and a VM's move to another host on the hosts (`moves` cold, `live_moves`
-//! live), and backups in restic repositories (`restic`, run by `backup_runs`). QEMU itself
-//! is driven through `hearth-qemu`.
+//! live), and backups in restic repositories (`restic`, run by `backup_runs`, restored by
+//! `restores`). QEMU itself is driven through `hearth-qemu`.
 
 pub mod backup_runs;
 pub mod blobs;
@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod replica_plan;
 pub mod replicas;
 pub mod restic;
+pub mod restores;
 
 use std::sync::atomic::AtomicU64;
 

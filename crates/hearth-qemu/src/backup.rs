@@ -86,6 +86,44 @@ async fn clear(qmp: &mut Qmp) {
     quietly(qmp, "blockdev-del", json!({ "node-name": NODE })).await;
 }
 
+/// A restored disk made ready beside VM `id`'s directory, never in it: the raw copy at
+/// `raw` (a backup dumped back) written as a qcow2 overlay on `base` (the image the VM's
+/// disk is an overlay on, of `format`; `qemu-img convert -B` keeps only what differs from
+/// it) into a fresh `ID.restored/` (`moving::restored_dir`), which `moving::adopt_from`
+/// makes the VM's disk once the cluster has recorded the restore. Returns its path.
+pub async fn prepare_restore(
+    root: &Path,
+    id: &str,
+    disk: &str,
+    raw: &Path,
+    base: &Path,
+    format: &str,
+) -> Result<std::path::PathBuf, DiskError> {
+    let dir = crate::moving::restored_dir(root, id)?;
+    crate::files::remove_vm_dir(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let target = dir.join(disk);
+    let args: [&std::ffi::OsStr; 12] = [
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        format.as_ref(),
+        "-B".as_ref(),
+        base.as_os_str(),
+        raw.as_os_str(),
+        target.as_os_str(),
+    ];
+    if let Err(error) = crate::disk::qemu_img("convert", &args).await {
+        let _ = crate::files::remove_vm_dir(&dir);
+        return Err(error);
+    }
+    Ok(target)
+}
+
 impl Driver {
     /// Copies VM `id`'s disk as it is now into a new raw file `target` (replaced if there),
     /// and returns its size in bytes. A running guest runs on through the copy.

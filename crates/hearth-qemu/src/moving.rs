@@ -55,7 +55,27 @@ pub async fn adopt(
     generation: u64,
     base: Option<(&Path, &str)>,
 ) -> Result<PathBuf, DiskError> {
-    let incoming = incoming_dir(root, id)?;
+    adopt_from(root, &incoming_dir(root, id)?, id, disk, generation, base).await
+}
+
+/// Where a disk restored from a backup is made ready for VM `id` (a `.` is not valid in a
+/// VM id, so no host observes it as a VM, and the sweep of moves' copies leaves it).
+pub fn restored_dir(root: &Path, id: &str) -> Result<PathBuf, DiskError> {
+    if !valid_id(id) {
+        return Err(DiskError::BadId(id.to_owned()));
+    }
+    Ok(root.join(format!("{id}.restored")))
+}
+
+/// [`adopt`], of the copy in directory `incoming`.
+pub async fn adopt_from(
+    root: &Path,
+    incoming: &Path,
+    id: &str,
+    disk: &str,
+    generation: u64,
+    base: Option<(&Path, &str)>,
+) -> Result<PathBuf, DiskError> {
     let file = incoming.join(disk);
     if !file.is_file() {
         return Err(DiskError::NoDisk(id.to_owned()));
@@ -66,12 +86,12 @@ pub async fn adopt(
     std::fs::File::open(&file)
         .and_then(|f| f.sync_all())
         .map_err(io_error(&file))?;
-    write_generation(&incoming, generation)?;
+    write_generation(incoming, generation)?;
     let target = root.join(id);
     if target.exists() {
         return Err(DiskError::Exists(id.to_owned()));
     }
-    std::fs::rename(&incoming, &target).map_err(io_error(&target))?;
+    std::fs::rename(incoming, &target).map_err(io_error(&target))?;
     std::fs::File::open(root)
         .and_then(|d| d.sync_all())
         .map_err(io_error(root))?;

@@ -184,7 +184,10 @@ impl Command {
             Command::Audit { entry } => return Some(Speaker::Host(&entry.node)),
             Command::RecordUsage { host, .. } => return Some(Speaker::Host(host)),
             Command::Backup {
-                command: backups::BackupCommand::Record { host, .. },
+                command:
+                    backups::BackupCommand::Record { host, .. }
+                    | backups::BackupCommand::RestoreSwapped { host, .. }
+                    | backups::BackupCommand::RestoreDone { host, .. },
             } => return Some(Speaker::Host(host)),
             Command::Compute { command } => command,
             _ => return None,
@@ -220,7 +223,10 @@ impl Command {
             Command::Audit { .. }
             | Command::RecordUsage { .. }
             | Command::Backup {
-                command: backups::BackupCommand::Record { .. },
+                command:
+                    backups::BackupCommand::Record { .. }
+                    | backups::BackupCommand::RestoreSwapped { .. }
+                    | backups::BackupCommand::RestoreDone { .. },
             } => true,
             Command::Compute { command } => matches!(
                 command,
@@ -471,6 +477,9 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
 
 /// A compute command, admitted by the owner's quota, and the VM event it raises.
 fn apply_compute(state: &mut DesiredState, command: &ComputeCommand, index: u64) -> Outcome {
+    if let Some(message) = backups::blocks(state, command) {
+        return Outcome::Refused { message };
+    }
     let command = match quota::admit(state, command) {
         Ok(command) => command,
         Err(message) => return Outcome::Refused { message },

@@ -298,6 +298,17 @@ pub struct NewBackup {
     pub target: Option<String>,
 }
 
+/// `POST /v1/vms/{key}/restore`: replace the VM's disk with one of its snapshots. The VM
+/// stops, and runs again (if it ran) on the snapshot's disk; its disk until then is
+/// archived on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBackup {
+    /// The snapshot's id, as `GET /v1/vms/{key}/backups` lists it.
+    #[schemars(regex(pattern = "^[0-9a-f]{8,64}$"))]
+    pub snapshot: String,
+}
+
 /// `PUT /v1/backup-targets/{name}`: a restic repository backups go into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -321,8 +332,8 @@ pub struct BackupRow {
     /// The VM's name and owner (empty once the VM is deleted).
     pub name: String,
     pub owner: String,
-    /// `idle`, `running` (due, no failure yet), `retrying` or `failed` (the last run was
-    /// given up).
+    /// `idle`, `running` (due, no failure yet), `retrying`, `failed` (the last run was
+    /// given up) or `restoring`.
     pub status: String,
     #[serde(flatten)]
     pub backups: crate::backup::VmBackups,

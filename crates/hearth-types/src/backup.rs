@@ -119,12 +119,64 @@ pub struct VmBackups {
     /// Newest last.
     #[serde(default)]
     pub snapshots: Vec<BackupSnapshot>,
+    /// A restore of one of them into the VM, under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRun>,
+    /// The last restore that replaced the VM's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Restored>,
+    /// Why the last restore was given up (the VM kept the disk it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_error: Option<String>,
+}
+
+/// Where a restore is: asked for (the VM stops, its disk home prepares the snapshot's disk
+/// beside the VM's), or swapped (the cluster recorded the new disk's generation; the home
+/// puts it in place and archives the old one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreStage {
+    Asked,
+    Swapped,
+}
+
+/// A restore of a snapshot into its VM, under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreRun {
+    pub snapshot: BackupSnapshot,
+    pub stage: RestoreStage,
+    /// The power the VM gets back once its disk is the snapshot's.
+    pub power_after: crate::compute::Power,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Failed attempts at preparing the disk.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A restore done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Restored {
+    pub snapshot: String,
+    /// The snapshot's time: the disk is as it was then.
+    pub snapshot_time_ms: u64,
+    /// The disk generation it became.
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl VmBackups {
     /// Whether a run is due.
     pub fn pending(&self) -> bool {
         self.asked > self.done
+    }
+
+    /// Whether a restore is under way.
+    pub fn restoring(&self) -> bool {
+        self.restore.is_some()
     }
 }
 

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget};
-use hearth_types::backup::BackupTarget;
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
+use hearth_types::backup::{BackupSnapshot, BackupTarget, RestoreStage};
 use serde_json::Value;
 
 use crate::client::{ApiClient, ClientError};
@@ -24,6 +24,22 @@ pub enum BackupCommand {
         #[arg(long)]
         target: Option<String>,
         /// Return once the backup is asked for.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Restore VM from one of its snapshots (`hearth backups VM` lists them): the VM stops,
+    /// its disk is replaced by the snapshot's (the disk it had is archived on its host,
+    /// never deleted), and it runs again if it ran. Asks for confirmation, naming the
+    /// snapshot's time, unless --yes. Waits until it is done, printing progress.
+    Restore {
+        /// The VM's name or id.
+        vm: String,
+        /// The snapshot's id.
+        snapshot: String,
+        /// Do not ask: the VM's disk is replaced by the snapshot's.
+        #[arg(long)]
+        yes: bool,
+        /// Return once the restore is asked for.
         #[arg(long)]
         no_wait: bool,
     },
@@ -65,6 +81,12 @@ pub fn backup(client: &ApiClient, json: bool, command: BackupCommand) -> Result<
             target,
             no_wait,
         } => now(client, json, &vm, target, no_wait),
+        BackupCommand::Restore {
+            vm,
+            snapshot,
+            yes,
+            no_wait,
+        } => restore(client, json, &vm, &snapshot, yes, no_wait),
         BackupCommand::Target(TargetCommand::Put {
             name,
             location,
@@ -171,6 +193,96 @@ fn now(
         None => Err(ClientError::Failed(format!(
             "{vm}: the backup failed: {}",
             row.backups.last_error.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Asks on the terminal whether to replace `vm`'s disk with `snapshot`, naming its time.
+fn confirm(vm: &str, snapshot: &BackupSnapshot) -> Result<(), ClientError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let question = format!(
+        "{vm}: replace its disk with snapshot {} of {} (UTC)? The VM stops; the disk it has now is archived on its host.",
+        snapshot.id,
+        time_of(snapshot.time_ms)
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::Usage(format!(
+            "{question} Add --yes to confirm without a terminal"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    match answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
+        true => Ok(()),
+        false => Err(ClientError::Failed(format!("{vm}: not restored"))),
+    }
+}
+
+/// Asks for a restore, then follows it until the VM runs (or stays stopped) on the
+/// snapshot's disk, or it is given up.
+fn restore(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    snapshot: &str,
+    yes: bool,
+    no_wait: bool,
+) -> Result<(), ClientError> {
+    let row: BackupRow = client.get(&format!("/v1/vms/{vm}/backups"))?;
+    let Some(found) = row.backups.snapshots.iter().find(|s| s.id == snapshot) else {
+        return Err(ClientError::Usage(format!(
+            "snapshot: {vm} has no snapshot {snapshot} (hearth backups {vm} lists them)"
+        )));
+    };
+    if !yes {
+        confirm(vm, found)?;
+    }
+    let body = RestoreBackup {
+        snapshot: snapshot.to_owned(),
+    };
+    let answer: Value = client.post_json(&format!("/v1/vms/{vm}/restore"), &body)?;
+    if no_wait {
+        report(json, &answer, &format!("{vm}: restore asked for"));
+        return Ok(());
+    }
+    let mut said = String::new();
+    let row = loop {
+        let row: BackupRow = client.get(&format!("/v1/vms/{vm}/backups"))?;
+        let Some(run) = &row.backups.restore else {
+            break row;
+        };
+        let line = match (&run.stage, &run.last_error) {
+            (_, Some(error)) => {
+                format!("{vm}: attempt {} failed ({error}); retrying", run.failures)
+            }
+            (RestoreStage::Asked, None) => format!("{vm}: stopping and fetching the snapshot"),
+            (RestoreStage::Swapped, None) => format!("{vm}: putting the restored disk in place"),
+        };
+        if line != said && !json {
+            eprintln!("{line}");
+            said = line;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    match (&row.backups.restored, &row.backups.restore_error) {
+        (_, Some(error)) => Err(ClientError::Failed(format!(
+            "{vm}: the restore was given up, and the VM kept its disk: {error}"
+        ))),
+        (Some(done), None) if done.snapshot == snapshot => {
+            if json {
+                print_json(done);
+            } else {
+                println!(
+                    "{vm}: restored from snapshot {snapshot}: its disk is as it was at {} (UTC)",
+                    time_of(done.snapshot_time_ms)
+                );
+            }
+            Ok(())
+        }
+        _ => Err(ClientError::Failed(format!(
+            "{vm}: the restore ended, but not from {snapshot}"
         ))),
     }
 }

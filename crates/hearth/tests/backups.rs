@@ -3,7 +3,10 @@
 //! copy (`Driver::copy_disk`, QMP `blockdev-backup`) never stops the guest; a second backup
 //! after the guest changed its disk stores little more than the change; each snapshot
 //! dumps back to the disk as it was at its time; a copy that cannot be written fails and
-//! leaves the guest running on its disk.
+//! leaves the guest running on its disk. Through the cluster: a member backs her VM up and
+//! restores it (the guest boots on the backup's disk, its boot counter and last tick from
+//! the backup's time, the disk before archived), and a target that fails is retried, then
+//! shown as failed.
 
 use std::path::Path;
 
@@ -126,7 +129,7 @@ fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_member_backs_up_her_running_vm_and_a_failing_target_is_retried_then_shown() {
+fn a_member_backs_up_and_restores_her_vm_and_a_failing_target_is_retried_then_shown() {
     let cluster = TestCluster::start_with(bin(), 1, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
         spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
@@ -261,4 +264,59 @@ fn a_member_backs_up_her_running_vm_and_a_failing_target_is_retried_then_shown()
     let added = snapshots[1]["added_bytes"].as_u64().unwrap();
     assert!(added < 8 << 20, "the second run added {added} bytes");
     assert_eq!(agent.metric("hearth_backups_stored_total"), 2);
+
+    // The guest goes on writing; then she restores the second snapshot. Without a terminal
+    // the confirmation, naming the snapshot's time, needs --yes.
+    let snapshot = snapshots[1]["id"].as_str().unwrap().to_owned();
+    runtime
+        .block_on(repo.dump(&id, &snapshot, &dumped))
+        .unwrap();
+    let backed_up = disk_tick_as(&dumped, "raw").unwrap();
+    ticks_past(agent, &id, backed_up + 3);
+    let (code, _, stderr) = agent.cli_as(&mia, &["backup", "restore", "box", &snapshot]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--yes") && stderr.contains("UTC"),
+        "{stderr}"
+    );
+    let out = ok_as(
+        agent,
+        &mia,
+        &["backup", "restore", "box", &snapshot, "--yes"],
+    );
+    assert!(out.contains("restored from snapshot"), "{out}");
+    // It runs again on the snapshot's disk: its second boot, which found the tick of the
+    // backup's time on its disk (a fresh disk would boot for the first time).
+    hearth_testkit::vms::wait_phase(agent, "box", "running");
+    eventually("the restored guest's boot", BOOT, || {
+        let text = console(agent, &id);
+        match hearth_testkit::vms::last_tick_at_boot(&text, 1) {
+            Some(tick) => Ok(tick),
+            None => Err(text),
+        }
+    });
+    let text = console(agent, &id);
+    assert_eq!(hearth_testkit::vms::boots(&text).last(), Some(&2), "{text}");
+    assert_eq!(
+        hearth_testkit::vms::last_tick_at_boot(&text, 1),
+        Some(backed_up),
+        "{text}"
+    );
+    let row: serde_json::Value =
+        serde_json::from_str(&ok_as(agent, &mia, &["backups", "box", "--json"])).unwrap();
+    assert_eq!(row["restored"]["snapshot"], snapshot.as_str(), "{row}");
+    assert_eq!(row["status"], "idle", "{row}");
+    // The disk it had before is archived on its host, not deleted.
+    let archive = hearth_qemu::disk::archive_root(vm_dir(agent, &id).parent().unwrap());
+    let archived: Vec<String> = std::fs::read_dir(&archive)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        archived.iter().any(|name| name.contains(&id)),
+        "{archived:?}"
+    );
 }

@@ -6,11 +6,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
 use hearth_state::model::backups::BackupCommand;
-use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget};
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
 use hearth_types::backup::{BackupTarget, VmBackups};
 use hearth_types::desired::{DesiredState, Versioned};
 
@@ -22,6 +22,7 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/backups", get(list))
         .route("/v1/vms/{key}/backups", get(show).post(ask))
+        .route("/v1/vms/{key}/restore", post(restore))
         .route("/v1/backup-targets", get(targets))
         .route(
             "/v1/backup-targets/{name}",
@@ -35,6 +36,9 @@ fn backup(command: BackupCommand) -> Command {
 
 /// What a VM's backups come to now.
 pub fn status(backups: &VmBackups) -> &'static str {
+    if backups.restoring() {
+        return "restoring";
+    }
     match (backups.pending(), backups.failures, &backups.last_error) {
         (true, 0, _) => "running",
         (true, _, _) => "retrying",
@@ -125,14 +129,40 @@ async fn ask(
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let by = match &caller {
-        Caller::Account { name, .. } => Some(name.clone()),
-        _ => None,
-    };
     let command = BackupCommand::Ask {
         vm: vm.value.id.clone(),
         target,
-        by,
+        by: asker(&caller),
+    };
+    write(&state, backup(command)).await
+}
+
+/// Who asks, for the record: an account's name.
+fn asker(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::Account { name, .. } => Some(name.clone()),
+        _ => None,
+    }
+}
+
+async fn restore(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    body: Result<Body<RestoreBackup>, BodyRejection>,
+) -> Response {
+    let asked = match body {
+        Ok(Body(asked)) => asked,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let vm = match super::vms::read_vm(&state, &key).await {
+        Ok((_, vm)) => vm,
+        Err(answer) => return answer,
+    };
+    let command = BackupCommand::Restore {
+        vm: vm.value.id.clone(),
+        snapshot: asked.snapshot,
+        by: asker(&caller),
     };
     write(&state, backup(command)).await
 }

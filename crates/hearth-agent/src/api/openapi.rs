@@ -419,6 +419,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .body(schema::<hearth_types::api::NewBackup>)
     .answers(schema::<WriteAnswer>),
+    op(
+        "post",
+        "/v1/vms/{key}/restore",
+        "Restore a VM from one of its snapshots: it stops, its disk is replaced (the old one archived) and it runs again as before",
+    )
+    .body(schema::<hearth_types::api::RestoreBackup>)
+    .answers(schema::<WriteAnswer>),
     op("get", "/v1/backup-targets", "Admins: the backup targets")
         .answers(schema::<Vec<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>>),
     op("get", "/v1/backup-targets/{name}", "Admins: one backup target")

@@ -2,8 +2,14 @@
 //! its owner or an admin; one at a time), and the run's result as the VM's disk home
 //! records it, stored as a snapshot or failed (and retried by the worker until it gives up).
 
-use hearth_types::backup::{BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, short_error};
-use hearth_types::desired::DesiredState;
+use hearth_types::backup::{
+    BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, RestoreRun, RestoreStage, Restored, VmBackups,
+    short_error,
+};
+use hearth_types::compute::{Power, Vm};
+use hearth_types::desired::{DesiredState, Versioned};
+
+use super::ComputeCommand;
 
 use super::Outcome;
 use super::cas::{Expect, invalid, put, refused, remove};
@@ -47,6 +53,35 @@ pub enum BackupCommand {
         run: u64,
         result: RunResult,
     },
+    /// Replace the VM's disk with snapshot `snapshot` (its owner or an admin, who confirmed
+    /// it): the VM stops, and runs again as it was asked to once the disk is replaced.
+    Restore {
+        vm: String,
+        snapshot: String,
+        by: Option<String>,
+    },
+    /// The disk home prepared the snapshot's disk beside the VM's of `generation`: it
+    /// becomes the VM's disk of `generation + 1` (a compare-and-set, like a move's switch).
+    RestoreSwapped {
+        vm: String,
+        host: String,
+        generation: u64,
+    },
+    /// The disk home put the restored disk in place (`Ok`), or failed before the swap (the
+    /// VM keeps its disk; with `give_up`, the restore is over).
+    RestoreDone {
+        vm: String,
+        host: String,
+        result: RestoreResult,
+    },
+}
+
+/// How a restore ended on the disk home.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RestoreResult {
+    Ok,
+    Failed { error: String, give_up: bool },
 }
 
 impl BackupCommand {
@@ -55,9 +90,12 @@ impl BackupCommand {
         match self {
             BackupCommand::PutTarget { target, .. } => format!("backup-target/{}", target.name),
             BackupCommand::RemoveTarget { name, .. } => format!("backup-target/{name}"),
-            BackupCommand::Ask { vm, .. } | BackupCommand::Record { vm, .. } => {
-                format!("backup/{vm}")
-            }
+            // A restore changes the VM itself (its power, its disk's generation).
+            BackupCommand::Ask { vm, .. }
+            | BackupCommand::Record { vm, .. }
+            | BackupCommand::Restore { vm, .. }
+            | BackupCommand::RestoreSwapped { vm, .. }
+            | BackupCommand::RestoreDone { vm, .. } => format!("vm/{vm}"),
         }
     }
 }
@@ -84,7 +122,164 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             run,
             result,
         } => record(state, vm, host, *run, result, index),
+        BackupCommand::Restore { vm, snapshot, by } => {
+            restore(state, vm, snapshot, by.as_deref(), index)
+        }
+        BackupCommand::RestoreSwapped {
+            vm,
+            host,
+            generation,
+        } => restore_swapped(state, vm, host, *generation, index),
+        BackupCommand::RestoreDone { vm, host, result } => {
+            restore_done(state, vm, host, result, index)
+        }
     }
+}
+
+/// Why a compute command must wait for a restore of its VM: the VM stays stopped where its
+/// disk is until the restore is over.
+pub(super) fn blocks(state: &DesiredState, command: &ComputeCommand) -> Option<String> {
+    let vm = match command {
+        ComputeCommand::SetPower { vm, .. }
+        | ComputeCommand::Reboot { vm, .. }
+        | ComputeCommand::Migrate { vm, .. }
+        | ComputeCommand::Recreate { vm, .. } => vm,
+        _ => return None,
+    };
+    let restoring = state.backups.vms.get(vm).is_some_and(VmBackups::restoring);
+    restoring.then(|| format!("a restore of {vm} from a backup is under way; wait for it"))
+}
+
+fn restore(
+    state: &mut DesiredState,
+    id: &str,
+    snapshot: &str,
+    by: Option<&str>,
+    index: u64,
+) -> Outcome {
+    let Some(entry) = state.compute.vms.get_mut(id) else {
+        return invalid(format!("vm: no VM {id}"));
+    };
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    let Some(found) = backups.snapshots.iter().find(|s| s.id == snapshot) else {
+        return invalid(format!(
+            "snapshot: {id} has no snapshot {snapshot} (hearth backups {})",
+            entry.value.request.name
+        ));
+    };
+    let vm = &entry.value;
+    let why = match () {
+        _ if vm.deleting => Some("it is being deleted"),
+        _ if vm.migration.is_some() => Some("it is moving to another host"),
+        _ if vm.disk.host.is_none() => Some("it has no disk"),
+        _ if vm.request.replicas > 1 || vm.replica.is_some() => {
+            Some("it keeps two copies of its disk, and restoring those is not supported yet")
+        }
+        _ if backups.restoring() => Some("a restore is under way"),
+        _ if backups.pending() => Some("a backup of it is under way"),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return refused(format!("{id} cannot be restored now: {why}"));
+    }
+    backups.restore = Some(RestoreRun {
+        snapshot: found.clone(),
+        stage: RestoreStage::Asked,
+        power_after: vm.request.power,
+        by: by.map(str::to_owned),
+        failures: 0,
+        last_error: None,
+    });
+    backups.restore_error = None;
+    entry.value.request.power = Power::Stopped;
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+/// The VM and its restore under way, if `host` is its disk home.
+fn restoring<'a>(
+    state: &'a mut DesiredState,
+    id: &str,
+    host: &str,
+) -> Result<(&'a mut Versioned<Vm>, &'a mut RestoreRun), Outcome> {
+    let entry = state
+        .compute
+        .vms
+        .get_mut(id)
+        .filter(|v| v.value.disk.host.as_deref() == Some(host))
+        .ok_or_else(|| refused(format!("{host} is not the home of {id}'s disk")))?;
+    let run = state
+        .backups
+        .vms
+        .get_mut(id)
+        .and_then(|b| b.restore.as_mut())
+        .ok_or_else(|| refused(format!("no restore of {id} is under way")))?;
+    Ok((entry, run))
+}
+
+fn restore_swapped(
+    state: &mut DesiredState,
+    id: &str,
+    host: &str,
+    generation: u64,
+    index: u64,
+) -> Outcome {
+    let (entry, run) = match restoring(state, id, host) {
+        Ok(found) => found,
+        Err(outcome) => return outcome,
+    };
+    let vm = &mut entry.value;
+    let steady = vm.request.power == Power::Stopped && !vm.deleting && vm.migration.is_none();
+    if run.stage != RestoreStage::Asked || vm.disk.generation != generation || !steady {
+        return refused(format!(
+            "{id}: the restore's swap at generation {generation} is not due"
+        ));
+    }
+    run.stage = RestoreStage::Swapped;
+    vm.disk.generation = generation + 1;
+    entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+fn restore_done(
+    state: &mut DesiredState,
+    id: &str,
+    host: &str,
+    result: &RestoreResult,
+    index: u64,
+) -> Outcome {
+    let (entry, run) = match restoring(state, id, host) {
+        Ok(found) => found,
+        Err(outcome) => return outcome,
+    };
+    let over = match (result, run.stage) {
+        (RestoreResult::Ok, RestoreStage::Swapped) => Ok(Restored {
+            snapshot: run.snapshot.id.clone(),
+            snapshot_time_ms: run.snapshot.time_ms,
+            generation: entry.value.disk.generation,
+            by: run.by.clone(),
+        }),
+        (RestoreResult::Failed { error, give_up }, _) => {
+            run.failures = run.failures.saturating_add(1);
+            run.last_error = Some(short_error(error));
+            if !give_up {
+                return Outcome::Applied { version: index };
+            }
+            Err(short_error(error))
+        }
+        (RestoreResult::Ok, RestoreStage::Asked) => {
+            return refused(format!("{id}: the restore was not swapped yet"));
+        }
+    };
+    entry.value.request.power = run.power_after;
+    entry.version = index;
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    backups.restore = None;
+    match over {
+        Ok(restored) => backups.restored = Some(restored),
+        Err(error) => backups.restore_error = Some(error),
+    }
+    Outcome::Applied { version: index }
 }
 
 fn ask(state: &mut DesiredState, id: &str, target: &str, by: Option<&str>, index: u64) -> Outcome {
@@ -103,9 +298,9 @@ fn ask(state: &mut DesiredState, id: &str, target: &str, by: Option<&str>, index
         return refused(format!("{id} has no disk yet: it never started"));
     }
     let backups = state.backups.vms.entry(id.to_owned()).or_default();
-    if backups.pending() {
+    if backups.pending() || backups.restoring() {
         return refused(format!(
-            "a backup of {id} is under way; ask again when it is done"
+            "a backup or a restore of {id} is under way; ask again when it is done"
         ));
     }
     backups.asked += 1;
@@ -286,6 +481,103 @@ mod tests {
         // The same report again changes nothing.
         assert!(!apply(&mut state, &record_of("w1", 1, stored), 7).changed());
         assert!(apply(&mut state, &ask_of("vm-1", "local"), 8).changed());
+    }
+
+    fn restore_of(snapshot: &str) -> BackupCommand {
+        BackupCommand::Restore {
+            vm: "vm-1".into(),
+            snapshot: snapshot.into(),
+            by: Some("ana".into()),
+        }
+    }
+
+    fn done(result: RestoreResult) -> BackupCommand {
+        BackupCommand::RestoreDone {
+            vm: "vm-1".into(),
+            host: "w1".into(),
+            result,
+        }
+    }
+
+    fn swapped(host: &str, generation: u64) -> BackupCommand {
+        BackupCommand::RestoreSwapped {
+            vm: "vm-1".into(),
+            host: host.into(),
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_restore_stops_the_vm_swaps_its_generation_once_and_gives_its_power_back() {
+        let mut state = state();
+        assert!(matches!(
+            apply(&mut state, &restore_of("abc"), 2),
+            Outcome::Invalid { .. }
+        ));
+        state
+            .backups
+            .vms
+            .entry("vm-1".into())
+            .or_default()
+            .snapshots
+            .push(snapshot());
+        assert!(apply(&mut state, &restore_of("abc"), 3).changed());
+        let vm = &state.compute.vms["vm-1"].value;
+        assert_eq!(vm.request.power, Power::Stopped);
+        // Nothing may start, move or back it up meanwhile.
+        let start = ComputeCommand::SetPower {
+            vm: "vm-1".into(),
+            power: Power::Running,
+            expect: Expect::Any,
+        };
+        let started = crate::model::apply(
+            &mut state,
+            &crate::model::Command::Compute { command: start },
+            4,
+        );
+        assert!(matches!(started, Outcome::Refused { .. }), "{started:?}");
+        assert!(!apply(&mut state, &ask_of("vm-1", "local"), 4).changed());
+        assert!(!apply(&mut state, &restore_of("abc"), 4).changed());
+        // Done before the swap: refused; the swap only by the home, at its generation.
+        assert!(!apply(&mut state, &done(RestoreResult::Ok), 5).changed());
+        assert!(!apply(&mut state, &swapped("w2", 1), 5).changed());
+        assert!(!apply(&mut state, &swapped("w1", 7), 5).changed());
+        assert!(apply(&mut state, &swapped("w1", 1), 5).changed());
+        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 2);
+        assert!(!apply(&mut state, &swapped("w1", 1), 6).changed(), "once");
+        assert!(apply(&mut state, &done(RestoreResult::Ok), 7).changed());
+        let vm = &state.compute.vms["vm-1"].value;
+        assert_eq!((vm.request.power, vm.disk.generation), (Power::Running, 2));
+        let backups = &state.backups.vms["vm-1"];
+        assert!(!backups.restoring());
+        assert_eq!(backups.restored.as_ref().unwrap().snapshot, "abc");
+    }
+
+    #[test]
+    fn a_restore_given_up_before_the_swap_keeps_the_disk() {
+        let mut state = state();
+        state
+            .backups
+            .vms
+            .entry("vm-1".into())
+            .or_default()
+            .snapshots
+            .push(snapshot());
+        apply(&mut state, &restore_of("abc"), 2);
+        let failed = |give_up| {
+            done(RestoreResult::Failed {
+                error: "restic dump failed".into(),
+                give_up,
+            })
+        };
+        assert!(apply(&mut state, &failed(false), 3).changed());
+        assert!(state.backups.vms["vm-1"].restoring());
+        assert!(apply(&mut state, &failed(true), 4).changed());
+        let vm = &state.compute.vms["vm-1"].value;
+        assert_eq!((vm.request.power, vm.disk.generation), (Power::Running, 1));
+        let backups = &state.backups.vms["vm-1"];
+        assert!(!backups.restoring() && backups.restored.is_none());
+        assert!(backups.restore_error.is_some());
     }
 
     #[test]
