@@ -292,7 +292,7 @@ pub struct ZoneRow {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBackup {
-    /// The backup target (default: the only one, or the one named `default`).
+    /// The backup target (default: that of its last backup, the only one, or the one named `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^[A-Za-z0-9-]{1,63}$"))]
     pub target: Option<String>,

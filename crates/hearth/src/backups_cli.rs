@@ -20,7 +20,7 @@ pub enum BackupCommand {
     Now {
         /// The VM's name or id.
         vm: String,
-        /// The backup target (default: the only one, or the one named `default`).
+        /// The backup target (default: that of its last backup, the only one, or the one named `default`).
         #[arg(long)]
         target: Option<String>,
         /// Return once the backup is asked for.

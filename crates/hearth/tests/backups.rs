@@ -319,4 +319,67 @@ fn a_member_backs_up_and_restores_her_vm_and_a_failing_target_is_retried_then_sh
         archived.iter().any(|name| name.contains(&id)),
         "{archived:?}"
     );
+
+    in_the_panel(agent, &mia, &id, &repo, &runtime, &dumped);
+}
+
+/// She backs up and restores again from the panel, in headless Chromium: "Back up now",
+/// then a snapshot's "Restore…" and the one confirmation, which names its time.
+fn in_the_panel(
+    agent: &TestAgent,
+    mia: &str,
+    id: &str,
+    repo: &Repo,
+    runtime: &tokio::runtime::Runtime,
+    dumped: &Path,
+) {
+    let browser = hearth_testkit::webdriver::Browser::start(1100, 900);
+    let base = format!("http://{}", agent.api_addr());
+    browser.log_in(&base, "mia", "mia's long password");
+    browser.goto(&format!("{base}/panel/vms/{id}"));
+    browser.click("#backups");
+    browser.click("form[action$='/backups'] button");
+    let row = eventually("the panel's backup", BOOT, || {
+        let row: serde_json::Value =
+            serde_json::from_str(&ok_as(agent, mia, &["backups", "box", "--json"])).unwrap();
+        match row["snapshots"].as_array().map(Vec::len) {
+            Some(3) if row["status"] == "idle" => Ok(row),
+            _ => Err(row.to_string()),
+        }
+    });
+    let snapshot = row["snapshots"][2]["id"].as_str().unwrap().to_owned();
+    let time_ms = row["snapshots"][2]["time_ms"].as_u64().unwrap();
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(time_ms),
+    )
+    .to_string();
+    runtime.block_on(repo.dump(id, &snapshot, dumped)).unwrap();
+    let backed_up = disk_tick_as(dumped, "raw").unwrap();
+    ticks_past(agent, id, backed_up + 3);
+
+    let page = format!("{base}/panel/vms/{id}/backups");
+    browser.goto(&page);
+    browser.click(&format!("#restore-{snapshot}"));
+    let question = browser.text("#restore-question").unwrap();
+    assert!(question.contains(&when), "{question} lacks {when}");
+    browser.click("form[action$='/restore'] button");
+    browser.wait_for_text(
+        &page,
+        &format!("Restored from the snapshot of {when}"),
+        BOOT,
+    );
+    eventually("the guest's third boot, on the backup's disk", BOOT, || {
+        let text = console(agent, id);
+        match hearth_testkit::vms::last_tick_at_boot(&text, 2) {
+            Some(tick) => Ok(tick),
+            None => Err(text),
+        }
+    });
+    let text = console(agent, id);
+    assert_eq!(hearth_testkit::vms::boots(&text).last(), Some(&3), "{text}");
+    assert_eq!(
+        hearth_testkit::vms::last_tick_at_boot(&text, 2),
+        Some(backed_up),
+        "{text}"
+    );
 }

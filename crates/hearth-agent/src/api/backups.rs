@@ -93,9 +93,20 @@ async fn show(State(state): State<ApiState>, Path(key): Path<String>) -> Respons
     }
 }
 
-/// The target a backup goes to when the caller names none.
-fn default_target(desired: &DesiredState) -> Result<String, String> {
+/// The target a backup of `vm` goes to when the caller names none: that of its last
+/// snapshot, the only one, or the one named `default`.
+fn default_target(desired: &DesiredState, vm: &str) -> Result<String, String> {
     let targets = &desired.backups.targets;
+    let last = desired
+        .backups
+        .vms
+        .get(vm)
+        .and_then(|b| b.snapshots.last())
+        .map(|s| &s.target)
+        .filter(|t| targets.contains_key(*t));
+    if let Some(target) = last {
+        return Ok(target.clone());
+    }
     if targets.len() == 1 {
         return Ok(targets.keys().next().cloned().unwrap_or_default());
     }
@@ -125,7 +136,10 @@ async fn ask(
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let target = match new.target.map_or_else(|| default_target(&desired), Ok) {
+    let target = match new
+        .target
+        .map_or_else(|| default_target(&desired, &vm.value.id), Ok)
+    {
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };

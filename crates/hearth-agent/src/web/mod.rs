@@ -2,6 +2,7 @@
 //! builders are pure functions over data; the routes only gather that data.
 
 pub mod assets;
+pub mod backups;
 pub mod html;
 pub mod invoices;
 pub mod pages;

@@ -375,6 +375,9 @@ pub fn vm_page(
             "danger"
         )
     ));
+    body.push_str(&format!(
+        "<p><a href=\"{base}/backups\" id=\"backups\">Backups and restore</a></p>\n"
+    ));
     body.push_str(&load_section(&base, load));
     body.push_str(&format!(
         "<h2>Console</h2><p class=\"muted\">The end of the serial console. <a href=\"{base}\">Refresh</a> · <a href=\"{base}/terminal\" id=\"open-terminal\">Open the terminal</a></p>\n"

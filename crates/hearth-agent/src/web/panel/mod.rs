@@ -4,6 +4,7 @@
 //! authorization, validation, Raft write and audit entry as `curl` or the CLI.
 
 mod admin;
+mod backups;
 mod billing;
 mod context;
 mod login;
@@ -96,6 +97,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/notices", post(post_notice))
         .route("/admin/notices/{id}/{action}", post(notice_action))
         .merge(zones::routes())
+        .merge(backups::routes())
 }
 
 async fn home(headers: HeaderMap, State(state): State<ApiState>) -> Response {
