@@ -25,6 +25,8 @@ use crate::restic::Repo;
 pub const ATTEMPTS: u32 = 3;
 /// The pause after a failed attempt, times the failures so far.
 const PAUSE: Duration = Duration::from_secs(10);
+/// How long an attempt made waits for its record before it may be made again.
+const RECORD_WAIT: Duration = Duration::from_secs(600);
 
 /// One run due here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +96,8 @@ pub fn repo_of(target: &BackupTarget, root: &Path) -> Result<Repo, String> {
 /// and not pausing after a failure.
 pub async fn run(runner: Runner, shutdown: CancellationToken) {
     let running = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let mut resume: BTreeMap<(String, u64, u32), Instant> = BTreeMap::new();
+    // Per attempt (VM, run, failures so far): when it was first due, and when it started.
+    let mut resume: BTreeMap<(String, u64, u32), (Instant, Option<Instant>)> = BTreeMap::new();
     let mut ticks = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -106,12 +109,17 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
         for due in due(&runner.name, &desired) {
             let key = (due.vm.clone(), due.run, due.failures);
             let pause = PAUSE * due.failures;
-            let first_seen = *resume.entry(key).or_insert(now);
-            if now.duration_since(first_seen) < pause
+            let (first_seen, started) = resume.entry(key).or_insert((now, None));
+            // An attempt already made is not made again until its record shows (a local
+            // copy of the state may lag behind it), unless that never came.
+            let made = started.is_some_and(|at| now.duration_since(at) < RECORD_WAIT);
+            if made
+                || now.duration_since(*first_seen) < pause
                 || !running.lock().await.insert(due.vm.clone())
             {
                 continue;
             }
+            *started = Some(now);
             let (runner, running) = (runner.clone(), running.clone());
             tokio::spawn(async move {
                 attempt(&runner, &due).await;

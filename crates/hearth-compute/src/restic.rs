@@ -35,7 +35,8 @@ pub fn env_lines(text: &str) -> Result<Vec<(String, String)>, String> {
         };
         let key = key.trim();
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("line {}: {key:?} is not a variable name", n + 1));
+            // The line is never quoted: it may hold a secret.
+            return Err(format!("line {}: not a variable name before =", n + 1));
         }
         env.push((key.to_owned(), value.trim().to_owned()));
     }

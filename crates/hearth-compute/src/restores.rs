@@ -57,27 +57,40 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<RestoreDue> {
 
 /// One step of restore `due`: prepare and swap, or put the swapped disk in place.
 pub async fn step(runner: &Runner, due: &RestoreDue) {
-    let result = match due.run.stage {
+    let (stage, result) = match due.run.stage {
         RestoreStage::Asked => {
-            if runner.driver.running(&due.vm).is_some() {
+            // The local copy of the state may lag: only a restore still asked for, read
+            // after catching up, is prepared (a preparation wipes `ID.restored/`).
+            if runner.driver.running(&due.vm).is_some() || !still_asked(runner, due).await {
                 return; // The host loop stops it first.
             }
             match prepare(runner, due).await {
                 Err(error) => {
                     let give_up = due.run.failures + 1 >= ATTEMPTS;
                     tracing::warn!(vm = %due.vm, %error, give_up, "preparing a restore failed");
-                    Some(RestoreResult::Failed { error, give_up })
+                    (
+                        RestoreStage::Asked,
+                        Some(RestoreResult::Failed { error, give_up }),
+                    )
                 }
-                Ok(()) if swap(runner, due).await => {
-                    put_in_place(runner, due, due.generation + 1).await
-                }
-                Ok(()) => {
-                    drop_restored(runner, &due.vm);
-                    None
-                }
+                Ok(()) => match swap(runner, due).await {
+                    Swap::Taken => (
+                        RestoreStage::Swapped,
+                        put_in_place(runner, due, due.generation + 1).await,
+                    ),
+                    Swap::Refused => {
+                        drop_restored(runner, &due.vm);
+                        return;
+                    }
+                    // The prepared disk stays: the cluster may have taken it.
+                    Swap::Unknown => return,
+                },
             }
         }
-        RestoreStage::Swapped => put_in_place(runner, due, due.generation).await,
+        RestoreStage::Swapped => (
+            RestoreStage::Swapped,
+            put_in_place(runner, due, due.generation).await,
+        ),
     };
     let Some(result) = result else {
         return;
@@ -86,10 +99,30 @@ pub async fn step(runner: &Runner, due: &RestoreDue) {
         command: BackupCommand::RestoreDone {
             vm: due.vm.clone(),
             host: runner.name.clone(),
+            stage,
             result,
         },
     };
     submit(runner, command).await;
+}
+
+/// Whether the restore is still asked for at the generation `due` saw, read after
+/// catching up with the leader.
+async fn still_asked(runner: &Runner, due: &RestoreDue) -> bool {
+    if runner.state.linearizable_index().await.is_err() {
+        return false;
+    }
+    let desired = runner.state.reader().current();
+    due_now(&desired, &due.vm).is_some_and(|(run, generation)| {
+        run.stage == RestoreStage::Asked && generation == due.generation
+    })
+}
+
+/// Whether the cluster took a prepared disk.
+enum Swap {
+    Taken,
+    Refused,
+    Unknown,
 }
 
 /// Submits `command`, retried while the cluster cannot answer; its outcome.
@@ -146,7 +179,7 @@ async fn prepare(runner: &Runner, due: &RestoreDue) -> Result<(), String> {
 }
 
 /// Records the prepared disk as the VM's next generation; whether the cluster took it.
-async fn swap(runner: &Runner, due: &RestoreDue) -> bool {
+async fn swap(runner: &Runner, due: &RestoreDue) -> Swap {
     let command = Command::Backup {
         command: BackupCommand::RestoreSwapped {
             vm: due.vm.clone(),
@@ -155,20 +188,21 @@ async fn swap(runner: &Runner, due: &RestoreDue) -> bool {
         },
     };
     match submit(runner, command).await {
-        Some(Outcome::Applied { .. }) => true,
+        Some(Outcome::Applied { .. }) => Swap::Taken,
         outcome => {
             // An earlier answer may have been lost: the state read after catching up says.
             if runner.state.linearizable_index().await.is_err() {
-                return false;
+                return Swap::Unknown;
             }
             let desired = runner.state.reader().current();
             let swapped = due_now(&desired, &due.vm).is_some_and(|(run, generation)| {
                 run.stage == RestoreStage::Swapped && generation == due.generation + 1
             });
-            if !swapped {
-                tracing::warn!(vm = %due.vm, ?outcome, "the restore's swap was refused");
+            if swapped {
+                return Swap::Taken;
             }
-            swapped
+            tracing::warn!(vm = %due.vm, ?outcome, "the restore's swap was refused");
+            Swap::Refused
         }
     }
 }
@@ -192,12 +226,19 @@ async fn put_in_place(runner: &Runner, due: &RestoreDue, generation: u64) -> Opt
     }
     let restored = hearth_qemu::moving::restored_dir(driver.root(), &due.vm).ok()?;
     let file = restored.join(driver.disk_name());
-    let Ok(Some(base)) = hearth_qemu::disk::backing_file(&file) else {
-        tracing::error!(vm = %due.vm, "the restored disk is gone from this host");
-        return Some(RestoreResult::Failed {
-            error: "the restored disk is gone from its host".into(),
-            give_up: true,
-        });
+    let base = match hearth_qemu::disk::backing_file(&file) {
+        Ok(Some(base)) => base,
+        Ok(None) => {
+            tracing::error!(vm = %due.vm, "the restored disk is gone from this host");
+            return Some(RestoreResult::Failed {
+                error: "the restored disk is gone from its host".into(),
+                give_up: true,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(vm = %due.vm, %error, "reading the restored disk; trying again");
+            return None;
+        }
     };
     if here.is_some() || driver.root().join(&due.vm).exists() {
         match driver.archive(&due.vm).await {

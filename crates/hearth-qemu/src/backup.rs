@@ -121,6 +121,13 @@ pub async fn prepare_restore(
         let _ = crate::files::remove_vm_dir(&dir);
         return Err(error);
     }
+    // On disk before the cluster records it as the VM's: a power cut after that record
+    // must not leave a disk with a good header and missing data.
+    for path in [&target, &dir] {
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(path))?;
+    }
     Ok(target)
 }
 

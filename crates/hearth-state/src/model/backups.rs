@@ -72,6 +72,8 @@ pub enum BackupCommand {
     RestoreDone {
         vm: String,
         host: String,
+        /// The stage the host saw: a report from a stage that is over is refused.
+        stage: RestoreStage,
         result: RestoreResult,
     },
 }
@@ -113,6 +115,21 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             ),
         },
         BackupCommand::RemoveTarget { name, expect } => {
+            let users: Vec<&str> = (state.backups.vms.iter())
+                .filter(|(_, b)| {
+                    (b.pending() && b.target == *name)
+                        || b.restore
+                            .as_ref()
+                            .is_some_and(|r| r.snapshot.target == *name)
+                })
+                .map(|(vm, _)| vm.as_str())
+                .collect();
+            if !users.is_empty() {
+                return refused(format!(
+                    "name: a backup or restore of {} uses {name}; remove it when they are done",
+                    users.join(", ")
+                ));
+            }
             remove(&mut state.backups.targets, name, *expect)
         }
         BackupCommand::Ask { vm, target, by } => ask(state, vm, target, by.as_deref(), index),
@@ -130,9 +147,12 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             host,
             generation,
         } => restore_swapped(state, vm, host, *generation, index),
-        BackupCommand::RestoreDone { vm, host, result } => {
-            restore_done(state, vm, host, result, index)
-        }
+        BackupCommand::RestoreDone {
+            vm,
+            host,
+            stage,
+            result,
+        } => restore_done(state, vm, host, *stage, result, index),
     }
 }
 
@@ -245,6 +265,7 @@ fn restore_done(
     state: &mut DesiredState,
     id: &str,
     host: &str,
+    stage: RestoreStage,
     result: &RestoreResult,
     index: u64,
 ) -> Outcome {
@@ -252,6 +273,9 @@ fn restore_done(
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
+    if run.stage != stage {
+        return refused(format!("{id}: the restore is past that stage"));
+    }
     let over = match (result, run.stage) {
         (RestoreResult::Ok, RestoreStage::Swapped) => Ok(Restored {
             snapshot: run.snapshot.id.clone(),
@@ -491,10 +515,11 @@ mod tests {
         }
     }
 
-    fn done(result: RestoreResult) -> BackupCommand {
+    fn done(stage: RestoreStage, result: RestoreResult) -> BackupCommand {
         BackupCommand::RestoreDone {
             vm: "vm-1".into(),
             host: "w1".into(),
+            stage,
             result,
         }
     }
@@ -539,13 +564,26 @@ mod tests {
         assert!(!apply(&mut state, &ask_of("vm-1", "local"), 4).changed());
         assert!(!apply(&mut state, &restore_of("abc"), 4).changed());
         // Done before the swap: refused; the swap only by the home, at its generation.
-        assert!(!apply(&mut state, &done(RestoreResult::Ok), 5).changed());
+        assert!(!apply(&mut state, &done(RestoreStage::Asked, RestoreResult::Ok), 5).changed());
         assert!(!apply(&mut state, &swapped("w2", 1), 5).changed());
         assert!(!apply(&mut state, &swapped("w1", 7), 5).changed());
         assert!(apply(&mut state, &swapped("w1", 1), 5).changed());
         assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 2);
         assert!(!apply(&mut state, &swapped("w1", 1), 6).changed(), "once");
-        assert!(apply(&mut state, &done(RestoreResult::Ok), 7).changed());
+        // A stale failure from before the swap is refused.
+        let stale = RestoreResult::Failed {
+            error: "dump failed".into(),
+            give_up: true,
+        };
+        assert!(!apply(&mut state, &done(RestoreStage::Asked, stale), 6).changed());
+        assert!(
+            apply(
+                &mut state,
+                &done(RestoreStage::Swapped, RestoreResult::Ok),
+                7
+            )
+            .changed()
+        );
         let vm = &state.compute.vms["vm-1"].value;
         assert_eq!((vm.request.power, vm.disk.generation), (Power::Running, 2));
         let backups = &state.backups.vms["vm-1"];
@@ -565,10 +603,13 @@ mod tests {
             .push(snapshot());
         apply(&mut state, &restore_of("abc"), 2);
         let failed = |give_up| {
-            done(RestoreResult::Failed {
-                error: "restic dump failed".into(),
-                give_up,
-            })
+            done(
+                RestoreStage::Asked,
+                RestoreResult::Failed {
+                    error: "restic dump failed".into(),
+                    give_up,
+                },
+            )
         };
         assert!(apply(&mut state, &failed(false), 3).changed());
         assert!(state.backups.vms["vm-1"].restoring());
