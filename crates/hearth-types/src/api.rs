@@ -314,7 +314,10 @@ pub struct RestoreBackup {
 #[serde(deny_unknown_fields)]
 pub struct PutBackupTarget {
     /// As restic names it: an absolute path, `sftp:…`, `rest:…`, `s3:…`.
-    #[schemars(regex(pattern = r"^(/|sftp:|rest:|s3:|b2:|azure:|gs:|swift:)[!-~]{0,1000}$"))]
+    /// Credentials go in `env_file`: no `@` except in an `sftp:` location.
+    #[schemars(regex(
+        pattern = r"^(/[!-?A-~]{0,1000}|sftp:[!-~]{0,1000}|(rest|s3|b2|azure|gs|swift):[!-?A-~]{0,1000})$"
+    ))]
     pub location: String,
     /// The file on each worker holding the repository's password (absolute).
     #[schemars(regex(pattern = r"^/[!-~]{0,1000}$"))]

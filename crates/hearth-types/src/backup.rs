@@ -59,6 +59,17 @@ impl BackupTarget {
         if location.len() > 1024 || location.chars().any(char::is_control) {
             return Err("location: too long or holds a control character".into());
         }
+        // Every node reads the desired state: a password belongs in the env file.
+        // (A user name in an `sftp:` location is no secret: its key is the worker's.)
+        let remote = !location.starts_with('/') && !location.starts_with("sftp:");
+        let authority = location
+            .split_once("://")
+            .filter(|_| remote)
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default());
+        if authority.is_some_and(|a| a.contains('@')) {
+            // Not quoted: it holds a secret.
+            return Err("location: holds credentials before @; put them in env_file (RESTIC_REST_USERNAME, RESTIC_REST_PASSWORD, AWS_…)".into());
+        }
         for (key, file) in [
             ("password_file", Some(&self.password_file)),
             ("env_file", self.env_file.as_ref()),
@@ -225,6 +236,11 @@ mod tests {
         assert!(bad.starts_with("name:"), "{bad}");
         let bad = target("a", "relative/path").validate().unwrap_err();
         assert!(bad.starts_with("location:"), "{bad}");
+        let bad = target("a", "rest:https://u:secret@host:8000/r/")
+            .validate()
+            .unwrap_err();
+        assert!(bad.contains("env_file") && !bad.contains("secret"), "{bad}");
+        assert!(target("a", "sftp://backup@host//srv/r").validate().is_ok());
         let mut relative = target("a", "/srv");
         relative.password_file = "pass".into();
         assert!(
