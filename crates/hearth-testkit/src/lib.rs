@@ -503,8 +503,13 @@ impl TestAgent {
     /// Runs `hearth ARGS --api <this agent> --token <its token>`; panics unless it succeeds,
     /// and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let (code, stdout, stderr) = self.cli_result(args);
-        assert!(code == Some(0), "hearth {args:?}: {stderr}");
+        self.cli_ok_as(&self.token(), args)
+    }
+
+    /// Like [`TestAgent::cli`], as the account of `token`.
+    pub fn cli_ok_as(&self, token: &str, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.cli_as(token, args);
+        assert!(code == Some(0), "hearth {args:?}: {stdout}{stderr}");
         stdout
     }
 

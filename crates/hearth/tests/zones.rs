@@ -107,9 +107,7 @@ fn cli_as(agent: &TestAgent, token: &str, args: &[&str]) -> (Option<i32>, String
 }
 
 fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
-    let (code, stdout, stderr) = cli_as(agent, token, args);
-    assert_eq!(code, Some(0), "hearth {args:?}: {stderr}");
-    stdout
+    agent.cli_ok_as(token, args)
 }
 
 /// A member account and a token of theirs.
