@@ -403,6 +403,26 @@ pub fn cluster_level(view: &hearth_types::View) -> u32 {
         .unwrap_or(STATE_LEVEL)
 }
 
+/// The highest level every node that must read the log reads: the live nodes in `view`
+/// (see [`cluster_level`]), and, while this node's gossip is still `warming` up after its
+/// start, every member of the Raft group (`group`, by name) it has not heard from yet,
+/// taken for the oldest release. Else a node that restarts before it hears of an older
+/// server would write what that server cannot read.
+pub fn group_level<'a>(
+    view: &hearth_types::View,
+    group: impl IntoIterator<Item = &'a str>,
+    warming: bool,
+) -> u32 {
+    let unheard = warming
+        && group
+            .into_iter()
+            .any(|name| !view.members.contains_key(name));
+    match unheard {
+        true => 1,
+        false => cluster_level(view),
+    }
+}
+
 /// Applies `command`, committed at log `index`, to `state`. Either the whole command takes
 /// effect or none of it does.
 pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome {
@@ -822,6 +842,10 @@ mod tests {
             up: Default::default(),
         };
         assert!(uptime.level() > cluster_level(&mixed));
+        // Just started, before gossip brought n3's announcement: n3 may be old.
+        assert_eq!(group_level(&upgraded, ["n1", "n2", "n4"], true), 1);
+        assert_eq!(group_level(&upgraded, ["n1", "n2", "n4"], false), 2);
+        assert_eq!(group_level(&upgraded, ["n1", "n2", "n3"], true), 2);
         let first = Command::RemoveNotice {
             id: "n".into(),
             expect: Default::default(),

@@ -28,6 +28,11 @@ use crate::types::{Raft, RaftNode, node_id};
 /// every live node has it, worker-key connections are held to a worker's part.
 const WORKER_KEYS_LEVEL: u32 = 3;
 
+/// How long after its start a node takes a group member its gossip has not heard from yet
+/// for one of the oldest release (see `model::group_level`): time enough for gossip to
+/// bring every live member's announcement.
+const LEVEL_WARMUP: Duration = Duration::from_secs(60);
+
 pub use crate::reply::StateStatus;
 
 /// Settings of the state node (the `[state]` config section).
@@ -123,6 +128,7 @@ struct Inner {
     batcher: tokio::sync::mpsc::Sender<crate::batch::Pending>,
     /// The caps on RPC connections to this node.
     rpc_limits: crate::network::RpcLimits,
+    started: std::time::Instant,
 }
 
 impl StateNode {
@@ -178,6 +184,7 @@ impl StateNode {
                 keyring: keyring.clone(),
                 leader_client: Mutex::new(None),
                 rpc_limits: Default::default(),
+                started: Instant::now(),
             }),
         };
         tasks.spawn(crate::network::serve(
@@ -206,9 +213,16 @@ impl StateNode {
         membership.voter_ids().next().is_some()
     }
 
-    /// The highest state level every live node reads (see `model::cluster_level`).
+    /// The highest state level every node that must read the log reads (see
+    /// `model::group_level`).
     pub fn cluster_level(&self) -> u32 {
-        crate::model::cluster_level(&self.inner.views.borrow())
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let group = membership
+            .membership()
+            .nodes()
+            .map(|(_, node)| node.name.as_str());
+        let warming = self.inner.started.elapsed() < LEVEL_WARMUP;
+        crate::model::group_level(&self.inner.views.borrow(), group, warming)
     }
 
     pub fn reader(&self) -> &StateReader {
