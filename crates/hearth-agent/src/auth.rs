@@ -200,6 +200,8 @@ pub fn authorize(
         ["v1", "vms", _, "recreate"] => admin_only(),
         // So is where a VM runs, and how much IO it may do (the member's plan sets it).
         ["v1", "vms", _, "migrate" | "migration" | "io" | "owner"] => admin_only(),
+        // And its backup schedule (the co-op pays for the storage).
+        ["v1", "vms", _, "backup-schedule"] => admin_only(),
         ["v1", "vms", key] | ["v1", "vms", key, _] | ["v1", "vms", key, "console", "attach"] => {
             let mine = desired
                 .and_then(|d| d.compute.find_vm(key))

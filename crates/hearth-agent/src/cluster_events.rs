@@ -4,7 +4,9 @@
 //! backoff between failed attempts. A new leader picks up where the old one stopped.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::unix_ms;
 
 use hearth_state::model::Command;
 use hearth_state::node::StateNode;
@@ -19,12 +21,6 @@ use crate::handlers::{HandlerMetrics, run_one};
 /// Attempts per handler and event before it is left as failed.
 pub const MAX_ATTEMPTS: u32 = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The observations a leader should record: each member or check whose state differs from
 /// the last recorded one.

@@ -17,7 +17,8 @@ use hearth_types::invoice::Invoice;
 use tokio_util::sync::CancellationToken;
 
 use crate::mail::MailSettings;
-use crate::webhook::{Retry, after_attempt, due, unix_ms};
+use crate::unix_ms;
+use crate::webhook::{Retry, after_attempt, due};
 use hearth_types::invoice::WebhookDelivery;
 
 /// How long after its month closed an invoice may still be mailed.

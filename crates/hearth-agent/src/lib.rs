@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup_schedule;
 pub mod checks;
 pub mod cluster_events;
 pub mod config;
@@ -25,6 +26,8 @@ pub mod uptime;
 pub mod vm_stats;
 pub mod web;
 pub mod webhook;
+
+pub(crate) use hearth_compute::unix_ms;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -559,6 +562,7 @@ fn spawn_state_tasks(
             shutdown.clone(),
         ));
     }
+    tasks.spawn(backup_schedule::run(state.clone(), shutdown.clone()));
     tasks.spawn(uptime::sample(
         state.clone(),
         membership.views(),

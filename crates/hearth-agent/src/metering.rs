@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::unix_ms;
 
 use hearth_state::model::Command;
 use hearth_state::node::StateNode;
@@ -33,12 +35,6 @@ pub struct Metering {
     pub period: Duration,
     pub every: Duration,
     pub metrics: Arc<hearth_compute::ComputeMetrics>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What this host holds: each VM whose disk lives here and is not being deleted, running

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::unix_ms;
 
 use hearth_state::model::Command;
 use hearth_state::node::StateNode;
@@ -38,12 +40,6 @@ pub const WEBHOOK: Retry = Retry {
     max_backoff: MAX_BACKOFF,
 };
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// `t=UNIX,v1=HEX` for `body` sent at `unix`.
 pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {

@@ -14,7 +14,7 @@ use hearth_qemu::fake::VmDriver;
 use hearth_state::model::backups::{BackupCommand, RunResult};
 use hearth_state::model::{Command, Outcome};
 use hearth_state::node::StateNode;
-use hearth_types::backup::{BackupSnapshot, BackupTarget};
+use hearth_types::backup::{BackupSnapshot, BackupTarget, Keep};
 use hearth_types::desired::DesiredState;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,8 @@ pub const ATTEMPTS: u32 = 3;
 const PAUSE: Duration = Duration::from_secs(10);
 /// How long an attempt made waits for its record before it may be made again.
 const RECORD_WAIT: Duration = Duration::from_secs(600);
+/// The most backups and restores a worker runs at once (each reads or writes a whole disk).
+const PARALLEL: usize = 2;
 
 /// One run due here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Due {
     pub generation: u64,
     pub failures: u32,
     pub by: Option<String>,
+    /// The VM's schedule's retention and time zone, when the run goes to its target.
+    pub retention: Option<(Keep, String)>,
 }
 
 /// The runs due on host `me`: backups asked for and not done of VMs whose disk is here,
@@ -52,6 +56,9 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
             let here = vm.disk.host.as_deref() == Some(me);
             let steady = !vm.deleting && vm.migration.is_none() && !b.restoring();
             let target = backups.targets.get(&b.target)?;
+            let retention = hearth_types::backup::policy_of(desired, id)
+                .filter(|p| p.target == b.target && !p.keep.keeps_all())
+                .map(|p| (p.keep, p.time_zone.clone()));
             (here && steady).then(|| Due {
                 vm: id.clone(),
                 run: b.asked,
@@ -59,6 +66,7 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
                 generation: vm.disk.generation,
                 failures: b.failures,
                 by: b.asked_by.clone(),
+                retention,
             })
         })
         .collect()
@@ -113,10 +121,7 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
             // An attempt already made is not made again until its record shows (a local
             // copy of the state may lag behind it), unless that never came.
             let made = started.is_some_and(|at| now.duration_since(at) < RECORD_WAIT);
-            if made
-                || now.duration_since(*first_seen) < pause
-                || !running.lock().await.insert(due.vm.clone())
-            {
+            if made || now.duration_since(*first_seen) < pause || !start(&running, &due.vm).await {
                 continue;
             }
             *started = Some(now);
@@ -127,7 +132,7 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
             });
         }
         for due in crate::restores::due(&runner.name, &desired) {
-            if !running.lock().await.insert(due.vm.clone()) {
+            if !start(&running, &due.vm).await {
                 continue;
             }
             let (runner, running) = (runner.clone(), running.clone());
@@ -143,6 +148,34 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
                 .get(vm)
                 .is_some_and(|b| b.pending() && b.asked == *run)
         });
+    }
+}
+
+/// Marks VM `vm`'s backup or restore as running, unless it is or [`PARALLEL`] others are.
+async fn start(running: &Mutex<BTreeSet<String>>, vm: &str) -> bool {
+    let mut running = running.lock().await;
+    running.len() < PARALLEL && running.insert(vm.to_owned())
+}
+
+/// Applies the schedule's retention after a run stored `id`: the snapshots forgotten
+/// (none if it failed, which the next run tries again).
+async fn retain(runner: &Runner, due: &Due) -> Vec<String> {
+    let (Some((keep, zone)), VmDriver::Qemu(driver)) = (&due.retention, &*runner.driver) else {
+        return Vec::new();
+    };
+    let forgot = match repo_of(&due.target, driver.root()) {
+        Ok(repo) => repo.forget(&due.vm, keep, zone).await,
+        Err(error) => Err(error),
+    };
+    match forgot {
+        Ok(forgot) => {
+            tracing::info!(vm = %due.vm, forgot = forgot.len(), "backup retention applied");
+            forgot
+        }
+        Err(error) => {
+            tracing::warn!(vm = %due.vm, %error, "backup retention failed; the next run tries again");
+            Vec::new()
+        }
     }
 }
 
@@ -167,6 +200,7 @@ async fn attempt(runner: &Runner, due: &Due) {
                     added_bytes,
                     by: due.by.clone(),
                 },
+                forgot: retain(runner, due).await,
             }
         }
         Err(error) => {

@@ -96,6 +96,29 @@ pub fn snapshots(output: &str) -> Result<Vec<Snapshot>, String> {
     Ok(list)
 }
 
+/// One group of `restic forget --json`'s output: the snapshots it removed.
+#[derive(Debug, Deserialize)]
+struct ForgetGroup {
+    #[serde(default)]
+    remove: Option<Vec<Snapshot>>,
+}
+
+/// The short ids of the snapshots `restic forget --json` removed, in its output's order.
+pub fn forgotten(output: &str) -> Result<Vec<String>, String> {
+    // With --prune, prune's report and progress (`[0:00] 100.00% …`) follow the JSON line.
+    let parsed = (output.lines()).find_map(|l| serde_json::from_str::<Vec<ForgetGroup>>(l).ok());
+    let groups = match parsed {
+        Some(groups) => groups,
+        None if !output.contains("[{") => Vec::new(),
+        None => return Err(format!("restic forget printed no list: {}", tail(output))),
+    };
+    Ok(groups
+        .into_iter()
+        .flat_map(|g| g.remove.unwrap_or_default())
+        .map(|s| s.short_id)
+        .collect())
+}
+
 /// The last few hundred bytes of `text`, for an error message.
 fn tail(text: &str) -> &str {
     let start = text.len().saturating_sub(400);
@@ -128,6 +151,11 @@ impl Repo {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
             command.stdin(file);
         }
+        Self::output(command, args.first().unwrap_or(&"")).await
+    }
+
+    /// Runs `command` (restic `what`); its standard output, or why not.
+    async fn output(mut command: tokio::process::Command, what: &str) -> Result<String, String> {
         let output = command
             .output()
             .await
@@ -136,8 +164,7 @@ impl Repo {
         match output.status.success() {
             true => Ok(stdout),
             false => Err(format!(
-                "restic {} failed: {}",
-                args.first().unwrap_or(&""),
+                "restic {what} failed: {}",
                 tail(&String::from_utf8_lossy(&output.stderr))
             )),
         }
@@ -167,6 +194,41 @@ impl Repo {
             host,
         ];
         summary(&self.run(&args, Some(copy)).await?)
+    }
+
+    /// Forgets VM `vm`'s snapshots that `keep` does not keep, its days counted in time
+    /// zone `time_zone`, and prunes the data no snapshot uses any more: the short ids of
+    /// the snapshots forgotten.
+    pub async fn forget(
+        &self,
+        vm: &str,
+        keep: &hearth_types::backup::Keep,
+        time_zone: &str,
+    ) -> Result<Vec<String>, String> {
+        let tag = tag(vm);
+        let (daily, weekly, monthly) = (
+            keep.daily.to_string(),
+            keep.weekly.to_string(),
+            keep.monthly.to_string(),
+        );
+        let args = [
+            "forget",
+            "--json",
+            "--prune",
+            "--tag",
+            &tag,
+            "--group-by",
+            "tags",
+            "--keep-daily",
+            &daily,
+            "--keep-weekly",
+            &weekly,
+            "--keep-monthly",
+            &monthly,
+        ];
+        let mut command = self.command();
+        command.env("TZ", time_zone).args(args);
+        forgotten(&Self::output(command, "forget").await?)
     }
 
     /// VM `vm`'s snapshots, oldest first.
@@ -242,6 +304,20 @@ mod tests {
         );
         assert!(env_lines("export X").unwrap_err().starts_with("line 1"));
         assert!(env_lines("A B=1").is_err());
+    }
+
+    #[test]
+    fn forget_names_the_snapshots_it_removed() {
+        let output = r#"[{"tags":["vm=a"],"host":"","paths":null,"keep":[{"time":"2026-12-05T00:04:26Z","hostname":"h3","id":"bc1f","short_id":"bc"}],"remove":[{"time":"2026-12-05T00:04:25Z","hostname":"h2","id":"8860","short_id":"88"},{"time":"2026-12-05T00:04:24Z","hostname":"h1","id":"3087","short_id":"30"}]}]"#;
+        assert_eq!(forgotten(output).unwrap(), ["88", "30"]);
+        let none = r#"[{"tags":["vm=a"],"keep":[{"time":"2026-12-05T00:04:26Z","hostname":"h3","id":"bc1f","short_id":"bc"}],"remove":null}]"#;
+        assert!(forgotten(none).unwrap().is_empty());
+        assert!(forgotten("").unwrap().is_empty());
+        assert!(forgotten("[{nonsense").is_err());
+        // Prune's report follows.
+        let pruned =
+            format!("{output}\nloading indexes...\n[0:00] 100.00%  1 / 1 snapshots\ndone\n");
+        assert_eq!(forgotten(&pruned).unwrap(), ["88", "30"]);
     }
 
     #[test]

@@ -352,6 +352,13 @@ impl Command {
             Command::Zone { .. } => 6,
             Command::RecordInvoiceMail { .. } => 7,
             Command::Backup { .. } => 8,
+            // A plan's backup schedule, and a limit on members' backups a day.
+            Command::PutPlan { plan, .. }
+                if plan.backup.is_some() || plan.quota.backups_per_day.is_some() =>
+            {
+                8
+            }
+            Command::PutAccount { account, .. } if account.quota.backups_per_day.is_some() => 8,
             // CAA records, and a zone quota on a plan or an account.
             Command::PutRecords { records, .. }
                 if records
@@ -617,6 +624,16 @@ fn put_plan(
 ) -> Outcome {
     if let Err(message) = plan.validate() {
         return Outcome::Invalid { message };
+    }
+    if let Some(policy) = &plan.backup
+        && !state.backups.targets.contains_key(&policy.target)
+    {
+        return Outcome::Refused {
+            message: format!(
+                "backup.target: no backup target {:?} (hearth backup target list)",
+                policy.target
+            ),
+        };
     }
     put(
         &mut state.plans,

@@ -75,8 +75,8 @@ pub enum RpcRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A client write forwarded to the leader.
-    Write(Command),
+    /// A client write forwarded to the leader (boxed: a command is the largest request).
+    Write(Box<Command>),
     /// Asks the leader to confirm its leadership and return the index to read at.
     ReadIndex,
     /// Asks a node for its own view of the group (role, applied index).
@@ -567,7 +567,7 @@ async fn respond<A: Application>(raft: &Raft, app: &A, request: RpcRequest) -> R
         RpcRequest::InstallSnapshot(rpc) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        RpcRequest::Write(command) => RpcResponse::Write(app.write(command).await),
+        RpcRequest::Write(command) => RpcResponse::Write(app.write(*command).await),
         RpcRequest::ReadIndex => RpcResponse::ReadIndex(app.read_index().await),
         RpcRequest::Status => RpcResponse::Status(app.status()),
         RpcRequest::FetchBlob { sha256, offset } => {
@@ -699,7 +699,7 @@ mod tests {
     #[test]
     fn a_worker_writes_only_its_own_reports() {
         use crate::model::compute::ComputeCommand as C;
-        let write = |command| RpcRequest::Write(Command::Compute { command });
+        let write = |command| RpcRequest::Write(Box::new(Command::Compute { command }));
         let lease = |host: &str| write(C::RenewLease { host: host.into() });
         let abort = write(C::AbortMigration {
             vm: "vm-1".into(),
@@ -714,11 +714,11 @@ mod tests {
         );
         assert!(worker_may(&abort, Some("w1"), on_w1).is_ok());
         assert!(worker_may(&abort, Some("w2"), on_w1).is_err());
-        let drain = RpcRequest::Write(Command::SetDrain {
+        let drain = RpcRequest::Write(Box::new(Command::SetDrain {
             node: "w1".into(),
             drained: true,
             expect: Default::default(),
-        });
+        }));
         let why = worker_may(&drain, Some("w1"), on_w1).unwrap_err();
         assert!(why.contains("send it to a server"), "{why}");
         // Reads and file chunks are anyone's with a key; Raft is not.

@@ -254,7 +254,7 @@ impl StateNode {
         if metrics.current_leader == Some(metrics.id) {
             return self.write(command).await;
         }
-        let request = RpcRequest::Write(command);
+        let request = RpcRequest::Write(Box::new(command));
         match self.call_leader(&request).await? {
             RpcResponse::Write(result) => result,
             _ => Err(StateError::Unreachable(

@@ -338,6 +338,12 @@ pub struct BackupRow {
     /// `idle`, `running` (due, no failure yet), `retrying`, `failed` (the last run was
     /// given up) or `restoring`.
     pub status: String,
+    /// The schedule it follows (its own or its plan's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::backup::BackupPolicy>,
+    /// When the schedule's next run is due (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<u64>,
     #[serde(flatten)]
     pub backups: crate::backup::VmBackups,
 }

@@ -36,18 +36,7 @@ pub struct BackupTarget {
 impl BackupTarget {
     /// Why the target cannot be used, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 63
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !name_ok {
-            return Err(format!(
-                "name: {:?} must be 1 to 63 letters, digits and -",
-                self.name
-            ));
-        }
+        check_target_name("name", &self.name)?;
         let location = &self.location;
         let known = ["sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:"];
         if !(location.starts_with('/') || known.iter().any(|k| location.starts_with(k))) {
@@ -83,6 +72,157 @@ impl BackupTarget {
             }
         }
         Ok(())
+    }
+}
+
+/// The most snapshots of each kind a retention policy keeps.
+pub const MAX_KEEP: u32 = 1000;
+
+/// Which of a VM's snapshots a schedule keeps, as restic's `forget --keep-daily/-weekly/
+/// -monthly` reads it: the newest snapshot of each of the last `daily` days (in the
+/// schedule's time zone), of the last `weekly` weeks and of the last `monthly` months.
+/// All three 0: every snapshot is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keep {
+    #[schemars(range(max = MAX_KEEP))]
+    pub daily: u32,
+    #[schemars(range(max = MAX_KEEP))]
+    pub weekly: u32,
+    #[schemars(range(max = MAX_KEEP))]
+    pub monthly: u32,
+}
+
+impl Default for Keep {
+    /// A week of days, a month of weeks, half a year of months.
+    fn default() -> Keep {
+        Keep {
+            daily: 7,
+            weekly: 4,
+            monthly: 6,
+        }
+    }
+}
+
+impl Keep {
+    /// Whether every snapshot is kept.
+    pub fn keeps_all(&self) -> bool {
+        self.daily == 0 && self.weekly == 0 && self.monthly == 0
+    }
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// A daily backup into a target at a time of day, and which snapshots to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// The backup target the scheduled runs go into.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9-]{1,63}$"))]
+    pub target: String,
+    /// The time of day, `HH:MM` (24 hours), in `time_zone`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub at: String,
+    /// An IANA time zone such as `Europe/Berlin`: the co-op's days, for the time and for
+    /// retention.
+    #[serde(default = "utc")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_+/-]{1,64}$"))]
+    pub time_zone: String,
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+impl BackupPolicy {
+    /// The time of day as (hour, minute), if `at` is `HH:MM`.
+    pub fn hour_minute(&self) -> Option<(u8, u8)> {
+        let (h, m) = self.at.split_once(':')?;
+        let two = |s: &str| -> Option<u8> {
+            (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+        };
+        let (h, m) = (two(h)?, two(m)?);
+        (h < 24 && m < 60).then_some((h, m))
+    }
+
+    /// Why the policy cannot be used, naming the field. (That the time zone exists is the
+    /// API's check: the state's `apply` must not depend on a node's time zone database.)
+    pub fn validate(&self) -> Result<(), String> {
+        check_target_name("target", &self.target)?;
+        if self.hour_minute().is_none() {
+            return Err(format!(
+                "at: {:?} must be a time of day as HH:MM, such as 03:00",
+                self.at
+            ));
+        }
+        let zone_ok = !self.time_zone.is_empty()
+            && self.time_zone.len() <= 64
+            && (self.time_zone.chars()).all(|c| c.is_ascii_alphanumeric() || "_+/-".contains(c));
+        if !zone_ok {
+            return Err(format!(
+                "time_zone: {:?} must be an IANA time zone such as Europe/Berlin or UTC",
+                self.time_zone
+            ));
+        }
+        let keep = &self.keep;
+        if [keep.daily, keep.weekly, keep.monthly]
+            .iter()
+            .any(|k| *k > MAX_KEEP)
+        {
+            return Err(format!("keep: at most {MAX_KEEP} of each kind"));
+        }
+        Ok(())
+    }
+}
+
+/// A VM's schedule: its plan's (the default), none, or its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ScheduleChoice {
+    #[default]
+    Plan,
+    Off,
+    Own {
+        policy: BackupPolicy,
+    },
+}
+
+impl ScheduleChoice {
+    pub fn is_plan(&self) -> bool {
+        *self == ScheduleChoice::Plan
+    }
+}
+
+/// The schedule VM `vm` follows: its own, or its owner's plan's (the named plan, else the
+/// co-op's `default` plan), unless it has none.
+pub fn policy_of<'a>(
+    state: &'a crate::desired::DesiredState,
+    vm: &str,
+) -> Option<&'a BackupPolicy> {
+    match state.backups.vms.get(vm).map(|b| &b.schedule) {
+        Some(ScheduleChoice::Own { policy }) => return Some(policy),
+        Some(ScheduleChoice::Off) => return None,
+        Some(ScheduleChoice::Plan) | None => {}
+    }
+    let owner = &state.compute.vms.get(vm)?.value.request.owner;
+    let plan = state
+        .accounts
+        .get(owner)
+        .and_then(|a| a.value.plan.as_deref());
+    plan.and_then(|name| state.plans.get(name))
+        .or_else(|| state.plans.get(crate::quota::DEFAULT_PLAN))
+        .and_then(|p| p.value.backup.as_ref())
+}
+
+fn check_target_name(key: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "{key}: {name:?} must be 1 to 63 letters, digits and -"
+        )),
     }
 }
 
@@ -139,6 +279,16 @@ pub struct VmBackups {
     /// Why the last restore was given up (the VM kept the disk it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_error: Option<String>,
+    /// The schedule it follows.
+    #[serde(default, skip_serializing_if = "ScheduleChoice::is_plan")]
+    pub schedule: ScheduleChoice,
+    /// The time slot (Unix ms) of the last scheduled run asked for.
+    #[serde(default)]
+    pub scheduled_ms: u64,
+    /// When its owner asked for backups in the last day (Unix ms, the API node's clock),
+    /// against the plan's `backups_per_day`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand_ms: Vec<u64>,
 }
 
 /// Where a restore is: asked for (the VM stops, its disk home prepares the snapshot's disk

@@ -48,6 +48,10 @@ pub struct Quota {
     /// DNS zones of the member's own (`hearth zone add`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zones: Option<u64>,
+    /// Backups the member may ask for of each VM per day (`hearth backup now`); scheduled
+    /// ones do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups_per_day: Option<u64>,
 }
 
 impl Quota {
@@ -64,6 +68,7 @@ impl Quota {
         net_in_bytes_per_sec: None,
         net_out_bytes_per_sec: None,
         zones: Some(crate::zones::DEFAULT_ZONES),
+        backups_per_day: Some(6),
     };
 
     /// `self`, with each limit `over` sets taking its place.
@@ -79,6 +84,7 @@ impl Quota {
             net_in_bytes_per_sec: over.net_in_bytes_per_sec.or(self.net_in_bytes_per_sec),
             net_out_bytes_per_sec: over.net_out_bytes_per_sec.or(self.net_out_bytes_per_sec),
             zones: over.zones.or(self.zones),
+            backups_per_day: over.backups_per_day.or(self.backups_per_day),
         }
     }
 
@@ -113,14 +119,20 @@ pub struct Plan {
     /// What its members are charged; none: nothing is billed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prices: Option<crate::money::Prices>,
+    /// The backup schedule of its members' VMs (a VM may have its own, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupPolicy>,
 }
 
 impl Plan {
     pub fn validate(&self) -> Result<(), String> {
         check_name("name", &self.name)?;
         self.quota.validate().map_err(|e| format!("quota.{e}"))?;
-        match &self.prices {
-            Some(prices) => prices.validate().map_err(|e| format!("prices.{e}")),
+        if let Some(prices) = &self.prices {
+            prices.validate().map_err(|e| format!("prices.{e}"))?;
+        }
+        match &self.backup {
+            Some(policy) => policy.validate().map_err(|e| format!("backup.{e}")),
             None => Ok(()),
         }
     }
@@ -298,6 +310,7 @@ mod tests {
                     ..Quota::default()
                 },
                 prices: None,
+                backup: None,
             },
         };
         plans.insert(DEFAULT_PLAN.into(), plan(DEFAULT_PLAN, 2));

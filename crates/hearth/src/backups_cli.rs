@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
-use hearth_types::backup::{BackupSnapshot, BackupTarget, RestoreStage};
+use hearth_types::backup::{
+    BackupPolicy, BackupSnapshot, BackupTarget, Keep, RestoreStage, ScheduleChoice,
+};
 use serde_json::Value;
 
 use crate::client::{ApiClient, ClientError};
@@ -43,9 +45,150 @@ pub enum BackupCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Give VM a daily backup schedule of its own, none (--off), or its plan's (--plan)
+    /// (admins). A VM follows its owner's plan's schedule (`hearth plan set --backup-at`)
+    /// unless given one here. Its first scheduled backup is made at once, then one a day
+    /// at the time; after each, the snapshots the retention keeps no more are forgotten
+    /// and their data pruned from the repository.
+    Schedule {
+        /// The VM's name or id.
+        vm: String,
+        #[command(flatten)]
+        policy: ScheduleArgs,
+        /// No scheduled backups for this VM.
+        #[arg(long, conflicts_with_all = ["at", "plan"])]
+        off: bool,
+        /// Follow its owner's plan's schedule again.
+        #[arg(long, conflicts_with = "at")]
+        plan: bool,
+    },
     /// Backup targets (admins): restic repositories backups go into.
     #[command(subcommand)]
     Target(TargetCommand),
+}
+
+/// A daily schedule and its retention, as flags.
+#[derive(clap::Args)]
+pub struct ScheduleArgs {
+    /// Back up every day at this time of day (HH:MM, 24 hours, in --time-zone).
+    #[arg(long, value_name = "HH:MM", required_unless_present_any = ["off", "plan"])]
+    at: Option<String>,
+    /// The backup target (default: the only one, or the one named `default`).
+    #[arg(long, requires = "at")]
+    target: Option<String>,
+    #[command(flatten)]
+    keep: KeepArgs,
+}
+
+/// A schedule's time zone and retention, as flags (shared with `hearth plan set`).
+#[derive(clap::Args)]
+pub struct KeepArgs {
+    /// The co-op's time zone (IANA, such as Europe/Berlin): for the time of day and for
+    /// which day a snapshot belongs to.
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    pub time_zone: String,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, value_name = "N", default_value_t = Keep::default().daily)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[arg(long, value_name = "N", default_value_t = Keep::default().weekly)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months (all three 0: keep every
+    /// snapshot).
+    #[arg(long, value_name = "N", default_value_t = Keep::default().monthly)]
+    pub keep_monthly: u32,
+}
+
+impl KeepArgs {
+    /// The policy of a backup into `target` every day at `at`.
+    pub fn policy(&self, target: String, at: String) -> BackupPolicy {
+        BackupPolicy {
+            target,
+            at,
+            time_zone: self.time_zone.clone(),
+            keep: Keep {
+                daily: self.keep_daily,
+                weekly: self.keep_weekly,
+                monthly: self.keep_monthly,
+            },
+        }
+    }
+}
+
+/// A schedule in one cell: `03:00 Europe/Berlin → local, keep 7d 4w 6m`.
+pub fn schedule_cell(policy: Option<&BackupPolicy>) -> String {
+    let Some(p) = policy else {
+        return "-".into();
+    };
+    let keep = match p.keep.keeps_all() {
+        true => "keep all".into(),
+        false => format!(
+            "keep {}d {}w {}m",
+            p.keep.daily, p.keep.weekly, p.keep.monthly
+        ),
+    };
+    format!("{} {} → {}, {keep}", p.at, p.time_zone, p.target)
+}
+
+/// The only target, or the one named `default`, for a schedule that names none.
+fn only_target(client: &ApiClient) -> Result<String, ClientError> {
+    let list: Vec<hearth_types::desired::Versioned<BackupTarget>> =
+        client.get("/v1/backup-targets")?;
+    let names: Vec<&str> = list.iter().map(|t| t.value.name.as_str()).collect();
+    match names.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        _ if names.contains(&"default") => Ok("default".into()),
+        [] => Err(ClientError::Usage(
+            "target: the co-op has no backup target yet: hearth backup target put NAME --location … --password-file …".into(),
+        )),
+        _ => Err(ClientError::Usage(format!(
+            "target: give --target, one of {}",
+            names.join(", ")
+        ))),
+    }
+}
+
+fn schedule(
+    client: &ApiClient,
+    json: bool,
+    vm: &str,
+    args: ScheduleArgs,
+    (off, plan): (bool, bool),
+) -> Result<(), ClientError> {
+    let choice = match (off, plan, args.at) {
+        (true, _, _) => ScheduleChoice::Off,
+        (_, true, _) => ScheduleChoice::Plan,
+        (_, _, Some(at)) => {
+            let target = match args.target {
+                Some(target) => target,
+                None => only_target(client)?,
+            };
+            ScheduleChoice::Own {
+                policy: args.keep.policy(target, at),
+            }
+        }
+        (false, false, None) => {
+            return Err(ClientError::Usage(
+                "give --at HH:MM, --off or --plan".into(),
+            ));
+        }
+    };
+    let _: Value = client.put(&format!("/v1/vms/{vm}/backup-schedule"), &choice)?;
+    let row: BackupRow = client.get(&format!("/v1/vms/{vm}/backups"))?;
+    if json {
+        print_json(&row);
+        return Ok(());
+    }
+    match (&row.policy, row.next_ms) {
+        (Some(policy), Some(next)) => println!(
+            "{vm}: backed up daily at {} {}; next at {} (UTC)",
+            policy.at,
+            policy.time_zone,
+            time_of(next)
+        ),
+        _ => println!("{vm}: no scheduled backups"),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -87,6 +230,12 @@ pub fn backup(client: &ApiClient, json: bool, command: BackupCommand) -> Result<
             yes,
             no_wait,
         } => restore(client, json, &vm, &snapshot, yes, no_wait),
+        BackupCommand::Schedule {
+            vm,
+            policy,
+            off,
+            plan,
+        } => schedule(client, json, &vm, policy, (off, plan)),
         BackupCommand::Target(TargetCommand::Put {
             name,
             location,
@@ -303,6 +452,8 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
                 "STATUS",
                 "SNAPSHOTS",
                 "LAST",
+                "SCHEDULE",
+                "NEXT",
                 "ERROR",
             ],
             rows.iter().map(|r| {
@@ -314,6 +465,8 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
                     r.status.clone(),
                     r.backups.snapshots.len().to_string(),
                     last.map_or("-".into(), |s| time_of(s.time_ms)),
+                    schedule_cell(r.policy.as_ref()),
+                    r.next_ms.map_or("-".into(), time_of),
                     r.backups.last_error.clone().unwrap_or_else(|| "-".into()),
                 ]
             }),
@@ -349,6 +502,13 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
     );
     if let Some(error) = &row.backups.last_error {
         eprintln!("{vm}: the last backup is {}: {error}", row.status);
+    }
+    if let (Some(policy), Some(next)) = (&row.policy, row.next_ms) {
+        eprintln!(
+            "{vm}: scheduled {}; next at {} (UTC)",
+            schedule_cell(Some(policy)),
+            time_of(next)
+        );
     }
     Ok(())
 }

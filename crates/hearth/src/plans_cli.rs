@@ -24,6 +24,8 @@ pub enum PlanCommand {
         limits: Limits,
         #[command(flatten)]
         prices: PriceArgs,
+        #[command(flatten)]
+        backup: Box<PlanBackupArgs>,
     },
     /// List the plans.
     List,
@@ -39,6 +41,20 @@ pub enum PlanCommand {
         #[command(flatten)]
         limits: Limits,
     },
+}
+
+/// A plan's backup schedule as flags.
+#[derive(clap::Args)]
+pub struct PlanBackupArgs {
+    /// Back up its members' VMs every day at this time of day (HH:MM, 24 hours, in
+    /// --time-zone), unless a VM has a schedule of its own (`hearth backup schedule`).
+    #[arg(long, value_name = "HH:MM", requires = "backup_target")]
+    backup_at: Option<String>,
+    /// The backup target of the schedule.
+    #[arg(long, value_name = "NAME", requires = "backup_at")]
+    backup_target: Option<String>,
+    #[command(flatten)]
+    keep: crate::backups_cli::KeepArgs,
 }
 
 /// A plan's prices as flags.
@@ -123,6 +139,10 @@ pub struct Limits {
     /// DNS zones of their own (`hearth zone add`).
     #[arg(long, value_name = "N")]
     zones: Option<u64>,
+    /// Backups a member may ask for of each VM per day (`hearth backup now`; scheduled
+    /// backups do not count).
+    #[arg(long, value_name = "N")]
+    backups_per_day: Option<u64>,
 }
 
 impl Limits {
@@ -138,6 +158,7 @@ impl Limits {
             net_in_bytes_per_sec: self.net_in_bytes_per_sec,
             net_out_bytes_per_sec: self.net_out_bytes_per_sec,
             zones: self.zones,
+            backups_per_day: self.backups_per_day,
         }
     }
 }
@@ -165,7 +186,9 @@ fn list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
             "BYTES/S",
             "NET IN B/S",
             "NET OUT B/S",
+            "BACKUPS/DAY",
             "PRICES",
+            "BACKUP SCHEDULE",
         ],
         rows.iter().map(|r| {
             let q = &r.plan.quota;
@@ -180,7 +203,9 @@ fn list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
                 limit(q.bytes_per_sec),
                 limit(q.net_in_bytes_per_sec),
                 limit(q.net_out_bytes_per_sec),
+                limit(q.backups_per_day),
                 price_list(r.plan.prices.as_ref()),
+                crate::backups_cli::schedule_cell(r.plan.backup.as_ref()),
             ]
         }),
     );
@@ -193,12 +218,23 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
             name,
             limits,
             prices,
+            backup,
         } => {
+            let PlanBackupArgs {
+                backup_at,
+                backup_target,
+                keep,
+            } = *backup;
+            let policy = match (backup_target, backup_at) {
+                (Some(target), Some(at)) => Some(keep.policy(target, at)),
+                _ => None,
+            };
             let body = PutPlan {
                 plan: Plan {
                     name: name.clone(),
                     quota: limits.quota(),
                     prices: prices.prices(),
+                    backup: policy,
                 },
                 expect: Default::default(),
             };

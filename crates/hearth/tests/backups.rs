@@ -6,7 +6,9 @@
 //! leaves the guest running on its disk. Through the cluster: a member backs her VM up and
 //! restores it (the guest boots on the backup's disk, its boot counter and last tick from
 //! the backup's time, the disk before archived), and a target that fails is retried, then
-//! shown as failed.
+//! shown as failed. A plan's daily schedule backs a new VM up at once, its retention
+//! forgets the snapshots it keeps no more (in the state and the repository), the plan
+//! limits a member's own backups a day, and a VM's own schedule or none replaces it.
 
 use std::path::Path;
 
@@ -380,4 +382,169 @@ fn in_the_panel(
         Some(backed_up),
         "{text}"
     );
+}
+
+/// The time of day `minutes` ago, UTC, as `HH:MM`.
+fn utc_hh_mm_ago(minutes: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let of_day = (now / 60 + 24 * 60 - minutes) % (24 * 60);
+    format!("{:02}:{:02}", of_day / 60, of_day % 60)
+}
+
+/// A VM's backups row, as `hearth backups VM --json` prints it.
+fn backups_of(agent: &TestAgent, vm: &str) -> serde_json::Value {
+    serde_json::from_str(&agent.cli(&["backups", vm, "--json"])).unwrap()
+}
+
+#[test]
+fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_members() {
+    let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+    });
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    agent.add_test_guest(&hearth_testkit::test_guest());
+    let work = TempDir::new("backup-schedule");
+    let password = work.path().join("password");
+    std::fs::write(&password, "the co-op's restic password\n").unwrap();
+    let location = work.path().join("repo").display().to_string();
+    // A plan naming a target that does not exist is refused.
+    let at = utc_hh_mm_ago(60);
+    let plan = |target: &str| {
+        agent.cli_result(&[
+            "plan",
+            "set",
+            "default",
+            "--backups-per-day",
+            "1",
+            "--backup-at",
+            &at,
+            "--backup-target",
+            target,
+            "--keep-daily",
+            "1",
+            "--keep-weekly",
+            "0",
+            "--keep-monthly",
+            "0",
+        ])
+    };
+    let (code, _, stderr) = plan("local");
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("backup.target"), "{stderr}");
+    agent.cli(&[
+        "backup",
+        "target",
+        "put",
+        "local",
+        "--location",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = plan("local");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let alice = agent.make_member("alice");
+    create_tiny(agent, "box", &[]);
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+
+    // The plan's schedule backs the new VM up at once (its time passed an hour ago), as the
+    // schedule's, and the next is due tomorrow at that time.
+    let row = eventually("the first scheduled backup", BOOT, || {
+        let row = backups_of(agent, "box");
+        match row["snapshots"].as_array().map(Vec::len) {
+            Some(1) => Ok(row),
+            _ => Err(row.to_string()),
+        }
+    });
+    let scheduled = row["snapshots"][0].clone();
+    assert!(scheduled.get("by").is_none(), "{row}");
+    assert_eq!(row["policy"]["at"], at.as_str(), "{row}");
+    let next = row["next_ms"].as_u64().unwrap();
+    let slot = row["scheduled_ms"].as_u64().unwrap();
+    assert_eq!(next, slot + 24 * 3600 * 1000, "{row}");
+    let table = agent.cli(&["backups"]);
+    assert!(
+        table.contains(&format!("{at} UTC → local, keep 1d 0w 0m")),
+        "{table}"
+    );
+
+    // Her own backup: the plan allows one a day. Retention keeps only the newest snapshot
+    // of the day, so the scheduled one is forgotten, in the state and in the repository.
+    let out = ok_as(agent, &alice, &["backup", "now", "box"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let row = backups_of(agent, "box");
+    let snapshots = row["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 1, "{row}");
+    assert_eq!(snapshots[0]["by"], "alice", "{row}");
+    let repo = Repo {
+        location: location.clone(),
+        password_file: password.clone(),
+        cache_dir: work.path().join("cache"),
+        env: vec![],
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored = runtime.block_on(repo.list(&id)).unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(
+        stored[0]
+            .id
+            .starts_with(snapshots[0]["id"].as_str().unwrap())
+    );
+    let (code, _, stderr) = agent.cli_as(&alice, &["backup", "now", "box"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("allows 1 backups of a VM a day"),
+        "{stderr}"
+    );
+    // An admin's backup is not counted.
+    let out = agent.cli(&["backup", "now", "box"]);
+    assert!(out.contains("stored"), "{out}");
+
+    // A schedule of the VM's own, at another time: its slot is new, so it runs at once;
+    // keeping every snapshot, nothing is forgotten.
+    let own = utc_hh_mm_ago(30);
+    let (code, _, stderr) = agent.cli_as(&alice, &["backup", "schedule", "box", "--off"]);
+    assert_ne!(code, Some(0), "members do not set schedules: {stderr}");
+    let out = agent.cli(&[
+        "backup",
+        "schedule",
+        "box",
+        "--at",
+        &own,
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ]);
+    assert!(out.contains(&format!("daily at {own} UTC")), "{out}");
+    let before = backups_of(agent, "box")["snapshots"]
+        .as_array()
+        .unwrap()
+        .len();
+    eventually("the VM's own schedule's backup", BOOT, || {
+        let row = backups_of(agent, "box");
+        match row["snapshots"].as_array().map(Vec::len) {
+            Some(n) if n == before + 1 && row["status"] == "idle" => Ok(()),
+            _ => Err(row.to_string()),
+        }
+    });
+    // Off: no schedule, no next run.
+    agent.cli(&["backup", "schedule", "box", "--off"]);
+    let row = backups_of(agent, "box");
+    assert!(
+        row.get("policy").is_none() && row.get("next_ms").is_none(),
+        "{row}"
+    );
+    // The target cannot be removed while the plan's schedule uses it.
+    let (code, _, stderr) = agent.cli_result(&["backup", "target", "rm", "local"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("plan default"), "{stderr}");
 }

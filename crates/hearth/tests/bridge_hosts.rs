@@ -128,7 +128,9 @@ fn metric(agent: &TestAgent, family: &str, vm: &str) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-const LIMIT: u64 = 200_000;
+/// Low enough that an unlimited TCG guest on a loaded two-core machine still moves three
+/// times as much (one CI run saw a free guest at 514 kB/s).
+const LIMIT: u64 = 100_000;
 
 /// The `hearth pool add` lines of the README's bridged section.
 fn readme_pool_commands() -> Vec<String> {

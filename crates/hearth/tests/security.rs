@@ -865,11 +865,11 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
         &[],
         Some(("n2".to_owned(), identity_key)),
     );
-    let drain = RpcRequest::Write(Command::SetDrain {
+    let drain = RpcRequest::Write(Box::new(Command::SetDrain {
         node: "n1".into(),
         drained: true,
         expect: Expect::Any,
-    });
+    }));
     match rpc_call(rpc, &worker_ring, Tier::Worker, &drain) {
         Ok(RpcResponse::Write(Err(StateError::Forbidden(why)))) => {
             assert!(why.contains("worker key"), "{why}")
@@ -887,9 +887,9 @@ fn a_worker_key_runs_vms_but_cannot_vote_or_write_the_clusters_state() {
     );
     // Named as n2, it may report about n2 only.
     let report = |host: &str| {
-        RpcRequest::Write(Command::Compute {
+        RpcRequest::Write(Box::new(Command::Compute {
             command: hearth_state::model::ComputeCommand::RenewLease { host: host.into() },
-        })
+        }))
     };
     match rpc_call(rpc, &named_ring, Tier::Named, &report("n2")) {
         Ok(RpcResponse::Write(Ok(_))) => {}

@@ -350,11 +350,11 @@ fn a_node_without_the_secret_can_neither_read_nor_write_raft() {
             SealedStream::client(stream, &wrong, hearth_membership::stream::Tier::Full)
                 .await
                 .map_err(|e| e.to_string())?;
-        let write = RpcRequest::Write(Command::SetDrain {
+        let write = RpcRequest::Write(Box::new(Command::SetDrain {
             node: "n1".into(),
             drained: true,
             expect: Expect::Any,
-        });
+        }));
         sealed
             .send(&serde_json::to_vec(&write).unwrap())
             .await

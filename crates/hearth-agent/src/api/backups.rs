@@ -6,12 +6,12 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
 use hearth_state::model::backups::BackupCommand;
 use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
-use hearth_types::backup::{BackupTarget, VmBackups};
+use hearth_types::backup::{BackupPolicy, BackupTarget, ScheduleChoice, VmBackups};
 use hearth_types::desired::{DesiredState, Versioned};
 
 use super::body::{Body, BodyRejection};
@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/backups", get(list))
         .route("/v1/vms/{key}/backups", get(show).post(ask))
         .route("/v1/vms/{key}/restore", post(restore))
+        .route("/v1/vms/{key}/backup-schedule", put(set_schedule))
         .route("/v1/backup-targets", get(targets))
         .route(
             "/v1/backup-targets/{name}",
@@ -50,11 +51,23 @@ pub fn status(backups: &VmBackups) -> &'static str {
 /// The row of VM `id`'s backups.
 pub fn row(desired: &DesiredState, id: &str, backups: &VmBackups) -> BackupRow {
     let vm = desired.compute.vms.get(id).map(|v| &v.value.request);
+    let policy = hearth_types::backup::policy_of(desired, id).cloned();
+    let now_ms = crate::unix_ms();
+    let next_ms = policy.as_ref().and_then(|p| {
+        let latest = crate::backup_schedule::latest_slot(p, now_ms)?;
+        // A slot passed and not asked for yet is asked for within seconds.
+        match latest > backups.scheduled_ms {
+            true => Some(now_ms),
+            false => crate::backup_schedule::next_slot(p, now_ms),
+        }
+    });
     BackupRow {
         vm: id.to_owned(),
         name: vm.map(|r| r.name.clone()).unwrap_or_default(),
         owner: vm.map(|r| r.owner.clone()).unwrap_or_default(),
         status: status(backups).to_owned(),
+        policy,
+        next_ms,
         backups: backups.clone(),
     }
 }
@@ -93,10 +106,16 @@ async fn show(State(state): State<ApiState>, Path(key): Path<String>) -> Respons
     }
 }
 
-/// The target a backup of `vm` goes to when the caller names none: that of its last
-/// snapshot, the only one, or the one named `default`.
+/// The target a backup of `vm` goes to when the caller names none: that of its schedule,
+/// of its last snapshot, the only one, or the one named `default`.
 fn default_target(desired: &DesiredState, vm: &str) -> Result<String, String> {
     let targets = &desired.backups.targets;
+    let scheduled = hearth_types::backup::policy_of(desired, vm)
+        .map(|p| &p.target)
+        .filter(|t| targets.contains_key(*t));
+    if let Some(target) = scheduled {
+        return Ok(target.clone());
+    }
     let last = desired
         .backups
         .vms
@@ -147,6 +166,40 @@ async fn ask(
         vm: vm.value.id.clone(),
         target,
         by: asker(&caller),
+        at_ms: crate::unix_ms(),
+    };
+    write(&state, backup(command)).await
+}
+
+/// Why a schedule cannot be used on this node: its time zone is unknown here (the rest is
+/// the state's check).
+pub fn check_policy(policy: &BackupPolicy) -> Result<(), String> {
+    policy.validate()?;
+    crate::backup_schedule::time_zone(&policy.time_zone).map(|_| ())
+}
+
+/// An admin sets a VM's schedule: its own, none, or its plan's.
+async fn set_schedule(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Result<Body<ScheduleChoice>, BodyRejection>,
+) -> Response {
+    let schedule = match body {
+        Ok(Body(schedule)) => schedule,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if let ScheduleChoice::Own { policy } = &schedule
+        && let Err(why) = check_policy(policy)
+    {
+        return error(StatusCode::BAD_REQUEST, &format!("policy.{why}"));
+    }
+    let vm = match super::vms::read_vm(&state, &key).await {
+        Ok((_, vm)) => vm,
+        Err(answer) => return answer,
+    };
+    let command = BackupCommand::SetSchedule {
+        vm: vm.value.id.clone(),
+        schedule,
     };
     write(&state, backup(command)).await
 }

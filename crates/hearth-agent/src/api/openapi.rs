@@ -426,6 +426,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .body(schema::<hearth_types::api::RestoreBackup>)
     .answers(schema::<WriteAnswer>),
+    op(
+        "put",
+        "/v1/vms/{key}/backup-schedule",
+        "Admins: a VM's daily backup schedule and retention: its own, none (off), or its owner's plan's",
+    )
+    .body(schema::<hearth_types::backup::ScheduleChoice>)
+    .answers(schema::<WriteAnswer>),
     op("get", "/v1/backup-targets", "Admins: the backup targets")
         .answers(schema::<Vec<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>>),
     op("get", "/v1/backup-targets/{name}", "Admins: one backup target")
@@ -521,6 +528,7 @@ pub fn document() -> Value {
     let mut schemas = Value::Object(generator.take_definitions(true));
     ip_formats(&mut schemas);
     integer_bounds(&mut schemas);
+    time_zones(&mut schemas);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -707,6 +715,23 @@ fn links(endpoint: &Endpoint) -> Option<(&'static str, Value)> {
         );
     }
     Some((status, Value::Object(links)))
+}
+
+/// Lists the time zones this build knows (its bundled IANA database) as the only values of
+/// a backup schedule's `time_zone`, which the types crate can only give a pattern for.
+fn time_zones(schemas: &mut Value) {
+    let mut zones: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|name| name.to_string())
+        .filter(|name| crate::backup_schedule::time_zone(name).is_ok())
+        .collect();
+    zones.sort();
+    if let Some(zone) = schemas.pointer_mut("/BackupPolicy/properties/time_zone")
+        && let Some(map) = zone.as_object_mut()
+    {
+        map.remove("pattern");
+        map.insert("enum".into(), json!(zones));
+    }
 }
 
 /// Gives each integer the largest value its Rust type holds, where schemars leaves it out

@@ -42,6 +42,10 @@ async fn put_plan(
 ) -> Response {
     match body {
         Ok(Body(PutPlan { plan, expect })) => {
+            let policy = plan.backup.as_ref().map(super::backups::check_policy);
+            if let Some(Err(why)) = policy {
+                return error(StatusCode::BAD_REQUEST, &format!("backup.{why}"));
+            }
             write(&state, Command::PutPlan { plan, expect }).await
         }
         Err(rejection) => bad_body(rejection),

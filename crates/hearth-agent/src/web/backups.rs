@@ -64,6 +64,7 @@ pub fn backups_page(chrome: &Chrome, name: &str, row: &BackupRow) -> String {
         escape(name)
     );
     body.push_str(&state_of(row));
+    body.push_str(&schedule_of(row));
     if !busy {
         body.push_str(&format!(
             "<p>{}</p>\n",
@@ -97,6 +98,27 @@ pub fn backups_page(chrome: &Chrome, name: &str, row: &BackupRow) -> String {
         escape(name)
     ));
     frame(chrome, &format!("Backups of {name} · hearth"), &body)
+}
+
+/// The VM's schedule in a sentence, if it has one.
+fn schedule_of(row: &BackupRow) -> String {
+    let (Some(policy), Some(next)) = (&row.policy, row.next_ms) else {
+        return "<p id=\"schedule\" class=\"muted\">No scheduled backups.</p>\n".into();
+    };
+    let keep = &policy.keep;
+    let kept = match keep.keeps_all() {
+        true => "every backup is kept".to_owned(),
+        false => format!(
+            "the newest of each of the last {} days, {} weeks and {} months are kept",
+            keep.daily, keep.weekly, keep.monthly
+        ),
+    };
+    format!(
+        "<p id=\"schedule\">Backed up every day at {} ({}); the next at {} UTC. Of the scheduled and your own backups, {kept}.</p>\n",
+        escape(&policy.at),
+        escape(&policy.time_zone),
+        time_of(next)
+    )
 }
 
 /// `/panel/vms/{id}/backups/{snapshot}/restore`: the one confirmation.

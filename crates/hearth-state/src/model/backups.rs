@@ -2,9 +2,10 @@
 //! its owner or an admin; one at a time), and the run's result as the VM's disk home
 //! records it, stored as a snapshot or failed (and retried by the worker until it gives up).
 
+use hearth_types::account::AccountRole;
 use hearth_types::backup::{
-    BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, RestoreRun, RestoreStage, Restored, VmBackups,
-    short_error,
+    BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, RestoreRun, RestoreStage, Restored,
+    ScheduleChoice, VmBackups, policy_of, short_error,
 };
 use hearth_types::compute::{Power, Vm};
 use hearth_types::desired::{DesiredState, Versioned};
@@ -18,14 +19,14 @@ use super::cas::{Expect, invalid, put, refused, remove};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum RunResult {
+    /// Stored; and the snapshots the schedule's retention forgot after it.
     Stored {
         snapshot: BackupSnapshot,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        forgot: Vec<String>,
     },
     /// An attempt failed; with `give_up`, the run is over.
-    Failed {
-        error: String,
-        give_up: bool,
-    },
+    Failed { error: String, give_up: bool },
 }
 
 /// The backup commands.
@@ -40,11 +41,25 @@ pub enum BackupCommand {
         name: String,
         expect: Expect,
     },
-    /// A backup of `vm` into `target` now; refused while one is due.
+    /// A backup of `vm` into `target` now; refused while one is due, and for a member
+    /// over their plan's `backups_per_day` (`at_ms`: when, by the API node's clock).
     Ask {
         vm: String,
         target: String,
         by: Option<String>,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// An admin gives `vm` a schedule of its own, none, or its plan's.
+    SetSchedule {
+        vm: String,
+        schedule: ScheduleChoice,
+    },
+    /// The leader's scheduler: the schedule of `vm` is due at `slot_ms` (its time of day,
+    /// Unix ms). A run is asked for unless one is under way; either way the slot is taken.
+    Scheduled {
+        vm: String,
+        slot_ms: u64,
     },
     /// The VM's disk home reports on run `run` (the `asked` count it started for).
     Record {
@@ -94,6 +109,8 @@ impl BackupCommand {
             BackupCommand::RemoveTarget { name, .. } => format!("backup-target/{name}"),
             // A restore changes the VM itself (its power, its disk's generation).
             BackupCommand::Ask { vm, .. }
+            | BackupCommand::SetSchedule { vm, .. }
+            | BackupCommand::Scheduled { vm, .. }
             | BackupCommand::Record { vm, .. }
             | BackupCommand::Restore { vm, .. }
             | BackupCommand::RestoreSwapped { vm, .. }
@@ -130,9 +147,21 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
                     users.join(", ")
                 ));
             }
+            if let Some(schedule) = schedule_using(state, name) {
+                return refused(format!(
+                    "name: the backup schedule of {schedule} uses {name}; change it first"
+                ));
+            }
             remove(&mut state.backups.targets, name, *expect)
         }
-        BackupCommand::Ask { vm, target, by } => ask(state, vm, target, by.as_deref(), index),
+        BackupCommand::Ask {
+            vm,
+            target,
+            by,
+            at_ms,
+        } => ask(state, vm, target, by.as_deref(), *at_ms, index),
+        BackupCommand::SetSchedule { vm, schedule } => set_schedule(state, vm, schedule, index),
+        BackupCommand::Scheduled { vm, slot_ms } => scheduled(state, vm, *slot_ms, index),
         BackupCommand::Record {
             vm,
             host,
@@ -154,6 +183,23 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             result,
         } => restore_done(state, vm, host, *stage, result, index),
     }
+}
+
+/// A plan or VM whose schedule backs up into target `name`.
+fn schedule_using(state: &DesiredState, name: &str) -> Option<String> {
+    let plan = (state.plans.values())
+        .find(|p| p.value.backup.as_ref().is_some_and(|b| b.target == name))
+        .map(|p| format!("plan {}", p.value.name));
+    plan.or_else(|| {
+        state
+            .backups
+            .vms
+            .iter()
+            .find_map(|(vm, b)| match &b.schedule {
+                ScheduleChoice::Own { policy } if policy.target == name => Some(format!("VM {vm}")),
+                _ => None,
+            })
+    })
 }
 
 /// Why a compute command must wait for a restore of its VM: the VM stays stopped where its
@@ -306,7 +352,97 @@ fn restore_done(
     Outcome::Applied { version: index }
 }
 
-fn ask(state: &mut DesiredState, id: &str, target: &str, by: Option<&str>, index: u64) -> Outcome {
+/// A day, in ms: the window of a plan's `backups_per_day`.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+fn set_schedule(
+    state: &mut DesiredState,
+    id: &str,
+    schedule: &ScheduleChoice,
+    index: u64,
+) -> Outcome {
+    if !state.compute.vms.contains_key(id) {
+        return invalid(format!("vm: no VM {id}"));
+    }
+    if let ScheduleChoice::Own { policy } = schedule {
+        if let Err(why) = policy.validate() {
+            return invalid(format!("policy.{why}"));
+        }
+        if !state.backups.targets.contains_key(&policy.target) {
+            return refused(format!(
+                "policy.target: no backup target {:?} (hearth backup target list)",
+                policy.target
+            ));
+        }
+    }
+    state.backups.vms.entry(id.to_owned()).or_default().schedule = schedule.clone();
+    Outcome::Applied { version: index }
+}
+
+fn scheduled(state: &mut DesiredState, id: &str, slot_ms: u64, index: u64) -> Outcome {
+    let Some(policy) = policy_of(state, id) else {
+        return refused(format!("{id} has no backup schedule"));
+    };
+    let target = policy.target.clone();
+    let taken = state.backups.vms.get(id).map_or(0, |b| b.scheduled_ms);
+    if slot_ms <= taken {
+        return refused(format!(
+            "{id}'s scheduled backup of that time was asked for"
+        ));
+    }
+    let steady = state.compute.vms.get(id).is_some_and(|v| {
+        !v.value.deleting
+            && v.value.disk.host.is_some()
+            && state.backups.targets.contains_key(&target)
+    });
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    backups.scheduled_ms = slot_ms;
+    if steady && !backups.pending() && !backups.restoring() {
+        backups.asked += 1;
+        backups.target = target;
+        backups.asked_by = None;
+        backups.failures = 0;
+    }
+    Outcome::Applied { version: index }
+}
+
+/// The backups a day member `by` may ask for of a VM, if `by` is a member with a limit.
+fn daily_limit(state: &DesiredState, by: Option<&str>) -> Option<u64> {
+    let account = &state.accounts.get(by?)?.value;
+    if account.role == AccountRole::Admin {
+        return None;
+    }
+    let plans = &state.plans;
+    hearth_types::quota::quota_of(plans, account.plan.as_deref(), &account.quota).backups_per_day
+}
+
+/// Why a member over their plan's backups a day may not ask for one at `at_ms`.
+fn over_daily_limit(backups: &VmBackups, limit: u64, at_ms: u64) -> Option<String> {
+    let recent: Vec<u64> = (backups.on_demand_ms.iter())
+        .copied()
+        .filter(|t| t.saturating_add(DAY_MS) > at_ms)
+        .collect();
+    if (recent.len() as u64) < limit {
+        return None;
+    }
+    let wait_min = recent
+        .first()
+        .map_or(0, |t| (t + DAY_MS).saturating_sub(at_ms).div_ceil(60_000));
+    Some(format!(
+        "quota: your plan allows {limit} backups of a VM a day; the next can be asked for in {} h {} min",
+        wait_min / 60,
+        wait_min % 60
+    ))
+}
+
+fn ask(
+    state: &mut DesiredState,
+    id: &str,
+    target: &str,
+    by: Option<&str>,
+    at_ms: u64,
+    index: u64,
+) -> Outcome {
     let Some(vm) = state.compute.vms.get(id).map(|v| &v.value) else {
         return invalid(format!("vm: no VM {id}"));
     };
@@ -326,6 +462,15 @@ fn ask(state: &mut DesiredState, id: &str, target: &str, by: Option<&str>, index
         return refused(format!(
             "a backup or a restore of {id} is under way; ask again when it is done"
         ));
+    }
+    let limit = daily_limit(state, by);
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    if let Some(limit) = limit {
+        if let Some(why) = over_daily_limit(backups, limit, at_ms) {
+            return refused(why);
+        }
+        (backups.on_demand_ms).retain(|t| t.saturating_add(DAY_MS) > at_ms);
+        backups.on_demand_ms.push(at_ms);
     }
     backups.asked += 1;
     backups.target = target.to_owned();
@@ -357,10 +502,15 @@ fn record(
         return refused(format!("run {run} of {id} is not the one due"));
     }
     match result {
-        RunResult::Stored { snapshot } => {
+        RunResult::Stored { snapshot, forgot } => {
             backups.done = run;
             backups.failures = 0;
             backups.last_error = None;
+            // restic names a snapshot by its id or any prefix of 8 or more of it.
+            let same = |a: &str, b: &str| {
+                a.len().min(b.len()) >= 8 && (a.starts_with(b) || b.starts_with(a))
+            };
+            (backups.snapshots).retain(|s| !forgot.iter().any(|f| same(f, &s.id)));
             backups.snapshots.push(snapshot.clone());
             let extra = backups.snapshots.len().saturating_sub(MAX_SNAPSHOTS);
             backups.snapshots.drain(..extra);
@@ -454,10 +604,15 @@ mod tests {
     }
 
     fn ask_of(vm: &str, target: &str) -> BackupCommand {
+        ask_at(vm, target, 1_000)
+    }
+
+    fn ask_at(vm: &str, target: &str, at_ms: u64) -> BackupCommand {
         BackupCommand::Ask {
             vm: vm.into(),
             target: target.into(),
             by: Some("ana".into()),
+            at_ms,
         }
     }
 
@@ -488,6 +643,7 @@ mod tests {
         ));
         let stored = RunResult::Stored {
             snapshot: snapshot(),
+            forgot: vec![],
         };
         assert!(!apply(&mut state, &record_of("w2", 1, stored.clone()), 4).changed());
         assert!(!apply(&mut state, &record_of("w1", 7, stored.clone()), 4).changed());
@@ -505,6 +661,136 @@ mod tests {
         // The same report again changes nothing.
         assert!(!apply(&mut state, &record_of("w1", 1, stored), 7).changed());
         assert!(apply(&mut state, &ask_of("vm-1", "local"), 8).changed());
+    }
+
+    fn member(state: &mut DesiredState, name: &str, backups_per_day: Option<u64>) {
+        let account = hearth_types::account::Account {
+            name: name.into(),
+            role: AccountRole::Member,
+            email: String::new(),
+            password_hash: String::new(),
+            ssh_keys: Default::default(),
+            disabled: false,
+            plan: None,
+            quota: hearth_types::quota::Quota {
+                backups_per_day,
+                ..Default::default()
+            },
+            unverified: false,
+            awaiting_approval: false,
+        };
+        let account = Versioned {
+            version: 1,
+            value: account,
+        };
+        state.accounts.insert(name.into(), account);
+    }
+
+    /// Runs the backup due to its end, stored as snapshot `id` (forgetting `forgot`).
+    fn store(state: &mut DesiredState, id: &str, forgot: &[&str], index: u64) {
+        let run = state.backups.vms["vm-1"].asked;
+        let mut snapshot = snapshot();
+        snapshot.id = id.into();
+        let stored = RunResult::Stored {
+            snapshot,
+            forgot: forgot.iter().map(|f| f.to_string()).collect(),
+        };
+        assert!(apply(state, &record_of("w1", run, stored), index).changed());
+    }
+
+    #[test]
+    fn a_member_asks_for_as_many_backups_a_day_as_the_plan_allows() {
+        let mut state = state();
+        member(&mut state, "ana", Some(2));
+        let hour = 3_600_000;
+        for (n, at) in [hour, 2 * hour].into_iter().enumerate() {
+            assert!(apply(&mut state, &ask_at("vm-1", "local", at), 2).changed());
+            store(&mut state, &format!("snap000{n}"), &[], 3);
+        }
+        let third = apply(&mut state, &ask_at("vm-1", "local", 3 * hour), 4);
+        let Outcome::Refused { message } = third else {
+            panic!("{third:?}")
+        };
+        // The first ask leaves the window a day after it: 22 hours later.
+        assert!(
+            message.contains("allows 2") && message.contains("in 22 h 0 min"),
+            "{message}"
+        );
+        assert_eq!(state.backups.vms["vm-1"].on_demand_ms.len(), 2);
+        // A day after the first, one more.
+        assert!(apply(&mut state, &ask_at("vm-1", "local", 25 * hour), 5).changed());
+        assert_eq!(
+            state.backups.vms["vm-1"].on_demand_ms,
+            [2 * hour, 25 * hour]
+        );
+        // An admin is never counted.
+        store(&mut state, "snap0002", &[], 6);
+        let mut admin = state.accounts["ana"].clone();
+        admin.value.role = AccountRole::Admin;
+        state.accounts.insert("ana".into(), admin);
+        assert!(apply(&mut state, &ask_at("vm-1", "local", 25 * hour), 7).changed());
+        assert_eq!(state.backups.vms["vm-1"].on_demand_ms.len(), 2);
+    }
+
+    #[test]
+    fn a_schedule_asks_once_per_slot_and_retention_forgets_snapshots() {
+        let mut state = state();
+        let policy = hearth_types::backup::BackupPolicy {
+            target: "local".into(),
+            at: "03:00".into(),
+            time_zone: "UTC".into(),
+            keep: Default::default(),
+        };
+        let scheduled = |slot_ms| BackupCommand::Scheduled {
+            vm: "vm-1".into(),
+            slot_ms,
+        };
+        // No schedule: nothing to ask for.
+        assert!(!apply(&mut state, &scheduled(10), 2).changed());
+        let mut bad = policy.clone();
+        bad.target = "nowhere".into();
+        let set = |policy| BackupCommand::SetSchedule {
+            vm: "vm-1".into(),
+            schedule: ScheduleChoice::Own { policy },
+        };
+        assert!(matches!(
+            apply(&mut state, &set(bad), 3),
+            Outcome::Refused { .. }
+        ));
+        assert!(apply(&mut state, &set(policy.clone()), 3).changed());
+        assert!(apply(&mut state, &scheduled(10), 4).changed());
+        let backups = &state.backups.vms["vm-1"];
+        assert!(backups.pending() && backups.asked_by.is_none() && backups.scheduled_ms == 10);
+        // The same slot again, or an older one: refused.
+        assert!(!apply(&mut state, &scheduled(10), 5).changed());
+        store(&mut state, "aaaaaaaa", &[], 6);
+        // A slot due while a run is under way is taken, and no second run is asked for.
+        assert!(apply(&mut state, &ask_of("vm-1", "local"), 7).changed());
+        let asked = state.backups.vms["vm-1"].asked;
+        assert!(apply(&mut state, &scheduled(20), 8).changed());
+        assert_eq!(state.backups.vms["vm-1"].asked, asked);
+        // Retention names snapshots by a prefix of their ids.
+        store(&mut state, "bbbbbbbb", &["aaaaaaaa1234"], 9);
+        let ids: Vec<&str> = (state.backups.vms["vm-1"].snapshots.iter())
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(ids, ["bbbbbbbb"]);
+        // The target cannot go while the schedule uses it; "off" ends the schedule.
+        let remove = BackupCommand::RemoveTarget {
+            name: "local".into(),
+            expect: Expect::Any,
+        };
+        assert!(matches!(
+            apply(&mut state, &remove, 10),
+            Outcome::Refused { .. }
+        ));
+        let off = BackupCommand::SetSchedule {
+            vm: "vm-1".into(),
+            schedule: ScheduleChoice::Off,
+        };
+        assert!(apply(&mut state, &off, 11).changed());
+        assert!(!apply(&mut state, &scheduled(30), 12).changed());
+        assert!(apply(&mut state, &remove, 13).changed());
     }
 
     fn restore_of(snapshot: &str) -> BackupCommand {
