@@ -21,6 +21,7 @@ pub mod metering;
 pub mod metrics;
 pub mod reach;
 pub mod services;
+pub mod state_backups;
 pub mod ticks;
 pub mod uptime;
 pub mod vm_stats;
@@ -563,6 +564,12 @@ fn spawn_state_tasks(
         ));
     }
     tasks.spawn(backup_schedule::run(state.clone(), shutdown.clone()));
+    tasks.spawn(state_backups::run(
+        state.clone(),
+        config.data_dir.clone(),
+        config.state.backup_interval,
+        shutdown.clone(),
+    ));
     tasks.spawn(uptime::sample(
         state.clone(),
         membership.views(),

@@ -180,20 +180,29 @@ impl Repo {
 
     /// Stores the disk copy at `copy` as VM `vm`'s snapshot, made by `host`.
     pub async fn backup(&self, vm: &str, host: &str, copy: &Path) -> Result<Summary, String> {
-        let name = file_name(vm);
-        let tag = tag(vm);
+        self.store(&file_name(vm), &tag(vm), host, copy).await
+    }
+
+    /// Stores the file at `path` as a snapshot holding `name`, tagged `tag`, made by `host`.
+    pub async fn store(
+        &self,
+        name: &str,
+        tag: &str,
+        host: &str,
+        path: &Path,
+    ) -> Result<Summary, String> {
         let args = [
             "backup",
             "--json",
             "--stdin",
             "--stdin-filename",
-            &name,
+            name,
             "--tag",
-            &tag,
+            tag,
             "--host",
             host,
         ];
-        summary(&self.run(&args, Some(copy)).await?)
+        summary(&self.run(&args, Some(path)).await?)
     }
 
     /// Forgets VM `vm`'s snapshots that `keep` does not keep, its days counted in time
@@ -205,30 +214,53 @@ impl Repo {
         keep: &hearth_types::backup::Keep,
         time_zone: &str,
     ) -> Result<Vec<String>, String> {
-        let tag = tag(vm);
-        let (daily, weekly, monthly) = (
-            keep.daily.to_string(),
-            keep.weekly.to_string(),
-            keep.monthly.to_string(),
-        );
-        let args = [
-            "forget",
-            "--json",
-            "--prune",
-            "--tag",
-            &tag,
-            "--group-by",
-            "tags",
-            "--keep-daily",
-            &daily,
-            "--keep-weekly",
-            &weekly,
-            "--keep-monthly",
-            &monthly,
+        let keep = [
+            ("--keep-daily", keep.daily),
+            ("--keep-weekly", keep.weekly),
+            ("--keep-monthly", keep.monthly),
         ];
+        self.forget_tagged(&tag(vm), &keep, time_zone, true).await
+    }
+
+    /// Forgets the snapshots tagged `tag` that no `keep` flag (`--keep-last`, …, and how
+    /// many) keeps, days counted in `time_zone`, and with `prune` removes the data no
+    /// snapshot uses any more: the short ids of the snapshots forgotten.
+    pub async fn forget_tagged(
+        &self,
+        tag: &str,
+        keep: &[(&str, u32)],
+        time_zone: &str,
+        prune: bool,
+    ) -> Result<Vec<String>, String> {
+        let mut args: Vec<String> = ["forget", "--json", "--tag", tag, "--group-by", "tags"]
+            .map(str::to_owned)
+            .to_vec();
+        if prune {
+            args.push("--prune".into());
+        }
+        for (flag, n) in keep {
+            args.extend([flag.to_string(), n.to_string()]);
+        }
         let mut command = self.command();
         command.env("TZ", time_zone).args(args);
         forgotten(&Self::output(command, "forget").await?)
+    }
+
+    /// Writes the file `name` of snapshot `id` to standard output, as bytes.
+    pub async fn dump_bytes(&self, id: &str, name: &str) -> Result<Vec<u8>, String> {
+        let mut command = self.command();
+        command.args(["dump", id, &format!("/{name}")]);
+        let output = command
+            .output()
+            .await
+            .map_err(|e| format!("cannot run restic (apt-get install restic): {e}"))?;
+        match output.status.success() {
+            true => Ok(output.stdout),
+            false => Err(format!(
+                "restic dump failed: {}",
+                tail(&String::from_utf8_lossy(&output.stderr))
+            )),
+        }
     }
 
     /// VM `vm`'s snapshots, oldest first.

@@ -225,6 +225,11 @@ impl StateNode {
         crate::model::group_level(&self.inner.views.borrow(), group, warming)
     }
 
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.node_name
+    }
+
     pub fn reader(&self) -> &StateReader {
         &self.inner.reader
     }

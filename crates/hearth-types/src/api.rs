@@ -348,6 +348,14 @@ pub struct BackupRow {
     pub backups: crate::backup::VmBackups,
 }
 
+/// The desired state's backups into one target, as `GET /v1/state-backups` answers them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StateBackupRow {
+    pub target: String,
+    #[serde(flatten)]
+    pub backups: crate::backup::StateBackups,
+}
+
 /// `POST /v1/zones`: claim a domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -341,6 +341,37 @@ impl VmBackups {
     }
 }
 
+/// One backup of the whole desired state (accounts, plans, images, pools, VM definitions,
+/// records, notices, zones, …) into a target's repository, for disaster recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StateSnapshot {
+    /// restic's snapshot id.
+    pub id: String,
+    /// When it was taken (Unix ms, the leader's clock).
+    pub time_ms: u64,
+    /// The log index the state was at.
+    pub index: u64,
+    /// The leader that took it.
+    pub host: String,
+    pub size_bytes: u64,
+}
+
+/// The desired state's backups into one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StateBackups {
+    /// The last one stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<StateSnapshot>,
+    /// When the last attempt was made (Unix ms, the leader's clock).
+    #[serde(default)]
+    pub attempted_ms: u64,
+    /// Attempts failed since the last one stored.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 /// Backups in the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Backups {
@@ -349,6 +380,9 @@ pub struct Backups {
     /// By VM id.
     #[serde(default)]
     pub vms: BTreeMap<String, VmBackups>,
+    /// The desired state's own backups, by target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub state: BTreeMap<String, StateBackups>,
 }
 
 /// Cuts an error to [`MAX_ERROR`] bytes at a character boundary.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup, StateBackupRow};
 use hearth_types::backup::{
     BackupPolicy, BackupSnapshot, BackupTarget, Keep, RestoreStage, ScheduleChoice,
 };
@@ -510,6 +510,43 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
             time_of(next)
         );
     }
+    Ok(())
+}
+
+/// `hearth backups [VM]`, or with `state`, `hearth backups --state`.
+pub fn backups(
+    client: &ApiClient,
+    json: bool,
+    vm: Option<String>,
+    state: bool,
+) -> Result<(), ClientError> {
+    match state {
+        true => state_list(client, json),
+        false => list(client, json, vm),
+    }
+}
+
+/// `hearth backups --state`: the cluster state's own backups, per target.
+pub fn state_list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let rows: Vec<StateBackupRow> = client.get("/v1/state-backups")?;
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    print_table(
+        &["TARGET", "SNAPSHOT", "TIME (UTC)", "INDEX", "SIZE", "ERROR"],
+        rows.iter().map(|r| {
+            let last = r.backups.last.as_ref();
+            vec![
+                r.target.clone(),
+                last.map_or("-".into(), |s| s.id.clone()),
+                last.map_or("-".into(), |s| time_of(s.time_ms)),
+                last.map_or("-".into(), |s| s.index.to_string()),
+                last.map_or("-".into(), |s| size(s.size_bytes)),
+                r.backups.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }),
+    );
     Ok(())
 }
 

@@ -107,7 +107,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
         /// A VM's name or id: list its snapshots.
+        #[arg(conflicts_with = "state")]
         vm: Option<String>,
+        /// Admins: the backups of the cluster's own state (accounts, plans, VM definitions,
+        /// records, …), which the leader stores into every target each `[state]
+        /// backup_interval`, for disaster recovery.
+        #[arg(long)]
+        state: bool,
     },
     /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
     /// which plan an account is on.
@@ -321,9 +327,9 @@ fn dispatch(command: Command) -> ExitCode {
         Command::Backup { client, command } => with_client(&client, |c, json| {
             crate::backups_cli::backup(c, json, command)
         }),
-        Command::Backups { client, vm } => {
-            with_client(&client, |c, json| crate::backups_cli::list(c, json, vm))
-        }
+        Command::Backups { client, vm, state } => with_client(&client, |c, json| {
+            crate::backups_cli::backups(c, json, vm, state)
+        }),
         Command::Plan { client, command } => {
             with_client(&client, |c, json| plans_cli::plan(c, json, command))
         }

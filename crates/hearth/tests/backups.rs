@@ -403,7 +403,7 @@ fn backups_of(agent: &TestAgent, vm: &str) -> serde_json::Value {
 fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_members() {
     let cluster = TestCluster::start_with(bin(), 1, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\nbackup_interval = \"10s\"\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
     });
     let agent = &cluster.agents[0];
     wait_for_hosts(agent, 1);
@@ -543,6 +543,37 @@ fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_me
         row.get("policy").is_none() && row.get("next_ms").is_none(),
         "{row}"
     );
+    // The cluster's own state is backed up into the target too, for disaster recovery: a
+    // snapshot taken after all this holds the VM, its owner and the plan's schedule.
+    let since = hearth_compute::unix_ms();
+    let row = eventually("a backup of the state", BOOT, || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();
+        match rows[0]["last"]["time_ms"].as_u64() {
+            Some(t) if t > since => Ok(rows[0].clone()),
+            _ => Err(rows.to_string()),
+        }
+    });
+    assert_eq!(row["target"], "local", "{row}");
+    let snapshot = row["last"]["id"].as_str().unwrap();
+    let json = runtime
+        .block_on(repo.dump_bytes(snapshot, hearth_agent::state_backups::FILE))
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let vm = &state["compute"]["vms"][&id];
+    assert_eq!(vm["value"]["name"], "box", "{vm}");
+    assert_eq!(state["accounts"]["alice"]["value"]["role"], "member");
+    assert_eq!(
+        state["plans"]["default"]["value"]["backup"]["at"],
+        at.as_str()
+    );
+    // The VM's snapshots are still its own.
+    let stored = runtime.block_on(repo.list(&id)).unwrap();
+    assert!(
+        stored.iter().all(|s| s.tags == [format!("vm={id}")]),
+        "{stored:?}"
+    );
+
     // The target cannot be removed while the plan's schedule uses it.
     let (code, _, stderr) = agent.cli_result(&["backup", "target", "rm", "local"]);
     assert_ne!(code, Some(0));

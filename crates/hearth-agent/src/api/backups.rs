@@ -10,7 +10,7 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
 use hearth_state::model::backups::BackupCommand;
-use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup};
+use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup, StateBackupRow};
 use hearth_types::backup::{BackupPolicy, BackupTarget, ScheduleChoice, VmBackups};
 use hearth_types::desired::{DesiredState, Versioned};
 
@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{key}/backups", get(show).post(ask))
         .route("/v1/vms/{key}/restore", post(restore))
         .route("/v1/vms/{key}/backup-schedule", put(set_schedule))
+        .route("/v1/state-backups", get(state_backups))
         .route("/v1/backup-targets", get(targets))
         .route(
             "/v1/backup-targets/{name}",
@@ -232,6 +233,22 @@ async fn restore(
         by: asker(&caller),
     };
     write(&state, backup(command)).await
+}
+
+/// Admins: the desired state's own backups, per target.
+async fn state_backups(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    match read(&state, &params).await {
+        Ok(desired) => {
+            let rows: Vec<StateBackupRow> = (desired.backups.targets.keys())
+                .map(|target| StateBackupRow {
+                    target: target.clone(),
+                    backups: (desired.backups.state.get(target).cloned()).unwrap_or_default(),
+                })
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
 }
 
 async fn targets(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

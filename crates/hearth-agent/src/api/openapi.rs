@@ -433,6 +433,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     )
     .body(schema::<hearth_types::backup::ScheduleChoice>)
     .answers(schema::<WriteAnswer>),
+    op(
+        "get",
+        "/v1/state-backups",
+        "Admins: the desired state's own backups into each target, for disaster recovery",
+    )
+    .answers(schema::<Vec<hearth_types::api::StateBackupRow>>),
     op("get", "/v1/backup-targets", "Admins: the backup targets")
         .answers(schema::<Vec<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>>),
     op("get", "/v1/backup-targets/{name}", "Admins: one backup target")

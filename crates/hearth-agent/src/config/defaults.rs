@@ -40,6 +40,9 @@ pub(super) fn default_bootstrap_expect() -> usize {
 pub(super) fn default_replace_voter_after() -> Duration {
     Duration::from_secs(600)
 }
+pub(super) fn default_state_backup_interval() -> Duration {
+    Duration::from_secs(3600)
+}
 pub(super) fn default_uptime_interval() -> Duration {
     Duration::from_secs(60)
 }

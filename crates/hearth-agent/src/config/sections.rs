@@ -14,8 +14,8 @@ use super::defaults::{
     default_accel, default_bootstrap_expect, default_disk_gib, default_driver,
     default_election_timeout, default_handler_timeout, default_heartbeat, default_network,
     default_probe_interval, default_probe_timeout, default_push_algorithm,
-    default_replace_voter_after, default_suspicion_timeout, default_ttl, default_uptime_interval,
-    default_write_timeout, default_zone, duration,
+    default_replace_voter_after, default_state_backup_interval, default_suspicion_timeout,
+    default_ttl, default_uptime_interval, default_write_timeout, default_zone, duration,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +236,13 @@ pub struct StateSection {
     /// daily uptime bars (one small write each time).
     #[serde(default = "default_uptime_interval", deserialize_with = "duration")]
     pub uptime_interval: Duration,
+    /// How often the leader backs the desired state up into each backup target, for
+    /// disaster recovery.
+    #[serde(
+        default = "default_state_backup_interval",
+        deserialize_with = "duration"
+    )]
+    pub backup_interval: Duration,
 }
 
 impl Default for StateSection {
@@ -247,6 +254,7 @@ impl Default for StateSection {
             heartbeat: default_heartbeat(),
             election_timeout: default_election_timeout(),
             uptime_interval: default_uptime_interval(),
+            backup_interval: default_state_backup_interval(),
         }
     }
 }

@@ -425,6 +425,12 @@ impl Config {
                 "state.uptime_interval: give 100ms to 5m (a longer gap counts as unknown)".into(),
             );
         }
+        let backups = s.backup_interval;
+        if backups < std::time::Duration::from_secs(10)
+            || backups > std::time::Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("state.backup_interval: give 10s to 7d".into());
+        }
     }
 
     fn check_services(&self, problems: &mut Vec<String>) {

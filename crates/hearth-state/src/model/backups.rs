@@ -5,7 +5,7 @@
 use hearth_types::account::AccountRole;
 use hearth_types::backup::{
     BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, RestoreRun, RestoreStage, Restored,
-    ScheduleChoice, VmBackups, policy_of, short_error,
+    ScheduleChoice, StateSnapshot, VmBackups, policy_of, short_error,
 };
 use hearth_types::compute::{Power, Vm};
 use hearth_types::desired::{DesiredState, Versioned};
@@ -61,6 +61,13 @@ pub enum BackupCommand {
         vm: String,
         slot_ms: u64,
     },
+    /// The leader `host` backed the desired state up into `target` at `at_ms`, or failed.
+    StateBackup {
+        target: String,
+        host: String,
+        at_ms: u64,
+        result: StateResult,
+    },
     /// The VM's disk home reports on run `run` (the `asked` count it started for).
     Record {
         vm: String,
@@ -93,6 +100,14 @@ pub enum BackupCommand {
     },
 }
 
+/// How a backup of the desired state ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum StateResult {
+    Stored { snapshot: StateSnapshot },
+    Failed { error: String },
+}
+
 /// How a restore ended on the disk home.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -107,6 +122,7 @@ impl BackupCommand {
         match self {
             BackupCommand::PutTarget { target, .. } => format!("backup-target/{}", target.name),
             BackupCommand::RemoveTarget { name, .. } => format!("backup-target/{name}"),
+            BackupCommand::StateBackup { target, .. } => format!("state-backup/{target}"),
             // A restore changes the VM itself (its power, its disk's generation).
             BackupCommand::Ask { vm, .. }
             | BackupCommand::SetSchedule { vm, .. }
@@ -152,8 +168,18 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
                     "name: the backup schedule of {schedule} uses {name}; change it first"
                 ));
             }
-            remove(&mut state.backups.targets, name, *expect)
+            let outcome = remove(&mut state.backups.targets, name, *expect);
+            if outcome.changed() {
+                state.backups.state.remove(name);
+            }
+            outcome
         }
+        BackupCommand::StateBackup {
+            target,
+            host: _,
+            at_ms,
+            result,
+        } => state_backup(state, target, *at_ms, result, index),
         BackupCommand::Ask {
             vm,
             target,
@@ -348,6 +374,32 @@ fn restore_done(
     match over {
         Ok(restored) => backups.restored = Some(restored),
         Err(error) => backups.restore_error = Some(error),
+    }
+    Outcome::Applied { version: index }
+}
+
+fn state_backup(
+    state: &mut DesiredState,
+    target: &str,
+    at_ms: u64,
+    result: &StateResult,
+    index: u64,
+) -> Outcome {
+    if !state.backups.targets.contains_key(target) {
+        return refused(format!("target: no backup target {target:?}"));
+    }
+    let backups = state.backups.state.entry(target.to_owned()).or_default();
+    backups.attempted_ms = backups.attempted_ms.max(at_ms);
+    match result {
+        StateResult::Stored { snapshot } => {
+            backups.last = Some(snapshot.clone());
+            backups.failures = 0;
+            backups.last_error = None;
+        }
+        StateResult::Failed { error } => {
+            backups.failures = backups.failures.saturating_add(1);
+            backups.last_error = Some(short_error(error));
+        }
     }
     Outcome::Applied { version: index }
 }
