@@ -1,6 +1,7 @@
 //! `hearth-bench`: benchmarks of real hearth agents against Serf and Knot on loopback
 //! addresses. They print and record figures; they assert nothing about speed.
 
+mod backup;
 mod disk_copy;
 mod dns;
 mod dns_qps;
@@ -81,6 +82,10 @@ enum Command {
     /// `qemu-storage-daemon`, without a replica and with hearth's synchronous one (a
     /// write-blocking mirror into an NBD export under TLS-PSK with writethrough). No guest.
     ReplicaLatency(replica_latency::Args),
+    /// Backups: a 1 GiB disk backed up hearth's way (a raw copy streamed into restic), in
+    /// full and after 1 % of it changed, against `restic backup FILE`; and a restore (the
+    /// latest snapshot dumped and written as a qcow2 overlay). No guest, no agent.
+    Backup(backup::Args),
 }
 
 /// Options every benchmark takes.
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::HaRestart(args) => (ha_restart::run(args), args.common.json),
         Command::DiskCopy(args) => (disk_copy::run(args), args.json),
         Command::ReplicaLatency(args) => (replica_latency::run(args), args.json),
+        Command::Backup(args) => (backup::run(args), args.json),
     };
     match result {
         Ok(report) => {
