@@ -38,40 +38,36 @@ fn slot_on(policy: &BackupPolicy, zone: &TimeZone, date: Date) -> Option<i64> {
     Some(zoned.timestamp().as_millisecond())
 }
 
-/// The last slot of `policy` at or before `now_ms`.
-pub fn latest_slot(policy: &BackupPolicy, now_ms: u64) -> Option<u64> {
+/// The slot of `policy` nearest `now_ms` in the direction `later` picks (`false`: the last
+/// one at or before it; `true`: the first one after it), among today's and the two days
+/// before or after in its zone.
+fn slot_from(policy: &BackupPolicy, now_ms: u64, later: bool) -> Option<u64> {
     let zone = time_zone(&policy.time_zone).ok()?;
     let now = Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
     let today = now.to_zoned_datetime(zone.clone()).date();
+    let step = |date: Date| match later {
+        true => date.tomorrow().ok(),
+        false => date.yesterday().ok(),
+    };
+    let next = step(today);
+    let after = next.and_then(step);
     let now = now.as_millisecond();
-    [
-        Some(today),
-        today.yesterday().ok(),
-        today.yesterday().ok()?.yesterday().ok(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|date| slot_on(policy, &zone, date))
-    .find(|slot| *slot <= now)
-    .and_then(|slot| u64::try_from(slot).ok())
+    [Some(today), next, after]
+        .into_iter()
+        .flatten()
+        .filter_map(|date| slot_on(policy, &zone, date))
+        .find(|slot| if later { *slot > now } else { *slot <= now })
+        .and_then(|slot| u64::try_from(slot).ok())
+}
+
+/// The last slot of `policy` at or before `now_ms`.
+pub fn latest_slot(policy: &BackupPolicy, now_ms: u64) -> Option<u64> {
+    slot_from(policy, now_ms, false)
 }
 
 /// The first slot of `policy` after `now_ms`.
 pub fn next_slot(policy: &BackupPolicy, now_ms: u64) -> Option<u64> {
-    let zone = time_zone(&policy.time_zone).ok()?;
-    let now = Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
-    let today = now.to_zoned_datetime(zone.clone()).date();
-    let now = now.as_millisecond();
-    [
-        Some(today),
-        today.tomorrow().ok(),
-        today.tomorrow().ok()?.tomorrow().ok(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|date| slot_on(policy, &zone, date))
-    .find(|slot| *slot > now)
-    .and_then(|slot| u64::try_from(slot).ok())
+    slot_from(policy, now_ms, true)
 }
 
 /// The VMs whose schedule has a slot due at `now_ms` that was not asked for yet, with the

@@ -41,15 +41,24 @@ fn ticks_past(agent: &TestAgent, id: &str, n: u64) {
     );
 }
 
-#[test]
-fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
+/// A one-node server and worker with the test guest as image `tiny`; `state` goes into its
+/// `[state]` section.
+fn one_worker(state: &str) -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 1, |spec| {
         spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
+        spec.extra = format!(
+            "[state]\nbootstrap_expect = 1\n{state}[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n"
+        );
     });
+    wait_for_hosts(&cluster.agents[0], 1);
+    cluster.agents[0].add_test_guest(&hearth_testkit::test_guest());
+    cluster
+}
+
+#[test]
+fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
+    let cluster = one_worker("");
     let agent = &cluster.agents[0];
-    wait_for_hosts(agent, 1);
-    agent.add_test_guest(&hearth_testkit::test_guest());
     create_tiny(agent, "box", &[]);
     let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
     let id = row["id"].as_str().unwrap().to_owned();
@@ -130,13 +139,8 @@ fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
 
 #[test]
 fn a_member_backs_up_and_restores_her_vm_and_a_failing_target_is_retried_then_shown() {
-    let cluster = TestCluster::start_with(bin(), 1, |spec| {
-        spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
-    });
+    let cluster = one_worker("");
     let agent = &cluster.agents[0];
-    wait_for_hosts(agent, 1);
-    agent.add_test_guest(&hearth_testkit::test_guest());
     let mia = agent.make_member("mia");
     let bo = agent.make_member("bo");
     agent.cli(&[
@@ -401,13 +405,8 @@ fn backups_of(agent: &TestAgent, vm: &str) -> serde_json::Value {
 
 #[test]
 fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_members() {
-    let cluster = TestCluster::start_with(bin(), 1, |spec| {
-        spec.roles = "[\"server\", \"worker\"]".into();
-        spec.extra = "[state]\nbootstrap_expect = 1\nbackup_interval = \"10s\"\n[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n".into();
-    });
+    let cluster = one_worker("backup_interval = \"10s\"\n");
     let agent = &cluster.agents[0];
-    wait_for_hosts(agent, 1);
-    agent.add_test_guest(&hearth_testkit::test_guest());
     let work = TempDir::new("backup-schedule");
     let password = work.path().join("password");
     std::fs::write(&password, "the co-op's restic password\n").unwrap();
