@@ -4,7 +4,10 @@
 //! backup target's restic repository, tagged `hearth-state`, and records the snapshot (or
 //! why not) through the log. `due` is pure; older state snapshots are forgotten (not
 //! pruned: the VMs' retention prunes) beyond the last 24, 7 daily, 4 weekly and 12 monthly.
+//! The image files the state refers to go in too, each once (tagged `image-file=SHA256`), so
+//! `hearth restore` brings back the images the VMs' disks are overlays on.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use hearth_compute::restic::Repo;
 use hearth_state::model::Command;
 use hearth_state::model::backups::{BackupCommand, StateResult};
 use hearth_state::node::StateNode;
-use hearth_types::backup::{BackupTarget, StateSnapshot};
+use hearth_types::backup::{BackupTarget, StateFile, StateSnapshot};
 use hearth_types::desired::DesiredState;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +25,8 @@ use crate::unix_ms;
 pub const TAG: &str = "hearth-state";
 /// The file the state is inside its snapshots.
 pub const FILE: &str = "hearth-state.json";
+/// The tag of an image file's snapshot, before its sha256.
+pub const IMAGE_TAG: &str = "image-file=";
 /// The state level that reads backup commands.
 const BACKUP_LEVEL: u32 = 8;
 /// How soon a failed attempt is made again (at most).
@@ -105,7 +110,12 @@ async fn store(
     data_dir: &Path,
 ) -> Result<StateSnapshot, String> {
     let repo = hearth_compute::backup_runs::repo_of(target, data_dir)?;
-    let json = serde_json::to_vec(desired).map_err(|e| format!("the state as JSON: {e}"))?;
+    let file = StateFile {
+        index: state.status().applied_index + desired.index_base,
+        taken_ms: unix_ms(),
+        state: desired.clone(),
+    };
+    let json = serde_json::to_vec(&file).map_err(|e| format!("the state as JSON: {e}"))?;
     let file = data_dir.join("state-backup.json");
     std::fs::write(&file, &json).map_err(|e| format!("{}: {e}", file.display()))?;
     let stored = store_file(&repo, state.name(), &file).await;
@@ -114,6 +124,7 @@ async fn store(
     if let Err(error) = repo.forget_tagged(TAG, &KEEP, "UTC", false).await {
         tracing::warn!(target = %target.name, %error, "forgetting old state snapshots");
     }
+    store_images(&repo, state.name(), desired, data_dir).await?;
     Ok(StateSnapshot {
         id: summary.snapshot_id,
         time_ms: unix_ms(),
@@ -121,6 +132,42 @@ async fn store(
         host: state.name().to_owned(),
         size_bytes: json.len() as u64,
     })
+}
+
+/// Stores each image file the state refers to that the repository lacks, from this node's
+/// store (a server keeps every image file the state refers to).
+async fn store_images(
+    repo: &Repo,
+    host: &str,
+    desired: &DesiredState,
+    data_dir: &Path,
+) -> Result<(), String> {
+    let images = hearth_compute::blobs::BlobStore::new(data_dir.join("images"));
+    let stored: BTreeSet<String> = (repo.snapshots().await?.into_iter())
+        .flat_map(|s| s.tags)
+        .filter_map(|tag| tag.strip_prefix(IMAGE_TAG).map(str::to_owned))
+        .collect();
+    for sha256 in hearth_compute::images::image_files(&desired.compute) {
+        if stored.contains(&sha256) {
+            continue;
+        }
+        if !images.has(&sha256) {
+            tracing::warn!(%sha256, "an image file to back up is not on this node yet");
+            continue;
+        }
+        let tag = format!("{IMAGE_TAG}{sha256}");
+        repo.store(&sha256, &tag, host, &images.path(&sha256))
+            .await
+            .map_err(|e| format!("image file {sha256}: {e}"))?;
+        tracing::info!(%sha256, "an image file is backed up");
+    }
+    Ok(())
+}
+
+/// A restic snapshot's time (RFC 3339, with its offset) as Unix ms.
+pub fn time_ms(snapshot: &hearth_compute::restic::Snapshot) -> Option<u64> {
+    let at: jiff::Timestamp = snapshot.time.parse().ok()?;
+    u64::try_from(at.as_millisecond()).ok()
 }
 
 async fn store_file(
@@ -169,5 +216,22 @@ mod tests {
         desired.backups.state.get_mut("local").unwrap().failures = 1;
         assert!(due(&desired, at + 599_999, hour).is_empty());
         assert_eq!(due(&desired, at + 600_000, hour).len(), 1);
+    }
+
+    #[test]
+    fn restic_times_read_with_their_offset() {
+        let at = |time: &str| {
+            time_ms(&hearth_compute::restic::Snapshot {
+                id: "a".into(),
+                short_id: "a".into(),
+                time: time.into(),
+                hostname: "n1".into(),
+                tags: vec![],
+                paths: vec![],
+            })
+        };
+        assert_eq!(at("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(at("1970-01-01T01:00:02.25+01:00"), Some(2_250));
+        assert_eq!(at("yesterday"), None);
     }
 }

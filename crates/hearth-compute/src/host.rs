@@ -720,17 +720,29 @@ async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError>
                 "its disk is on {home}, not here"
             )));
         }
-        None => {
-            let made = host
-                .driver
-                .create_disk(&spec)
-                .await
-                .map_err(|e| BootError::Failed(e.to_string()))?;
-            if made {
-                tracing::info!(vm = %vm.id, generation = spec.generation, "disk created");
+        // After `hearth restore`: its disk comes from its backup, never from the image.
+        None => match recovering(host, &vm.id) {
+            Some(snapshot) => {
+                let here = crate::recovery::Here {
+                    name: &host.name,
+                    driver: &host.driver,
+                    state: &host.state,
+                };
+                (crate::recovery::recover(&here, vm, &spec, &snapshot).await)
+                    .map_err(BootError::NotYet)?
             }
-            claim_disk(host, vm).await.map_err(BootError::NotYet)?;
-        }
+            None => {
+                let made = host
+                    .driver
+                    .create_disk(&spec)
+                    .await
+                    .map_err(|e| BootError::Failed(e.to_string()))?;
+                if made {
+                    tracing::info!(vm = %vm.id, generation = spec.generation, "disk created");
+                }
+                claim_disk(host, vm).await.map_err(BootError::NotYet)?;
+            }
+        },
     }
     crate::replicas::before_boot(&host.name, &host.state, &vm.id)
         .await
@@ -739,6 +751,12 @@ async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError>
         .start(&spec)
         .await
         .map_err(|e| BootError::Failed(e.to_string()))
+}
+
+/// The backup VM `vm`'s disk is to be recovered from, if it is.
+fn recovering(host: &Host, vm: &str) -> Option<hearth_types::backup::BackupSnapshot> {
+    let desired = host.state.reader().current();
+    desired.backups.vms.get(vm)?.recover.clone()
 }
 
 /// Records this host as the home of the VM's disk, through Raft. Until that is committed

@@ -112,6 +112,16 @@ pub async fn collect_image_garbage(
     }
 }
 
+/// The image files the state refers to: those of its images and of its VMs' own bases.
+pub fn image_files(compute: &hearth_types::compute::Compute) -> std::collections::BTreeSet<String> {
+    let images = compute.images.values().map(|image| &image.value);
+    let bases = compute.vms.values().filter_map(|vm| vm.value.base.as_ref());
+    images
+        .chain(bases)
+        .flat_map(|image| image.blobs().map(|b| b.sha256.clone()))
+        .collect()
+}
+
 /// The blobs no node may remove: those of every image, of every VM's own base (an older
 /// version of an image, say), and every backing file of a disk under `vms_root` or its
 /// archive.
@@ -119,12 +129,7 @@ pub fn referenced_blobs(
     compute: &hearth_types::compute::Compute,
     vms_root: &std::path::Path,
 ) -> std::io::Result<std::collections::BTreeSet<String>> {
-    let images = compute.images.values().map(|image| &image.value);
-    let bases = compute.vms.values().filter_map(|vm| vm.value.base.as_ref());
-    let mut referenced: std::collections::BTreeSet<String> = images
-        .chain(bases)
-        .flat_map(|image| image.blobs().map(|b| b.sha256.clone()))
-        .collect();
+    let mut referenced = image_files(compute);
     // By file name alone: a disk made when the data dir had another path still counts.
     for backing in hearth_qemu::disk::backing_files(vms_root)? {
         if let Some(name) = backing.file_name() {

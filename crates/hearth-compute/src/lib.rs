@@ -17,6 +17,7 @@ pub mod live_moves;
 pub mod moves;
 pub mod placement;
 pub mod reconcile;
+pub mod recovery;
 pub mod replica_plan;
 pub mod replicas;
 pub mod restic;

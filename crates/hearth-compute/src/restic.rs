@@ -119,6 +119,14 @@ pub fn forgotten(output: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// How long a run waits for another's lock on the repository.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether restic failed because another run holds a lock it needs.
+fn locked(error: &str) -> bool {
+    error.contains("repository is already locked")
+}
+
 /// The last few hundred bytes of `text`, for an error message.
 fn tail(text: &str) -> &str {
     let start = text.len().saturating_sub(400);
@@ -145,13 +153,38 @@ impl Repo {
 
     /// Runs restic with `args` (and `stdin` from a file); its standard output, or why not.
     async fn run(&self, args: &[&str], stdin: Option<&Path>) -> Result<String, String> {
-        let mut command = self.command();
-        command.args(args);
-        if let Some(path) = stdin {
-            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            command.stdin(file);
+        let what = args.first().unwrap_or(&"");
+        self.retrying_lock(what, || {
+            let mut command = self.command();
+            command.args(args);
+            if let Some(path) = stdin {
+                let file =
+                    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                command.stdin(file);
+            }
+            Ok(command)
+        })
+        .await
+    }
+
+    /// Runs the command `make` gives (restic `what`) until the repository is not locked by
+    /// another run (a forget or prune locks it whole), for up to [`LOCK_WAIT`]: what restic
+    /// 0.16's `--retry-lock` does, which Debian bookworm's 0.14 lacks.
+    async fn retrying_lock(
+        &self,
+        what: &str,
+        make: impl Fn() -> Result<tokio::process::Command, String>,
+    ) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::output(make()?, what).await {
+                Err(error) if locked(&error) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "the repository is locked; trying again");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                done => return done,
+            }
         }
-        Self::output(command, args.first().unwrap_or(&"")).await
     }
 
     /// Runs `command` (restic `what`); its standard output, or why not.
@@ -241,9 +274,14 @@ impl Repo {
         for (flag, n) in keep {
             args.extend([flag.to_string(), n.to_string()]);
         }
-        let mut command = self.command();
-        command.env("TZ", time_zone).args(args);
-        forgotten(&Self::output(command, "forget").await?)
+        let output = self
+            .retrying_lock("forget", || {
+                let mut command = self.command();
+                command.env("TZ", time_zone).args(&args);
+                Ok(command)
+            })
+            .await?;
+        forgotten(&output)
     }
 
     /// Writes the file `name` of snapshot `id` to standard output, as bytes.
@@ -263,21 +301,16 @@ impl Repo {
         }
     }
 
-    /// VM `vm`'s snapshots, oldest first.
-    pub async fn list(&self, vm: &str) -> Result<Vec<Snapshot>, String> {
-        let tag = tag(vm);
-        snapshots(
-            &self
-                .run(&["snapshots", "--json", "--tag", &tag], None)
-                .await?,
-        )
+    /// Every snapshot in the repository, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, String> {
+        snapshots(&self.run(&["snapshots", "--json"], None).await?)
     }
 
-    /// Writes VM `vm`'s disk of snapshot `id` to `target` (replaced if there).
-    pub async fn dump(&self, vm: &str, id: &str, target: &Path) -> Result<(), String> {
+    /// Writes the file `name` of snapshot `id` to `target` (replaced if there).
+    pub async fn dump_file(&self, id: &str, name: &str, target: &Path) -> Result<(), String> {
         let file =
             std::fs::File::create(target).map_err(|e| format!("{}: {e}", target.display()))?;
-        let path = format!("/{}", file_name(vm));
+        let path = format!("/{name}");
         let mut command = self.command();
         // Not `output()`, which would pipe standard output away from the file.
         command
@@ -298,6 +331,21 @@ impl Repo {
             "restic dump failed: {}",
             tail(&String::from_utf8_lossy(&output.stderr))
         ))
+    }
+
+    /// VM `vm`'s snapshots, oldest first.
+    pub async fn list(&self, vm: &str) -> Result<Vec<Snapshot>, String> {
+        let tag = tag(vm);
+        snapshots(
+            &self
+                .run(&["snapshots", "--json", "--tag", &tag], None)
+                .await?,
+        )
+    }
+
+    /// Writes VM `vm`'s disk of snapshot `id` to `target` (replaced if there).
+    pub async fn dump(&self, vm: &str, id: &str, target: &Path) -> Result<(), String> {
+        self.dump_file(id, &file_name(vm), target).await
     }
 }
 
@@ -350,6 +398,15 @@ mod tests {
         let pruned =
             format!("{output}\nloading indexes...\n[0:00] 100.00%  1 / 1 snapshots\ndone\n");
         assert_eq!(forgotten(&pruned).unwrap(), ["88", "30"]);
+    }
+
+    #[test]
+    fn another_runs_lock_is_told_apart() {
+        let error = "restic backup failed: unable to create lock in backend: repository is already locked exclusively by PID 3211 on vm by root (UID 0, GID 0)\nlock was created at 2026-12-05 04:47:05 (62.321088ms ago)";
+        assert!(locked(error));
+        assert!(!locked(
+            "restic backup failed: Fatal: wrong password or no key found"
+        ));
     }
 
     #[test]

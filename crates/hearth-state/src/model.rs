@@ -17,6 +17,7 @@ pub mod compute;
 mod migration;
 mod quota;
 mod replicas;
+pub mod restore;
 pub mod signup;
 mod vm_events;
 pub mod zones;
@@ -66,6 +67,12 @@ pub enum Command {
         event: u64,
         handler: String,
         delivery: Delivery,
+    },
+    /// `hearth restore`: a new, empty cluster takes a backup of another's desired state
+    /// (`model::restore`).
+    RestoreState {
+        #[serde(with = "as_json_text")]
+        restore: Box<hearth_types::backup::StateRestore>,
     },
     /// Independent commands committed as one log entry (group commit on the leader). Each
     /// applies, or fails, on its own, in order; no two touch the same object.
@@ -284,6 +291,7 @@ impl Command {
             | Command::Signup { .. } => "accounts".into(),
             Command::Zone { command } => format!("zone/{}", command.apex()),
             Command::Backup { command } => command.object_key(),
+            Command::RestoreState { .. } => "restore".into(),
             Command::PutPlan { plan, .. } => format!("plan/{}", plan.name),
             Command::RemovePlan { name, .. } => format!("plan/{name}"),
             Command::Audit { .. } => "audit".into(),
@@ -294,6 +302,28 @@ impl Command {
             | Command::RecordWebhook { .. }
             | Command::RecordInvoiceMail { .. } => "billing".into(),
         }
+    }
+}
+
+/// A value carried as its JSON text: the command enum is tagged internally, and serde reads
+/// such an enum's fields through a buffer that cannot turn a map's string keys back into
+/// numbers (a state's events are keyed by number).
+mod as_json_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::DeserializeOwned};
+
+    pub fn serialize<T: serde::Serialize, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -335,7 +365,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 8;
+pub const STATE_LEVEL: u32 = 9;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -351,6 +381,10 @@ impl Command {
             Command::Signup { .. } => 5,
             Command::Zone { .. } => 6,
             Command::RecordInvoiceMail { .. } => 7,
+            Command::RestoreState { .. }
+            | Command::Backup {
+                command: backups::BackupCommand::Recovered { .. },
+            } => 9,
             Command::Backup { .. } => 8,
             // A plan's backup schedule, and a limit on members' backups a day.
             Command::PutPlan { plan, .. }
@@ -465,6 +499,7 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
         Command::Signup { command } => signup::apply(state, command, index),
         Command::Zone { command } => zones::apply(state, command, index),
         Command::Backup { command } => backups::apply(state, command, index),
+        Command::RestoreState { restore } => restore::apply(state, restore, index),
         Command::Audit { entry } => audit(state, entry, index),
         Command::RevokeToken { id } => revoke_token(state, id, index),
         Command::PutRecords { records, expect } => put_records(state, records, *expect, index),
@@ -514,6 +549,13 @@ fn apply_compute(state: &mut DesiredState, command: &ComputeCommand, index: u64)
     let command = command.as_ref();
     let before = vm_events::before(state, command);
     let outcome = compute::apply(&mut state.compute, command, index);
+    // An admin who gives the disk up gives up its recovery from a backup too.
+    if let ComputeCommand::Recreate { vm, .. } = command
+        && outcome.changed()
+        && let Some(backups) = state.backups.vms.get_mut(vm)
+    {
+        backups.recover = None;
+    }
     if let Some((event, at_ms)) = before.and_then(|b| vm_events::raised(state, b)) {
         record_event(state, event, at_ms, index);
     }
@@ -1145,6 +1187,31 @@ mod tests {
             tags: Default::default(),
             rpc_addr: None,
         }
+    }
+
+    #[test]
+    fn a_restore_of_a_state_with_events_goes_through_the_log_encoding() {
+        let mut old = DesiredState::default();
+        let observe = Command::ObserveMember {
+            member: row("n2", hearth_types::MemberState::Alive),
+            at_ms: 1,
+        };
+        apply(&mut old, &observe, 10);
+        assert!(!old.events.is_empty());
+        let command = Command::RestoreState {
+            restore: Box::new(hearth_types::backup::StateRestore {
+                snapshot: "s".into(),
+                file: hearth_types::backup::StateFile {
+                    index: 10,
+                    taken_ms: 1,
+                    state: old,
+                },
+                snapshots: Default::default(),
+                check: false,
+            }),
+        };
+        let text = serde_json::to_string(&command).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
     }
 
     #[test]

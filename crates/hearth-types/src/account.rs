@@ -73,6 +73,22 @@ impl fmt::Debug for Account {
 }
 
 impl Account {
+    /// An account with no email, password, keys or plan of its own, as tests write one.
+    pub fn example(name: &str, role: AccountRole) -> Account {
+        Account {
+            name: name.into(),
+            role,
+            email: String::new(),
+            password_hash: String::new(),
+            ssh_keys: BTreeMap::new(),
+            disabled: false,
+            plan: None,
+            quota: crate::quota::Quota::default(),
+            unverified: false,
+            awaiting_approval: false,
+        }
+    }
+
     /// Why the account cannot log in or use its tokens now, if it cannot.
     pub fn locked(&self) -> Option<&'static str> {
         if self.disabled {

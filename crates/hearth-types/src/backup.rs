@@ -279,6 +279,11 @@ pub struct VmBackups {
     /// Why the last restore was given up (the VM kept the disk it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_error: Option<String>,
+    /// After `hearth restore` rebuilt the cluster from a state backup: the snapshot the VM's
+    /// disk is to be made from. Its placed host dumps it into a new disk before anything
+    /// runs; no other disk may be claimed for the VM meanwhile (never a blank one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover: Option<BackupSnapshot>,
     /// The schedule it follows.
     #[serde(default, skip_serializing_if = "ScheduleChoice::is_plan")]
     pub schedule: ScheduleChoice,
@@ -441,4 +446,33 @@ mod tests {
         let cut = short_error(&long);
         assert!(cut.len() <= MAX_ERROR && long.starts_with(&cut));
     }
+}
+
+/// The desired state as a backup of it holds it (`hearth-state.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StateFile {
+    /// The (logical) log index the state was read at: versions and VM ids below it are
+    /// taken, so a cluster restored from it counts on from there.
+    pub index: u64,
+    /// When it was read, Unix ms, by the leader's clock.
+    pub taken_ms: u64,
+    pub state: crate::desired::DesiredState,
+}
+
+/// `POST /v1/restore` (`hearth restore --from REPO`): fill a new, empty cluster with a
+/// backup of the desired state, and recover each VM's disk from its latest backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateRestore {
+    /// The restic snapshot the state came from, for the record.
+    pub snapshot: String,
+    pub file: StateFile,
+    /// Per VM id, snapshots the repository holds that are newer than the state backup
+    /// (which could not record them); the newest of these and the state's own records is
+    /// the one each VM's disk is recovered from.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, BackupSnapshot>,
+    /// Only check that this cluster may take it (it is new and empty); change nothing.
+    #[serde(default)]
+    pub check: bool,
 }

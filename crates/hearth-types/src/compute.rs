@@ -670,6 +670,46 @@ impl MigrationStage {
 }
 
 impl Vm {
+    /// A small VM as tests and simulations write one: 1 vCPU, 64 MiB, 1 GiB over image
+    /// `tiny`, asked to run, with no address, placed nowhere, no disk yet (generation 1).
+    pub fn example(id: &str, name: &str, owner: &str) -> Vm {
+        Vm {
+            id: id.into(),
+            request: VmRequest {
+                name: name.into(),
+                owner: owner.into(),
+                arch: Arch::X86_64,
+                vcpus: 1,
+                memory_mib: 64,
+                disk_gib: 1,
+                image: "tiny".into(),
+                ssh_keys: vec![],
+                pools: vec![],
+                io: IoLimits::default(),
+                power: Power::Running,
+                replicas: 1,
+            },
+            ips: vec![],
+            host: None,
+            deleting: false,
+            phase: Phase::Pending,
+            message: None,
+            phase_since: 0,
+            reboots_asked: 0,
+            reboots_done: 0,
+            disk: DiskHome {
+                host: None,
+                generation: 1,
+            },
+            base: None,
+            migration: None,
+            moved_from: None,
+            move_given_up: None,
+            replica: None,
+            adopt_replica: None,
+        }
+    }
+
     /// Sets the phase and its message; `phase_since` moves only when the phase changes.
     pub fn set_phase(&mut self, phase: Phase, message: Option<String>, index: u64) {
         if self.phase != phase {

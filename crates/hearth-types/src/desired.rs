@@ -318,6 +318,15 @@ pub struct DesiredState {
     /// Backup targets, and each VM's backups.
     #[serde(default)]
     pub backups: crate::backup::Backups,
+    /// Added to each log index before it is used (as a version, a VM id, …): a cluster
+    /// restored from a backup of another one (`hearth restore`) counts on from that
+    /// cluster's last index, so no version or id is used twice.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index_base: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DesiredState {

@@ -184,7 +184,7 @@ fn schedule(
             "{vm}: backed up daily at {} {}; next at {} (UTC)",
             policy.at,
             policy.time_zone,
-            time_of(next)
+            crate::output::time_ms(next)
         ),
         _ => println!("{vm}: no scheduled backups"),
     }
@@ -333,7 +333,7 @@ fn now(
                 "{vm}: snapshot {} stored in {} at {}: {} read, {} new",
                 snapshot.id,
                 snapshot.target,
-                time_of(snapshot.time_ms),
+                crate::output::time_ms(snapshot.time_ms),
                 size(snapshot.size_bytes),
                 size(snapshot.added_bytes)
             );
@@ -352,7 +352,7 @@ fn confirm(vm: &str, snapshot: &BackupSnapshot) -> Result<(), ClientError> {
     let question = format!(
         "{vm}: replace its disk with snapshot {} of {} (UTC)? The VM stops; the disk it has now is archived on its host.",
         snapshot.id,
-        time_of(snapshot.time_ms)
+        crate::output::time_ms(snapshot.time_ms)
     );
     if !std::io::stdin().is_terminal() {
         return Err(ClientError::Usage(format!(
@@ -425,7 +425,7 @@ fn restore(
             } else {
                 println!(
                     "{vm}: restored from snapshot {snapshot}: its disk is as it was at {} (UTC)",
-                    time_of(done.snapshot_time_ms)
+                    crate::output::time_ms(done.snapshot_time_ms)
                 );
             }
             Ok(())
@@ -464,9 +464,9 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
                     r.owner.clone(),
                     r.status.clone(),
                     r.backups.snapshots.len().to_string(),
-                    last.map_or("-".into(), |s| time_of(s.time_ms)),
+                    last.map_or("-".into(), |s| crate::output::time_ms(s.time_ms)),
                     schedule_cell(r.policy.as_ref()),
-                    r.next_ms.map_or("-".into(), time_of),
+                    r.next_ms.map_or("-".into(), crate::output::time_ms),
                     r.backups.last_error.clone().unwrap_or_else(|| "-".into()),
                 ]
             }),
@@ -491,7 +491,7 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
         row.backups.snapshots.iter().rev().map(|s| {
             vec![
                 s.id.clone(),
-                time_of(s.time_ms),
+                crate::output::time_ms(s.time_ms),
                 s.target.clone(),
                 size(s.size_bytes),
                 size(s.added_bytes),
@@ -507,7 +507,7 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
         eprintln!(
             "{vm}: scheduled {}; next at {} (UTC)",
             schedule_cell(Some(policy)),
-            time_of(next)
+            crate::output::time_ms(next)
         );
     }
     Ok(())
@@ -540,7 +540,7 @@ pub fn state_list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
             vec![
                 r.target.clone(),
                 last.map_or("-".into(), |s| s.id.clone()),
-                last.map_or("-".into(), |s| time_of(s.time_ms)),
+                last.map_or("-".into(), |s| crate::output::time_ms(s.time_ms)),
                 last.map_or("-".into(), |s| s.index.to_string()),
                 last.map_or("-".into(), |s| size(s.size_bytes)),
                 r.backups.last_error.clone().unwrap_or_else(|| "-".into()),
@@ -548,11 +548,6 @@ pub fn state_list(client: &ApiClient, json: bool) -> Result<(), ClientError> {
         }),
     );
     Ok(())
-}
-
-fn time_of(ms: u64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn size(bytes: u64) -> String {

@@ -115,6 +115,16 @@ enum Command {
         #[arg(long)]
         state: bool,
     },
+    /// Rebuild the whole co-op from its backup repository, on servers installed afresh.
+    ///
+    /// Reads the newest backup of the cluster's state (or --snapshot's) from the restic
+    /// repository REPO, puts back the image files it refers to, and fills this new, empty
+    /// cluster with it: accounts, tokens, plans, images, pools, VM definitions with their
+    /// addresses, records, zones, notices, backup targets and schedules. Each VM's disk is
+    /// then recovered from its newest backup by the worker it is placed on, before it
+    /// starts; a VM with no backup is `lost` (never given a blank disk). Run it on a server
+    /// (the node's own token is enough), with the repository's password file.
+    Restore(crate::restore_cli::RestoreArgs),
     /// Members' plans (admins): quotas of VMs, vCPUs, memory, disk, addresses and IO, and
     /// which plan an account is on.
     Plan {
@@ -212,19 +222,7 @@ enum Command {
     /// holds worker keys (roles = ["worker"] only) gossips, runs VMs, moves them and reports
     /// as before, but cannot derive the secret: over Raft RPC it cannot vote, replicate, or
     /// write anything but its own reports, and its API sends changes to a server's API.
-    Keygen {
-        /// Print the worker key of this server's cluster secret, and the identity of worker
-        /// --name.
-        #[arg(long, requires = "name")]
-        worker: bool,
-        /// The worker's node_name: its identity tells servers which worker speaks, and it
-        /// may write only reports about itself.
-        #[arg(long, value_name = "NODE")]
-        name: Option<String>,
-        /// The server config whose secret to use, with --worker.
-        #[arg(long, value_name = "FILE", default_value = "/etc/hearth/hearth.toml")]
-        config: std::path::PathBuf,
-    },
+    Keygen(KeygenArgs),
     /// Print a shell completion script: `hearth completions bash >
     /// /usr/share/bash-completion/completions/hearth` (the Debian package ships them).
     Completions {
@@ -366,11 +364,8 @@ fn dispatch(command: Command) -> ExitCode {
         } => with_client(&client, |c, json| compute_cli::fix(c, json, &id, destroy)),
         Command::Leave(args) => client_command(&args, leave),
         Command::Doctor(args) => crate::doctor::run(&args),
-        Command::Keygen {
-            worker,
-            config,
-            name,
-        } => keygen_command(worker, &config, name),
+        Command::Keygen(args) => keygen_command(args),
+        Command::Restore(args) => crate::restore_cli::restore(&args),
         Command::Init(args) => crate::init::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Man { out } => man(&out),
@@ -411,11 +406,26 @@ fn keygen() -> ExitCode {
 }
 
 /// `hearth keygen [--worker --name NODE]`.
-fn keygen_command(worker: bool, config: &std::path::Path, name: Option<String>) -> ExitCode {
-    match (worker, name) {
-        (true, Some(name)) => worker_keygen(config, &name),
+fn keygen_command(args: KeygenArgs) -> ExitCode {
+    match (args.worker, args.name) {
+        (true, Some(name)) => worker_keygen(&args.config, &name),
         _ => keygen(),
     }
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Print the worker key of this server's cluster secret, and the identity of worker
+    /// --name.
+    #[arg(long, requires = "name")]
+    worker: bool,
+    /// The worker's node_name: its identity tells servers which worker speaks, and it
+    /// may write only reports about itself.
+    #[arg(long, value_name = "NODE")]
+    name: Option<String>,
+    /// The server config whose secret to use, with --worker.
+    #[arg(long, value_name = "FILE", default_value = "/etc/hearth/hearth.toml")]
+    config: std::path::PathBuf,
 }
 
 /// `hearth keygen --worker`: the worker keys of a server's cluster secrets.
@@ -599,7 +609,7 @@ fn client_command(
     with_client(args, command)
 }
 
-fn with_client(
+pub(crate) fn with_client(
     args: &ClientArgs,
     command: impl FnOnce(&ApiClient, bool) -> Result<(), ClientError>,
 ) -> ExitCode {

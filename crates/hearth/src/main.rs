@@ -11,6 +11,7 @@ mod doctor;
 mod init;
 mod output;
 mod plans_cli;
+mod restore_cli;
 mod signup_cli;
 mod state_cli;
 mod zones_cli;

@@ -40,3 +40,9 @@ pub fn report(json: bool, answer: &serde_json::Value, text: &str) {
         println!("{text} (log index {})", answer["index"]);
     }
 }
+
+/// Unix milliseconds as an RFC 3339 time to the second, in UTC.
+pub fn time_ms(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

@@ -397,7 +397,7 @@ pub fn events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
             .collect();
         vec![
             record.id.to_string(),
-            humantime_ms(record.at_ms),
+            crate::output::time_ms(record.at_ms),
             record.event.kind.to_string(),
             record.event.member.name.clone(),
             match record.event.subject() {
@@ -416,11 +416,6 @@ pub fn events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
         rows,
     );
     Ok(())
-}
-
-fn humantime_ms(ms: u64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[derive(Subcommand)]

@@ -8,7 +8,10 @@
 //! the backup's time, the disk before archived), and a target that fails is retried, then
 //! shown as failed. A plan's daily schedule backs a new VM up at once, its retention
 //! forgets the snapshots it keeps no more (in the state and the repository), the plan
-//! limits a member's own backups a day, and a VM's own schedule or none replaces it.
+//! limits a member's own backups a day, and a VM's own schedule or none replaces it. And
+//! disaster recovery: every server's state wiped, `hearth restore --from REPO` on the
+//! reinstalled server brings back the accounts and VMs with their addresses, each VM's disk
+//! from its newest backup (a VM never backed up is lost, never given a blank disk).
 
 use std::path::Path;
 
@@ -558,7 +561,9 @@ fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_me
     let json = runtime
         .block_on(repo.dump_bytes(snapshot, hearth_agent::state_backups::FILE))
         .unwrap();
-    let state: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert!(file["index"].as_u64().unwrap() > 0, "{}", file["index"]);
+    let state = &file["state"];
     let vm = &state["compute"]["vms"][&id];
     assert_eq!(vm["value"]["name"], "box", "{vm}");
     assert_eq!(state["accounts"]["alice"]["value"]["role"], "member");
@@ -577,4 +582,184 @@ fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_me
     let (code, _, stderr) = agent.cli_result(&["backup", "target", "rm", "local"]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("plan default"), "{stderr}");
+}
+
+/// Kills the agent and the QEMU processes it started, and wipes its data directory: the
+/// server is gone with everything on it but its config.
+fn burn_down(agent: &mut TestAgent) {
+    agent.kill9();
+    for pid in hearth_testkit::qemu_pids_under(&agent.dir) {
+        hearth_testkit::kill_pid(pid);
+    }
+    eventually(
+        "the guests to be gone",
+        BOOT,
+        || match hearth_testkit::qemu_pids_under(&agent.dir) {
+            pids if pids.is_empty() => Ok(()),
+            pids => Err(format!("{pids:?}")),
+        },
+    );
+    std::fs::remove_dir_all(agent.dir.join("data")).unwrap();
+}
+
+#[test]
+fn the_whole_cluster_comes_back_from_its_backup_repository_on_a_wiped_server() {
+    let mut cluster = one_worker("");
+    let agent = &cluster.agents[0];
+    let alice = agent.make_member("alice");
+    create_tiny(agent, "box", &[]);
+    create_tiny(agent, "scratch", &[]);
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let address = row["ips"][0]["address"].clone();
+    assert!(address.is_string(), "{row}");
+    hearth_testkit::vms::wait_phase(agent, "scratch", "running");
+    ticks_past(agent, &id, 3);
+
+    // The target: the state (and the image files) go in at once; box's backup after it,
+    // so only the repository knows that snapshot. scratch is never backed up.
+    let work = TempDir::new("disaster");
+    let password = work.path().join("password");
+    std::fs::write(&password, "the co-op's restic password\n").unwrap();
+    let location = work.path().join("repo").display().to_string();
+    agent.cli(&[
+        "backup",
+        "target",
+        "put",
+        "local",
+        "--location",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    eventually("a backup of the state", BOOT, || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();
+        match rows[0]["last"]["id"].as_str() {
+            Some(_) => Ok(()),
+            None => Err(rows.to_string()),
+        }
+    });
+    let out = agent.cli(&["backup", "now", "box"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let snapshot = backups_of(agent, "box")["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let repo = Repo {
+        location: location.clone(),
+        password_file: password.clone(),
+        cache_dir: work.path().join("cache"),
+        env: vec![],
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dumped = work.path().join("dumped.raw");
+    runtime
+        .block_on(repo.dump(&id, &snapshot, &dumped))
+        .unwrap();
+    let backed_up = disk_tick_as(&dumped, "raw").unwrap();
+    std::fs::remove_file(&dumped).unwrap();
+    ticks_past(agent, &id, backed_up + 3);
+
+    // The fire: the server and everything on it is gone; it is installed afresh.
+    burn_down(&mut cluster.agents[0]);
+    cluster.agents[0].restart();
+    let agent = &cluster.agents[0];
+    wait_for_hosts(agent, 1);
+    let (code, _, stderr) = agent.cli_as(&alice, &["vm", "list"]);
+    assert_ne!(code, Some(0), "a new cluster knows no alice: {stderr}");
+
+    // A wrong password file is named; then the restore.
+    let (code, _, stderr) = agent.cli_result(&[
+        "restore",
+        "--from",
+        &location,
+        "--password-file",
+        "/nonexistent/password",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--password-file"), "{stderr}");
+    let out = agent.cli(&[
+        "restore",
+        "--from",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert!(out.contains("1 VM(s) get their disk back"), "{out}");
+    assert!(out.contains("lost") && out.contains("scratch"), "{out}");
+
+    // box runs again on its backup's disk, at the same address: its second boot, which
+    // found the tick of the backup's time (a blank disk would boot for the first time).
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    assert_eq!(row["id"], id.as_str());
+    assert_eq!(row["ips"][0]["address"], address, "{row}");
+    let text = eventually("the recovered guest's boot", BOOT, || {
+        let text = console(agent, &id);
+        match hearth_testkit::vms::last_tick_at_boot(&text, 1) {
+            Some(_) => Ok(text),
+            None => Err(text),
+        }
+    });
+    assert_eq!(hearth_testkit::vms::boots(&text), [2], "{text}");
+    assert_eq!(
+        hearth_testkit::vms::last_tick_at_boot(&text, 1),
+        Some(backed_up),
+        "{text}"
+    );
+    assert_eq!(
+        backups_of(agent, "box")["restored"]["snapshot"],
+        snapshot.as_str()
+    );
+
+    // scratch had no backup: lost, with a drift entry, and no disk made for it.
+    let row = hearth_testkit::vms::wait_phase(agent, "scratch", "lost");
+    let scratch = row["id"].as_str().unwrap();
+    let drift: serde_json::Value = serde_json::from_str(&agent.cli(&["drift", "--json"])).unwrap();
+    assert!(
+        drift
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["vm"] == scratch && d["kind"] == "missing-disk"),
+        "{drift}"
+    );
+    assert!(!vm_dir(agent, scratch).exists());
+
+    // Alice's account and token came back; a new VM's id is not one the old cluster used.
+    let listed = agent.cli_ok_as(&alice, &["vm", "list", "--json"]);
+    assert!(listed.contains("box"), "{listed}");
+    let out = agent.cli(&[
+        "vm",
+        "create",
+        "later",
+        "--image",
+        "tiny",
+        "--owner",
+        "alice",
+        "--memory-mib",
+        "256",
+        "--disk-gib",
+        "1",
+        "--stopped",
+    ]);
+    let later: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["vm", "show", "later", "--json"])).unwrap();
+    let number = |id: &str| id.trim_start_matches("vm-").parse::<u64>().unwrap();
+    let later_id = later["id"].as_str().unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        number(later_id) > number(&id).max(number(scratch)),
+        "{later_id}"
+    );
+
+    // The cluster holds something now: a second restore is refused, naming what.
+    let (code, _, stderr) = agent.cli_result(&[
+        "restore",
+        "--from",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("already holds"), "{stderr}");
 }

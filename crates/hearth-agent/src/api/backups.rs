@@ -11,7 +11,7 @@ use axum::{Extension, Json, Router};
 use hearth_state::model::Command;
 use hearth_state::model::backups::BackupCommand;
 use hearth_types::api::{BackupRow, NewBackup, PutBackupTarget, RestoreBackup, StateBackupRow};
-use hearth_types::backup::{BackupPolicy, BackupTarget, ScheduleChoice, VmBackups};
+use hearth_types::backup::{BackupPolicy, BackupTarget, ScheduleChoice, StateRestore, VmBackups};
 use hearth_types::desired::{DesiredState, Versioned};
 
 use super::body::{Body, BodyRejection};
@@ -25,12 +25,20 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/vms/{key}/restore", post(restore))
         .route("/v1/vms/{key}/backup-schedule", put(set_schedule))
         .route("/v1/state-backups", get(state_backups))
+        // A whole state: up to what one Raft message carries.
+        .route(
+            "/v1/restore",
+            post(restore_state).layer(axum::extract::DefaultBodyLimit::max(RESTORE_LIMIT)),
+        )
         .route("/v1/backup-targets", get(targets))
         .route(
             "/v1/backup-targets/{name}",
             get(target).put(put_target).delete(remove_target),
         )
 }
+
+/// The largest state `POST /v1/restore` takes.
+const RESTORE_LIMIT: usize = 30 << 20;
 
 fn backup(command: BackupCommand) -> Command {
     Command::Backup { command }
@@ -40,6 +48,9 @@ fn backup(command: BackupCommand) -> Command {
 pub fn status(backups: &VmBackups) -> &'static str {
     if backups.restoring() {
         return "restoring";
+    }
+    if backups.recover.is_some() {
+        return "recovering";
     }
     match (backups.pending(), backups.failures, &backups.last_error) {
         (true, 0, _) => "running",
@@ -233,6 +244,43 @@ async fn restore(
         by: asker(&caller),
     };
     write(&state, backup(command)).await
+}
+
+/// `hearth restore`: a new, empty cluster takes a backup of another's state (admins; the
+/// node's own token on a new cluster). With `check`, only whether it may.
+async fn restore_state(
+    State(state): State<ApiState>,
+    body: Result<Body<StateRestore>, BodyRejection>,
+) -> Response {
+    let restore = match body {
+        Ok(Body(restore)) => restore,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if restore.check {
+        let params = Params {
+            consistent: Some("true".into()),
+            ..Params::default()
+        };
+        return match read(&state, &params).await {
+            Ok(desired) => match hearth_state::model::restore::occupied(&desired) {
+                here if here.is_empty() => {
+                    Json(serde_json::json!({ "empty": true })).into_response()
+                }
+                here => error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "this cluster already holds {}: `hearth restore` fills only a new, empty cluster",
+                        here.join(", ")
+                    ),
+                ),
+            },
+            Err(failure) => failure.into_response(),
+        };
+    }
+    let command = Command::RestoreState {
+        restore: Box::new(restore),
+    };
+    write(&state, command).await
 }
 
 /// Admins: the desired state's own backups, per target.

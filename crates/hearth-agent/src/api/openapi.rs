@@ -439,6 +439,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Admins: the desired state's own backups into each target, for disaster recovery",
     )
     .answers(schema::<Vec<hearth_types::api::StateBackupRow>>),
+    op(
+        "post",
+        "/v1/restore",
+        "Admins: fill a new, empty cluster with a backup of the desired state (`hearth restore --from REPO`); each VM's disk is recovered from its newest backup. With `check`, only whether this cluster may take it (409 if it holds anything)",
+    )
+    .body(schema::<hearth_types::backup::StateRestore>)
+    .answers(schema::<WriteAnswer>),
     op("get", "/v1/backup-targets", "Admins: the backup targets")
         .answers(schema::<Vec<hearth_types::desired::Versioned<hearth_types::backup::BackupTarget>>>),
     op("get", "/v1/backup-targets/{name}", "Admins: one backup target")

@@ -98,6 +98,14 @@ pub enum BackupCommand {
         stage: RestoreStage,
         result: RestoreResult,
     },
+    /// After `hearth restore`: `host` made the VM's disk of `generation` from backup
+    /// `snapshot` (its `recover`), which becomes the disk's home (`model::restore`).
+    Recovered {
+        vm: String,
+        host: String,
+        generation: u64,
+        snapshot: String,
+    },
 }
 
 /// How a backup of the desired state ended.
@@ -130,7 +138,8 @@ impl BackupCommand {
             | BackupCommand::Record { vm, .. }
             | BackupCommand::Restore { vm, .. }
             | BackupCommand::RestoreSwapped { vm, .. }
-            | BackupCommand::RestoreDone { vm, .. } => format!("vm/{vm}"),
+            | BackupCommand::RestoreDone { vm, .. }
+            | BackupCommand::Recovered { vm, .. } => format!("vm/{vm}"),
         }
     }
 }
@@ -147,33 +156,7 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
                 index,
             ),
         },
-        BackupCommand::RemoveTarget { name, expect } => {
-            let users: Vec<&str> = (state.backups.vms.iter())
-                .filter(|(_, b)| {
-                    (b.pending() && b.target == *name)
-                        || b.restore
-                            .as_ref()
-                            .is_some_and(|r| r.snapshot.target == *name)
-                })
-                .map(|(vm, _)| vm.as_str())
-                .collect();
-            if !users.is_empty() {
-                return refused(format!(
-                    "name: a backup or restore of {} uses {name}; remove it when they are done",
-                    users.join(", ")
-                ));
-            }
-            if let Some(schedule) = schedule_using(state, name) {
-                return refused(format!(
-                    "name: the backup schedule of {schedule} uses {name}; change it first"
-                ));
-            }
-            let outcome = remove(&mut state.backups.targets, name, *expect);
-            if outcome.changed() {
-                state.backups.state.remove(name);
-            }
-            outcome
-        }
+        BackupCommand::RemoveTarget { name, expect } => remove_target(state, name, *expect),
         BackupCommand::StateBackup {
             target,
             host: _,
@@ -208,7 +191,41 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             stage,
             result,
         } => restore_done(state, vm, host, *stage, result, index),
+        BackupCommand::Recovered {
+            vm,
+            host,
+            generation,
+            snapshot,
+        } => super::restore::recovered(state, vm, host, *generation, snapshot),
     }
+}
+
+/// Removes target `name`, unless a run, a restore or a schedule uses it.
+fn remove_target(state: &mut DesiredState, name: &str, expect: Expect) -> Outcome {
+    let users: Vec<&str> = (state.backups.vms.iter())
+        .filter(|(_, b)| {
+            (b.pending() && b.target == name)
+                || (b.restore.as_ref()).is_some_and(|r| r.snapshot.target == name)
+                || (b.recover.as_ref()).is_some_and(|r| r.target == name)
+        })
+        .map(|(vm, _)| vm.as_str())
+        .collect();
+    if !users.is_empty() {
+        return refused(format!(
+            "name: a backup, restore or recovery of {} uses {name}; remove it when they are done",
+            users.join(", ")
+        ));
+    }
+    if let Some(schedule) = schedule_using(state, name) {
+        return refused(format!(
+            "name: the backup schedule of {schedule} uses {name}; change it first"
+        ));
+    }
+    let outcome = remove(&mut state.backups.targets, name, expect);
+    if outcome.changed() {
+        state.backups.state.remove(name);
+    }
+    outcome
 }
 
 /// A plan or VM whose schedule backs up into target `name`.
@@ -231,6 +248,15 @@ fn schedule_using(state: &DesiredState, name: &str) -> Option<String> {
 /// Why a compute command must wait for a restore of its VM: the VM stays stopped where its
 /// disk is until the restore is over.
 pub(super) fn blocks(state: &DesiredState, command: &ComputeCommand) -> Option<String> {
+    // A disk to be recovered from a backup: no other may be claimed for the VM.
+    if let ComputeCommand::ClaimDisk { vm, .. } = command
+        && let Some(snapshot) = (state.backups.vms.get(vm)).and_then(|b| b.recover.as_ref())
+    {
+        return Some(format!(
+            "vm: the disk of {vm} is to be recovered from backup {}",
+            snapshot.id
+        ));
+    }
     let vm = match command {
         ComputeCommand::SetPower { vm, .. }
         | ComputeCommand::Reboot { vm, .. }
@@ -586,41 +612,11 @@ mod tests {
 
     fn state() -> DesiredState {
         let mut state = DesiredState::default();
-        let vm = hearth_types::compute::Vm {
-            id: "vm-1".into(),
-            request: hearth_types::compute::VmRequest {
-                name: "web".into(),
-                owner: "ana".into(),
-                arch: hearth_types::compute::Arch::X86_64,
-                vcpus: 1,
-                memory_mib: 64,
-                disk_gib: 1,
-                image: "tiny".into(),
-                ssh_keys: vec![],
-                pools: vec![],
-                io: Default::default(),
-                power: Power::Running,
-                replicas: 1,
-            },
-            ips: vec![],
-            host: Some("w1".into()),
-            deleting: false,
-            phase: Phase::Running,
-            message: None,
-            phase_since: 1,
-            reboots_asked: 0,
-            reboots_done: 0,
-            disk: hearth_types::compute::DiskHome {
-                host: Some("w1".into()),
-                generation: 1,
-            },
-            base: None,
-            migration: None,
-            moved_from: None,
-            move_given_up: None,
-            replica: None,
-            adopt_replica: None,
-        };
+        let mut vm = hearth_types::compute::Vm::example("vm-1", "web", "ana");
+        vm.host = Some("w1".into());
+        vm.phase = Phase::Running;
+        vm.phase_since = 1;
+        vm.disk.host = Some("w1".into());
         let vm = Versioned {
             version: 1,
             value: vm,
@@ -716,21 +712,8 @@ mod tests {
     }
 
     fn member(state: &mut DesiredState, name: &str, backups_per_day: Option<u64>) {
-        let account = hearth_types::account::Account {
-            name: name.into(),
-            role: AccountRole::Member,
-            email: String::new(),
-            password_hash: String::new(),
-            ssh_keys: Default::default(),
-            disabled: false,
-            plan: None,
-            quota: hearth_types::quota::Quota {
-                backups_per_day,
-                ..Default::default()
-            },
-            unverified: false,
-            awaiting_approval: false,
-        };
+        let mut account = hearth_types::account::Account::example(name, AccountRole::Member);
+        account.quota.backups_per_day = backups_per_day;
         let account = Versioned {
             version: 1,
             value: account,

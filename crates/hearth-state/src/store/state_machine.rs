@@ -300,7 +300,9 @@ pub(super) fn apply_entries(
             EntryPayload::Blank => Outcome::Nothing,
             EntryPayload::Normal(command) => {
                 let state = next_state.get_or_insert_with(|| current.clone());
-                let outcome = model::apply(state, &command, entry.log_id.index);
+                // A cluster restored from another's backup counts on from its index.
+                let index = entry.log_id.index + state.index_base;
+                let outcome = model::apply(state, &command, index);
                 changed |= outcome.changed();
                 outcome
             }
