@@ -56,6 +56,16 @@ if ! target/schemathesis/bin/st --version 2>/dev/null | grep -qx "st, version $S
   target/schemathesis/bin/pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# The backup tests store into an S3 bucket as well as a directory: moto's S3 server, from
+# PyPI (Debian has no S3 server, nor restic's rest-server).
+MOTO_VERSION=5.2.6
+if ! target/moto/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  echo "test.sh: installing moto $MOTO_VERSION (an S3 server) in target/moto" >&2
+  rm -rf target/moto
+  python3 -m venv target/moto
+  target/moto/bin/pip install -q "moto[server]==$MOTO_VERSION"
+fi
+
 # The VM tests boot a tiny guest under qemu-system-x86_64: the script installs QEMU and
 # genisoimage and builds the guest from Debian's kernel and busybox (quick when up to date).
 ./scripts/build-test-guest.sh target/test-guest

@@ -722,13 +722,13 @@ async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError>
         }
         // After `hearth restore`: its disk comes from its backup, never from the image.
         None => match recovering(host, &vm.id) {
-            Some(snapshot) => {
+            Some(recover) => {
                 let here = crate::recovery::Here {
                     name: &host.name,
                     driver: &host.driver,
                     state: &host.state,
                 };
-                (crate::recovery::recover(&here, vm, &spec, &snapshot).await)
+                (crate::recovery::recover(&here, vm, &spec, &recover).await)
                     .map_err(BootError::NotYet)?
             }
             None => {
@@ -754,7 +754,7 @@ async fn boot(host: &Host, vm: &Vm, compute: &Compute) -> Result<u32, BootError>
 }
 
 /// The backup VM `vm`'s disk is to be recovered from, if it is.
-fn recovering(host: &Host, vm: &str) -> Option<hearth_types::backup::BackupSnapshot> {
+fn recovering(host: &Host, vm: &str) -> Option<hearth_types::backup::Recover> {
     let desired = host.state.reader().current();
     desired.backups.vms.get(vm)?.recover.clone()
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use hearth_qemu::driver::VmSpec;
 use hearth_state::model::backups::BackupCommand;
 use hearth_state::model::{Command, Outcome};
-use hearth_types::backup::BackupSnapshot;
+use hearth_types::backup::Recover;
 use hearth_types::compute::Vm;
 
 use hearth_qemu::fake::VmDriver;
@@ -28,14 +28,15 @@ pub struct Here<'a> {
 /// The file beside a recovered disk naming the snapshot it was made from.
 pub const MARK: &str = "recovered-from";
 
-/// Makes VM `vm`'s disk (of `spec.generation`) from `snapshot` unless it is here already,
-/// then records this host as its home.
+/// Makes VM `vm`'s disk (of `spec.generation`) from `recover`'s snapshot unless it is here
+/// already, then records this host as its home.
 pub async fn recover(
     host: &Here<'_>,
     vm: &Vm,
     spec: &VmSpec,
-    snapshot: &BackupSnapshot,
+    recover: &Recover,
 ) -> Result<(), String> {
+    let snapshot = &recover.snapshot;
     let Some(driver) = host.driver.qemu() else {
         return Err(
             "recovering a disk from its backup needs QEMU; this worker runs the stand-in driver"
@@ -51,7 +52,7 @@ pub async fn recover(
             tracing::warn!(vm = %vm.id, path = %path.display(), "archived a copy that is not the disk to recover");
         }
         tracing::info!(vm = %vm.id, snapshot = %snapshot.id, target = %snapshot.target, "recovering the disk from its backup");
-        make(host, root, vm, spec, snapshot).await?;
+        make(host, root, vm, spec, recover).await?;
         tracing::info!(vm = %vm.id, snapshot = %snapshot.id, "the disk is recovered from its backup");
     }
     record(host, vm, spec.generation, &snapshot.id).await
@@ -69,8 +70,11 @@ async fn make(
     root: &Path,
     vm: &Vm,
     spec: &VmSpec,
-    snapshot: &BackupSnapshot,
+    recover: &Recover,
 ) -> Result<(), String> {
+    let snapshot = &recover.snapshot;
+    // The file inside is named after the VM the snapshot is of.
+    let of = recover.of.as_deref().unwrap_or(&vm.id);
     let target = (host.state.reader().current().backups.targets)
         .get(&snapshot.target)
         .map(|t| t.value.clone())
@@ -81,7 +85,7 @@ async fn make(
     let raw = work.join("disk.raw");
     let disk_name = host.driver.disk_name();
     let made = async {
-        repo.dump(&vm.id, &snapshot.id, &raw).await?;
+        repo.dump(of, &snapshot.id, &raw).await?;
         hearth_qemu::backup::prepare_restore(
             root,
             &vm.id,

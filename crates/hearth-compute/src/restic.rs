@@ -122,6 +122,26 @@ pub fn forgotten(output: &str) -> Result<Vec<String>, String> {
 /// How long a run waits for another's lock on the repository.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Runs `attempt` until the repository is not locked by another run (a forget or prune
+/// locks it whole), for up to [`LOCK_WAIT`]: what restic 0.16's `--retry-lock` does, which
+/// Debian bookworm's 0.14 lacks.
+async fn waiting_out_locks<T, F, Fut>(attempt: F) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match attempt().await {
+            Err(error) if locked(&error) && std::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "the repository is locked; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Whether restic failed because another run holds a lock it needs.
 fn locked(error: &str) -> bool {
     error.contains("repository is already locked")
@@ -167,24 +187,13 @@ impl Repo {
         .await
     }
 
-    /// Runs the command `make` gives (restic `what`) until the repository is not locked by
-    /// another run (a forget or prune locks it whole), for up to [`LOCK_WAIT`]: what restic
-    /// 0.16's `--retry-lock` does, which Debian bookworm's 0.14 lacks.
+    /// Runs the command `make` gives (restic `what`), waiting out another run's lock.
     async fn retrying_lock(
         &self,
         what: &str,
         make: impl Fn() -> Result<tokio::process::Command, String>,
     ) -> Result<String, String> {
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match Self::output(make()?, what).await {
-                Err(error) if locked(&error) && std::time::Instant::now() < deadline => {
-                    tracing::debug!(%error, "the repository is locked; trying again");
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                }
-                done => return done,
-            }
-        }
+        waiting_out_locks(|| async { Self::output(make()?, what).await }).await
     }
 
     /// Runs `command` (restic `what`); its standard output, or why not.
@@ -203,12 +212,21 @@ impl Repo {
         }
     }
 
-    /// Makes the repository unless it is there already.
+    /// Makes the repository unless it is there already. One at a time in this process: a
+    /// run that read a repository another was still making would find it damaged.
     pub async fn ensure(&self) -> Result<(), String> {
+        static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = MAKING.lock().await;
         if self.run(&["cat", "config"], None).await.is_ok() {
             return Ok(());
         }
-        self.run(&["init"], None).await.map(|_| ())
+        match self.run(&["init"], None).await {
+            // Made meanwhile by another node: it is there.
+            Err(error) if error.contains("already exists") => {
+                self.run(&["cat", "config"], None).await.map(|_| ())
+            }
+            done => done.map(|_| ()),
+        }
     }
 
     /// Stores the disk copy at `copy` as VM `vm`'s snapshot, made by `host`.
@@ -286,6 +304,10 @@ impl Repo {
 
     /// Writes the file `name` of snapshot `id` to standard output, as bytes.
     pub async fn dump_bytes(&self, id: &str, name: &str) -> Result<Vec<u8>, String> {
+        waiting_out_locks(|| self.dump_bytes_once(id, name)).await
+    }
+
+    async fn dump_bytes_once(&self, id: &str, name: &str) -> Result<Vec<u8>, String> {
         let mut command = self.command();
         command.args(["dump", id, &format!("/{name}")]);
         let output = command
@@ -308,6 +330,10 @@ impl Repo {
 
     /// Writes the file `name` of snapshot `id` to `target` (replaced if there).
     pub async fn dump_file(&self, id: &str, name: &str, target: &Path) -> Result<(), String> {
+        waiting_out_locks(|| self.dump_file_once(id, name, target)).await
+    }
+
+    async fn dump_file_once(&self, id: &str, name: &str, target: &Path) -> Result<(), String> {
         let file =
             std::fs::File::create(target).map_err(|e| format!("{}: {e}", target.display()))?;
         let path = format!("/{name}");

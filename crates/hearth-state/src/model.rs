@@ -383,7 +383,9 @@ impl Command {
             Command::RecordInvoiceMail { .. } => 7,
             Command::RestoreState { .. }
             | Command::Backup {
-                command: backups::BackupCommand::Recovered { .. },
+                command:
+                    backups::BackupCommand::Recovered { .. }
+                    | backups::BackupCommand::RestoreInto { .. },
             } => 9,
             Command::Backup { .. } => 8,
             // A plan's backup schedule, and a limit on members' backups a day.
@@ -538,7 +540,11 @@ pub fn apply(state: &mut DesiredState, command: &Command, index: u64) -> Outcome
 }
 
 /// A compute command, admitted by the owner's quota, and the VM event it raises.
-fn apply_compute(state: &mut DesiredState, command: &ComputeCommand, index: u64) -> Outcome {
+pub(super) fn apply_compute(
+    state: &mut DesiredState,
+    command: &ComputeCommand,
+    index: u64,
+) -> Outcome {
     if let Some(message) = backups::blocks(state, command) {
         return Outcome::Refused { message };
     }

@@ -59,6 +59,54 @@ pub fn test_guest() -> PathBuf {
     dir
 }
 
+/// An S3 server on loopback (moto's, installed by `scripts/test.sh` in `target/moto`),
+/// stopped on drop: a restic backend other than a directory. Any key is accepted.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/moto/bin/moto_server");
+        assert!(
+            bin.is_file(),
+            "{} is missing: run ./scripts/test.sh, which installs moto there",
+            bin.display()
+        );
+        // A free port: the kernel's choice, released just before the server takes it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        eventually("the S3 server to listen", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        server
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A private directory removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -307,6 +307,11 @@ pub struct RestoreBackup {
     /// The snapshot's id, as `GET /v1/vms/{key}/backups` lists it.
     #[schemars(regex(pattern = "^[0-9a-f]{8,64}$"))]
     pub snapshot: String,
+    /// Restore into a new VM of this name instead (like the VM: size, image, pools, owner,
+    /// with addresses of its own): the VM itself is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::names::NAME_PATTERN))]
+    pub into: Option<String>,
 }
 
 /// `PUT /v1/backup-targets/{name}`: a restic repository backups go into.

@@ -283,7 +283,7 @@ pub struct VmBackups {
     /// disk is to be made from. Its placed host dumps it into a new disk before anything
     /// runs; no other disk may be claimed for the VM meanwhile (never a blank one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recover: Option<BackupSnapshot>,
+    pub recover: Option<Recover>,
     /// The schedule it follows.
     #[serde(default, skip_serializing_if = "ScheduleChoice::is_plan")]
     pub schedule: ScheduleChoice,
@@ -445,6 +445,23 @@ mod tests {
         let long = "é".repeat(MAX_ERROR);
         let cut = short_error(&long);
         assert!(cut.len() <= MAX_ERROR && long.starts_with(&cut));
+    }
+}
+
+/// A disk to be made from a backup before its VM first runs: after `hearth restore`, or for
+/// a new VM restored from another's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Recover {
+    pub snapshot: BackupSnapshot,
+    /// The VM the snapshot is of, when not this one (its file is `ID.raw` inside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<String>,
+}
+
+impl Recover {
+    /// A VM's own snapshot.
+    pub fn own(snapshot: BackupSnapshot) -> Recover {
+        Recover { snapshot, of: None }
     }
 }
 

@@ -41,6 +41,10 @@ pub enum BackupCommand {
         /// Do not ask: the VM's disk is replaced by the snapshot's.
         #[arg(long)]
         yes: bool,
+        /// Restore into a new VM of this name instead, like VM (size, image, pools,
+        /// owner) with addresses of its own; VM is left as it is, and nothing is asked.
+        #[arg(long, value_name = "NAME")]
+        into: Option<String>,
         /// Return once the restore is asked for.
         #[arg(long)]
         no_wait: bool,
@@ -227,7 +231,15 @@ pub fn backup(client: &ApiClient, json: bool, command: BackupCommand) -> Result<
         BackupCommand::Restore {
             vm,
             snapshot,
+            yes: _,
+            into: Some(into),
+            no_wait,
+        } => restore_into(client, json, (&vm, &snapshot), &into, no_wait),
+        BackupCommand::Restore {
+            vm,
+            snapshot,
             yes,
+            into: None,
             no_wait,
         } => restore(client, json, &vm, &snapshot, yes, no_wait),
         BackupCommand::Schedule {
@@ -371,6 +383,57 @@ fn confirm(vm: &str, snapshot: &BackupSnapshot) -> Result<(), ClientError> {
 
 /// Asks for a restore, then follows it until the VM runs (or stays stopped) on the
 /// snapshot's disk, or it is given up.
+/// `hearth backup restore VM SNAPSHOT --into NEW`: a new VM from VM's snapshot; waits
+/// until its disk is made (unless `no_wait`).
+fn restore_into(
+    client: &ApiClient,
+    json: bool,
+    (vm, snapshot): (&str, &str),
+    into: &str,
+    no_wait: bool,
+) -> Result<(), ClientError> {
+    let body = RestoreBackup {
+        snapshot: snapshot.to_owned(),
+        into: Some(into.to_owned()),
+    };
+    let answer: Value = client.post_json(&format!("/v1/vms/{vm}/restore"), &body)?;
+    if no_wait {
+        report(
+            json,
+            &answer,
+            &format!("{into}: created from {vm}'s snapshot {snapshot}"),
+        );
+        return Ok(());
+    }
+    eprintln!("{into}: created; its worker makes its disk from {vm}'s snapshot {snapshot}");
+    let mut said = String::new();
+    loop {
+        let row: BackupRow = client.get(&format!("/v1/vms/{into}/backups"))?;
+        if let Some(done) = row
+            .backups
+            .restored
+            .filter(|_| row.backups.recover.is_none())
+        {
+            if json {
+                print_json(&done);
+            } else {
+                println!(
+                    "{into}: made from {vm}'s snapshot {snapshot}: its disk is as {vm}'s was at {} (UTC)",
+                    crate::output::time_ms(done.snapshot_time_ms)
+                );
+            }
+            return Ok(());
+        }
+        let vm_row: hearth_types::api::VmRow = client.get(&format!("/v1/vms/{into}"))?;
+        let line = vm_row.vm.message.clone().unwrap_or_default();
+        if line != said && !line.is_empty() && !json {
+            eprintln!("{into}: {line}");
+            said = line;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn restore(
     client: &ApiClient,
     json: bool,
@@ -390,6 +453,7 @@ fn restore(
     }
     let body = RestoreBackup {
         snapshot: snapshot.to_owned(),
+        into: None,
     };
     let answer: Value = client.post_json(&format!("/v1/vms/{vm}/restore"), &body)?;
     if no_wait {

@@ -11,7 +11,9 @@
 //! limits a member's own backups a day, and a VM's own schedule or none replaces it. And
 //! disaster recovery: every server's state wiped, `hearth restore --from REPO` on the
 //! reinstalled server brings back the accounts and VMs with their addresses, each VM's disk
-//! from its newest backup (a VM never backed up is lost, never given a blank disk).
+//! from its newest backup (a VM never backed up is lost, never given a blank disk), and the
+//! member makes a new VM from a snapshot of hers. A second backend: an S3 bucket (moto's
+//! server), its keys in an env file.
 
 use std::path::Path;
 
@@ -584,6 +586,74 @@ fn a_plans_schedule_backs_up_at_once_then_daily_keeps_what_it_says_and_limits_me
     assert!(stderr.contains("plan default"), "{stderr}");
 }
 
+#[test]
+fn a_guest_is_backed_up_into_an_s3_bucket_with_keys_from_an_env_file() {
+    let s3 = hearth_testkit::S3Server::start();
+    let cluster = one_worker("");
+    let agent = &cluster.agents[0];
+    create_tiny(agent, "box", &[]);
+    let row = hearth_testkit::vms::wait_phase(agent, "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    ticks_past(agent, &id, 3);
+
+    let work = TempDir::new("s3-target");
+    let password = work.path().join("password");
+    std::fs::write(&password, "the co-op's restic password\n").unwrap();
+    let env_file = work.path().join("s3.env");
+    let secret = "a-secret-key-of-the-bucket";
+    std::fs::write(
+        &env_file,
+        format!("# the bucket's keys\nAWS_ACCESS_KEY_ID=hearth\nAWS_SECRET_ACCESS_KEY={secret}\n"),
+    )
+    .unwrap();
+    let location = format!("s3:{}/hearth-backups", s3.endpoint);
+    agent.cli(&[
+        "backup",
+        "target",
+        "put",
+        "s3",
+        "--location",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+        "--env-file",
+        env_file.to_str().unwrap(),
+    ]);
+    let out = agent.cli(&["backup", "now", "box"]);
+    assert!(out.contains("stored in s3"), "{out}");
+    let before = last_tick(agent, &id);
+    ticks_past(agent, &id, before + 3);
+    let out = agent.cli(&["backup", "now", "box"]);
+    assert!(out.contains("stored in s3"), "{out}");
+    let row = backups_of(agent, "box");
+    let snapshots = row["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{row}");
+    let added = snapshots[1]["added_bytes"].as_u64().unwrap();
+    assert!(added < 8 << 20, "the second run added {added} bytes");
+
+    // In the bucket: the second snapshot dumps back to the disk as it was then.
+    let env =
+        hearth_compute::restic::env_lines(&std::fs::read_to_string(&env_file).unwrap()).unwrap();
+    let repo = Repo {
+        location,
+        password_file: password.clone(),
+        cache_dir: work.path().join("cache"),
+        env,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dumped = work.path().join("dumped.raw");
+    let snapshot = snapshots[1]["id"].as_str().unwrap();
+    runtime.block_on(repo.dump(&id, snapshot, &dumped)).unwrap();
+    let tick = disk_tick_as(&dumped, "raw").unwrap();
+    assert!(
+        tick + 1 >= before + 3,
+        "the copy's tick {tick}, the guest's {before} + 3 before"
+    );
+    // The keys stay in their file: the cluster's state names the file, never the key.
+    let state = agent.api_json("/v1/desired").unwrap().to_string();
+    assert!(state.contains("s3.env") && !state.contains(secret));
+}
+
 /// Kills the agent and the QEMU processes it started, and wipes its data directory: the
 /// server is gone with everything on it but its config.
 fn burn_down(agent: &mut TestAgent) {
@@ -750,6 +820,28 @@ fn the_whole_cluster_comes_back_from_its_backup_repository_on_a_wiped_server() {
     assert!(
         number(later_id) > number(&id).max(number(scratch)),
         "{later_id}"
+    );
+
+    // Alice makes a second VM from box's backup: a new address, the same disk then.
+    let out = agent.cli_ok_as(
+        &alice,
+        &["backup", "restore", "box", &snapshot, "--into", "copy"],
+    );
+    assert!(out.contains("copy: made from box's snapshot"), "{out}");
+    let row = hearth_testkit::vms::wait_phase(agent, "copy", "running");
+    let copy = row["id"].as_str().unwrap().to_owned();
+    assert_ne!(row["ips"][0]["address"], address, "{row}");
+    let text = eventually("the copy's boot", BOOT, || {
+        let text = console(agent, &copy);
+        match hearth_testkit::vms::last_tick_at_boot(&text, 1) {
+            Some(_) => Ok(text),
+            None => Err(text),
+        }
+    });
+    assert_eq!(
+        hearth_testkit::vms::last_tick_at_boot(&text, 1),
+        Some(backed_up),
+        "{text}"
     );
 
     // The cluster holds something now: a second restore is refused, naming what.

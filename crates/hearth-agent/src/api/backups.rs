@@ -238,10 +238,17 @@ async fn restore(
         Ok((_, vm)) => vm,
         Err(answer) => return answer,
     };
-    let command = BackupCommand::Restore {
-        vm: vm.value.id.clone(),
-        snapshot: asked.snapshot,
-        by: asker(&caller),
+    let command = match asked.into {
+        Some(name) => BackupCommand::RestoreInto {
+            vm: vm.value.id.clone(),
+            snapshot: asked.snapshot,
+            name,
+        },
+        None => BackupCommand::Restore {
+            vm: vm.value.id.clone(),
+            snapshot: asked.snapshot,
+            by: asker(&caller),
+        },
     };
     write(&state, backup(command)).await
 }

@@ -4,7 +4,7 @@
 
 use hearth_types::account::AccountRole;
 use hearth_types::backup::{
-    BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, RestoreRun, RestoreStage, Restored,
+    BackupSnapshot, BackupTarget, MAX_SNAPSHOTS, Recover, RestoreRun, RestoreStage, Restored,
     ScheduleChoice, StateSnapshot, VmBackups, policy_of, short_error,
 };
 use hearth_types::compute::{Power, Vm};
@@ -98,6 +98,14 @@ pub enum BackupCommand {
         stage: RestoreStage,
         result: RestoreResult,
     },
+    /// A new VM named `name`, like `vm` (size, image, pools, owner) with addresses of its
+    /// own, whose disk is made from `vm`'s snapshot `snapshot` before it first runs; `vm` is
+    /// left as it is. A member's counts against their plan, as a creation does.
+    RestoreInto {
+        vm: String,
+        snapshot: String,
+        name: String,
+    },
     /// After `hearth restore`: `host` made the VM's disk of `generation` from backup
     /// `snapshot` (its `recover`), which becomes the disk's home (`model::restore`).
     Recovered {
@@ -131,6 +139,8 @@ impl BackupCommand {
             BackupCommand::PutTarget { target, .. } => format!("backup-target/{}", target.name),
             BackupCommand::RemoveTarget { name, .. } => format!("backup-target/{name}"),
             BackupCommand::StateBackup { target, .. } => format!("state-backup/{target}"),
+            // A creation: never two in one batch, so plans count them one after the other.
+            BackupCommand::RestoreInto { .. } => "vm-create".into(),
             // A restore changes the VM itself (its power, its disk's generation).
             BackupCommand::Ask { vm, .. }
             | BackupCommand::SetSchedule { vm, .. }
@@ -197,7 +207,58 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             generation,
             snapshot,
         } => super::restore::recovered(state, vm, host, *generation, snapshot),
+        BackupCommand::RestoreInto { vm, snapshot, name } => {
+            restore_into(state, vm, snapshot, name, index)
+        }
     }
+}
+
+fn restore_into(
+    state: &mut DesiredState,
+    source: &str,
+    snapshot: &str,
+    name: &str,
+    index: u64,
+) -> Outcome {
+    let Some(entry) = state.compute.vms.get(source) else {
+        return invalid(format!("vm: no VM {source}"));
+    };
+    let from = entry.value.request.name.clone();
+    let found = (state.backups.vms.get(source))
+        .and_then(|b| b.snapshots.iter().find(|s| s.id == snapshot))
+        .cloned();
+    let Some(found) = found else {
+        return invalid(format!(
+            "snapshot: {from} has no snapshot {snapshot} (hearth backups {from})"
+        ));
+    };
+    if !state.backups.targets.contains_key(&found.target) {
+        return refused(format!(
+            "snapshot: its backup target {} was removed",
+            found.target
+        ));
+    }
+    let mut request = entry.value.request.clone();
+    request.name = name.to_owned();
+    request.power = Power::Running;
+    let base = entry.value.base.clone();
+    let create = ComputeCommand::CreateVm { request };
+    let outcome = super::apply_compute(state, &create, index);
+    if let Outcome::Created { id, .. } = &outcome {
+        if let Some(vm) = state.compute.vms.get_mut(id) {
+            // The same image beneath it as the VM it comes from.
+            vm.value.base = base.or(vm.value.base.take());
+            vm.value.message = Some(format!(
+                "its disk is to be made from backup {snapshot} of {from}"
+            ));
+        }
+        let backups = state.backups.vms.entry(id.clone()).or_default();
+        backups.recover = Some(Recover {
+            snapshot: found,
+            of: Some(source.to_owned()),
+        });
+    }
+    outcome
 }
 
 /// Removes target `name`, unless a run, a restore or a schedule uses it.
@@ -206,7 +267,7 @@ fn remove_target(state: &mut DesiredState, name: &str, expect: Expect) -> Outcom
         .filter(|(_, b)| {
             (b.pending() && b.target == name)
                 || (b.restore.as_ref()).is_some_and(|r| r.snapshot.target == name)
-                || (b.recover.as_ref()).is_some_and(|r| r.target == name)
+                || (b.recover.as_ref()).is_some_and(|r| r.snapshot.target == name)
         })
         .map(|(vm, _)| vm.as_str())
         .collect();
@@ -250,11 +311,11 @@ fn schedule_using(state: &DesiredState, name: &str) -> Option<String> {
 pub(super) fn blocks(state: &DesiredState, command: &ComputeCommand) -> Option<String> {
     // A disk to be recovered from a backup: no other may be claimed for the VM.
     if let ComputeCommand::ClaimDisk { vm, .. } = command
-        && let Some(snapshot) = (state.backups.vms.get(vm)).and_then(|b| b.recover.as_ref())
+        && let Some(recover) = (state.backups.vms.get(vm)).and_then(|b| b.recover.as_ref())
     {
         return Some(format!(
             "vm: the disk of {vm} is to be recovered from backup {}",
-            snapshot.id
+            recover.snapshot.id
         ));
     }
     let vm = match command {
@@ -910,6 +971,76 @@ mod tests {
         let backups = &state.backups.vms["vm-1"];
         assert!(!backups.restoring());
         assert_eq!(backups.restored.as_ref().unwrap().snapshot, "abc");
+    }
+
+    #[test]
+    fn a_restore_into_a_new_vm_creates_it_waiting_for_the_snapshot_and_counts_on_the_plan() {
+        let mut state = state();
+        state.compute.images.insert(
+            "tiny".into(),
+            Versioned {
+                version: 1,
+                value: hearth_types::compute::Image {
+                    name: "tiny".into(),
+                    format: "qcow2".into(),
+                    arch: hearth_types::compute::Arch::X86_64,
+                    disk: hearth_types::compute::Blob {
+                        sha256: "a".repeat(64),
+                        size_bytes: 1,
+                    },
+                    kernel: None,
+                    initrd: None,
+                    append: None,
+                },
+            },
+        );
+        member(&mut state, "ana", None);
+        assert!(apply(&mut state, &ask_of("vm-1", "local"), 2).changed());
+        store(&mut state, "abc", &[], 3);
+        let into = |snapshot: &str, name: &str| BackupCommand::RestoreInto {
+            vm: "vm-1".into(),
+            snapshot: snapshot.into(),
+            name: name.into(),
+        };
+        // No such snapshot, or a taken name: nothing changes.
+        for (bad, why) in [
+            (into("nope", "web2"), "no snapshot"),
+            (into("abc", "web"), "exists"),
+        ] {
+            let before = state.clone();
+            let Outcome::Invalid { message } = apply(&mut state, &bad, 4) else {
+                panic!("{bad:?} was taken");
+            };
+            assert!(message.contains(why), "{message}");
+            assert_eq!(state, before);
+        }
+        let Outcome::Created { id, .. } = apply(&mut state, &into("abc", "web2"), 5) else {
+            panic!("not created");
+        };
+        let vm = &state.compute.vms[&id].value;
+        assert_eq!(
+            (vm.request.name.as_str(), vm.request.owner.as_str()),
+            ("web2", "ana")
+        );
+        assert_eq!((vm.disk.host.as_deref(), vm.host.as_deref()), (None, None));
+        let recover = state.backups.vms[&id].recover.as_ref().unwrap();
+        assert_eq!(
+            (recover.snapshot.id.as_str(), recover.of.as_deref()),
+            ("abc", Some("vm-1"))
+        );
+        // The VM it came from is left as it was.
+        assert_eq!(
+            state.compute.vms["vm-1"].value.disk.host.as_deref(),
+            Some("w1")
+        );
+        // A member's plan counts it: with room for one VM, a second is refused.
+        state.accounts.get_mut("ana").unwrap().value.quota.vms = Some(2);
+        let before = state.clone();
+        assert!(matches!(
+            apply(&mut state, &into("abc", "web3"), 6),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(state, before);
     }
 
     #[test]

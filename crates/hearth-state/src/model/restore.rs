@@ -7,7 +7,7 @@
 //! dropped, and this cluster's own hosts replace the old ones. Log indexes count on from
 //! the old cluster's (`DesiredState::index_base`), so no version or VM id is used twice.
 
-use hearth_types::backup::{BackupSnapshot, Restored, StateRestore, VmBackups};
+use hearth_types::backup::{BackupSnapshot, Recover, Restored, StateRestore, VmBackups};
 use hearth_types::compute::{DiskHome, Phase, Vm};
 use hearth_types::desired::DesiredState;
 
@@ -113,8 +113,7 @@ fn bring_back_vms(next: &mut DesiredState, restore: &StateRestore, index: u64) {
         vm.replica = None;
         vm.adopt_replica = None;
         let newest = newest_backup(vm, backups, restore.snapshots.get(&id))
-            .filter(|s| targets.contains_key(&s.target))
-            .cloned();
+            .filter(|r| targets.contains_key(&r.snapshot.target));
         let had_disk = vm.disk.host.is_some()
             || backups.recover.is_some()
             || (vm.disk.generation == 0 && ran_before(vm));
@@ -123,7 +122,7 @@ fn bring_back_vms(next: &mut DesiredState, restore: &StateRestore, index: u64) {
                 vm.host = None;
                 vm.set_phase(Phase::Pending, None, index);
             }
-            (true, Some(snapshot)) => {
+            (true, Some(recover)) => {
                 vm.host = None;
                 // A copy of the old disk somewhere is stale: the recovered one is newer.
                 vm.disk = DiskHome {
@@ -132,10 +131,16 @@ fn bring_back_vms(next: &mut DesiredState, restore: &StateRestore, index: u64) {
                 };
                 let message = format!(
                     "its disk is to be recovered from backup {} in {}",
-                    snapshot.id, snapshot.target
+                    recover.snapshot.id, recover.snapshot.target
                 );
                 vm.set_phase(Phase::Pending, Some(message), index);
-                backups.recover = Some(snapshot);
+                // A snapshot only the repository knew is listed with the others.
+                let snapshot = &recover.snapshot;
+                if recover.of.is_none() && !backups.snapshots.iter().any(|s| s.id == snapshot.id) {
+                    backups.snapshots.push(snapshot.clone());
+                    backups.snapshots.sort_by_key(|s| s.time_ms);
+                }
+                backups.recover = Some(recover);
             }
             (true, None) => {
                 vm.host = vm.disk.host.clone().or(vm.host.take());
@@ -159,16 +164,11 @@ fn settle(backups: &mut VmBackups) {
 /// The newest snapshot a VM's disk may be recovered from: one the state recorded of its
 /// current disk (not of one an admin gave up), one the repository holds that the state
 /// backup could not record yet, or the one an earlier recovery was still to make.
-fn newest_backup<'a>(
-    vm: &Vm,
-    backups: &'a VmBackups,
-    newer: Option<&'a BackupSnapshot>,
-) -> Option<&'a BackupSnapshot> {
+fn newest_backup(vm: &Vm, backups: &VmBackups, newer: Option<&BackupSnapshot>) -> Option<Recover> {
     let recorded = (backups.snapshots.iter()).filter(|s| s.generation == vm.disk.generation);
-    recorded
-        .chain(newer)
-        .chain(backups.recover.as_ref())
-        .max_by_key(|s| s.time_ms)
+    let own = recorded.chain(newer).cloned().map(Recover::own);
+    own.chain(backups.recover.clone())
+        .max_by_key(|r| r.snapshot.time_ms)
 }
 
 /// For states written before disks had homes: the phase says the VM ran.
@@ -205,7 +205,7 @@ pub(super) fn recovered(
         return Outcome::Nothing; // Recorded already; the answer was lost.
     }
     let fenced = state.compute.hosts.get(host).is_some_and(|h| h.fenced);
-    let waiting = backups.recover.as_ref().filter(|s| s.id == snapshot);
+    let waiting = (backups.recover.as_ref().map(|r| &r.snapshot)).filter(|s| s.id == snapshot);
     let Some(from) = waiting else {
         return conflict;
     };

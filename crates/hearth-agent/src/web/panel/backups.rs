@@ -108,6 +108,7 @@ async fn restore(
     let back = format!("/panel/vms/{vm}/backups");
     let request = RestoreBackup {
         snapshot: snapshot.to_owned(),
+        into: None,
     };
     let path = format!("/v1/vms/{vm}/restore");
     let result = session

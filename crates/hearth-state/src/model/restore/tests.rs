@@ -120,8 +120,17 @@ fn a_new_cluster_takes_the_state_and_each_vm_waits_for_its_newest_backup() {
         "a new disk of the next generation, no home yet"
     );
     let backups = &state.backups.vms["vm-10"];
-    assert_eq!(backups.recover.as_ref().map(|s| s.id.as_str()), Some("s3"));
+    assert_eq!(
+        backups.recover.as_ref().map(|r| r.snapshot.id.as_str()),
+        Some("s3")
+    );
     assert!(!backups.pending(), "the run under way is dropped");
+    let listed: Vec<&str> = backups.snapshots.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        listed,
+        ["s1", "s2", "s3"],
+        "the repository's snapshot is listed"
+    );
 
     // Never backed up: lost where its disk was, never given a new one.
     let db = &state.compute.vms["vm-11"].value;
