@@ -90,8 +90,22 @@ install_qemu() {
     esac
 }
 
+# QEMU's rbd driver (Ceph RBD disks) is in qemu-block-extra, of the same version again.
+install_block_extra() {
+    local system_version codename
+    system_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+    case "$system_version" in
+        *~bpo*)
+            codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+            apt_install -t "$codename-backports" qemu-block-extra
+            ;;
+        *) apt_install qemu-block-extra ;;
+    esac
+}
+
 install_host_tools() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || install_qemu
+    qemu-img --help 2>/dev/null | grep -qw rbd || install_block_extra
     command -v qemu-img >/dev/null 2>&1 || apt_install qemu-utils
     command -v genisoimage >/dev/null 2>&1 || command -v xorriso >/dev/null 2>&1 ||
         command -v cloud-localds >/dev/null 2>&1 || apt_install genisoimage

@@ -3,7 +3,7 @@
 # tests need (dig from dnsutils, knotd from knot as the external primary of the push tests
 # and as the root zone of the Zonemaster test, zonemaster-cli,
 # nftables and iptables for the chaos runner, prometheus for the monitoring tests, python3-venv for Schemathesis, chromium and chromium-driver for the web panel's browser
-# tests, libfaketime to move an agent's clock to a month's end, restic for backups, QEMU and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
+# tests, libfaketime to move an agent's clock to a month's end, restic for backups, a single-node Ceph's daemons, QEMU with its rbd driver and the test guest for the VM tests), then runs every test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,11 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # Backups go into restic repositories.
 command -v restic >/dev/null 2>&1 || need+=(restic)
+# The RBD tests start a real single-node Ceph (a monitor, a manager, a memstore OSD).
+command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+command -v ceph-mgr >/dev/null 2>&1 || need+=(ceph-mgr)
+command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+command -v rbd >/dev/null 2>&1 || need+=(ceph-common)
 # A member's month end moves the agent's wall clock with libfaketime.
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 # The web panel's end-to-end tests drive Debian's headless Chromium through chromedriver.

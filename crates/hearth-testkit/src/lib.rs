@@ -15,6 +15,7 @@ pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7480;
 pub const RPC_PORT: u16 = 7947;
 pub const DNS_PORT: u16 = 8053;
+pub mod ceph;
 pub mod clock;
 pub mod delay;
 pub mod netns;
@@ -59,6 +60,14 @@ pub fn test_guest() -> PathBuf {
     dir
 }
 
+/// A free TCP port on 127.0.0.1: the kernel's choice, released for a server to take.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// An S3 server on loopback (moto's, installed by `scripts/test.sh` in `target/moto`),
 /// stopped on drop: a restic backend other than a directory. Any key is accepted.
 pub struct S3Server {
@@ -75,11 +84,7 @@ impl S3Server {
             "{} is missing: run ./scripts/test.sh, which installs moto there",
             bin.display()
         );
-        // A free port: the kernel's choice, released just before the server takes it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
