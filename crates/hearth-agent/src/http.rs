@@ -83,7 +83,22 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             ((*key).to_owned(), u64::from(problem))
         })
         .collect();
+    let state_backups: Vec<(String, u64, u64)> = desired.as_ref().map_or_else(Vec::new, |d| {
+        (d.backups.targets.keys())
+            .map(|target| {
+                let backups = d.backups.state.get(target);
+                let failures = backups.map_or(0, |b| u64::from(b.failures));
+                let last = backups.and_then(|b| b.last.as_ref());
+                (
+                    target.clone(),
+                    failures,
+                    last.map_or(0, |l| l.time_ms / 1000),
+                )
+            })
+            .collect()
+    });
     let body = render(&MetricsSources {
+        state_backups: &state_backups,
         raft: raft.as_ref(),
         secret_files: &secret_files,
         host: &host,

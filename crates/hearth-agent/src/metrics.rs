@@ -39,6 +39,9 @@ pub struct MetricsSources<'a> {
     /// Closed invoices the webhook has not taken yet, by whether attempts are left
     /// (`waiting`) or all were spent (`failed`); none on a node that holds no state.
     pub webhook: (u64, u64),
+    /// Per backup target: the failed attempts to back the state up since the last stored
+    /// one, and when that was (Unix seconds; 0: never); none on a node without the state.
+    pub state_backups: &'a [(String, u64, u64)],
 }
 
 /// One metric family: its name, type, help text and label, and how to read its samples.
@@ -280,6 +283,28 @@ const FAMILIES: &[Family] = &[
         help: "Backup attempts that failed on this worker (each is retried, 3 attempts in all; hearth backups says why).",
         label: None,
         samples: |src| one(load(&src.compute.backup_failures)),
+    },
+    Family {
+        name: "hearth_state_backup_failures",
+        kind: "gauge",
+        help: "Failed attempts to back the cluster's state up into this target since the last stored one (servers and witnesses; hearth backups --state says why).",
+        label: Some("target"),
+        samples: |src| {
+            (src.state_backups.iter())
+                .map(|(t, failures, _)| (t.clone(), *failures))
+                .collect()
+        },
+    },
+    Family {
+        name: "hearth_state_backup_last_stored_seconds",
+        kind: "gauge",
+        help: "When the cluster's state was last stored into this target, Unix seconds (0: never); alert on time() minus it.",
+        label: Some("target"),
+        samples: |src| {
+            (src.state_backups.iter())
+                .map(|(t, _, last)| (t.clone(), *last))
+                .collect()
+        },
     },
     Family {
         name: "hearth_invoice_webhooks",
@@ -580,7 +605,12 @@ mod tests {
             }),
             secret_files: &[("secret_file".into(), 1)],
             webhook: (2, 1),
+            state_backups: &[("local".into(), 2, 1_700_000_000)],
         });
+        assert!(text.contains("hearth_state_backup_failures{target=\"local\"} 2\n"));
+        assert!(
+            text.contains("hearth_state_backup_last_stored_seconds{target=\"local\"} 1700000000\n")
+        );
         assert!(text.contains("hearth_invoice_webhooks{state=\"waiting\"} 2\n"));
         assert!(text.contains("hearth_invoice_webhooks{state=\"failed\"} 1\n"));
         for family in FAMILIES {
