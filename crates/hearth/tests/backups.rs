@@ -391,6 +391,25 @@ fn in_the_panel(
         Some(backed_up),
         "{text}"
     );
+
+    // The same page makes a new VM from the snapshot instead, named as she says.
+    browser.goto(&format!("{page}/{snapshot}/restore"));
+    browser.fill("#restore-new input[name=name]", "box-then");
+    browser.click("#restore-new button");
+    eventually("the panel to say it is made", BOOT, || {
+        let shown = browser.source();
+        match shown.contains("box-then is made") {
+            true => Ok(()),
+            false => Err(shown),
+        }
+    });
+    let row: serde_json::Value =
+        serde_json::from_str(&ok_as(agent, mia, &["backups", "box-then", "--json"])).unwrap();
+    let from = row["recover"]["snapshot"]["id"]
+        .as_str()
+        .or(row["restored"]["snapshot"].as_str());
+    assert_eq!(from, Some(snapshot.as_str()), "{row}");
+    assert_eq!(row["owner"], "mia", "{row}");
 }
 
 /// The time of day `minutes` ago, UTC, as `HH:MM`.

@@ -6,7 +6,7 @@ use hearth_types::api::BackupRow;
 use hearth_types::backup::BackupSnapshot;
 
 use super::escape;
-use super::pages::{Chrome, frame, post_button};
+use super::pages::{Chrome, frame, hidden_csrf, post_button};
 
 /// A time in Unix milliseconds, as the pages write it (UTC, to the second).
 fn time_of(ms: u64) -> String {
@@ -122,6 +122,16 @@ fn schedule_of(row: &BackupRow) -> String {
 }
 
 /// `/panel/vms/{id}/backups/{snapshot}/restore`: the one confirmation.
+/// The form that makes a new VM from the snapshot, leaving the VM as it is.
+fn new_vm_form(chrome: &Chrome, base: &str, name: &str, snapshot: &str, when: &str) -> String {
+    format!(
+        "<h2>Or make a new VM from it</h2>\n<p>A new VM like <strong>{name}</strong>, with addresses of its own, starts on the disk as it was at {when} UTC; {name} is left as it is.</p>\n<form id=\"restore-new\" method=\"post\" action=\"{base}/{}/restore-new\">{}<label>Name <input name=\"name\" required pattern=\"[a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?\" value=\"{name}-restored\"></label> <button type=\"submit\">Make the new VM</button></form>\n",
+        escape(snapshot),
+        hidden_csrf(chrome.csrf),
+        name = escape(name),
+    )
+}
+
 pub fn restore_page(chrome: &Chrome, name: &str, vm: &str, snapshot: &BackupSnapshot) -> String {
     let when = time_of(snapshot.time_ms);
     let base = format!("/panel/vms/{vm}/backups");
@@ -135,5 +145,6 @@ pub fn restore_page(chrome: &Chrome, name: &str, vm: &str, snapshot: &BackupSnap
         ),
         name = escape(name),
     );
+    let body = body + &new_vm_form(chrome, &base, name, &snapshot.id, &when);
     frame(chrome, &format!("Restore {name} · hearth"), &body)
 }

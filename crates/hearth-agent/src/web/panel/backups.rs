@@ -1,5 +1,5 @@
 //! The routes of a VM's backups in the panel: the list, "Back up now", and a restore (one
-//! click on a snapshot, one confirmation). Each goes through `/v1/vms/{vm}/backups` and
+//! click on a snapshot, one confirmation), or a new VM made from a snapshot. Each goes through `/v1/vms/{vm}/backups` and
 //! `/restore` in-process, so the panel is authorized and validated exactly as the API is.
 
 use axum::Router;
@@ -22,6 +22,10 @@ pub(super) fn routes() -> Router<ApiState> {
         .route(
             "/panel/vms/{vm}/backups/{snapshot}/restore",
             get(confirm_restore).post(restore),
+        )
+        .route(
+            "/panel/vms/{vm}/backups/{snapshot}/restore-new",
+            axum::routing::post(restore_new),
         )
 }
 
@@ -116,5 +120,41 @@ async fn restore(
         .await;
     after(&back, result, |_| {
         "Restoring: the VM stops, and starts again on the backup's disk.".to_owned()
+    })
+}
+
+/// The new VM's name, from the restore page's second form.
+#[derive(serde::Deserialize)]
+struct NewVmFrom {
+    csrf: String,
+    name: String,
+}
+
+impl CsrfField for NewVmFrom {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+async fn restore_new(
+    State(state): State<ApiState>,
+    Path((vm, snapshot)): Path<(String, String)>,
+    Posted { session, form }: Posted<NewVmFrom>,
+) -> Response {
+    let (Some(vm), Some(snapshot)) = (segment(&vm), segment(&snapshot)) else {
+        return bad_segment(&session, "snapshot");
+    };
+    let back = format!("/panel/vms/{vm}/backups");
+    let request = RestoreBackup {
+        snapshot: snapshot.to_owned(),
+        into: Some(form.name.trim().to_owned()),
+    };
+    let path = format!("/v1/vms/{vm}/restore");
+    let result = session
+        .api(&state, Method::POST, &path, body(&request))
+        .await;
+    let name = request.into.clone().unwrap_or_default();
+    after(&back, result, move |_| {
+        format!("{name} is made: its disk comes from the backup before it first starts.")
     })
 }
