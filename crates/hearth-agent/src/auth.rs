@@ -296,45 +296,18 @@ pub const MIN_PASSWORD: usize = 10;
 pub(crate) mod tests {
     use super::*;
     use hearth_types::account::Account;
-    use hearth_types::compute::{Arch, Phase, Power, Vm, VmRequest};
+    use hearth_types::compute::Vm;
     use hearth_types::desired::Versioned;
 
     /// A pending VM `id` named `name` of `owner`.
     fn vm(id: &str, name: &str, owner: &str) -> Versioned<Vm> {
+        let mut vm = Vm::example(id, name, owner);
+        vm.request.memory_mib = 256;
+        vm.phase_since = 1;
+        vm.disk = Default::default();
         Versioned {
             version: 1,
-            value: Vm {
-                id: id.into(),
-                request: VmRequest {
-                    name: name.into(),
-                    owner: owner.into(),
-                    arch: Arch::X86_64,
-                    vcpus: 1,
-                    memory_mib: 256,
-                    disk_gib: 1,
-                    image: "tiny".into(),
-                    ssh_keys: vec![],
-                    pools: vec![],
-                    io: Default::default(),
-                    power: Power::Running,
-                    replicas: 1,
-                },
-                ips: vec![],
-                host: None,
-                deleting: false,
-                phase: Phase::Pending,
-                message: None,
-                phase_since: 1,
-                reboots_asked: 0,
-                reboots_done: 0,
-                disk: Default::default(),
-                base: None,
-                migration: None,
-                moved_from: None,
-                move_given_up: None,
-                replica: None,
-                adopt_replica: None,
-            },
+            value: vm,
         }
     }
 

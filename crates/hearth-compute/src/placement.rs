@@ -347,7 +347,7 @@ pub fn plan(desired: &DesiredState, view: &View) -> Vec<ComputeCommand> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_types::compute::{Arch, Host, IoLimits, Power, VmRequest};
+    use hearth_types::compute::Host;
     use hearth_types::desired::Versioned;
     use hearth_types::{Member, NodeMeta};
 
@@ -368,44 +368,19 @@ mod tests {
     }
 
     fn vm(id: &str, memory_mib: u64, host: Option<&str>) -> Versioned<Vm> {
+        let mut vm = Vm::example(id, id, "alice");
+        vm.request.memory_mib = memory_mib;
+        vm.host = host.map(Into::into);
+        vm.phase = if host.is_some() {
+            Phase::Running
+        } else {
+            Phase::Pending
+        };
+        vm.phase_since = 1;
+        vm.disk = Default::default();
         Versioned {
             version: 1,
-            value: Vm {
-                id: id.into(),
-                request: VmRequest {
-                    name: id.into(),
-                    owner: "alice".into(),
-                    arch: Arch::X86_64,
-                    vcpus: 1,
-                    memory_mib,
-                    disk_gib: 1,
-                    image: "tiny".into(),
-                    ssh_keys: vec![],
-                    pools: vec![],
-                    io: IoLimits::default(),
-                    power: Power::Running,
-                    replicas: 1,
-                },
-                ips: vec![],
-                host: host.map(Into::into),
-                deleting: false,
-                phase: if host.is_some() {
-                    Phase::Running
-                } else {
-                    Phase::Pending
-                },
-                message: None,
-                phase_since: 1,
-                reboots_asked: 0,
-                reboots_done: 0,
-                disk: Default::default(),
-                base: None,
-                migration: None,
-                moved_from: None,
-                move_given_up: None,
-                replica: None,
-                adopt_replica: None,
-            },
+            value: vm,
         }
     }
 

@@ -1056,38 +1056,9 @@ mod tests {
 
         // An account that owns VMs cannot be removed: the next account of that name would
         // get them.
-        let mut vm = hearth_types::compute::Vm {
-            id: "vm-9".into(),
-            request: hearth_types::compute::VmRequest {
-                name: "web".into(),
-                owner: "alice".into(),
-                arch: hearth_types::compute::Arch::X86_64,
-                vcpus: 1,
-                memory_mib: 64,
-                disk_gib: 1,
-                image: "tiny".into(),
-                ssh_keys: vec![],
-                pools: vec![],
-                io: Default::default(),
-                power: hearth_types::compute::Power::Running,
-                replicas: 1,
-            },
-            ips: vec![],
-            host: None,
-            deleting: false,
-            phase: hearth_types::compute::Phase::Pending,
-            message: None,
-            phase_since: 8,
-            reboots_asked: 0,
-            reboots_done: 0,
-            disk: Default::default(),
-            base: None,
-            migration: None,
-            moved_from: None,
-            move_given_up: None,
-            replica: None,
-            adopt_replica: None,
-        };
+        let mut vm = hearth_types::compute::Vm::example("vm-9", "web", "alice");
+        vm.phase_since = 8;
+        vm.disk = Default::default();
         state.compute.vms.insert(
             "vm-9".into(),
             Versioned {

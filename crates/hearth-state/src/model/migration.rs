@@ -283,45 +283,20 @@ pub(super) fn abort(compute: &mut Compute, key: &str, why: &str, index: u64) -> 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use hearth_types::compute::{Arch, Host, IoLimits, Power, VmRequest};
+    use hearth_types::compute::Host;
 
     /// vm-1 (db1), running on w1 from its own disk of generation 3.
     pub(in crate::model) fn vm_on_w1() -> Vm {
-        Vm {
-            id: "vm-1".into(),
-            request: VmRequest {
-                name: "db1".into(),
-                owner: "alice".into(),
-                arch: Arch::X86_64,
-                vcpus: 1,
-                memory_mib: 256,
-                disk_gib: 1,
-                image: "tiny".into(),
-                ssh_keys: vec![],
-                pools: vec![],
-                io: IoLimits::default(),
-                power: Power::Running,
-                replicas: 1,
-            },
-            ips: vec![],
+        let mut vm = Vm::example("vm-1", "db1", "alice");
+        vm.request.memory_mib = 256;
+        vm.host = Some("w1".into());
+        vm.phase = Phase::Running;
+        vm.phase_since = 1;
+        vm.disk = DiskHome {
             host: Some("w1".into()),
-            deleting: false,
-            phase: Phase::Running,
-            message: None,
-            phase_since: 1,
-            reboots_asked: 0,
-            reboots_done: 0,
-            disk: DiskHome {
-                host: Some("w1".into()),
-                generation: 3,
-            },
-            base: None,
-            migration: None,
-            moved_from: None,
-            move_given_up: None,
-            replica: None,
-            adopt_replica: None,
-        }
+            generation: 3,
+        };
+        vm
     }
 
     /// w1 runs vm-1 from its own disk (generation 3); w2 is free; w3 is fenced.
