@@ -105,7 +105,9 @@ install_block_extra() {
 
 install_host_tools() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || install_qemu
-    qemu-img --help 2>/dev/null | grep -qw rbd || install_block_extra
+    # qemu-img --help lists rbd whether or not its module is installed: ask dpkg.
+    dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q 'ok installed' ||
+        install_block_extra
     command -v qemu-img >/dev/null 2>&1 || apt_install qemu-utils
     command -v genisoimage >/dev/null 2>&1 || command -v xorriso >/dev/null 2>&1 ||
         command -v cloud-localds >/dev/null 2>&1 || apt_install genisoimage

@@ -290,16 +290,19 @@ fi
 
 say "HEARTH-GUEST-READY"
 
-# PID 1 must never exit (the kernel would panic). It ticks once a second: a numbered line on
-# the console and the same number written through to the disk at 2 MiB, so a test sees that a
-# VM moved live runs on (the ticks go on, no new boot) and that its disk kept every write.
+# PID 1 must never exit (the kernel would panic). It ticks once a second: the number written
+# through to the disk at 2 MiB, then a numbered line on the console once the write completed
+# (HEARTH-GUEST-TICK-FAILED when the disk refused it, as Ceph does for a fenced client), so a
+# test sees that a VM moved live runs on (the ticks go on, no new boot) and that its disk
+# kept every write the guest saw complete.
 tick=0
 while true; do
     sleep 1
     tick=$((tick + 1))
-    if [ -e /dev/vda ]; then
-        printf 'HEARTH-TICK %s\n' "$tick" \
-            | dd of=/dev/vda bs=512 seek=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null
+    if [ -e /dev/vda ] && ! printf 'HEARTH-TICK %s\n' "$tick" \
+        | dd of=/dev/vda bs=512 seek=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null; then
+        say "HEARTH-GUEST-TICK-FAILED n=$tick"
+    else
+        say "HEARTH-GUEST-TICK n=$tick"
     fi
-    say "HEARTH-GUEST-TICK n=$tick"
 done

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hearth_compute::reconcile::{Memory, reconcile};
 use hearth_types::compute::ObservedVm;
-use hearth_types::compute::{Arch, Compute, IoLimits, Phase, Power, Vm, VmRequest};
+use hearth_types::compute::{Compute, IoLimits, Phase, Power, Vm};
 use hearth_types::desired::Versioned;
 use serde_json::json;
 
@@ -29,50 +29,29 @@ pub struct Args {
 
 /// The `i`th member VM of the world, placed and running on `w1` with its disk there.
 fn member_vm(i: usize, id: &str, power: Power) -> Vm {
-    Vm {
-        id: id.to_owned(),
-        request: VmRequest {
-            name: format!("member-vm-{i}"),
-            owner: format!("member-{}", i % 50),
-            arch: Arch::X86_64,
-            vcpus: 1,
-            memory_mib: 512,
-            disk_gib: 10,
-            image: "debian".into(),
-            ssh_keys: vec!["ssh-ed25519 AAAA key".into()],
-            pools: vec!["lan".into()],
-            io: IoLimits {
-                iops: Some(1000),
-                bytes_per_sec: None,
-                ..IoLimits::default()
-            },
-            power,
-            replicas: 1,
-        },
-        ips: vec![hearth_types::compute::Assigned {
-            pool: "lan".into(),
-            address: std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
-            prefix: 8,
-            routed: false,
-        }],
-        host: Some("w1".into()),
-        deleting: false,
-        phase: Phase::Running,
-        message: None,
-        phase_since: 1,
-        reboots_asked: 0,
-        reboots_done: 0,
-        disk: hearth_types::compute::DiskHome {
-            host: Some("w1".into()),
-            generation: 1,
-        },
-        base: None,
-        migration: None,
-        moved_from: None,
-        move_given_up: None,
-        replica: None,
-        adopt_replica: None,
-    }
+    let mut vm = Vm::example(id, &format!("member-vm-{i}"), &format!("member-{}", i % 50));
+    let request = &mut vm.request;
+    (request.memory_mib, request.disk_gib) = (512, 10);
+    request.image = "debian".into();
+    request.ssh_keys = vec!["ssh-ed25519 AAAA key".into()];
+    request.pools = vec!["lan".into()];
+    request.io = IoLimits {
+        iops: Some(1000),
+        bytes_per_sec: None,
+        ..IoLimits::default()
+    };
+    request.power = power;
+    vm.ips = vec![hearth_types::compute::Assigned {
+        pool: "lan".into(),
+        address: std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+        prefix: 8,
+        routed: false,
+    }];
+    vm.host = Some("w1".into());
+    vm.phase = Phase::Running;
+    vm.phase_since = 1;
+    vm.disk.host = Some("w1".into());
+    vm
 }
 
 fn world(n: usize) -> (Compute, Vec<ObservedVm>, Memory) {

@@ -67,6 +67,7 @@ fn seeded() -> DesiredState {
                 last: None,
                 replicas: None,
                 delegate: None,
+                storage: None,
             },
             expect: Expect::Any,
         },

@@ -78,7 +78,10 @@ pub enum StartAgentError {
 }
 
 /// The VM driver of a worker, as `[compute]` says.
-fn worker_driver(config: &Config) -> Result<hearth_qemu::fake::VmDriver, StartAgentError> {
+fn worker_driver(
+    config: &Config,
+    resolved: &Resolved,
+) -> Result<hearth_qemu::fake::VmDriver, StartAgentError> {
     use hearth_qemu::accel::{self, Accel};
     use hearth_qemu::driver::{Driver, Launcher, Network};
     use hearth_qemu::fake::{FakeDriver, VmDriver};
@@ -110,12 +113,17 @@ fn worker_driver(config: &Config) -> Result<hearth_qemu::fake::VmDriver, StartAg
         "QEMU launcher (a systemd scope per VM keeps VMs alive across agent restarts)"
     );
     Ok(VmDriver::Qemu(
-        Driver::new(root, accel, network).with_launcher(launcher),
+        Driver::new(root, accel, network)
+            .with_launcher(launcher)
+            .with_ceph(resolved.ceph.clone()),
     ))
 }
 
 /// What a worker offers: `[compute]`'s figures, else the machine's.
-fn worker_capacity(section: &config::ComputeSection) -> hearth_types::compute::Capacity {
+fn worker_capacity(
+    section: &config::ComputeSection,
+    ceph: bool,
+) -> hearth_types::compute::Capacity {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let memory_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -130,6 +138,7 @@ fn worker_capacity(section: &config::ComputeSection) -> hearth_types::compute::C
         memory_mib: section.memory_mib.unwrap_or(memory_mib),
         disk_gib: section.disk_gib,
         live_migration: section.driver == "qemu",
+        rbd: ceph,
     }
 }
 
@@ -197,7 +206,7 @@ impl Agent {
             &mut tasks,
         )?;
         let driver = match config.is_worker() {
-            true => Some(Arc::new(worker_driver(&config)?)),
+            true => Some(Arc::new(worker_driver(&config, &resolved)?)),
             false => None,
         };
         let state = match (sockets.rpc, rpc_addr) {
@@ -640,7 +649,7 @@ fn spawn_compute(
         tasks.spawn(hearth_compute::host::run(
             hearth_compute::host::Host {
                 name: config.node_name.clone(),
-                capacity: worker_capacity(&config.compute),
+                capacity: worker_capacity(&config.compute, resolved.ceph.is_some()),
                 driver: driver.clone(),
                 blobs: blobs.clone(),
                 state: state.clone(),

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hearth_qemu::driver::{NetConfig, ObserveError, VmSpec};
+use hearth_qemu::driver::{DiskSpec, NetConfig, ObserveError, VmSpec};
 use hearth_qemu::fake::VmDriver;
 use hearth_state::model::{Command, ComputeCommand, Outcome};
 use hearth_state::node::StateNode;
-use hearth_types::compute::{Capacity, Compute, Drift, ObservedReplica, ObservedVm, Phase, Vm};
+use hearth_types::compute::{
+    Capacity, Compute, Drift, ObservedReplica, ObservedVm, Phase, Storage, Vm,
+};
 use hearth_types::desired::DesiredState;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -243,6 +245,8 @@ async fn pass(host: &Arc<Host>, desired: &DesiredState, tracking: &Arc<Mutex<Tra
     let (me, now) = (&host.name, Instant::now());
     let failovers = crate::replica_plan::failovers(me, &desired.compute, &mut t.leases, now, wait);
     plan.actions.extend(failovers);
+    plan.actions
+        .extend(crate::rbd::takeovers(me, desired, &t.leases, now, wait));
     // Without a valid lease, no VM with replicas starts here (`crate::lease`).
     if !host.lease.valid(now) {
         plan.actions.retain(|action| {
@@ -512,6 +516,15 @@ fn spawn_replica_step(
             }
             (Action::AdoptReplica { .. }, Some(entry)) => {
                 crate::replicas::adopt(&mover, entry).await
+            }
+            (Action::TakeOver { from, lease, .. }, Some(entry)) => {
+                crate::rbd::take_over(&mover, entry, &from, lease).await
+            }
+            (Action::RecordRbdClients { pid, .. }, Some(entry))
+                if crate::rbd::record_clients(&mover, entry).await =>
+            {
+                let mut t = tracking.lock().await;
+                t.memory.rbd_recorded.insert(vm.clone(), pid);
             }
             _ => {}
         }
@@ -950,6 +963,13 @@ pub fn spec_for(vm: &Vm, compute: &Compute, blobs: &BlobStore) -> Result<VmSpec,
         net,
         io: vm.request.io,
         generation: vm.disk.generation,
+        disk: match &vm.storage {
+            Storage::Local => DiskSpec::Local,
+            Storage::Rbd { pool } => DiskSpec::Rbd {
+                pool: pool.clone(),
+                base: hearth_qemu::rbd::base_image(&image.disk.sha256),
+            },
+        },
     })
 }
 

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod live_moves;
 pub mod moves;
 pub mod placement;
+pub mod rbd;
 pub mod reconcile;
 pub mod recovery;
 pub mod replica_plan;

@@ -58,6 +58,15 @@ pub fn lost_drift(compute: &Compute, view: &View) -> Vec<Drift> {
                     "none keeps the data: bring {host} back and unfence it, or give the data up with `hearth vm recreate {name} --empty-disk`"
                 ),
             ),
+            (Some(_), _) if !vm.storage.is_local() => (
+                format!(
+                    "{name}'s disk is on Ceph ({}), and its worker {host} is {state}: the VM may still run there",
+                    vm.storage
+                ),
+                format!(
+                    "none needed: once {host} has not renewed its lease for its timeout, a worker with [ceph] fences {host}'s Ceph clients and restarts {name}; or `hearth node fence {host}`"
+                ),
+            ),
             (Some(_), _) => (
                 format!("{name}'s disk is on {host}, which is {state}: the VM may still run there"),
                 format!(
@@ -91,13 +100,16 @@ pub fn shown_phase(vm: &Vm, compute: &Compute, view: &View) -> Phase {
     }
 }
 
-/// What a VM asks of its host.
+/// What a VM asks of its host: a disk on RBD takes no room on the host, but needs a host
+/// that reaches Ceph.
 fn demand(vm: &Vm) -> Capacity {
+    let rbd = !vm.storage.is_local();
     Capacity {
         vcpus: vm.request.vcpus,
         memory_mib: vm.request.memory_mib,
-        disk_gib: vm.request.disk_gib,
+        disk_gib: if rbd { 0 } else { vm.request.disk_gib },
         live_migration: false,
+        rbd,
     }
 }
 
@@ -114,7 +126,10 @@ pub fn can_move_live(compute: &Compute, vm: &Vm, to: &str) -> bool {
 }
 
 fn fits(free: &Capacity, need: &Capacity) -> bool {
-    free.vcpus >= need.vcpus && free.memory_mib >= need.memory_mib && free.disk_gib >= need.disk_gib
+    free.vcpus >= need.vcpus
+        && free.memory_mib >= need.memory_mib
+        && free.disk_gib >= need.disk_gib
+        && (free.rbd || !need.rbd)
 }
 
 /// The room left on each host that may take VMs (an up worker, not drained, not fenced): its
@@ -396,6 +411,7 @@ mod tests {
                         memory_mib: 1024,
                         disk_gib: 10,
                         live_migration: false,
+                        rbd: false,
                     },
                     fenced: false,
                     evacuation: None,

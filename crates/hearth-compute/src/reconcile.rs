@@ -23,6 +23,8 @@ pub struct Memory {
     /// Times this host put a bridged VM's tap rules or shaper back, until an operator
     /// acknowledges the drift entry that lists them.
     pub guard_repairs: BTreeMap<String, u64>,
+    /// The QEMU (by pid) of each VM on RBD whose Ceph clients the cluster has recorded.
+    pub rbd_recorded: BTreeMap<String, u32>,
 }
 
 /// Restarts within the crash window before the host gives up on a VM.
@@ -166,6 +168,20 @@ pub enum Action {
     AdoptReplica {
         vm: String,
     },
+    /// The VM's disk is on RBD and its home `from` has not renewed its lease (last at
+    /// `lease`) for longer than it may run without it: put every Ceph client that may still
+    /// write the disk on the blocklist, then record this host as its home (`crate::rbd`).
+    TakeOver {
+        vm: String,
+        from: String,
+        lease: u64,
+    },
+    /// Record with the cluster the Ceph clients of the VM's disk on RBD, which its QEMU
+    /// (`pid`) runs with here, so that a worker taking the disk over can fence them.
+    RecordRbdClients {
+        vm: String,
+        pid: u32,
+    },
 }
 
 impl Action {
@@ -198,7 +214,9 @@ impl Action {
             | Action::TendReplica { vm }
             | Action::UnmirrorReplica { vm }
             | Action::FailOver { vm, .. }
-            | Action::AdoptReplica { vm } => Some(vm),
+            | Action::AdoptReplica { vm }
+            | Action::TakeOver { vm, .. }
+            | Action::RecordRbdClients { vm, .. } => Some(vm),
             Action::FixDone { .. } => None,
         }
     }
@@ -238,6 +256,8 @@ fn disk_here(me: &str, vm: &Vm, found: Option<&ObservedVm>) -> DiskHere {
             DiskHere::Missing(format!("its disk is on {home}, not on this host"))
         }
         (Some(_), None) if vm.adopt_replica.is_some() => DiskHere::Adopting,
+        // On RBD the disk is in Ceph: its home writes the handle here when it starts it.
+        (Some(_), None) if !vm.storage.is_local() => DiskHere::Own,
         (Some(_), None) => DiskHere::Missing("its disk is gone from this host".into()),
         (Some(_), Some(s)) if s.generation == generation => DiskHere::Own,
         (_, Some(s)) if s.generation == hearth_qemu::disk::UNREADABLE_GENERATION => {
@@ -437,6 +457,7 @@ fn one_vm(
         }
         (Power::Running, true) => {
             report(actions, vm, Phase::Running, None);
+            record_rbd_clients(me, vm, found, memory, actions);
             if memory.applied_io.get(&vm.id) != Some(&vm.request.io) {
                 actions.push(Action::SetIo {
                     vm: vm.id.clone(),
@@ -457,6 +478,27 @@ fn one_vm(
             actions.push(Action::Shutdown { vm: vm.id.clone() });
         }
         (Power::Stopped, false) => not_running_as_wanted(me, vm, &disk, actions, drift),
+    }
+}
+
+/// A running VM on RBD whose QEMU's Ceph clients the cluster has not recorded yet.
+fn record_rbd_clients(
+    me: &str,
+    vm: &Vm,
+    found: Option<&ObservedVm>,
+    memory: &Memory,
+    actions: &mut Vec<Action>,
+) {
+    let pid = found.and_then(|s| s.pid);
+    if let Some(pid) = pid
+        && !vm.storage.is_local()
+        && vm.disk.host.as_deref() == Some(me)
+        && memory.rbd_recorded.get(&vm.id) != Some(&pid)
+    {
+        actions.push(Action::RecordRbdClients {
+            vm: vm.id.clone(),
+            pid,
+        });
     }
 }
 
@@ -674,6 +716,15 @@ fn strays(
             }
             _ => {}
         }
+        // The handle of a disk on RBD that another worker took over holds no data (the
+        // disk is in Ceph): once its QEMU is gone it is archived unasked.
+        let rbd_elsewhere = compute.vms.get(&s.id).is_some_and(|vm| {
+            !vm.value.storage.is_local() && vm.value.disk.host.as_deref() != Some(me)
+        });
+        if rbd_elsewhere && !s.foreign && s.pid.is_none() {
+            actions.push(Action::Archive { vm: s.id.clone() });
+            continue;
+        }
         let (kind, detail, fix) = stale_copy(s, compute);
         // A copy of a VM the cluster runs elsewhere (fenced and recreated while this host was
         // cut off, say) must not run on: it is shut down at once. Its disk stays here, for an
@@ -826,6 +877,8 @@ pub(crate) mod tests {
                 move_given_up: None,
                 replica: None,
                 adopt_replica: None,
+                storage: Default::default(),
+                rbd_clients: vec![],
             },
         }
     }

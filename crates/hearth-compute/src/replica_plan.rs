@@ -273,6 +273,7 @@ mod tests {
                 memory_mib: 4096,
                 disk_gib: 20,
                 live_migration: true,
+                rbd: false,
             };
             desired.compute.hosts.insert(
                 (*name).into(),

@@ -138,6 +138,19 @@ pub struct VmSpec {
     pub io: IoLimits,
     /// The generation of the VM's disk: a start refuses a disk of any other.
     pub generation: u64,
+    /// Where the disk is kept.
+    pub disk: DiskSpec,
+}
+
+/// Where a VM's disk is kept, as its driver sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DiskSpec {
+    /// `disk.qcow2` in the VM's directory, over `base_image`.
+    #[default]
+    Local,
+    /// An image in Ceph pool `pool` (see [`crate::rbd`]), cloned from `base_image` imported
+    /// once into the pool as `base`.
+    Rbd { pool: String, base: String },
 }
 
 /// The stable MAC of a VM: QEMU's locally administered prefix and three bytes of the id's hash.
@@ -238,9 +251,12 @@ fn disk_drive(spec: &VmSpec, file: &str) -> String {
     // default (on), QEMU reopens the file by its name to drop write access when a live move
     // out completes; for a QEMU that came in live, that name (the incoming directory) is gone
     // by then, and the move fails ("Bad address").
+    let format = match spec.disk {
+        DiskSpec::Local => "qcow2",
+        DiskSpec::Rbd { .. } => "raw",
+    };
     let mut drive = format!(
-        "file={},format=qcow2,if=none,id=disk0,auto-read-only=off,discard=unmap,detect-zeroes=unmap",
-        file
+        "file={file},format={format},if=none,id=disk0,auto-read-only=off,discard=unmap,detect-zeroes=unmap",
     );
     if let Some(iops) = spec.io.iops {
         drive.push_str(&format!(",throttling.iops-total={iops}"));
@@ -251,8 +267,33 @@ fn disk_drive(spec: &VmSpec, file: &str) -> String {
     drive
 }
 
-/// QEMU's command line for a VM, as a pure function of the spec and the VM's directory.
-pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> Vec<String> {
+/// Direct kernel boot, when the image brings a kernel.
+fn kernel_args(spec: &VmSpec) -> Vec<String> {
+    let Some(kernel) = &spec.kernel else {
+        return Vec::new();
+    };
+    let mut args = vec!["-kernel".to_owned(), kernel.display().to_string()];
+    if let Some(initrd) = &spec.initrd {
+        args.extend(["-initrd".to_owned(), initrd.display().to_string()]);
+    }
+    let console = match spec.arch {
+        Arch::X86_64 => "console=ttyS0",
+        Arch::Aarch64 => "console=ttyAMA0",
+    };
+    let append = spec.append.clone().unwrap_or_else(|| console.to_owned());
+    args.extend(["-append".to_owned(), append]);
+    args
+}
+
+/// QEMU's command line for a VM, as a pure function of the spec and the VM's directory; `rbd`
+/// is QEMU's file name of a disk on RBD (`Ceph::qemu_file`).
+pub fn qemu_args(
+    spec: &VmSpec,
+    dir: &Path,
+    accel: Accel,
+    network: &Network,
+    rbd: Option<&str>,
+) -> Vec<String> {
     let path = |name: &str| dir.join(name).display().to_string();
     // QEMU's option syntax splits on commas; a comma in a path is written twice.
     let opt = |p: String| p.replace(',', ",,");
@@ -286,19 +327,13 @@ pub fn qemu_args(spec: &VmSpec, dir: &Path, accel: Accel, network: &Network) -> 
         "-serial",
         "chardev:console0",
     ]);
-    if let Some(kernel) = &spec.kernel {
-        push(&["-kernel", &kernel.display().to_string()]);
-        if let Some(initrd) = &spec.initrd {
-            push(&["-initrd", &initrd.display().to_string()]);
-        }
-        let console = match spec.arch {
-            Arch::X86_64 => "console=ttyS0",
-            Arch::Aarch64 => "console=ttyAMA0",
-        };
-        let append = spec.append.clone().unwrap_or_else(|| console.to_owned());
-        push(&["-append", &append]);
-    }
-    let drive = disk_drive(spec, &opt(path("disk.qcow2")));
+    args.extend(kernel_args(spec));
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    let file = match rbd {
+        Some(file) => opt(file.to_owned()),
+        None => opt(path("disk.qcow2")),
+    };
+    let drive = disk_drive(spec, &file);
     push(&["-drive", &drive]);
     push(&[
         "-device",
@@ -456,6 +491,8 @@ pub struct Driver {
     launcher: Launcher,
     /// Ids whose QEMU is being launched: not yet foreign, not yet ours.
     starting: Mutex<BTreeSet<String>>,
+    /// The Ceph cluster for disks on RBD (`[ceph]`), if this worker has one.
+    ceph: Option<crate::rbd::Ceph>,
 }
 
 impl fmt::Debug for Driver {
@@ -478,7 +515,51 @@ impl Driver {
             network,
             launcher: Launcher::Direct,
             starting: Mutex::new(BTreeSet::new()),
+            ceph: None,
         }
+    }
+
+    /// Runs disks on RBD in this Ceph cluster from now on.
+    pub fn with_ceph(mut self, ceph: Option<crate::rbd::Ceph>) -> Driver {
+        self.ceph = ceph;
+        self
+    }
+
+    /// The Ceph cluster, or why there is none.
+    pub fn ceph(&self) -> Result<&crate::rbd::Ceph, DiskError> {
+        self.ceph.as_ref().ok_or_else(|| {
+            DiskError::Ceph(
+                "this worker has no [ceph] in its config; it cannot run disks on RBD".into(),
+            )
+        })
+    }
+
+    /// QEMU's file name of `spec`'s disk when it is on RBD.
+    fn rbd_file(&self, spec: &VmSpec) -> Result<Option<String>, DiskError> {
+        match &spec.disk {
+            DiskSpec::Local => Ok(None),
+            DiskSpec::Rbd { pool, .. } => {
+                let image = crate::rbd::disk_image(&spec.id, spec.generation);
+                Ok(Some(self.ceph()?.qemu_file(pool, &image)))
+            }
+        }
+    }
+
+    /// Makes sure the VM's own disk on RBD, `spec.generation`'s image, is in the pool, and
+    /// writes its handle here (a worker taking the disk over has none yet). Never makes an
+    /// image: a missing one is an error.
+    async fn attach_rbd(&self, spec: &VmSpec, dir: &Path, pool: &str) -> Result<(), DiskError> {
+        let image = crate::rbd::disk_image(&spec.id, spec.generation);
+        if !self.ceph()?.exists(pool, &image).await? {
+            return Err(DiskError::NoDisk(format!(
+                "{} (image {pool}/{image})",
+                spec.id
+            )));
+        }
+        if crate::rbd::read_handle(dir).as_ref() != Some(&(pool.to_owned(), image.clone())) {
+            crate::rbd::write_handle(dir, pool, &image, spec.generation)?;
+        }
+        Ok(())
     }
 
     /// Starts QEMU this way from now on (see [`Launcher`]).
@@ -553,7 +634,8 @@ impl Driver {
                     .intact(&path);
             seen.push(ObservedVm {
                 guard_altered,
-                disk_present: path.join("disk.qcow2").is_file(),
+                disk_present: path.join("disk.qcow2").is_file()
+                    || path.join(crate::rbd::HANDLE).is_file(),
                 generation: crate::disk::read_generation(&path)?,
                 held: path.join(crate::live::HELD).exists(),
                 mirroring: crate::replica::mirroring(&path),
@@ -634,7 +716,12 @@ impl Driver {
                 socket.display()
             )));
         }
-        crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?;
+        match &spec.disk {
+            DiskSpec::Local => {
+                crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?
+            }
+            DiskSpec::Rbd { pool, .. } => self.attach_rbd(spec, &dir, pool).await?,
+        }
         write_seed(spec, &dir).await?;
         // A new QEMU mirrors into no replica yet.
         for stale in [
@@ -677,6 +764,9 @@ impl Driver {
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        if let DiskSpec::Rbd { pool, base } = &spec.disk {
+            return self.create_rbd(spec, &dir, pool, base).await;
+        }
         let disk = dir.join("disk.qcow2");
         if disk.is_file() {
             return crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)
@@ -688,6 +778,29 @@ impl Driver {
         crate::disk::write_generation(&dir, spec.generation)?;
         std::fs::rename(&partial, &disk).map_err(io_error(&disk))?;
         Ok(true)
+    }
+
+    /// [`Driver::create_disk`] on RBD: the image imported once into the pool, the disk a
+    /// clone of it named by its generation (one made before for this generation, never run,
+    /// is taken), then the handle here.
+    async fn create_rbd(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        pool: &str,
+        base: &str,
+    ) -> Result<bool, DiskError> {
+        if dir.join(crate::rbd::HANDLE).is_file() {
+            return crate::disk::check_own(&spec.id, dir, crate::rbd::HANDLE, spec.generation)
+                .map(|()| false);
+        }
+        let ceph = self.ceph()?;
+        ceph.import(pool, base, &spec.base_image, &spec.base_format)
+            .await?;
+        let image = crate::rbd::disk_image(&spec.id, spec.generation);
+        let made = ceph.clone_disk(pool, base, &image, spec.disk_bytes).await?;
+        crate::rbd::write_handle(dir, pool, &image, spec.generation)?;
+        Ok(made)
     }
 
     /// Moves a VM's files, disk included, to the archive (see [`crate::disk::archive`]).
@@ -714,7 +827,10 @@ impl Driver {
         }
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_error(&log_path))?;
-        let mut args = qemu_args(spec, dir, accel, &self.network);
+        let rbd = self
+            .rbd_file(spec)
+            .map_err(|e| StartError::Launch(e.to_string()))?;
+        let mut args = qemu_args(spec, dir, accel, &self.network, rbd.as_deref());
         args.extend(extra.iter().cloned());
         let (program, args) = self.launcher.command(&binary, &args, &spec.id);
         tracing::debug!(vm = %spec.id, %program, ?args, "starting QEMU");
@@ -916,7 +1032,11 @@ impl Driver {
         }
         self.kill(id).await?;
         self.remove_tap(id);
-        Ok(remove_vm_dir(&self.dir(id))?)
+        let dir = self.dir(id);
+        if let Some((pool, image)) = crate::rbd::read_handle(&dir) {
+            self.ceph()?.remove(&pool, &image).await?;
+        }
+        Ok(remove_vm_dir(&dir)?)
     }
 
     /// Changes the root disk's limits live, all six of QEMU's figures at once.
@@ -1032,6 +1152,7 @@ mod tests {
                 ..IoLimits::default()
             },
             generation: 1,
+            disk: DiskSpec::Local,
         }
     }
 
@@ -1045,7 +1166,13 @@ mod tests {
 
     #[test]
     fn the_command_line_has_discard_throttling_console_and_qmp() {
-        let args = qemu_args(&spec(), Path::new("/d/vm-3"), Accel::Tcg, &Network::User);
+        let args = qemu_args(
+            &spec(),
+            Path::new("/d/vm-3"),
+            Accel::Tcg,
+            &Network::User,
+            None,
+        );
         let joined = args.join(" ");
         assert!(
             joined.contains("-machine q35,accel=tcg -cpu max"),
@@ -1090,6 +1217,7 @@ mod tests {
             Path::new("/d,x/vm-3"),
             Accel::Kvm,
             &Network::Bridge("br0".into()),
+            None,
         );
         let joined = args.join(" ");
         assert!(joined.contains("file=/d,,x/vm-3/disk.qcow2"), "{joined}");

@@ -41,6 +41,9 @@ pub enum DiskError {
     /// `qemu-img` could not run or failed.
     #[error("{0}")]
     QemuImg(String),
+    /// Ceph's `rbd` or `ceph` could not run or failed, or no `[ceph]` is configured.
+    #[error("{0}")]
+    Ceph(String),
     /// Stopping the VM before removing its files failed.
     #[error("stopping it first: {0}")]
     Stop(#[from] ControlError),

@@ -333,6 +333,7 @@ mod tests {
             net: NetConfig::default(),
             io: IoLimits::default(),
             generation: 1,
+            disk: crate::driver::DiskSpec::Local,
         };
         assert!(
             matches!(

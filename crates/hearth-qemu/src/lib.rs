@@ -12,6 +12,7 @@ pub mod guard;
 pub mod live;
 pub mod moving;
 pub mod qmp;
+pub mod rbd;
 pub mod replica;
 pub mod seed;
 pub mod stats;

@@ -16,6 +16,7 @@ mod cas;
 pub mod compute;
 mod migration;
 mod quota;
+mod rbd;
 mod replicas;
 pub mod restore;
 pub mod signup;
@@ -131,7 +132,7 @@ pub enum Command {
     },
     /// Creates or changes a members' plan.
     PutPlan {
-        plan: hearth_types::quota::Plan,
+        plan: Box<hearth_types::quota::Plan>,
         expect: Expect,
     },
     /// Removes a plan; its members fall back to the default plan.
@@ -365,7 +366,7 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
 /// an old node's decoder refuses (a new variant of an enum it carries, such as a new drift
 /// kind, or a field of a struct that denies unknown fields): such a command must report the
 /// new level when it carries the new thing.
-pub const STATE_LEVEL: u32 = 9;
+pub const STATE_LEVEL: u32 = 10;
 /// The gossip tag carrying a node's [`STATE_LEVEL`].
 pub const LEVEL_TAG: &str = "state-level";
 
@@ -404,6 +405,7 @@ impl Command {
             {
                 6
             }
+            Command::PutPlan { plan, .. } if plan.storage.is_some() => 10,
             Command::PutPlan { plan, .. } if plan.quota.zones.is_some() => 6,
             Command::PutAccount { account, .. } if account.quota.zones.is_some() => 6,
             // The new account fields an older node would drop.
@@ -554,7 +556,13 @@ pub(super) fn apply_compute(
     };
     let command = command.as_ref();
     let before = vm_events::before(state, command);
-    let outcome = compute::apply(&mut state.compute, command, index);
+    let outcome = match command {
+        ComputeCommand::CreateVm { request } => {
+            let storage = quota::plan_storage(state, &request.owner);
+            compute::create_vm(&mut state.compute, request, storage.as_ref(), index)
+        }
+        _ => compute::apply(&mut state.compute, command, index),
+    };
     // An admin who gives the disk up gives up its recovery from a backup too.
     if let ComputeCommand::Recreate { vm, .. } = command
         && outcome.changed()

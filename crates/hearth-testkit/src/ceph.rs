@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{TempDir, eventually};
+use crate::TempDir;
 
 /// A running single-node Ceph.
 pub struct Ceph {
@@ -60,17 +60,8 @@ impl Ceph {
             "1.0",
             "host=localhost",
         ]);
-        ceph.spawn("ceph-osd", &["-i", &id]);
         ceph.spawn("ceph-mgr", &["-i", "x"]);
-        eventually("the OSD to be up", Duration::from_secs(60), || {
-            match ceph.try_ceph(&["osd", "stat"]) {
-                Ok(stat) if stat.contains("1 up") => Ok(()),
-                other => Err(format!(
-                    "{other:?}; osd.0.log ends: {}",
-                    ceph.log_tail("osd.0")
-                )),
-            }
-        });
+        ceph.start_osd(&id);
         ceph.ceph(&["osd", "pool", "create", "rbd", "8", "8"]);
         ceph.ceph(&[
             "osd",
@@ -83,6 +74,33 @@ impl Ceph {
         ]);
         ceph.rbd(&["pool", "init", "rbd"]);
         ceph
+    }
+
+    /// Starts OSD `id` and waits until the monitor has it up. Now and then an OSD stays in
+    /// its boot for minutes (its log ends at `log_to_monitors`; cause not found): it is
+    /// then started again, up to three times.
+    fn start_osd(&mut self, id: &str) {
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.spawn("ceph-osd", &["-i", id]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                match self.try_ceph(&["osd", "stat"]) {
+                    Ok(stat) if stat.contains("1 up") => return,
+                    other => last = format!("{other:?}"),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("ceph: osd.{id} not up after 60 s ({last}); starting it again");
+            if let Some(mut osd) = self.daemons.pop() {
+                let _ = osd.kill();
+                let _ = osd.wait();
+            }
+        }
+        panic!(
+            "osd.{id} never came up: {last}; its log ends: {}",
+            self.log_tail(&format!("osd.{id}"))
+        );
     }
 
     /// The directory the cluster keeps its files (and logs) in.

@@ -113,10 +113,15 @@ pub fn wait_drift(agent: &TestAgent, id: &str, detail: &str) -> Value {
 /// a VM with a replica is restarted within seconds when its host dies. A cluster handler
 /// logs every VM event to [`handler_log`].
 pub fn three_workers(bin: &std::path::Path) -> crate::TestCluster {
+    three_workers_with(bin, "")
+}
+
+/// [`three_workers`], each with `extra` at the end of its config (a `[ceph]` section, say).
+pub fn three_workers_with(bin: &std::path::Path, extra: &str) -> crate::TestCluster {
     let mut cluster = crate::TestCluster::start(bin, 0, |_| String::new());
     let log = handler_log(cluster.root.path());
     for idx in 0..3 {
-        let mut spec = cluster.spec(idx, worker_config(&log));
+        let mut spec = cluster.spec(idx, format!("{}{extra}", worker_config(&log)));
         spec.roles = WORKER_ROLES.into();
         cluster.add(spec);
     }

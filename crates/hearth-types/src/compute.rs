@@ -140,6 +140,83 @@ pub struct IpPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub delegate: Option<u8>,
+    /// Where the disks of VMs that take an address from this pool are kept (the first of
+    /// a VM's pools that says wins over its owner's plan); local qcow2 files when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+/// Where a VM's disk is kept. Chosen when the VM is created (by its pools, else its owner's
+/// plan) and never changed after.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Storage {
+    /// A qcow2 file on one worker's own disk: the VM runs only where that file is.
+    #[default]
+    Local,
+    /// An image in a pool of the co-op's Ceph cluster, through QEMU's rbd driver, cloned
+    /// from the VM's image imported once into the pool: any worker with `[ceph]` in its
+    /// config may run it, after Ceph has fenced the last one (`docs/rbd.md`).
+    Rbd {
+        #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,64}$"))]
+        pool: String,
+    },
+}
+
+impl Storage {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Storage::Local => Ok(()),
+            Storage::Rbd { pool } => {
+                let ok = (1..=64).contains(&pool.len())
+                    && !pool.starts_with('.')
+                    && pool
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                match ok {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "storage.pool: `{pool}` is not a Ceph pool name; give 1-64 letters, digits, `_`, `.` or `-`"
+                    )),
+                }
+            }
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        *self == Storage::Local
+    }
+
+    /// The Ceph pool, for a disk on RBD.
+    pub fn rbd_pool(&self) -> Option<&str> {
+        match self {
+            Storage::Rbd { pool } => Some(pool),
+            Storage::Local => None,
+        }
+    }
+
+    /// As people write it: `local` or `rbd:POOL`.
+    pub fn parse(text: &str) -> Result<Storage, String> {
+        let storage = match text.split_once(':') {
+            None if text == "local" => Storage::Local,
+            Some(("rbd", pool)) => Storage::Rbd { pool: pool.into() },
+            _ => {
+                return Err(format!(
+                    "storage: `{text}` is not a storage; give `local` or `rbd:POOL`"
+                ));
+            }
+        };
+        storage.validate().map(|()| storage)
+    }
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Local => f.write_str("local"),
+            Storage::Rbd { pool } => write!(f, "rbd:{pool}"),
+        }
+    }
 }
 
 impl IpPool {
@@ -164,6 +241,9 @@ impl IpPool {
         }
         if let Some(last) = &self.last {
             inside("last", last)?;
+        }
+        if let Some(storage) = &self.storage {
+            storage.validate()?;
         }
         if let Some(length) = self.delegate {
             if network.is_ipv4() {
@@ -537,7 +617,18 @@ pub struct Vm {
     /// its disk. Kept until the next replica is placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt_replica: Option<u64>,
+    /// Where its disk is kept, as chosen at its creation.
+    #[serde(default, skip_serializing_if = "Storage::is_local")]
+    pub storage: Storage,
+    /// On RBD: the Ceph client addresses of the QEMU processes its disk's home ran it with
+    /// (the newest last, at most [`RBD_CLIENTS_KEPT`]), each put on Ceph's blocklist before
+    /// another worker takes the disk over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbd_clients: Vec<String>,
 }
+
+/// The Ceph client addresses a VM keeps (older ones belong to QEMU processes long gone).
+pub const RBD_CLIENTS_KEPT: usize = 8;
 
 /// A synchronous second copy of a VM's disk on another worker: the VM's QEMU mirrors every
 /// write into it (`blockdev-mirror`, `copy-mode=write-blocking`) over NBD under TLS, so a
@@ -707,6 +798,8 @@ impl Vm {
             move_given_up: None,
             replica: None,
             adopt_replica: None,
+            storage: Storage::Local,
+            rbd_clients: Vec::new(),
         }
     }
 
@@ -776,6 +869,9 @@ pub struct Capacity {
     /// Its driver can move running VMs (live migration); the fake driver cannot.
     #[serde(default)]
     pub live_migration: bool,
+    /// Its config names a Ceph cluster (`[ceph]`): it may run VMs whose disks are on RBD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rbd: bool,
 }
 
 /// A worker host as the desired state knows it.
@@ -963,6 +1059,7 @@ mod tests {
             last: None,
             replicas: None,
             delegate: None,
+            storage: None,
         }
     }
 

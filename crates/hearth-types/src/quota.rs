@@ -122,6 +122,10 @@ pub struct Plan {
     /// The backup schedule of its members' VMs (a VM may have its own, or none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::backup::BackupPolicy>,
+    /// Where its members' new VMs keep their disks, unless one of a VM's pools says; local
+    /// qcow2 files when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::compute::Storage>,
 }
 
 impl Plan {
@@ -130,6 +134,9 @@ impl Plan {
         self.quota.validate().map_err(|e| format!("quota.{e}"))?;
         if let Some(prices) = &self.prices {
             prices.validate().map_err(|e| format!("prices.{e}"))?;
+        }
+        if let Some(storage) = &self.storage {
+            storage.validate()?;
         }
         match &self.backup {
             Some(policy) => policy.validate().map_err(|e| format!("backup.{e}")),
@@ -311,6 +318,7 @@ mod tests {
                 },
                 prices: None,
                 backup: None,
+                storage: None,
             },
         };
         plans.insert(DEFAULT_PLAN.into(), plan(DEFAULT_PLAN, 2));

@@ -131,7 +131,7 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
-        command: plans_cli::PlanCommand,
+        command: Box<plans_cli::PlanCommand>,
     },
     /// Invoices from metered usage at each member's plan's prices: list, show, export as
     /// CSV, the usage rows behind them, closing a month, credits. Members see their own.
@@ -329,7 +329,7 @@ fn dispatch(command: Command) -> ExitCode {
             crate::backups_cli::backups(c, json, vm, state)
         }),
         Command::Plan { client, command } => {
-            with_client(&client, |c, json| plans_cli::plan(c, json, command))
+            with_client(&client, |c, json| plans_cli::plan(c, json, *command))
         }
         Command::Invoice { client, command } => {
             with_client(&client, |c, json| billing_cli::invoice(c, json, command))

@@ -11,7 +11,7 @@ use hearth_types::api::{
     ConsoleText, MigrateVm, PoolRow, PutImage, PutPool, Recreate, VmRow, VmStats,
 };
 use hearth_types::compute::{
-    Arch, Blob, Drift, Image, IoLimits, IpPool, Power, Replica, VmRequest,
+    Arch, Blob, Drift, Image, IoLimits, IpPool, Power, Replica, Storage, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde_json::Value;
@@ -72,14 +72,20 @@ pub enum PoolCommand {
         /// The last allocatable address (default: the network's last host).
         #[arg(long)]
         last: Option<IpAddr>,
-        /// Copies of the disk of a VM created with an address from this pool and no
         /// IPv6 only: give each VM a whole network of this prefix length (64: a routed /64
         /// per VM, which the co-op's router sends to the VM) instead of one address.
         #[arg(long, value_name = "LENGTH")]
         delegate: Option<u8>,
+        /// Copies of the disk of a VM created with an address from this pool and no
         /// `--replicas` of its own: 2 keeps a synchronous copy on another worker.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
         replicas: Option<u8>,
+        /// Where the disks of VMs created with an address from this pool are kept:
+        /// `local` (a qcow2 file on the worker) or `rbd:POOL` (an image in that pool of the
+        /// co-op's Ceph cluster, which any worker with [ceph] in its config may run after
+        /// fencing the last one) [default: the owner's plan's, else local].
+        #[arg(long, value_name = "STORAGE", value_parser = parse_storage)]
+        storage: Option<Storage>,
     },
     /// List the pools and how many addresses each has given out.
     List,
@@ -268,6 +274,11 @@ pub struct CreateArgs {
     replicas: Option<u8>,
 }
 
+/// `--storage`: `local` or `rbd:POOL`.
+pub fn parse_storage(text: &str) -> Result<Storage, String> {
+    Storage::parse(text)
+}
+
 /// Reads a file through, printing progress on stderr at most once a second.
 struct Progress<R> {
     inner: R,
@@ -416,6 +427,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
             last,
             delegate,
             replicas,
+            storage,
         } => {
             let pool = IpPool {
                 name: name.clone(),
@@ -426,6 +438,7 @@ pub fn pool(client: &ApiClient, json: bool, command: PoolCommand) -> Result<(), 
                 last,
                 replicas,
                 delegate,
+                storage,
             };
             let body = PutPool {
                 pool,

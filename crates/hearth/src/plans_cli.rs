@@ -26,6 +26,11 @@ pub enum PlanCommand {
         prices: PriceArgs,
         #[command(flatten)]
         backup: Box<PlanBackupArgs>,
+        /// Where its members' new VMs keep their disks, unless one of a VM's pools says:
+        /// `local` (a qcow2 file on the worker) or `rbd:POOL` (an image in that pool of the
+        /// co-op's Ceph cluster) [default: local].
+        #[arg(long, value_name = "STORAGE", value_parser = crate::compute_cli::parse_storage)]
+        storage: Option<hearth_types::compute::Storage>,
     },
     /// List the plans.
     List,
@@ -219,6 +224,7 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
             limits,
             prices,
             backup,
+            storage,
         } => {
             let PlanBackupArgs {
                 backup_at,
@@ -235,6 +241,7 @@ pub fn plan(client: &ApiClient, json: bool, command: PlanCommand) -> Result<(), 
                     quota: limits.quota(),
                     prices: prices.prices(),
                     backup: policy,
+                    storage,
                 },
                 expect: Default::default(),
             };

@@ -1,9 +1,18 @@
-//! The real single-node Ceph the RBD tests run on (`hearth_testkit::ceph`: Debian's
-//! ceph-mon, ceph-mgr and a memstore ceph-osd), and the two things an RBD disk stands on,
-//! with QEMU's own rbd driver (qemu-block-extra): an image imported once and protected as a
-//! snapshot, a VM's disk as a clone of it that QEMU writes; and Ceph's fencing, a client
-//! put on the OSD blocklist that can write no more while a new client reads what it wrote
-//! before.
+//! Disks on Ceph RBD, against a real single-node Ceph (`hearth_testkit::ceph`: Debian's
+//! ceph-mon, ceph-mgr and a memstore ceph-osd) and QEMU's own rbd driver
+//! (qemu-block-extra):
+//!
+//! - what an RBD disk stands on: an image imported once and protected as a snapshot, a
+//!   VM's disk as a clone of it that QEMU writes; and Ceph's fencing, a client put on the
+//!   OSD blocklist that can write no more while a new client reads what it wrote before;
+//! - hearth's RBD backend with three real agents and the test guest (a boot counter and a
+//!   tick written to its disk each second): a VM taking an address from a pool with
+//!   `--storage rbd:rbd` gets a clone of its image in the pool and its home records its
+//!   QEMU's Ceph client; its worker hangs (agent and QEMU frozen with SIGSTOP): once its
+//!   lease has lapsed another worker puts that client on the blocklist and restarts the VM
+//!   on the same disk (boot 2, every tick it printed); the frozen QEMU, woken, completes no
+//!   write; the worker, woken too, stops it and starts nothing; deleting the VM removes its
+//!   image.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -11,7 +20,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hearth_testkit::ceph::Ceph;
-use hearth_testkit::eventually;
+use hearth_testkit::vms::{
+    BOOT, boots, console, create_tiny, last_tick_at_boot, three_workers_with, ticks, vm, wait_phase,
+};
+use hearth_testkit::{TestCluster, eventually, qemu_pids_under, signal_pid};
+use serde_json::Value;
 
 /// qemu-io on an image, driven line by line through its standard input.
 struct Client {
@@ -127,4 +140,139 @@ fn a_clone_of_a_protected_image_takes_writes_until_its_client_is_blocklisted() {
     );
     assert!(holds(&image, 0x5a), "the blocklisted write landed");
     assert!(!holds(&image, 0x5b));
+}
+
+fn bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_hearth"))
+}
+
+fn index_of(cluster: &TestCluster, host: &Value) -> usize {
+    cluster
+        .agents
+        .iter()
+        .position(|a| *host == a.spec.name.as_str())
+        .unwrap_or_else(|| panic!("not a known host: {host}"))
+}
+
+/// The guest's last tick on its console at `host`.
+fn last_tick(cluster: &TestCluster, host: usize, id: &str) -> u64 {
+    *ticks(&console(&cluster.agents[host], id))
+        .last()
+        .unwrap_or(&0)
+}
+
+#[test]
+fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fenced() {
+    let ceph = Ceph::start();
+    let extra = format!("\n[ceph]\nconf = \"{}\"\n", ceph.conf.display());
+    let cluster = three_workers_with(bin(), &extra);
+    let a = &cluster.agents[0];
+    a.cli(&[
+        "pool",
+        "add",
+        "ceph",
+        "198.51.100.0/24",
+        "--storage",
+        "rbd:rbd",
+    ]);
+    create_tiny(a, "web", &["--pool", "ceph"]);
+    let row = wait_phase(a, "web", "running");
+    assert_eq!(row["storage"]["kind"], "rbd", "{row}");
+    assert_eq!(row["replicas"], 1, "{row}");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let image = format!("hearth-{id}-g1");
+    let listed = ceph.rbd(&["ls", "-l", "rbd"]);
+    assert!(listed.contains(&image), "{listed}");
+    assert!(listed.contains("hearth-base-"), "{listed}");
+    let h = index_of(&cluster, &row["host"]);
+    // Its home records the client its QEMU runs with.
+    let clients = eventually("the QEMU's Ceph client recorded", BOOT, || {
+        let row = vm(a, "web")?;
+        match row["rbd_clients"].as_array() {
+            Some(list) if !list.is_empty() => Ok(list.clone()),
+            _ => Err(row.to_string()),
+        }
+    });
+    eventually("the guest ticks", BOOT, || {
+        let text = console(&cluster.agents[h], &id);
+        match ticks(&text).last() {
+            Some(&t) if t >= 3 && boots(&text) == [1] => Ok(()),
+            _ => Err(text),
+        }
+    });
+
+    // The worker hangs: its QEMU and its agent frozen, as on a machine that stopped.
+    let qemu = qemu_pids_under(&cluster.agents[h].dir);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    signal_pid(qemu[0], "STOP");
+    cluster.agents[h].signal("STOP");
+    let frozen_at = last_tick(&cluster, h, &id);
+
+    let observer = (h + 1) % 3;
+    let row = eventually("web running on another worker", BOOT, || {
+        let row = vm(&cluster.agents[observer], "web")?;
+        let moved = row["host"] != cluster.agents[h].spec.name.as_str();
+        match moved && row["shown_phase"] == "running" {
+            true => Ok(row),
+            false => Err(row.to_string()),
+        }
+    });
+    let to = index_of(&cluster, &row["host"]);
+    assert_eq!(row["disk"]["host"], row["host"], "{row}");
+    assert_eq!(row["disk"]["generation"], 1, "the same disk: {row}");
+    // Its own disk, not a fresh one: the second boot, with every tick the console printed.
+    let text = eventually("the guest's second boot", BOOT, || {
+        let text = console(&cluster.agents[to], &id);
+        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
+        read.then_some(text.clone()).ok_or(text)
+    });
+    let on_disk = last_tick_at_boot(&text, 1).unwrap();
+    assert!(
+        on_disk >= frozen_at,
+        "printed {frozen_at}, the disk has {on_disk}"
+    );
+    let blocklist = ceph.ceph(&["osd", "blocklist", "ls"]);
+    for client in &clients {
+        let client = client.as_str().unwrap();
+        assert!(blocklist.contains(client), "{client} not in {blocklist}");
+    }
+
+    // The frozen QEMU wakes: Ceph refuses its writes, so its guest completes no tick past
+    // what the new guest found on the disk, while the new guest ticks on.
+    signal_pid(qemu[0], "CONT");
+    let now = last_tick(&cluster, to, &id);
+    eventually("the new guest ticks on", BOOT, || {
+        let t = last_tick(&cluster, to, &id);
+        (t >= now + 5).then_some(()).ok_or(format!("tick {t}"))
+    });
+    let old = last_tick(&cluster, h, &id);
+    assert!(
+        old <= on_disk,
+        "the fenced guest completed tick {old}, past the disk's {on_disk}"
+    );
+    // Refused, not lost in a cache: the fenced guest's own writes fail.
+    eventually("the fenced guest's write refused", BOOT, || {
+        let text = console(&cluster.agents[h], &id);
+        text.contains("HEARTH-GUEST-TICK-FAILED")
+            .then_some(())
+            .ok_or(text)
+    });
+
+    // The worker comes back: it stops the fenced QEMU and starts nothing.
+    cluster.agents[h].signal("CONT");
+    eventually("the fenced QEMU stopped", BOOT, || {
+        match qemu_pids_under(&cluster.agents[h].dir)[..] {
+            [] => Ok(()),
+            ref pids => Err(format!("{pids:?}")),
+        }
+    });
+    let row = vm(&cluster.agents[h], "web").unwrap();
+    assert_eq!(index_of(&cluster, &row["host"]), to, "{row}");
+
+    // Deleting the VM removes its image from the pool.
+    cluster.agents[h].cli(&["vm", "delete", "web"]);
+    eventually("the image removed", BOOT, || {
+        let listed = ceph.rbd(&["ls", "rbd"]);
+        (!listed.contains(&image)).then_some(()).ok_or(listed)
+    });
 }

@@ -46,7 +46,14 @@ async fn put_plan(
             if let Some(Err(why)) = policy {
                 return error(StatusCode::BAD_REQUEST, &format!("backup.{why}"));
             }
-            write(&state, Command::PutPlan { plan, expect }).await
+            write(
+                &state,
+                Command::PutPlan {
+                    plan: Box::new(plan),
+                    expect,
+                },
+            )
+            .await
         }
         Err(rejection) => bad_body(rejection),
     }

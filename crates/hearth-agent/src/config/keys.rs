@@ -15,8 +15,8 @@ use super::defaults::{
     default_rpc_addr, optional_duration,
 };
 use super::sections::{
-    BillingSection, ComputeSection, DnsConfig, GossipConfig, HandlerConfig, ServiceConfig,
-    StateSection,
+    BillingSection, CephSection, ComputeSection, DnsConfig, GossipConfig, HandlerConfig,
+    ServiceConfig, StateSection,
 };
 use super::smtp::SmtpConfig;
 
@@ -96,6 +96,9 @@ pub struct Config {
     /// Where announcement emails to members go; none are sent without it.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// The co-op's Ceph cluster, for VMs whose disks are on RBD.
+    #[serde(default)]
+    pub ceph: Option<CephSection>,
 }
 
 impl Config {
@@ -125,6 +128,10 @@ impl Config {
             (
                 "billing.webhook_secret_file",
                 self.billing.webhook_secret_file.as_deref(),
+            ),
+            (
+                "ceph.keyring",
+                self.ceph.as_ref().and_then(|c| c.keyring.as_deref()),
             ),
         ];
         named

@@ -38,8 +38,8 @@ pub use files::{ConfigFiles, secret_file_problem};
 pub use keys::Config;
 pub use load::ConfigError;
 pub use sections::{
-    BillingSection, ComputeSection, DnsConfig, DnsPushConfig, GossipConfig, HandlerConfig,
-    HandlerScope, ServiceConfig, StateSection,
+    BillingSection, CephSection, ComputeSection, DnsConfig, DnsPushConfig, GossipConfig,
+    HandlerConfig, HandlerScope, ServiceConfig, StateSection,
 };
 pub use smtp::{MailSettings, SmtpConfig, SmtpTls};
 pub use validate::{Resolved, Webhook};

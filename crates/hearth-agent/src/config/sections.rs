@@ -164,6 +164,26 @@ impl Default for ComputeSection {
     }
 }
 
+/// How a worker reaches the co-op's Ceph cluster, for VMs whose disks are on RBD
+/// (`docs/rbd.md`). A worker without it never runs such VMs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CephSection {
+    /// The cluster's config file, naming its monitors (`/etc/ceph/ceph.conf`).
+    pub conf: std::path::PathBuf,
+    /// The cephx user hearth connects as, without `client.`; it needs `profile rbd` on the
+    /// monitors (which lets it blocklist a fenced client) and on the pools hearth uses.
+    #[serde(default = "default_ceph_user")]
+    pub user: String,
+    /// That user's keyring (mode 600); default: the one `conf` names, or none without cephx.
+    #[serde(default)]
+    pub keyring: Option<std::path::PathBuf>,
+}
+
+fn default_ceph_user() -> String {
+    "admin".into()
+}
+
 /// Metering and invoices.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

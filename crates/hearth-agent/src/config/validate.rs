@@ -30,6 +30,8 @@ pub struct Resolved {
     pub smtp: Option<MailSettings>,
     /// Where closed invoices go (`[billing] webhook_url`), with the signing secret.
     pub webhook: Option<Webhook>,
+    /// The Ceph cluster for disks on RBD (`[ceph]`).
+    pub ceph: Option<hearth_qemu::rbd::Ceph>,
 }
 
 /// The invoice webhook: its URL and signing secret.
@@ -109,6 +111,7 @@ impl Config {
         self.check_gossip(&mut problems);
         self.check_state(&mut problems);
         self.check_compute(&mut problems);
+        let ceph = self.check_ceph(files, &mut problems);
         self.check_billing(&mut problems);
         let webhook = self.webhook(files, &mut problems);
         self.check_services(&mut problems);
@@ -122,9 +125,60 @@ impl Config {
                 dns_push,
                 smtp,
                 webhook,
+                ceph,
             }),
             _ => Err(problems),
         }
+    }
+
+    /// `[ceph]`: paths QEMU's `rbd:` file name can carry (absolute, no `:` or `,`), a user
+    /// name, a readable keyring, and the QEMU driver.
+    fn check_ceph(
+        &self,
+        files: &ConfigFiles,
+        problems: &mut Vec<String>,
+    ) -> Option<hearth_qemu::rbd::Ceph> {
+        let c = self.ceph.as_ref()?;
+        let before = problems.len();
+        let path_ok = |key: &str, path: &std::path::Path, problems: &mut Vec<String>| {
+            let text = path.display().to_string();
+            if !path.is_absolute() || text.contains([':', ',']) {
+                problems.push(format!(
+                    "ceph.{key}: {text} must be an absolute path without `:` or `,` (QEMU's rbd file name cannot carry them)"
+                ));
+            }
+        };
+        path_ok("conf", &c.conf, problems);
+        if let Some(keyring) = &c.keyring {
+            path_ok("keyring", keyring, problems);
+            if let Err(error) = files.text(keyring) {
+                problems.push(format!(
+                    "ceph.keyring: cannot read {}: {error}",
+                    keyring.display()
+                ));
+            }
+        }
+        let user_ok = (1..=64).contains(&c.user.len())
+            && c.user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !user_ok || c.user.starts_with("client.") {
+            problems.push(format!(
+                "ceph.user: `{}` is not a cephx user name; give it without `client.` (letters, digits, `_`, `.`, `-`), such as hearth",
+                c.user
+            ));
+        }
+        if self.compute.driver != "qemu" {
+            problems.push(format!(
+                "ceph: only a worker whose compute.driver is qemu runs disks on RBD (it is {}); remove [ceph] or set compute.driver = \"qemu\"",
+                self.compute.driver
+            ));
+        }
+        (problems.len() == before).then(|| hearth_qemu::rbd::Ceph {
+            conf: c.conf.clone(),
+            user: c.user.clone(),
+            keyring: c.keyring.clone(),
+        })
     }
 
     fn check_billing(&self, problems: &mut Vec<String>) {

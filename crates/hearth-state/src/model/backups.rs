@@ -241,6 +241,15 @@ fn restore_into(
     let mut request = entry.value.request.clone();
     request.name = name.to_owned();
     request.power = Power::Running;
+    let plan = super::quota::plan_storage(state, &request.owner);
+    if !entry.value.storage.is_local()
+        || !super::compute::storage_of(&state.compute, &request, plan.as_ref()).is_local()
+    {
+        return refused(
+            "into: its disk would be on Ceph RBD, and restoring into such a disk is not supported yet"
+                .to_owned(),
+        );
+    }
     let base = entry.value.base.clone();
     let create = ComputeCommand::CreateVm { request };
     let outcome = super::apply_compute(state, &create, index);
@@ -339,7 +348,9 @@ fn restore(
     let Some(entry) = state.compute.vms.get_mut(id) else {
         return invalid(format!("vm: no VM {id}"));
     };
-    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    // Looked at first and changed only once admitted: a refusal changes nothing.
+    let none = VmBackups::default();
+    let backups = state.backups.vms.get(id).unwrap_or(&none);
     let Some(found) = backups.snapshots.iter().find(|s| s.id == snapshot) else {
         return invalid(format!(
             "snapshot: {id} has no snapshot {snapshot} (hearth backups {})",
@@ -354,6 +365,9 @@ fn restore(
         _ if vm.request.replicas > 1 || vm.replica.is_some() => {
             Some("it keeps two copies of its disk, and restoring those is not supported yet")
         }
+        _ if vm.storage.rbd_pool().is_some() => {
+            Some("its disk is on Ceph RBD, and restoring such a disk is not supported yet")
+        }
         _ if backups.restoring() => Some("a restore is under way"),
         _ if backups.pending() => Some("a backup of it is under way"),
         _ => None,
@@ -361,6 +375,8 @@ fn restore(
     if let Some(why) = why {
         return refused(format!("{id} cannot be restored now: {why}"));
     }
+    let found = found.clone();
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
     backups.restore = Some(RestoreRun {
         snapshot: found.clone(),
         stage: RestoreStage::Asked,

@@ -3,13 +3,13 @@
 
 use hearth_types::compute::{
     Assigned, Capacity, Compute, DiskHome, Drift, DriftKind, Evacuation, Image, IoLimits, IpPool,
-    Listening, Phase, Power, ReplicaState, Vm, VmRequest,
+    Listening, Phase, Power, ReplicaState, Storage, Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
 use serde::{Deserialize, Serialize};
 
 use super::cas::{Expect, Outcome, put, remove};
-use super::{migration, replicas};
+use super::{migration, rbd, replicas};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -226,6 +226,27 @@ pub enum ComputeCommand {
         #[serde(default)]
         at_ms: u64,
     },
+    /// The home of an RBD disk records the Ceph client addresses its QEMU runs with, so
+    /// that another worker can fence them (`docs/rbd.md`).
+    RbdClients {
+        vm: String,
+        host: String,
+        clients: Vec<String>,
+    },
+    /// Worker `to` takes over the RBD disk of a VM whose home `from` has not renewed its
+    /// lease since index `lease` (or is fenced), after putting `fenced` on Ceph's blocklist:
+    /// the VM and its disk's home move to `to`, the disk stays the same image. Refused unless
+    /// `fenced` holds every client recorded for the VM.
+    TakeOver {
+        vm: String,
+        from: String,
+        to: String,
+        lease: u64,
+        fenced: Vec<String>,
+        /// Unix milliseconds on the host that asked, for the `vm-failover` event.
+        #[serde(default)]
+        at_ms: u64,
+    },
     /// The disk's home reports the mirror into replica `since`.
     ReplicaProgress {
         vm: String,
@@ -251,6 +272,10 @@ impl ComputeCommand {
         match self {
             C::SetIo { io, .. } if io.limits_network() => 3,
             C::CreateVm { request } if request.io.limits_network() => 3,
+            // Disks on RBD.
+            C::RbdClients { .. } | C::TakeOver { .. } => 10,
+            C::PutPool { pool, .. } if pool.storage.is_some() => 10,
+            C::Host { capacity, .. } if capacity.rbd => 10,
             C::PutPool { pool, .. } if pool.delegate.is_some() => 3,
             C::Drift { drift, .. } if drift.iter().any(|d| d.kind == DriftKind::GuardAltered) => 3,
             _ => 1,
@@ -287,6 +312,8 @@ impl ComputeCommand {
             | ComputeCommand::DropReplica { vm, .. }
             | ComputeCommand::ReplicaListening { vm, .. }
             | ComputeCommand::Failover { vm, .. }
+            | ComputeCommand::RbdClients { vm, .. }
+            | ComputeCommand::TakeOver { vm, .. }
             | ComputeCommand::ReplicaProgress { vm, .. } => format!("vm/{vm}"),
             ComputeCommand::Fix { id, .. } | ComputeCommand::FixDone { id, .. } => {
                 format!("fix/{id}")
@@ -309,7 +336,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         C::RemoveImage { name, expect } => remove_image(compute, name, *expect),
         C::PutPool { pool, expect } => put_pool(compute, pool, *expect, index),
         C::RemovePool { name, expect } => remove_pool(compute, name, *expect),
-        C::CreateVm { request } => create_vm(compute, request, index),
+        C::CreateVm { request } => create_vm(compute, request, None, index),
         C::SetPower { vm, power, expect } => {
             update_vm(compute, vm, *expect, index, |vm| vm.request.power = *power)
         }
@@ -369,6 +396,7 @@ pub(super) fn apply(compute: &mut Compute, command: &ComputeCommand, index: u64)
         | C::ReplicaProgress { .. }
         | C::RenewLease { .. }
         | C::Failover { .. } => replicas::apply(compute, command, index),
+        C::RbdClients { .. } | C::TakeOver { .. } => rbd::apply(compute, command, index),
     }
 }
 
@@ -724,12 +752,59 @@ fn copies(compute: &Compute, request: &VmRequest) -> u8 {
     pools.filter_map(|p| p.value.replicas).max().unwrap_or(1)
 }
 
-fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome {
+/// Where a new VM's disk is kept: what the first of its pools that says asks for, else its
+/// owner's plan's storage, else a local file.
+pub(super) fn storage_of(
+    compute: &Compute,
+    request: &VmRequest,
+    plan: Option<&Storage>,
+) -> Storage {
+    let pools = request.pools.iter().filter_map(|p| compute.pools.get(p));
+    pools
+        .filter_map(|p| p.value.storage.clone())
+        .next()
+        .or_else(|| plan.cloned())
+        .unwrap_or_default()
+}
+
+/// One address from each of the request's pools, in order, or why not.
+fn addresses(compute: &Compute, request: &VmRequest) -> Result<Vec<Assigned>, String> {
+    let mut ips = Vec::new();
+    for pool_name in &request.pools {
+        let Some(pool) = compute.pools.get(pool_name) else {
+            return Err(format!("pools: no pool named {pool_name}"));
+        };
+        let mut used = compute.used_addresses(pool_name);
+        used.extend(ips.iter().map(|a: &Assigned| a.address));
+        let Some(address) = pool.value.allocate(&used) else {
+            return Err(format!("pools: pool {pool_name} has no free address"));
+        };
+        ips.push(Assigned {
+            pool: pool_name.clone(),
+            address,
+            prefix: pool.value.assigned_prefix().unwrap_or(32),
+            routed: pool.value.delegate.is_some(),
+        });
+    }
+    Ok(ips)
+}
+
+pub(super) fn create_vm(
+    compute: &mut Compute,
+    request: &VmRequest,
+    plan_storage: Option<&Storage>,
+    index: u64,
+) -> Outcome {
     if let Err(message) = request.validate() {
         return Outcome::Invalid { message };
     }
     let mut request = request.clone();
-    request.replicas = copies(compute, &request);
+    let storage = storage_of(compute, &request, plan_storage);
+    // A disk on RBD is in Ceph already: no second copy of hearth's own.
+    request.replicas = match storage {
+        Storage::Local => copies(compute, &request),
+        Storage::Rbd { .. } => 1,
+    };
     let Some(image) = compute.images.get(&request.image).cloned() else {
         return Outcome::Invalid {
             message: format!("image: no image named {}", request.image),
@@ -752,27 +827,10 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
             message: format!("name: a VM named {} exists", request.name),
         };
     }
-    let mut ips = Vec::new();
-    for pool_name in &request.pools {
-        let Some(pool) = compute.pools.get(pool_name) else {
-            return Outcome::Invalid {
-                message: format!("pools: no pool named {pool_name}"),
-            };
-        };
-        let mut used = compute.used_addresses(pool_name);
-        used.extend(ips.iter().map(|a: &Assigned| a.address));
-        let Some(address) = pool.value.allocate(&used) else {
-            return Outcome::Invalid {
-                message: format!("pools: pool {pool_name} has no free address"),
-            };
-        };
-        ips.push(Assigned {
-            pool: pool_name.clone(),
-            address,
-            prefix: pool.value.assigned_prefix().unwrap_or(32),
-            routed: pool.value.delegate.is_some(),
-        });
-    }
+    let ips = match addresses(compute, &request) {
+        Ok(ips) => ips,
+        Err(message) => return Outcome::Invalid { message },
+    };
     let id = format!("vm-{index}");
     compute.vms.insert(
         id.clone(),
@@ -799,6 +857,8 @@ fn create_vm(compute: &mut Compute, request: &VmRequest, index: u64) -> Outcome 
                 move_given_up: None,
                 replica: None,
                 adopt_replica: None,
+                storage,
+                rbd_clients: Vec::new(),
             },
         },
     );
@@ -917,6 +977,7 @@ mod tests {
             last: None,
             replicas: None,
             delegate: None,
+            storage: None,
         };
         for (i, command) in [
             ComputeCommand::PutImage {

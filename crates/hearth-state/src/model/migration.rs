@@ -91,6 +91,11 @@ pub(super) fn migrate(
     if vm.migration.is_some() {
         return invalid(format!("vm: {name} is already being moved"));
     }
+    if !vm.storage.is_local() {
+        return invalid(format!(
+            "vm: {name}'s disk is on Ceph RBD, and moving such a VM by hand is not supported yet (it restarts on another worker by itself if its worker dies)"
+        ));
+    }
     if vm.disk.host.as_deref() != Some(host.as_str()) {
         return invalid(format!(
             "vm: {name} has no disk on {host} yet; it moves once it has run there"

@@ -7,9 +7,9 @@
 use std::borrow::Cow;
 
 use hearth_types::account::AccountRole;
-use hearth_types::compute::{Compute, VmRequest};
+use hearth_types::compute::{Compute, Storage, VmRequest};
 use hearth_types::desired::DesiredState;
-use hearth_types::quota::{check, quota_of, usage};
+use hearth_types::quota::{DEFAULT_PLAN, check, quota_of, usage};
 
 use super::compute::ComputeCommand;
 
@@ -45,6 +45,18 @@ pub(super) fn admit<'c>(
     let mut request = request.clone();
     request.io = quota.io();
     Ok(Cow::Owned(ComputeCommand::CreateVm { request }))
+}
+
+/// The storage the plan of `owner` gives new VMs (the default plan's for an account with
+/// none), if it says.
+pub(super) fn plan_storage(state: &DesiredState, owner: &str) -> Option<Storage> {
+    let account = &state.accounts.get(owner)?.value;
+    let plan = account.plan.as_deref().unwrap_or(DEFAULT_PLAN);
+    let plan = state
+        .plans
+        .get(plan)
+        .or_else(|| state.plans.get(DEFAULT_PLAN))?;
+    plan.value.storage.clone()
 }
 
 /// A VM is given only to an existing account, and must fit a member's quota as if they

@@ -22,7 +22,8 @@ pub(super) struct Before {
 pub(super) fn before(state: &DesiredState, command: &ComputeCommand) -> Option<Before> {
     let (key, at_ms) = match command {
         ComputeCommand::ReplicaProgress { vm, at_ms, .. }
-        | ComputeCommand::Failover { vm, at_ms, .. } => (vm, *at_ms),
+        | ComputeCommand::Failover { vm, at_ms, .. }
+        | ComputeCommand::TakeOver { vm, at_ms, .. } => (vm, *at_ms),
         _ => return None,
     };
     let vm = &state.compute.vms.get(key)?.value;
