@@ -15,6 +15,7 @@ mod nbd;
 mod procs;
 mod qsd;
 mod raft;
+mod rbd_write;
 mod reconcile;
 mod replica_latency;
 mod serf;
@@ -86,6 +87,10 @@ enum Command {
     /// full and after 1 % of it changed, against `restic backup FILE`; and a restore (the
     /// latest snapshot dumped and written as a qcow2 overlay). No guest, no agent.
     Backup(backup::Args),
+    /// RBD writes: 64 KiB sequential (depth 16) and 4 KiB flushed (depth 1) writes through
+    /// QEMU's block layer (`qemu-img bench`) into a disk on a single-node Ceph made as hearth
+    /// makes it, against a local qcow2 overlay. No guest, no agent.
+    RbdWrite(rbd_write::Args),
 }
 
 /// Options every benchmark takes.
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Command::DiskCopy(args) => (disk_copy::run(args), args.json),
         Command::ReplicaLatency(args) => (replica_latency::run(args), args.json),
         Command::Backup(args) => (backup::run(args), args.json),
+        Command::RbdWrite(args) => (rbd_write::run(args), args.json),
     };
     match result {
         Ok(report) => {

@@ -1049,6 +1049,19 @@ fn from_number(n: u128, v4: bool) -> IpAddr {
 mod tests {
     use super::*;
 
+    #[test]
+    fn storage_is_written_local_or_rbd_and_a_pool_name_is_checked() {
+        assert_eq!(Storage::parse("local"), Ok(Storage::Local));
+        let rbd = Storage::parse("rbd:vms-1").unwrap();
+        assert_eq!(rbd.rbd_pool(), Some("vms-1"));
+        assert_eq!(rbd.to_string(), "rbd:vms-1");
+        for bad in ["rbd:", "rbd:a/b", "nfs:x", "rbd:.hidden"] {
+            assert!(Storage::parse(bad).is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&rbd).unwrap();
+        assert_eq!(json, r#"{"kind":"rbd","pool":"vms-1"}"#);
+    }
+
     fn pool(cidr: &str) -> IpPool {
         IpPool {
             name: "p".into(),

@@ -350,6 +350,57 @@ fn compute() {
     );
 }
 
+#[test]
+fn ceph() {
+    let section = || CephSection {
+        conf: "/etc/ceph/ceph.conf".into(),
+        user: "hearth".into(),
+        keyring: None,
+    };
+    let mut config = good();
+    config.ceph = Some(section());
+    let resolved = config.validate_with(&good_files()).expect("valid");
+    let ceph = resolved.ceph.expect("the Ceph settings");
+    assert_eq!(
+        ceph.qemu_file("rbd", "x"),
+        "rbd:rbd/x:id=hearth:conf=/etc/ceph/ceph.conf"
+    );
+    assert_change_gives(
+        |c| {
+            c.ceph = Some(CephSection {
+                conf: "/etc/ceph/a:b.conf".into(),
+                ..section()
+            })
+        },
+        "ceph.conf: /etc/ceph/a:b.conf must be an absolute path without `:` or `,` (QEMU's rbd file name cannot carry them)",
+    );
+    assert_change_gives(
+        |c| {
+            c.ceph = Some(CephSection {
+                user: "client.hearth".into(),
+                ..section()
+            })
+        },
+        "ceph.user: `client.hearth` is not a cephx user name; give it without `client.` (letters, digits, `_`, `.`, `-`), such as hearth",
+    );
+    assert_change_gives(
+        |c| {
+            c.ceph = Some(CephSection {
+                keyring: Some("/nowhere/keyring".into()),
+                ..section()
+            })
+        },
+        "ceph.keyring: cannot read /nowhere/keyring: not read",
+    );
+    assert_change_gives(
+        |c| {
+            c.ceph = Some(section());
+            c.compute.driver = "fake".into();
+        },
+        "ceph: only a worker whose compute.driver is qemu runs disks on RBD (it is fake); remove [ceph] or set compute.driver = \"qemu\"",
+    );
+}
+
 fn check(config: &mut Config, idx: usize) -> &mut CheckConfig {
     config.service[idx]
         .check

@@ -989,9 +989,7 @@ mod tests {
         assert_eq!(backups.restored.as_ref().unwrap().snapshot, "abc");
     }
 
-    #[test]
-    fn a_restore_into_a_new_vm_creates_it_waiting_for_the_snapshot_and_counts_on_the_plan() {
-        let mut state = state();
+    fn tiny_image(state: &mut DesiredState) {
         state.compute.images.insert(
             "tiny".into(),
             Versioned {
@@ -1010,6 +1008,60 @@ mod tests {
                 },
             },
         );
+    }
+
+    #[test]
+    fn a_plans_rbd_storage_goes_to_its_members_new_vms_and_no_restore_goes_there() {
+        use hearth_types::compute::Storage;
+        let mut state = state();
+        tiny_image(&mut state);
+        member(&mut state, "ana", None);
+        let rbd = Storage::Rbd { pool: "rbd".into() };
+        let plan = hearth_types::quota::Plan {
+            name: hearth_types::quota::DEFAULT_PLAN.into(),
+            quota: Default::default(),
+            prices: None,
+            backup: None,
+            storage: Some(rbd.clone()),
+        };
+        (state.plans).insert(
+            plan.name.clone(),
+            Versioned {
+                version: 1,
+                value: plan,
+            },
+        );
+        let mut request = state.compute.vms["vm-1"].value.request.clone();
+        request.name = "db".into();
+        request.replicas = 2;
+        let create = ComputeCommand::CreateVm { request };
+        let Outcome::Created { id, .. } = super::super::apply_compute(&mut state, &create, 2)
+        else {
+            panic!("not created");
+        };
+        let vm = &state.compute.vms[&id].value;
+        assert_eq!(vm.storage, rbd);
+        assert_eq!(vm.request.replicas, 1, "Ceph keeps the copies");
+        // A restore into a new VM would land on RBD: refused, and nothing changes.
+        assert!(apply(&mut state, &ask_of("vm-1", "local"), 3).changed());
+        store(&mut state, "abc", &[], 3);
+        let before = state.clone();
+        let into = BackupCommand::RestoreInto {
+            vm: "vm-1".into(),
+            snapshot: "abc".into(),
+            name: "web2".into(),
+        };
+        assert!(matches!(
+            apply(&mut state, &into, 4),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_restore_into_a_new_vm_creates_it_waiting_for_the_snapshot_and_counts_on_the_plan() {
+        let mut state = state();
+        tiny_image(&mut state);
         member(&mut state, "ana", None);
         assert!(apply(&mut state, &ask_of("vm-1", "local"), 2).changed());
         store(&mut state, "abc", &[], 3);
