@@ -242,3 +242,19 @@ pub fn disk_tick_as(disk: &std::path::Path, format: &str) -> Result<u64, String>
         })
         .ok_or_else(|| format!("no tick in {}: {text}", disk.display()))
 }
+
+/// Waits for the guest's second boot on `host` and checks that the disk it booted from held
+/// every tick the console printed before (`printed`): returns the last tick found there.
+pub fn second_boot_keeps_ticks(host: &TestAgent, id: &str, printed: u64) -> u64 {
+    let text = crate::eventually("the guest's second boot", BOOT, || {
+        let text = console(host, id);
+        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
+        read.then_some(text.clone()).ok_or(text)
+    });
+    let found = last_tick_at_boot(&text, 1).expect("a last tick");
+    assert!(
+        found >= printed,
+        "the console printed tick {printed}, the disk has {found}"
+    );
+    found
+}

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use hearth_testkit::ceph::Ceph;
 use hearth_testkit::vms::{
-    BOOT, boots, console, create_tiny, last_tick_at_boot, three_workers_with, ticks, vm, wait_phase,
+    BOOT, boots, console, create_tiny, second_boot_keeps_ticks, three_workers_with, ticks, vm,
+    wait_phase,
 };
 use hearth_testkit::{TestCluster, eventually, qemu_pids_under, signal_pid};
 use serde_json::Value;
@@ -221,16 +222,7 @@ fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fence
     assert_eq!(row["disk"]["host"], row["host"], "{row}");
     assert_eq!(row["disk"]["generation"], 1, "the same disk: {row}");
     // Its own disk, not a fresh one: the second boot, with every tick the console printed.
-    let text = eventually("the guest's second boot", BOOT, || {
-        let text = console(&cluster.agents[to], &id);
-        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
-        read.then_some(text.clone()).ok_or(text)
-    });
-    let on_disk = last_tick_at_boot(&text, 1).unwrap();
-    assert!(
-        on_disk >= frozen_at,
-        "printed {frozen_at}, the disk has {on_disk}"
-    );
+    let on_disk = second_boot_keeps_ticks(&cluster.agents[to], &id, frozen_at);
     let blocklist = ceph.ceph(&["osd", "blocklist", "ls"]);
     for client in &clients {
         let client = client.as_str().unwrap();

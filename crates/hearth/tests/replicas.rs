@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use hearth_testkit::netns::NetnsLab;
 use hearth_testkit::vms::{
-    BOOT, boots, console, create_tiny, disk_tick, handler_log, last_tick_at_boot, three_workers,
-    three_workers_in_lab, ticks, vm, wait_phase,
+    BOOT, boots, console, create_tiny, disk_tick, handler_log, last_tick_at_boot,
+    second_boot_keeps_ticks, three_workers, three_workers_in_lab, ticks, vm, wait_phase,
 };
 use hearth_testkit::{TempDir, TestAgent, TestCluster, eventually, kill_pid, qemu_pids_under};
 use serde_json::Value;
@@ -526,16 +526,7 @@ fn a_host_cut_off_by_a_partition_kills_its_vm_before_its_replica_host_restarts_i
     );
     logged_at(&agents[r], "its connection is left over from a cut link").unwrap();
     assert_eq!(row["ips"], ips, "{row}");
-    let text = eventually("the guest's second boot", BOOT, || {
-        let text = console(&agents[r], &id);
-        let read = boots(&text) == [2] && last_tick_at_boot(&text, 1).is_some();
-        read.then_some(text.clone()).ok_or(text)
-    });
-    let found = last_tick_at_boot(&text, 1).unwrap();
-    assert!(
-        found >= printed,
-        "the console printed tick {printed}, the disk has {found}"
-    );
+    second_boot_keeps_ticks(&agents[r], &id, printed);
     let line = format!(
         "vm-failover vm=db5 from={} on={r_name}",
         agents[h].spec.name
