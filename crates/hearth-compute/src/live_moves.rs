@@ -62,7 +62,7 @@ pub async fn prepare(host: &Host<'_>, vm: &Vm, compute: &Compute, moving: &Migra
                 to: host.name.to_owned(),
                 since: moving.since,
                 listen: Listening {
-                    nbd: listen.nbd.to_string(),
+                    nbd: listen.nbd.map(|a| a.to_string()).unwrap_or_default(),
                     migrate: listen.migrate.to_string(),
                 },
             };
@@ -101,7 +101,7 @@ async fn listen(
         .start_incoming(&spec, &key, host.advertise)
         .await
         .map_err(|e| format!("the target's QEMU: {e}"))?;
-    tracing::info!(vm = %vm.id, nbd = %listen.nbd, migrate = %listen.migrate, "waiting for a VM moving here live");
+    tracing::info!(vm = %vm.id, nbd = ?listen.nbd, migrate = %listen.migrate, "waiting for a VM moving here live");
     Ok(listen)
 }
 
@@ -140,7 +140,8 @@ pub async fn send(host: &Host<'_>, vm: &Vm, moving: &Migration) {
 }
 
 /// The source's part of the copy: the mirror until it has caught up, then the RAM. Returns
-/// when it saw the migration complete (the guest paused) and QEMU's downtime in ms.
+/// when it saw the migration complete (the guest paused) and QEMU's downtime in ms. A disk
+/// on RBD is not mirrored: both QEMUs open the same image, and only the RAM moves.
 async fn mirror_and_migrate(
     host: &Host<'_>,
     driver: &Driver,
@@ -155,25 +156,17 @@ async fn mirror_and_migrate(
         addr.parse::<SocketAddr>()
             .map_err(|e| format!("the target's address {addr}: {e}"))
     };
-    let (nbd, to) = (parse(&listen.nbd)?, parse(&listen.migrate)?);
+    let to = parse(&listen.migrate)?;
     let key = move_psk(host.move_key, &vm.id, moving.since);
     driver
-        .start_mirror(&vm.id, &key, nbd, host.move_speed)
+        .hold_for_move(&vm.id, &key)
         .await
-        .map_err(|e| format!("starting the disk mirror: {e}"))?;
+        .map_err(|e| format!("preparing the move: {e}"))?;
     let mut reporter = Reporter::new(host, vm);
-    let disk = loop {
-        still_wanted(host, vm, moving)?;
-        let job = driver
-            .mirror_progress(&vm.id)
-            .await
-            .map_err(|e| format!("the disk mirror: {e}"))?;
-        fails("the disk mirror", &job)?;
-        reporter.report(job.done, job.total).await;
-        if job.status == "ready" {
-            break job.total;
-        }
-        tokio::time::sleep(POLL).await;
+    let mirrored = vm.storage.is_local();
+    let disk = match mirrored {
+        true => mirror(host, driver, vm, moving, parse(&listen.nbd)?, &mut reporter).await?,
+        false => 0,
     };
     driver
         .start_migration(&vm.id, to, host.move_speed)
@@ -193,11 +186,42 @@ async fn mirror_and_migrate(
         reporter.report(disk + ram.done, total).await;
         tokio::time::sleep(RAM_POLL).await;
     };
-    driver
-        .finish_mirror(&vm.id)
-        .await
-        .map_err(|e| format!("finishing the disk mirror: {e}"))?;
+    if mirrored {
+        driver
+            .finish_mirror(&vm.id)
+            .await
+            .map_err(|e| format!("finishing the disk mirror: {e}"))?;
+    }
     Ok((paused, downtime))
+}
+
+/// The mirror of a local disk into the target's export at `nbd`, until it has caught up:
+/// the disk's size in bytes.
+async fn mirror(
+    host: &Host<'_>,
+    driver: &Driver,
+    vm: &Vm,
+    moving: &Migration,
+    nbd: SocketAddr,
+    reporter: &mut Reporter<'_, '_>,
+) -> Result<u64, String> {
+    driver
+        .start_mirror(&vm.id, nbd, host.move_speed)
+        .await
+        .map_err(|e| format!("starting the disk mirror: {e}"))?;
+    loop {
+        still_wanted(host, vm, moving)?;
+        let job = driver
+            .mirror_progress(&vm.id)
+            .await
+            .map_err(|e| format!("the disk mirror: {e}"))?;
+        fails("the disk mirror", &job)?;
+        reporter.report(job.done, job.total).await;
+        if job.status == "ready" {
+            return Ok(job.total);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// An error for a job or migration QEMU says failed.
@@ -306,8 +330,9 @@ async fn give_up(host: &Host<'_>, driver: Option<&Driver>, vm: &Vm, why: &str) {
 }
 
 /// On the target, at `Switching`: the incoming QEMU holds the whole VM; its copy becomes the
-/// VM's disk here (`generation + 1`), the switch is recorded, and only then does it run. If
-/// the switch is refused, the copy is stopped and archived.
+/// VM's disk here (`generation + 1`; a disk on RBD keeps its generation), the switch is
+/// recorded, and only then does it run. If the switch is refused, the copy is stopped and
+/// archived.
 pub async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
     let driver = match qemu(host) {
         Ok(driver) => driver,
@@ -316,8 +341,9 @@ pub async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
             return;
         }
     };
+    let next = vm.storage.moved_generation(generation);
     let adopted = driver.pid(&vm.id).is_some()
-        && hearth_qemu::disk::read_generation(&driver.dir(&vm.id)).ok() == Some(generation + 1);
+        && hearth_qemu::disk::read_generation(&driver.dir(&vm.id)).ok() == Some(next);
     if !adopted && let Err(why) = adopt(host, driver, vm, generation).await {
         tracing::warn!(vm = %vm.id, %why, "taking a live move's copy failed");
         drop_incoming(host, &vm.id).await;
@@ -341,7 +367,8 @@ pub async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64) {
     }
 }
 
-/// The incoming QEMU's copy, whole, becomes the VM's directory here at `generation + 1`.
+/// The incoming QEMU's copy, whole, becomes the VM's directory here at the generation the
+/// move makes (a disk on RBD: its handle, at the same generation).
 async fn adopt(host: &Host<'_>, driver: &Driver, vm: &Vm, generation: u64) -> Result<(), String> {
     let status = driver
         .incoming_status(&vm.id)
@@ -364,11 +391,15 @@ async fn adopt(host: &Host<'_>, driver: &Driver, vm: &Vm, generation: u64) -> Re
         let archived = driver.archive(&vm.id).await.map_err(|e| e.to_string())?;
         tracing::warn!(vm = %vm.id, path = %archived.display(), "archived an old copy before adopting the new one");
     }
+    let file = match vm.storage.is_local() {
+        true => "disk.qcow2",
+        false => hearth_qemu::rbd::HANDLE,
+    };
     hearth_qemu::moving::adopt(
         host.driver.root(),
         &vm.id,
-        "disk.qcow2",
-        generation + 1,
+        file,
+        vm.storage.moved_generation(generation),
         None,
     )
     .await

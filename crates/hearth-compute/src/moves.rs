@@ -94,21 +94,30 @@ fn failed(error: impl std::fmt::Display) -> CopyError {
 }
 
 /// On the target: copies VM `vm`'s disk of `generation` from `from`, adopts it here as
-/// `generation + 1` and switches the VM here. A copy that fails [`ATTEMPTS`] times gives the
-/// move up, and nothing it left is the VM's disk.
+/// `generation + 1` and switches the VM here (a disk on RBD is not copied: its handle is
+/// adopted, at the same generation). A copy that fails [`ATTEMPTS`] times gives the move
+/// up, and nothing it left is the VM's disk.
 pub async fn receive(host: &Host<'_>, vm: &Vm, compute: &Compute, from: &str, generation: u64) {
     // A copy already adopted here (this host stopped, or its copy of the state lagged, before
     // the switch showed) only needs the switch: copying again would archive it first.
-    let adopted =
-        host.driver.observe().ok().into_iter().flatten().any(|s| {
-            s.id == vm.id && !s.foreign && s.disk_present && s.generation == generation + 1
-        });
+    let next = vm.storage.moved_generation(generation);
+    let adopted = host
+        .driver
+        .observe()
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|s| s.id == vm.id && !s.foreign && s.disk_present && s.generation == next);
     if adopted {
         return switch_cold(host, vm, from, generation).await;
     }
     let mut why = String::new();
     for attempt in 1..=ATTEMPTS {
-        match copy(host, vm, compute, from, generation).await {
+        let copied = match vm.storage.is_local() {
+            true => copy(host, vm, compute, from, generation).await,
+            false => adopt_rbd(host, vm, compute).await,
+        };
+        match copied {
             Ok(()) => return switch_cold(host, vm, from, generation).await,
             Err(error) => {
                 tracing::warn!(vm = %vm.id, %from, attempt, %error, "copying the disk of a VM moving here failed");
@@ -188,22 +197,44 @@ async fn copy(
             "the copy does not match the source's disk (sha256 {written}, {from} says {sha256})"
         )));
     }
-    if host.driver.root().join(&vm.id).exists() {
-        if let Some(pid) = host.driver.running(&vm.id) {
-            return Err(failed(format!(
-                "an old copy of {} runs here (pid {pid})",
-                vm.id
-            )));
-        }
-        let archived = host.driver.archive(&vm.id).await.map_err(failed)?;
-        tracing::warn!(vm = %vm.id, path = %archived.display(), "archived an old copy before adopting the new one");
-    }
+    make_room(host, vm).await?;
     let base = host.blobs.path(&image.disk.sha256);
     host.driver
         .adopt_incoming(&vm.id, generation + 1, (&base, &image.format))
         .await
         .map_err(failed)?;
     tracing::info!(vm = %vm.id, %from, bytes = size, "disk copied and checked");
+    Ok(())
+}
+
+/// A cold move of a disk on RBD: the stopped VM's image, at its generation, becomes the
+/// VM's disk here by its handle; nothing is copied.
+async fn adopt_rbd(host: &Host<'_>, vm: &Vm, compute: &Compute) -> Result<(), CopyError> {
+    let driver = host
+        .driver
+        .qemu()
+        .ok_or_else(|| format!("{} cannot run disks on RBD", host.name))?;
+    fetch_image(host, vm, compute).await?;
+    let spec = crate::host::spec_for(vm, compute, host.blobs)?;
+    make_room(host, vm).await?;
+    driver.adopt_rbd(&spec).await.map_err(failed)?;
+    tracing::info!(vm = %vm.id, "took the handle of the VM's disk on RBD");
+    Ok(())
+}
+
+/// Archives an old copy of the VM here, never running, before a new one is adopted.
+async fn make_room(host: &Host<'_>, vm: &Vm) -> Result<(), CopyError> {
+    if !host.driver.root().join(&vm.id).exists() {
+        return Ok(());
+    }
+    if let Some(pid) = host.driver.running(&vm.id) {
+        return Err(failed(format!(
+            "an old copy of {} runs here (pid {pid})",
+            vm.id
+        )));
+    }
+    let archived = host.driver.archive(&vm.id).await.map_err(failed)?;
+    tracing::warn!(vm = %vm.id, path = %archived.display(), "archived an old copy before adopting the new one");
     Ok(())
 }
 
@@ -283,13 +314,14 @@ pub(crate) async fn switch(host: &Host<'_>, vm: &Vm, from: &str, generation: u64
     Switched::Unknown
 }
 
-/// Whether the cluster records this host as the VM's disk home at `generation + 1`, read
-/// after catching up with the leader; `None` when it cannot be read.
+/// Whether the cluster records this host as the VM's disk home at the generation a move of
+/// `generation` makes, read after catching up with the leader; `None` when it cannot be read.
 async fn moved_here(host: &Host<'_>, vm: &Vm, generation: u64) -> Option<bool> {
     host.state.linearizable_index().await.ok()?;
     let desired = host.state.reader().current();
     let now = &desired.compute.vms.get(&vm.id)?.value;
-    Some(now.disk.host.as_deref() == Some(host.name) && now.disk.generation == generation + 1)
+    let next = vm.storage.moved_generation(generation);
+    Some(now.disk.host.as_deref() == Some(host.name) && now.disk.generation == next)
 }
 
 #[cfg(test)]

@@ -69,7 +69,6 @@ pub fn takeovers(
         let due = vm.storage.rbd_pool().is_some()
             && vm.host.as_deref() == Some(home)
             && !vm.deleting
-            && vm.migration.is_none()
             && silent(desired, watch, now, wait, home);
         if !due {
             continue;

@@ -684,7 +684,11 @@ fn which_copy(me: &str, s: &ObservedVm, compute: &Compute) -> Copy {
         generation: s.generation,
     };
     match &vm.migration {
-        Some(m) if m.to == me && s.generation == vm.disk.generation + 1 => Copy::Incoming,
+        Some(m)
+            if m.to == me && s.generation == vm.storage.moved_generation(vm.disk.generation) =>
+        {
+            Copy::Incoming
+        }
         _ if vm.moved_from.as_ref() == Some(&here) && vm.disk.host.as_deref() != Some(me) => {
             Copy::LeftBehind
         }

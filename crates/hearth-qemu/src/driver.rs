@@ -546,9 +546,14 @@ impl Driver {
     }
 
     /// Makes sure the VM's own disk on RBD, `spec.generation`'s image, is in the pool, and
-    /// writes its handle here (a worker taking the disk over has none yet). Never makes an
-    /// image: a missing one is an error.
-    async fn attach_rbd(&self, spec: &VmSpec, dir: &Path, pool: &str) -> Result<(), DiskError> {
+    /// writes its handle into `dir` (a worker taking the disk over, or a move's target, has
+    /// none yet). Never makes an image: a missing one is an error.
+    pub(crate) async fn rbd_handle(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        pool: &str,
+    ) -> Result<(), DiskError> {
         let image = crate::rbd::disk_image(&spec.id, spec.generation);
         if !self.ceph()?.exists(pool, &image).await? {
             return Err(DiskError::NoDisk(format!(
@@ -720,7 +725,7 @@ impl Driver {
             DiskSpec::Local => {
                 crate::disk::check_own(&spec.id, &dir, "disk.qcow2", spec.generation)?
             }
-            DiskSpec::Rbd { pool, .. } => self.attach_rbd(spec, &dir, pool).await?,
+            DiskSpec::Rbd { pool, .. } => self.rbd_handle(spec, &dir, pool).await?,
         }
         write_seed(spec, &dir).await?;
         // A new QEMU mirrors into no replica yet.
@@ -801,6 +806,25 @@ impl Driver {
         let made = ceph.clone_disk(pool, base, &image, spec.disk_bytes).await?;
         crate::rbd::write_handle(dir, pool, &image, spec.generation)?;
         Ok(made)
+    }
+
+    /// A cold move's target of a disk on RBD: nothing is copied; the handle of the same
+    /// image, at the same generation (`spec.generation`), becomes the VM's directory here
+    /// in one rename. A VM directory already here is an error (the caller archives it).
+    pub async fn adopt_rbd(&self, spec: &VmSpec) -> Result<PathBuf, DiskError> {
+        let DiskSpec::Rbd { pool, .. } = &spec.disk else {
+            return Err(DiskError::NoDisk(format!("{} has no disk on RBD", spec.id)));
+        };
+        let incoming = crate::moving::fresh_incoming(&self.root, &spec.id)?;
+        self.rbd_handle(spec, &incoming, pool).await?;
+        crate::moving::adopt(
+            &self.root,
+            &spec.id,
+            crate::rbd::HANDLE,
+            spec.generation,
+            None,
+        )
+        .await
     }
 
     /// Moves a VM's files, disk included, to the archive (see [`crate::disk::archive`]).

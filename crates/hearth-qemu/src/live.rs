@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::driver::{Driver, VmSpec, make_overlay};
+use crate::driver::{DiskSpec, Driver, VmSpec, make_overlay};
 use crate::error::{ControlError, DiskError, StartError, io_error};
 use crate::qmp::Qmp;
 
@@ -33,10 +33,11 @@ pub(crate) const PSK_USER: &str = "hearth";
 /// QEMU's default most downtime for the final switch of RAM, said out loud.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 
-/// Where the target waits.
+/// Where the target waits: for the disk (none for a disk on RBD, which both ends reach)
+/// and for the RAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
-    pub nbd: SocketAddr,
+    pub nbd: Option<SocketAddr>,
     pub migrate: SocketAddr,
 }
 
@@ -131,8 +132,10 @@ async fn mirror_job(qmp: &mut Qmp) -> Result<Option<Progress>, ControlError> {
 impl Driver {
     /// The target's half: a paused QEMU for `spec` in the VM's incoming directory, on a new
     /// overlay of this host's base image, exporting it over NBD and waiting for the RAM, both
-    /// on `ip` under TLS with `key`. Whatever an earlier attempt left there is stopped and
-    /// removed first (it was never the VM's disk). On failure nothing is left running.
+    /// on `ip` under TLS with `key`. A disk on RBD is not copied: the QEMU opens the same
+    /// image (its handle in the incoming directory) and waits for the RAM only. Whatever an
+    /// earlier attempt left there is stopped and removed first (it was never the VM's
+    /// disk). On failure nothing is left running.
     pub async fn start_incoming(
         &self,
         spec: &VmSpec,
@@ -141,7 +144,16 @@ impl Driver {
     ) -> Result<Listen, StartError> {
         self.drop_incoming(&spec.id).await?;
         let dir = crate::moving::fresh_incoming(self.root(), &spec.id)?;
-        make_overlay(spec, &dir.join("disk.qcow2")).await?;
+        let shared = match &spec.disk {
+            DiskSpec::Local => {
+                make_overlay(spec, &dir.join("disk.qcow2")).await?;
+                false
+            }
+            DiskSpec::Rbd { pool, .. } => {
+                self.rbd_handle(spec, &dir, pool).await?;
+                true
+            }
+        };
         std::fs::write(dir.join(HELD), b"incoming\n").map_err(io_error(&dir))?;
         let tls = write_psk(&dir, key).map_err(io_error(&dir))?;
         crate::driver::write_seed(spec, &dir).await?;
@@ -156,7 +168,7 @@ impl Driver {
             ),
         ];
         self.launch_here(spec, &dir, &extra).await?;
-        match listen_incoming(&dir, ip).await {
+        match listen_incoming(&dir, ip, !shared).await {
             Ok(listen) => Ok(listen),
             Err(error) => {
                 let _ = self.drop_incoming(&spec.id).await;
@@ -212,7 +224,8 @@ impl Driver {
     }
 
     /// The target's QEMU holds the whole VM: its NBD export and server go, and its disk is
-    /// flushed to stable storage before the copy is adopted.
+    /// flushed to stable storage before the copy is adopted (a disk on RBD was never copied:
+    /// the source's QEMU flushed it into Ceph when its migration completed).
     pub async fn finish_incoming(&self, id: &str) -> Result<(), ControlError> {
         let dir = crate::moving::incoming_dir(self.root(), id)
             .map_err(|e| ControlError::Unexpected(e.to_string()))?;
@@ -221,6 +234,9 @@ impl Driver {
         quietly(&mut qmp, "nbd-server-stop", json!({})).await;
         // Both streams are in: the server's key file is needed no more.
         let _ = std::fs::remove_dir_all(dir.join("tls"));
+        if dir.join(crate::rbd::HANDLE).is_file() {
+            return Ok(());
+        }
         let disk = dir.join("disk.qcow2");
         std::fs::File::open(&disk)
             .and_then(|f| f.sync_all())
@@ -228,15 +244,9 @@ impl Driver {
         Ok(())
     }
 
-    /// The source's first half: marks the VM held, then mirrors its disk into the target's
-    /// export at `nbd` under TLS with `key`, at most `speed` bytes/s (0: no limit).
-    pub async fn start_mirror(
-        &self,
-        id: &str,
-        key: &[u8; 32],
-        nbd: SocketAddr,
-        speed: u64,
-    ) -> Result<(), ControlError> {
+    /// The source's first step: marks the VM held, and gives its QEMU the TLS key `key` for
+    /// the streams to the target.
+    pub async fn hold_for_move(&self, id: &str, key: &[u8; 32]) -> Result<(), ControlError> {
         let dir = self.dir(id);
         let mut qmp = self.qmp(id).await?;
         std::fs::write(dir.join(HELD), b"source\n").map_err(io_error(&dir))?;
@@ -252,6 +262,18 @@ impl Driver {
         .await?;
         // The client reads its key once, when the object is made: the file goes at once.
         let _ = std::fs::remove_dir_all(&tls);
+        Ok(())
+    }
+
+    /// The source's copy of a local disk, after [`Driver::hold_for_move`]: mirrors it into
+    /// the target's export at `nbd` under TLS, at most `speed` bytes/s (0: no limit).
+    pub async fn start_mirror(
+        &self,
+        id: &str,
+        nbd: SocketAddr,
+        speed: u64,
+    ) -> Result<(), ControlError> {
+        let mut qmp = self.qmp(id).await?;
         let mut server = inet(nbd);
         server["type"] = json!("inet");
         qmp.execute(
@@ -404,11 +426,25 @@ async fn migration_progress(qmp: &mut Qmp) -> Result<Progress, ControlError> {
     })
 }
 
-/// On the target's fresh QEMU in `dir`: the NBD server and writable export of its disk, and
-/// the wait for the RAM, on free ports of `ip`.
-async fn listen_incoming(dir: &Path, ip: IpAddr) -> Result<Listen, ControlError> {
+/// On the target's fresh QEMU in `dir`: the NBD server and writable export of its disk
+/// (when `export`: not for a disk on RBD), and the wait for the RAM, on free ports of `ip`.
+async fn listen_incoming(dir: &Path, ip: IpAddr, export: bool) -> Result<Listen, ControlError> {
     let mut qmp = Qmp::connect(&dir.join("qmp.sock")).await?;
-    let node = disk_node(&mut qmp).await?;
+    let nbd = match export {
+        true => Some(export_disk(&mut qmp, ip).await?),
+        false => None,
+    };
+    qmp.execute("migrate-set-parameters", Some(json!({ "tls-creds": TLS })))
+        .await?;
+    let migrate = free_port(ip).map_err(|e| ControlError::Unexpected(format!("a port: {e}")))?;
+    qmp.execute("migrate-incoming", Some(json!({ "uri": tcp_uri(migrate) })))
+        .await?;
+    Ok(Listen { nbd, migrate })
+}
+
+/// The NBD server, under TLS on a free port of `ip`, and the writable export of the disk.
+async fn export_disk(qmp: &mut Qmp, ip: IpAddr) -> Result<SocketAddr, ControlError> {
+    let node = disk_node(qmp).await?;
     let nbd = free_port(ip).map_err(|e| ControlError::Unexpected(format!("a port: {e}")))?;
     // `nbd-server-start` takes the legacy SocketAddress: `{type, data}`.
     let legacy = json!({ "type": "inet", "data": inet(nbd) });
@@ -425,12 +461,7 @@ async fn listen_incoming(dir: &Path, ip: IpAddr) -> Result<Listen, ControlError>
         })),
     )
     .await?;
-    qmp.execute("migrate-set-parameters", Some(json!({ "tls-creds": TLS })))
-        .await?;
-    let migrate = free_port(ip).map_err(|e| ControlError::Unexpected(format!("a port: {e}")))?;
-    qmp.execute("migrate-incoming", Some(json!({ "uri": tcp_uri(migrate) })))
-        .await?;
-    Ok(Listen { nbd, migrate })
+    Ok(nbd)
 }
 
 #[cfg(test)]

@@ -572,6 +572,46 @@ impl TestAgent {
         self.cli_as(&self.token(), args)
     }
 
+    /// [`TestAgent::cli_result`] with a deadline, for a command that waits on the cluster
+    /// (`vm migrate`, `node evacuate`): the process is ended by its pid if it outlives
+    /// `within`, and the test fails with what it printed.
+    pub fn cli_within(&self, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .arg(format!("--api={}", self.api_addr()))
+            .arg(format!("--token={}", self.token()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hearth");
+        let pid = child.id();
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            eventually(
+                &format!("hearth {args:?} to finish"),
+                within,
+                || match child.try_wait() {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("still running".into()),
+                    Err(e) => Err(e.to_string()),
+                },
+            )
+        }));
+        if finished.is_err() {
+            kill_pid(pid);
+        }
+        let output = child.wait_with_output().expect("hearth's output");
+        let result = (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        if let Err(panic) = finished {
+            eprintln!("{result:?}");
+            std::panic::resume_unwind(panic);
+        }
+        result
+    }
+
     /// Like [`TestAgent::cli_result`], with another account's `token`.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
         let output = Command::new(&self.bin)

@@ -187,6 +187,16 @@ impl Storage {
         *self == Storage::Local
     }
 
+    /// The generation a disk of `generation` has once moved to another host: a local disk's
+    /// copy there is a new generation (the copy left behind is then older); a disk on RBD is
+    /// not copied, and the same image keeps its generation (and its name).
+    pub fn moved_generation(&self, generation: u64) -> u64 {
+        match self {
+            Storage::Local => generation + 1,
+            Storage::Rbd { .. } => generation,
+        }
+    }
+
     /// The Ceph pool, for a disk on RBD.
     pub fn rbd_pool(&self) -> Option<&str> {
         match self {
@@ -726,6 +736,7 @@ pub struct Migration {
 /// The target's endpoints of a live move, as `IP:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Listening {
+    /// Empty for a disk on RBD: both hosts reach the same image, and only the RAM moves.
     pub nbd: String,
     pub migrate: String,
 }

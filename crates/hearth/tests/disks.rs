@@ -442,46 +442,6 @@ fn an_image_replaced_under_a_vm_keeps_the_vms_disk_whole() {
     assert!(err.contains("used by"), "{err}");
 }
 
-/// Runs `hearth ARGS` through `agent` with a deadline; the exit code, stdout and stderr. The
-/// process is ended by its pid if it outlives the deadline.
-fn cli_within(agent: &TestAgent, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(bin())
-        .args(args)
-        .arg(format!("--api={}", agent.api_addr()))
-        .arg(format!("--token={}", agent.token()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run hearth");
-    let pid = child.id();
-    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually(
-            &format!("hearth {args:?} to finish"),
-            within,
-            || match child.try_wait() {
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err("still running".into()),
-                Err(e) => Err(e.to_string()),
-            },
-        )
-    }));
-    if finished.is_err() {
-        kill_pid(pid);
-    }
-    let output = child.wait_with_output().expect("hearth's output");
-    let result = (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    );
-    if let Err(panic) = finished {
-        eprintln!("{result:?}");
-        std::panic::resume_unwind(panic);
-    }
-    result
-}
-
 #[test]
 fn cold_and_live_moves_keep_the_vms_disk_and_archive_the_copy_left_behind() {
     let cluster = three_workers();
@@ -512,8 +472,7 @@ fn cold_and_live_moves_keep_the_vms_disk_and_archive_the_copy_left_behind() {
     // starts again on its own disk where it was, and the target keeps nothing of it.
     let trap = target.dir.join("data/vms").join(format!("{id}.incoming"));
     std::fs::write(&trap, b"in the way").unwrap();
-    let (code, out, err) = cli_within(
-        agent,
+    let (code, out, err) = agent.cli_within(
         &["vm", "migrate", "mover", "--cold", "--to", target_name],
         BOOT * 3,
     );
@@ -528,8 +487,7 @@ fn cold_and_live_moves_keep_the_vms_disk_and_archive_the_copy_left_behind() {
     std::fs::remove_file(&trap).unwrap();
 
     // The move, followed by the CLI to the end.
-    let (code, out, err) = cli_within(
-        agent,
+    let (code, out, err) = agent.cli_within(
         &["vm", "migrate", "mover", "--cold", "--to", target_name],
         BOOT * 3,
     );
@@ -664,11 +622,8 @@ fn live_moves(cluster: &TestCluster, id: &str, t: usize) {
     // The live move, followed by the CLI to the end: the guest ticks on on the target from
     // where it was, without a boot, once.
     let before = last_tick(source, id);
-    let (code, out, err) = cli_within(
-        agent,
-        &["vm", "migrate", "mover", "--to", target_name],
-        BOOT * 3,
-    );
+    let (code, out, err) =
+        agent.cli_within(&["vm", "migrate", "mover", "--to", target_name], BOOT * 3);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains(&format!("moved from {here} to {target_name}")),
@@ -737,7 +692,7 @@ fn evacuate_live<'c>(
     let agent = &cluster.agents[0];
     let from = cluster.agents.iter().find(|a| a.spec.name == host).unwrap();
     let before = last_tick(from, id);
-    let (code, out, err) = cli_within(agent, &["node", "evacuate", host], BOOT * 3);
+    let (code, out, err) = agent.cli_within(&["node", "evacuate", host], BOOT * 3);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("evacuated"), "{out}");
     let row = wait_phase(agent, "mover", "running");
@@ -778,7 +733,7 @@ fn evacuating_a_two_vm_host_moves_both_live_and_empties_it() {
     for name in &names[1..] {
         agent.cli(&["node", "undrain", name]);
     }
-    let (code, out, err) = cli_within(agent, &["node", "evacuate", &names[0]], BOOT * 4);
+    let (code, out, err) = agent.cli_within(&["node", "evacuate", &names[0]], BOOT * 4);
     assert_eq!(code, Some(0), "{out}{err}");
     for (name, id) in [("pair1", &id1), ("pair2", &id2)] {
         let row = wait_phase(agent, name, "running");

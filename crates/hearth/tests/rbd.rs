@@ -12,7 +12,10 @@
 //!   lease has lapsed another worker puts that client on the blocklist and restarts the VM
 //!   on the same disk (boot 2, every tick it printed); the frozen QEMU, woken, completes no
 //!   write; the worker, woken too, stops it and starts nothing; deleting the VM removes its
-//!   image.
+//!   image;
+//! - moves with nothing copied: live by hand and by an evacuation (the guest ticks on
+//!   without a boot), then cold (its second boot finds every tick), the same image at the
+//!   same generation throughout, and each handle left behind archived.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -22,7 +25,7 @@ use std::time::Duration;
 use hearth_testkit::ceph::Ceph;
 use hearth_testkit::vms::{
     BOOT, boots, console, create_tiny, second_boot_keeps_ticks, three_workers_with, ticks, vm,
-    wait_phase,
+    vm_dir, wait_phase,
 };
 use hearth_testkit::{TestCluster, eventually, qemu_pids_under, signal_pid};
 use serde_json::Value;
@@ -162,13 +165,12 @@ fn last_tick(cluster: &TestCluster, host: usize, id: &str) -> u64 {
         .unwrap_or(&0)
 }
 
-#[test]
-fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fenced() {
-    let ceph = Ceph::start();
+/// Three workers with [ceph] pointing at `ceph`, and a pool `ceph` whose VMs' disks are in
+/// its pool `rbd`.
+fn rbd_cluster(ceph: &Ceph) -> TestCluster {
     let extra = format!("\n[ceph]\nconf = \"{}\"\n", ceph.conf.display());
     let cluster = three_workers_with(bin(), &extra);
-    let a = &cluster.agents[0];
-    a.cli(&[
+    cluster.agents[0].cli(&[
         "pool",
         "add",
         "ceph",
@@ -176,6 +178,25 @@ fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fence
         "--storage",
         "rbd:rbd",
     ]);
+    cluster
+}
+
+/// The images in Ceph's pool `rbd` that are disks of VM `id`.
+fn disks_of(ceph: &Ceph, id: &str) -> Vec<String> {
+    let prefix = format!("hearth-{id}-");
+    let listed = ceph.rbd(&["ls", "rbd"]);
+    listed
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fenced() {
+    let ceph = Ceph::start();
+    let cluster = rbd_cluster(&ceph);
+    let a = &cluster.agents[0];
     create_tiny(a, "web", &["--pool", "ceph"]);
     let row = wait_phase(a, "web", "running");
     assert_eq!(row["storage"]["kind"], "rbd", "{row}");
@@ -266,5 +287,117 @@ fn a_vm_on_rbd_restarts_on_another_worker_after_its_dead_workers_client_is_fence
     eventually("the image removed", BOOT, || {
         let listed = ceph.rbd(&["ls", "rbd"]);
         (!listed.contains(&image)).then_some(()).ok_or(listed)
+    });
+}
+
+/// A VM on RBD moves with nothing copied: live by `hearth vm migrate` (the guest ticks on,
+/// no boot) and by the evacuation of its host, then cold (its second boot finds every tick
+/// it printed): always the same image at the same generation, one QEMU at a time, and each
+/// handle left behind archived.
+#[test]
+fn a_vm_on_rbd_moves_live_and_cold_with_its_disk_left_in_ceph() {
+    let ceph = Ceph::start();
+    let cluster = rbd_cluster(&ceph);
+    let a = &cluster.agents[0];
+    create_tiny(a, "web", &["--pool", "ceph"]);
+    let row = wait_phase(a, "web", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let image = format!("hearth-{id}-g1");
+    let h = index_of(&cluster, &row["host"]);
+    eventually("the guest ticks", BOOT, || {
+        let text = console(&cluster.agents[h], &id);
+        match ticks(&text).last() {
+            Some(&t) if t >= 3 && boots(&text) == [1] => Ok(()),
+            _ => Err(text),
+        }
+    });
+
+    // Live, by hand: the RAM moves, the disk stays where it is, in Ceph.
+    let t = (h + 1) % 3;
+    let (source, target) = (&cluster.agents[h], &cluster.agents[t]);
+    let before = last_tick(&cluster, h, &id);
+    let (code, out, err) = a.cli_within(
+        &["vm", "migrate", "web", "--to", &target.spec.name],
+        BOOT * 3,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let moved = format!("moved from {} to {}", source.spec.name, target.spec.name);
+    assert!(out.contains(&moved), "{out}");
+    assert!(err.contains("live"), "progress: {err}");
+    let ticking = eventually("the guest ticking on at its new host", BOOT, || {
+        let text = console(target, &id);
+        match ticks(&text).last() {
+            Some(&n) if n > before + 2 => Ok(text),
+            _ => Err(text),
+        }
+    });
+    assert!(boots(&ticking).is_empty(), "no boot: {ticking}");
+    assert!(
+        ticks(&ticking)[0] > before,
+        "ticks on from {before}: {ticking}"
+    );
+    let row = wait_phase(a, "web", "running");
+    assert_eq!(index_of(&cluster, &row["host"]), t, "{row}");
+    assert_eq!(row["disk"]["host"], row["host"], "{row}");
+    assert_eq!(row["disk"]["generation"], 1, "the same image: {row}");
+    let dir = vm_dir(target, &id);
+    assert!(
+        dir.join("rbd").is_file(),
+        "a handle of the image at the target"
+    );
+    assert!(!dir.join("disk.qcow2").exists(), "no copy of the disk");
+    assert_eq!(disks_of(&ceph, &id), std::slice::from_ref(&image));
+    gone_from(source, &id);
+
+    // Live again, by the evacuation of its host (a QEMU that came in live moves on).
+    let (code, out, err) = a.cli_within(&["node", "evacuate", &target.spec.name], BOOT * 3);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let row = wait_phase(a, "web", "running");
+    let x = index_of(&cluster, &row["host"]);
+    assert_ne!(x, t, "{row}");
+    let text = console(&cluster.agents[x], &id);
+    assert!(
+        !ticks(&text).is_empty() && boots(&text).is_empty(),
+        "moved live: {text}"
+    );
+    assert_eq!(row["disk"]["generation"], 1, "{row}");
+    gone_from(target, &id);
+
+    // Cold, to the worker that is neither drained nor its host.
+    let y = 3 - t - x;
+    let printed = eventually("a tick at its host", BOOT, || {
+        match last_tick(&cluster, x, &id) {
+            0 => Err("no tick".to_owned()),
+            n => Ok(n),
+        }
+    });
+    let to = cluster.agents[y].spec.name.clone();
+    let (code, out, err) = a.cli_within(&["vm", "migrate", "web", "--cold", "--to", &to], BOOT * 3);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Its own disk, not a fresh one: the second boot, with every tick printed before.
+    second_boot_keeps_ticks(&cluster.agents[y], &id, printed);
+    let row = wait_phase(a, "web", "running");
+    assert_eq!(index_of(&cluster, &row["host"]), y, "{row}");
+    assert_eq!(row["disk"]["generation"], 1, "{row}");
+    assert_eq!(disks_of(&ceph, &id), [image]);
+    gone_from(&cluster.agents[x], &id);
+    assert_eq!(a.api_json("/v1/drift").unwrap(), serde_json::json!([]));
+}
+
+/// The VM's QEMU has stopped on `host`, and the handle its move left there is archived.
+fn gone_from(host: &hearth_testkit::TestAgent, id: &str) {
+    eventually(
+        "the QEMU left behind stopped",
+        BOOT,
+        || match qemu_pids_under(&host.dir)[..] {
+            [] => Ok(()),
+            ref pids => Err(format!("{pids:?}")),
+        },
+    );
+    eventually("the handle left behind archived", BOOT, || {
+        match vm_dir(host, id).exists() {
+            false => Ok(()),
+            true => Err(format!("{} still there", vm_dir(host, id).display())),
+        }
     });
 }

@@ -71,7 +71,9 @@ pub(super) fn migrate(
     expect: Expect,
     index: u64,
 ) -> Outcome {
-    let target_ok = compute.hosts.get(to).is_some_and(|h| !h.fenced);
+    let target = compute.hosts.get(to).filter(|h| !h.fenced);
+    let target_ok = target.is_some();
+    let target_ceph = target.is_some_and(|h| h.capacity.rbd);
     let Some(entry) = compute.vms.get_mut(key) else {
         return Outcome::NotFound;
     };
@@ -91,11 +93,6 @@ pub(super) fn migrate(
     if vm.migration.is_some() {
         return invalid(format!("vm: {name} is already being moved"));
     }
-    if !vm.storage.is_local() {
-        return invalid(format!(
-            "vm: {name}'s disk is on Ceph RBD, and moving such a VM by hand is not supported yet (it restarts on another worker by itself if its worker dies)"
-        ));
-    }
     if vm.disk.host.as_deref() != Some(host.as_str()) {
         return invalid(format!(
             "vm: {name} has no disk on {host} yet; it moves once it has run there"
@@ -107,6 +104,12 @@ pub(super) fn migrate(
     if !target_ok {
         return invalid(format!(
             "to: {to} is not a worker host that is up and unfenced"
+        ));
+    }
+    if !vm.storage.is_local() && !target_ceph {
+        return invalid(format!(
+            "to: {name}'s disk is on Ceph ({}), and {to} has no [ceph] in its config; choose a worker that reaches Ceph",
+            vm.storage
         ));
     }
     vm.move_given_up = None;
@@ -218,7 +221,10 @@ pub(super) fn progress(
 
 /// The switch: the target holds a whole copy of the disk of `generation`, written there as
 /// `generation + 1`. The VM and its disk home move to it together, and the copy left at the
-/// source is stale from then on (an older generation, which no start accepts).
+/// source is stale from then on (an older generation, which no start accepts). A disk on
+/// RBD is not copied: the target holds a handle of the same image, and the generation stays
+/// (`Storage::moved_generation`); the source's QEMU has handed the image over (live) or is
+/// stopped (cold), and its handle is archived.
 pub(super) fn move_disk(
     compute: &mut Compute,
     key: &str,
@@ -251,7 +257,7 @@ pub(super) fn move_disk(
     vm.moved_from = Some(vm.disk.clone());
     vm.disk = DiskHome {
         host: Some(to.to_owned()),
-        generation: generation + 1,
+        generation: vm.storage.moved_generation(generation),
     };
     vm.migration = None;
     vm.set_phase(Phase::Placed, Some(format!("moved from {from}")), index);
@@ -489,6 +495,36 @@ pub(super) mod tests {
         // The target's late switch is refused.
         assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 3, 13).changed());
         assert_eq!(abort(&mut compute, "vm-1", "again", 14), Outcome::Nothing);
+    }
+
+    /// A disk on RBD moves to a worker that reaches Ceph only, and is not copied: the same
+    /// image keeps its generation, and the source's handle is left behind (`moved_from`).
+    #[test]
+    fn a_move_of_a_disk_on_rbd_keeps_its_generation_and_needs_ceph_at_the_target() {
+        let mut compute = setup();
+        let storage = hearth_types::compute::Storage::Rbd { pool: "rbd".into() };
+        compute.vms.get_mut("vm-1").unwrap().value.storage = storage;
+        match migrate(&mut compute, "vm-1", "w2", true, Expect::Any, 10) {
+            Outcome::Invalid { message } => assert!(message.contains("[ceph]"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(vm(&compute).migration, None);
+        compute.hosts.get_mut("w2").unwrap().capacity.rbd = true;
+        assert!(migrate(&mut compute, "vm-1", "w2", true, Expect::Any, 10).changed());
+        let listen = Listening {
+            nbd: String::new(),
+            migrate: "127.0.0.2:4001".into(),
+        };
+        assert!(listening(&mut compute, "vm-1", "w2", 10, &listen).changed());
+        assert!(completed(&mut compute, "vm-1", "w1", 10).changed());
+        // The switch names the generation the disk has; it stays.
+        assert!(!move_disk(&mut compute, "vm-1", "w1", "w2", 4, 11).changed());
+        assert!(move_disk(&mut compute, "vm-1", "w1", "w2", 3, 11).changed());
+        let moved = vm(&compute);
+        assert_eq!(moved.disk.host.as_deref(), Some("w2"));
+        assert_eq!(moved.disk.generation, 3);
+        let left = moved.moved_from.as_ref().unwrap();
+        assert_eq!((left.host.as_deref(), left.generation), (Some("w1"), 3));
     }
 
     /// A live move given up does not stop its host's evacuation: the next step moves that

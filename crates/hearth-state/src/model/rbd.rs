@@ -68,7 +68,8 @@ fn record_clients(compute: &mut Compute, key: &str, host: &str, clients: &[Strin
 /// Worker `to` takes over the RBD disk of a VM whose home `from` has not renewed its lease
 /// since `lease` (or is fenced), having put `fenced` (every client recorded for it, and more)
 /// on Ceph's blocklist: the VM and its disk's home move to `to` in one step, at the same
-/// generation, and the recorded clients are forgotten (they can write no more).
+/// generation, and the recorded clients are forgotten (they can write no more). A move of
+/// the VM under way is given up in the same step.
 fn take_over(
     compute: &mut Compute,
     key: &str,
@@ -96,10 +97,12 @@ fn take_over(
         || from == to
         || !all_fenced
         || vm.deleting
-        || vm.migration.is_some()
     {
         return conflict(entry);
     }
+    // A move under way ends here: its source is silent and fenced, and the target's copy
+    // of the RAM, if any, is never switched to (its handle is swept).
+    vm.migration = None;
     vm.host = Some(to.to_owned());
     vm.disk.host = Some(to.to_owned());
     vm.rbd_clients.clear();

@@ -141,3 +141,24 @@ fn a_local_disk_is_never_taken_over_nor_by_a_worker_without_ceph() {
     compute.hosts.get_mut("w1").unwrap().lease = 9;
     assert!(apply(&mut compute, &take_over(5, &[]), 10).changed());
 }
+
+/// A home that went silent in the middle of a move: the take-over ends the move too, so the
+/// VM is not stuck waiting for a source that never answers.
+#[test]
+fn a_take_over_ends_a_move_whose_source_went_silent() {
+    let mut compute = world();
+    let vm = &mut compute.vms.get_mut("vm-1").unwrap().value;
+    vm.migration = Some(hearth_types::compute::Migration {
+        to: "w2".into(),
+        stage: hearth_types::compute::MigrationStage::Mirroring,
+        since: 4,
+        done_bytes: 0,
+        total_bytes: 0,
+        live: true,
+        listen: None,
+    });
+    assert!(apply(&mut compute, &take_over(5, &[]), 10).changed());
+    let vm = &compute.vms["vm-1"].value;
+    assert_eq!(vm.migration, None);
+    assert_eq!(vm.disk.host.as_deref(), Some("w2"));
+}
