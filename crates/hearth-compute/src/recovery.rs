@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use hearth_qemu::driver::VmSpec;
+use hearth_qemu::driver::{DiskSpec, VmSpec};
 use hearth_state::model::backups::BackupCommand;
 use hearth_state::model::{Command, Outcome};
 use hearth_types::backup::Recover;
@@ -80,6 +80,9 @@ async fn make(
         .map(|t| t.value.clone())
         .ok_or_else(|| format!("the backup target {} is gone", snapshot.target))?;
     let repo = crate::backup_runs::repo_of(&target, root)?;
+    if let DiskSpec::Rbd { pool, .. } = &spec.disk {
+        return make_rbd(host, &repo, vm, spec, recover, pool).await;
+    }
     let work = root.join(format!("{}.backup", vm.id));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let raw = work.join("disk.raw");
@@ -111,6 +114,54 @@ async fn make(
         .await
         .map(|_| ())
         .map_err(|e| format!("putting the recovered disk in place: {e}"))
+}
+
+/// [`make`] of a disk on RBD: the snapshot written into the pool under the restored name,
+/// renamed to the image of `spec.generation` once whole (an image of that name is one an
+/// earlier attempt of this recovery made: the generation is new to it), then its handle
+/// and the mark take the VM's directory here. The image of the generation before, if
+/// Ceph still has it, stays in the pool untouched.
+async fn make_rbd(
+    host: &Here<'_>,
+    repo: &crate::restic::Repo,
+    vm: &Vm,
+    spec: &VmSpec,
+    recover: &Recover,
+    pool: &str,
+) -> Result<(), String> {
+    let driver = host.driver.qemu().ok_or("no QEMU driver")?;
+    let ceph = driver.ceph().map_err(|e| e.to_string())?;
+    let root = driver.root();
+    let image = hearth_qemu::rbd::disk_image(&vm.id, spec.generation);
+    let made = ceph.exists(pool, &image).await.map_err(|e| e.to_string())?;
+    if !made {
+        let work = root.join(format!("{}.backup", vm.id));
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let raw = work.join("disk.raw");
+        let restored = hearth_qemu::rbd::restored_image(&vm.id, spec.generation);
+        let of = recover.of.as_deref().unwrap_or(&vm.id);
+        let written = async {
+            repo.dump(of, &recover.snapshot.id, &raw).await?;
+            ceph.import_raw(pool, &restored, &raw)
+                .await
+                .map_err(|e| format!("writing the recovered disk into {pool}: {e}"))?;
+            (ceph.rename(pool, &restored, &image).await).map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = std::fs::remove_dir_all(&work) {
+            tracing::warn!(path = %work.display(), %error, "removing a recovery's dump");
+        }
+        written?;
+    }
+    let staging = hearth_qemu::moving::restored_dir(root, &vm.id).map_err(|e| e.to_string())?;
+    let dir = (driver
+        .adopt_rbd_image(&vm.id, pool, spec.generation, &staging)
+        .await)
+        .map_err(|e| format!("putting the recovered disk in place: {e}"))?;
+    let mark = dir.join(MARK);
+    std::fs::write(&mark, format!("{}\n", recover.snapshot.id))
+        .and_then(|()| std::fs::File::open(&mark)?.sync_all())
+        .map_err(|e| format!("{}: {e}", mark.display()))
 }
 
 /// Records this host as the home of the recovered disk; until then nothing runs on it.

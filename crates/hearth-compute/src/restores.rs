@@ -4,7 +4,9 @@
 //! then records it as the VM's disk of the next generation (a compare-and-set), and only
 //! after that is the old disk archived (never deleted) and the new one put in its place.
 //! A failure before the swap leaves the VM on its own disk; a restored disk that vanished
-//! after it leaves the VM `lost` with a `missing-disk` entry, never on a blank disk.
+//! after it leaves the VM `lost` with a `missing-disk` entry, never on a blank disk. On
+//! Ceph RBD the restored disk is a new image in the pool under a name no disk has, renamed
+//! to its generation's only after the swap (`docs/rbd.md`).
 
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ pub struct RestoreDue {
     pub format: String,
     /// The snapshot's target, if it still exists.
     pub target: Option<BackupTarget>,
+    /// The Ceph pool, for a disk on RBD.
+    pub pool: Option<String>,
 }
 
 /// The restores of VMs whose disk is on host `me`.
@@ -50,6 +54,7 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<RestoreDue> {
                     .targets
                     .get(&run.snapshot.target)
                     .map(|t| t.value.clone()),
+                pool: vm.storage.rbd_pool().map(str::to_owned),
             })
         })
         .collect()
@@ -79,7 +84,7 @@ pub async fn step(runner: &Runner, due: &RestoreDue) {
                         put_in_place(runner, due, due.generation + 1).await,
                     ),
                     Swap::Refused => {
-                        drop_restored(runner, &due.vm);
+                        drop_restored(runner, due).await;
                         return;
                     }
                     // The prepared disk stays: the cluster may have taken it.
@@ -137,16 +142,27 @@ async fn submit(runner: &Runner, command: Command) -> Option<Outcome> {
     None
 }
 
-/// Removes a prepared disk the cluster did not take: it never was the VM's disk.
-fn drop_restored(runner: &Runner, vm: &str) {
+/// Removes a prepared disk the cluster did not take: it never was the VM's disk (on RBD,
+/// the image under its restored name, which no VM's disk has).
+async fn drop_restored(runner: &Runner, due: &RestoreDue) {
+    let vm = &due.vm;
     if let Ok(dir) = hearth_qemu::moving::restored_dir(runner.driver.root(), vm)
+        && dir.exists()
         && let Err(error) = std::fs::remove_dir_all(&dir)
     {
         tracing::warn!(path = %dir.display(), %error, "removing a restored disk not taken");
     }
+    if let (Some(pool), Some(driver)) = (&due.pool, runner.driver.qemu()) {
+        let image = hearth_qemu::rbd::restored_image(vm, due.generation + 1);
+        let removed = async { driver.ceph()?.remove(pool, &image).await };
+        if let Err(error) = removed.await {
+            tracing::warn!(%vm, %image, %error, "removing a restored disk not taken");
+        }
+    }
 }
 
-/// The snapshot's disk, ready in `ID.restored/` as an overlay on the VM's image.
+/// The snapshot's disk, ready in `ID.restored/` as an overlay on the VM's image (on RBD:
+/// in the pool, under its restored name).
 async fn prepare(runner: &Runner, due: &RestoreDue) -> Result<(), String> {
     let VmDriver::Qemu(driver) = &*runner.driver else {
         return Err("restores need QEMU; this worker runs the stand-in driver".into());
@@ -157,6 +173,9 @@ async fn prepare(runner: &Runner, due: &RestoreDue) -> Result<(), String> {
         .ok_or_else(|| format!("the backup target {} was removed", due.run.snapshot.target))?;
     let root = driver.root();
     let repo = repo_of(target, root)?;
+    if let Some(pool) = &due.pool {
+        return prepare_rbd(driver, &repo, due, pool).await;
+    }
     let disk_name = runner.driver.disk_name();
     let disk = root.join(&due.vm).join(disk_name);
     let base = hearth_qemu::disk::backing_file(&disk)
@@ -176,6 +195,32 @@ async fn prepare(runner: &Runner, due: &RestoreDue) -> Result<(), String> {
         tracing::warn!(path = %work.display(), %error, "removing a restore's dump");
     }
     made.map(|_| ())
+}
+
+/// [`prepare`] of a disk on RBD: the snapshot dumped, then written into the pool under the
+/// restored name of the next generation.
+async fn prepare_rbd(
+    driver: &hearth_qemu::driver::Driver,
+    repo: &crate::restic::Repo,
+    due: &RestoreDue,
+    pool: &str,
+) -> Result<(), String> {
+    let ceph = driver.ceph().map_err(|e| e.to_string())?;
+    let work = driver.root().join(format!("{}.backup", due.vm));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let raw = work.join("disk.raw");
+    let image = hearth_qemu::rbd::restored_image(&due.vm, due.generation + 1);
+    let made = async {
+        repo.dump(&due.vm, &due.run.snapshot.id, &raw).await?;
+        ceph.import_raw(pool, &image, &raw)
+            .await
+            .map_err(|e| format!("writing the restored disk into {pool}: {e}"))
+    }
+    .await;
+    if let Err(error) = std::fs::remove_dir_all(&work) {
+        tracing::warn!(path = %work.display(), %error, "removing a restore's dump");
+    }
+    made
 }
 
 /// Records the prepared disk as the VM's next generation; whether the cluster took it.
@@ -224,6 +269,9 @@ async fn put_in_place(runner: &Runner, due: &RestoreDue, generation: u64) -> Opt
     if driver.running(&due.vm).is_some() {
         return None;
     }
+    if let Some(pool) = &due.pool {
+        return put_in_place_rbd(runner, due, pool, generation, here.is_some()).await;
+    }
     let restored = hearth_qemu::moving::restored_dir(driver.root(), &due.vm).ok()?;
     let file = restored.join(driver.disk_name());
     let base = match hearth_qemu::disk::backing_file(&file) {
@@ -266,6 +314,63 @@ async fn put_in_place(runner: &Runner, due: &RestoreDue, generation: u64) -> Opt
         }
         Err(error) => {
             tracing::warn!(vm = %due.vm, %error, "putting the restored disk in place");
+            None
+        }
+    }
+}
+
+/// [`put_in_place`] of a disk on RBD: the restored image takes the name of its generation
+/// (the cluster recorded that generation as the restore's, so no other disk has it), the
+/// handle of the disk before is archived (its image stays in the pool, as an archived local
+/// disk stays on its host), and the new handle takes the VM's directory.
+async fn put_in_place_rbd(
+    runner: &Runner,
+    due: &RestoreDue,
+    pool: &str,
+    generation: u64,
+    old_handle: bool,
+) -> Option<RestoreResult> {
+    let driver = runner.driver.qemu()?;
+    let ceph = driver.ceph().ok()?;
+    let (vm, image) = (&due.vm, hearth_qemu::rbd::disk_image(&due.vm, generation));
+    let restored = hearth_qemu::rbd::restored_image(vm, generation);
+    let step = async {
+        if !ceph.exists(pool, &image).await? {
+            if !ceph.exists(pool, &restored).await? {
+                return Ok(false);
+            }
+            ceph.rename(pool, &restored, &image).await?;
+        }
+        Ok::<_, hearth_qemu::driver::DiskError>(true)
+    };
+    match step.await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!(%vm, %image, "the restored disk is gone from the pool");
+            return Some(RestoreResult::Failed {
+                error: format!("the restored disk is gone from pool {pool}"),
+                give_up: true,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%vm, %error, "naming the restored disk; trying again");
+            return None;
+        }
+    }
+    if (old_handle || driver.root().join(vm).exists())
+        && let Err(error) = driver.archive(vm).await
+    {
+        tracing::warn!(%vm, %error, "archiving the handle of the disk before the restore");
+        return None;
+    }
+    let staging = hearth_qemu::moving::restored_dir(driver.root(), vm).ok()?;
+    match driver.adopt_rbd_image(vm, pool, generation, &staging).await {
+        Ok(_) => {
+            tracing::info!(%vm, snapshot = %due.run.snapshot.id, generation, "VM restored from its backup");
+            Some(RestoreResult::Ok)
+        }
+        Err(error) => {
+            tracing::warn!(%vm, %error, "putting the restored disk in place");
             None
         }
     }

@@ -201,9 +201,15 @@ impl Driver {
         }
     }
 
+    /// `qemu-img convert` of the disk at rest: the qcow2 file, or the image on RBD its
+    /// handle names.
     async fn copy_stopped(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
-        let disk = self.dir(id).join("disk.qcow2");
-        if !disk.is_file() {
+        let dir = self.dir(id);
+        let (disk, format) = match crate::rbd::read_handle(&dir) {
+            Some((pool, image)) => (self.ceph()?.qemu_file(&pool, &image), "raw"),
+            None => (dir.join("disk.qcow2").display().to_string(), "qcow2"),
+        };
+        if format == "qcow2" && !dir.join("disk.qcow2").is_file() {
             return Err(DiskError::NoDisk(id.to_owned()).into());
         }
         crate::disk::qemu_img(
@@ -211,10 +217,10 @@ impl Driver {
             &[
                 "convert".as_ref(),
                 "-f".as_ref(),
-                "qcow2".as_ref(),
+                format.as_ref(),
                 "-O".as_ref(),
                 "raw".as_ref(),
-                disk.as_os_str(),
+                disk.as_ref(),
                 target.as_os_str(),
             ],
         )

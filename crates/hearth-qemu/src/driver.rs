@@ -827,6 +827,33 @@ impl Driver {
         .await
     }
 
+    /// A restored disk on RBD, `pool`'s image of `generation` (already under its final
+    /// name), becomes VM `id`'s disk here: its handle, written in `staging` (emptied first),
+    /// renamed to the VM's directory. A VM directory already here is an error.
+    pub async fn adopt_rbd_image(
+        &self,
+        id: &str,
+        pool: &str,
+        generation: u64,
+        staging: &Path,
+    ) -> Result<PathBuf, DiskError> {
+        let image = crate::rbd::disk_image(id, generation);
+        if !self.ceph()?.exists(pool, &image).await? {
+            return Err(DiskError::NoDisk(format!("{id} (image {pool}/{image})")));
+        }
+        remove_vm_dir(staging)?;
+        crate::rbd::write_handle(staging, pool, &image, generation)?;
+        crate::moving::adopt_from(
+            &self.root,
+            staging,
+            id,
+            crate::rbd::HANDLE,
+            generation,
+            None,
+        )
+        .await
+    }
+
     /// Moves a VM's files, disk included, to the archive (see [`crate::disk::archive`]).
     /// Refuses while its QEMU runs.
     pub async fn archive(&self, id: &str) -> Result<PathBuf, DiskError> {

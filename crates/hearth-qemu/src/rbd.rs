@@ -36,6 +36,13 @@ pub fn disk_image(id: &str, generation: u64) -> String {
     format!("hearth-{id}-g{generation}")
 }
 
+/// The name of a disk restored from a backup for the VM's disk of `generation`, until the
+/// cluster has recorded that generation as the restore's: a name no generation's disk has,
+/// so a restore given up never leaves an image another disk could be mistaken for.
+pub fn restored_image(id: &str, generation: u64) -> String {
+    format!("{}.restored", disk_image(id, generation))
+}
+
 /// The name of an image file imported into a pool, by its sha256.
 pub fn base_image(sha256: &str) -> String {
     format!("hearth-base-{}", &sha256[..sha256.len().min(32)])
@@ -223,6 +230,31 @@ impl Ceph {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Writes the raw disk image at `path` into `pool` as `image`, a new image (one of that
+    /// name there before, left by an attempt that stopped, is replaced). Only for a
+    /// restored disk's own name ([`restored_image`]), never a VM's disk.
+    pub async fn import_raw(&self, pool: &str, image: &str, path: &Path) -> Result<(), DiskError> {
+        self.remove(pool, image).await?;
+        let target = self.qemu_file(pool, image);
+        let args: [&std::ffi::OsStr; 8] = [
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            "raw".as_ref(),
+            path.as_os_str(),
+            target.as_ref(),
+        ];
+        crate::disk::qemu_img("convert", &args).await
+    }
+
+    /// Renames `pool/from` to `pool/to`.
+    pub async fn rename(&self, pool: &str, from: &str, to: &str) -> Result<(), DiskError> {
+        let (from, to) = (format!("{pool}/{from}"), format!("{pool}/{to}"));
+        self.run("rbd", &["rename", &from, &to]).await.map(|_| ())
     }
 
     /// Removes `pool/image` for good (a VM deleted by its owner or an admin).

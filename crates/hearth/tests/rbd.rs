@@ -15,7 +15,10 @@
 //!   image;
 //! - moves with nothing copied: live by hand and by an evacuation (the guest ticks on
 //!   without a boot), then cold (its second boot finds every tick), the same image at the
-//!   same generation throughout, and each handle left behind archived.
+//!   same generation throughout, and each handle left behind archived;
+//! - backups into a real restic repository of the running and of the stopped VM, restored
+//!   in place (a new image of the next generation, the one before kept) and into a new VM
+//!   on RBD, each guest booting on the backup's disk.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -24,8 +27,8 @@ use std::time::Duration;
 
 use hearth_testkit::ceph::Ceph;
 use hearth_testkit::vms::{
-    BOOT, boots, console, create_tiny, second_boot_keeps_ticks, three_workers_with, ticks, vm,
-    vm_dir, wait_phase,
+    BOOT, boots, console, create_tiny, last_tick_at_boot, second_boot_keeps_ticks,
+    three_workers_with, ticks, vm, vm_dir, wait_phase,
 };
 use hearth_testkit::{TestCluster, eventually, qemu_pids_under, signal_pid};
 use serde_json::Value;
@@ -400,4 +403,130 @@ fn gone_from(host: &hearth_testkit::TestAgent, id: &str) {
             true => Err(format!("{} still there", vm_dir(host, id).display())),
         }
     });
+}
+
+/// The snapshots of `name`, oldest first, from `hearth backups NAME --json`.
+fn snapshots(agent: &hearth_testkit::TestAgent, name: &str) -> Vec<Value> {
+    let row: Value = serde_json::from_str(&agent.cli(&["backups", name, "--json"])).unwrap();
+    row["snapshots"].as_array().cloned().unwrap_or_default()
+}
+
+/// Backups of a VM on RBD, into a real restic repository, and restores: of the running VM
+/// (read through QEMU), restored into the same VM (a new image of the next generation; the
+/// image before stays in the pool), of the stopped VM (read from Ceph by `qemu-img`), and
+/// restored into a new VM whose disk is made in the pool from it. Each restored guest boots
+/// on the backup's disk: its boot counter and last tick from the backup's time.
+#[test]
+fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
+    let ceph = Ceph::start();
+    let cluster = rbd_cluster(&ceph);
+    let a = &cluster.agents[0];
+    let work = hearth_testkit::TempDir::new("rbd-backups");
+    let password = work.path().join("password");
+    std::fs::write(&password, "the co-op's restic password\n").unwrap();
+    let location = work.path().join("repo").display().to_string();
+    a.cli(&[
+        "backup",
+        "target",
+        "put",
+        "local",
+        "--location",
+        &location,
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    create_tiny(a, "web", &["--pool", "ceph"]);
+    let row = wait_phase(a, "web", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let h = index_of(&cluster, &row["host"]);
+    let home = &cluster.agents[h];
+    let ticking = |n: u64| {
+        eventually(&format!("a tick past {n}"), BOOT, || {
+            let text = console(home, &id);
+            let since = text.rfind("HEARTH-GUEST-BOOTS").map_or(0, |at| at);
+            match ticks(&text[since..]).last() {
+                Some(&t) if t > n => Ok(t),
+                _ => Err(text.clone()),
+            }
+        })
+    };
+    ticking(3);
+
+    // The running VM's backup; the guest goes on writing; then the restore in place.
+    let out = a.cli(&["backup", "now", "web"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let snapshot = snapshots(a, "web")[0]["id"].as_str().unwrap().to_owned();
+    let backed_up = disk_tick_of(&location, &password, &id, &snapshot, &work);
+    ticking(backed_up + 3);
+    let out = a.cli(&["backup", "restore", "web", &snapshot, "--yes"]);
+    assert!(out.contains("restored from snapshot"), "{out}");
+    let row = wait_phase(a, "web", "running");
+    assert_eq!(row["disk"]["generation"], 2, "a new disk: {row}");
+    let text = eventually("the restored guest's boot", BOOT, || {
+        let text = console(home, &id);
+        match last_tick_at_boot(&text, 1) {
+            Some(_) => Ok(text),
+            None => Err(text),
+        }
+    });
+    assert_eq!(boots(&text).last(), Some(&2), "{text}");
+    assert_eq!(last_tick_at_boot(&text, 1), Some(backed_up), "{text}");
+    let (before, after) = (format!("hearth-{id}-g1"), format!("hearth-{id}-g2"));
+    assert_eq!(
+        disks_of(&ceph, &id),
+        [before, after.clone()],
+        "the disk before kept"
+    );
+
+    // The stopped VM's backup, read from Ceph, then a new VM made from it on RBD too.
+    a.cli(&["vm", "stop", "web"]);
+    wait_phase(a, "web", "stopped");
+    let out = a.cli(&["backup", "now", "web"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let stopped = snapshots(a, "web")[1]["id"].as_str().unwrap().to_owned();
+    let at_stop = disk_tick_of(&location, &password, &id, &stopped, &work);
+    let out = a.cli(&["backup", "restore", "web", &stopped, "--into", "copy"]);
+    assert!(out.contains("copy: made from web's snapshot"), "{out}");
+    let row = wait_phase(a, "copy", "running");
+    assert_eq!(row["storage"]["kind"], "rbd", "{row}");
+    let copy = row["id"].as_str().unwrap().to_owned();
+    let on = &cluster.agents[index_of(&cluster, &row["host"])];
+    let text = eventually("the new VM's boot", BOOT, || {
+        let text = console(on, &copy);
+        match last_tick_at_boot(&text, 2) {
+            Some(_) => Ok(text),
+            None => Err(text),
+        }
+    });
+    assert_eq!(
+        boots(&text),
+        [3],
+        "the web's disk, booted a third time: {text}"
+    );
+    assert_eq!(last_tick_at_boot(&text, 2), Some(at_stop), "{text}");
+    assert_eq!(disks_of(&ceph, &copy).len(), 1);
+    assert!(
+        !ceph.rbd(&["ls", "rbd"]).contains(".restored"),
+        "no restored name left"
+    );
+}
+
+/// The tick on the disk in snapshot `snapshot` of VM `id`, dumped from the repository.
+fn disk_tick_of(
+    location: &str,
+    password: &std::path::Path,
+    id: &str,
+    snapshot: &str,
+    work: &hearth_testkit::TempDir,
+) -> u64 {
+    let repo = hearth_compute::restic::Repo {
+        location: location.to_owned(),
+        password_file: password.to_owned(),
+        cache_dir: work.path().join("cache"),
+        env: vec![],
+    };
+    let dumped = work.path().join("dumped.raw");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(repo.dump(id, snapshot, &dumped)).unwrap();
+    hearth_testkit::vms::disk_tick_as(&dumped, "raw").unwrap()
 }

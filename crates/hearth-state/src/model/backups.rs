@@ -241,15 +241,6 @@ fn restore_into(
     let mut request = entry.value.request.clone();
     request.name = name.to_owned();
     request.power = Power::Running;
-    let plan = super::quota::plan_storage(state, &request.owner);
-    if !entry.value.storage.is_local()
-        || !super::compute::storage_of(&state.compute, &request, plan.as_ref()).is_local()
-    {
-        return refused(
-            "into: its disk would be on Ceph RBD, and restoring into such a disk is not supported yet"
-                .to_owned(),
-        );
-    }
     let base = entry.value.base.clone();
     let create = ComputeCommand::CreateVm { request };
     let outcome = super::apply_compute(state, &create, index);
@@ -364,9 +355,6 @@ fn restore(
         _ if vm.disk.host.is_none() => Some("it has no disk"),
         _ if vm.request.replicas > 1 || vm.replica.is_some() => {
             Some("it keeps two copies of its disk, and restoring those is not supported yet")
-        }
-        _ if vm.storage.rbd_pool().is_some() => {
-            Some("its disk is on Ceph RBD, and restoring such a disk is not supported yet")
         }
         _ if backups.restoring() => Some("a restore is under way"),
         _ if backups.pending() => Some("a backup of it is under way"),
@@ -1011,7 +999,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plans_rbd_storage_goes_to_its_members_new_vms_and_no_restore_goes_there() {
+    fn a_plans_rbd_storage_goes_to_its_members_new_vms_and_their_restores_into_new_vms() {
         use hearth_types::compute::Storage;
         let mut state = state();
         tiny_image(&mut state);
@@ -1042,20 +1030,22 @@ mod tests {
         let vm = &state.compute.vms[&id].value;
         assert_eq!(vm.storage, rbd);
         assert_eq!(vm.request.replicas, 1, "Ceph keeps the copies");
-        // A restore into a new VM would land on RBD: refused, and nothing changes.
+        // A restore into a new VM lands on RBD too: its disk is made there from the backup.
         assert!(apply(&mut state, &ask_of("vm-1", "local"), 3).changed());
         store(&mut state, "abc", &[], 3);
-        let before = state.clone();
         let into = BackupCommand::RestoreInto {
             vm: "vm-1".into(),
             snapshot: "abc".into(),
             name: "web2".into(),
         };
-        assert!(matches!(
-            apply(&mut state, &into, 4),
-            Outcome::Refused { .. }
-        ));
-        assert_eq!(state, before);
+        assert!(apply(&mut state, &into, 4).changed());
+        let (id, made) = (state.compute.vms.iter())
+            .find(|(_, v)| v.value.request.name == "web2")
+            .expect("web2 made");
+        assert_eq!(made.value.storage, rbd);
+        let recover = state.backups.vms[id].recover.as_ref().expect("to recover");
+        assert_eq!(recover.snapshot.id, "abc");
+        assert_eq!(recover.of.as_deref(), Some("vm-1"));
     }
 
     #[test]
