@@ -290,6 +290,28 @@ fi
 
 say "HEARTH-GUEST-READY"
 
+# hearth.write_bench=MIB (the rbd-write benchmark): MIB MiB of random data written to the
+# disk at 64 MiB in 1 MiB O_DIRECT writes, flushed at the end, then 2000 4 KiB O_DIRECT
+# writes one at a time, flushed at the end; the uptime (in 1/100 s) before and after each,
+# for the host to turn into figures. Before the ticks start, so nothing else writes.
+write_bench=$(cmdline_value write_bench)
+if [ -n "$write_bench" ] && [ -e /dev/vda ]; then
+    dd if=/dev/urandom of=/tmp/random bs=1M count=16 2>/dev/null
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    chunk=0
+    while [ $((chunk * 16)) -lt "$write_bench" ]; do
+        dd if=/tmp/random of=/dev/vda bs=1M count=16 seek=$((64 + chunk * 16)) \
+            oflag=direct conv=notrunc 2>/dev/null
+        chunk=$((chunk + 1))
+    done
+    sync
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/tmp/random of=/dev/vda bs=4096 count=2000 seek=$((512 * 256)) \
+        oflag=direct conv=notrunc,fsync 2>/dev/null
+    t2=$(cut -d' ' -f1 /proc/uptime)
+    say "HEARTH-GUEST-WRITE-BENCH mib=$((chunk * 16)) t0=$t0 t1=$t1 small=2000 t2=$t2"
+fi
+
 # PID 1 must never exit (the kernel would panic). It ticks once a second: the number written
 # through to the disk at 2 MiB, then a numbered line on the console once the write completed
 # (HEARTH-GUEST-TICK-FAILED when the disk refused it, as Ceph does for a fenced client), so a

@@ -42,8 +42,21 @@ fn console_has(path: &Path, marker: &str) -> Result<()> {
     }
 }
 
-/// The guest's QEMU command line, as hearth would run it, without hearth.
-fn direct_qemu(guest: &Path, dir: &Path, overlay: &Path, accel: &str) -> Command {
+/// A disk for [`direct_qemu`]: QEMU's file name and the image format.
+pub struct DirectDisk<'a> {
+    pub file: &'a str,
+    pub format: &'a str,
+}
+
+/// The guest's QEMU command line, as hearth would run it, without hearth: the disk is opened
+/// with hearth's options, and `append` goes on the kernel's command line.
+pub fn direct_qemu(
+    guest: &Path,
+    dir: &Path,
+    disk: &DirectDisk<'_>,
+    accel: &str,
+    append: &str,
+) -> Command {
     let console = dir.join("console.log");
     let mut command = Command::new("qemu-system-x86_64");
     command
@@ -66,13 +79,15 @@ fn direct_qemu(guest: &Path, dir: &Path, overlay: &Path, accel: &str) -> Command
         .arg(guest.join("vmlinux"))
         .arg("-initrd")
         .arg(guest.join("initramfs.cpio.gz"))
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 {append}"))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-drive")
         .arg(format!(
-            "file={},format=qcow2,if=none,id=disk0,discard=unmap",
-            overlay.display()
+            "file={},format={},if=none,id=disk0,auto-read-only=off,discard=unmap,detect-zeroes=unmap",
+            disk.file.replace(',', ",,"),
+            disk.format
         ))
         .args(["-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0"])
         .arg("-drive")
@@ -112,22 +127,15 @@ fn direct_boot(
     if !status.success() {
         bail!("qemu-img create failed");
     }
-    // The same seed hearth would write, so the guest finds its config as fast.
-    let seed = hearth_qemu::seed::Seed {
-        instance_id: format!("direct-{run}"),
-        hostname: format!("direct{run}"),
-        ssh_keys: vec![],
-        mac: "52:54:00:12:34:56".into(),
-        addresses: vec!["192.0.2.200/24".into()],
-        gateway4: Some([192, 0, 2, 1].into()),
-        gateway6: None,
-        resolvers: vec![],
-    };
-    seed.write_iso(&dir.join("seed"), &dir.join("seed.iso"))
-        .map_err(anyhow::Error::msg)?;
+    write_seed(&dir, run)?;
     let console = dir.join("console.log");
     let started = Instant::now();
-    let mut child = direct_qemu(guest, &dir, &overlay, accel)
+    let file = overlay.display().to_string();
+    let disk = DirectDisk {
+        file: &file,
+        format: "qcow2",
+    };
+    let mut child = direct_qemu(guest, &dir, &disk, accel, "")
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let result = (|| {
@@ -143,6 +151,22 @@ fn direct_boot(
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// The seed hearth would write, in `dir` (`seed.iso`), so the guest finds its config as fast.
+pub fn write_seed(dir: &Path, run: usize) -> Result<()> {
+    let seed = hearth_qemu::seed::Seed {
+        instance_id: format!("direct-{run}"),
+        hostname: format!("direct{run}"),
+        ssh_keys: vec![],
+        mac: "52:54:00:12:34:56".into(),
+        addresses: vec!["192.0.2.200/24".into()],
+        gateway4: Some([192, 0, 2, 1].into()),
+        gateway6: None,
+        resolvers: vec![],
+    };
+    seed.write_iso(&dir.join("seed"), &dir.join("seed.iso"))
+        .map_err(anyhow::Error::msg)
 }
 
 /// One VM made through the API and deleted again; returns (create → UP, create → READY).
