@@ -566,12 +566,7 @@ async fn stop(host: &Host, tracking: &Mutex<Tracking>, vm: &str, how: Stop) {
             .map(|()| None)
             .map_err(|e| e.to_string()),
         Stop::Archive => archive(host, vm).await.map(Some),
-        Stop::Delete => host
-            .driver
-            .delete(vm)
-            .await
-            .map(|()| None)
-            .map_err(|e| e.to_string()),
+        Stop::Delete => delete(host, vm).await.map(|()| None),
     };
     let mut t = tracking.lock().await;
     t.stopped(vm);
@@ -594,6 +589,28 @@ async fn stop(host: &Host, tracking: &Mutex<Tracking>, vm: &str, how: Stop) {
             let _ = host.state.submit(Command::Compute { command }).await;
         }
         (how, Err(error)) => tracing::warn!(%vm, %error, ?how, "stopping the VM failed"),
+    }
+}
+
+/// Stops the VM and removes its files, and its image when its disk is on RBD with its home
+/// here (a worker that took the disk over may have no handle of it yet).
+async fn delete(host: &Host, vm: &str) -> Result<(), String> {
+    host.driver.delete(vm).await.map_err(|e| e.to_string())?;
+    let desired = host.state.reader().current();
+    let Some(entry) = desired.compute.vms.get(vm).map(|v| &v.value) else {
+        return Ok(());
+    };
+    match entry.storage.rbd_pool() {
+        Some(pool) if entry.deleting && entry.disk.host.as_deref() == Some(host.name.as_str()) => {
+            let driver = host
+                .driver
+                .qemu()
+                .ok_or("no QEMU driver for a disk on RBD")?;
+            let image = hearth_qemu::rbd::disk_image(vm, entry.disk.generation);
+            let ceph = driver.ceph().map_err(|e| e.to_string())?;
+            ceph.remove(pool, &image).await.map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -703,6 +720,12 @@ fn decide(
             .get(id)
             .is_some_and(|vm| vm.value.reboots_done < *done)
     });
+    // Clients recorded for a QEMU that runs here no more need no remembering either.
+    let running = |id: &str, pid: u32| {
+        seen.iter()
+            .any(|s| !s.foreign && s.id == id && s.pid == Some(pid))
+    };
+    t.memory.rbd_recorded.retain(|id, pid| running(id, *pid));
     (
         reconcile::reconcile(me, &desired.compute, seen, &t.memory),
         crashes,

@@ -417,8 +417,11 @@ fn one_vm(
     let running = found.and_then(|s| s.pid).is_some();
     let disk = disk_here(me, vm, found);
     if vm.deleting {
+        // A disk on RBD is in Ceph: its home removes the image even with no handle here.
+        let image_here = !vm.storage.is_local() && vm.disk.host.as_deref() == Some(me);
         actions.push(match found {
             Some(_) => Action::Delete { vm: vm.id.clone() },
+            None if image_here => Action::Delete { vm: vm.id.clone() },
             None => Action::Forget { vm: vm.id.clone() },
         });
         return;
@@ -1343,6 +1346,23 @@ pub(crate) mod tests {
         let c = compute(vec![v]);
         let plan = reconcile("w1", &c, &[seen("vm-1", Some(1), true)], &Memory::default());
         assert_eq!(plan.actions, [Action::Delete { vm: "vm-1".into() }]);
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert_eq!(plan.actions, [Action::Forget { vm: "vm-1".into() }]);
+    }
+
+    /// A disk on RBD is in Ceph: its home deletes it (the image) with no handle here, as a
+    /// worker that took the disk over and never started the VM has none.
+    #[test]
+    fn deleting_a_vm_on_rbd_removes_its_image_at_its_home_only() {
+        let mut v = vm("vm-1", "w1", Phase::Deleting, Power::Running);
+        v.value.deleting = true;
+        v.value.storage = hearth_types::compute::Storage::Rbd { pool: "rbd".into() };
+        v.value.disk.host = Some("w1".into());
+        let c = compute(vec![v.clone()]);
+        let plan = reconcile("w1", &c, &[], &Memory::default());
+        assert_eq!(plan.actions, [Action::Delete { vm: "vm-1".into() }]);
+        v.value.disk.host = Some("w2".into());
+        let c = compute(vec![v]);
         let plan = reconcile("w1", &c, &[], &Memory::default());
         assert_eq!(plan.actions, [Action::Forget { vm: "vm-1".into() }]);
     }
