@@ -192,6 +192,8 @@ pub struct NodeSpec {
     pub run_as: Option<String>,
     /// More environment for the agent (a [`clock::FakeClock`]'s, say).
     pub env: Vec<(String, String)>,
+    /// Run the agent in the mount namespace of this process (see [`MountNs`]).
+    pub mount_ns: Option<u32>,
 }
 
 impl NodeSpec {
@@ -236,6 +238,94 @@ ttl  = 1
     }
 }
 
+/// A private mount namespace for the commands a README tells an admin to run as written
+/// (`/etc/hearth/...`, `/srv/...`): `/etc` is an overlay of this machine's whose changes go
+/// to a directory of the test's (with an empty `/etc/hearth` in it), and `/srv` an empty
+/// tmpfs. A process of the test's holds it (killed, by its PID, on drop); agents
+/// ([`NodeSpec::mount_ns`]) and commands ([`MountNs::bash`]) enter it with `nsenter`.
+pub struct MountNs {
+    holder: Child,
+    _dir: TempDir,
+}
+
+impl MountNs {
+    pub fn new() -> MountNs {
+        let dir = TempDir::new("mount-ns");
+        let d = dir.path().display();
+        for sub in ["etc.up", "etc.work"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("overlay directories");
+        }
+        let ready = dir.path().join("mounted");
+        let holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-ec"])
+            .arg(format!(
+                "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.up,workdir={d}/etc.work /etc\n\
+                 mkdir -p /etc/hearth\n\
+                 mount -t tmpfs tmpfs /srv\n\
+                 touch {ready}\n\
+                 exec sleep 100000\n",
+                ready = ready.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare --mount");
+        let mut ns = MountNs { holder, _dir: dir };
+        eventually("the private mounts", Duration::from_secs(30), || {
+            if ready.exists() {
+                return Ok(());
+            }
+            match ns.holder.try_wait() {
+                Ok(Some(status)) => panic!("the private mounts failed: {status}"),
+                _ => Err("not yet".to_owned()),
+            }
+        });
+        ns
+    }
+
+    /// The PID to give [`NodeSpec::mount_ns`].
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// Runs `script` with `bash -e` in the namespace, as `agent`'s admin: `hearth` on its
+    /// PATH is `bin`, and HEARTH_API and HEARTH_TOKEN name `agent`. (exit code, stdout,
+    /// stderr).
+    pub fn bash(&self, agent: &TestAgent, script: &str) -> (Option<i32>, String, String) {
+        let bin_dir = agent.bin.parent().expect("the binary's directory");
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            bin_dir.display()
+        );
+        let output = Command::new("nsenter")
+            .args(["--target", &self.pid().to_string(), "--mount", "--"])
+            .args(["bash", "-ec", script])
+            .env("PATH", path)
+            .env("HEARTH_API", agent.api_addr().to_string())
+            .env("HEARTH_TOKEN", agent.token())
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Default for MountNs {
+    fn default() -> Self {
+        MountNs::new()
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
 /// A running (or stopped) agent process.
 pub struct TestAgent {
     pub spec: NodeSpec,
@@ -271,6 +361,13 @@ impl TestAgent {
     /// [`NodeSpec::run_as`]), or plainly. `ip netns exec` and `setpriv` exec the agent in
     /// place, so the PID is the agent's own.
     fn command(&self) -> Command {
+        if let Some(holder) = self.spec.mount_ns {
+            let mut command = Command::new("nsenter");
+            command
+                .args(["--target", &holder.to_string(), "--mount", "--"])
+                .arg(&self.bin);
+            return command;
+        }
         match (&self.spec.netns, &self.spec.run_as) {
             (Some(netns), _) => {
                 let mut command = Command::new("ip");
@@ -891,6 +988,7 @@ impl TestCluster {
             dns_port: None,
             run_as: None,
             env: vec![],
+            mount_ns: None,
             join: if idx == 0 { vec![] } else { vec![seed] },
             extra,
             top: String::new(),
@@ -975,5 +1073,6 @@ pub fn lab_spec(
         dns_port: None,
         run_as: None,
         env: vec![],
+        mount_ns: None,
     }
 }

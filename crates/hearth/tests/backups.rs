@@ -13,7 +13,8 @@
 //! reinstalled server brings back the accounts and VMs with their addresses, each VM's disk
 //! from its newest backup (a VM never backed up is lost, never given a blank disk), and the
 //! member makes a new VM from a snapshot of hers. A second backend: an S3 bucket (moto's
-//! server), its keys in an env file.
+//! server), its keys in an env file. And the README's backup commands, run as written in a
+//! private mount namespace with its own `/etc/hearth` and `/srv`.
 
 use std::path::Path;
 
@@ -49,7 +50,13 @@ fn ticks_past(agent: &TestAgent, id: &str, n: u64) {
 /// A one-node server and worker with the test guest as image `tiny`; `state` goes into its
 /// `[state]` section.
 fn one_worker(state: &str) -> TestCluster {
+    one_worker_in(state, None)
+}
+
+/// [`one_worker`], its agent in the mount namespace held by process `mount_ns`, if any.
+fn one_worker_in(state: &str, mount_ns: Option<u32>) -> TestCluster {
     let cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.mount_ns = mount_ns;
         spec.roles = "[\"server\", \"worker\"]".into();
         spec.extra = format!(
             "[state]\nbootstrap_expect = 1\n{state}[compute]\nvcpus = 4\nmemory_mib = 2048\ndisk_gib = 20\n"
@@ -873,4 +880,68 @@ fn the_whole_cluster_comes_back_from_its_backup_repository_on_a_wiped_server() {
     ]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("already holds"), "{stderr}");
+}
+
+/// The README's shell blocks of its backups section, in order.
+fn readme_backup_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme.find("### Backups").expect("README: ### Backups");
+    let rest = &readme[start..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The README's backup commands, pasted as written into bash on a worker that is also the
+/// server (a private mount namespace gives it its own `/etc/hearth` and `/srv`): the target
+/// with its password file, the plan's schedule and retention and a VM's own schedule, a
+/// backup into the repository they name, and the drill's `hearth restore`, which a cluster
+/// holding things refuses with why.
+#[test]
+fn the_readmes_backup_commands_work_as_written() {
+    let blocks = readme_backup_blocks();
+    assert_eq!(blocks.len(), 3, "README: three sh blocks about backups");
+    let ns = hearth_testkit::MountNs::new();
+    let cluster = one_worker_in("", Some(ns.pid()));
+    let agent = &cluster.agents[0];
+    create_tiny(agent, "web", &[]);
+    let row = hearth_testkit::vms::wait_phase(agent, "web", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    ticks_past(agent, &id, 2);
+
+    for block in &blocks[..2] {
+        let (code, out, err) = ns.bash(agent, block);
+        assert_eq!(code, Some(0), "{block}\n{out}{err}");
+    }
+    let (_, mode, _) = ns.bash(agent, "stat -c %a /etc/hearth/restic-local.pass");
+    assert_eq!(mode.trim(), "600");
+    // The README's `hearth backup now NAME` goes into the repository it named.
+    let (code, out, err) = ns.bash(agent, "hearth backup now web");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("stored in local"), "{out}");
+    assert_eq!(
+        backups_of(agent, "web")["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (code, _, err) = ns.bash(agent, "test -f /srv/backups/hearth/config");
+    assert_eq!(code, Some(0), "no repository at /srv/backups/hearth: {err}");
+    // `--off`: no schedule, no next run.
+    let row = backups_of(agent, "web");
+    assert!(
+        row.get("policy").is_none() && row.get("next_ms").is_none(),
+        "{row}"
+    );
+
+    let (code, out, err) = ns.bash(agent, &blocks[2]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(err.contains("already holds"), "{err}");
 }
