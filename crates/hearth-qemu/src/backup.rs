@@ -148,6 +148,19 @@ impl Driver {
     async fn copy_running(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
         let mut qmp = self.qmp(id).await?;
         clear(&mut qmp).await;
+        let jobs = (qmp.execute("query-jobs", None).await).map_err(ControlError::from)?;
+        let mirroring = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|j| j["id"] == crate::replica::JOB);
+        if mirroring {
+            // QEMU lets no second job read a disk its mirror holds.
+            return Err(CopyError::Job {
+                id: id.to_owned(),
+                message: "its disk is in use by the mirror into its second copy, and a running VM with two copies cannot be backed up yet: stop it for its backup".into(),
+            });
+        }
         let size = virtual_size(&mut qmp).await?;
         let file = std::fs::File::create(target)
             .map_err(io_error(target))

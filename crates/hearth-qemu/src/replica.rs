@@ -27,7 +27,7 @@ const REPLICA_FILE: &str = "replica";
 /// QEMU ids of the replica's TLS object, NBD node and mirror job on the disk's home.
 const TLS: &str = "hearth-replica-tls";
 const NODE: &str = "hearth-replica";
-const JOB: &str = "hearth-replica";
+pub(crate) const JOB: &str = "hearth-replica";
 /// The NBD export name on the replica host.
 const EXPORT_NAME: &str = "disk0";
 /// How long `qemu-storage-daemon` may take to come up.

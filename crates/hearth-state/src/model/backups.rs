@@ -353,8 +353,8 @@ fn restore(
         _ if vm.deleting => Some("it is being deleted"),
         _ if vm.migration.is_some() => Some("it is moving to another host"),
         _ if vm.disk.host.is_none() => Some("it has no disk"),
-        _ if vm.request.replicas > 1 || vm.replica.is_some() => {
-            Some("it keeps two copies of its disk, and restoring those is not supported yet")
+        _ if vm.adopt_replica.is_some() => {
+            Some("it is taking its copy on another worker as its disk")
         }
         _ if backups.restoring() => Some("a restore is under way"),
         _ if backups.pending() => Some("a backup of it is under way"),
@@ -375,6 +375,9 @@ fn restore(
     });
     backups.restore_error = None;
     entry.value.request.power = Power::Stopped;
+    // A second copy of the disk goes: it holds the disk being replaced. Once the VM runs
+    // again on the restored disk, the leader places a fresh one (`docs/replicas.md`).
+    entry.value.replica = None;
     entry.version = index;
     Outcome::Applied { version: index }
 }
@@ -975,6 +978,39 @@ mod tests {
         let backups = &state.backups.vms["vm-1"];
         assert!(!backups.restoring());
         assert_eq!(backups.restored.as_ref().unwrap().snapshot, "abc");
+    }
+
+    /// A VM with a second copy of its disk gives the copy up when its restore starts (the
+    /// copy holds the disk being replaced); one taking its copy as its disk is refused.
+    #[test]
+    fn a_restore_of_a_vm_with_a_second_copy_drops_the_copy() {
+        let mut state = state();
+        let backups = state.backups.vms.entry("vm-1".into()).or_default();
+        backups.snapshots.push(snapshot());
+        let vm = &mut state.compute.vms.get_mut("vm-1").unwrap().value;
+        vm.request.replicas = 2;
+        vm.adopt_replica = Some(4);
+        let before = state.clone();
+        assert!(matches!(
+            apply(&mut state, &restore_of("abc"), 5),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(state, before);
+        let vm = &mut state.compute.vms.get_mut("vm-1").unwrap().value;
+        vm.adopt_replica = None;
+        vm.replica = Some(hearth_types::compute::Replica {
+            host: "w2".into(),
+            since: 4,
+            state: hearth_types::compute::ReplicaState::InSync,
+            nbd: None,
+            done_bytes: 0,
+            total_bytes: 0,
+            message: None,
+        });
+        assert!(apply(&mut state, &restore_of("abc"), 6).changed());
+        let vm = &state.compute.vms["vm-1"].value;
+        assert_eq!(vm.replica, None);
+        assert_eq!(vm.request.replicas, 2, "it asks for a fresh copy later");
     }
 
     fn tiny_image(state: &mut DesiredState) {
