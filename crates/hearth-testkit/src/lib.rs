@@ -19,6 +19,7 @@ pub mod ceph;
 pub mod clock;
 pub mod delay;
 pub mod netns;
+pub mod restic;
 pub mod smtp;
 pub mod vms;
 pub mod webdriver;

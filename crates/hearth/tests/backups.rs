@@ -714,20 +714,13 @@ fn the_whole_cluster_comes_back_from_its_backup_repository_on_a_wiped_server() {
 
     // The target: the state (and the image files) go in at once; box's backup after it,
     // so only the repository knows that snapshot. scratch is never backed up.
-    let work = TempDir::new("disaster");
-    let password = work.path().join("password");
-    std::fs::write(&password, "the co-op's restic password\n").unwrap();
-    let location = work.path().join("repo").display().to_string();
-    agent.cli(&[
-        "backup",
-        "target",
-        "put",
-        "local",
-        "--location",
-        &location,
-        "--password-file",
-        password.to_str().unwrap(),
-    ]);
+    let target = hearth_testkit::restic::LocalRepo::new("disaster");
+    target.put_target(agent, "local");
+    let (location, password, work) = (
+        target.location.clone(),
+        target.password.clone(),
+        &target.dir,
+    );
     eventually("a backup of the state", BOOT, || {
         let rows: serde_json::Value =
             serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();

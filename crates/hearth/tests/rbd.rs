@@ -421,20 +421,8 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
     let ceph = Ceph::start();
     let cluster = rbd_cluster(&ceph);
     let a = &cluster.agents[0];
-    let work = hearth_testkit::TempDir::new("rbd-backups");
-    let password = work.path().join("password");
-    std::fs::write(&password, "the co-op's restic password\n").unwrap();
-    let location = work.path().join("repo").display().to_string();
-    a.cli(&[
-        "backup",
-        "target",
-        "put",
-        "local",
-        "--location",
-        &location,
-        "--password-file",
-        password.to_str().unwrap(),
-    ]);
+    let target = hearth_testkit::restic::LocalRepo::new("rbd-backups");
+    target.put_target(a, "local");
     create_tiny(a, "web", &["--pool", "ceph"]);
     let row = wait_phase(a, "web", "running");
     let id = row["id"].as_str().unwrap().to_owned();
@@ -456,7 +444,7 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
     let out = a.cli(&["backup", "now", "web"]);
     assert!(out.contains("stored in local"), "{out}");
     let snapshot = snapshots(a, "web")[0]["id"].as_str().unwrap().to_owned();
-    let backed_up = disk_tick_of(&location, &password, &id, &snapshot, &work);
+    let backed_up = disk_tick_of(&target, &id, &snapshot);
     ticking(backed_up + 3);
     let out = a.cli(&["backup", "restore", "web", &snapshot, "--yes"]);
     assert!(out.contains("restored from snapshot"), "{out}");
@@ -484,7 +472,7 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
     let out = a.cli(&["backup", "now", "web"]);
     assert!(out.contains("stored in local"), "{out}");
     let stopped = snapshots(a, "web")[1]["id"].as_str().unwrap().to_owned();
-    let at_stop = disk_tick_of(&location, &password, &id, &stopped, &work);
+    let at_stop = disk_tick_of(&target, &id, &stopped);
     let out = a.cli(&["backup", "restore", "web", &stopped, "--into", "copy"]);
     assert!(out.contains("copy: made from web's snapshot"), "{out}");
     let row = wait_phase(a, "copy", "running");
@@ -512,20 +500,14 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
 }
 
 /// The tick on the disk in snapshot `snapshot` of VM `id`, dumped from the repository.
-fn disk_tick_of(
-    location: &str,
-    password: &std::path::Path,
-    id: &str,
-    snapshot: &str,
-    work: &hearth_testkit::TempDir,
-) -> u64 {
+fn disk_tick_of(target: &hearth_testkit::restic::LocalRepo, id: &str, snapshot: &str) -> u64 {
     let repo = hearth_compute::restic::Repo {
-        location: location.to_owned(),
-        password_file: password.to_owned(),
-        cache_dir: work.path().join("cache"),
+        location: target.location.clone(),
+        password_file: target.password.clone(),
+        cache_dir: target.dir.path().join("cache"),
         env: vec![],
     };
-    let dumped = work.path().join("dumped.raw");
+    let dumped = target.dir.path().join("dumped.raw");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(repo.dump(id, snapshot, &dumped)).unwrap();
     hearth_testkit::vms::disk_tick_as(&dumped, "raw").unwrap()

@@ -553,20 +553,8 @@ fn a_host_cut_off_by_a_partition_kills_its_vm_before_its_replica_host_restarts_i
 fn a_vm_with_two_copies_is_restored_from_its_backup_and_gets_a_fresh_copy() {
     let cluster = three_workers(bin());
     let a = &cluster.agents[0];
-    let work = TempDir::new("replica-backups");
-    let password = work.path().join("password");
-    std::fs::write(&password, "the co-op's restic password\n").unwrap();
-    let location = work.path().join("repo").display().to_string();
-    a.cli(&[
-        "backup",
-        "target",
-        "put",
-        "local",
-        "--location",
-        &location,
-        "--password-file",
-        password.to_str().unwrap(),
-    ]);
+    let target = hearth_testkit::restic::LocalRepo::new("replica-backups");
+    target.put_target(a, "local");
     create_tiny(a, "db2", &["--replicas", "2"]);
     let row = wait_phase(a, "db2", "running");
     let id = row["id"].as_str().unwrap().to_owned();
@@ -595,12 +583,12 @@ fn a_vm_with_two_copies_is_restored_from_its_backup_and_gets_a_fresh_copy() {
     let listed: Value = serde_json::from_str(&a.cli(&["backups", "db2", "--json"])).unwrap();
     let snapshot = listed["snapshots"][0]["id"].as_str().unwrap().to_owned();
     let repo = hearth_compute::restic::Repo {
-        location,
-        password_file: password,
-        cache_dir: work.path().join("cache"),
+        location: target.location.clone(),
+        password_file: target.password.clone(),
+        cache_dir: target.dir.path().join("cache"),
         env: vec![],
     };
-    let dumped = work.path().join("dumped.raw");
+    let dumped = target.dir.path().join("dumped.raw");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime
         .block_on(repo.dump(&id, &snapshot, &dumped))
