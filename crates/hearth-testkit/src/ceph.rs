@@ -44,7 +44,10 @@ impl Ceph {
         ceph.daemon_run("ceph-mon", &["--mkfs", "-i", "a", "--monmap"], &[&monmap]);
         ceph.spawn("ceph-mon", &["-i", "a"]);
         let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a uuid");
-        let id = ceph.ceph(&["osd", "create", uuid.trim()]).trim().to_owned();
+        let id = ceph
+            .first_command(&["osd", "create", uuid.trim()])
+            .trim()
+            .to_owned();
         ceph.daemon_run(
             "ceph-osd",
             &["-i", &id, "--mkfs", "--osd-uuid", uuid.trim()],
@@ -106,6 +109,31 @@ impl Ceph {
             "osd.{id} never came up: {last}; its log ends: {}",
             self.log_tail(&format!("osd.{id}"))
         );
+    }
+
+    /// `ceph ARGS` as the first command to a monitor that has just started, which once (in
+    /// CI, 0.5 s after its start) answered `EPERM: problem getting command descriptions`,
+    /// likely before it had won its election: tried again until it works, for up to 60 s. Only
+    /// for commands that may be repeated (`osd create UUID` gives the same id again).
+    /// Fails at once, with the monitor's log, if the monitor has exited.
+    fn first_command(&mut self, args: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.daemons[0].try_wait() {
+                panic!(
+                    "ceph-mon exited ({status}); its log ends:\n{}",
+                    self.log_tail("mon.a")
+                );
+            }
+            match self.try_ceph(args) {
+                Ok(out) => return out,
+                Err(e) if std::time::Instant::now() > deadline => panic!(
+                    "ceph {args:?}: {e}; the monitor's log ends:\n{}",
+                    self.log_tail("mon.a")
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     /// The directory the cluster keeps its files (and logs) in.
@@ -221,7 +249,8 @@ fn run(program: &str, args: &[&str], paths: &[&Path]) {
 
 /// The cluster's config: one monitor at 127.0.0.1:`port`, no cephx, a memstore OSD of
 /// 2 GiB that changes no crush setting when it starts, pools of one copy, everything under
-/// `dir`.
+/// `dir`. The monitor starts on a nearly full disk too (a CI machine's had 1 % free, and a
+/// monitor refuses to run below 5 % by default), since its data here is a few MiB.
 fn config(dir: &Path, fsid: &str, port: u16) -> String {
     let dir = dir.display();
     format!(
@@ -239,6 +268,8 @@ osd pool default min size = 1
 osd pool default pg autoscale mode = off
 mon allow pool size one = true
 mon allow pool delete = true
+mon data avail crit = 0
+mon data avail warn = 0
 osd crush chooseleaf type = 0
 osd objectstore = memstore
 memstore device bytes = 2147483648
