@@ -439,7 +439,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "hearth_dns_packets_dropped_total",
         kind: "counter",
-        help: "DNS packets dropped as malformed.",
+        help: "DNS packets dropped unanswered (malformed, a response, a bad TCP frame, a UDP datagram over 4 KiB).",
         label: None,
         samples: |src| one(src.dns.dropped_malformed()),
     },

@@ -8,6 +8,7 @@ use hearth_types::desired::{DesiredState, RecordData, RecordSet, Versioned};
 use hearth_types::{CheckStatus, Member, MemberState, NodeMeta, Role, ServiceInstance, View};
 use hickory_proto::op::{Message, MessageType};
 
+use crate::server::Responder;
 use crate::{DnsMetrics, Name, NoneHealthy, Transport, Zone, ZoneSnapshot, handle_packet};
 
 fn member(name: &str, state: MemberState, address: &str, status: CheckStatus) -> Member {
@@ -113,6 +114,27 @@ pub fn dns_request(data: &[u8]) {
             });
             assert!(answer.len() <= limit, "{} > {limit}", answer.len());
         }
+    }
+    same_through_the_cache(zone, snapshot, data);
+}
+
+/// The UDP server's cache: asked three times, with three IDs, the cached path answers exactly
+/// what `handle_packet` answers to the same bytes.
+fn same_through_the_cache(zone: Zone, snapshot: ZoneSnapshot, data: &[u8]) {
+    let zone = Arc::new(zone);
+    let snapshot = Arc::new(snapshot);
+    let (_publish, snapshots) = tokio::sync::watch::channel(Arc::clone(&snapshot));
+    let mut responder = Responder::new(Arc::clone(&zone), snapshots, Arc::default());
+    let mut packet = data.to_vec();
+    let mut out = Vec::new();
+    for id in [None, Some(0x1234u16), Some(0x4321)] {
+        if let (Some(id), Some(bytes)) = (id, packet.get_mut(..2)) {
+            bytes.copy_from_slice(&id.to_be_bytes());
+        }
+        let metrics = DnsMetrics::default();
+        let direct = handle_packet(&zone, &snapshot, &packet, Transport::Udp, &metrics);
+        let sent = responder.respond_udp(&packet, &mut out);
+        assert_eq!(sent.then(|| out.clone()), direct);
     }
 }
 

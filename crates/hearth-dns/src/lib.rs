@@ -10,10 +10,13 @@
 //! - `answer`: the pure function from a decoded request and a snapshot to a response; every
 //!   rule of what a response holds (rcodes, SOA, NS, aliases, additionals) lives here.
 //! - `packet`: wire bytes in, wire bytes out: decoding, dropping garbage, UDP truncation.
+//! - `cache`: UDP answers remembered per snapshot, keyed by the query's bytes after its ID.
 //! - `metrics`: counters of answers by rcode and of dropped packets.
 //! - `lookup`: a stub TXT lookup, for the proof of a member's domain.
-//! - `server`: the UDP and TCP servers and the snapshot-rebuilding task, all stopped by one
-//!   cancellation token.
+//! - `server`: the TCP server, the snapshot-rebuilding task and the `Responder` every server
+//!   loop answers with, all stopped by one cancellation token.
+//! - `udp`: the UDP server, a thread taking and answering queries in batches
+//!   (`recvmmsg`/`sendmmsg`).
 //! - `push`: publishing the same records to an external primary with TSIG-signed RFC 2136
 //!   UPDATEs: the pure computation of what to publish and of the messages, the TCP sender, and
 //!   the pusher task that runs on the Raft leader.
@@ -25,6 +28,7 @@
 //! is counted and dropped.
 
 mod answer;
+mod cache;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
@@ -34,6 +38,7 @@ mod packet;
 pub mod push;
 mod server;
 mod settings;
+mod udp;
 mod zone;
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ impl DnsMetrics {
         ]
     }
 
-    /// Packets dropped unanswered: undecodable, a response rather than a query, or a bad TCP frame.
+    /// Packets dropped unanswered: undecodable, a response rather than a query, a bad TCP frame,
+    /// or a UDP datagram longer than the 4 KiB a query may take.
     pub fn dropped_malformed(&self) -> u64 {
         self.dropped_malformed.load(Ordering::Relaxed)
     }

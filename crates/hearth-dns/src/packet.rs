@@ -45,16 +45,32 @@ pub(crate) fn respond_into(
     metrics: &DnsMetrics,
     out: &mut Vec<u8>,
 ) -> bool {
-    let Some(request) = decode_query(packet) else {
-        metrics.record_dropped();
-        return false;
-    };
-    let mut response = answer(zone, snapshot, &request);
-    match encode_response(&mut response, size_limit(&request, transport), out) {
+    let rcode = respond(zone, snapshot, packet, transport, out);
+    count(metrics, rcode)
+}
+
+/// Records one outcome of `respond` in `metrics`; true when there is an answer to send.
+pub(crate) fn count(metrics: &DnsMetrics, rcode: Option<ResponseCode>) -> bool {
+    match rcode {
         Some(rcode) => metrics.record_answered(rcode),
         None => metrics.record_dropped(),
     }
-    !out.is_empty()
+    rcode.is_some()
+}
+
+/// Writes the response to `packet` into `out` and returns its rcode; None (and `out` empty)
+/// for a packet that must be dropped.
+pub(crate) fn respond(
+    zone: &Zone,
+    snapshot: &ZoneSnapshot,
+    packet: &[u8],
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Option<ResponseCode> {
+    out.clear();
+    let request = decode_query(packet)?;
+    let mut response = answer(zone, snapshot, &request);
+    encode_response(&mut response, size_limit(&request, transport), out)
 }
 
 /// Answering a response could loop two servers into a storm, so only queries go through.

@@ -16,9 +16,10 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::answer::EDNS_PAYLOAD;
+use crate::cache::AnswerCache;
 use crate::metrics::DnsMetrics;
-use crate::packet::{Transport, respond_into};
+use crate::packet::{Transport, count, respond, respond_into};
+use crate::udp;
 use crate::zone::{Zone, ZoneSnapshot};
 
 /// How long a TCP connection may sit between queries, or take to send or receive one message.
@@ -33,8 +34,6 @@ pub(crate) const MAX_TCP_PER_CLIENT: usize = 16;
 /// Pause after a failed accept: the usual cause, running out of file descriptors, would
 /// otherwise turn the accept loop into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Big enough for any datagram, so that none is silently cut short.
-const MAX_DATAGRAM: usize = 65_535;
 
 /// Runs the UDP and TCP servers until `shutdown` is cancelled, answering from the latest view
 /// on `views` and the latest desired state on `desired`. Each change of the view, or of the
@@ -60,7 +59,7 @@ pub async fn serve(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(track_inputs(zone, inputs, publish, shutdown.clone()));
-    tasks.spawn(serve_udp(responder.clone(), udp, shutdown.clone()));
+    udp::spawn(&mut tasks, responder.clone(), udp, shutdown.clone());
     tasks.spawn(serve_tcp(responder, tcp, shutdown));
     while let Some(joined) = tasks.join_next().await {
         if let Err(error) = joined {
@@ -118,6 +117,15 @@ impl Inputs {
 /// a write burst through Raft changes the desired state hundreds of times a second.
 const MIN_REBUILD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Under a burst, the gap after a build is also at least this many times the build's own
+/// time, so rebuilding a large zone takes at most a fifth of a core however fast it changes.
+const REBUILD_GAP_FACTOR: u32 = 4;
+
+/// The time to wait after a build that took `took` before the next one.
+pub(crate) fn rebuild_gap(took: std::time::Duration) -> std::time::Duration {
+    MIN_REBUILD_INTERVAL.max(took * REBUILD_GAP_FACTOR)
+}
+
 /// Publishes a new snapshot for each change that reaches DNS (see `is_built_from`). When both
 /// senders go away, the last snapshot keeps being served until shutdown.
 async fn track_inputs(
@@ -127,20 +135,32 @@ async fn track_inputs(
     shutdown: CancellationToken,
 ) {
     let track = async {
-        let mut last_build: Option<tokio::time::Instant> = None;
+        let mut next_build: Option<tokio::time::Instant> = None;
         while inputs.changed().await {
-            // Under a burst of writes, rebuild at most every MIN_REBUILD_INTERVAL: the first
-            // change after a quiet spell is served at once, later ones together.
-            if let Some(at) = last_build {
-                tokio::time::sleep_until(at + MIN_REBUILD_INTERVAL).await;
+            // Under a burst of writes, rebuild at most every `rebuild_gap`: the first change
+            // after a quiet spell is served at once, later ones together.
+            if let Some(at) = next_build {
+                tokio::time::sleep_until(at).await;
             }
             let (view, desired) = inputs.latest();
             let current = publish.borrow().clone();
             // Senders may republish equal values: nothing to rebuild for them.
             if !current.is_built_from(&view, &desired) {
-                let snapshot = ZoneSnapshot::build(&zone, view, desired);
-                publish.send_replace(Arc::new(snapshot));
-                last_build = Some(tokio::time::Instant::now());
+                let started = tokio::time::Instant::now();
+                // A large zone takes milliseconds to index: not on a worker the API and Raft
+                // share.
+                let inputs = (zone.clone(), view, desired);
+                let built = tokio::task::spawn_blocking(move || {
+                    ZoneSnapshot::build(&inputs.0, inputs.1, inputs.2)
+                });
+                match built.await {
+                    Ok(snapshot) => {
+                        publish.send_replace(Arc::new(snapshot));
+                    }
+                    Err(error) => tracing::error!(%error, "building the zone failed"),
+                }
+                let done = tokio::time::Instant::now();
+                next_build = Some(done + rebuild_gap(done - started));
             }
         }
         std::future::pending::<()>().await;
@@ -149,17 +169,19 @@ async fn track_inputs(
 }
 
 /// What every server loop answers with: the zone, and the latest snapshot, re-read only when a
-/// new one has been published (a cheap version check per packet).
+/// new one has been published (a cheap version check per packet). The UDP loop also
+/// remembers its answers for the current snapshot.
 #[derive(Clone)]
-struct Responder {
+pub(crate) struct Responder {
     zone: Arc<Zone>,
     snapshots: watch::Receiver<Arc<ZoneSnapshot>>,
     current: Arc<ZoneSnapshot>,
     metrics: Arc<DnsMetrics>,
+    cache: AnswerCache,
 }
 
 impl Responder {
-    fn new(
+    pub(crate) fn new(
         zone: Arc<Zone>,
         snapshots: watch::Receiver<Arc<ZoneSnapshot>>,
         metrics: Arc<DnsMetrics>,
@@ -170,45 +192,50 @@ impl Responder {
             snapshots,
             current,
             metrics,
+            cache: AnswerCache::default(),
         }
+    }
+
+    /// Takes the latest snapshot if a new one was published; true if it did.
+    fn refresh(&mut self) -> bool {
+        let changed = self.snapshots.has_changed().unwrap_or(false);
+        if changed {
+            self.current = Arc::clone(&self.snapshots.borrow_and_update());
+        }
+        changed
     }
 
     /// Writes the response to `packet` into `out`; false when there is nothing to send.
     fn respond(&mut self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
-        if self.snapshots.has_changed().unwrap_or(false) {
-            self.current = Arc::clone(&self.snapshots.borrow_and_update());
-        }
+        self.refresh();
         let (zone, snapshot) = (&self.zone, &self.current);
         respond_into(zone, snapshot, packet, transport, &self.metrics, out)
     }
-}
 
-async fn serve_udp(mut responder: Responder, socket: UdpSocket, shutdown: CancellationToken) {
-    shutdown
-        .run_until_cancelled(udp_loop(&mut responder, &socket))
-        .await;
-}
-
-/// One loop answering inline: an answer costs microseconds, less than handing it to a task.
-async fn udp_loop(responder: &mut Responder, socket: &UdpSocket) {
-    let mut packet = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(usize::from(EDNS_PAYLOAD));
-    loop {
-        let (len, peer) = match socket.recv_from(&mut packet).await {
-            Ok(received) => received,
-            Err(error) => {
-                debug!(%error, "DNS UDP receive failed");
-                continue;
-            }
-        };
-        let Some(request) = packet.get(..len) else {
-            continue;
-        };
-        if responder.respond(request, Transport::Udp, &mut out)
-            && let Err(error) = socket.send_to(&out, peer).await
-        {
-            debug!(%error, %peer, "DNS UDP send failed");
+    /// `respond` for a UDP datagram, through the cache of answers to the current snapshot.
+    pub(crate) fn respond_udp(&mut self, packet: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.refresh() {
+            self.cache.clear();
         }
+        if let Some(rcode) = self.cache.answer(packet, out) {
+            return count(&self.metrics, Some(rcode));
+        }
+        let (zone, snapshot) = (&self.zone, &self.current);
+        let rcode = respond(zone, snapshot, packet, Transport::Udp, out);
+        if let Some(rcode) = rcode {
+            self.cache.remember(packet, out, rcode);
+        }
+        count(&self.metrics, rcode)
+    }
+
+    pub(crate) fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
+    }
+
+    /// How many answers the UDP cache holds.
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.cache.len()
     }
 }
 

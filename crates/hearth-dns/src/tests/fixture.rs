@@ -256,3 +256,38 @@ pub(crate) fn assert_negative(response: &Message, rcode: ResponseCode) {
     assert_eq!(authority.ttl, TTL);
     assert_eq!(soa(authority).serial, SERIAL);
 }
+
+/// SplitMix64: a few lines of seeded, reproducible randomness without a dependency.
+pub(crate) struct SplitMix64(pub(crate) u64);
+
+impl SplitMix64 {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
+
+/// Pure noise, and valid queries with a few bytes flipped or cut short, which get much further
+/// into the decoder.
+pub(crate) fn garbage(rng: &mut SplitMix64, seeds: &[Vec<u8>]) -> Vec<u8> {
+    if rng.below(2) == 0 {
+        let len = rng.below(600);
+        return (0..len).map(|_| rng.next() as u8).collect();
+    }
+    let mut packet = seeds[rng.below(seeds.len())].clone();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(packet.len());
+        packet[at] = rng.next() as u8;
+    }
+    if rng.below(4) == 0 {
+        packet.truncate(rng.below(packet.len() + 1));
+    }
+    packet
+}

@@ -1,6 +1,7 @@
 //! Unit tests for the crate, grouped by layer, over the shared fixture in `fixture`.
 
 mod answer_rules;
+mod cache;
 mod desired_rules;
 mod fixture;
 mod packet;

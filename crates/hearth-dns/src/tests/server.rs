@@ -180,13 +180,20 @@ async fn serves_udp_and_tcp_survives_garbage_and_stops_on_cancel() {
         .unwrap();
     server.udp_ask(&client, &with_id(web.clone(), 8)).await;
     assert_eq!(server.metrics.dropped_malformed(), 1);
+    // A query longer than any real one does not fit its slot: it is dropped, never answered
+    // from its first part, and the queries after it are still answered.
+    let mut long = web.to_vec().unwrap();
+    long.resize(5_000, 0);
+    client.send_to(&long, server.udp).await.unwrap();
+    server.udp_ask(&client, &with_id(web.clone(), 9)).await;
+    assert_eq!(server.metrics.dropped_malformed(), 2);
 
     stream.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
     assert!(
         closed_by_server(&mut stream).await,
         "a bad frame closes the connection"
     );
-    assert_eq!(server.metrics.dropped_malformed(), 2);
+    assert_eq!(server.metrics.dropped_malformed(), 3);
 
     let mut fresh = TcpStream::connect(server.tcp).await.unwrap();
     let response = tcp_ask(&mut fresh, &web).await;
@@ -411,4 +418,22 @@ async fn a_closed_input_is_reported_once_then_never_polled_again() {
         !inputs.changed().await,
         "nothing can change once both senders are gone"
     );
+}
+
+#[test]
+fn a_slow_build_waits_longer_before_the_next_so_rebuilds_stay_a_fraction_of_a_core() {
+    use crate::server::rebuild_gap;
+    assert_eq!(rebuild_gap(Duration::ZERO), Duration::from_millis(50));
+    assert_eq!(
+        rebuild_gap(Duration::from_millis(5)),
+        Duration::from_millis(50)
+    );
+    assert_eq!(
+        rebuild_gap(Duration::from_millis(40)),
+        Duration::from_millis(160)
+    );
+    // Building takes at most a fifth of the time under a steady burst.
+    let took = Duration::from_millis(300);
+    let share = took.as_secs_f64() / (took + rebuild_gap(took)).as_secs_f64();
+    assert!(share <= 0.2 + 1e-9, "{share}");
 }
