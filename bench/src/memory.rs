@@ -48,6 +48,8 @@ pub fn run(args: &Args) -> Result<Report> {
     let serf_pids: Vec<u32> = (0..args.nodes).filter_map(|idx| serf.pid(idx)).collect();
     let hearth_rows = rss_of(&pids(&hearth))?;
     let serf_rows = rss_of(&serf_pids)?;
+    let hearth_parts = breakdown(&pids(&hearth))?;
+    let serf_parts = breakdown(&serf_pids)?;
     let (hearth_mean, serf_mean) = (mean_mib(&hearth_rows), mean_mib(&serf_rows));
     let hearth_max = hearth_rows.iter().map(|r| r.0).max().unwrap_or(0);
     let serf_min = serf_rows.iter().map(|r| r.0).min().unwrap_or(0);
@@ -67,6 +69,10 @@ pub fn run(args: &Args) -> Result<Report> {
         describe(&serf_rows),
         hearth_mean / serf_mean,
         if target_met { "met" } else { "missed" }
+    ) + &format!(
+        "hearth, anonymous / file-backed RSS and threads: {}\nserf:   {}\n",
+        describe_parts(&hearth_parts),
+        describe_parts(&serf_parts)
     );
     let as_json = |rows: &[(u64, u64)]| {
         rows.iter()
@@ -81,10 +87,47 @@ pub fn run(args: &Args) -> Result<Report> {
         "hearth_mean_rss_mib": hearth_mean,
         "serf_mean_rss_mib": serf_mean,
         "target_met": target_met,
+        "hearth_parts": parts_json(&hearth_parts),
+        "serf_parts": parts_json(&serf_parts),
     });
     Ok(Report {
         bench: "memory",
         text,
         fields,
     })
+}
+
+/// Per process: anonymous RSS (heap, stacks), file-backed RSS (the binary's and libraries'
+/// pages touched), both in KiB, and the number of threads.
+fn breakdown(pids: &[u32]) -> Result<Vec<(u64, u64, u64)>> {
+    pids.iter()
+        .map(|&pid| {
+            Ok((
+                status_kib(pid, "RssAnon")?,
+                status_kib(pid, "RssFile")?,
+                status_kib(pid, "Threads")?,
+            ))
+        })
+        .collect()
+}
+
+fn describe_parts(rows: &[(u64, u64, u64)]) -> String {
+    rows.iter()
+        .map(|(anon, file, threads)| {
+            format!(
+                "{:.2} / {:.2} MiB, {threads} threads",
+                mib(*anon),
+                mib(*file)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn parts_json(rows: &[(u64, u64, u64)]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|(anon, file, threads)| {
+            json!({"anon_mib": mib(*anon), "file_mib": mib(*file), "threads": threads})
+        })
+        .collect()
 }

@@ -32,6 +32,10 @@ pub struct Args {
     /// Leader kills for the write-resumption figure.
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
+    /// Record sets written (by 32 clients) before anything is measured, so the figures show
+    /// the cost of a write into a state of that size.
+    #[arg(long, default_value_t = 0)]
+    pub preload: usize,
     /// Print each distinct refusal seen while waiting for writes to resume.
     #[arg(long)]
     pub verbose: bool,
@@ -166,6 +170,99 @@ fn throughput(
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Writes `count` distinct record sets through the leader from 32 clients, with a progress
+/// line every 1 000.
+fn preload(cluster: &TestCluster, leader_idx: usize, count: usize) -> Result<()> {
+    let agent = &cluster.agents[leader_idx];
+    let (api, token) = (agent.api_addr(), agent.token());
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (next, token) = (next.clone(), token.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let mut client = Client::connect(api, &token)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= count {
+                        return Ok(());
+                    }
+                    let status = client.put(&format!("pre{i}"))?;
+                    if status != 200 {
+                        bail!("preload write {i} answered {status}");
+                    }
+                    if (i + 1).is_multiple_of(1000) {
+                        eprintln!("raft: preloaded {}/{count}", i + 1);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow!("a preload thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Each live agent's (VmRSS, RssAnon) in KiB, from `/proc/PID/status`.
+fn rss(cluster: &TestCluster) -> Result<Vec<(u64, u64)>> {
+    cluster
+        .agents
+        .iter()
+        .filter_map(|agent| agent.pid())
+        .map(|pid| {
+            Ok((
+                crate::procs::status_kib(pid, "VmRSS")?,
+                crate::procs::status_kib(pid, "RssAnon")?,
+            ))
+        })
+        .collect()
+}
+
+fn rss_line(rss: &[(u64, u64)]) -> String {
+    rss.iter()
+        .map(|(all, anon)| {
+            format!(
+                "{:.1} MiB ({:.1} anonymous)",
+                *all as f64 / 1024.0,
+                *anon as f64 / 1024.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A node's own applied index, as `agent` reports it in `/v1/state`.
+fn applied(agent: &hearth_testkit::TestAgent, name: &str) -> Result<u64, String> {
+    let state = agent.state()?;
+    state["nodes"][name]["applied_index"]
+        .as_u64()
+        .ok_or_else(|| format!("no applied index for {name}: {state}"))
+}
+
+/// SIGKILLs a follower, starts it again, and times until it answers with everything the
+/// leader had applied at the kill: the process start, opening (and checking) the store,
+/// reading the state and replaying the log after it, and catching up.
+fn restart_to_ready(cluster: &mut TestCluster, leader_idx: usize) -> Result<Duration> {
+    let leader = &cluster.agents[leader_idx];
+    let target = applied(leader, &leader.spec.name.clone()).map_err(|e| anyhow!(e))?;
+    let follower = (leader_idx + 1) % 3;
+    let name = cluster.agents[follower].spec.name.clone();
+    cluster.agents[follower].kill9();
+    let started = Instant::now();
+    cluster.agents[follower].restart();
+    loop {
+        match applied(&cluster.agents[follower], &name) {
+            Ok(index) if index >= target => return Ok(started.elapsed()),
+            _ if started.elapsed() > Duration::from_secs(60) => {
+                bail!("{name} not back at index {target} within 60 s of its restart")
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// Kills the leader, then writes through a survivor every 5 ms until one succeeds.
 fn resumption(cluster: &mut TestCluster, kills: usize, verbose: bool) -> Result<Vec<Duration>> {
     let mut samples = Vec::new();
@@ -248,6 +345,11 @@ pub fn run(args: &Args) -> Result<Report> {
     let leader_idx = eventually("a leader", Duration::from_secs(60), || {
         leader(&cluster, &[0, 1, 2])
     });
+    if args.preload > 0 {
+        eprintln!("raft: preloading {} record sets", args.preload);
+        preload(&cluster, leader_idx, args.preload)?;
+    }
+    let rss_preloaded = rss(&cluster)?;
     eprintln!("raft: {} sequential writes", args.writes);
     let lat = Summary::of(&latency(&cluster, leader_idx, args.writes)?).context("no samples")?;
     eprintln!(
@@ -255,14 +357,22 @@ pub fn run(args: &Args) -> Result<Report> {
         args.clients, args.seconds
     );
     let writes_per_s = throughput(&cluster, leader_idx, args.clients, args.seconds)?;
+    let rss_written = rss(&cluster)?;
+    eprintln!("raft: restart of a follower");
+    let restart = restart_to_ready(&mut cluster, leader_idx)?;
     eprintln!("raft: {} leader kills", args.kills);
-    let resume =
-        Summary::of(&resumption(&mut cluster, args.kills, args.verbose)?).context("no samples")?;
+    let resume = Summary::of(&resumption(&mut cluster, args.kills, args.verbose)?);
     let text = format!(
-        "write latency (sequential, one client): {}\nthroughput ({} clients): {writes_per_s:.0} writes/s\nleader SIGKILL to first successful write: {}\n",
+        "preloaded record sets: {}\nRSS per agent after the preload: {}\nRSS per agent after the throughput run: {}\nfollower SIGKILL, restart, caught up: {:.3} s\nwrite latency (sequential, one client): {}\nthroughput ({} clients): {writes_per_s:.0} writes/s\nleader SIGKILL to first successful write: {}\n",
+        args.preload,
+        rss_line(&rss_preloaded),
+        rss_line(&rss_written),
+        restart.as_secs_f64(),
         lat.line(),
         args.clients,
-        resume.line()
+        resume
+            .as_ref()
+            .map_or("not measured (--kills 0)".into(), Summary::line)
     );
     Ok(Report {
         bench: "raft",
@@ -271,7 +381,11 @@ pub fn run(args: &Args) -> Result<Report> {
             "write_latency": lat.json(),
             "writes_per_s": writes_per_s.round(),
             "clients": args.clients,
-            "resume_after_leader_kill": resume.json(),
+            "preload": args.preload,
+            "rss_kib_after_preload": rss_preloaded,
+            "rss_kib_after_throughput": rss_written,
+            "restart_to_caught_up_s": restart.as_secs_f64(),
+            "resume_after_leader_kill": resume.as_ref().map(Summary::json),
         }),
     })
 }

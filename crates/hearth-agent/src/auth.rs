@@ -298,6 +298,7 @@ pub(crate) mod tests {
     use hearth_types::account::Account;
     use hearth_types::compute::Vm;
     use hearth_types::desired::Versioned;
+    use hearth_types::shared_map::OrdMapExt;
 
     /// A pending VM `id` named `name` of `owner`.
     fn vm(id: &str, name: &str, owner: &str) -> Versioned<Vm> {
@@ -385,18 +386,18 @@ pub(crate) mod tests {
             None
         );
         // A session works until it expires.
-        for token in desired.tokens.values_mut() {
+        desired.tokens.change_each(|_, token| {
             token.value.expires_at = Some(20);
-        }
+        });
         assert!(authenticate(&alice, "root-secret", Some(&desired), 19).is_some());
         assert_eq!(
             authenticate(&alice, "root-secret", Some(&desired), 20),
             None
         );
-        for token in desired.tokens.values_mut() {
+        desired.tokens.change_each(|_, token| {
             token.value.expires_at = None;
             token.value.revoked = true;
-        }
+        });
         assert_eq!(
             authenticate(&alice, "root-secret", Some(&desired), 10),
             None

@@ -157,13 +157,14 @@ pub async fn announce(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_types::shared_map::OrdMapExt;
 
     #[test]
     fn announcements_go_to_owners_of_vms_only() {
         let (mut desired, _, _) = crate::auth::tests::world();
-        for account in desired.accounts.values_mut() {
+        desired.accounts.change_each(|_, account| {
             account.value.email = format!("{}@example.org", account.value.name);
-        }
+        });
         desired.accounts.get_mut("bob").unwrap().value.email.clear();
         // ann owns no VM; bob gave no address.
         assert_eq!(
@@ -174,9 +175,9 @@ mod tests {
             }
         );
         // A VM being deleted no longer makes its owner a recipient.
-        for vm in desired.compute.vms.values_mut() {
+        desired.compute.vms.change_each(|_, vm| {
             vm.value.deleting = true;
-        }
+        });
         assert_eq!(recipients(&desired), Recipients::default());
     }
 }

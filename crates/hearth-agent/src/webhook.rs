@@ -63,7 +63,7 @@ fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
 /// The closed invoices due for an attempt at `now_ms` by `deliveries` (the webhook's, or the
 /// emails'), oldest first.
 pub fn due(
-    invoices: &BTreeMap<String, Invoice>,
+    invoices: &hearth_types::shared_map::OrdMap<String, Invoice>,
     deliveries: &BTreeMap<String, WebhookDelivery>,
     now_ms: u64,
     retry: Retry,

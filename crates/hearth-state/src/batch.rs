@@ -30,12 +30,18 @@ pub struct Pending {
 /// no two of which touch the same object. A command whose object is already in the batch
 /// stays queued, ahead of everything after it, so two writes to one object are never in one
 /// entry: each committed change of an object gets its own log index, which is its version.
-pub fn take_batch<T>(queue: &mut VecDeque<T>, max: usize, key: impl Fn(&T) -> String) -> Vec<T> {
+/// Commands of no object (`key` gives `None`: audit entries, which only append) never wait
+/// for one another.
+pub fn take_batch<T>(
+    queue: &mut VecDeque<T>,
+    max: usize,
+    key: impl Fn(&T) -> Option<String>,
+) -> Vec<T> {
     let mut seen = HashSet::new();
     let mut batch = Vec::new();
     let mut kept = VecDeque::new();
     while let Some(item) = queue.pop_front() {
-        if batch.len() < max && seen.insert(key(&item)) {
+        if batch.len() < max && key(&item).is_none_or(|k| seen.insert(k)) {
             batch.push(item);
         } else {
             kept.push_back(item);
@@ -71,7 +77,7 @@ pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, shutdown: Cancella
         }
         // A writer that gave up (timed out) no longer waits; its command is not sent.
         queue.retain(|pending| !pending.reply.is_closed());
-        let batch = take_batch(&mut queue, MAX_BATCH, |p| p.command.object_key());
+        let batch = take_batch(&mut queue, MAX_BATCH, |p| p.command.batch_key());
         if batch.is_empty() {
             continue;
         }
@@ -134,18 +140,57 @@ mod tests {
     fn a_batch_keeps_order_and_never_holds_one_object_twice() {
         let mut queue: VecDeque<(&str, u32)> =
             [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("a", 5)].into();
-        let batch = take_batch(&mut queue, 10, |(k, _)| k.to_string());
+        let batch = take_batch(&mut queue, 10, |(k, _)| Some(k.to_string()));
         assert_eq!(batch, [("a", 1), ("b", 2), ("c", 4)]);
         assert_eq!(queue, [("a", 3), ("a", 5)]);
-        let batch = take_batch(&mut queue, 10, |(k, _)| k.to_string());
+        let batch = take_batch(&mut queue, 10, |(k, _)| Some(k.to_string()));
         assert_eq!(batch, [("a", 3)]);
         assert_eq!(queue, [("a", 5)]);
     }
 
     #[test]
+    fn audit_entries_share_an_entry_and_wait_for_nothing() {
+        use hearth_types::account::AuditEntry;
+        let audit = |at| Command::Audit {
+            entry: AuditEntry {
+                at,
+                who: "root".into(),
+                ..Default::default()
+            },
+        };
+        // A burst of writes, each followed by its audit entry: one batch takes them all
+        // (audit entries used to go one per log entry and pile up behind the writes).
+        let mut queue: VecDeque<Command> = (0..100)
+            .flat_map(|n| {
+                let records = hearth_types::desired::RecordSet {
+                    name: format!("n{n}"),
+                    ttl: None,
+                    values: Vec::new(),
+                };
+                [
+                    Command::PutRecords {
+                        records,
+                        expect: crate::model::Expect::Any,
+                    },
+                    audit(n),
+                ]
+            })
+            .collect();
+        let batch = take_batch(&mut queue, MAX_BATCH, Command::batch_key);
+        assert_eq!(batch.len(), 200);
+        assert!(queue.is_empty());
+        // Even two equal entries go together.
+        let mut queue: VecDeque<Command> = [audit(1), audit(1)].into();
+        assert_eq!(
+            take_batch(&mut queue, MAX_BATCH, Command::batch_key).len(),
+            2
+        );
+    }
+
+    #[test]
     fn a_batch_stops_at_its_size_limit() {
         let mut queue: VecDeque<u32> = (0..10).collect();
-        let batch = take_batch(&mut queue, 4, |n| n.to_string());
+        let batch = take_batch(&mut queue, 4, |n| Some(n.to_string()));
         assert_eq!(batch, [0, 1, 2, 3]);
         assert_eq!(queue.len(), 6);
         assert_eq!(queue.front(), Some(&4));

@@ -5,6 +5,7 @@ use hearth_types::desired::{
     ClusterService, Delivery, DesiredState, EventRecord, MAX_EVENTS, RecordSet, record_key,
 };
 
+use hearth_types::shared_map::OrdMapExt;
 use hearth_types::{ClusterEvent, EventKind, MemberRow, ServiceInstance};
 
 use serde::{Deserialize, Serialize};
@@ -261,6 +262,16 @@ impl Command {
     }
 
     /// The object a command changes, for keeping two changes of one object out of one batch.
+    /// The object this command changes, for group commit (`crate::batch`): `None` for an
+    /// audit entry, which only appends and has no version, so a burst's entries share log
+    /// entries instead of queueing one per entry behind the writes they describe.
+    pub fn batch_key(&self) -> Option<String> {
+        match self {
+            Command::Audit { .. } => None,
+            other => Some(other.object_key()),
+        }
+    }
+
     pub fn object_key(&self) -> String {
         match self {
             Command::PutService { service, .. } => {
@@ -348,12 +359,13 @@ fn remove_account(state: &mut DesiredState, name: &str, expect: Expect, index: u
     }
     let outcome = remove(&mut state.accounts, name, expect);
     if outcome == Outcome::Removed {
-        for token in state.tokens.values_mut() {
-            if token.value.account == name {
+        state.tokens.change_where(
+            |_, token| token.value.account == name,
+            |_, token| {
                 token.value.revoked = true;
                 token.version = index;
-            }
-        }
+            },
+        );
     }
     outcome
 }
@@ -633,12 +645,13 @@ fn put_account(
         state
             .tokens
             .retain(|_, t| t.value.account != account.name || !t.value.is_session());
-        for token in state.tokens.values_mut() {
-            if revoke_tokens && token.value.account == account.name && !token.value.revoked {
+        state.tokens.change_where(
+            |_, t| revoke_tokens && t.value.account == account.name && !t.value.revoked,
+            |_, token| {
                 token.value.revoked = true;
                 token.version = index;
-            }
-        }
+            },
+        );
     }
     outcome
 }
@@ -850,7 +863,7 @@ fn observe_check(
 fn record_event(state: &mut DesiredState, event: ClusterEvent, at_ms: u64, index: u64) {
     let id = state
         .events
-        .last_key_value()
+        .get_max()
         .map_or(index, |(last, _)| index.max(last + 1));
     state.events.insert(
         id,
@@ -861,8 +874,10 @@ fn record_event(state: &mut DesiredState, event: ClusterEvent, at_ms: u64, index
             deliveries: Default::default(),
         },
     );
-    while state.events.len() > MAX_EVENTS {
-        state.events.pop_first();
+    while state.events.len() > MAX_EVENTS
+        && let Some(oldest) = state.events.get_min().map(|(id, _)| *id)
+    {
+        state.events.remove(&oldest);
     }
 }
 

@@ -23,6 +23,11 @@ use std::sync::Arc;
 pub use self::db::OpenStoreError;
 use self::db::create_tables;
 
+/// redb's page cache (reads and the write buffer together). Its default is 1 GiB, which a
+/// long-running agent could fill with pages it never reads again; the pages Raft reads back
+/// (recent log entries) and the whole state written every 250 ms fit in far less.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Opens (creating if missing) the state file at `path`, whose directory must exist, and
 /// returns the two halves openraft drives plus a handle for local reads. The file stays
 /// locked against other processes until both stores and what openraft derived from them (log
@@ -41,6 +46,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, StateReader), O
     // the whole file, which is cheap for hearth's small state and turns damage into an error.
     let db = Database::builder()
         .set_check_integrity_on_open(true)
+        .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|e| OpenStoreError::from_database(path, e))?;
     // The state holds account and token hashes: only the agent's user reads it.

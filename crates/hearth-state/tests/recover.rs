@@ -1,6 +1,7 @@
 //! Quorum loss, for real: a three-node openraft group on the crate's store and sealed RPC
 //! loses two nodes for good, `recover_alone` rewrites the survivor's stopped store, and the
 //! survivor leads alone with every acknowledged write; a wiped former member then rejoins.
+//! Also, on a real one-node group, the leader's group commit under a burst of audited writes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -317,5 +318,67 @@ async fn a_lone_survivor_leads_with_every_acknowledged_write() {
         .unwrap();
     assert_eq!(rejoined.reader.current(), state);
     stop(rejoined).await;
+    stop(node).await;
+}
+
+/// A burst of writes, each with its audit entry, as the API sends them: the group commit
+/// puts them in a few log entries. Audit entries used to go one per entry (they shared one
+/// object key), so a burst left them queued behind the writes, holding memory, until their
+/// writers timed out and they were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_audited_writes_takes_a_few_log_entries_and_keeps_every_audit_entry() {
+    use hearth_state::batch::{self, Pending};
+    use hearth_types::account::AuditEntry;
+
+    let root = TempDir::new("burst");
+    let keyring = keyring();
+    let (listener, addr) = listen().await;
+    let node = start("n1", &root.0.join("n1"), listener, &keyring).await;
+    node.raft
+        .initialize(BTreeMap::from([(node_id("n1"), RaftNode::new("n1", addr))]))
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(DEADLINE))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .unwrap();
+    let before = node.reader.applied_index();
+
+    const WRITES: usize = 600;
+    let (queue, batches) = tokio::sync::mpsc::channel(4 * WRITES);
+    let mut replies = Vec::new();
+    for n in 0..WRITES {
+        let audit = Command::Audit {
+            entry: AuditEntry {
+                at: n as u64,
+                who: "root".into(),
+                method: "PUT".into(),
+                path: "/v1/records".into(),
+                status: 200,
+                ..Default::default()
+            },
+        };
+        for command in [put_a(&format!("host{n}"), (n % 250) as u8 + 1), audit] {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            queue.send(Pending { command, reply }).await.unwrap();
+            replies.push(answer);
+        }
+    }
+    let stop_batches = CancellationToken::new();
+    let batcher = tokio::spawn(batch::run(node.raft.clone(), batches, stop_batches.clone()));
+    for answer in replies {
+        let result = tokio::time::timeout(DEADLINE, answer).await;
+        result.expect("every write answered").unwrap().unwrap();
+    }
+    let entries = node.reader.applied_index() - before;
+    let audit = &node.reader.current().audit;
+    assert_eq!(audit.len(), WRITES, "every audit entry is recorded");
+    assert!(
+        entries <= 10,
+        "{entries} log entries for {WRITES} writes and their audit entries (256 per entry)"
+    );
+    stop_batches.cancel();
+    batcher.await.unwrap();
     stop(node).await;
 }

@@ -206,7 +206,7 @@ impl fmt::Debug for ApiToken {
 
 /// One change made or refused through the API, or one login: who, what, when, and how it
 /// ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditEntry {
     /// Unix seconds on the node that took the request.
     pub at: u64,
@@ -238,14 +238,18 @@ pub const ANONYMOUS: &str = "anonymous";
 
 /// Appends `entry` to `log` (oldest first), dropping the oldest entry of the same caller
 /// when that caller already has `keep`.
-pub fn append_audit(log: &mut Vec<AuditEntry>, entry: AuditEntry, keep: usize) {
+pub fn append_audit(
+    log: &mut crate::shared_map::Vector<AuditEntry>,
+    entry: AuditEntry,
+    keep: usize,
+) {
     let mine = log.iter().filter(|e| e.who == entry.who).count();
     if mine >= keep.max(1)
         && let Some(oldest) = log.iter().position(|e| e.who == entry.who)
     {
         log.remove(oldest);
     }
-    log.push(entry);
+    log.push_back(entry);
 }
 
 #[cfg(test)]
@@ -296,7 +300,7 @@ mod tests {
             client: String::new(),
             note: String::new(),
         };
-        let mut log = vec![];
+        let mut log = crate::shared_map::Vector::new();
         append_audit(&mut log, entry("ann", 1), 5);
         append_audit(&mut log, entry("root", 2), 5);
         for at in 10..1020 {

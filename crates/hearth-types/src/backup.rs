@@ -381,10 +381,12 @@ pub struct StateBackups {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Backups {
     #[serde(default)]
-    pub targets: BTreeMap<String, Versioned<BackupTarget>>,
+    #[schemars(with = "BTreeMap<String, Versioned<BackupTarget>>")]
+    pub targets: imbl::OrdMap<String, Versioned<BackupTarget>>,
     /// By VM id.
     #[serde(default)]
-    pub vms: BTreeMap<String, VmBackups>,
+    #[schemars(with = "BTreeMap<String, VmBackups>")]
+    pub vms: imbl::OrdMap<String, VmBackups>,
     /// The desired state's own backups, by target.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub state: BTreeMap<String, StateBackups>,

@@ -966,12 +966,16 @@ impl DriftKind {
 /// Everything about compute in the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Compute {
-    pub images: BTreeMap<String, Versioned<Image>>,
-    pub pools: BTreeMap<String, Versioned<IpPool>>,
-    pub vms: BTreeMap<String, Versioned<Vm>>,
+    #[schemars(with = "BTreeMap<String, Versioned<Image>>")]
+    pub images: imbl::OrdMap<String, Versioned<Image>>,
+    #[schemars(with = "BTreeMap<String, Versioned<IpPool>>")]
+    pub pools: imbl::OrdMap<String, Versioned<IpPool>>,
+    #[schemars(with = "BTreeMap<String, Versioned<Vm>>")]
+    pub vms: imbl::OrdMap<String, Versioned<Vm>>,
     pub hosts: BTreeMap<String, Host>,
     /// Current drift, per host, as each host last reported it.
-    pub drift: BTreeMap<String, Vec<Drift>>,
+    #[schemars(with = "BTreeMap<String, Vec<Drift>>")]
+    pub drift: imbl::OrdMap<String, Vec<Drift>>,
     /// Fixes an operator asked for that the drift's host carries out: drift id → the log
     /// index of the request.
     #[serde(default)]

@@ -275,33 +275,42 @@ impl ClusterService {
 /// The whole replicated desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DesiredState {
-    pub services: BTreeMap<String, Versioned<ClusterService>>,
+    #[schemars(with = "BTreeMap<String, Versioned<ClusterService>>")]
+    pub services: imbl::OrdMap<String, Versioned<ClusterService>>,
     /// Keyed by [`record_key`].
-    pub records: BTreeMap<String, Versioned<RecordSet>>,
+    #[schemars(with = "BTreeMap<String, Versioned<RecordSet>>")]
+    pub records: imbl::OrdMap<String, Versioned<RecordSet>>,
     /// Nodes in maintenance: their instances leave DNS.
-    pub drained: BTreeMap<String, Versioned<bool>>,
+    #[schemars(with = "BTreeMap<String, Versioned<bool>>")]
+    pub drained: imbl::OrdMap<String, Versioned<bool>>,
     #[serde(default)]
     pub observed: Observed,
     /// Recent cluster-wide events by id.
     #[serde(default)]
-    pub events: BTreeMap<u64, EventRecord>,
+    #[schemars(with = "BTreeMap<u64, EventRecord>")]
+    pub events: imbl::OrdMap<u64, EventRecord>,
     /// Images, IP pools, VMs, worker hosts and drift.
     #[serde(default)]
     pub compute: Compute,
     /// Incidents and maintenance notes for the status page, by id.
     #[serde(default)]
-    pub notices: BTreeMap<String, Versioned<Notice>>,
+    #[schemars(with = "BTreeMap<String, Versioned<Notice>>")]
+    pub notices: imbl::OrdMap<String, Versioned<Notice>>,
     /// Admins and members, by name.
     #[serde(default)]
-    pub accounts: BTreeMap<String, Versioned<Account>>,
+    #[schemars(with = "BTreeMap<String, Versioned<Account>>")]
+    pub accounts: imbl::OrdMap<String, Versioned<Account>>,
     /// API tokens of accounts, by id.
     #[serde(default)]
-    pub tokens: BTreeMap<String, Versioned<ApiToken>>,
+    #[schemars(with = "BTreeMap<String, Versioned<ApiToken>>")]
+    pub tokens: imbl::OrdMap<String, Versioned<ApiToken>>,
     /// The most recent changes made through the API, oldest first.
     #[serde(default)]
-    pub audit: Vec<AuditEntry>,
+    #[schemars(with = "Vec<AuditEntry>")]
+    pub audit: imbl::Vector<AuditEntry>,
     /// Members' plans (quotas), by name.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Versioned<crate::quota::Plan>>")]
     pub plans: crate::quota::Plans,
     /// Each service's availability per day, sampled by the leader, for the status page.
     #[serde(default)]
@@ -314,7 +323,8 @@ pub struct DesiredState {
     pub signup: crate::signup::Signup,
     /// Members' own DNS zones, by domain.
     #[serde(default)]
-    pub zones: BTreeMap<String, Versioned<crate::zones::MemberZone>>,
+    #[schemars(with = "BTreeMap<String, Versioned<crate::zones::MemberZone>>")]
+    pub zones: imbl::OrdMap<String, Versioned<crate::zones::MemberZone>>,
     /// Backup targets, and each VM's backups.
     #[serde(default)]
     pub backups: crate::backup::Backups,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metering::UsageRow;
 use crate::money::{Amount, Prices};
+use crate::shared_map::OrdMapExt;
 
 /// The co-op's billing: metered usage, credits, and the invoices of closed months.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -23,10 +24,12 @@ pub struct Billing {
     pub usage: crate::metering::Usage,
     /// Credits and corrections by id (the log index that added them).
     #[serde(default)]
-    pub credits: BTreeMap<u64, Credit>,
+    #[schemars(with = "BTreeMap<u64, Credit>")]
+    pub credits: imbl::OrdMap<u64, Credit>,
     /// Closed invoices by `MONTH/member`.
     #[serde(default)]
-    pub invoices: BTreeMap<String, Invoice>,
+    #[schemars(with = "BTreeMap<String, Invoice>")]
+    pub invoices: imbl::OrdMap<String, Invoice>,
     /// The months closed.
     #[serde(default)]
     pub closed: BTreeSet<String>,
@@ -424,11 +427,10 @@ pub fn close(
             row.billed_in = Some(month.to_owned());
         }
     }
-    for credit in billing.credits.values_mut() {
-        if credit.billed_in.is_none() {
-            credit.billed_in = Some(month.to_owned());
-        }
-    }
+    billing.credits.change_where(
+        |_, credit| credit.billed_in.is_none(),
+        |_, credit| credit.billed_in = Some(month.to_owned()),
+    );
     usage.retain(|_, r| r.billed_in.as_deref().is_none_or(|m| m >= month));
     billing.closed.insert(month.to_owned());
     Ok(Some(members.len()))

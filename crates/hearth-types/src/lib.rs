@@ -3,7 +3,7 @@
 //!
 //! The crate root only declares modules and re-exports the node-level types, so every
 //! `hearth_types::Name` path stays short. Modules import one way: `names`, `versioned` and
-//! `member`, `limits` (connection caps), `uptime` (services' daily availability) and `vmstats` (a VM's recent load), `metering` (a worker's meter and the usage rows it sends) and `money` (exact amounts, a plan's prices) import nothing of the crate; `view` and `event` import `member`; `account` and
+//! `member`, `limits` (connection caps), `uptime` (services' daily availability) and `vmstats` (a VM's recent load), `metering` (a worker's meter and the usage rows it sends) and `money` (exact amounts, a plan's prices) and `shared_map` (the state's `imbl` collections) import nothing of the crate; `view` and `event` import `member`; `account` and
 //! `notice` import `names`, `quota` imports `names`, `money`, `compute` and `versioned`, `compute` imports `names` and `versioned`; `invoice` imports `metering` and `money`; `desired` sits on top,
 //! and `api` (the API's request bodies and answer rows) above it.
 
@@ -22,6 +22,7 @@ pub mod names;
 pub mod notice;
 pub mod quota;
 pub mod record_text;
+pub mod shared_map;
 pub mod signup;
 pub mod status;
 pub mod uptime;

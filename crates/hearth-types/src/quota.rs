@@ -2,8 +2,6 @@
 //! plans of them, what a member uses (`Usage`), and `check`, the pure decision whether one
 //! more VM fits. Admins have none.
 
-use std::collections::BTreeMap;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -244,7 +242,7 @@ pub fn check(quota: &Quota, used: &Usage, request: &VmRequest) -> Result<(), Str
 }
 
 /// The quota of each plan by name, as the desired state keeps them.
-pub type Plans = BTreeMap<String, crate::desired::Versioned<Plan>>;
+pub type Plans = crate::shared_map::OrdMap<String, crate::desired::Versioned<Plan>>;
 
 /// The quota of an account on plan `plan` (or the default) with its own `overrides`: the
 /// named plan, else the co-op's `default` plan, else `Quota::BUILT_IN`.

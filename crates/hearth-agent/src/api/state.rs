@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use hearth_types::shared_map::OrdMapExt;
+
 use super::context::{ApiState, Params, node_of, read};
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -27,12 +29,12 @@ async fn desired(State(state): State<ApiState>, Query(params): Query<Params>) ->
         Ok(desired) => {
             // Hashes stay inside the cluster, even for admins.
             let mut shown = (*desired).clone();
-            for account in shown.accounts.values_mut() {
+            shown.accounts.change_each(|_, account| {
                 account.value.password_hash = "(hidden)".into();
-            }
-            for token in shown.tokens.values_mut() {
+            });
+            shown.tokens.change_each(|_, token| {
                 token.value.secret_sha256 = "(hidden)".into();
-            }
+            });
             Json(shown).into_response()
         }
         Err(failure) => failure.into_response(),

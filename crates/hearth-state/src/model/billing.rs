@@ -62,7 +62,7 @@ fn prices_in(
         .and_then(|plan| plan.value.prices.clone())
 }
 
-type Accounts = std::collections::BTreeMap<
+type Accounts = hearth_types::shared_map::OrdMap<
     String,
     hearth_types::desired::Versioned<hearth_types::account::Account>,
 >;
@@ -133,7 +133,7 @@ pub(super) fn record_mail(
 /// Records an attempt to deliver closed invoice `key` (to the webhook, or by email) in
 /// `deliveries`; a delivered invoice takes only an admin's reset (no attempts) after.
 fn record_delivery(
-    invoices: &std::collections::BTreeMap<String, hearth_types::invoice::Invoice>,
+    invoices: &hearth_types::shared_map::OrdMap<String, hearth_types::invoice::Invoice>,
     deliveries: &mut std::collections::BTreeMap<String, WebhookDelivery>,
     key: &str,
     delivery: &WebhookDelivery,

@@ -57,8 +57,8 @@ impl Outcome {
     }
 }
 
-pub(crate) fn put<T>(
-    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+pub(crate) fn put<T: Clone>(
+    map: &mut hearth_types::shared_map::OrdMap<String, Versioned<T>>,
     key: String,
     value: T,
     expect: Expect,
@@ -78,8 +78,8 @@ pub(crate) fn put<T>(
     Outcome::Applied { version: index }
 }
 
-pub(crate) fn remove<T>(
-    map: &mut std::collections::BTreeMap<String, Versioned<T>>,
+pub(crate) fn remove<T: Clone>(
+    map: &mut hearth_types::shared_map::OrdMap<String, Versioned<T>>,
     key: &str,
     expect: Expect,
 ) -> Outcome {

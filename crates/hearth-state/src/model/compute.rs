@@ -6,6 +6,7 @@ use hearth_types::compute::{
     Listening, Phase, Power, ReplicaState, Storage, Vm, VmRequest,
 };
 use hearth_types::desired::Versioned;
+use hearth_types::shared_map::OrdMapExt;
 use serde::{Deserialize, Serialize};
 
 use super::cas::{Expect, Outcome, put, remove};
@@ -425,11 +426,10 @@ fn put_image(compute: &mut Compute, image: &Image, expect: Expect, index: u64) -
         && old != *image
         && expect.holds(compute.images.get(&image.name).map(|i| i.version))
     {
-        for vm in compute.vms.values_mut() {
-            if vm.value.base.is_none() && vm.value.request.image == image.name {
-                vm.value.base = Some(old.clone());
-            }
-        }
+        compute.vms.change_where(
+            |_, vm| vm.value.base.is_none() && vm.value.request.image == image.name,
+            |_, vm| vm.value.base = Some(old.clone()),
+        );
     }
     put(
         &mut compute.images,

@@ -39,7 +39,7 @@ pub fn occupied(state: &DesiredState) -> Vec<String> {
 /// changes. A restore counts on from above it even when the file's own index is missing.
 pub fn highest_index(state: &DesiredState) -> u64 {
     fn versions<T>(
-        map: &std::collections::BTreeMap<String, hearth_types::desired::Versioned<T>>,
+        map: &hearth_types::shared_map::OrdMap<String, hearth_types::desired::Versioned<T>>,
     ) -> u64 {
         map.values().map(|v| v.version).max().unwrap_or(0)
     }

@@ -150,7 +150,8 @@ impl OpenStoreError {
             // should one ever, it is reported whole rather than by a panic.
             error @ (StoreError::Encode { .. }
             | StoreError::SnapshotMismatch { .. }
-            | StoreError::Task(_)) => OpenStoreError::Database {
+            | StoreError::Task(_)
+            | StoreError::Thread(_)) => OpenStoreError::Database {
                 path,
                 source: redb::Error::Io(std::io::Error::other(error)),
             },
@@ -192,6 +193,8 @@ pub(super) enum StoreError {
     },
     #[error("the storage task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start the thread that writes the applied state: {0}")]
+    Thread(std::io::Error),
 }
 
 /// redb has one error type per operation; all of them fit in `redb::Error`.

@@ -32,14 +32,30 @@ type Meta = SnapshotMeta<NodeId, RaftNode>;
 /// transaction, at most every [`PERSIST_EVERY`] (and at every membership change), without an
 /// fsync of its own: the log is the durable record, and a restart replays the entries after
 /// whatever state machine or snapshot it finds (see [`read_applied`]). Writing the whole state
-/// after every batch would cost more than the batch itself under load.
+/// after every batch would cost more than the batch itself under load, so the periodic write
+/// runs on a thread of its own (one at a time) while applying goes on, and never replaces a
+/// newer one on disk.
 pub struct StateMachineStore {
-    db: Arc<Database>,
+    pub(super) db: Arc<Database>,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     published: Arc<Published>,
     /// When the state machine was last written; `None`: not since start.
     last_persisted: Option<std::time::Instant>,
+    /// The periodic write running in the background, if any: its thread (joined on drop, so
+    /// the file is closed when the store is) and a receiver that sees its end.
+    persisting: Option<(
+        std::thread::JoinHandle<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>,
+}
+
+impl Drop for StateMachineStore {
+    fn drop(&mut self) {
+        if let Some((thread, _)) = self.persisting.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// How often, at most, a busy state machine writes its whole state.
@@ -163,8 +179,51 @@ impl StateMachineStore {
             membership: applied.membership,
             published,
             last_persisted: None,
+            persisting: None,
         };
         Ok((store, reader))
+    }
+
+    /// Waits for the background write, if one runs (on a finished thread, `join` returns at
+    /// once).
+    async fn settle(&mut self) {
+        if let Some((thread, done)) = self.persisting.take() {
+            let _ = done.await;
+            let _ = thread.join();
+        }
+    }
+
+    /// Writes `row` now (a membership change must be on disk when `apply` returns), or in the
+    /// background when `wait` is false and no other background write still runs.
+    async fn persist(&mut self, row: PersistedRow, wait: bool) -> Result<(), StoreError> {
+        if wait {
+            self.settle().await;
+            with_db(&self.db, move |db| persist_row(db, &row)).await?;
+        } else if self
+            .persisting
+            .as_ref()
+            .is_none_or(|(thread, _)| thread.is_finished())
+        {
+            self.settle().await;
+            let db = self.db.clone();
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let thread = std::thread::Builder::new()
+                .name("hearth-persist".into())
+                .spawn(move || {
+                    // The log holds every entry this would have saved replaying; a failure
+                    // only means a longer replay after a restart.
+                    if let Err(error) = persist_row(&db, &row) {
+                        tracing::warn!(%error, "could not write the applied state; the log still has it");
+                    }
+                    let _ = done.send(());
+                })
+                .map_err(StoreError::Thread)?;
+            self.persisting = Some((thread, finished));
+        } else {
+            return Ok(());
+        }
+        self.last_persisted = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Shows readers the new state (if it changed), then the new applied index.
@@ -211,10 +270,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .unwrap_or_else(|| self.membership.clone()),
                 state: batch.state.clone().unwrap_or(current),
             };
-            with_db(&self.db, move |db| persist_row(db, &row))
+            let wait = batch.membership.is_some();
+            self.persist(row, wait)
                 .await
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
-            self.last_persisted = Some(std::time::Instant::now());
         }
         self.last_applied = batch.last_applied;
         if let Some(membership) = batch.membership {
@@ -257,6 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(StorageIOError::read_snapshot(Some(signature), &error).into());
         }
         let state = Arc::new(payload.state);
+        self.settle().await;
         let (meta, written) = (meta.clone(), state.clone());
         let meta = with_db(&self.db, move |db| {
             persist_installed(db, &meta, &written, &data)?;
@@ -318,19 +378,27 @@ pub(super) fn apply_entries(
 }
 
 /// The whole applied state, as the state machine writes it.
-struct PersistedRow {
-    last_applied: Option<LogId<NodeId>>,
-    membership: Membership,
-    state: Arc<DesiredState>,
+pub(super) struct PersistedRow {
+    pub(super) last_applied: Option<LogId<NodeId>>,
+    pub(super) membership: Membership,
+    pub(super) state: Arc<DesiredState>,
 }
 
-fn persist_row(db: &Database, row: &PersistedRow) -> Result<(), StoreError> {
+/// Writes `row` unless the state machine on disk is already newer. The state is encoded
+/// before the write transaction starts, so the log's appends wait only for the copy.
+pub(super) fn persist_row(db: &Database, row: &PersistedRow) -> Result<(), StoreError> {
+    let state = encode(DESIRED_STATE, row.state.as_ref())?;
     let txn = begin_write_lazy(db)?;
     {
         let mut table = txn.open_table(STATE_MACHINE)?;
+        let stored: Option<LogId<NodeId>> =
+            read_value::<Option<_>>(&table, LAST_APPLIED)?.flatten();
+        if stored > row.last_applied {
+            return Ok(());
+        }
         write_value(&mut table, LAST_APPLIED, &row.last_applied)?;
         write_value(&mut table, MEMBERSHIP, &row.membership)?;
-        write_value(&mut table, DESIRED_STATE, row.state.as_ref())?;
+        table.insert(DESIRED_STATE, state.as_slice())?;
     }
     txn.commit()?;
     Ok(())

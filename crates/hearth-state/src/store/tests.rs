@@ -167,6 +167,35 @@ async fn applied_state_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn the_background_write_is_done_when_the_store_closes_and_never_goes_back() {
+    let dir = TempDir::new("sm-background");
+    {
+        let (_log, mut state_machine, _reader) = open(&dir.state_file()).unwrap();
+        // No membership in the batch: the first write since the start runs in the background.
+        state_machine
+            .apply([command_entry(1, put_mail("192.0.2.10"))])
+            .await
+            .unwrap();
+        // Closing waits for it: the file opens again at once, with the state written.
+    }
+    {
+        let (_log, state_machine, reader) = open(&dir.state_file()).unwrap();
+        assert_eq!(reader.applied_index(), 1);
+        assert_eq!(reader.current().records["mail/A"].version, 1);
+        // An older write that finishes late leaves the newer one on disk.
+        let older = super::state_machine::PersistedRow {
+            last_applied: None,
+            membership: Default::default(),
+            state: Default::default(),
+        };
+        super::state_machine::persist_row(&state_machine.db, &older).unwrap();
+    }
+    let (_log, _state_machine, reader) = open(&dir.state_file()).unwrap();
+    assert_eq!(reader.applied_index(), 1);
+    assert_eq!(reader.current().records["mail/A"].version, 1);
+}
+
+#[tokio::test]
 async fn a_batch_that_changes_nothing_advances_the_index_without_publishing() {
     let dir = TempDir::new("no-change");
     let (_log, mut state_machine, reader) = open(&dir.state_file()).unwrap();
