@@ -44,13 +44,31 @@ pub(crate) fn spawn(
             return;
         }
     };
-    let cancelled = shutdown.clone();
+    let waker = Waker {
+        socket: waker,
+        shutdown: shutdown.clone(),
+    };
     tasks.spawn(async move {
-        cancelled.cancelled().await;
-        // A socket with no peer answers ENOTCONN, but its receivers are woken all the same.
-        let _ = nix::sys::socket::shutdown(waker.as_raw_fd(), Shutdown::Read);
+        waker.shutdown.cancelled().await;
+        drop(waker);
     });
     tasks.spawn_blocking(move || serve(responder, &socket, &shutdown));
+}
+
+/// Stops the serving thread when dropped: when the shutdown is cancelled, and also when the
+/// runtime drops its task unpolled (a runtime that ends without cancelling, say after a
+/// panic, would otherwise wait forever for the thread blocked in its receive).
+struct Waker {
+    socket: UdpSocket,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        // A socket with no peer answers ENOTCONN, but its receivers are woken all the same.
+        let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), Shutdown::Read);
+    }
 }
 
 /// Answers the queries arriving on `socket` until `shutdown` is cancelled and the socket's

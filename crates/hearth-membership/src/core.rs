@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU8;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::identity::{AnnouncementHandler, Inbox, NodeId};
 use crate::metrics::GossipMetrics;
 use crate::seal::Keyring;
 use crate::suspicion::{self, StaleSuspicions};
-use crate::timing::{GossipTiming, MAX_DATAGRAM, swim_config};
+use crate::timing::{GossipTiming, MAX_DATAGRAM, max_transmissions, swim_config};
 use crate::view::{build_view, diff_events};
 
 /// Plaintext kinds inside a sealed datagram.
@@ -115,8 +116,11 @@ pub enum Output {
 /// One node's membership state machine.
 pub struct Core {
     swim: Swim,
-    /// foca's configuration before local health stretches the suspicion timeout.
+    /// foca's configuration before local health stretches the suspicion timeout and the
+    /// cluster's size sets how often an update is sent.
     base_config: foca::Config,
+    /// How often an update is sent now (`timing::max_transmissions` of the cluster's size).
+    max_tx: NonZeroU8,
     runtime: AccumulatingRuntime<NodeId>,
     keyring: Keyring,
     inbox: Inbox,
@@ -162,7 +166,8 @@ impl Core {
             bump,
         };
         let inbox = Inbox::new(Mutex::new(Vec::new()));
-        let base_config = swim_config(&config.timing);
+        let base_config = swim_config(&config.timing, 1);
+        let max_tx = base_config.max_transmissions;
         let handler = AnnouncementHandler::new(inbox.clone());
         let swim =
             Foca::with_custom_broadcast(id, base_config.clone(), rng, PostcardCodec, handler);
@@ -170,6 +175,7 @@ impl Core {
         Ok(Core {
             swim,
             base_config,
+            max_tx,
             runtime: AccumulatingRuntime::new(),
             keyring: config.keyring,
             inbox,
@@ -287,8 +293,12 @@ impl Core {
     }
 
     fn housekeeping(&mut self, now: Now) {
-        if !self.late_this_interval && self.health.decay() {
-            self.apply_health();
+        let members = self.swim.iter_members().count() + 1;
+        let max_tx = max_transmissions(members);
+        let resized = max_tx != self.max_tx;
+        self.max_tx = max_tx;
+        if (!self.late_this_interval && self.health.decay()) || resized {
+            self.apply_config();
         }
         self.late_this_interval = false;
         if self.left {
@@ -325,12 +335,18 @@ impl Core {
         }
     }
 
-    fn apply_health(&mut self) {
+    /// Hands foca the configuration for this node's local health and the cluster's size.
+    fn apply_config(&mut self) {
         let mut config = self.base_config.clone();
         config.suspect_to_down_after = self.health.suspicion_timeout(self.timing.suspicion_timeout);
-        tracing::debug!(score = self.health.score(), "local health changed");
+        config.max_transmissions = self.max_tx;
+        tracing::debug!(
+            score = self.health.score(),
+            max_transmissions = self.max_tx.get(),
+            "membership settings changed"
+        );
         if let Err(error) = self.swim.set_config(config) {
-            tracing::warn!(%error, "applying local health");
+            tracing::warn!(%error, "applying local health and cluster size");
         }
     }
 
@@ -340,7 +356,7 @@ impl Core {
             .observe_lateness(now.elapsed.saturating_sub(timer.at))
         {
             self.late_this_interval = true;
-            self.apply_health();
+            self.apply_config();
         }
         if let Err(error) = self.swim.handle_timer(timer.timer, &mut self.runtime) {
             tracing::debug!(%error, "gossip timer");

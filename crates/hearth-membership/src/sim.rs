@@ -125,9 +125,10 @@ pub struct Sim {
     timing: GossipTiming,
     /// Every event every node produced, in order.
     pub trace: Vec<Observed>,
-    /// Datagrams sent and lost, for the report.
+    /// Datagrams sent and lost, and the bytes sent (sealed), for the report.
     pub sent: u64,
     pub lost: u64,
+    pub sent_bytes: u64,
 }
 
 fn addr(index: usize) -> SocketAddr {
@@ -180,6 +181,7 @@ impl Sim {
             trace: Vec::new(),
             sent: 0,
             lost: 0,
+            sent_bytes: 0,
         };
         for index in 0..nodes {
             let delay = Duration::from_millis(sim.rng.random_range(0..100));
@@ -283,6 +285,7 @@ impl Sim {
             unix_micros: self.now.as_micros() as u64,
         };
         let life = self.nodes[index].life;
+        let _node = tracing::trace_span!("node", n = index + 1).entered();
         let Some(core) = self.nodes[index].core.as_mut() else {
             return;
         };
@@ -378,6 +381,7 @@ impl Sim {
             return;
         };
         self.sent += 1;
+        self.sent_bytes += datagram.len() as u64;
         if self.blocked.contains(&(from, to)) || self.rng.random_range(0..100u8) < self.loss {
             self.lost += 1;
             return;

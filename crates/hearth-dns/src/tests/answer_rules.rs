@@ -416,3 +416,35 @@ fn desired_state_outside_records_and_drains_does_not_change_the_zone() {
     with_service.services.insert("web".into(), versioned);
     assert!(snapshot.is_built_from(&view, &with_service));
 }
+
+#[test]
+fn an_instance_on_a_suspect_node_is_left_out_only_while_one_on_a_trusted_node_passes() {
+    use CheckStatus::{Failing, Passing};
+    let cluster = |alpha_web| {
+        view_of(
+            "alpha",
+            [
+                member(
+                    "alpha",
+                    MemberState::Alive,
+                    &[Role::Worker],
+                    "10.0.0.1",
+                    &[("web", "10.0.1.1", alpha_web)],
+                ),
+                member(
+                    "bravo",
+                    MemberState::Suspect,
+                    &[Role::Worker],
+                    "10.0.0.2",
+                    &[("web", "10.0.1.2", Passing)],
+                ),
+            ],
+        )
+    };
+    let zone = zone();
+    let response = ask_in(&zone, cluster(Passing), "web.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.1"]));
+    // With the trusted node's instance failing, the suspect's passing one is all there is.
+    let response = ask_in(&zone, cluster(Failing), "web.hearth.test.", RecordType::A);
+    assert_eq!(addresses(&response.answers), ips(&["10.0.1.2"]));
+}

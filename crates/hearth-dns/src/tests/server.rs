@@ -9,7 +9,7 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use hearth_types::desired::DesiredState;
-use hearth_types::{CheckStatus, View};
+use hearth_types::{CheckStatus, MemberState, View};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -300,7 +300,10 @@ fn mail_at(address: &str) -> DesiredState {
 /// The fixture view with bravo's web instance passing, so that web answers two addresses.
 fn view_with_bravo_passing() -> View {
     let mut changed = view();
-    changed.members.get_mut("bravo").unwrap().services[0].status = CheckStatus::Passing;
+    let bravo = changed.members.get_mut("bravo").unwrap();
+    // A suspect node's instance is left out while a trusted one passes: bravo is back, too.
+    bravo.state = MemberState::Alive;
+    bravo.services[0].status = CheckStatus::Passing;
     changed
 }
 
