@@ -23,19 +23,76 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
+/// Positional argument `index`, or `default`.
+fn arg<T: std::str::FromStr>(index: usize, default: T) -> T {
+    std::env::args()
+        .nth(index)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// When each survivor first saw the victim suspect or dead, and when dead (seconds after the
+/// kill, `None` for never within 15 s).
+struct Seen {
+    shed: Vec<Option<f64>>,
+    dead: Vec<Option<f64>>,
+}
+
+/// Runs until every node sees every other as it is.
+fn converge(sim: &mut Sim, t: &mut Duration) {
+    loop {
+        *t += Duration::from_millis(100);
+        sim.run_until(*t);
+        if sim.converged().is_ok() {
+            return;
+        }
+    }
+}
+
+/// Kills `victim` at `t` and reads every survivor's view of it every 10 ms for 15 s,
+/// printing each change when `watching`.
+fn trial(sim: &mut Sim, t: &mut Duration, victim: usize, watching: bool) -> Seen {
+    let n = sim.len();
+    let name = sim.name(victim).to_owned();
+    let kill = *t;
+    sim.at(kill, Fault::Crash(victim));
+    if watching {
+        tracing::info!("kill {name}");
+    }
+    let mut seen = Seen {
+        shed: vec![None; n],
+        dead: vec![None; n],
+    };
+    let mut last = vec![Some(MemberState::Alive); n];
+    let end = kill + Duration::from_secs(15);
+    while *t < end {
+        *t += Duration::from_millis(10);
+        sim.run_until(*t);
+        let since = (*t - kill).as_secs_f64();
+        for i in (0..n).filter(|&i| i != victim) {
+            let state = sim
+                .view(i)
+                .and_then(|v| v.members.get(&name))
+                .map(|m| m.state);
+            if watching && state != last[i] {
+                println!("  {since:.3}: n{} sees {name} {state:?}", i + 1);
+                last[i] = state;
+            }
+            if state != Some(MemberState::Alive) {
+                seen.shed[i].get_or_insert(since);
+            }
+            if state == Some(MemberState::Dead) {
+                seen.dead[i].get_or_insert(since);
+            }
+        }
+    }
+    seen
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
-    let trials: usize = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100);
-    let seed: u64 = std::env::args()
-        .nth(3)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
+    let n: usize = arg(1, 10);
+    let trials: usize = arg(2, 100);
+    let seed: u64 = arg(3, 1);
     let watch: Option<usize> = std::env::var("WATCH").ok().and_then(|w| w.parse().ok());
     if watch.is_some() {
         tracing_subscriber::fmt()
@@ -45,74 +102,34 @@ fn main() {
             .init();
     }
     let mut sim = Sim::new(n, seed);
-    let ms = Duration::from_millis;
-    let mut t = ms(0);
+    let mut t = Duration::ZERO;
     let (mut dead_last, mut shed_last) = (Vec::new(), Vec::new());
     let mut stragglers = 0;
-    for trial in 0..trials {
-        loop {
-            t += ms(100);
-            sim.run_until(t);
-            if sim.converged().is_ok() {
-                break;
-            }
-        }
-        t += ms(2000);
+    for number in 0..trials {
+        converge(&mut sim, &mut t);
+        t += Duration::from_secs(2);
         sim.run_until(t);
-        let victim = 1 + trial % (n - 1);
-        let name = sim.name(victim).to_owned();
-        let kill = t;
-        sim.at(kill, Fault::Crash(victim));
-        let mut shed = vec![None; n];
-        let mut dead = vec![None; n];
-        let watching = watch == Some(trial);
-        if watching {
-            tracing::info!("kill {name}");
-        }
-        let mut seen = vec![Some(MemberState::Alive); n];
-        let end = t + ms(15_000);
-        while t < end {
-            t += ms(10);
-            sim.run_until(t);
-            let since = (t - kill).as_secs_f64();
-            for i in (0..n).filter(|&i| i != victim) {
-                let st = sim
-                    .view(i)
-                    .and_then(|v| v.members.get(&name))
-                    .map(|m| m.state);
-                if watching && st != seen[i] {
-                    println!("  {since:.3}: n{} sees {name} {st:?}", i + 1);
-                    seen[i] = st;
-                }
-                if st != Some(MemberState::Alive) && shed[i].is_none() {
-                    shed[i] = Some(since);
-                }
-                if st == Some(MemberState::Dead) && dead[i].is_none() {
-                    dead[i] = Some(since);
-                }
-            }
-        }
-        let d: Vec<f64> = dead.iter().flatten().copied().collect();
-        let s: Vec<f64> = shed.iter().flatten().copied().collect();
+        let victim = 1 + number % (n - 1);
+        let seen = trial(&mut sim, &mut t, victim, watch == Some(number));
+        let d: Vec<f64> = seen.dead.iter().flatten().copied().collect();
         let first = d.iter().copied().fold(f64::MAX, f64::min);
         let last = d.iter().copied().fold(0.0, f64::max);
         if last - first >= 1.0 || d.len() < n - 1 {
             stragglers += 1;
         }
         dead_last.push(if d.len() < n - 1 { 99.0 } else { last });
-        shed_last.push(s.iter().copied().fold(0.0, f64::max));
+        shed_last.push(seen.shed.iter().flatten().copied().fold(0.0, f64::max));
         sim.at(t, Fault::Restart(victim));
     }
     let per_node = sim.sent_bytes as f64 / sim.now().as_secs_f64() / n as f64;
+    let figures = |v: &mut Vec<f64>| {
+        [0.5, 0.9, 0.99, 1.0]
+            .map(|q| format!("{:.2}", pct(v, q)))
+            .join(" / ")
+    };
+    let dead = figures(&mut dead_last);
+    let shed = figures(&mut shed_last);
     println!(
-        "n={n} trials={trials} stragglers={stragglers} bytes/s/node={per_node:.0}: dead p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}; suspect-or-dead p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
-        pct(&mut dead_last, 0.5),
-        pct(&mut dead_last, 0.9),
-        pct(&mut dead_last, 0.99),
-        pct(&mut dead_last, 1.0),
-        pct(&mut shed_last, 0.5),
-        pct(&mut shed_last, 0.9),
-        pct(&mut shed_last, 0.99),
-        pct(&mut shed_last, 1.0),
+        "n={n} trials={trials} stragglers={stragglers} bytes/s/node={per_node:.0}: dead p50/p90/p99/max {dead}; suspect-or-dead {shed}"
     );
 }
