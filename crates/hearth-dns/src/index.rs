@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hearth_types::desired::{DesiredState, RecordData, RecordSet};
 use hearth_types::{CheckStatus, MemberState, ServiceInstance, View};
@@ -36,14 +37,14 @@ impl RrSet {
         self.data.iter().map(to_record)
     }
 
-    fn is_address(&self) -> bool {
+    pub(crate) fn is_address(&self) -> bool {
         matches!(self.rtype, RecordType::A | RecordType::AAAA)
     }
 }
 
 /// What one name holds. No sets at all is an empty non-terminal, or a service or node with
 /// nothing to answer right now: the name exists and every query is NODATA.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct NameData {
     /// At most one set per type, in the order ANY lists them. A CNAME set is always alone.
     pub(crate) rrsets: Vec<RrSet>,
@@ -85,58 +86,59 @@ pub(crate) enum Location<'i> {
     Found(&'i NameData),
 }
 
-/// Every name of the zone, the apex included (its key is empty).
-#[derive(Debug, Default)]
+/// Every name of the zone, the apex included (its key is empty). A persistent map, so that
+/// the next snapshot's index shares every name the change did not touch (see `tracked`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NameIndex {
     /// Keyed by the labels under the apex, leftmost first, each as a length byte and the
     /// lowercase label: unambiguous even for labels holding dots, and writable from a query
     /// name into a stack buffer.
-    names: HashMap<Box<[u8]>, NameData>,
+    names: imbl::HashMap<Box<[u8]>, Arc<NameData>>,
+    /// The sum of every name's `name_digest`: equal zones sum equal whatever order built
+    /// them, and a change of one name costs that name's digest.
+    digest: u64,
 }
 
 impl NameIndex {
-    /// Feeds every name and its record sets to `hash` in a canonical order (names by key, the
-    /// data of a set by wire form), so equal zones hash equal whatever order built them.
-    pub(crate) fn fingerprint(&self, hash: &mut sha2::Sha256) {
-        use hickory_proto::serialize::binary::BinEncodable;
-        use sha2::Digest;
-        let mut keys: Vec<&Box<[u8]>> = self.names.keys().collect();
-        keys.sort();
-        for key in keys {
-            let data = &self.names[key];
-            hash.update((key.len() as u32).to_be_bytes());
-            hash.update(key);
-            hash.update([u8::from(data.is_apex), u8::from(data.follows_view)]);
-            for set in &data.rrsets {
-                hash.update(u16::from(set.rtype).to_be_bytes());
-                hash.update(set.ttl.to_be_bytes());
-                let mut wire: Vec<Vec<u8>> =
-                    set.data.iter().filter_map(|d| d.to_bytes().ok()).collect();
-                wire.sort();
-                hash.update((wire.len() as u32).to_be_bytes());
-                for item in wire {
-                    hash.update((item.len() as u32).to_be_bytes());
-                    hash.update(item);
-                }
-            }
+    /// A digest of every name and its record sets, the same for equal zones.
+    pub(crate) fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// What `key` holds now, if the name exists.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&NameData> {
+        self.names.get(key).map(|data| &**data)
+    }
+
+    /// How many names hold the very same data in both indexes, not only equal data: what a
+    /// change left untouched.
+    #[cfg(test)]
+    pub(crate) fn shared_with(&self, other: &Self) -> usize {
+        let same = |key: &[u8], data: &Arc<NameData>| {
+            other.names.get(key).is_some_and(|o| Arc::ptr_eq(o, data))
+        };
+        self.names.iter().filter(|(k, d)| same(k, d)).count()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Sets what `key` holds (`None`: the name does not exist).
+    pub(crate) fn set(&mut self, key: Box<[u8]>, data: Option<NameData>) {
+        if let Some(old) = self.names.remove(&key) {
+            self.digest = self.digest.wrapping_sub(name_digest(&key, &old));
+        }
+        if let Some(data) = data {
+            self.digest = self.digest.wrapping_add(name_digest(&key, &data));
+            self.names.insert(key, Arc::new(data));
         }
     }
 
+    /// The co-op zone's index, built whole (the server follows changes with `tracked`).
     pub(crate) fn build(zone: &Zone, view: &View, desired: &DesiredState) -> Self {
-        let mut pending: HashMap<Box<[u8]>, Pending> = HashMap::new();
-        pending.entry(Box::default()).or_default();
-        add_nodes(&mut pending, zone, view);
-        add_services(&mut pending, zone, view, desired);
-        add_static_records(&mut pending, zone, desired);
-        add_vms(&mut pending, zone, desired);
-        add_empty_non_terminals(&mut pending);
-        let finish = |(key, entry): (Box<[u8]>, Pending)| {
-            let is_apex = key.is_empty();
-            (key, entry.finish(zone.ttl, is_apex))
-        };
-        Self {
-            names: pending.into_iter().map(finish).collect(),
-        }
+        crate::tracked::Tracked::build(zone, view, desired).index
     }
 
     /// The index of a member's zone: its record sets, and the addresses of the owner's VMs
@@ -176,13 +178,12 @@ impl NameIndex {
             }
         }
         add_empty_non_terminals(&mut pending);
-        let finish = |(key, entry): (Box<[u8]>, Pending)| {
+        let mut index = Self::default();
+        for (key, entry) in pending {
             let is_apex = key.is_empty();
-            (key, entry.finish(zone.ttl, is_apex))
-        };
-        Self {
-            names: pending.into_iter().map(finish).collect(),
+            index.set(key, Some(entry.finish(zone.ttl, is_apex)));
         }
+        index
     }
 
     /// Finds `name` without allocating; matching ignores ASCII case. There are no wildcards.
@@ -192,7 +193,7 @@ impl NameIndex {
         }
         let n_labels = labels_below(origin, name);
         let mut buf = [0u8; MAX_KEY_LEN];
-        let found = write_key(name, n_labels, &mut buf).and_then(|key| self.names.get(key));
+        let found = write_key(name, n_labels, &mut buf).and_then(|key| self.get(key));
         found.map_or(Location::Missing, Location::Found)
     }
 
@@ -203,23 +204,49 @@ impl NameIndex {
         origin: &'i Name,
     ) -> impl Iterator<Item = (Name, &'i NameData)> + 'i {
         let names = self.names.iter();
-        names.filter_map(|(key, data)| Some((key_name(origin, key)?, data)))
+        names.filter_map(|(key, data)| Some((key_name(origin, key)?, &**data)))
     }
 }
 
+/// One name's part of `NameIndex::digest`: the first eight bytes of a SHA-256 over its key
+/// and its record sets (the data of a set by wire form, sorted).
+fn name_digest(key: &[u8], data: &NameData) -> u64 {
+    use hickory_proto::serialize::binary::BinEncodable;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update((key.len() as u32).to_be_bytes());
+    hash.update(key);
+    hash.update([u8::from(data.is_apex), u8::from(data.follows_view)]);
+    for set in &data.rrsets {
+        hash.update(u16::from(set.rtype).to_be_bytes());
+        hash.update(set.ttl.to_be_bytes());
+        let mut wire: Vec<Vec<u8>> = set.data.iter().filter_map(|d| d.to_bytes().ok()).collect();
+        wire.sort();
+        hash.update((wire.len() as u32).to_be_bytes());
+        for item in wire {
+            hash.update((item.len() as u32).to_be_bytes());
+            hash.update(item);
+        }
+    }
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// What is known about one name while the index is built.
-#[derive(Default)]
-struct Pending {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Pending {
     /// Set when a service of this name is listed, even with nothing to answer.
     service: Option<Vec<IpAddr>>,
     /// Set when a node of this name has not left.
     node: Option<Vec<IpAddr>>,
     /// Static sets, at most one per type.
-    statics: Vec<RrSet>,
+    pub(crate) statics: Vec<RrSet>,
 }
 
 impl Pending {
-    fn add_static(&mut self, set: RrSet) {
+    pub(crate) fn add_static(&mut self, set: RrSet) {
         let Some(same) = self.statics.iter_mut().find(|s| s.rtype == set.rtype) else {
             self.statics.push(set);
             return;
@@ -233,7 +260,7 @@ impl Pending {
         }
     }
 
-    fn finish(self, ttl: u32, is_apex: bool) -> NameData {
+    pub(crate) fn finish(self, ttl: u32, is_apex: bool) -> NameData {
         let Pending {
             service,
             node,
@@ -286,7 +313,7 @@ fn type_order(rtype: RecordType) -> u8 {
 }
 
 /// The A and AAAA sets of `ips`, each sorted and deduplicated; empty sets left out.
-fn address_sets(mut ips: Vec<IpAddr>, ttl: u32) -> Vec<RrSet> {
+pub(crate) fn address_sets(mut ips: Vec<IpAddr>, ttl: u32) -> Vec<RrSet> {
     ips.sort_unstable();
     ips.dedup();
     let (v4, v6): (Vec<RData>, Vec<RData>) = ips
@@ -304,7 +331,7 @@ fn address_sets(mut ips: Vec<IpAddr>, ttl: u32) -> Vec<RrSet> {
 }
 
 /// Nodes that have not left answer at `<node>.<zone>`, drained or not.
-fn add_nodes(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, view: &View) {
+pub(crate) fn add_nodes(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, view: &View) {
     let present = view
         .members
         .values()
@@ -318,7 +345,7 @@ fn add_nodes(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, view: &View
     }
 }
 
-fn add_services(
+pub(crate) fn add_services(
     pending: &mut HashMap<Box<[u8]>, Pending>,
     zone: &Zone,
     view: &View,
@@ -406,44 +433,31 @@ pub(crate) fn vm_addresses(desired: &DesiredState) -> Vec<(&str, Vec<IpAddr>)> {
 }
 
 /// Each VM with addresses answers A and AAAA at `<name>.vm.<zone>` (a VM's name is unique
-/// in the cluster); a static set written at the same name is served instead.
-fn add_vms(pending: &mut HashMap<Box<[u8]>, Pending>, zone: &Zone, desired: &DesiredState) {
+/// in the cluster; of names equal but for case, the first), unless a static set written at
+/// the same name gives it addresses: the VM addresses of each name.
+pub(crate) fn vm_names(zone: &Zone, desired: &DesiredState) -> HashMap<Box<[u8]>, Vec<IpAddr>> {
+    let mut names = HashMap::new();
     let Some(under) = origin_child(&zone.origin, "vm") else {
-        return;
+        return names;
     };
     for (name, ips) in vm_addresses(desired) {
         let owner = origin_child(&under, name);
         let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
             continue;
         };
-        let entry = pending.entry(key).or_default();
-        if entry.statics.iter().any(RrSet::is_address) {
-            continue;
-        }
-        for set in address_sets(ips, zone.ttl) {
-            entry.add_static(set);
-        }
+        names.entry(key).or_insert(ips);
     }
+    names
 }
 
-/// Static sets whose name or values cannot be read are left out rather than failing the zone.
-fn add_static_records(
-    pending: &mut HashMap<Box<[u8]>, Pending>,
-    zone: &Zone,
-    desired: &DesiredState,
-) {
-    for record_set in desired.records.values().map(|versioned| &versioned.value) {
-        let owner = zone_file_name(&zone.origin, &record_set.name);
-        let Some(key) = owner.and_then(|owner| key_in_zone(&zone.origin, &owner)) else {
-            continue;
-        };
-        if let Some(set) = static_set(&zone.origin, record_set, zone.ttl) {
-            pending.entry(key).or_default().add_static(set);
-        }
-    }
+/// The key of the name a static record set is written at; None when the name cannot be read
+/// or lies outside the zone, and then the set is left out rather than fail the zone.
+pub(crate) fn record_key_in_zone(zone: &Zone, record_set: &RecordSet) -> Option<Box<[u8]>> {
+    let owner = zone_file_name(&zone.origin, &record_set.name)?;
+    key_in_zone(&zone.origin, &owner)
 }
 
-fn static_set(origin: &Name, record_set: &RecordSet, zone_ttl: u32) -> Option<RrSet> {
+pub(crate) fn static_set(origin: &Name, record_set: &RecordSet, zone_ttl: u32) -> Option<RrSet> {
     let first_type = record_set.values.first()?.type_name();
     let mut values: Vec<&RecordData> = record_set
         .values
@@ -581,7 +595,7 @@ fn add_empty_non_terminals(pending: &mut HashMap<Box<[u8]>, Pending>) {
 }
 
 /// The keys of the names strictly between `key`'s name and the apex, nearest first.
-fn proper_ancestors(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn proper_ancestors(key: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = key;
     std::iter::from_fn(move || {
         let (&len, _) = rest.split_first()?;

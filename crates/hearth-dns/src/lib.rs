@@ -38,6 +38,7 @@ mod packet;
 pub mod push;
 mod server;
 mod settings;
+mod tracked;
 mod udp;
 mod zone;
 

@@ -151,7 +151,7 @@ async fn track_inputs(
                 // share.
                 let inputs = (zone.clone(), view, desired);
                 let built = tokio::task::spawn_blocking(move || {
-                    ZoneSnapshot::build(&inputs.0, inputs.1, inputs.2)
+                    current.follow(&inputs.0, inputs.1, inputs.2)
                 });
                 match built.await {
                     Ok(snapshot) => {

@@ -9,6 +9,7 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, Record};
 
 use crate::index::{Location, NameIndex, origin_child};
+use crate::tracked::Tracked;
 
 /// Re-exported so that the modules answering and publishing the zone name it beside the snapshot.
 pub use crate::settings::Zone;
@@ -40,7 +41,8 @@ pub struct ZoneSnapshot {
     view: Arc<View>,
     desired: Arc<DesiredState>,
     serial: u32,
-    index: NameIndex,
+    /// The co-op zone's index, with what it was built from.
+    tracked: Tracked,
     apex: Apex,
     /// Members' verified zones, the deepest first.
     members: Vec<MemberPart>,
@@ -75,23 +77,51 @@ impl ZoneSnapshot {
     /// same zone under the same serial, as registries' consistency checks expect, and an
     /// unchanged zone keeps its serial.
     pub fn build(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>) -> Self {
-        let mut snapshot = Self::new(zone, view, desired, 0);
+        let tracked = Tracked::build(zone, &view, &desired);
+        Self::with_serial(zone, view, desired, tracked)
+    }
+
+    /// As [`ZoneSnapshot::build`] for the same `zone`, from this snapshot: the index follows
+    /// only the names the change touches, in time proportional to the change.
+    pub fn follow(&self, zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>) -> Self {
+        let before = Some((&*self.view, &*self.desired));
+        let tracked = self.tracked.follow(before, zone, &view, &desired);
+        Self::with_serial(zone, view, desired, tracked)
+    }
+
+    fn with_serial(
+        zone: &Zone,
+        view: Arc<View>,
+        desired: Arc<DesiredState>,
+        tracked: Tracked,
+    ) -> Self {
+        let mut snapshot = Self::from_parts(zone, view, desired, tracked, 0);
         let apex = &mut snapshot.apex;
-        snapshot.serial = content_serial(&snapshot.index, &apex.name_servers, &apex.glue);
+        snapshot.serial = content_serial(&snapshot.tracked.index, &apex.name_servers, &apex.glue);
         apex.soa = soa_record(zone, snapshot.serial, apex.name_servers.first());
         snapshot
     }
 
     /// As [`ZoneSnapshot::build`], with a serial of the caller's (tests).
     pub fn new(zone: &Zone, view: Arc<View>, desired: Arc<DesiredState>, serial: u32) -> Self {
-        let index = NameIndex::build(zone, &view, &desired);
-        let apex = build_apex(zone, &view, serial, &index);
+        let tracked = Tracked::build(zone, &view, &desired);
+        Self::from_parts(zone, view, desired, tracked, serial)
+    }
+
+    fn from_parts(
+        zone: &Zone,
+        view: Arc<View>,
+        desired: Arc<DesiredState>,
+        tracked: Tracked,
+        serial: u32,
+    ) -> Self {
+        let apex = build_apex(zone, &view, serial, &tracked.index);
         let members = member_parts(zone, &apex.name_servers, &desired);
         Self {
             view,
             desired,
             serial,
-            index,
+            tracked,
             apex,
             members,
         }
@@ -113,7 +143,8 @@ impl ZoneSnapshot {
         *self.view == *view
             && self.desired.records == desired.records
             && self.desired.drained == desired.drained
-            && crate::index::vm_addresses(&self.desired) == crate::index::vm_addresses(desired)
+            && (self.desired.compute.vms.ptr_eq(&desired.compute.vms)
+                || crate::index::vm_addresses(&self.desired) == crate::index::vm_addresses(desired))
             && self.desired.zones == desired.zones
     }
 
@@ -123,7 +154,7 @@ impl ZoneSnapshot {
         if zone.origin.zone_of(name) {
             return Some(Part {
                 zone,
-                index: &self.index,
+                index: &self.tracked.index,
                 apex: &self.apex,
             });
         }
@@ -208,15 +239,15 @@ fn glue_records(zone: &Zone, ns: &Name, index: &NameIndex) -> Vec<Record> {
     data.addresses().flat_map(|set| set.records(ns)).collect()
 }
 
-/// The SOA serial of a zone's content: the first four bytes of a SHA-256 over every name
-/// with its record sets (names, and the records in a set, in wire order), the name servers
-/// and their glue. Not monotonic: hearth serves no zone transfers, so no secondary compares
-/// serials; what resolvers and registries see is that equal content has an equal serial.
+/// The SOA serial of a zone's content: the first four bytes of a SHA-256 over the index's
+/// digest of every name with its record sets, the name servers and their glue. Not
+/// monotonic: hearth serves no zone transfers, so no secondary compares serials; what
+/// resolvers and registries see is that equal content has an equal serial.
 pub(crate) fn content_serial(index: &NameIndex, name_servers: &[Name], glue: &[Record]) -> u32 {
     use hickory_proto::serialize::binary::BinEncodable;
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    index.fingerprint(&mut hash);
+    hash.update(index.digest().to_be_bytes());
     for ns in name_servers {
         hash.update(ns.to_bytes().unwrap_or_default());
     }

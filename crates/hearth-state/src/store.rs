@@ -25,7 +25,7 @@ use self::db::create_tables;
 
 /// redb's page cache (reads and the write buffer together). Its default is 1 GiB, which a
 /// long-running agent could fill with pages it never reads again; the pages Raft reads back
-/// (recent log entries) and the whole state written every 250 ms fit in far less.
+/// (recent log entries) and the whole state written every few seconds fit in far less.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Opens (creating if missing) the state file at `path`, whose directory must exist, and

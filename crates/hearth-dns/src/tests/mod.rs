@@ -8,3 +8,4 @@ mod packet;
 mod push;
 mod push_wire;
 mod server;
+mod tracked;

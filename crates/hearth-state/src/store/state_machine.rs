@@ -29,7 +29,7 @@ type Membership = StoredMembership<NodeId, RaftNode>;
 type Meta = SnapshotMeta<NodeId, RaftNode>;
 
 /// The applied desired state. It is written to disk, with the last applied log id in the same
-/// transaction, at most every [`PERSIST_EVERY`] (and at every membership change), without an
+/// transaction, at most every [`persist_gap`] (and at every membership change), without an
 /// fsync of its own: the log is the durable record, and a restart replays the entries after
 /// whatever state machine or snapshot it finds (see [`read_applied`]). Writing the whole state
 /// after every batch would cost more than the batch itself under load, so the periodic write
@@ -42,6 +42,8 @@ pub struct StateMachineStore {
     published: Arc<Published>,
     /// When the state machine was last written; `None`: not since start.
     last_persisted: Option<std::time::Instant>,
+    /// How long the last background write took, in microseconds (it sets the next gap).
+    last_write_micros: Arc<AtomicU64>,
     /// The periodic write running in the background, if any: its thread (joined on drop, so
     /// the file is closed when the store is) and a receiver that sees its end.
     persisting: Option<(
@@ -58,8 +60,19 @@ impl Drop for StateMachineStore {
     }
 }
 
-/// How often, at most, a busy state machine writes its whole state.
-pub const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often, at most, a busy state machine writes its whole state. Each write of a large
+/// state is paid by the log appends beside it (they wait for its transaction and flush its
+/// pages), so it must stay rare; a restart replays the entries since, at microseconds each.
+pub const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A write of the whole state waits at least this many times as long as the last one took, so
+/// that however large the state grows, writing it takes at most a twentieth of the time.
+const PERSIST_GAP_FACTOR: u32 = 20;
+
+/// The time to wait after a whole-state write that took `took` before the next.
+pub(crate) fn persist_gap(took: std::time::Duration) -> std::time::Duration {
+    PERSIST_EVERY.max(took * PERSIST_GAP_FACTOR)
+}
 
 /// The applied state as stored: the state machine's own rows, or the snapshot when that is
 /// newer (the state machine is written lazily, the snapshot eagerly before the log is purged).
@@ -179,6 +192,7 @@ impl StateMachineStore {
             membership: applied.membership,
             published,
             last_persisted: None,
+            last_write_micros: Arc::default(),
             persisting: None,
         };
         Ok((store, reader))
@@ -207,14 +221,18 @@ impl StateMachineStore {
             self.settle().await;
             let db = self.db.clone();
             let (done, finished) = tokio::sync::oneshot::channel();
+            let took_micros = self.last_write_micros.clone();
             let thread = std::thread::Builder::new()
                 .name("hearth-persist".into())
                 .spawn(move || {
+                    let started = std::time::Instant::now();
                     // The log holds every entry this would have saved replaying; a failure
                     // only means a longer replay after a restart.
                     if let Err(error) = persist_row(&db, &row) {
                         tracing::warn!(%error, "could not write the applied state; the log still has it");
                     }
+                    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    took_micros.store(took, Ordering::Relaxed);
                     let _ = done.send(());
                 })
                 .map_err(StoreError::Thread)?;
@@ -257,10 +275,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if outcomes.is_empty() {
             return Ok(outcomes);
         }
-        let due = batch.membership.is_some()
-            || self
-                .last_persisted
-                .is_none_or(|at| at.elapsed() >= PERSIST_EVERY);
+        let took = self.last_write_micros.load(Ordering::Relaxed);
+        let gap = persist_gap(std::time::Duration::from_micros(took));
+        let due =
+            batch.membership.is_some() || self.last_persisted.is_none_or(|at| at.elapsed() >= gap);
         if due {
             let row = PersistedRow {
                 last_applied: batch.last_applied,
@@ -501,4 +519,21 @@ fn store_snapshot_unless_older(db: &Database, meta: &Meta, data: &[u8]) -> Resul
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use std::time::Duration;
+
+    use super::{PERSIST_EVERY, persist_gap};
+
+    #[test]
+    fn a_slow_whole_state_write_waits_twenty_times_as_long_before_the_next() {
+        assert_eq!(persist_gap(Duration::ZERO), PERSIST_EVERY);
+        assert_eq!(persist_gap(Duration::from_millis(50)), PERSIST_EVERY);
+        assert_eq!(
+            persist_gap(Duration::from_millis(300)),
+            Duration::from_secs(6)
+        );
+    }
 }
