@@ -136,6 +136,10 @@ pub struct Core {
     /// (no member left), `Defunct`, or `Rejoin` (a renewed identity).
     connected: bool,
     view: Arc<View>,
+    /// What `view` was built from besides the announcements: each member's identity and
+    /// state as foca listed them, and our own announcement. A datagram that changes neither
+    /// (most of them) costs a comparison, not a new view.
+    view_inputs: (Vec<(NodeId, foca::State)>, Option<NodeAnnouncement>),
     metrics: Arc<GossipMetrics>,
     left: bool,
 }
@@ -193,6 +197,7 @@ impl Core {
             stale: StaleSuspicions::default(),
             connected: false,
             view: Arc::new(View::default()),
+            view_inputs: (Vec::new(), None),
             metrics,
             left: false,
         })
@@ -441,17 +446,30 @@ impl Core {
             let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *inbox)
         };
+        // Announcements are sent again and again; only a different one can change the view.
+        let mut announced = false;
         for announcement in received {
-            if announcement.meta.name != self.own.meta.name {
-                self.announcements
-                    .insert(announcement.meta.name.clone(), announcement);
+            let name = &announcement.meta.name;
+            if *name == self.own.meta.name || self.announcements.get(name) == Some(&announcement) {
+                continue;
             }
+            announced = true;
+            self.announcements.insert(name.clone(), announcement);
         }
-        let members = self
+        if !announced && self.view_inputs_unchanged() {
+            return;
+        }
+        let members: Vec<(NodeId, foca::State)> = self
             .swim
             .iter_membership_state()
-            .map(|member| (member.id(), member.state()));
-        let view = build_view(&self.own, members, &self.announcements);
+            .map(|member| (member.id().clone(), member.state()))
+            .collect();
+        let view = build_view(
+            &self.own,
+            members.iter().map(|(id, state)| (id, *state)),
+            &self.announcements,
+        );
+        self.view_inputs = (members, Some(self.own.clone()));
         if view == *self.view {
             return;
         }
@@ -459,6 +477,22 @@ impl Core {
         self.view = Arc::new(view);
         let view = self.view.clone();
         out.push(Output::View { view, events });
+    }
+
+    /// Whether foca lists the same members in the same states, and our announcement is the
+    /// same, as when the view was last built.
+    fn view_inputs_unchanged(&self) -> bool {
+        let (members, own) = &self.view_inputs;
+        if own.as_ref() != Some(&self.own) {
+            return false;
+        }
+        let mut before = members.iter();
+        let same = self.swim.iter_membership_state().all(|member| {
+            before
+                .next()
+                .is_some_and(|(id, state)| id == member.id() && *state == member.state())
+        });
+        same && before.next().is_none()
     }
 }
 
