@@ -934,6 +934,16 @@ fn the_readmes_backup_commands_work_as_written() {
         "{row}"
     );
 
+    // The drill reads the newest backup of the state, which the leader stores at the first
+    // tick of its `[state] backup_interval` loop after the target appeared (up to 10 s).
+    eventually("a backup of the state in the README's target", BOOT, || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();
+        match rows[0]["last"]["id"].as_str() {
+            Some(_) => Ok(()),
+            None => Err(rows.to_string()),
+        }
+    });
     let (code, out, err) = ns.bash(agent, &blocks[2]);
     assert_ne!(code, Some(0), "{out}");
     assert!(err.contains("already holds"), "{err}");
