@@ -721,14 +721,7 @@ fn the_whole_cluster_comes_back_from_its_backup_repository_on_a_wiped_server() {
         target.password.clone(),
         &target.dir,
     );
-    eventually("a backup of the state", BOOT, || {
-        let rows: serde_json::Value =
-            serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();
-        match rows[0]["last"]["id"].as_str() {
-            Some(_) => Ok(()),
-            None => Err(rows.to_string()),
-        }
-    });
+    wait_for_a_state_backup(agent);
     let out = agent.cli(&["backup", "now", "box"]);
     assert!(out.contains("stored in local"), "{out}");
     let snapshot = backups_of(agent, "box")["snapshots"][0]["id"]
@@ -936,7 +929,16 @@ fn the_readmes_backup_commands_work_as_written() {
 
     // The drill reads the newest backup of the state, which the leader stores at the first
     // tick of its `[state] backup_interval` loop after the target appeared (up to 10 s).
-    eventually("a backup of the state in the README's target", BOOT, || {
+    wait_for_a_state_backup(agent);
+    let (code, out, err) = ns.bash(agent, &blocks[2]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(err.contains("already holds"), "{err}");
+}
+
+/// Waits until `hearth backups --state` shows a stored backup of the cluster's state in the
+/// first target: the leader's loop stores one at its first tick after the target appears.
+fn wait_for_a_state_backup(agent: &TestAgent) {
+    eventually("a backup of the state", BOOT, || {
         let rows: serde_json::Value =
             serde_json::from_str(&agent.cli(&["backups", "--state", "--json"])).unwrap();
         match rows[0]["last"]["id"].as_str() {
@@ -944,7 +946,4 @@ fn the_readmes_backup_commands_work_as_written() {
             None => Err(rows.to_string()),
         }
     });
-    let (code, out, err) = ns.bash(agent, &blocks[2]);
-    assert_ne!(code, Some(0), "{out}");
-    assert!(err.contains("already holds"), "{err}");
 }
