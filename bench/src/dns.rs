@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use anyhow::{Context, Result, bail};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+
+/// The UDP payload the poller's queries offer (EDNS).
+const EDNS_PAYLOAD: u16 = 4096;
 
 /// One server's answer to one poll: when the query left, and the A records (sorted), or None
 /// when the server did not answer within the round's timeout or answered with an error.
@@ -79,6 +82,14 @@ impl DnsPoller {
                 // A late answer to an earlier round.
                 continue;
             }
+            if response.truncation {
+                // Its address list is cut short: reading it would see any address "gone".
+                bail!(
+                    "{from} answered {} truncated, even with EDNS ({EDNS_PAYLOAD} bytes): \
+                     too many addresses for one UDP answer",
+                    self.name
+                );
+            }
             if response.metadata.response_code == ResponseCode::NoError
                 && let Some(answer) = answers.get_mut(&from)
             {
@@ -91,6 +102,11 @@ impl DnsPoller {
     fn query(&self, id: u16) -> Result<Vec<u8>> {
         let mut message = Message::new(id, MessageType::Query, OpCode::Query);
         message.add_query(Query::query(self.name.clone(), RecordType::A));
+        // Without EDNS an answer stops at 512 bytes, about 28 addresses; the servers' own
+        // limit (1 232 bytes) holds about 70.
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        message.edns = Some(edns);
         message.to_vec().context("encode a DNS query")
     }
 }

@@ -36,6 +36,16 @@ pub struct Args {
     /// the cost of a write into a state of that size.
     #[arg(long, default_value_t = 0)]
     pub preload: usize,
+    /// VMs created (stopped, by 32 clients, for one account and one image) before the record
+    /// sets are preloaded, so the state also holds VM definitions. No worker runs them.
+    #[arg(long, default_value_t = 0)]
+    pub vms: usize,
+    /// After the follower restart, start a fourth agent (a worker, so a learner) and time
+    /// until it has applied everything the leader had when it started. Once the leader has
+    /// removed the start of its log (`snapshot_index` reaching 5 000 plus 1 000 kept), that
+    /// takes a snapshot install.
+    #[arg(long)]
+    pub learner: bool,
     /// Print each distinct refusal seen while waiting for writes to resume.
     #[arg(long)]
     pub verbose: bool,
@@ -67,8 +77,13 @@ impl Client {
     fn put_verbose(&mut self, name: &str) -> Result<(u16, String)> {
         let body = json!({"records": {"name": name, "values": [{"type": "TXT", "text": name}]}})
             .to_string();
+        self.send("PUT", "/v1/records", &body)
+    }
+
+    /// Sends one JSON request; returns the HTTP status and the body.
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         let request = format!(
-            "PUT /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.token,
             body.len()
         );
@@ -173,12 +188,51 @@ fn throughput(
 /// Writes `count` distinct record sets through the leader from 32 clients, with a progress
 /// line every 1 000.
 fn preload(cluster: &TestCluster, leader_idx: usize, count: usize) -> Result<()> {
+    in_parallel(cluster, leader_idx, count, "record sets", |client, i| {
+        client.put_verbose(&format!("pre{i}"))
+    })
+}
+
+/// The account and image the preloaded VMs belong to.
+const VM_OWNER: &str = "bench";
+const VM_IMAGE: &str = "bench-image";
+
+/// Creates `count` stopped VMs through the leader from 32 clients, with a progress line
+/// every 1 000.
+fn preload_vms(cluster: &TestCluster, leader_idx: usize, count: usize) -> Result<()> {
+    let agent = &cluster.agents[leader_idx];
+    agent.ensure_account(VM_OWNER);
+    agent.add_fake_image(VM_IMAGE);
+    in_parallel(cluster, leader_idx, count, "VMs", |client, i| {
+        let body = json!({
+            "name": format!("vm{i}"),
+            "owner": VM_OWNER,
+            "image": VM_IMAGE,
+            "vcpus": 1,
+            "memory_mib": 64,
+            "disk_gib": 1,
+            "power": "stopped",
+        });
+        client.send("POST", "/v1/vms", &body.to_string())
+    })
+}
+
+/// Runs `write(client, i)` for every i below `count` from 32 clients of the leader's API;
+/// fails at the first answer that is not a success.
+fn in_parallel(
+    cluster: &TestCluster,
+    leader_idx: usize,
+    count: usize,
+    what: &'static str,
+    write: impl Fn(&mut Client, usize) -> Result<(u16, String)> + Send + Sync + 'static,
+) -> Result<()> {
     let agent = &cluster.agents[leader_idx];
     let (api, token) = (agent.api_addr(), agent.token());
     let next = Arc::new(AtomicU64::new(0));
+    let write = Arc::new(write);
     let workers: Vec<_> = (0..32)
         .map(|_| {
-            let (next, token) = (next.clone(), token.clone());
+            let (next, token, write) = (next.clone(), token.clone(), write.clone());
             std::thread::spawn(move || -> Result<()> {
                 let mut client = Client::connect(api, &token)?;
                 loop {
@@ -186,12 +240,12 @@ fn preload(cluster: &TestCluster, leader_idx: usize, count: usize) -> Result<()>
                     if i >= count {
                         return Ok(());
                     }
-                    let status = client.put(&format!("pre{i}"))?;
-                    if status != 200 {
-                        bail!("preload write {i} answered {status}");
+                    let (status, body) = write(&mut client, i)?;
+                    if !(200..300).contains(&status) {
+                        bail!("preload of {what}: write {i} answered {status} {body}");
                     }
                     if (i + 1).is_multiple_of(1000) {
-                        eprintln!("raft: preloaded {}/{count}", i + 1);
+                        eprintln!("raft: preloaded {}/{count} {what}", i + 1);
                     }
                 }
             })
@@ -203,6 +257,63 @@ fn preload(cluster: &TestCluster, leader_idx: usize, count: usize) -> Result<()>
             .map_err(|_| anyhow!("a preload thread panicked"))??;
     }
     Ok(())
+}
+
+/// How a new learner caught up: the time from its start until it had applied what the leader
+/// had then, and the log positions that say whether that took a snapshot.
+struct LearnerCatchUp {
+    took: Duration,
+    target_index: u64,
+    leader_purged_index: u64,
+    learner_snapshot_index: u64,
+}
+
+impl LearnerCatchUp {
+    fn line(&self) -> String {
+        format!(
+            "{:.3} s to index {} (leader's log purged to {}; the learner's snapshot at {}: {})",
+            self.took.as_secs_f64(),
+            self.target_index,
+            self.leader_purged_index,
+            self.learner_snapshot_index,
+            if self.leader_purged_index > 0 && self.learner_snapshot_index > 0 {
+                "sent the snapshot"
+            } else {
+                "the log alone may have sufficed"
+            }
+        )
+    }
+}
+
+/// Starts a fourth agent, a worker (which the leader adds as a learner), and times until its
+/// own `/v1/state` reports everything the leader had applied when it started.
+fn learner_catch_up(cluster: &mut TestCluster, leader_idx: usize) -> Result<LearnerCatchUp> {
+    let leader = &cluster.agents[leader_idx];
+    let at_start = leader.state().map_err(|e| anyhow!(e))?;
+    let target_index = at_start["applied_index"].as_u64().unwrap_or(0);
+    let leader_purged_index = at_start["purged_index"].as_u64().unwrap_or(0);
+    let mut spec = cluster.spec(3, "[compute]\ndriver = \"fake\"\n".into());
+    spec.roles = "[\"worker\"]".into();
+    let started = Instant::now();
+    let learner = cluster.add(spec);
+    loop {
+        let local = learner.state().ok();
+        let applied = local.as_ref().and_then(|s| s["applied_index"].as_u64());
+        if let (Some(local), Some(applied)) = (&local, applied)
+            && applied >= target_index
+        {
+            return Ok(LearnerCatchUp {
+                took: started.elapsed(),
+                target_index,
+                leader_purged_index,
+                learner_snapshot_index: local["snapshot_index"].as_u64().unwrap_or(0),
+            });
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the learner was not at index {target_index} within 120 s (it says {applied:?})");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Each live agent's (VmRSS, RssAnon) in KiB, from `/proc/PID/status`.
@@ -345,6 +456,10 @@ pub fn run(args: &Args) -> Result<Report> {
     let leader_idx = eventually("a leader", Duration::from_secs(60), || {
         leader(&cluster, &[0, 1, 2])
     });
+    if args.vms > 0 {
+        eprintln!("raft: preloading {} VMs", args.vms);
+        preload_vms(&cluster, leader_idx, args.vms)?;
+    }
     if args.preload > 0 {
         eprintln!("raft: preloading {} record sets", args.preload);
         preload(&cluster, leader_idx, args.preload)?;
@@ -360,10 +475,21 @@ pub fn run(args: &Args) -> Result<Report> {
     let rss_written = rss(&cluster)?;
     eprintln!("raft: restart of a follower");
     let restart = restart_to_ready(&mut cluster, leader_idx)?;
+    let learner = if args.learner {
+        eprintln!("raft: a new learner");
+        Some(learner_catch_up(&mut cluster, leader_idx)?)
+    } else {
+        None
+    };
+    let learner_line = learner.as_ref().map_or_else(
+        || "not measured (without --learner)".to_owned(),
+        LearnerCatchUp::line,
+    );
     eprintln!("raft: {} leader kills", args.kills);
     let resume = Summary::of(&resumption(&mut cluster, args.kills, args.verbose)?);
     let text = format!(
-        "preloaded record sets: {}\nRSS per agent after the preload: {}\nRSS per agent after the throughput run: {}\nfollower SIGKILL, restart, caught up: {:.3} s\nwrite latency (sequential, one client): {}\nthroughput ({} clients): {writes_per_s:.0} writes/s\nleader SIGKILL to first successful write: {}\n",
+        "preloaded VMs: {}\npreloaded record sets: {}\nRSS per agent after the preload: {}\nRSS per agent after the throughput run: {}\nfollower SIGKILL, restart, caught up: {:.3} s\nnew learner, start to caught up: {learner_line}\nwrite latency (sequential, one client): {}\nthroughput ({} clients): {writes_per_s:.0} writes/s\nleader SIGKILL to first successful write: {}\n",
+        args.vms,
         args.preload,
         rss_line(&rss_preloaded),
         rss_line(&rss_written),
@@ -382,6 +508,13 @@ pub fn run(args: &Args) -> Result<Report> {
             "writes_per_s": writes_per_s.round(),
             "clients": args.clients,
             "preload": args.preload,
+            "vms": args.vms,
+            "learner": learner.as_ref().map(|l| json!({
+                "catch_up_s": l.took.as_secs_f64(),
+                "target_index": l.target_index,
+                "leader_purged_index": l.leader_purged_index,
+                "learner_snapshot_index": l.learner_snapshot_index,
+            })),
             "rss_kib_after_preload": rss_preloaded,
             "rss_kib_after_throughput": rss_written,
             "restart_to_caught_up_s": restart.as_secs_f64(),

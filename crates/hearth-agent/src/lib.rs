@@ -735,6 +735,7 @@ async fn start_state(
         write_timeout: config.state.write_timeout,
         heartbeat: config.state.heartbeat,
         election_timeout: config.state.election_timeout,
+        snapshot_every: config.state.snapshot_every,
         files: Some(Arc::new(hearth_compute::files::HostFiles {
             blobs: hearth_compute::blobs::BlobStore::new(config.data_dir.join("images")),
             driver: driver.cloned(),

@@ -50,6 +50,9 @@ pub struct StateConfig {
     pub write_timeout: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    /// Log entries between two snapshots of the state; a fifth of them (at most 1 000) stay
+    /// in the log after each, for followers a little behind.
+    pub snapshot_every: u64,
     /// The files this node serves its peers: image files, and a worker's VM consoles.
     pub files: Option<Arc<dyn PeerFiles>>,
 }
@@ -154,8 +157,8 @@ impl StateNode {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: (config.snapshot_every / 5).min(1_000),
             ..Default::default()
         }
         .validate()
@@ -613,6 +616,8 @@ impl StateNode {
             voters: voters.iter().map(name_of).collect(),
             learners,
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
             replicated,
             unix_ms: crate::reply::unix_ms(),
         }

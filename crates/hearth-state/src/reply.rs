@@ -60,6 +60,13 @@ pub struct StateStatus {
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     pub applied_index: u64,
+    /// The last log index in this node's latest snapshot of the state (0: none yet).
+    #[serde(default)]
+    pub snapshot_index: u64,
+    /// The last log index removed from this node's log (0: none): a node that needs an
+    /// entry at or before it can only be sent the snapshot.
+    #[serde(default)]
+    pub purged_index: u64,
     /// Per node, the last log index known to be replicated to it (leader only).
     pub replicated: HashMap<String, u64>,
     /// The node's clock when it answered, milliseconds since the Unix epoch (0 from an agent

@@ -100,6 +100,7 @@ impl Application for Direct {
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             replicated: HashMap::new(),
             unix_ms: 0,
+            ..StateStatus::default()
         }
     }
 }

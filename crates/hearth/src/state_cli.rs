@@ -140,6 +140,10 @@ pub fn state(client: &ApiClient, json: bool) -> Result<(), ClientError> {
     println!("voters:   {}", list("voters"));
     println!("learners: {}", list("learners"));
     println!("applied:  {}", status["applied_index"]);
+    if let Some(snapshot) = status["snapshot_index"].as_u64() {
+        let purged = status["purged_index"].as_u64().unwrap_or(0);
+        println!("snapshot: {snapshot} (log kept after {purged})");
+    }
     if let Some(nodes) = status["nodes"].as_object() {
         let rows = nodes.iter().map(|(node, report)| {
             let field = |key: &str| match &report[key] {

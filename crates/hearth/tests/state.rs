@@ -486,3 +486,68 @@ fn one_command_recovers_from_a_permanent_loss_of_quorum() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_new_worker_behind_the_purged_log_gets_the_snapshot_and_every_record() {
+    let mut cluster = TestCluster::start(bin(), 0, |_| String::new());
+    let server = cluster.spec(
+        0,
+        "[state]\nbootstrap_expect = 1\nsnapshot_every = 10\n".into(),
+    );
+    cluster.add(server);
+    let leader = wait_for_group(&cluster, &[0], 1);
+    assert_eq!(leader, 0);
+    // Sequential writes: each its own log entry, so the log passes several snapshots.
+    for i in 0..60 {
+        let (status, body) = put_record(&cluster.agents[0], &format!("r{i}"), "192.0.2.9")
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        assert_eq!(status, 200, "write {i}: {body}");
+    }
+    let purged = eventually("the leader's log purged", DEADLINE, || {
+        let state = cluster.agents[0].state()?;
+        match state["purged_index"].as_u64() {
+            Some(purged) if purged > 0 => Ok(purged),
+            _ => Err(format!("{state}")),
+        }
+    });
+    let applied = cluster.agents[0].state().expect("state")["applied_index"]
+        .as_u64()
+        .expect("an applied index");
+    assert!(applied > purged, "applied {applied}, purged {purged}");
+
+    let mut worker = cluster.spec(1, "[compute]\ndriver = \"fake\"\n".into());
+    worker.roles = "[\"worker\"]".into();
+    cluster.add(worker);
+    let worker = &cluster.agents[1];
+    // The entries up to `purged` are gone from every log: the worker can only have them from
+    // the snapshot.
+    eventually(
+        "the worker caught up through the snapshot",
+        DEADLINE,
+        || {
+            let state = worker.state()?;
+            let (got, snapshot) = (
+                state["applied_index"].as_u64().unwrap_or(0),
+                state["snapshot_index"].as_u64().unwrap_or(0),
+            );
+            if got >= applied && snapshot >= purged {
+                Ok(())
+            } else {
+                Err(format!("applied {got}, snapshot {snapshot}: {state}"))
+            }
+        },
+    );
+    let zone = hearth_testkit::ZONE;
+    for name in ["r0", "r30", "r59"] {
+        eventually("the record in the worker's DNS", DEADLINE, || {
+            let got = worker.dig(&format!("{name}.{zone}"), "A")?;
+            if got == ["192.0.2.9"] {
+                Ok(())
+            } else {
+                Err(format!("{name}: {got:?}"))
+            }
+        });
+    }
+    let out = worker.cli(&["state"]);
+    assert!(out.contains("snapshot: "), "{out}");
+}

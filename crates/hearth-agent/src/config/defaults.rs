@@ -43,6 +43,9 @@ pub(super) fn default_replace_voter_after() -> Duration {
 pub(super) fn default_state_backup_interval() -> Duration {
     Duration::from_secs(3600)
 }
+pub(super) fn default_snapshot_every() -> u64 {
+    5_000
+}
 pub(super) fn default_uptime_interval() -> Duration {
     Duration::from_secs(60)
 }

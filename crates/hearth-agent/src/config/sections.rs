@@ -14,8 +14,9 @@ use super::defaults::{
     default_accel, default_bootstrap_expect, default_disk_gib, default_driver,
     default_election_timeout, default_handler_timeout, default_heartbeat, default_network,
     default_probe_interval, default_probe_timeout, default_push_algorithm,
-    default_replace_voter_after, default_state_backup_interval, default_suspicion_timeout,
-    default_ttl, default_uptime_interval, default_write_timeout, default_zone, duration,
+    default_replace_voter_after, default_snapshot_every, default_state_backup_interval,
+    default_suspicion_timeout, default_ttl, default_uptime_interval, default_write_timeout,
+    default_zone, duration,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +264,10 @@ pub struct StateSection {
         deserialize_with = "duration"
     )]
     pub backup_interval: Duration,
+    /// Log entries between two snapshots of the state. A node too far behind to be sent
+    /// the entries it lacks (a new server or worker, say) is sent the snapshot instead.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
 }
 
 impl Default for StateSection {
@@ -275,6 +280,7 @@ impl Default for StateSection {
             election_timeout: default_election_timeout(),
             uptime_interval: default_uptime_interval(),
             backup_interval: default_state_backup_interval(),
+            snapshot_every: default_snapshot_every(),
         }
     }
 }

@@ -485,6 +485,9 @@ impl Config {
         {
             problems.push("state.backup_interval: give 10s to 7d".into());
         }
+        if !(10..=1_000_000).contains(&s.snapshot_every) {
+            problems.push("state.snapshot_every: give 10 to 1000000 log entries".into());
+        }
     }
 
     fn check_services(&self, problems: &mut Vec<String>) {
