@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::hearth::{pids, start_cluster};
-use crate::procs::{ensure_tools, status_kib};
+use crate::procs::{ensure_tools, pss_kib, status_kib};
 use crate::serf::SerfCluster;
 use crate::{Common, Report};
 
@@ -70,7 +70,7 @@ pub fn run(args: &Args) -> Result<Report> {
         hearth_mean / serf_mean,
         if target_met { "met" } else { "missed" }
     ) + &format!(
-        "hearth, anonymous / file-backed RSS and threads: {}\nserf:   {}\n",
+        "hearth, anonymous / file-backed RSS, PSS and threads: {}\nserf:   {}\n",
         describe_parts(&hearth_parts),
         describe_parts(&serf_parts)
     );
@@ -97,37 +97,49 @@ pub fn run(args: &Args) -> Result<Report> {
     })
 }
 
-/// Per process: anonymous RSS (heap, stacks), file-backed RSS (the binary's and libraries'
-/// pages touched), both in KiB, and the number of threads.
-fn breakdown(pids: &[u32]) -> Result<Vec<(u64, u64, u64)>> {
+/// One process's memory beyond VmRSS, in KiB.
+struct Parts {
+    /// Heap, stacks, caches: what the process allocated.
+    anon: u64,
+    /// The binary's and libraries' pages mapped.
+    file: u64,
+    /// Proportional set size: shared pages divided among the processes that map them.
+    pss: u64,
+    threads: u64,
+}
+
+fn breakdown(pids: &[u32]) -> Result<Vec<Parts>> {
     pids.iter()
         .map(|&pid| {
-            Ok((
-                status_kib(pid, "RssAnon")?,
-                status_kib(pid, "RssFile")?,
-                status_kib(pid, "Threads")?,
-            ))
+            Ok(Parts {
+                anon: status_kib(pid, "RssAnon")?,
+                file: status_kib(pid, "RssFile")?,
+                pss: pss_kib(pid)?,
+                threads: status_kib(pid, "Threads")?,
+            })
         })
         .collect()
 }
 
-fn describe_parts(rows: &[(u64, u64, u64)]) -> String {
+fn describe_parts(rows: &[Parts]) -> String {
     rows.iter()
-        .map(|(anon, file, threads)| {
+        .map(|p| {
             format!(
-                "{:.2} / {:.2} MiB, {threads} threads",
-                mib(*anon),
-                mib(*file)
+                "{:.2} / {:.2} MiB, PSS {:.2} MiB, {} threads",
+                mib(p.anon),
+                mib(p.file),
+                mib(p.pss),
+                p.threads
             )
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
-fn parts_json(rows: &[(u64, u64, u64)]) -> Vec<serde_json::Value> {
+fn parts_json(rows: &[Parts]) -> Vec<serde_json::Value> {
     rows.iter()
-        .map(|(anon, file, threads)| {
-            json!({"anon_mib": mib(*anon), "file_mib": mib(*file), "threads": threads})
+        .map(|p| {
+            json!({"anon_mib": mib(p.anon), "file_mib": mib(p.file), "pss_mib": mib(p.pss), "threads": p.threads})
         })
         .collect()
 }

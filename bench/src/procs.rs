@@ -152,6 +152,20 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     kib.parse().with_context(|| format!("bad {field} {kib:?}"))
 }
 
+/// Proportional set size in KiB, from `/proc/PID/smaps_rollup`: each resident page divided
+/// by the number of processes that map it (so the three agents of one machine share one
+/// copy of the binary's text between them).
+pub fn pss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("read /proc/{pid}/smaps_rollup"))?;
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .with_context(|| format!("no Pss for {pid}"))?;
+    let kib = line.trim().trim_end_matches("kB").trim();
+    kib.parse().with_context(|| format!("bad Pss {kib:?}"))
+}
+
 /// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -168,6 +168,8 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         watchdog,
         shutdown.clone(),
     ));
+    // Nothing of this process backs up or restores yet: what such work left is stale.
+    crate::leftovers::sweep(host.driver.root(), &host.state.reader().current());
     let runner = crate::backup_runs::Runner {
         name: host.name.clone(),
         driver: host.driver.clone(),

@@ -3,7 +3,7 @@
 //! verified image store (`blobs`, `images`), the files a host serves to its peers
 //! (`files`) and a VM's move to another host on the hosts (`moves` cold, `live_moves`
 //! live), and backups in restic repositories (`restic`, run by `backup_runs`, restored by
-//! `restores`). QEMU itself is driven through `hearth-qemu`.
+//! `restores`, their interrupted work swept by `leftovers`). QEMU itself is driven through `hearth-qemu`.
 
 pub mod backup_runs;
 pub mod blobs;
@@ -13,6 +13,7 @@ pub mod host;
 pub mod images;
 pub mod leader;
 pub mod lease;
+pub mod leftovers;
 pub mod live_moves;
 pub mod moves;
 pub mod placement;

@@ -302,8 +302,9 @@ impl Core {
         let max_tx = max_transmissions(members);
         let resized = max_tx != self.max_tx;
         self.max_tx = max_tx;
-        if (!self.late_this_interval && self.health.decay()) || resized {
-            self.apply_config();
+        let recovered = !self.late_this_interval && self.health.decay();
+        if recovered || resized {
+            self.apply_config(recovered);
         }
         self.late_this_interval = false;
         if self.left {
@@ -341,15 +342,17 @@ impl Core {
     }
 
     /// Hands foca the configuration for this node's local health and the cluster's size.
-    fn apply_config(&mut self) {
+    /// `health_changed` says which moved (the benchmarks count "local health changed").
+    fn apply_config(&mut self, health_changed: bool) {
         let mut config = self.base_config.clone();
         config.suspect_to_down_after = self.health.suspicion_timeout(self.timing.suspicion_timeout);
         config.max_transmissions = self.max_tx;
-        tracing::debug!(
-            score = self.health.score(),
-            max_transmissions = self.max_tx.get(),
-            "membership settings changed"
-        );
+        let (score, max_transmissions) = (self.health.score(), self.max_tx.get());
+        if health_changed {
+            tracing::debug!(score, max_transmissions, "local health changed");
+        } else {
+            tracing::debug!(score, max_transmissions, "cluster size changed");
+        }
         if let Err(error) = self.swim.set_config(config) {
             tracing::warn!(%error, "applying local health and cluster size");
         }
@@ -361,7 +364,7 @@ impl Core {
             .observe_lateness(now.elapsed.saturating_sub(timer.at))
         {
             self.late_this_interval = true;
-            self.apply_config();
+            self.apply_config(true);
         }
         if let Err(error) = self.swim.handle_timer(timer.timer, &mut self.runtime) {
             tracing::debug!(%error, "gossip timer");

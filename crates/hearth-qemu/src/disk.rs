@@ -7,7 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DiskError, io_error};
-use crate::files::{read_present, valid_id};
+use crate::files::read_present;
+pub use crate::files::valid_id;
 
 /// The file beside a VM's disk holding the disk's generation, in decimal.
 pub const GENERATION_FILE: &str = "disk.gen";

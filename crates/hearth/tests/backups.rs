@@ -14,7 +14,8 @@
 //! from its newest backup (a VM never backed up is lost, never given a blank disk), and the
 //! member makes a new VM from a snapshot of hers. A second backend: an S3 bucket (moto's
 //! server), its keys in an env file. And the README's backup commands, run as written in a
-//! private mount namespace with its own `/etc/hearth` and `/srv`.
+//! private mount namespace with its own `/etc/hearth` and `/srv`. And a worker restarted
+//! after an interruption removes a backup's copies and archives a restore's stale disk.
 
 use std::path::Path;
 
@@ -145,6 +146,48 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
 }
 
 /// Runs `hearth ARGS` as the account of `token`; panics unless it succeeds.
+#[test]
+fn a_restarted_worker_sweeps_what_an_interrupted_backup_or_restore_left() {
+    let mut cluster = TestCluster::start_with(bin(), 1, |spec| {
+        spec.roles = "[\"server\", \"worker\"]".into();
+        spec.extra = "[state]\nbootstrap_expect = 1\n[compute]\ndriver = \"fake\"\n".into();
+    });
+    wait_for_hosts(&cluster.agents[0], 1);
+    let agent = &mut cluster.agents[0];
+    agent.kill9();
+    // What a worker killed in the middle of a backup, and after a restore's disk was made
+    // for a VM the cluster no longer has, leaves beside the VMs' directories.
+    let (copy, restored) = (vm_dir(agent, "gone.backup"), vm_dir(agent, "gone.restored"));
+    for dir in [&copy, &restored] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("disk.raw"), b"a disk").unwrap();
+    }
+    agent.restart();
+    let archive = agent.dir.join("data").join("vms-archive");
+    eventually("the leftovers swept", BOOT, || {
+        let archived: Vec<String> = std::fs::read_dir(&archive)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (copy.exists(), restored.exists(), archived.as_slice()) {
+            (false, false, [one]) if one.starts_with("gone.restored-") => Ok(()),
+            state => Err(format!("{state:?}")),
+        }
+    });
+    let kept = std::fs::read_dir(&archive)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::fs::read(kept.path().join("disk.raw")).unwrap(),
+        b"a disk"
+    );
+}
+
 fn ok_as(agent: &TestAgent, token: &str, args: &[&str]) -> String {
     agent.cli_ok_as(token, args)
 }

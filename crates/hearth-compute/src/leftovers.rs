@@ -1,0 +1,185 @@
+//! At a worker's start, before any backup or restore runs: the work directories beside the
+//! VMs' that an interrupted backup or restore left behind. `ID.backup/` only ever holds
+//! copies (a disk copied out for restic, a snapshot dumped from it), so it is removed.
+//! `ID.restored/` holds a disk made from a backup; it is kept while the VM's restore or
+//! recovery is under way (it may be the disk the cluster recorded), and otherwise archived
+//! beside the other stale copies (`vms-archive/`), never deleted.
+
+use std::path::Path;
+
+use hearth_types::desired::DesiredState;
+
+/// What to do with one leftover directory of the VM root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sweep {
+    /// `NAME` (an `ID.backup`): copies only, removed.
+    Remove(String),
+    /// `NAME` (an `ID.restored`) that nothing needs any more, archived.
+    Archive(String),
+}
+
+/// The sweep of the VM root's entries `names`, given the cluster's state. Entries that are
+/// not a leftover, and restored disks a restore or recovery still needs, are left alone.
+pub fn plan(names: &[String], desired: &DesiredState) -> Vec<Sweep> {
+    names
+        .iter()
+        .filter_map(|name| {
+            if let Some(vm) = name.strip_suffix(".backup") {
+                return valid(vm).then(|| Sweep::Remove(name.clone()));
+            }
+            let vm = name.strip_suffix(".restored")?;
+            let needed = desired
+                .backups
+                .vms
+                .get(vm)
+                .is_some_and(|b| b.restore.is_some() || b.recover.is_some());
+            (valid(vm) && !needed).then(|| Sweep::Archive(name.clone()))
+        })
+        .collect()
+}
+
+fn valid(vm: &str) -> bool {
+    hearth_qemu::disk::valid_id(vm)
+}
+
+/// Applies [`plan`] to the VM root `root`; returns how many leftovers were removed or
+/// archived. A failure is logged and left for the next start.
+pub fn sweep(root: &Path, desired: &DesiredState) -> usize {
+    let names: Vec<String> = match std::fs::read_dir(root) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(error) => {
+            tracing::debug!(root = %root.display(), %error, "no VM root to sweep");
+            return 0;
+        }
+    };
+    let mut swept = 0;
+    for step in plan(&names, desired) {
+        let done = match &step {
+            Sweep::Remove(name) => std::fs::remove_dir_all(root.join(name))
+                .map(|()| tracing::info!(dir = %name, "removed the copies an interrupted backup or restore left"))
+                .map_err(|e| e.to_string()),
+            Sweep::Archive(name) => hearth_qemu::disk::archive_dir(root, &root.join(name), name)
+                .map(|to| tracing::info!(dir = %name, to = %to.display(), "archived a restored disk no restore needs any more"))
+                .map_err(|e| e.to_string()),
+        };
+        match done {
+            Ok(()) => swept += 1,
+            Err(error) => {
+                tracing::warn!(?step, %error, "sweeping a leftover failed; the next start tries again")
+            }
+        }
+    }
+    swept
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_types::backup::{BackupSnapshot, Recover, RestoreRun, RestoreStage, VmBackups};
+    use hearth_types::compute::Power;
+
+    use super::*;
+
+    fn snapshot() -> BackupSnapshot {
+        BackupSnapshot {
+            id: "abc".into(),
+            target: "t".into(),
+            time_ms: 1,
+            host: "w1".into(),
+            generation: 1,
+            size_bytes: 1,
+            added_bytes: 1,
+            by: None,
+        }
+    }
+
+    /// VM `restoring` has a restore under way, `recovering` a recovery, `idle` neither.
+    fn desired() -> DesiredState {
+        let mut desired = DesiredState::default();
+        let vms = &mut desired.backups.vms;
+        vms.insert(
+            "restoring".into(),
+            VmBackups {
+                restore: Some(RestoreRun {
+                    snapshot: snapshot(),
+                    stage: RestoreStage::Swapped,
+                    power_after: Power::Running,
+                    by: None,
+                    failures: 0,
+                    last_error: None,
+                }),
+                ..VmBackups::default()
+            },
+        );
+        vms.insert(
+            "recovering".into(),
+            VmBackups {
+                recover: Some(Recover::own(snapshot())),
+                ..VmBackups::default()
+            },
+        );
+        vms.insert("idle".into(), VmBackups::default());
+        desired
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn copies_go_restored_disks_stay_while_needed_and_vms_are_never_touched() {
+        let entries = names(&[
+            "idle",
+            "restoring",
+            "idle.backup",
+            "restoring.backup",
+            "restoring.restored",
+            "recovering.restored",
+            "idle.restored",
+            "deleted.restored",
+            "bad.id.backup",
+            "lost+found",
+        ]);
+        let plan = plan(&entries, &desired());
+        assert_eq!(
+            plan,
+            vec![
+                Sweep::Remove("idle.backup".into()),
+                Sweep::Remove("restoring.backup".into()),
+                Sweep::Archive("idle.restored".into()),
+                Sweep::Archive("deleted.restored".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_sweep_removes_copies_and_archives_restored_disks_with_their_contents() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("vms");
+        for dir in ["idle", "idle.backup", "idle.restored", "restoring.restored"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("disk"), dir).unwrap();
+        }
+        assert_eq!(sweep(&root, &desired()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["idle", "restoring.restored"]);
+        let archived: Vec<_> = std::fs::read_dir(hearth_qemu::disk::archive_root(&root))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(archived.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(archived[0].join("disk")).unwrap(),
+            "idle.restored"
+        );
+        // Nothing left to do the second time.
+        assert_eq!(sweep(&root, &desired()), 0);
+    }
+}
