@@ -45,7 +45,7 @@ impl Ceph {
         ceph.spawn("ceph-mon", &["-i", "a"]);
         let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a uuid");
         let id = ceph
-            .first_command(&["osd", "create", uuid.trim()])
+            .setup_command(&["osd", "create", uuid.trim()])
             .trim()
             .to_owned();
         ceph.daemon_run(
@@ -53,9 +53,9 @@ impl Ceph {
             &["-i", &id, "--mkfs", "--osd-uuid", uuid.trim()],
             &[],
         );
-        ceph.ceph(&["osd", "crush", "add-bucket", "localhost", "host"]);
-        ceph.ceph(&["osd", "crush", "move", "localhost", "root=default"]);
-        ceph.ceph(&[
+        ceph.setup_command(&["osd", "crush", "add-bucket", "localhost", "host"]);
+        ceph.setup_command(&["osd", "crush", "move", "localhost", "root=default"]);
+        ceph.setup_command(&[
             "osd",
             "crush",
             "add",
@@ -65,8 +65,8 @@ impl Ceph {
         ]);
         ceph.spawn("ceph-mgr", &["-i", "x"]);
         ceph.start_osd(&id);
-        ceph.ceph(&["osd", "pool", "create", "rbd", "8", "8"]);
-        ceph.ceph(&[
+        ceph.setup_command(&["osd", "pool", "create", "rbd", "8", "8"]);
+        ceph.setup_command(&[
             "osd",
             "pool",
             "set",
@@ -111,12 +111,15 @@ impl Ceph {
         );
     }
 
-    /// `ceph ARGS` as the first command to a monitor that has just started, which once (in
-    /// CI, 0.5 s after its start) answered `EPERM: problem getting command descriptions`,
-    /// likely before it had won its election: tried again until it works, for up to 60 s. Only
-    /// for commands that may be repeated (`osd create UUID` gives the same id again).
-    /// Fails at once, with the monitor's log, if the monitor has exited.
-    fn first_command(&mut self, args: &[&str]) -> String {
+    /// `ceph ARGS` while the cluster is being set up. A monitor that has just started once
+    /// answered its first command (in CI, 0.5 s after its start) with `EPERM: problem getting
+    /// command descriptions`, and later, in another CI run, the fourth (`osd crush add`,
+    /// 3 s after its start, while another test's Ceph ran beside it): tried again until it
+    /// works, for up to 60 s. Only for commands that may be repeated (`osd create UUID`
+    /// gives the same id again; adding or moving a bucket or an OSD to where it is, creating
+    /// a pool that exists and setting a pool's size again all succeed). Fails at once, with
+    /// the monitor's log, if the monitor has exited.
+    fn setup_command(&mut self, args: &[&str]) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.daemons[0].try_wait() {
