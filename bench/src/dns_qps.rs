@@ -1,6 +1,7 @@
 //! `dns-qps`: DNS queries per second of one hearth agent and of Knot DNS serving the same
 //! names, each pinned to one core, measured by dnsperf pinned to the other core.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +12,7 @@ use hearth_testkit::{DNS_PORT, TempDir, ZONE};
 use serde_json::{Value, json};
 
 use crate::hearth::{pids, start_cluster, www_address, www_answer};
-use crate::procs::{ProcessGuard, cpu_time, ensure_tools, pin, poll_until};
+use crate::procs::{ProcessGuard, cpu_time, ensure_tools, pin, poll_until, thread_times};
 use crate::{Common, Report};
 
 /// The hearth cluster's size: enough for three `www` addresses and three NS names.
@@ -56,6 +57,8 @@ struct PerfRun {
     packet_size: String,
     /// Share of one core the server used during the run (1.0 = saturated).
     server_cpu_share: f64,
+    /// Of that share, per thread name: (name, user share, system share), busiest first.
+    threads: Vec<(String, f64, f64)>,
 }
 
 impl PerfRun {
@@ -74,6 +77,11 @@ impl PerfRun {
             "rcodes": self.rcodes,
             "avg_packet_size": self.packet_size,
             "server_cpu_share": (self.server_cpu_share * 100.0).round() / 100.0,
+            "threads": self.threads.iter().map(|(name, user, system)| json!({
+                "name": name,
+                "user_share": (user * 1000.0).round() / 1000.0,
+                "system_share": (system * 1000.0).round() / 1000.0,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -88,7 +96,20 @@ impl PerfRun {
             self.qps_per_core(),
             self.rcodes,
             self.packet_size
-        )
+        ) + &self.thread_line()
+    }
+
+    /// The busiest threads' shares, user + system, for the text report.
+    fn thread_line(&self) -> String {
+        let parts: Vec<String> = self
+            .threads
+            .iter()
+            .take(4)
+            .map(|(name, user, system)| {
+                format!("{name} {:.1}+{:.1}%", user * 100.0, system * 100.0)
+            })
+            .collect();
+        format!("; threads (user+system): {}", parts.join(", "))
     }
 }
 
@@ -274,10 +295,12 @@ fn dnsperf(args: &Args, queries: &Path, server: SocketAddr, server_pid: u32) -> 
         command.args(["-Q", &max_qps.to_string()]);
     }
     let cpu_before = cpu_time(server_pid)?;
+    let threads_before = thread_times(server_pid)?;
     let started = Instant::now();
     let output = command.output().context("run dnsperf")?;
     let wall = started.elapsed();
     let cpu_used = cpu_time(server_pid)?.saturating_sub(cpu_before);
+    let threads = thread_shares(&threads_before, &thread_times(server_pid)?, wall);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!(
@@ -299,5 +322,30 @@ fn dnsperf(args: &Args, queries: &Path, server: SocketAddr, server_pid: u32) -> 
         rcodes: field("Response codes:")?,
         packet_size: field("Average packet size:")?,
         server_cpu_share: cpu_used.as_secs_f64() / wall.as_secs_f64(),
+        threads,
     })
+}
+
+/// Per thread name, the share of one core spent in user and in system mode between two
+/// readings `wall` apart, busiest first; idle names left out.
+fn thread_shares(
+    before: &BTreeMap<String, (Duration, Duration)>,
+    after: &BTreeMap<String, (Duration, Duration)>,
+    wall: Duration,
+) -> Vec<(String, f64, f64)> {
+    let share = |used: Duration| used.as_secs_f64() / wall.as_secs_f64();
+    let mut shares: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(name, &(user, system))| {
+            let (user_before, system_before) = before.get(name).copied().unwrap_or_default();
+            (
+                name.clone(),
+                share(user.saturating_sub(user_before)),
+                share(system.saturating_sub(system_before)),
+            )
+        })
+        .filter(|(_, user, system)| user + system > 0.0)
+        .collect();
+    shares.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    shares
 }

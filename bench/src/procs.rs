@@ -1,6 +1,7 @@
 //! Processes the benchmarks start besides hearth agents (Serf, Knot, busy loops), which are
 //! killed by PID when their guard drops, and the small `/proc`, `kill` and `taskset` helpers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,17 +171,47 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let (user, system) = user_and_system(&text)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time of one process or thread, from the text of its `stat` file.
+fn user_and_system(stat: &str) -> Result<(Duration, Duration)> {
     // The command name may contain spaces; the fields after its closing parenthesis don't.
-    let after = text.rsplit_once(')').context("bad stat")?.1;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&idx| fields.get(idx).and_then(|f| f.parse::<u64>().ok()))
-        .sum::<Option<u64>>()
-        .context("bad stat fields")?;
-    // USER_HZ is 100 on every Linux ABI this runs on.
-    Ok(Duration::from_millis(ticks * 10))
+    let tick = |idx: usize| -> Result<Duration> {
+        let ticks: u64 = fields
+            .get(idx)
+            .and_then(|f| f.parse().ok())
+            .context("bad stat fields")?;
+        // USER_HZ is 100 on every Linux ABI this runs on.
+        Ok(Duration::from_millis(ticks * 10))
+    };
+    Ok((tick(11)?, tick(12)?))
+}
+
+/// User and system CPU time per thread name of a process so far, from
+/// `/proc/PID/task/*/stat` (threads of one name, a runtime's workers say, are summed; a
+/// thread that ended is not counted).
+pub fn thread_times(pid: u32) -> Result<BTreeMap<String, (Duration, Duration)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("read /proc/{pid}/task"))?;
+    let mut times: BTreeMap<String, (Duration, Duration)> = BTreeMap::new();
+    for task in tasks.flatten() {
+        let (Ok(stat), Ok(name)) = (
+            std::fs::read_to_string(task.path().join("stat")),
+            std::fs::read_to_string(task.path().join("comm")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let (user, system) = user_and_system(&stat)?;
+        let entry = times.entry(name.trim().to_owned()).or_default();
+        entry.0 += user;
+        entry.1 += system;
+    }
+    Ok(times)
 }
 
 /// Polls `probe` every `every` until it succeeds or `timeout` passes, then returns its last
