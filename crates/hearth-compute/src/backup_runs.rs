@@ -1,5 +1,6 @@
-//! On each worker: the backups due of the VMs whose disk is here (`due`, pure), each run as
-//! a copy of the disk while the guest runs (`hearth_qemu::backup`), streamed into the
+//! On each worker: the backups due of the VMs whose disk is here, or whose replica in sync
+//! is (`due`, pure), each run as a copy of the disk, or of that replica, while the guest
+//! runs (`hearth_qemu::backup`), streamed into the
 //! target's restic repository and recorded through Raft as a snapshot; a failed attempt is
 //! recorded with why and tried again after a pause, [`ATTEMPTS`] times in all. The copy is
 //! made under `ID.backup/` in the VMs' directory (never a VM's name) and removed after.
@@ -15,6 +16,7 @@ use hearth_state::model::backups::{BackupCommand, RunResult};
 use hearth_state::model::{Command, Outcome};
 use hearth_state::node::StateNode;
 use hearth_types::backup::{BackupSnapshot, BackupTarget, Keep};
+use hearth_types::compute::ReplicaState;
 use hearth_types::desired::DesiredState;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -41,10 +43,14 @@ pub struct Due {
     pub by: Option<String>,
     /// The VM's schedule's retention and time zone, when the run goes to its target.
     pub retention: Option<(Keep, String)>,
+    /// Copied from the replica kept here (its `since`), not from the VM's disk.
+    pub replica: Option<u64>,
 }
 
 /// The runs due on host `me`: backups asked for and not done of VMs whose disk is here,
-/// not moving (the disk's home changes at the end of a move) and not being deleted.
+/// not moving (the disk's home changes at the end of a move) and not being deleted. A VM
+/// whose replica is in sync is copied from that replica, by its host: its QEMU mirrors
+/// every write there, and QEMU lets no backup read a disk its mirror holds.
 pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
     let backups = &desired.backups;
     backups
@@ -53,7 +59,15 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
         .filter(|(_, b)| b.pending())
         .filter_map(|(id, b)| {
             let vm = &desired.compute.vms.get(id)?.value;
-            let here = vm.disk.host.as_deref() == Some(me);
+            let replica = vm
+                .replica
+                .as_ref()
+                .filter(|r| r.state == ReplicaState::InSync);
+            let copier = match replica {
+                Some(replica) => Some(replica.host.as_str()),
+                None => vm.disk.host.as_deref(),
+            };
+            let here = copier == Some(me);
             let steady = !vm.deleting && vm.migration.is_none() && !b.restoring();
             let target = backups.targets.get(&b.target)?;
             let retention = hearth_types::backup::policy_of(desired, id)
@@ -67,6 +81,7 @@ pub fn due(me: &str, desired: &DesiredState) -> Vec<Due> {
                 failures: b.failures,
                 by: b.asked_by.clone(),
                 retention,
+                replica: replica.map(|r| r.since),
             })
         })
         .collect()
@@ -246,10 +261,15 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String>
     let copy = work.join("disk.raw");
     let stored = async {
         repo.ensure().await?;
-        driver
-            .copy_disk(&due.vm, &copy)
-            .await
-            .map_err(|e| format!("copying the disk: {e}"))?;
+        match due.replica {
+            Some(since) => copy_replica(runner, driver, due, since, &copy).await?,
+            None => {
+                driver
+                    .copy_disk(&due.vm, &copy)
+                    .await
+                    .map_err(|e| format!("copying the disk: {e}"))?;
+            }
+        }
         repo.backup(&due.vm, &runner.name, &copy).await
     }
     .await;
@@ -262,4 +282,126 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String>
         summary.total_bytes_processed,
         summary.data_added,
     ))
+}
+
+/// Copies the replica of `due`'s VM kept here into `copy`, and keeps it only if that
+/// replica (`since`, of the run's disk generation) was still in sync once the copy was
+/// made, by a linearizable read: a mirror that broke before the copy began would leave
+/// older data under a later time, so such a copy is refused and the run tried again
+/// (from the VM's disk, once its replica is no longer in sync).
+async fn copy_replica(
+    runner: &Runner,
+    driver: &hearth_qemu::driver::Driver,
+    due: &Due,
+    since: u64,
+    copy: &Path,
+) -> Result<(), String> {
+    let (_, written) = driver
+        .copy_replica(&due.vm, copy)
+        .await
+        .map_err(|e| format!("copying its replica: {e}"))?;
+    if written != (since, due.generation) {
+        return Err(format!(
+            "the replica kept here is of replica {} and disk generation {}, not {since} and {}",
+            written.0, written.1, due.generation
+        ));
+    }
+    runner
+        .state
+        .linearizable_index()
+        .await
+        .map_err(|e| format!("checking its replica after the copy: {e}"))?;
+    let desired = runner.state.reader().current();
+    let still = desired
+        .compute
+        .vms
+        .get(&due.vm)
+        .and_then(|vm| vm.value.replica.as_ref())
+        .is_some_and(|r| r.since == since && r.state == ReplicaState::InSync);
+    if still {
+        Ok(())
+    } else {
+        Err("its replica fell out of sync during the copy".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_types::backup::VmBackups;
+    use hearth_types::compute::{Replica, Vm};
+    use hearth_types::desired::Versioned;
+
+    use super::*;
+
+    /// VM `vm-1`, its disk on `w1`, a backup asked for into target `t`, and its replica on
+    /// `w2` in `state` (no replica when `None`).
+    fn desired(state: Option<ReplicaState>) -> DesiredState {
+        let mut desired = DesiredState::default();
+        let mut vm = Vm::example("vm-1", "vm-1", "alice");
+        vm.disk.host = Some("w1".into());
+        vm.disk.generation = 3;
+        vm.replica = state.map(|state| Replica {
+            host: "w2".into(),
+            since: 42,
+            state,
+            nbd: None,
+            done_bytes: 0,
+            total_bytes: 0,
+            message: None,
+        });
+        let versioned = |value| Versioned { version: 1, value };
+        desired.compute.vms.insert("vm-1".into(), versioned(vm));
+        desired.backups.targets.insert(
+            "t".into(),
+            Versioned {
+                version: 1,
+                value: BackupTarget {
+                    name: "t".into(),
+                    location: "/srv/backups".into(),
+                    password_file: "/etc/hearth/restic".into(),
+                    env_file: None,
+                },
+            },
+        );
+        desired.backups.vms.insert(
+            "vm-1".into(),
+            VmBackups {
+                asked: 1,
+                target: "t".into(),
+                ..VmBackups::default()
+            },
+        );
+        desired
+    }
+
+    fn hosts(desired: &DesiredState) -> Vec<(&'static str, Option<u64>)> {
+        ["w1", "w2", "w3"]
+            .into_iter()
+            .flat_map(|me| due(me, desired).into_iter().map(move |d| (me, d.replica)))
+            .collect()
+    }
+
+    #[test]
+    fn the_disks_home_copies_unless_a_replica_in_sync_holds_every_write() {
+        assert_eq!(hosts(&desired(None)), [("w1", None)]);
+        for behind in [
+            ReplicaState::Preparing,
+            ReplicaState::Syncing,
+            ReplicaState::Degraded,
+        ] {
+            assert_eq!(hosts(&desired(Some(behind))), [("w1", None)], "{behind:?}");
+        }
+        // In sync: the home's QEMU mirrors the disk, so the replica's host copies its copy.
+        let in_sync = desired(Some(ReplicaState::InSync));
+        assert_eq!(hosts(&in_sync), [("w2", Some(42))]);
+        assert_eq!(due("w2", &in_sync)[0].generation, 3);
+    }
+
+    #[test]
+    fn nothing_is_due_of_a_vm_being_deleted_not_even_from_its_replica() {
+        let mut moving = desired(Some(ReplicaState::InSync));
+        let vm = &mut moving.compute.vms.get_mut("vm-1").unwrap().value;
+        vm.deleting = true;
+        assert_eq!(hosts(&moving), []);
+    }
 }

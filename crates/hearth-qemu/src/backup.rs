@@ -158,60 +158,49 @@ impl Driver {
             // QEMU lets no second job read a disk its mirror holds.
             return Err(CopyError::Job {
                 id: id.to_owned(),
-                message: "its disk is in use by the mirror into its second copy, and a running VM with two copies cannot be backed up yet: stop it for its backup".into(),
+                message: "its disk is in use by the mirror into its second copy, which QEMU lets no backup read; once that copy is in sync the replica's host takes the backup from it".into(),
             });
         }
         let size = virtual_size(&mut qmp).await?;
-        let file = std::fs::File::create(target)
-            .map_err(io_error(target))
-            .map_err(ControlError::from)?;
-        file.set_len(size)
-            .map_err(io_error(target))
-            .map_err(ControlError::from)?;
-        drop(file);
         let node = crate::live::disk_node(&mut qmp).await?;
-        let filename = target.display().to_string();
-        qmp.execute(
-            "blockdev-add",
-            Some(json!({
-                "driver": "raw", "node-name": NODE,
-                "file": { "driver": "file", "filename": filename },
-            })),
-        )
-        .await
-        .map_err(ControlError::from)?;
-        let started = qmp
-            .execute(
-                "blockdev-backup",
-                Some(json!({
-                    "job-id": JOB, "device": node, "target": NODE, "sync": "full",
-                    "auto-dismiss": false,
-                })),
-            )
-            .await;
-        if let Err(error) = started {
-            clear(&mut qmp).await;
-            return Err(ControlError::from(error).into());
-        }
-        let outcome = loop {
-            match job(&mut qmp).await {
-                Ok(Some((status, error))) if status == "concluded" => break error,
-                Ok(Some(_)) => tokio::time::sleep(POLL).await,
-                Ok(None) => break Some("QEMU dropped the job".to_owned()),
-                Err(error) => {
-                    clear(&mut qmp).await;
-                    return Err(error.into());
-                }
-            }
-        };
-        clear(&mut qmp).await;
-        match outcome {
-            None => Ok(size),
-            Some(message) => Err(CopyError::Job {
+        backup_job(&mut qmp, id, &node, size, target).await
+    }
+
+    /// Copies the replica this host keeps of VM `id` (`ID.replica/`, exported by its
+    /// `qemu-storage-daemon`) as it is now into a new raw file `target` (removed if the copy
+    /// fails): the same job as a running VM's copy, run by the daemon, so writes mirrored
+    /// into the replica meanwhile land after the copy's point in time. For a VM whose QEMU
+    /// mirrors its disk, which QEMU lets no second job read. Returns the size in bytes and
+    /// the replica's `since` and disk generation as written beside it.
+    pub async fn copy_replica(
+        &self,
+        id: &str,
+        target: &Path,
+    ) -> Result<(u64, (u64, u64)), CopyError> {
+        let dir = crate::replica::replica_dir(self.root(), id)?;
+        let Some(written) = crate::replica::live_replica(&dir)
+            .map_err(io_error(&dir))
+            .map_err(ControlError::from)?
+        else {
+            return Err(CopyError::Job {
                 id: id.to_owned(),
-                message,
-            }),
+                message: "this host keeps no live replica of it".into(),
+            });
+        };
+        let copied = async {
+            let mut qmp = Qmp::connect(&dir.join("qmp.sock"))
+                .await
+                .map_err(ControlError::from)?;
+            clear(&mut qmp).await;
+            let node = crate::replica::DAEMON_NODE;
+            let size = node_size(&mut qmp, node).await?;
+            backup_job(&mut qmp, id, node, size, target).await
         }
+        .await;
+        if copied.is_err() {
+            let _ = std::fs::remove_file(target);
+        }
+        Ok((copied?, written))
     }
 
     /// `qemu-img convert` of the disk at rest: the qcow2 file, or the image on RBD its
@@ -244,4 +233,78 @@ impl Driver {
             .len();
         Ok(size)
     }
+}
+
+/// Runs QEMU's `blockdev-backup` of node `node` (of `size` bytes: VM `id`'s disk, or its
+/// replica) into a new raw file `target`, and waits for it to end. Returns the size.
+async fn backup_job(
+    qmp: &mut Qmp,
+    id: &str,
+    node: &str,
+    size: u64,
+    target: &Path,
+) -> Result<u64, CopyError> {
+    let file = std::fs::File::create(target)
+        .map_err(io_error(target))
+        .map_err(ControlError::from)?;
+    file.set_len(size)
+        .map_err(io_error(target))
+        .map_err(ControlError::from)?;
+    drop(file);
+    let filename = target.display().to_string();
+    qmp.execute(
+        "blockdev-add",
+        Some(json!({
+            "driver": "raw", "node-name": NODE,
+            "file": { "driver": "file", "filename": filename },
+        })),
+    )
+    .await
+    .map_err(ControlError::from)?;
+    let started = qmp
+        .execute(
+            "blockdev-backup",
+            Some(json!({
+                "job-id": JOB, "device": node, "target": NODE, "sync": "full",
+                "auto-dismiss": false,
+            })),
+        )
+        .await;
+    if let Err(error) = started {
+        clear(qmp).await;
+        return Err(ControlError::from(error).into());
+    }
+    let outcome = loop {
+        match job(qmp).await {
+            Ok(Some((status, error))) if status == "concluded" => break error,
+            Ok(Some(_)) => tokio::time::sleep(POLL).await,
+            Ok(None) => break Some("QEMU dropped the job".to_owned()),
+            Err(error) => {
+                clear(qmp).await;
+                return Err(error.into());
+            }
+        }
+    };
+    clear(qmp).await;
+    match outcome {
+        None => Ok(size),
+        Some(message) => Err(CopyError::Job {
+            id: id.to_owned(),
+            message,
+        }),
+    }
+}
+
+/// The size in bytes of block node `node`, from `query-named-block-nodes`.
+async fn node_size(qmp: &mut Qmp, node: &str) -> Result<u64, ControlError> {
+    let nodes = qmp
+        .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+        .await?;
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["node-name"] == node)
+        .and_then(|n| n["image"]["virtual-size"].as_u64())
+        .ok_or_else(|| ControlError::Unexpected(format!("no size of node {node} in {nodes}")))
 }

@@ -30,6 +30,8 @@ const NODE: &str = "hearth-replica";
 pub(crate) const JOB: &str = "hearth-replica";
 /// The NBD export name on the replica host.
 const EXPORT_NAME: &str = "disk0";
+/// The node name of the copy in the replica host's `qemu-storage-daemon`.
+pub(crate) const DAEMON_NODE: &str = "disk0";
 /// How long `qemu-storage-daemon` may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,7 +78,7 @@ fn daemon_args(dir: &Path, nbd: SocketAddr) -> Vec<String> {
             opt(&dir.join("disk.qcow2"))
         ),
         "--blockdev".to_owned(),
-        "driver=qcow2,node-name=disk0,file=file0".to_owned(),
+        format!("driver=qcow2,node-name={DAEMON_NODE},file=file0"),
         "--nbd-server".to_owned(),
         format!(
             "addr.type=inet,addr.host={},addr.port={},tls-creds=hearth-tls",
@@ -87,7 +89,7 @@ fn daemon_args(dir: &Path, nbd: SocketAddr) -> Vec<String> {
         // Writethrough: a write is flushed to this host's disk before the home hears it is
         // done, so a write the guest saw complete survives this host losing power too.
         format!(
-            "type=nbd,id=hearth-export,node-name=disk0,name={EXPORT_NAME},writable=on,writethrough=on"
+            "type=nbd,id=hearth-export,node-name={DAEMON_NODE},name={EXPORT_NAME},writable=on,writethrough=on"
         ),
         "--chardev".to_owned(),
         format!(
@@ -113,6 +115,14 @@ fn daemon_pid(dir: &Path) -> std::io::Result<Option<u32>> {
     };
     let prefix = format!("{}/", dir.display());
     Ok(args.iter().any(|a| a.contains(&prefix)).then_some(pid))
+}
+
+/// The `since` and generation of the replica in `dir`, if its daemon is alive.
+pub(crate) fn live_replica(dir: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    Ok(match daemon_pid(dir)? {
+        Some(_) => read_replica_file(dir),
+        None => None,
+    })
 }
 
 /// `since generation` from a replica directory.

@@ -27,9 +27,10 @@
 //!   finds the cut-off home's connection to its export left over (the home no longer
 //!   answers), restarts the VM from its copy with every tick, and the healed home archives
 //!   its stale copy and starts nothing;
-//! - a VM with two copies, refused a backup while it runs (its mirror holds the disk) and
-//!   backed up stopped, is restored: its copy goes, it boots on the backup's disk, and a
-//!   fresh copy of the restored disk gets in sync.
+//! - a VM with two copies is backed up while it runs, from its replica by the replica's
+//!   host (QEMU lets no backup read a disk its mirror holds), with no reboot and every tick
+//!   the console printed before; restored, its copy goes, it boots on the backup's disk,
+//!   and a fresh copy of the restored disk gets in sync.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -545,12 +546,14 @@ fn a_host_cut_off_by_a_partition_kills_its_vm_before_its_replica_host_restarts_i
     assert!(qemu_pids_under(&agents[h].dir).is_empty());
 }
 
-/// A VM with two copies restored from its backup (a real restic repository): its second
-/// copy goes when the restore starts, the guest boots on the backup's disk (its boot
-/// counter and last tick from the backup's time), and a fresh copy of the restored disk is
-/// made and gets in sync, holding every tick the restored guest prints.
+/// A VM with two copies backed up while it runs (a real restic repository): the replica's
+/// host copies its replica, the guest runs on (no second boot) and the backup holds every
+/// tick the console printed before it. Restored, its second copy goes when the restore
+/// starts, the guest boots on the backup's disk (its boot counter and last tick from the
+/// backup's time), and a fresh copy of the restored disk is made and gets in sync, holding
+/// every tick the restored guest prints.
 #[test]
-fn a_vm_with_two_copies_is_restored_from_its_backup_and_gets_a_fresh_copy() {
+fn a_vm_with_two_copies_is_backed_up_running_restored_and_gets_a_fresh_copy() {
     let cluster = three_workers(bin());
     let a = &cluster.agents[0];
     let target = hearth_testkit::restic::LocalRepo::new("replica-backups");
@@ -562,26 +565,40 @@ fn a_vm_with_two_copies_is_restored_from_its_backup_and_gets_a_fresh_copy() {
     let mut seen = Vec::new();
     let row = wait_in_sync(a, "db2", &[&row["host"]], &mut seen);
     let first_copy = row["replica"]["since"].clone();
-    eventually("a tick past 3", BOOT, || {
+    let copier = &cluster.agents[index_of(&cluster, &row["replica"]["host"])];
+    let printed = eventually("a tick past 3", BOOT, || {
         match ticks(&console(home, &id)).last() {
             Some(&t) if t > 3 => Ok(t),
             other => Err(format!("{other:?}")),
         }
     });
 
-    // Backed up while it runs: refused with why (QEMU lets no job read a disk its mirror
-    // holds); stopped, it is read from its file.
-    let (code, _, err) = a.cli_result(&["backup", "now", "db2"]);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("cannot be backed up yet: stop it"), "{err}");
-    a.cli(&["vm", "stop", "db2"]);
-    wait_phase(a, "db2", "stopped");
+    // Backed up while it runs: its QEMU's mirror holds the disk, so the replica's host
+    // copies its copy, which holds every write the guest saw complete.
     let out = a.cli(&["backup", "now", "db2"]);
     assert!(out.contains("stored in local"), "{out}");
-    a.cli(&["vm", "start", "db2"]);
-    wait_phase(a, "db2", "running");
+    assert_eq!(
+        boots(&console(home, &id)),
+        [1],
+        "the guest ran on through its backup"
+    );
     let listed: Value = serde_json::from_str(&a.cli(&["backups", "db2", "--json"])).unwrap();
     let snapshot = listed["snapshots"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        listed["snapshots"][0]["host"],
+        copier.spec.name.as_str(),
+        "{listed}"
+    );
+    let work = copier
+        .dir
+        .join("data")
+        .join("vms")
+        .join(format!("{id}.backup"));
+    assert!(!work.exists(), "{} is left behind", work.display());
+    a.cli(&["vm", "stop", "db2"]);
+    wait_phase(a, "db2", "stopped");
+    a.cli(&["vm", "start", "db2"]);
+    wait_phase(a, "db2", "running");
     let repo = hearth_compute::restic::Repo {
         location: target.location.clone(),
         password_file: target.password.clone(),
@@ -594,6 +611,10 @@ fn a_vm_with_two_copies_is_restored_from_its_backup_and_gets_a_fresh_copy() {
         .block_on(repo.dump(&id, &snapshot, &dumped))
         .unwrap();
     let backed_up = hearth_testkit::vms::disk_tick_as(&dumped, "raw").unwrap();
+    assert!(
+        backed_up >= printed,
+        "the backup's last tick {backed_up} is behind the console's {printed}, printed before it"
+    );
     // Ticks written after the backup, on its second boot.
     let since_boot = |text: &str| {
         let at = text.rfind("HEARTH-GUEST-BOOTS").unwrap_or(0);

@@ -633,13 +633,16 @@ fn record(
     result: &RunResult,
     index: u64,
 ) -> Outcome {
-    let home = state
-        .compute
-        .vms
-        .get(id)
-        .and_then(|v| v.value.disk.host.as_deref());
-    if home != Some(host) {
-        return refused(format!("{host} is not the home of {id}'s disk"));
+    // The disk's home, or the host of its replica, which copies a VM whose replica is in
+    // sync (that replica may have fallen behind since it checked, after its copy).
+    let copier = state.compute.vms.get(id).is_some_and(|v| {
+        let vm = &v.value;
+        vm.disk.host.as_deref() == Some(host) || vm.replica.as_ref().is_some_and(|r| r.host == host)
+    });
+    if !copier {
+        return refused(format!(
+            "{host} is not the home of {id}'s disk nor of its replica"
+        ));
     }
     let Some(backups) = state.backups.vms.get_mut(id) else {
         return refused(format!("no backup of {id} was asked for"));
@@ -777,6 +780,31 @@ mod tests {
         // The same report again changes nothing.
         assert!(!apply(&mut state, &record_of("w1", 1, stored), 7).changed());
         assert!(apply(&mut state, &ask_of("vm-1", "local"), 8).changed());
+    }
+
+    #[test]
+    fn the_host_of_a_vms_replica_may_record_its_backup() {
+        let mut state = state();
+        assert!(apply(&mut state, &ask_of("vm-1", "local"), 2).changed());
+        let stored = RunResult::Stored {
+            snapshot: snapshot(),
+            forgot: vec![],
+        };
+        assert!(!apply(&mut state, &record_of("w2", 1, stored.clone()), 3).changed());
+        let vm = &mut state.compute.vms.get_mut("vm-1").unwrap().value;
+        vm.replica = Some(hearth_types::compute::Replica {
+            host: "w2".into(),
+            since: 2,
+            // Recorded degraded after its host checked it and copied it: still its record.
+            state: hearth_types::compute::ReplicaState::Degraded,
+            nbd: None,
+            done_bytes: 0,
+            total_bytes: 0,
+            message: None,
+        });
+        assert!(!apply(&mut state, &record_of("w3", 1, stored.clone()), 4).changed());
+        assert!(apply(&mut state, &record_of("w2", 1, stored), 5).changed());
+        assert!(!state.backups.vms["vm-1"].pending());
     }
 
     fn member(state: &mut DesiredState, name: &str, backups_per_day: Option<u64>) {
