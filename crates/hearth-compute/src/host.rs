@@ -169,7 +169,7 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         shutdown.clone(),
     ));
     // Nothing of this process backs up or restores yet: what such work left is stale.
-    crate::leftovers::sweep(host.driver.root(), &host.state.reader().current());
+    crate::leftovers::sweep_aside(host.driver.root(), host.state.reader().current()).await;
     let runner = crate::backup_runs::Runner {
         name: host.name.clone(),
         driver: host.driver.clone(),

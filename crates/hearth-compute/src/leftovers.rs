@@ -6,6 +6,7 @@
 //! beside the other stale copies (`vms-archive/`), never deleted.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use hearth_types::desired::DesiredState;
 
@@ -40,6 +41,16 @@ pub fn plan(names: &[String], desired: &DesiredState) -> Vec<Sweep> {
 
 fn valid(vm: &str) -> bool {
     hearth_qemu::disk::valid_id(vm)
+}
+
+/// [`sweep`] on a thread of the blocking pool (removing a multi-GiB copy takes a moment),
+/// awaited.
+pub async fn sweep_aside(root: &Path, desired: Arc<DesiredState>) {
+    let root = root.to_owned();
+    let swept = tokio::task::spawn_blocking(move || sweep(&root, &desired)).await;
+    if let Err(error) = swept {
+        tracing::warn!(%error, "sweeping leftovers failed; the next start tries again");
+    }
 }
 
 /// Applies [`plan`] to the VM root `root`; returns how many leftovers were removed or
