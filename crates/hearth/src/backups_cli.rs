@@ -49,6 +49,13 @@ pub enum BackupCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// End VM's restore while its disk is not yet replaced (its worker is gone, say, or the
+    /// snapshot cannot be fetched): the VM keeps the disk it had and runs again if it ran.
+    /// Refused once the restored disk is recorded as the VM's: its worker finishes that.
+    AbortRestore {
+        /// The VM's name or id.
+        vm: String,
+    },
     /// Give VM a daily backup schedule of its own, none (--off), or its plan's (--plan)
     /// (admins). A VM follows its owner's plan's schedule (`hearth plan set --backup-at`)
     /// unless given one here. Its first scheduled backup is made at once, then one a day
@@ -242,6 +249,15 @@ pub fn backup(client: &ApiClient, json: bool, command: BackupCommand) -> Result<
             into: None,
             no_wait,
         } => restore(client, json, &vm, &snapshot, yes, no_wait),
+        BackupCommand::AbortRestore { vm } => {
+            let answer: Value = client.delete(&format!("/v1/vms/{vm}/restore"))?;
+            report(
+                json,
+                &answer,
+                &format!("{vm}: restore aborted; it keeps the disk it had"),
+            );
+            Ok(())
+        }
         BackupCommand::Schedule {
             vm,
             policy,
@@ -470,7 +486,9 @@ fn restore(
             (_, Some(error)) => {
                 format!("{vm}: attempt {} failed ({error}); retrying", run.failures)
             }
-            (RestoreStage::Asked, None) => format!("{vm}: stopping and fetching the snapshot"),
+            (RestoreStage::Asked, None) => format!(
+                "{vm}: stopping and fetching the snapshot (`hearth backup abort-restore {vm}` ends it, keeping the disk)"
+            ),
             (RestoreStage::Swapped, None) => format!("{vm}: putting the restored disk in place"),
         };
         if line != said && !json {

@@ -15,7 +15,8 @@
 //! member makes a new VM from a snapshot of hers. A second backend: an S3 bucket (moto's
 //! server), its keys in an env file. And the README's backup commands, run as written in a
 //! private mount namespace with its own `/etc/hearth` and `/srv`. And a worker restarted
-//! after an interruption removes a backup's copies and archives a restore's stale disk.
+//! after an interruption removes a backup's copies and archives a restore's stale disk. A
+//! restore stuck on a dead worker is aborted by an admin, and the VM keeps its disk.
 
 use std::path::Path;
 
@@ -989,4 +990,71 @@ fn wait_for_a_state_backup(agent: &TestAgent) {
             None => Err(rows.to_string()),
         }
     });
+}
+
+/// A restore whose worker died before it could begin is stuck (the VM waits stopped for
+/// a disk nobody makes). An admin aborts it: the VM keeps its disk and gets its power back,
+/// a second abort is refused, and the worker, back, neither restores nor reboots it: the
+/// guest's QEMU ran on through (one boot, ticking on), and no restored disk is made.
+#[test]
+fn a_restore_stuck_on_a_dead_worker_is_aborted_and_the_vm_keeps_its_disk() {
+    let mut cluster = hearth_testkit::vms::three_workers(bin());
+    let target = hearth_testkit::restic::LocalRepo::new("abort-restore");
+    target.put_target(&cluster.agents[0], "local");
+    create_tiny(&cluster.agents[0], "box", &[]);
+    let row = hearth_testkit::vms::wait_phase(&cluster.agents[0], "box", "running");
+    let id = row["id"].as_str().unwrap().to_owned();
+    let home = (cluster.agents.iter())
+        .position(|a| row["host"] == a.spec.name.as_str())
+        .unwrap();
+    let other = (home + 1) % 3;
+    ticks_past(&cluster.agents[home], &id, 3);
+    let out = cluster.agents[other].cli(&["backup", "now", "box"]);
+    assert!(out.contains("stored in local"), "{out}");
+    let backups = |agent: &TestAgent| -> serde_json::Value {
+        serde_json::from_str(&agent.cli(&["backups", "box", "--json"])).unwrap()
+    };
+    let snapshot = backups(&cluster.agents[other])["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Its worker dies (the agent; its QEMU runs on), then a restore is asked for: stuck.
+    cluster.agents[home].kill9();
+    let before = last_tick(&cluster.agents[home], &id);
+    let a = &cluster.agents[other];
+    // (The dead worker may have led the group: asked again until a new leader took it.)
+    let ask = ["backup", "restore", "box", &snapshot, "--yes", "--no-wait"];
+    eventually("the restore asked for", BOOT, || {
+        let (_, listed, _) = a.cli_result(&["backups", "box", "--json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+        if listed["restore"]["stage"] == "asked" {
+            return Ok(());
+        }
+        let (_, out, err) = a.cli_result(&ask);
+        Err(format!("{out}{err}"))
+    });
+
+    let out = a.cli(&["backup", "abort-restore", "box"]);
+    assert!(out.contains("restore aborted"), "{out}");
+    let row = backups(a);
+    assert!(row["restore"].is_null(), "{row}");
+    assert!(
+        row["restore_error"].as_str().unwrap().contains("aborted"),
+        "{row}"
+    );
+    let (code, _, stderr) = a.cli_result(&["backup", "abort-restore", "box"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no restore"), "{stderr}");
+
+    // The worker comes back: the same QEMU runs on, on the disk it had.
+    cluster.agents[home].restart();
+    let (a, home) = (&cluster.agents[other], &cluster.agents[home]);
+    ticks_past(home, &id, before + 2);
+    let row = hearth_testkit::vms::wait_phase(a, "box", "running");
+    assert_eq!(row["disk"]["generation"], 1, "{row}");
+    assert_eq!(hearth_testkit::vms::boots(&console(home, &id)), [1]);
+    let restored = vm_dir(home, &id).with_extension("restored");
+    assert!(!restored.exists(), "{} was made", restored.display());
+    assert!(backups(a)["restore"].is_null());
 }

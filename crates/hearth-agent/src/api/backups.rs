@@ -22,7 +22,7 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/backups", get(list))
         .route("/v1/vms/{key}/backups", get(show).post(ask))
-        .route("/v1/vms/{key}/restore", post(restore))
+        .route("/v1/vms/{key}/restore", post(restore).delete(abort_restore))
         .route("/v1/vms/{key}/backup-schedule", put(set_schedule))
         .route("/v1/state-backups", get(state_backups))
         // A whole state: up to what one Raft message carries.
@@ -249,6 +249,23 @@ async fn restore(
             snapshot: asked.snapshot,
             by: asker(&caller),
         },
+    };
+    write(&state, backup(command)).await
+}
+
+/// Ends a VM's restore before its disk was swapped (its owner or an admin).
+async fn abort_restore(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+) -> Response {
+    let vm = match super::vms::read_vm(&state, &key).await {
+        Ok((_, vm)) => vm,
+        Err(answer) => return answer,
+    };
+    let command = BackupCommand::AbortRestore {
+        vm: vm.value.id.clone(),
+        by: asker(&caller),
     };
     write(&state, backup(command)).await
 }

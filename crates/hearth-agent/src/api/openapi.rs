@@ -427,6 +427,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     .body(schema::<hearth_types::api::RestoreBackup>)
     .answers(schema::<WriteAnswer>),
     op(
+        "delete",
+        "/v1/vms/{key}/restore",
+        "End a VM's restore before its disk is replaced (its owner or an admin): it keeps the disk it had and gets its power back; refused (409) once the restored disk is the VM's",
+    )
+    .answers(schema::<WriteAnswer>),
+    op(
         "put",
         "/v1/vms/{key}/backup-schedule",
         "Admins: a VM's daily backup schedule and retention: its own, none (off), or its owner's plan's",

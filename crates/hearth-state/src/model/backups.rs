@@ -68,7 +68,8 @@ pub enum BackupCommand {
         at_ms: u64,
         result: StateResult,
     },
-    /// The VM's disk home reports on run `run` (the `asked` count it started for).
+    /// The VM's disk home, or the host of its replica, reports on run `run` (the `asked`
+    /// count it started for).
     Record {
         vm: String,
         host: String,
@@ -97,6 +98,13 @@ pub enum BackupCommand {
         /// The stage the host saw: a report from a stage that is over is refused.
         stage: RestoreStage,
         result: RestoreResult,
+    },
+    /// Its owner or an admin ends `vm`'s restore before its disk was swapped (its worker
+    /// is gone, or the snapshot cannot be fetched): the VM keeps the disk it had and gets
+    /// its power back. Refused once the disk is the snapshot's: that only its worker ends.
+    AbortRestore {
+        vm: String,
+        by: Option<String>,
     },
     /// A new VM named `name`, like `vm` (size, image, pools, owner) with addresses of its
     /// own, whose disk is made from `vm`'s snapshot `snapshot` before it first runs; `vm` is
@@ -149,6 +157,7 @@ impl BackupCommand {
             | BackupCommand::Restore { vm, .. }
             | BackupCommand::RestoreSwapped { vm, .. }
             | BackupCommand::RestoreDone { vm, .. }
+            | BackupCommand::AbortRestore { vm, .. }
             | BackupCommand::Recovered { vm, .. } => format!("vm/{vm}"),
         }
     }
@@ -201,6 +210,7 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             stage,
             result,
         } => restore_done(state, vm, host, *stage, result, index),
+        BackupCommand::AbortRestore { vm, by } => abort_restore(state, vm, by.as_deref(), index),
         BackupCommand::Recovered {
             vm,
             host,
@@ -424,6 +434,29 @@ fn restore_swapped(
     run.stage = RestoreStage::Swapped;
     vm.disk.generation = generation + 1;
     entry.version = index;
+    Outcome::Applied { version: index }
+}
+
+fn abort_restore(state: &mut DesiredState, id: &str, by: Option<&str>, index: u64) -> Outcome {
+    let Some(run) = state.backups.vms.get(id).and_then(|b| b.restore.as_ref()) else {
+        return refused(format!("no restore of {id} is under way"));
+    };
+    if run.stage != RestoreStage::Asked {
+        return refused(format!(
+            "{id}'s disk is already the snapshot's: its worker finishes the restore, which can no longer be aborted"
+        ));
+    }
+    let power = run.power_after;
+    if let Some(entry) = state.compute.vms.get_mut(id) {
+        entry.value.request.power = power;
+        entry.version = index;
+    }
+    let backups = state.backups.vms.entry(id.to_owned()).or_default();
+    backups.restore = None;
+    backups.restore_error = Some(match by {
+        Some(name) => format!("aborted by {name}; the VM kept its disk"),
+        None => "aborted; the VM kept its disk".to_owned(),
+    });
     Outcome::Applied { version: index }
 }
 
@@ -1193,6 +1226,53 @@ mod tests {
         let backups = &state.backups.vms["vm-1"];
         assert!(!backups.restoring() && backups.restored.is_none());
         assert!(backups.restore_error.is_some());
+    }
+
+    #[test]
+    fn a_restore_aborted_before_its_swap_keeps_the_disk_and_after_it_is_refused() {
+        let abort = BackupCommand::AbortRestore {
+            vm: "vm-1".into(),
+            by: Some("root-admin".into()),
+        };
+        let mut state = state();
+        assert!(
+            !apply(&mut state, &abort, 2).changed(),
+            "no restore under way"
+        );
+        state
+            .backups
+            .vms
+            .entry("vm-1".into())
+            .or_default()
+            .snapshots
+            .push(snapshot());
+        assert!(apply(&mut state, &restore_of("abc"), 3).changed());
+        assert_eq!(
+            state.compute.vms["vm-1"].value.request.power,
+            Power::Stopped
+        );
+        assert!(apply(&mut state, &abort, 4).changed());
+        let vm = &state.compute.vms["vm-1"].value;
+        assert_eq!((vm.request.power, vm.disk.generation), (Power::Running, 1));
+        let backups = &state.backups.vms["vm-1"];
+        assert!(!backups.restoring() && backups.restored.is_none());
+        assert!(
+            backups
+                .restore_error
+                .as_ref()
+                .unwrap()
+                .contains("root-admin")
+        );
+        // The worker's late swap is refused: the VM keeps its disk.
+        assert!(!apply(&mut state, &swapped("w1", 1), 5).changed());
+        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 1);
+
+        // Once swapped, the disk is the snapshot's: no abort.
+        assert!(apply(&mut state, &restore_of("abc"), 6).changed());
+        assert!(apply(&mut state, &swapped("w1", 1), 7).changed());
+        assert!(!apply(&mut state, &abort, 8).changed());
+        assert!(state.backups.vms["vm-1"].restoring());
+        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 2);
     }
 
     #[test]
