@@ -106,6 +106,7 @@ pub async fn step(runner: &Runner, due: &RestoreDue) {
             host: runner.name.clone(),
             stage,
             result,
+            snapshot: due.run.snapshot.id.clone(),
         },
     };
     submit(runner, command).await;
@@ -119,7 +120,9 @@ async fn still_asked(runner: &Runner, due: &RestoreDue) -> bool {
     }
     let desired = runner.state.reader().current();
     due_now(&desired, &due.vm).is_some_and(|(run, generation)| {
-        run.stage == RestoreStage::Asked && generation == due.generation
+        run.stage == RestoreStage::Asked
+            && generation == due.generation
+            && run.snapshot.id == due.run.snapshot.id
     })
 }
 
@@ -230,6 +233,7 @@ async fn swap(runner: &Runner, due: &RestoreDue) -> Swap {
             vm: due.vm.clone(),
             host: runner.name.clone(),
             generation: due.generation,
+            snapshot: due.run.snapshot.id.clone(),
         },
     };
     match submit(runner, command).await {
@@ -241,7 +245,9 @@ async fn swap(runner: &Runner, due: &RestoreDue) -> Swap {
             }
             let desired = runner.state.reader().current();
             let swapped = due_now(&desired, &due.vm).is_some_and(|(run, generation)| {
-                run.stage == RestoreStage::Swapped && generation == due.generation + 1
+                run.stage == RestoreStage::Swapped
+                    && generation == due.generation + 1
+                    && run.snapshot.id == due.run.snapshot.id
             });
             if swapped {
                 return Swap::Taken;

@@ -89,6 +89,11 @@ pub enum BackupCommand {
         vm: String,
         host: String,
         generation: u64,
+        /// The snapshot it prepared: refused unless the restore under way is of it (an
+        /// aborted restore's late report must not swap in for a later one). Empty from
+        /// workers older than this check.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        snapshot: String,
     },
     /// The disk home put the restored disk in place (`Ok`), or failed before the swap (the
     /// VM keeps its disk; with `give_up`, the restore is over).
@@ -98,6 +103,9 @@ pub enum BackupCommand {
         /// The stage the host saw: a report from a stage that is over is refused.
         stage: RestoreStage,
         result: RestoreResult,
+        /// The snapshot of the restore it reports on, as for `RestoreSwapped`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        snapshot: String,
     },
     /// Its owner or an admin ends `vm`'s restore before its disk was swapped (its worker
     /// is gone, or the snapshot cannot be fetched): the VM keeps the disk it had and gets
@@ -203,13 +211,15 @@ pub(super) fn apply(state: &mut DesiredState, command: &BackupCommand, index: u6
             vm,
             host,
             generation,
-        } => restore_swapped(state, vm, host, *generation, index),
+            snapshot,
+        } => restore_swapped(state, (vm, host, snapshot), *generation, index),
         BackupCommand::RestoreDone {
             vm,
             host,
             stage,
             result,
-        } => restore_done(state, vm, host, *stage, result, index),
+            snapshot,
+        } => restore_done(state, (vm, host, snapshot), *stage, result, index),
         BackupCommand::AbortRestore { vm, by } => abort_restore(state, vm, by.as_deref(), index),
         BackupCommand::Recovered {
             vm,
@@ -392,11 +402,15 @@ fn restore(
     Outcome::Applied { version: index }
 }
 
-/// The VM and its restore under way, if `host` is its disk home.
+/// A worker's report on a restore: the VM, the worker, and the snapshot it restores
+/// (empty from workers that did not say).
+type Report<'a> = (&'a str, &'a str, &'a str);
+
+/// The VM and its restore under way, if `host` is its disk home and the restore is of
+/// `snapshot` (when given).
 fn restoring<'a>(
     state: &'a mut DesiredState,
-    id: &str,
-    host: &str,
+    (id, host, snapshot): Report<'_>,
 ) -> Result<(&'a mut Versioned<Vm>, &'a mut RestoreRun), Outcome> {
     let entry = state
         .compute
@@ -410,17 +424,23 @@ fn restoring<'a>(
         .get_mut(id)
         .and_then(|b| b.restore.as_mut())
         .ok_or_else(|| refused(format!("no restore of {id} is under way")))?;
+    if !snapshot.is_empty() && run.snapshot.id != snapshot {
+        return Err(refused(format!(
+            "{id}: the restore under way is of snapshot {}, not {snapshot}",
+            run.snapshot.id
+        )));
+    }
     Ok((entry, run))
 }
 
 fn restore_swapped(
     state: &mut DesiredState,
-    id: &str,
-    host: &str,
+    report: Report<'_>,
     generation: u64,
     index: u64,
 ) -> Outcome {
-    let (entry, run) = match restoring(state, id, host) {
+    let id = report.0;
+    let (entry, run) = match restoring(state, report) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
@@ -462,13 +482,13 @@ fn abort_restore(state: &mut DesiredState, id: &str, by: Option<&str>, index: u6
 
 fn restore_done(
     state: &mut DesiredState,
-    id: &str,
-    host: &str,
+    report: Report<'_>,
     stage: RestoreStage,
     result: &RestoreResult,
     index: u64,
 ) -> Outcome {
-    let (entry, run) = match restoring(state, id, host) {
+    let id = report.0;
+    let (entry, run) = match restoring(state, report) {
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
@@ -971,14 +991,30 @@ mod tests {
             host: "w1".into(),
             stage,
             result,
+            snapshot: "abc".into(),
+        }
+    }
+
+    fn done_of(stage: RestoreStage, snapshot: &str) -> BackupCommand {
+        BackupCommand::RestoreDone {
+            vm: "vm-1".into(),
+            host: "w1".into(),
+            stage,
+            result: RestoreResult::Ok,
+            snapshot: snapshot.into(),
         }
     }
 
     fn swapped(host: &str, generation: u64) -> BackupCommand {
+        swapped_of(host, generation, "abc")
+    }
+
+    fn swapped_of(host: &str, generation: u64, snapshot: &str) -> BackupCommand {
         BackupCommand::RestoreSwapped {
             vm: "vm-1".into(),
             host: host.into(),
             generation,
+            snapshot: snapshot.into(),
         }
     }
 
@@ -1266,13 +1302,37 @@ mod tests {
         // The worker's late swap is refused: the VM keeps its disk.
         assert!(!apply(&mut state, &swapped("w1", 1), 5).changed());
         assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 1);
+        // Nor may it swap in for a later restore of another snapshot.
+        let mut other = snapshot();
+        other.id = "def".into();
+        let backups = state.backups.vms.get_mut("vm-1").unwrap();
+        backups.snapshots.push(other);
+        assert!(apply(&mut state, &restore_of("def"), 5).changed());
+        assert!(!apply(&mut state, &swapped("w1", 1), 5).changed());
+        assert!(
+            !apply(
+                &mut state,
+                &done(
+                    RestoreStage::Asked,
+                    RestoreResult::Failed {
+                        error: "late".into(),
+                        give_up: true
+                    }
+                ),
+                5
+            )
+            .changed()
+        );
+        assert!(apply(&mut state, &swapped_of("w1", 1, "def"), 5).changed());
+        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 2);
+        assert!(apply(&mut state, &done_of(RestoreStage::Swapped, "def"), 5).changed());
 
         // Once swapped, the disk is the snapshot's: no abort.
         assert!(apply(&mut state, &restore_of("abc"), 6).changed());
-        assert!(apply(&mut state, &swapped("w1", 1), 7).changed());
+        assert!(apply(&mut state, &swapped("w1", 2), 7).changed());
         assert!(!apply(&mut state, &abort, 8).changed());
         assert!(state.backups.vms["vm-1"].restoring());
-        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 2);
+        assert_eq!(state.compute.vms["vm-1"].value.disk.generation, 3);
     }
 
     #[test]
