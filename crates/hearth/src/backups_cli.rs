@@ -211,7 +211,8 @@ pub enum TargetCommand {
         name: String,
         /// Where the repository is, as restic names it: `/srv/backups`,
         /// `sftp:backup@host:/srv/hearth`, `rest:https://host:8000/hearth/` or
-        /// `s3:https://s3.example.org/bucket`. It is made on first use.
+        /// `s3:https://s3.example.org/bucket`. It is made at once by the node that
+        /// takes this command, if it can (else by the first backup).
         #[arg(long)]
         location: String,
         /// The file on each worker holding the repository's password.

@@ -364,8 +364,23 @@ async fn put_target(
     if let Err(message) = target.validate() {
         return error(StatusCode::BAD_REQUEST, &message);
     }
+    make_repository(&state, &target).await;
     let expect = expect_from(&params);
     write(&state, backup(BackupCommand::PutTarget { target, expect })).await
+}
+
+/// Makes `target`'s repository here, once, before any node learns of the target: restic's
+/// `init` is not atomic, and two nodes making one fresh repository at once (a worker's first
+/// backup and the leader's state backup, say) can leave it unreadable to both. A node that
+/// cannot make it (its password file is not here, say) leaves it to the first run.
+async fn make_repository(state: &ApiState, target: &BackupTarget) {
+    let made = match hearth_compute::backup_runs::repo_of(target, &state.vms_dir) {
+        Ok(repo) => repo.ensure().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = made {
+        tracing::info!(target = %target.name, %error, "the backup repository is left to be made by its first run");
+    }
 }
 
 async fn remove_target(
