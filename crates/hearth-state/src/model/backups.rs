@@ -775,6 +775,12 @@ mod tests {
         }
     }
 
+    /// VM `vm-1` gets snapshot `abc` to restore from.
+    fn add_snapshot(state: &mut DesiredState) {
+        let backups = state.backups.vms.entry("vm-1".into()).or_default();
+        backups.snapshots.push(snapshot());
+    }
+
     fn ask_of(vm: &str, target: &str) -> BackupCommand {
         ask_at(vm, target, 1_000)
     }
@@ -1025,13 +1031,7 @@ mod tests {
             apply(&mut state, &restore_of("abc"), 2),
             Outcome::Invalid { .. }
         ));
-        state
-            .backups
-            .vms
-            .entry("vm-1".into())
-            .or_default()
-            .snapshots
-            .push(snapshot());
+        add_snapshot(&mut state);
         assert!(apply(&mut state, &restore_of("abc"), 3).changed());
         let vm = &state.compute.vms["vm-1"].value;
         assert_eq!(vm.request.power, Power::Stopped);
@@ -1237,13 +1237,7 @@ mod tests {
     #[test]
     fn a_restore_given_up_before_the_swap_keeps_the_disk() {
         let mut state = state();
-        state
-            .backups
-            .vms
-            .entry("vm-1".into())
-            .or_default()
-            .snapshots
-            .push(snapshot());
+        add_snapshot(&mut state);
         apply(&mut state, &restore_of("abc"), 2);
         let failed = |give_up| {
             done(
@@ -1275,13 +1269,7 @@ mod tests {
             !apply(&mut state, &abort, 2).changed(),
             "no restore under way"
         );
-        state
-            .backups
-            .vms
-            .entry("vm-1".into())
-            .or_default()
-            .snapshots
-            .push(snapshot());
+        add_snapshot(&mut state);
         assert!(apply(&mut state, &restore_of("abc"), 3).changed());
         assert_eq!(
             state.compute.vms["vm-1"].value.request.power,
