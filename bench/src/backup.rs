@@ -1,19 +1,22 @@
 //! `backup`: what a backup of a 1 GiB disk costs hearth, full and after 1 % of it changed,
-//! against `restic backup` of the raw file; and what a restore costs. The disk is a raw file
-//! of random data (nothing for restic to deduplicate in it); a change writes random data
-//! over 1 MiB pieces spread across it. hearth's way is its own code: the disk copied into a
-//! raw file (`qemu-img convert`, what `Driver::copy_disk` does for a stopped VM; a running
-//! one is copied by QEMU's `blockdev-backup`, the same read and write) and streamed into
-//! the repository by `hearth_compute::restic::Repo::backup` (`restic backup --stdin`). The
-//! baseline is `restic backup FILE` into a repository of its own. A restore is
-//! `Repo::dump` of the latest snapshot and `hearth_qemu::backup::prepare_restore` (a qcow2
-//! overlay on an empty base, synced), as `hearth backup restore` does.
+//! against `restic backup` of the raw file; and what a restore costs. The disk is random data
+//! (nothing for restic to deduplicate in it); a change writes random data over 1 MiB pieces
+//! spread across it. hearth's way is its own code, on the disk as QEMU holds it while a
+//! guest runs: a qcow2 node in a `qemu-storage-daemon`, changed through an NBD export of that
+//! node (so its dirty bitmap sees every write), copied by `hearth_qemu::last_backup::copy`
+//! (`blockdev-backup` into the copy kept as of the last backup: the whole disk the first
+//! time, then only the blocks written since) and stored by
+//! `hearth_compute::restic::Repo::backup` (restic reads only the copy's parts that changed).
+//! The baseline is `restic backup FILE` of the same disk as one raw file, into a repository
+//! of its own. A restore is `Repo::dump` of the latest snapshot and
+//! `hearth_qemu::backup::prepare_restore` (a qcow2 overlay on an empty base, synced), as
+//! `hearth backup restore` does.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use hearth_compute::restic::Repo;
 use hearth_testkit::TempDir;
 use serde_json::json;
@@ -51,33 +54,74 @@ fn repo(dir: &Path, name: &str) -> Result<Repo> {
     })
 }
 
+/// The disk as QEMU holds it while a guest runs: node `disk0` (qcow2) of a storage daemon,
+/// with a second QMP socket for hearth's copy and an NBD export the changes go through.
+struct Held {
+    daemon: qsd::StorageDaemon,
+    qmp: PathBuf,
+    nbd: PathBuf,
+}
+
+fn hold(dir: &Path, image: &Path) -> Result<Held> {
+    let (qmp, nbd) = (dir.join("copy.qmp"), dir.join("nbd.sock"));
+    let args = [
+        "--blockdev".to_owned(),
+        format!("driver=file,node-name=file0,filename={}", qsd::opt(image)),
+        "--blockdev".to_owned(),
+        "driver=qcow2,node-name=disk0,file=file0".to_owned(),
+        "--chardev".to_owned(),
+        format!("socket,id=copy,path={},server=on,wait=off", qsd::opt(&qmp)),
+        "--monitor".to_owned(),
+        "chardev=copy".to_owned(),
+        "--nbd-server".to_owned(),
+        format!("addr.type=unix,addr.path={}", qsd::opt(&nbd)),
+        "--export".to_owned(),
+        "type=nbd,id=changes,node-name=disk0,name=disk,writable=on".to_owned(),
+    ];
+    let daemon = qsd::StorageDaemon::start("held", dir, &args)?;
+    Ok(Held { daemon, qmp, nbd })
+}
+
 /// Writes random data over `changed_percent` of the disk, in 1 MiB pieces spread evenly,
-/// shifted by `round` so that each change touches other pieces.
-fn change(disk: &Path, disk_mib: u64, changed_percent: u64, round: u64) -> Result<u64> {
+/// shifted by `round` so that each change touches other pieces: into the raw file `raw` and
+/// the same through the export of `held`.
+fn change(raw: &Path, held: &Held, args: &Args, round: u64, dir: &Path) -> Result<u64> {
+    let (disk_mib, changed_percent) = (args.disk_mib, args.changed_percent);
     let pieces = (disk_mib * changed_percent / 100).max(1);
     let stride = disk_mib / pieces;
-    let mut file = std::fs::OpenOptions::new().write(true).open(disk)?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(raw)?;
+    let piece_file = dir.join("piece.bin");
+    let nbd = format!("nbd+unix:///disk?socket={}", held.nbd.display());
     for piece in 0..pieces {
         let mib = (piece * stride + round * 7 + 3) % disk_mib;
+        let data = qsd::random_bytes(MIB as usize)?;
         file.seek(SeekFrom::Start(mib * MIB))?;
-        file.write_all(&qsd::random_bytes(MIB as usize)?)?;
+        file.write_all(&data)?;
+        std::fs::write(&piece_file, &data)?;
+        let write = format!("write -s {} {} {MIB}", piece_file.display(), mib * MIB);
+        let done = std::process::Command::new("qemu-io")
+            .args(["-f", "raw", "-c", &write, &nbd])
+            .output()
+            .context("qemu-io (apt-get install qemu-utils)")?;
+        if !done.status.success() {
+            bail!("qemu-io: {}", String::from_utf8_lossy(&done.stderr));
+        }
     }
     file.sync_all()?;
     Ok(pieces * MIB)
 }
 
-/// One backup hearth's way: (time, bytes new to the repository).
-async fn hearth_backup(repo: &Repo, disk: &Path, copy: &Path) -> Result<(Duration, u64)> {
+/// One backup hearth's way: (time, bytes new to the repository, bytes the copy read).
+async fn hearth_backup(repo: &Repo, held: &Held, copy: &Path) -> Result<(Duration, u64, u64)> {
     let started = Instant::now();
-    let (disk_arg, copy_arg) = (disk.display().to_string(), copy.display().to_string());
-    qsd::qemu_img(&["convert", "-f", "raw", "-O", "raw", &disk_arg, &copy_arg])?;
+    let copied = hearth_qemu::last_backup::copy(&held.qmp, "vm-1", "disk0", copy)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let summary = repo
         .backup("vm-1", "bench", copy)
         .await
         .map_err(|e| anyhow!(e))?;
-    let took = started.elapsed();
-    std::fs::remove_file(copy)?;
-    Ok((took, summary.data_added))
+    Ok((started.elapsed(), summary.data_added, copied.read))
 }
 
 /// One `restic backup FILE`: (time, bytes new to the repository).
@@ -113,8 +157,8 @@ async fn restore(repo: &Repo, root: &Path, base: &Path) -> Result<Duration> {
 }
 
 struct Figures {
-    full: (Duration, u64),
-    incremental: Vec<(Duration, u64)>,
+    full: (Duration, u64, u64),
+    incremental: Vec<(Duration, u64, u64)>,
     file_full: (Duration, u64),
     file_incremental: Vec<(Duration, u64)>,
     restores: Vec<Duration>,
@@ -129,22 +173,27 @@ async fn measure(args: &Args, dir: &Path) -> Result<Figures> {
     }
     file.sync_all()?;
     drop(file);
+    let image = dir.join("disk.qcow2");
+    let (raw_arg, image_arg) = (disk.display().to_string(), image.display().to_string());
+    qsd::qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &raw_arg, &image_arg])?;
+    let held = hold(dir, &image)?;
     let (ours, theirs) = (repo(dir, "hearth")?, repo(dir, "restic")?);
     for repo in [&ours, &theirs] {
         repo.ensure().await.map_err(|e| anyhow!(e))?;
     }
-    let copy = dir.join("copy.raw");
+    let copy = dir.join("vm-1.last-backup");
     eprintln!("backup: full backups of {} MiB", args.disk_mib);
-    let full = hearth_backup(&ours, &disk, &copy).await?;
+    let full = hearth_backup(&ours, &held, &copy).await?;
     let file_full = restic_file_backup(&theirs, &disk)?;
     let (mut incremental, mut file_incremental) = (Vec::new(), Vec::new());
     let mut changed_bytes = 0;
     for round in 0..args.runs as u64 {
         eprintln!("backup: incremental run {} of {}", round + 1, args.runs);
-        changed_bytes = change(&disk, args.disk_mib, args.changed_percent, round)?;
-        incremental.push(hearth_backup(&ours, &disk, &copy).await?);
+        changed_bytes = change(&disk, &held, args, round, dir)?;
+        incremental.push(hearth_backup(&ours, &held, &copy).await?);
         file_incremental.push(restic_file_backup(&theirs, &disk)?);
     }
+    held.daemon.stop()?;
     let root = dir.join("vms");
     std::fs::create_dir_all(&root)?;
     let base = root.join("base.qcow2");
@@ -176,14 +225,18 @@ pub fn run(args: &Args) -> Result<Report> {
     let dir = TempDir::new("bench-backup");
     let runtime = tokio::runtime::Runtime::new()?;
     let figures = runtime.block_on(measure(args, dir.path()))?;
-    let (inc, inc_bytes) = p50(&figures.incremental)?;
+    let two = |runs: &[(Duration, u64, u64)]| runs.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+    let (inc, inc_bytes) = p50(&two(&figures.incremental))?;
+    let mut reads: Vec<u64> = figures.incremental.iter().map(|r| r.2).collect();
+    reads.sort_unstable();
+    let inc_read = reads[reads.len() / 2];
     let (file_inc, file_inc_bytes) = p50(&figures.file_incremental)?;
     let restore = Summary::of(&figures.restores).context("no restores")?;
     let mib = |b: u64| b as f64 / MIB as f64;
     let text = format!(
         "disk {} MiB of random data; each change rewrites {:.0} MiB\n\
          hearth full:              {:>7.2} s, {:>7.1} MiB added\n\
-         hearth incremental (p50): {:>7.2} s, {:>7.1} MiB added (min {:.2} s, max {:.2} s)\n\
+         hearth incremental (p50): {:>7.2} s, {:>7.1} MiB added (min {:.2} s, max {:.2} s), {:.1} MiB read from the disk\n\
          restic backup FILE full:  {:>7.2} s, {:>7.1} MiB added\n\
          restic backup FILE incr.: {:>7.2} s, {:>7.1} MiB added (p50)\n\
          restore (p50):            {:>7.2} s (min {:.2} s, max {:.2} s)\n",
@@ -195,6 +248,7 @@ pub fn run(args: &Args) -> Result<Report> {
         mib(inc_bytes),
         inc.min,
         inc.max,
+        mib(inc_read),
         figures.file_full.0.as_secs_f64(),
         mib(figures.file_full.1),
         file_inc.p50,
@@ -210,6 +264,7 @@ pub fn run(args: &Args) -> Result<Report> {
         "hearth_full_added": figures.full.1,
         "hearth_incremental": inc.json(),
         "hearth_incremental_added_p50": inc_bytes,
+        "hearth_incremental_read_p50": inc_read,
         "restic_file_full_s": figures.file_full.0.as_secs_f64(),
         "restic_file_full_added": figures.file_full.1,
         "restic_file_incremental": file_inc.json(),

@@ -3,7 +3,8 @@
 //! runs (`hearth_qemu::backup`), streamed into the
 //! target's restic repository and recorded through Raft as a snapshot; a failed attempt is
 //! recorded with why and tried again after a pause, [`ATTEMPTS`] times in all. The copy is
-//! made under `ID.backup/` in the VMs' directory (never a VM's name) and removed after.
+//! kept under `ID.last-backup/` in the VMs' directory (never a VM's name), so the next run
+//! reads only what changed; the copies of VMs no longer here are removed every minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::restic::Repo;
 
+/// Every how many ticks of the loop the copies kept of VMs no longer here are removed.
+const COPIES_SWEPT_EVERY: u64 = 30;
 /// Attempts at one run before it is given up.
 pub const ATTEMPTS: u32 = 3;
 /// The pause after a failed attempt, times the failures so far.
@@ -122,12 +125,20 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
     // Per attempt (VM, run, failures so far): when it was first due, and when it started.
     let mut resume: BTreeMap<(String, u64, u32), (Instant, Option<Instant>)> = BTreeMap::new();
     let mut ticks = tokio::time::interval(Duration::from_secs(2));
-    loop {
+    for tick in 0u64.. {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let desired = runner.state.reader().current();
+        if tick % COPIES_SWEPT_EVERY == COPIES_SWEPT_EVERY - 1 {
+            let busy = running.lock().await.clone();
+            let (root, here) = (runner.driver.root().to_owned(), runner.name.clone());
+            let desired = desired.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::leftovers::remove_stale_copies(&root, &desired, &here, &busy)
+            });
+        }
         let now = Instant::now();
         for due in due(&runner.name, &desired) {
             let key = (due.vm.clone(), due.run, due.failures);
@@ -249,55 +260,50 @@ async fn attempt(runner: &Runner, due: &Due) {
     }
 }
 
-/// The copy, stored: (snapshot id, disk bytes, bytes new to the repository).
+/// The copy, stored: (snapshot id, disk bytes, bytes new to the repository). The copy is
+/// the one kept beside the VM as of its last backup (`ID.last-backup/`), brought up to
+/// date: after the first run only the blocks written since the last are read.
 async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String> {
     let VmDriver::Qemu(driver) = &*runner.driver else {
         return Err("backups need QEMU; this worker runs the stand-in driver".into());
     };
     let root = driver.root();
     let repo = repo_of(&due.target, root)?;
-    let work = root.join(format!("{}.backup", due.vm));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let copy = work.join("disk.raw");
-    let stored = async {
-        repo.ensure().await?;
-        match due.replica {
-            Some(since) => copy_replica(runner, driver, due, since, &copy).await?,
-            None => {
-                driver
-                    .copy_disk(&due.vm, &copy)
-                    .await
-                    .map_err(|e| format!("copying the disk: {e}"))?;
-            }
-        }
-        repo.backup(&due.vm, &runner.name, &copy).await
-    }
-    .await;
-    if let Err(error) = std::fs::remove_dir_all(&work) {
-        tracing::warn!(path = %work.display(), %error, "removing a backup's copy");
-    }
-    let summary = stored?;
-    Ok((
-        summary.snapshot_id,
-        summary.total_bytes_processed,
-        summary.data_added,
-    ))
+    let dir = hearth_qemu::last_backup::dir(root, &due.vm).map_err(|e| e.to_string())?;
+    repo.ensure().await?;
+    let copied = match due.replica {
+        Some(since) => copy_replica(runner, driver, due, since, &dir).await?,
+        None => driver
+            .copy_disk(&due.vm, &dir)
+            .await
+            .map_err(|e| format!("copying the disk: {e}"))?,
+    };
+    let summary = repo.backup(&due.vm, &runner.name, &dir).await?;
+    tracing::info!(
+        vm = %due.vm,
+        incremental = copied.incremental,
+        read_bytes = copied.read,
+        parts_read = summary.files_changed,
+        parts_skipped = summary.files_unmodified,
+        "disk copied and stored"
+    );
+    Ok((summary.snapshot_id, copied.size, summary.data_added))
 }
 
-/// Copies the replica of `due`'s VM kept here into `copy`, and keeps it only if that
-/// replica (`since`, of the run's disk generation) was still in sync once the copy was
-/// made, by a linearizable read: a mirror that broke before the copy began would leave
-/// older data under a later time, so such a copy is refused and the run tried again
-/// (from the VM's disk, once its replica is no longer in sync).
+/// Brings the copy in `dir` up to date with the replica of `due`'s VM kept here, and stores
+/// it only if that replica (`since`, of the run's disk generation) was still in sync once
+/// the copy was made, by a linearizable read: a mirror that broke before the copy began
+/// would leave older data under a later time, so such a copy is refused and the run tried
+/// again (from the VM's disk, once its replica is no longer in sync).
 async fn copy_replica(
     runner: &Runner,
     driver: &hearth_qemu::driver::Driver,
     due: &Due,
     since: u64,
-    copy: &Path,
-) -> Result<(), String> {
-    let (_, written) = driver
-        .copy_replica(&due.vm, copy)
+    dir: &Path,
+) -> Result<hearth_qemu::last_backup::Copied, String> {
+    let (copied, written) = driver
+        .copy_replica(&due.vm, dir)
         .await
         .map_err(|e| format!("copying its replica: {e}"))?;
     if written != (since, due.generation) {
@@ -319,7 +325,7 @@ async fn copy_replica(
         .and_then(|vm| vm.value.replica.as_ref())
         .is_some_and(|r| r.since == since && r.state == ReplicaState::InSync);
     if still {
-        Ok(())
+        Ok(copied)
     } else {
         Err("its replica fell out of sync during the copy".into())
     }

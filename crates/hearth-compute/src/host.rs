@@ -168,8 +168,7 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         watchdog,
         shutdown.clone(),
     ));
-    // Nothing of this process backs up or restores yet: what such work left is stale.
-    crate::leftovers::sweep_aside(host.driver.root(), host.state.reader().current()).await;
+    sweep_leftovers(&host).await;
     let runner = crate::backup_runs::Runner {
         name: host.name.clone(),
         driver: host.driver.clone(),
@@ -194,6 +193,13 @@ pub async fn run(host: Host, shutdown: CancellationToken) {
         pass(&host, &current, &tracking).await;
         host.metrics.passes.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Sweeps what backups and restores left in the VM root, before any runs: nothing of this
+/// process backs up or restores yet, so what such work left is stale.
+async fn sweep_leftovers(host: &Host) {
+    let desired = host.state.reader().current();
+    crate::leftovers::sweep_aside(host.driver.root(), desired, &host.name).await;
 }
 
 /// Every few seconds, rotates each VM's console log that is over `CONSOLE_MAX`, so a guest

@@ -3,7 +3,10 @@
 //! copies (a disk copied out for restic, a snapshot dumped from it), so it is removed.
 //! `ID.restored/` holds a disk made from a backup; it is kept while the VM's restore or
 //! recovery is under way (it may be the disk the cluster recorded), and otherwise archived
-//! beside the other stale copies (`vms-archive/`), never deleted.
+//! beside the other stale copies (`vms-archive/`), never deleted. `ID.last-backup/` (the copy
+//! kept as of a VM's last backup, `hearth_qemu::last_backup`) is removed once the VM is
+//! neither here nor its replica kept here: at the start, and from time to time while the
+//! worker runs (`stale_copies`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use hearth_types::desired::DesiredState;
 /// What to do with one leftover directory of the VM root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sweep {
-    /// `NAME` (an `ID.backup`): copies only, removed.
+    /// `NAME` (an `ID.backup`, or an `ID.last-backup` of a VM no longer here): copies
+    /// only, removed.
     Remove(String),
     /// `NAME` (an `ID.restored`) that nothing needs any more, archived.
     Archive(String),
@@ -21,10 +25,14 @@ pub enum Sweep {
 
 /// The sweep of the VM root's entries `names`, given the cluster's state. Entries that are
 /// not a leftover, and restored disks a restore or recovery still needs, are left alone.
-pub fn plan(names: &[String], desired: &DesiredState) -> Vec<Sweep> {
+pub fn plan(names: &[String], desired: &DesiredState, here: &str) -> Vec<Sweep> {
+    let stale = stale_copies(names, desired, here, &Default::default());
     names
         .iter()
         .filter_map(|name| {
+            if stale.contains(name) {
+                return Some(Sweep::Remove(name.clone()));
+            }
             if let Some(vm) = name.strip_suffix(".backup") {
                 return valid(vm).then(|| Sweep::Remove(name.clone()));
             }
@@ -39,24 +47,59 @@ pub fn plan(names: &[String], desired: &DesiredState) -> Vec<Sweep> {
         .collect()
 }
 
-fn valid(vm: &str) -> bool {
-    hearth_qemu::disk::valid_id(vm)
+/// The entries of `names` that are the copy kept as of the last backup (`ID.last-backup`)
+/// of a VM neither placed here (`here`) nor with its disk or replica here, and not in
+/// `busy` (a backup of it running).
+pub fn stale_copies(
+    names: &[String],
+    desired: &DesiredState,
+    here: &str,
+    busy: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    let suffix = hearth_qemu::last_backup::SUFFIX;
+    (names.iter())
+        .filter(|name| {
+            let Some(vm) = name.strip_suffix(suffix).filter(|vm| valid(vm)) else {
+                return false;
+            };
+            let kept = desired.compute.vms.get(vm).is_some_and(|v| {
+                let v = &v.value;
+                v.host.as_deref() == Some(here)
+                    || v.disk.host.as_deref() == Some(here)
+                    || v.replica.as_ref().is_some_and(|r| r.host == here)
+            });
+            !kept && !busy.contains(vm)
+        })
+        .cloned()
+        .collect()
 }
 
-/// [`sweep`] on a thread of the blocking pool (removing a multi-GiB copy takes a moment),
-/// awaited.
-pub async fn sweep_aside(root: &Path, desired: Arc<DesiredState>) {
-    let root = root.to_owned();
-    let swept = tokio::task::spawn_blocking(move || sweep(&root, &desired)).await;
-    if let Err(error) = swept {
-        tracing::warn!(%error, "sweeping leftovers failed; the next start tries again");
+/// Removes the copies [`stale_copies`] names under the VM root `root`; returns how many.
+pub fn remove_stale_copies(
+    root: &Path,
+    desired: &DesiredState,
+    here: &str,
+    busy: &std::collections::BTreeSet<String>,
+) -> usize {
+    let names = dir_names(root);
+    let mut removed = 0;
+    for name in stale_copies(&names, desired, here, busy) {
+        match std::fs::remove_dir_all(root.join(&name)) {
+            Ok(()) => {
+                tracing::info!(dir = %name, "removed the copy kept of a VM no longer here");
+                removed += 1;
+            }
+            Err(error) => {
+                tracing::warn!(dir = %name, %error, "removing a kept copy; tried again later")
+            }
+        }
     }
+    removed
 }
 
-/// Applies [`plan`] to the VM root `root`; returns how many leftovers were removed or
-/// archived. A failure is logged and left for the next start.
-pub fn sweep(root: &Path, desired: &DesiredState) -> usize {
-    let names: Vec<String> = match std::fs::read_dir(root) {
+/// The directories in `root` (none if it cannot be read).
+fn dir_names(root: &Path) -> Vec<String> {
+    match std::fs::read_dir(root) {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -64,11 +107,31 @@ pub fn sweep(root: &Path, desired: &DesiredState) -> usize {
             .collect(),
         Err(error) => {
             tracing::debug!(root = %root.display(), %error, "no VM root to sweep");
-            return 0;
+            Vec::new()
         }
-    };
+    }
+}
+
+fn valid(vm: &str) -> bool {
+    hearth_qemu::disk::valid_id(vm)
+}
+
+/// [`sweep`] on a thread of the blocking pool (removing a multi-GiB copy takes a moment),
+/// awaited.
+pub async fn sweep_aside(root: &Path, desired: Arc<DesiredState>, here: &str) {
+    let (root, here) = (root.to_owned(), here.to_owned());
+    let swept = tokio::task::spawn_blocking(move || sweep(&root, &desired, &here)).await;
+    if let Err(error) = swept {
+        tracing::warn!(%error, "sweeping leftovers failed; the next start tries again");
+    }
+}
+
+/// Applies [`plan`] to the VM root `root`; returns how many leftovers were removed or
+/// archived. A failure is logged and left for the next start.
+pub fn sweep(root: &Path, desired: &DesiredState, here: &str) -> usize {
+    let names = dir_names(root);
     let mut swept = 0;
-    for step in plan(&names, desired) {
+    for step in plan(&names, desired, here) {
         let done = match &step {
             Sweep::Remove(name) => std::fs::remove_dir_all(root.join(name))
                 .map(|()| tracing::info!(dir = %name, "removed the copies an interrupted backup or restore left"))
@@ -154,7 +217,7 @@ mod tests {
             "bad.id.backup",
             "lost+found",
         ]);
-        let plan = plan(&entries, &desired());
+        let plan = plan(&entries, &desired(), "w1");
         assert_eq!(
             plan,
             vec![
@@ -167,6 +230,55 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_copy_goes_once_its_vm_is_neither_here_nor_its_replica() {
+        use hearth_types::compute::{Replica, ReplicaState, Vm};
+        use hearth_types::desired::Versioned;
+        let mut desired = desired();
+        let mut vm = |id: &str, disk: &str, replica: Option<&str>| {
+            let mut vm = Vm::example(id, id, "alice");
+            vm.disk.host = Some(disk.into());
+            vm.replica = replica.map(|host| Replica {
+                host: host.into(),
+                since: 1,
+                state: ReplicaState::InSync,
+                nbd: None,
+                done_bytes: 0,
+                total_bytes: 0,
+                message: None,
+            });
+            let value = Versioned {
+                version: 1,
+                value: vm,
+            };
+            desired.compute.vms.insert(id.into(), value);
+        };
+        vm("mine", "w1", None);
+        vm("kept-for", "w2", Some("w1"));
+        vm("moved", "w2", Some("w3"));
+        let entries = names(&[
+            "mine.last-backup",
+            "kept-for.last-backup",
+            "moved.last-backup",
+            "deleted.last-backup",
+            "busy.last-backup",
+            "mine",
+        ]);
+        let busy = ["busy".to_owned()].into();
+        assert_eq!(
+            stale_copies(&entries, &desired, "w1", &busy),
+            ["moved.last-backup", "deleted.last-backup"]
+        );
+        assert_eq!(
+            stale_copies(&entries, &desired, "w3", &busy),
+            [
+                "mine.last-backup",
+                "kept-for.last-backup",
+                "deleted.last-backup"
+            ]
+        );
+    }
+
+    #[test]
     fn the_sweep_removes_copies_and_archives_restored_disks_with_their_contents() {
         let top = tempfile::tempdir().unwrap();
         let root = top.path().join("vms");
@@ -174,7 +286,7 @@ mod tests {
             std::fs::create_dir_all(root.join(dir)).unwrap();
             std::fs::write(root.join(dir).join("disk"), dir).unwrap();
         }
-        assert_eq!(sweep(&root, &desired()), 2);
+        assert_eq!(sweep(&root, &desired(), "w1"), 2);
         let mut left: Vec<String> = std::fs::read_dir(&root)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -191,6 +303,6 @@ mod tests {
             "idle.restored"
         );
         // Nothing left to do the second time.
-        assert_eq!(sweep(&root, &desired()), 0);
+        assert_eq!(sweep(&root, &desired(), "w1"), 0);
     }
 }

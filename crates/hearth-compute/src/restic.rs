@@ -1,9 +1,13 @@
-//! Backups in a restic repository, through Debian's `restic` program: a VM's disk copy goes
-//! in as one file read from standard input (`VM-ID.raw`), tagged `vm=ID`, so restic's
-//! content-defined chunks store only what changed since the last run; snapshots are listed
-//! by that tag, and `dump` writes one back out. The repository's password is only ever in
-//! its file (`RESTIC_PASSWORD_FILE`), never on a command line or in a log. The answers'
-//! JSON is read by the pure `summary` and `snapshots`.
+//! Backups in a restic repository, through Debian's `restic` program. A VM's disk goes in as
+//! the directory of its copy kept as of its last backup (`ID.last-backup/`: a descriptor
+//! and the disk's parts, `hearth_qemu::last_backup`), tagged `vm=ID`; restic reads only the
+//! parts whose size or times changed since its parent snapshot (the same host's last of
+//! that directory), and its content-defined chunks store only what changed within them.
+//! Older snapshots hold the disk as one file read from standard input (`ID.raw`); `dump`
+//! writes either kind back out as one raw disk. Snapshots are listed by tag. The
+//! repository's password is only ever in its file (`RESTIC_PASSWORD_FILE`), never on a
+//! command line or in a log. The answers' JSON is read by the pure `summary`, `snapshots`
+//! and `disk_files`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -52,6 +56,11 @@ pub struct Summary {
     pub total_bytes_processed: u64,
     /// Bytes new to the repository (after deduplication, before compression).
     pub data_added: u64,
+    /// Files read again since the parent snapshot, and files skipped as unchanged.
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub files_unmodified: u64,
 }
 
 /// One snapshot as `restic snapshots --json` lists it.
@@ -68,9 +77,103 @@ pub struct Snapshot {
     pub paths: Vec<String>,
 }
 
-/// The file name a VM's disk has inside its snapshots.
+/// The file name a VM's disk has inside its older snapshots, taken from standard input.
 pub fn file_name(vm: &str) -> String {
     format!("{vm}.raw")
+}
+
+/// One entry of `restic ls --json`.
+#[derive(Debug, Deserialize)]
+struct Node {
+    #[serde(default)]
+    struct_type: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// The files of VM `vm`'s disk in a snapshot, from `restic ls --json`'s output, in disk
+/// order, without their leading `/`: its parts, or the one file of an older snapshot. The
+/// parts must run from the first with none missing.
+pub fn disk_files(vm: &str, listing: &str) -> Result<Vec<(String, u64)>, String> {
+    let single = format!("/{}", file_name(vm));
+    let files: Vec<Node> = (listing.lines())
+        .filter_map(|l| serde_json::from_str::<Node>(l).ok())
+        .filter(|n| n.struct_type == "node" && n.kind == "file")
+        .collect();
+    if let Some(one) = files.iter().find(|n| n.path == single) {
+        return Ok(vec![(single[1..].to_owned(), one.size)]);
+    }
+    let mut parts: Vec<(usize, &Node)> = (files.iter())
+        .filter_map(|n| {
+            let name = n.path.rsplit('/').next()?;
+            Some((hearth_qemu::last_backup::part_index(name)?, n))
+        })
+        .collect();
+    parts.sort_by_key(|(i, _)| *i);
+    if parts.is_empty() {
+        return Err(format!("the snapshot holds no disk of {vm}"));
+    }
+    if let Some((i, _)) = parts.iter().enumerate().find(|(n, (i, _))| n != i) {
+        return Err(format!("the snapshot's disk of {vm} lacks its part {i}"));
+    }
+    Ok((parts.into_iter())
+        .map(|(_, n)| (n.path.trim_start_matches('/').to_owned(), n.size))
+        .collect())
+}
+
+/// Writes the contents of `parts` (paths, sizes), in that order, one after another into a
+/// new file `target`, from the tar stream `tar` of their directory (other entries skipped).
+/// The file is removed if it cannot be written whole.
+pub fn write_parts(
+    tar: impl std::io::Read,
+    parts: &[(String, u64)],
+    target: &Path,
+) -> Result<(), String> {
+    let written = write_parts_into(tar, parts, target);
+    if written.is_err() {
+        let _ = std::fs::remove_file(target);
+    }
+    written
+}
+
+fn write_parts_into(
+    tar: impl std::io::Read,
+    parts: &[(String, u64)],
+    target: &Path,
+) -> Result<(), String> {
+    let at = |e: std::io::Error| format!("{}: {e}", target.display());
+    let mut out = std::fs::File::create(target).map_err(at)?;
+    let mut next = parts.iter().peekable();
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(|e| format!("restic dump: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("restic dump: {e}"))?;
+        let path = entry.path().map_err(|e| format!("restic dump: {e}"))?;
+        let name = path.to_string_lossy().trim_start_matches('/').to_owned();
+        // The stream is read to its end: restic fails when its reader goes away early.
+        let Some((want, size)) = next.peek() else {
+            continue;
+        };
+        if name != *want {
+            continue;
+        }
+        let copied = std::io::copy(&mut entry, &mut out).map_err(at)?;
+        if copied != *size {
+            return Err(format!(
+                "restic dump: {name} held {copied} bytes, not {size}"
+            ));
+        }
+        next.next();
+    }
+    if let Some((missing, _)) = next.next() {
+        return Err(format!(
+            "restic dump: no {missing} in the snapshot's stream, or out of order"
+        ));
+    }
+    out.sync_all().map_err(at)
 }
 
 /// The tag of a VM's snapshots.
@@ -229,9 +332,22 @@ impl Repo {
         }
     }
 
-    /// Stores the disk copy at `copy` as VM `vm`'s snapshot, made by `host`.
-    pub async fn backup(&self, vm: &str, host: &str, copy: &Path) -> Result<Summary, String> {
-        self.store(&file_name(vm), &tag(vm), host, copy).await
+    /// Stores VM `vm`'s copy kept in directory `dir` as its snapshot, made by `host`.
+    pub async fn backup(&self, vm: &str, host: &str, dir: &Path) -> Result<Summary, String> {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(format!("{} is not a directory's path", dir.display()));
+        };
+        let tag = tag(vm);
+        let args = ["backup", "--json", "--tag", &tag, "--host", host];
+        let output = self
+            .retrying_lock("backup", || {
+                let mut command = self.command();
+                // From beside it, so that the snapshot holds `/ID.last-backup/…`.
+                command.current_dir(parent).args(args).arg(name);
+                Ok(command)
+            })
+            .await?;
+        summary(&output)
     }
 
     /// Stores the file at `path` as a snapshot holding `name`, tagged `tag`, made by `host`.
@@ -330,12 +446,73 @@ impl Repo {
 
     /// Writes the file `name` of snapshot `id` to `target` (replaced if there).
     pub async fn dump_file(&self, id: &str, name: &str, target: &Path) -> Result<(), String> {
-        waiting_out_locks(|| self.dump_file_once(id, name, target)).await
+        waiting_out_locks(|| self.dump_file_once(id, name, target, false)).await
     }
 
-    async fn dump_file_once(&self, id: &str, name: &str, target: &Path) -> Result<(), String> {
-        let file =
-            std::fs::File::create(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    /// Writes the `parts` of snapshot `id` (all in one directory) one after another into
+    /// `target`, from one `restic dump` of their directory (a tar stream): one run, not one
+    /// per part.
+    async fn dump_parts_once(
+        &self,
+        id: &str,
+        parts: &[(String, u64)],
+        target: &Path,
+    ) -> Result<(), String> {
+        let dir = (parts.first())
+            .and_then(|(name, _)| name.rsplit_once('/'))
+            .map_or("", |(dir, _)| dir);
+        let mut command = self.command();
+        command
+            .args(["dump", id, &format!("/{dir}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot run restic (apt-get install restic): {e}"))?;
+        let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err("restic dump: no pipes".into());
+        };
+        let said = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+            text
+        });
+        let stdout = std::fs::File::from(
+            stdout
+                .into_owned_fd()
+                .map_err(|e| format!("restic dump: {e}"))?,
+        );
+        let (names, at) = (parts.to_vec(), target.to_owned());
+        let written = tokio::task::spawn_blocking(move || write_parts(stdout, &names, &at))
+            .await
+            .map_err(|e| format!("restic dump: {e}"))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("restic dump: {e}"))?;
+        let said = said.await.unwrap_or_default();
+        match (status.success(), written) {
+            (true, Ok(())) => Ok(()),
+            (true, Err(error)) => Err(error),
+            (false, _) => Err(format!("restic dump failed: {}", tail(&said))),
+        }
+    }
+
+    /// Writes the file `name` of snapshot `id` to `target`: replacing it, or after its end.
+    async fn dump_file_once(
+        &self,
+        id: &str,
+        name: &str,
+        target: &Path,
+        append: bool,
+    ) -> Result<(), String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
         let path = format!("/{name}");
         let mut command = self.command();
         // Not `output()`, which would pipe standard output away from the file.
@@ -369,9 +546,26 @@ impl Repo {
         )
     }
 
-    /// Writes VM `vm`'s disk of snapshot `id` to `target` (replaced if there).
+    /// Writes VM `vm`'s disk of snapshot `id` to `target` (replaced if there) as one raw
+    /// disk; checks its size.
     pub async fn dump(&self, vm: &str, id: &str, target: &Path) -> Result<(), String> {
-        self.dump_file(id, &file_name(vm), target).await
+        let listing = self.run(&["ls", "--json", id], None).await?;
+        let files = disk_files(vm, &listing)?;
+        match files.as_slice() {
+            [(one, _)] if one == &file_name(vm) => {
+                waiting_out_locks(|| self.dump_file_once(id, one, target, false)).await?;
+            }
+            _ => waiting_out_locks(|| self.dump_parts_once(id, &files, target)).await?,
+        }
+        let size: u64 = files.iter().map(|f| f.1).sum();
+        let written = std::fs::metadata(target).map_or(0, |m| m.len());
+        if written != size {
+            let _ = std::fs::remove_file(target);
+            return Err(format!(
+                "restic dump wrote {written} bytes of {vm}'s disk of {size}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -388,6 +582,8 @@ mod tests {
                 snapshot_id: "3ebeda0d".into(),
                 total_bytes_processed: 3_000_000,
                 data_added: 3_000_357,
+                files_changed: 0,
+                files_unmodified: 0,
             }
         );
         assert!(
@@ -395,6 +591,70 @@ mod tests {
                 .unwrap_err()
                 .contains("wrong password")
         );
+    }
+
+    #[test]
+    fn a_disk_dumps_from_its_parts_in_order_or_from_its_one_file() {
+        let listing = r#"{"time":"2026-12-06T12:11:24Z","paths":["/v/vm-1.last-backup"],"struct_type":"snapshot"}
+{"name":"vm-1.last-backup","type":"dir","path":"/vm-1.last-backup","struct_type":"node"}
+{"name":"part-00001.raw","type":"file","path":"/vm-1.last-backup/part-00001.raw","size":512,"struct_type":"node"}
+{"name":"disk.vmdk","type":"file","path":"/vm-1.last-backup/disk.vmdk","size":300,"struct_type":"node"}
+{"name":"part-00000.raw","type":"file","path":"/vm-1.last-backup/part-00000.raw","size":4194304,"struct_type":"node"}"#;
+        assert_eq!(
+            disk_files("vm-1", listing).unwrap(),
+            [
+                ("vm-1.last-backup/part-00000.raw".to_owned(), 4_194_304),
+                ("vm-1.last-backup/part-00001.raw".to_owned(), 512),
+            ]
+        );
+        let old = r#"{"name":"vm-1.raw","type":"file","path":"/vm-1.raw","size":1073741824,"struct_type":"node"}"#;
+        assert_eq!(
+            disk_files("vm-1", old).unwrap(),
+            [("vm-1.raw".to_owned(), 1 << 30)]
+        );
+        let gap = listing.replace("part-00001", "part-00002");
+        assert!(disk_files("vm-1", &gap).unwrap_err().contains("part 1"));
+        assert!(disk_files("vm-2", "").unwrap_err().contains("no disk"));
+    }
+
+    #[test]
+    fn parts_are_written_in_order_from_a_tar_stream_and_a_missing_one_fails() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("vm-1.last-backup/disk.vmdk", b"descriptor".as_slice()),
+            ("vm-1.last-backup/part-00000.raw", b"first"),
+            ("vm-1.last-backup/part-00001.raw", b"second"),
+            ("vm-1.last-backup/state.json", b"{}"),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, data).unwrap();
+        }
+        let stream = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.raw");
+        let parts = [
+            ("vm-1.last-backup/part-00000.raw".to_owned(), 5),
+            ("vm-1.last-backup/part-00001.raw".to_owned(), 6),
+        ];
+        write_parts(stream.as_slice(), &parts, &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"firstsecond");
+        let more = [
+            parts[0].clone(),
+            parts[1].clone(),
+            ("vm-1.last-backup/part-00002.raw".to_owned(), 1),
+        ];
+        assert!(
+            write_parts(stream.as_slice(), &more, &target)
+                .unwrap_err()
+                .contains("part-00002")
+        );
+        assert!(!target.exists());
+        let wrong = [("vm-1.last-backup/part-00000.raw".to_owned(), 4)];
+        assert!(write_parts(stream.as_slice(), &wrong, &target).is_err());
+        assert!(!target.exists());
     }
 
     #[test]

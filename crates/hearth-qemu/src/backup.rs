@@ -1,24 +1,18 @@
-//! A point-in-time copy of a VM's disk, for a backup. While QEMU runs, `blockdev-backup`
-//! (sync=full) copies the whole disk, its image beneath included, as it was when the job
-//! began into a new raw file: QEMU saves each block the guest is about to overwrite first,
-//! so the guest never stops and the copy is crash-consistent. Without QEMU, `qemu-img
-//! convert` reads the disk file. The VM's own disk is never written, and a copy that fails
-//! is removed.
+//! A point-in-time copy of a VM's disk, for a backup, kept beside it as of its last backup
+//! (`last_backup`). While QEMU runs, `blockdev-backup` copies the disk, its image beneath
+//! included, as it was when the job began: QEMU saves each block the guest is about to
+//! overwrite first, so the guest never stops and the copy is crash-consistent; after the
+//! first run, only the blocks written since the last are read. Without QEMU, `qemu-img
+//! convert` reads the whole disk file into the copy. The VM's own disk is never written.
+//! A restore's disk is made from a dumped copy by `prepare_restore`.
 
+use serde_json::Value;
 use std::path::Path;
-use std::time::Duration;
 
-use serde_json::{Value, json};
+pub use crate::last_backup::Copied;
 
 use crate::driver::Driver;
 use crate::error::{ControlError, DiskError, io_error};
-use crate::qmp::Qmp;
-
-/// QEMU ids of the copy's job and its target node.
-const JOB: &str = "hearth-backup";
-const NODE: &str = "hearth-backup-target";
-/// How often the job's state is asked for.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Why a copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,61 +23,6 @@ pub enum CopyError {
     Disk(#[from] DiskError),
     #[error("the copy of {id}'s disk failed: {message}")]
     Job { id: String, message: String },
-}
-
-/// The root disk's size as the guest sees it, from `query-block`.
-async fn virtual_size(qmp: &mut Qmp) -> Result<u64, ControlError> {
-    let blocks = qmp.execute("query-block", None).await?;
-    blocks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|b| b["device"] == "disk0")
-        .and_then(|b| b["inserted"]["image"]["virtual-size"].as_u64())
-        .ok_or_else(|| ControlError::Unexpected(format!("query-block: no disk0 size in {blocks}")))
-}
-
-/// The copy job's status and error, if QEMU has the job.
-async fn job(qmp: &mut Qmp) -> Result<Option<(String, Option<String>)>, ControlError> {
-    let jobs = qmp.execute("query-jobs", None).await?;
-    Ok(jobs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|j| j["id"] == JOB)
-        .map(|j: &Value| {
-            (
-                j["status"].as_str().unwrap_or("").to_owned(),
-                j["error"].as_str().map(str::to_owned),
-            )
-        }))
-}
-
-/// Runs a clean-up command whose failure only means there is nothing to clean.
-async fn quietly(qmp: &mut Qmp, command: &str, args: Value) {
-    if let Err(error) = qmp.execute(command, Some(args)).await {
-        tracing::debug!(command, %error, "nothing to clean up");
-    }
-}
-
-/// Ends the copy's job, if there is one (cancelled if it still runs), and removes its
-/// target node: after a copy, and before one in case an interrupted one left them.
-async fn clear(qmp: &mut Qmp) {
-    if let Ok(Some((status, _))) = job(qmp).await
-        && status != "concluded"
-    {
-        quietly(qmp, "job-cancel", json!({ "id": JOB })).await;
-        for _ in 0..100 {
-            match job(qmp).await {
-                Ok(Some((status, _))) if status != "concluded" => {
-                    tokio::time::sleep(POLL).await;
-                }
-                _ => break,
-            }
-        }
-    }
-    quietly(qmp, "job-dismiss", json!({ "id": JOB })).await;
-    quietly(qmp, "blockdev-del", json!({ "node-name": NODE })).await;
 }
 
 /// A restored disk made ready beside VM `id`'s directory, never in it: the raw copy at
@@ -132,22 +71,18 @@ pub async fn prepare_restore(
 }
 
 impl Driver {
-    /// Copies VM `id`'s disk as it is now into a new raw file `target` (replaced if there),
-    /// and returns its size in bytes. A running guest runs on through the copy.
-    pub async fn copy_disk(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
-        let copied = match self.pid(id) {
-            Some(_) => self.copy_running(id, target).await,
-            None => self.copy_stopped(id, target).await,
-        };
-        if copied.is_err() {
-            let _ = std::fs::remove_file(target);
+    /// Brings VM `id`'s copy in `dir` (`last_backup::dir`) up to date with its disk as it is
+    /// now. A running guest runs on through the copy.
+    pub async fn copy_disk(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
+        match self.pid(id) {
+            Some(_) => self.copy_running(id, dir).await,
+            None => self.copy_stopped(id, dir).await,
         }
-        copied
     }
 
-    async fn copy_running(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
+    async fn copy_running(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
         let mut qmp = self.qmp(id).await?;
-        clear(&mut qmp).await;
+        crate::last_backup::clear(&mut qmp).await;
         let jobs = (qmp.execute("query-jobs", None).await).map_err(ControlError::from)?;
         let mirroring = jobs
             .as_array()
@@ -161,25 +96,24 @@ impl Driver {
                 message: "its disk is in use by the mirror into its second copy, which QEMU lets no backup read; once that copy is in sync the replica's host takes the backup from it".into(),
             });
         }
-        let size = virtual_size(&mut qmp).await?;
         let node = crate::live::disk_node(&mut qmp).await?;
-        backup_job(&mut qmp, id, &node, size, target).await
+        crate::last_backup::copy_node(&mut qmp, id, &node, dir).await
     }
 
-    /// Copies the replica this host keeps of VM `id` (`ID.replica/`, exported by its
-    /// `qemu-storage-daemon`) as it is now into a new raw file `target` (removed if the copy
-    /// fails): the same job as a running VM's copy, run by the daemon, so writes mirrored
-    /// into the replica meanwhile land after the copy's point in time. For a VM whose QEMU
-    /// mirrors its disk, which QEMU lets no second job read. Returns the size in bytes and
-    /// the replica's `since` and disk generation as written beside it.
+    /// Brings the copy in `dir` up to date with the replica this host keeps of VM `id`
+    /// (`ID.replica/`, exported by its `qemu-storage-daemon`) as it is now: the same job as
+    /// a running VM's copy, run by the daemon, so writes mirrored into the replica meanwhile
+    /// land after the copy's point in time. For a VM whose QEMU mirrors its disk, which QEMU
+    /// lets no second job read. Returns what the copy did and the replica's `since` and disk
+    /// generation as written beside it.
     pub async fn copy_replica(
         &self,
         id: &str,
-        target: &Path,
-    ) -> Result<(u64, (u64, u64)), CopyError> {
-        let dir = crate::replica::replica_dir(self.root(), id)?;
-        let Some(written) = crate::replica::live_replica(&dir)
-            .map_err(io_error(&dir))
+        dir: &Path,
+    ) -> Result<(Copied, (u64, u64)), CopyError> {
+        let replica = crate::replica::replica_dir(self.root(), id)?;
+        let Some(written) = crate::replica::live_replica(&replica)
+            .map_err(io_error(&replica))
             .map_err(ControlError::from)?
         else {
             return Err(CopyError::Job {
@@ -187,124 +121,62 @@ impl Driver {
                 message: "this host keeps no live replica of it".into(),
             });
         };
-        let copied = async {
-            let mut qmp = Qmp::connect(&dir.join("qmp.sock"))
-                .await
-                .map_err(ControlError::from)?;
-            clear(&mut qmp).await;
-            let node = crate::replica::DAEMON_NODE;
-            let size = node_size(&mut qmp, node).await?;
-            backup_job(&mut qmp, id, node, size, target).await
-        }
-        .await;
-        if copied.is_err() {
-            let _ = std::fs::remove_file(target);
-        }
-        Ok((copied?, written))
+        let socket = replica.join("qmp.sock");
+        let node = crate::replica::DAEMON_NODE;
+        let copied = crate::last_backup::copy(&socket, id, node, dir).await?;
+        Ok((copied, written))
     }
 
-    /// `qemu-img convert` of the disk at rest: the qcow2 file, or the image on RBD its
-    /// handle names.
-    async fn copy_stopped(&self, id: &str, target: &Path) -> Result<u64, CopyError> {
-        let dir = self.dir(id);
-        let (disk, format) = match crate::rbd::read_handle(&dir) {
+    /// `qemu-img convert` of the disk at rest (the qcow2 file, or the image on RBD its handle
+    /// names) into the copy, whole. A bitmap the copy was made with stays good: it marks every
+    /// block written since, and nothing writes a disk at rest.
+    async fn copy_stopped(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
+        let vm = self.dir(id);
+        let (disk, format) = match crate::rbd::read_handle(&vm) {
             Some((pool, image)) => (self.ceph()?.qemu_file(&pool, &image), "raw"),
-            None => (dir.join("disk.qcow2").display().to_string(), "qcow2"),
+            None => (vm.join("disk.qcow2").display().to_string(), "qcow2"),
         };
-        if format == "qcow2" && !dir.join("disk.qcow2").is_file() {
+        if format == "qcow2" && !vm.join("disk.qcow2").is_file() {
             return Err(DiskError::NoDisk(id.to_owned()).into());
         }
+        let info = crate::disk::qemu_img(
+            "info",
+            &[
+                "info".as_ref(),
+                "--output=json".as_ref(),
+                "-U".as_ref(),
+                "-f".as_ref(),
+                format.as_ref(),
+                disk.as_ref(),
+            ],
+        )
+        .await?;
+        let size = serde_json::from_str::<Value>(&info)
+            .ok()
+            .and_then(|v| v["virtual-size"].as_u64())
+            .ok_or_else(|| {
+                DiskError::QemuImg(format!("qemu-img info of {id}'s disk gave no size"))
+            })?;
+        crate::last_backup::make_whole(dir, size)?;
+        let descriptor = dir.join(crate::last_backup::DESCRIPTOR);
         crate::disk::qemu_img(
             "convert",
             &[
                 "convert".as_ref(),
+                "-n".as_ref(),
                 "-f".as_ref(),
                 format.as_ref(),
                 "-O".as_ref(),
-                "raw".as_ref(),
+                "vmdk".as_ref(),
                 disk.as_ref(),
-                target.as_os_str(),
+                descriptor.as_os_str(),
             ],
         )
         .await?;
-        let size = std::fs::metadata(target)
-            .map_err(io_error(target))
-            .map_err(DiskError::from)?
-            .len();
-        Ok(size)
+        Ok(Copied {
+            size,
+            read: size,
+            incremental: false,
+        })
     }
-}
-
-/// Runs QEMU's `blockdev-backup` of node `node` (of `size` bytes: VM `id`'s disk, or its
-/// replica) into a new raw file `target`, and waits for it to end. Returns the size.
-async fn backup_job(
-    qmp: &mut Qmp,
-    id: &str,
-    node: &str,
-    size: u64,
-    target: &Path,
-) -> Result<u64, CopyError> {
-    let file = std::fs::File::create(target)
-        .map_err(io_error(target))
-        .map_err(ControlError::from)?;
-    file.set_len(size)
-        .map_err(io_error(target))
-        .map_err(ControlError::from)?;
-    drop(file);
-    let filename = target.display().to_string();
-    qmp.execute(
-        "blockdev-add",
-        Some(json!({
-            "driver": "raw", "node-name": NODE,
-            "file": { "driver": "file", "filename": filename },
-        })),
-    )
-    .await
-    .map_err(ControlError::from)?;
-    let started = qmp
-        .execute(
-            "blockdev-backup",
-            Some(json!({
-                "job-id": JOB, "device": node, "target": NODE, "sync": "full",
-                "auto-dismiss": false,
-            })),
-        )
-        .await;
-    if let Err(error) = started {
-        clear(qmp).await;
-        return Err(ControlError::from(error).into());
-    }
-    let outcome = loop {
-        match job(qmp).await {
-            Ok(Some((status, error))) if status == "concluded" => break error,
-            Ok(Some(_)) => tokio::time::sleep(POLL).await,
-            Ok(None) => break Some("QEMU dropped the job".to_owned()),
-            Err(error) => {
-                clear(qmp).await;
-                return Err(error.into());
-            }
-        }
-    };
-    clear(qmp).await;
-    match outcome {
-        None => Ok(size),
-        Some(message) => Err(CopyError::Job {
-            id: id.to_owned(),
-            message,
-        }),
-    }
-}
-
-/// The size in bytes of block node `node`, from `query-named-block-nodes`.
-async fn node_size(qmp: &mut Qmp, node: &str) -> Result<u64, ControlError> {
-    let nodes = qmp
-        .execute("query-named-block-nodes", Some(json!({ "flat": true })))
-        .await?;
-    nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["node-name"] == node)
-        .and_then(|n| n["image"]["virtual-size"].as_u64())
-        .ok_or_else(|| ControlError::Unexpected(format!("no size of node {node} in {nodes}")))
 }

@@ -100,7 +100,7 @@ pub fn archive_dir(root: &Path, dir: &Path, name: &str) -> Result<PathBuf, DiskE
 }
 
 /// Runs `qemu-img ARGS`; an error says what failed (`what`) with qemu-img's own words.
-pub(crate) async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
+pub(crate) async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<String, DiskError> {
     let output = tokio::process::Command::new("qemu-img")
         .args(args)
         .output()
@@ -116,7 +116,7 @@ pub(crate) async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<()
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The backing file a qcow2 image names in its header: `None` when the file is not there or

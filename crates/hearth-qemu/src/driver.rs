@@ -399,7 +399,7 @@ pub(crate) async fn make_overlay(spec: &VmSpec, path: &Path) -> Result<(), DiskE
         path.as_os_str(),
         size.as_ref(),
     ];
-    let made = crate::disk::qemu_img("create", &args).await;
+    let made = crate::disk::qemu_img("create", &args).await.map(drop);
     if made.is_err() {
         let _ = std::fs::remove_file(path);
     }

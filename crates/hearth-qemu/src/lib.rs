@@ -9,6 +9,7 @@ mod error;
 pub mod fake;
 mod files;
 pub mod guard;
+pub mod last_backup;
 pub mod live;
 pub mod moving;
 pub mod qmp;

@@ -112,7 +112,7 @@ async fn rebase(file: &Path, base: &Path, format: &str) -> Result<(), DiskError>
         base.as_os_str(),
         file.as_os_str(),
     ];
-    crate::disk::qemu_img("rebase", &args).await
+    crate::disk::qemu_img("rebase", &args).await.map(drop)
 }
 
 #[cfg(test)]

@@ -248,7 +248,7 @@ impl Ceph {
             path.as_os_str(),
             target.as_ref(),
         ];
-        crate::disk::qemu_img("convert", &args).await
+        crate::disk::qemu_img("convert", &args).await.map(drop)
     }
 
     /// Renames `pool/from` to `pool/to`.

@@ -93,31 +93,51 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
         env: vec![],
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let copy = work.path().join("copy.raw");
+    let copy = work.path().join(format!("{id}.last-backup"));
+    let descriptor = copy.join("disk.vmdk");
     runtime.block_on(repo.ensure()).unwrap();
     // Made twice: the second finds it there.
     runtime.block_on(repo.ensure()).unwrap();
 
     // The first backup: the whole disk is read while the guest ticks on.
-    let size = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
-    assert_eq!(size, 1 << 30);
-    let first_tick = disk_tick_as(&copy, "raw").unwrap();
+    let copied = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
+    let size = copied.size;
+    assert_eq!(
+        (size, copied.read, copied.incremental),
+        (1 << 30, 1 << 30, false)
+    );
+    let first_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
     let first = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
-    assert_eq!(first.total_bytes_processed, size);
+    assert_eq!(first.files_unmodified, 0, "{first:?}");
     ticks_past(agent, &id, first_tick + 2);
 
-    // The second, after more ticks: only about the change is stored.
-    let size = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
-    let second_tick = disk_tick_as(&copy, "raw").unwrap();
+    // The second, after more ticks: only the blocks written since are read, restic reads
+    // only the parts they fell in, and only about the change is stored.
+    let copied = runtime.block_on(driver.copy_disk(&id, &copy)).unwrap();
+    assert!(copied.incremental && copied.read < 64 << 20, "{copied:?}");
+    let second_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
     assert!(second_tick > first_tick, "{first_tick} then {second_tick}");
     let second = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
-    assert_eq!(second.total_bytes_processed, size);
+    assert!(second.files_unmodified >= 200, "{second:?}");
     assert!(
         second.data_added < 8 << 20,
         "the second backup stored {} bytes (the first {})",
         second.data_added,
         first.data_added
     );
+
+    // With the guest paused, a copy of only what changed is the whole disk, byte for byte.
+    let disk = vm_dir(agent, &id).join("disk.qcow2");
+    runtime.block_on(driver.execute(&id, "stop", None)).unwrap();
+    let copied = runtime.block_on(driver.copy_disk(&id, &copy));
+    let compared = std::process::Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "vmdk"])
+        .args([&disk, &descriptor])
+        .output()
+        .unwrap();
+    runtime.block_on(driver.execute(&id, "cont", None)).unwrap();
+    assert!(copied.unwrap().incremental);
+    assert!(compared.status.success(), "{compared:?}");
 
     // Each snapshot dumps back to the disk of its time.
     let snapshots = runtime.block_on(repo.list(&id)).unwrap();
@@ -136,14 +156,32 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
     }
 
     // A copy that cannot be written fails, and the guest runs on its disk, never rebooted.
-    let nowhere = work.path().join("no-such-dir/copy.raw");
+    let nowhere = work.path().join("password").join("copy");
     assert!(runtime.block_on(driver.copy_disk(&id, &nowhere)).is_err());
     let now = last_tick(agent, &id);
     ticks_past(agent, &id, now + 2);
     let text = console(agent, &id);
     assert_eq!(hearth_testkit::vms::boots(&text), [1], "{text}");
-    let on_disk = disk_tick_as(&vm_dir(agent, &id).join("disk.qcow2"), "qcow2").unwrap();
+    let on_disk = disk_tick_as(&disk, "qcow2").unwrap();
     assert!(on_disk > second_tick, "{on_disk}");
+
+    // QEMU killed: its bitmap is gone with it, so the next copy reads the whole disk again.
+    let pid = driver.pid(&id).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the guest restarted", BOOT, || match driver.pid(&id) {
+        Some(new) if new != pid => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let copied = eventually("a copy from the restarted QEMU", BOOT, || {
+        runtime
+            .block_on(driver.copy_disk(&id, &copy))
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!((copied.read, copied.incremental), (size, false));
 }
 
 /// Runs `hearth ARGS` as the account of `token`; panics unless it succeeds.
