@@ -132,12 +132,15 @@ pub async fn run(runner: Runner, shutdown: CancellationToken) {
         }
         let desired = runner.state.reader().current();
         if tick % COPIES_SWEPT_EVERY == COPIES_SWEPT_EVERY - 1 {
-            let busy = running.lock().await.clone();
+            // Under the lock: no run starts on a copy while it is being removed.
+            let busy = running.lock().await;
             let (root, here) = (runner.driver.root().to_owned(), runner.name.clone());
-            let desired = desired.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::leftovers::remove_stale_copies(&root, &desired, &here, &busy)
+            let (desired, names) = (desired.clone(), busy.clone());
+            let swept = tokio::task::spawn_blocking(move || {
+                crate::leftovers::remove_stale_copies(&root, &desired, &here, &names)
             });
+            let _ = swept.await;
+            drop(busy);
         }
         let now = Instant::now();
         for due in due(&runner.name, &desired) {
