@@ -111,17 +111,26 @@ fn change(raw: &Path, held: &Held, args: &Args, round: u64, dir: &Path) -> Resul
     Ok(pieces * MIB)
 }
 
-/// One backup hearth's way: (time, bytes new to the repository, bytes the copy read).
-async fn hearth_backup(repo: &Repo, held: &Held, copy: &Path) -> Result<(Duration, u64, u64)> {
+/// One backup hearth's way, compared with snapshot `since`: (time, bytes new to the
+/// repository, bytes the copy read, the snapshot).
+async fn hearth_backup(
+    repo: &Repo,
+    held: &Held,
+    copy: &Path,
+    since: Option<&str>,
+) -> Result<(Duration, u64, u64, String)> {
     let started = Instant::now();
+    // The worker first checks that the snapshot it compares with is still there.
+    repo.list("vm-1").await.map_err(|e| anyhow!(e))?;
     let copied = hearth_qemu::last_backup::copy(&held.qmp, "vm-1", "disk0", copy)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let summary = repo
-        .backup("vm-1", "bench", copy)
+        .backup("vm-1", "bench", copy, since)
         .await
         .map_err(|e| anyhow!(e))?;
-    Ok((started.elapsed(), summary.data_added, copied.read))
+    let took = started.elapsed();
+    Ok((took, summary.data_added, copied.read, summary.snapshot_id))
 }
 
 /// One `restic backup FILE`: (time, bytes new to the repository).
@@ -183,14 +192,17 @@ async fn measure(args: &Args, dir: &Path) -> Result<Figures> {
     }
     let copy = dir.join("vm-1.last-backup");
     eprintln!("backup: full backups of {} MiB", args.disk_mib);
-    let full = hearth_backup(&ours, &held, &copy).await?;
+    let (took, added, read, mut last) = hearth_backup(&ours, &held, &copy, None).await?;
+    let full = (took, added, read);
     let file_full = restic_file_backup(&theirs, &disk)?;
     let (mut incremental, mut file_incremental) = (Vec::new(), Vec::new());
     let mut changed_bytes = 0;
     for round in 0..args.runs as u64 {
         eprintln!("backup: incremental run {} of {}", round + 1, args.runs);
         changed_bytes = change(&disk, &held, args, round, dir)?;
-        incremental.push(hearth_backup(&ours, &held, &copy).await?);
+        let (took, added, read, id) = hearth_backup(&ours, &held, &copy, Some(&last)).await?;
+        incremental.push((took, added, read));
+        last = id;
         file_incremental.push(restic_file_backup(&theirs, &disk)?);
     }
     held.daemon.stop()?;

@@ -212,12 +212,12 @@ async fn retain(runner: &Runner, due: &Due) -> Vec<String> {
 async fn attempt(runner: &Runner, due: &Due) {
     let time_ms = crate::unix_ms();
     let result = match store(runner, due).await {
-        Ok((id, size_bytes, added_bytes)) => {
+        Ok((id, size_bytes, added_bytes, read_bytes)) => {
             runner
                 .metrics
                 .backups_stored
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(vm = %due.vm, snapshot = %id, size_bytes, added_bytes, target = %due.target.name, "backup stored");
+            tracing::info!(vm = %due.vm, snapshot = %id, size_bytes, read_bytes, added_bytes, target = %due.target.name, "backup stored");
             RunResult::Stored {
                 snapshot: BackupSnapshot {
                     id,
@@ -227,6 +227,7 @@ async fn attempt(runner: &Runner, due: &Due) {
                     generation: due.generation,
                     size_bytes,
                     added_bytes,
+                    read_bytes,
                     by: due.by.clone(),
                 },
                 forgot: retain(runner, due).await,
@@ -263,10 +264,10 @@ async fn attempt(runner: &Runner, due: &Due) {
     }
 }
 
-/// The copy, stored: (snapshot id, disk bytes, bytes new to the repository). The copy is
+/// The copy, stored: (snapshot id, disk bytes, bytes new to the repository, bytes read). The copy is
 /// the one kept beside the VM as of its last backup (`ID.last-backup/`), brought up to
 /// date: after the first run only the blocks written since the last are read.
-async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String> {
+async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64, u64), String> {
     let VmDriver::Qemu(driver) = &*runner.driver else {
         return Err("backups need QEMU; this worker runs the stand-in driver".into());
     };
@@ -281,7 +282,10 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String>
             .await
             .map_err(|e| format!("copying the disk: {e}"))?,
     };
-    let summary = repo.backup(&due.vm, &runner.name, &dir).await?;
+    let since = parent(runner, due, &repo).await;
+    let summary = repo
+        .backup(&due.vm, &runner.name, &dir, since.as_deref())
+        .await?;
     tracing::info!(
         vm = %due.vm,
         incremental = copied.incremental,
@@ -290,7 +294,28 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64), String>
         parts_skipped = summary.files_unmodified,
         "disk copied and stored"
     );
-    Ok((summary.snapshot_id, copied.size, summary.data_added))
+    Ok((
+        summary.snapshot_id,
+        copied.size,
+        summary.data_added,
+        copied.read,
+    ))
+}
+
+/// The snapshot restic compares the copy with: the newest this host stored of `due`'s VM
+/// into its target that the cluster recorded, if the repository still has it. A snapshot
+/// restic made that was never recorded (a run cut short, another run's restic left over
+/// after a restart) is never one.
+async fn parent(runner: &Runner, due: &Due, repo: &Repo) -> Option<String> {
+    let desired = runner.state.reader().current();
+    let recorded = (desired.backups.vms.get(&due.vm)?.snapshots.iter().rev())
+        .find(|s| s.host == runner.name && s.target == due.target.name)?
+        .id
+        .clone();
+    let listed = repo.list(&due.vm).await.ok()?;
+    (listed.iter())
+        .any(|s| s.short_id == recorded || s.id == recorded)
+        .then_some(recorded)
 }
 
 /// Brings the copy in `dir` up to date with the replica of `due`'s VM kept here, and stores

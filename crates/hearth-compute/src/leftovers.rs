@@ -166,6 +166,7 @@ mod tests {
             generation: 1,
             size_bytes: 1,
             added_bytes: 1,
+            read_bytes: 1,
             by: None,
         }
     }

@@ -168,6 +168,9 @@ fn write_parts_into(
         }
         next.next();
     }
+    // Whatever follows the archive's end, so that restic never writes into a closed pipe.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+        .map_err(|e| format!("restic dump: {e}"))?;
     if let Some((missing, _)) = next.next() {
         return Err(format!(
             "restic dump: no {missing} in the snapshot's stream, or out of order"
@@ -332,18 +335,31 @@ impl Repo {
         }
     }
 
-    /// Stores VM `vm`'s copy kept in directory `dir` as its snapshot, made by `host`.
-    pub async fn backup(&self, vm: &str, host: &str, dir: &Path) -> Result<Summary, String> {
+    /// Stores VM `vm`'s copy kept in directory `dir` as its snapshot, made by `host`. restic
+    /// rereads only the files whose size or times changed since snapshot `since`; with none,
+    /// every file (restic's own choice of parent could be a snapshot nobody recorded, read
+    /// while a run cut short still wrote the copy).
+    pub async fn backup(
+        &self,
+        vm: &str,
+        host: &str,
+        dir: &Path,
+        since: Option<&str>,
+    ) -> Result<Summary, String> {
         let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
             return Err(format!("{} is not a directory's path", dir.display()));
         };
         let tag = tag(vm);
-        let args = ["backup", "--json", "--tag", &tag, "--host", host];
+        let mut args = vec!["backup", "--json", "--tag", &tag, "--host", host];
+        match since {
+            Some(snapshot) => args.extend(["--parent", snapshot]),
+            None => args.push("--force"),
+        }
         let output = self
             .retrying_lock("backup", || {
                 let mut command = self.command();
                 // From beside it, so that the snapshot holds `/ID.last-backup/…`.
-                command.current_dir(parent).args(args).arg(name);
+                command.current_dir(parent).args(&args).arg(name);
                 Ok(command)
             })
             .await?;
@@ -494,7 +510,10 @@ impl Repo {
         match (status.success(), written) {
             (true, Ok(())) => Ok(()),
             (true, Err(error)) => Err(error),
-            (false, _) => Err(format!("restic dump failed: {}", tail(&said))),
+            (false, _) => {
+                let _ = std::fs::remove_file(target);
+                Err(format!("restic dump failed: {}", tail(&said)))
+            }
         }
     }
 

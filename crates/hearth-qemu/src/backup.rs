@@ -128,8 +128,7 @@ impl Driver {
     }
 
     /// `qemu-img convert` of the disk at rest (the qcow2 file, or the image on RBD its handle
-    /// names) into the copy, whole. A bitmap the copy was made with stays good: it marks every
-    /// block written since, and nothing writes a disk at rest.
+    /// names) into the copy, whole; the next copy while QEMU runs is whole too.
     async fn copy_stopped(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
         let vm = self.dir(id);
         let (disk, format) = match crate::rbd::read_handle(&vm) {
@@ -157,13 +156,18 @@ impl Driver {
             .ok_or_else(|| {
                 DiskError::QemuImg(format!("qemu-img info of {id}'s disk gave no size"))
             })?;
-        crate::last_backup::make_whole(dir, size)?;
+        // A whole copy into empty parts, writing only what is not zero: a disk at rest may
+        // not be the one the copy's bitmap was on (a disk put back from the archive), so
+        // what the copy was made with is forgotten.
+        crate::last_backup::room_for(dir, size)?;
+        crate::last_backup::make_empty(dir, size)?;
         let descriptor = dir.join(crate::last_backup::DESCRIPTOR);
         crate::disk::qemu_img(
             "convert",
             &[
                 "convert".as_ref(),
                 "-n".as_ref(),
+                "--target-is-zero".as_ref(),
                 "-f".as_ref(),
                 format.as_ref(),
                 "-O".as_ref(),

@@ -13,6 +13,9 @@
 //! anew (restored, copied to a new file) or whose QEMU died (its persistent bitmap left
 //! inconsistent) gets a full copy. A failed run keeps the previous bitmap, which still marks
 //! every block written since the copy was last whole, so the next run rewrites them all.
+//! A whole copy is taken again every 30 days all the same, so no damage to the copy lasts,
+//! and only when the VMs' filesystem has room for the whole disk and 1 GiB more (QEMU writes
+//! the copy's zeros out; they are freed after, `dig_holes`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +38,10 @@ const PREFIX: &str = "hearth-backup-";
 /// QEMU ids of the copy's job and its target node.
 pub(crate) const JOB: &str = "hearth-backup";
 const NODE: &str = "hearth-backup-target";
+/// How long a copy is brought up to date before it is made whole again.
+pub const WHOLE_EVERY_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Room a whole copy leaves free on the VMs' filesystem.
+const SPARE: u64 = 1 << 30;
 const MIN_PART: u64 = 4 << 20;
 const MAX_PARTS: u64 = 256;
 /// How often the job's state is asked for.
@@ -97,6 +104,9 @@ pub struct Kept {
     pub bitmap: String,
     /// The disk's size.
     pub size: u64,
+    /// When the copy was last made whole (Unix ms).
+    #[serde(default)]
+    pub whole_ms: u64,
 }
 
 /// One dirty bitmap of a block node, as `query-named-block-nodes` shows it.
@@ -127,16 +137,21 @@ pub fn node_info(nodes: &Value, node: &str) -> Option<(String, Option<u64>, Vec<
     ))
 }
 
-/// The bitmap a run may copy only the marked blocks of, or `None` for a whole copy: the one
-/// the copy was made with, if the node still has it whole and the disk kept its size, and
-/// the copy's files are all there.
+/// The bitmap a run at `now_ms` may copy only the marked blocks of, or `None` for a whole
+/// copy: the one the copy was made with, if the node still has it whole and the disk kept
+/// its size, the copy's files are all there, and it was made whole less than
+/// [`WHOLE_EVERY_MS`] ago.
 pub fn base(
     kept: Option<&Kept>,
     size: u64,
     bitmaps: &[Bitmap],
     files_whole: bool,
+    now_ms: u64,
 ) -> Option<String> {
-    let kept = kept.filter(|k| k.size == size && files_whole)?;
+    let fresh = |k: &&Kept| now_ms.saturating_sub(k.whole_ms) < WHOLE_EVERY_MS;
+    let kept = kept
+        .filter(|k| k.size == size && files_whole)
+        .filter(fresh)?;
     bitmaps
         .iter()
         .find(|b| b.name == kept.bitmap)
@@ -197,12 +212,30 @@ pub(crate) fn make_empty(dir: &Path, size: u64) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Makes `dir` hold a copy of a disk of `size` bytes unless its files are all there whole
-/// (then kept, with the state that says what they were made with).
-pub(crate) fn make_whole(dir: &Path, size: u64) -> Result<(), ControlError> {
-    match files_whole(dir, size) {
+/// Whether the filesystem of `dir` has room for a whole copy of a disk of `size` bytes with
+/// [`SPARE`] left over, counting what the copy there now takes (a whole copy frees it
+/// first). An error says what is missing.
+pub(crate) fn room_for(dir: &Path, size: u64) -> Result<(), ControlError> {
+    use std::os::unix::fs::MetadataExt;
+    let at = match dir.is_dir() {
+        true => dir,
+        false => dir.parent().unwrap_or(dir),
+    };
+    let stat = nix::sys::statvfs::statvfs(at).map_err(|e| io_error(at)(std::io::Error::from(e)))?;
+    let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    let held: u64 = (std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum();
+    let need = size.saturating_add(SPARE);
+    match free.saturating_add(held) >= need {
         true => Ok(()),
-        false => make_empty(dir, size),
+        false => Err(ControlError::Unexpected(format!(
+            "no room for a whole copy of the disk beside the VMs ({} MiB needed with 1 GiB to spare, {} MiB free); free some space on {}",
+            need >> 20,
+            free.saturating_add(held) >> 20,
+            at.display()
+        ))),
     }
 }
 
@@ -290,6 +323,12 @@ pub(crate) async fn clear(qmp: &mut Qmp) {
     quietly(qmp, "blockdev-del", json!({ "node-name": NODE })).await;
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A bitmap name no other run has used.
 fn fresh_name() -> String {
     let nanos = std::time::SystemTime::now()
@@ -321,13 +360,17 @@ pub(crate) async fn copy_node(
         return Err(ControlError::Unexpected(format!("no block node {node} with a size")).into());
     };
     let kept = read_kept(dir);
-    let from = base(kept.as_ref(), size, &bitmaps, files_whole(dir, size));
+    let now_ms = unix_ms();
+    let from = base(
+        kept.as_ref(),
+        size,
+        &bitmaps,
+        files_whole(dir, size),
+        now_ms,
+    );
     if from.is_none() {
+        room_for(dir, size)?;
         make_empty(dir, size)?;
-        for stale in bitmaps.iter().filter(|b| b.name.starts_with(PREFIX)) {
-            let args = json!({ "node": node, "name": stale.name });
-            quietly(qmp, "block-dirty-bitmap-remove", args).await;
-        }
     }
     let next = fresh_name();
     let read = run_job(qmp, id, node, &driver, &next, from.as_deref(), dir).await;
@@ -339,7 +382,15 @@ pub(crate) async fn copy_node(
             return Err(error);
         }
     };
-    let kept = Kept { bitmap: next, size };
+    let whole_ms = match (&from, &kept) {
+        (Some(_), Some(kept)) => kept.whole_ms,
+        _ => now_ms,
+    };
+    let kept = Kept {
+        bitmap: next.clone(),
+        size,
+        whole_ms,
+    };
     let (at, whole) = (dir.to_owned(), from.is_none());
     let committed = tokio::task::spawn_blocking(move || {
         if whole {
@@ -352,8 +403,12 @@ pub(crate) async fn copy_node(
     committed
         .map_err(io_error(dir))
         .map_err(ControlError::from)?;
-    if let Some(old) = from {
-        let args = json!({ "node": node, "name": old });
+    // The previous run's bitmap, and any a crash left behind: only `next` counts now.
+    for old in bitmaps
+        .iter()
+        .filter(|b| b.name.starts_with(PREFIX) && b.name != next)
+    {
+        let args = json!({ "node": node, "name": old.name });
         quietly(qmp, "block-dirty-bitmap-remove", args).await;
     }
     Ok(Copied {
@@ -471,20 +526,23 @@ mod tests {
         let kept = Kept {
             bitmap: "hearth-backup-1".into(),
             size: 1 << 30,
+            whole_ms: 1_000,
         };
+        let now = 2_000;
         let ours = [bitmap("other"), bitmap("hearth-backup-1")];
         assert_eq!(
-            base(Some(&kept), 1 << 30, &ours, true).as_deref(),
+            base(Some(&kept), 1 << 30, &ours, true, now).as_deref(),
             Some("hearth-backup-1")
         );
         // No record, files missing, another size, another run's bitmap: a whole copy.
-        assert_eq!(base(None, 1 << 30, &ours, true), None);
-        assert_eq!(base(Some(&kept), 1 << 30, &ours, false), None);
-        assert_eq!(base(Some(&kept), 2 << 30, &ours, true), None);
-        assert_eq!(
-            base(Some(&kept), 1 << 30, &[bitmap("hearth-backup-2")], true),
-            None
-        );
+        assert_eq!(base(None, 1 << 30, &ours, true, now), None);
+        assert_eq!(base(Some(&kept), 1 << 30, &ours, false, now), None);
+        assert_eq!(base(Some(&kept), 2 << 30, &ours, true, now), None);
+        let theirs = [bitmap("hearth-backup-2")];
+        assert_eq!(base(Some(&kept), 1 << 30, &theirs, true, now), None);
+        // And once in a while all the same.
+        let later = 1_000 + WHOLE_EVERY_MS;
+        assert_eq!(base(Some(&kept), 1 << 30, &ours, true, later), None);
         // A bitmap QEMU could not keep (its process died), stopped or in use: the same.
         for spoil in [
             |b: &mut Bitmap| b.inconsistent = true,
@@ -493,7 +551,7 @@ mod tests {
         ] {
             let mut b = bitmap("hearth-backup-1");
             spoil(&mut b);
-            assert_eq!(base(Some(&kept), 1 << 30, &[b], true), None);
+            assert_eq!(base(Some(&kept), 1 << 30, &[b], true, now), None);
         }
     }
 
@@ -529,6 +587,7 @@ mod tests {
         let kept = Kept {
             bitmap: "hearth-backup-1".into(),
             size: 9 << 20,
+            whole_ms: 1,
         };
         commit(&at, &kept).unwrap();
         assert_eq!(read_kept(&at), Some(kept));
@@ -551,5 +610,10 @@ mod tests {
             ["part-00000.raw", "part-00001.raw", "part-00002.raw"]
         );
         assert!(make_empty(&at, 1000).is_err());
+        // Room: a small disk fits; one larger than any filesystem here does not, and the
+        // error says so.
+        room_for(&at, 9 << 20).unwrap();
+        let error = room_for(&at, u64::MAX / 2).unwrap_err().to_string();
+        assert!(error.contains("no room for a whole copy"), "{error}");
     }
 }

@@ -238,10 +238,14 @@ pub struct BackupSnapshot {
     pub host: String,
     /// The disk's generation it was taken of.
     pub generation: u64,
-    /// The disk's size (bytes read).
+    /// The disk's size.
     pub size_bytes: u64,
     /// Bytes new to the repository.
     pub added_bytes: u64,
+    /// Bytes the copy read from the disk: all of it the first time, then what the guest
+    /// wrote since the last backup (0 in records of workers before this field).
+    #[serde(default)]
+    pub read_bytes: u64,
     /// Asked for by whom (an account), or `None` for a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,

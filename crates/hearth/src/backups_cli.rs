@@ -359,11 +359,12 @@ fn now(
         }
         Some(snapshot) => {
             println!(
-                "{vm}: snapshot {} stored in {} at {}: {} read, {} new",
+                "{vm}: snapshot {} stored in {} at {}: a disk of {}, {} read from it, {} new",
                 snapshot.id,
                 snapshot.target,
                 crate::output::time_ms(snapshot.time_ms),
                 size(snapshot.size_bytes),
+                size(snapshot.read_bytes),
                 size(snapshot.added_bytes)
             );
             Ok(())
@@ -567,6 +568,7 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
             "TIME (UTC)",
             "TARGET",
             "SIZE",
+            "READ",
             "NEW",
             "HOST",
             "BY",
@@ -577,6 +579,7 @@ pub fn list(client: &ApiClient, json: bool, vm: Option<String>) -> Result<(), Cl
                 crate::output::time_ms(s.time_ms),
                 s.target.clone(),
                 size(s.size_bytes),
+                size(s.read_bytes),
                 size(s.added_bytes),
                 s.host.clone(),
                 s.by.clone().unwrap_or_else(|| "schedule".into()),

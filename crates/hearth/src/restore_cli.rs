@@ -248,6 +248,7 @@ fn newer_snapshots(
                 generation: 0,
                 size_bytes: 0,
                 added_bytes: 0,
+                read_bytes: 0,
                 by: None,
             },
         );

@@ -107,7 +107,9 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
         (1 << 30, 1 << 30, false)
     );
     let first_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
-    let first = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
+    let first = runtime
+        .block_on(repo.backup(&id, "n1", &copy, None))
+        .unwrap();
     assert_eq!(first.files_unmodified, 0, "{first:?}");
     ticks_past(agent, &id, first_tick + 2);
 
@@ -117,7 +119,8 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
     assert!(copied.incremental && copied.read < 64 << 20, "{copied:?}");
     let second_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
     assert!(second_tick > first_tick, "{first_tick} then {second_tick}");
-    let second = runtime.block_on(repo.backup(&id, "n1", &copy)).unwrap();
+    let second =
+        (runtime.block_on(repo.backup(&id, "n1", &copy, Some(&first.snapshot_id)))).unwrap();
     assert!(second.files_unmodified >= 200, "{second:?}");
     assert!(
         second.data_added < 8 << 20,
@@ -361,6 +364,10 @@ fn a_member_backs_up_and_restores_her_vm_and_a_failing_target_is_retried_then_sh
     );
     let added = snapshots[1]["added_bytes"].as_u64().unwrap();
     assert!(added < 8 << 20, "the second run added {added} bytes");
+    // The first run read the whole disk; the second only what the guest wrote since.
+    let read = |n: usize| snapshots[n]["read_bytes"].as_u64().unwrap();
+    assert_eq!(read(0), snapshots[0]["size_bytes"].as_u64().unwrap());
+    assert!(read(1) < 64 << 20, "the second run read {} bytes", read(1));
     assert_eq!(agent.metric("hearth_backups_stored_total"), 2);
 
     // The guest goes on writing; then she restores the second snapshot. Without a terminal

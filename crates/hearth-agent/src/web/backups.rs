@@ -71,7 +71,7 @@ pub fn backups_page(chrome: &Chrome, name: &str, row: &BackupRow) -> String {
             post_button(&base, "Back up now", chrome.csrf, "")
         ));
     }
-    body.push_str("<table id=\"snapshots\"><thead><tr><th>Taken (UTC)</th><th>Size</th><th>New</th><th>By</th><th></th></tr></thead><tbody>\n");
+    body.push_str("<table id=\"snapshots\"><thead><tr><th>Taken (UTC)</th><th>Size</th><th>Read</th><th>New</th><th>By</th><th></th></tr></thead><tbody>\n");
     for snapshot in row.backups.snapshots.iter().rev() {
         let restore = match busy {
             true => String::new(),
@@ -81,9 +81,10 @@ pub fn backups_page(chrome: &Chrome, name: &str, row: &BackupRow) -> String {
             ),
         };
         body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{restore}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{restore}</td></tr>\n",
             time_of(snapshot.time_ms),
             mib(snapshot.size_bytes),
+            mib(snapshot.read_bytes),
             mib(snapshot.added_bytes),
             escape(snapshot.by.as_deref().unwrap_or("schedule")),
         ));

@@ -771,6 +771,7 @@ mod tests {
             generation: 1,
             size_bytes: 10,
             added_bytes: 10,
+            read_bytes: 10,
             by: None,
         }
     }

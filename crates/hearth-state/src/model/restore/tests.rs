@@ -17,6 +17,7 @@ fn snapshot(id: &str, time_ms: u64, generation: u64) -> BackupSnapshot {
         generation,
         size_bytes: 10,
         added_bytes: 10,
+        read_bytes: 10,
         by: None,
     }
 }
