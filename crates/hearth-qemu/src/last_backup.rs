@@ -36,7 +36,7 @@ const STATE: &str = "state.json";
 /// The names of hearth's bitmaps start with this.
 const PREFIX: &str = "hearth-backup-";
 /// QEMU ids of the copy's job and its target node.
-pub(crate) const JOB: &str = "hearth-backup";
+const JOB: &str = "hearth-backup";
 const NODE: &str = "hearth-backup-target";
 /// How long a copy is brought up to date before it is made whole again.
 pub const WHOLE_EVERY_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -281,9 +281,7 @@ fn dig_holes(dir: &Path, size: u64) -> std::io::Result<()> {
 }
 
 /// The copy job's status, error and bytes to copy, if QEMU has the job.
-pub(crate) async fn job(
-    qmp: &mut Qmp,
-) -> Result<Option<(String, Option<String>, u64)>, ControlError> {
+async fn job(qmp: &mut Qmp) -> Result<Option<(String, Option<String>, u64)>, ControlError> {
     let jobs = qmp.execute("query-jobs", None).await?;
     Ok((jobs.as_array().into_iter().flatten())
         .find(|j| j["id"] == JOB)
@@ -297,7 +295,7 @@ pub(crate) async fn job(
 }
 
 /// Runs a clean-up command whose failure only means there is nothing to clean.
-pub(crate) async fn quietly(qmp: &mut Qmp, command: &str, args: Value) {
+async fn quietly(qmp: &mut Qmp, command: &str, args: Value) {
     if let Err(error) = qmp.execute(command, Some(args)).await {
         tracing::debug!(command, %error, "nothing to clean up");
     }
