@@ -82,7 +82,6 @@ impl Driver {
 
     async fn copy_running(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
         let mut qmp = self.qmp(id).await?;
-        crate::last_backup::clear(&mut qmp).await;
         let jobs = (qmp.execute("query-jobs", None).await).map_err(ControlError::from)?;
         let mirroring = jobs
             .as_array()

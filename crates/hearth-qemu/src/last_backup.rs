@@ -303,7 +303,7 @@ async fn quietly(qmp: &mut Qmp, command: &str, args: Value) {
 
 /// Ends the copy's job, if there is one (cancelled if it still runs), and removes its
 /// target node: after a copy, and before one in case an interrupted one left them.
-pub(crate) async fn clear(qmp: &mut Qmp) {
+async fn clear(qmp: &mut Qmp) {
     if let Ok(Some((status, _, _))) = job(qmp).await
         && status != "concluded"
     {
