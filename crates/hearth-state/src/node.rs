@@ -302,6 +302,18 @@ impl StateNode {
         Ok(index)
     }
 
+    /// Waits, at most the write timeout, until this node has applied the log up to `index`,
+    /// so that what a client wrote through it reads back here (a write forwarded to the
+    /// leader commits before this follower hears of it). False when it did not catch up.
+    pub async fn caught_up_to(&self, index: u64) -> bool {
+        self.inner
+            .raft
+            .wait(Some(self.inner.config.write_timeout))
+            .applied_index_at_least(Some(index), "the client's own write")
+            .await
+            .is_ok()
+    }
+
     async fn call_leader(&self, request: &RpcRequest) -> Result<RpcResponse, StateError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let leader = metrics.current_leader.and_then(|id| {

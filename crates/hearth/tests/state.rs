@@ -75,6 +75,18 @@ fn group_forms_writes_go_anywhere_and_survive_the_leaders_death() {
             "{records}"
         );
     }
+    // Read-your-writes: what a client wrote through a follower reads back there at once,
+    // without asking for a consistent read (a token made there works there at once).
+    for n in 0..20 {
+        let name = format!("ryw{n}");
+        let (status, body) = put_record(&cluster.agents[follower], &name, "192.0.2.9").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let records = cluster.agents[follower].api_json("/v1/records").unwrap();
+        assert!(
+            records[format!("{name}/A")].is_object(),
+            "{name}: {records}"
+        );
+    }
     // The CLI does the same, with compare-and-set.
     let target = &cluster.agents[follower];
     let output = std::process::Command::new(bin())

@@ -167,7 +167,14 @@ pub(crate) async fn write_noting(
         Err(failure) => return failure.into_response(),
     };
     match node.submit(command).await {
-        Ok(WriteResult { index, outcome }) => outcome_response(index, outcome, notes),
+        Ok(WriteResult { index, outcome }) => {
+            // Read-your-writes on this node: a token made here works here at once, a VM
+            // created here lists here. Committed either way, so a lagging node still answers.
+            if !node.caught_up_to(index).await {
+                tracing::warn!(index, "this node has not applied its client's write yet");
+            }
+            outcome_response(index, outcome, notes)
+        }
         Err(failure) => ApiError::State(failure).into_response(),
     }
 }
