@@ -122,11 +122,14 @@ async fn hearth_backup(
     let started = Instant::now();
     // The worker first checks that the snapshot it compares with is still there.
     repo.list("vm-1").await.map_err(|e| anyhow!(e))?;
+    std::fs::create_dir_all(copy)?;
+    let hold = hearth_qemu::last_backup::Hold::try_take(copy)?
+        .ok_or_else(|| anyhow!("another process holds {}", copy.display()))?;
     let copied = hearth_qemu::last_backup::copy(&held.qmp, "vm-1", "disk0", copy)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let summary = repo
-        .backup("vm-1", "bench", copy, since)
+        .backup("vm-1", "bench", (copy, &hold), since)
         .await
         .map_err(|e| anyhow!(e))?;
     let took = started.elapsed();

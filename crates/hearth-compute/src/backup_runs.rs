@@ -275,6 +275,7 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64, u64), St
     let repo = repo_of(&due.target, root)?;
     let dir = hearth_qemu::last_backup::dir(root, &due.vm).map_err(|e| e.to_string())?;
     repo.ensure().await?;
+    let held = hold(&dir)?;
     let copied = match due.replica {
         Some(since) => copy_replica(runner, driver, due, since, &dir).await?,
         None => driver
@@ -284,7 +285,7 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64, u64), St
     };
     let since = parent(runner, due, &repo).await;
     let summary = repo
-        .backup(&due.vm, &runner.name, &dir, since.as_deref())
+        .backup(&due.vm, &runner.name, (&dir, &held), since.as_deref())
         .await?;
     tracing::info!(
         vm = %due.vm,
@@ -300,6 +301,21 @@ async fn store(runner: &Runner, due: &Due) -> Result<(String, u64, u64, u64), St
         summary.data_added,
         copied.read,
     ))
+}
+
+/// Holds the copy directory `dir` (made if missing) for a run, or says why not: a restic an
+/// earlier agent started still reads it, and rewriting it now would store a torn disk.
+fn hold(dir: &Path) -> Result<hearth_qemu::last_backup::Hold, String> {
+    let failed = |e: std::io::Error| format!("holding the copy {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    hearth_qemu::last_backup::Hold::try_take(dir)
+        .map_err(failed)?
+        .ok_or_else(|| {
+            format!(
+                "another process still reads the copy {} (a restic started before this agent did); the run is tried again once it is done",
+                dir.display()
+            )
+        })
 }
 
 /// The snapshot restic compares the copy with: the newest this host stored of `due`'s VM

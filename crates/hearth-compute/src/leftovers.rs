@@ -84,7 +84,20 @@ pub fn remove_stale_copies(
     let names = dir_names(root);
     let mut removed = 0;
     for name in stale_copies(&names, desired, here, busy) {
-        match std::fs::remove_dir_all(root.join(&name)) {
+        let dir = root.join(&name);
+        // Never from under a restic still reading it (one an earlier agent started).
+        let _held = match hearth_qemu::last_backup::Hold::try_take(&dir) {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                tracing::info!(dir = %name, "a kept copy still being read; removed later");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(dir = %name, %error, "holding a kept copy; tried again later");
+                continue;
+            }
+        };
+        match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
                 tracing::info!(dir = %name, "removed the copy kept of a VM no longer here");
                 removed += 1;
@@ -277,6 +290,25 @@ mod tests {
                 "deleted.last-backup"
             ]
         );
+    }
+
+    #[test]
+    fn a_copy_a_restic_still_reads_is_removed_only_once_it_is_done() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("vms");
+        let copy = root.join("gone.last-backup");
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::write(copy.join("part-00000.raw"), "data").unwrap();
+        // A restic an earlier agent started, still reading the copy.
+        let hold = hearth_qemu::last_backup::Hold::try_take(&copy)
+            .unwrap()
+            .unwrap();
+        let none = Default::default();
+        assert_eq!(remove_stale_copies(&root, &desired(), "w1", &none), 0);
+        assert!(copy.join("part-00000.raw").is_file());
+        drop(hold);
+        assert_eq!(remove_stale_copies(&root, &desired(), "w1", &none), 1);
+        assert!(!copy.exists());
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl Repo {
         &self,
         vm: &str,
         host: &str,
-        dir: &Path,
+        (dir, hold): (&Path, &hearth_qemu::last_backup::Hold),
         since: Option<&str>,
     ) -> Result<Summary, String> {
         let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
@@ -360,6 +360,12 @@ impl Repo {
                 let mut command = self.command();
                 // From beside it, so that the snapshot holds `/ID.last-backup/…`.
                 command.current_dir(parent).args(&args).arg(name);
+                // restic shares the hold on the copy: an agent that stops meanwhile leaves
+                // it with restic, so the next one rewrites the copy only once it is read.
+                let stdin = hold
+                    .for_child()
+                    .map_err(|e| format!("holding the copy: {e}"))?;
+                command.stdin(stdin);
                 Ok(command)
             })
             .await?;

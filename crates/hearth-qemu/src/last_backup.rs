@@ -16,6 +16,11 @@
 //! A whole copy is taken again every 30 days all the same, so no damage to the copy lasts,
 //! and only when the VMs' filesystem has room for the whole disk and 1 GiB more (QEMU writes
 //! the copy's zeros out; they are freed after, `dig_holes`).
+//!
+//! A run holds the copy's directory ([`Hold`], an advisory `flock`) from the copy until its
+//! restic has read it, and restic shares the hold: a restic left running by an agent that
+//! stopped keeps it until it exits, so the next agent neither rewrites nor removes a copy
+//! it is still reading (which would store a torn disk).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -210,6 +215,31 @@ pub(crate) fn make_empty(dir: &Path, size: u64) -> Result<(), ControlError> {
         file.set_len(len).map_err(io_error(&path))?;
     }
     Ok(())
+}
+
+/// A hold on a copy's directory: while any process has it, no run writes or removes the
+/// copy. A `flock` on the directory, whose open file is passed to the restic that reads the
+/// copy as its standard input ([`Hold::for_child`]): the lock belongs to the open file, so
+/// it lasts until this handle is dropped and every child given it has exited.
+#[derive(Debug)]
+pub struct Hold(std::fs::File);
+
+impl Hold {
+    /// Holds the directory `dir` (which must be there), or `None` when another process has
+    /// it: a run of an earlier agent, or the restic that run left behind.
+    pub fn try_take(dir: &Path) -> std::io::Result<Option<Hold>> {
+        let file = std::fs::File::open(dir)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Hold(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+
+    /// The hold, as a child process's standard input: the child shares it until it exits.
+    pub fn for_child(&self) -> std::io::Result<std::process::Stdio> {
+        Ok(std::process::Stdio::from(self.0.try_clone()?))
+    }
 }
 
 /// Whether the filesystem of `dir` has room for a whole copy of a disk of `size` bytes with
@@ -477,6 +507,28 @@ async fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_is_one_process_at_a_time_and_a_child_keeps_it_after_its_parent_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = Hold::try_take(dir.path()).unwrap().expect("free at first");
+        // Another open of the directory (another agent's run) cannot take it.
+        assert!(Hold::try_take(dir.path()).unwrap().is_none());
+        // A child given the hold keeps it once the parent's handle is gone (an agent that
+        // stopped while its restic ran), and lets go when it exits.
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(hold.for_child().unwrap())
+            .spawn()
+            .unwrap();
+        drop(hold);
+        let while_child_runs = Hold::try_take(dir.path()).unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(while_child_runs, "the child keeps the hold");
+        assert!(Hold::try_take(dir.path()).unwrap().is_some(), "free again");
+        assert!(Hold::try_take(Path::new("/nonexistent-hearth-dir")).is_err());
+    }
 
     #[test]
     fn parts_cover_the_disk_in_at_most_256_files_of_4_mib_or_more() {

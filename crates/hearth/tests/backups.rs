@@ -23,6 +23,7 @@ use std::path::Path;
 use hearth_compute::restic::Repo;
 use hearth_qemu::accel::Accel;
 use hearth_qemu::driver::{Driver, Network};
+use hearth_qemu::last_backup::Hold;
 use hearth_testkit::vms::{
     BOOT, console, create_tiny, disk_tick_as, ticks, vm_dir, wait_for_hosts,
 };
@@ -107,9 +108,13 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
         (1 << 30, 1 << 30, false)
     );
     let first_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
+    let held = Hold::try_take(&copy)
+        .unwrap()
+        .expect("nothing else holds the copy");
     let first = runtime
-        .block_on(repo.backup(&id, "n1", &copy, None))
+        .block_on(repo.backup(&id, "n1", (&copy, &held), None))
         .unwrap();
+    drop(held);
     assert_eq!(first.files_unmodified, 0, "{first:?}");
     ticks_past(agent, &id, first_tick + 2);
 
@@ -119,8 +124,13 @@ fn a_running_guest_is_backed_up_twice_incrementally_and_dumps_back_as_it_was() {
     assert!(copied.incremental && copied.read < 64 << 20, "{copied:?}");
     let second_tick = disk_tick_as(&descriptor, "vmdk").unwrap();
     assert!(second_tick > first_tick, "{first_tick} then {second_tick}");
+    let held = Hold::try_take(&copy)
+        .unwrap()
+        .expect("the first restic let go");
     let second =
-        (runtime.block_on(repo.backup(&id, "n1", &copy, Some(&first.snapshot_id)))).unwrap();
+        (runtime.block_on(repo.backup(&id, "n1", (&copy, &held), Some(&first.snapshot_id))))
+            .unwrap();
+    drop(held);
     assert!(second.files_unmodified >= 200, "{second:?}");
     assert!(
         second.data_added < 8 << 20,
