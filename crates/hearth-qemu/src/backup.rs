@@ -126,17 +126,39 @@ impl Driver {
         Ok((copied, written))
     }
 
-    /// `qemu-img convert` of the disk at rest (the qcow2 file, or the image on RBD its handle
-    /// names) into the copy, whole; the next copy while QEMU runs is whole too.
+    /// `qemu-img convert` of the disk at rest (the qcow2 file, or a fresh snapshot of the
+    /// image on RBD its handle names, dropped after) into the copy, whole; the next copy
+    /// while QEMU runs is whole too.
     async fn copy_stopped(&self, id: &str, dir: &Path) -> Result<Copied, CopyError> {
         let vm = self.dir(id);
-        let (disk, format) = match crate::rbd::read_handle(&vm) {
-            Some((pool, image)) => (self.ceph()?.qemu_file(&pool, &image), "raw"),
-            None => (vm.join("disk.qcow2").display().to_string(), "qcow2"),
+        let Some((pool, image)) = crate::rbd::read_handle(&vm) else {
+            if !vm.join("disk.qcow2").is_file() {
+                return Err(DiskError::NoDisk(id.to_owned()).into());
+            }
+            let disk = vm.join("disk.qcow2").display().to_string();
+            return self.copy_at_rest(id, dir, (&disk, "qcow2")).await;
         };
-        if format == "qcow2" && !vm.join("disk.qcow2").is_file() {
-            return Err(DiskError::NoDisk(id.to_owned()).into());
+        // A VM on RBD may be started meanwhile, here or elsewhere, and nothing would stop
+        // it writing while the copy reads: the copy reads a snapshot instead.
+        let ceph = self.ceph()?;
+        let snap = ceph.backup_snapshot(&pool, &image).await?;
+        let disk = ceph.qemu_file(&pool, &format!("{image}@{snap}"));
+        let copied = self.copy_at_rest(id, dir, (&disk, "raw")).await;
+        if let Err(error) = ceph.drop_backup_snapshots(&pool, &image).await {
+            // The next backup, or the image's removal, drops it.
+            tracing::warn!(vm = id, %error, "dropping a backup's RBD snapshot");
         }
+        copied
+    }
+
+    /// `qemu-img convert` of `disk` (of `format`), which nothing writes meanwhile, into the
+    /// copy in `dir`, whole.
+    async fn copy_at_rest(
+        &self,
+        id: &str,
+        dir: &Path,
+        (disk, format): (&str, &str),
+    ) -> Result<Copied, CopyError> {
         let info = crate::disk::qemu_img(
             "info",
             &[

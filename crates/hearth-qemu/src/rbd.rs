@@ -16,6 +16,8 @@ use crate::error::{DiskError, io_error};
 pub const HANDLE: &str = "rbd";
 /// The snapshot of an imported image that disks are cloned from.
 const BASE_SNAP: &str = "base";
+/// The snapshots a stopped VM's backup reads its disk from start with this.
+const BACKUP_SNAP: &str = "hearth-backup-";
 /// How long a fenced client stays on the blocklist: a year, longer than any host is cut off
 /// and comes back with its QEMU still running (its agent stops that QEMU when it returns).
 const BLOCKLIST_SECS: &str = "31536000";
@@ -29,6 +31,16 @@ pub struct Ceph {
     pub user: String,
     /// The user's keyring; none: the one `conf` names (or no cephx).
     pub keyring: Option<PathBuf>,
+}
+
+/// The backup snapshots in `rbd snap ls --format json`'s `listed`.
+pub fn backup_snapshots(listed: &str) -> Vec<String> {
+    let snaps: Vec<Value> = serde_json::from_str(listed).unwrap_or_default();
+    (snaps.iter())
+        .filter_map(|s| s["name"].as_str())
+        .filter(|name| name.starts_with(BACKUP_SNAP))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The name of the VM's disk image of `generation`.
@@ -257,15 +269,44 @@ impl Ceph {
         self.run("rbd", &["rename", &from, &to]).await.map(|_| ())
     }
 
-    /// Removes `pool/image` for good (a VM deleted by its owner or an admin).
+    /// Removes `pool/image` for good (a VM deleted by its owner or an admin), with any
+    /// snapshot a backup cut short left on it (Ceph removes no image that has one).
     pub async fn remove(&self, pool: &str, image: &str) -> Result<(), DiskError> {
-        match self.exists(pool, image).await? {
-            true => self
-                .run("rbd", &["rm", "--no-progress", &format!("{pool}/{image}")])
-                .await
-                .map(|_| ()),
-            false => Ok(()),
+        if !self.exists(pool, image).await? {
+            return Ok(());
         }
+        self.drop_backup_snapshots(pool, image).await?;
+        self.run("rbd", &["rm", "--no-progress", &format!("{pool}/{image}")])
+            .await
+            .map(|_| ())
+    }
+
+    /// Takes a fresh snapshot of `pool/image` for a backup to read a stopped VM's disk from,
+    /// which nothing writes however the VM is started meanwhile, here or on another worker
+    /// (RBD has no file locks to refuse that); first drops those runs cut short left. Its
+    /// name; [`Ceph::drop_backup_snapshots`] removes it.
+    pub async fn backup_snapshot(&self, pool: &str, image: &str) -> Result<String, DiskError> {
+        self.drop_backup_snapshots(pool, image).await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("{BACKUP_SNAP}{nanos}-{}", std::process::id());
+        let snap = format!("{pool}/{image}@{name}");
+        self.run("rbd", &["snap", "create", &snap]).await?;
+        Ok(name)
+    }
+
+    /// Removes every backup snapshot of `pool/image`.
+    pub async fn drop_backup_snapshots(&self, pool: &str, image: &str) -> Result<(), DiskError> {
+        let spec = format!("{pool}/{image}");
+        let listed = self
+            .run("rbd", &["snap", "ls", "--format", "json", &spec])
+            .await?;
+        for name in backup_snapshots(&listed) {
+            let snap = format!("{spec}@{name}");
+            self.run("rbd", &["snap", "rm", &snap]).await?;
+        }
+        Ok(())
     }
 
     /// The client addresses that watch `pool/image` or hold its lock: the QEMU processes
@@ -312,6 +353,19 @@ pub fn write_handle(dir: &Path, pool: &str, image: &str, generation: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_backup_snapshots_are_listed_for_removal() {
+        let listed = r#"[{"id":4,"name":"base","size":1048576,"protected":"true"},
+            {"id":9,"name":"hearth-backup-1764000000000000000-77","size":1048576,"protected":"false"},
+            {"id":10,"name":"admins-own","size":1048576,"protected":"false"}]"#;
+        assert_eq!(
+            backup_snapshots(listed),
+            ["hearth-backup-1764000000000000000-77"]
+        );
+        assert!(backup_snapshots("[]").is_empty());
+        assert!(backup_snapshots("not json").is_empty());
+    }
 
     #[test]
     fn addresses_are_found_in_status_and_lock_listings() {

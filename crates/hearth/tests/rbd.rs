@@ -470,11 +470,15 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
         "the disk before kept"
     );
 
-    // The stopped VM's backup, read from Ceph, then a new VM made from it on RBD too.
+    // The stopped VM's backup, read from a snapshot in Ceph (dropped after, with one a run
+    // cut short left), then a new VM made from it on RBD too.
     a.cli(&["vm", "stop", "web"]);
     wait_phase(a, "web", "stopped");
+    ceph.rbd(&["snap", "create", &format!("rbd/{after}@hearth-backup-left")]);
     let out = a.cli(&["backup", "now", "web"]);
     assert!(out.contains("stored in local"), "{out}");
+    let left = ceph.rbd(&["snap", "ls", &format!("rbd/{after}")]);
+    assert!(!left.contains("hearth-backup-"), "{left}");
     let stopped = snapshots(a, "web")[1]["id"].as_str().unwrap().to_owned();
     let at_stop = disk_tick_of(&target, &id, &stopped);
     let out = a.cli(&["backup", "restore", "web", &stopped, "--into", "copy"]);
@@ -501,6 +505,17 @@ fn a_vm_on_rbd_is_backed_up_and_restored_in_place_and_into_a_new_vm() {
         !ceph.rbd(&["ls", "rbd"]).contains(".restored"),
         "no restored name left"
     );
+
+    // A backup snapshot left on a disk does not keep its VM's deletion from removing it.
+    let image = disks_of(&ceph, &copy).remove(0);
+    ceph.rbd(&["snap", "create", &format!("rbd/{image}@hearth-backup-left")]);
+    a.cli(&["vm", "delete", "copy"]);
+    eventually("the deleted VM's image removed", BOOT, || {
+        match disks_of(&ceph, &copy).as_slice() {
+            [] => Ok(()),
+            left => Err(format!("{left:?}")),
+        }
+    });
 }
 
 /// The tick on the disk in snapshot `snapshot` of VM `id`, dumped from the repository.
