@@ -84,30 +84,27 @@ pub fn remove_stale_copies(
     let names = dir_names(root);
     let mut removed = 0;
     for name in stale_copies(&names, desired, here, busy) {
-        let dir = root.join(&name);
-        // Never from under a restic still reading it (one an earlier agent started).
-        let _held = match hearth_qemu::last_backup::Hold::try_take(&dir) {
-            Ok(Some(held)) => held,
-            Ok(None) => {
-                tracing::info!(dir = %name, "a kept copy still being read; removed later");
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(dir = %name, %error, "holding a kept copy; tried again later");
-                continue;
-            }
-        };
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {
+        match remove_unheld(&root.join(&name)) {
+            Ok(true) => {
                 tracing::info!(dir = %name, "removed the copy kept of a VM no longer here");
                 removed += 1;
             }
+            Ok(false) => tracing::info!(dir = %name, "a kept copy still being read; removed later"),
             Err(error) => {
                 tracing::warn!(dir = %name, %error, "removing a kept copy; tried again later")
             }
         }
     }
     removed
+}
+
+/// Removes the directory `dir` unless another process holds it (`last_backup::Hold`: a
+/// restic an earlier agent started, still reading the copy): whether it did.
+fn remove_unheld(dir: &Path) -> std::io::Result<bool> {
+    let Some(_held) = hearth_qemu::last_backup::Hold::try_take(dir)? else {
+        return Ok(false);
+    };
+    std::fs::remove_dir_all(dir).map(|()| true)
 }
 
 /// The directories in `root` (none if it cannot be read).
@@ -146,9 +143,14 @@ pub fn sweep(root: &Path, desired: &DesiredState, here: &str) -> usize {
     let mut swept = 0;
     for step in plan(&names, desired, here) {
         let done = match &step {
-            Sweep::Remove(name) => std::fs::remove_dir_all(root.join(name))
-                .map(|()| tracing::info!(dir = %name, "removed the copies an interrupted backup or restore left"))
-                .map_err(|e| e.to_string()),
+            Sweep::Remove(name) => match remove_unheld(&root.join(name)) {
+                Ok(true) => {
+                    tracing::info!(dir = %name, "removed the copies an interrupted backup or restore left");
+                    Ok(())
+                }
+                Ok(false) => Err("a restic an earlier agent started still reads it".into()),
+                Err(error) => Err(error.to_string()),
+            },
             Sweep::Archive(name) => hearth_qemu::disk::archive_dir(root, &root.join(name), name)
                 .map(|to| tracing::info!(dir = %name, to = %to.display(), "archived a restored disk no restore needs any more"))
                 .map_err(|e| e.to_string()),
@@ -305,6 +307,8 @@ mod tests {
             .unwrap();
         let none = Default::default();
         assert_eq!(remove_stale_copies(&root, &desired(), "w1", &none), 0);
+        // Nor by the sweep at a worker's start (the agent restarted while it ran).
+        assert_eq!(sweep(&root, &desired(), "w1"), 0);
         assert!(copy.join("part-00000.raw").is_file());
         drop(hold);
         assert_eq!(remove_stale_copies(&root, &desired(), "w1", &none), 1);
